@@ -1,0 +1,348 @@
+"""Typed configuration: `params.yaml` is the one source of hyper-parameters.
+
+Every stage section is a pydantic model with `extra="forbid"`, so an unknown key or a wrong type is
+an error that names the key (e.g. ``train.lr: Input should be a valid number``). CLI flags and
+pipeline parameters override values through dotted keys (``train.epochs=3``) via `apply_overrides`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+
+class ConfigError(ValueError):
+    """A problem in params.yaml or an override; the message names the file and the key."""
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+# --------------------------------------------------------------------------- paths & audio
+class PathsConfig(Section):
+    workdir: str = "artifacts"
+    """Where every stage writes its outputs (local folder or s3:// prefix)."""
+    data_root: str = "../shared/data"
+    """Corpus roots that are relative resolve against this folder."""
+
+
+class AudioConfig(Section):
+    sample_rate: int = Field(16000, gt=0)
+    min_duration_s: float = Field(0.3, ge=0)
+    max_duration_s: float = Field(30.0, gt=0)
+
+
+# --------------------------------------------------------------------------- ingest
+class CorpusSpec(Section):
+    name: str
+    """Name stored in the manifest's `corpus` column (also the DANN domain name)."""
+    adapter: Literal["ravdess", "emodb", "crema_d", "tess", "savee", "iemocap", "csv"]
+    root: str
+    """Corpus folder (or, for `csv`, the manifest CSV file); relative to paths.data_root."""
+    role: Literal["source", "target"] = "source"
+    """source: labelled training corpus; target: domain-adaptation corpus (DANN)."""
+    label_map: dict[str, str] = Field(default_factory=dict)
+    """Per-corpus overrides of ingest.label_map (raw label -> class)."""
+
+
+class IngestConfig(Section):
+    corpora: list[CorpusSpec] = Field(
+        default_factory=lambda: [CorpusSpec(name="ravdess", adapter="ravdess", root="ravdess")]
+    )
+    classes: list[str] = Field(
+        default_factory=lambda: ["neutral", "calm", "happy", "sad", "angry", "fearful", "disgust", "surprised"]
+    )
+    label_map: dict[str, str] = Field(default_factory=dict)
+    """Raw (canonical) label -> class. Labels that are already classes map to themselves;
+    anything else that is not mapped is dropped and counted in the summary."""
+    on_bad_audio: Literal["fail", "skip"] = "fail"
+    workers: int = Field(2, ge=1)
+
+    @field_validator("classes")
+    @classmethod
+    def _unique_classes(cls, v: list[str]) -> list[str]:
+        if len(set(v)) != len(v) or not v:
+            raise ValueError("classes must be a non-empty list of unique names")
+        return v
+
+
+class SplitsConfig(Section):
+    n_folds: int = Field(4, ge=2)
+    test_fold: int = Field(0, ge=0)
+    test_speakers: list[str] = Field(default_factory=list)
+    """If set, these speakers (as `corpus/speaker` or bare speaker ids) form the test split."""
+    val_fraction: float = Field(0.2, gt=0, lt=1)
+    """Fraction of the training speakers carved off for validation."""
+    seed: int = 13
+
+
+class ValidationConfig(Section):
+    min_examples_per_class_per_split: int = Field(1, ge=0)
+    check_decode: bool = True
+    """Decode every file in the gate (slower, catches truncated audio)."""
+
+
+# --------------------------------------------------------------------------- features
+class LogMelConfig(Section):
+    n_fft: int = 512
+    win_length: int = 400
+    hop_length: int = 160
+    n_mels: int = 64
+    f_min: float = 20.0
+    f_max: float = 8000.0
+    log_floor: float = 1e-6
+
+
+class EgemapsConfig(Section):
+    feature_set: Literal["eGeMAPSv02", "ComParE_2016"] = "eGeMAPSv02"
+    levels: list[Literal["functionals", "lld"]] = Field(default_factory=lambda: ["functionals"])
+
+
+class FeaturesConfig(Section):
+    kinds: list[Literal["logmel", "egemaps"]] = Field(default_factory=lambda: ["logmel", "egemaps"])
+    logmel: LogMelConfig = Field(default_factory=LogMelConfig)
+    egemaps: EgemapsConfig = Field(default_factory=EgemapsConfig)
+    workers: int = Field(2, ge=1)
+    batch_size: int = Field(32, ge=1)
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    store: str = "features"
+    """Content-addressed feature cache, relative to paths.workdir unless absolute."""
+
+
+# --------------------------------------------------------------------------- models & training
+class CnnConfig(Section):
+    channels: list[int] = Field(default_factory=lambda: [32, 64, 128])
+    gru_hidden: int = 64
+    dropout: float = 0.3
+
+
+class MlpConfig(Section):
+    hidden: list[int] = Field(default_factory=lambda: [256, 128])
+    dropout: float = 0.3
+
+
+class SpecAugmentConfig(Section):
+    time_masks: int = 2
+    time_width: int = 30
+    freq_masks: int = 2
+    freq_width: int = 8
+    noise_std: float = 0.0
+
+
+class TrainConfig(Section):
+    model: Literal["cnn_bigru", "egemaps_mlp"] = "cnn_bigru"
+    epochs: int = Field(40, ge=1)
+    batch_size: int = Field(32, ge=1)
+    lr: float = Field(1e-3, gt=0)
+    weight_decay: float = Field(1e-2, ge=0)
+    patience: int = Field(10, ge=1)
+    crop_frames: int = Field(300, ge=8)
+    """Random crop length (frames) in training; evaluation uses whole utterances."""
+    class_balance: Literal["none", "weighted_loss", "sampler"] = "weighted_loss"
+    mixed_precision: bool = True
+    """bf16 autocast on CUDA; ignored on CPU."""
+    seed: int = 0
+    num_workers: int = Field(1, ge=1)
+    use_gpu: bool = False
+    cnn: CnnConfig = Field(default_factory=CnnConfig)
+    mlp: MlpConfig = Field(default_factory=MlpConfig)
+    specaugment: SpecAugmentConfig = Field(default_factory=SpecAugmentConfig)
+    synthetic_ratio: float = Field(0.0, ge=0)
+    """Synthetic samples per real training sample (0 = real data only)."""
+    balance_minority: bool = False
+    """Spend the synthetic budget on the smallest classes first."""
+
+
+class EvaluateConfig(Section):
+    bootstrap: int = Field(1000, ge=0)
+    ci: float = Field(0.95, gt=0, lt=1)
+    cross_corpus: list[str] = Field(default_factory=list)
+    """Names of corpora in the manifest to evaluate on (over the classes both share)."""
+
+
+# --------------------------------------------------------------------------- augmentation & DANN
+class AugmentConfig(Section):
+    enabled: bool = False
+    generator: Literal["wgan_gp", "aaec"] = "wgan_gp"
+    feature: Literal["egemaps", "logmel"] = "egemaps"
+    segment_frames: int = 128
+    latent_dim: int = 64
+    epochs: int = 200
+    batch_size: int = 64
+    lr: float = 1e-4
+    n_critic: int = 5
+    gp_weight: float = 10.0
+    aaec_k1: int = 1
+    aaec_k2: int = 1
+    aaec_k3: int = 1
+    samples_per_class: int = 200
+    realness_quantile: float = Field(0.1, ge=0, le=1)
+    """Reject samples whose critic score is below this quantile of real scores."""
+    label_tau: float = Field(0.5, ge=0, le=1)
+    knn_k: int = 5
+    min_distance_quantile: float = Field(0.05, ge=0, le=1)
+    """δ: distance to the nearest real sample must exceed this quantile of real-real NN distances."""
+    keep_fraction: float = Field(1.0, gt=0, le=1)
+    seed: int = 0
+    use_gpu: bool = False
+
+
+class PretrainConfig(Section):
+    enabled: bool = False
+    target_corpora: list[str] = Field(default_factory=list)
+    epochs: int = 30
+    batch_size: int = 32
+    lr: float = 1e-3
+    lambda_max: float = 1.0
+    speaker_adversarial: bool = False
+    seed: int = 0
+    use_gpu: bool = False
+
+
+# --------------------------------------------------------------------------- tracking, registry, pipeline
+class TrackingConfig(Section):
+    uri: str = "sqlite:///artifacts/mlflow.db"
+    artifact_location: str = "artifacts/mlartifacts"
+    experiment: str = "affectflow"
+
+
+class RegistryConfig(Section):
+    model_name: str = "affectflow-ser"
+    min_uar_gain: float = Field(0.005, ge=0)
+    min_class_recall: float = Field(0.0, ge=0, le=1)
+
+
+class PipelineConfig(Section):
+    host: str = ""
+    namespace: str = "kubeflow"
+    image_cpu: str = ""
+    image_gpu: str = ""
+    gpu_limit: int = 1
+    node_selector: dict[str, str] = Field(default_factory=dict)
+    tolerations: list[dict[str, Any]] = Field(default_factory=list)
+    s3_secret: str = "affectflow-s3"
+    mlflow_secret: str = "affectflow-mlflow"
+    retries: int = 2
+    schedule_cron: str = "0 0 3 * * 1"
+    max_concurrency: int = 1
+
+
+class Params(Section):
+    paths: PathsConfig = Field(default_factory=PathsConfig)
+    audio: AudioConfig = Field(default_factory=AudioConfig)
+    ingest: IngestConfig = Field(default_factory=IngestConfig)
+    splits: SplitsConfig = Field(default_factory=SplitsConfig)
+    validation: ValidationConfig = Field(default_factory=ValidationConfig)
+    features: FeaturesConfig = Field(default_factory=FeaturesConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    evaluate: EvaluateConfig = Field(default_factory=EvaluateConfig)
+    augment: AugmentConfig = Field(default_factory=AugmentConfig)
+    pretrain: PretrainConfig = Field(default_factory=PretrainConfig)
+    tracking: TrackingConfig = Field(default_factory=TrackingConfig)
+    registry: RegistryConfig = Field(default_factory=RegistryConfig)
+    pipeline: PipelineConfig = Field(default_factory=PipelineConfig)
+
+    # -------------------------------------------------------------- helpers
+    def workdir(self) -> Path:
+        return Path(self.paths.workdir)
+
+    def corpus_root(self, spec: CorpusSpec) -> str:
+        """Resolve a corpus root against paths.data_root (s3:// and absolute paths pass through)."""
+        if "://" in spec.root or Path(spec.root).is_absolute():
+            return spec.root
+        base = self.paths.data_root
+        if "://" in base:
+            return base.rstrip("/") + "/" + spec.root
+        return str(Path(base) / spec.root)
+
+    def section_hash(self, *sections: str) -> str:
+        """Stable hash of some sections, so artifacts can say what configuration made them."""
+        payload = {s: getattr(self, s).model_dump(mode="json") for s in sections}
+        return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _format_error(err: ValidationError, source: str) -> str:
+    lines = [f"{source}: invalid configuration"]
+    for e in err.errors():
+        key = ".".join(str(p) for p in e["loc"])
+        msg = "unknown key" if e["type"] == "extra_forbidden" else e["msg"]
+        lines.append(f"  {key}: {msg}")
+    return "\n".join(lines)
+
+
+def _set_dotted(tree: dict[str, Any], key: str, value: Any) -> None:
+    parts = key.split(".")
+    node = tree
+    for p in parts[:-1]:
+        nxt = node.get(p)
+        if nxt is None:
+            nxt = node[p] = {}
+        if not isinstance(nxt, dict):
+            raise ConfigError(f"override {key}: '{p}' is not a section")
+        node = nxt
+    node[parts[-1]] = value
+
+
+def parse_override(item: str) -> tuple[str, Any]:
+    """`train.epochs=3` -> ("train.epochs", 3); the value is parsed as YAML."""
+    if "=" not in item:
+        raise ConfigError(f"override '{item}': expected key=value")
+    key, raw = item.split("=", 1)
+    try:
+        return key.strip(), yaml.safe_load(raw)
+    except yaml.YAMLError as e:
+        raise ConfigError(f"override '{item}': value is not valid YAML ({e})") from e
+
+
+def load_params(
+    path: str | Path | None = "params.yaml",
+    overrides: Iterable[str] | Mapping[str, Any] = (),
+) -> Params:
+    """Load params.yaml (missing file -> defaults), apply dotted overrides, validate once."""
+    tree: dict[str, Any] = {}
+    source = str(path) if path else "<defaults>"
+    if path is not None and Path(path).exists():
+        try:
+            loaded = yaml.safe_load(Path(path).read_text()) or {}
+        except yaml.YAMLError as e:
+            raise ConfigError(f"{source}: not valid YAML: {e}") from e
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"{source}: top level must be a mapping of sections")
+        tree = loaded
+    elif path is not None and str(path) != "params.yaml":
+        raise ConfigError(f"{source}: file not found")
+    items = overrides.items() if isinstance(overrides, Mapping) else (parse_override(o) for o in overrides)
+    for key, value in items:
+        _set_dotted(tree, key, value)
+    try:
+        return Params.model_validate(tree)
+    except ValidationError as e:
+        raise ConfigError(_format_error(e, source)) from None
+
+
+def dump_params(params: Params, path: str | Path) -> None:
+    from affectflow.storage import atomic_write_text
+
+    atomic_write_text(path, yaml.safe_dump(params.model_dump(mode="json"), sort_keys=False))
+
+
+def flatten(params: Params) -> dict[str, Any]:
+    """Flat `section.key` dict (for MLflow params and pipeline parameters)."""
+    out: dict[str, Any] = {}
+
+    def walk(prefix: str, node: Any) -> None:
+        if isinstance(node, dict):
+            for k, v in node.items():
+                walk(f"{prefix}.{k}" if prefix else k, v)
+        else:
+            out[prefix] = node
+
+    walk("", params.model_dump(mode="json"))
+    return out

@@ -1,0 +1,37 @@
+"""EmoDB (Burkhardt et al., 2005): `SSTTTEV.wav` — speaker, text, emotion letter, version.
+
+Works on the original flat `wav/` folder and on class sub-folders alike: the label comes from
+the file name, never the folder.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from affectflow.corpora import AUDIO_EXTENSIONS
+from affectflow.manifest import Utterance
+
+EMOTIONS = {
+    "W": "angry", "L": "boredom", "E": "disgust", "A": "fearful",
+    "F": "happy", "T": "sad", "N": "neutral",
+}
+MALE = {"03", "10", "11", "12", "15"}
+FEMALE = {"08", "09", "13", "14", "16"}
+
+
+def parse_name(path: Path) -> Utterance:
+    stem = path.stem
+    if len(stem) < 7 or not stem[:2].isdigit() or stem[5] not in EMOTIONS:
+        raise ValueError(f"{path}: name is not EmoDB's SSTTTEV")
+    speaker = stem[:2]
+    gender = "male" if speaker in MALE else "female" if speaker in FEMALE else ""
+    return Utterance(path=str(path), speaker=speaker, label=EMOTIONS[stem[5]], gender=gender,
+                     utt_id=stem, extra={"text": stem[2:5]})
+
+
+def prepare(root: str) -> list[Utterance]:
+    base = Path(root)
+    if not base.is_dir():
+        raise FileNotFoundError(f"{root}: EmoDB folder not found")
+    files = sorted(p for p in base.rglob("*") if p.suffix.lower() in AUDIO_EXTENSIONS)
+    return [parse_name(p) for p in files]

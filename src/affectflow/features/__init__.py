@@ -1,0 +1,1 @@
+"""Feature extraction (log-mel in torch, eGeMAPS via opensmile) into a content-addressed store."""
