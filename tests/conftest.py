@@ -1,0 +1,51 @@
+"""Shared fixtures: generated corpora for unit tests, ../shared/data for integration tests."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("AFFECTFLOW_PROGRESS", "0")
+os.environ.setdefault("RAY_DISABLE_USAGE_STATS", "1")
+os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATA = Path(os.environ.get("AFFECTFLOW_SHARED_DATA", REPO.parent / "shared" / "data"))
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    """../shared/data (RAVDESS, EmoDB); integration tests skip with a reason when absent."""
+    if not (SHARED_DATA / "ravdess").is_dir() or not (SHARED_DATA / "emodb").is_dir():
+        pytest.skip(f"real corpora not found at {SHARED_DATA} (set AFFECTFLOW_SHARED_DATA)")
+    return SHARED_DATA
+
+
+@pytest.fixture(scope="session")
+def synth_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A generated RAVDESS-layout corpus: 8 actors x 4 emotions x 4 clips of 1.2 s (session-wide, read-only)."""
+    from affectflow.synth import make_ravdess_like
+
+    root = tmp_path_factory.mktemp("synth") / "ravdess"
+    make_ravdess_like(root, actors=8, emotions=("neutral", "happy", "sad", "angry"),
+                      clips_per_emotion=4, duration=1.2)
+    return root
+
+
+@pytest.fixture
+def synth_params(synth_root: Path, tmp_path: Path):
+    """Params for the generated corpus: 4 classes, workdir in tmp_path, tiny and fast settings."""
+    from affectflow.config import load_params
+
+    return load_params(None, {
+        "paths.workdir": str(tmp_path / "work"),
+        "paths.data_root": str(synth_root.parent),
+        "ingest.corpora": [{"name": "ravdess", "adapter": "ravdess", "root": "ravdess"}],
+        "ingest.classes": ["neutral", "happy", "sad", "angry"],
+        "ingest.workers": 1,
+        "features.workers": 1,
+        "tracking.uri": f"sqlite:///{tmp_path / 'mlflow.db'}",
+        "tracking.artifact_location": str(tmp_path / "mlartifacts"),
+    })
