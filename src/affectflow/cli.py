@@ -149,11 +149,20 @@ def _version() -> str:
     return __version__
 
 
+# Subcommand groups that live in their own modules; each registers itself with @command on import.
+EXTENSIONS = (
+    "affectflow.commands.augment",   # augment, ablate augmentation
+    "affectflow.commands.pretrain",  # pretrain, ablate dann
+    "affectflow.commands.registry",  # register, registry list|describe|promote|rollback
+    "affectflow.commands.pipeline",  # pipeline compile|run|upload|submit|schedule
+    "affectflow.commands.predict",   # predict
+)
+
+
 def _load_extensions() -> None:
-    """Subcommands that live beside their stage (pipeline, registry, predict, ablate...)."""
     import importlib
 
-    for mod in ("affectflow.cli_extra",):
+    for mod in EXTENSIONS:
         try:
             importlib.import_module(mod)
         except ModuleNotFoundError as e:

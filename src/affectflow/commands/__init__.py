@@ -1,0 +1,1 @@
+"""CLI subcommand groups, one module per stage group; see affectflow.cli.EXTENSIONS."""
