@@ -234,6 +234,24 @@ class PipelineConfig(Section):
     max_concurrency: int = 1
 
 
+class S3Config(Section):
+    """Object storage for s3:// corpora, features and models; credentials come from the AWS env."""
+
+    endpoint_url: str = ""
+    """Empty: AWS_ENDPOINT_URL from the environment (or AWS itself)."""
+    addressing_style: Literal["auto", "path", "virtual"] = "path"
+    """path-style URLs work with SeaweedFS/MinIO and in-cluster service names."""
+    cache_dir: str = ""
+    """Local mirror of s3:// inputs; empty: <paths.workdir>/s3cache (or ~/.cache/affectflow/s3)."""
+    multipart_threshold_mb: int = Field(16, ge=5)
+    multipart_chunksize_mb: int = Field(16, ge=5)
+    """S3 parts are at least 5 MiB (except the last)."""
+    max_concurrency: int = Field(8, ge=1)
+    connect_timeout_s: float = Field(5.0, gt=0)
+    read_timeout_s: float = Field(60.0, gt=0)
+    max_attempts: int = Field(3, ge=1)
+
+
 class Params(Section):
     paths: PathsConfig = Field(default_factory=PathsConfig)
     audio: AudioConfig = Field(default_factory=AudioConfig)
@@ -248,6 +266,7 @@ class Params(Section):
     tracking: TrackingConfig = Field(default_factory=TrackingConfig)
     registry: RegistryConfig = Field(default_factory=RegistryConfig)
     pipeline: PipelineConfig = Field(default_factory=PipelineConfig)
+    s3: S3Config = Field(default_factory=S3Config)
 
     # -------------------------------------------------------------- helpers
     def workdir(self) -> Path:
