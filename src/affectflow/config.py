@@ -86,7 +86,11 @@ class SplitsConfig(Section):
 class ValidationConfig(Section):
     min_examples_per_class_per_split: int = Field(1, ge=0)
     check_decode: bool = True
-    """Decode every file in the gate (slower, catches truncated audio)."""
+    """Open every file in the gate and read its last frames (catches truncated audio)."""
+    duration_tolerance: float = Field(0.02, ge=0)
+    """Relative gap allowed between a file's header duration and the manifest's (file changed since ingest)."""
+    report_examples: int = Field(10, ge=1)
+    """Offending rows (or groups) listed per failed check in the gate report."""
 
 
 # --------------------------------------------------------------------------- features
