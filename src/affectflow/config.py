@@ -102,6 +102,9 @@ class LogMelConfig(Section):
     f_min: float = 20.0
     f_max: float = 8000.0
     log_floor: float = 1e-6
+    mel_scale: Literal["htk", "slaney"] = "htk"
+    mel_norm: Literal["none", "slaney"] = "none"
+    """slaney: scale each filter to unit area (librosa's default); none: peak 1 (torchaudio's)."""
 
 
 class EgemapsConfig(Section):
@@ -116,6 +119,8 @@ class FeaturesConfig(Section):
     workers: int = Field(2, ge=1)
     batch_size: int = Field(32, ge=1)
     device: Literal["auto", "cpu", "cuda"] = "auto"
+    threads: int = Field(0, ge=0)
+    """torch threads for log-mel in the main process; 0 = the CPU cores the decode workers leave free."""
     store: str = "features"
     """Content-addressed feature cache, relative to paths.workdir unless absolute."""
 
