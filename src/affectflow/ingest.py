@@ -79,6 +79,10 @@ def collect_utterances(params: Params) -> tuple[pd.DataFrame, Counter[str]]:
     classes = params.ingest.classes
     for spec in params.ingest.corpora:
         root = params.corpus_root(spec)
+        if root.startswith("s3://"):  # mirror into the local cache: adapters and probes read files
+            from affectflow.s3 import localize_for
+
+            root = str(localize_for(params, root))
         if "://" not in root:
             root = str(Path(root).resolve())  # absolute paths: components run from other folders
         try:
