@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import importlib
 from collections.abc import Callable
+from pathlib import Path
 
 from affectflow.manifest import Utterance
 
@@ -22,6 +23,13 @@ ADAPTERS: dict[str, str] = {
 }
 
 AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg", ".mp3", ".aiff", ".aif", ".au", ".w64", ".caf", ".opus")
+
+
+def audio_files(base: Path) -> list[Path]:
+    """Every audio file below `base`, sorted; skips hidden files such as macOS `._x.wav` forks,
+    which carry an audio suffix but hold no audio (common in copied corpus archives)."""
+    return sorted(p for p in base.rglob("*")
+                  if p.suffix.lower() in AUDIO_EXTENSIONS and not p.name.startswith(".") and p.is_file())
 
 
 def get_adapter(name: str) -> Callable[[str], list[Utterance]]:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from affectflow.corpora import AUDIO_EXTENSIONS
+from affectflow.corpora import audio_files
 from affectflow.manifest import Utterance
 
 EMOTIONS = {
@@ -21,8 +21,10 @@ FEMALE = {"08", "09", "13", "14", "16"}
 
 def parse_name(path: Path) -> Utterance:
     stem = path.stem
-    if len(stem) < 7 or not stem[:2].isdigit() or stem[5] not in EMOTIONS:
+    if len(stem) < 7 or not stem[:2].isdigit():
         raise ValueError(f"{path}: name is not EmoDB's SSTTTEV")
+    if stem[5] not in EMOTIONS:
+        raise ValueError(f"{path}: unknown EmoDB emotion code '{stem[5]}'")
     speaker = stem[:2]
     gender = "male" if speaker in MALE else "female" if speaker in FEMALE else ""
     return Utterance(path=str(path), speaker=speaker, label=EMOTIONS[stem[5]], gender=gender,
@@ -33,5 +35,4 @@ def prepare(root: str) -> list[Utterance]:
     base = Path(root)
     if not base.is_dir():
         raise FileNotFoundError(f"{root}: EmoDB folder not found")
-    files = sorted(p for p in base.rglob("*") if p.suffix.lower() in AUDIO_EXTENSIONS)
-    return [parse_name(p) for p in files]
+    return [parse_name(p) for p in audio_files(base)]

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from affectflow.corpora import AUDIO_EXTENSIONS
+from affectflow.corpora import audio_files
 from affectflow.manifest import Utterance
 
 EMOTIONS = {
@@ -39,5 +39,4 @@ def prepare(root: str) -> list[Utterance]:
     base = Path(root)
     if not base.is_dir():
         raise FileNotFoundError(f"{root}: RAVDESS folder not found")
-    files = sorted(p for p in base.rglob("*") if p.suffix.lower() in AUDIO_EXTENSIONS)
-    return [parse_name(p) for p in files]
+    return [parse_name(p) for p in audio_files(base)]
