@@ -177,30 +177,76 @@ class EvaluateConfig(Section):
 
 
 # --------------------------------------------------------------------------- augmentation & DANN
+class AugmentAblationConfig(Section):
+    """`affectflow ablate augmentation`: no / unfiltered / filtered synthetic data, full and low-resource."""
+
+    seeds: list[int] = Field(default_factory=lambda: [0, 1, 2])
+    folds: list[int] = Field(default_factory=lambda: [0, 1, 2, 3])
+    """Test folds (speaker groups) to rotate through; every seed runs every fold."""
+    generators: list[Literal["wgan_gp", "aaec"]] = Field(default_factory=lambda: ["wgan_gp", "aaec"])
+    low_resource_fraction: float = Field(0.25, gt=0, le=1)
+    """Share of the training speakers kept in the low-resource setting (rounded down, at least 1)."""
+    model: Literal["cnn_bigru", "egemaps_mlp"] = "egemaps_mlp"
+    """Recognizer used for the table (egemaps_mlp keeps the study tractable on a CPU)."""
+    synthetic_ratio: float = Field(1.0, gt=0)
+    balance_minority: bool = False
+
+
 class AugmentConfig(Section):
     enabled: bool = False
     generator: Literal["wgan_gp", "aaec"] = "wgan_gp"
     feature: Literal["egemaps", "logmel"] = "egemaps"
-    segment_frames: int = 128
-    latent_dim: int = 64
-    epochs: int = 200
-    batch_size: int = 64
-    lr: float = 1e-4
-    n_critic: int = 5
-    gp_weight: float = 10.0
-    aaec_k1: int = 1
-    aaec_k2: int = 1
-    aaec_k3: int = 1
-    samples_per_class: int = 200
+    segment_frames: int = Field(128, ge=8)
+    """Log-mel segment length the generators produce (frames)."""
+    segments_per_clip: int = Field(4, ge=1)
+    """Random log-mel crops per training clip (the real set the generator learns from)."""
+    latent_dim: int = Field(64, ge=1)
+    epochs: int = Field(200, ge=1)
+    batch_size: int = Field(64, ge=2)
+    lr: float = Field(1e-4, gt=0)
+    adam_betas: tuple[float, float] = (0.5, 0.9)
+    n_critic: int = Field(5, ge=1)
+    gp_weight: float = Field(10.0, ge=0)
+    hidden: list[int] = Field(default_factory=lambda: [256, 256])
+    """MLP generator / critic / AAEC decoder hidden sizes (vector features)."""
+    conv_channels: list[int] = Field(default_factory=lambda: [32, 64, 128])
+    """Conv critic channels per stride-2 block (log-mel); the generator mirrors them."""
+    mixed_precision: bool = True
+    """bf16 autocast for generator / critic forwards on CUDA (the gradient penalty stays float32)."""
+    aaec_k1: int = Field(1, ge=1)
+    """AAEC: epochs of encoder + latent discriminator per cycle."""
+    aaec_k2: int = Field(1, ge=1)
+    """AAEC: epochs of decoder per cycle."""
+    aaec_k3: int = Field(1, ge=1)
+    """AAEC: epochs of classifier (emotion + real/fake heads) per cycle."""
+    aaec_gru_hidden: int = Field(64, ge=1)
+    aaec_token_size: int = Field(8, ge=1)
+    """AAEC on vectors: the BiGRU reads the vector as a sequence of tokens of this many values."""
+    aaec_adv_weight: float = Field(0.1, ge=0)
+    """Weight of the adversarial terms (encoder vs latent discriminator, decoder vs real/fake head)."""
+    samples_per_class: int = Field(200, ge=1)
+    filters: list[Literal["realness", "agreement", "manifold", "novelty"]] = Field(
+        default_factory=lambda: ["realness", "agreement", "manifold", "novelty"])
+    """Criteria a kept sample must pass; [] keeps everything (unfiltered)."""
     realness_quantile: float = Field(0.1, ge=0, le=1)
     """Reject samples whose critic score is below this quantile of real scores."""
     label_tau: float = Field(0.5, ge=0, le=1)
-    knn_k: int = 5
+    agreement_hidden: list[int] = Field(default_factory=lambda: [128])
+    """Hidden sizes of the label-agreement MLP trained on real training data ([] = logistic regression)."""
+    agreement_alpha: float = Field(1e-2, ge=0)
+    agreement_max_iter: int = Field(500, ge=1)
+    knn_k: int = Field(5, ge=1)
     min_distance_quantile: float = Field(0.05, ge=0, le=1)
     """δ: distance to the nearest real sample must exceed this quantile of real-real NN distances."""
+    embedding_pca: int = Field(32, ge=0)
+    """Fixed embedding space for filter and report: standardised features -> PCA fitted on real
+    training data with this many components (0 = standardised features)."""
     keep_fraction: float = Field(1.0, gt=0, le=1)
+    """Per class, keep at most this fraction of the generated samples (best realness first)."""
     seed: int = 0
-    use_gpu: bool = False
+    use_gpu: bool | Literal["auto"] = "auto"
+    """auto: CUDA when present; true: require CUDA; false: CPU."""
+    ablation: AugmentAblationConfig = Field(default_factory=AugmentAblationConfig)
 
 
 class PretrainConfig(Section):
