@@ -10,6 +10,7 @@ per feature kind — so a failure names the expectation and the rows that broke 
 
 from __future__ import annotations
 
+import functools
 import math
 import os
 from collections.abc import Iterable, Sequence
@@ -229,8 +230,13 @@ class KindSpec:
     dim0_name: str
 
 
+@functools.cache
 def opensmile_dim(feature_set: str, level: str) -> int | None:
-    """Number of features opensmile produces for a set and level (None if opensmile is unavailable)."""
+    """Number of features opensmile produces for a set and level (None if opensmile is unavailable).
+
+    Asked of opensmile itself (88 eGeMAPSv02 functionals, 25 LLDs...) so a feature-set change
+    needs no table here; cached because building a `Smile` parses its config files.
+    """
     try:
         import opensmile
 
