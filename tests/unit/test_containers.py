@@ -147,7 +147,8 @@ def test_requirements_pin_every_runtime_dependency() -> None:
     """containers/requirements.txt (containers/freeze_constraints.py) must cover pyproject's deps."""
     import tomllib
 
-    deps = [Requirement(r) for r in tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["dependencies"]]
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+    deps = [Requirement(r) for r in project["dependencies"] + project["optional-dependencies"]["server"]]
     pins: dict[str, str] = {}
     for line in (REPO / "containers/requirements.txt").read_text().splitlines():
         if line.strip() and not line.startswith("#"):
