@@ -91,6 +91,9 @@ class ValidationConfig(Section):
     """Relative gap allowed between a file's header duration and the manifest's (file changed since ingest)."""
     report_examples: int = Field(10, ge=1)
     """Offending rows (or groups) listed per failed check in the gate report."""
+    fail_on_duplicate_audio: bool = False
+    """Byte-identical clips in one split with one label only warn (RAVDESS ships such a pair);
+    true fails the gate on any duplicate. Copies across splits or with different labels always fail."""
 
 
 # --------------------------------------------------------------------------- features
