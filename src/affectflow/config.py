@@ -274,7 +274,13 @@ class TrackingConfig(Section):
 class RegistryConfig(Section):
     model_name: str = "affectflow-ser"
     min_uar_gain: float = Field(0.005, ge=0)
+    """Challenger UAR must reach champion UAR + this margin to take `champion`."""
     min_class_recall: float = Field(0.0, ge=0, le=1)
+    """No class recall of a promoted version may fall below this floor."""
+    auto_promote: bool = True
+    """`register` moves `champion` itself when the gate passes (False: record the gate only)."""
+    history_limit: int = Field(200, ge=1)
+    """Events kept in the registered model's `champion_history` tag (oldest dropped first)."""
 
 
 class PipelineConfig(Section):
