@@ -1,0 +1,29 @@
+"""augment: class-conditional GAN samples, scored and filtered; or a placeholder when switched off."""
+
+from kfp.dsl import HTML, Dataset, Input, Metrics, Output
+
+from components.base import component
+
+
+@component("gpu")
+def augment(config: str, manifest: Input[Dataset], store: Input[Dataset], synthetic: Output[Dataset],
+            summary: Output[Metrics], report: Output[HTML]) -> None:
+    """affectflow.augment.run.augment into the `synthetic` folder (synthetic.npz, report, plots)."""
+    from pathlib import Path
+
+    from affectflow import kfp_io
+    from affectflow.augment.run import augment as run_stage
+
+    params = kfp_io.stage_params(config, "augment")
+    res = run_stage(params, Path(manifest.path) / "manifest.parquet", store.path, synthetic.path)
+    kfp_io.log_metrics(summary, getattr(res, "summary", {}) or {})
+    text = kfp_io.report_text(synthetic.path, fallback="# Augmentation\n")
+    kfp_io.write_html(report, "Augmentation", text, synthetic.path, kfp_io.pngs(synthetic.path))
+
+
+@component("cpu")
+def skip_augment(synthetic: Output[Dataset]) -> None:
+    """The augmentation-off branch: an empty synthetic set, so training uses real data only."""
+    from affectflow import kfp_io
+
+    kfp_io.mark_skipped(synthetic, "augment.enabled is false")

@@ -1,0 +1,27 @@
+"""evaluate: UAR / WA / macro-F1 with bootstrap CIs and the confusion matrix on the test split."""
+
+from kfp.dsl import HTML, Artifact, ClassificationMetrics, Dataset, Input, Metrics, Model, Output
+
+from components.base import component
+
+
+@component("cpu")
+def evaluate(config: str, manifest: Input[Dataset], store: Input[Dataset], model: Input[Model],
+             evaluation: Output[Artifact], metrics: Output[Metrics], confusion: Output[ClassificationMetrics],
+             report: Output[HTML]) -> float:
+    """affectflow.evaluate.evaluate into the `evaluation` folder (metrics.json, confusion.png,
+    report.md); returns the test UAR."""
+    from pathlib import Path
+
+    from affectflow import kfp_io
+    from affectflow.evaluate import evaluate as run_stage
+
+    params = kfp_io.stage_params(config, "evaluate")
+    res = run_stage(params, kfp_io.model_dir(model), Path(manifest.path) / "manifest.parquet", store.path,
+                    evaluation.path)
+    kfp_io.log_metrics(metrics, kfp_io.headline_metrics(res))
+    classes, matrix = kfp_io.confusion_of(res)
+    kfp_io.log_confusion(confusion, classes, matrix)
+    text = kfp_io.report_text(evaluation.path, fallback=kfp_io.summary_markdown("Evaluation", res))
+    kfp_io.write_html(report, "Evaluation", text, evaluation.path, kfp_io.pngs(evaluation.path))
+    return kfp_io.point(res["uar"])

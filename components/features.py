@@ -1,0 +1,20 @@
+"""features: log-mel and eGeMAPS into the content-addressed feature store."""
+
+from kfp.dsl import Dataset, Input, Markdown, Metrics, Output
+
+from components.base import component
+
+
+@component("cpu")
+def features(config: str, manifest: Input[Dataset], store: Output[Dataset], summary: Output[Metrics],
+             report: Output[Markdown]) -> None:
+    """affectflow.features.extract.extract_features into the `store` folder (index.parquet + arrays)."""
+    from pathlib import Path
+
+    from affectflow import kfp_io
+    from affectflow.features.extract import extract_features
+
+    params = kfp_io.stage_params(config, "features")
+    res = extract_features(params, Path(manifest.path) / "manifest.parquet", store.path)
+    kfp_io.log_metrics(summary, res.summary)
+    kfp_io.write_markdown(report, kfp_io.summary_markdown("Features", res.summary))

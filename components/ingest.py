@@ -1,0 +1,24 @@
+"""ingest: corpora -> manifest.parquet with speaker-independent splits."""
+
+from kfp.dsl import Dataset, Markdown, Metrics, Output
+
+from components.base import component
+
+
+@component("cpu")
+def ingest(config: str, data_version: str, manifest: Output[Dataset], summary: Output[Metrics],
+           report: Output[Markdown]) -> None:
+    """affectflow.ingest.ingest into the `manifest` folder (manifest.parquet, summary.json).
+
+    `data_version` is not read: it is part of the task's inputs so that the cached manifest is
+    reused only while the audio is unchanged.
+    """
+    from affectflow import kfp_io
+    from affectflow.ingest import ingest as run_stage
+
+    params = kfp_io.stage_params(config, "ingest")
+    res = run_stage(params, manifest.path)
+    manifest.metadata["data_version"] = data_version
+    manifest.metadata["file"] = res.manifest.name
+    kfp_io.log_metrics(summary, res.summary)
+    kfp_io.write_markdown(report, kfp_io.summary_markdown("Ingest", res.summary))

@@ -1,0 +1,29 @@
+"""pretrain: DANN domain-adversarial encoder pretraining; or a placeholder when switched off."""
+
+from kfp.dsl import HTML, Dataset, Input, Metrics, Model, Output
+
+from components.base import component
+
+
+@component("gpu")
+def pretrain(config: str, manifest: Input[Dataset], store: Input[Dataset], encoder: Output[Model],
+             summary: Output[Metrics], report: Output[HTML]) -> None:
+    """affectflow.pretrain.pretrain into the `encoder` folder (encoder/ model folder, report, plots)."""
+    from pathlib import Path
+
+    from affectflow import kfp_io
+    from affectflow.pretrain import pretrain as run_stage
+
+    params = kfp_io.stage_params(config, "pretrain")
+    res = run_stage(params, Path(manifest.path) / "manifest.parquet", store.path, encoder.path)
+    kfp_io.log_metrics(summary, getattr(res, "summary", {}) or {})
+    text = kfp_io.report_text(encoder.path, fallback="# DANN pretraining\n")
+    kfp_io.write_html(report, "DANN pretraining", text, encoder.path, kfp_io.pngs(encoder.path))
+
+
+@component("cpu")
+def skip_pretrain(encoder: Output[Model]) -> None:
+    """The DANN-off branch: no pretrained encoder, so training starts from scratch."""
+    from affectflow import kfp_io
+
+    kfp_io.mark_skipped(encoder, "pretrain.enabled is false")

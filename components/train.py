@@ -1,0 +1,24 @@
+"""train: the recognizer with Ray Train, optionally on a DANN encoder and synthetic samples."""
+
+from kfp.dsl import HTML, Dataset, Input, Metrics, Model, Output
+
+from components.base import component
+
+
+@component("gpu")
+def train(config: str, manifest: Input[Dataset], store: Input[Dataset], synthetic: Input[Dataset],
+          encoder: Input[Model], model: Output[Model], summary: Output[Metrics], report: Output[HTML]) -> None:
+    """affectflow.train.train into the `model` folder (model/, curves.png, summary.json)."""
+    from pathlib import Path
+
+    from affectflow import kfp_io
+    from affectflow.train import train as run_stage
+
+    params = kfp_io.stage_params(config, "train")
+    res = run_stage(params, Path(manifest.path) / "manifest.parquet", store.path, model.path,
+                    pretrained=kfp_io.optional_input(encoder, "encoder"),
+                    synthetic=kfp_io.optional_input(synthetic))
+    model.metadata["model_dir"] = str(Path(res.model_dir).relative_to(model.path))
+    kfp_io.log_metrics(summary, res.summary)
+    text = kfp_io.summary_markdown("Training", res.summary)
+    kfp_io.write_html(report, "Training", text, model.path, kfp_io.pngs(model.path))
