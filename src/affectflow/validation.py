@@ -33,7 +33,7 @@ from great_expectations.data_context.types.base import (
 from great_expectations.expectations.expectation import Expectation
 from great_expectations.expectations.row_conditions import Column
 
-from affectflow.config import Params
+from affectflow.config import EgemapsConfig, Params
 from affectflow.manifest import read_manifest
 from affectflow.progress import progress
 from affectflow.storage import atomic_write_json, atomic_write_text
@@ -151,10 +151,27 @@ def speaker_facts(df: pd.DataFrame) -> pd.DataFrame:
                          "clips_per_split": df["speaker"].map(per_speaker["clips"])}, index=df.index)
 
 
+def copy_facts(df: pd.DataFrame) -> pd.DataFrame:
+    """Per-row facts about the clip's byte-identical copies (same sha256): splits and labels they span.
+
+    One clip twice in the same split with the same label only weighs it double; copies across
+    splits leak test audio into training, and copies with different labels mean one label is wrong.
+    """
+    g = df.groupby("sha256", dropna=True)
+    names = {col: g[col].agg(lambda s: ", ".join(sorted(str(v) for v in s.dropna().unique())))
+             for col in ("split", "emotion")}
+    return pd.DataFrame({
+        "copy_splits": df["sha256"].map(g["split"].nunique()).fillna(1).astype(int),
+        "copy_labels": df["sha256"].map(g["emotion"].nunique()).fillna(1).clip(lower=1).astype(int),
+        "copies_in_splits": df["sha256"].map(names["split"]),
+        "copies_labelled": df["sha256"].map(names["emotion"]),
+    }, index=df.index)
+
+
 def manifest_table(df: pd.DataFrame, params: Params) -> tuple[Table, dict[str, int]]:
     """The manifest with derived columns, and the expectations on it."""
     facts, counts = audio_facts(df, params)
-    data = pd.concat([df, facts, speaker_facts(df)], axis=1)
+    data = pd.concat([df, facts, speaker_facts(df), copy_facts(df)], axis=1)
     a, v = params.audio, params.validation
     exps: list[Expectation] = [
         check(gxe.ExpectTableRowCountToBeBetween, "has_rows", "the manifest has at least one clip",
@@ -186,7 +203,14 @@ def manifest_table(df: pd.DataFrame, params: Params) -> tuple[Table, dict[str, i
               f"durations within audio.min_duration_s..max_duration_s ({a.min_duration_s}..{a.max_duration_s} s)",
               show=["path"], column="duration", min_value=a.min_duration_s, max_value=a.max_duration_s),
         check(gxe.ExpectColumnValuesToBeUnique, "sha256_unique", "no audio content appears twice (sha256)",
-              group=["sha256"], column="sha256"),
+              show=["copies_in_splits", "copies_labelled"], group=["sha256"], column="sha256",
+              severity="critical" if v.fail_on_duplicate_audio else "warning"),
+        check(gxe.ExpectColumnValuesToBeInSet, "copies_in_one_split",
+              "copies of one clip (same sha256) never span splits (test audio would leak into training)",
+              show=["copies_in_splits"], group=["sha256"], column="copy_splits", value_set=[1]),
+        check(gxe.ExpectColumnValuesToBeInSet, "copies_agree_on_label",
+              "copies of one clip (same sha256) carry the same emotion", show=["copies_labelled"],
+              group=["sha256"], column="copy_labels", value_set=[1]),
         check(gxe.ExpectColumnValuesToBeInSet, "speaker_single_split",
               "no speaker appears in more than one split", show=["clips_per_split"],
               group=["speaker"], column="speaker_splits", value_set=[1]),
@@ -221,9 +245,11 @@ def class_count_table(df: pd.DataFrame, params: Params) -> Table:
 # ----------------------------------------------------------------------------- feature facts
 @dataclass(frozen=True)
 class KindSpec:
-    """What every array of one feature kind must look like."""
+    """What every array of one feature kind must look like, and the store key params give it."""
 
     kind: str
+    key: str
+    """Config hash the features stage files this kind under for the current params."""
     ndim: int
     dim0: int | None
     """Expected first dimension; None: whatever most clips have (they must agree)."""
@@ -231,38 +257,34 @@ class KindSpec:
 
 
 @functools.cache
-def opensmile_dim(feature_set: str, level: str) -> int | None:
-    """Number of features opensmile produces for a set and level (None if opensmile is unavailable).
+def egemaps_dims(feature_set: str, levels: tuple[str, ...]) -> dict[str, int]:
+    """Features per openSMILE kind (88 eGeMAPSv02 functionals, 25 LLDs...), asked of openSMILE itself.
 
-    Asked of opensmile itself (88 eGeMAPSv02 functionals, 25 LLDs...) so a feature-set change
-    needs no table here; cached because building a `Smile` parses its config files.
+    Cached: building the extractors parses openSMILE's config files. Empty if openSMILE is missing,
+    and then the gate only asks that all clips agree.
     """
-    try:
-        import opensmile
+    from affectflow.features.egemaps import Egemaps
 
-        smile = opensmile.Smile(feature_set=getattr(opensmile.FeatureSet, feature_set),
-                                feature_level=getattr(opensmile.FeatureLevel, level))
-        return len(smile.feature_names)
-    except Exception:  # no opensmile or an unknown set: fall back to "all clips agree"
-        return None
+    try:
+        return Egemaps(EgemapsConfig(feature_set=feature_set, levels=list(levels))).dims()
+    except Exception:  # no opensmile: fall back to "all clips agree"
+        return {}
 
 
 def feature_specs(params: Params) -> list[KindSpec]:
-    """The feature kinds `params.features` asks for, and their expected shapes."""
-    f = params.features
+    """The feature kinds `params.features` asks for (as the features stage names them) and their shapes."""
+    from affectflow.features.extract import LOGMEL, feature_keys, requested_kinds
+
+    keys = feature_keys(params)
+    eg = params.features.egemaps
     specs: list[KindSpec] = []
-    for kind in f.kinds:
-        if kind == "logmel":
-            specs.append(KindSpec("logmel", 2, f.logmel.n_mels, "features.logmel.n_mels"))
-        elif kind == "egemaps":
-            for level in f.egemaps.levels:
-                if level == "functionals":
-                    specs.append(KindSpec("egemaps", 1, opensmile_dim(f.egemaps.feature_set, "Functionals"),
-                                          f"{f.egemaps.feature_set} functionals"))
-                else:
-                    specs.append(KindSpec("egemaps_lld", 2,
-                                          opensmile_dim(f.egemaps.feature_set, "LowLevelDescriptors"),
-                                          f"{f.egemaps.feature_set} low-level descriptors"))
+    for kind in requested_kinds(params):
+        if kind == LOGMEL:
+            specs.append(KindSpec(kind, keys[kind], 2, params.features.logmel.n_mels, "features.logmel.n_mels"))
+        else:
+            frame_level = kind.endswith("_lld")
+            specs.append(KindSpec(kind, keys[kind], 2 if frame_level else 1, egemaps_dims(eg.feature_set, tuple(eg.levels)).get(kind),
+                                  f"{eg.feature_set} {'low-level descriptors' if frame_level else 'functionals'}"))
     return specs
 
 
@@ -270,10 +292,11 @@ def feature_facts(features: Any, kind: str, utt_ids: Sequence[str]) -> pd.DataFr
     """One row per manifest clip: index entries, load error, shape facts and non-finite count."""
     index = features.index[features.index["kind"] == kind]
     entries = index.groupby("utt_id").size()
+    keys = index.drop_duplicates("utt_id", keep="last").set_index("utt_id")["key"]
     rows: list[dict[str, Any]] = []
     for u in progress(utt_ids, f"check {kind} features", total=len(utt_ids), unit="clip"):
         n = int(entries.get(u, 0))
-        row: dict[str, Any] = {"utt_id": u, "entries": n, "present": n > 0, "load_error": None,
+        row: dict[str, Any] = {"utt_id": u, "entries": n, "present": n > 0, "key": keys.get(u), "load_error": None,
                                "shape": None, "ndim": np.nan, "dim0": np.nan, "frames": np.nan,
                                "nonfinite": np.nan}
         if n == 1:
@@ -287,7 +310,7 @@ def feature_facts(features: Any, kind: str, utt_ids: Sequence[str]) -> pd.DataFr
                            frames=arr.shape[1] if arr.ndim >= 2 else np.nan,
                            nonfinite=int(arr.size - np.count_nonzero(np.isfinite(arr))))
         rows.append(row)
-    return pd.DataFrame(rows, columns=["utt_id", "entries", "present", "load_error", "shape", "ndim",
+    return pd.DataFrame(rows, columns=["utt_id", "entries", "present", "key", "load_error", "shape", "ndim",
                                        "dim0", "frames", "nonfinite"])
 
 
@@ -303,6 +326,9 @@ def feature_table(features: Any, spec: KindSpec, utt_ids: Sequence[str]) -> Tabl
               column="present", value_set=[True]),
         check(gxe.ExpectColumnValuesToBeBetween, f"{k}:one_entry", f"at most one `{k}` index entry per clip",
               column="entries", max_value=1),
+        check(gxe.ExpectColumnValuesToBeInSet, f"{k}:current_params",
+              f"`{k}` features were computed with the current params (store key {spec.key})",
+              column="key", value_set=[spec.key]),
         check(gxe.ExpectColumnValuesToBeNull, f"{k}:loads", f"every `{k}` array file loads",
               column="load_error"),
         check(gxe.ExpectColumnValuesToBeInSet, f"{k}:ndim", f"`{k}` arrays are {spec.ndim}-D",
@@ -367,6 +393,7 @@ def _describe(t: Table, exp: Expectation, res: Any, n_examples: int) -> dict[str
         "check": exp.meta["check"], "description": exp.description, "table": t.name,
         "expectation": cfg.type, "kwargs": _plain(kwargs), "success": bool(res.success),
         "element_count": _plain(r.get("element_count")), "unexpected_count": _plain(r.get("unexpected_count")),
+        "severity": _plain(getattr(exp.severity, "value", exp.severity)),
         "error": _exception(res.exception_info),
     }
     if "observed_value" in r:
@@ -440,32 +467,41 @@ def _failure_line(c: dict[str, Any]) -> str:
     return f"observed {c.get('observed_value')!r}"
 
 
+def _mark(c: dict[str, Any]) -> str:
+    return "✓" if c["success"] else "✗" if c["severity"] == "critical" else "⚠"
+
+
+def _md_failure(c: dict[str, Any], mark: str) -> list[str]:
+    """One failed check: what was expected, on which table and column, and the offending rows."""
+    where = f" where {c['kwargs']['row_condition']}" if "row_condition" in c["kwargs"] else ""
+    col = c["kwargs"].get("column")
+    lines = [f"### {mark} `{c['check']}` — {c['description']}", "",
+             f"`{c['expectation']}`" + (f" on `{col}`" if col else "")
+             + f" (table `{c['table']}`{where}): {_failure_line(c)}."]
+    if c.get("examples"):
+        grouped = c.get("groups") is not None
+        total, unit = (c["groups"], "groups") if grouped else (c["unexpected_count"], "rows")
+        lines += ["", f"First {len(c['examples'])} of {total} offending {unit}:", "", *_md_table(c["examples"])]
+    return lines
+
+
 def render_markdown(report: dict[str, Any]) -> str:
     s = report["summary"]
     lines = [f"# Data validation gate: {'PASSED' if s['passed'] else 'FAILED'}", ""]
     lines += [f"- manifest: `{s['manifest']}` ({s['clips']} clips, {s['speakers']} speakers)",
               f"- features: `{s['features']}`" if s["features"] else "- features: not checked",
-              f"- checks: {s['checks']} run, {len(s['failed'])} failed",
+              f"- checks: {s['checks']} run, {len(s['failed'])} failed, {len(s['warnings'])} warned",
               f"- audio: {s['audio']['checked']} files checked for existence, "
               f"{s['audio']['decoded']} opened and tail-decoded"
               + (f", {s['audio']['remote_unchecked']} remote paths not checked"
                  if s["audio"]["remote_unchecked"] else ""),
               f"- Great Expectations {report['great_expectations']}", ""]
-    failed = [c for c in report["checks"] if not c["success"]]
-    if failed:
-        lines += ["## Failed checks", ""]
-    for c in failed:
-        lines += [f"### ✗ `{c['check']}` — {c['description']}", ""]
-        where = f" where {c['kwargs']['row_condition']}" if "row_condition" in c["kwargs"] else ""
-        col = c["kwargs"].get("column")
-        lines.append(f"`{c['expectation']}`" + (f" on `{col}`" if col else "")
-                     + f" (table `{c['table']}`{where}): {_failure_line(c)}.")
-        if c.get("examples"):
-            shown = len(c["examples"])
-            total = c["groups"] if c.get("groups") is not None else c["unexpected_count"]
-            unit = "groups" if c.get("groups") is not None else "rows"
-            lines += ["", f"First {shown} of {total} offending {unit}:", "", *_md_table(c["examples"])]
-        lines.append("")
+    for title, mark, names in (("Failed checks", "✗", s["failed"]),
+                               ("Warnings (do not fail the gate)", "⚠", s["warnings"])):
+        if names:
+            lines += [f"## {title}", ""]
+        for c in (c for c in report["checks"] if c["check"] in names):
+            lines += [*_md_failure(c, mark), ""]
     counts = report["class_counts"]
     if counts:
         classes = list(next(iter(counts.values())).keys())
@@ -473,7 +509,7 @@ def render_markdown(report: dict[str, Any]) -> str:
         lines += _md_table([{"split": sp, **row} for sp, row in counts.items()], ["split", *classes])
         lines.append("")
     lines += ["## All checks", ""]
-    lines += _md_table([{"": "✓" if c["success"] else "✗", "check": c["check"], "table": c["table"],
+    lines += _md_table([{"": _mark(c), "check": c["check"], "table": c["table"],
                          "expectation": c["expectation"],
                          "unexpected / observed": c.get("unexpected_count") if c.get("unexpected_count") is not None
                          else c.get("observed_value")} for c in report["checks"]])
@@ -483,7 +519,11 @@ def render_markdown(report: dict[str, Any]) -> str:
 # ----------------------------------------------------------------------------- the stage
 def validate(params: Params, manifest_path: str | Path, out_dir: str | Path,
              features_dir: str | Path | None = None) -> GateResult:
-    """Run the gate; write `report.json` and `report.md` to `out_dir`; passed=False if any check fails."""
+    """Run the gate; write `report.json` and `report.md` to `out_dir`.
+
+    passed=False if any critical check fails; warning-level checks (duplicate clips that stay in one
+    split with one label, unless validation.fail_on_duplicate_audio) are reported but do not block.
+    """
     manifest_path, out = Path(manifest_path), Path(out_dir)
     df = read_manifest(manifest_path)
     mtable, audio_counts = manifest_table(df, params)
@@ -496,7 +536,8 @@ def validate(params: Params, manifest_path: str | Path, out_dir: str | Path,
         utt_ids = df["utt_id"].dropna().astype(str).tolist()
         tables += [feature_table(features, spec, utt_ids) for spec in feature_specs(params)]
     checks = run_tables(tables, params.validation.report_examples)
-    failed = [c for c in checks if not c["success"]]
+    failed = [c for c in checks if not c["success"] and c["severity"] == "critical"]
+    warned = [c for c in checks if not c["success"] and c["severity"] != "critical"]
     summary: dict[str, Any] = {
         "passed": not failed,
         "manifest": str(manifest_path),
@@ -506,6 +547,7 @@ def validate(params: Params, manifest_path: str | Path, out_dir: str | Path,
         "checks": len(checks),
         "failed": [c["check"] for c in failed],
         "failures": {c["check"]: _failure_line(c) + _first_example(c) for c in failed},
+        "warnings": {c["check"]: _failure_line(c) + _first_example(c) for c in warned},
         "audio": audio_counts,
     }
     table = counts.pivot(index="split", columns="emotion", values="count") if len(counts) else None

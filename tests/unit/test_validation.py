@@ -5,12 +5,14 @@ from __future__ import annotations
 import json
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
 import pytest
 
 from affectflow.config import Params, dump_params
+from affectflow.features.extract import feature_keys
 from affectflow.features.store import INDEX, INDEX_COLUMNS, feature_path, save_array
 from affectflow.ingest import ingest
 from affectflow.manifest import read_manifest, write_manifest
@@ -18,7 +20,7 @@ from affectflow.validation import GateResult, validate
 
 
 @pytest.fixture(scope="module")
-def _module_cache() -> dict[str, pd.DataFrame]:
+def _module_cache() -> dict[str, Any]:
     return {}
 
 
@@ -47,7 +49,7 @@ def failed(res: GateResult) -> set[str]:
 # ----------------------------------------------------------------------------- passing case
 def test_clean_ingest_and_features_pass_and_write_both_reports(synth_params: Params, manifest_df: pd.DataFrame,
                                                                 tmp_path: Path) -> None:
-    feats = write_features(tmp_path / "features", manifest_df, synth_params.features.logmel.n_mels)
+    feats = write_features(tmp_path / "features", manifest_df, synth_params)
     res = run_gate(synth_params, manifest_df, tmp_path, features=feats)
     assert res.passed, res.summary["failures"]
     assert res.summary["failed"] == []
@@ -83,11 +85,6 @@ def _bad_label(df: pd.DataFrame, tmp: Path) -> list[str]:
     return [df.loc[3, "utt_id"]]
 
 
-def _duplicate_audio(df: pd.DataFrame, tmp: Path) -> list[str]:
-    df.loc[5, "sha256"] = df.loc[4, "sha256"]
-    return df.loc[[4, 5], "utt_id"].tolist()
-
-
 def _null_speaker(df: pd.DataFrame, tmp: Path) -> list[str]:
     df["speaker"] = df["speaker"].astype(object)
     df.loc[6, "speaker"] = None
@@ -102,13 +99,47 @@ def _truncated_file(df: pd.DataFrame, tmp: Path) -> list[str]:
     return [df.loc[7, "utt_id"]]
 
 
-CASES: dict[str, tuple[Callable[[pd.DataFrame, Path], list[str]], str]] = {
-    "missing file": (_missing_file, "file_exists"),
-    "too long": (_too_long, "duration_in_range"),
-    "bad label": (_bad_label, "emotion_in_classes"),
-    "duplicate sha256": (_duplicate_audio, "sha256_unique"),
-    "null speaker": (_null_speaker, "not_null:speaker"),
-    "truncated file": (_truncated_file, "audio_decodes"),
+def _spare(df: pd.DataFrame) -> pd.DataFrame:
+    """Rows the single-row edits above (rows 0-7) do not touch, from speakers they do not touch."""
+    return df[(df.index >= 8) & ~df["speaker"].isin(df.loc[:7, "speaker"].dropna())]
+
+
+def _copy(df: pd.DataFrame, a: int, b: int) -> list[str]:
+    df.loc[b, "sha256"] = df.loc[a, "sha256"]
+    return df.loc[[a, b], "utt_id"].tolist()
+
+
+def _copy_same_split_and_label(df: pd.DataFrame, tmp: Path) -> list[str]:
+    rows = _spare(df)
+    pair = rows[rows["split"] == "test"].groupby(["speaker", "emotion"]).head(2).index[:2]
+    return _copy(df, *pair)
+
+
+def _copy_other_label(df: pd.DataFrame, tmp: Path) -> list[str]:
+    rows = _spare(df)
+    val = rows[rows["split"] == "val"]
+    a = val.index[0]
+    b = val.index[(val["emotion"] != val.loc[a, "emotion"]) & (val["speaker"] == val.loc[a, "speaker"])][0]
+    return _copy(df, a, b)
+
+
+def _copy_across_splits(df: pd.DataFrame, tmp: Path) -> list[str]:
+    rows = _spare(df)
+    a = rows.index[(rows["split"] == "train") & (rows["emotion"] == "angry")][0]
+    b = rows.index[(rows["split"] == "test") & (rows["emotion"] == "angry")][-1]
+    return _copy(df, a, b)
+
+
+CASES: dict[str, tuple[Callable[[pd.DataFrame, Path], list[str]], tuple[str, ...]]] = {
+    "missing file": (_missing_file, ("file_exists",)),
+    # the header then disagrees with the manifest too
+    "too long": (_too_long, ("duration_in_range", "audio_decodes")),
+    "bad label": (_bad_label, ("emotion_in_classes",)),
+    "null speaker": (_null_speaker, ("not_null:speaker",)),
+    "truncated file": (_truncated_file, ("audio_decodes",)),
+    "duplicate audio": (_copy_same_split_and_label, ("sha256_unique",)),
+    "copy with another label": (_copy_other_label, ("sha256_unique", "copies_agree_on_label")),
+    "copy across splits": (_copy_across_splits, ("sha256_unique", "copies_in_one_split")),
 }
 
 
@@ -125,28 +156,44 @@ def broken_gate(synth_params: Params, manifest_df: pd.DataFrame, tmp_path: Path,
 def test_broken_manifest_fails_exactly_the_broken_checks(broken_gate: tuple[GateResult, dict]) -> None:
     res, _ = broken_gate
     assert not res.passed
-    # "too long" also makes the header disagree with the manifest, so audio_decodes lists those rows too
-    assert failed(res) == {check for _, check in CASES.values()}
-    assert set(res.summary["failed"]) == failed(res)
-    assert res.report_md.read_text().startswith("# Data validation gate: FAILED")
+    every = {check for _, names in CASES.values() for check in names}
+    assert failed(res) == every
+    # a duplicate that stays in one split with one label is a warning; leaks and label conflicts fail
+    assert set(res.summary["warnings"]) == {"sha256_unique"}
+    assert set(res.summary["failed"]) == every - {"sha256_unique"}
+    md = res.report_md.read_text()
+    assert md.startswith("# Data validation gate: FAILED")
+    assert md.index("## Failed checks") < md.index("## Warnings") < md.index("### ⚠ `sha256_unique`")
 
 
 @pytest.mark.parametrize("case", list(CASES))
 def test_each_manifest_failure_names_its_rows(case: str, broken_gate: tuple[GateResult, dict]) -> None:
     res, offending = broken_gate
-    check = CASES[case][1]
-    c = checks(res)[check]
-    shown = {e.get("utt_id") for e in c["examples"]}
-    shown |= {u for e in c["examples"] for u in str(e.get("utt_ids", "")).split(", ")}
-    if check == "audio_decodes":  # truncated file + the two "too long" rows
-        assert c["unexpected_count"] == len(offending[case]) + len(offending["too long"])
-    else:
-        assert c["unexpected_count"] == len(offending[case])
-    assert set(offending[case]) <= shown
     md = res.report_md.read_text()
-    section = md[md.index(f"`{check}` —"):]
-    assert offending[case][0] in section.split("### ")[0]
-    assert check in res.summary["failures"]
+    for check in CASES[case][1]:
+        c = checks(res)[check]
+        rows = {u for other, (_, names) in CASES.items() if check in names for u in offending[other]}
+        assert c["unexpected_count"] == len(rows)
+        shown = {e.get("utt_id") for e in c["examples"]}
+        shown |= {u for e in c["examples"] for u in str(e.get("utt_ids", "")).split(", ")}
+        assert set(offending[case]) <= shown
+        section = md[md.index(f"`{check}` —"):].split("### ")[0]
+        assert offending[case][0] in section
+        assert check in res.summary["failures"] or check in res.summary["warnings"]
+
+
+def test_duplicate_within_one_split_only_warns_unless_configured(
+        synth_params: Params, manifest_df: pd.DataFrame, tmp_path: Path) -> None:
+    """RAVDESS ships one byte-identical pair (same actor, emotion, split): reported, not blocking."""
+    pair = _copy_same_split_and_label(manifest_df, tmp_path)
+    res = run_gate(synth_params, manifest_df, tmp_path)
+    assert res.passed and set(res.summary["warnings"]) == {"sha256_unique"}
+    (ex,) = checks(res)["sha256_unique"]["examples"]
+    assert ex["utt_ids"] == ", ".join(pair) and ex["rows"] == 2
+    assert "## Warnings" in res.report_md.read_text()
+    synth_params.validation.fail_on_duplicate_audio = True
+    strict = run_gate(synth_params, manifest_df, tmp_path)
+    assert not strict.passed and strict.summary["failed"] == ["sha256_unique"]
 
 
 def test_speaker_in_two_splits_names_speaker_and_splits(synth_params: Params, manifest_df: pd.DataFrame,
@@ -235,10 +282,17 @@ def test_cli_exits_1_when_the_gate_fails(synth_params: Params, manifest_df: pd.D
 
 
 # ----------------------------------------------------------------------------- feature failures
-def write_features(root: Path, df: pd.DataFrame, n_mels: int, n_egemaps: int = 88,
-                   edit: Callable[[str, str, np.ndarray], np.ndarray | None] | None = None) -> Path:
-    """A tiny fake features folder in the store layout; `edit(kind, utt_id, arr)` may change or drop arrays."""
+def write_features(root: Path, df: pd.DataFrame, params: Params, n_egemaps: int = 88,
+                   edit: Callable[[str, str, np.ndarray], np.ndarray | None] | None = None,
+                   stale: tuple[str, str] | None = None) -> Path:
+    """A tiny fake features folder in the store layout, keyed as params would key it.
+
+    `edit(kind, utt_id, arr)` may change or drop arrays; `stale=(kind, utt_id)` files that one
+    array under another configuration's key (features left over from older params).
+    """
     rng = np.random.default_rng(0)
+    n_mels = params.features.logmel.n_mels
+    keys = feature_keys(params)
     rows = []
     for utt, sha in zip(df["utt_id"], df["sha256"], strict=True):
         for kind, arr in (("logmel", rng.normal(size=(n_mels, 20))), ("egemaps", rng.normal(size=n_egemaps))):
@@ -246,9 +300,10 @@ def write_features(root: Path, df: pd.DataFrame, n_mels: int, n_egemaps: int = 8
                 arr = edit(kind, utt, arr)
                 if arr is None:
                     continue
-            path = feature_path(root, kind, "cfg0", sha)
+            key = "0ld" + keys[kind][3:] if (kind, utt) == stale else keys[kind]
+            path = feature_path(root, kind, key, sha)
             save_array(path, arr)
-            rows.append({"utt_id": utt, "kind": kind, "key": "cfg0", "file": str(path.relative_to(root)),
+            rows.append({"utt_id": utt, "kind": kind, "key": key, "file": str(path.relative_to(root)),
                          "shape": list(arr.shape)})
     pd.DataFrame(rows, columns=INDEX_COLUMNS).to_parquet(root / INDEX, index=False)
     return root
@@ -278,7 +333,8 @@ FEATURE_CASES = {
     "missing egemaps for a clip": (_missing_egemaps, "egemaps:present"),
     "zero frames": (_empty_frames, "logmel:frames"),
 }
-CHECK_OF = {**{case: check for case, (_, check) in FEATURE_CASES.items()}, "logmel file gone": "logmel:loads"}
+CHECK_OF = {**{case: check for case, (_, check) in FEATURE_CASES.items()}, "logmel file gone": "logmel:loads",
+            "stale logmel key": "logmel:current_params"}
 
 
 @pytest.fixture
@@ -295,7 +351,9 @@ def broken_features_gate(synth_params: Params, manifest_df: pd.DataFrame, tmp_pa
                     return None
             return arr
 
-        feats = write_features(tmp_path / "features", manifest_df, synth_params.features.logmel.n_mels, edit=edit)
+        targets["stale logmel key"] = manifest_df["utt_id"].iloc[30]
+        feats = write_features(tmp_path / "features", manifest_df, synth_params, edit=edit,
+                               stale=("logmel", targets["stale logmel key"]))
         index = pd.read_parquet(feats / INDEX)
         gone = index[(index["kind"] == "logmel") & (index["utt_id"] == manifest_df["utt_id"].iloc[20])]
         (feats / gone["file"].iloc[0]).unlink()  # listed in the index, but the file is gone
