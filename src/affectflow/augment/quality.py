@@ -1,0 +1,175 @@
+"""Per-sample quality scores of synthetic data and the filter that decides which samples are kept.
+
+Three criteria (each score is stored per sample in synthetic.npz):
+  realness   critic / discriminator score, compared with a quantile of the scores the same network
+             gives real training samples of the same class (a conditional critic scores classes
+             on different scales, so the threshold is per class);
+  agreement  probability a classifier trained on real training data alone gives the conditioned
+             label; a sample it puts in another class would be label noise;
+  manifold   in the embedding space: inside the k-NN ball of some real sample of the same class
+             (the precision criterion of Kynkäänniemi et al., 2019), and farther from its nearest
+             real sample than δ (a near-copy adds nothing and leaks memorisation).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+from sklearn.linear_model import LogisticRegression
+from sklearn.metrics import pairwise_distances_chunked
+from sklearn.neighbors import NearestNeighbors
+from sklearn.neural_network import MLPClassifier
+
+from affectflow.config import AugmentConfig
+
+CRITERIA = ("realness", "agreement", "manifold", "novelty")
+
+
+# ----------------------------------------------------------------------------- geometry
+def knn_radii(R: np.ndarray, k: int) -> np.ndarray:
+    """Distance from each row of R to its k-th nearest *other* row (k clipped to len(R) - 1).
+
+    A lone sample gets radius 0: with one example there is no evidence of a class's spread.
+    """
+    n = len(R)
+    k_eff = min(k, n - 1)
+    if k_eff <= 0:
+        return np.zeros(n)
+    dist, _ = NearestNeighbors(n_neighbors=k_eff + 1).fit(R).kneighbors(R)
+    return dist[:, k_eff]
+
+
+def inside_balls(S: np.ndarray, R: np.ndarray, radii: np.ndarray) -> np.ndarray:
+    """True where a row of S lies within the radius of at least one row of R (‖s − r‖ ≤ radius_r)."""
+    if len(S) == 0:
+        return np.zeros(0, dtype=bool)
+    if len(R) == 0:
+        return np.zeros(len(S), dtype=bool)
+    parts = pairwise_distances_chunked(S, R, reduce_func=lambda D, _start: (radii[None, :] >= D).any(axis=1))
+    return np.concatenate(list(parts))
+
+
+def nearest_distance(S: np.ndarray, R: np.ndarray) -> np.ndarray:
+    """Distance from each row of S to its nearest row of R."""
+    if len(S) == 0:
+        return np.zeros(0)
+    dist, _ = NearestNeighbors(n_neighbors=1).fit(R).kneighbors(S)
+    return dist[:, 0]
+
+
+def real_nn_distances(R: np.ndarray) -> np.ndarray:
+    """Leave-one-out nearest-neighbour distance of each real sample (the scale δ is a quantile of)."""
+    if len(R) < 2:
+        return np.zeros(len(R))
+    dist, _ = NearestNeighbors(n_neighbors=2).fit(R).kneighbors(R)
+    return dist[:, 1]
+
+
+# ----------------------------------------------------------------------------- label agreement
+class AgreementModel:
+    """A small recognizer trained on real training features only (MLP, or logistic regression)."""
+
+    def __init__(self, hidden: Sequence[int], alpha: float, max_iter: int, seed: int):
+        if hidden:
+            self.clf = MLPClassifier(hidden_layer_sizes=tuple(hidden), alpha=alpha, max_iter=max_iter,
+                                     random_state=seed)
+        else:
+            self.clf = LogisticRegression(C=1.0 / max(alpha, 1e-12), max_iter=max_iter)
+
+    def fit(self, F: np.ndarray, y: np.ndarray) -> AgreementModel:
+        self.clf.fit(F, y)
+        return self
+
+    def prob_of(self, F: np.ndarray, labels: np.ndarray) -> np.ndarray:
+        """P(label | x) for each row; 0 for a label the model never saw in training."""
+        if len(F) == 0:
+            return np.zeros(0)
+        proba = self.clf.predict_proba(F)
+        col = {int(c): i for i, c in enumerate(self.clf.classes_)}
+        out = np.zeros(len(F))
+        for j, lab in enumerate(labels):
+            i = col.get(int(lab))
+            out[j] = proba[j, i] if i is not None else 0.0
+        return out
+
+
+# ----------------------------------------------------------------------------- scores & filter
+@dataclass
+class Scores:
+    """Per synthetic sample: the three criteria's raw scores."""
+
+    realness: np.ndarray
+    agreement: np.ndarray
+    nn_distance: np.ndarray
+    knn_inside: np.ndarray
+
+
+@dataclass
+class Thresholds:
+    realness_min: dict[int, float]
+    """Per class: the `realness_quantile` of real samples' scores."""
+    label_tau: float
+    delta: float
+    """Near-copy distance: the `min_distance_quantile` of real leave-one-out NN distances."""
+
+    def to_json(self, classes: Sequence[str]) -> dict:
+        return {"realness_min": {classes[c]: v for c, v in self.realness_min.items()},
+                "label_tau": self.label_tau, "delta": self.delta}
+
+
+def thresholds_from_real(
+    real_realness: np.ndarray, real_y: np.ndarray, real_emb: np.ndarray, cfg: AugmentConfig,
+) -> Thresholds:
+    realness_min = {int(c): float(np.quantile(real_realness[real_y == c], cfg.realness_quantile))
+                    for c in np.unique(real_y)}
+    delta = float(np.quantile(real_nn_distances(real_emb), cfg.min_distance_quantile))
+    return Thresholds(realness_min, cfg.label_tau, delta)
+
+
+def manifold_scores(
+    syn_emb: np.ndarray, syn_y: np.ndarray, real_emb: np.ndarray, real_y: np.ndarray, k: int,
+) -> tuple[np.ndarray, np.ndarray]:
+    """(nn_distance to any real sample, inside the k-NN balls of real samples of the same class)."""
+    nn = nearest_distance(syn_emb, real_emb)
+    inside = np.zeros(len(syn_emb), dtype=bool)
+    for c in np.unique(syn_y):
+        s, r = syn_y == c, real_y == c
+        if r.any():
+            inside[s] = inside_balls(syn_emb[s], real_emb[r], knn_radii(real_emb[r], k))
+    return nn, inside
+
+
+def criteria_passed(scores: Scores, y: np.ndarray, th: Thresholds) -> dict[str, np.ndarray]:
+    """Pass mask of each criterion (whether or not it is switched on)."""
+    rmin = np.array([th.realness_min.get(int(c), math.inf) for c in y])
+    return {
+        "realness": scores.realness >= rmin,
+        "agreement": scores.agreement >= th.label_tau,
+        "manifold": scores.knn_inside.astype(bool),
+        "novelty": scores.nn_distance > th.delta,
+    }
+
+
+def select(
+    scores: Scores, y: np.ndarray, th: Thresholds, filters: Sequence[str], keep_fraction: float,
+) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """Kept mask: passes every enabled criterion; then per class at most ⌊keep_fraction · generated⌋,
+    the most real first. Returns (kept, per-criterion pass masks)."""
+    unknown = set(filters) - set(CRITERIA)
+    if unknown:
+        raise ValueError(f"augment.filters: unknown criteria {sorted(unknown)} (known: {list(CRITERIA)})")
+    passed = criteria_passed(scores, y, th)
+    ok = np.ones(len(y), dtype=bool)
+    for f in filters:
+        ok &= passed[f]
+    kept = np.zeros(len(y), dtype=bool)
+    for c in np.unique(y):
+        idx = np.flatnonzero(y == c)
+        cap = math.floor(keep_fraction * len(idx) + 1e-9)
+        cand = idx[ok[idx]]
+        best = cand[np.argsort(-scores.realness[cand], kind="stable")][:cap]
+        kept[best] = True
+    return kept, passed
