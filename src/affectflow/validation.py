@@ -283,8 +283,9 @@ def feature_specs(params: Params) -> list[KindSpec]:
             specs.append(KindSpec(kind, keys[kind], 2, params.features.logmel.n_mels, "features.logmel.n_mels"))
         else:
             frame_level = kind.endswith("_lld")
-            specs.append(KindSpec(kind, keys[kind], 2 if frame_level else 1, egemaps_dims(eg.feature_set, tuple(eg.levels)).get(kind),
-                                  f"{eg.feature_set} {'low-level descriptors' if frame_level else 'functionals'}"))
+            dims = egemaps_dims(eg.feature_set, tuple(eg.levels))
+            what = "low-level descriptors" if frame_level else "functionals"
+            specs.append(KindSpec(kind, keys[kind], 2 if frame_level else 1, dims.get(kind), f"{eg.feature_set} {what}"))
     return specs
 
 
@@ -296,9 +297,9 @@ def feature_facts(features: Any, kind: str, utt_ids: Sequence[str]) -> pd.DataFr
     rows: list[dict[str, Any]] = []
     for u in progress(utt_ids, f"check {kind} features", total=len(utt_ids), unit="clip"):
         n = int(entries.get(u, 0))
-        row: dict[str, Any] = {"utt_id": u, "entries": n, "present": n > 0, "key": keys.get(u), "load_error": None,
-                               "shape": None, "ndim": np.nan, "dim0": np.nan, "frames": np.nan,
-                               "nonfinite": np.nan}
+        row: dict[str, Any] = {"utt_id": u, "entries": n, "present": n > 0, "key": keys.get(u),
+                               "load_error": None, "shape": None, "ndim": np.nan, "dim0": np.nan,
+                               "frames": np.nan, "nonfinite": np.nan}
         if n == 1:
             try:
                 arr = np.asarray(features.load(kind, [u])[0])
