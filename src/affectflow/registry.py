@@ -13,8 +13,9 @@ What is read from `metrics.json` (written by evaluate): `uar` (required), `wa`, 
 `test_manifest_hash` (required for any promotion). A metric may be a number or an object with a
 `value` / `mean` / `point` field (point estimate with confidence interval); other keys are ignored.
 What is read from `model.json` (written by train): `mlflow_model_uri` / `mlflow_run_id` (also under
-an `mlflow` object as `model_uri` / `run_id`) to find the logged model, and lineage hashes
-(`manifest_hash`, `git_commit`, `dvc_rev`, at the top level or under `lineage`).
+an `mlflow` object as `model_uri` / `run_id`, which is what `affectflow.train` writes) to find the
+logged model, and lineage (`git_commit`, `dvc_revision`, `manifest_hash`, ...) at the top level or
+under `lineage`, used when the training run's tags lack it.
 """
 
 from __future__ import annotations
@@ -48,7 +49,10 @@ LAST_ROLLBACK_TAG = "last_rollback"
 METRIC_TAGS = ("uar", "wa", "macro_f1")
 RECALL_TAG = "per_class_recall"
 TEST_HASH_TAG = "test_manifest_hash"
-LINEAGE_TAGS = ("git_commit", "dvc_rev", "manifest_hash")
+LINEAGE_TAGS = ("git_commit", "dvc_revision", "manifest_hash")
+COPIED_LINEAGE = ("git_dirty", "feature_config_hash", "params_hash", "dvc_lock", "dvc_manifest_md5",
+                  "dvc_features_md5")
+"""Lineage that `affectflow.tracking` puts on training runs; copied to the version when present."""
 
 UAR_TOLERANCE = 1e-9
 """Float slack when comparing UAR with champion UAR + margin, so an exact-margin gain passes."""
@@ -309,27 +313,47 @@ def _git_commit() -> str | None:
     return out.stdout.strip() or None
 
 
+def _dvc_revision_here() -> str | None:
+    from affectflow.lineage import dvc_revision
+
+    return dvc_revision()
+
+
 def lineage(client: Any, source: ModelSource, model_dir: str | Path, scores: Scores) -> dict[str, str]:
-    """git commit, DVC revision and manifest hashes, from the training run first, then model.json,
-    then the environment (`AFFECTFLOW_GIT_COMMIT`, `AFFECTFLOW_DVC_REV`, `git rev-parse HEAD`)."""
+    """Where the model came from, for version tags.
+
+    Each field is taken from the training run's tags first (what `affectflow.tracking` recorded when
+    the model was trained), then model.json's `lineage`, and only then from the registering process
+    (`AFFECTFLOW_GIT_COMMIT` / `git rev-parse HEAD`, `affectflow.lineage.dvc_revision()`), which may
+    have moved on since training. Optional extras (`COPIED_LINEAGE`) are copied when present.
+    """
     run_tags: dict[str, str] = {}
     if source.run_id:
         try:
-            run = client.get_run(source.run_id)
-            run_tags = {**run.data.params, **run.data.tags}
-        except Exception as e:  # lineage is best effort; a missing run must not block registration
+            run_tags = dict(client.get_run(source.run_id).data.tags)
+        except Exception as e:  # a deleted run must not block registration; lineage falls back
             if not _is_not_found(e):
                 raise
     info = _read_model_json(model_dir)
+
+    def pick(*keys: str) -> str | None:
+        for key in keys:
+            if run_tags.get(key):
+                return run_tags[key]
+        return _lookup(info, *keys)
+
     found = {
-        "git_commit": run_tags.get("git_commit") or run_tags.get("mlflow.source.git.commit")
-        or _lookup(info, "git_commit") or _git_commit(),
-        "dvc_rev": run_tags.get("dvc_rev") or run_tags.get("dvc.rev") or _lookup(info, "dvc_rev")
-        or os.environ.get("AFFECTFLOW_DVC_REV"),
-        "manifest_hash": run_tags.get("manifest_hash") or _lookup(info, "manifest_hash"),
+        "git_commit": pick("git_commit", "mlflow.source.git.commit") or _git_commit(),
+        "dvc_revision": pick("dvc_revision") or _dvc_revision_here(),
+        "manifest_hash": pick("manifest_hash"),
         TEST_HASH_TAG: scores.test_manifest_hash,
     }
-    return {k: v or UNKNOWN for k, v in found.items()}
+    out = {k: v or UNKNOWN for k, v in found.items()}
+    for key in COPIED_LINEAGE:
+        value = pick(key)
+        if value:
+            out[key] = value
+    return out
 
 
 # ----------------------------------------------------------------------------- the registry
@@ -361,23 +385,26 @@ class Registry:
         self.client = client or client_for(params)
 
     # -------------------------------------------------------------- reading
-    def exists(self) -> bool:
+    def _registered(self) -> Any:
+        """The RegisteredModel (aliases and tags in one round trip), None when not registered yet."""
         try:
-            self.client.get_registered_model(self.name)
+            return self.client.get_registered_model(self.name)
         except Exception as e:
             if _is_not_found(e):
-                return False
+                return None
             raise
-        return True
+
+    def exists(self) -> bool:
+        return self._registered() is not None
 
     def aliases(self) -> dict[str, str]:
         """alias -> version (as strings); empty when the model is not registered yet."""
-        if not self.exists():
-            return {}
-        return {a: str(v) for a, v in self.client.get_registered_model(self.name).aliases.items()}
+        rm = self._registered()
+        return {} if rm is None else {a: str(v) for a, v in rm.aliases.items()}
 
     def model_tags(self) -> dict[str, str]:
-        return dict(self.client.get_registered_model(self.name).tags) if self.exists() else {}
+        rm = self._registered()
+        return {} if rm is None else dict(rm.tags)
 
     def alias_version(self, alias: str) -> str | None:
         return self.aliases().get(alias)
@@ -468,13 +495,13 @@ class Registry:
         self.client.set_registered_model_alias(self.name, CHALLENGER, version)
         return version
 
-    def gate(self, version: str) -> GateDecision:
-        """Compare `version` with the current champion; record the decision on the version.
+    def gate(self, version: str, champion: str | None = None) -> GateDecision:
+        """Compare `version` with the champion (looked up unless given); record the decision on the version.
 
         Unreadable scores (a version registered outside affectflow) fail the gate with the reason
         instead of raising, so `--force` remains a way out.
         """
-        champion = self.alias_version(CHAMPION)
+        champion = champion or self.alias_version(CHAMPION)
         try:
             decision = evaluate_gate(
                 self.scores(version), self.scores(champion) if champion else None,
@@ -493,10 +520,9 @@ class Registry:
         for key, value in ((HISTORY_TAG, history), (STACK_TAG, stack), (model_tag, event)):
             self.client.set_registered_model_tag(self.name, key, json.dumps(value, sort_keys=True))
 
-    def _set_champion(self, version: str, *, action: str, reason: str, forced: bool,
+    def _set_champion(self, version: str, *, previous: str | None, action: str, reason: str, forced: bool,
                       stack: list[str]) -> dict[str, Any]:
         """Move the alias, then write the event on the version(s) and the registered model."""
-        previous = self.alias_version(CHAMPION)
         at = utc_now()
         self.client.set_registered_model_alias(self.name, CHAMPION, version)
         event = {"action": action, "version": version, "previous": previous, "reason": reason,
@@ -519,7 +545,7 @@ class Registry:
         current = self.alias_version(CHAMPION)
         if current == version:
             raise RegistryError(f"model {self.name!r}: v{version} is already the champion")
-        decision = self.gate(version)
+        decision = self.gate(version, current)
         promoted = decision.passed or force
         out: dict[str, Any] = {"model_name": self.name, "version": version,
                                "gate": asdict(decision), "promoted": promoted, "forced": False,
@@ -532,11 +558,12 @@ class Registry:
             if current and (not stack or stack[-1] != current):
                 stack.append(current)  # alias was set outside affectflow: keep it reachable
             stack.append(version)
-            out["event"] = self._set_champion(version, action="promote", reason=why, forced=forced,
-                                              stack=stack)
+            out["event"] = self._set_champion(version, previous=current, action="promote", reason=why,
+                                              forced=forced, stack=stack)
             out["forced"] = forced
-        out["champion"] = self.alias_version(CHAMPION)
-        out["aliases"] = sorted(a for a, v in self.aliases().items() if v == version)
+        aliases = self.aliases()
+        out["champion"] = aliases.get(CHAMPION)
+        out["aliases"] = sorted(a for a, v in aliases.items() if v == version)
         return out
 
     def rollback(self, *, reason: str = "") -> dict[str, Any]:
@@ -553,7 +580,8 @@ class Registry:
         target = stack[-1]
         self.get(target)  # a deleted version is an error that names it
         why = reason or "manual rollback"
-        event = self._set_champion(target, action="rollback", reason=why, forced=False, stack=stack)
+        event = self._set_champion(target, previous=current, action="rollback", reason=why, forced=False,
+                                   stack=stack)
         return {"model_name": self.name, "champion": target, "previous_champion": current,
                 "event": event}
 
@@ -577,7 +605,7 @@ def register(params: Params, model_dir: str | Path, metrics_path: str | Path, ou
     version = reg.create_version(source, tags)
     previous = reg.alias_version(CHAMPION)
     if params.registry.auto_promote:
-        promo = reg.promote(version, reason="registered by pipeline")
+        promo = reg.promote(version, reason="at registration")
         decision, promoted = promo["gate"], promo["promoted"]
     else:
         decision, promoted = asdict(reg.gate(version)), False

@@ -43,11 +43,12 @@ def store(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
     exp = client.create_experiment("registry-tests", artifact_location=str(root / "artifacts"))
 
     class Echo(mlflow.pyfunc.PythonModel):
-        def predict(self, context, model_input, params=None):
+        def predict(self, context, model_input: list[str], params=None) -> list[str]:
             return model_input
 
     with use_tracking_uri(uri), mlflow.start_run(experiment_id=exp) as run:
-        mlflow.set_tag("dvc_rev", "dvc-abc")
+        # Lineage tags as affectflow.tracking writes them ("" = git not available in the run).
+        mlflow.set_tags({"dvc_revision": "dvc.lock:abc", "params_hash": "p123", "git_commit": ""})
         info = mlflow.pyfunc.log_model(name="model", python_model=Echo(), pip_requirements=[])
     return {"uri": uri, "run_id": run.info.run_id, "model_uri": info.model_uri}
 
@@ -71,7 +72,9 @@ def write_candidate(tmp_path: Path, store: dict[str, str], tag: str, uar: float,
     folder = tmp_path / tag
     model_dir = folder / "model"
     model_dir.mkdir(parents=True)
-    info = {"mlflow_run_id": store["run_id"], "lineage": {"manifest_hash": "manifest-1"}}
+    # The shape affectflow.train writes: run info under "mlflow", hashes under "lineage".
+    info = {"mlflow": {"run_id": store["run_id"], "tracking_uri": store["uri"]},
+            "lineage": {"manifest_hash": "manifest-1", "git_commit": "c0ffee"}}
     (model_dir / "model.json").write_text(json.dumps(info if model_json is None else model_json))
     per_class = recall if isinstance(recall, dict) else {c: uar if recall is None else recall for c in CLASSES}
     metrics = {"uar": uar, "wa": uar + 0.01, "macro_f1": uar - 0.01, "per_class_recall": per_class,
@@ -139,8 +142,9 @@ def test_first_version_becomes_champion_with_tags(params: Params, tmp_path: Path
     tags = reg.version_tags("1")
     assert tags["uar"] == "0.400000" and tags["test_manifest_hash"] == "test-A"
     assert json.loads(tags["per_class_recall"]) == dict.fromkeys(CLASSES, 0.4)
-    assert tags["manifest_hash"] == "manifest-1" and tags["dvc_rev"] == "dvc-abc"
-    assert tags["git_commit"] and tags["gate"] == "passed" and "no champion yet" in tags["gate_reason"]
+    assert (tags["manifest_hash"], tags["dvc_revision"], tags["git_commit"], tags["params_hash"]) == (
+        "manifest-1", "dvc.lock:abc", "c0ffee", "p123")
+    assert tags["gate"] == "passed" and "no champion yet" in tags["gate_reason"]
     assert tags["promoted_at"].endswith("+00:00") and "gate passed" in tags["promotion_reason"]
     history = json.loads(reg.model_tags()[HISTORY_TAG])
     assert [(e["action"], e["version"], e["previous"]) for e in history] == [("promote", "1", None)]
