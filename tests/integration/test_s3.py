@@ -257,13 +257,17 @@ def _upload_corpus(synth_root: Path, request: pytest.FixtureRequest) -> str:
     return data_root
 
 
-def test_ingest_reads_a_corpus_from_s3(s3_env: S3Server, synth_params, synth_root: Path,
-                                       request: pytest.FixtureRequest) -> None:
+def test_ingest_then_features_from_s3(s3_env: S3Server, synth_params, synth_root: Path,
+                                      request: pytest.FixtureRequest) -> None:
+    """The corpus root is an s3:// URI: ingest mirrors it, features run on the mirror, outputs go back."""
+    from affectflow.features.extract import extract_features
+    from affectflow.features.store import FeatureSet
     from affectflow.ingest import ingest
     from affectflow.manifest import read_manifest
 
     params = synth_params.model_copy(deep=True)
     params.paths.data_root = _upload_corpus(synth_root, request)
+    params.features.kinds = ["logmel"]  # the fast kind: this test is about the s3:// path, not openSMILE
     res = ingest(params)
     df = read_manifest(res.manifest)
     n_files = len(list(synth_root.rglob("*.wav")))
@@ -271,24 +275,15 @@ def test_ingest_reads_a_corpus_from_s3(s3_env: S3Server, synth_params, synth_roo
     cache = Path(params.paths.workdir) / "s3cache"
     assert all(Path(p).is_relative_to(cache) for p in df["path"])
     # Same content as the local corpus: the content hashes match clip for clip.
-    local = {Path(p).name: _sha(Path(p)) for p in synth_root.rglob("*.wav")}
+    local = {p.name: _sha(p) for p in synth_root.rglob("*.wav")}
     assert dict(zip(df["path"].map(lambda p: Path(p).name), df["sha256"], strict=True)) == local
 
-
-def test_ingest_then_features_from_s3(s3_env: S3Server, synth_params, synth_root: Path,
-                                      request: pytest.FixtureRequest) -> None:
-    extract = pytest.importorskip("affectflow.features.extract", reason="features stage not written yet")
-    from affectflow.features.store import FeatureSet
-    from affectflow.ingest import ingest
-    from affectflow.manifest import read_manifest
-
-    params = synth_params.model_copy(deep=True)
-    params.paths.data_root = _upload_corpus(synth_root, request)
-    params.features.kinds = ["egemaps"]
-    man = ingest(params).manifest
-    feats = extract.extract_features(params, man, Path(params.paths.workdir) / "features")
-    ids = read_manifest(man)["utt_id"].tolist()
-    assert FeatureSet(feats.index.parent).matrix("egemaps", ids).shape[0] == len(ids)
+    feats = extract_features(params, res.manifest, Path(params.paths.workdir) / "features")
+    ids = df["utt_id"].tolist()
+    arrays = FeatureSet(feats.index.parent).load("logmel", ids)
+    assert len(arrays) == n_files
+    assert {a.shape[0] for a in arrays} == {params.features.logmel.n_mels}
     out_uri = _uri(request, "artifacts", "features")
-    s3.publish(feats.index.parent, out_uri)
+    published = s3.publish(feats.index.parent, out_uri)
+    assert published.uploaded == sum(1 for f in feats.index.parent.rglob("*") if f.is_file())
     assert s3.exists(out_uri + "/index.parquet")
