@@ -123,7 +123,10 @@ class FeaturesConfig(Section):
     batch_size: int = Field(32, ge=1)
     device: Literal["auto", "cpu", "cuda"] = "auto"
     threads: int = Field(0, ge=0)
-    """torch threads for log-mel in the main process; 0 = the CPU cores the decode workers leave free."""
+    """torch threads per log-mel process; 0 = CPU cores shared out among the processes that compute."""
+    logmel_in: Literal["auto", "main", "workers"] = "auto"
+    """Where log-mel runs: the decode workers (cheapest on CPU) or the main process, batching the
+    waveforms the workers send (keeps one GPU busy); auto = main on CUDA, workers on CPU."""
     store: str = "features"
     """Content-addressed feature cache, relative to paths.workdir unless absolute."""
 
