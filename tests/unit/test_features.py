@@ -179,6 +179,25 @@ def test_egemaps_and_logmel_in_worker_processes(synth_params: Params, tmp_path: 
     assert res.summary["nonfinite_arrays"] == 0
 
 
+def test_logmel_batched_in_main_process_matches_worker_mode(synth_params: Params, tmp_path: Path) -> None:
+    # The CUDA layout (workers decode, the main process batches) run on CPU, against worker-side log-mel.
+    params = synth_params.model_copy(deep=True)
+    params.features.kinds = ["logmel"]
+    params.features.workers = 2
+    params.features.batch_size = 3
+    man = _subset(_manifest(params), 10, tmp_path / "small.parquet")
+    ids = read_manifest(man)["utt_id"].tolist()
+    by = {}
+    for where in ("main", "workers"):
+        params.features.logmel_in = where
+        res = extract_features(params, man, tmp_path / where)
+        assert res.summary["logmel_in"] == where and res.summary["kinds"]["logmel"]["computed"] == 10
+        by[where] = FeatureSet(tmp_path / where).load("logmel", ids)
+    for a, b in zip(by["main"], by["workers"], strict=True):
+        assert a.shape == b.shape
+        np.testing.assert_allclose(a, b, atol=1e-5)
+
+
 def test_duplicate_content_shares_one_file(synth_params: Params, tmp_path: Path) -> None:
     params = synth_params.model_copy(deep=True)
     params.features.kinds = ["logmel"]

@@ -1,11 +1,17 @@
 """Stage 2 — features: manifest clips -> log-mel and eGeMAPS arrays in the content-addressed store.
 
-Pipeline (cold cache): worker processes decode + down-mix + resample each clip once
-(`affectflow.audio.load`), run openSMILE on that signal when eGeMAPS is missing, write those arrays
-themselves and send the waveform back only when log-mel is missing. The main process collects
-waveforms as they arrive (jobs are sorted by duration, so neighbours have similar lengths), pads them
-into batches and computes log-mel in torch (`LogMel.batch`, on CUDA when present) while the workers
-keep decoding: decode and compute overlap.
+Pipeline (cold cache): clips are sorted by duration and cut into chunks of `features.batch_size`
+neighbours (similar lengths, so little batch padding). Worker processes (`features.workers`) take
+one chunk at a time: decode + down-mix + resample each clip once (`affectflow.audio.load`), run
+openSMILE on that signal for the missing eGeMAPS kinds, and write those arrays themselves. Log-mel
+(`LogMel.batch`, one padded torch STFT per batch) runs where `features.logmel_in` says:
+  * main (auto on CUDA): in the main process, on batches of the waveforms the workers send back,
+    while the workers keep decoding — one process feeds the GPU;
+  * workers (auto on CPU): inside the worker that decoded the chunk (one torch thread each), so
+    decode and compute of different chunks overlap across processes. Measured on 2 cores, shipping
+    the waveforms (~340 MB for RAVDESS) to the main process and batching there costs ~35 % more
+    CPU (pickling; the main process becomes the bottleneck) than computing where the audio already
+    is; see benchmarks/RESULTS.md.
 
 Warm cache: a clip is looked up by the manifest's sha256 and the kind's config hash (one `stat` per
 clip and kind); cached clips are neither decoded nor hashed again, and their shapes come from the
@@ -14,11 +20,13 @@ previous index (or the .npy header), so a warm re-run costs a small fraction of 
 
 from __future__ import annotations
 
+import math
 import multiprocessing as mp
 import os
 import sys
 import time
 from collections.abc import Iterable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -46,11 +54,6 @@ from affectflow.storage import atomic_write_json
 LOGMEL = "logmel"
 LOGMEL_VERSION = 1
 """Bump when `LogMel` changes values for the same configuration: it is part of the cache key."""
-
-# Jobs per worker round trip: log-mel-only jobs are ~2 ms of decoding, so several go per message;
-# openSMILE jobs take ~50 ms, so one at a time keeps the workers evenly loaded.
-_CHUNK_DECODE_ONLY = 8
-_CHUNK_WITH_SMILE = 1
 
 
 class FeaturesError(RuntimeError):
@@ -88,39 +91,74 @@ def feature_keys(params: Params) -> dict[str, str]:
 # ----------------------------------------------------------------------------- worker side
 _WORKER: dict[str, Any] = {}
 
-
-def _init_worker(root: str, sample_rate: int, keys: dict[str, str], egemaps_cfg: Any,
-                 smile_kinds: list[str]) -> None:
-    """Per-process state: where to write, and one reusable openSMILE extractor."""
-    _WORKER.update(root=root, sample_rate=sample_rate, keys=keys,
-                   smile=eg.Egemaps(egemaps_cfg, smile_kinds) if smile_kinds else None)
-
-
 _Job = tuple[str, str, bool, tuple[str, ...]]  # sha256, path, want log-mel, openSMILE kinds to compute
 _Done = tuple[str, str, "np.ndarray | None", int, dict[str, tuple[int, ...]], int, "str | None"]
-# sha256, path, waveform (only if log-mel wanted), samples, saved shapes, non-finite arrays, error
+# sha256, path, waveform (only when the main process computes log-mel), samples, saved shapes,
+# non-finite arrays, error
 
 
-def _work(job: _Job) -> _Done:
-    """Decode once; openSMILE kinds are computed and saved here; the waveform goes back for log-mel."""
-    sha, path, want_logmel, smile_kinds = job
-    sr = _WORKER["sample_rate"]
-    try:
-        x = audio.load(path, sr)
-    except audio.AudioError as e:
-        return sha, path, None, 0, {}, 0, e.reason
-    shapes: dict[str, tuple[int, ...]] = {}
-    nonfinite = 0
-    if smile_kinds:
+def _init_worker(root: str, sample_rate: int, keys: dict[str, str], egemaps_cfg: Any, smile_kinds: list[str],
+                 logmel_cfg: Any, torch_threads: int, device: str = "cpu") -> None:
+    """Per-process state: where to write, one reusable openSMILE extractor, and maybe a LogMel
+    (worker processes: on CPU; inline, i.e. one worker: in this process, on the chosen device)."""
+    _WORKER.update(root=root, sample_rate=sample_rate, keys=keys, logmel=None,
+                   smile=eg.Egemaps(egemaps_cfg, smile_kinds) if smile_kinds else None,
+                   seconds={"decode": 0.0, "egemaps": 0.0, "logmel": 0.0, "write": 0.0})
+    if logmel_cfg is not None:
+        import torch
+
+        from affectflow.features.logmel import LogMel
+
+        torch.set_num_threads(torch_threads)
+        _WORKER["logmel"] = LogMel(logmel_cfg, sample_rate, device)
+
+
+def _work_chunk(jobs: list[_Job]) -> tuple[list[_Done], dict[str, float]]:
+    """Decode a chunk of similar-length clips once each; save openSMILE arrays; log-mel them as one
+    batch here (CPU mode) or hand the waveforms back (CUDA mode). Stops at the first bad clip."""
+    sr, root, keys = _WORKER["sample_rate"], _WORKER["root"], _WORKER["keys"]
+    secs = dict.fromkeys(_WORKER["seconds"], 0.0)
+    done: list[_Done] = []
+    to_mel: list[tuple[int, np.ndarray]] = []
+    for sha, path, want_logmel, smile_kinds in jobs:
+        t0 = time.perf_counter()
         try:
-            feats = _WORKER["smile"](x, sr, smile_kinds)
-        except Exception as e:  # openSMILE raises plain RuntimeErrors from its C layer
-            return sha, path, None, x.size, {}, 0, f"openSMILE failed ({e})"
-        for kind, arr in feats.items():
-            save_array(feature_path(_WORKER["root"], kind, _WORKER["keys"][kind], sha), arr)
-            shapes[kind] = arr.shape
-            nonfinite += int(not np.isfinite(arr).all())
-    return sha, path, (x if want_logmel else None), x.size, shapes, nonfinite, None
+            x = audio.load(path, sr)
+        except audio.AudioError as e:
+            done.append((sha, path, None, 0, {}, 0, e.reason))
+            return done, secs
+        t1 = time.perf_counter()
+        secs["decode"] += t1 - t0
+        shapes: dict[str, tuple[int, ...]] = {}
+        nonfinite = 0
+        if smile_kinds:
+            try:
+                feats = _WORKER["smile"](x, sr, smile_kinds)
+            except Exception as e:  # openSMILE raises plain RuntimeErrors from its C layer
+                done.append((sha, path, None, x.size, {}, 0, f"openSMILE failed ({e})"))
+                return done, secs
+            t2 = time.perf_counter()
+            secs["egemaps"] += t2 - t1
+            for kind, arr in feats.items():
+                save_array(f"{root}/{relative_file(kind, keys[kind], sha)}", arr)
+                shapes[kind] = arr.shape
+                nonfinite += int(not np.isfinite(arr).all())
+            secs["write"] += time.perf_counter() - t2
+        local = want_logmel and _WORKER["logmel"] is not None
+        if local:
+            to_mel.append((len(done), x))
+        done.append((sha, path, x if want_logmel and not local else None, x.size, shapes, nonfinite, None))
+    if to_mel:
+        t0 = time.perf_counter()
+        mels = _WORKER["logmel"].batch([x for _, x in to_mel])
+        t1 = time.perf_counter()
+        for (i, _), m in zip(to_mel, mels, strict=True):
+            sha = done[i][0]
+            save_array(f"{root}/{relative_file(LOGMEL, keys[LOGMEL], sha)}", m)
+            done[i][4][LOGMEL] = m.shape
+        secs["logmel"] += t1 - t0
+        secs["write"] += time.perf_counter() - t1
+    return done, secs
 
 
 def _mp_context() -> Any:
@@ -215,7 +253,7 @@ def extract_features(params: Params, manifest_path: str | Path, out_dir: str | P
 
 def _compute(params: Params, root: Path, keys: dict[str, str], jobs: list[_Job],
              shapes: dict[tuple[str, str], tuple[int, ...]]) -> dict[str, Any]:
-    """Run the decode workers and the batched log-mel consumer; fills `shapes`; returns run facts."""
+    """Run the decode workers (and the main-process log-mel consumer on CUDA); fills `shapes`."""
     f = params.features
     sr = params.audio.sample_rate
     smile_kinds = sorted({k for j in jobs for k in j[3]})
@@ -228,44 +266,71 @@ def _compute(params: Params, root: Path, keys: dict[str, str], jobs: list[_Job],
 
         lm.check_config(f.logmel, sr)
         device = lm.resolve_device(f.device)
-    init_args = (str(root), sr, keys, f.egemaps, smile_kinds)
-    pool = None
-    if workers > 1:
-        chunk = _CHUNK_WITH_SMILE if smile_kinds else _CHUNK_DECODE_ONLY
-        pool = _mp_context().Pool(workers, _init_worker, init_args)
-        results: Iterable[_Done] = pool.imap_unordered(_work, jobs, chunksize=chunk)
-    else:
-        _init_worker(*init_args)
-        results = map(_work, jobs)
+        facts["device"] = str(device)
+    # Where log-mel runs (see the module docstring); inline (one worker) everything is in this process.
+    in_main = device is not None and workers > 1 and (
+        f.logmel_in == "main" or (f.logmel_in == "auto" and device.type != "cpu"))
+    cores = _cpu_count()
+    # Torch threads: per worker, the cores shared out; in the main process (inline, or batching what
+    # the workers send), the cores they leave.
+    worker_threads = f.threads or max(1, cores // workers)
+    main_threads = f.threads or (cores if workers == 1 else max(1, cores - workers))
+    if any_logmel:
+        facts["logmel_in"] = "main" if in_main or workers == 1 else "workers"
+        facts["torch_threads"] = main_threads if facts["logmel_in"] == "main" else worker_threads
+    # Chunks of similar-length neighbours; at least two per worker so the last ones do not straggle.
+    size = max(1, min(f.batch_size, math.ceil(len(jobs) / (2 * workers))))
+    chunks = [jobs[i : i + size] for i in range(0, len(jobs), size)]
 
     import_threads: int | None = None
+    if any_logmel:
+        import torch
+
+        import_threads = torch.get_num_threads()
+    init_args = (str(root), sr, keys, f.egemaps, smile_kinds,
+                 f.logmel if any_logmel and not in_main else None,
+                 main_threads if workers == 1 else worker_threads,
+                 str(device) if workers == 1 and device is not None else "cpu")
+    pool = None
+    # File creation is mostly kernel time without the GIL: in CUDA mode one writer thread overlaps
+    # the log-mel saves with the next batch.
+    writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="features-writer")
+    stage_s = {"decode": 0.0, "egemaps": 0.0, "logmel": 0.0, "write": 0.0}
     try:
-        if any_logmel:
-            import torch
+        if workers > 1:
+            # The pool starts before anything reaches a GPU, so forked workers inherit no CUDA state.
+            pool = _mp_context().Pool(workers, _init_worker, init_args)
+            results: Iterable[tuple[list[_Done], dict[str, float]]] = pool.imap_unordered(_work_chunk, chunks)
+        else:
+            _init_worker(*init_args)
+            results = map(_work_chunk, chunks)
+        extractor = None
+        if in_main:
+            from affectflow.features.logmel import LogMel
 
-            from affectflow.features import logmel as lm
-
-            import_threads = torch.get_num_threads()
-            threads = f.threads or max(1, _cpu_count() - (workers if workers > 1 else 0))
-            if device is not None and device.type == "cpu":
-                torch.set_num_threads(threads)
-                facts["torch_threads"] = threads
-            extractor = lm.LogMel(f.logmel, sr, device or "cpu")
-            facts["device"] = str(device)
+            extractor = LogMel(f.logmel, sr, device)
         pending: list[tuple[str, np.ndarray]] = []
-        compute_s = 0.0
+        writing: Future[None] | None = None
+
+        def save_all(items: list[tuple[str, np.ndarray]]) -> None:
+            for file, m in items:
+                save_array(file, m)
 
         def flush() -> None:
-            nonlocal compute_s
+            nonlocal writing
             t0 = time.perf_counter()
             mels = extractor.batch([w for _, w in pending])
-            compute_s += time.perf_counter() - t0
+            stage_s["logmel"] += time.perf_counter() - t0
+            items = []
             for (sha, _), m in zip(pending, mels, strict=True):
-                save_array(feature_path(root, LOGMEL, keys[LOGMEL], sha), m)
+                items.append((f"{root}/{relative_file(LOGMEL, keys[LOGMEL], sha)}", m))
                 shapes[(LOGMEL, sha)] = m.shape
             pending.clear()
+            if writing is not None:
+                writing.result()  # at most one batch in flight; re-raises a failed write
+            writing = writer.submit(save_all, items)
 
-        for sha, path, wave, n, saved, nonfinite, err in _progress(results, len(jobs)):
+        for sha, path, wave, n, saved, nonfinite, err in _clips(results, stage_s, len(jobs)):
             if err is not None:
                 raise audio.AudioError(path, f"{err} (features stage)")
             facts["audio_seconds"] += n / sr
@@ -278,20 +343,31 @@ def _compute(params: Params, root: Path, keys: dict[str, str], jobs: list[_Job],
                     flush()
         if pending:
             flush()
-        if any_logmel:
-            facts["logmel_compute_seconds"] = round(compute_s, 3)
+        if writing is not None:
+            writing.result()
         if pool is not None:
             pool.close()
             pool.join()
     finally:
+        writer.shutdown(wait=True)
         if pool is not None:
             pool.terminate()
         if import_threads is not None:
             import torch
 
             torch.set_num_threads(import_threads)
+    facts["process_seconds"] = {k: round(v, 3) for k, v in stage_s.items()}
     return facts
 
 
-def _progress(results: Iterable[_Done], total: int) -> Iterator[_Done]:
-    yield from progress(results, "features", total=total, unit="clip")
+def _clips(results: Iterable[tuple[list[_Done], dict[str, float]]], stage_s: dict[str, float],
+           total: int) -> Iterator[_Done]:
+    """Flatten chunk results (adding up per-stage seconds) under one per-clip progress bar."""
+
+    def flat() -> Iterator[_Done]:
+        for done, secs in results:
+            for k, v in secs.items():
+                stage_s[k] += v
+            yield from done
+
+    yield from progress(flat(), "features", total=total, unit="clip")

@@ -131,10 +131,16 @@ class LogMel:
     def pad_batch(self, xs: Sequence[np.ndarray]) -> tuple[np.ndarray, list[int]]:
         """Reflect-pad each clip on its own, then zero-pad to the longest: (batch, samples), frames."""
         clips = [self._extend(x) for x in xs]
-        width = max(c.size for c in clips) + 2 * self.pad
-        out = np.zeros((len(clips), width), dtype=np.float32)
+        p = self.pad
+        width = max(c.size for c in clips) + 2 * p
+        out = np.empty((len(clips), width), dtype=np.float32)
         for row, c in zip(out, clips, strict=True):
-            row[: c.size + 2 * self.pad] = np.pad(c, self.pad, mode="reflect")
+            n = c.size
+            # np.pad(c, p, mode="reflect") written in place: edges mirrored without repeating them.
+            row[:p] = c[p:0:-1]
+            row[p : p + n] = c
+            row[p + n : n + 2 * p] = c[n - 2 : n - 2 - p : -1] if n - 2 - p >= 0 else c[n - 2 :: -1][:p]
+            row[n + 2 * p :] = 0.0
         return out, [self.frames(c.size) for c in clips]
 
     @torch.inference_mode()

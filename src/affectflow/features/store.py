@@ -57,7 +57,7 @@ def feature_path(root: str | Path, kind: str, key: str, sha256: str) -> Path:
     return Path(root) / relative_file(kind, key, sha256)
 
 
-def save_array(path: Path, arr: np.ndarray) -> None:
+def save_array(path: str | Path, arr: np.ndarray) -> None:
     """Write a float32 .npy atomically (temporary sibling + rename).
 
     Lighter than `storage.atomic_path` (no mkstemp, one open, parent folders created once per
@@ -65,11 +65,11 @@ def save_array(path: Path, arr: np.ndarray) -> None:
     the final name only ever holds a complete array. The temporary name is unique per process and
     thread, so several writers can fill the same store.
     """
-    parent = str(path.parent)
+    parent, name = os.path.split(os.fspath(path))  # plain strings: pathlib is slow at 1000s of files
     if parent not in _made_dirs:
         os.makedirs(parent, exist_ok=True)
         _made_dirs.add(parent)
-    tmp = f"{parent}/.{path.name}.{os.getpid()}.{threading.get_ident()}.tmp"
+    tmp = f"{parent}/.{name}.{os.getpid()}.{threading.get_ident()}.tmp"
     try:
         with open(tmp, "wb") as f:
             np.lib.format.write_array(f, np.ascontiguousarray(arr, dtype=np.float32), allow_pickle=False)
