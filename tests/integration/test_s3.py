@@ -287,3 +287,43 @@ def test_ingest_then_features_from_s3(s3_env: S3Server, synth_params, synth_root
     published = s3.publish(feats.index.parent, out_uri)
     assert published.uploaded == sum(1 for f in feats.index.parent.rglob("*") if f.is_file())
     assert s3.exists(out_uri + "/index.parquet")
+
+
+# --------------------------------------------------------------------------- MLflow and DVC on S3
+def test_mlflow_artifacts_go_to_s3(s3_env: S3Server, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                   request: pytest.FixtureRequest) -> None:
+    """What the chart's MLflow server does with --artifacts-destination, done by a client directly."""
+    import mlflow
+
+    monkeypatch.setenv("MLFLOW_S3_ENDPOINT_URL", s3_env.endpoint)
+    mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    location = _uri(request, "mlartifacts")
+    exp = mlflow.create_experiment("s3-artifacts", artifact_location=location)
+    (tmp_path / "metrics.json").write_text('{"uar": 0.5}')
+    with mlflow.start_run(experiment_id=exp) as run:
+        mlflow.log_artifact(str(tmp_path / "metrics.json"), artifact_path="evaluate")
+    keys = [o.key for o in s3.list_objects(location)]
+    assert f"{request.node.name}/mlartifacts/{run.info.run_id}/artifacts/evaluate/metrics.json" in keys
+    back = mlflow.artifacts.download_artifacts(run_id=run.info.run_id, artifact_path="evaluate/metrics.json",
+                                               dst_path=str(tmp_path / "back"))
+    assert Path(back).read_text() == '{"uar": 0.5}'
+
+
+def test_dvc_pushes_to_an_s3_remote(s3_env: S3Server, tmp_path: Path, request: pytest.FixtureRequest) -> None:
+    """`dvc push` to an S3 remote on the same endpoint (what docs/DEPLOY.md tells users to set up)."""
+    dvc = shutil.which("dvc", path=str(Path(sys.executable).parent))
+    if dvc is None:
+        pytest.skip("dvc not installed")
+    repo = tmp_path / "repo"
+    (repo / "data").mkdir(parents=True)
+    (repo / "data" / "clip.wav").write_bytes(os.urandom(2048))
+    remote = _uri(request, "dvc")
+    env = {**os.environ, "DVC_NO_ANALYTICS": "1"}
+    for cmd in (["init", "--no-scm", "-q"], ["remote", "add", "-d", "store", remote],
+                ["remote", "modify", "store", "endpointurl", s3_env.endpoint],
+                ["add", "-q", "data"], ["push", "-q"]):
+        res = subprocess.run([dvc, *cmd], cwd=repo, env=env, capture_output=True, text=True, timeout=120)
+        assert res.returncode == 0, f"dvc {' '.join(cmd)}: {res.stdout}{res.stderr}"
+    md5 = hashlib.md5((repo / "data" / "clip.wav").read_bytes(), usedforsecurity=False).hexdigest()
+    keys = [o.key for o in s3.list_objects(remote)]
+    assert any(k.endswith(f"{md5[:2]}/{md5[2:]}") for k in keys), keys
