@@ -310,7 +310,7 @@ def test_mlflow_artifacts_go_to_s3(s3_env: S3Server, tmp_path: Path, monkeypatch
 
 
 def test_dvc_pushes_to_an_s3_remote(s3_env: S3Server, tmp_path: Path, request: pytest.FixtureRequest) -> None:
-    """`dvc push` to an S3 remote on the same endpoint (what docs/DEPLOY.md tells users to set up)."""
+    """`dvc push` to an S3 remote on the same endpoint (what the README tells users to set up)."""
     dvc = shutil.which("dvc", path=str(Path(sys.executable).parent))
     if dvc is None:
         pytest.skip("dvc not installed")
