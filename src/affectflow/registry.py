@@ -10,8 +10,11 @@ itself is the audit log and `rollback` can always find the previous champion.
 
 What is read from `metrics.json` (written by evaluate): `uar` (required), `wa`, `macro_f1`,
 `per_class_recall` ({class: recall}; required when the recall floor is above 0) and
-`test_manifest_hash` (required for any promotion). A metric may be a number or an object with a
-`value` / `mean` / `point` field (point estimate with confidence interval); other keys are ignored.
+`test_manifest_hash` (required for any promotion). `per_class_recall` and `test_manifest_hash`
+may also sit in the `test` object (where `affectflow.evaluate` keeps the test-split details); a
+recall of null (a class absent from the test split) is left out. A metric may be a number or an
+object with a `value` / `mean` / `point` field (point estimate with confidence interval); other
+keys are ignored.
 What is read from `model.json` (written by train): `mlflow_model_uri` / `mlflow_run_id` (also under
 an `mlflow` object as `model_uri` / `run_id`, which is what `affectflow.train` writes) to find the
 logged model, and lineage (`git_commit`, `dvc_revision`, `manifest_hash`, ...) at the top level or
@@ -138,15 +141,18 @@ def read_scores(metrics_path: str | Path) -> Scores:
         raise ValueError(f"{path}: top level must be an object")
     if "uar" not in data:
         raise ValueError(f"{path}: field 'uar' missing")
-    recall_raw = data.get("per_class_recall", {})
+    test = data.get("test") if isinstance(data.get("test"), Mapping) else {}
+    recall_key = "per_class_recall" if "per_class_recall" in data else "test.per_class_recall"
+    recall_raw = data.get("per_class_recall", test.get("per_class_recall", {}))
     if not isinstance(recall_raw, Mapping):
-        raise ValueError(f"{path}: field 'per_class_recall' must be an object {{class: recall}}")
-    test_hash = data.get("test_manifest_hash")
+        raise ValueError(f"{path}: field '{recall_key}' must be an object {{class: recall}}")
+    test_hash = data.get("test_manifest_hash") or test.get("test_manifest_hash") or test.get("manifest_hash")
     return Scores(
         uar=_point(data["uar"], path, "uar"),
         wa=_point(data["wa"], path, "wa") if "wa" in data else None,
         macro_f1=_point(data["macro_f1"], path, "macro_f1") if "macro_f1" in data else None,
-        per_class_recall={str(c): _point(v, path, f"per_class_recall.{c}") for c, v in recall_raw.items()},
+        per_class_recall={str(c): _point(v, path, f"{recall_key}.{c}")
+                          for c, v in recall_raw.items() if v is not None},
         test_manifest_hash=str(test_hash) if test_hash else None,
     )
 

@@ -113,6 +113,11 @@ def test_read_scores_point_estimates_and_errors(tmp_path: Path) -> None:
                                 "per_class_recall": {"sad": {"mean": 0.4}}, "test_manifest_hash": "t"}))
     s = read_scores(path)
     assert (s.uar, s.wa, s.macro_f1, s.per_class_recall, s.test_manifest_hash) == (0.6, 0.65, None, {"sad": 0.4}, "t")
+    # The layout affectflow.evaluate writes: details under "test"; null recall = class absent.
+    path.write_text(json.dumps({"uar": 0.5, "test": {"per_class_recall": {"sad": 0.5, "calm": None},
+                                                     "test_manifest_hash": "t2"}}))
+    s = read_scores(path)
+    assert (s.per_class_recall, s.test_manifest_hash) == ({"sad": 0.5}, "t2")
     path.write_text(json.dumps({"wa": 0.5}))
     with pytest.raises(ValueError, match=r"metrics\.json: field 'uar' missing"):
         read_scores(path)
