@@ -204,6 +204,7 @@ def test_class_recall_floor_blocks(params: Params, tmp_path: Path, store: dict) 
 
 def test_manual_promote_through_gate_and_force(params: Params, tmp_path: Path, store: dict) -> None:
     params.registry.auto_promote = False
+    params.registry.history_limit = 1  # the audit list is trimmed; the rollback stack is not
     first = do_register(params, tmp_path, store, "a", 0.50)
     assert not first["promoted"] and first["gate"]["passed"] and first["champion"] is None
     reg = Registry(params)
@@ -218,6 +219,8 @@ def test_manual_promote_through_gate_and_force(params: Params, tmp_path: Path, s
     tags = reg.version_tags("2")
     assert tags["promotion_forced"] == "true" and "hotfix for a label bug" in tags["promotion_reason"]
     assert "gate said" in tags["promotion_reason"]
+    assert [(e["version"], e["forced"]) for e in reg.history()] == [("2", True)]
+    assert reg.stack() == ["1", "2"]
     with pytest.raises(RegistryError, match="version 99 not found"):
         reg.promote("99")
 
