@@ -11,6 +11,7 @@ import contextlib
 import hashlib
 import json
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -132,6 +133,21 @@ def _uri(request: pytest.FixtureRequest, *parts: str) -> str:
 
 def _sha(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+# --------------------------------------------------------------------------- URIs (no server)
+def test_uri_parsing_and_cache_folder(tmp_path: Path) -> None:
+    u = s3.S3Uri.parse("s3://corpora/ravdess/Actor_01/a.wav")
+    assert (u.bucket, u.key, str(u)) == ("corpora", "ravdess/Actor_01/a.wav", "s3://corpora/ravdess/Actor_01/a.wav")
+    assert s3.S3Uri.parse("s3://corpora").prefix == "" and s3.S3Uri.parse("s3://corpora/x/").prefix == "x/"
+    assert s3.S3Uri.parse("s3://corpora/x").join("y/", "/z.npy").key == "x/y/z.npy"
+    for bad in ("/local/path", "s3://ab/key", "http://host/bucket"):
+        with pytest.raises(ValueError, match=re.escape(bad)):
+            s3.S3Uri.parse(bad)
+    from affectflow.config import load_params
+
+    assert s3.cache_dir_for(load_params(None, {"paths.workdir": str(tmp_path)})) == tmp_path / "s3cache"
+    assert s3.cache_dir_for(load_params(None, {"s3.cache_dir": str(tmp_path / "c")})) == tmp_path / "c"
 
 
 # --------------------------------------------------------------------------- objects
