@@ -324,6 +324,9 @@ class S3Store:
             local_root = cache / u.bucket / u.prefix
         if not objects:
             self._raise_missing(u)
+        for o in objects:  # a key such as "a/../../x" must not write outside the cache
+            if ".." in o.key.split("/") or o.key.startswith("/"):
+                raise S3Error(f"{SCHEME}{u.bucket}/{o.key}: unsafe key for a local mirror")
         state_file = cache / STATE_DIR / u.bucket / (hashlib.sha256(uri.encode()).hexdigest()[:24] + ".json")
         state: dict[str, dict[str, Any]] = read_json(state_file).get("objects", {}) if state_file.is_file() else {}
         todo = [o for o in objects if not _fresh(cache / u.bucket / o.key, o, state.get(o.key))]
@@ -336,7 +339,7 @@ class S3Store:
         new_state = {o.key: _stamp(cache / u.bucket / o.key, o) for o in objects}
         if local_root.is_dir():
             wanted = {cache / u.bucket / o.key for o in objects}
-            for f in local_root.rglob("*"):
+            for f in list(local_root.rglob("*")):
                 if f.is_file() and f not in wanted:
                     f.unlink()
         atomic_write_json(state_file, {"uri": uri, "objects": new_state})
