@@ -42,7 +42,6 @@ from affectflow.features.store import (
     SUMMARY,
     array_shape,
     feature_key,
-    feature_path,
     relative_file,
     save_array,
     write_index,
@@ -209,7 +208,8 @@ def extract_features(params: Params, manifest_path: str | Path, out_dir: str | P
     if not keys:
         raise FeaturesError("features.kinds / features.egemaps.levels: no feature kind requested")
     clips = df.drop_duplicates("sha256").sort_values("duration", ascending=False, kind="stable")
-    missing = {kind: {s for s in clips["sha256"] if not feature_path(root, kind, key, s).exists()}
+    base = str(root)  # plain strings and os.path: pathlib would dominate a warm run's time
+    missing = {kind: {s for s in clips["sha256"] if not os.path.exists(f"{base}/{relative_file(kind, key, s)}")}
                for kind, key in keys.items()}
     jobs: list[_Job] = []
     for sha, path in zip(clips["sha256"], clips["path"], strict=True):

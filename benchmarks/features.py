@@ -1,0 +1,161 @@
+"""Throughput of the features stage on RAVDESS, in audio-seconds per wall-second (× real time).
+
+Rows: FLAC decode alone and a naive per-clip loop (decode + torch.stft log-mel + save, one process)
+as baselines; `extract_features` for log-mel cold (log-mel in the workers, and batched in the main
+process as on a GPU) and warm; eGeMAPS per clip in one process and `extract_features` cold and warm;
+CUDA rows when a GPU is present. CPU seconds add up every process (main + workers), so
+"audio s / CPU s × cores" is the throughput the machine would give if nobody else used it —
+useful on a shared box. The unit tests never assert on timings; this script does not either.
+
+    .venv/bin/python benchmarks/features.py                      # all 1440 clips (~1.5 h of audio)
+    .venv/bin/python benchmarks/features.py --clips 200 --skip-naive-egemaps
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import resource
+import shutil
+import subprocess
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def cpu_now() -> float:
+    """CPU seconds of this process (all threads) plus its reaped children (the pool workers)."""
+    ch = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return time.process_time() + ch.ru_utime + ch.ru_stime
+
+
+def measure(fn: Callable[[], Any]) -> tuple[float, float, Any]:
+    c, t = cpu_now(), time.perf_counter()
+    out = fn()
+    return time.perf_counter() - t, cpu_now() - c, out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--params", default=str(REPO / "params.yaml"))
+    ap.add_argument("--data-root", default=str(REPO.parent / "shared" / "data"))
+    ap.add_argument("--clips", type=int, default=0, help="use every k-th clip to keep about this many (0 = all)")
+    ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument("--naive-egemaps-every", type=int, default=4,
+                    help="naive eGeMAPS loop on every k-th clip (it is slow; × real time is per audio second)")
+    ap.add_argument("--skip-naive-egemaps", action="store_true")
+    a = ap.parse_args()
+
+    import numpy as np
+    import pandas as pd
+    import torch
+
+    from affectflow import audio
+    from affectflow.config import load_params
+    from affectflow.features.egemaps import Egemaps
+    from affectflow.features.extract import extract_features
+    from affectflow.features.logmel import LogMel
+    from affectflow.features.store import save_array
+    from affectflow.ingest import ingest
+    from affectflow.manifest import write_manifest
+
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    load_before = subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip()
+    tmp = Path(tempfile.mkdtemp(prefix="features-bench-"))
+    base = {"paths.workdir": str(tmp), "paths.data_root": a.data_root,
+            "ingest.corpora": [{"name": "ravdess", "adapter": "ravdess", "root": "ravdess"}],
+            "features.workers": a.workers}
+    params = load_params(a.params, base)
+    t = time.perf_counter()
+    manifest = ingest(params, tmp / "ingest").manifest
+    ingest_s = time.perf_counter() - t
+    df = pd.read_parquet(manifest)
+    if a.clips and a.clips < len(df):
+        df = df.iloc[:: len(df) // a.clips].reset_index(drop=True)
+        manifest = tmp / "ingest" / "subset.parquet"
+        write_manifest(df, manifest)
+    audio_s = float(df.drop_duplicates("sha256")["duration"].sum())
+    sr = params.audio.sample_rate
+    rows: list[dict[str, Any]] = []
+
+    def row(name: str, wall: float, cpu: float, secs: float = audio_s, note: str = "") -> None:
+        rows.append({"measurement": name, "audio s": round(secs), "wall s": round(wall, 2),
+                     "× real time": round(secs / wall), "CPU s": round(cpu, 2),
+                     f"× RT if {cores} cores free": round(secs / cpu * cores) if cpu else "", "note": note})
+        print(f"  {name}: {secs / wall:,.0f}× real time ({wall:.2f} s wall, {cpu:.2f} s CPU)", flush=True)
+
+    paths = df.drop_duplicates("sha256")["path"].tolist()
+    torch.set_num_threads(1)
+    wall, cpu, _ = measure(lambda: [audio.load(p, sr) for p in paths])
+    row("FLAC decode + resample only, 1 process", wall, cpu)
+
+    naive_dir = tmp / "naive"
+    lm = LogMel(params.features.logmel, sr)
+
+    def naive_logmel() -> None:
+        for i, p in enumerate(paths):
+            save_array(naive_dir / f"{i}.npy", lm.reference(audio.load(p, sr)))
+
+    wall, cpu, _ = measure(naive_logmel)
+    row("naive: per-clip decode + torch.stft log-mel + save, 1 process", wall, cpu)
+
+    def run(name: str, overrides: dict[str, Any], out: Path, note: str = "",
+            fresh: bool = True) -> tuple[dict[str, Any], float]:
+        if fresh:
+            shutil.rmtree(out, ignore_errors=True)
+        p = load_params(a.params, {**base, **overrides})
+        wall, cpu, res = measure(lambda: extract_features(p, manifest, out))
+        s = res.summary
+        computed = s["audio_seconds_computed"] or audio_s
+        extra = f"logmel in {s['logmel_in']}, {s.get('torch_threads')} thread(s)" if "logmel_in" in s else ""
+        row(name, wall, cpu, computed, "; ".join(x for x in (note, extra) if x))
+        return s, wall
+
+    lm_over = {"features.kinds": ["logmel"], "features.device": "cpu"}
+    cold, cold_wall = run(f"extract_features log-mel, cold, {a.workers} workers",
+                          {**lm_over, "features.logmel_in": "workers"}, tmp / "f-workers")
+    _, warm_wall = run("extract_features log-mel, warm (all cached)", {**lm_over, "features.logmel_in": "workers"},
+                       tmp / "f-workers", fresh=False)
+    rows[-1]["note"] = f"{warm_wall / cold_wall:.1%} of the cold run"
+    run(f"extract_features log-mel, cold, batched in main process (CPU), {a.workers} workers",
+        {**lm_over, "features.logmel_in": "main"}, tmp / "f-main")
+    if torch.cuda.is_available():
+        run("extract_features log-mel, cold, CUDA (batched in main)", {**lm_over, "features.device": "cuda"},
+            tmp / "f-cuda", note=torch.cuda.get_device_name(0))
+
+    if not a.skip_naive_egemaps:
+        sub = paths[:: a.naive_egemaps_every]
+        sub_s = float(df.drop_duplicates("sha256")["duration"].iloc[:: a.naive_egemaps_every].sum())
+        ex = Egemaps(params.features.egemaps)
+        wall, cpu, _ = measure(lambda: [np.save(naive_dir / "e.npy", ex(audio.load(p, sr), sr)["egemaps"]) for p in sub])
+        row(f"naive: per-clip eGeMAPS functionals, 1 process ({len(sub)} clips)", wall, cpu, sub_s)
+
+    eg_over = {"features.kinds": ["egemaps"]}
+    _, eg_cold = run(f"extract_features eGeMAPS functionals, cold, {a.workers} workers", eg_over, tmp / "f-eg")
+    _, eg_warm = run("extract_features eGeMAPS functionals, warm", eg_over, tmp / "f-eg", fresh=False)
+    rows[-1]["note"] = f"{eg_warm / eg_cold:.1%} of the cold run"
+
+    load_after = subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip()
+    table = pd.DataFrame(rows)
+    print()
+    print(f"RAVDESS: {len(df)} clips, {audio_s / 3600:.2f} h audio; ingest took {ingest_s:.1f} s (not included)")
+    print(f"torch {torch.__version__}, {cores} CPU cores; cold log-mel summary: {cold}")
+    print(f"load before: {load_before}\nload after:  {load_after}\n")
+    print(table.to_markdown(index=False) if _has_tabulate() else table.to_string(index=False))
+    shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _has_tabulate() -> bool:
+    try:
+        import tabulate  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+if __name__ == "__main__":
+    main()
