@@ -27,13 +27,15 @@ from components.train import train
 from components.validate import validate
 
 GPU_RESOURCE = "nvidia.com/gpu"
-S3_KEYS = {"AWS_ACCESS_KEY_ID": "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY": "AWS_SECRET_ACCESS_KEY"}
-"""Secret key -> environment variable, from `pipeline.s3_secret` (required)."""
-MLFLOW_KEYS = {"MLFLOW_TRACKING_USERNAME": "MLFLOW_TRACKING_USERNAME",
-               "MLFLOW_TRACKING_PASSWORD": "MLFLOW_TRACKING_PASSWORD",
-               "MLFLOW_TRACKING_TOKEN": "MLFLOW_TRACKING_TOKEN"}
-"""Secret key -> environment variable, from `pipeline.mlflow_secret` (optional: an MLflow server
-without authentication needs none)."""
+S3_KEYS = {k: k for k in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_ENDPOINT_URL",
+                          "MLFLOW_S3_ENDPOINT_URL", "AWS_DEFAULT_REGION")}
+"""Secret key -> environment variable, from `pipeline.s3_secret` (the chart's S3 Secret: what
+boto3, MLflow and DVC read). Optional keys: a Secret without a region still starts the pod, and
+missing credentials fail in affectflow.s3 with an error that says so."""
+MLFLOW_KEYS = {k: k for k in ("MLFLOW_TRACKING_URI", "MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD")}
+"""Secret key -> environment variable, from `pipeline.mlflow_secret`, each optional (an MLflow
+server without authentication has no user/password). MLFLOW_TRACKING_URI, when set, replaces
+tracking.uri inside the tasks (affectflow.kfp_io.stage_params)."""
 RETRY_BACKOFF = "30s"
 """First wait before a retry (doubles each time): long enough for a node or S3 hiccup to pass."""
 
@@ -65,7 +67,7 @@ def _platform(task: Any, p: Params, *, gpu: bool, secrets: tuple[str, ...] = ("s
     if retry and cfg.retries > 0:
         task.set_retry(cfg.retries, backoff_duration=RETRY_BACKOFF, backoff_factor=2.0)
     if "s3" in secrets:
-        kubernetes.use_secret_as_env(task, secret_name=cfg.s3_secret, secret_key_to_env=S3_KEYS)
+        kubernetes.use_secret_as_env(task, secret_name=cfg.s3_secret, secret_key_to_env=S3_KEYS, optional=True)
     if "mlflow" in secrets:
         kubernetes.use_secret_as_env(task, secret_name=cfg.mlflow_secret, secret_key_to_env=MLFLOW_KEYS,
                                      optional=True)

@@ -14,6 +14,7 @@ import base64
 import html
 import json
 import math
+import os
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
@@ -22,7 +23,7 @@ from typing import Any
 import yaml
 
 from affectflow.config import ConfigError, Params, dump_params, load_params
-from affectflow.storage import atomic_write_json, atomic_write_text
+from affectflow.storage import atomic_dir, atomic_write_json, atomic_write_text
 
 SKIPPED = "SKIPPED"
 """Marker file in the placeholder artifact of a switched-off branch (no augmentation / no DANN)."""
@@ -55,18 +56,35 @@ def resolve_params(values: Mapping[str, Any], yaml_keys: Iterable[str], params_p
     return tuple(stage_config(params, stage) for stage in STAGES)
 
 
+TRACKING_ENV = "MLFLOW_TRACKING_URI"
+"""Set in a Kubeflow task by the MLflow Secret: the cluster's MLflow, which replaces tracking.uri
+(a sqlite file inside a pod would vanish with it)."""
+
+
+def _tracking_from_env(params: Params) -> Params:
+    uri = os.environ.get(TRACKING_ENV)
+    if uri and uri != params.tracking.uri:
+        params.tracking.uri = uri
+    return params
+
+
 def stage_params(config: str, stage: str) -> Params:
     """Params from a stage's configuration string (sections it does not read keep their defaults)."""
     try:
         tree = json.loads(config)
     except json.JSONDecodeError as e:
         raise ConfigError(f"{stage}: configuration is not JSON ({e})") from None
-    return load_params(None, {section: value for section, value in tree.items()})
+    return _tracking_from_env(load_params(None, {section: value for section, value in tree.items()}))
 
 
 def read_params(path: str | Path) -> Params:
     """The run's full params.yaml artifact (written by the params task)."""
-    return load_params(path)
+    return _tracking_from_env(load_params(path))
+
+
+def tracking_uri(configured: str) -> str:
+    """The MLflow URI a task uses: MLFLOW_TRACKING_URI when set, else the configured one."""
+    return os.environ.get(TRACKING_ENV) or configured
 
 
 # ----------------------------------------------------------------------------- metrics
@@ -178,20 +196,30 @@ def pngs(folder: str | Path) -> list[Path]:
 
 
 # ----------------------------------------------------------------------------- switched-off branches
+def write_skipped(folder: str | Path, reason: str) -> Path:
+    """An empty stage output with a SKIPPED note: what a switched-off branch leaves behind."""
+    with atomic_dir(folder) as tmp:
+        (tmp / SKIPPED).write_text(reason + "\n")
+    return Path(folder)
+
+
+def optional_dir(folder: str | Path, inner: str = "") -> Path | None:
+    """`folder` (or `inner` inside it), or None when it is missing or a switched-off placeholder."""
+    path = Path(folder)
+    if (path / SKIPPED).exists() or not path.exists():
+        return None
+    return path / inner if inner else path
+
+
 def mark_skipped(artifact: Any, reason: str) -> None:
-    """Placeholder output of a switched-off branch: an empty folder with a SKIPPED note."""
-    folder = Path(artifact.path)
-    folder.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(folder / SKIPPED, reason + "\n")
+    """Placeholder output artifact of a switched-off branch (no augmentation / no DANN)."""
+    write_skipped(artifact.path, reason)
     artifact.metadata["skipped"] = True
 
 
 def optional_input(artifact: Any, inner: str = "") -> Path | None:
     """The artifact's folder (or `inner` inside it), or None when the branch that made it was off."""
-    folder = Path(artifact.path)
-    if (folder / SKIPPED).exists() or not folder.exists():
-        return None
-    return folder / inner if inner else folder
+    return optional_dir(artifact.path, inner)
 
 
 def write_result(path: str | Path, result: Mapping[str, Any]) -> None:
@@ -282,7 +310,7 @@ STATUS_EXPERIMENT_SUFFIX = "-pipelines"
 """Run-status records go to `<tracking.experiment>-pipelines`, apart from the training runs."""
 
 
-def record_status(status: Any, tracking_uri: str, experiment: str) -> str:
+def record_status(status: Any, configured_uri: str, experiment: str) -> str:
     """Record a pipeline run's final state in MLflow (the exit handler's job); returns the state.
 
     A failure to reach MLflow is printed, not raised: the exit task must not turn a finished run
@@ -300,7 +328,7 @@ def record_status(status: Any, tracking_uri: str, experiment: str) -> str:
 
         from affectflow.registry import resolve_uri
 
-        uri = resolve_uri(tracking_uri)
+        uri = resolve_uri(tracking_uri(configured_uri))
         client = MlflowClient(tracking_uri=uri)
         name = experiment + STATUS_EXPERIMENT_SUFFIX
         exp = client.get_experiment_by_name(name)
@@ -310,5 +338,5 @@ def record_status(status: Any, tracking_uri: str, experiment: str) -> str:
         client.set_terminated(run.info.run_id, status="FINISHED" if info["state"] == "SUCCEEDED" else "FAILED")
         print(f"recorded in MLflow {uri}: experiment {name!r}, run {run.info.run_id}")
     except Exception as e:  # recording is best effort; say why it did not happen
-        print(f"could not record the run status in MLflow ({tracking_uri}): {e}")
+        print(f"could not record the run status in MLflow ({configured_uri}): {e}")
     return info["state"]

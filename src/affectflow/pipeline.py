@@ -47,19 +47,22 @@ COMPILE_TIME_SECTIONS = ("pipeline",)
 STAGES = ("ingest", "validate", "features", "augment", "pretrain", "train", "evaluate")
 """Stages handed a configuration string by the params task (register reads the full params.yaml)."""
 _DATA = ("s3", "paths", "audio", "ingest", "splits")
+_ALL = tuple(s for s in Params.model_fields if s not in COMPILE_TIME_SECTIONS)
 STAGE_SECTIONS: dict[str, tuple[str, ...]] = {
     "ingest": _DATA,
     "validate": (*_DATA, "validation", "features"),
     "features": (*_DATA, "features"),
-    "augment": (*_DATA, "features", "augment"),
-    "pretrain": (*_DATA, "features", "train", "pretrain"),
-    "train": (*_DATA, "features", "augment", "pretrain", "train", "tracking"),
-    "evaluate": (*_DATA, "features", "train", "evaluate", "tracking"),
+    "augment": (*_DATA, "features", "augment", "tracking"),
+    "pretrain": (*_DATA, "features", "train", "pretrain", "tracking"),
+    "train": _ALL,
+    "evaluate": _ALL,
 }
-"""Sections each stage reads. A task's cache key covers exactly these, so a change to `train`
-re-runs train, evaluate and register but reuses ingest, validate and features. A section a stage
-reads but is not listed would silently fall back to its default: tests/unit/test_pipeline_ir.py
-checks the stage modules' `params.<section>` uses against this table."""
+"""Sections each stage reads; a task is handed exactly these, so its cache key covers them and a
+change elsewhere leaves it cached (a new `train.*` value re-runs pretrain, train, evaluate and
+register, never ingest or features). Train and evaluate get every section: their MLflow run logs
+the whole configuration, and it must be the run's, not defaults. A section a stage reads but is
+not handed would silently take its default: tests/unit/test_pipeline_ir.py checks the stage
+modules' `params.<section>` uses against this table, and dvc.yaml's `params:` against it."""
 
 Kind = Literal["bool", "int", "float", "str", "list", "dict", "yaml"]
 KFP_TYPES: dict[str, type] = {"bool": bool, "int": int, "float": float, "str": str, "list": list,
@@ -351,6 +354,43 @@ def _run_summary(tasks: dict[str, TaskRecord], args: Mapping[str, Any], root: Pa
                       "attempts": r.attempts} for n, r in tasks.items()},
         "metrics": metrics, "register": register, "promotion": promotion,
     }
+
+
+# ----------------------------------------------------------------------------- DVC steps
+STEPS = ("augment", "pretrain", "train")
+"""Stages whose DVC command goes through `affectflow pipeline step`: the on/off switches."""
+
+
+def run_step(params: Params, stage: str) -> dict[str, Any]:
+    """Run `stage` in the workdir layout the way the pipeline does (dvc.yaml's augment, pretrain
+    and train commands).
+
+    DVC has no conditional stages, so a switched-off augment / pretrain stage still runs and
+    leaves the placeholder the DAG's else-branch leaves (a folder with a SKIPPED note); train
+    then takes a synthetic set / encoder only from a folder that is not a placeholder.
+    """
+    from affectflow.kfp_io import optional_dir, write_skipped
+
+    wd = params.workdir()
+    manifest, store = wd / "ingest" / "manifest.parquet", wd / "features"
+    if stage in ("augment", "pretrain"):
+        out = wd / stage
+        if not getattr(params, stage).enabled:
+            write_skipped(out, f"{stage}.enabled is false")
+            return {"stage": stage, "skipped": True, "out": str(out)}
+        if stage == "augment":
+            from affectflow.augment.run import augment as run_stage
+        else:
+            from affectflow.pretrain import pretrain as run_stage
+        res = run_stage(params, manifest, store, out)
+        return {"stage": stage, "skipped": False, "out": str(out), **(getattr(res, "summary", None) or {})}
+    if stage == "train":
+        from affectflow.train import train
+
+        res = train(params, manifest, store, wd / "train", pretrained=optional_dir(wd / "pretrain", "encoder"),
+                    synthetic=optional_dir(wd / "augment"))
+        return {"stage": stage, **res.summary}
+    raise PipelineError(f"pipeline step {stage!r}: expected one of {', '.join(STEPS)}")
 
 
 # ----------------------------------------------------------------------------- cluster

@@ -1,4 +1,4 @@
-"""`affectflow pipeline compile | run --local | upload | submit | schedule`.
+"""`affectflow pipeline compile | run --local | step | upload | submit | schedule`.
 
 `--params` / `--set` work before or after the action (`affectflow pipeline run --local --set
 train.epochs=2`). For `run`, `submit` and `schedule` the overrides become run arguments against
@@ -43,6 +43,10 @@ def _args(p: argparse.ArgumentParser) -> None:
     r.add_argument("--pipeline-root", type=Path, help="task outputs and cache (default: <workdir>/kfp)")
     r.add_argument("--no-cache", action="store_true", help="re-run every task")
     r.add_argument("--data-version", help="ingest cache stamp (default: a stat fingerprint of the corpora)")
+
+    st = sub.add_parser("step", help="run augment | pretrain | train as the pipeline does (used by dvc.yaml)")
+    _common(st)
+    st.add_argument("stage", choices=("augment", "pretrain", "train"))
 
     u = sub.add_parser("upload", help="upload the IR as a pipeline, or as a new version of it")
     _cluster(u)
@@ -113,6 +117,10 @@ def _pipeline(params: Params, a: argparse.Namespace) -> int:
         summary = P.run_local(_base(a), params, pipeline_root=a.pipeline_root, cache=not a.no_cache,
                               data_version=a.data_version)
         print_run(summary, params)
+        return 0
+
+    if a.action == "step":
+        print_summary(f"pipeline step {a.stage}", P.run_step(params, a.stage))
         return 0
 
     client = P.kfp_client(params, a.host, a.namespace)

@@ -1,0 +1,219 @@
+"""`affectflow pipeline ...`: compile/check, the cron rule, and upload / submit / schedule against a
+fake kfp.Client (no cluster): what is sent, and that a bad cron never reaches the client."""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any, ClassVar
+
+import pytest
+
+from affectflow import cli
+from affectflow import pipeline as P
+from affectflow.config import load_params
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+class FakeClient:
+    """Records calls the way kfp.Client would receive them; returns kfp_server_api-like objects."""
+
+    instances: ClassVar[list[FakeClient]] = []
+
+    def __init__(self, host: str, namespace: str | None = None, existing: dict[str, str] | None = None):
+        self.host, self.namespace = host, namespace
+        self.pipelines = dict(existing or {})
+        self.calls: list[tuple[str, dict[str, Any]]] = []
+        FakeClient.instances.append(self)
+
+    def get_pipeline_id(self, name: str) -> str | None:
+        self.calls.append(("get_pipeline_id", {"name": name}))
+        return self.pipelines.get(name)
+
+    def upload_pipeline(self, **kw: Any) -> Any:
+        self.calls.append(("upload_pipeline", kw))
+        self.pipelines[kw["pipeline_name"]] = "pid-1"
+        return SimpleNamespace(pipeline_id="pid-1")
+
+    def list_pipeline_versions(self, **kw: Any) -> Any:
+        self.calls.append(("list_pipeline_versions", kw))
+        return SimpleNamespace(pipeline_versions=[SimpleNamespace(pipeline_version_id="vid-1", display_name="v1")])
+
+    def upload_pipeline_version(self, **kw: Any) -> Any:
+        self.calls.append(("upload_pipeline_version", kw))
+        return SimpleNamespace(pipeline_version_id="vid-2")
+
+    def create_run_from_pipeline_package(self, pipeline_file: str, **kw: Any) -> Any:
+        self.calls.append(("create_run_from_pipeline_package", {"pipeline_file": pipeline_file, **kw}))
+        return SimpleNamespace(run_id="run-1")
+
+    def create_experiment(self, name: str, namespace: str | None = None, description: str | None = None) -> Any:
+        self.calls.append(("create_experiment", {"name": name, "namespace": namespace}))
+        return SimpleNamespace(experiment_id="exp-1")
+
+    def create_recurring_run(self, **kw: Any) -> Any:
+        self.calls.append(("create_recurring_run", kw))
+        return SimpleNamespace(recurring_run_id="rr-1")
+
+    def names(self) -> list[str]:
+        return [c[0] for c in self.calls]
+
+
+@pytest.fixture
+def package(tmp_path: Path) -> Path:
+    path = tmp_path / "ir.yaml"
+    path.write_text("pipelineInfo: {name: affectflow-train}\n")
+    return path
+
+
+@pytest.fixture
+def fake_kfp(monkeypatch: pytest.MonkeyPatch) -> type[FakeClient]:
+    import kfp
+
+    FakeClient.instances = []
+    monkeypatch.setattr(kfp, "Client", FakeClient)
+    return FakeClient
+
+
+# ----------------------------------------------------------------------------- cron
+@pytest.mark.parametrize("expr", ["0 0 3 * * 1", "0 */15 * * * *", "0 0 9 ? * 2-6", "30 5 4 1 * *"])
+def test_six_field_crons_are_accepted(expr: str) -> None:
+    assert P.validate_cron(expr) == expr
+
+
+@pytest.mark.parametrize("expr,why", [("0 3 * * 1", "6 fields"), ("0 0 3 * * 1 2027", "6 fields"),
+                                      ("61 0 3 * * 1", "not a valid"), ("0 0 25 * * *", "not a valid"),
+                                      ("every monday", "6 fields")])
+def test_bad_crons_are_rejected_with_the_reason(expr: str, why: str) -> None:
+    with pytest.raises(ValueError, match=why):
+        P.validate_cron(expr)
+
+
+def test_next_fire_times_read_seconds_first() -> None:
+    start = datetime(2026, 1, 1, tzinfo=timezone.utc)  # a Thursday
+    assert P.next_fire_times("0 0 3 * * 1", 2, start) == ["2026-01-05T03:00:00+00:00", "2026-01-12T03:00:00+00:00"]
+
+
+# ----------------------------------------------------------------------------- client operations
+def test_upload_creates_the_pipeline_then_adds_versions(package: Path) -> None:
+    client = FakeClient("http://kfp")
+    first = P.upload(client, package)
+    assert first == {"pipeline_id": "pid-1", "version_id": "vid-1", "version": "v1", "created_pipeline": True}
+    assert client.calls[1] == ("upload_pipeline", {"pipeline_package_path": str(package),
+                                                   "pipeline_name": P.PIPELINE_NAME, "description": None})
+    second = P.upload(client, package, version="2026-06-01")
+    assert second["created_pipeline"] is False and second["version_id"] == "vid-2"
+    kw = client.calls[-1][1]
+    assert (kw["pipeline_id"], kw["pipeline_version_name"]) == ("pid-1", "2026-06-01")
+
+
+def test_upload_names_a_missing_package(tmp_path: Path) -> None:
+    with pytest.raises(P.PipelineError, match=r"ir\.yaml"):
+        P.upload(FakeClient("http://kfp"), tmp_path / "ir.yaml")
+
+
+def test_submit_sends_arguments_and_experiment(package: Path) -> None:
+    client = FakeClient("http://kfp")
+    res = P.submit(client, package, {"train__epochs": 3}, experiment="affectflow", run_name="r1", cache=False)
+    assert res == {"run_id": "run-1", "run_name": "r1", "experiment": "affectflow"}
+    name, kw = client.calls[0]
+    assert name == "create_run_from_pipeline_package"
+    assert kw["arguments"] == {"train__epochs": 3} and kw["experiment_name"] == "affectflow"
+    assert kw["enable_caching"] is False
+
+
+def test_schedule_sends_cron_concurrency_and_no_catchup(package: Path) -> None:
+    client = FakeClient("http://kfp")
+    res = P.schedule(client, package, {}, cron="0 0 3 * * 1", experiment="affectflow", max_concurrency=1)
+    assert res["recurring_run_id"] == "rr-1" and len(res["next"]) == 3
+    kw = dict(client.calls)["create_recurring_run"]
+    assert kw["cron_expression"] == "0 0 3 * * 1"
+    assert kw["max_concurrency"] == 1 and kw["no_catchup"] is True and kw["enabled"] is True
+    assert kw["experiment_id"] == "exp-1" and kw["pipeline_package_path"] == str(package)
+
+
+def test_schedule_validates_before_sending(package: Path) -> None:
+    client = FakeClient("http://kfp")
+    with pytest.raises(ValueError, match="6 fields"):
+        P.schedule(client, package, {}, cron="0 3 * * 1", experiment="affectflow", max_concurrency=1)
+    with pytest.raises(ValueError, match="max_concurrency"):
+        P.schedule(client, package, {}, cron="0 0 3 * * 1", experiment="affectflow", max_concurrency=0)
+    assert client.calls == []
+
+
+def test_client_needs_a_host() -> None:
+    with pytest.raises(P.PipelineError, match=r"pipeline\.host"):
+        P.kfp_client(load_params(None), factory=FakeClient)
+    client = P.kfp_client(load_params(None, {"pipeline.host": "http://kfp:8888"}), factory=FakeClient)
+    assert (client.host, client.namespace) == ("http://kfp:8888", "kubeflow")
+
+
+# ----------------------------------------------------------------------------- CLI
+def test_cli_compile_and_check(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "ir.yaml"
+    params = ["--params", str(REPO / "params.yaml")]
+    assert cli.main(["pipeline", *params, "compile", "--out", str(out)]) == 0
+    assert out.is_file() and "affectflow-train" in out.read_text()
+    assert cli.main(["pipeline", *params, "compile", "--check", "--out", str(out)]) == 0
+    # --set after the action applies too
+    assert cli.main(["pipeline", *params, "compile", "--check", "--out", str(out), "--set", "train.epochs=2"]) == 1
+    assert "stale" in capsys.readouterr().err
+
+
+def test_cli_run_needs_local(capsys: pytest.CaptureFixture[str]) -> None:
+    assert cli.main(["pipeline", "run"]) == 2
+    assert "--local" in capsys.readouterr().err
+
+
+def test_cli_schedule_sends_overrides_as_arguments(fake_kfp: type[FakeClient], package: Path) -> None:
+    rc = cli.main(["pipeline", "--params", str(REPO / "params.yaml"), "schedule", "--host", "http://kfp",
+                   "--package", str(package), "--cron", "0 30 2 * * *", "--max-concurrency", "2",
+                   "--set", "train.epochs=7", "--job-name", "nightly"])
+    assert rc == 0
+    (client,) = fake_kfp.instances
+    kw = dict(client.calls)["create_recurring_run"]
+    assert kw["params"] == {"train__epochs": 7}
+    assert (kw["cron_expression"], kw["max_concurrency"], kw["job_name"]) == ("0 30 2 * * *", 2, "nightly")
+
+
+def test_cli_schedule_rejects_a_bad_cron_without_calling_the_cluster(
+        fake_kfp: type[FakeClient], package: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    rc = cli.main(["pipeline", "schedule", "--host", "http://kfp", "--package", str(package), "--cron", "0 3 * * *"])
+    assert rc == 1
+    assert "6 fields" in capsys.readouterr().err
+    assert all(c.calls == [] for c in fake_kfp.instances)
+
+
+def test_cli_submit_carries_the_data_version(fake_kfp: type[FakeClient], package: Path) -> None:
+    rc = cli.main(["pipeline", "submit", "--host", "http://kfp", "--package", str(package),
+                   "--data-version", "dvc.lock:abc", "--experiment", "nightly"])
+    assert rc == 0
+    (client,) = fake_kfp.instances
+    kw = dict(client.calls)["create_run_from_pipeline_package"]
+    assert kw["arguments"] == {P.DATA_VERSION: "dvc.lock:abc"}
+    assert kw["experiment_name"] == "nightly" and kw["namespace"] == "kubeflow"
+
+
+def test_cli_upload_refuses_a_stale_committed_ir(fake_kfp: type[FakeClient], tmp_path: Path,
+                                                 capsys: pytest.CaptureFixture[str],
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(P, "stale", lambda params, path=None: True)
+    rc = cli.main(["pipeline", "upload", "--host", "http://kfp"])
+    assert rc == 1
+    assert "stale" in capsys.readouterr().err
+
+
+def test_step_writes_the_placeholder_when_switched_off(tmp_path: Path) -> None:
+    from affectflow.kfp_io import SKIPPED, optional_dir
+
+    params = load_params(None, {"paths.workdir": str(tmp_path), "augment.enabled": False})
+    (tmp_path / "augment").mkdir()
+    (tmp_path / "augment" / "synthetic.npz").write_bytes(b"old")  # a previous enabled run
+    res = P.run_step(params, "augment")
+    assert res["skipped"] is True
+    assert sorted(p.name for p in (tmp_path / "augment").iterdir()) == [SKIPPED]
+    assert optional_dir(tmp_path / "augment") is None
+    with pytest.raises(P.PipelineError, match="evaluate"):
+        P.run_step(params, "evaluate")
