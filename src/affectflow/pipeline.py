@@ -317,6 +317,8 @@ def run_local(base: Params, params: Params, *, pipeline_root: str | Path | None 
         # The components name the project image; SubprocessRunner warns that it runs them in this
         # Python instead, which is the point of a local run.
         warnings.filterwarnings("ignore", message=".*non-Python base image.*", category=RuntimeWarning)
+        # Accelerators, display names: cluster settings kfp.local cannot apply, by design.
+        warnings.filterwarnings("ignore", message=".*have no effect in the current local runner.*")
         try:
             pipe(**args)
         except RuntimeError as e:

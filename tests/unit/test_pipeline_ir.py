@@ -307,7 +307,7 @@ STAGE_MODULES = {
     "validate": ["validation.py"],
     "features": ["features"],
     "augment": ["augment", "models/wgan.py", "models/aaec.py"],
-    "pretrain": ["pretrain.py", "pretrain"],
+    "pretrain": ["pretrain", "models/dann.py"],
     "train": ["train.py", "models"],
     "evaluate": ["evaluate.py", "metrics.py"],
 }
