@@ -133,22 +133,34 @@ class FeaturesConfig(Section):
 
 # --------------------------------------------------------------------------- models & training
 class CnnConfig(Section):
-    channels: list[int] = Field(default_factory=lambda: [32, 64, 128])
-    gru_hidden: int = 64
-    dropout: float = 0.3
+    channels: list[int] = Field(default_factory=lambda: [32, 64, 128], min_length=1)
+    """Output channels of the conv blocks (conv-BN-ReLU-maxpool each)."""
+    pool: int = Field(2, ge=1)
+    """Max-pool size (frequency and time) of every conv block."""
+    gru_hidden: int = Field(64, ge=1)
+    """BiGRU hidden size per direction (embedding = 2x this)."""
+    attention_hidden: int = Field(64, ge=1)
+    dropout: float = Field(0.3, ge=0, lt=1)
 
 
 class MlpConfig(Section):
-    hidden: list[int] = Field(default_factory=lambda: [256, 128])
-    dropout: float = 0.3
+    hidden: list[int] = Field(default_factory=lambda: [256, 128], min_length=1)
+    dropout: float = Field(0.3, ge=0, lt=1)
 
 
 class SpecAugmentConfig(Section):
-    time_masks: int = 2
-    time_width: int = 30
-    freq_masks: int = 2
-    freq_width: int = 8
-    noise_std: float = 0.0
+    """Training-time masking and noise on (normalised) log-mel crops; eGeMAPS gets only the noise."""
+
+    time_masks: int = Field(2, ge=0)
+    time_width: int = Field(30, ge=0)
+    """Largest time mask (frames)."""
+    freq_masks: int = Field(2, ge=0)
+    freq_width: int = Field(8, ge=0)
+    """Largest frequency mask (mel bins)."""
+    noise_std: float = Field(0.0, ge=0)
+    """Gaussian noise added to normalised features (in units of their standard deviation)."""
+    freq_shift: int = Field(0, ge=0)
+    """Largest random shift of the mel axis (bins, edge-padded): a cheap vocal-tract-length perturbation."""
 
 
 class TrainConfig(Section):
@@ -156,16 +168,38 @@ class TrainConfig(Section):
     epochs: int = Field(40, ge=1)
     batch_size: int = Field(32, ge=1)
     lr: float = Field(1e-3, gt=0)
+    """Peak learning rate (AdamW)."""
     weight_decay: float = Field(1e-2, ge=0)
+    schedule: Literal["onecycle", "cosine", "constant"] = "onecycle"
+    warmup_fraction: float = Field(0.3, gt=0, lt=1)
+    """onecycle: fraction of the steps spent rising to `lr`."""
     patience: int = Field(10, ge=1)
+    """Early stopping: epochs without a better validation UAR before training stops."""
     crop_frames: int = Field(300, ge=8)
     """Random crop length (frames) in training; evaluation uses whole utterances."""
+    normalize: Literal["global", "utterance"] = "global"
+    """global: per-bin mean/std of the training split (kept in model.json); utterance: per clip."""
     class_balance: Literal["none", "weighted_loss", "sampler"] = "weighted_loss"
+    label_smoothing: float = Field(0.0, ge=0, lt=1)
+    mixup_alpha: float = Field(0.0, ge=0)
+    """Beta(α, α) mixup of training batches (0 = off)."""
+    grad_clip: float = Field(5.0, ge=0)
+    """Gradient-norm clip (0 = off)."""
     mixed_precision: bool = True
     """bf16 autocast on CUDA; ignored on CPU."""
     seed: int = 0
-    num_workers: int = Field(1, ge=1)
+    num_workers: int = Field(0, ge=0)
+    """Ray Train workers. 0: Ray Train local mode, in this process (laptop, CI). N >= 1: N Ray
+    workers (DDP), on the cluster at RAY_ADDRESS or on a local Ray started for the run."""
     use_gpu: bool = False
+    threads: int = Field(0, ge=0)
+    """torch intra-op threads per worker (0 = torch's default)."""
+    checkpoints_to_keep: int = Field(2, ge=1)
+    max_failures: int = Field(0, ge=0)
+    """Ray restarts of a failed worker group from its last checkpoint (num_workers >= 1)."""
+    stop_after_epochs: int = Field(0, ge=0)
+    """Stop this process (as if killed, raising TrainingInterrupted) after this many epochs; the next
+    run resumes from the checkpoint. For time-boxed jobs and for testing resume. 0 = never."""
     cnn: CnnConfig = Field(default_factory=CnnConfig)
     mlp: MlpConfig = Field(default_factory=MlpConfig)
     specaugment: SpecAugmentConfig = Field(default_factory=SpecAugmentConfig)
@@ -177,7 +211,9 @@ class TrainConfig(Section):
 
 class EvaluateConfig(Section):
     bootstrap: int = Field(1000, ge=0)
+    """Bootstrap resamples for confidence intervals (0 = none)."""
     ci: float = Field(0.95, gt=0, lt=1)
+    seed: int = 0
     cross_corpus: list[str] = Field(default_factory=list)
     """Names of corpora in the manifest to evaluate on (over the classes both share)."""
 
@@ -272,6 +308,8 @@ class TrackingConfig(Section):
     uri: str = "sqlite:///artifacts/mlflow.db"
     artifact_location: str = "artifacts/mlartifacts"
     experiment: str = "affectflow"
+    log_model: bool = True
+    """Log each trained model as a pyfunc (audio in, probabilities out); k-fold runs never do."""
 
 
 class RegistryConfig(Section):
