@@ -1,0 +1,122 @@
+"""Helpers for the recognizer tests: a generated corpus with features, and one trained model that
+several test modules share (training it once keeps the suite fast).
+
+Features are written the way the features stage writes them (store layout + index.parquet, keys
+from `feature_keys`), with log-mel from `affectflow.features.logmel.LogMel`. The `egemaps`
+arrays here are a cheap stand-in (per-bin log-mel mean and spread, 88 values), because openSMILE
+on every generated clip would cost most of the test budget; models only see an (88,) vector.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from affectflow.config import Params, load_params
+
+EGEMAPS_DIM = 88
+
+TINY: dict[str, Any] = {
+    "train.epochs": 3,
+    "train.batch_size": 16,
+    "train.crop_frames": 64,
+    "train.cnn.channels": [8, 16, 16],
+    "train.cnn.gru_hidden": 16,
+    "train.cnn.attention_hidden": 16,
+    "train.mlp.hidden": [32, 16],
+    "train.specaugment.time_width": 10,
+    "train.specaugment.freq_width": 4,
+    "train.threads": 1,
+    "evaluate.bootstrap": 200,
+}
+
+_CACHE: dict[str, Any] = {}
+
+
+def tiny_params(base: Params, **extra: Any) -> Params:
+    """`base` (e.g. the synth_params fixture) with tiny, fast model settings and `extra` overrides."""
+    tree = base.model_dump(mode="json")
+    for key, value in {**TINY, **extra}.items():
+        node = tree
+        *parents, leaf = key.split(".")
+        for p in parents:
+            node = node[p]
+        node[leaf] = value
+    return Params.model_validate(tree)
+
+
+def write_features(params: Params, manifest: pd.DataFrame, root: Path, utt_ids: list[str] | None = None) -> Path:
+    """log-mel (+ stand-in eGeMAPS) for the manifest's clips into a features folder."""
+    from affectflow import audio
+    from affectflow.features.extract import feature_keys
+    from affectflow.features.logmel import LogMel
+    from affectflow.features.store import feature_path, relative_file, save_array, write_index
+
+    keys = feature_keys(params.model_copy(update={"features": params.features.model_copy(
+        update={"kinds": ["logmel", "egemaps"], "egemaps": params.features.egemaps.model_copy(
+            update={"levels": ["functionals"]})})}))
+    clips = manifest.drop_duplicates("sha256")
+    waves = [audio.load(p, params.audio.sample_rate) for p in clips["path"]]
+    mels = LogMel(params.features.logmel, params.audio.sample_rate).batch(waves)
+    for sha, mel in zip(clips["sha256"], mels, strict=True):
+        save_array(feature_path(root, "logmel", keys["logmel"], sha), mel)
+        stand_in = np.concatenate([mel.mean(axis=1), mel.std(axis=1)])[:EGEMAPS_DIM]
+        save_array(feature_path(root, "egemaps", keys["egemaps"], sha), stand_in)
+    shape_of = dict(zip(clips["sha256"], (m.shape for m in mels), strict=True))
+    rows = []
+    for uid, sha in zip(manifest["utt_id"], manifest["sha256"], strict=True):
+        rows.append({"utt_id": uid, "kind": "logmel", "key": keys["logmel"],
+                     "file": relative_file("logmel", keys["logmel"], sha), "shape": list(shape_of[sha])})
+        rows.append({"utt_id": uid, "kind": "egemaps", "key": keys["egemaps"],
+                     "file": relative_file("egemaps", keys["egemaps"], sha), "shape": [EGEMAPS_DIM]})
+    write_index(root, pd.DataFrame(rows))
+    return root
+
+
+def _base(factory: Any) -> Path:
+    if "base" not in _CACHE:
+        _CACHE["base"] = factory.mktemp("recognizer")
+    return _CACHE["base"]
+
+
+def corpus(synth_root: Path, factory: Any) -> tuple[Params, Path, Path]:
+    """(params, manifest, features) for the generated corpus, built once per session
+    (`factory` is pytest's tmp_path_factory)."""
+    if "corpus" not in _CACHE:
+        base = _base(factory)
+        from affectflow.ingest import ingest
+        from affectflow.manifest import read_manifest
+
+        params = load_params(None, {
+            "paths.workdir": str(base / "work"),
+            "paths.data_root": str(synth_root.parent),
+            "ingest.corpora": [{"name": "ravdess", "adapter": "ravdess", "root": "ravdess"}],
+            "ingest.classes": ["neutral", "happy", "sad", "angry"],
+            "ingest.workers": 1,
+            "features.workers": 1,
+            "tracking.uri": f"sqlite:///{base / 'mlflow.db'}",
+            "tracking.artifact_location": str(base / "mlartifacts"),
+        })
+        res = ingest(params, base / "ingest")
+        features = write_features(params, read_manifest(res.manifest), base / "features")
+        _CACHE["corpus"] = (params, res.manifest, features)
+    return _CACHE["corpus"]
+
+
+def trained(synth_root: Path, factory: Any) -> dict[str, Any]:
+    """A tiny CNN-BiGRU trained and evaluated once: params, paths, TrainResult, metrics."""
+    if "trained" not in _CACHE:
+        base = _base(factory)
+        from affectflow.evaluate import evaluate
+        from affectflow.train import train
+
+        params, manifest, features = corpus(synth_root, factory)
+        params = tiny_params(params)
+        tr = train(params, manifest, features, base / "train")
+        metrics = evaluate(params, tr.model_dir, manifest, features, base / "evaluate")
+        _CACHE["trained"] = {"params": params, "manifest": manifest, "features": features, "result": tr,
+                             "metrics": metrics, "base": base}
+    return _CACHE["trained"]

@@ -1,0 +1,89 @@
+"""Evaluation: metrics.json (with CIs), breakdowns, plots, cross-corpus, and leakage refusal."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from recognizer_support import trained
+
+from affectflow.evaluate import EvaluationError, evaluate
+from affectflow.features.store import INDEX
+from affectflow.manifest import read_manifest, write_manifest
+
+
+def test_metrics_json_report_and_plots(synth_root: Path, tmp_path_factory: pytest.TempPathFactory):
+    t = trained(synth_root, tmp_path_factory)
+    m = t["metrics"]
+    out = t["base"] / "evaluate"
+    assert json.loads((out / "metrics.json").read_text()) == json.loads(json.dumps(m))
+    for name in ("uar", "wa", "macro_f1"):
+        assert m["test"][f"{name}_ci_low"] <= m[name] <= m["test"][f"{name}_ci_high"]
+        assert m[name] == m["test"][name]
+    df = read_manifest(t["manifest"])
+    test = df[df["split"] == "test"]
+    assert m["test"]["n"] == len(test)
+    assert set(m["test"]["per_speaker"]) == set(test["speaker"])
+    assert set(m["test"]["per_gender"]) == set(test["gender"])
+    assert sum(v["n"] for v in m["test"]["per_gender"].values()) == len(test)
+    assert np.asarray(m["test"]["confusion"]).sum() == len(test)
+    assert set(m["test"]["per_class_recall"]) == {"neutral", "happy", "sad", "angry"}
+    assert (out / "confusion.png").stat().st_size > 0
+    report = (out / "report.md").read_text()
+    assert "**UAR**" in report and "Per speaker" in report
+    pred = pd.read_parquet(out / "predictions.parquet")
+    assert len(pred) == len(test) and np.allclose(pred.filter(like="p_").sum(axis=1), 1.0, atol=1e-5)
+
+
+def _with_other_corpus(t: dict, tmp_path: Path) -> tuple[Path, Path]:
+    """The manifest plus a second corpus 'other' (3 of the 4 classes) and a features folder for it."""
+    df = read_manifest(t["manifest"])
+    other = df[df["emotion"].isin(["happy", "sad", "angry"])].copy()
+    other["utt_id"] = "other/" + other["utt_id"].str.split("/").str[-1]
+    other["corpus"] = "other"
+    other["speaker"] = "other/" + other["speaker"].str.split("/").str[-1]
+    write_manifest(pd.concat([df, other], ignore_index=True), tmp_path / "m.parquet")
+    feats = tmp_path / "features"
+    feats.mkdir()
+    for kind in ("logmel", "egemaps"):
+        os.symlink(Path(t["features"]) / kind, feats / kind)
+    index = pd.read_parquet(Path(t["features"]) / INDEX)
+    extra = index[index["utt_id"].isin(set(other["utt_id"].str.replace("other/", "ravdess/")))].copy()
+    extra["utt_id"] = "other/" + extra["utt_id"].str.split("/").str[-1]
+    pd.concat([index, extra], ignore_index=True).to_parquet(feats / INDEX, index=False)
+    return tmp_path / "m.parquet", feats
+
+
+def test_cross_corpus_over_shared_classes(synth_root: Path, tmp_path_factory: pytest.TempPathFactory, tmp_path: Path):
+    t = trained(synth_root, tmp_path_factory)
+    manifest, feats = _with_other_corpus(t, tmp_path)
+    params = t["params"].model_copy(update={"evaluate": t["params"].evaluate.model_copy(
+        update={"cross_corpus": ["other"], "bootstrap": 0})})
+    m = evaluate(params, t["result"].model_dir, manifest, feats, tmp_path / "eval")
+    x = m["cross_corpus"]["other"]
+    n_other = int((read_manifest(manifest)["corpus"] == "other").sum())
+    assert x["classes"] == ["happy", "sad", "angry"] and x["n"] == n_other and x["rows"] == "all"
+    assert np.asarray(x["confusion"]).shape == (3, 3)
+    pred = pd.read_parquet(tmp_path / "eval" / "predictions.parquet").query("set == 'cross:other'")
+    assert set(pred["predicted"]) <= {"happy", "sad", "angry"}  # never a class the corpus lacks
+    assert (tmp_path / "eval" / "confusion_other.png").is_file()
+    # the main test set is unchanged by the extra corpus
+    assert m["test"]["n"] == t["metrics"]["test"]["n"]
+
+    for bad, msg in ((["ravdess"], "is a training corpus"), (["nope"], "no row has that 'corpus'")):
+        p = params.model_copy(update={"evaluate": params.evaluate.model_copy(update={"cross_corpus": bad})})
+        with pytest.raises(EvaluationError, match=msg):
+            evaluate(p, t["result"].model_dir, manifest, feats, tmp_path / "bad")
+
+
+def test_refuses_a_manifest_whose_test_speakers_were_trained_on(synth_root: Path, tmp_path_factory: pytest.TempPathFactory, tmp_path: Path):
+    t = trained(synth_root, tmp_path_factory)
+    df = read_manifest(t["manifest"])
+    df["split"] = df["split"].map({"train": "test", "test": "train", "val": "val"})
+    write_manifest(df, tmp_path / "swapped.parquet")
+    with pytest.raises(EvaluationError, match="were training speakers"):
+        evaluate(t["params"], t["result"].model_dir, tmp_path / "swapped.parquet", t["features"], tmp_path / "e")

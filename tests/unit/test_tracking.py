@@ -1,0 +1,74 @@
+"""MLflow run contents of a training run (+ its evaluation), and the lineage helpers."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import mlflow
+import pytest
+from mlflow.tracking import MlflowClient
+from recognizer_support import trained
+
+from affectflow import tracking
+from affectflow.manifest import manifest_hash, read_manifest
+
+
+def _artifacts(client: MlflowClient, run_id: str, path: str) -> set[str]:
+    return {Path(a.path).name for a in client.list_artifacts(run_id, path)}
+
+
+def test_training_run_has_params_epochs_lineage_plots_and_models(synth_root: Path, tmp_path_factory: pytest.TempPathFactory):
+    t = trained(synth_root, tmp_path_factory)
+    run_id = t["result"].summary["mlflow_run_id"]
+    client = MlflowClient(tracking.resolve_uri(t["params"].tracking.uri))
+    run = client.get_run(run_id)
+    p = run.data.params
+    assert p["train.epochs"] == str(t["params"].train.epochs)
+    assert p["train.cnn.channels"] == "[8, 16, 16]"
+    assert p["ingest.classes"] == '["neutral", "happy", "sad", "angry"]'
+    tags = run.data.tags
+    assert tags["manifest_hash"] == manifest_hash(read_manifest(t["manifest"]))
+    assert tags["feature_config_hash"] == t["params"].section_hash("features", "audio")
+    assert tags["stage"] == "train" and "git_commit" in tags and "params_hash" in tags
+    # one point per epoch for the per-epoch metrics
+    history = client.get_metric_history(run_id, "val_uar")
+    assert sorted(m.step for m in history) == list(range(t["params"].train.epochs))
+    assert run.data.metrics["best_val_uar"] == pytest.approx(t["result"].summary["val_uar"])
+    assert max(m.value for m in history) == pytest.approx(t["result"].summary["val_uar"])
+    # evaluation was logged into the same run
+    assert run.data.metrics["test_uar"] == pytest.approx(t["metrics"]["uar"])
+    assert "test_uar_ci_low" in run.data.metrics
+    assert "curves.png" in _artifacts(client, run_id, "plots")
+    assert {"model.json", "model.pt"} <= _artifacts(client, run_id, "model_folder")
+    assert {"metrics.json", "report.md", "confusion.png"} <= _artifacts(client, run_id, "evaluation")
+    assert "MLmodel" in _artifacts(client, run_id, "model")
+    info = mlflow.models.get_model_info(f"runs:/{run_id}/model")
+    assert [c.name for c in info.signature.outputs.inputs] == [*t["result"].summary["classes"], "label"]
+
+
+def test_resolve_uri_makes_local_stores_absolute(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    monkeypatch.chdir(tmp_path)
+    assert tracking.resolve_uri("sqlite:///sub/mlflow.db") == f"sqlite:///{tmp_path / 'sub' / 'mlflow.db'}"
+    assert (tmp_path / "sub").is_dir()
+    assert tracking.resolve_uri("http://mlflow:5000") == "http://mlflow:5000"
+    assert tracking.resolve_uri("mlruns") == (tmp_path / "mlruns").as_uri()
+    assert tracking.resolve_artifact_location("art") == (tmp_path / "art").as_uri()
+
+
+def test_dvc_revision_reads_locked_output_hashes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    monkeypatch.chdir(tmp_path)
+    assert tracking.dvc_revision({"features": "artifacts/features"}) == {}
+    (tmp_path / "dvc.lock").write_text(
+        "schema: '2.0'\nstages:\n  features:\n    cmd: affectflow features\n"
+        "    outs:\n    - path: artifacts/features\n      md5: abc123.dir\n")
+    rev = tracking.dvc_revision({"features": "artifacts/features", "manifest": "artifacts/ingest/m.parquet"})
+    assert rev["dvc_features_md5"] == "abc123.dir" and "dvc_manifest_md5" not in rev and rev["dvc_lock"]
+
+
+def test_flat_params_are_strings_within_mlflow_limits():
+    from affectflow.config import load_params
+
+    params = load_params(None, {"ingest.classes": [f"class{i:05d}" for i in range(1000)]})
+    flat = tracking.flat_params(params)
+    assert all(isinstance(v, str) and len(v) <= tracking.MAX_PARAM_CHARS for v in flat.values())
+    assert flat["ingest.classes"].endswith("...") and flat["train.lr"] == str(params.train.lr)
