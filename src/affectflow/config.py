@@ -357,6 +357,26 @@ class S3Config(Section):
     max_attempts: int = Field(3, ge=1)
 
 
+class PredictConfig(Section):
+    """`affectflow predict`: registered (or any) model on new audio files, folders or manifests."""
+
+    model_uri: str = ""
+    """Model to use: any MLflow model URI or a local model folder; empty = models:/<registry.model_name>@champion."""
+    batch_size: int = Field(32, ge=1)
+    """Clips (or windows of long clips) per forward pass."""
+    max_window_s: float = Field(10.0, gt=0)
+    """Audio longer than this is read and scored in windows of this length (bounded memory);
+    the clip's probabilities are the mean over its windows."""
+    hop_s: float = Field(5.0, gt=0)
+    """Step between window starts (hop < window: overlapping windows); the last window ends at the clip's end."""
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    """auto: CUDA when present."""
+    decode_workers: int = Field(2, ge=1)
+    """Threads decoding (and resampling) the next clips while the model scores the current batch."""
+    threads: int = Field(0, ge=0)
+    """torch intra-op threads on CPU (0 = torch's default)."""
+
+
 class Params(Section):
     paths: PathsConfig = Field(default_factory=PathsConfig)
     audio: AudioConfig = Field(default_factory=AudioConfig)
@@ -372,6 +392,7 @@ class Params(Section):
     registry: RegistryConfig = Field(default_factory=RegistryConfig)
     pipeline: PipelineConfig = Field(default_factory=PipelineConfig)
     s3: S3Config = Field(default_factory=S3Config)
+    predict: PredictConfig = Field(default_factory=PredictConfig)
 
     # -------------------------------------------------------------- helpers
     def workdir(self) -> Path:
