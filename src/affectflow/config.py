@@ -291,16 +291,82 @@ class AugmentConfig(Section):
     ablation: AugmentAblationConfig = Field(default_factory=AugmentAblationConfig)
 
 
+class DannAblationConfig(Section):
+    """`affectflow ablate dann`: the cross-corpus table (source-only, per-corpus standardisation, DANN,
+    DANN + augmentation), source corpus -> target corpus, tested on the target's held-out speakers."""
+
+    source: CorpusSpec = Field(default_factory=lambda: CorpusSpec(
+        name="ravdess", adapter="ravdess", root="ravdess", role="source"))
+    target: CorpusSpec = Field(default_factory=lambda: CorpusSpec(
+        name="emodb", adapter="emodb", root="emodb", role="target"))
+    classes: list[str] = Field(default_factory=lambda: ["angry", "happy", "neutral", "sad"], min_length=2)
+    """The classes both corpora share; other labels (RAVDESS calm, ...) are dropped at ingest."""
+    label_map: dict[str, str] = Field(default_factory=dict)
+    """ingest.label_map for the study (e.g. {calm: neutral} to fold RAVDESS calm into neutral)."""
+    seeds: list[int] = Field(default_factory=lambda: [0, 1, 2], min_length=1)
+    folds: list[int] = Field(default_factory=lambda: [0, 1, 2, 3], min_length=1)
+    """Target test folds (speaker groups); pooled over them every target speaker is tested once per seed."""
+    model: Literal["cnn_bigru", "egemaps_mlp"] = "egemaps_mlp"
+    """Encoder for the table (egemaps_mlp keeps the study tractable on a CPU)."""
+    conditions: list[Literal["source_only", "corpus_std", "dann", "dann_corpus_std", "dann_augment"]] = Field(
+        default_factory=lambda: ["source_only", "corpus_std", "dann", "dann_corpus_std", "dann_augment"],
+        min_length=1)
+    augment_epochs: int = Field(100, ge=1)
+    """Generator epochs for `dann_augment` (one generator per seed and fold)."""
+    synthetic_ratio: float = Field(1.0, gt=0)
+    """Kept synthetic samples per real source training sample in `dann_augment`."""
+
+
 class PretrainConfig(Section):
+    """DANN: the recognizer's encoder (train.model, train.cnn / train.mlp) learns emotion on the source
+    corpora while a domain head behind a gradient-reversal layer learns to tell the corpora apart."""
+
     enabled: bool = False
     target_corpora: list[str] = Field(default_factory=list)
-    epochs: int = 30
-    batch_size: int = 32
-    lr: float = 1e-3
-    lambda_max: float = 1.0
+    """Unlabelled adaptation corpora; empty: every corpus whose manifest role is `target`."""
+    epochs: int = Field(30, ge=1)
+    batch_size: int = Field(32, ge=2)
+    """Source clips per step; each step also draws as many target clips."""
+    lr: float = Field(1e-3, gt=0)
+    weight_decay: float = Field(1e-2, ge=0)
+    lambda_max: float = Field(1.0, ge=0)
+    """λ(p) = lambda_max · (2 / (1 + exp(-lambda_gamma · p)) - 1) over training progress p in [0, 1]."""
+    lambda_gamma: float = Field(10.0, gt=0)
+    domain_weight: float = Field(1.0, ge=0)
+    """Weight of the domain loss (its gradient into the encoder is also scaled by λ)."""
+    adversary_lr_scale: float = Field(1.0, gt=0)
+    """Learning rate of the domain / speaker heads relative to `lr` (a quicker adversary keeps the
+    encoder from merely fooling the current head)."""
+    domain_hidden: list[int] = Field(default_factory=lambda: [128])
+    """Hidden sizes of the domain (and speaker) head ([] = linear)."""
+    head_dropout: float = Field(0.2, ge=0, lt=1)
     speaker_adversarial: bool = False
+    """Add a speaker head behind its own gradient reversal (speaker-invariant embeddings)."""
+    speaker_weight: float = Field(0.3, ge=0)
+    normalize: Literal["global", "corpus"] = "global"
+    """global: every corpus with the source training statistics (the recognizer's input normalisation);
+    corpus: each corpus with its own statistics from its adaptation clips (per-corpus standardisation)."""
+    grad_clip: float = Field(5.0, ge=0)
+    """Gradient-norm clip (0 = off)."""
+    compare_source_only: bool = True
+    """Also train the same encoder without the domain loss, as the "before adaptation" reference."""
+    probe: Literal["logreg", "mlp"] = "logreg"
+    """Fresh domain classifier on held-out embeddings (proxy A-distance = 2 (1 - 2 ε))."""
+    probe_folds: int = Field(5, ge=2)
+    """Speaker-grouped cross-validation folds of the probe (fewer when a domain has fewer speakers)."""
+    probe_max_iter: int = Field(2000, ge=1)
+    probe_hidden: list[int] = Field(default_factory=lambda: [64])
+    projection: Literal["pca", "tsne"] = "pca"
+    """2-D projection of held-out source and target embeddings before and after adaptation."""
+    projection_max_points: int = Field(2000, ge=10)
     seed: int = 0
-    use_gpu: bool = False
+    use_gpu: bool | Literal["auto"] = "auto"
+    """auto: CUDA when present; true: require CUDA; false: CPU."""
+    threads: int = Field(0, ge=0)
+    """torch intra-op threads on CPU (0 = torch's default)."""
+    mixed_precision: bool = True
+    """bf16 autocast on CUDA; ignored on CPU."""
+    ablation: DannAblationConfig = Field(default_factory=DannAblationConfig)
 
 
 # --------------------------------------------------------------------------- tracking, registry, pipeline
