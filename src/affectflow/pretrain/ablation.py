@@ -1,0 +1,290 @@
+"""`affectflow ablate dann`: the cross-corpus table, source corpus -> target corpus.
+
+Conditions (`pretrain.ablation.conditions`), all trained by the stage's own `fit` with the same
+encoder, optimiser, epochs and seed, so they differ only in what the name says:
+  source_only      source training clips only, source statistics for every corpus
+  corpus_std       the usual first fix: each corpus standardised with its own statistics (the
+                   target's from its training speakers' unlabelled clips), no target clip in training
+  dann             + unlabelled target training speakers through the domain head behind the GRL
+  dann_corpus_std  DANN on per-corpus-standardised features
+  dann_augment     DANN + the augment stage's kept synthetic source samples (one generator per
+                   seed and fold, trained on that fold's source training split)
+Test set: the target's held-out speakers. Every seed runs every fold (`pretrain.ablation.folds`
+rotates which target speakers are held out), and a seed's UAR is over the pooled predictions of all
+folds, i.e. every target clip is scored once by a model that never saw its speaker. The table is
+mean ± std (ddof=1) of that UAR over seeds; the folds are the same for every seed, so the spread is
+training randomness only.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+
+from affectflow.config import Params, TrainConfig
+from affectflow.manifest import read_manifest
+from affectflow.metrics import confusion, uar_cm, wa_cm
+from affectflow.models import feature_kind
+from affectflow.pretrain.loop import embed, resolve_device
+from affectflow.pretrain.run import Inputs, fit, prepare_inputs, shared_class_uar
+from affectflow.progress import progress
+from affectflow.splits import apply_splits
+from affectflow.storage import atomic_path, atomic_write_json, atomic_write_text
+
+
+@dataclass(frozen=True)
+class Condition:
+    label: str
+    normalize: str
+    adversarial: bool
+    augment: bool = False
+
+
+CONDITIONS: dict[str, Condition] = {
+    "source_only": Condition("source-only", "global", False),
+    "corpus_std": Condition("per-corpus standardisation", "corpus", False),
+    "dann": Condition("DANN", "global", True),
+    "dann_corpus_std": Condition("DANN + per-corpus standardisation", "corpus", True),
+    "dann_augment": Condition("DANN + augmentation", "global", True, augment=True),
+}
+
+
+class AblationError(RuntimeError):
+    """The study cannot run; the message names the setting."""
+
+
+def study_params(params: Params) -> Params:
+    """params with the study's corpora, classes and encoder (`pretrain.ablation`)."""
+    ab = params.pretrain.ablation
+    if ab.source.name == ab.target.name:
+        raise AblationError(f"pretrain.ablation: source and target are both named '{ab.source.name}'")
+    tree = params.model_dump(mode="json")
+    tree["ingest"].update(corpora=[ab.source.model_copy(update={"role": "source"}).model_dump(mode="json"),
+                                   ab.target.model_copy(update={"role": "target"}).model_dump(mode="json")],
+                          classes=list(ab.classes), label_map=dict(ab.label_map))
+    tree["features"]["kinds"] = [feature_kind(ab.model)]
+    tree["train"]["model"] = ab.model
+    tree["pretrain"]["target_corpora"] = [ab.target.name]
+    return Params.model_validate(tree)
+
+
+def _with(params: Params, **dotted: Any) -> Params:
+    tree = params.model_dump(mode="json")
+    for key, value in dotted.items():
+        section, name = key.split("__")
+        tree[section][name] = value
+    return Params.model_validate(tree)
+
+
+def prepare_data(params: Params, out: Path) -> tuple[Path, Path]:
+    """Ingest and features for the study corpora (the feature store is a cache: re-runs are cheap)."""
+    from affectflow.features.extract import extract_features
+    from affectflow.ingest import ingest
+
+    manifest = ingest(params, out / "ingest").manifest
+    extract_features(params, manifest, out / "features")
+    return Path(manifest), out / "features"
+
+
+def augment_available() -> tuple[bool, str]:
+    try:
+        import affectflow.augment.run  # noqa: F401
+    except ImportError as e:
+        return False, f"augment stage not importable ({e})"
+    return True, ""
+
+
+def add_synthetic(inp: Inputs, params: Params, df: pd.DataFrame, features: Path, out: Path, seed: int) -> dict[str, Any]:
+    """Train the augment stage on this fold's source training split, add its kept samples."""
+    from affectflow.augment.run import augment
+    from affectflow.train import select_synthetic
+
+    ab = params.pretrain.ablation
+    kind = inp.kind
+    p = _with(params, augment__epochs=ab.augment_epochs, augment__seed=seed, augment__feature=kind)
+    t0 = time.perf_counter()
+    res = augment(p, df, features, out, track=False)
+    y_of = {c: i for i, c in enumerate(inp.classes)}
+    train_y = inp.rows.source_train["emotion"].map(y_of).to_numpy()
+    sel = select_synthetic(res.synthetic, kind, inp.classes, train_y,
+                           TrainConfig(synthetic_ratio=ab.synthetic_ratio, seed=seed))
+    if sel and sel["rows"]:
+        with np.load(res.synthetic, allow_pickle=False) as npz:
+            X = np.asarray(npz["X"])[np.asarray(sel["rows"], np.int64)]
+        inp.add_synthetic(X, np.asarray(sel["y"], np.int64), inp.domains.sources[0])
+    return {"n_synthetic": len(sel["rows"]) if sel else 0, "augment_seconds": time.perf_counter() - t0}
+
+
+def run_ablation(params: Params, out_dir: str | Path, conditions: list[str] | None = None) -> dict[str, Any]:
+    """Run every (fold, seed, condition); write results.json, table.md, predictions.parquet, a PNG."""
+    from affectflow import tracking
+
+    out = Path(out_dir)
+    sp = study_params(params)
+    ab = sp.pretrain.ablation
+    names = conditions or list(ab.conditions)
+    unknown = sorted(set(names) - set(CONDITIONS))
+    if unknown:
+        raise AblationError(f"pretrain.ablation.conditions: unknown {unknown} (known: {sorted(CONDITIONS)})")
+    aug_ok, aug_why = augment_available()
+    skipped = {}
+    if not aug_ok:
+        skipped = {n: aug_why for n in names if CONDITIONS[n].augment}
+        names = [n for n in names if n not in skipped]
+    if sp.pretrain.threads:
+        torch.set_num_threads(sp.pretrain.threads)
+    device = resolve_device(sp.pretrain.use_gpu)
+    t_start = time.perf_counter()
+    manifest, features = prepare_data(sp, out)
+    df0 = read_manifest(manifest)
+    target = ab.target.name
+    records: list[dict[str, Any]] = []
+    preds: list[pd.DataFrame] = []
+    runs = [(f, s, n) for f in ab.folds for s in ab.seeds for n in names]
+    with tracking.start_run(sp, "ablate-dann", tags={"stage": "ablate_dann"}):
+        import mlflow
+
+        cache: dict[tuple[int, str], Inputs] = {}
+        for fold, seed, name in progress(runs, "ablate dann", total=len(runs), unit="run"):
+            cond = CONDITIONS[name]
+            df = apply_splits(df0, sp.splits, test_fold=fold)
+            p = _with(sp, pretrain__normalize=cond.normalize, pretrain__seed=seed, train__seed=seed)
+            extra: dict[str, Any] = {}
+            if cond.augment:
+                inp = prepare_inputs(p, df, features)  # fresh: synthetic rows are added in place
+                extra = add_synthetic(inp, p, df, features, out / "augment" / f"fold{fold}_seed{seed}", seed)
+            else:
+                key = (fold, cond.normalize)
+                if key not in cache:
+                    cache = {k: v for k, v in cache.items() if k[0] == fold}
+                    cache[key] = prepare_inputs(p, df, features)
+                inp = cache[key]
+                inp.params = p
+            model, hist, secs = fit(inp, device, cond.adversarial, seed, desc=name)
+            test = df[(df["corpus"] == target) & (df["split"] == "test") & df["emotion"].isin(inp.classes)]
+            if test.empty:
+                raise AblationError(f"{manifest}: fold {fold} has no '{target}' test rows (pretrain.ablation.folds)")
+            uar, pred = shared_class_uar(embed(model.recognizer, inp.normalised(test), device, p.pretrain.batch_size),
+                                         test["emotion"], inp.classes)
+            src_test = df[(df["corpus"] == ab.source.name) & (df["split"] == "test") & df["emotion"].isin(inp.classes)]
+            src_uar = shared_class_uar(embed(model.recognizer, inp.normalised(src_test), device, p.pretrain.batch_size),
+                                       src_test["emotion"], inp.classes)[0] if len(src_test) else float("nan")
+            rec = {"condition": name, "fold": fold, "seed": seed, "target_uar": uar, "source_test_uar": src_uar,
+                   "source_val_uar": hist[-1]["source_val_uar"], "train_seconds": secs,
+                   "test_speakers": sorted(set(test["speaker"])), "n_test": len(test), **extra}
+            records.append(rec)
+            preds.append(pd.DataFrame({"utt_id": test["utt_id"].to_numpy(), "speaker": test["speaker"].to_numpy(),
+                                       "emotion": test["emotion"].to_numpy(), "predicted": pred,
+                                       "condition": name, "seed": seed, "fold": fold}))
+            mlflow.log_metrics({f"{name}_uar_fold{fold}_seed{seed}": uar})
+        pred_df = pd.concat(preds, ignore_index=True)
+        summary = summarise(records, pred_df, names, sp, device, time.perf_counter() - t_start, skipped)
+        write_outputs(out, summary, pred_df)
+        mlflow.log_metrics({f"{n}_uar_mean": r["uar_mean"] for n, r in summary["table"].items()}
+                           | {f"{n}_uar_std": r["uar_std"] for n, r in summary["table"].items()})
+        for f in ("results.json", "table.md", "ablation.png"):
+            mlflow.log_artifact(str(out / f))
+    return summary
+
+
+def pooled_uar(pred: pd.DataFrame) -> tuple[float, float]:
+    """UAR and WA of one seed's predictions pooled over folds."""
+    classes = sorted(set(pred["emotion"]) | set(pred["predicted"]))
+    idx = {c: i for i, c in enumerate(classes)}
+    cm = confusion(pred["emotion"].map(idx).to_numpy(), pred["predicted"].map(idx).to_numpy(), len(classes))
+    return uar_cm(cm), wa_cm(cm)
+
+
+def _mean_std(values: list[float]) -> tuple[float, float]:
+    a = np.asarray(values, float)
+    return float(a.mean()), float(a.std(ddof=1)) if len(a) > 1 else 0.0
+
+
+def summarise(records: list[dict[str, Any]], pred: pd.DataFrame, names: list[str], params: Params,
+              device: torch.device, seconds: float, skipped: dict[str, str]) -> dict[str, Any]:
+    ab = params.pretrain.ablation
+    rec = pd.DataFrame(records)
+    table: dict[str, dict[str, Any]] = {}
+    for n in names:
+        per_seed = [pooled_uar(pred[(pred["condition"] == n) & (pred["seed"] == s)]) for s in ab.seeds]
+        uar_m, uar_s = _mean_std([u for u, _ in per_seed])
+        wa_m, wa_s = _mean_std([w for _, w in per_seed])
+        r = rec[rec["condition"] == n]
+        fold_m, fold_s = _mean_std(r["target_uar"].tolist())
+        table[n] = {"label": CONDITIONS[n].label, "uar_mean": round(uar_m, 4), "uar_std": round(uar_s, 4),
+                    "uar_per_seed": [round(u, 4) for u, _ in per_seed], "wa_mean": round(wa_m, 4),
+                    "wa_std": round(wa_s, 4), "fold_uar_mean": round(fold_m, 4), "fold_uar_std": round(fold_s, 4),
+                    "source_test_uar_mean": round(float(r["source_test_uar"].mean()), 4),
+                    "train_seconds_mean": round(float(r["train_seconds"].mean()), 2),
+                    "train_seconds_total": round(float(r["train_seconds"].sum()), 1), "runs": len(r)}
+        if "n_synthetic" in r:
+            table[n]["n_synthetic_mean"] = round(float(r["n_synthetic"].mean()), 1)
+            table[n]["augment_seconds_mean"] = round(float(r["augment_seconds"].mean()), 2)
+    verdict = {}
+    if "source_only" in table and "dann" in table:
+        verdict["dann_minus_source_only"] = round(table["dann"]["uar_mean"] - table["source_only"]["uar_mean"], 4)
+    if "corpus_std" in table and "dann" in table:
+        verdict["dann_minus_corpus_std"] = round(table["dann"]["uar_mean"] - table["corpus_std"]["uar_mean"], 4)
+    return {
+        "source": ab.source.name, "target": ab.target.name, "classes": list(ab.classes),
+        "label_map": dict(ab.label_map), "model": ab.model, "seeds": list(ab.seeds), "folds": list(ab.folds),
+        "n_target_clips": int(pred.drop_duplicates("utt_id").shape[0]), "device": str(device),
+        "torch_threads": torch.get_num_threads(), "wall_seconds": round(seconds, 1),
+        "pretrain": params.pretrain.model_dump(mode="json", exclude={"ablation"}),
+        "mlp": params.train.mlp.model_dump(mode="json"), "table": table, "verdict": verdict,
+        "skipped": skipped, "runs": records,
+    }
+
+
+def table_md(s: dict[str, Any]) -> str:
+    lines = [f"# Cross-corpus: {s['source']} (source) → {s['target']} (target)", "",
+             f"Classes {', '.join(s['classes'])}; encoder `{s['model']}`; {len(s['seeds'])} seeds × "
+             f"{len(s['folds'])} target test folds; UAR over all {s['n_target_clips']} {s['target']} clips, each "
+             f"predicted by a model that never saw its speaker; mean ± std over seeds; {s['device']}.", "",
+             f"| condition | {s['target']} UAR | WA | mean fold UAR | {s['source']} test UAR | train s / run |",
+             "|---|---|---|---|---|---|"]
+    for r in s["table"].values():
+        lines.append(f"| {r['label']} | **{100 * r['uar_mean']:.1f} ± {100 * r['uar_std']:.1f}** | "
+                     f"{100 * r['wa_mean']:.1f} ± {100 * r['wa_std']:.1f} | {100 * r['fold_uar_mean']:.1f} ± "
+                     f"{100 * r['fold_uar_std']:.1f} | {100 * r['source_test_uar_mean']:.1f} | {r['train_seconds_mean']:.1f} |")
+    for n, why in s["skipped"].items():
+        lines.append(f"| {CONDITIONS[n].label} | not run: {why} | | | | |")
+    lines += ["", f"Wall time {s['wall_seconds']:.0f} s (ingest, features, every run).", ""]
+    return "\n".join(lines)
+
+
+def plot(path: Path, s: dict[str, Any]) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = list(s["table"].values())
+    fig, ax = plt.subplots(figsize=(1.6 + 1.5 * len(rows), 3.8))
+    x = np.arange(len(rows))
+    ax.bar(x, [100 * r["uar_mean"] for r in rows], yerr=[100 * r["uar_std"] for r in rows], capsize=4, color="#4C72B0")
+    for i, r in enumerate(rows):
+        ax.scatter(np.full(len(r["uar_per_seed"]), i), [100 * u for u in r["uar_per_seed"]], color="k", s=10, zorder=3)
+    ax.axhline(100 / len(s["classes"]), color="grey", ls="--", lw=1, label="chance")
+    ax.set_xticks(x, [r["label"].replace(" + ", "\n+ ") for r in rows], fontsize=7)
+    ax.set(ylabel=f"{s['target']} UAR (%)", title=f"{s['source']} → {s['target']}, mean ± std over seeds")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def write_outputs(out: Path, s: dict[str, Any], pred: pd.DataFrame) -> None:
+    atomic_write_json(out / "results.json", s)
+    atomic_write_text(out / "table.md", table_md(s))
+    with atomic_path(out / "predictions.parquet") as tmp:
+        pred.to_parquet(tmp, index=False)
+    plot(out / "ablation.png", s)
