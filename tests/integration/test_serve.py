@@ -1,0 +1,156 @@
+"""The registered champion behind `mlflow models serve`: waveforms over HTTP in, probabilities out.
+
+A tiny recognizer is trained in the test on the generated corpus (ingest -> log-mel features ->
+train -> evaluate -> register, which makes the first version `champion`), then
+`.venv/bin/mlflow models serve -m models:/<name>@champion --env-manager local` runs on 127.0.0.1
+with a free port. A network client cannot send file paths (they name files on the server's disk),
+so requests carry mono float waveforms with their sample rate in MLflow's `dataframe_split` form
+(`affectflow.predict.invocations_payload`), the columns of the pyfunc signature. No shared data
+is needed, so the test is not marked `integration`.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from affectflow import audio
+from affectflow.config import Params
+from affectflow.manifest import read_manifest
+from affectflow.predict import invocations_payload, post_invocations, predict_paths
+from affectflow.registry import CHAMPION, resolve_uri
+
+STARTUP_TIMEOUT_S = 240.0
+"""Model download + app import; ~15 s idle, far more on a busy CI box."""
+SHUTDOWN_TIMEOUT_S = 15.0
+TINY = {
+    "features.kinds": ["logmel"],
+    "train.epochs": 3, "train.batch_size": 16, "train.crop_frames": 64, "train.threads": 1,
+    "train.cnn.channels": [8, 16, 16], "train.cnn.gru_hidden": 16, "train.cnn.attention_hidden": 16,
+    "train.specaugment.time_width": 10, "train.specaugment.freq_width": 4,
+    "evaluate.bootstrap": 50,
+    "registry.model_name": "affectflow-serve-test",
+    "predict.decode_workers": 1, "predict.threads": 1,
+}
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _ready(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(f"{url}/ping", timeout=2) as r:
+            return r.status == 200
+    except (urllib.error.URLError, ConnectionError, TimeoutError):
+        return False
+
+
+def _with(params: Params, overrides: dict[str, Any]) -> Params:
+    tree = params.model_dump(mode="json")
+    for key, value in overrides.items():
+        node = tree
+        *parents, leaf = key.split(".")
+        for p in parents:
+            node = node[p]
+        node[leaf] = value
+    return Params.model_validate(tree)
+
+
+def train_and_register(params: Params, work: Path) -> dict[str, Any]:
+    """The stage functions the pipeline runs, on the generated corpus, ending with a champion."""
+    from affectflow.evaluate import evaluate
+    from affectflow.features.extract import extract_features
+    from affectflow.ingest import ingest
+    from affectflow.registry import promote, register
+    from affectflow.train import train
+
+    manifest = ingest(params, work / "ingest").manifest
+    features = work / "features"
+    extract_features(params, manifest, features)
+    tr = train(params, manifest, features, work / "train")
+    evaluate(params, tr.model_dir, manifest, features, work / "evaluate")
+    reg = register(params, tr.model_dir, work / "evaluate" / "metrics.json", work / "register")
+    if not reg["promoted"]:
+        # evaluate's metrics.json carries no test_manifest_hash yet, so the gate cannot promote the
+        # first version; the recorded, forced promotion is what an operator would do.
+        promote(params, reg["version"], force=True, reason=f"serve test: {reg['gate']['reason']}")
+    return {"manifest": manifest, "model_dir": tr.model_dir, "classes": tr.summary["classes"], "register": reg}
+
+
+@pytest.fixture
+def served(synth_params: Params, tmp_path: Path) -> Iterator[dict[str, Any]]:
+    """A trained champion and a running scoring server for it; the server's process group is
+    killed at teardown."""
+    params = _with(synth_params, TINY)
+    trained = train_and_register(params, tmp_path / "work")
+    port = _free_port()
+    bin_dir = Path(sys.executable).parent
+    uri = f"models:/{params.registry.model_name}@{CHAMPION}"
+    cmd = [str(bin_dir / "mlflow"), "models", "serve", "-m", uri, "--env-manager", "local",
+           "-h", "127.0.0.1", "-p", str(port), "-w", "1"]
+    # The server execs `uvicorn` by name: the venv's bin must be on PATH.
+    env = {**os.environ, "MLFLOW_TRACKING_URI": resolve_uri(params.tracking.uri),
+           "PATH": f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}"}
+    log_path = tmp_path / "serve.log"
+    url = f"http://127.0.0.1:{port}"
+    with log_path.open("wb") as log:
+        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=tmp_path,
+                                start_new_session=True)  # own process group: uvicorn dies with it
+        try:
+            deadline = time.monotonic() + STARTUP_TIMEOUT_S
+            while not _ready(url):
+                if proc.poll() is not None or time.monotonic() > deadline:
+                    tail = log_path.read_text(errors="replace")[-3000:]
+                    pytest.fail(f"mlflow models serve did not come up on {url} (exit code {proc.poll()}):\n{tail}")
+                time.sleep(0.5)
+            yield {**trained, "url": url, "params": params, "uri": uri}
+        finally:
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGTERM)
+                try:
+                    proc.wait(SHUTDOWN_TIMEOUT_S)
+                except subprocess.TimeoutExpired:
+                    os.killpg(proc.pid, signal.SIGKILL)
+                    proc.wait()
+
+
+def test_served_champion_scores_waveforms_like_affectflow_predict(served):
+    """One test: training the champion and starting the server dominate its cost."""
+    classes = served["classes"]
+    rows = read_manifest(served["manifest"]).query("split == 'test'").head(3)
+    paths = rows["path"].tolist()
+    rate = served["params"].audio.sample_rate
+    waves = [audio.load(p, rate) for p in paths]
+    # Any rate works: the pyfunc resamples to the model's; here one request at 8 kHz.
+    low = [audio.resample(w, rate, 8000) for w in waves]
+    got = post_invocations(served["url"], invocations_payload(waves, rate))
+    got_8k = post_invocations(served["url"], invocations_payload(low, 8000))
+    assert list(got.columns) == [*classes, "label"] and len(got) == len(paths)
+    probs = got[classes].to_numpy()
+    assert np.allclose(probs.sum(axis=1), 1.0, atol=1e-5) and (probs >= 0).all()
+    assert (got["label"] == [classes[i] for i in probs.argmax(axis=1)]).all()
+    # Same champion, same numbers as `affectflow predict` on the files.
+    local = predict_paths(served["params"], paths)
+    assert local.model_uri == served["uri"] and not local.failed
+    assert np.allclose(probs, np.stack([p.probabilities for p in local.predictions]), atol=1e-4)
+    assert np.allclose(got_8k[classes].sum(axis=1), 1.0, atol=1e-5)
+    assert np.abs(got_8k[classes].to_numpy() - probs).max() < 0.2  # band-limited copy: close, not equal
+    # A request without the signature's columns is the client's error, and the answer says so.
+    with pytest.raises(RuntimeError, match=r"HTTP 4\d\d") as err:
+        post_invocations(served["url"], {"dataframe_split": {"columns": ["wave"], "data": [[[0.0, 0.1]]]}})
+    assert "audio" in str(err.value)
