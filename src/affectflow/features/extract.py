@@ -9,7 +9,7 @@ openSMILE on that signal for the missing eGeMAPS kinds, and write those arrays t
     while the workers keep decoding — one process feeds the GPU;
   * workers (auto on CPU): inside the worker that decoded the chunk (one torch thread each), so
     decode and compute of different chunks overlap across processes. Measured on 2 cores, shipping
-    the waveforms (~340 MB for RAVDESS) to the main process and batching there costs ~35 % more
+    the waveforms (~340 MB for RAVDESS) to the main process and batching there costs 9–35 % more
     CPU (pickling; the main process becomes the bottleneck) than computing where the audio already
     is; see benchmarks/RESULTS.md.
 
