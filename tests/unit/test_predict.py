@@ -89,7 +89,7 @@ def registry(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     params_file = root / "params.yaml"
     params_file.write_text(yaml.safe_dump({"tracking": {"uri": uri}, "registry": {"model_name": MODEL_NAME},
                                            "predict": {"decode_workers": 1, "threads": 1}}))
-    return {"uri": uri, "dirs": dirs, "versions": versions, "params_file": params_file}
+    return {"uri": uri, "experiment": exp, "dirs": dirs, "versions": versions, "params_file": params_file}
 
 
 @pytest.fixture(scope="module")
@@ -307,3 +307,40 @@ def test_a_clip_the_model_rejects_fails_alone_but_a_broken_model_stops_the_run(t
     assert res.predictions[1].error == "model cannot score this audio (RuntimeError: shape mismatch)"
     with pytest.raises(RuntimeError, match="shape mismatch"):
         predict_paths(params_with(batch_size=8), [a, b], backend=FlakyBackend(bad_len=None))
+
+
+class LoudnessModel(mlflow.pyfunc.PythonModel):
+    """A pyfunc that is not affectflow's but keeps its contract: `audio` + `sample_rate` in, one
+    probability column per class out (here: louder clips lean to `angry`)."""
+
+    def predict(self, context, model_input, params=None):
+        rms = np.array([float(np.sqrt(np.mean(np.square(np.asarray(a))))) for a in model_input["audio"]])
+        angry = np.clip(rms * 4, 0.0, 1.0)
+        rest = (1 - angry) / 3
+        return pd.DataFrame({"neutral": rest, "happy": rest, "sad": rest, "angry": angry})
+
+
+def test_any_pyfunc_with_the_audio_contract_is_called_through_predict(registry, tmp_path):
+    from mlflow.models import infer_signature
+
+    quiet, loud = (tmp_path / "quiet.wav", tmp_path / "loud.wav")
+    wave = utterance("sad", speaker=1, seed=1, sr=SR, duration=1.0)
+    wave = 0.5 * wave / np.abs(wave).max()
+    sf.write(quiet, 0.1 * wave, SR)
+    sf.write(loud, wave, SR)
+    example = pd.DataFrame({"audio": [wave.astype(np.float64)], "sample_rate": [SR]})
+    previous = mlflow.get_tracking_uri()
+    mlflow.set_tracking_uri(registry["uri"])
+    try:
+        with mlflow.start_run(experiment_id=registry["experiment"]):
+            info = mlflow.pyfunc.log_model(name="loudness", python_model=LoudnessModel(), pip_requirements=[],
+                                           signature=infer_signature(example, LoudnessModel().predict(None, example)))
+    finally:
+        mlflow.set_tracking_uri(previous)
+    params = load_params(registry["params_file"])
+    res = predict_paths(params, [quiet, loud], model_uri=info.model_uri)
+    assert res.classes == CLASSES and not res.failed
+    q, lo = (p.probabilities for p in res.predictions)
+    expected = [min(1.0, 4 * float(np.sqrt(np.mean(np.square(w))))) for w in (0.1 * wave, wave)]
+    assert q[3] == pytest.approx(expected[0], abs=1e-3) and lo[3] == pytest.approx(expected[1], abs=1e-3)
+    assert res.records()[1]["label"] == "angry"

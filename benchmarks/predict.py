@@ -1,0 +1,300 @@
+"""Prediction speed: clips per second in batch (`affectflow.predict`), and p50/p95 latency of
+single-clip requests to the registered model behind `mlflow models serve` on CPU.
+
+The model is a `cnn_bigru` folder with the architecture of params.yaml (train.cnn) and log-mel of
+features.logmel, with seeded (untrained) weights: speed does not depend on the weights. It is logged
+as the affectflow pyfunc into a temporary sqlite store, registered, given the `champion` alias and
+served from `models:/<name>@champion` exactly as a user would. Clips are RAVDESS files from
+../shared/data when present (48 kHz FLAC, decoded and resampled to 16 kHz inside the timing), else
+generated ones. Requests carry 16 kHz waveforms as JSON (`affectflow.predict.invocations_payload`).
+The long-file rows score one generated file in windows (predict.max_window_s / hop_s) in a fresh
+process and report its peak RSS, to show memory does not grow with the file's length.
+
+    .venv/bin/python benchmarks/predict.py                          # 400 clips, 100 requests
+    .venv/bin/python benchmarks/predict.py --clips 100 --requests 30 --skip-long
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[1]
+MODEL_NAME = "affectflow-bench"
+STARTUP_TIMEOUT_S = 300.0
+WARMUP_REQUESTS = 3
+LONG_SCRIPT = """
+import resource, sys, time
+from affectflow.config import load_params
+from affectflow.predict import predict_paths
+params = load_params(None, {"predict.max_window_s": float(sys.argv[3]), "predict.hop_s": float(sys.argv[4]),
+                            "predict.batch_size": int(sys.argv[5])})
+t = time.perf_counter()
+res = predict_paths(params, [sys.argv[1]], model_uri=sys.argv[2])
+wall = time.perf_counter() - t
+p = res.predictions[0]
+assert p.error is None, p.error
+print(wall, p.windows, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+"""
+
+
+def cpu_now() -> float:
+    return time.process_time()
+
+
+def make_model(path: Path, params: Any) -> Path:
+    import torch
+
+    from affectflow.features.logmel import LogMel
+    from affectflow.inference import save_model_dir
+    from affectflow.models import arch_config, build_model
+    from affectflow.models.data import compute_stats
+    from affectflow.synth import utterance
+
+    sr = params.audio.sample_rate
+    classes = params.ingest.classes
+    waves = [utterance(c, speaker=s, seed=s, sr=sr, duration=2.0) for c in ("neutral", "happy", "sad", "angry")
+             for s in range(3)]
+    mels = LogMel(params.features.logmel, sr).batch(waves)
+    train = params.train.model_copy(update={"model": "cnn_bigru"})
+    cfg = arch_config(train)
+    torch.manual_seed(0)
+    model = build_model("cnn_bigru", cfg, params.features.logmel.n_mels, len(classes)).eval()
+    meta = {"arch": "cnn_bigru", "classes": classes, "feature": "logmel",
+            "feature_config": params.features.logmel.model_dump(mode="json"),
+            "audio": params.audio.model_dump(mode="json"), "normalization": compute_stats(mels, "global").as_dict(),
+            "arch_config": cfg, "input_dim": params.features.logmel.n_mels}
+    return save_model_dir(path, model, meta)
+
+
+def clips(data_root: Path, n: int, tmp: Path, sr: int) -> tuple[list[str], str]:
+    """Every k-th RAVDESS clip (about n), else n generated 3 s clips."""
+    from affectflow.corpora import audio_files
+
+    rav = data_root / "ravdess"
+    if rav.is_dir():
+        files = audio_files(rav)
+        step = max(1, len(files) // n) if n else 1
+        return [str(f) for f in files[::step][:n or None]], f"RAVDESS ({rav})"
+    import soundfile as sf
+
+    from affectflow.synth import utterance
+
+    out = []
+    for i in range(n):
+        f = tmp / "clips" / f"c{i:04d}.wav"
+        f.parent.mkdir(parents=True, exist_ok=True)
+        sf.write(f, utterance(("neutral", "happy", "sad", "angry")[i % 4], speaker=i, seed=i, sr=sr, duration=3.0), sr)
+        out.append(str(f))
+    return out, "generated (no ../shared/data)"
+
+
+def register(model_dir: Path, tmp: Path) -> str:
+    import mlflow
+    from mlflow import MlflowClient
+
+    from affectflow.serving import log_pyfunc
+
+    uri = f"sqlite:///{tmp / 'mlflow.db'}"
+    mlflow.set_tracking_uri(uri)
+    exp = mlflow.create_experiment("bench", artifact_location=(tmp / "art").as_uri())
+    with mlflow.start_run(experiment_id=exp):
+        info = log_pyfunc(model_dir, name="model")
+    version = mlflow.register_model(info.model_uri, MODEL_NAME).version
+    MlflowClient(uri, uri).set_registered_model_alias(MODEL_NAME, "champion", version)
+    return uri
+
+
+def batch_rows(params: Any, files: list[str], uri: str, batch_sizes: list[int], seconds: float) -> list[list[str]]:
+    from affectflow.predict import load_backend, predict_paths
+
+    rows = []
+    t = time.perf_counter()
+    backend = load_backend(params, f"models:/{MODEL_NAME}@champion")
+    load_s = time.perf_counter() - t
+    print(f"model load from the registry: {load_s:.1f} s", file=sys.stderr)
+    predict_paths(params, files[:8], backend=backend, report=lambda m: None)  # warm-up
+    for bs in batch_sizes:
+        p = params.model_copy(update={"predict": params.predict.model_copy(update={"batch_size": bs})})
+        backend.batch_size = bs
+        c, t = cpu_now(), time.perf_counter()
+        res = predict_paths(p, files, backend=backend, report=lambda m: None)
+        wall, cpu = time.perf_counter() - t, cpu_now() - c
+        assert not res.failed, res.failed[:3]
+        rows.append([f"batch {bs}", str(len(files)), f"{len(files) / wall:.1f}", f"{seconds / wall:.0f}",
+                     f"{len(files) / cpu:.1f}", f"{wall:.1f}"])
+    return rows
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _ready(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(f"{url}/ping", timeout=2) as r:
+            return r.status == 200
+    except (urllib.error.URLError, ConnectionError, TimeoutError):
+        return False
+
+
+def serve_latency(uri: str, files: list[str], n: int, sr: int, tmp: Path) -> dict[str, float]:
+    import json
+
+    import numpy as np
+
+    from affectflow import audio
+    from affectflow.predict import invocations_payload, post_invocations
+
+    bin_dir = Path(sys.executable).parent
+    port = _free_port()
+    url = f"http://127.0.0.1:{port}"
+    env = {**os.environ, "MLFLOW_TRACKING_URI": uri, "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}"}
+    cmd = [str(bin_dir / "mlflow"), "models", "serve", "-m", f"models:/{MODEL_NAME}@champion",
+           "--env-manager", "local", "-h", "127.0.0.1", "-p", str(port), "-w", "1"]
+    log = (tmp / "serve.log").open("wb")
+    t0 = time.perf_counter()
+    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=tmp, start_new_session=True)
+    try:
+        while not _ready(url):
+            if proc.poll() is not None or time.perf_counter() - t0 > STARTUP_TIMEOUT_S:
+                raise RuntimeError(f"server did not start: {(tmp / 'serve.log').read_text()[-2000:]}")
+            time.sleep(0.25)
+        startup = time.perf_counter() - t0
+        bodies = [invocations_payload([audio.load(f, sr)], sr) for f in files[:n]]
+        for b in bodies[:WARMUP_REQUESTS]:
+            post_invocations(url, b)
+        lat = []
+        for b in bodies:
+            t = time.perf_counter()
+            post_invocations(url, b)
+            lat.append(time.perf_counter() - t)
+        ms = np.array(lat) * 1000
+        return {"startup_s": startup, "n": len(lat), "p50": float(np.percentile(ms, 50)),
+                "p95": float(np.percentile(ms, 95)), "mean": float(ms.mean()),
+                "payload_kb": float(np.mean([len(json.dumps(b)) for b in bodies]) / 1024)}
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(15)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+        log.close()
+
+
+def inprocess_latency(params: Any, files: list[str], n: int) -> dict[str, float]:
+    """The same single-clip requests without HTTP/JSON: what the server adds."""
+    import numpy as np
+
+    from affectflow.predict import load_backend, predict_paths
+
+    backend = load_backend(params, f"models:/{MODEL_NAME}@champion")
+    lat = []
+    for f in files[:n]:
+        t = time.perf_counter()
+        predict_paths(params, [f], backend=backend, report=lambda m: None)
+        lat.append(time.perf_counter() - t)
+    ms = np.array(lat) * 1000
+    return {"p50": float(np.percentile(ms, 50)), "p95": float(np.percentile(ms, 95)), "mean": float(ms.mean())}
+
+
+def long_rows(model_dir: Path, tmp: Path, minutes: list[float], window: float, hop: float, bs: int,
+              sr: int) -> list[list[str]]:
+    import numpy as np
+    import soundfile as sf
+
+    from affectflow.synth import utterance
+
+    rows = []
+    for m in minutes:
+        f = tmp / f"long_{m:g}min.wav"
+        piece = np.concatenate([utterance(e, speaker=i, seed=i, sr=sr, duration=3.0)
+                                for i, e in enumerate(("neutral", "happy", "sad", "angry"))])
+        reps = int(np.ceil(m * 60 * sr / len(piece)))
+        with sf.SoundFile(f, "w", sr, 1, subtype="PCM_16") as out:
+            for _ in range(reps):
+                out.write(piece)
+        r = subprocess.run([sys.executable, "-c", LONG_SCRIPT, str(f), str(model_dir), str(window), str(hop), str(bs)],
+                           capture_output=True, text=True, check=True, env={**os.environ, "AFFECTFLOW_PROGRESS": "0"})
+        wall, windows, rss = r.stdout.split()[-3:]
+        rows.append([f"{m:g} min", f"{f.stat().st_size / 2**20:.0f} MiB", windows, f"{float(wall):.1f}",
+                     f"{m * 60 / float(wall):.0f}", f"{float(rss):.0f}"])
+        f.unlink()
+    return rows
+
+
+def table(head: list[str], rows: list[list[str]]) -> str:
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    return "\n".join([*lines, *("| " + " | ".join(r) + " |" for r in rows)])
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--data-root", default=str(REPO.parent / "shared" / "data"))
+    ap.add_argument("--clips", type=int, default=400, help="clips for the batch rows")
+    ap.add_argument("--batch-sizes", default="1,8,32")
+    ap.add_argument("--requests", type=int, default=100, help="single-clip requests to the server")
+    ap.add_argument("--long-minutes", default="1,10", help="lengths of the generated long files")
+    ap.add_argument("--skip-long", action="store_true")
+    ap.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch's default)")
+    a = ap.parse_args()
+    os.environ.setdefault("AFFECTFLOW_PROGRESS", "0")
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+
+    import soundfile as sf
+    import torch
+
+    from affectflow.config import load_params
+
+    if a.threads:
+        torch.set_num_threads(a.threads)
+    params = load_params(None, {"predict.threads": a.threads, "predict.device": "cpu"})
+    sr = params.audio.sample_rate
+    with tempfile.TemporaryDirectory(prefix="bench-predict-") as d:
+        tmp = Path(d)
+        files, source = clips(Path(a.data_root), a.clips, tmp, sr)
+        seconds = sum(sf.info(f).duration for f in files)
+        model_dir = make_model(tmp / "model", params)
+        uri = register(model_dir, tmp)
+        params = params.model_copy(update={"tracking": params.tracking.model_copy(update={"uri": uri})})
+        print(f"# affectflow predict benchmark\n\nmachine: {platform.node()}, {os.cpu_count()} cores, "
+              f"torch {torch.__version__} ({torch.get_num_threads()} threads), load average "
+              f"{' / '.join(f'{x:.1f}' for x in os.getloadavg())} at start\nclips: {len(files)} from {source}, "
+              f"{seconds / 60:.1f} min of audio; model cnn_bigru (train.cnn {params.train.cnn.channels}, "
+              f"gru {params.train.cnn.gru_hidden}), log-mel {params.features.logmel.n_mels} bins; "
+              f"decode_workers {params.predict.decode_workers}\n")
+        rows = batch_rows(params, files, uri, [int(b) for b in a.batch_sizes.split(",")], seconds)
+        print(table(["batch", "clips", "clips/s", "× real time", "clips / CPU s", "wall s"], rows))
+        inproc = inprocess_latency(params, files, a.requests)
+        served = serve_latency(uri, files, a.requests, sr, tmp)
+        print(f"\nsingle-clip latency, {served['n']} sequential requests after {WARMUP_REQUESTS} warm-up "
+              f"(server start-up {served['startup_s']:.0f} s, mean request body {served['payload_kb']:.0f} KiB):\n")
+        print(table(["path", "p50 ms", "p95 ms", "mean ms"], [
+            ["`mlflow models serve` (1 worker), HTTP + JSON waveform", f"{served['p50']:.0f}",
+             f"{served['p95']:.0f}", f"{served['mean']:.0f}"],
+            ["in process (`predict_paths`, one file)", f"{inproc['p50']:.0f}", f"{inproc['p95']:.0f}",
+             f"{inproc['mean']:.0f}"]]))
+        if not a.skip_long:
+            w, h, bs = params.predict.max_window_s, params.predict.hop_s, params.predict.batch_size
+            rows = long_rows(model_dir, tmp, [float(m) for m in a.long_minutes.split(",")], w, h, bs, sr)
+            print(f"\nlong files in windows ({w:g} s window, {h:g} s hop, batch {bs}), one fresh process each:\n")
+            print(table(["length", "WAV size", "windows", "wall s", "× real time", "peak RSS MiB"], rows))
+        print(f"\nload average at end: {' / '.join(f'{x:.1f}' for x in os.getloadavg())}")
+
+
+if __name__ == "__main__":
+    main()
