@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 
 from affectflow import audio
 from affectflow.config import LogMelConfig, Params
@@ -131,6 +132,8 @@ def test_extract_covers_manifest_reuses_cache_and_rekeys(synth_params: Params, t
     assert warm.summary["kinds"]["logmel"]["cached"] == n
     assert {f: f.stat().st_mtime_ns for f in files} == stamps  # nothing rewritten
     pd.testing.assert_frame_equal(pd.read_parquet(warm.index), index)
+    (out / "index.parquet").unlink()  # without the old index, shapes come from the .npy headers
+    pd.testing.assert_frame_equal(pd.read_parquet(extract_features(params, man, out).index), index)
 
     params.features.logmel.n_mels = 32
     rekeyed = extract_features(params, man, out)
@@ -188,10 +191,12 @@ def test_logmel_batched_in_main_process_matches_worker_mode(synth_params: Params
     man = _subset(_manifest(params), 10, tmp_path / "small.parquet")
     ids = read_manifest(man)["utt_id"].tolist()
     by = {}
+    threads = torch.get_num_threads()
     for where in ("main", "workers"):
         params.features.logmel_in = where
         res = extract_features(params, man, tmp_path / where)
         assert res.summary["logmel_in"] == where and res.summary["kinds"]["logmel"]["computed"] == 10
+        assert torch.get_num_threads() == threads  # the stage gives the caller its thread setting back
         by[where] = FeatureSet(tmp_path / where).load("logmel", ids)
     for a, b in zip(by["main"], by["workers"], strict=True):
         assert a.shape == b.shape

@@ -306,8 +306,11 @@ def _compute(params: Params, root: Path, keys: dict[str, str], jobs: list[_Job],
             results = map(_work_chunk, chunks)
         extractor = None
         if in_main:
+            import torch
+
             from affectflow.features.logmel import LogMel
 
+            torch.set_num_threads(main_threads)  # restored below
             extractor = LogMel(f.logmel, sr, device)
         pending: list[tuple[str, np.ndarray]] = []
         writing: Future[None] | None = None
