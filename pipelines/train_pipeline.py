@@ -131,8 +131,8 @@ def build_pipeline(p: Params) -> Any:
                                      evaluation=ev.outputs["evaluation"]), p, gpu=False, secrets=("mlflow",),
                             retry=False)
             reg.set_caching_options(False)  # every run registers its own version
-            with dsl.If(reg.outputs["promote"] == True, name="gate-passed"):  # noqa: E712
-                pro = _platform(promote(params=cfg.outputs["params"], version=reg.outputs["version"],
+            with dsl.If(reg.outputs["Output"] == True, name="gate-passed"):  # noqa: E712
+                pro = _platform(promote(params=cfg.outputs["params"], registration=reg.outputs["result"],
                                         run_name=dsl.PIPELINE_JOB_NAME_PLACEHOLDER), p, gpu=False,
                                 secrets=("mlflow",), retry=False)
                 pro.set_caching_options(False)

@@ -226,6 +226,14 @@ def write_result(path: str | Path, result: Mapping[str, Any]) -> None:
     atomic_write_json(path, dict(result))
 
 
+def read_json(path: str | Path) -> Any:
+    """A JSON file another task wrote; the error names the file."""
+    try:
+        return json.loads(Path(path).read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        raise ValueError(f"{path}: cannot read JSON ({e})") from None
+
+
 # ----------------------------------------------------------------------------- models and evaluation
 MODEL_SUBDIR = "model"
 """Train writes its model folder here inside the task's Model artifact (`train/model/`)."""
