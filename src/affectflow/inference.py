@@ -11,6 +11,7 @@ folder, so a model fed audio sees exactly what it saw in training.
 
 from __future__ import annotations
 
+import contextlib
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -103,19 +104,31 @@ def load_model_dir(path: str | Path, device: str | torch.device = "cpu") -> Reco
 
 
 @torch.inference_mode()
+def predict_logits(model: nn.Module, arrays: Sequence[np.ndarray], device: torch.device, batch_size: int = 32,
+                   autocast: contextlib.AbstractContextManager[Any] | None = None) -> torch.Tensor:
+    """Whole-utterance logits (n, C) for normalised arrays, in input order: batches of similar
+    length, zero-padded, with lengths so the model masks the padding."""
+    model.eval()
+    lengths = [a.shape[-1] if a.ndim > 1 else 1 for a in arrays]
+    parts: list[tuple[np.ndarray, torch.Tensor]] = []
+    for idx in length_batches(lengths, batch_size):
+        x, lens = collate([arrays[i] for i in idx])
+        with autocast or contextlib.nullcontext():
+            logits = model(x.to(device), None if lens is None else lens.to(device))
+        parts.append((idx, logits.float().cpu()))
+    out = torch.zeros(len(arrays), parts[0][1].shape[1]) if parts else torch.zeros(0, 0)
+    for idx, lg in parts:
+        out[torch.from_numpy(idx)] = lg
+    return out
+
+
 def predict_features(rec: Recognizer, arrays: Sequence[np.ndarray], batch_size: int = 32) -> np.ndarray:
     """(n, C) class probabilities for raw (un-normalised) feature arrays, whole utterances."""
     if not len(arrays):
         return np.zeros((0, len(rec.classes)), np.float32)
     stats = rec.stats
-    normed = [normalize(a, stats) for a in arrays]
-    probs = np.zeros((len(normed), len(rec.classes)), np.float32)
-    lengths = [a.shape[-1] if a.ndim > 1 else 1 for a in normed]
-    for idx in length_batches(lengths, batch_size):
-        x, lens = collate([normed[i] for i in idx])
-        logits = rec.model(x.to(rec.device), None if lens is None else lens.to(rec.device))
-        probs[idx] = torch.softmax(logits.float(), dim=-1).cpu().numpy()
-    return probs
+    logits = predict_logits(rec.model, [normalize(a, stats) for a in arrays], rec.device, batch_size)
+    return torch.softmax(logits, dim=-1).numpy()
 
 
 class Featurizer:

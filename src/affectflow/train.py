@@ -23,6 +23,7 @@ import math
 import os
 import shutil
 import tempfile
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -34,7 +35,7 @@ from torch import nn
 
 from affectflow.config import Params, TrainConfig
 from affectflow.features.store import FeatureSet
-from affectflow.inference import load_state, read_meta, save_model_dir
+from affectflow.inference import load_state, predict_logits, read_meta, save_model_dir
 from affectflow.manifest import read_manifest
 from affectflow.metrics import confusion, uar_cm, wa_cm
 from affectflow.models import arch_config, build_model, feature_kind
@@ -43,7 +44,6 @@ from affectflow.models.data import (
     augment,
     collate,
     compute_stats,
-    length_batches,
     normalize,
     random_crop,
 )
@@ -275,22 +275,10 @@ def _autocast(device: torch.device, tc: TrainConfig) -> contextlib.AbstractConte
     return contextlib.nullcontext()
 
 
-@torch.inference_mode()
-def predict_logits(model: nn.Module, arrays: list[np.ndarray], device: torch.device, batch_size: int,
-                   amp: contextlib.AbstractContextManager[Any] | None = None) -> torch.Tensor:
-    """Whole-utterance logits (n, C) in input order; batches of similar length, padded and masked."""
-    model.eval()
-    lengths = [a.shape[-1] if a.ndim > 1 else 1 for a in arrays]
-    out: list[tuple[np.ndarray, torch.Tensor]] = []
-    for idx in length_batches(lengths, batch_size):
-        x, lens = collate([arrays[i] for i in idx])
-        with amp or contextlib.nullcontext():
-            logits = model(x.to(device), None if lens is None else lens.to(device))
-        out.append((idx, logits.float().cpu()))
-    res = torch.zeros(len(arrays), out[0][1].shape[1])
-    for idx, lg in out:
-        res[torch.from_numpy(idx)] = lg
-    return res
+def _sync(device: torch.device) -> None:
+    """Wait for queued GPU work, so epoch timings measure compute and not just the launch."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
 
 
 def _unwrap(model: nn.Module) -> nn.Module:
@@ -369,6 +357,7 @@ def train_loop_per_worker(cfg: dict[str, Any]) -> dict[str, Any] | None:
         order = _epoch_order(tc, data.y, epoch, n_classes)[rank::world]
         model.train()
         tot_loss, tot_n, tot_correct = 0.0, 0, 0
+        t_start = time.perf_counter()
         for i in range(0, len(order), tc.batch_size):
             idx = order[i : i + tc.batch_size]
             xs = [random_crop(data.x[j], tc.crop_frames, rng) if data.x[j].ndim > 1 else data.x[j] for j in idx]
@@ -397,12 +386,17 @@ def train_loop_per_worker(cfg: dict[str, Any]) -> dict[str, Any] | None:
             tot_loss += float(loss.detach()) * len(idx)
             tot_n += len(idx)
             tot_correct += int((logits.argmax(1) == yb).sum())
+        _sync(device)
+        t_train = time.perf_counter()
         logits = predict_logits(_unwrap(model), data.vx, device, tc.batch_size, amp)
+        t_val = time.perf_counter()
         vy = torch.from_numpy(data.vy)
         cm = confusion(data.vy, logits.argmax(1).numpy(), n_classes)
         row = {"epoch": epoch, "train_loss": tot_loss / max(tot_n, 1), "train_acc": tot_correct / max(tot_n, 1),
                "val_loss": float(nn.functional.cross_entropy(logits, vy, weight=weights)),
-               "val_uar": uar_cm(cm), "val_wa": wa_cm(cm), "lr": float(sched.get_last_lr()[0])}
+               "val_uar": uar_cm(cm), "val_wa": wa_cm(cm), "lr": float(sched.get_last_lr()[0]),
+               "train_seconds": t_train - t_start, "val_seconds": t_val - t_train,
+               "train_samples_per_s": tot_n * world / max(t_train - t_start, 1e-9)}
         st["history"].append(row)
         if row["val_uar"] > st["best_uar"]:
             st.update(best_uar=row["val_uar"], best_epoch=epoch, bad=0,
@@ -425,7 +419,9 @@ def train_loop_per_worker(cfg: dict[str, Any]) -> dict[str, Any] | None:
                                       f"{epoch}; run again to resume from {ckpt_dir}")
     if rank != 0:
         return None
-    return {"history": st["history"], "best_state": st["best_state"], "best_epoch": st["best_epoch"],
+    # Ray cannot return tensors from workers: the best weights travel as numpy arrays.
+    best = {k: v.numpy() for k, v in st["best_state"].items()} if st["best_state"] is not None else None
+    return {"history": st["history"], "best_state": best, "best_epoch": st["best_epoch"],
             "best_uar": st["best_uar"], "stopped_early": st["stopped"], "device": str(device), "world_size": world}
 
 
@@ -538,7 +534,7 @@ def train(params: Params, manifest: str | Path, features_dir: str | Path, out_di
         p.config["mlflow"] = tracking.run_info(run)
         outcome = fit(params, p)
         model = build_model(p.meta["arch"], p.meta["arch_config"], p.meta["input_dim"], len(p.meta["classes"]))
-        model.load_state_dict(outcome["best_state"])
+        model.load_state_dict({k: torch.tensor(v) for k, v in outcome["best_state"].items()})
         hist = outcome["history"]
         best = outcome["best_epoch"]
         meta = dict(p.meta)

@@ -107,16 +107,22 @@ def corpus(synth_root: Path, factory: Any) -> tuple[Params, Path, Path]:
 
 
 def trained(synth_root: Path, factory: Any) -> dict[str, Any]:
-    """A tiny CNN-BiGRU trained and evaluated once: params, paths, TrainResult, metrics."""
+    """A tiny CNN-BiGRU trained and evaluated once, through the CLI (`affectflow train`,
+    `affectflow evaluate`): params, paths, TrainResult, metrics."""
     if "trained" not in _CACHE:
-        base = _base(factory)
-        from affectflow.evaluate import evaluate
-        from affectflow.train import train
+        from affectflow.cli import main
+        from affectflow.config import dump_params
+        from affectflow.storage import read_json
+        from affectflow.train import TrainResult
 
+        base = _base(factory)
         params, manifest, features = corpus(synth_root, factory)
         params = tiny_params(params)
-        tr = train(params, manifest, features, base / "train")
-        metrics = evaluate(params, tr.model_dir, manifest, features, base / "evaluate")
+        dump_params(params, base / "params.yaml")
+        io = ["--params", str(base / "params.yaml"), "--manifest", str(manifest), "--features", str(features)]
+        assert main(["train", *io, "--out", str(base / "train")]) == 0
+        tr = TrainResult(model_dir=base / "train" / "model", summary=read_json(base / "train" / "summary.json"))
+        assert main(["evaluate", *io, "--model", str(tr.model_dir), "--out", str(base / "evaluate")]) == 0
         _CACHE["trained"] = {"params": params, "manifest": manifest, "features": features, "result": tr,
-                             "metrics": metrics, "base": base}
+                             "metrics": read_json(base / "evaluate" / "metrics.json"), "base": base}
     return _CACHE["trained"]

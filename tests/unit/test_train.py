@@ -4,6 +4,7 @@ encoders, k-fold, and the errors that protect honest numbers."""
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -158,3 +159,22 @@ def test_k_fold_reports_mean_and_spread(synth_root: Path, tmp_path_factory: pyte
     assert s["pooled"]["n"] == len(df)
     assert "mean ± std" in (tmp_path / "kfold" / "report.md").read_text()
     assert pd.read_parquet(tmp_path / "kfold" / "fold_1" / "evaluate" / "predictions.parquet").shape[0] > 0
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(os.environ.get("AFFECTFLOW_RAY_TESTS") != "1",
+                    reason="starts a local Ray cluster (~1-2 min); set AFFECTFLOW_RAY_TESTS=1 to run")
+def test_ray_workers_resume_from_rays_checkpoint_storage(synth_root: Path, tmp_path_factory: pytest.TempPathFactory,
+                                                         tmp_path: Path):
+    """num_workers=1: the loop runs in a Ray worker, Ray persists the checkpoints; interrupted and
+    started again, it resumes from them and ends with the in-process run's weights."""
+    t = trained(synth_root, tmp_path_factory)
+    params, manifest, features = t["params"], t["manifest"], t["features"]
+    ray_params = {"train.num_workers": 1, **NO_PYFUNC}
+    with pytest.raises(TrainingInterrupted):
+        train(tiny_params(params, **ray_params, **{"train.stop_after_epochs": 1}), manifest, features, tmp_path)
+    assert list((tmp_path / "checkpoints").glob("*/checkpoint_manager_snapshot.json"))
+    resumed = train(tiny_params(params, **ray_params), manifest, features, tmp_path)
+    a, b = load_state(t["result"].model_dir), load_state(resumed.model_dir)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert resumed.summary["world_size"] == 1

@@ -18,6 +18,9 @@ from affectflow.config import SpecAugmentConfig
 
 EPS = 1e-5
 """Floor for standard deviations (a constant feature must not divide by zero)."""
+MAX_TIME_MASK_FRACTION = 0.2
+"""A time mask never covers more than this share of a clip (SpecAugment's upper bound p), so short
+clips keep most of their frames."""
 
 
 @dataclass
@@ -122,7 +125,8 @@ def augment(x: torch.Tensor, lengths: torch.Tensor | None, cfg: SpecAugmentConfi
             m = (bins >= s[:, None]) & (bins < (s + w)[:, None])
             x = x.masked_fill(m[:, :, None].to(x.device), 0.0)
         for _ in range(cfg.time_masks):
-            w = torch.minimum(torch.randint(0, cfg.time_width + 1, (b,), generator=g), real_t // 5)
+            cap = (real_t.float() * MAX_TIME_MASK_FRACTION).long()
+            w = torch.minimum(torch.randint(0, cfg.time_width + 1, (b,), generator=g), cap)
             s = (torch.rand(b, generator=g) * (real_t - w + 1).clamp(min=1)).long()
             steps = torch.arange(t)[None, :]
             m = (steps >= s[:, None]) & (steps < (s + w)[:, None])
