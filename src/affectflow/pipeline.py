@@ -289,14 +289,15 @@ def local_root(params: Params) -> Path:
 
 
 def run_local(base: Params, params: Params, *, pipeline_root: str | Path | None = None,
-              cache: bool = True, data_version: str | None = None) -> dict[str, Any]:
+              cache: bool = True, data_version: str | None = None, retries: int = 0) -> dict[str, Any]:
     """Run the whole DAG with kfp.local's SubprocessRunner in this environment.
 
     `base` gives the run-form defaults (as compiled from params.yaml); `params` is what this run
     uses — the difference travels as pipeline arguments, exactly as a run submitted from the UI.
     Returns per-task status, seconds and cache hits, the evaluation metrics and the registry
     outcome (also written to `<pipeline_root>/last_run.json`). Raises PipelineError naming the
-    failed task; the exit handler has recorded the failure by then.
+    failed task; the exit handler has recorded the failure by then. `retries` replaces
+    pipeline.retries: on one machine a failure is rarely transient, so by default none.
     """
     from kfp import local
 
@@ -306,7 +307,9 @@ def run_local(base: Params, params: Params, *, pipeline_root: str | Path | None 
     root = Path(pipeline_root or local_root(params)).resolve()
     args = pipeline_arguments(params, base)
     args[DATA_VERSION] = data_version if data_version is not None else data_fingerprint(params)
-    pipe = build(base)
+    compiled = base.model_copy(deep=True)
+    compiled.pipeline.retries = retries
+    pipe = build(compiled)
     local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(root),
                raise_on_error=True, enable_caching=cache)
     tasks: dict[str, TaskRecord] = {}

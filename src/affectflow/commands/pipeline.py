@@ -43,6 +43,7 @@ def _args(p: argparse.ArgumentParser) -> None:
     r.add_argument("--pipeline-root", type=Path, help="task outputs and cache (default: <workdir>/kfp)")
     r.add_argument("--no-cache", action="store_true", help="re-run every task")
     r.add_argument("--data-version", help="ingest cache stamp (default: a stat fingerprint of the corpora)")
+    r.add_argument("--retries", type=int, default=0, help="retries per failed task (default: 0 locally)")
 
     st = sub.add_parser("step", help="run augment | pretrain | train as the pipeline does (used by dvc.yaml)")
     _common(st)
@@ -115,7 +116,7 @@ def _pipeline(params: Params, a: argparse.Namespace) -> int:
             print("error: `pipeline run` needs --local (use `pipeline submit` for a cluster)", file=sys.stderr)
             return 2
         summary = P.run_local(_base(a), params, pipeline_root=a.pipeline_root, cache=not a.no_cache,
-                              data_version=a.data_version)
+                              data_version=a.data_version, retries=a.retries)
         print_run(summary, params)
         return 0
 
