@@ -7,7 +7,9 @@ macro-F1 with percentile-bootstrap intervals (`evaluate.bootstrap` resamples of 
 Cross-corpus (`evaluate.cross_corpus`): every clip of another corpus (only its test split when
 it is a DANN target, since pretraining saw the rest unlabelled), scored over the classes that
 corpus shares with the model (probabilities of the other classes are dropped before the argmax).
-Outputs: `metrics.json` (DVC metrics), `report.md`, `confusion.png`, `predictions.parquet`.
+Outputs: `metrics.json` (DVC metrics: top-level `uar`, `wa`, `macro_f1`, `per_class_recall`,
+`test_manifest_hash`; details under `test` and `cross_corpus`), `report.md`, `confusion.png`,
+`predictions.parquet`.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ import pandas as pd
 from affectflow.config import Params
 from affectflow.features.store import FeatureSet
 from affectflow.inference import Recognizer, load_model_dir, predict_features
-from affectflow.manifest import read_manifest
+from affectflow.manifest import manifest_hash, read_manifest
 from affectflow.metrics import bootstrap, confusion, macro_f1_cm, recalls, uar_cm, wa_cm
 from affectflow.storage import atomic_path, atomic_write_json, atomic_write_text
 
@@ -131,6 +133,7 @@ def cross_corpus(rec: Recognizer, df: pd.DataFrame, fs: FeatureSet, names: Seque
         pred = predict_rows(rec, rows, fs, shared)
         res = score_predictions(pred, shared, params)
         res["rows"] = "test split" if (df.loc[df["corpus"] == name, "role"] == "target").any() else "all"
+        res["test_manifest_hash"] = manifest_hash(rows)
         out[name] = (res, pred)
     return out
 
@@ -186,9 +189,12 @@ def evaluate(params: Params, model_dir: str | Path, manifest: str | Path, featur
                               f"{model_dir}; the manifest's splits differ from the training run's")
     pred = predict_rows(rec, rows, fs, rec.classes)
     test = score_predictions(pred, rec.classes, params)
+    test["test_manifest_hash"] = manifest_hash(rows)  # which test set: the registry compares like with like
     plot_confusion(np.asarray(test["confusion"]), rec.classes, f"test UAR {test['uar']:.3f}", out / "confusion.png")
     metrics: dict[str, Any] = {"model_dir": str(model_dir), "arch": rec.meta["arch"], "corpora": corpora,
-                               "uar": test["uar"], "wa": test["wa"], "macro_f1": test["macro_f1"], "test": test}
+                               "uar": test["uar"], "wa": test["wa"], "macro_f1": test["macro_f1"],
+                               "per_class_recall": test["per_class_recall"],
+                               "test_manifest_hash": test["test_manifest_hash"], "test": test}
     preds = [pred.assign(set="test")]
     xc = cross_corpus(rec, df, fs, params.evaluate.cross_corpus, params, manifest)
     if xc:

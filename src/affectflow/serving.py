@@ -36,7 +36,8 @@ class AffectflowPyfunc(PythonModel):
         self.rec = load_model_dir(context.artifacts[MODEL_ARTIFACT])
         self.featurizer = Featurizer(self.rec.meta)
 
-    def predict(self, context: Any, model_input: Any, params: dict[str, Any] | None = None) -> pd.DataFrame:
+    # No annotations on purpose: MLflow turns predict() type hints into an input schema of its own.
+    def predict(self, context, model_input, params=None):
         from affectflow.inference import predict_audio
 
         groups = parse_input(model_input)

@@ -13,7 +13,7 @@ from recognizer_support import trained
 
 from affectflow.evaluate import EvaluationError, evaluate
 from affectflow.features.store import INDEX
-from affectflow.manifest import read_manifest, write_manifest
+from affectflow.manifest import manifest_hash, read_manifest, write_manifest
 
 
 def test_metrics_json_report_and_plots(synth_root: Path, tmp_path_factory: pytest.TempPathFactory):
@@ -32,6 +32,8 @@ def test_metrics_json_report_and_plots(synth_root: Path, tmp_path_factory: pytes
     assert sum(v["n"] for v in m["test"]["per_gender"].values()) == len(test)
     assert np.asarray(m["test"]["confusion"]).sum() == len(test)
     assert set(m["test"]["per_class_recall"]) == {"neutral", "happy", "sad", "angry"}
+    assert m["per_class_recall"] == m["test"]["per_class_recall"]
+    assert m["test_manifest_hash"] == manifest_hash(test)
     assert (out / "confusion.png").stat().st_size > 0
     report = (out / "report.md").read_text()
     assert "**UAR**" in report and "Per speaker" in report
