@@ -38,11 +38,15 @@ GPU_POLL_S = 0.2
 def fake_corpus(root: Path, params: Any, speakers: int = 24, per_class: int = 8, seed: int = 0) -> tuple[Path, Path]:
     """A manifest + features folder shaped like RAVDESS (24 speakers, 60 clips each, 64 x 294-528
     log-mel frames, 88 eGeMAPS values) of random numbers: throughput does not depend on content."""
+    from affectflow.features.extract import feature_keys
     from affectflow.features.store import feature_path, relative_file, save_array, write_index
     from affectflow.manifest import COLUMNS, write_manifest
     from affectflow.splits import apply_splits
 
     rng = np.random.default_rng(seed)
+    keys = feature_keys(params.model_copy(update={"features": params.features.model_copy(
+        update={"kinds": ["logmel", "egemaps"]})}))
+    lk, ek = keys["logmel"], keys["egemaps"]
     rows, index = [], []
     n_mels = params.features.logmel.n_mels
     for s in range(1, speakers + 1):
@@ -51,12 +55,12 @@ def fake_corpus(root: Path, params: Any, speakers: int = 24, per_class: int = 8,
                 uid = f"ravdess/{s:02d}-{c}-{i}"
                 sha = hashlib.sha256(uid.encode()).hexdigest()
                 frames = int(rng.integers(294, 529))
-                save_array(feature_path(root / "features", "logmel", "fake", sha),
+                save_array(feature_path(root / "features", "logmel", lk, sha),
                            rng.normal(-5, 2, (n_mels, frames)).astype(np.float32))
-                save_array(feature_path(root / "features", "egemaps", "fake", sha), rng.normal(0, 1, 88).astype(np.float32))
-                index += [{"utt_id": uid, "kind": "logmel", "key": "fake", "file": relative_file("logmel", "fake", sha),
+                save_array(feature_path(root / "features", "egemaps", ek, sha), rng.normal(0, 1, 88).astype(np.float32))
+                index += [{"utt_id": uid, "kind": "logmel", "key": lk, "file": relative_file("logmel", lk, sha),
                            "shape": [n_mels, frames]},
-                          {"utt_id": uid, "kind": "egemaps", "key": "fake", "file": relative_file("egemaps", "fake", sha),
+                          {"utt_id": uid, "kind": "egemaps", "key": ek, "file": relative_file("egemaps", ek, sha),
                            "shape": [88]}]
                 rows.append({"utt_id": uid, "path": f"/fake/{uid}.wav", "corpus": "ravdess", "role": "source",
                              "speaker": f"ravdess/{s:02d}", "gender": "male" if s % 2 else "female", "label": c,

@@ -105,6 +105,18 @@ def _feature_key(fs: FeatureSet, kind: str, ids: list[str]) -> str:
     return keys[0] if keys else ""
 
 
+def _check_feature_key(params: Params, kind: str, key: str, root: Path) -> None:
+    """The features must come from params.features: model.json stores that configuration, and the
+    pyfunc recomputes features from audio with it."""
+    from affectflow.features.extract import feature_keys
+
+    f = params.features
+    want = feature_keys(params.model_copy(update={"features": f.model_copy(update={"kinds": [kind]})})).get(kind)
+    if want and key != want:
+        raise TrainingError(f"{root}: '{kind}' features have configuration key '{key}' but params.features "
+                            f"(with audio.sample_rate) give '{want}'; re-run `affectflow features` with these params")
+
+
 def _check_pretrained(path: str | Path, arch: str, kind: str, cfg: dict[str, Any], input_dim: int) -> dict[str, Any]:
     meta = read_meta(path)
     where = f"{Path(path) / 'model.json'}"
@@ -181,6 +193,7 @@ def plan(params: Params, manifest: str | Path, features_dir: str | Path, out_dir
     syn = select_synthetic(synthetic, kind, classes, train_y, tc) if synthetic else None
     feature_cfg = getattr(params.features, kind).model_dump(mode="json") if hasattr(params.features, kind) else {}
     key = _feature_key(fs, kind, train_ids + val_ids)
+    _check_feature_key(params, kind, key, fs.root)
     what = {
         "train": {k: v for k, v in tc.model_dump(mode="json").items() if k not in RUNTIME_KEYS},
         "classes": classes, "train_ids": train_ids, "val_ids": val_ids, "feature_key": key,
@@ -316,7 +329,7 @@ def train_loop_per_worker(cfg: dict[str, Any]) -> dict[str, Any] | None:
         model.encoder.load_state_dict(enc)
     model = ray.train.torch.prepare_model(model, move_to_device=device)
     opt = torch.optim.AdamW(model.parameters(), lr=tc.lr, weight_decay=tc.weight_decay)
-    per_worker = math.ceil(len(data.y) / world)
+    per_worker = len(data.y) // world  # equal shards: DDP needs the same number of steps on every worker
     steps = max(1, math.ceil(per_worker / tc.batch_size))
     sched = _scheduler(tc, opt, steps * tc.epochs)
     weights = _class_weights(tc, data.y, n_classes)
@@ -354,7 +367,7 @@ def train_loop_per_worker(cfg: dict[str, Any]) -> dict[str, Any] | None:
             break
         rng, gen, seed = _epoch_rng(tc.seed, epoch, 1 + rank)
         torch.manual_seed(seed)  # dropout
-        order = _epoch_order(tc, data.y, epoch, n_classes)[rank::world]
+        order = _epoch_order(tc, data.y, epoch, n_classes)[: per_worker * world][rank::world]
         model.train()
         tot_loss, tot_n, tot_correct = 0.0, 0, 0
         t_start = time.perf_counter()

@@ -178,3 +178,13 @@ def test_ray_workers_resume_from_rays_checkpoint_storage(synth_root: Path, tmp_p
     a, b = load_state(t["result"].model_dir), load_state(resumed.model_dir)
     assert all(torch.equal(a[k], b[k]) for k in a)
     assert resumed.summary["world_size"] == 1
+
+
+def test_features_made_with_other_settings_are_refused(synth_root: Path, tmp_path_factory: pytest.TempPathFactory,
+                                                      tmp_path: Path):
+    """model.json and the pyfunc use params.features: features from another configuration would
+    make the served model see different inputs than in training."""
+    params, manifest, features = corpus(synth_root, tmp_path_factory)
+    p = tiny_params(params, **{"features.logmel.n_mels": 40})
+    with pytest.raises(TrainingError, match="configuration key"):
+        train(p, manifest, features, tmp_path / "out")
