@@ -433,7 +433,7 @@ class PredictConfig(Section):
     max_window_s: float = Field(10.0, gt=0)
     """Audio longer than this is read and scored in windows of this length (bounded memory);
     the clip's probabilities are the mean over its windows."""
-    hop_s: float = Field(5.0, gt=0)
+    hop_s: float = Field(10.0, gt=0)
     """Step between window starts (hop < window: overlapping windows); the last window ends at the clip's end."""
     device: Literal["auto", "cpu", "cuda"] = "auto"
     """auto: CUDA when present."""
