@@ -10,7 +10,7 @@ generated ones. Requests carry 16 kHz waveforms as JSON (`affectflow.predict.inv
 The long-file rows score one generated file in windows (predict.max_window_s / hop_s) in a fresh
 process and report its peak RSS, to show memory does not grow with the file's length.
 
-    .venv/bin/python benchmarks/predict.py                          # 400 clips, 100 requests
+    .venv/bin/python benchmarks/predict.py                          # 200 clips, 100 requests
     .venv/bin/python benchmarks/predict.py --clips 100 --requests 30 --skip-long
 """
 
@@ -37,15 +37,20 @@ WARMUP_REQUESTS = 3
 LONG_SCRIPT = """
 import resource, sys, time
 from affectflow.config import load_params
-from affectflow.predict import predict_paths
-params = load_params(None, {"predict.max_window_s": float(sys.argv[3]), "predict.hop_s": float(sys.argv[4]),
-                            "predict.batch_size": int(sys.argv[5])})
+from affectflow.predict import load_backend, predict_paths
+path, model, window, hop, bs, warm, threads = sys.argv[1:8]
+params = load_params(None, {"predict.max_window_s": float(window), "predict.hop_s": float(hop),
+                            "predict.batch_size": int(bs), "predict.device": "cpu",
+                            "predict.threads": int(threads)})
+backend = load_backend(params, model)
+predict_paths(params, [warm], backend=backend)  # model, featurizer and allocator at steady state
+base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 t = time.perf_counter()
-res = predict_paths(params, [sys.argv[1]], model_uri=sys.argv[2])
+res = predict_paths(params, [path], backend=backend)
 wall = time.perf_counter() - t
 p = res.predictions[0]
 assert p.error is None, p.error
-print(wall, p.windows, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+print(wall, p.windows, base, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
 """
 
 
@@ -151,7 +156,7 @@ def _ready(url: str) -> bool:
         return False
 
 
-def serve_latency(uri: str, files: list[str], n: int, sr: int, tmp: Path) -> dict[str, float]:
+def serve_latency(uri: str, files: list[str], n: int, sr: int, tmp: Path, threads: int) -> dict[str, float]:
     import json
 
     import numpy as np
@@ -163,6 +168,8 @@ def serve_latency(uri: str, files: list[str], n: int, sr: int, tmp: Path) -> dic
     port = _free_port()
     url = f"http://127.0.0.1:{port}"
     env = {**os.environ, "MLFLOW_TRACKING_URI": uri, "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}"}
+    if threads:  # torch in the server reads these at start-up
+        env.update(OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
     cmd = [str(bin_dir / "mlflow"), "models", "serve", "-m", f"models:/{MODEL_NAME}@champion",
            "--env-manager", "local", "-h", "127.0.0.1", "-p", str(port), "-w", "1"]
     log = (tmp / "serve.log").open("wb")
@@ -212,27 +219,31 @@ def inprocess_latency(params: Any, files: list[str], n: int) -> dict[str, float]
     return {"p50": float(np.percentile(ms, 50)), "p95": float(np.percentile(ms, 95)), "mean": float(ms.mean())}
 
 
-def long_rows(model_dir: Path, tmp: Path, minutes: list[float], window: float, hop: float, bs: int,
-              sr: int) -> list[list[str]]:
+def long_rows(model_dir: Path, tmp: Path, lengths: list[tuple[float, float]], hop: float, bs: int,
+              sr: int, warm_s: float, threads: int) -> list[list[str]]:
+    """(minutes, window s) per row; each row runs in a fresh process after a warm-up on a clip of
+    `warm_s` (predict.max_window_s), so "RSS growth" is what scoring the long file added on top."""
     import numpy as np
     import soundfile as sf
 
     from affectflow.synth import utterance
 
+    piece = np.concatenate([utterance(e, speaker=i, seed=i, sr=sr, duration=3.0)
+                            for i, e in enumerate(("neutral", "happy", "sad", "angry"))])
     rows = []
-    for m in minutes:
-        f = tmp / f"long_{m:g}min.wav"
-        piece = np.concatenate([utterance(e, speaker=i, seed=i, sr=sr, duration=3.0)
-                                for i, e in enumerate(("neutral", "happy", "sad", "angry"))])
-        reps = int(np.ceil(m * 60 * sr / len(piece)))
+    for minutes, window in lengths:
+        warm = tmp / "warm.wav"
+        sf.write(warm, np.resize(piece, int(warm_s * sr)), sr, subtype="PCM_16")
+        f = tmp / f"long_{minutes:g}min.wav"
         with sf.SoundFile(f, "w", sr, 1, subtype="PCM_16") as out:
-            for _ in range(reps):
+            for _ in range(int(np.ceil(minutes * 60 * sr / len(piece)))):
                 out.write(piece)
-        r = subprocess.run([sys.executable, "-c", LONG_SCRIPT, str(f), str(model_dir), str(window), str(hop), str(bs)],
-                           capture_output=True, text=True, check=True, env={**os.environ, "AFFECTFLOW_PROGRESS": "0"})
-        wall, windows, rss = r.stdout.split()[-3:]
-        rows.append([f"{m:g} min", f"{f.stat().st_size / 2**20:.0f} MiB", windows, f"{float(wall):.1f}",
-                     f"{m * 60 / float(wall):.0f}", f"{float(rss):.0f}"])
+        r = subprocess.run([sys.executable, "-c", LONG_SCRIPT, str(f), str(model_dir), str(window), str(hop),
+                            str(bs), str(warm), str(threads)], capture_output=True, text=True, check=True,
+                           env={**os.environ, "AFFECTFLOW_PROGRESS": "0"})
+        wall, windows, base, peak = (float(x) for x in r.stdout.split()[-4:])
+        rows.append([f"{minutes:g} min", f"{window:g} s", f"{windows:.0f}", f"{wall:.1f}",
+                     f"{minutes * 60 / wall:.0f}", f"{base:.0f}", f"{peak - base:.0f}"])
         f.unlink()
     return rows
 
@@ -245,12 +256,14 @@ def table(head: list[str], rows: list[list[str]]) -> str:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--data-root", default=str(REPO.parent / "shared" / "data"))
-    ap.add_argument("--clips", type=int, default=400, help="clips for the batch rows")
+    ap.add_argument("--clips", type=int, default=200, help="clips for the batch rows")
     ap.add_argument("--batch-sizes", default="1,8,32")
     ap.add_argument("--requests", type=int, default=100, help="single-clip requests to the server")
     ap.add_argument("--long-minutes", default="1,10", help="lengths of the generated long files")
     ap.add_argument("--skip-long", action="store_true")
-    ap.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch's default)")
+    ap.add_argument("--threads", type=int, default=1,
+                    help="torch threads here, in the server and in the long-file processes (0 = torch's default; "
+                         "on a shared CPU 1 is far faster: idle threads spin-wait against the neighbours)")
     a = ap.parse_args()
     os.environ.setdefault("AFFECTFLOW_PROGRESS", "0")
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
@@ -280,7 +293,7 @@ def main() -> None:
         rows = batch_rows(params, files, uri, [int(b) for b in a.batch_sizes.split(",")], seconds)
         print(table(["batch", "clips", "clips/s", "× real time", "clips / CPU s", "wall s"], rows))
         inproc = inprocess_latency(params, files, a.requests)
-        served = serve_latency(uri, files, a.requests, sr, tmp)
+        served = serve_latency(uri, files, a.requests, sr, tmp, a.threads)
         print(f"\nsingle-clip latency, {served['n']} sequential requests after {WARMUP_REQUESTS} warm-up "
               f"(server start-up {served['startup_s']:.0f} s, mean request body {served['payload_kb']:.0f} KiB):\n")
         print(table(["path", "p50 ms", "p95 ms", "mean ms"], [
@@ -290,9 +303,13 @@ def main() -> None:
              f"{inproc['mean']:.0f}"]]))
         if not a.skip_long:
             w, h, bs = params.predict.max_window_s, params.predict.hop_s, params.predict.batch_size
-            rows = long_rows(model_dir, tmp, [float(m) for m in a.long_minutes.split(",")], w, h, bs, sr)
-            print(f"\nlong files in windows ({w:g} s window, {h:g} s hop, batch {bs}), one fresh process each:\n")
-            print(table(["length", "WAV size", "windows", "wall s", "× real time", "peak RSS MiB"], rows))
+            minutes = [float(m) for m in a.long_minutes.split(",")]
+            lengths = [(m, w) for m in minutes] + [(minutes[-1], minutes[-1] * 600)]  # last: the whole file in one window
+            rows = long_rows(model_dir, tmp, lengths, h, bs, sr, w, a.threads)
+            print(f"\nlong files ({h:g} s hop, batch {bs}), one fresh process each; the last row scores the "
+                  "file as one window (what windowing avoids):\n")
+            print(table(["length", "window", "windows", "wall s", "× real time", "RSS after warm-up MiB",
+                         "RSS growth MiB"], rows))
         print(f"\nload average at end: {' / '.join(f'{x:.1f}' for x in os.getloadavg())}")
 
 
