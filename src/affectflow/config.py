@@ -228,10 +228,16 @@ class AugmentAblationConfig(Section):
     generators: list[Literal["wgan_gp", "aaec"]] = Field(default_factory=lambda: ["wgan_gp", "aaec"])
     low_resource_fraction: float = Field(0.25, gt=0, le=1)
     """Share of the training speakers kept in the low-resource setting (rounded down, at least 1)."""
+    low_resource_epochs: int | None = Field(1200, ge=1)
+    """Generator epochs in the low-resource setting (None = augment.epochs). An epoch is one pass over
+    the data, so a quarter of the data gives a quarter of the optimiser steps per epoch."""
     model: Literal["cnn_bigru", "egemaps_mlp"] = "egemaps_mlp"
     """Recognizer used for the table (egemaps_mlp keeps the study tractable on a CPU)."""
     synthetic_ratio: float = Field(1.0, gt=0)
+    """train.synthetic_ratio of the augmented variants."""
     balance_minority: bool = False
+    threads: int = Field(1, ge=0)
+    """torch CPU threads for the whole study (0 = torch's default); small models on a shared CPU run best on 1."""
 
 
 class AugmentConfig(Section):
@@ -243,9 +249,9 @@ class AugmentConfig(Section):
     segments_per_clip: int = Field(4, ge=1)
     """Random log-mel crops per training clip (the real set the generator learns from)."""
     latent_dim: int = Field(64, ge=1)
-    epochs: int = Field(200, ge=1)
+    epochs: int = Field(300, ge=1)
     batch_size: int = Field(64, ge=2)
-    lr: float = Field(1e-4, gt=0)
+    lr: float = Field(5e-4, gt=0)
     adam_betas: tuple[float, float] = (0.5, 0.9)
     n_critic: int = Field(5, ge=1)
     gp_weight: float = Field(10.0, ge=0)
@@ -266,16 +272,21 @@ class AugmentConfig(Section):
     """AAEC on vectors: the BiGRU reads the vector as a sequence of tokens of this many values."""
     aaec_adv_weight: float = Field(0.1, ge=0)
     """Weight of the adversarial terms (encoder vs latent discriminator, decoder vs real/fake head)."""
-    samples_per_class: int = Field(200, ge=1)
+    samples_per_class: int = Field(500, ge=1)
+    """Generated per class before filtering (a larger pool leaves more to choose from)."""
     filters: list[Literal["realness", "agreement", "manifold", "novelty"]] = Field(
         default_factory=lambda: ["realness", "agreement", "manifold", "novelty"])
     """Criteria a kept sample must pass; [] keeps everything (unfiltered)."""
     realness_quantile: float = Field(0.1, ge=0, le=1)
-    """Reject samples whose critic score is below this quantile of real scores."""
+    """Reject samples whose critic score is below this quantile of held-out real scores."""
+    realness_holdout: float = Field(0.1, ge=0, lt=1)
+    """Share of training clips (per class) the generator does not train on; their critic scores set
+    the realness threshold (a critic over-scores the real samples it has memorised). 0 = none."""
     label_tau: float = Field(0.5, ge=0, le=1)
-    agreement_hidden: list[int] = Field(default_factory=lambda: [128])
-    """Hidden sizes of the label-agreement MLP trained on real training data ([] = logistic regression)."""
-    agreement_alpha: float = Field(1e-2, ge=0)
+    agreement_hidden: list[int] = Field(default_factory=list)
+    """Label-agreement model trained on real training data: [] = logistic regression, else MLP hidden sizes."""
+    agreement_alpha: float = Field(1.0, ge=0)
+    """L2 strength of the agreement model (logistic regression: C = 1 / alpha)."""
     agreement_max_iter: int = Field(500, ge=1)
     knn_k: int = Field(5, ge=1)
     min_distance_quantile: float = Field(0.05, ge=0, le=1)
