@@ -143,6 +143,8 @@ def test_augment_egemaps_wgan_writes_the_contract(fake: tuple[Path, Path], tmp_p
     assert np.array_equal(arrays["kept"], expected)
     # Report: per-class generated / kept counts match the file; metrics before and after filtering.
     assert report["generator"] == "wgan_gp" and report["feature"] == "egemaps" and report["n_real"] == 60
+    # 2 of the 15 clips per class are held out of generator training to calibrate realness.
+    assert report["n_real_calibration"] == 8 and report["n_real_generator"] == 52
     for ci, c in enumerate(CLASSES):
         row = report["per_class"][c]
         assert row["real"] == 15 and row["generated"] == 12
@@ -218,3 +220,17 @@ def test_load_synthetic_names_missing_fields(tmp_path: Path) -> None:
         load_synthetic(tmp_path)
     with pytest.raises(FileNotFoundError, match="no synthetic set"):
         load_synthetic(tmp_path / "nowhere")
+
+
+def test_calibration_split_holds_out_whole_clips_per_class() -> None:
+    from affectflow.augment.data import calibration_split
+
+    clips = np.repeat([f"c{i}" for i in range(20)], 3)  # 3 segments per clip
+    y = np.repeat(np.arange(20) % 2, 3)
+    held = calibration_split(clips, y, 0.2, seed=0)
+    for c in np.unique(clips):  # a clip is wholly held out or wholly used
+        assert len(set(held[clips == c])) == 1
+    assert [len(np.unique(clips[held & (y == k)])) for k in (0, 1)] == [2, 2]
+    assert not calibration_split(clips, y, 0.0, seed=0).any()
+    # A class with a single clip keeps it for the generator.
+    assert not calibration_split(np.array(["a", "b", "b"]), np.array([0, 1, 1]), 0.5, seed=0)[0]

@@ -9,6 +9,7 @@ from affectflow.augment.quality import (
     AgreementModel,
     Scores,
     Thresholds,
+    criteria_passed,
     inside_balls,
     knn_radii,
     manifold_scores,
@@ -91,13 +92,20 @@ def test_keep_fraction_keeps_the_most_real_per_class() -> None:
 
 
 def test_thresholds_from_real_data() -> None:
-    cfg = AugmentConfig(realness_quantile=0.5, min_distance_quantile=0.0, label_tau=0.7)
-    real_realness = np.array([1.0, 2.0, 3.0, 10.0, 20.0, 30.0])
-    real_y = np.array([0, 0, 0, 1, 1, 1])
-    th = thresholds_from_real(real_realness, real_y, grid_class(0.0)[:6], cfg)
-    assert th.realness_min == {0: 2.0, 1: 20.0}
+    """Realness threshold = class median + pooled quantile of deviations from the class medians."""
+    cfg = AugmentConfig(realness_quantile=0.25, min_distance_quantile=0.0, label_tau=0.7)
+    cal_realness = np.array([1.0, 2.0, 3.0, 10.0, 20.0, 30.0])
+    cal_y = np.array([0, 0, 0, 1, 1, 1])
+    th = thresholds_from_real(cal_realness, cal_y, grid_class(0.0)[:6], cfg)
+    # deviations [-1, 0, 1, -10, 0, 10] -> 25 % quantile -0.75; medians 2 and 20
+    assert th.realness_min == {0: pytest.approx(1.25), 1: pytest.approx(19.25)}
+    assert th.realness_pooled == pytest.approx(2.25)  # 25 % quantile of the raw scores
     assert th.delta == pytest.approx(1.0) and th.label_tau == 0.7
-    assert th.to_json(["a", "b"])["realness_min"] == {"a": 2.0, "b": 20.0}
+    assert th.to_json(["a", "b", "c"])["realness_min"] == {"a": pytest.approx(1.25), "b": pytest.approx(19.25)}
+    # A class without calibration reals falls back to the pooled threshold.
+    scores = Scores(realness=np.array([2.0, 2.5]), agreement=np.ones(2), nn_distance=np.ones(2),
+                    knn_inside=np.ones(2, bool))
+    assert criteria_passed(scores, np.array([2, 2]), th)["realness"].tolist() == [False, True]
 
 
 def test_agreement_model_probability_of_the_conditioned_label() -> None:

@@ -146,3 +146,24 @@ class Embedding:
     def transform(self, X: np.ndarray) -> np.ndarray:
         F = self.features(X)
         return self.pca.transform(F) if self.pca is not None else F
+
+
+def calibration_split(clip_ids: np.ndarray, y: np.ndarray, fraction: float, seed: int) -> np.ndarray:
+    """Boolean mask of rows held out from generator training to calibrate the realness threshold.
+
+    A critic scores the real samples it was trained on far above unseen real ones (it memorises a
+    small training set), so "as real as real data" must be judged on real clips it never saw.
+    Whole clips are held out (log-mel crops of one clip stay together), per class, at least one
+    clip per class when the class has two or more; fraction 0 holds out nothing.
+    """
+    held = np.zeros(len(y), dtype=bool)
+    if fraction <= 0:
+        return held
+    rng = np.random.default_rng([seed, 17])
+    for c in np.unique(y):
+        clips = np.unique(clip_ids[y == c])
+        if len(clips) < 2:
+            continue
+        n = min(len(clips) - 1, max(1, round(fraction * len(clips))))
+        held |= np.isin(clip_ids, rng.choice(clips, size=n, replace=False)) & (y == c)
+    return held

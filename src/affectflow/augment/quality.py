@@ -70,7 +70,9 @@ def real_nn_distances(R: np.ndarray) -> np.ndarray:
 
 # ----------------------------------------------------------------------------- label agreement
 class AgreementModel:
-    """A small recognizer trained on real training features only (MLP, or logistic regression)."""
+    """A small recognizer trained on real training features only: L2-regularised logistic
+    regression (the default: fast, and its probabilities are better calibrated than an MLP's that
+    has memorised a few hundred clips, which matters for a threshold τ), or an MLP."""
 
     def __init__(self, hidden: Sequence[int], alpha: float, max_iter: int, seed: int):
         if hidden:
@@ -110,23 +112,35 @@ class Scores:
 @dataclass
 class Thresholds:
     realness_min: dict[int, float]
-    """Per class: the `realness_quantile` of real samples' scores."""
+    """Per class: the `realness_quantile` of calibration reals' scores."""
     label_tau: float
     delta: float
     """Near-copy distance: the `min_distance_quantile` of real leave-one-out NN distances."""
+    realness_pooled: float = -math.inf
+    """Threshold for classes without their own (all calibration reals pooled)."""
 
     def to_json(self, classes: Sequence[str]) -> dict:
         return {"realness_min": {classes[c]: v for c, v in self.realness_min.items()},
-                "label_tau": self.label_tau, "delta": self.delta}
+                "realness_pooled": self.realness_pooled, "label_tau": self.label_tau, "delta": self.delta}
 
 
 def thresholds_from_real(
-    real_realness: np.ndarray, real_y: np.ndarray, real_emb: np.ndarray, cfg: AugmentConfig,
+    cal_realness: np.ndarray, cal_y: np.ndarray, real_emb: np.ndarray, cfg: AugmentConfig,
 ) -> Thresholds:
-    realness_min = {int(c): float(np.quantile(real_realness[real_y == c], cfg.realness_quantile))
-                    for c in np.unique(real_y)}
+    """Realness: class median of the calibration reals' scores plus the `realness_quantile` of all
+    calibration reals' deviations from their class median. A conditional critic scores classes at
+    different levels (hence per-class medians), while a tail quantile of a dozen clips per class
+    would be noise (hence pooled spread). Classes without calibration reals get the pooled quantile.
+    δ: the `min_distance_quantile` of leave-one-out NN distances of all real training samples."""
+    q = cfg.realness_quantile
+    pooled = float(np.quantile(cal_realness, q)) if len(cal_realness) else -math.inf
+    classes = np.unique(cal_y)
+    medians = {int(c): float(np.median(cal_realness[cal_y == c])) for c in classes}
+    dev = cal_realness - np.array([medians[int(c)] for c in cal_y]) if len(cal_y) else np.zeros(0)
+    spread = float(np.quantile(dev, q)) if len(dev) else 0.0
+    realness_min = {c: m + spread for c, m in medians.items()}
     delta = float(np.quantile(real_nn_distances(real_emb), cfg.min_distance_quantile))
-    return Thresholds(realness_min, cfg.label_tau, delta)
+    return Thresholds(realness_min, cfg.label_tau, delta, pooled)
 
 
 def manifold_scores(
@@ -144,7 +158,7 @@ def manifold_scores(
 
 def criteria_passed(scores: Scores, y: np.ndarray, th: Thresholds) -> dict[str, np.ndarray]:
     """Pass mask of each criterion (whether or not it is switched on)."""
-    rmin = np.array([th.realness_min.get(int(c), math.inf) for c in y])
+    rmin = np.array([th.realness_min.get(int(c), th.realness_pooled) for c in y])
     return {
         "realness": scores.realness >= rmin,
         "agreement": scores.agreement >= th.label_tau,

@@ -138,7 +138,7 @@ def plot_scores(
     plt = _plt()
     fig, axes = plt.subplots(1, 3, figsize=(13, 3.4))
     bins = 40
-    axes[0].hist(real_realness, bins=bins, alpha=0.6, density=True, label="real", color=COLORS["real"])
+    axes[0].hist(real_realness, bins=bins, alpha=0.6, density=True, label="real (held out)", color=COLORS["real"])
     axes[0].hist(syn_realness, bins=bins, alpha=0.6, density=True, label="synthetic", color="#1565c0")
     axes[0].set_title("realness (critic score)")
     axes[0].legend(fontsize=8)
@@ -184,7 +184,9 @@ def render_markdown(report: dict[str, Any]) -> str:
     """report.md: the same facts as report.json, for people."""
     lines = [f"# Augmentation report — {report['generator']} on {report['feature']}", ""]
     t = report["training"]
-    lines += [f"Generator trained on {report['n_real']} real training samples for {t['epochs']} epochs on "
+    lines += [f"Generator trained on {report.get('n_real_generator', report['n_real'])} of {report['n_real']} real "
+              f"training samples ({report.get('n_real_calibration', 0)} held out to calibrate realness) for "
+              f"{t['epochs']} epochs on "
               f"{report['device']} ({t['epoch_seconds_mean']:.3f} s/epoch). Filters: "
               f"{', '.join(report['filters']) or 'none (unfiltered)'}; keep fraction {report['keep_fraction']}.", ""]
     crit = list(next(iter(report["per_class"].values()))["passed"]) if report["per_class"] else []

@@ -14,12 +14,21 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+from threadpoolctl import threadpool_limits
 
-from affectflow.augment.data import Embedding, RealSet, Standardizer, load_real_set, training_rows
-from affectflow.augment.generate import generate, resolve_device, train_generator
+from affectflow.augment.data import (
+    Embedding,
+    RealSet,
+    Standardizer,
+    calibration_split,
+    load_real_set,
+    training_rows,
+)
+from affectflow.augment.generate import Generated, TrainedGenerator, generate, resolve_device, train_generator
 from affectflow.augment.quality import (
     AgreementModel,
     Scores,
+    Thresholds,
     manifold_scores,
     real_nn_distances,
     select,
@@ -34,11 +43,14 @@ from affectflow.augment.report import (
     plot_scores,
     write_report,
 )
-from affectflow.config import Params
+from affectflow.config import AugmentConfig, Params
 from affectflow.manifest import manifest_hash, read_manifest
 from affectflow.storage import atomic_dir, atomic_path
 
 SYNTHETIC = "synthetic.npz"
+SCORING_BLAS_THREADS = 1
+"""Scoring fits small models (PCA, logistic regression, k-NN on ~10^3 rows): one BLAS thread is as
+fast as many and does not spin against other processes on a shared CPU."""
 ROW_KEYS = ("X", "y", "realness", "agreement", "nn_distance", "knn_inside", "kept")
 """Fields with one entry per synthetic sample."""
 REQUIRED_KEYS = (*ROW_KEYS, "classes", "feature")
@@ -71,34 +83,28 @@ def augment(
     std = Standardizer.fit(real.X)
     X_std = std.transform(real.X)
     device = resolve_device(cfg.use_gpu)
+    held = calibration_split(real.utt_ids, real.y, cfg.realness_holdout, cfg.seed)
+    fit = ~held
     t0 = time.perf_counter()
-    model = train_generator(cfg, X_std, real.y, len(classes), device)
+    model = train_generator(cfg, X_std[fit], real.y[fit], len(classes), device)
     train_s = time.perf_counter() - t0
-    gen = generate(model, np.unique(real.y), cfg.samples_per_class, seed=cfg.seed + 1)
+    gen = generate(model, np.unique(real.y[fit]), cfg.samples_per_class, seed=cfg.seed + 1)
     X_syn = std.inverse(gen.X_std)
 
     # Scores in the fixed embedding space, all fitted on real training data only.
-    emb = Embedding(cfg.embedding_pca, cfg.seed).fit(real.X)
-    real_emb, syn_emb = emb.transform(real.X), emb.transform(X_syn)
-    agree = AgreementModel(cfg.agreement_hidden, cfg.agreement_alpha, cfg.agreement_max_iter, cfg.seed)
-    agree.fit(emb.features(real.X), real.y)
-    real_realness = model.realness(X_std, real.y)
-    scores = Scores(
-        realness=model.realness(gen.X_std, gen.y),
-        agreement=agree.prob_of(emb.features(X_syn), gen.y),
-        **dict(zip(("nn_distance", "knn_inside"),
-                   manifold_scores(syn_emb, gen.y, real_emb, real.y, cfg.knn_k), strict=True)),
-    )
-    th = thresholds_from_real(real_realness, real.y, real_emb, cfg)
+    with threadpool_limits(SCORING_BLAS_THREADS):
+        scores, th, cal_realness, real_emb, syn_emb = _score(cfg, model, real, X_std, X_syn, gen, held, fit)
     kept, passed = select(scores, gen.y, th, cfg.filters, cfg.keep_fraction)
 
     report = _report(params, df, features_dir, real, gen.y, kept, passed, th.to_json(classes), model.history,
                      train_s, str(device), real_emb, syn_emb)
+    report["n_real_generator"] = int(fit.sum())
+    report["n_real_calibration"] = int(held.sum())
     with atomic_dir(out_dir) as tmp:
         write_synthetic(tmp / SYNTHETIC, X_syn, gen.y, classes, real.kind, scores, kept, cfg.generator)
         real_2d, syn_2d = _project(real_emb, syn_emb)
         plot_projection(tmp / "projection.png", classes, real_2d, real.y, syn_2d, gen.y, kept, cfg.seed)
-        plot_scores(tmp / "scores.png", real_realness, scores.realness, scores.agreement, scores.nn_distance,
+        plot_scores(tmp / "scores.png", cal_realness, scores.realness, scores.agreement, scores.nn_distance,
                     real_nn_distances(real_emb), th.label_tau, th.delta)
         plot_losses(tmp / "losses.png", model.history.losses, f"{cfg.generator} training losses")
         write_report(tmp, report)
@@ -115,6 +121,29 @@ def augment(
                "epoch_seconds": report["training"]["epoch_seconds_mean"], "device": str(device)}
     return AugmentResult(out_dir, out_dir / SYNTHETIC, out_dir / "report.json", out_dir / "report.md",
                          summary, run_id)
+
+
+def _score(
+    cfg: AugmentConfig, model: TrainedGenerator, real: RealSet, X_std: np.ndarray, X_syn: np.ndarray,
+    gen: Generated, held: np.ndarray, fit: np.ndarray,
+) -> tuple[Scores, Thresholds, np.ndarray, np.ndarray, np.ndarray]:
+    """(scores, thresholds, calibration reals' realness, real embedding, synthetic embedding)."""
+    emb = Embedding(cfg.embedding_pca, cfg.seed).fit(real.X)
+    real_emb, syn_emb = emb.transform(real.X), emb.transform(X_syn)
+    agree = AgreementModel(cfg.agreement_hidden, cfg.agreement_alpha, cfg.agreement_max_iter, cfg.seed)
+    agree.fit(emb.features(real.X), real.y)
+    # Realness reference: held-out real clips (all training reals when nothing is held out).
+    cal = held if held.any() else fit
+    cal_realness = model.realness(X_std[cal], real.y[cal])
+    scores = Scores(
+        realness=model.realness(gen.X_std, gen.y),
+        agreement=agree.prob_of(emb.features(X_syn), gen.y),
+        **dict(zip(("nn_distance", "knn_inside"),
+                   manifold_scores(syn_emb, gen.y, real_emb, real.y, cfg.knn_k), strict=True)),
+    )
+    th = thresholds_from_real(cal_realness, real.y[cal], real_emb, cfg)
+
+    return scores, th, cal_realness, real_emb, syn_emb
 
 
 def _project(real_emb: np.ndarray, syn_emb: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -172,7 +172,7 @@ def train_aaec(
     w = cfg.aaec_adv_weight
     for epoch in progress(range(cfg.epochs), desc="AAEC", unit="epoch"):
         phase = schedule[epoch % len(schedule)]
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         model.train()
         for name, mods in parts.items():
             for m in mods:
@@ -189,6 +189,7 @@ def train_aaec(
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         history.epoch_seconds.append(time.perf_counter() - t0)
+        history.epoch_cpu_seconds.append(time.process_time() - c0)
         history.losses.append({"phase_" + phase: 1.0, **{k: v / max(n, 1) for k, v in sums.items()}})
     for m in model.modules():
         _set_trainable(m, True)
