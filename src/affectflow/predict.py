@@ -19,9 +19,11 @@ recorded in the output with its reason and reported on stderr; the others are st
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import json
+import os
 import sys
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
@@ -44,6 +46,7 @@ from affectflow.storage import atomic_write_text
 MANIFEST_SUFFIXES = (".csv", ".parquet")
 FORMATS = ("json", "csv")
 CHAMPION_ALIAS = "champion"
+MLFLOW_URI_ENV = ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")
 PROB_DECIMALS = 6
 """Digits kept for probabilities in the output (float32 models: more would be noise)."""
 
@@ -234,6 +237,33 @@ class PyfuncBackend:
         return np.asarray(pd.DataFrame(out)[self.classes], np.float32)
 
 
+@contextlib.contextmanager
+def mlflow_store(uri: str) -> Iterator[None]:
+    """MLflow tracking and registry on `uri` inside the block, as before after it.
+
+    Why: both URIs are process-wide in MLflow and exported to the environment for subprocesses, so a
+    library call that set them for good would redirect later runs, and servers started later, to
+    this store (the registry on `tracking.uri`, as `affectflow.registry.client_for` does)."""
+    import mlflow
+    from mlflow.tracking._model_registry import utils as registry_state
+    from mlflow.tracking._tracking_service import utils as tracking_state
+
+    env = {k: os.environ.get(k) for k in MLFLOW_URI_ENV}
+    tracking_before, registry_before = tracking_state._tracking_uri, registry_state._registry_uri
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_registry_uri(uri)
+    try:
+        yield
+    finally:
+        mlflow.set_tracking_uri(tracking_before)
+        registry_state._registry_uri = registry_before
+        for key, value in env.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
 def default_model_uri(params: Params) -> str:
     return params.predict.model_uri or f"models:/{params.registry.model_name}@{CHAMPION_ALIAS}"
 
@@ -256,10 +286,9 @@ def load_backend(params: Params, model_uri: str | None = None) -> Backend:
     from affectflow.registry import resolve_uri
 
     tracking = resolve_uri(params.tracking.uri)
-    mlflow.set_tracking_uri(tracking)
-    mlflow.set_registry_uri(tracking)
     try:
-        model = mlflow.pyfunc.load_model(uri)
+        with mlflow_store(tracking):
+            model = mlflow.pyfunc.load_model(uri)
     except (MlflowException, OSError) as e:
         raise RuntimeError(f"model {uri}: cannot load it (tracking.uri {tracking}): {e}") from None
     try:

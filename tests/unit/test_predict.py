@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -126,15 +127,20 @@ def test_cli_prints_probabilities_from_the_champion_for_a_file_outside_the_repo(
     assert "predicted 1/1 files" in err
 
 
-def test_cli_takes_any_model_uri_and_a_local_model_folder(registry, tmp_path, capsys):
+def test_cli_takes_any_model_uri_and_a_local_model_folder(registry, tmp_path, capsys, monkeypatch):
     clip = write_clip(tmp_path / "c.flac", "sad", seed=6)
     first = registry["dirs"][0]
     expected = predict_audio(load_model_dir(first), [clip])[0]
+    monkeypatch.delenv("MLFLOW_REGISTRY_URI", raising=False)
+    before = (mlflow.get_tracking_uri(), os.environ.get("MLFLOW_TRACKING_URI"))
     for model in (f"models:/{MODEL_NAME}/{registry['versions'][0]}", str(first)):
         assert cli.main(["predict", str(clip), "--model", model, "--params", str(registry["params_file"])]) == 0
         res = json.loads(capsys.readouterr().out)
         got = np.array([res["predictions"][0]["probabilities"][c] for c in CLASSES])
         assert res["model"] == model and np.allclose(got, expected, atol=1e-5)
+    # Loading pointed MLflow at the registry only for the load: nothing leaks to later runs or subprocesses.
+    assert (mlflow.get_tracking_uri(), os.environ.get("MLFLOW_TRACKING_URI")) == before
+    assert "MLFLOW_REGISTRY_URI" not in os.environ
 
 
 def test_a_missing_alias_is_a_clear_error(registry, tmp_path, capsys):
