@@ -167,7 +167,7 @@ def serve_latency(uri: str, files: list[str], n: int, sr: int, tmp: Path, thread
     bin_dir = Path(sys.executable).parent
     port = _free_port()
     url = f"http://127.0.0.1:{port}"
-    env = {**os.environ, "MLFLOW_TRACKING_URI": uri, "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}"}
+    env = {**os.environ, "MLFLOW_TRACKING_URI": uri, "MLFLOW_REGISTRY_URI": uri, "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}"}
     if threads:  # torch in the server reads these at start-up
         env.update(OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
     cmd = [str(bin_dir / "mlflow"), "models", "serve", "-m", f"models:/{MODEL_NAME}@champion",

@@ -104,7 +104,8 @@ def served(synth_params: Params, tmp_path: Path) -> Iterator[dict[str, Any]]:
     cmd = [str(bin_dir / "mlflow"), "models", "serve", "-m", uri, "--env-manager", "local",
            "-h", "127.0.0.1", "-p", str(port), "-w", "1"]
     # The server execs `uvicorn` by name: the venv's bin must be on PATH.
-    env = {**os.environ, "MLFLOW_TRACKING_URI": resolve_uri(params.tracking.uri),
+    store = resolve_uri(params.tracking.uri)  # registry too: other tests may have exported theirs
+    env = {**os.environ, "MLFLOW_TRACKING_URI": store, "MLFLOW_REGISTRY_URI": store,
            "PATH": f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}"}
     log_path = tmp_path / "serve.log"
     url = f"http://127.0.0.1:{port}"
