@@ -133,7 +133,7 @@ class FeaturesConfig(Section):
 
 # --------------------------------------------------------------------------- models & training
 class CnnConfig(Section):
-    channels: list[int] = Field(default_factory=lambda: [32, 64, 128], min_length=1)
+    channels: list[int] = Field(default_factory=lambda: [16, 32, 64], min_length=1)
     """Output channels of the conv blocks (conv-BN-ReLU-maxpool each)."""
     pool: int = Field(2, ge=1)
     """Max-pool size (frequency and time) of every conv block."""
@@ -159,15 +159,15 @@ class SpecAugmentConfig(Section):
     """Largest frequency mask (mel bins)."""
     noise_std: float = Field(0.0, ge=0)
     """Gaussian noise added to normalised features (in units of their standard deviation)."""
-    freq_shift: int = Field(0, ge=0)
+    freq_shift: int = Field(2, ge=0)
     """Largest random shift of the mel axis (bins, edge-padded): a cheap vocal-tract-length perturbation."""
 
 
 class TrainConfig(Section):
     model: Literal["cnn_bigru", "egemaps_mlp"] = "cnn_bigru"
-    epochs: int = Field(40, ge=1)
+    epochs: int = Field(50, ge=1)
     batch_size: int = Field(32, ge=1)
-    lr: float = Field(1e-3, gt=0)
+    lr: float = Field(2e-3, gt=0)
     """Peak learning rate (AdamW)."""
     weight_decay: float = Field(1e-2, ge=0)
     schedule: Literal["onecycle", "cosine", "constant"] = "onecycle"
@@ -175,7 +175,7 @@ class TrainConfig(Section):
     """onecycle: fraction of the steps spent rising to `lr`."""
     patience: int = Field(10, ge=1)
     """Early stopping: epochs without a better validation UAR before training stops."""
-    crop_frames: int = Field(300, ge=8)
+    crop_frames: int = Field(250, ge=8)
     """Random crop length (frames) in training; evaluation uses whole utterances."""
     normalize: Literal["global", "utterance"] = "global"
     """global: per-bin mean/std of the training split (kept in model.json); utterance: per clip."""
