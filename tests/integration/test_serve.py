@@ -76,7 +76,7 @@ def train_and_register(params: Params, work: Path) -> dict[str, Any]:
     from affectflow.evaluate import evaluate
     from affectflow.features.extract import extract_features
     from affectflow.ingest import ingest
-    from affectflow.registry import promote, register
+    from affectflow.registry import register
     from affectflow.train import train
 
     manifest = ingest(params, work / "ingest").manifest
@@ -85,10 +85,8 @@ def train_and_register(params: Params, work: Path) -> dict[str, Any]:
     tr = train(params, manifest, features, work / "train")
     evaluate(params, tr.model_dir, manifest, features, work / "evaluate")
     reg = register(params, tr.model_dir, work / "evaluate" / "metrics.json", work / "register")
-    if not reg["promoted"]:
-        # evaluate's metrics.json carries no test_manifest_hash yet, so the gate cannot promote the
-        # first version; the recorded, forced promotion is what an operator would do.
-        promote(params, reg["version"], force=True, reason=f"serve test: {reg['gate']['reason']}")
+    # The first version that passes the gate becomes champion (evaluate records the test manifest's hash).
+    assert reg["promoted"] and reg["champion"] == reg["version"], reg["gate"]
     return {"manifest": manifest, "model_dir": tr.model_dir, "classes": tr.summary["classes"], "register": reg}
 
 
