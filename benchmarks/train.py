@@ -123,14 +123,14 @@ def run(params: Any, manifest: Path, features: Path, out: Path) -> dict[str, Any
     cuda = params.train.use_gpu and torch.cuda.is_available()
     if cuda:
         torch.cuda.reset_peak_memory_stats()
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     if cuda:
         with GpuSampler(torch.cuda.current_device()) as gpu:
             outcome = fit(params, p)
     else:
         gpu = None
         outcome = fit(params, p)
-    wall = time.perf_counter() - t0
+    wall, cpu = time.perf_counter() - t0, time.process_time() - c0
     hist = outcome["history"]
     steady = hist[1:] or hist  # the first epoch pays for warm-up (allocator, cuDNN autotune)
     res = {
@@ -143,6 +143,9 @@ def run(params: Any, manifest: Path, features: Path, out: Path) -> dict[str, Any
         "val_s": round(statistics.median(h["val_seconds"] for h in steady), 2),
         "epoch_s": round(statistics.median(h["train_seconds"] + h["val_seconds"] for h in steady), 2),
         "best_val_uar": round(outcome["best_uar"], 4),
+        # CPU seconds of this process (all threads) over the whole fit, loading included: on a shared
+        # box wall time measures the neighbours too, CPU time measures the work.
+        "cpu_s": round(cpu, 1), "cpu_s_per_epoch": round(cpu / max(len(hist), 1), 1),
     }
     if cuda:
         res["gpu"] = torch.cuda.get_device_name()
@@ -156,7 +159,7 @@ def run(params: Any, manifest: Path, features: Path, out: Path) -> dict[str, Any
 
 def table(rows: list[dict[str, Any]]) -> str:
     cols = ["device", "threads", "model", "crop_frames", "batch_size", "epochs", "train_samples_per_s",
-            "train_epoch_s", "val_s", "epoch_s", "wall_s", "gpu_util_mean", "gpu_util_max", "peak_mem_mib"]
+            "train_epoch_s", "val_s", "epoch_s", "wall_s", "cpu_s_per_epoch", "gpu_util_mean", "gpu_util_max", "peak_mem_mib"]
     cols = [c for c in cols if any(c in r for r in rows)]
     lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     lines += ["| " + " | ".join(str(r.get(c, "")) for c in cols) + " |" for r in rows]

@@ -303,6 +303,44 @@ def _latest_local(ckpt_dir: Path) -> Path | None:
     return done[-1] if done else None
 
 
+def _train_epoch(model: nn.Module, opt: torch.optim.Optimizer, sched: torch.optim.lr_scheduler.LRScheduler,
+                 loss_fn: nn.Module, data: _Data, order: np.ndarray, tc: TrainConfig, rng: np.random.Generator,
+                 gen: torch.Generator, device: torch.device,
+                 amp: contextlib.AbstractContextManager[Any]) -> tuple[float, int, int]:
+    """One pass over `order`: random crops, augmentation, optional mixup; (summed loss, n, correct)."""
+    model.train()
+    tot_loss, tot_n, tot_correct = 0.0, 0, 0
+    for i in range(0, len(order), tc.batch_size):
+        idx = order[i : i + tc.batch_size]
+        xs = [random_crop(data.x[j], tc.crop_frames, rng) if data.x[j].ndim > 1 else data.x[j] for j in idx]
+        x, lens = collate(xs)
+        x = augment(x, lens, tc.specaugment, gen)
+        yb = torch.from_numpy(data.y[idx])
+        lam, perm = 1.0, None
+        if tc.mixup_alpha > 0:
+            lam = float(rng.beta(tc.mixup_alpha, tc.mixup_alpha))
+            perm = torch.randperm(len(idx), generator=gen)
+            x = lam * x + (1 - lam) * x[perm]
+            if lens is not None:
+                lens = torch.maximum(lens, lens[perm])
+        x, yb = x.to(device), yb.to(device)
+        with amp:
+            logits = model(x, None if lens is None else lens.to(device))
+            loss = loss_fn(logits.float(), yb)
+            if perm is not None:
+                loss = lam * loss + (1 - lam) * loss_fn(logits.float(), yb[perm.to(device)])
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        if tc.grad_clip > 0:
+            nn.utils.clip_grad_norm_(model.parameters(), tc.grad_clip)
+        opt.step()
+        sched.step()
+        tot_loss += float(loss.detach()) * len(idx)
+        tot_n += len(idx)
+        tot_correct += int((logits.argmax(1) == yb).sum())
+    return tot_loss, tot_n, tot_correct
+
+
 def train_loop_per_worker(cfg: dict[str, Any]) -> dict[str, Any] | None:
     """The training function Ray runs on every worker (or in-process in local mode)."""
     import ray.train
@@ -368,37 +406,8 @@ def train_loop_per_worker(cfg: dict[str, Any]) -> dict[str, Any] | None:
         rng, gen, seed = _epoch_rng(tc.seed, epoch, 1 + rank)
         torch.manual_seed(seed)  # dropout
         order = _epoch_order(tc, data.y, epoch, n_classes)[: per_worker * world][rank::world]
-        model.train()
-        tot_loss, tot_n, tot_correct = 0.0, 0, 0
         t_start = time.perf_counter()
-        for i in range(0, len(order), tc.batch_size):
-            idx = order[i : i + tc.batch_size]
-            xs = [random_crop(data.x[j], tc.crop_frames, rng) if data.x[j].ndim > 1 else data.x[j] for j in idx]
-            x, lens = collate(xs)
-            x = augment(x, lens, tc.specaugment, gen)
-            yb = torch.from_numpy(data.y[idx])
-            lam, perm = 1.0, None
-            if tc.mixup_alpha > 0:
-                lam = float(rng.beta(tc.mixup_alpha, tc.mixup_alpha))
-                perm = torch.randperm(len(idx), generator=gen)
-                x = lam * x + (1 - lam) * x[perm]
-                if lens is not None:
-                    lens = torch.maximum(lens, lens[perm])
-            x, yb = x.to(device), yb.to(device)
-            with amp:
-                logits = model(x, None if lens is None else lens.to(device))
-                loss = loss_fn(logits.float(), yb)
-                if perm is not None:
-                    loss = lam * loss + (1 - lam) * loss_fn(logits.float(), yb[perm.to(device)])
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            if tc.grad_clip > 0:
-                nn.utils.clip_grad_norm_(model.parameters(), tc.grad_clip)
-            opt.step()
-            sched.step()
-            tot_loss += float(loss.detach()) * len(idx)
-            tot_n += len(idx)
-            tot_correct += int((logits.argmax(1) == yb).sum())
+        tot_loss, tot_n, tot_correct = _train_epoch(model, opt, sched, loss_fn, data, order, tc, rng, gen, device, amp)
         _sync(device)
         t_train = time.perf_counter()
         logits = predict_logits(_unwrap(model), data.vx, device, tc.batch_size, amp)
