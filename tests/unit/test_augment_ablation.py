@@ -96,7 +96,7 @@ def test_aggregate_means_folds_per_seed_then_seeds() -> None:
     assert r["kept_fraction"] == pytest.approx(0.4) and "low_resource" not in agg
     table = A.render_table(agg, {"model": "egemaps_mlp", "seeds": [0, 1], "folds": [0, 1], "synthetic_ratio": 1.0,
                                  "balance_minority": False, "low_resource_fraction": 0.25})
-    assert "| full | wgan_gp | 50.0 ± 7.1 | 49.0 ± 5.7 | 53.0 ± 7.1 | +3.0 ± 0.0 | +4.0 ± 1.4 | 40 % |" in table
+    assert "| full | wgan_gp | 50.0 ± 7.1 | 49.0 ± 5.7 | 53.0 ± 7.1 | +3.0 ± 0.0 | +4.0 ± 1.4 | 40 % | 10 / 10 |" in table
 
 
 def test_study_runs_every_cell_and_resumes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

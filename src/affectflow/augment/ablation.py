@@ -220,8 +220,8 @@ def render_table(agg: dict[str, Any], meta: dict[str, Any]) -> str:
     """Markdown table of test UAR (%) mean ± std over seeds."""
     lines = [
         "| setting | generator | no augmentation | unfiltered | filtered | filtered − none | filtered − unfiltered "
-        "| kept / generated | precision before → after |",
-        "|---|---|---:|---:|---:|---:|---:|---:|---:|",
+        "| kept / generated | synthetic rows used (unf. / filt.) | precision before → after |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for setting, rows in agg.items():
         for gen, r in rows.items():
@@ -229,6 +229,7 @@ def render_table(agg: dict[str, Any], meta: dict[str, Any]) -> str:
                 f"| {setting.replace('_', '-')} | {gen} | {_pm(r['none'])} | {_pm(r['unfiltered'])} | "
                 f"{_pm(r['filtered'])} | {_pm(r['filtered_minus_none'], True)} | "
                 f"{_pm(r['filtered_minus_unfiltered'], True)} | {100 * r['kept_fraction']:.0f} % | "
+                f"{r['unfiltered']['n_synthetic_mean']:.0f} / {r['filtered']['n_synthetic_mean']:.0f} | "
                 f"{r['precision_before']:.2f} → {r['precision_after']:.2f} |")
     lines += ["", f"Test UAR (%) of `{meta['model']}`, mean ± std over seeds {meta['seeds']} of the mean over "
               f"speaker-independent test folds {meta['folds']}; differences are paired per seed. "
