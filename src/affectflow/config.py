@@ -319,9 +319,10 @@ class DannAblationConfig(Section):
     """Target test folds (speaker groups); pooled over them every target speaker is tested once per seed."""
     model: Literal["cnn_bigru", "egemaps_mlp"] = "egemaps_mlp"
     """Encoder for the table (egemaps_mlp keeps the study tractable on a CPU)."""
-    conditions: list[Literal["source_only", "corpus_std", "dann", "dann_corpus_std", "dann_augment"]] = Field(
-        default_factory=lambda: ["source_only", "corpus_std", "dann", "dann_corpus_std", "dann_augment"],
-        min_length=1)
+    conditions: list[Literal["source_only", "corpus_std", "target_bn", "dann", "dann_corpus_std", "dann_augment"]] = (
+        Field(default_factory=lambda: ["source_only", "corpus_std", "target_bn", "dann", "dann_corpus_std",
+                                       "dann_augment"], min_length=1))
+    """See affectflow.pretrain.ablation (target_bn: DANN's batches with λ = 0, a control)."""
     augment_epochs: int = Field(100, ge=1)
     """Generator epochs for `dann_augment` (one generator per seed and fold)."""
     synthetic_ratio: float = Field(1.0, gt=0)
@@ -345,10 +346,13 @@ class PretrainConfig(Section):
     lambda_gamma: float = Field(10.0, gt=0)
     domain_weight: float = Field(1.0, ge=0)
     """Weight of the domain loss (its gradient into the encoder is also scaled by λ)."""
-    adversary_lr_scale: float = Field(1.0, gt=0)
+    adversary_lr_scale: float = Field(10.0, gt=0)
     """Learning rate of the domain / speaker heads relative to `lr` (a quicker adversary keeps the
     encoder from merely fooling the current head)."""
-    domain_hidden: list[int] = Field(default_factory=lambda: [128])
+    domain_label_smoothing: float = Field(0.0, ge=0, lt=1)
+    """Label smoothing of the domain loss: a head that separates the corpora perfectly still passes
+    a reversed gradient to the encoder (its cross-entropy cannot saturate at zero)."""
+    domain_hidden: list[int] = Field(default_factory=lambda: [256])
     """Hidden sizes of the domain (and speaker) head ([] = linear)."""
     head_dropout: float = Field(0.2, ge=0, lt=1)
     speaker_adversarial: bool = False

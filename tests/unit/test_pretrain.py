@@ -26,8 +26,8 @@ from affectflow.pretrain import pretrain
 from affectflow.pretrain.data import PretrainDataError
 
 EMOTIONS = ("neutral", "happy", "sad", "angry")
-TARGET_SPEAKERS = range(40, 48)
-CLIPS = 3
+TARGET_SPEAKERS = range(40, 46)
+CLIPS = 2
 TINY_DANN = {"pretrain.epochs": 3, "pretrain.batch_size": 16, "pretrain.threads": 1,
              "pretrain.domain_hidden": [16], "pretrain.probe_folds": 2, "pretrain.probe_max_iter": 200}
 

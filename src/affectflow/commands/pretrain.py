@@ -32,7 +32,8 @@ def _ablation_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", type=Path, help="output folder (default: <workdir>/ablate_dann); its ingest/ and "
                                             "features/ are reused by later runs")
     p.add_argument("--conditions", nargs="+", metavar="NAME",
-                   help="subset of pretrain.ablation.conditions (source_only corpus_std dann dann_corpus_std dann_augment)")
+                   help="subset of pretrain.ablation.conditions (source_only corpus_std target_bn dann dann_corpus_std "
+                        "dann_augment)")
 
 
 def _ablation(params: Params, a: argparse.Namespace) -> int:

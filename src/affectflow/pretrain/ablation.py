@@ -5,6 +5,8 @@ encoder, optimiser, epochs and seed, so they differ only in what the name says:
   source_only      source training clips only, source statistics for every corpus
   corpus_std       the usual first fix: each corpus standardised with its own statistics (the
                    target's from its training speakers' unlabelled clips), no target clip in training
+  target_bn        control: source + target batches exactly as DANN feeds them, but λ = 0 (the
+                   encoder gets no reversed gradient; only BatchNorm sees the target)
   dann             + unlabelled target training speakers through the domain head behind the GRL
   dann_corpus_std  DANN on per-corpus-standardised features
   dann_augment     DANN + the augment stage's kept synthetic source samples (one generator per
@@ -44,11 +46,14 @@ class Condition:
     normalize: str
     adversarial: bool
     augment: bool = False
+    lambda_max: float | None = None
+    """Override of pretrain.lambda_max (None: the configured value)."""
 
 
 CONDITIONS: dict[str, Condition] = {
     "source_only": Condition("source-only", "global", False),
     "corpus_std": Condition("per-corpus standardisation", "corpus", False),
+    "target_bn": Condition("target batches, λ = 0 (control)", "global", True, lambda_max=0.0),
     "dann": Condition("DANN", "global", True),
     "dann_corpus_std": Condition("DANN + per-corpus standardisation", "corpus", True),
     "dann_augment": Condition("DANN + augmentation", "global", True, augment=True),
@@ -154,7 +159,9 @@ def run_ablation(params: Params, out_dir: str | Path, conditions: list[str] | No
         for fold, seed, name in progress(runs, "ablate dann", total=len(runs), unit="run"):
             cond = CONDITIONS[name]
             df = apply_splits(df0, sp.splits, test_fold=fold)
-            p = _with(sp, pretrain__normalize=cond.normalize, pretrain__seed=seed, train__seed=seed)
+            lam = sp.pretrain.lambda_max if cond.lambda_max is None else cond.lambda_max
+            p = _with(sp, pretrain__normalize=cond.normalize, pretrain__seed=seed, train__seed=seed,
+                      pretrain__lambda_max=lam)
             extra: dict[str, Any] = {}
             if cond.augment:
                 inp = prepare_inputs(p, df, features)  # fresh: synthetic rows are added in place

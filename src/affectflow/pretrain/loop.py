@@ -52,11 +52,12 @@ def resolve_device(use_gpu: bool | str) -> torch.device:
     return torch.device("cuda" if (use_gpu is not False and has_cuda) else "cpu")
 
 
-def _balanced_ce(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+def _balanced_ce(logits: torch.Tensor, y: torch.Tensor, smoothing: float = 0.0) -> torch.Tensor:
     """Cross-entropy in which every class present in the batch weighs the same in total."""
     counts = torch.bincount(y, minlength=logits.shape[1]).float()
     w = torch.where(counts > 0, 1.0 / counts.clamp(min=1), torch.zeros_like(counts))
-    return nn.functional.cross_entropy(logits.float(), y, weight=w * (len(y) / max(int((counts > 0).sum()), 1)))
+    return nn.functional.cross_entropy(logits.float(), y, weight=w * (len(y) / max(int((counts > 0).sum()), 1)),
+                                       label_smoothing=smoothing)
 
 
 def _target_sampler(domains: np.ndarray) -> np.ndarray:
@@ -164,7 +165,7 @@ def train_dann(model: Dann, data: LoopData, cfg: PretrainConfig, tc: TrainConfig
                 loss = loss_e
                 loss_d = loss_s = torch.zeros((), device=device)
                 if use_target and out.domain is not None:
-                    loss_d = _balanced_ce(out.domain, dom.to(device))
+                    loss_d = _balanced_ce(out.domain, dom.to(device), cfg.domain_label_smoothing)
                     loss = loss + cfg.domain_weight * loss_d
                 if use_target and out.speaker is not None:
                     loss_s = nn.functional.cross_entropy(out.speaker.float(), spk.to(device))
