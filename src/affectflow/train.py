@@ -614,6 +614,7 @@ def train_folds(params: Params, manifest: str | Path, features_dir: str | Path, 
             fold_manifest.parent.mkdir(parents=True, exist_ok=True)
             write_manifest(fdf, fold_manifest)
             tr = train(fold_params, fold_manifest, features_dir, fold_dir / "train")
+            mlflow.MlflowClient().set_tag(tr.summary["mlflow_run_id"], "fold", str(k))
             m = run_evaluate(fold_params, tr.model_dir, fold_manifest, features_dir, fold_dir / "evaluate")
             rows.append({"fold": k, **{n: m[n] for n in FOLD_METRICS},
                          **{f"{n}_ci": [m["test"][f"{n}_ci_low"], m["test"][f"{n}_ci_high"]] for n in FOLD_METRICS},

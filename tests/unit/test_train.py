@@ -159,6 +159,17 @@ def test_k_fold_reports_mean_and_spread(synth_root: Path, tmp_path_factory: pyte
     assert s["pooled"]["n"] == len(df)
     assert "mean ± std" in (tmp_path / "kfold" / "report.md").read_text()
     assert pd.read_parquet(tmp_path / "kfold" / "fold_1" / "evaluate" / "predictions.parquet").shape[0] > 0
+    # MLflow: one parent run with the mean, one nested run per fold
+    import mlflow
+
+    from affectflow.tracking import resolve_uri
+
+    mlflow.set_tracking_uri(resolve_uri(p.tracking.uri))
+    parent = mlflow.search_runs(experiment_names=[p.tracking.experiment], filter_string="tags.stage = 'train_folds'")
+    assert parent["metrics.mean_uar"].iloc[0] == pytest.approx(s["mean"]["uar"])
+    children = mlflow.search_runs(experiment_names=[p.tracking.experiment],
+                                  filter_string=f"tags.mlflow.parentRunId = '{parent['run_id'].iloc[0]}'")
+    assert sorted(children["tags.fold"]) == ["0", "1"]
 
 
 @pytest.mark.slow
