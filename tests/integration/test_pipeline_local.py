@@ -95,3 +95,41 @@ def test_failed_run_is_recorded_by_the_exit_handler(base: Params, work: Path) ->
         P.run_local(base, broken, cache=False)
     last = _status_runs(base)[-1]
     assert last["state"] == "FAILED" and last["status"] == "FAILED"
+
+
+def test_switches_on_feed_train_the_synthetic_set_and_the_encoder(synth_root: Path, work: Path) -> None:
+    """augment.enabled and pretrain.enabled take the dsl.If branches; train receives both outputs."""
+    import json
+
+    from affectflow.synth import make_ravdess_like
+
+    target = make_ravdess_like(work / "target" / "tgt", actors=4, emotions=("neutral", "happy", "sad", "angry"),
+                               clips_per_emotion=3, duration=1.0)
+    data = work / "branches-data"
+    data.mkdir(exist_ok=True)
+    for name, src in (("src", synth_root), ("tgt", target)):
+        if not (data / name).exists():
+            (data / name).symlink_to(src, target_is_directory=True)
+    w = work / "branches"
+    base = load_params(None, {
+        "paths.workdir": str(w), "paths.data_root": str(data),
+        "ingest.corpora": [{"name": "src", "adapter": "ravdess", "root": "src", "role": "source"},
+                           {"name": "tgt", "adapter": "ravdess", "root": "tgt", "role": "target"}],
+        "ingest.classes": ["neutral", "happy", "sad", "angry"], "ingest.workers": 1, "features.workers": 1,
+        "features.kinds": ["egemaps"], "train.model": "egemaps_mlp", "train.epochs": 2, "evaluate.bootstrap": 10,
+        "tracking.uri": f"sqlite:///{w / 'mlflow.db'}", "tracking.artifact_location": str(w / "mlartifacts"),
+    })
+    on = base.model_copy(deep=True)
+    on.augment.enabled, on.augment.epochs, on.augment.samples_per_class = True, 5, 10
+    on.augment.filters, on.augment.use_gpu = [], False  # keep every sample: train must receive some
+    on.pretrain.enabled, on.pretrain.target_corpora, on.pretrain.epochs = True, ["tgt"], 2
+    on.pretrain.compare_source_only, on.pretrain.probe_folds, on.pretrain.use_gpu = False, 2, False
+    on.train.synthetic_ratio = 0.5
+    summary = P.run_local(base, on)
+    tasks = summary["tasks"]
+    assert tasks["augment"]["status"] == tasks["pretrain"]["status"] == "SUCCESS"
+    assert "skip-augment" not in tasks and "skip-pretrain" not in tasks
+    train_dir = Path(summary["pipeline_root"]) / max(p.name for p in Path(summary["pipeline_root"]).glob("affectflow-train-*"))
+    meta = json.loads((train_dir / "train" / "model" / "model" / "model.json").read_text())
+    assert meta["train"]["n_synthetic"] > 0
+    assert meta["lineage"]["pretrained"].endswith("encoder/encoder")
