@@ -107,11 +107,12 @@ def report_md(r: dict[str, Any]) -> str:
         "## Domain probe on held-out speakers", "",
         f"A fresh `{r['settings']['probe']}` learns source vs target on held-out embeddings (speaker-grouped "
         "cross-validation); balanced accuracy 0.5 = the corpora cannot be told apart. Proxy A-distance = 2 (1 − 2ε).", "",
-        "| embedding | target | probe accuracy | proxy A-distance |", "|---|---|---|---|",
+        "| embedding | target | probe accuracy | proxy A-distance | probe folds |", "|---|---|---|---|---|",
     ]
     for stage, rows in r["probe"].items():
         for p in rows:
-            lines.append(f"| {stage} | {p['target']} | {p['accuracy']:.3f} | {p['a_distance']:.3f} |")
+            folds = f"{p['folds']} by speaker" if p["grouped"] else f"{p['folds']} by clip (a domain has < 2 speakers)"
+            lines.append(f"| {stage} | {p['target']} | {p['accuracy']:.3f} | {p['a_distance']:.3f} | {folds} |")
     lines += ["", "## Emotion", "",
               "| encoder | source validation UAR | target validation UAR (diagnostic) |", "|---|---|---|"]
     for stage, e in r["emotion"].items():
