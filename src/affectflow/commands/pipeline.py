@@ -172,10 +172,12 @@ def print_run(summary: dict[str, Any], params: Params) -> None:
     reg = summary.get("register")
     if reg:
         gate = reg.get("gate") or {}
-        champion = (summary.get("promotion") or {}).get("champion") or reg.get("champion")
-        console.print(f"[bold]registered[/bold] {reg.get('model_uri')} (aliases: {', '.join(reg.get('aliases', []))})")
-        console.print(f"gate {'passed' if gate.get('passed') else 'failed'}: {gate.get('reason', '')}")
-        console.print(f"champion: v{champion}" if champion else "champion: none")
-    uri = resolve_uri(params.tracking.uri)
-    console.print(f"MLflow UI: mlflow ui --backend-store-uri {uri}")
-    console.print(f"task outputs: {summary['pipeline_root']} (summary: last_run.json)")
+        promotion = summary.get("promotion") or {}
+        champion = promotion.get("champion") or reg.get("champion")
+        aliases = promotion.get("aliases") or reg.get("aliases", [])
+        # plain print: URIs and commands must stay on one line to be copied
+        print(f"registered: {reg.get('model_uri')} (aliases: {', '.join(aliases)})")
+        print(f"gate {'passed' if gate.get('passed') else 'failed'}: {gate.get('reason', '')}")
+        print(f"champion: v{champion}" if champion else "champion: none")
+    print(f"MLflow UI: mlflow ui --backend-store-uri {resolve_uri(params.tracking.uri)}")
+    print(f"task outputs: {summary['pipeline_root']} (summary: last_run.json)")
