@@ -136,20 +136,26 @@ def test_study_runs_every_cell_and_resumes(tmp_path: Path, monkeypatch: pytest.M
     assert max(c["n_train"] for c in low) < min(c["n_train"] for c in full)
     assert all(c["ratio"] == 0 for c in calls if c["synthetic"] is None)
     assert all(c["n_syn"] == 24 for c in calls if c["synthetic"] and "unfiltered" in str(c["synthetic"]))
+    assert all(c["run_dir"].endswith("_ratio1") for c in calls if c["synthetic"])
     assert {c["seed"] for c in calls} == {0, 1}
     cell = json.loads((tmp_path / "study" / "low_resource" / "seed1" / "fold0" / "cell.json").read_text())
     aug = json.loads((tmp_path / "study" / "low_resource" / "seed1" / "fold0" / "wgan_gp" / "augment" /
                       "report.json").read_text())
     assert aug["training"]["epochs"] == 3  # low_resource_epochs
     assert aug["n_real"] == 3 * len(CLASSES) * len(cell["train_speakers"])  # generator saw the subset only
-    assert (res.out_dir / "table.md").read_text() == res.table_md
+    assert res.table_path == res.out_dir / "table_ratio1.md" and res.table_path.read_text() == res.table_md
     assert "| full | wgan_gp |" in res.table_md and "| low-resource | wgan_gp |" in res.table_md
-    summary = json.loads((res.out_dir / "summary.json").read_text())
+    summary = json.loads((res.out_dir / "summary_ratio1.json").read_text())
     assert set(summary["results"]) == {"full", "low_resource"}
     # Resuming finds every run cached: nothing is trained again.
     calls.clear()
     A.ablate_augmentation(params, manifest, features, tmp_path / "study")
     assert calls == []
+    # Another synthetic ratio trains new recognizers on the same generators (no augment re-run).
+    other = A.with_overrides(params, {"augment.ablation.synthetic_ratio": 0.5})
+    res = A.ablate_augmentation(other, manifest, features, tmp_path / "study")
+    assert len(calls) == 8 and all(c["ratio"] == 0.5 and c["run_dir"].endswith("_ratio0.5") for c in calls)
+    assert res.table_path.name == "table_ratio0.5.md"
 
 
 def test_cli_registers_the_study() -> None:

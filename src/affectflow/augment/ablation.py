@@ -40,6 +40,7 @@ class AblationResult:
     out_dir: Path
     table_md: str
     summary: dict[str, Any]
+    table_path: Path
 
 
 # ----------------------------------------------------------------------------- data of one cell
@@ -160,9 +161,11 @@ def run_cell(params: Params, df: pd.DataFrame, features_dir: Path, cell_dir: Pat
         tp = with_overrides(params, {**base, "train.synthetic_ratio": ab.synthetic_ratio,
                                      "train.balance_minority": ab.balance_minority})
         for variant, syn in (("unfiltered", unf_dir), ("filtered", aug_dir)):
-            res_path = gen_dir / f"{variant}.json"
+            # The recogniser-side settings are in the name: another ratio reuses the generators.
+            name = f"{variant}_ratio{ab.synthetic_ratio:g}" + ("_balanced" if ab.balance_minority else "")
+            res_path = gen_dir / f"{name}.json"
             if (res := _cached(res_path)) is None:
-                res = _train_eval(tp, manifest, features_dir, gen_dir / variant, syn)
+                res = _train_eval(tp, manifest, features_dir, gen_dir / name, syn)
                 atomic_write_json(res_path, res)
             runs[f"{gen}/{variant}"] = res
     info["runs"] = runs
@@ -242,7 +245,8 @@ def render_table(agg: dict[str, Any], meta: dict[str, Any]) -> str:
 # ----------------------------------------------------------------------------- the study
 def ablate_augmentation(params: Params, manifest: str | Path, features_dir: str | Path,
                         out_dir: str | Path) -> AblationResult:
-    """Run (or resume) the whole study; writes table.md, summary.json and one folder per cell."""
+    """Run (or resume) the whole study; writes table_<ratio>.md, summary_<ratio>.json and one folder per
+    cell (generators are shared by studies that differ only in the recogniser's synthetic ratio)."""
     import torch
 
     from affectflow.models import feature_kind
@@ -275,6 +279,7 @@ def ablate_augmentation(params: Params, manifest: str | Path, features_dir: str 
             "augment": params.augment.model_dump(mode="json"), "seconds": round(time.perf_counter() - t0, 1)}
     table = render_table(agg, meta)
     summary = {"meta": meta, "results": agg, "cells": cells}
-    atomic_write_json(out / "summary.json", summary)
-    atomic_write_text(out / "table.md", table)
-    return AblationResult(out, table, summary)
+    tag = f"ratio{ab.synthetic_ratio:g}" + ("_balanced" if ab.balance_minority else "")
+    atomic_write_json(out / f"summary_{tag}.json", summary)
+    atomic_write_text(out / f"table_{tag}.md", table)
+    return AblationResult(out, table, summary, out / f"table_{tag}.md")

@@ -44,7 +44,7 @@ def _ablation(params: Params, a: argparse.Namespace) -> int:
     res = ablate_augmentation(params, a.manifest or wd(params, "ingest", "manifest.parquet"),
                               a.features or wd(params, "features"), a.out or wd(params, "ablate_augmentation"))
     print(res.table_md)
-    print(f"\nwritten: {res.out_dir / 'table.md'}, {res.out_dir / 'summary.json'}")
+    print(f"\nwritten: {res.table_path} (cells under {res.out_dir})")
     return 0
 
 
