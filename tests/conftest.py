@@ -49,3 +49,17 @@ def synth_params(synth_root: Path, tmp_path: Path):
         "tracking.uri": f"sqlite:///{tmp_path / 'mlflow.db'}",
         "tracking.artifact_location": str(tmp_path / "mlartifacts"),
     })
+
+
+@pytest.fixture(autouse=True)
+def _isolate_mlflow_uri(monkeypatch: pytest.MonkeyPatch):
+    """mlflow.set_tracking_uri also exports MLFLOW_TRACKING_URI: restore it so no test sees another's store."""
+    keys = ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")
+    saved = {k: os.environ.get(k) for k in keys}
+    for key in keys:
+        monkeypatch.delenv(key, raising=False)
+    yield
+    for key in keys:
+        os.environ.pop(key, None)
+        if saved[key] is not None:
+            os.environ[key] = saved[key]
