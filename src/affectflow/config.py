@@ -192,8 +192,10 @@ class TrainConfig(Section):
     """Ray Train workers. 0: Ray Train local mode, in this process (laptop, CI). N >= 1: N Ray
     workers (DDP), on the cluster at RAY_ADDRESS or on a local Ray started for the run."""
     use_gpu: bool = False
-    threads: int = Field(0, ge=0)
-    """torch intra-op threads per worker (0 = torch's default)."""
+    threads: int = Field(1, ge=0)
+    """torch intra-op threads per worker (0 = torch's default). 1 by default: this small model gains
+    nothing from a second thread, and OpenMP spin-waiting makes 2 threads ~4x slower on a busy CPU
+    (benchmarks/RESULTS.md)."""
     checkpoints_to_keep: int = Field(2, ge=1)
     max_failures: int = Field(0, ge=0)
     """Ray restarts of a failed worker group from its last checkpoint (num_workers >= 1)."""
