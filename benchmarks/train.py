@@ -173,7 +173,8 @@ def main() -> None:
     ap.add_argument("--features", type=Path, default=REPO / "artifacts" / "features")
     ap.add_argument("--fake", action="store_true", help="random RAVDESS-shaped features (no corpus needed)")
     ap.add_argument("--device", choices=["cpu", "cuda", "both"], default="cpu")
-    ap.add_argument("--threads", type=int, default=2, help="torch CPU threads (default 2)")
+    ap.add_argument("--threads", type=int, nargs="+", default=[1, 2],
+                    help="torch CPU threads, one CPU row per value (default: 1 2)")
     ap.add_argument("--epochs", type=int, default=3, help="epochs to time (ignored with --full)")
     ap.add_argument("--full", action="store_true", help="train the configured epochs: a whole fold")
     ap.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
@@ -185,7 +186,6 @@ def main() -> None:
 
     from affectflow.config import load_params
 
-    torch.set_num_threads(a.threads)
     tmp = Path(tempfile.mkdtemp(prefix="train-bench-"))
     try:
         params = load_params(a.params, a.overrides)
@@ -198,12 +198,14 @@ def main() -> None:
             print("no CUDA device: GPU rows skipped")
             devices = [d for d in devices if d != "cuda"]
         rows = []
-        for dev in devices:
-            ov = {"train.use_gpu": dev == "cuda", "train.num_workers": 0, "train.threads": a.threads}
+        runs = [(dev, t) for dev in devices for t in (a.threads if dev == "cpu" else a.threads[:1])]
+        for dev, threads in runs:
+            torch.set_num_threads(threads)
+            ov = {"train.use_gpu": dev == "cuda", "train.num_workers": 0, "train.threads": threads}
             if not a.full:
                 ov |= {"train.epochs": a.epochs, "train.patience": a.epochs}
             p = load_params(a.params, [*a.overrides, *(f"{k}={json.dumps(v)}" for k, v in ov.items())])
-            rows.append(run(p, manifest, features, tmp / dev))
+            rows.append(run(p, manifest, features, tmp / f"{dev}-{threads}"))
             print(json.dumps(rows[-1]))
         print()
         print(table(rows))
