@@ -258,8 +258,10 @@ def ablate_augmentation(params: Params, manifest: str | Path, features_dir: str 
 
         threadpool_limits(ab.threads)  # numpy / scikit-learn BLAS too
     kind = feature_kind(ab.model)
+    # Study runs are compared by UAR only: no bootstrap intervals, no cross-corpus, no pyfunc model
+    # logged per run (train_folds makes the same choice).
     study = with_overrides(params, {"train.model": ab.model, "augment.feature": kind, "evaluate.bootstrap": 0,
-                                    "evaluate.cross_corpus": []})
+                                    "evaluate.cross_corpus": [], "tracking.log_model": False})
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     features_dir = Path(features_dir)
