@@ -314,7 +314,8 @@ def _train_epoch(model: nn.Module, opt: torch.optim.Optimizer, sched: torch.opti
         idx = order[i : i + tc.batch_size]
         xs = [random_crop(data.x[j], tc.crop_frames, rng) if data.x[j].ndim > 1 else data.x[j] for j in idx]
         x, lens = collate(xs)
-        x = augment(x, lens, tc.specaugment, gen)
+        # Masks are drawn on the CPU generator (reproducible) and applied where the batch lives.
+        x = augment(x.to(device, non_blocking=True), lens, tc.specaugment, gen)
         yb = torch.from_numpy(data.y[idx])
         lam, perm = 1.0, None
         if tc.mixup_alpha > 0:
