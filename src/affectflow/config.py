@@ -209,6 +209,15 @@ class TrainConfig(Section):
     """Synthetic samples per real training sample (0 = real data only)."""
     balance_minority: bool = False
     """Spend the synthetic budget on the smallest classes first."""
+    synthetic_weight: float = Field(1.0, gt=0, le=1)
+    """Per-sample loss weight of synthetic rows (real rows weigh 1): below 1 the real distribution
+    dominates the gradient while synthetic rows still widen coverage."""
+    synthetic_schedule: Literal["constant", "fade"] = "constant"
+    """constant: every selected synthetic row in every epoch. fade: epoch e uses a (seed, epoch) draw
+    of max(0, 1 - e / round(synthetic_fade_fraction · epochs)) of them, so training ends on real
+    rows only ("refocus on the real distribution"); early stopping waits for the real-only epochs."""
+    synthetic_fade_fraction: float = Field(0.5, gt=0, le=1)
+    """fade: share of `epochs` after which no synthetic rows are used."""
 
 
 class EvaluateConfig(Section):
@@ -238,6 +247,12 @@ class AugmentAblationConfig(Section):
     synthetic_ratio: float = Field(1.0, gt=0)
     """train.synthetic_ratio of the augmented variants."""
     balance_minority: bool = False
+    synthetic_weight: float = Field(1.0, gt=0, le=1)
+    """train.synthetic_weight of the augmented variants (in run and table names only when not 1)."""
+    synthetic_schedule: Literal["constant", "fade"] = "constant"
+    """train.synthetic_schedule of the augmented variants (in run and table names only when fade)."""
+    synthetic_fade_fraction: float = Field(0.5, gt=0, le=1)
+    """train.synthetic_fade_fraction of the augmented variants (named with the fade)."""
     threads: int = Field(1, ge=0)
     """torch CPU threads for the whole study (0 = torch's default); small models on a shared CPU run best on 1."""
 

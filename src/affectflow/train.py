@@ -55,6 +55,9 @@ log = logging.getLogger(__name__)
 STATE_FILE = "state.pt"
 RUNTIME_KEYS = ("num_workers", "use_gpu", "threads", "checkpoints_to_keep", "stop_after_epochs", "max_failures")
 """train.* settings that change how a run executes, not what it computes (excluded from the run name)."""
+SYNTHETIC_KEYS = ("synthetic_weight", "synthetic_schedule", "synthetic_fade_fraction")
+"""train.* settings that act on synthetic rows only: in the run name only with synthetic rows and
+when not at their defaults, so runs named before these settings existed keep their names."""
 
 
 class TrainingError(RuntimeError):
@@ -195,7 +198,8 @@ def plan(params: Params, manifest: str | Path, features_dir: str | Path, out_dir
     key = _feature_key(fs, kind, train_ids + val_ids)
     _check_feature_key(params, kind, key, fs.root)
     what = {
-        "train": {k: v for k, v in tc.model_dump(mode="json").items() if k not in RUNTIME_KEYS},
+        "train": {k: v for k, v in tc.model_dump(mode="json").items() if k not in RUNTIME_KEYS
+                  and not (k in SYNTHETIC_KEYS and (not syn or v == TrainConfig.model_fields[k].default))},
         "classes": classes, "train_ids": train_ids, "val_ids": val_ids, "feature_key": key,
         "stats": stats.as_dict(), "pretrained": pre_meta and pre_meta.get("lineage"),
         "synthetic": syn and {"sha256": syn["sha256"], "rows": syn["rows"]},
@@ -226,19 +230,24 @@ def plan(params: Params, manifest: str | Path, features_dir: str | Path, out_dir
 
 # ----------------------------------------------------------------------------- the loop (workers)
 class _Data:
-    """Normalised training / validation arrays of one worker, plus synthetic rows."""
+    """Normalised training / validation arrays of one worker, plus synthetic rows (after the real
+    ones; `synthetic` marks them, `weight` is their per-sample loss weight, 1 for real rows)."""
 
     def __init__(self, cfg: dict[str, Any]):
         stats = NormStats.from_dict(cfg["stats"])
         fs = FeatureSet(cfg["features_dir"])
         self.x = [normalize(a, stats) for a in fs.load(cfg["feature"], cfg["train_ids"])]
         self.y = np.asarray(cfg["train_y"], np.int64)
+        self.synthetic = np.zeros(len(self.y), bool)
         syn = cfg.get("synthetic")
         if syn and syn["rows"]:
             with np.load(syn["path"], allow_pickle=False) as npz:
                 xs = np.asarray(npz["X"])[np.asarray(syn["rows"], np.int64)]
             self.x += [normalize(a, stats) for a in xs]
             self.y = np.concatenate([self.y, np.asarray(syn["y"], np.int64)])
+            self.synthetic = np.concatenate([self.synthetic, np.ones(len(xs), bool)])
+        w = float(cfg["train"].get("synthetic_weight", 1.0))
+        self.weight = np.where(self.synthetic, w, 1.0).astype(np.float32)
         self.vx = [normalize(a, stats) for a in fs.load(cfg["feature"], cfg["val_ids"])]
         self.vy = np.asarray(cfg["val_y"], np.int64)
 
@@ -255,22 +264,70 @@ def _epoch_rng(seed: int, epoch: int, stream: int) -> tuple[np.random.Generator,
     return np.random.default_rng(ss), torch.Generator().manual_seed(s), s
 
 
-def _epoch_order(tc: TrainConfig, y: np.ndarray, epoch: int, n_classes: int) -> np.ndarray:
-    """This epoch's sample order (shared by all workers): a permutation, or a class-balanced draw."""
+def fade_end(tc: TrainConfig) -> int:
+    """First epoch without synthetic rows under `synthetic_schedule: fade` (at least 1, so epoch 0
+    always has all of them); 0 for the constant schedule."""
+    if tc.synthetic_schedule != "fade":
+        return 0
+    return max(1, round(tc.synthetic_fade_fraction * tc.epochs))
+
+
+def synthetic_in_epoch(tc: TrainConfig, n_synthetic: int, epoch: int) -> int:
+    """How many synthetic rows epoch `epoch` uses: all (constant), or a linear fade to none."""
+    end = fade_end(tc)
+    if not end:
+        return n_synthetic
+    return round(max(0.0, 1.0 - epoch / end) * n_synthetic)
+
+
+def epoch_size(tc: TrainConfig, n_real: int, n_synthetic: int, epoch: int) -> int:
+    """Rows in epoch `epoch` (the learning-rate schedule counts its steps from these)."""
+    return n_real + synthetic_in_epoch(tc, n_synthetic, epoch)
+
+
+def _epoch_order(tc: TrainConfig, y: np.ndarray, epoch: int, n_classes: int,
+                 synthetic: np.ndarray | None = None) -> np.ndarray:
+    """This epoch's sample order (shared by all workers): a permutation, or a class-balanced draw,
+    of the real rows and this epoch's draw of the synthetic ones (`synthetic`: mask of those)."""
     rng, _, _ = _epoch_rng(tc.seed, epoch, ORDER_STREAM)
+    rows = np.arange(len(y))
+    if synthetic is not None and synthetic.any():
+        syn = np.flatnonzero(synthetic)
+        k = synthetic_in_epoch(tc, len(syn), epoch)
+        if k < len(syn):  # the constant schedule draws nothing here: its order is unchanged
+            rows = np.sort(np.concatenate([np.flatnonzero(~synthetic), rng.choice(syn, size=k, replace=False)]))
     if tc.class_balance == "sampler":
-        counts = np.bincount(y, minlength=n_classes).astype(float)
-        w = 1.0 / counts[y]
-        return rng.choice(len(y), size=len(y), replace=True, p=w / w.sum())
-    return rng.permutation(len(y))
+        counts = np.bincount(y[rows], minlength=n_classes).astype(float)
+        w = 1.0 / counts[y[rows]]
+        return rows[rng.choice(len(rows), size=len(rows), replace=True, p=w / w.sum())]
+    return rows[rng.permutation(len(rows))]
 
 
-def _class_weights(tc: TrainConfig, y: np.ndarray, n_classes: int) -> torch.Tensor | None:
+def _class_weights(tc: TrainConfig, y: np.ndarray, n_classes: int,
+                   sample_weight: np.ndarray | None = None) -> torch.Tensor | None:
+    """Inverse class frequencies, each row counted with its loss weight (synthetic rows < 1)."""
     if tc.class_balance != "weighted_loss":
         return None
-    counts = np.bincount(y, minlength=n_classes).astype(np.float64)
-    w = np.where(counts > 0, len(y) / (n_classes * np.maximum(counts, 1)), 0.0)
+    if sample_weight is None:
+        counts = np.bincount(y, minlength=n_classes).astype(np.float64)
+        total = float(len(y))
+    else:
+        counts = np.bincount(y, weights=sample_weight.astype(np.float64), minlength=n_classes)
+        total = float(counts.sum())
+    w = np.where(counts > 0, total / (n_classes * np.maximum(counts, 1e-12)), 0.0)
     return torch.tensor(w, dtype=torch.float32)
+
+
+def weighted_loss(loss_fn: nn.CrossEntropyLoss, logits: torch.Tensor, y: torch.Tensor,
+                  sample_weight: torch.Tensor | None) -> torch.Tensor:
+    """`loss_fn`'s weighted mean with per-sample weights on top of its class weights:
+    sum(s_i c_{y_i} l_i) / sum(s_i c_{y_i}). Without sample weights it is `loss_fn` itself (bit for bit)."""
+    if sample_weight is None:
+        return loss_fn(logits, y)
+    per = nn.functional.cross_entropy(logits, y, weight=loss_fn.weight, reduction="none",
+                                      label_smoothing=loss_fn.label_smoothing)
+    norm = sample_weight if loss_fn.weight is None else sample_weight * loss_fn.weight[y]
+    return (sample_weight * per).sum() / norm.sum().clamp_min(1e-12)
 
 
 def _scheduler(tc: TrainConfig, opt: torch.optim.Optimizer, total_steps: int) -> torch.optim.lr_scheduler.LRScheduler:
@@ -304,10 +361,11 @@ def _latest_local(ckpt_dir: Path) -> Path | None:
 
 
 def _train_epoch(model: nn.Module, opt: torch.optim.Optimizer, sched: torch.optim.lr_scheduler.LRScheduler,
-                 loss_fn: nn.Module, data: _Data, order: np.ndarray, tc: TrainConfig, rng: np.random.Generator,
+                 loss_fn: nn.CrossEntropyLoss, data: _Data, order: np.ndarray, tc: TrainConfig, rng: np.random.Generator,
                  gen: torch.Generator, device: torch.device,
                  amp: contextlib.AbstractContextManager[Any]) -> tuple[float, int, int]:
-    """One pass over `order`: random crops, augmentation, optional mixup; (summed loss, n, correct)."""
+    """One pass over `order`: random crops, augmentation, optional mixup; (summed loss, n, correct).
+    Batches with synthetic rows weigh them by `synthetic_weight`; all-real batches use `loss_fn` as is."""
     model.train()
     tot_loss, tot_n, tot_correct = 0.0, 0, 0
     for i in range(0, len(order), tc.batch_size):
@@ -317,6 +375,7 @@ def _train_epoch(model: nn.Module, opt: torch.optim.Optimizer, sched: torch.opti
         # Masks are drawn on the CPU generator (reproducible) and applied where the batch lives.
         x = augment(x.to(device, non_blocking=True), lens, tc.specaugment, gen)
         yb = torch.from_numpy(data.y[idx])
+        sw = torch.from_numpy(data.weight[idx]).to(device) if (data.weight[idx] != 1).any() else None
         lam, perm = 1.0, None
         if tc.mixup_alpha > 0:
             lam = float(rng.beta(tc.mixup_alpha, tc.mixup_alpha))
@@ -327,9 +386,11 @@ def _train_epoch(model: nn.Module, opt: torch.optim.Optimizer, sched: torch.opti
         x, yb = x.to(device), yb.to(device)
         with amp:
             logits = model(x, None if lens is None else lens.to(device))
-            loss = loss_fn(logits.float(), yb)
+            loss = weighted_loss(loss_fn, logits.float(), yb, sw)
             if perm is not None:
-                loss = lam * loss + (1 - lam) * loss_fn(logits.float(), yb[perm.to(device)])
+                pdev = perm.to(device)
+                loss = lam * loss + (1 - lam) * weighted_loss(loss_fn, logits.float(), yb[pdev],
+                                                              None if sw is None else sw[pdev])
         opt.zero_grad(set_to_none=True)
         loss.backward()
         if tc.grad_clip > 0:
@@ -368,11 +429,17 @@ def train_loop_per_worker(cfg: dict[str, Any]) -> dict[str, Any] | None:
         model.encoder.load_state_dict(enc)
     model = ray.train.torch.prepare_model(model, move_to_device=device)
     opt = torch.optim.AdamW(model.parameters(), lr=tc.lr, weight_decay=tc.weight_decay)
-    per_worker = len(data.y) // world  # equal shards: DDP needs the same number of steps on every worker
-    steps = max(1, math.ceil(per_worker / tc.batch_size))
-    sched = _scheduler(tc, opt, steps * tc.epochs)
-    weights = _class_weights(tc, data.y, n_classes)
+    n_syn = int(data.synthetic.sum())
+    n_real = len(data.y) - n_syn
+    # Equal shards (DDP needs the same number of steps on every worker); a fading synthetic share
+    # makes later epochs shorter, and the schedule counts the steps of each.
+    steps = sum(max(1, math.ceil((epoch_size(tc, n_real, n_syn, e) // world) / tc.batch_size))
+                for e in range(tc.epochs))
+    sched = _scheduler(tc, opt, steps)
+    sample_w = data.weight if n_syn and tc.synthetic_weight != 1 else None
+    weights = _class_weights(tc, data.y, n_classes, sample_w)
     loss_fn = nn.CrossEntropyLoss(weight=None if weights is None else weights.to(device), label_smoothing=tc.label_smoothing)
+    refocus = fade_end(tc)  # early stopping counts only from here (the real-only epochs)
     amp = _autocast(device, tc)
     st: dict[str, Any] = {"epoch": 0, "best_uar": -1.0, "best_epoch": -1, "best_state": None, "bad": 0,
                           "history": [], "stopped": False}
@@ -406,9 +473,17 @@ def train_loop_per_worker(cfg: dict[str, Any]) -> dict[str, Any] | None:
             break
         rng, gen, seed = _epoch_rng(tc.seed, epoch, 1 + rank)
         torch.manual_seed(seed)  # dropout
-        order = _epoch_order(tc, data.y, epoch, n_classes)[: per_worker * world][rank::world]
+        full = _epoch_order(tc, data.y, epoch, n_classes, data.synthetic)
+        per_worker = len(full) // world
+        order = full[: per_worker * world][rank::world]
+        epoch_loss = loss_fn
+        if refocus and weights is not None:  # class weights of the rows this epoch trains on
+            rows = np.unique(full)
+            ew = _class_weights(tc, data.y[rows], n_classes, None if sample_w is None else sample_w[rows])
+            epoch_loss = nn.CrossEntropyLoss(weight=ew.to(device), label_smoothing=tc.label_smoothing)
         t_start = time.perf_counter()
-        tot_loss, tot_n, tot_correct = _train_epoch(model, opt, sched, loss_fn, data, order, tc, rng, gen, device, amp)
+        tot_loss, tot_n, tot_correct = _train_epoch(model, opt, sched, epoch_loss, data, order, tc, rng, gen,
+                                                    device, amp)
         _sync(device)
         t_train = time.perf_counter()
         logits = predict_logits(_unwrap(model), data.vx, device, tc.batch_size, amp)
@@ -419,12 +494,13 @@ def train_loop_per_worker(cfg: dict[str, Any]) -> dict[str, Any] | None:
                "val_loss": float(nn.functional.cross_entropy(logits, vy, weight=weights)),
                "val_uar": uar_cm(cm), "val_wa": wa_cm(cm), "lr": float(sched.get_last_lr()[0]),
                "train_seconds": t_train - t_start, "val_seconds": t_val - t_train,
-               "train_samples_per_s": tot_n * world / max(t_train - t_start, 1e-9)}
+               "train_samples_per_s": tot_n * world / max(t_train - t_start, 1e-9),
+               "synthetic_rows": int(data.synthetic[full].sum())}
         st["history"].append(row)
         if row["val_uar"] > st["best_uar"]:
             st.update(best_uar=row["val_uar"], best_epoch=epoch, bad=0,
                       best_state={k: v.detach().cpu().clone() for k, v in _unwrap(model).state_dict().items()})
-        else:
+        elif epoch >= refocus:  # a fade's synthetic-heavy epochs do not use up the patience
             st["bad"] += 1
         st["epoch"] = epoch + 1
         st["stopped"] = st["bad"] >= tc.patience

@@ -13,9 +13,23 @@ import pytest
 import torch
 from recognizer_support import corpus, tiny_params, trained
 
+from affectflow.config import TrainConfig
 from affectflow.inference import load_model_dir, load_state, read_meta, save_model_dir
 from affectflow.manifest import read_manifest, write_manifest
-from affectflow.train import TrainingError, TrainingInterrupted, select_synthetic, train, train_folds
+from affectflow.train import (
+    TrainingError,
+    TrainingInterrupted,
+    _class_weights,
+    _epoch_order,
+    _epoch_rng,
+    epoch_size,
+    fade_end,
+    plan,
+    select_synthetic,
+    train,
+    train_folds,
+    weighted_loss,
+)
 
 NO_PYFUNC = {"tracking.log_model": False}  # the pyfunc is tested once, in test_serving
 
@@ -71,18 +85,23 @@ def test_interrupted_run_resumes_to_the_same_model(synth_root: Path, tmp_path_fa
     assert run_file.read_text() == resumed.summary["mlflow_run_id"]
 
 
-def test_egemaps_mlp_with_synthetic_data(synth_root: Path, tmp_path_factory: pytest.TempPathFactory, tmp_path: Path):
-    params, manifest, features = corpus(synth_root, tmp_path_factory)
+def _synthetic_set(manifest: Path, features: Path, out: Path, n: int = 40) -> Path:
+    """A stand-in augment output: noisy copies of real eGeMAPS rows, every 4th not kept."""
     from affectflow.features.store import FeatureSet
 
     fs = FeatureSet(features)
     ids = read_manifest(manifest).query("split == 'train'")["utt_id"].tolist()[:20]
     x = fs.matrix("egemaps", ids)
     rng = np.random.default_rng(0)
-    n = 40
-    np.savez(tmp_path / "synthetic.npz", X=(x[rng.integers(0, len(x), n)] + rng.normal(0, 0.1, (n, x.shape[1]))).astype(np.float32),
+    np.savez(out / "synthetic.npz", X=(x[rng.integers(0, len(x), n)] + rng.normal(0, 0.1, (n, x.shape[1]))).astype(np.float32),
              y=rng.integers(0, 4, n), classes=np.array(["angry", "happy", "neutral", "sad"]),
              feature=np.array("egemaps"), kept=np.arange(n) % 4 != 0)
+    return out
+
+
+def test_egemaps_mlp_with_synthetic_data(synth_root: Path, tmp_path_factory: pytest.TempPathFactory, tmp_path: Path):
+    params, manifest, features = corpus(synth_root, tmp_path_factory)
+    _synthetic_set(manifest, features, tmp_path)
     p = tiny_params(params, **{"train.model": "egemaps_mlp", "train.epochs": 2, "train.synthetic_ratio": 0.25, **NO_PYFUNC})
     tr = train(p, manifest, features, tmp_path / "train", synthetic=tmp_path)
     assert tr.summary["n_synthetic"] == round(0.25 * tr.summary["n_train"])
@@ -199,3 +218,126 @@ def test_features_made_with_other_settings_are_refused(synth_root: Path, tmp_pat
     p = tiny_params(params, **{"features.logmel.n_mels": 40})
     with pytest.raises(TrainingError, match="configuration key"):
         train(p, manifest, features, tmp_path / "out")
+
+
+# ----------------------------------------------------------------------------- refocus on the real data
+def _real_and_synthetic(n_real: int = 30, n_syn: int = 20) -> tuple[np.ndarray, np.ndarray]:
+    y = np.concatenate([np.arange(n_real) % 3, np.arange(n_syn) % 3])
+    return y, np.arange(n_real + n_syn) >= n_real
+
+
+@pytest.mark.parametrize("balance", ["weighted_loss", "sampler"])
+def test_fade_uses_all_synthetic_rows_first_then_fewer_then_none(balance: str):
+    tc = TrainConfig(epochs=10, synthetic_schedule="fade", synthetic_fade_fraction=0.5, class_balance=balance)
+    y, syn = _real_and_synthetic()
+    orders = [_epoch_order(tc, y, e, 3, syn) for e in range(tc.epochs)]
+    used = [int(syn[o].sum()) for o in orders]
+    assert fade_end(tc) == 5
+    assert [len(o) for o in orders] == [epoch_size(tc, 30, 20, e) for e in range(tc.epochs)]
+    assert used[0] > 0 and used[5:] == [0] * 5  # after the fade: real rows only
+    if balance == "weighted_loss":  # a permutation: every real row once, the drawn synthetic rows once
+        assert sorted(orders[0].tolist()) == list(range(len(y)))
+        assert used == [len(set(o[syn[o]].tolist())) for o in orders] == [20, 16, 12, 8, 4, 0, 0, 0, 0, 0]
+        assert all(np.array_equal(np.sort(o[~syn[o]]), np.flatnonzero(~syn)) for o in orders)
+    # Deterministic per (seed, epoch), so a resumed epoch (and every Ray worker) draws the same rows;
+    # another epoch draws other ones.
+    assert np.array_equal(_epoch_order(tc, y, 2, 3, syn), orders[2])
+    assert set(orders[1][syn[orders[1]]]) != set(orders[2][syn[orders[2]]])
+
+
+def test_constant_schedule_keeps_the_original_epoch_order():
+    """Without a fade the order is the plain permutation of (seed, epoch), as before synthetic masks."""
+    tc = TrainConfig(epochs=4)
+    y, syn = _real_and_synthetic()
+    for e in range(tc.epochs):
+        legacy = _epoch_rng(tc.seed, e, 0)[0].permutation(len(y))
+        assert np.array_equal(_epoch_order(tc, y, e, 3, syn), legacy)
+        assert np.array_equal(_epoch_order(tc, y, e, 3), legacy)
+    assert fade_end(tc) == 0 and epoch_size(tc, 30, 20, 3) == 50
+    assert fade_end(TrainConfig(epochs=1, synthetic_schedule="fade", synthetic_fade_fraction=0.1)) == 1
+
+
+def test_synthetic_weight_scales_the_loss_contribution_of_synthetic_rows():
+    torch.manual_seed(0)
+    logits, y = torch.randn(12, 3), torch.tensor([0, 1, 2, 0, 1, 2, 0, 0, 1, 2, 2, 1])
+    syn = torch.arange(12) >= 8
+    for smoothing in (0.0, 0.1):
+        fn = nn_loss(torch.tensor([0.5, 1.0, 2.0]), smoothing)
+        real_only = fn(logits[~syn], y[~syn])
+
+        def sw(w: float) -> torch.Tensor:
+            return torch.where(syn, w, 1.0)
+
+        assert torch.equal(weighted_loss(fn, logits, y, None), fn(logits, y))  # the real-only path is untouched
+        assert torch.allclose(weighted_loss(fn, logits, y, sw(1.0)), fn(logits, y), atol=1e-6)
+        assert torch.allclose(weighted_loss(fn, logits, y, sw(1e-6)), real_only, atol=1e-5)
+        assert not torch.allclose(weighted_loss(fn, logits, y, sw(0.5)), real_only, atol=1e-3)
+        # weight 0.5 on a row is the same as half as many copies: two copies at 0.5 = one at 1
+        dup = torch.cat([logits, logits[syn]]), torch.cat([y, y[syn]])
+        half = torch.cat([sw(0.5), torch.full((int(syn.sum()),), 0.5)])
+        assert torch.allclose(weighted_loss(fn, dup[0], dup[1], half), fn(logits, y), atol=1e-6)
+
+
+def nn_loss(weight: torch.Tensor, smoothing: float) -> torch.nn.CrossEntropyLoss:
+    return torch.nn.CrossEntropyLoss(weight=weight, label_smoothing=smoothing)
+
+
+def test_class_weights_count_synthetic_rows_by_their_loss_weight():
+    tc = TrainConfig()
+    y, syn = _real_and_synthetic(30, 12)
+    y[30:] = 0  # every synthetic row is class 0
+    sw = np.where(syn, 0.25, 1.0)
+    w = _class_weights(tc, y, 3, sw).numpy()
+    per_class = [float((sw[y == c] * w[c]).sum()) for c in range(3)]
+    assert per_class == pytest.approx([per_class[0]] * 3)  # every class weighs the same in the loss
+    assert np.allclose(_class_weights(tc, y, 3, np.ones(len(y))).numpy(), _class_weights(tc, y, 3).numpy())
+
+
+def test_synthetic_settings_are_validated():
+    from pydantic import ValidationError
+
+    for bad in ({"synthetic_weight": 0.0}, {"synthetic_weight": 1.5}, {"synthetic_schedule": "linear"},
+                {"synthetic_fade_fraction": 0.0}, {"synthetic_fade_fraction": 1.2}):
+        with pytest.raises(ValidationError, match=next(iter(bad))):
+            TrainConfig(**bad)
+    assert TrainConfig(synthetic_weight=1.0, synthetic_fade_fraction=1.0).synthetic_schedule == "constant"
+
+
+def test_fade_trains_to_real_only_epochs_and_resumes_the_same(synth_root: Path, tmp_path_factory: pytest.TempPathFactory,
+                                                             tmp_path: Path):
+    params, manifest, features = corpus(synth_root, tmp_path_factory)
+    _synthetic_set(manifest, features, tmp_path)
+    knobs = {"train.model": "egemaps_mlp", "train.epochs": 4, "train.patience": 1, "train.synthetic_ratio": 0.5,
+             "train.synthetic_schedule": "fade", "train.synthetic_weight": 0.5, **NO_PYFUNC}
+    p = tiny_params(params, **knobs)
+    tr = train(p, manifest, features, tmp_path / "a", synthetic=tmp_path)
+    n_syn = tr.summary["n_synthetic"]
+    last = sorted((tmp_path / "a" / "checkpoints").glob("*/epoch_*"))[-1]
+    rows = [h["synthetic_rows"] for h in torch.load(last / "state.pt", weights_only=True)["state"]["history"]]
+    # fade end = round(0.5 * 4) = 2; patience 1 cannot stop the run before it trained on real rows only
+    assert rows[:3] == [n_syn, round(0.5 * n_syn), 0] and n_syn > 0
+    assert tr.summary["epochs_run"] >= 3
+    with pytest.raises(TrainingInterrupted):
+        train(tiny_params(params, **knobs, **{"train.stop_after_epochs": 1}), manifest, features, tmp_path / "b",
+              synthetic=tmp_path)
+    resumed = train(p, manifest, features, tmp_path / "b", synthetic=tmp_path)
+    a, b = load_state(tr.model_dir), load_state(resumed.model_dir)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_synthetic_settings_name_the_run_only_when_they_matter(synth_root: Path, tmp_path_factory: pytest.TempPathFactory,
+                                                               tmp_path: Path):
+    params, manifest, features = corpus(synth_root, tmp_path_factory)
+    _synthetic_set(manifest, features, tmp_path)
+    base = {"train.model": "egemaps_mlp"}
+
+    def name(synthetic: Path | None, **kw: object) -> str:
+        return plan(tiny_params(params, **base, **kw), manifest, features, tmp_path / "out", synthetic=synthetic).run_name
+
+    real = name(None)
+    assert name(None, **{"train.synthetic_weight": 0.5, "train.synthetic_schedule": "fade"}) == real
+    ratio = {"train.synthetic_ratio": 0.5}
+    with_syn = name(tmp_path, **ratio)
+    assert with_syn != real
+    assert name(tmp_path, **ratio, **{"train.synthetic_weight": 0.5}) != with_syn
+    assert name(tmp_path, **ratio, **{"train.synthetic_schedule": "fade"}) != with_syn
