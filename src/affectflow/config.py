@@ -336,14 +336,36 @@ class DannAblationConfig(Section):
     """Target test folds (speaker groups); pooled over them every target speaker is tested once per seed."""
     model: Literal["cnn_bigru", "egemaps_mlp"] = "egemaps_mlp"
     """Encoder for the table (egemaps_mlp keeps the study tractable on a CPU)."""
-    conditions: list[Literal["source_only", "corpus_std", "target_bn", "dann", "dann_corpus_std", "dann_augment"]] = (
-        Field(default_factory=lambda: ["source_only", "corpus_std", "target_bn", "dann", "dann_corpus_std",
-                                       "dann_augment"], min_length=1))
-    """See affectflow.pretrain.ablation (target_bn: DANN's batches with λ = 0, a control)."""
+    conditions: list[Literal["source_only", "corpus_std", "target_bn", "dann", "dann_selected", "dann_finetuned",
+                             "dann_corpus_std", "dann_augment"]] = (
+        Field(default_factory=lambda: ["source_only", "corpus_std", "target_bn", "dann", "dann_selected",
+                                       "dann_finetuned", "dann_corpus_std", "dann_augment"], min_length=1))
+    """See affectflow.pretrain.ablation (target_bn: DANN's batches with λ = 0, a control; dann_selected:
+    the adversary setting of `grid` with the best UAR on the target's validation speakers, per fold)."""
+    grid: dict[str, dict[str, Any]] = Field(default_factory=lambda: {
+        "quick": {},
+        "balanced": {"adversary_lr_scale": 1.0, "domain_hidden": [128]},
+        "quick_lambda0.3": {"lambda_max": 0.3},
+        "quick_corpus_std": {"normalize": "corpus"},
+        "quick_smoothing0.1": {"domain_label_smoothing": 0.1},
+        "quick_speaker_adv": {"speaker_adversarial": True},
+    }, min_length=1)
+    """Adversary settings (pretrain.* overrides) `dann_selected` chooses from, by mean target-validation
+    UAR over seeds in each fold; the fold's test speakers play no part in the choice."""
     augment_epochs: int = Field(100, ge=1)
     """Generator epochs for `dann_augment` (one generator per seed and fold)."""
     synthetic_ratio: float = Field(1.0, gt=0)
     """Kept synthetic samples per real source training sample in `dann_augment`."""
+
+    @field_validator("grid")
+    @classmethod
+    def _grid_keys_are_pretrain_fields(cls, v: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+        allowed = set(PretrainConfig.model_fields) - {"ablation"}
+        for name, overrides in v.items():
+            bad = sorted(set(overrides) - allowed)
+            if bad:
+                raise ValueError(f"grid member '{name}': {bad} are not pretrain settings")
+        return v
 
 
 class PretrainConfig(Section):
