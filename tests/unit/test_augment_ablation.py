@@ -116,7 +116,8 @@ def test_study_runs_every_cell_and_resumes(tmp_path: Path, monkeypatch: pytest.M
             with np.load(Path(synthetic) / "synthetic.npz") as z:
                 n_syn = int(z["kept"].sum())
         calls.append({"run_dir": str(run_dir), "synthetic": synthetic, "n_train": n_train, "n_syn": n_syn,
-                      "seed": params.train.seed, "ratio": params.train.synthetic_ratio})
+                      "seed": params.train.seed, "ratio": params.train.synthetic_ratio,
+                      "schedule": params.train.synthetic_schedule, "weight": params.train.synthetic_weight})
         return {"uar": 0.5 + 0.001 * n_syn, "wa": 0.5, "macro_f1": 0.5, "val_uar": 0.5, "n_train": n_train,
                 "n_synthetic": n_syn, "seconds": 0.0}
 
@@ -156,6 +157,28 @@ def test_study_runs_every_cell_and_resumes(tmp_path: Path, monkeypatch: pytest.M
     res = A.ablate_augmentation(other, manifest, features, tmp_path / "study")
     assert len(calls) == 8 and all(c["ratio"] == 0.5 and c["run_dir"].endswith("_ratio0.5") for c in calls)
     assert res.table_path.name == "table_ratio0.5.md"
+    # The refocus settings reach train.* and name new runs; the generators are reused here too.
+    calls.clear()
+    fade = A.with_overrides(params, {"augment.ablation.synthetic_schedule": "fade",
+                                     "augment.ablation.synthetic_weight": 0.5})
+    res = A.ablate_augmentation(fade, manifest, features, tmp_path / "study")
+    assert len(calls) == 8 and all(c["run_dir"].endswith("_ratio1_fade0.5_w0.5") for c in calls)
+    assert all(c["schedule"] == "fade" and c["weight"] == 0.5 for c in calls)
+    assert res.table_path.name == "table_ratio1_fade0.5_w0.5.md" and "fade out linearly by 50% of the epochs" in res.table_md
+    assert (res.out_dir / "summary_ratio1_fade0.5_w0.5.json").is_file()
+
+
+@pytest.mark.parametrize(("overrides", "tag"), [
+    ({}, "ratio1"),
+    ({"synthetic_ratio": 0.5, "balance_minority": True}, "ratio0.5_balanced"),
+    ({"synthetic_fade_fraction": 0.3}, "ratio1"),  # no fade: the fraction does nothing, names nothing
+    ({"synthetic_schedule": "fade"}, "ratio1_fade0.5"),
+    ({"synthetic_schedule": "fade", "synthetic_fade_fraction": 0.3, "synthetic_weight": 0.25}, "ratio1_fade0.3_w0.25"),
+])
+def test_recognizer_tag_names_only_settings_that_are_not_the_defaults(overrides: dict[str, Any], tag: str) -> None:
+    from affectflow.config import AugmentAblationConfig
+
+    assert A.recognizer_tag(AugmentAblationConfig(**overrides)) == tag
 
 
 def test_cli_registers_the_study() -> None:

@@ -8,7 +8,9 @@ sees only that cell's training speakers; validation speakers choose the recogniz
 Per seed, UAR is averaged over folds; the table gives mean ± std over seeds.
 
 Every finished run is saved under its cell folder, so an interrupted study resumes where it
-stopped. The recognizer is `ablation.model` through the regular `train.train` / `evaluate`
+stopped. Recogniser runs are named by their synthetic-data settings (`recognizer_tag`), so a study
+that changes only those (ratio, minority balancing, loss weight, fade schedule) reuses the trained
+generators and the no-augmentation runs. The recognizer is `ablation.model` through the regular `train.train` / `evaluate`
 stages (egemaps_mlp by default, which keeps the study tractable on a CPU).
 """
 
@@ -26,7 +28,7 @@ import numpy as np
 import pandas as pd
 
 from affectflow.augment.run import SYNTHETIC
-from affectflow.config import Params
+from affectflow.config import AugmentAblationConfig, Params
 from affectflow.manifest import read_manifest, write_manifest
 from affectflow.progress import progress
 from affectflow.storage import atomic_path, atomic_write_json, atomic_write_text
@@ -97,6 +99,17 @@ def unfiltered_copy(src: Path, dst: Path) -> Path:
     return dst
 
 
+def recognizer_tag(ab: AugmentAblationConfig) -> str:
+    """Name of the augmented arms' recogniser settings: `ratio1`, `ratio0.5_balanced`, `ratio1_fade0.5_w0.5`.
+    A setting at its default adds nothing, so runs named before it existed are found again."""
+    tag = f"ratio{ab.synthetic_ratio:g}" + ("_balanced" if ab.balance_minority else "")
+    if ab.synthetic_schedule != "constant":  # the fade fraction only matters with a fade
+        tag += f"_{ab.synthetic_schedule}{ab.synthetic_fade_fraction:g}"
+    if ab.synthetic_weight != AugmentAblationConfig.model_fields["synthetic_weight"].default:
+        tag += f"_w{ab.synthetic_weight:g}"
+    return tag
+
+
 # ----------------------------------------------------------------------------- one run
 def _cached(path: Path) -> dict[str, Any] | None:
     return json.loads(path.read_text()) if path.is_file() else None
@@ -159,10 +172,13 @@ def run_cell(params: Params, df: pd.DataFrame, features_dir: Path, cell_dir: Pat
         if not (unf_dir / SYNTHETIC).is_file():
             unfiltered_copy(aug_dir, unf_dir)
         tp = with_overrides(params, {**base, "train.synthetic_ratio": ab.synthetic_ratio,
-                                     "train.balance_minority": ab.balance_minority})
+                                     "train.balance_minority": ab.balance_minority,
+                                     "train.synthetic_weight": ab.synthetic_weight,
+                                     "train.synthetic_schedule": ab.synthetic_schedule,
+                                     "train.synthetic_fade_fraction": ab.synthetic_fade_fraction})
         for variant, syn in (("unfiltered", unf_dir), ("filtered", aug_dir)):
-            # The recogniser-side settings are in the name: another ratio reuses the generators.
-            name = f"{variant}_ratio{ab.synthetic_ratio:g}" + ("_balanced" if ab.balance_minority else "")
+            # The recogniser-side settings are in the name: other ones reuse the generators.
+            name = f"{variant}_{recognizer_tag(ab)}"
             res_path = gen_dir / f"{name}.json"
             if (res := _cached(res_path)) is None:
                 res = _train_eval(tp, manifest, features_dir, gen_dir / name, syn)
@@ -219,6 +235,16 @@ def _pm(d: Mapping[str, float], signed: bool = False) -> str:
     return f"{fmt.format(100 * d['mean'])} ± {100 * d['std']:.1f}"
 
 
+def _schedule_note(meta: dict[str, Any]) -> str:
+    """The loss weight / fade of synthetic rows, when not the defaults (older summaries lack them)."""
+    note = ""
+    if meta.get("synthetic_schedule", "constant") != "constant":
+        note += f"; synthetic rows fade out linearly by {meta['synthetic_fade_fraction']:.0%} of the epochs, real-only after"
+    if meta.get("synthetic_weight", 1.0) != 1.0:
+        note += f"; synthetic loss weight {meta['synthetic_weight']:g}"
+    return note
+
+
 def render_table(agg: dict[str, Any], meta: dict[str, Any]) -> str:
     """Markdown table of test UAR (%) mean ± std over seeds."""
     lines = [
@@ -237,7 +263,7 @@ def render_table(agg: dict[str, Any], meta: dict[str, Any]) -> str:
     lines += ["", f"Test UAR (%) of `{meta['model']}`, mean ± std over seeds {meta['seeds']} of the mean over "
               f"speaker-independent test folds {meta['folds']}; differences are paired per seed. "
               f"Synthetic ratio {meta['synthetic_ratio']} per real training sample "
-              f"(balance_minority={meta['balance_minority']}); low-resource = {meta['low_resource_fraction']:.0%} "
+              f"(balance_minority={meta['balance_minority']}{_schedule_note(meta)}); low-resource = {meta['low_resource_fraction']:.0%} "
               f"of the training speakers."]
     return "\n".join(lines) + "\n"
 
@@ -245,8 +271,8 @@ def render_table(agg: dict[str, Any], meta: dict[str, Any]) -> str:
 # ----------------------------------------------------------------------------- the study
 def ablate_augmentation(params: Params, manifest: str | Path, features_dir: str | Path,
                         out_dir: str | Path) -> AblationResult:
-    """Run (or resume) the whole study; writes table_<ratio>.md, summary_<ratio>.json and one folder per
-    cell (generators are shared by studies that differ only in the recogniser's synthetic ratio)."""
+    """Run (or resume) the whole study; writes table_<tag>.md, summary_<tag>.json (`recognizer_tag`) and
+    one folder per cell (generators are shared by studies that differ only in the recogniser's settings)."""
     import torch
 
     from affectflow.models import feature_kind
@@ -277,11 +303,13 @@ def ablate_augmentation(params: Params, manifest: str | Path, features_dir: str 
     agg = aggregate(cells, list(ab.generators))
     meta = {"model": ab.model, "seeds": list(ab.seeds), "folds": list(ab.folds), "feature": kind,
             "synthetic_ratio": ab.synthetic_ratio, "balance_minority": ab.balance_minority,
+            "synthetic_weight": ab.synthetic_weight, "synthetic_schedule": ab.synthetic_schedule,
+            "synthetic_fade_fraction": ab.synthetic_fade_fraction,
             "low_resource_fraction": ab.low_resource_fraction, "generators": list(ab.generators),
             "augment": params.augment.model_dump(mode="json"), "seconds": round(time.perf_counter() - t0, 1)}
     table = render_table(agg, meta)
     summary = {"meta": meta, "results": agg, "cells": cells}
-    tag = f"ratio{ab.synthetic_ratio:g}" + ("_balanced" if ab.balance_minority else "")
+    tag = recognizer_tag(ab)
     atomic_write_json(out / f"summary_{tag}.json", summary)
     atomic_write_text(out / f"table_{tag}.md", table)
     return AblationResult(out, table, summary, out / f"table_{tag}.md")
