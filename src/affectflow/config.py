@@ -218,6 +218,11 @@ class TrainConfig(Section):
     rows only ("refocus on the real distribution"); early stopping waits for the real-only epochs."""
     synthetic_fade_fraction: float = Field(0.5, gt=0, le=1)
     """fade: share of `epochs` after which no synthetic rows are used."""
+    finetune: Literal["full", "freeze_bn", "freeze_encoder"] = "freeze_bn"
+    """How a `--pretrained` (DANN) encoder is fine-tuned. full: every layer, and BatchNorm statistics
+    are re-estimated on the labelled source clips alone, which erases what DANN learnt about the
+    target. freeze_bn: the encoder's BatchNorm layers keep their pretrained statistics and affine
+    weights, the rest trains. freeze_encoder: only the head trains."""
 
 
 class EvaluateConfig(Section):

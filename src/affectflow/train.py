@@ -360,13 +360,40 @@ def _latest_local(ckpt_dir: Path) -> Path | None:
     return done[-1] if done else None
 
 
+FROZEN = "_affectflow_frozen"
+"""Attribute of modules that stay in eval mode (and without gradients) while the rest trains."""
+
+
+def freeze_for_finetune(model: nn.Module, mode: str) -> int:
+    """Freeze parts of a pretrained encoder (`train.finetune`); returns the number of frozen modules."""
+    if mode == "full":
+        return 0
+    enc = _unwrap(model).encoder
+    if mode == "freeze_encoder":
+        frozen = [enc]
+    else:
+        frozen = [m for m in enc.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    for m in frozen:
+        setattr(m, FROZEN, True)
+        m.requires_grad_(False)
+    return len(frozen)
+
+
+def train_mode(model: nn.Module) -> None:
+    """model.train(), except frozen modules (their BatchNorm statistics must not move)."""
+    model.train()
+    for m in model.modules():
+        if getattr(m, FROZEN, False):
+            m.eval()
+
+
 def _train_epoch(model: nn.Module, opt: torch.optim.Optimizer, sched: torch.optim.lr_scheduler.LRScheduler,
                  loss_fn: nn.CrossEntropyLoss, data: _Data, order: np.ndarray, tc: TrainConfig, rng: np.random.Generator,
                  gen: torch.Generator, device: torch.device,
                  amp: contextlib.AbstractContextManager[Any]) -> tuple[float, int, int]:
     """One pass over `order`: random crops, augmentation, optional mixup; (summed loss, n, correct).
     Batches with synthetic rows weigh them by `synthetic_weight`; all-real batches use `loss_fn` as is."""
-    model.train()
+    train_mode(model)
     tot_loss, tot_n, tot_correct = 0.0, 0, 0
     for i in range(0, len(order), tc.batch_size):
         idx = order[i : i + tc.batch_size]
@@ -427,6 +454,7 @@ def train_loop_per_worker(cfg: dict[str, Any]) -> dict[str, Any] | None:
     if cfg["pretrained"]:
         enc = {k[len("encoder."):]: v for k, v in load_state(cfg["pretrained"]).items() if k.startswith("encoder.")}
         model.encoder.load_state_dict(enc)
+        freeze_for_finetune(model, tc.finetune)
     model = ray.train.torch.prepare_model(model, move_to_device=device)
     opt = torch.optim.AdamW(model.parameters(), lr=tc.lr, weight_decay=tc.weight_decay)
     n_syn = int(data.synthetic.sum())

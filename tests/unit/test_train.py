@@ -150,6 +150,32 @@ def test_pretrained_encoder_is_loaded_before_fine_tuning(synth_root: Path, tmp_p
         train(p, manifest, features, tmp_path / "c", pretrained=tmp_path / "wrong")
 
 
+@pytest.mark.parametrize("mode", ["full", "freeze_bn", "freeze_encoder"])
+def test_finetune_mode_decides_what_of_the_pretrained_encoder_moves(
+        mode: str, synth_root: Path, tmp_path_factory: pytest.TempPathFactory, tmp_path: Path):
+    """DANN's gain lives largely in the encoder's BatchNorm statistics (they saw the target):
+    freeze_bn keeps them (and only them) while the rest trains; full re-estimates them."""
+    params, manifest, features = corpus(synth_root, tmp_path_factory)
+    p = tiny_params(params, **{"train.model": "egemaps_mlp", "train.epochs": 2, "train.lr": 1e-2,
+                               "train.finetune": mode, **NO_PYFUNC})
+    rec = load_model_dir(train(tiny_params(p, **{"train.epochs": 1}), manifest, features, tmp_path / "a").model_dir)
+    bns = {n: m for n, m in rec.model.encoder.named_modules() if isinstance(m, torch.nn.BatchNorm1d)}
+    assert bns
+    with torch.no_grad():
+        for m in bns.values():  # statistics no source batch would produce
+            m.running_mean.fill_(0.5)
+            m.running_var.fill_(2.0)
+    save_model_dir(tmp_path / "pre", rec.model, rec.meta)
+    pre = load_state(tmp_path / "pre")
+    tuned = load_state(train(p, manifest, features, tmp_path / "tuned", pretrained=tmp_path / "pre").model_dir)
+    bn_keys = [k for k in pre if any(k.startswith(f"encoder.{n}.") for n in bns) and "num_batches" not in k]
+    linear = "encoder.net.0.weight"
+    bn_same = all(torch.allclose(pre[k].float(), tuned[k].float()) for k in bn_keys)
+    assert bn_same == (mode != "full")
+    assert torch.allclose(pre[linear], tuned[linear]) == (mode == "freeze_encoder")
+    assert not torch.allclose(pre["head.weight"], tuned["head.weight"])
+
+
 def test_no_validation_speakers_is_an_error(synth_root: Path, tmp_path_factory: pytest.TempPathFactory, tmp_path: Path):
     params, manifest, features = corpus(synth_root, tmp_path_factory)
     df = read_manifest(manifest)
