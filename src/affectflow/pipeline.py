@@ -474,11 +474,64 @@ def submit(client: Any, package: str | Path, arguments: Mapping[str, Any], *, ex
     return {"run_id": res.run_id, "run_name": name, "experiment": experiment}
 
 
+SCHEDULE_PAGE_SIZE = 100
+"""Recurring runs asked for per `list_recurring_runs` page while looking for an existing schedule."""
+SCHEDULE_DESCRIPTION = "{pipeline} schedule; IR sha256 {digest}; caching {caching}"
+"""Description of the recurring runs `schedule` creates: it records the IR and the caching choice,
+which the API does not return in a comparable form, so a re-run can tell whether they changed."""
+
+
+class ScheduleConflictError(PipelineError):
+    """A recurring run of that name exists with other settings; `--replace` swaps it."""
+
+
+def _ir_digest(package: Path) -> str:
+    """sha256 of the IR as data (two compiles of one pipeline differ as text, see `_documents`)."""
+    import hashlib
+
+    canonical = json.dumps(_documents(package), sort_keys=True, default=str)
+    return hashlib.sha256(canonical.encode()).hexdigest()[:16]
+
+
+def _schedule_settings(run: Any) -> dict[str, Any]:
+    """What decides whether a recurring run is the one asked for, read from a kfp_server_api
+    V2beta1RecurringRun (max_concurrency is an int64, which the API sends as a string)."""
+    cron = getattr(getattr(getattr(run, "trigger", None), "cron_schedule", None), "cron", None)
+    concurrency = getattr(run, "max_concurrency", None)
+    return {"cron": " ".join(cron.split()) if cron else None,
+            "max_concurrency": int(concurrency) if concurrency is not None else None,
+            "params": dict(getattr(getattr(run, "runtime_config", None), "parameters", None) or {}),
+            "description": getattr(run, "description", None)}
+
+
+def recurring_runs_named(client: Any, name: str, *, experiment_id: str,
+                         namespace: str | None = None) -> list[Any]:
+    """Every recurring run of the experiment whose display name is `name`, all pages read."""
+    found: list[Any] = []
+    token, seen = "", set()
+    while True:
+        page = client.list_recurring_runs(experiment_id=experiment_id, namespace=namespace,
+                                          page_size=SCHEDULE_PAGE_SIZE, page_token=token)
+        found.extend(r for r in (getattr(page, "recurring_runs", None) or []) if r.display_name == name)
+        token = getattr(page, "next_page_token", None) or ""
+        if not token:
+            return found
+        if token in seen:
+            raise PipelineError(f"list_recurring_runs (experiment {experiment_id}): the server returned "
+                                f"page token {token!r} twice")
+        seen.add(token)
+
+
 def schedule(client: Any, package: str | Path, arguments: Mapping[str, Any], *, cron: str, experiment: str,
              max_concurrency: int, job_name: str | None = None, namespace: str | None = None,
-             cache: bool = True) -> dict[str, Any]:
-    """Create a recurring run from a 6-field cron; no catch-up of missed runs.
+             cache: bool = True, replace: bool = False) -> dict[str, Any]:
+    """Create a recurring run from a 6-field cron, once: no catch-up of missed runs.
 
+    Idempotent by name within the experiment: a recurring run of the same name with the same cron,
+    arguments, max_concurrency, IR and caching is returned as is (`action: unchanged`), so a second
+    call (a Helm upgrade, a re-run script) does not add a second weekly retraining. One with other
+    settings is refused with ScheduleConflictError unless `replace`: then the new one is created
+    first and the old one(s) deleted after, so a failed create leaves the old schedule running.
     The cron is validated before anything is sent, so a typo never reaches the cluster.
     """
     expr = validate_cron(cron)
@@ -489,9 +542,40 @@ def schedule(client: Any, package: str | Path, arguments: Mapping[str, Any], *, 
         raise PipelineError(f"{package}: compiled pipeline not found (run `affectflow pipeline compile`)")
     exp = client.create_experiment(name=experiment, namespace=namespace)
     name = job_name or f"{PIPELINE_NAME}-schedule"
+    description = SCHEDULE_DESCRIPTION.format(pipeline=PIPELINE_NAME, digest=_ir_digest(package),
+                                              caching="on" if cache else "off")
+    wanted = {"cron": expr, "max_concurrency": max_concurrency, "params": dict(arguments),
+              "description": description}
+    existing = recurring_runs_named(client, name, experiment_id=exp.experiment_id, namespace=namespace)
+    result = {"job_name": name, "experiment": experiment, "cron": expr, "max_concurrency": max_concurrency,
+              "no_catchup": True, "next": next_fire_times(expr)}
+    ids = [r.recurring_run_id for r in existing]
+    if len(existing) == 1 and _schedule_settings(existing[0]) == wanted:
+        return {"action": "unchanged", "recurring_run_id": ids[0], **result,
+                "mode": getattr(existing[0], "mode", None)}
+    if existing and not replace:
+        raise ScheduleConflictError(_conflict_message(name, experiment, existing, wanted))
     job = client.create_recurring_run(
-        experiment_id=exp.experiment_id, job_name=name, cron_expression=expr,
+        experiment_id=exp.experiment_id, job_name=name, description=description, cron_expression=expr,
         max_concurrency=max_concurrency, no_catchup=True, params=dict(arguments),
         pipeline_package_path=str(package), enabled=True, enable_caching=cache)
-    return {"recurring_run_id": job.recurring_run_id, "job_name": name, "cron": expr,
-            "max_concurrency": max_concurrency, "no_catchup": True, "next": next_fire_times(expr)}
+    for old in ids:
+        try:
+            client.delete_recurring_run(old)
+        except Exception as e:  # kfp_server_api ApiException, connection errors: say what is left
+            raise PipelineError(f"created recurring run {job.recurring_run_id} ({name!r}) but could not delete "
+                                f"the old one {old}: {e}; delete it in the Kubeflow UI or with "
+                                "kfp.Client().delete_recurring_run") from None
+    return {"action": "replaced" if ids else "created", "recurring_run_id": job.recurring_run_id, **result,
+            **({"replaced": ids} if ids else {})}
+
+
+def _conflict_message(name: str, experiment: str, existing: list[Any], wanted: dict[str, Any]) -> str:
+    ids = ", ".join(r.recurring_run_id for r in existing)
+    if len(existing) > 1:
+        return (f"{len(existing)} recurring runs named {name!r} in experiment {experiment!r} ({ids}): "
+                "pass --replace to delete them all and create one")
+    have = _schedule_settings(existing[0])
+    what = "; ".join(f"{k}: {have[k]!r} -> {wanted[k]!r}" for k in wanted if have[k] != wanted[k])
+    return (f"recurring run {ids} ({name!r}, experiment {experiment!r}) exists with other settings "
+            f"({what}): pass --replace to delete it and create the new one")

@@ -1,5 +1,6 @@
 """`affectflow pipeline ...`: compile/check, the cron rule, and upload / submit / schedule against a
-fake kfp.Client (no cluster): what is sent, and that a bad cron never reaches the client."""
+fake kfp.Client (no cluster): what is sent, that a bad cron never reaches the client, and that
+scheduling twice leaves one recurring run (found across list pages; changed settings need --replace)."""
 
 from __future__ import annotations
 
@@ -26,6 +27,9 @@ class FakeClient:
         self.host, self.namespace = host, namespace
         self.pipelines = dict(existing or {})
         self.calls: list[tuple[str, dict[str, Any]]] = []
+        self.recurring: dict[str, Any] = {}  # id -> V2beta1RecurringRun, in creation order
+        self.created = 0
+        self.fail_delete = False
         FakeClient.instances.append(self)
 
     def get_pipeline_id(self, name: str) -> str | None:
@@ -55,7 +59,44 @@ class FakeClient:
 
     def create_recurring_run(self, **kw: Any) -> Any:
         self.calls.append(("create_recurring_run", kw))
-        return SimpleNamespace(recurring_run_id="rr-1")
+        return self.add_recurring_run(kw["experiment_id"], kw["job_name"], kw["cron_expression"],
+                                      kw["max_concurrency"], kw["params"], kw.get("description"))
+
+    def add_recurring_run(self, experiment_id: str, name: str, cron: str, max_concurrency: int,
+                          params: dict[str, Any] | None = None, description: str | None = None) -> Any:
+        """Store a recurring run the way the API returns it: kfp_server_api models, the int64
+        max_concurrency as a string, no description unless one was sent."""
+        import kfp_server_api as api
+
+        self.created += 1
+        run = api.V2beta1RecurringRun(
+            recurring_run_id=f"rr-{self.created}", display_name=name, experiment_id=experiment_id,
+            description=description, max_concurrency=str(max_concurrency), no_catchup=True,
+            trigger=api.V2beta1Trigger(cron_schedule=api.V2beta1CronSchedule(cron=cron)),
+            runtime_config=api.V2beta1RuntimeConfig(parameters=dict(params or {})), mode=api.RecurringRunMode.ENABLE)
+        self.recurring[run.recurring_run_id] = run
+        return run
+
+    def list_recurring_runs(self, page_token: str = "", page_size: int = 10, sort_by: str = "",
+                            experiment_id: str | None = None, namespace: str | None = None,
+                            filter: str | None = None) -> Any:
+        """Paginated like the API: the token is an offset here, and absent on the last page."""
+        import kfp_server_api as api
+
+        self.calls.append(("list_recurring_runs", {"page_token": page_token, "page_size": page_size,
+                                                   "experiment_id": experiment_id, "namespace": namespace}))
+        runs = [r for r in self.recurring.values() if experiment_id in (None, r.experiment_id)]
+        start = int(page_token or 0)
+        end = start + page_size
+        return api.V2beta1ListRecurringRunsResponse(recurring_runs=runs[start:end] or None, total_size=len(runs),
+                                                    next_page_token=str(end) if end < len(runs) else None)
+
+    def delete_recurring_run(self, recurring_run_id: str) -> dict[str, Any]:
+        self.calls.append(("delete_recurring_run", {"recurring_run_id": recurring_run_id}))
+        if self.fail_delete:
+            raise RuntimeError("(403) Forbidden")
+        del self.recurring[recurring_run_id]
+        return {}
 
     def names(self) -> list[str]:
         return [c[0] for c in self.calls]
@@ -143,6 +184,101 @@ def test_schedule_validates_before_sending(package: Path) -> None:
     assert client.calls == []
 
 
+# ----------------------------------------------------------------------------- idempotent schedule
+WEEKLY = {"cron": "0 0 3 * * 1", "experiment": "affectflow", "max_concurrency": 1}
+
+
+def creates(client: FakeClient) -> int:
+    return client.names().count("create_recurring_run")
+
+
+def test_scheduling_twice_leaves_one_recurring_run(package: Path) -> None:
+    client = FakeClient("http://kfp")
+    first = P.schedule(client, package, {"train__epochs": 7}, **WEEKLY)
+    again = P.schedule(client, package, {"train__epochs": 7}, **WEEKLY)
+    assert (first["action"], again["action"]) == ("created", "unchanged")
+    assert again["recurring_run_id"] == first["recurring_run_id"] == "rr-1"
+    assert list(client.recurring) == ["rr-1"] and creates(client) == 1
+    assert "delete_recurring_run" not in client.names()
+
+
+def test_the_existing_schedule_is_found_on_a_later_page(package: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(P, "SCHEDULE_PAGE_SIZE", 2)
+    client = FakeClient("http://kfp")
+    for k in range(5):  # other schedules of the experiment fill the first pages
+        client.add_recurring_run("exp-1", f"other-{k}", "0 0 1 * * *", 1)
+    client.add_recurring_run("exp-2", f"{P.PIPELINE_NAME}-schedule", "0 0 1 * * *", 1)  # another experiment
+    first = P.schedule(client, package, {}, **WEEKLY)
+    assert first["action"] == "created"
+    client.calls.clear()
+    assert P.schedule(client, package, {}, **WEEKLY)["action"] == "unchanged"
+    tokens = [kw["page_token"] for name, kw in client.calls if name == "list_recurring_runs"]
+    assert tokens == ["", "2", "4"]  # 6 runs in exp-1, 2 a page: the new one is on the third
+    assert all(kw["experiment_id"] == "exp-1" and kw["page_size"] == 2
+               for name, kw in client.calls if name == "list_recurring_runs")
+    with pytest.raises(P.ScheduleConflictError, match=first["recurring_run_id"]):
+        P.schedule(client, package, {}, **{**WEEKLY, "cron": "0 0 4 * * 1"})
+
+
+@pytest.mark.parametrize("change,why", [
+    ({"cron": "0 30 2 * * *"}, "cron: '0 0 3 \\* \\* 1' -> '0 30 2 \\* \\* \\*'"),
+    ({"max_concurrency": 2}, "max_concurrency: 1 -> 2"),
+    ({"arguments": {"train__epochs": 9}}, "params: .*7.* -> .*9"),
+    ({"cache": False}, "caching on.* -> .*caching off"),
+])
+def test_changed_settings_are_refused_naming_the_recurring_run(package: Path, change: dict[str, Any],
+                                                               why: str) -> None:
+    client = FakeClient("http://kfp")
+    P.schedule(client, package, {"train__epochs": 7}, **WEEKLY)
+    arguments = change.pop("arguments", {"train__epochs": 7})
+    with pytest.raises(P.ScheduleConflictError, match=why) as e:
+        P.schedule(client, package, arguments, **{**WEEKLY, **change})
+    assert "rr-1" in str(e.value) and "--replace" in str(e.value)
+    assert creates(client) == 1 and list(client.recurring) == ["rr-1"]
+
+
+def test_a_recompiled_ir_is_a_change_but_a_reformatted_one_is_not(package: Path) -> None:
+    client = FakeClient("http://kfp")
+    P.schedule(client, package, {}, **WEEKLY)
+    package.write_text("pipelineInfo:\n  name: affectflow-train\n")  # same YAML, other text
+    assert P.schedule(client, package, {}, **WEEKLY)["action"] == "unchanged"
+    package.write_text("pipelineInfo: {name: affectflow-train, description: new}\n")
+    with pytest.raises(P.ScheduleConflictError, match="IR sha256"):
+        P.schedule(client, package, {}, **WEEKLY)
+
+
+def test_replace_creates_the_new_schedule_and_deletes_the_old(package: Path) -> None:
+    client = FakeClient("http://kfp")
+    P.schedule(client, package, {}, **WEEKLY)
+    res = P.schedule(client, package, {}, **{**WEEKLY, "cron": "0 30 2 * * *"}, replace=True)
+    assert res["action"] == "replaced" and res["replaced"] == ["rr-1"] and res["recurring_run_id"] == "rr-2"
+    assert client.names()[-2:] == ["create_recurring_run", "delete_recurring_run"]  # the old one goes last
+    assert list(client.recurring) == ["rr-2"]
+    assert client.recurring["rr-2"].trigger.cron_schedule.cron == "0 30 2 * * *"
+    # unchanged settings with --replace: nothing is replaced
+    assert P.schedule(client, package, {}, **{**WEEKLY, "cron": "0 30 2 * * *"}, replace=True)["action"] == "unchanged"
+
+
+def test_duplicates_from_earlier_runs_are_refused_then_collapsed(package: Path) -> None:
+    client = FakeClient("http://kfp")
+    name = f"{P.PIPELINE_NAME}-schedule"
+    for _ in range(2):  # what the old `schedule` left after two calls
+        client.add_recurring_run("exp-1", name, "0 0 3 * * 1", 1)
+    with pytest.raises(P.ScheduleConflictError, match=r"2 recurring runs .*\(rr-1, rr-2\)"):
+        P.schedule(client, package, {}, **WEEKLY)
+    assert creates(client) == 0
+    res = P.schedule(client, package, {}, **WEEKLY, replace=True)
+    assert res["replaced"] == ["rr-1", "rr-2"] and list(client.recurring) == ["rr-3"]
+
+
+def test_a_failed_delete_names_both_recurring_runs(package: Path) -> None:
+    client = FakeClient("http://kfp")
+    P.schedule(client, package, {}, **WEEKLY)
+    client.fail_delete = True
+    with pytest.raises(P.PipelineError, match=r"created recurring run rr-2 .* delete the old one rr-1: \(403\)"):
+        P.schedule(client, package, {}, **{**WEEKLY, "max_concurrency": 3}, replace=True)
+
+
 def test_client_needs_a_host() -> None:
     with pytest.raises(P.PipelineError, match=r"pipeline\.host"):
         P.kfp_client(load_params(None), factory=FakeClient)
@@ -184,6 +320,24 @@ def test_cli_schedule_rejects_a_bad_cron_without_calling_the_cluster(
     assert rc == 1
     assert "6 fields" in capsys.readouterr().err
     assert all(c.calls == [] for c in fake_kfp.instances)
+
+
+def test_cli_schedule_is_idempotent_and_replace_swaps(monkeypatch: pytest.MonkeyPatch, package: Path,
+                                                      capsys: pytest.CaptureFixture[str]) -> None:
+    import kfp
+
+    cluster = FakeClient("http://kfp")  # one cluster for every command below
+    monkeypatch.setattr(kfp, "Client", lambda **kw: cluster)
+    argv = ["pipeline", "--params", str(REPO / "params.yaml"), "schedule", "--host", "http://kfp",
+            "--package", str(package), "--cron", "0 0 3 * * 1"]
+    assert cli.main(argv) == 0 and "schedule created" in capsys.readouterr().out
+    assert cli.main(argv) == 0 and "schedule unchanged" in capsys.readouterr().out
+    changed = [*argv[:-1], "0 0 4 * * 1"]
+    assert cli.main(changed) == 1
+    err = capsys.readouterr().err
+    assert "rr-1" in err and "--replace" in err
+    assert cli.main([*changed, "--replace"]) == 0 and "schedule replaced" in capsys.readouterr().out
+    assert list(cluster.recurring) == ["rr-2"] and cluster.names().count("create_recurring_run") == 2
 
 
 def test_cli_submit_carries_the_data_version(fake_kfp: type[FakeClient], package: Path) -> None:

@@ -66,8 +66,12 @@ def _args(p: argparse.ArgumentParser) -> None:
     sc.add_argument("--cron", help="6-field cron, seconds first (default: pipeline.schedule_cron)")
     sc.add_argument("--max-concurrency", type=int, help="default: pipeline.max_concurrency")
     sc.add_argument("--experiment", default="affectflow")
-    sc.add_argument("--job-name")
+    sc.add_argument("--job-name", help="recurring run name (default: affectflow-train-schedule); one per "
+                    "experiment: re-running with the same settings changes nothing")
     sc.add_argument("--no-cache", action="store_true")
+    sc.add_argument("--replace", action="store_true",
+                    help="if a recurring run of this name exists with other settings, create the new one and "
+                         "delete the old (without it: refused)")
 
 
 def _base(a: argparse.Namespace) -> Params:
@@ -145,8 +149,8 @@ def _pipeline(params: Params, a: argparse.Namespace) -> int:
                          experiment=a.experiment,
                          max_concurrency=a.max_concurrency or params.pipeline.max_concurrency,
                          job_name=a.job_name, namespace=a.namespace or params.pipeline.namespace,
-                         cache=not a.no_cache)
-        print_summary("scheduled", {**res, "arguments": args})
+                         cache=not a.no_cache, replace=a.replace)
+        print_summary(f"schedule {res['action']}", {**res, "arguments": args})
         return 0
     raise ValueError(f"unknown pipeline action {a.action!r}")
 
