@@ -19,7 +19,6 @@ import contextlib
 import hashlib
 import json
 import logging
-import math
 import os
 import shutil
 import tempfile
@@ -285,6 +284,15 @@ def epoch_size(tc: TrainConfig, n_real: int, n_synthetic: int, epoch: int) -> in
     return n_real + synthetic_in_epoch(tc, n_synthetic, epoch)
 
 
+def batch_slices(n: int, batch_size: int) -> list[slice]:
+    """Consecutive batches over n rows; a trailing batch of one joins the batch before it, since
+    BatchNorm cannot normalise a single vector (epoch sizes vary under a fade, so it happens)."""
+    starts = list(range(0, n, batch_size))
+    if len(starts) > 1 and n - starts[-1] == 1:
+        starts.pop()
+    return [slice(a, b) for a, b in zip(starts, [*starts[1:], n], strict=False)]
+
+
 def _epoch_order(tc: TrainConfig, y: np.ndarray, epoch: int, n_classes: int,
                  synthetic: np.ndarray | None = None) -> np.ndarray:
     """This epoch's sample order (shared by all workers): a permutation, or a class-balanced draw,
@@ -395,8 +403,8 @@ def _train_epoch(model: nn.Module, opt: torch.optim.Optimizer, sched: torch.opti
     Batches with synthetic rows weigh them by `synthetic_weight`; all-real batches use `loss_fn` as is."""
     train_mode(model)
     tot_loss, tot_n, tot_correct = 0.0, 0, 0
-    for i in range(0, len(order), tc.batch_size):
-        idx = order[i : i + tc.batch_size]
+    for batch in batch_slices(len(order), tc.batch_size):
+        idx = order[batch]
         xs = [random_crop(data.x[j], tc.crop_frames, rng) if data.x[j].ndim > 1 else data.x[j] for j in idx]
         x, lens = collate(xs)
         # Masks are drawn on the CPU generator (reproducible) and applied where the batch lives.
@@ -461,7 +469,7 @@ def train_loop_per_worker(cfg: dict[str, Any]) -> dict[str, Any] | None:
     n_real = len(data.y) - n_syn
     # Equal shards (DDP needs the same number of steps on every worker); a fading synthetic share
     # makes later epochs shorter, and the schedule counts the steps of each.
-    steps = sum(max(1, math.ceil((epoch_size(tc, n_real, n_syn, e) // world) / tc.batch_size))
+    steps = sum(max(1, len(batch_slices(epoch_size(tc, n_real, n_syn, e) // world, tc.batch_size)))
                 for e in range(tc.epochs))
     sched = _scheduler(tc, opt, steps)
     sample_w = data.weight if n_syn and tc.synthetic_weight != 1 else None

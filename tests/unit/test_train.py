@@ -3,6 +3,7 @@ encoders, k-fold, and the errors that protect honest numbers."""
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 from pathlib import Path
@@ -22,6 +23,7 @@ from affectflow.train import (
     _class_weights,
     _epoch_order,
     _epoch_rng,
+    batch_slices,
     epoch_size,
     fade_end,
     plan,
@@ -283,6 +285,13 @@ def test_constant_schedule_keeps_the_original_epoch_order():
     assert fade_end(TrainConfig(epochs=1, synthetic_schedule="fade", synthetic_fade_fraction=0.1)) == 1
 
 
+@pytest.mark.parametrize(("n", "sizes"), [(64, [32, 32]), (65, [32, 33]), (66, [32, 32, 2]), (1, [1]), (0, [])])
+def test_a_trailing_batch_of_one_joins_the_batch_before(n: int, sizes: list[int]):
+    batches = batch_slices(n, 32)
+    assert [b.stop - b.start for b in batches] == sizes
+    assert sum(sizes) == n and all(a.stop == b.start for a, b in itertools.pairwise(batches))
+
+
 def test_synthetic_weight_scales_the_loss_contribution_of_synthetic_rows():
     torch.manual_seed(0)
     logits, y = torch.randn(12, 3), torch.tensor([0, 1, 2, 0, 1, 2, 0, 0, 1, 2, 2, 1])
@@ -333,8 +342,11 @@ def test_fade_trains_to_real_only_epochs_and_resumes_the_same(synth_root: Path, 
                                                              tmp_path: Path):
     params, manifest, features = corpus(synth_root, tmp_path_factory)
     _synthetic_set(manifest, features, tmp_path)
+    n_real = int((read_manifest(manifest)["split"] == "train").sum())
+    # batch n_real - 1: the real-only epochs end on a batch of one (BatchNorm1d in the MLP)
     knobs = {"train.model": "egemaps_mlp", "train.epochs": 4, "train.patience": 1, "train.synthetic_ratio": 0.5,
-             "train.synthetic_schedule": "fade", "train.synthetic_weight": 0.5, **NO_PYFUNC}
+             "train.synthetic_schedule": "fade", "train.synthetic_weight": 0.5, "train.batch_size": n_real - 1,
+             **NO_PYFUNC}
     p = tiny_params(params, **knobs)
     tr = train(p, manifest, features, tmp_path / "a", synthetic=tmp_path)
     n_syn = tr.summary["n_synthetic"]
