@@ -15,6 +15,13 @@ memory is bounded by `batch_size` windows whatever the file length.
 Why per-file errors: one unreadable file in a folder of thousands should cost that file, not the
 run. Every failure (missing, undecodable, empty, NaN samples, a clip the model cannot take) is
 recorded in the output with its reason and reported on stderr; the others are still predicted.
+
+Why s3:// inputs are downloaded first: soundfile reads local files only, and seeking through a long
+file window by window over HTTP would cost a request per window. An `s3://` object or prefix (and an
+`s3://` row of a manifest) is fetched into a temporary folder for the run, in parallel
+(`s3.max_concurrency`), and removed afterwards; the output keeps the URI as the row's path. A missing
+object is that input's error, as a missing local file is; rejected credentials or an unreachable
+endpoint stop the run, since every S3 input would fail the same way.
 """
 
 from __future__ import annotations
@@ -25,11 +32,12 @@ import io
 import json
 import os
 import sys
+import tempfile
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any, Protocol
 
 import numpy as np
@@ -41,6 +49,7 @@ from affectflow.config import LogMelConfig, Params
 from affectflow.corpora import AUDIO_EXTENSIONS, audio_files
 from affectflow.inference import META_FILE, Featurizer, load_model_dir, predict_features
 from affectflow.progress import progress
+from affectflow.s3 import SCHEME, S3NotFoundError, S3Store, S3Uri, is_s3, store_for
 from affectflow.storage import atomic_write_text
 
 MANIFEST_SUFFIXES = (".csv", ".parquet")
@@ -74,12 +83,44 @@ def manifest_paths(path: Path) -> list[str]:
     return out
 
 
-def collect_inputs(paths: Sequence[str | Path]) -> list[str]:
+def _is_audio_name(name: str) -> bool:
+    """The rule of `affectflow.corpora.audio_files`: an audio suffix, not hidden (`._x.wav` forks)."""
+    return Path(name).suffix.lower() in AUDIO_EXTENSIONS and not name.startswith(".")
+
+
+def s3_inputs(uri: str, store: S3Store) -> list[str]:
+    """An s3:// argument as object URIs: the object itself, else the audio objects under it as a
+    prefix (sorted by key). A URI with neither is returned as is: it fails as a missing file when
+    fetched, naming the bucket and key."""
+    u = S3Uri.parse(uri)
+    if Path(u.key).suffix.lower() in MANIFEST_SUFFIXES:
+        raise PredictInputError(f"{uri}: manifests are read from local files only; download it "
+                                "(its s3:// rows are fetched) or pass the prefix holding the audio")
+    try:
+        listed = store.list(uri)
+    except S3NotFoundError:  # no bucket: the fetch reports it for this input
+        return [uri]
+    if u.key and not u.key.endswith("/") and any(o.key == u.key for o in listed):
+        return [uri]
+    under = [o.key for o in listed if o.key.startswith(u.prefix)]
+    if not under:
+        return [uri]
+    found = [f"{SCHEME}{u.bucket}/{key}" for key in under if _is_audio_name(PurePosixPath(key).name)]
+    if not found:
+        raise PredictInputError(f"{uri}: prefix holds no audio objects ({' '.join(AUDIO_EXTENSIONS)})")
+    return found
+
+
+def collect_inputs(paths: Sequence[str | Path], store: S3Store | None = None) -> list[str]:
     """Expand the PATH arguments: folders recursively (audio suffixes of `affectflow.corpora`),
-    manifests to their `path` column, anything else as one file (a missing file becomes a
-    per-file error later, not a failure of the whole run)."""
+    s3:// prefixes to their audio objects (`store`, default: endpoint and credentials from the
+    environment), manifests to their `path` column, anything else as one file (a missing file
+    becomes a per-file error later, not a failure of the whole run)."""
     out: list[str] = []
     for arg in paths:
+        if is_s3(arg):
+            out.extend(s3_inputs(str(arg), store or S3Store()))
+            continue
         p = Path(arg)
         if p.is_dir():
             found = audio_files(p)
@@ -443,36 +484,76 @@ def _decode_ahead(reader: WindowReader, paths: Sequence[str], workers: int,
                 yield i, e
 
 
+@contextlib.contextmanager
+def fetched(files: Sequence[str], store: S3Store) -> Iterator[tuple[list[str], dict[int, str]]]:
+    """Local paths for `files` (s3:// objects downloaded into a temporary folder, removed on exit;
+    others unchanged) and the reason per index of those that could not be fetched.
+
+    Only a missing object (or bucket) or a malformed URI is an input's own error; any other S3
+    failure (credentials, endpoint) is raised, since it would fail every S3 input alike."""
+    local, errors = list(files), {}
+    remote = [i for i, f in enumerate(files) if is_s3(f)]
+    if not remote:
+        yield local, errors
+        return
+    with tempfile.TemporaryDirectory(prefix="affectflow-predict-") as tmp:
+
+        def fetch(i: int) -> str | Exception:
+            # One folder per input: names repeat across prefixes, and a key such as "a/../../x"
+            # must not write outside the temporary folder. The name keeps the audio suffix.
+            try:
+                name = PurePosixPath(S3Uri.parse(files[i]).key).name or "object"
+                return str(store.download(files[i], Path(tmp) / str(i) / name))
+            except (S3NotFoundError, ValueError) as e:
+                return e
+
+        with ThreadPoolExecutor(store.settings.max_concurrency, thread_name_prefix="s3-fetch") as pool:
+            got = progress(zip(remote, pool.map(fetch, remote), strict=True), "fetch s3://", total=len(remote), unit="file")
+            for i, res in got:
+                if isinstance(res, Exception):  # the message starts with the URI, which the row names already
+                    errors[i] = str(res).removeprefix(f"{files[i]}: ").removeprefix("cannot download: ")
+                else:
+                    local[i] = res
+        yield local, errors
+
+
 def predict_paths(params: Params, paths: Sequence[str | Path], model_uri: str | None = None,
                   backend: Backend | None = None, report: Callable[[str], None] | None = None) -> PredictResult:
-    """Class probabilities for every input (files, folders, manifests); failures are recorded per
-    file and passed to `report` (default: printed on stderr) as they happen."""
+    """Class probabilities for every input (files, folders, manifests, s3:// objects and prefixes);
+    failures are recorded per file and passed to `report` (default: printed on stderr) as they
+    happen. Rows keep the input's name: an s3:// URI stays the URI, not the temporary copy."""
     cfg = params.predict
-    files = collect_inputs(paths)
+    store = store_for(params)  # its boto3 client is made on first use: free without s3:// inputs
+    files = collect_inputs(paths, store)
     backend = backend or load_backend(params, model_uri)
     say = report or (lambda msg: print(msg, file=sys.stderr))
     reader = WindowReader(backend.sample_rate, cfg.max_window_s, cfg.hop_s)
     results = [FilePrediction(path=f) for f in files]
     batcher = _Batcher(backend, results, cfg.batch_size, say)
     lookahead = max(cfg.batch_size, 2 * cfg.decode_workers)
-    decoded = _decode_ahead(reader, files, cfg.decode_workers, lookahead)
-    for i, got in progress(decoded, "predict", total=len(files), unit="file"):
-        res = results[i]
-        if isinstance(got, BaseException):
-            fail(res, _reason(got), say)
-            continue
-        res.duration_s, res.windows = got.duration_s, got.n_windows
-        windows = got.windows()
-        while True:
-            try:
-                wave = next(windows)
-            except StopIteration:
-                break
-            except Exception as e:  # a window that cannot be read fails its file only
-                fail(res, _reason(e), say)
-                break
-            batcher.add(i, wave)
-    batcher.flush()
+    with fetched(files, store) as (local, missing):
+        for i, reason in missing.items():
+            fail(results[i], reason, say)
+        decoded = _decode_ahead(reader, local, cfg.decode_workers, lookahead)
+        for i, got in progress(decoded, "predict", total=len(files), unit="file"):
+            res = results[i]
+            if res.error is not None:  # not fetched from S3: reported above
+                continue
+            if isinstance(got, BaseException):
+                fail(res, _reason(got), say)
+                continue
+            res.duration_s, res.windows = got.duration_s, got.n_windows
+            windows = got.windows()
+            while True:
+                try:
+                    wave = next(windows)
+                except StopIteration:
+                    break
+                except Exception as e:  # a window that cannot be read fails its file only
+                    fail(res, _reason(e), say)
+                    break
+                batcher.add(i, wave)
+        batcher.flush()
     return PredictResult(backend.uri, list(backend.classes), results)
 
 

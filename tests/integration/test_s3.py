@@ -305,6 +305,83 @@ def test_ingest_then_features_from_s3(s3_env: S3Server, synth_params, synth_root
     assert s3.exists(out_uri + "/index.parquet")
 
 
+# --------------------------------------------------------------------------- predict on s3://
+class _EnergyBackend:
+    """Scores computed from the waveform (loudness and length): equal scores mean the same audio
+    reached the model. Stands in for a recognizer; what is tested is the fetching."""
+
+    uri, classes, sample_rate = "energy", ["quiet", "loud", "long"], 16000
+
+    def predict(self, waves: list) -> object:
+        import numpy as np
+
+        rms = np.array([float(np.sqrt(np.mean(np.square(w)))) for w in waves])
+        secs = np.array([len(w) / self.sample_rate for w in waves])
+        raw = np.stack([1.0 / (1.0 + rms), rms * 4, secs], axis=1)
+        return raw / raw.sum(axis=1, keepdims=True)
+
+
+def test_predict_reads_s3_objects_and_prefixes(s3_env: S3Server, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                               request: pytest.FixtureRequest) -> None:
+    """`affectflow predict s3://...`: a prefix expands to its audio objects, an object is one input, a
+    missing one is that row's error naming bucket and key; rows keep the URI; the temporary copies go."""
+    import numpy as np
+    import pandas as pd
+    import soundfile as sf
+
+    from affectflow.config import load_params
+    from affectflow.predict import PredictInputError, collect_inputs, predict_paths
+    from affectflow.synth import utterance
+
+    local = tmp_path / "incoming"
+    clips = {"a.wav": ("happy", 1.0), "sub/b.flac": ("sad", 1.4), "c.wav": ("angry", 0.7)}
+    for name, (emotion, secs) in clips.items():
+        (local / name).parent.mkdir(parents=True, exist_ok=True)
+        sf.write(local / name, utterance(emotion, speaker=1, seed=len(name), duration=secs), 16000)
+    (local / "notes.txt").write_text("not audio")
+    (local / "._a.wav").write_bytes(b"\x00\x05\x16\x07 macOS resource fork")
+    prefix = _uri(request, "incoming")
+    s3.publish(local, prefix)
+    s3.publish(tmp_path / "incoming" / "sub", _uri(request, "other"))
+    single, missing = _uri(request, "other", "b.flac"), _uri(request, "incoming", "gone.wav")
+    manifest = tmp_path / "list.csv"
+    pd.DataFrame({"path": [f"{prefix}/c.wav"]}).to_csv(manifest, index=False)
+
+    expanded = [f"{prefix}/{k}" for k in ("a.wav", "c.wav", "sub/b.flac")]  # by key; no txt, no ._ fork
+    assert collect_inputs([prefix]) == collect_inputs([prefix + "/"]) == expanded
+
+    temp_root = tmp_path / "tmp"
+    temp_root.mkdir()
+    monkeypatch.setattr("tempfile.tempdir", str(temp_root))
+    params = load_params(None, {"predict.decode_workers": 1, "s3.max_concurrency": 2})
+    said: list[str] = []
+    res = predict_paths(params, [prefix, single, missing, manifest], backend=_EnergyBackend(), report=said.append)
+    assert [p.path for p in res.predictions] == [*expanded, single, missing, f"{prefix}/c.wav"]
+    [failed] = res.failed
+    assert failed.path == missing and failed.error == (
+        f"no such object (bucket '{BUCKET}', key '{request.node.name}/incoming/gone.wav')")
+    assert said == [f"error: {missing}: {failed.error}"]
+    assert list(temp_root.iterdir()) == []  # the downloads were removed
+
+    # The same audio as the local files, file by file (and the files are told apart).
+    direct = {p.path: p.probabilities for p in
+              predict_paths(params, [local / k for k in ("a.wav", "c.wav", "sub/b.flac")], backend=_EnergyBackend()).predictions}
+    got = {p.path: p.probabilities for p in res.predictions if p.error is None}
+    for key in ("a.wav", "c.wav", "sub/b.flac"):
+        assert np.allclose(got[f"{prefix}/{key}"], direct[str(local / key)])
+    assert np.allclose(got[single], direct[str(local / "sub/b.flac")])
+    assert not np.allclose(direct[str(local / "a.wav")], direct[str(local / "c.wav")])
+
+    with pytest.raises(PredictInputError, match=re.escape(f"{_uri(request, 'docs')}: prefix holds no audio")):
+        s3.upload(local / "notes.txt", _uri(request, "docs", "notes.txt"))
+        collect_inputs([_uri(request, "docs")])
+    nobucket = predict_paths(params, ["s3://nobucket-here/x.wav"], backend=_EnergyBackend(), report=said.append)
+    assert "bucket 'nobucket-here' does not exist" in nobucket.predictions[0].error
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "not-the-secret")  # every S3 input would fail: the run stops
+    with pytest.raises(s3.S3CredentialsError, match=re.escape(prefix)):
+        predict_paths(params, [prefix], backend=_EnergyBackend())
+
+
 # --------------------------------------------------------------------------- MLflow and DVC on S3
 def test_mlflow_artifacts_go_to_s3(s3_env: S3Server, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                    request: pytest.FixtureRequest) -> None:

@@ -1,4 +1,4 @@
-"""`affectflow predict PATH...`: class probabilities for audio files, folders or manifests.
+"""`affectflow predict PATH...`: class probabilities for audio files, folders, manifests or s3:// URIs.
 
 Thin wrapper over `affectflow.predict`. The predictions go to stdout (or --out) so they can be piped;
 per-file errors and the summary line go to stderr. Exit code 1 when any file failed, unless
@@ -19,7 +19,8 @@ FORMATS = ("json", "csv")
 
 def _predict_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("paths", nargs="+", metavar="PATH",
-                   help="audio file, folder (searched recursively) or manifest (.csv / .parquet with a 'path' column)")
+                   help="audio file, folder (searched recursively), manifest (.csv / .parquet with a 'path' "
+                        "column) or s3:// object or prefix (fetched into a temporary folder; rows keep the URI)")
     p.add_argument("--model", dest="model_uri",
                    help="MLflow model URI (models:/<name>@champion, models:/<name>/<version>, runs:/<run>/model, "
                         "...) or a local model folder (default: predict.model_uri, else "
