@@ -330,8 +330,11 @@ def test_registration_job_uploads_and_schedules(rendered: dict) -> None:
 
 
 def test_registration_job_on_upgrade_and_from_a_configmap() -> None:
+    # schedule --replace is idempotent: an upgrade re-schedules (a new IR replaces the recurring run)
     _, cmds = _job_commands(render({}, install=False))
-    assert [c[2] for c in cmds] == ["upload"]  # schedule only at install: it is not idempotent
+    assert [c[2] for c in cmds] == ["upload", "schedule"] and "--replace" in cmds[1]
+    _, cmds = _job_commands(render({"registration": {"schedule": {"onUpgrade": False}}}, install=False))
+    assert [c[2] for c in cmds] == ["upload"]
     job, cmds = _job_commands(render({"registration": {"configMap": "my-pipeline",
                                                        "extraSet": ["train.epochs=5"]}}))
     assert "--package=/pipelines/affectflow-train.yaml" in cmds[0] and "--set=train.epochs=5" in cmds[1]
