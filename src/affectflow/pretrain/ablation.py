@@ -347,7 +347,8 @@ def summarise(records: list[dict[str, Any]], pred: pd.DataFrame, names: list[str
         "n_target_clips": int(pred.drop_duplicates("utt_id").shape[0]), "device": str(device),
         "torch_threads": torch.get_num_threads(), "wall_seconds": round(seconds, 1),
         "pretrain": params.pretrain.model_dump(mode="json", exclude={"ablation"}),
-        "mlp": params.train.mlp.model_dump(mode="json"), "table": table, "grid": grid, "verdict": verdict,
+        "mlp": params.train.mlp.model_dump(mode="json"), "train_finetune": params.train.finetune,
+        "table": table, "grid": grid, "verdict": verdict,
         "skipped": skipped, "runs": records,
     }
 
