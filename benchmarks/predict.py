@@ -20,13 +20,10 @@ import argparse
 import os
 import platform
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
 import time
-import urllib.error
-import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -142,30 +139,17 @@ def batch_rows(params: Any, files: list[str], uri: str, batch_sizes: list[int], 
     return rows
 
 
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _ready(url: str) -> bool:
-    try:
-        with urllib.request.urlopen(f"{url}/ping", timeout=2) as r:
-            return r.status == 200
-    except (urllib.error.URLError, ConnectionError, TimeoutError):
-        return False
-
-
 def serve_latency(uri: str, files: list[str], n: int, sr: int, tmp: Path, threads: int) -> dict[str, float]:
     import json
 
     import numpy as np
 
     from affectflow import audio
+    from affectflow.netutil import free_port, http_ok
     from affectflow.predict import invocations_payload, post_invocations
 
     bin_dir = Path(sys.executable).parent
-    port = _free_port()
+    port = free_port()
     url = f"http://127.0.0.1:{port}"
     env = {**os.environ, "MLFLOW_TRACKING_URI": uri, "MLFLOW_REGISTRY_URI": uri, "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}"}
     if threads:  # torch in the server reads these at start-up
@@ -176,7 +160,7 @@ def serve_latency(uri: str, files: list[str], n: int, sr: int, tmp: Path, thread
     t0 = time.perf_counter()
     proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=tmp, start_new_session=True)
     try:
-        while not _ready(url):
+        while not http_ok(f"{url}/ping"):
             if proc.poll() is not None or time.perf_counter() - t0 > STARTUP_TIMEOUT_S:
                 raise RuntimeError(f"server did not start: {(tmp / 'serve.log').read_text()[-2000:]}")
             time.sleep(0.25)

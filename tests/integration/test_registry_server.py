@@ -10,12 +10,9 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -23,6 +20,7 @@ import pytest
 from mlflow.tracking._tracking_service.utils import _use_tracking_uri as use_tracking_uri
 
 from affectflow.config import Params, load_params
+from affectflow.netutil import free_port, http_ok
 from affectflow.registry import CHALLENGER, CHAMPION, HISTORY_TAG, Registry, register
 
 STARTUP_TIMEOUT_S = 180.0
@@ -31,25 +29,11 @@ SHUTDOWN_TIMEOUT_S = 15.0
 CLASSES = ("neutral", "happy", "sad", "angry")
 
 
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _healthy(url: str) -> bool:
-    try:
-        with urllib.request.urlopen(f"{url}/health", timeout=2) as r:
-            return r.status == 200
-    except (urllib.error.URLError, ConnectionError, TimeoutError):
-        return False
-
-
 @pytest.fixture(scope="session")
 def mlflow_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """URL of a running `mlflow server` backed by sqlite in a temporary folder."""
     root = tmp_path_factory.mktemp("mlflow-server")
-    port = _free_port()
+    port = free_port()
     mlflow_bin = Path(sys.executable).with_name("mlflow")
     cmd = [str(mlflow_bin), "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
            "--backend-store-uri", f"sqlite:///{root / 'mlflow.db'}",
@@ -61,7 +45,7 @@ def mlflow_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     url = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + STARTUP_TIMEOUT_S
-        while not _healthy(url):
+        while not http_ok(f"{url}/health"):
             if proc.poll() is not None or time.monotonic() > deadline:
                 tail = (root / "server.log").read_text(errors="replace")[-3000:]
                 pytest.fail(f"mlflow server did not come up on {url} (exit code {proc.poll()}):\n{tail}")

@@ -13,12 +13,9 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -29,6 +26,7 @@ import pytest
 from affectflow import audio
 from affectflow.config import Params
 from affectflow.manifest import read_manifest
+from affectflow.netutil import free_port, http_ok
 from affectflow.predict import invocations_payload, post_invocations, predict_paths
 from affectflow.registry import CHAMPION, resolve_uri
 
@@ -44,20 +42,6 @@ TINY = {
     "registry.model_name": "affectflow-serve-test",
     "predict.decode_workers": 1, "predict.threads": 1,
 }
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _ready(url: str) -> bool:
-    try:
-        with urllib.request.urlopen(f"{url}/ping", timeout=2) as r:
-            return r.status == 200
-    except (urllib.error.URLError, ConnectionError, TimeoutError):
-        return False
 
 
 def _with(params: Params, overrides: dict[str, Any]) -> Params:
@@ -96,7 +80,7 @@ def served(synth_params: Params, tmp_path: Path) -> Iterator[dict[str, Any]]:
     killed at teardown."""
     params = _with(synth_params, TINY)
     trained = train_and_register(params, tmp_path / "work")
-    port = _free_port()
+    port = free_port()
     bin_dir = Path(sys.executable).parent
     uri = f"models:/{params.registry.model_name}@{CHAMPION}"
     cmd = [str(bin_dir / "mlflow"), "models", "serve", "-m", uri, "--env-manager", "local",
@@ -112,7 +96,7 @@ def served(synth_params: Params, tmp_path: Path) -> Iterator[dict[str, Any]]:
                                 start_new_session=True)  # own process group: uvicorn dies with it
         try:
             deadline = time.monotonic() + STARTUP_TIMEOUT_S
-            while not _ready(url):
+            while not http_ok(f"{url}/ping"):
                 if proc.poll() is not None or time.monotonic() > deadline:
                     tail = log_path.read_text(errors="replace")[-3000:]
                     pytest.fail(f"mlflow models serve did not come up on {url} (exit code {proc.poll()}):\n{tail}")
