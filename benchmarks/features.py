@@ -39,20 +39,6 @@ def measure(fn: Callable[[], Any]) -> tuple[float, float, Any]:
     return time.perf_counter() - t, cpu_now() - c, out
 
 
-def derive(params: Any, overrides: dict[str, Any]) -> Any:
-    """params with dotted overrides, validated, without re-reading params.yaml (others edit it)."""
-    from affectflow.config import Params
-
-    tree = params.model_dump(mode="json")
-    for key, value in overrides.items():
-        *parents, last = key.split(".")
-        node = tree
-        for part in parents:
-            node = node[part]
-        node[last] = value
-    return Params.model_validate(tree)
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--params", default=str(REPO / "params.yaml"))
@@ -69,7 +55,7 @@ def main() -> None:
     import torch
 
     from affectflow import audio
-    from affectflow.config import load_params
+    from affectflow.config import load_params, with_overrides
     from affectflow.features.egemaps import Egemaps
     from affectflow.features.extract import extract_features
     from affectflow.features.logmel import LogMel
@@ -124,7 +110,7 @@ def main() -> None:
             fresh: bool = True) -> tuple[dict[str, Any], float]:
         if fresh:
             shutil.rmtree(out, ignore_errors=True)
-        p = derive(params, overrides)
+        p = with_overrides(params, overrides)
         wall, cpu, res = measure(lambda: extract_features(p, manifest, out))
         s = res.summary
         computed = s["audio_seconds_computed"] or audio_s

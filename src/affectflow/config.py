@@ -598,6 +598,26 @@ def load_params(
         raise ConfigError(_format_error(e, source)) from None
 
 
+def with_overrides(params: Params, overrides: Mapping[str, Any]) -> Params:
+    """A validated copy of `params` with dotted keys replaced (`train.seed` -> 3): how studies and
+    tests derive per-run settings without re-reading params.yaml. An unknown key is an error."""
+    tree = params.model_dump(mode="json")
+    for key, value in overrides.items():
+        *parents, leaf = key.split(".")
+        node = tree
+        for part in parents:
+            if not isinstance(node.get(part), dict):
+                raise ConfigError(f"override {key}: unknown parameter (no section '{part}')")
+            node = node[part]
+        if leaf not in node:
+            raise ConfigError(f"override {key}: unknown parameter")
+        node[leaf] = value
+    try:
+        return Params.model_validate(tree)
+    except ValidationError as e:
+        raise ConfigError(_format_error(e, "overrides")) from None
+
+
 def dump_params(params: Params, path: str | Path) -> None:
     from affectflow.storage import atomic_write_text
 

@@ -24,7 +24,7 @@ import numpy as np
 import pytest
 
 from affectflow import audio
-from affectflow.config import Params
+from affectflow.config import Params, with_overrides
 from affectflow.manifest import read_manifest
 from affectflow.netutil import free_port, http_ok
 from affectflow.predict import invocations_payload, post_invocations, predict_paths
@@ -42,17 +42,6 @@ TINY = {
     "registry.model_name": "affectflow-serve-test",
     "predict.decode_workers": 1, "predict.threads": 1,
 }
-
-
-def _with(params: Params, overrides: dict[str, Any]) -> Params:
-    tree = params.model_dump(mode="json")
-    for key, value in overrides.items():
-        node = tree
-        *parents, leaf = key.split(".")
-        for p in parents:
-            node = node[p]
-        node[leaf] = value
-    return Params.model_validate(tree)
 
 
 def train_and_register(params: Params, work: Path) -> dict[str, Any]:
@@ -78,7 +67,7 @@ def train_and_register(params: Params, work: Path) -> dict[str, Any]:
 def served(synth_params: Params, tmp_path: Path) -> Iterator[dict[str, Any]]:
     """A trained champion and a running scoring server for it; the server's process group is
     killed at teardown."""
-    params = _with(synth_params, TINY)
+    params = with_overrides(synth_params, TINY)
     trained = train_and_register(params, tmp_path / "work")
     port = free_port()
     bin_dir = Path(sys.executable).parent

@@ -13,7 +13,7 @@ import torch
 from test_augment import CLASSES, make_feature_folder  # same folder (pytest puts it on sys.path)
 
 from affectflow.augment import ablation as A
-from affectflow.config import load_params
+from affectflow.config import ConfigError, load_params
 from affectflow.manifest import write_manifest
 
 
@@ -65,7 +65,7 @@ def test_with_overrides_validates_and_names_unknown_keys() -> None:
     p = load_params(None)
     q = A.with_overrides(p, {"train.seed": 4, "augment.generator": "aaec"})
     assert q.train.seed == 4 and q.augment.generator == "aaec" and p.train.seed == 0
-    with pytest.raises(KeyError, match=r"augment\.nope"):
+    with pytest.raises(ConfigError, match=r"augment\.nope"):
         A.with_overrides(p, {"augment.nope": 1})
 
 

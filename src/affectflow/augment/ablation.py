@@ -28,7 +28,7 @@ import numpy as np
 import pandas as pd
 
 from affectflow.augment.run import SYNTHETIC
-from affectflow.config import AugmentAblationConfig, Params
+from affectflow.config import AugmentAblationConfig, Params, with_overrides
 from affectflow.manifest import read_manifest, write_manifest
 from affectflow.progress import progress
 from affectflow.storage import atomic_path, atomic_write_json, atomic_write_text
@@ -46,20 +46,6 @@ class AblationResult:
 
 
 # ----------------------------------------------------------------------------- data of one cell
-def with_overrides(params: Params, overrides: Mapping[str, Any]) -> Params:
-    """A validated copy of params with dotted keys replaced (`train.seed` -> 3)."""
-    tree = params.model_dump(mode="json")
-    for key, value in overrides.items():
-        node = tree
-        *parents, leaf = key.split(".")
-        for p in parents:
-            node = node[p]
-        if leaf not in node:
-            raise KeyError(f"ablation override: unknown parameter '{key}'")
-        node[leaf] = value
-    return Params.model_validate(tree)
-
-
 def fold_manifest(df: pd.DataFrame, fold: int, params: Params) -> pd.DataFrame:
     """Splits with `fold` as the test speakers (validation re-carved from the rest), as train_folds does."""
     from affectflow.splits import assign_splits, check_no_leakage

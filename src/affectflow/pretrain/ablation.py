@@ -37,7 +37,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from affectflow.config import Params, TrainConfig
+from affectflow.config import Params, TrainConfig, with_overrides
 from affectflow.features.store import FeatureSet
 from affectflow.inference import load_model_dir, predict_features
 from affectflow.manifest import read_manifest
@@ -95,14 +95,6 @@ def study_params(params: Params) -> Params:
     return Params.model_validate(tree)
 
 
-def _with(params: Params, **dotted: Any) -> Params:
-    tree = params.model_dump(mode="json")
-    for key, value in dotted.items():
-        section, name = key.split("__")
-        tree[section][name] = value
-    return Params.model_validate(tree)
-
-
 def target_rows(df: pd.DataFrame, target: str, split: str, classes: list[str], manifest: Path) -> pd.DataFrame:
     """The target's labelled rows of one split; validation rows must not share a speaker with test."""
     rows = df[(df["corpus"] == target) & (df["split"] == split) & df["emotion"].isin(classes)]
@@ -123,7 +115,6 @@ def finetune(inp: Inputs, model: torch.nn.Module, df: pd.DataFrame, features: Pa
     recognizer stage on this fold's manifest, return the fine-tuned model folder."""
     import copy
 
-    from affectflow.augment.ablation import with_overrides
     from affectflow.inference import save_model_dir
     from affectflow.manifest import write_manifest
     from affectflow.pretrain.run import ENCODER, encoder_meta
@@ -173,7 +164,7 @@ def add_synthetic(inp: Inputs, params: Params, df: pd.DataFrame, features: Path,
 
     ab = params.pretrain.ablation
     kind = inp.kind
-    p = _with(params, augment__epochs=ab.augment_epochs, augment__seed=seed, augment__feature=kind)
+    p = with_overrides(params, {"augment.epochs": ab.augment_epochs, "augment.seed": seed, "augment.feature": kind})
     t0 = time.perf_counter()
     res = augment(p, df, features, out, track=False)
     y_of = {c: i for i, c in enumerate(inp.classes)}
@@ -224,7 +215,7 @@ def run_ablation(params: Params, out_dir: str | Path, conditions: list[str] | No
             df = apply_splits(df0, sp.splits, test_fold=fold)
             lam = sp.pretrain.lambda_max if cond.lambda_max is None else cond.lambda_max
             overrides = {"normalize": cond.normalize, "lambda_max": lam, **(ab.grid[member] if member else {})}
-            p = _with(sp, pretrain__seed=seed, train__seed=seed, **{f"pretrain__{k}": v for k, v in overrides.items()})
+            p = with_overrides(sp, {"pretrain.seed": seed, "train.seed": seed, **{f"pretrain.{k}": v for k, v in overrides.items()}})
             cond_norm = p.pretrain.normalize
             extra: dict[str, Any] = {}
             if cond.augment:
