@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import os
 import platform
-import signal
 import subprocess
 import sys
 import tempfile
@@ -145,7 +144,7 @@ def serve_latency(uri: str, files: list[str], n: int, sr: int, tmp: Path, thread
     import numpy as np
 
     from affectflow import audio
-    from affectflow.netutil import free_port, http_ok
+    from affectflow.netutil import free_port, http_ok, stop_group
     from affectflow.predict import invocations_payload, post_invocations
 
     bin_dir = Path(sys.executable).parent
@@ -178,12 +177,7 @@ def serve_latency(uri: str, files: list[str], n: int, sr: int, tmp: Path, thread
                 "p95": float(np.percentile(ms, 95)), "mean": float(ms.mean()),
                 "payload_kb": float(np.mean([len(json.dumps(b)) for b in bodies]) / 1024)}
     finally:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(15)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
+        stop_group(proc)
         log.close()
 
 

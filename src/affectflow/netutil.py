@@ -3,9 +3,13 @@ benchmarks: a free port to bind them to and a readiness probe."""
 
 from __future__ import annotations
 
+import os
+import signal
 import socket
+import subprocess
 import urllib.error
 import urllib.request
+from typing import Any
 
 
 def free_port() -> int:
@@ -22,3 +26,16 @@ def http_ok(url: str, timeout: float = 2.0) -> bool:
             return r.status == 200
     except (urllib.error.URLError, ConnectionError, TimeoutError):
         return False
+
+
+def stop_group(proc: subprocess.Popen[Any], timeout: float = 15.0) -> None:
+    """Stop a server started with `start_new_session=True` and all its workers: SIGTERM to the
+    process group, SIGKILL if it has not exited after `timeout` seconds."""
+    if proc.poll() is not None:
+        return
+    os.killpg(proc.pid, signal.SIGTERM)
+    try:
+        proc.wait(timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -20,7 +19,7 @@ import pytest
 from mlflow.tracking._tracking_service.utils import _use_tracking_uri as use_tracking_uri
 
 from affectflow.config import Params, load_params
-from affectflow.netutil import free_port, http_ok
+from affectflow.netutil import free_port, http_ok, stop_group
 from affectflow.registry import CHALLENGER, CHAMPION, HISTORY_TAG, Registry, register
 
 STARTUP_TIMEOUT_S = 180.0
@@ -52,13 +51,7 @@ def mlflow_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
             time.sleep(0.5)
         yield url
     finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGTERM)
-            try:
-                proc.wait(SHUTDOWN_TIMEOUT_S)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait()
+        stop_group(proc, SHUTDOWN_TIMEOUT_S)
         log.close()
 
 

@@ -12,7 +12,6 @@ is needed, so the test is not marked `integration`.
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -26,7 +25,7 @@ import pytest
 from affectflow import audio
 from affectflow.config import Params, with_overrides
 from affectflow.manifest import read_manifest
-from affectflow.netutil import free_port, http_ok
+from affectflow.netutil import free_port, http_ok, stop_group
 from affectflow.predict import invocations_payload, post_invocations, predict_paths
 from affectflow.registry import CHAMPION, resolve_uri
 
@@ -92,13 +91,7 @@ def served(synth_params: Params, tmp_path: Path) -> Iterator[dict[str, Any]]:
                 time.sleep(0.5)
             yield {**trained, "url": url, "params": params, "uri": uri}
         finally:
-            if proc.poll() is None:
-                os.killpg(proc.pid, signal.SIGTERM)
-                try:
-                    proc.wait(SHUTDOWN_TIMEOUT_S)
-                except subprocess.TimeoutExpired:
-                    os.killpg(proc.pid, signal.SIGKILL)
-                    proc.wait()
+            stop_group(proc, SHUTDOWN_TIMEOUT_S)
 
 
 def test_served_champion_scores_waveforms_like_affectflow_predict(served):
