@@ -6,25 +6,42 @@ normalisation, through `affectflow.inference`), so a registered model is usable 
     model = mlflow.pyfunc.load_model("models:/affectflow-ser@champion")
     model.predict(pd.DataFrame({"path": ["clip.wav"]}))                       # files
     model.predict(pd.DataFrame({"audio": [wave.tolist()], "sample_rate": [16000]}))  # waveforms
+    model.predict(pd.DataFrame({"audio_b64": [base64.b64encode(Path("clip.flac").read_bytes()).decode()]}))
 
-Input: a DataFrame with a `path` column (any format soundfile reads) or an `audio` column (mono
-float samples) with an optional `sample_rate` (default: the model's); a plain list of paths or
-arrays works too. Output: one probability column per class, in model order, plus `label` (argmax).
-The affectflow package travels with the model (`code_paths`).
+Input: a DataFrame with, per row, exactly one of
+  `path`       a file on the machine running the model (any format soundfile reads);
+  `audio`      mono float samples, at `sample_rate` (optional column; default: the model's rate);
+  `audio_b64`  base64 of an encoded audio file (wav, flac, ogg, mp3: what soundfile reads), decoded
+               in memory. Why: a remote client (`mlflow models serve`, KServe, curl) has files, not
+               server paths, and the encoded file is several times smaller than its samples as JSON
+               floats. The file's own header gives the rate; `sample_rate`, if set on such a row,
+               must agree with it.
+Files (`path` or `audio_b64`) are mixed to mono and resampled to the model's rate as in training
+(`affectflow.audio`). A plain list of paths or arrays works too. Output: one probability column per
+class, in model order, plus `label` (argmax). The affectflow package travels with the model
+(`code_paths`).
 """
 
 from __future__ import annotations
 
+import base64
+import binascii
+import io
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
+import soundfile as sf
 from mlflow.pyfunc import PythonModel
+
+from affectflow import audio
 
 MODEL_ARTIFACT = "model_dir"
 EXAMPLE_SECONDS = 0.5
 """Length of the generated waveform logged as the input example."""
+SOURCE_COLUMNS = ("path", "audio", "audio_b64")
+"""The input columns that carry a row's audio; a row sets exactly one of them."""
 
 
 class AffectflowPyfunc(PythonModel):
@@ -51,7 +68,8 @@ class AffectflowPyfunc(PythonModel):
 
 
 def parse_input(model_input: Any) -> list[tuple[list[int], list[Any], int | None]]:
-    """Group rows as (row indices, paths or waveforms, input sample rate)."""
+    """Group rows as (row indices, paths or waveforms, input sample rate); `audio_b64` rows are
+    decoded here and grouped by their file's rate."""
     if isinstance(model_input, (str, Path, np.ndarray)):
         model_input = [model_input]
     if isinstance(model_input, dict):
@@ -62,26 +80,66 @@ def parse_input(model_input: Any) -> list[tuple[list[int], list[Any], int | None
         else:
             model_input = pd.DataFrame({"audio": list(model_input)})
     if not isinstance(model_input, pd.DataFrame):
-        raise ValueError(f"pyfunc input: expected a DataFrame with 'path' or 'audio', got {type(model_input).__name__}")
+        raise ValueError("pyfunc input: expected a DataFrame with a 'path', 'audio' or 'audio_b64' column, "
+                         f"got {type(model_input).__name__}")
     df = model_input.reset_index(drop=True)
-    if "path" not in df.columns and "audio" not in df.columns:
-        raise ValueError(f"pyfunc input: needs a 'path' or an 'audio' column (has {list(df.columns)})")
+    present = [c for c in SOURCE_COLUMNS if c in df.columns]
+    if not present:
+        raise ValueError(f"pyfunc input: needs a 'path', an 'audio' or an 'audio_b64' column (has {list(df.columns)})")
     groups: dict[int | None, tuple[list[int], list[Any]]] = {}
     for i, row in df.iterrows():
-        path = row.get("path") if "path" in df.columns else None
-        wave = row.get("audio") if "audio" in df.columns else None
-        if isinstance(path, str) and path:
-            key, item = None, path
-        elif wave is not None and not (isinstance(wave, float) and np.isnan(wave)):
-            rate = row.get("sample_rate") if "sample_rate" in df.columns else None
-            key = None if rate is None or pd.isna(rate) else int(rate)
-            item = np.asarray(wave, dtype=np.float32)
+        row_set = [c for c in present if is_set(row[c])]
+        if len(row_set) != 1:
+            both = "both" if len(row_set) == 2 else "all"
+            what = f"{' and '.join(repr(c) for c in row_set)} are {both} set" if row_set else "no audio is set"
+            raise ValueError(f"pyfunc input row {i}: {what}; give exactly one of 'path', 'audio', 'audio_b64' per row")
+        column = row_set[0]
+        rate = row.get("sample_rate") if "sample_rate" in df.columns else None
+        rate = None if rate is None or pd.isna(rate) else int(rate)
+        if column == "path":
+            key, item = None, str(row["path"])
+        elif column == "audio":
+            key, item = rate, np.asarray(row["audio"], dtype=np.float32)
         else:
-            raise ValueError(f"pyfunc input row {i}: neither 'path' nor 'audio' is set")
+            item, key = decode_b64(row["audio_b64"], int(i))
+            if rate is not None and rate != key:
+                raise ValueError(f"pyfunc input row {i}: column 'sample_rate' is {rate} but the 'audio_b64' "
+                                 f"file's header says {key} Hz; leave 'sample_rate' empty for encoded files")
         ix, items = groups.setdefault(key, ([], []))
         ix.append(int(i))
         items.append(item)
     return [(ix, items, rate) for rate, (ix, items) in groups.items()]
+
+
+def is_set(value: Any) -> bool:
+    """Whether a cell carries a value: not None/NaN (missing in some JSON records), not ''."""
+    if isinstance(value, (list, tuple, np.ndarray)):
+        return True
+    if isinstance(value, str):
+        return bool(value)
+    return not pd.isna(value)
+
+
+def decode_b64(value: Any, row: int) -> tuple[np.ndarray, int]:
+    """An `audio_b64` cell as (mono float32 samples, the file's sample rate), decoded in memory the
+    way `affectflow.audio.load` decodes a file, so resampling to the model's rate is the same too."""
+    where = f"pyfunc input row {row}, column 'audio_b64'"
+    if not isinstance(value, str):
+        raise ValueError(f"{where}: expected a base64 string, got {type(value).__name__}")
+    try:  # whitespace is dropped: `base64` without -w0 wraps its output at 76 characters
+        data = base64.b64decode("".join(value.split()), validate=True)
+    except (binascii.Error, ValueError) as e:  # non-alphabet characters, bad padding, non-ASCII text
+        raise ValueError(f"{where}: not valid base64 ({e})") from None
+    try:
+        x, sr = sf.read(io.BytesIO(data), dtype="float32", always_2d=False)
+    except Exception as e:  # soundfile raises LibsndfileError / RuntimeError / TypeError variants
+        raise ValueError(f"{where}: {len(data)} decoded bytes are not audio soundfile can read ({e})") from None
+    x = audio.to_mono(np.asarray(x, dtype=np.float32))
+    if x.size == 0:
+        raise ValueError(f"{where}: empty audio (no samples)")
+    if not np.isfinite(x).all():
+        raise ValueError(f"{where}: audio contains NaN or infinite samples")
+    return x, int(sr)
 
 
 def signature(classes: list[str]) -> Any:
@@ -92,6 +150,7 @@ def signature(classes: list[str]) -> Any:
         ColSpec(DataType.string, "path", required=False),
         ColSpec(Array(DataType.double), "audio", required=False),
         ColSpec(DataType.long, "sample_rate", required=False),
+        ColSpec(DataType.string, "audio_b64", required=False),
     ])
     outputs = Schema([*(ColSpec(DataType.double, c) for c in classes), ColSpec(DataType.string, "label")])
     return ModelSignature(inputs=inputs, outputs=outputs)

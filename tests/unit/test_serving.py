@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import base64
 from pathlib import Path
 
 import mlflow
 import numpy as np
 import pandas as pd
 import pytest
+import soundfile as sf
 from recognizer_support import trained
 
 from affectflow import audio, tracking
@@ -57,7 +59,7 @@ def test_the_logged_model_carries_its_code_and_signature(pyfunc):
     assert (local / "code" / "affectflow" / "inference.py").is_file()
     assert (local / "artifacts").is_dir() and any((local / "artifacts").rglob("model.json"))
     names = [c.name for c in model.metadata.get_input_schema().inputs]
-    assert names == ["path", "audio", "sample_rate"]
+    assert names == ["path", "audio", "sample_rate", "audio_b64"]
 
 
 def test_inference_from_paths_and_arrays_agree(synth_root: Path, tmp_path_factory: pytest.TempPathFactory):
@@ -74,7 +76,79 @@ def test_parse_input_accepts_lists_and_rejects_nonsense():
     assert groups == [([0, 1], ["a.wav", "b.wav"], None)]
     mixed = parse_input(pd.DataFrame({"audio": [np.zeros(4), np.ones(4)], "sample_rate": [8000, 16000]}))
     assert sorted(r for _, _, r in mixed) == [8000, 16000]
-    with pytest.raises(ValueError, match="'path' or an 'audio' column"):
+    with pytest.raises(ValueError, match="'path', an 'audio' or an 'audio_b64' column"):
         parse_input(pd.DataFrame({"x": [1]}))
     with pytest.raises(ValueError, match="row 0"):
         parse_input(pd.DataFrame({"path": [None]}))
+
+
+def b64(path: Path) -> str:
+    return base64.b64encode(path.read_bytes()).decode("ascii")
+
+
+STEREO_RATE = 22050
+"""Not the model's rate: encoded inputs must be resampled (and mixed to mono) like paths."""
+
+
+@pytest.mark.parametrize("fmt", ["wav", "flac"])
+def test_pyfunc_scores_a_base64_file_like_its_path_and_its_waveform(pyfunc, tmp_path: Path, fmt: str):
+    t, model = pyfunc
+    classes = t["result"].summary["classes"]
+    rate = t["params"].audio.sample_rate
+    src = read_manifest(t["manifest"]).query("split == 'test'").iloc[0]["path"]
+    mono = audio.load(src, STEREO_RATE)
+    clip = tmp_path / f"clip.{fmt}"
+    sf.write(clip, np.stack([mono, 0.5 * mono[::-1]], axis=1), STEREO_RATE, subtype="PCM_16")
+    # One request mixing all three kinds of row: the columns a row leaves empty are None.
+    df = pd.DataFrame({"path": [str(clip), None, None],
+                       "audio": [None, audio.load(clip, rate).astype(np.float64), None],
+                       "audio_b64": [None, None, b64(clip)]})
+    out = model.predict(df)
+    probs = out[classes].to_numpy()
+    assert probs.shape == (3, len(classes)) and np.allclose(probs.sum(axis=1), 1.0, atol=1e-5)
+    assert np.allclose(probs[2], probs[0], atol=1e-6) and np.allclose(probs[1], probs[0], atol=1e-6)
+    alone = model.predict(pd.DataFrame({"audio_b64": [b64(clip)]}))[classes].to_numpy()
+    assert np.allclose(alone, probs[:1], atol=1e-6)
+    # Not a mono mix-down or a resample away from the path input: a different signal scores differently.
+    left_only = tmp_path / f"left.{fmt}"
+    sf.write(left_only, mono, STEREO_RATE, subtype="PCM_16")
+    other = model.predict(pd.DataFrame({"audio_b64": [b64(left_only)]}))[classes].to_numpy()
+    assert not np.allclose(other, probs[:1], atol=1e-6)
+
+
+def test_audio_b64_errors_name_the_row_and_the_column(tmp_path: Path):
+    clip = tmp_path / "ok.wav"
+    sf.write(clip, np.zeros(1600, np.float32), 16000)
+    good = b64(clip)
+    wrapped = "\n".join(good[i:i + 76] for i in range(0, len(good), 76))  # `base64` without -w0
+    [(ix, [wave], rate)] = parse_input(pd.DataFrame({"audio_b64": [wrapped]}))
+    assert ix == [0] and rate == 16000 and wave.shape == (1600,)
+    with pytest.raises(ValueError, match=r"row 1, column 'audio_b64': not valid base64"):
+        parse_input(pd.DataFrame({"audio_b64": [good, "this is not base64!"]}))
+    with pytest.raises(ValueError, match=r"row 1, column 'audio_b64': not valid base64"):
+        parse_input(pd.DataFrame({"audio_b64": [good, good[:-3]]}))  # truncated: bad padding
+    junk = base64.b64encode(b"RIFF but not really a wave file" * 10).decode()
+    with pytest.raises(ValueError, match=r"row 0, column 'audio_b64': 310 decoded bytes are not audio"):
+        parse_input(pd.DataFrame({"audio_b64": [junk]}))
+    with pytest.raises(ValueError, match=r"row 0, column 'audio_b64': expected a base64 string"):
+        parse_input(pd.DataFrame({"audio_b64": [[0.1, 0.2]]}))
+    empty = tmp_path / "empty.wav"
+    sf.write(empty, np.zeros(0, np.float32), 16000)
+    with pytest.raises(ValueError, match=r"row 0, column 'audio_b64': empty audio"):
+        parse_input(pd.DataFrame({"audio_b64": [b64(empty)]}))
+    with pytest.raises(ValueError, match=r"row 0: column 'sample_rate' is 8000 but the 'audio_b64' file's header says 16000"):
+        parse_input(pd.DataFrame({"audio_b64": [good], "sample_rate": [8000]}))
+
+
+def test_a_row_must_set_exactly_one_audio_column():
+    rows = pd.DataFrame({"path": ["a.wav", "b.wav", None], "audio": [None, None, [0.0, 0.1]],
+                         "audio_b64": [None, "UklGRg==", "UklGRg=="]})
+    assert parse_input(rows.iloc[:1]) == [([0], ["a.wav"], None)]
+    with pytest.raises(ValueError, match=r"row 1: 'path' and 'audio_b64' are both set; give exactly one"):
+        parse_input(rows)
+    with pytest.raises(ValueError, match=r"row 1: 'audio' and 'audio_b64' are both set"):
+        parse_input(rows.iloc[[0, 2]])  # the row number is the position in the request
+    with pytest.raises(ValueError, match=r"row 0: no audio is set"):
+        parse_input(pd.DataFrame({"path": [""], "audio_b64": [float("nan")]}))
+    with pytest.raises(ValueError, match=r"row 0: 'path' and 'audio' and 'audio_b64' are all set"):
+        parse_input(pd.DataFrame({"path": ["a.wav"], "audio": [[0.0]], "audio_b64": ["UklGRg=="]}))
