@@ -89,7 +89,7 @@ def plot_confusion(cm: np.ndarray, classes: Sequence[str], title: str, path: str
 
 def predict_rows(rec: Recognizer, rows: pd.DataFrame, fs: FeatureSet, classes: Sequence[str]) -> pd.DataFrame:
     """Predictions for manifest rows over `classes` (a subset of the model's, in its order)."""
-    probs = predict_features(rec, fs.load(rec.feature, rows["utt_id"].tolist()))
+    probs = predict_features(rec, fs.load(rec.feature, rows["utt_id"].tolist()), corpora=rows["corpus"].astype(str).tolist())
     cols = [rec.classes.index(c) for c in classes]
     sub = probs[:, cols]
     sub = sub / np.maximum(sub.sum(axis=1, keepdims=True), np.finfo(np.float32).tiny)

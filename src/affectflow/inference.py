@@ -57,6 +57,14 @@ class Recognizer:
     def stats(self) -> NormStats:
         return NormStats.from_dict(self.meta["normalization"])
 
+    def stats_for(self, corpus: str | None = None) -> NormStats:
+        """Statistics for a clip of `corpus`. A model fine-tuned from a DANN encoder pretrained with
+        `pretrain.normalize: corpus` carries each corpus's own statistics; audio of an unknown corpus
+        (None: serving, predict) is taken to come from the corpus it was adapted to (`deploy_corpus`)."""
+        per = self.meta.get("normalization_per_corpus") or {}
+        key = corpus if corpus in per else self.meta.get("deploy_corpus")
+        return NormStats.from_dict(per[key]) if key in per else self.stats
+
 
 def save_model_dir(path: str | Path, model: nn.Module, meta: dict[str, Any]) -> Path:
     """Write model.pt + model.json atomically (the folder appears complete or not at all)."""
@@ -122,12 +130,29 @@ def predict_logits(model: nn.Module, arrays: Sequence[np.ndarray], device: torch
     return out
 
 
-def predict_features(rec: Recognizer, arrays: Sequence[np.ndarray], batch_size: int = 32) -> np.ndarray:
-    """(n, C) class probabilities for raw (un-normalised) feature arrays, whole utterances."""
+def corpus_normalization(meta: dict[str, Any] | None) -> tuple[dict[str, Any], str | None]:
+    """Per-corpus statistics of an encoder DANN-pretrained with `pretrain.normalize: corpus` (the
+    encoder learnt on each corpus standardised by its own statistics, so the recognizer must see its
+    inputs the same way), and the corpus unknown audio is assumed to come from: the adaptation target
+    when there is exactly one. ({}, None) for every other model."""
+    pre = (meta or {}).get("pretrain") or {}
+    norm = pre.get("normalization") or {}
+    if norm.get("mode") != "corpus" or not norm.get("per_corpus"):
+        return {}, None
+    targets = list(pre.get("targets") or [])
+    return dict(norm["per_corpus"]), targets[0] if len(targets) == 1 else None
+
+
+def predict_features(rec: Recognizer, arrays: Sequence[np.ndarray], batch_size: int = 32,
+                     corpora: Sequence[str] | None = None) -> np.ndarray:
+    """(n, C) class probabilities for raw (un-normalised) feature arrays, whole utterances;
+    `corpora`: each array's corpus, when known (see `Recognizer.stats_for`)."""
     if not len(arrays):
         return np.zeros((0, len(rec.classes)), np.float32)
-    stats = rec.stats
-    logits = predict_logits(rec.model, [normalize(a, stats) for a in arrays], rec.device, batch_size)
+    names = list(corpora) if corpora is not None else [None] * len(arrays)
+    stats = {c: rec.stats_for(c) for c in set(names)}
+    logits = predict_logits(rec.model, [normalize(a, stats[c]) for a, c in zip(arrays, names, strict=True)],
+                            rec.device, batch_size)
     return torch.softmax(logits, dim=-1).numpy()
 
 

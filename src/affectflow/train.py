@@ -34,7 +34,7 @@ from torch import nn
 
 from affectflow.config import Params, TrainConfig
 from affectflow.features.store import FeatureSet
-from affectflow.inference import load_state, predict_logits, read_meta, save_model_dir
+from affectflow.inference import corpus_normalization, load_state, predict_logits, read_meta, save_model_dir
 from affectflow.manifest import read_manifest
 from affectflow.metrics import confusion, uar_cm, wa_cm
 from affectflow.models import arch_config, build_model, feature_kind
@@ -189,6 +189,7 @@ def plan(params: Params, manifest: str | Path, features_dir: str | Path, out_dir
         stats = NormStats.from_dict(pre_meta["normalization"])  # the encoder was trained on these
     else:
         stats = compute_stats(arrays, mode)
+    per_corpus, deploy_corpus = corpus_normalization(pre_meta)
     del arrays
     y_of = {c: i for i, c in enumerate(classes)}
     train_y = tr["emotion"].map(y_of).to_numpy()
@@ -209,7 +210,8 @@ def plan(params: Params, manifest: str | Path, features_dir: str | Path, out_dir
         "train": tc.model_dump(mode="json"), "arch": tc.model, "arch_config": acfg, "classes": classes,
         "feature": kind, "input_dim": input_dim, "features_dir": str(Path(features_dir).resolve()),
         "train_ids": train_ids, "train_y": train_y.tolist(), "val_ids": val_ids,
-        "val_y": va["emotion"].map(y_of).tolist(), "stats": stats.as_dict(),
+        "val_y": va["emotion"].map(y_of).tolist(), "stats": stats.as_dict(), "stats_per_corpus": per_corpus,
+        "train_corpora": tr["corpus"].astype(str).tolist(), "val_corpora": va["corpus"].astype(str).tolist(),
         "pretrained": str(Path(pretrained).resolve()) if pretrained else None, "synthetic": syn,
         "ckpt_dir": str(out / "checkpoints" / run_name), "local_mode": tc.num_workers == 0,
         "mlflow": None,
@@ -217,6 +219,7 @@ def plan(params: Params, manifest: str | Path, features_dir: str | Path, out_dir
     meta = {
         "arch": tc.model, "classes": classes, "feature": kind, "feature_config": feature_cfg,
         "feature_key": key, "audio": params.audio.model_dump(mode="json"), "normalization": stats.as_dict(),
+        "normalization_per_corpus": per_corpus, "deploy_corpus": deploy_corpus,
         "arch_config": acfg, "input_dim": input_dim,
         "lineage": {**tracking.lineage(params, df, manifest, features_dir), "run_name": run_name,
                     "pretrained": str(pretrained or ""), "synthetic": syn["sha256"] if syn else ""},
@@ -234,8 +237,14 @@ class _Data:
 
     def __init__(self, cfg: dict[str, Any]):
         stats = NormStats.from_dict(cfg["stats"])
+        per = {c: NormStats.from_dict(s) for c, s in (cfg.get("stats_per_corpus") or {}).items()}
         fs = FeatureSet(cfg["features_dir"])
-        self.x = [normalize(a, stats) for a in fs.load(cfg["feature"], cfg["train_ids"])]
+
+        def norm(ids: list[str], corpora: list[str] | None) -> list[np.ndarray]:
+            arrays = fs.load(cfg["feature"], ids)
+            return [normalize(a, per.get(c, stats)) for a, c in zip(arrays, corpora or [""] * len(ids), strict=True)]
+
+        self.x = norm(cfg["train_ids"], cfg.get("train_corpora"))
         self.y = np.asarray(cfg["train_y"], np.int64)
         self.synthetic = np.zeros(len(self.y), bool)
         syn = cfg.get("synthetic")
@@ -247,7 +256,7 @@ class _Data:
             self.synthetic = np.concatenate([self.synthetic, np.ones(len(xs), bool)])
         w = float(cfg["train"].get("synthetic_weight", 1.0))
         self.weight = np.where(self.synthetic, w, 1.0).astype(np.float32)
-        self.vx = [normalize(a, stats) for a in fs.load(cfg["feature"], cfg["val_ids"])]
+        self.vx = norm(cfg["val_ids"], cfg.get("val_corpora"))
         self.vy = np.asarray(cfg["val_y"], np.int64)
 
 

@@ -182,3 +182,35 @@ def test_log_mel_cnn_encoder_through_the_stage(world: dict[str, Any], tmp_path: 
     assert set(report["probe"]) == {"input features", "DANN encoder"}
     assert "loss_speaker" in report["history"]["DANN"][0]
     assert load_model_dir(res.encoder_dir).model.encoder.dim == 2 * p.train.cnn.gru_hidden
+
+
+def test_per_corpus_normalisation_travels_to_the_fine_tuned_recognizer(world: dict[str, Any], tmp_path: Path):
+    """pretrain.normalize: corpus — the encoder learnt on each corpus standardised by its own
+    statistics, so the recognizer trained from it, `evaluate` and serving must see inputs that way."""
+    from affectflow.features.store import FeatureSet
+    from affectflow.inference import predict_features
+    from affectflow.models.data import compute_stats
+    from affectflow.train import train
+
+    p = _params(world, **{"pretrain.normalize": "corpus", "pretrain.compare_source_only": False})
+    res = pretrain(p, world["manifest"], world["features"], tmp_path / "pretrain")
+    enc = read_meta(res.encoder_dir)
+    assert set(enc["normalization_per_corpus"]) == {"ravdess", "mycorpus"} and enc["deploy_corpus"] == "mycorpus"
+    df = world["df"]
+    fs = FeatureSet(world["features"])
+    adapt = df[(df["corpus"] == "mycorpus") & (df["split"] == "train")]
+    want = compute_stats(fs.load("egemaps", adapt["utt_id"].tolist()), "global")
+    assert np.allclose(enc["normalization_per_corpus"]["mycorpus"]["mean"], want.mean, rtol=1e-5)
+
+    tuned = train(tiny_params(p, **{"train.epochs": 1}), world["manifest"], world["features"], tmp_path / "train",
+                  pretrained=res.encoder_dir)
+    rec = load_model_dir(tuned.model_dir)
+    assert rec.meta["deploy_corpus"] == "mycorpus"
+    assert rec.stats_for("mycorpus").mean == rec.stats_for(None).mean == enc["normalization_per_corpus"]["mycorpus"]["mean"]
+    assert rec.stats_for("ravdess").mean == enc["normalization_per_corpus"]["ravdess"]["mean"]
+    assert rec.stats_for("ravdess").mean != rec.stats_for("mycorpus").mean
+    rows = adapt.head(6)
+    arrays = fs.load("egemaps", rows["utt_id"].tolist())
+    as_target = predict_features(rec, arrays, corpora=["mycorpus"] * len(rows))
+    assert np.allclose(predict_features(rec, arrays), as_target)  # unknown audio: the adaptation target
+    assert not np.allclose(predict_features(rec, arrays, corpora=["ravdess"] * len(rows)), as_target)

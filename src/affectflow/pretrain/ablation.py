@@ -13,9 +13,10 @@ encoder, optimiser, epochs and seed, so they differ only in what the name says:
                    the mean UAR over seeds on the target's *validation* speakers (labelled, disjoint
                    from the fold's test speakers): the honest DANN row, since nobody may pick a setting
                    on test speakers
-  dann_finetuned   the product path: the DANN encoder (configured adversary) written as `affectflow
-                   pretrain` writes it, then fine-tuned by the recognizer stage (`train.train(pretrained=)`,
-                   labelled source clips only, checkpoint on source validation UAR) and scored as deployed
+  dann_finetuned   the product path: the DANN encoder (pretrain.* as configured, `normalize`
+                   included) written as `affectflow pretrain` writes it, then fine-tuned by the
+                   recognizer stage (`train.train(pretrained=)`, labelled source clips only,
+                   checkpoint on source validation UAR) and scored as deployed
   dann_corpus_std  DANN on per-corpus-standardised features
   dann_augment     DANN + the augment stage's kept synthetic source samples (one generator per
                    seed and fold, trained on that fold's source training split)
@@ -53,7 +54,8 @@ from affectflow.storage import atomic_path, atomic_write_json, atomic_write_text
 @dataclass(frozen=True)
 class Condition:
     label: str
-    normalize: str
+    normalize: str | None
+    """global | corpus; None: the configured pretrain.normalize."""
     adversarial: bool
     augment: bool = False
     lambda_max: float | None = None
@@ -70,7 +72,7 @@ CONDITIONS: dict[str, Condition] = {
     "target_bn": Condition("target batches, λ = 0 (control)", "global", True, lambda_max=0.0),
     "dann": Condition("DANN (configured adversary)", "global", True),
     "dann_selected": Condition("DANN, adversary chosen on target validation", "global", True, select=True),
-    "dann_finetuned": Condition("DANN → recognizer stage fine-tune", "global", True, finetune=True),
+    "dann_finetuned": Condition("DANN → recognizer stage fine-tune", None, True, finetune=True),
     "dann_corpus_std": Condition("DANN + per-corpus standardisation", "corpus", True),
     "dann_augment": Condition("DANN + augmentation", "global", True, augment=True),
 }
@@ -214,7 +216,8 @@ def run_ablation(params: Params, out_dir: str | Path, conditions: list[str] | No
             cond = CONDITIONS[name]
             df = apply_splits(df0, sp.splits, test_fold=fold)
             lam = sp.pretrain.lambda_max if cond.lambda_max is None else cond.lambda_max
-            overrides = {"normalize": cond.normalize, "lambda_max": lam, **(ab.grid[member] if member else {})}
+            overrides = {"normalize": cond.normalize or sp.pretrain.normalize, "lambda_max": lam,
+                         **(ab.grid[member] if member else {})}
             p = with_overrides(sp, {"pretrain.seed": seed, "train.seed": seed, **{f"pretrain.{k}": v for k, v in overrides.items()}})
             cond_norm = p.pretrain.normalize
             extra: dict[str, Any] = {}
@@ -275,7 +278,9 @@ class _Deployed:
 
     def logits(self, rows: pd.DataFrame, device: torch.device) -> np.ndarray:
         fs = FeatureSet(self.inp.features_dir)
-        return np.log(predict_features(self.rec, fs.load(self.inp.kind, rows["utt_id"].tolist())) + 1e-12)
+        probs = predict_features(self.rec, fs.load(self.inp.kind, rows["utt_id"].tolist()),
+                                 corpora=rows["corpus"].astype(str).tolist())
+        return np.log(probs + 1e-12)
 
 
 def resolve_selection(records: list[dict[str, Any]], pred: pd.DataFrame, grid: list[str]

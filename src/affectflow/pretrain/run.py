@@ -24,6 +24,7 @@ import torch
 
 from affectflow.config import Params
 from affectflow.features.store import FeatureSet
+from affectflow.inference import corpus_normalization
 from affectflow.manifest import read_manifest
 from affectflow.metrics import confusion, uar_cm
 from affectflow.models import arch_config, build_model, feature_kind
@@ -192,7 +193,7 @@ def encoder_meta(inp: Inputs, run_name: str, lineage: dict[str, str], seconds: f
     p, tc = inp.params, inp.params.train
     feature_cfg = getattr(p.features, inp.kind).model_dump(mode="json") if hasattr(p.features, inp.kind) else {}
     r = inp.rows
-    return {
+    meta: dict[str, Any] = {
         "arch": tc.model, "classes": inp.classes, "feature": inp.kind, "feature_config": feature_cfg,
         "feature_key": inp.feature_key, "audio": p.audio.model_dump(mode="json"),
         "normalization": inp.norm.base.as_dict(), "arch_config": arch_config(tc), "input_dim": inp.input_dim,
@@ -207,6 +208,8 @@ def encoder_meta(inp: Inputs, run_name: str, lineage: dict[str, str], seconds: f
                      "params": p.pretrain.model_dump(mode="json", exclude={"ablation"}),
                      "seconds": round(seconds, 2), "device": device},
     }
+    meta["normalization_per_corpus"], meta["deploy_corpus"] = corpus_normalization(meta)
+    return meta
 
 
 def pretrain(params: Params, manifest: str | Path, features_dir: str | Path, out_dir: str | Path) -> PretrainResult:
