@@ -16,6 +16,7 @@ from affectflow import audio, tracking
 from affectflow.features.store import FeatureSet
 from affectflow.inference import load_model_dir, predict_audio, predict_features
 from affectflow.manifest import read_manifest
+from affectflow.predict import invocations_payload
 from affectflow.serving import parse_input
 
 
@@ -152,3 +153,23 @@ def test_a_row_must_set_exactly_one_audio_column():
         parse_input(pd.DataFrame({"path": [""], "audio_b64": [float("nan")]}))
     with pytest.raises(ValueError, match=r"row 0: 'path' and 'audio' and 'audio_b64' are all set"):
         parse_input(pd.DataFrame({"path": ["a.wav"], "audio": [[0.0]], "audio_b64": ["UklGRg=="]}))
+
+
+def test_invocations_payload_sends_files_as_base64_the_model_reads(pyfunc, tmp_path: Path):
+    t, model = pyfunc
+    classes = t["result"].summary["classes"]
+    paths = read_manifest(t["manifest"]).query("split == 'test'")["path"].tolist()[:2]
+    flac = tmp_path / "clip.flac"
+    sf.write(flac, audio.load(paths[1], STEREO_RATE), STEREO_RATE)
+    files = [paths[0], flac]
+    body = invocations_payload(files=files)["dataframe_split"]
+    assert body["columns"] == ["audio_b64"] and len(body["data"]) == 2
+    served = model.predict(pd.DataFrame(body["data"], columns=body["columns"]))[classes].to_numpy()
+    local = model.predict(pd.DataFrame({"path": [str(f) for f in files]}))[classes].to_numpy()
+    assert np.allclose(served, local, atol=1e-6)
+    waves = invocations_payload([np.zeros(3)], 8000)["dataframe_split"]  # the default stays float lists
+    assert waves == {"columns": ["audio", "sample_rate"], "data": [[[0.0, 0.0, 0.0], 8000]]}
+    with pytest.raises(ValueError, match="waves or files, not both"):
+        invocations_payload([np.zeros(3)], 8000, files=files)
+    with pytest.raises(ValueError, match="waves with their sample_rate"):
+        invocations_payload([np.zeros(3)])
