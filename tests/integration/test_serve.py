@@ -4,17 +4,21 @@ A tiny recognizer is trained in the test on the generated corpus (ingest -> log-
 train -> evaluate -> register, which makes the first version `champion`), then
 `.venv/bin/mlflow models serve -m models:/<name>@champion --env-manager local` runs on 127.0.0.1
 with a free port. A network client cannot send file paths (they name files on the server's disk),
-so requests carry mono float waveforms with their sample rate in MLflow's `dataframe_split` form
-(`affectflow.predict.invocations_payload`), the columns of the pyfunc signature. No shared data
-is needed, so the test is not marked `integration`.
+so requests carry mono float waveforms with their sample rate, or the encoded files as base64
+(`audio_b64`), in MLflow's `dataframe_split` form (`affectflow.predict.invocations_payload`), the
+columns of the pyfunc signature. No shared data is needed, so the test is not marked `integration`.
 """
 
 from __future__ import annotations
 
+import base64
+import json
 import os
 import subprocess
 import sys
 import time
+import urllib.error
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -94,7 +98,7 @@ def served(synth_params: Params, tmp_path: Path) -> Iterator[dict[str, Any]]:
             stop_group(proc, SHUTDOWN_TIMEOUT_S)
 
 
-def test_served_champion_scores_waveforms_like_affectflow_predict(served):
+def test_served_champion_scores_waveforms_and_files_like_affectflow_predict(served):
     """One test: training the champion and starting the server dominate its cost."""
     classes = served["classes"]
     rows = read_manifest(served["manifest"]).query("split == 'test'").head(3)
@@ -115,6 +119,21 @@ def test_served_champion_scores_waveforms_like_affectflow_predict(served):
     assert np.allclose(probs, np.stack([p.probabilities for p in local.predictions]), atol=1e-4)
     assert np.allclose(got_8k[classes].sum(axis=1), 1.0, atol=1e-5)
     assert np.abs(got_8k[classes].to_numpy() - probs).max() < 0.2  # band-limited copy: close, not equal
+    # The files themselves, base64 in `audio_b64` (decoded by the server): the same numbers, a smaller body.
+    encoded = invocations_payload(files=paths)
+    got_b64 = post_invocations(served["url"], encoded)
+    assert list(got_b64.columns) == [*classes, "label"]
+    assert np.allclose(got_b64[classes].to_numpy(), probs, atol=1e-4)
+    assert len(json.dumps(encoded)) < len(json.dumps(invocations_payload(waves, rate)))
+    # Bytes that are not audio: HTTP 400, and the body names the row and the column.
+    junk = {"dataframe_records": [{"audio_b64": encoded["dataframe_split"]["data"][0][0]},
+                                  {"audio_b64": base64.b64encode(b"not audio at all").decode()}]}
+    req = urllib.request.Request(f"{served['url']}/invocations", data=json.dumps(junk).encode(),
+                                 headers={"Content-Type": "application/json"}, method="POST")
+    with pytest.raises(urllib.error.HTTPError) as bad:
+        urllib.request.urlopen(req, timeout=60)
+    assert bad.value.code == 400
+    assert "row 1, column 'audio_b64': 16 decoded bytes are not audio" in bad.value.read().decode()
     # A request without the signature's columns is the client's error, and the answer says so.
     with pytest.raises(RuntimeError, match=r"HTTP 4\d\d") as err:
         post_invocations(served["url"], {"dataframe_split": {"columns": ["wave"], "data": [[[0.0, 0.1]]]}})
