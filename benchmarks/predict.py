@@ -6,7 +6,8 @@ features.logmel, with seeded (untrained) weights: speed does not depend on the w
 as the affectflow pyfunc into a temporary sqlite store, registered, given the `champion` alias and
 served from `models:/<name>@champion` exactly as a user would. Clips are RAVDESS files from
 ../shared/data when present (48 kHz FLAC, decoded and resampled to 16 kHz inside the timing), else
-generated ones. Requests carry 16 kHz waveforms as JSON (`affectflow.predict.invocations_payload`).
+generated ones. Requests carry either a 16 kHz waveform as JSON or the file itself as `audio_b64`
+(`affectflow.predict.invocations_payload`), one clip each.
 The long-file rows score one generated file in windows (predict.max_window_s / hop_s) in a fresh
 process and report its peak RSS, to show memory does not grow with the file's length.
 
@@ -138,7 +139,7 @@ def batch_rows(params: Any, files: list[str], uri: str, batch_sizes: list[int], 
     return rows
 
 
-def serve_latency(uri: str, files: list[str], n: int, sr: int, tmp: Path, threads: int) -> dict[str, float]:
+def serve_latency(uri: str, files: list[str], n: int, sr: int, tmp: Path, threads: int) -> dict[str, Any]:
     import json
 
     import numpy as np
@@ -164,18 +165,21 @@ def serve_latency(uri: str, files: list[str], n: int, sr: int, tmp: Path, thread
                 raise RuntimeError(f"server did not start: {(tmp / 'serve.log').read_text()[-2000:]}")
             time.sleep(0.25)
         startup = time.perf_counter() - t0
-        bodies = [invocations_payload([audio.load(f, sr)], sr) for f in files[:n]]
-        for b in bodies[:WARMUP_REQUESTS]:
-            post_invocations(url, b)
-        lat = []
-        for b in bodies:
-            t = time.perf_counter()
-            post_invocations(url, b)
-            lat.append(time.perf_counter() - t)
-        ms = np.array(lat) * 1000
-        return {"startup_s": startup, "n": len(lat), "p50": float(np.percentile(ms, 50)),
-                "p95": float(np.percentile(ms, 95)), "mean": float(ms.mean()),
-                "payload_kb": float(np.mean([len(json.dumps(b)) for b in bodies]) / 1024)}
+        kinds = {"waveform": [invocations_payload([audio.load(f, sr)], sr) for f in files[:n]],
+                 "b64": [invocations_payload(files=[f]) for f in files[:n]]}
+        out: dict[str, Any] = {"startup_s": startup}
+        for kind, bodies in kinds.items():
+            for b in bodies[:WARMUP_REQUESTS]:
+                post_invocations(url, b)
+            lat = []
+            for b in bodies:
+                t = time.perf_counter()
+                post_invocations(url, b)
+                lat.append(time.perf_counter() - t)
+            ms = np.array(lat) * 1000
+            out[kind] = {"n": len(lat), "p50": float(np.percentile(ms, 50)), "p95": float(np.percentile(ms, 95)),
+                         "mean": float(ms.mean()), "payload_kb": float(np.mean([len(json.dumps(b)) for b in bodies]) / 1024)}
+        return out
     finally:
         stop_group(proc)
         log.close()
@@ -272,12 +276,15 @@ def main() -> None:
         print(table(["batch", "clips", "clips/s", "× real time", "clips / CPU s", "wall s"], rows))
         inproc = inprocess_latency(params, files, a.requests)
         served = serve_latency(uri, files, a.requests, sr, tmp, a.threads)
-        print(f"\nsingle-clip latency, {served['n']} sequential requests after {WARMUP_REQUESTS} warm-up "
-              f"(server start-up {served['startup_s']:.0f} s, mean request body {served['payload_kb']:.0f} KiB):\n")
-        print(table(["path", "p50 ms", "p95 ms", "mean ms"], [
-            ["`mlflow models serve` (1 worker), HTTP + JSON waveform", f"{served['p50']:.0f}",
-             f"{served['p95']:.0f}", f"{served['mean']:.0f}"],
-            ["in process (`predict_paths`, one file)", f"{inproc['p50']:.0f}", f"{inproc['p95']:.0f}",
+        wave, b64 = served["waveform"], served["b64"]
+        print(f"\nsingle-clip latency, {wave['n']} sequential requests of each kind after {WARMUP_REQUESTS} warm-up "
+              f"(server start-up {served['startup_s']:.0f} s):\n")
+        print(table(["path", "mean body KiB", "p50 ms", "p95 ms", "mean ms"], [
+            ["`mlflow models serve` (1 worker), HTTP + JSON waveform (16 kHz, decoded by the client)",
+             f"{wave['payload_kb']:.0f}", f"{wave['p50']:.0f}", f"{wave['p95']:.0f}", f"{wave['mean']:.0f}"],
+            ["`mlflow models serve` (1 worker), HTTP + `audio_b64` file (decoded by the server)",
+             f"{b64['payload_kb']:.0f}", f"{b64['p50']:.0f}", f"{b64['p95']:.0f}", f"{b64['mean']:.0f}"],
+            ["in process (`predict_paths`, one file)", "", f"{inproc['p50']:.0f}", f"{inproc['p95']:.0f}",
              f"{inproc['mean']:.0f}"]]))
         if not a.skip_long:
             w, h, bs = params.predict.max_window_s, params.predict.hop_s, params.predict.batch_size
