@@ -32,7 +32,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import pandas as pd
@@ -238,17 +238,14 @@ def run_ablation(params: Params, out_dir: str | Path, conditions: list[str] | No
                 t0 = time.perf_counter()
                 rec_dir = finetune(inp, model, df, features, out / "finetune" / f"fold{fold}_seed{seed}", seed, device)
                 extra = {"finetune_seconds": time.perf_counter() - t0}
-                model = _Deployed(load_model_dir(rec_dir), inp)
-            uar, pred = shared_class_uar(model.logits(test, device) if cond.finetune else
-                                         embed(model.recognizer, inp.normalised(test), device, p.pretrain.batch_size),
-                                         test["emotion"], inp.classes)
-            val_uar = shared_class_uar(model.logits(val, device) if cond.finetune else
-                                       embed(model.recognizer, inp.normalised(val), device, p.pretrain.batch_size),
-                                       val["emotion"], inp.classes)[0]
+                scored: _Scored = _Deployed(load_model_dir(rec_dir), inp)
+            else:
+                scored = _Pretrained(model, inp, device)
+            uar, pred = shared_class_uar(scored.logits(test), test["emotion"], inp.classes)
+            val_uar = shared_class_uar(scored.logits(val), val["emotion"], inp.classes)[0]
             src_test = df[(df["corpus"] == ab.source.name) & (df["split"] == "test") & df["emotion"].isin(inp.classes)]
-            src_logits = (model.logits(src_test, device) if cond.finetune else
-                          embed(model.recognizer, inp.normalised(src_test), device, p.pretrain.batch_size))
-            src_uar = shared_class_uar(src_logits, src_test["emotion"], inp.classes)[0] if len(src_test) else float("nan")
+            src_uar = (shared_class_uar(scored.logits(src_test), src_test["emotion"], inp.classes)[0]
+                       if len(src_test) else float("nan"))
             rec = {"condition": name, "member": member, "fold": fold, "seed": seed, "target_uar": uar,
                    "target_val_uar": val_uar, "source_test_uar": src_uar,
                    "source_val_uar": hist[-1]["source_val_uar"], "train_seconds": secs,
@@ -268,6 +265,20 @@ def run_ablation(params: Params, out_dir: str | Path, conditions: list[str] | No
     return summary
 
 
+class _Scored(Protocol):
+    def logits(self, rows: pd.DataFrame) -> np.ndarray: ...
+
+
+class _Pretrained:
+    """The DANN model's own recognizer, on inputs normalised the way DANN saw its corpus."""
+
+    def __init__(self, model: torch.nn.Module, inp: Inputs, device: torch.device):
+        self.model, self.inp, self.device = model, inp, device
+
+    def logits(self, rows: pd.DataFrame) -> np.ndarray:
+        return embed(self.model.recognizer, self.inp.normalised(rows), self.device, self.inp.params.pretrain.batch_size)
+
+
 class _Deployed:
     """A fine-tuned recognizer folder scored as deployed: its own normalisation and class order."""
 
@@ -276,7 +287,7 @@ class _Deployed:
         if list(rec.classes) != list(inp.classes):
             raise AblationError(f"fine-tuned classes {rec.classes} differ from the study's {inp.classes}")
 
-    def logits(self, rows: pd.DataFrame, device: torch.device) -> np.ndarray:
+    def logits(self, rows: pd.DataFrame) -> np.ndarray:
         fs = FeatureSet(self.inp.features_dir)
         probs = predict_features(self.rec, fs.load(self.inp.kind, rows["utt_id"].tolist()),
                                  corpora=rows["corpus"].astype(str).tolist())
