@@ -26,7 +26,7 @@ from affectflow.features.store import FeatureSet
 from affectflow.inference import Recognizer, load_model_dir, predict_features
 from affectflow.manifest import manifest_hash, read_manifest
 from affectflow.metrics import bootstrap, confusion, macro_f1_cm, recalls, uar_cm, wa_cm
-from affectflow.storage import atomic_path, atomic_write_json, atomic_write_text
+from affectflow.storage import atomic_path, atomic_write_json, atomic_write_text, save_figure
 
 PRIMARY = "uar"
 DIGITS = 4
@@ -81,10 +81,7 @@ def plot_confusion(cm: np.ndarray, classes: Sequence[str], title: str, path: str
                     color="white" if norm[i, j] > 0.5 else "black")
     fig.colorbar(im, ax=ax, fraction=0.046, label="recall")
     fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=110)
-    plt.close(fig)
-    return Path(path)
+    return save_figure(fig, path)
 
 
 def predict_rows(rec: Recognizer, rows: pd.DataFrame, fs: FeatureSet, classes: Sequence[str]) -> pd.DataFrame:

@@ -47,7 +47,7 @@ from affectflow.models.data import (
     random_crop,
 )
 from affectflow.progress import progress
-from affectflow.storage import atomic_dir, atomic_path, atomic_write_json, atomic_write_text
+from affectflow.storage import atomic_dir, atomic_write_json, atomic_write_text, save_figure
 
 log = logging.getLogger(__name__)
 
@@ -653,10 +653,7 @@ def plot_curves(history: list[dict[str, float]], best_epoch: int, path: str | Pa
         ax.legend(fontsize=8)
         ax.grid(alpha=0.3)
     fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=110)
-    plt.close(fig)
-    return Path(path)
+    return save_figure(fig, path)
 
 
 def train(params: Params, manifest: str | Path, features_dir: str | Path, out_dir: str | Path,

@@ -20,7 +20,7 @@ import numpy as np
 from scipy import linalg
 
 from affectflow.augment.quality import inside_balls, knn_radii
-from affectflow.storage import atomic_path, atomic_write_json, atomic_write_text
+from affectflow.storage import atomic_write_json, atomic_write_text, save_figure
 
 PLOTS = ("projection.png", "scores.png", "losses.png")
 COLORS = {"real": "#9e9e9e", "kept": "#2e7d32", "rejected": "#c62828"}
@@ -170,9 +170,7 @@ def plot_losses(path: Path, losses: list[dict[str, float]], title: str) -> None:
 
 
 def _save(fig: Any, path: Path) -> None:
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=110)
-    _plt().close(fig)
+    save_figure(fig, path)
 
 
 # ----------------------------------------------------------------------------- report files

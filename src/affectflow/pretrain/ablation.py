@@ -48,7 +48,7 @@ from affectflow.pretrain.loop import embed, resolve_device
 from affectflow.pretrain.run import Inputs, fit, prepare_inputs, shared_class_uar
 from affectflow.progress import progress
 from affectflow.splits import apply_splits
-from affectflow.storage import atomic_path, atomic_write_json, atomic_write_text
+from affectflow.storage import atomic_path, atomic_write_json, atomic_write_text, save_figure
 
 
 @dataclass(frozen=True)
@@ -430,10 +430,7 @@ def plot(path: Path, s: dict[str, Any]) -> Path:
     ax.set(ylabel=f"{s['target']} UAR (%)", title=f"{s['source']} → {s['target']}, mean ± std over seeds")
     ax.legend(fontsize=7)
     fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=110)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
 
 
 def write_outputs(out: Path, s: dict[str, Any], pred: pd.DataFrame) -> None:

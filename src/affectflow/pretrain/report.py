@@ -8,7 +8,7 @@ from typing import Any
 
 import numpy as np
 
-from affectflow.storage import atomic_path
+from affectflow.storage import save_figure
 
 MARKERS = "osD^vP*Xh<>p"
 """Marker per emotion class in the projection (cycled)."""
@@ -50,10 +50,7 @@ def plot_projection(path: str | Path, panels: Sequence[tuple[str, np.ndarray]], 
     axes[0][-1].legend(fontsize=6, loc="center left", bbox_to_anchor=(1.0, 0.5), markerscale=1.5)
     fig.suptitle("Held-out speakers: source (blue) vs target (orange)", fontsize=10)
     fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=110)
-    plt.close(fig)
-    return Path(path)
+    return save_figure(fig, path)
 
 
 def plot_curves(path: str | Path, histories: dict[str, list[dict[str, float]]]) -> Path:
@@ -77,10 +74,7 @@ def plot_curves(path: str | Path, histories: dict[str, list[dict[str, float]]]) 
         if ax.get_legend_handles_labels()[0]:
             ax.legend(fontsize=7)
     fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=110)
-    plt.close(fig)
-    return Path(path)
+    return save_figure(fig, path)
 
 
 def _fmt(x: float | None) -> str:
