@@ -1,4 +1,4 @@
-"""DANN training speed: seconds per epoch of `affectflow.pretrain.loop.train_dann` (the loop the
+"""DANN training speed: seconds per epoch of `affectflow.stages.pretrain.loop.train_dann` (the loop the
 stage and `affectflow ablate dann` run), per encoder and device, with and without the adversary.
 
 Inputs are random arrays of the real shapes (eGeMAPS: 88 values; log-mel: 64 bands × 3-5 s at
@@ -30,7 +30,7 @@ FRAMES = (300, 500)
 
 
 def make_data(model: str, n_src: int, n_tgt: int, n_classes: int, seed: int):
-    from affectflow.pretrain.loop import LoopData
+    from affectflow.stages.pretrain.loop import LoopData
 
     rng = np.random.default_rng(seed)
 
@@ -52,7 +52,7 @@ def run(model: str, device: str, adversarial: bool, epochs: int, a: argparse.Nam
     from affectflow.config import load_params
     from affectflow.models import arch_config, build_model
     from affectflow.models.dann import Dann
-    from affectflow.pretrain.loop import train_dann
+    from affectflow.stages.pretrain.loop import train_dann
 
     params = load_params(a.params, {"train.model": model, "pretrain.epochs": epochs})
     cfg, tc = params.pretrain, params.train

@@ -56,12 +56,12 @@ def main() -> None:
 
     from affectflow import audio
     from affectflow.config import load_params, with_overrides
+    from affectflow.contracts.feature_store import save_array
+    from affectflow.contracts.manifest import write_manifest
     from affectflow.features.egemaps import Egemaps
-    from affectflow.features.extract import extract_features
     from affectflow.features.logmel import LogMel
-    from affectflow.features.store import save_array
-    from affectflow.ingest import ingest
-    from affectflow.manifest import write_manifest
+    from affectflow.stages.features import extract_features
+    from affectflow.stages.ingest import ingest
 
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
     load_before = subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip()

@@ -60,7 +60,7 @@ def _cli(args: list[str], env: dict[str, str], check: bool = True) -> tuple[floa
 
 def _champion(common: list[str], env: dict[str, str]) -> str | None:
     from affectflow.config import load_params
-    from affectflow.registry import CHAMPION, Registry
+    from affectflow.tracking.registry import CHAMPION, Registry
 
     overrides = dict(common[i + 1].split("=", 1) for i in range(0, len(common), 2))
     params = load_params(REPO / "params.yaml", overrides)

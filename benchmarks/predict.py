@@ -1,4 +1,4 @@
-"""Prediction speed: clips per second in batch (`affectflow.predict`), and p50/p95 latency of
+"""Prediction speed: clips per second in batch (`affectflow.serving.predict`), and p50/p95 latency of
 single-clip requests to the registered model behind `mlflow models serve` on CPU.
 
 The model is a `cnn_bigru` folder with the architecture of params.yaml (train.cnn) and log-mel of
@@ -7,7 +7,7 @@ as the affectflow pyfunc into a temporary sqlite store, registered, given the `c
 served from `models:/<name>@champion` exactly as a user would. Clips are RAVDESS files from
 ../shared/data when present (48 kHz FLAC, decoded and resampled to 16 kHz inside the timing), else
 generated ones. Requests carry either a 16 kHz waveform as JSON or the file itself as `audio_b64`
-(`affectflow.predict.invocations_payload`), one clip each.
+(`affectflow.serving.predict.invocations_payload`), one clip each.
 The long-file rows score one generated file in windows (predict.max_window_s / hop_s) in a fresh
 process and report its peak RSS, to show memory does not grow with the file's length.
 
@@ -34,7 +34,7 @@ WARMUP_REQUESTS = 3
 LONG_SCRIPT = """
 import resource, sys, time
 from affectflow.config import load_params
-from affectflow.predict import load_backend, predict_paths
+from affectflow.serving.predict import load_backend, predict_paths
 path, model, window, hop, bs, warm, threads = sys.argv[1:8]
 params = load_params(None, {"predict.max_window_s": float(window), "predict.hop_s": float(hop),
                             "predict.batch_size": int(bs), "predict.device": "cpu",
@@ -58,11 +58,11 @@ def cpu_now() -> float:
 def make_model(path: Path, params: Any) -> Path:
     import torch
 
+    from affectflow.corpora.demo import utterance
     from affectflow.features.logmel import LogMel
-    from affectflow.inference import save_model_dir
     from affectflow.models import arch_config, build_model
     from affectflow.models.data import compute_stats
-    from affectflow.synth import utterance
+    from affectflow.serving.recognizer import save_model_dir
 
     sr = params.audio.sample_rate
     classes = params.ingest.classes
@@ -91,7 +91,7 @@ def clips(data_root: Path, n: int, tmp: Path, sr: int) -> tuple[list[str], str]:
         return [str(f) for f in files[::step][:n or None]], f"RAVDESS ({rav})"
     import soundfile as sf
 
-    from affectflow.synth import utterance
+    from affectflow.corpora.demo import utterance
 
     out = []
     for i in range(n):
@@ -106,7 +106,7 @@ def register(model_dir: Path, tmp: Path) -> str:
     import mlflow
     from mlflow import MlflowClient
 
-    from affectflow.serving import log_pyfunc
+    from affectflow.serving.pyfunc import log_pyfunc
 
     uri = f"sqlite:///{tmp / 'mlflow.db'}"
     mlflow.set_tracking_uri(uri)
@@ -119,7 +119,7 @@ def register(model_dir: Path, tmp: Path) -> str:
 
 
 def batch_rows(params: Any, files: list[str], uri: str, batch_sizes: list[int], seconds: float) -> list[list[str]]:
-    from affectflow.predict import load_backend, predict_paths
+    from affectflow.serving.predict import load_backend, predict_paths
 
     rows = []
     t = time.perf_counter()
@@ -145,8 +145,8 @@ def serve_latency(uri: str, files: list[str], n: int, sr: int, tmp: Path, thread
     import numpy as np
 
     from affectflow import audio
-    from affectflow.netutil import free_port, http_ok, stop_group
-    from affectflow.predict import invocations_payload, post_invocations
+    from affectflow.runtime.netutil import free_port, http_ok, stop_group
+    from affectflow.serving.predict import invocations_payload, post_invocations
 
     bin_dir = Path(sys.executable).parent
     port = free_port()
@@ -189,7 +189,7 @@ def inprocess_latency(params: Any, files: list[str], n: int) -> dict[str, float]
     """The same single-clip requests without HTTP/JSON: what the server adds."""
     import numpy as np
 
-    from affectflow.predict import load_backend, predict_paths
+    from affectflow.serving.predict import load_backend, predict_paths
 
     backend = load_backend(params, f"models:/{MODEL_NAME}@champion")
     lat = []
@@ -208,7 +208,7 @@ def long_rows(model_dir: Path, tmp: Path, lengths: list[tuple[float, float]], ho
     import numpy as np
     import soundfile as sf
 
-    from affectflow.synth import utterance
+    from affectflow.corpora.demo import utterance
 
     piece = np.concatenate([utterance(e, speaker=i, seed=i, sr=sr, duration=3.0)
                             for i, e in enumerate(("neutral", "happy", "sad", "angry"))])

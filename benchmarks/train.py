@@ -1,6 +1,6 @@
 """Training throughput of the recognizer: samples/s and epoch time on CPU and, when present, GPU.
 
-Runs the real training loop (`affectflow.train.plan` + `fit`: Ray Train local mode, the same
+Runs the real training loop (`affectflow.stages.train.stage.plan` + `fit`: Ray Train local mode, the same
 `train_loop_per_worker` as `affectflow train`) on one speaker-independent RAVDESS fold and reads the
 per-epoch timings the loop records (training samples/s, training and validation seconds). On CUDA
 it also samples GPU utilisation (nvidia-smi, else torch.cuda.utilization) and peak memory.
@@ -38,10 +38,10 @@ GPU_POLL_S = 0.2
 def fake_corpus(root: Path, params: Any, speakers: int = 24, per_class: int = 8, seed: int = 0) -> tuple[Path, Path]:
     """A manifest + features folder shaped like RAVDESS (24 speakers, 60 clips each, 64 x 294-528
     log-mel frames, 88 eGeMAPS values) of random numbers: throughput does not depend on content."""
-    from affectflow.features.extract import feature_keys
-    from affectflow.features.store import feature_path, relative_file, save_array, write_index
-    from affectflow.manifest import COLUMNS, write_manifest
-    from affectflow.splits import apply_splits
+    from affectflow.contracts.feature_store import feature_path, relative_file, save_array, write_index
+    from affectflow.contracts.manifest import COLUMNS, write_manifest
+    from affectflow.contracts.splits import apply_splits
+    from affectflow.stages.features import feature_keys
 
     rng = np.random.default_rng(seed)
     keys = feature_keys(params.model_copy(update={"features": params.features.model_copy(
@@ -117,7 +117,7 @@ class GpuSampler:
 def run(params: Any, manifest: Path, features: Path, out: Path) -> dict[str, Any]:
     import torch
 
-    from affectflow.train import fit, plan
+    from affectflow.stages.train.stage import fit, plan
 
     p = plan(params, manifest, features, out)
     cuda = params.train.use_gpu and torch.cuda.is_available()

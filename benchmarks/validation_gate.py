@@ -25,11 +25,11 @@ def main() -> None:
     a = ap.parse_args()
 
     t0 = time.perf_counter()
-    import affectflow.validation as V  # great_expectations comes with it
+    import affectflow.stages.validate as V  # great_expectations comes with it
 
-    rows = [("import affectflow.validation (GX)", time.perf_counter() - t0, "")]
+    rows = [("import affectflow.stages.validate (GX)", time.perf_counter() - t0, "")]
     from affectflow.config import load_params
-    from affectflow.ingest import ingest
+    from affectflow.stages.ingest import ingest
 
     tmp = Path(tempfile.mkdtemp(prefix="gate-bench-"))
     params = load_params(a.params, {"paths.workdir": str(tmp), "paths.data_root": a.data_root})

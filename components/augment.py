@@ -8,11 +8,11 @@ from components.base import component
 @component("gpu")
 def augment(config: str, manifest: Input[Dataset], store: Input[Dataset], synthetic: Output[Dataset],
             summary: Output[Metrics], report: Output[HTML]) -> None:
-    """affectflow.augment.run.augment into the `synthetic` folder (synthetic.npz, report, plots)."""
+    """affectflow.stages.augment.stage.augment into the `synthetic` folder (synthetic.npz, report, plots)."""
     from pathlib import Path
 
-    from affectflow import kfp_io
-    from affectflow.augment.run import augment as run_stage
+    from affectflow.orchestration import kfp_io
+    from affectflow.stages.augment.stage import augment as run_stage
 
     params = kfp_io.stage_params(config, "augment")
     res = run_stage(params, Path(manifest.path) / "manifest.parquet", store.path, synthetic.path)
@@ -24,6 +24,6 @@ def augment(config: str, manifest: Input[Dataset], store: Input[Dataset], synthe
 @component("cpu")
 def skip_augment(synthetic: Output[Dataset]) -> None:
     """The augmentation-off branch: an empty synthetic set, so training uses real data only."""
-    from affectflow import kfp_io
+    from affectflow.orchestration import kfp_io
 
     kfp_io.mark_skipped(synthetic, "augment.enabled is false")

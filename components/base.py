@@ -6,13 +6,13 @@ from typing import Any
 from kfp import dsl
 
 FALLBACK_IMAGE = "ghcr.io/affectflow/affectflow:{version}-{kind}"
-"""Used until/unless affectflow.images provides the project image names."""
+"""Used until/unless affectflow.orchestration.images provides the project image names."""
 
 
 def image(kind: str = "cpu") -> str:
-    """The project image for `kind` ("cpu" or "gpu"): affectflow.images.image_for when present."""
+    """The project image for `kind` ("cpu" or "gpu"): affectflow.orchestration.images.image_for when present."""
     try:
-        from affectflow.images import image_for
+        from affectflow.orchestration.images import image_for
     except ImportError:
         from affectflow import __version__
 

@@ -9,12 +9,12 @@ from components.base import component
 def evaluate(config: str, manifest: Input[Dataset], store: Input[Dataset], model: Input[Model],
              evaluation: Output[Artifact], metrics: Output[Metrics], confusion: Output[ClassificationMetrics],
              report: Output[HTML]) -> float:
-    """affectflow.evaluate.evaluate into the `evaluation` folder (metrics.json, confusion.png,
+    """affectflow.stages.evaluate.evaluate into the `evaluation` folder (metrics.json, confusion.png,
     report.md); returns the test UAR."""
     from pathlib import Path
 
-    from affectflow import kfp_io
-    from affectflow.evaluate import evaluate as run_stage
+    from affectflow.orchestration import kfp_io
+    from affectflow.stages.evaluate import evaluate as run_stage
 
     params = kfp_io.stage_params(config, "evaluate")
     res = run_stage(params, kfp_io.model_dir(model), Path(manifest.path) / "manifest.parquet", store.path,

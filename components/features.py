@@ -8,11 +8,11 @@ from components.base import component
 @component("cpu")
 def features(config: str, manifest: Input[Dataset], store: Output[Dataset], summary: Output[Metrics],
              report: Output[Markdown]) -> None:
-    """affectflow.features.extract.extract_features into the `store` folder (index.parquet + arrays)."""
+    """affectflow.stages.features.extract_features into the `store` folder (index.parquet + arrays)."""
     from pathlib import Path
 
-    from affectflow import kfp_io
-    from affectflow.features.extract import extract_features
+    from affectflow.orchestration import kfp_io
+    from affectflow.stages.features import extract_features
 
     params = kfp_io.stage_params(config, "features")
     res = extract_features(params, Path(manifest.path) / "manifest.parquet", store.path)

@@ -8,13 +8,13 @@ from components.base import component
 @component("cpu")
 def ingest(config: str, data_version: str, manifest: Output[Dataset], summary: Output[Metrics],
            report: Output[Markdown]) -> None:
-    """affectflow.ingest.ingest into the `manifest` folder (manifest.parquet, summary.json).
+    """affectflow.stages.ingest.ingest into the `manifest` folder (manifest.parquet, summary.json).
 
     `data_version` is not read: it is part of the task's inputs so that the cached manifest is
     reused only while the audio is unchanged.
     """
-    from affectflow import kfp_io
-    from affectflow.ingest import ingest as run_stage
+    from affectflow.orchestration import kfp_io
+    from affectflow.stages.ingest import ingest as run_stage
 
     params = kfp_io.stage_params(config, "ingest")
     res = run_stage(params, manifest.path)

@@ -2,7 +2,7 @@
 
 KFP types each component input from the function signature, and a run-form field can only reach a
 task as a declared input, so this component's signature has one typed input per tunable. It is
-generated from `affectflow.pipeline.tunables` (the signature must follow params.yaml; a
+generated from `affectflow.orchestration.pipeline.tunables` (the signature must follow params.yaml; a
 hand-written one would go stale): the source is built as text, registered with `linecache` so
 `inspect.getsource` (which KFP uses to ship the body) finds it, and decorated like any component.
 """
@@ -13,7 +13,7 @@ from typing import Any, NamedTuple
 
 from kfp.dsl import Artifact, Output
 
-from affectflow.pipeline import KFP_TYPES, STAGES, Tunable
+from affectflow.orchestration.pipeline import KFP_TYPES, STAGES, Tunable
 from components.base import component
 
 FUNCTION = "resolve_params"
@@ -31,7 +31,7 @@ def source(tunables: list[Tunable]) -> str:
         f") -> NamedTuple('Outputs', [{outputs}]):\n"
         '    """Validate the run\'s parameters once (errors name the key); write the full params.yaml;\n'
         '    return each stage the sections it reads."""\n'
-        "    from affectflow import kfp_io\n\n"
+        "    from affectflow.orchestration import kfp_io\n\n"
         f"    values = {{\n{values}    }}\n"
         f"    return kfp_io.resolve_params(values, {text_keys!r}, params.path)\n"
     )

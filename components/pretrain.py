@@ -8,11 +8,11 @@ from components.base import component
 @component("gpu")
 def pretrain(config: str, manifest: Input[Dataset], store: Input[Dataset], encoder: Output[Model],
              summary: Output[Metrics], report: Output[HTML]) -> None:
-    """affectflow.pretrain.pretrain into the `encoder` folder (encoder/ model folder, report, plots)."""
+    """affectflow.stages.pretrain.stage.pretrain into the `encoder` folder (encoder/ model folder, report, plots)."""
     from pathlib import Path
 
-    from affectflow import kfp_io
-    from affectflow.pretrain import pretrain as run_stage
+    from affectflow.orchestration import kfp_io
+    from affectflow.stages.pretrain.stage import pretrain as run_stage
 
     params = kfp_io.stage_params(config, "pretrain")
     res = run_stage(params, Path(manifest.path) / "manifest.parquet", store.path, encoder.path)
@@ -24,6 +24,6 @@ def pretrain(config: str, manifest: Input[Dataset], store: Input[Dataset], encod
 @component("cpu")
 def skip_pretrain(encoder: Output[Model]) -> None:
     """The DANN-off branch: no pretrained encoder, so training starts from scratch."""
-    from affectflow import kfp_io
+    from affectflow.orchestration import kfp_io
 
     kfp_io.mark_skipped(encoder, "pretrain.enabled is false")

@@ -8,7 +8,7 @@ from components.base import component
 @component("cpu")
 def register(params: Input[Artifact], model: Input[Model], evaluation: Input[Artifact], result: Output[Artifact],
              report: Output[Markdown]) -> bool:
-    """affectflow.registry.register with promotion left to the DAG: registers a new version as
+    """affectflow.tracking.registry.register with promotion left to the DAG: registers a new version as
     `challenger`, runs the gate against `champion` (decision and reason in `result`/result.json)
     and returns whether the `promote` task should run: gate passed and registry.auto_promote.
 
@@ -16,7 +16,8 @@ def register(params: Input[Artifact], model: Input[Model], evaluation: Input[Art
     named output of a NamedTuple."""
     from pathlib import Path
 
-    from affectflow import kfp_io, registry
+    from affectflow.orchestration import kfp_io
+    from affectflow.tracking import registry
 
     p = kfp_io.read_params(params.path)
     auto_promote = p.registry.auto_promote
@@ -30,11 +31,12 @@ def register(params: Input[Artifact], model: Input[Model], evaluation: Input[Art
 @component("cpu")
 def promote(params: Input[Artifact], registration: Input[Artifact], run_name: str, result: Output[Artifact],
             report: Output[Markdown]) -> str:
-    """affectflow.registry.promote: move `champion` to the version `register` added (its gate
+    """affectflow.tracking.registry.promote: move `champion` to the version `register` added (its gate
     passed); returns the champion version afterwards."""
     from pathlib import Path
 
-    from affectflow import kfp_io, registry
+    from affectflow.orchestration import kfp_io
+    from affectflow.tracking import registry
 
     p = kfp_io.read_params(params.path)
     version = str(kfp_io.read_json(Path(registration.path) / "result.json")["version"])

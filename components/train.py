@@ -8,11 +8,11 @@ from components.base import component
 @component("gpu")
 def train(config: str, manifest: Input[Dataset], store: Input[Dataset], synthetic: Input[Dataset],
           encoder: Input[Model], model: Output[Model], summary: Output[Metrics], report: Output[HTML]) -> None:
-    """affectflow.train.train into the `model` folder (model/, curves.png, summary.json)."""
+    """affectflow.stages.train.stage.train into the `model` folder (model/, curves.png, summary.json)."""
     from pathlib import Path
 
-    from affectflow import kfp_io
-    from affectflow.train import train as run_stage
+    from affectflow.orchestration import kfp_io
+    from affectflow.stages.train.stage import train as run_stage
 
     params = kfp_io.stage_params(config, "train")
     res = run_stage(params, Path(manifest.path) / "manifest.parquet", store.path, model.path,

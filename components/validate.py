@@ -8,11 +8,11 @@ from components.base import component
 @component("cpu")
 def validate(config: str, manifest: Input[Dataset], gate: Output[Artifact], summary: Output[Metrics],
              report: Output[Markdown]) -> bool:
-    """affectflow.validation.validate on the manifest; the report is the task's Markdown output."""
+    """affectflow.stages.validate.validate on the manifest; the report is the task's Markdown output."""
     from pathlib import Path
 
-    from affectflow import kfp_io
-    from affectflow.validation import validate as run_stage
+    from affectflow.orchestration import kfp_io
+    from affectflow.stages.validate import validate as run_stage
 
     params = kfp_io.stage_params(config, "validate")
     res = run_stage(params, Path(manifest.path) / "manifest.parquet", gate.path)

@@ -14,7 +14,7 @@ from typing import Any
 from kfp import dsl, kubernetes
 
 from affectflow.config import Params
-from affectflow.pipeline import DATA_VERSION, PIPELINE_NAME, Tunable, tunables
+from affectflow.orchestration.pipeline import DATA_VERSION, PIPELINE_NAME, Tunable, tunables
 from components import params as params_component
 from components.augment import augment, skip_augment
 from components.evaluate import evaluate
@@ -31,11 +31,11 @@ S3_KEYS = {k: k for k in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_END
                           "MLFLOW_S3_ENDPOINT_URL", "AWS_DEFAULT_REGION")}
 """Secret key -> environment variable, from `pipeline.s3_secret` (the chart's S3 Secret: what
 boto3, MLflow and DVC read). Optional keys: a Secret without a region still starts the pod, and
-missing credentials fail in affectflow.s3 with an error that says so."""
+missing credentials fail in affectflow.storage.s3 with an error that says so."""
 MLFLOW_KEYS = {k: k for k in ("MLFLOW_TRACKING_URI", "MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD")}
 """Secret key -> environment variable, from `pipeline.mlflow_secret`, each optional (an MLflow
 server without authentication has no user/password). MLFLOW_TRACKING_URI, when set, replaces
-tracking.uri inside the tasks (affectflow.kfp_io.stage_params)."""
+tracking.uri inside the tasks (affectflow.orchestration.kfp_io.stage_params)."""
 RETRY_BACKOFF = "30s"
 """First wait before a retry (doubles each time): long enough for a node or S3 hiccup to pass."""
 

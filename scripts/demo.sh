@@ -13,7 +13,7 @@ args=()
 if [ ! -d ../shared/data/ravdess ]; then
   echo "../shared/data/ravdess not found: generating a demo corpus in demo_data/" >&2
   if [ ! -d demo_data/ravdess ]; then
-    .venv/bin/python -c "from affectflow.synth import make_ravdess_like; make_ravdess_like('demo_data/ravdess', actors=8, clips_per_emotion=4)"
+    .venv/bin/python -c "from affectflow.corpora.demo import make_ravdess_like; make_ravdess_like('demo_data/ravdess', actors=8, clips_per_emotion=4)"
   fi
   args+=(--set paths.data_root=demo_data)
 fi

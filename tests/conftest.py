@@ -26,7 +26,7 @@ def shared_data() -> Path:
 @pytest.fixture(scope="session")
 def synth_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A generated RAVDESS-layout corpus: 8 actors x 4 emotions x 4 clips of 1.2 s (session-wide, read-only)."""
-    from affectflow.synth import make_ravdess_like
+    from affectflow.corpora.demo import make_ravdess_like
 
     root = tmp_path_factory.mktemp("synth") / "ravdess"
     make_ravdess_like(root, actors=8, emotions=("neutral", "happy", "sad", "angry"),

@@ -346,7 +346,7 @@ class DannAblationConfig(Section):
                              "dann_corpus_std", "dann_augment"]] = (
         Field(default_factory=lambda: ["source_only", "corpus_std", "target_bn", "dann", "dann_selected",
                                        "dann_finetuned", "dann_corpus_std", "dann_augment"], min_length=1))
-    """See affectflow.pretrain.ablation (target_bn: DANN's batches with λ = 0, a control; dann_selected:
+    """See affectflow.studies.dann (target_bn: DANN's batches with λ = 0, a control; dann_selected:
     the adversary setting of `grid` with the best UAR on the target's validation speakers, per fold)."""
     grid: dict[str, dict[str, Any]] = Field(default_factory=lambda: {
         "quick": {},

@@ -14,14 +14,14 @@ from pathlib import Path
 import pytest
 
 from affectflow.config import load_params
+from affectflow.contracts.manifest import read_manifest, write_manifest
 from affectflow.corpora import emodb
-from affectflow.evaluate import evaluate
-from affectflow.features.extract import extract_features
-from affectflow.inference import read_meta
-from affectflow.ingest import ingest
-from affectflow.manifest import read_manifest, write_manifest
-from affectflow.pretrain import pretrain
-from affectflow.train import train
+from affectflow.serving.recognizer import read_meta
+from affectflow.stages.evaluate import evaluate
+from affectflow.stages.features import extract_features
+from affectflow.stages.ingest import ingest
+from affectflow.stages.pretrain.stage import pretrain
+from affectflow.stages.train.stage import train
 
 pytestmark = pytest.mark.integration
 

@@ -54,7 +54,7 @@ def _ok(res: subprocess.CompletedProcess[str]) -> str:
 
 @pytest.fixture(scope="module")
 def dvc_repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from affectflow.synth import make_ravdess_like
+    from affectflow.corpora.demo import make_ravdess_like
 
     repo = tmp_path_factory.mktemp("dvcrepo")
     make_ravdess_like(repo / "data" / "ravdess", actors=8, emotions=("neutral", "happy", "sad", "angry"),
@@ -89,7 +89,7 @@ def test_repro_runs_every_stage_then_nothing(dvc_repo: Path) -> None:
     status = _ok(_run([sys.executable, "-m", "dvc", "status"], dvc_repo))
     assert "up to date" in status, status
 
-    from affectflow.lineage import dvc_revision
+    from affectflow.tracking.lineage import dvc_revision
 
     rev = dvc_revision(dvc_repo)
     assert rev == f"dvc.lock:{lock['stages']['ingest']['outs'][0]['md5']}"

@@ -12,12 +12,12 @@ import pytest
 
 from affectflow import audio
 from affectflow.config import load_params
+from affectflow.contracts.feature_store import FeatureSet
+from affectflow.contracts.manifest import read_manifest
 from affectflow.features.egemaps import Egemaps
-from affectflow.features.extract import extract_features
 from affectflow.features.logmel import LogMel
-from affectflow.features.store import FeatureSet
-from affectflow.ingest import ingest
-from affectflow.manifest import read_manifest
+from affectflow.stages.features import extract_features
+from affectflow.stages.ingest import ingest
 
 pytestmark = pytest.mark.integration
 

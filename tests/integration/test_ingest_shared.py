@@ -14,10 +14,10 @@ import soundfile as sf
 import soxr
 
 from affectflow.config import load_params
+from affectflow.contracts.manifest import read_manifest
+from affectflow.contracts.splits import check_no_leakage
 from affectflow.corpora import emodb
-from affectflow.ingest import IngestError, ingest
-from affectflow.manifest import read_manifest
-from affectflow.splits import check_no_leakage
+from affectflow.stages.ingest import IngestError, ingest
 
 pytestmark = pytest.mark.integration
 
@@ -148,13 +148,13 @@ def test_csv_corpus_at_44k_through_ingest_validate_and_features(shared_data, tmp
     assert df.drop_duplicates("speaker")["gender"].value_counts().to_dict() == {"male": 3, "female": 2}
     assert set(df["split"]) == {"train", "val", "test"}
 
-    validation = pytest.importorskip("affectflow.validation")
+    validation = pytest.importorskip("affectflow.stages.validate")
     gate = validation.validate(p, res.manifest, tmp_path / "work" / "validation")
     assert gate.passed, gate.summary["failures"]
 
-    extract = pytest.importorskip("affectflow.features.extract")
+    extract = pytest.importorskip("affectflow.stages.features")
     feats = extract.extract_features(p, res.manifest, tmp_path / "work" / "features")
-    from affectflow.features.store import FeatureSet
+    from affectflow.contracts.feature_store import FeatureSet
 
     arrays = FeatureSet(tmp_path / "work" / "features").load("logmel", df["utt_id"].tolist())
     hop = p.features.logmel.hop_length

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from affectflow import pipeline as P
 from affectflow.config import Params, load_params
+from affectflow.orchestration import pipeline as P
 
 pytestmark = pytest.mark.slow
 
@@ -101,7 +101,7 @@ def test_switches_on_feed_train_the_synthetic_set_and_the_encoder(synth_root: Pa
     """augment.enabled and pretrain.enabled take the dsl.If branches; train receives both outputs."""
     import json
 
-    from affectflow.synth import make_ravdess_like
+    from affectflow.corpora.demo import make_ravdess_like
 
     target = make_ravdess_like(work / "target" / "tgt", actors=4, emotions=("neutral", "happy", "sad", "angry"),
                                clips_per_emotion=3, duration=1.0)

@@ -19,8 +19,8 @@ import pytest
 from mlflow.tracking._tracking_service.utils import _use_tracking_uri as use_tracking_uri
 
 from affectflow.config import Params, load_params
-from affectflow.netutil import free_port, http_ok, stop_group
-from affectflow.registry import CHALLENGER, CHAMPION, HISTORY_TAG, Registry, register
+from affectflow.runtime.netutil import free_port, http_ok, stop_group
+from affectflow.tracking.registry import CHALLENGER, CHAMPION, HISTORY_TAG, Registry, register
 
 STARTUP_TIMEOUT_S = 180.0
 """Server start (schema creation + app import) takes ~15 s on an idle laptop, far more on a busy CI box."""

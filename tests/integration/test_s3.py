@@ -23,8 +23,8 @@ from pathlib import Path
 
 import pytest
 
-from affectflow import s3
 from affectflow.config import S3Config
+from affectflow.storage import s3
 
 ACCESS_KEY = "affectflow-test"
 SECRET_KEY = "affectflow-test-secret"
@@ -276,10 +276,10 @@ def _upload_corpus(synth_root: Path, request: pytest.FixtureRequest) -> str:
 def test_ingest_then_features_from_s3(s3_env: S3Server, synth_params, synth_root: Path,
                                       request: pytest.FixtureRequest) -> None:
     """The corpus root is an s3:// URI: ingest mirrors it, features run on the mirror, outputs go back."""
-    from affectflow.features.extract import extract_features
-    from affectflow.features.store import FeatureSet
-    from affectflow.ingest import ingest
-    from affectflow.manifest import read_manifest
+    from affectflow.contracts.feature_store import FeatureSet
+    from affectflow.contracts.manifest import read_manifest
+    from affectflow.stages.features import extract_features
+    from affectflow.stages.ingest import ingest
 
     params = synth_params.model_copy(deep=True)
     params.paths.data_root = _upload_corpus(synth_root, request)
@@ -330,8 +330,8 @@ def test_predict_reads_s3_objects_and_prefixes(s3_env: S3Server, tmp_path: Path,
     import soundfile as sf
 
     from affectflow.config import load_params
-    from affectflow.predict import PredictInputError, collect_inputs, predict_paths
-    from affectflow.synth import utterance
+    from affectflow.corpora.demo import utterance
+    from affectflow.serving.predict import PredictInputError, collect_inputs, predict_paths
 
     local = tmp_path / "incoming"
     clips = {"a.wav": ("happy", 1.0), "sub/b.flac": ("sad", 1.4), "c.wav": ("angry", 0.7)}

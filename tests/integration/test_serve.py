@@ -5,7 +5,7 @@ train -> evaluate -> register, which makes the first version `champion`), then
 `.venv/bin/mlflow models serve -m models:/<name>@champion --env-manager local` runs on 127.0.0.1
 with a free port. A network client cannot send file paths (they name files on the server's disk),
 so requests carry mono float waveforms with their sample rate, or the encoded files as base64
-(`audio_b64`), in MLflow's `dataframe_split` form (`affectflow.predict.invocations_payload`), the
+(`audio_b64`), in MLflow's `dataframe_split` form (`affectflow.serving.predict.invocations_payload`), the
 columns of the pyfunc signature. No shared data is needed, so the test is not marked `integration`.
 """
 
@@ -28,10 +28,10 @@ import pytest
 
 from affectflow import audio
 from affectflow.config import Params, with_overrides
-from affectflow.manifest import read_manifest
-from affectflow.netutil import free_port, http_ok, stop_group
-from affectflow.predict import invocations_payload, post_invocations, predict_paths
-from affectflow.registry import CHAMPION, resolve_uri
+from affectflow.contracts.manifest import read_manifest
+from affectflow.runtime.netutil import free_port, http_ok, stop_group
+from affectflow.serving.predict import invocations_payload, post_invocations, predict_paths
+from affectflow.tracking.registry import CHAMPION, resolve_uri
 
 STARTUP_TIMEOUT_S = 240.0
 """Model download + app import; ~15 s idle, far more on a busy CI box."""
@@ -49,11 +49,11 @@ TINY = {
 
 def train_and_register(params: Params, work: Path) -> dict[str, Any]:
     """The stage functions the pipeline runs, on the generated corpus, ending with a champion."""
-    from affectflow.evaluate import evaluate
-    from affectflow.features.extract import extract_features
-    from affectflow.ingest import ingest
-    from affectflow.registry import register
-    from affectflow.train import train
+    from affectflow.stages.evaluate import evaluate
+    from affectflow.stages.features import extract_features
+    from affectflow.stages.ingest import ingest
+    from affectflow.stages.train.stage import train
+    from affectflow.tracking.registry import register
 
     manifest = ingest(params, work / "ingest").manifest
     features = work / "features"

@@ -9,8 +9,8 @@ import pandas as pd
 import pytest
 
 from affectflow.config import load_params
-from affectflow.ingest import ingest
-from affectflow.validation import validate
+from affectflow.stages.ingest import ingest
+from affectflow.stages.validate import validate
 
 pytestmark = pytest.mark.integration
 

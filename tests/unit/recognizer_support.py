@@ -51,9 +51,9 @@ def tiny_params(base: Params, **extra: Any) -> Params:
 def write_features(params: Params, manifest: pd.DataFrame, root: Path, utt_ids: list[str] | None = None) -> Path:
     """log-mel (+ stand-in eGeMAPS) for the manifest's clips into a features folder."""
     from affectflow import audio
-    from affectflow.features.extract import feature_keys
+    from affectflow.contracts.feature_store import feature_path, relative_file, save_array, write_index
     from affectflow.features.logmel import LogMel
-    from affectflow.features.store import feature_path, relative_file, save_array, write_index
+    from affectflow.stages.features import feature_keys
 
     keys = feature_keys(params.model_copy(update={"features": params.features.model_copy(
         update={"kinds": ["logmel", "egemaps"], "egemaps": params.features.egemaps.model_copy(
@@ -87,8 +87,8 @@ def corpus(synth_root: Path, factory: Any) -> tuple[Params, Path, Path]:
     (`factory` is pytest's tmp_path_factory)."""
     if "corpus" not in _CACHE:
         base = _base(factory)
-        from affectflow.ingest import ingest
-        from affectflow.manifest import read_manifest
+        from affectflow.contracts.manifest import read_manifest
+        from affectflow.stages.ingest import ingest
 
         params = load_params(None, {
             "paths.workdir": str(base / "work"),
@@ -112,8 +112,8 @@ def trained(synth_root: Path, factory: Any) -> dict[str, Any]:
     if "trained" not in _CACHE:
         from affectflow.cli import main
         from affectflow.config import dump_params
+        from affectflow.stages.train.stage import TrainResult
         from affectflow.storage import read_json
-        from affectflow.train import TrainResult
 
         base = _base(factory)
         params, manifest, features = corpus(synth_root, factory)

@@ -11,11 +11,11 @@ import pandas as pd
 import pytest
 import torch
 
-from affectflow.augment.data import Standardizer, crop_segments, load_real_set
-from affectflow.augment.run import REQUIRED_KEYS, SyntheticFormatError, augment, load_synthetic
 from affectflow.config import Params, load_params
-from affectflow.features.store import INDEX, feature_path, save_array
-from affectflow.manifest import COLUMNS, write_manifest
+from affectflow.contracts.feature_store import INDEX, feature_path, save_array
+from affectflow.contracts.manifest import COLUMNS, write_manifest
+from affectflow.stages.augment.data import Standardizer, crop_segments, load_real_set
+from affectflow.stages.augment.stage import REQUIRED_KEYS, SyntheticFormatError, augment, load_synthetic
 
 CLASSES = ["neutral", "happy", "sad", "angry"]
 N_MELS = 12
@@ -223,7 +223,7 @@ def test_load_synthetic_names_missing_fields(tmp_path: Path) -> None:
 
 
 def test_calibration_split_holds_out_whole_clips_per_class() -> None:
-    from affectflow.augment.data import calibration_split
+    from affectflow.stages.augment.data import calibration_split
 
     clips = np.repeat([f"c{i}" for i in range(20)], 3)  # 3 segments per clip
     y = np.repeat(np.arange(20) % 2, 3)

@@ -12,9 +12,9 @@ import pytest
 import torch
 from test_augment import CLASSES, make_feature_folder  # same folder (pytest puts it on sys.path)
 
-from affectflow.augment import ablation as A
 from affectflow.config import ConfigError, load_params
-from affectflow.manifest import write_manifest
+from affectflow.contracts.manifest import write_manifest
+from affectflow.studies import augmentation as A
 
 
 def _manifest(n_train_speakers: int) -> pd.DataFrame:

@@ -5,7 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from affectflow.augment.quality import (
+from affectflow.config import AugmentConfig
+from affectflow.stages.augment.quality import (
     AgreementModel,
     Scores,
     Thresholds,
@@ -17,8 +18,7 @@ from affectflow.augment.quality import (
     select,
     thresholds_from_real,
 )
-from affectflow.augment.report import frechet_distance, precision_recall
-from affectflow.config import AugmentConfig
+from affectflow.stages.augment.report import frechet_distance, precision_recall
 
 
 def grid_class(offset: float) -> np.ndarray:

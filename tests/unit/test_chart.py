@@ -18,8 +18,9 @@ import kubernetes_validate
 import pytest
 import yaml
 
-from affectflow import __version__, images
+from affectflow import __version__
 from affectflow.config import load_params
+from affectflow.orchestration import images
 
 REPO = Path(__file__).resolve().parents[2]
 CHART = REPO / "charts" / "affectflow"

@@ -1,6 +1,6 @@
 """Static checks of the container images (there is no Docker engine here): hadolint, pinned bases,
 non-root users, cache-friendly layer order, the build context, and that every image a component or
-the compiled pipeline names is one that `containers/` defines (`affectflow.images`)."""
+the compiled pipeline names is one that `containers/` defines (`affectflow.orchestration.images`)."""
 
 from __future__ import annotations
 
@@ -17,8 +17,8 @@ from dockerfile_parse import DockerfileParser
 from packaging.requirements import Requirement
 from pathspec import GitIgnoreSpec
 
-from affectflow import images
 from affectflow.config import load_params
+from affectflow.orchestration import images
 
 REPO = Path(__file__).resolve().parents[2]
 DOCKERFILES = sorted({spec.dockerfile for spec in images.IMAGES.values()})
@@ -212,4 +212,4 @@ def test_components_take_images_from_affectflow_images() -> None:
     for path in sources:
         text = path.read_text()
         hard = re.findall(r"base_image\s*=\s*['\"]([^'\"]+)['\"]", text)
-        assert not hard, f"{path.relative_to(REPO)}: hard-coded base_image {hard}; use affectflow.images.image_for"
+        assert not hard, f"{path.relative_to(REPO)}: hard-coded base_image {hard}; use affectflow.orchestration.images.image_for"

@@ -9,9 +9,9 @@ import pytest
 import soundfile as sf
 
 from affectflow.config import CorpusSpec
+from affectflow.contracts.manifest import CANONICAL_LABELS, ManifestError
 from affectflow.corpora import ADAPTERS, get_adapter
-from affectflow.manifest import CANONICAL_LABELS, ManifestError
-from affectflow.synth import utterance
+from affectflow.corpora.demo import utterance
 
 SR = 16000
 CLIP_S = 0.5

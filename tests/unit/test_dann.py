@@ -15,15 +15,15 @@ import torch
 from affectflow.config import MlpConfig, PretrainConfig, TrainConfig
 from affectflow.models.dann import Dann, GradientReversal, grad_reverse, grl_lambda
 from affectflow.models.recognizer import EgemapsMlp
-from affectflow.pretrain.data import (
+from affectflow.stages.pretrain.data import (
     PretrainDataError,
     TargetLeakageError,
     assert_no_target_test,
     resolve_domains,
     select_rows,
 )
-from affectflow.pretrain.loop import LoopData, embed, train_dann
-from affectflow.pretrain.probe import domain_probe, proxy_a_distance
+from affectflow.stages.pretrain.loop import LoopData, embed, train_dann
+from affectflow.stages.pretrain.probe import domain_probe, proxy_a_distance
 
 
 # ----------------------------------------------------------------------------- gradient reversal

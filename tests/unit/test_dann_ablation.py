@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 
 from affectflow.config import ConfigError, load_params
-from affectflow.pretrain.ablation import AblationError, resolve_selection, select_members, target_rows
+from affectflow.studies.dann import AblationError, resolve_selection, select_members, target_rows
 
 GRID = ["quick", "balanced", "slow"]
 

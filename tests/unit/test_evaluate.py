@@ -11,9 +11,9 @@ import pandas as pd
 import pytest
 from recognizer_support import trained
 
-from affectflow.evaluate import EvaluationError, evaluate
-from affectflow.features.store import INDEX
-from affectflow.manifest import manifest_hash, read_manifest, write_manifest
+from affectflow.contracts.feature_store import INDEX
+from affectflow.contracts.manifest import manifest_hash, read_manifest, write_manifest
+from affectflow.stages.evaluate import EvaluationError, evaluate
 
 
 def test_metrics_json_report_and_plots(synth_root: Path, tmp_path_factory: pytest.TempPathFactory):

@@ -13,9 +13,9 @@ import soundfile as sf
 
 from affectflow import audio
 from affectflow.config import load_params
-from affectflow.ingest import IngestError, header_shortfall, ingest, probe
-from affectflow.manifest import COLUMNS, read_manifest
-from affectflow.synth import make_ravdess_like, utterance
+from affectflow.contracts.manifest import COLUMNS, read_manifest
+from affectflow.corpora.demo import make_ravdess_like, utterance
+from affectflow.stages.ingest import IngestError, header_shortfall, ingest, probe
 
 SR = 16000
 CLIP_S = 0.5

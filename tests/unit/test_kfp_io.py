@@ -1,4 +1,4 @@
-"""affectflow.kfp_io: what the components do around a stage call, without KFP running them."""
+"""affectflow.orchestration.kfp_io: what the components do around a stage call, without KFP running them."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from affectflow import kfp_io
+from affectflow.orchestration import kfp_io
 
 PNG = base64.b64decode(
     "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mP8z8BQDwAEhQGAhKmMIQAAAABJRU5ErkJggg==")

@@ -12,8 +12,8 @@ from typing import Any, ClassVar
 import pytest
 
 from affectflow import cli
-from affectflow import pipeline as P
 from affectflow.config import load_params
+from affectflow.orchestration import pipeline as P
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -360,7 +360,7 @@ def test_cli_upload_refuses_a_stale_committed_ir(fake_kfp: type[FakeClient], tmp
 
 
 def test_step_writes_the_placeholder_when_switched_off(tmp_path: Path) -> None:
-    from affectflow.kfp_io import SKIPPED, optional_dir
+    from affectflow.orchestration.kfp_io import SKIPPED, optional_dir
 
     params = load_params(None, {"paths.workdir": str(tmp_path), "augment.enabled": False})
     (tmp_path / "augment").mkdir()

@@ -16,9 +16,9 @@ from typing import Any
 import pytest
 import yaml
 
-from affectflow import kfp_io
-from affectflow import pipeline as P
 from affectflow.config import Params, load_params
+from affectflow.orchestration import kfp_io
+from affectflow.orchestration import pipeline as P
 
 REPO = Path(__file__).resolve().parents[2]
 PARAMS_YAML = REPO / "params.yaml"
@@ -134,7 +134,7 @@ def test_gpu_tasks_request_accelerators(ir: tuple[dict[str, Any], dict[str, Any]
 
 
 def test_gpu_tasks_run_in_the_gpu_image(ir: tuple[dict[str, Any], dict[str, Any]]) -> None:
-    from affectflow.images import image_for
+    from affectflow.orchestration.images import image_for
 
     spec, _ = ir
     tasks = _tasks(spec)
@@ -302,13 +302,13 @@ def test_pipeline_arguments_are_only_the_differences(base: Params) -> None:
 # ----------------------------------------------------------------------------- sections table
 SRC = REPO / "src" / "affectflow"
 STAGE_MODULES = {
-    "ingest": ["ingest.py", "splits.py", "corpora", "manifest.py"],
-    "validate": ["validation.py"],
-    "features": ["features"],
-    "augment": ["augment", "models/wgan.py", "models/aaec.py"],
-    "pretrain": ["pretrain", "models/dann.py"],
-    "train": ["train.py", "models"],
-    "evaluate": ["evaluate.py", "metrics.py"],
+    "ingest": ["stages/ingest.py", "contracts/splits.py", "corpora", "contracts/manifest.py"],
+    "validate": ["stages/validate.py"],
+    "features": ["stages/features.py", "features"],
+    "augment": ["stages/augment", "models/wgan.py", "models/aaec.py"],
+    "pretrain": ["stages/pretrain", "models/dann.py"],
+    "train": ["stages/train", "models"],
+    "evaluate": ["stages/evaluate.py", "metrics.py"],
 }
 """Library code each stage runs (its own modules and stage-specific helpers)."""
 ATTR = re.compile(r"\bparams\.([a-z0-9_]+)\b")

@@ -25,18 +25,18 @@ import yaml
 
 from affectflow import audio, cli
 from affectflow.config import CnnConfig, Params, load_params
+from affectflow.corpora.demo import utterance
 from affectflow.features.logmel import LogMel
-from affectflow.inference import load_model_dir, predict_audio, save_model_dir
 from affectflow.models import build_model
 from affectflow.models.data import compute_stats
-from affectflow.predict import (
+from affectflow.serving.predict import (
     PredictInputError,
     RecognizerBackend,
     collect_inputs,
     predict_paths,
     window_spans,
 )
-from affectflow.synth import utterance
+from affectflow.serving.recognizer import load_model_dir, predict_audio, save_model_dir
 
 SR = 16000
 CLASSES = ["neutral", "happy", "sad", "angry"]
@@ -69,7 +69,7 @@ def registry(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     """Two model folders logged as pyfuncs and registered; `champion` points at the second."""
     from mlflow import MlflowClient
 
-    from affectflow.serving import log_pyfunc
+    from affectflow.serving.pyfunc import log_pyfunc
 
     root = tmp_path_factory.mktemp("predict-registry")
     uri = f"sqlite:///{root / 'mlflow.db'}"

@@ -20,10 +20,10 @@ import torch
 from recognizer_support import tiny_params, write_features
 
 from affectflow.config import Params, load_params
-from affectflow.inference import load_model_dir, load_state, read_meta
-from affectflow.manifest import read_manifest, write_manifest
-from affectflow.pretrain import pretrain
-from affectflow.pretrain.data import PretrainDataError
+from affectflow.contracts.manifest import read_manifest, write_manifest
+from affectflow.serving.recognizer import load_model_dir, load_state, read_meta
+from affectflow.stages.pretrain.data import PretrainDataError
+from affectflow.stages.pretrain.stage import pretrain
 
 EMOTIONS = ("neutral", "happy", "sad", "angry")
 TARGET_SPEAKERS = range(40, 46)
@@ -34,7 +34,7 @@ TINY_DANN = {"pretrain.epochs": 3, "pretrain.batch_size": 16, "pretrain.threads"
 
 def _make_csv_corpus(folder: Path) -> Path:
     """Generated clips through a different channel, described by a CSV (relative paths)."""
-    from affectflow.synth import utterance
+    from affectflow.corpora.demo import utterance
 
     folder.mkdir(parents=True, exist_ok=True)
     rows = []
@@ -59,7 +59,7 @@ def _make_csv_corpus(folder: Path) -> Path:
 @pytest.fixture(scope="module")
 def world(synth_root: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     """Ingested source + CSV target; features for every clip except the target's test speakers."""
-    from affectflow.ingest import ingest
+    from affectflow.stages.ingest import ingest
 
     base = tmp_path_factory.mktemp("pretrain")
     target_csv = _make_csv_corpus(base / "mycorpus")
@@ -131,7 +131,7 @@ def test_report_probe_projection_and_mlflow(world: dict[str, Any], stage: dict[s
     assert "proxy A-distance" in md and "![projection](projection.png)" in md
     from mlflow.tracking import MlflowClient
 
-    from affectflow.tracking import resolve_uri
+    from affectflow.tracking.runs import resolve_uri
 
     run = MlflowClient(resolve_uri(stage["params"].tracking.uri)).get_run(res.mlflow_run_id)
     assert run.data.tags["stage"] == "pretrain"
@@ -139,7 +139,7 @@ def test_report_probe_projection_and_mlflow(world: dict[str, Any], stage: dict[s
 
 
 def test_recognizer_fine_tunes_the_pretrained_encoder(world: dict[str, Any], stage: dict[str, Any], tmp_path: Path):
-    from affectflow.train import train
+    from affectflow.stages.train.stage import train
 
     p = tiny_params(stage["params"], **{"train.epochs": 1, "train.lr": 1e-9, "train.schedule": "constant",
                                         "train.specaugment.noise_std": 0.0})
@@ -157,7 +157,7 @@ def test_target_test_rows_marked_train_are_refused(world: dict[str, Any], tmp_pa
     first = df.index[df["speaker"] == spk][0]
     df.loc[first, "split"] = "train"
     write_manifest(df, tmp_path / "m.parquet")
-    from affectflow.pretrain.data import TargetLeakageError
+    from affectflow.stages.pretrain.data import TargetLeakageError
 
     with pytest.raises(TargetLeakageError, match=spk):
         pretrain(_params(world), tmp_path / "m.parquet", world["features"], tmp_path / "out")
@@ -187,10 +187,10 @@ def test_log_mel_cnn_encoder_through_the_stage(world: dict[str, Any], tmp_path: 
 def test_per_corpus_normalisation_travels_to_the_fine_tuned_recognizer(world: dict[str, Any], tmp_path: Path):
     """pretrain.normalize: corpus — the encoder learnt on each corpus standardised by its own
     statistics, so the recognizer trained from it, `evaluate` and serving must see inputs that way."""
-    from affectflow.features.store import FeatureSet
-    from affectflow.inference import predict_features
+    from affectflow.contracts.feature_store import FeatureSet
     from affectflow.models.data import compute_stats
-    from affectflow.train import train
+    from affectflow.serving.recognizer import predict_features
+    from affectflow.stages.train.stage import train
 
     p = _params(world, **{"pretrain.normalize": "corpus", "pretrain.compare_source_only": False})
     res = pretrain(p, world["manifest"], world["features"], tmp_path / "pretrain")

@@ -14,7 +14,7 @@ import pytest
 from mlflow.tracking._tracking_service.utils import _use_tracking_uri as use_tracking_uri
 
 from affectflow.config import Params, load_params
-from affectflow.registry import (
+from affectflow.tracking.registry import (
     CHALLENGER,
     CHAMPION,
     HISTORY_TAG,
@@ -47,7 +47,7 @@ def store(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
             return model_input
 
     with use_tracking_uri(uri), mlflow.start_run(experiment_id=exp) as run:
-        # Lineage tags as affectflow.tracking writes them ("" = git not available in the run).
+        # Lineage tags as affectflow.tracking.runs writes them ("" = git not available in the run).
         mlflow.set_tags({"dvc_revision": "dvc.lock:abc", "params_hash": "p123", "git_commit": ""})
         info = mlflow.pyfunc.log_model(name="model", python_model=Echo(), pip_requirements=[])
     return {"uri": uri, "run_id": run.info.run_id, "model_uri": info.model_uri}
@@ -72,7 +72,7 @@ def write_candidate(tmp_path: Path, store: dict[str, str], tag: str, uar: float,
     folder = tmp_path / tag
     model_dir = folder / "model"
     model_dir.mkdir(parents=True)
-    # The shape affectflow.train writes: run info under "mlflow", hashes under "lineage".
+    # The shape affectflow.stages.train.stage writes: run info under "mlflow", hashes under "lineage".
     info = {"mlflow": {"run_id": store["run_id"], "tracking_uri": store["uri"]},
             "lineage": {"manifest_hash": "manifest-1", "git_commit": "c0ffee"}}
     (model_dir / "model.json").write_text(json.dumps(info if model_json is None else model_json))
@@ -113,7 +113,7 @@ def test_read_scores_point_estimates_and_errors(tmp_path: Path) -> None:
                                 "per_class_recall": {"sad": {"mean": 0.4}}, "test_manifest_hash": "t"}))
     s = read_scores(path)
     assert (s.uar, s.wa, s.macro_f1, s.per_class_recall, s.test_manifest_hash) == (0.6, 0.65, None, {"sad": 0.4}, "t")
-    # The layout affectflow.evaluate writes: details under "test"; null recall = class absent.
+    # The layout affectflow.stages.evaluate writes: details under "test"; null recall = class absent.
     path.write_text(json.dumps({"uar": 0.5, "test": {"per_class_recall": {"sad": 0.5, "calm": None},
                                                      "test_manifest_hash": "t2"}}))
     s = read_scores(path)

@@ -12,12 +12,13 @@ import pytest
 import soundfile as sf
 from recognizer_support import trained
 
-from affectflow import audio, tracking
-from affectflow.features.store import FeatureSet
-from affectflow.inference import load_model_dir, predict_audio, predict_features
-from affectflow.manifest import read_manifest
-from affectflow.predict import invocations_payload
-from affectflow.serving import parse_input
+from affectflow import audio
+from affectflow.contracts.feature_store import FeatureSet
+from affectflow.contracts.manifest import read_manifest
+from affectflow.serving.predict import invocations_payload
+from affectflow.serving.pyfunc import parse_input
+from affectflow.serving.recognizer import load_model_dir, predict_audio, predict_features
+from affectflow.tracking import runs as tracking
 
 
 @pytest.fixture(scope="module")
@@ -57,7 +58,7 @@ def test_pyfunc_takes_waveforms_and_resamples_them(pyfunc):
 def test_the_logged_model_carries_its_code_and_signature(pyfunc):
     t, model = pyfunc
     local = Path(mlflow.artifacts.download_artifacts(f"runs:/{t['result'].summary['mlflow_run_id']}/model"))
-    assert (local / "code" / "affectflow" / "inference.py").is_file()
+    assert (local / "code" / "affectflow" / "serving" / "recognizer.py").is_file()
     assert (local / "artifacts").is_dir() and any((local / "artifacts").rglob("model.json"))
     names = [c.name for c in model.metadata.get_input_schema().inputs]
     assert names == ["path", "audio", "sample_rate", "audio_b64"]

@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 
 from affectflow.config import SplitsConfig
-from affectflow.splits import LeakageError, SplitError, apply_splits, check_no_leakage
+from affectflow.contracts.splits import LeakageError, SplitError, apply_splits, check_no_leakage
 
 
 def table(corpus: str, n_female: int, n_male: int, clips=lambda i: 10) -> pd.DataFrame:

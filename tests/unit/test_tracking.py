@@ -9,8 +9,8 @@ import pytest
 from mlflow.tracking import MlflowClient
 from recognizer_support import trained
 
-from affectflow import tracking
-from affectflow.manifest import manifest_hash, read_manifest
+from affectflow.contracts.manifest import manifest_hash, read_manifest
+from affectflow.tracking import runs as tracking
 
 
 def _artifacts(client: MlflowClient, run_id: str, path: str) -> set[str]:

@@ -15,9 +15,9 @@ import torch
 from recognizer_support import corpus, tiny_params, trained
 
 from affectflow.config import TrainConfig
-from affectflow.inference import load_model_dir, load_state, read_meta, save_model_dir
-from affectflow.manifest import read_manifest, write_manifest
-from affectflow.train import (
+from affectflow.contracts.manifest import read_manifest, write_manifest
+from affectflow.serving.recognizer import load_model_dir, load_state, read_meta, save_model_dir
+from affectflow.stages.train.stage import (
     TrainingError,
     TrainingInterrupted,
     _class_weights,
@@ -89,7 +89,7 @@ def test_interrupted_run_resumes_to_the_same_model(synth_root: Path, tmp_path_fa
 
 def _synthetic_set(manifest: Path, features: Path, out: Path, n: int = 40) -> Path:
     """A stand-in augment output: noisy copies of real eGeMAPS rows, every 4th not kept."""
-    from affectflow.features.store import FeatureSet
+    from affectflow.contracts.feature_store import FeatureSet
 
     fs = FeatureSet(features)
     ids = read_manifest(manifest).query("split == 'train'")["utt_id"].tolist()[:20]
@@ -188,7 +188,7 @@ def test_no_validation_speakers_is_an_error(synth_root: Path, tmp_path_factory: 
 
 
 def test_k_fold_reports_mean_and_spread(synth_root: Path, tmp_path_factory: pytest.TempPathFactory, tmp_path: Path):
-    from affectflow.splits import apply_splits
+    from affectflow.contracts.splits import apply_splits
 
     params, manifest, features = corpus(synth_root, tmp_path_factory)
     p = tiny_params(params, **{"train.model": "egemaps_mlp", "train.epochs": 1, "splits.n_folds": 2,
@@ -209,7 +209,7 @@ def test_k_fold_reports_mean_and_spread(synth_root: Path, tmp_path_factory: pyte
     # MLflow: one parent run with the mean, one nested run per fold
     import mlflow
 
-    from affectflow.tracking import resolve_uri
+    from affectflow.tracking.runs import resolve_uri
 
     mlflow.set_tracking_uri(resolve_uri(p.tracking.uri))
     parent = mlflow.search_runs(experiment_names=[p.tracking.experiment], filter_string="tags.stage = 'train_folds'")

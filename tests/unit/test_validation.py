@@ -12,11 +12,11 @@ import pandas as pd
 import pytest
 
 from affectflow.config import Params, dump_params
-from affectflow.features.extract import feature_keys
-from affectflow.features.store import INDEX, INDEX_COLUMNS, feature_path, save_array
-from affectflow.ingest import ingest
-from affectflow.manifest import read_manifest, write_manifest
-from affectflow.validation import GateResult, validate
+from affectflow.contracts.feature_store import INDEX, INDEX_COLUMNS, feature_path, save_array
+from affectflow.contracts.manifest import read_manifest, write_manifest
+from affectflow.stages.features import feature_keys
+from affectflow.stages.ingest import ingest
+from affectflow.stages.validate import GateResult, validate
 
 
 @pytest.fixture(scope="module")

@@ -1,7 +1,7 @@
 """Corpus adapters: one module per corpus, each exposing `prepare(root) -> list[Utterance]`.
 
 A new corpus is one new module plus a line in `ADAPTERS`. Adapters only read names and metadata;
-decoding, hashing and resampling happen once, in `affectflow.ingest`.
+decoding, hashing and resampling happen once, in `affectflow.stages.ingest`.
 """
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ import importlib
 from collections.abc import Callable
 from pathlib import Path
 
-from affectflow.manifest import Utterance
+from affectflow.contracts.manifest import Utterance
 
 ADAPTERS: dict[str, str] = {
     "ravdess": "affectflow.corpora.ravdess",

@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pandas as pd
 
+from affectflow.contracts.manifest import Utterance
 from affectflow.corpora import audio_files
-from affectflow.manifest import Utterance
 
 EMOTIONS = {
     "ANG": "angry", "DIS": "disgust", "FEA": "fearful",

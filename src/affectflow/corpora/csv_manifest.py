@@ -15,7 +15,7 @@ import math
 import os
 from pathlib import Path
 
-from affectflow.manifest import CANONICAL_LABELS, ManifestError, Utterance
+from affectflow.contracts.manifest import CANONICAL_LABELS, ManifestError, Utterance
 
 REQUIRED = ("path", "speaker", "emotion")
 OPTIONAL = ("gender", "corpus", "valence", "arousal")

@@ -8,8 +8,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from affectflow.contracts.manifest import Utterance
 from affectflow.corpora import audio_files
-from affectflow.manifest import Utterance
 
 EMOTIONS = {
     "W": "angry", "L": "boredom", "E": "disgust", "A": "fearful",

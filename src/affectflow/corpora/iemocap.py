@@ -19,7 +19,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from affectflow.manifest import Utterance
+from affectflow.contracts.manifest import Utterance
 
 EMOTIONS = {
     "ang": "angry", "hap": "happy", "exc": "excited", "sad": "sad", "neu": "neutral",

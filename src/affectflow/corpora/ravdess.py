@@ -8,8 +8,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from affectflow.contracts.manifest import Utterance
 from affectflow.corpora import audio_files
-from affectflow.manifest import Utterance
 
 EMOTIONS = {
     "01": "neutral", "02": "calm", "03": "happy", "04": "sad",

@@ -11,8 +11,8 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+from affectflow.contracts.manifest import Utterance
 from affectflow.corpora import audio_files
-from affectflow.manifest import Utterance
 
 EMOTIONS = {
     "a": "angry", "d": "disgust", "f": "fearful", "h": "happy",

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from affectflow.contracts.manifest import Utterance
 from affectflow.corpora import audio_files
-from affectflow.manifest import Utterance
 
 EMOTIONS = {
     "angry": "angry", "disgust": "disgust", "fear": "fearful", "happy": "happy",

@@ -11,7 +11,7 @@ The mel filterbank is built here (torchaudio is not a dependency) with numpy in 
 following the HTK formula (``2595 log10(1 + f/700)``) or Slaney's (linear below 1 kHz, log above),
 optionally with Slaney area normalisation — the same matrices ``torchaudio.functional.melscale_fbanks``
 and ``librosa.filters.mel(htk=...)`` produce. The cache key of these arrays (config + version) is
-built in `affectflow.features.extract` so that checking the cache never has to import torch.
+built in `affectflow.stages.features` so that checking the cache never has to import torch.
 """
 
 from __future__ import annotations

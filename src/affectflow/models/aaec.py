@@ -30,7 +30,7 @@ from torch import nn
 
 from affectflow.config import AugmentConfig
 from affectflow.models.wgan import TrainHistory, autocast, batches, build_generator, build_trunk, mlp
-from affectflow.progress import progress
+from affectflow.runtime.progress import progress
 
 
 class BiGruEncoder(nn.Module):

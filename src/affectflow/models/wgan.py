@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from affectflow.config import AugmentConfig
-from affectflow.progress import progress
+from affectflow.runtime.progress import progress
 
 LEAK = 0.2
 """LeakyReLU slope used throughout (the usual GAN choice)."""

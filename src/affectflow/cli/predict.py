@@ -1,0 +1,58 @@
+"""`affectflow predict PATH...`: class probabilities for audio files, folders, manifests or s3:// URIs.
+
+Thin wrapper over `affectflow.serving.predict`. The predictions go to stdout (or --out) so they can be piped;
+per-file errors and the summary line go to stderr. Exit code 1 when any file failed, unless
+--allow-errors.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from affectflow.cli import command
+from affectflow.config import Params
+
+FORMATS = ("json", "csv")
+
+
+def _predict_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("paths", nargs="+", metavar="PATH",
+                   help="audio file, folder (searched recursively), manifest (.csv / .parquet with a 'path' "
+                        "column) or s3:// object or prefix (fetched into a temporary folder; rows keep the URI)")
+    p.add_argument("--model", dest="model_uri",
+                   help="MLflow model URI (models:/<name>@champion, models:/<name>/<version>, runs:/<run>/model, "
+                        "...) or a local model folder (default: predict.model_uri, else "
+                        "models:/<registry.model_name>@champion on tracking.uri)")
+    p.add_argument("--out", type=Path, help="write the predictions to this file (default: stdout)")
+    p.add_argument("--format", choices=FORMATS,
+                   help="json or csv (default: from the --out suffix, else json)")
+    p.add_argument("--batch-size", type=int, help="clips (or windows) per forward pass (default: predict.batch_size)")
+    p.add_argument("--device", choices=("auto", "cpu", "cuda"), help="default: predict.device")
+    p.add_argument("--allow-errors", action="store_true",
+                   help="exit 0 even when some files could not be predicted (they are still listed with the reason)")
+
+
+def output_format(requested: str | None, out: Path | None) -> str:
+    if requested:
+        return requested
+    return "csv" if out is not None and out.suffix.lower() == ".csv" else "json"
+
+
+@command("predict", "class probabilities for audio files, folders or manifests with a registered model",
+         _predict_args)
+def _predict(params: Params, a: argparse.Namespace) -> int:
+    from affectflow.serving.predict import predict_paths, write_result
+
+    updates = {k: v for k, v in (("batch_size", a.batch_size), ("device", a.device)) if v is not None}
+    if updates:
+        params = params.model_copy(update={"predict": params.predict.model_validate(
+            {**params.predict.model_dump(), **updates})})
+    res = predict_paths(params, a.paths, model_uri=a.model_uri)
+    write_result(res, a.out, output_format(a.format, a.out))
+    n_failed = len(res.failed)
+    where = f" -> {a.out}" if a.out else ""
+    print(f"predicted {len(res.predictions) - n_failed}/{len(res.predictions)} files with {res.model_uri}{where}"
+          + (f"; {n_failed} failed" if n_failed else ""), file=sys.stderr)
+    return 1 if n_failed and not a.allow_errors else 0

@@ -1,0 +1,126 @@
+"""`affectflow register` and `affectflow registry list|describe|promote|rollback`.
+
+Thin wrappers over `affectflow.tracking.registry`; MLflow is imported only when one of these runs, so the
+rest of the CLI stays quick to start.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+from affectflow.cli import command, print_summary, wd
+from affectflow.config import Params
+
+ACTIONS = ("list", "describe", "promote", "rollback")
+LOG_WIDTH = 120
+"""Console width when stdout is not a terminal (CI logs, pipeline logs)."""
+
+
+def _register_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", type=Path, help="trained model folder (default: <workdir>/train/model)")
+    p.add_argument("--metrics", type=Path, help="evaluate's metrics.json (default: <workdir>/evaluate/metrics.json)")
+    p.add_argument("--out", type=Path, help="output folder for result.json (default: <workdir>/register)")
+    p.add_argument("--run-id", help="MLflow run that logged the model (default: model.json's mlflow_run_id)")
+    p.add_argument("--model-uri", help="logged model URI, models:/<id> or runs:/<run>/<name> "
+                                       "(default: model.json's mlflow_model_uri)")
+
+
+@command("register", "register the trained model as `challenger`; promote to `champion` if the gate passes",
+         _register_args)
+def _register(params: Params, a: argparse.Namespace) -> int:
+    from affectflow.tracking.registry import register
+
+    res = register(params, a.model or wd(params, "train", "model"),
+                   a.metrics or wd(params, "evaluate", "metrics.json"),
+                   a.out or wd(params, "register"), run_id=a.run_id, model_uri=a.model_uri)
+    verdict = "PROMOTED" if res["promoted"] else "not promoted"
+    print_summary(f"{res['model_uri']} {verdict}: {res['gate']['reason']}",
+                  {k: res[k] for k in ("version", "aliases", "champion", "previous_champion", "source")})
+    return 0
+
+
+def _registry_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("action", choices=ACTIONS, help="list | describe | promote | rollback")
+    which = p.add_mutually_exclusive_group()
+    which.add_argument("--version", dest="model_version", help="model version (describe, promote)")
+    which.add_argument("--alias", help="alias to describe, e.g. champion")
+    p.add_argument("--force", action="store_true", help="promote even when the gate fails (recorded)")
+    p.add_argument("--reason", default="", help="why (recorded in the promotion / rollback tags)")
+    p.add_argument("--out", type=Path, help="also write the outcome as JSON to this file")
+
+
+def _num(value: str | None) -> str:
+    try:
+        return f"{float(value):.4f}" if value not in (None, "") else ""
+    except ValueError:
+        return str(value)
+
+
+def _table(rows: list[dict[str, Any]]) -> Any:
+    """One line per version; hashes and times shortened to keep it narrow."""
+    from rich import box
+    from rich.table import Table
+
+    table = Table(title="model versions", box=box.SIMPLE_HEAD)
+    numeric = ("uar", "wa", "F1", "min rec")
+    for col in ("v", "aliases", "created (UTC)", *numeric, "gate", "test set", "git"):
+        table.add_column(col, justify="right" if col in numeric else "left", no_wrap=True)
+    for r in rows:
+        table.add_row(r["version"], " ".join(r["aliases"]), r["created"][:16].replace("T", " "),
+                      _num(r.get("uar")), _num(r.get("wa")), _num(r.get("macro_f1")), _num(r.get("min_recall")),
+                      r.get("gate", ""), r.get("test_manifest_hash", "")[:8], r.get("git_commit", "")[:7])
+    return table
+
+
+@command("registry", "model registry: list | describe | promote | rollback", _registry_args)
+def _registry(params: Params, a: argparse.Namespace) -> int:
+    from rich.console import Console
+
+    from affectflow.storage import atomic_write_json
+    from affectflow.tracking.registry import Registry, RegistryError, Scores
+
+    reg = Registry(params)
+    console = Console()
+    if not console.is_terminal:  # logs and pipes: rich's 80-column default would truncate the table
+        console = Console(width=LOG_WIDTH)
+    if a.action == "list":
+        rows = []
+        for info in reg.versions():
+            row = info.summary()
+            try:
+                recall = Scores.from_tags(info.tags, info.version).per_class_recall
+                row["min_recall"] = str(min(recall.values())) if recall else ""
+            except RegistryError:
+                pass
+            rows.append(row)
+        console.print(_table(rows) if rows else f"model {reg.name!r}: no versions registered")
+        outcome: dict[str, Any] = {"model_name": reg.name, "versions": rows}
+        code = 0
+    elif a.action == "describe":
+        version = a.model_version or (reg.alias_version(a.alias) if a.alias else None)
+        if version is None:
+            raise RegistryError(f"model {reg.name!r}: alias {a.alias!r} not set" if a.alias
+                                else "describe needs --version N or --alias NAME")
+        info = reg.describe(version)
+        outcome = {"model_name": reg.name, "version": info.version, "aliases": info.aliases,
+                   "created": info.created, "run_id": info.run_id, "source": info.source, "tags": info.tags}
+        print_summary(f"{reg.name} v{info.version}", outcome)
+        code = 0
+    elif a.action == "promote":
+        if not a.model_version:
+            raise RegistryError("promote needs --version N")
+        outcome = reg.promote(a.model_version, force=a.force, reason=a.reason)
+        verdict = "PROMOTED" + (" (forced)" if outcome["forced"] else "") if outcome["promoted"] else "REFUSED"
+        print_summary(f"v{outcome['version']} {verdict}: {outcome['gate']['reason']}",
+                      {k: outcome[k] for k in ("champion", "previous_champion", "aliases")})
+        code = 0 if outcome["promoted"] else 1
+    else:
+        outcome = reg.rollback(reason=a.reason)
+        print_summary(f"champion rolled back v{outcome['previous_champion']} -> v{outcome['champion']}",
+                      outcome["event"])
+        code = 0
+    if a.out:
+        atomic_write_json(a.out, outcome)
+    return code

@@ -1,1 +1,0 @@
-"""CLI subcommand groups, one module per stage group; see affectflow.cli.EXTENSIONS."""

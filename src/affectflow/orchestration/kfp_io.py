@@ -1,0 +1,350 @@
+"""What a Kubeflow component does around its stage call: read its configuration, shape outputs.
+
+The components in `components/` are thin: each imports this module inside its body (the body is
+all that travels into the container), builds `Params` from the configuration string the
+`params` task handed it, calls one library stage function and turns the stage's files into the
+typed artifacts the Kubeflow UI shows (Metrics scalars, Markdown and HTML reports with the plots
+inlined, a confusion matrix). Keeping this here, not in the component bodies, means it is
+imported, linted and unit-tested like the rest of the library.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import json
+import math
+import os
+import re
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from affectflow.config import ConfigError, Params, dump_params, load_params
+from affectflow.storage import atomic_dir, atomic_write_json, atomic_write_text
+
+SKIPPED = "SKIPPED"
+"""Marker file in the placeholder artifact of a switched-off branch (no augmentation / no DANN)."""
+
+
+# ----------------------------------------------------------------------------- configuration
+def resolve_params(values: Mapping[str, Any], yaml_keys: Iterable[str], params_path: str | Path
+                   ) -> tuple[str, ...]:
+    """Validate the run's parameters once; return one configuration string per stage.
+
+    `values` maps dotted keys (`train.epochs`) to the run form's values; keys in `yaml_keys` are
+    free-form (union-typed) fields that travel as text and are parsed as YAML here. The full,
+    validated configuration goes to `params_path` (the run's params.yaml artifact). Each stage gets
+    only the sections it reads (`affectflow.orchestration.pipeline.STAGE_SECTIONS`) so that changing a training
+    knob leaves the ingest and feature tasks cached.
+    """
+    from affectflow.orchestration.pipeline import STAGES, stage_config
+
+    text_keys = set(yaml_keys)
+    overrides: dict[str, Any] = {}
+    for key, value in values.items():
+        if key in text_keys and isinstance(value, str):
+            try:
+                value = yaml.safe_load(value)
+            except yaml.YAMLError as e:
+                raise ConfigError(f"pipeline parameter {key}: not valid YAML ({e})") from None
+        overrides[key] = value
+    params = load_params(None, overrides)
+    dump_params(params, params_path)
+    return tuple(stage_config(params, stage) for stage in STAGES)
+
+
+TRACKING_ENV = "MLFLOW_TRACKING_URI"
+"""Set in a Kubeflow task by the MLflow Secret: the cluster's MLflow, which replaces tracking.uri
+(a sqlite file inside a pod would vanish with it)."""
+
+
+def _tracking_from_env(params: Params) -> Params:
+    uri = os.environ.get(TRACKING_ENV)
+    if uri and uri != params.tracking.uri:
+        params.tracking.uri = uri
+    return params
+
+
+def stage_params(config: str, stage: str) -> Params:
+    """Params from a stage's configuration string (sections it does not read keep their defaults)."""
+    try:
+        tree = json.loads(config)
+    except json.JSONDecodeError as e:
+        raise ConfigError(f"{stage}: configuration is not JSON ({e})") from None
+    return _tracking_from_env(load_params(None, {section: value for section, value in tree.items()}))
+
+
+def read_params(path: str | Path) -> Params:
+    """The run's full params.yaml artifact (written by the params task)."""
+    return _tracking_from_env(load_params(path))
+
+
+def tracking_uri(configured: str) -> str:
+    """The MLflow URI a task uses: MLFLOW_TRACKING_URI when set, else the configured one."""
+    return os.environ.get(TRACKING_ENV) or configured
+
+
+# ----------------------------------------------------------------------------- metrics
+def scalars(summary: Mapping[str, Any], prefix: str = "") -> dict[str, float]:
+    """Finite numbers of a (nested) summary as flat `a.b` keys: what a Metrics artifact can hold."""
+    out: dict[str, float] = {}
+    for key, value in summary.items():
+        name = f"{prefix}.{key}" if prefix else str(key)
+        if isinstance(value, Mapping):
+            out.update(scalars(value, name))
+        elif isinstance(value, bool) or (isinstance(value, int | float) and math.isfinite(value)):
+            out[name] = float(value)
+    return out
+
+
+def log_metrics(artifact: Any, summary: Mapping[str, Any], prefix: str = "") -> dict[str, float]:
+    """Log every scalar of `summary` on a KFP Metrics artifact and write them as JSON at its path.
+
+    The file matters: kfp.local's cache treats an artifact whose file is missing as a cache miss,
+    and a Metrics artifact otherwise lives only in the executor's metadata.
+    """
+    values = scalars(summary, prefix)
+    for name, value in values.items():
+        artifact.log_metric(name, value)
+    atomic_write_json(artifact.path, values)
+    return values
+
+
+def log_confusion(artifact: Any, classes: Sequence[str], matrix: Sequence[Sequence[int | float]]) -> None:
+    """A KFP ClassificationMetrics confusion matrix (the UI draws it) plus a JSON copy at its path."""
+    rows = [[round(float(v)) for v in row] for row in matrix]
+    artifact.log_confusion_matrix(list(classes), rows)
+    atomic_write_json(artifact.path, {"classes": list(classes), "matrix": rows})
+
+
+# ----------------------------------------------------------------------------- reports
+def _cell(v: Any) -> str:
+    if isinstance(v, float):
+        return f"{v:.4g}"
+    if isinstance(v, Mapping | list | tuple):
+        text = json.dumps(v, default=str)
+        return text if len(text) <= 80 else text[:77] + "..."
+    return str(v)
+
+
+def summary_markdown(title: str, summary: Mapping[str, Any], intro: str = "") -> str:
+    """A stage summary as a Markdown table of its top-level fields."""
+    lines = [f"# {title}", ""]
+    if intro:
+        lines += [intro, ""]
+    lines += ["| field | value |", "|---|---|"]
+    lines += [f"| {k} | {_cell(v).replace('|', '/')} |" for k, v in summary.items()]
+    return "\n".join(lines) + "\n"
+
+
+def write_markdown(artifact: Any, text: str) -> None:
+    atomic_write_text(artifact.path, text)
+
+
+_IMG_SRC = re.compile(r'(<img[^>]*\bsrc=")([^"]+)(")')
+
+
+def _data_uri(path: Path) -> str:
+    return "data:image/png;base64," + base64.b64encode(path.read_bytes()).decode("ascii")
+
+
+def markdown_to_html(title: str, markdown_text: str, base_dir: str | Path | None = None,
+                     images: Iterable[str | Path] = ()) -> str:
+    """A self-contained HTML page: Markdown rendered, PNGs it links (relative to `base_dir`) inlined,
+    and any further `images` appended — the Kubeflow UI shows HTML artifacts as they are."""
+    from markdown_it import MarkdownIt
+
+    body = MarkdownIt("commonmark").enable("table").render(markdown_text)
+    inlined: set[Path] = set()
+
+    def inline(m: re.Match[str]) -> str:
+        if base_dir is None or "://" in m.group(2) or m.group(2).startswith("data:"):
+            return m.group(0)
+        path = (Path(base_dir) / m.group(2)).resolve()
+        if not path.is_file():
+            return m.group(0)
+        inlined.add(path)
+        return m.group(1) + _data_uri(path) + m.group(3)
+
+    body = _IMG_SRC.sub(inline, body)
+    extra = [Path(p).resolve() for p in images]
+    figures = "".join(
+        f'<figure><img src="{_data_uri(p)}" alt="{html.escape(p.name)}"><figcaption>{html.escape(p.name)}'
+        f"</figcaption></figure>" for p in extra if p.is_file() and p not in inlined)
+    style = ("body{font-family:sans-serif;max-width:60em;margin:1em auto}table{border-collapse:collapse}"
+             "td,th{border:1px solid #ccc;padding:.2em .5em}img{max-width:100%}")
+    return (f"<!doctype html><html><head><meta charset=\"utf-8\"><title>{html.escape(title)}</title>"
+            f"<style>{style}</style></head><body>{body}{figures}</body></html>\n")
+
+
+def write_html(artifact: Any, title: str, markdown_text: str, base_dir: str | Path | None = None,
+               images: Iterable[str | Path] = ()) -> None:
+    atomic_write_text(artifact.path, markdown_to_html(title, markdown_text, base_dir, images))
+
+
+def report_text(folder: str | Path, name: str = "report.md", fallback: str = "") -> str:
+    """A stage's own Markdown report when it wrote one, else `fallback`."""
+    path = Path(folder) / name
+    return path.read_text() if path.is_file() else fallback
+
+
+def pngs(folder: str | Path) -> list[Path]:
+    return sorted(Path(folder).rglob("*.png"))
+
+
+# ----------------------------------------------------------------------------- switched-off branches
+def write_skipped(folder: str | Path, reason: str) -> Path:
+    """An empty stage output with a SKIPPED note: what a switched-off branch leaves behind."""
+    with atomic_dir(folder) as tmp:
+        (tmp / SKIPPED).write_text(reason + "\n")
+    return Path(folder)
+
+
+def optional_dir(folder: str | Path, inner: str = "") -> Path | None:
+    """`folder` (or `inner` inside it), or None when it is missing or a switched-off placeholder."""
+    path = Path(folder)
+    if (path / SKIPPED).exists() or not path.exists():
+        return None
+    return path / inner if inner else path
+
+
+def mark_skipped(artifact: Any, reason: str) -> None:
+    """Placeholder output artifact of a switched-off branch (no augmentation / no DANN)."""
+    write_skipped(artifact.path, reason)
+    artifact.metadata["skipped"] = True
+
+
+def optional_input(artifact: Any, inner: str = "") -> Path | None:
+    """The artifact's folder (or `inner` inside it), or None when the branch that made it was off."""
+    return optional_dir(artifact.path, inner)
+
+
+def write_result(path: str | Path, result: Mapping[str, Any]) -> None:
+    atomic_write_json(path, dict(result))
+
+
+def read_json(path: str | Path) -> Any:
+    """A JSON file another task wrote; the error names the file."""
+    try:
+        return json.loads(Path(path).read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        raise ValueError(f"{path}: cannot read JSON ({e})") from None
+
+
+# ----------------------------------------------------------------------------- models and evaluation
+MODEL_SUBDIR = "model"
+"""Train writes its model folder here inside the task's Model artifact (`train/model/`)."""
+
+
+def model_dir(artifact: Any) -> Path:
+    """The model folder inside a train task's Model artifact."""
+    sub = (getattr(artifact, "metadata", None) or {}).get("model_dir") or MODEL_SUBDIR
+    return Path(artifact.path) / sub
+
+
+def point(value: Any) -> float:
+    """A metric's point estimate: a number, or {value|mean|point: number, ...} with its CI."""
+    if isinstance(value, Mapping):
+        for key in ("value", "mean", "point"):
+            if key in value:
+                return point(value[key])
+        raise ValueError(f"metric {value!r}: no value/mean/point field")
+    return float(value)
+
+
+CONFUSION_KEYS = ("confusion", "confusion_matrix")
+BREAKDOWNS = ("per_speaker", "per_gender")
+"""Per-group tables of evaluate's result: in its report, too long for the Metrics panel."""
+
+
+def _scores(result: Mapping[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in result.items() if k not in (*CONFUSION_KEYS, *BREAKDOWNS, "classes")}
+
+
+def headline_metrics(result: Mapping[str, Any]) -> dict[str, Any]:
+    """What the Metrics panel shows: UAR / WA / macro-F1 with intervals, per-class recall and
+    cross-corpus scores; not the confusion matrix nor the per-speaker tables."""
+    out = _scores(result)
+    test = result.get("test")
+    if isinstance(test, Mapping):
+        out["test"] = _scores(test)
+    cross = result.get("cross_corpus")
+    if isinstance(cross, Mapping):
+        out["cross_corpus"] = {name: _scores(r) for name, r in cross.items() if isinstance(r, Mapping)}
+    return out
+
+
+def confusion_of(result: Mapping[str, Any]) -> tuple[list[str], list[list[int]]]:
+    """(classes, rows = true class, columns = predicted) from evaluate's result.
+
+    Accepted shapes, at the top level or under `test`: `confusion: [[...]]` beside `classes`, or
+    `confusion: {classes: [...], matrix: [[...]]}`.
+    """
+    scopes = [result] + ([result["test"]] if isinstance(result.get("test"), Mapping) else [])
+    for scope in scopes:
+        for key in CONFUSION_KEYS:
+            if key not in scope:
+                continue
+            value = scope[key]
+            if isinstance(value, Mapping):
+                classes, matrix = value.get("classes") or scope.get("classes"), value.get("matrix")
+            else:
+                classes, matrix = scope.get("classes"), value
+            if classes is None or matrix is None:
+                raise ValueError(f"evaluate result field {key!r}: needs 'classes' and 'matrix'")
+            rows = [[round(float(x)) for x in row] for row in matrix]
+            if len(rows) != len(classes) or any(len(r) != len(classes) for r in rows):
+                raise ValueError(f"evaluate result field {key!r}: matrix is not {len(classes)}x{len(classes)}")
+            return [str(c) for c in classes], rows
+    raise ValueError(f"evaluate result: no confusion matrix (fields {', '.join(CONFUSION_KEYS)}, "
+                     "top level or under 'test')")
+
+
+def registry_markdown(title: str, result: Mapping[str, Any]) -> str:
+    """Registration / promotion outcome for the Kubeflow UI."""
+    gate = result.get("gate") or {}
+    intro = f"**Gate {'passed' if gate.get('passed') else 'failed'}**: {gate.get('reason', '')}" if gate else ""
+    keep = ("model_uri", "aliases", "champion", "previous_champion", "promoted", "forced", "metrics",
+            "lineage", "tracking_uri")
+    heading = f"{title}: {result.get('model_name', '')} v{result.get('version', '?')}"
+    return summary_markdown(heading, {k: result[k] for k in keep if k in result}, intro)
+
+
+# ----------------------------------------------------------------------------- exit handler
+STATUS_EXPERIMENT_SUFFIX = "-pipelines"
+"""Run-status records go to `<tracking.experiment>-pipelines`, apart from the training runs."""
+
+
+def record_status(status: Any, configured_uri: str, experiment: str) -> str:
+    """Record a pipeline run's final state in MLflow (the exit handler's job); returns the state.
+
+    A failure to reach MLflow is printed, not raised: the exit task must not turn a finished run
+    into a failed one, and a failed run is already marked failed in Kubeflow.
+    """
+    info = {"state": str(getattr(status, "state", "UNKNOWN")),
+            "job": str(getattr(status, "pipeline_job_resource_name", "") or ""),
+            "task": str(getattr(status, "pipeline_task_name", "") or ""),
+            "error_code": str(getattr(status, "error_code", "") or ""),
+            "error_message": str(getattr(status, "error_message", "") or "")}
+    print(f"pipeline run {info['job']}: {info['state']}" + (f" ({info['error_message']})"
+                                                           if info["error_message"] else ""))
+    try:
+        from mlflow import MlflowClient
+
+        from affectflow.tracking.registry import resolve_uri
+
+        uri = resolve_uri(tracking_uri(configured_uri))
+        client = MlflowClient(tracking_uri=uri)
+        name = experiment + STATUS_EXPERIMENT_SUFFIX
+        exp = client.get_experiment_by_name(name)
+        exp_id = exp.experiment_id if exp else client.create_experiment(name)
+        tags = {f"pipeline.{k}": v[:5000] for k, v in info.items() if v}
+        run = client.create_run(exp_id, run_name=info["job"] or "pipeline-run", tags=tags)
+        client.set_terminated(run.info.run_id, status="FINISHED" if info["state"] == "SUCCEEDED" else "FAILED")
+        print(f"recorded in MLflow {uri}: experiment {name!r}, run {run.info.run_id}")
+    except Exception as e:  # recording is best effort; say why it did not happen
+        print(f"could not record the run status in MLflow ({configured_uri}): {e}")
+    return info["state"]

@@ -1,0 +1,615 @@
+"""Prediction on new audio: files, folders or manifests in, class probabilities per file out.
+
+The model is any MLflow model URI (default `models:/<registry.model_name>@champion` on
+`tracking.uri`) or a local model folder. For the affectflow pyfunc the recognizer inside it is used
+directly (`affectflow.serving.recognizer`: the same feature extraction and normalisation as training), so
+clips can be batched across files and put on the GPU; any other pyfunc with the same contract
+(`audio` + `sample_rate` columns in, one probability column per class out) is called through
+`predict`.
+
+Why windows: a clip longer than `predict.max_window_s` is never decoded whole. Its windows
+(`max_window_s` long, `hop_s` apart, the last one ending at the clip's end) are read from the file
+one at a time, scored like short clips, and the clip's probabilities are the mean over its windows;
+memory is bounded by `batch_size` windows whatever the file length.
+
+Why per-file errors: one unreadable file in a folder of thousands should cost that file, not the
+run. Every failure (missing, undecodable, empty, NaN samples, a clip the model cannot take) is
+recorded in the output with its reason and reported on stderr; the others are still predicted.
+
+Why s3:// inputs are downloaded first: soundfile reads local files only, and seeking through a long
+file window by window over HTTP would cost a request per window. An `s3://` object or prefix (and an
+`s3://` row of a manifest) is fetched into a temporary folder for the run, in parallel
+(`s3.max_concurrency`), and removed afterwards; the output keeps the URI as the row's path. A missing
+object is that input's error, as a missing local file is; rejected credentials or an unreachable
+endpoint stop the run, since every S3 input would fail the same way.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import csv
+import io
+import json
+import os
+import sys
+import tempfile
+from collections import deque
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path, PurePosixPath
+from typing import Any, Protocol
+
+import numpy as np
+import pandas as pd
+import soundfile as sf
+
+from affectflow import audio
+from affectflow.config import LogMelConfig, Params
+from affectflow.corpora import AUDIO_EXTENSIONS, audio_files
+from affectflow.runtime.progress import progress
+from affectflow.serving.recognizer import META_FILE, Featurizer, load_model_dir, predict_features
+from affectflow.storage import atomic_write_text
+from affectflow.storage.s3 import SCHEME, S3NotFoundError, S3Store, S3Uri, is_s3, store_for
+
+MANIFEST_SUFFIXES = (".csv", ".parquet")
+FORMATS = ("json", "csv")
+CHAMPION_ALIAS = "champion"
+MLFLOW_URI_ENV = ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")
+PROB_DECIMALS = 6
+"""Digits kept for probabilities in the output (float32 models: more would be noise)."""
+
+
+class PredictInputError(ValueError):
+    """An input argument that cannot be used at all (empty folder, manifest without `path`)."""
+
+
+# ----------------------------------------------------------------------------- inputs
+def manifest_paths(path: Path) -> list[str]:
+    """Audio paths of a manifest (.csv or .parquet with a `path` column); relative paths resolve
+    against the manifest's folder, like the `csv` corpus adapter does."""
+    try:
+        df = pd.read_csv(path) if path.suffix.lower() == ".csv" else pd.read_parquet(path)
+    except Exception as e:  # pandas / pyarrow raise many kinds for a bad file
+        raise PredictInputError(f"{path}: cannot read manifest ({e})") from None
+    if "path" not in df.columns:
+        raise PredictInputError(f"{path}: manifest has no 'path' column (has {list(df.columns)})")
+    out = []
+    for row, value in enumerate(df["path"]):
+        if not isinstance(value, str) or not value.strip():
+            raise PredictInputError(f"{path}: row {row}: field 'path' is empty")
+        p = Path(value)
+        out.append(value if p.is_absolute() or "://" in value else str(path.parent / p))
+    return out
+
+
+def _is_audio_name(name: str) -> bool:
+    """The rule of `affectflow.corpora.audio_files`: an audio suffix, not hidden (`._x.wav` forks)."""
+    return Path(name).suffix.lower() in AUDIO_EXTENSIONS and not name.startswith(".")
+
+
+def s3_inputs(uri: str, store: S3Store) -> list[str]:
+    """An s3:// argument as object URIs: the object itself, else the audio objects under it as a
+    prefix (sorted by key). A URI with neither is returned as is: it fails as a missing file when
+    fetched, naming the bucket and key."""
+    u = S3Uri.parse(uri)
+    if Path(u.key).suffix.lower() in MANIFEST_SUFFIXES:
+        raise PredictInputError(f"{uri}: manifests are read from local files only; download it "
+                                "(its s3:// rows are fetched) or pass the prefix holding the audio")
+    try:
+        listed = store.list(uri)
+    except S3NotFoundError:  # no bucket: the fetch reports it for this input
+        return [uri]
+    if u.key and not u.key.endswith("/") and any(o.key == u.key for o in listed):
+        return [uri]
+    under = [o.key for o in listed if o.key.startswith(u.prefix)]
+    if not under:
+        return [uri]
+    found = [f"{SCHEME}{u.bucket}/{key}" for key in under if _is_audio_name(PurePosixPath(key).name)]
+    if not found:
+        raise PredictInputError(f"{uri}: prefix holds no audio objects ({' '.join(AUDIO_EXTENSIONS)})")
+    return found
+
+
+def collect_inputs(paths: Sequence[str | Path], store: S3Store | None = None) -> list[str]:
+    """Expand the PATH arguments: folders recursively (audio suffixes of `affectflow.corpora`),
+    s3:// prefixes to their audio objects (`store`, default: endpoint and credentials from the
+    environment), manifests to their `path` column, anything else as one file (a missing file
+    becomes a per-file error later, not a failure of the whole run)."""
+    out: list[str] = []
+    for arg in paths:
+        if is_s3(arg):
+            out.extend(s3_inputs(str(arg), store or S3Store()))
+            continue
+        p = Path(arg)
+        if p.is_dir():
+            found = audio_files(p)
+            if not found:
+                raise PredictInputError(f"{p}: folder holds no audio files ({' '.join(AUDIO_EXTENSIONS)})")
+            out.extend(str(f) for f in found)
+        elif p.suffix.lower() in MANIFEST_SUFFIXES and p.is_file():
+            out.extend(manifest_paths(p))
+        else:
+            out.append(str(p))
+    if not out:
+        raise PredictInputError("no input paths given")
+    return out
+
+
+# ----------------------------------------------------------------------------- windows
+def window_spans(n: int, window: int, hop: int) -> list[tuple[int, int]]:
+    """[start, stop) sample spans covering n samples: one span when n <= window, else windows
+    `hop` apart with the last one ending at n (so every window is full length)."""
+    if n <= window:
+        return [(0, n)]
+    starts = [*range(0, n - window, hop), n - window]
+    return [(s, s + window) for s in starts]
+
+
+@dataclass
+class Decoded:
+    """A decoded input: its native duration and a lazy source of model-rate windows."""
+
+    duration_s: float
+    n_windows: int
+    windows: Callable[[], Iterator[np.ndarray]]
+
+
+def _checked(x: np.ndarray, path: str, what: str) -> np.ndarray:
+    x = audio.to_mono(np.asarray(x, np.float32))
+    if x.size == 0:
+        raise audio.AudioError(path, f"{what}: no samples (file shorter than its header says?)")
+    if not np.isfinite(x).all():
+        raise audio.AudioError(path, f"{what}: audio contains NaN or infinite samples")
+    return x
+
+
+class WindowReader:
+    """Opens one input and yields its windows at the model's rate."""
+
+    def __init__(self, sample_rate: int, max_window_s: float, hop_s: float):
+        if hop_s > max_window_s:
+            raise ValueError(f"predict.hop_s: {hop_s} must not exceed predict.max_window_s ({max_window_s}); "
+                             "parts of long clips would never be scored")
+        self.sample_rate = sample_rate
+        self.max_window_s = max_window_s
+        self.hop_s = hop_s
+
+    def open(self, path: str) -> Decoded:
+        """Short clips are decoded here (in a worker thread); long ones only get their plan."""
+        if not Path(path).is_file():
+            raise audio.AudioError(path, "file not found" if not Path(path).exists() else "not a file")
+        head = audio.info(path)
+        if head.frames <= 0:
+            raise audio.AudioError(path, "empty audio (no samples)")
+        window = max(1, round(self.max_window_s * head.sample_rate))
+        spans = window_spans(head.frames, window, max(1, round(self.hop_s * head.sample_rate)))
+        if len(spans) == 1:
+            wave = audio.load(path, self.sample_rate)
+            return Decoded(head.duration, 1, lambda: iter([wave]))
+        return Decoded(head.duration, len(spans), lambda: self._stream(path, head.sample_rate, spans))
+
+    def _stream(self, path: str, rate: int, spans: list[tuple[int, int]]) -> Iterator[np.ndarray]:
+        """One window in memory at a time (seek + read), each resampled on its own."""
+        try:
+            f = sf.SoundFile(path)
+        except Exception as e:  # LibsndfileError and friends
+            raise audio.AudioError(path, f"cannot decode audio ({e})") from None
+        with f:
+            for k, (start, stop) in enumerate(spans):
+                try:
+                    f.seek(start)
+                    x = f.read(stop - start, dtype="float32", always_2d=False)
+                except Exception as e:
+                    raise audio.AudioError(path, f"window {k} at {start / rate:.1f} s: cannot decode ({e})") from None
+                x = _checked(x, path, f"window {k} at {start / rate:.1f} s")
+                yield audio.resample(x, rate, self.sample_rate)
+
+
+# ----------------------------------------------------------------------------- models
+class Backend(Protocol):
+    """What prediction needs from a model: its classes, its audio rate, waveforms -> (n, C)."""
+
+    uri: str
+    classes: list[str]
+    sample_rate: int
+
+    def predict(self, waves: list[np.ndarray]) -> np.ndarray: ...
+
+
+def resolve_device(name: str) -> Any:
+    import torch
+
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("predict.device: 'cuda' requested but torch sees no CUDA device")
+    return torch.device(name)
+
+
+class DeviceFeaturizer(Featurizer):
+    """The model's featurizer with log-mel computed on the model's device (same class, same
+    configuration; `affectflow.serving.recognizer.Featurizer` always uses the CPU)."""
+
+    def __init__(self, meta: dict[str, Any], device: Any):
+        super().__init__(meta)
+        self.device = device
+
+    def _logmel(self) -> Any:
+        from affectflow.features.logmel import LogMel
+
+        return LogMel(LogMelConfig.model_validate(self.config), self.sample_rate, self.device)
+
+
+class RecognizerBackend:
+    """An affectflow recognizer (from a model folder or unwrapped from its pyfunc) on a device."""
+
+    def __init__(self, uri: str, rec: Any, device: Any, batch_size: int):
+        rec.model.to(device)
+        rec.device = device
+        self.uri = uri
+        self.rec = rec
+        self.classes = rec.classes
+        self.batch_size = batch_size
+        self.featurizer = DeviceFeaturizer(rec.meta, device)
+        self.sample_rate = self.featurizer.sample_rate
+
+    def predict(self, waves: list[np.ndarray]) -> np.ndarray:
+        return predict_features(self.rec, self.featurizer(waves), self.batch_size)
+
+
+class PyfuncBackend:
+    """Any pyfunc with the affectflow contract: `audio` + `sample_rate` in, class columns out."""
+
+    def __init__(self, uri: str, model: Any, sample_rate: int):
+        self.uri = uri
+        self.model = model
+        self.sample_rate = sample_rate
+        schema = model.metadata.get_output_schema()
+        names = schema.input_names() if schema is not None else []
+        self.classes = [c for c in names if c != "label"]
+        if not self.classes:
+            raise RuntimeError(f"model {uri}: its signature names no output (class) columns")
+
+    def predict(self, waves: list[np.ndarray]) -> np.ndarray:
+        df = pd.DataFrame({"audio": [w.astype(np.float64) for w in waves],
+                           "sample_rate": [self.sample_rate] * len(waves)})
+        out = self.model.predict(df)
+        return np.asarray(pd.DataFrame(out)[self.classes], np.float32)
+
+
+@contextlib.contextmanager
+def mlflow_store(uri: str) -> Iterator[None]:
+    """MLflow tracking and registry on `uri` inside the block, as before after it.
+
+    Why: both URIs are process-wide in MLflow and exported to the environment for subprocesses, so a
+    library call that set them for good would redirect later runs, and servers started later, to
+    this store (the registry on `tracking.uri`, as `affectflow.tracking.registry.client_for` does)."""
+    import mlflow
+    from mlflow.tracking._model_registry import utils as registry_state
+    from mlflow.tracking._tracking_service import utils as tracking_state
+
+    env = {k: os.environ.get(k) for k in MLFLOW_URI_ENV}
+    tracking_before, registry_before = tracking_state._tracking_uri, registry_state._registry_uri
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_registry_uri(uri)
+    try:
+        yield
+    finally:
+        mlflow.set_tracking_uri(tracking_before)
+        registry_state._registry_uri = registry_before
+        for key, value in env.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
+def default_model_uri(params: Params) -> str:
+    return params.predict.model_uri or f"models:/{params.registry.model_name}@{CHAMPION_ALIAS}"
+
+
+def load_backend(params: Params, model_uri: str | None = None) -> Backend:
+    """A local model folder (has model.json) is loaded directly; anything else through MLflow
+    (`models:/name@alias`, `models:/name/3`, `runs:/...`, `s3://...`, a local MLflow model folder)."""
+    cfg = params.predict
+    uri = model_uri or default_model_uri(params)
+    device = resolve_device(cfg.device)
+    if cfg.threads:
+        import torch
+
+        torch.set_num_threads(cfg.threads)
+    if Path(uri).is_dir() and (Path(uri) / META_FILE).is_file():
+        return RecognizerBackend(uri, load_model_dir(uri), device, cfg.batch_size)
+    import mlflow
+    from mlflow.exceptions import MlflowException
+
+    from affectflow.tracking.registry import resolve_uri
+
+    tracking = resolve_uri(params.tracking.uri)
+    try:
+        with mlflow_store(tracking):
+            model = mlflow.pyfunc.load_model(uri)
+    except (MlflowException, OSError) as e:
+        raise RuntimeError(f"model {uri}: cannot load it (tracking.uri {tracking}): {e}") from None
+    try:
+        inner = model.unwrap_python_model()
+    except MlflowException:
+        inner = None
+    rec = getattr(inner, "rec", None)
+    if rec is not None and hasattr(rec, "model") and hasattr(rec, "meta"):
+        return RecognizerBackend(uri, rec, device, cfg.batch_size)
+    return PyfuncBackend(uri, model, params.audio.sample_rate)
+
+
+# ----------------------------------------------------------------------------- prediction
+@dataclass
+class FilePrediction:
+    """One input's outcome: mean window probabilities, or the reason it failed."""
+
+    path: str
+    duration_s: float | None = None
+    windows: int = 0
+    error: str | None = None
+    _sum: np.ndarray | None = field(default=None, repr=False)
+    _seen: int = field(default=0, repr=False)
+
+    def add(self, probs: np.ndarray) -> None:
+        self._sum = probs.astype(np.float64) if self._sum is None else self._sum + probs
+        self._seen += 1
+
+    @property
+    def probabilities(self) -> np.ndarray | None:
+        if self.error is not None or self._sum is None:
+            return None
+        return self._sum / self._seen
+
+
+@dataclass
+class PredictResult:
+    model_uri: str
+    classes: list[str]
+    predictions: list[FilePrediction]
+
+    @property
+    def failed(self) -> list[FilePrediction]:
+        return [p for p in self.predictions if p.error is not None]
+
+    def records(self) -> list[dict[str, Any]]:
+        """One flat record per input: path, label, one column per class, duration, windows, error."""
+        out = []
+        for p in self.predictions:
+            probs = p.probabilities
+            rec: dict[str, Any] = {"path": p.path,
+                                   "label": None if probs is None else self.classes[int(np.argmax(probs))]}
+            for c, i in zip(self.classes, range(len(self.classes)), strict=True):
+                rec[c] = None if probs is None else round(float(probs[i]), PROB_DECIMALS)
+            rec.update({"duration_s": None if p.duration_s is None else round(p.duration_s, 3),
+                        "windows": p.windows, "error": p.error})
+            out.append(rec)
+        return out
+
+    def to_json(self) -> dict[str, Any]:
+        preds = []
+        for r in self.records():
+            probs = {c: r.pop(c) for c in self.classes}
+            preds.append({**r, "probabilities": None if r["error"] else probs})
+        return {"model": self.model_uri, "classes": self.classes, "n_files": len(self.predictions),
+                "n_failed": len(self.failed), "predictions": preds}
+
+    def to_csv(self) -> str:
+        buf = io.StringIO()
+        cols = ["path", "label", *self.classes, "duration_s", "windows", "error"]
+        writer = csv.DictWriter(buf, fieldnames=cols, lineterminator="\n")
+        writer.writeheader()
+        for r in self.records():
+            writer.writerow({k: "" if v is None else v for k, v in r.items()})
+        return buf.getvalue()
+
+
+def _reason(e: BaseException) -> str:
+    if isinstance(e, audio.AudioError):
+        return e.reason
+    return f"{type(e).__name__}: {e}"
+
+
+class _Batcher:
+    """Collects windows of several files into model batches and credits each result to its file."""
+
+    def __init__(self, backend: Backend, results: list[FilePrediction], batch_size: int,
+                 say: Callable[[str], None]):
+        self.backend = backend
+        self.results = results
+        self.batch_size = batch_size
+        self.say = say
+        self.pending: list[tuple[int, np.ndarray]] = []
+
+    def add(self, index: int, wave: np.ndarray) -> None:
+        self.pending.append((index, wave))
+        if len(self.pending) >= self.batch_size:
+            self.flush()
+
+    def flush(self) -> None:
+        batch = [(i, w) for i, w in self.pending if self.results[i].error is None]
+        self.pending = []
+        if not batch:
+            return
+        try:
+            probs = self.backend.predict([w for _, w in batch])
+        except Exception:
+            self._one_by_one(batch)
+            return
+        for (i, _), p in zip(batch, probs, strict=True):
+            self.results[i].add(p)
+
+    def _one_by_one(self, batch: list[tuple[int, np.ndarray]]) -> None:
+        """Find the clip(s) the model cannot take; when every clip fails the fault is the model's."""
+        outcomes: list[np.ndarray | BaseException] = []
+        for _, w in batch:
+            try:
+                outcomes.append(self.backend.predict([w])[0])
+            except Exception as e:
+                outcomes.append(e)
+        errors = [o for o in outcomes if isinstance(o, BaseException)]
+        if len(batch) > 1 and len(errors) == len(batch):
+            raise errors[0]
+        for (i, _), got in zip(batch, outcomes, strict=True):
+            if isinstance(got, BaseException):
+                fail(self.results[i], f"model cannot score this audio ({_reason(got)})", self.say)
+            else:
+                self.results[i].add(got)
+
+
+def fail(res: FilePrediction, reason: str, say: Callable[[str], None]) -> None:
+    """Record a file's first failure and report it once."""
+    if res.error is None:
+        res.error = reason
+        say(f"error: {res.path}: {reason}")
+
+
+def _decode_ahead(reader: WindowReader, paths: Sequence[str], workers: int,
+                  lookahead: int) -> Iterator[tuple[int, Decoded | BaseException]]:
+    """Decode upcoming inputs in threads (soundfile and soxr release the GIL), in input order."""
+    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="decode") as pool:
+        queue: deque[Future[Decoded]] = deque()
+        nxt = 0
+        for i in range(len(paths)):
+            while nxt < len(paths) and len(queue) < lookahead:
+                queue.append(pool.submit(reader.open, paths[nxt]))
+                nxt += 1
+            fut = queue.popleft()
+            try:
+                yield i, fut.result()
+            except Exception as e:
+                yield i, e
+
+
+@contextlib.contextmanager
+def fetched(files: Sequence[str], store: S3Store) -> Iterator[tuple[list[str], dict[int, str]]]:
+    """Local paths for `files` (s3:// objects downloaded into a temporary folder, removed on exit;
+    others unchanged) and the reason per index of those that could not be fetched.
+
+    Only a missing object (or bucket) or a malformed URI is an input's own error; any other S3
+    failure (credentials, endpoint) is raised, since it would fail every S3 input alike."""
+    local, errors = list(files), {}
+    remote = [i for i, f in enumerate(files) if is_s3(f)]
+    if not remote:
+        yield local, errors
+        return
+    with tempfile.TemporaryDirectory(prefix="affectflow-predict-") as tmp:
+
+        def fetch(i: int) -> str | Exception:
+            # One folder per input: names repeat across prefixes, and a key such as "a/../../x"
+            # must not write outside the temporary folder. The name keeps the audio suffix.
+            try:
+                name = PurePosixPath(S3Uri.parse(files[i]).key).name or "object"
+                return str(store.download(files[i], Path(tmp) / str(i) / name))
+            except (S3NotFoundError, ValueError) as e:
+                return e
+
+        with ThreadPoolExecutor(store.settings.max_concurrency, thread_name_prefix="s3-fetch") as pool:
+            got = progress(zip(remote, pool.map(fetch, remote), strict=True), "fetch s3://", total=len(remote), unit="file")
+            for i, res in got:
+                if isinstance(res, Exception):  # the message starts with the URI, which the row names already
+                    errors[i] = str(res).removeprefix(f"{files[i]}: ").removeprefix("cannot download: ")
+                else:
+                    local[i] = res
+        yield local, errors
+
+
+def predict_paths(params: Params, paths: Sequence[str | Path], model_uri: str | None = None,
+                  backend: Backend | None = None, report: Callable[[str], None] | None = None) -> PredictResult:
+    """Class probabilities for every input (files, folders, manifests, s3:// objects and prefixes);
+    failures are recorded per file and passed to `report` (default: printed on stderr) as they
+    happen. Rows keep the input's name: an s3:// URI stays the URI, not the temporary copy."""
+    cfg = params.predict
+    store = store_for(params)  # its boto3 client is made on first use: free without s3:// inputs
+    files = collect_inputs(paths, store)
+    backend = backend or load_backend(params, model_uri)
+    say = report or (lambda msg: print(msg, file=sys.stderr))
+    reader = WindowReader(backend.sample_rate, cfg.max_window_s, cfg.hop_s)
+    results = [FilePrediction(path=f) for f in files]
+    batcher = _Batcher(backend, results, cfg.batch_size, say)
+    lookahead = max(cfg.batch_size, 2 * cfg.decode_workers)
+    with fetched(files, store) as (local, missing):
+        for i, reason in missing.items():
+            fail(results[i], reason, say)
+        decoded = _decode_ahead(reader, local, cfg.decode_workers, lookahead)
+        for i, got in progress(decoded, "predict", total=len(files), unit="file"):
+            res = results[i]
+            if res.error is not None:  # not fetched from S3: reported above
+                continue
+            if isinstance(got, BaseException):
+                fail(res, _reason(got), say)
+                continue
+            res.duration_s, res.windows = got.duration_s, got.n_windows
+            windows = got.windows()
+            while True:
+                try:
+                    wave = next(windows)
+                except StopIteration:
+                    break
+                except Exception as e:  # a window that cannot be read fails its file only
+                    fail(res, _reason(e), say)
+                    break
+                batcher.add(i, wave)
+        batcher.flush()
+    return PredictResult(backend.uri, list(backend.classes), results)
+
+
+def render(result: PredictResult, fmt: str) -> str:
+    if fmt not in FORMATS:
+        raise ValueError(f"--format: {fmt!r} is not one of {FORMATS}")
+    if fmt == "csv":
+        return result.to_csv()
+    return json.dumps(result.to_json(), indent=2) + "\n"
+
+
+def write_result(result: PredictResult, out: str | Path | None, fmt: str) -> None:
+    """To stdout, or atomically to `out`."""
+    text = render(result, fmt)
+    if out is None:
+        sys.stdout.write(text)
+        sys.stdout.flush()
+    else:
+        atomic_write_text(out, text)
+
+
+# ----------------------------------------------------------------------------- serving client
+def invocations_payload(waves: Sequence[np.ndarray] | None = None, sample_rate: int | None = None, *,
+                        files: Sequence[str | Path] | None = None) -> dict[str, Any]:
+    """Body for `POST /invocations` of `mlflow models serve`, in MLflow's `dataframe_split` form,
+    matching the pyfunc signature (`affectflow.serving.pyfunc`). Paths are never sent: a path only means
+    something on the server's own disk. Either
+
+    waves + sample_rate: mono float waveforms as JSON lists (`audio`, `sample_rate`), for audio
+        that exists only in memory; or
+    files: the files' own encoded bytes, base64 (`audio_b64`); the server decodes them, mixes to
+        mono and resamples as for a path. The body is several times smaller than the samples as
+        JSON floats (figures in benchmarks/RESULTS.md)."""
+    if files is not None:
+        if waves is not None:
+            raise ValueError("invocations_payload: give waves or files, not both")
+        return {"dataframe_split": {"columns": ["audio_b64"],
+                                    "data": [[base64.b64encode(Path(f).read_bytes()).decode("ascii")] for f in files]}}
+    if waves is None or sample_rate is None:
+        raise ValueError("invocations_payload: give waves with their sample_rate, or files")
+    return {"dataframe_split": {"columns": ["audio", "sample_rate"],
+                                "data": [[np.asarray(w, np.float64).round(7).tolist(), int(sample_rate)]
+                                         for w in waves]}}
+
+
+def post_invocations(url: str, payload: dict[str, Any], timeout: float = 60.0) -> pd.DataFrame:
+    """POST a payload to a scoring server's /invocations; its predictions as a DataFrame."""
+    import urllib.error
+    import urllib.request
+
+    req = urllib.request.Request(url.rstrip("/") + "/invocations", data=json.dumps(payload).encode(),
+                                 headers={"Content-Type": "application/json"}, method="POST")
+    try:
+        with urllib.request.urlopen(req, timeout=timeout) as r:
+            body = json.loads(r.read())
+    except urllib.error.HTTPError as e:
+        raise RuntimeError(f"{url}/invocations: HTTP {e.code}: {e.read().decode(errors='replace')[:2000]}") from None
+    return pd.DataFrame(body["predictions"])

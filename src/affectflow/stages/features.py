@@ -1,0 +1,376 @@
+"""Stage 2 — features: manifest clips -> log-mel and eGeMAPS arrays in the content-addressed store.
+
+Pipeline (cold cache): clips are sorted by duration and cut into chunks of `features.batch_size`
+neighbours (similar lengths, so little batch padding). Worker processes (`features.workers`) take
+one chunk at a time: decode + down-mix + resample each clip once (`affectflow.audio.load`), run
+openSMILE on that signal for the missing eGeMAPS kinds, and write those arrays themselves. Log-mel
+(`LogMel.batch`, one padded torch STFT per batch) runs where `features.logmel_in` says:
+  * main (auto on CUDA): in the main process, on batches of the waveforms the workers send back,
+    while the workers keep decoding — one process feeds the GPU;
+  * workers (auto on CPU): inside the worker that decoded the chunk (one torch thread each), so
+    decode and compute of different chunks overlap across processes. Measured on 2 cores, shipping
+    the waveforms (~340 MB for RAVDESS) to the main process and batching there costs 9–35 % more
+    CPU (pickling; the main process becomes the bottleneck) than computing where the audio already
+    is; see benchmarks/RESULTS.md.
+
+Warm cache: a clip is looked up by the manifest's sha256 and the kind's config hash (one `stat` per
+clip and kind); cached clips are neither decoded nor hashed again, and their shapes come from the
+previous index (or the .npy header), so a warm re-run costs a small fraction of a cold one.
+"""
+
+from __future__ import annotations
+
+import math
+import multiprocessing as mp
+import os
+import sys
+import time
+from collections.abc import Iterable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from affectflow import audio
+from affectflow.config import Params
+from affectflow.contracts.feature_store import (
+    INDEX,
+    SUMMARY,
+    array_shape,
+    feature_key,
+    relative_file,
+    save_array,
+    write_index,
+)
+from affectflow.contracts.manifest import ManifestError, read_manifest
+from affectflow.features import egemaps as eg
+from affectflow.runtime.progress import progress
+from affectflow.storage import atomic_write_json
+
+LOGMEL = "logmel"
+LOGMEL_VERSION = 1
+"""Bump when `LogMel` changes values for the same configuration: it is part of the cache key."""
+
+
+class FeaturesError(RuntimeError):
+    """The features stage cannot go on; the message names the file or key."""
+
+
+@dataclass
+class FeaturesResult:
+    index: Path
+    summary: dict[str, Any]
+
+
+# ----------------------------------------------------------------------------- kinds and keys
+def requested_kinds(params: Params) -> list[str]:
+    """Store kinds that params.features asks for, in a stable order."""
+    kinds: list[str] = []
+    for k in dict.fromkeys(params.features.kinds):
+        kinds += [LOGMEL] if k == LOGMEL else eg.kinds_for(params.features.egemaps)
+    return kinds
+
+
+def feature_keys(params: Params) -> dict[str, str]:
+    """kind -> config hash covering everything that changes its values (not device, workers, ...)."""
+    sr = params.audio.sample_rate
+    keys: dict[str, str] = {}
+    for kind in requested_kinds(params):
+        if kind == LOGMEL:
+            cfg = {**params.features.logmel.model_dump(mode="json"), "sample_rate": sr, "version": LOGMEL_VERSION}
+        else:
+            cfg = eg.key_config(params.features.egemaps, sr)
+        keys[kind] = feature_key(kind, cfg)
+    return keys
+
+
+# ----------------------------------------------------------------------------- worker side
+_WORKER: dict[str, Any] = {}
+
+_Job = tuple[str, str, bool, tuple[str, ...]]  # sha256, path, want log-mel, openSMILE kinds to compute
+_Done = tuple[str, str, "np.ndarray | None", int, dict[str, tuple[int, ...]], int, "str | None"]
+# sha256, path, waveform (only when the main process computes log-mel), samples, saved shapes,
+# non-finite arrays, error
+
+
+def _init_worker(root: str, sample_rate: int, keys: dict[str, str], egemaps_cfg: Any, smile_kinds: list[str],
+                 logmel_cfg: Any, torch_threads: int, device: str = "cpu") -> None:
+    """Per-process state: where to write, one reusable openSMILE extractor, and maybe a LogMel
+    (worker processes: on CPU; inline, i.e. one worker: in this process, on the chosen device)."""
+    _WORKER.update(root=root, sample_rate=sample_rate, keys=keys, logmel=None,
+                   smile=eg.Egemaps(egemaps_cfg, smile_kinds) if smile_kinds else None,
+                   seconds={"decode": 0.0, "egemaps": 0.0, "logmel": 0.0, "write": 0.0})
+    if logmel_cfg is not None:
+        import torch
+
+        from affectflow.features.logmel import LogMel
+
+        torch.set_num_threads(torch_threads)
+        _WORKER["logmel"] = LogMel(logmel_cfg, sample_rate, device)
+
+
+def _work_chunk(jobs: list[_Job]) -> tuple[list[_Done], dict[str, float]]:
+    """Decode a chunk of similar-length clips once each; save openSMILE arrays; log-mel them as one
+    batch here (CPU mode) or hand the waveforms back (CUDA mode). Stops at the first bad clip."""
+    sr, root, keys = _WORKER["sample_rate"], _WORKER["root"], _WORKER["keys"]
+    secs = dict.fromkeys(_WORKER["seconds"], 0.0)
+    done: list[_Done] = []
+    to_mel: list[tuple[int, np.ndarray]] = []
+    for sha, path, want_logmel, smile_kinds in jobs:
+        t0 = time.perf_counter()
+        try:
+            x = audio.load(path, sr)
+        except audio.AudioError as e:
+            done.append((sha, path, None, 0, {}, 0, e.reason))
+            return done, secs
+        t1 = time.perf_counter()
+        secs["decode"] += t1 - t0
+        shapes: dict[str, tuple[int, ...]] = {}
+        nonfinite = 0
+        if smile_kinds:
+            try:
+                feats = _WORKER["smile"](x, sr, smile_kinds)
+            except Exception as e:  # openSMILE raises plain RuntimeErrors from its C layer
+                done.append((sha, path, None, x.size, {}, 0, f"openSMILE failed ({e})"))
+                return done, secs
+            t2 = time.perf_counter()
+            secs["egemaps"] += t2 - t1
+            for kind, arr in feats.items():
+                save_array(f"{root}/{relative_file(kind, keys[kind], sha)}", arr)
+                shapes[kind] = arr.shape
+                nonfinite += int(not np.isfinite(arr).all())
+            secs["write"] += time.perf_counter() - t2
+        local = want_logmel and _WORKER["logmel"] is not None
+        if local:
+            to_mel.append((len(done), x))
+        done.append((sha, path, x if want_logmel and not local else None, x.size, shapes, nonfinite, None))
+    if to_mel:
+        t0 = time.perf_counter()
+        mels = _WORKER["logmel"].batch([x for _, x in to_mel])
+        t1 = time.perf_counter()
+        for (i, _), m in zip(to_mel, mels, strict=True):
+            sha = done[i][0]
+            save_array(f"{root}/{relative_file(LOGMEL, keys[LOGMEL], sha)}", m)
+            done[i][4][LOGMEL] = m.shape
+        secs["logmel"] += t1 - t0
+        secs["write"] += time.perf_counter() - t1
+    return done, secs
+
+
+def _mp_context() -> Any:
+    """fork where it exists: workers start in milliseconds and inherit imports; they never touch
+    torch or CUDA (the pool is started before the main process puts anything on a GPU)."""
+    methods = mp.get_all_start_methods()
+    return mp.get_context("fork" if "fork" in methods and sys.platform != "darwin" else "spawn")
+
+
+def _cpu_count() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
+# ----------------------------------------------------------------------------- the stage
+def _read_clips(manifest_path: Path) -> pd.DataFrame:
+    df = read_manifest(manifest_path)
+    sha = df["sha256"].astype("string")
+    bad = ~sha.str.fullmatch(r"[0-9a-f]{64}").fillna(False).astype(bool)
+    if bad.any():
+        i = int(np.flatnonzero(bad.to_numpy())[0])
+        raise ManifestError(f"{manifest_path}: row {i} ({df['utt_id'].iloc[i]}): field sha256 is not a "
+                            f"hex SHA-256 ('{df['sha256'].iloc[i]}'); re-run ingest")
+    if df["utt_id"].duplicated().any():
+        dup = df.loc[df["utt_id"].duplicated(), "utt_id"].iloc[0]
+        raise ManifestError(f"{manifest_path}: field utt_id: duplicate '{dup}'")
+    return df
+
+
+def _previous_shapes(root: Path) -> dict[str, tuple[int, ...]]:
+    """file -> shape from the last index (so cached arrays need not be opened)."""
+    try:
+        old = pd.read_parquet(root / INDEX, columns=["file", "shape"])
+    except Exception:  # absent or unreadable: shapes come from the .npy headers instead
+        return {}
+    return {f: tuple(int(d) for d in s) for f, s in zip(old["file"], old["shape"], strict=True) if s is not None}
+
+
+def extract_features(params: Params, manifest_path: str | Path, out_dir: str | Path) -> FeaturesResult:
+    """Compute missing features for the manifest's clips; write `index.parquet` and `summary.json`."""
+    t_start = time.perf_counter()
+    manifest_path, root = Path(manifest_path), Path(out_dir)
+    root.mkdir(parents=True, exist_ok=True)
+    df = _read_clips(manifest_path)
+    keys = feature_keys(params)
+    if not keys:
+        raise FeaturesError("features.kinds / features.egemaps.levels: no feature kind requested")
+    clips = df.drop_duplicates("sha256").sort_values("duration", ascending=False, kind="stable")
+    base = str(root)  # plain strings and os.path: pathlib would dominate a warm run's time
+    missing = {kind: {s for s in clips["sha256"] if not os.path.exists(f"{base}/{relative_file(kind, key, s)}")}
+               for kind, key in keys.items()}
+    jobs: list[_Job] = []
+    for sha, path in zip(clips["sha256"], clips["path"], strict=True):
+        smile = tuple(k for k in keys if k != LOGMEL and sha in missing[k])
+        want_logmel = LOGMEL in keys and sha in missing[LOGMEL]
+        if want_logmel or smile:
+            jobs.append((sha, str(path), want_logmel, smile))
+
+    shapes: dict[tuple[str, str], tuple[int, ...]] = {}
+    run = _compute(params, root, keys, jobs, shapes) if jobs else {"audio_seconds": 0.0}
+
+    previous = _previous_shapes(root) if len(shapes) < len(keys) * len(clips) else {}
+    frames = []
+    for kind, key in keys.items():
+        files = [relative_file(kind, key, s) for s in df["sha256"]]
+        kind_shapes = []
+        for sha, f in zip(df["sha256"], files, strict=True):
+            shape = shapes.get((kind, sha)) or previous.get(f)
+            if shape is None:
+                shape = shapes[(kind, sha)] = array_shape(root / f)
+            kind_shapes.append(list(shape))
+        frames.append(pd.DataFrame({"utt_id": df["utt_id"].astype(str), "kind": kind, "key": key,
+                                    "file": files, "shape": kind_shapes}))
+    index = write_index(root, pd.concat(frames, ignore_index=True))
+
+    seconds = time.perf_counter() - t_start
+    audio_s = float(run["audio_seconds"])
+    summary: dict[str, Any] = {
+        "clips": len(df),
+        "unique_audio": len(clips),
+        "kinds": {k: {"key": keys[k], "computed": len(missing[k]), "cached": len(clips) - len(missing[k])}
+                  for k in keys},
+        "audio_seconds_computed": round(audio_s, 3),
+        "seconds": round(seconds, 3),
+        "x_realtime": round(audio_s / seconds, 1) if audio_s else None,
+        **{k: v for k, v in run.items() if k != "audio_seconds"},
+    }
+    atomic_write_json(root / SUMMARY, summary)
+    return FeaturesResult(index=index, summary=summary)
+
+
+def _compute(params: Params, root: Path, keys: dict[str, str], jobs: list[_Job],
+             shapes: dict[tuple[str, str], tuple[int, ...]]) -> dict[str, Any]:
+    """Run the decode workers (and the main-process log-mel consumer on CUDA); fills `shapes`."""
+    f = params.features
+    sr = params.audio.sample_rate
+    smile_kinds = sorted({k for j in jobs for k in j[3]})
+    any_logmel = any(j[2] for j in jobs)
+    workers = min(f.workers, len(jobs))
+    facts: dict[str, Any] = {"workers": workers, "audio_seconds": 0.0, "nonfinite_arrays": 0}
+    device = None
+    if any_logmel:
+        from affectflow.features import logmel as lm  # torch is imported only when log-mel is computed
+
+        lm.check_config(f.logmel, sr)
+        device = lm.resolve_device(f.device)
+        facts["device"] = str(device)
+    # Where log-mel runs (see the module docstring); inline (one worker) everything is in this process.
+    in_main = device is not None and workers > 1 and (
+        f.logmel_in == "main" or (f.logmel_in == "auto" and device.type != "cpu"))
+    cores = _cpu_count()
+    # Torch threads: per worker, the cores shared out; in the main process (inline, or batching what
+    # the workers send), the cores they leave.
+    worker_threads = f.threads or max(1, cores // workers)
+    main_threads = f.threads or (cores if workers == 1 else max(1, cores - workers))
+    if any_logmel:
+        facts["logmel_in"] = "main" if in_main or workers == 1 else "workers"
+        facts["torch_threads"] = main_threads if facts["logmel_in"] == "main" else worker_threads
+    # Chunks of similar-length neighbours; at least two per worker so the last ones do not straggle.
+    size = max(1, min(f.batch_size, math.ceil(len(jobs) / (2 * workers))))
+    chunks = [jobs[i : i + size] for i in range(0, len(jobs), size)]
+
+    import_threads: int | None = None
+    if any_logmel:
+        import torch
+
+        import_threads = torch.get_num_threads()
+    init_args = (str(root), sr, keys, f.egemaps, smile_kinds,
+                 f.logmel if any_logmel and not in_main else None,
+                 main_threads if workers == 1 else worker_threads,
+                 str(device) if workers == 1 and device is not None else "cpu")
+    pool = None
+    # File creation is mostly kernel time without the GIL: in CUDA mode one writer thread overlaps
+    # the log-mel saves with the next batch.
+    writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="features-writer")
+    stage_s = {"decode": 0.0, "egemaps": 0.0, "logmel": 0.0, "write": 0.0}
+    try:
+        if workers > 1:
+            # The pool starts before anything reaches a GPU, so forked workers inherit no CUDA state.
+            pool = _mp_context().Pool(workers, _init_worker, init_args)
+            results: Iterable[tuple[list[_Done], dict[str, float]]] = pool.imap_unordered(_work_chunk, chunks)
+        else:
+            _init_worker(*init_args)
+            results = map(_work_chunk, chunks)
+        extractor = None
+        if in_main:
+            import torch
+
+            from affectflow.features.logmel import LogMel
+
+            torch.set_num_threads(main_threads)  # restored below
+            extractor = LogMel(f.logmel, sr, device)
+        pending: list[tuple[str, np.ndarray]] = []
+        writing: Future[None] | None = None
+
+        def save_all(items: list[tuple[str, np.ndarray]]) -> None:
+            for file, m in items:
+                save_array(file, m)
+
+        def flush() -> None:
+            nonlocal writing
+            t0 = time.perf_counter()
+            mels = extractor.batch([w for _, w in pending])
+            stage_s["logmel"] += time.perf_counter() - t0
+            items = []
+            for (sha, _), m in zip(pending, mels, strict=True):
+                items.append((f"{root}/{relative_file(LOGMEL, keys[LOGMEL], sha)}", m))
+                shapes[(LOGMEL, sha)] = m.shape
+            pending.clear()
+            if writing is not None:
+                writing.result()  # at most one batch in flight; re-raises a failed write
+            writing = writer.submit(save_all, items)
+
+        for sha, path, wave, n, saved, nonfinite, err in _clips(results, stage_s, len(jobs)):
+            if err is not None:
+                raise audio.AudioError(path, f"{err} (features stage)")
+            facts["audio_seconds"] += n / sr
+            facts["nonfinite_arrays"] += nonfinite
+            for kind, shape in saved.items():
+                shapes[(kind, sha)] = shape
+            if wave is not None:
+                pending.append((sha, wave))
+                if len(pending) >= f.batch_size:
+                    flush()
+        if pending:
+            flush()
+        if writing is not None:
+            writing.result()
+        if pool is not None:
+            pool.close()
+            pool.join()
+    finally:
+        writer.shutdown(wait=True)
+        if pool is not None:
+            pool.terminate()
+        if import_threads is not None:
+            import torch
+
+            torch.set_num_threads(import_threads)
+    facts["process_seconds"] = {k: round(v, 3) for k, v in stage_s.items()}
+    return facts
+
+
+def _clips(results: Iterable[tuple[list[_Done], dict[str, float]]], stage_s: dict[str, float],
+           total: int) -> Iterator[_Done]:
+    """Flatten chunk results (adding up per-stage seconds) under one per-clip progress bar."""
+
+    def flat() -> Iterator[_Done]:
+        for done, secs in results:
+            for k, v in secs.items():
+                stage_s[k] += v
+            yield from done
+
+    yield from progress(flat(), "features", total=total, unit="clip")

@@ -1,0 +1,571 @@
+"""Stage 1b — the data gate: Great Expectations checks on the manifest (and the features) before training.
+
+Why a gate: a wrong label, a leaked speaker or a NaN feature does not crash training; it quietly
+yields a model that looks better or worse than it is. Each check is a GX expectation on a pandas
+table built here — the manifest plus derived per-row facts ("file exists", "how many splits this
+speaker is in"), a per-(split, class) count table of the labelled (role=source) clips, and one table
+per feature kind — so a failure names the expectation and the rows that broke it. The report
+(`report.md` for people, `report.json` for machines) is written whether the gate passes or not.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+import os
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")  # before GX is imported: no usage events
+
+import great_expectations as gx
+import great_expectations.expectations as gxe
+import numpy as np
+import pandas as pd
+import soundfile as sf
+from great_expectations.data_context.types.base import (
+    DataContextConfig,
+    InMemoryStoreBackendDefaults,
+    ProgressBarsConfig,
+)
+from great_expectations.expectations.expectation import Expectation
+from great_expectations.expectations.row_conditions import Column
+
+from affectflow.config import EgemapsConfig, Params
+from affectflow.contracts.manifest import read_manifest
+from affectflow.runtime.progress import progress
+from affectflow.storage import atomic_write_json, atomic_write_text
+
+SPLITS = ("train", "val", "test")
+ROLES = ("source", "target")
+REQUIRED = ("utt_id", "path", "corpus", "role", "speaker", "duration", "sample_rate", "channels",
+            "sha256", "fold", "split")
+"""Columns every row needs; `label`/`emotion` are required on labelled (role=source) rows only."""
+LABELLED = ("label", "emotion")
+TAIL_FRAMES = 4096
+"""Frames decoded at the end of each file: reaching the tail proves the file is not truncated,
+at a fraction of the cost of a full decode (ingest already decoded everything once)."""
+SOURCE_ROWS = Column("role") == "source"
+IDS_PER_GROUP = 3
+"""Row ids listed per offending group (e.g. per leaked speaker) in the report; the count says the rest."""
+
+
+@dataclass
+class GateResult:
+    passed: bool
+    summary: dict[str, Any]
+    report_md: Path
+    report_json: Path
+
+
+@dataclass
+class Table:
+    """One pandas table the gate validates, and the column that names its rows in the report."""
+
+    name: str
+    df: pd.DataFrame
+    id_column: str
+    expectations: list[Expectation]
+
+
+def check(cls: type[Expectation], name: str, description: str, *, show: Sequence[str] = (),
+          group: Sequence[str] = (), **kwargs: Any) -> Expectation:
+    """An expectation tagged with a stable check name and the context columns its report shows.
+
+    `group`: offending rows are summarised per distinct value of these columns (a leaked speaker is
+    one problem, not sixty rows).
+    """
+    return cls(description=description, meta={"check": name, "show": list(show), "group": list(group)},
+               **kwargs)
+
+
+# ----------------------------------------------------------------------------- manifest facts
+def audio_problem(path: str, duration: float, tolerance: float) -> str | None:
+    """Why a clip cannot be used as the manifest describes it, or None if it can.
+
+    Opens the file, seeks to its last `TAIL_FRAMES` frames and decodes them (truncated FLAC/OGG fail
+    here), and compares the header's duration with the manifest's (a truncated or replaced WAV
+    shows up as a shorter header).
+    """
+    try:
+        with sf.SoundFile(path) as f:
+            frames, rate = int(f.frames), int(f.samplerate)
+            if frames <= 0:
+                return "empty audio (0 frames)"
+            start = max(0, frames - TAIL_FRAMES)
+            f.seek(start)
+            tail = f.read(frames - start, dtype="float32", always_2d=True)
+    except Exception as e:  # soundfile raises LibsndfileError / RuntimeError / OSError variants
+        return f"cannot decode ({e})"
+    if len(tail) < frames - start:
+        return f"truncated: decoded up to frame {start + len(tail)} of {frames}"
+    if not np.isfinite(tail).all():
+        return "audio contains NaN or infinite samples"
+    header = frames / rate
+    if math.isfinite(duration) and abs(header - duration) > tolerance * max(header, duration):
+        return f"header says {header:.3f} s, manifest says {duration:.3f} s"
+    return None
+
+
+def audio_facts(df: pd.DataFrame, params: Params) -> tuple[pd.DataFrame, dict[str, int]]:
+    """Per-row `file_exists` and `audio_error` (None: fine, not checked, or already reported).
+
+    Remote (`scheme://`) paths are not opened here; they get None in both columns and are counted.
+    """
+    decode = params.validation.check_decode
+    exists: list[bool | None] = []
+    errors: list[str | None] = []
+    counts = {"checked": 0, "decoded": 0, "remote_unchecked": 0}
+    rows = zip(df["path"].tolist(), df["duration"].tolist(), strict=True)
+    for path, duration in progress(rows, "check audio", total=len(df), unit="clip"):
+        if not isinstance(path, str) or not path:
+            exists.append(None)  # the not-null check reports it
+            errors.append(None)
+            continue
+        if "://" in path:
+            counts["remote_unchecked"] += 1
+            exists.append(None)
+            errors.append(None)
+            continue
+        counts["checked"] += 1
+        ok = os.path.isfile(path)
+        exists.append(ok)
+        if ok and decode:
+            counts["decoded"] += 1
+            dur = float(duration) if duration is not None else math.nan
+            errors.append(audio_problem(path, dur, params.validation.duration_tolerance))
+        else:
+            errors.append(None)
+    facts = pd.DataFrame({"file_exists": pd.Series(exists, dtype=object, index=df.index),
+                          "audio_error": pd.Series(errors, dtype=object, index=df.index)})
+    return facts, counts
+
+
+def speaker_facts(df: pd.DataFrame) -> pd.DataFrame:
+    """Per-row `speaker_splits` (how many splits this row's speaker appears in) and clips per split."""
+    per_speaker = df.groupby("speaker", dropna=False)["split"].agg(
+        n="nunique", clips=lambda s: ", ".join(f"{k}: {v}" for k, v in s.value_counts().sort_index().items()))
+    return pd.DataFrame({"speaker_splits": df["speaker"].map(per_speaker["n"]).fillna(0).astype(int),
+                         "clips_per_split": df["speaker"].map(per_speaker["clips"])}, index=df.index)
+
+
+def copy_facts(df: pd.DataFrame) -> pd.DataFrame:
+    """Per-row facts about the clip's byte-identical copies (same sha256): splits and labels they span.
+
+    One clip twice in the same split with the same label only weighs it double; copies across
+    splits leak test audio into training, and copies with different labels mean one label is wrong.
+    """
+    g = df.groupby("sha256", dropna=True)
+    names = {col: g[col].agg(lambda s: ", ".join(sorted(str(v) for v in s.dropna().unique())))
+             for col in ("split", "emotion")}
+    return pd.DataFrame({
+        "copy_splits": df["sha256"].map(g["split"].nunique()).fillna(1).astype(int),
+        "copy_labels": df["sha256"].map(g["emotion"].nunique()).fillna(1).clip(lower=1).astype(int),
+        "copies_in_splits": df["sha256"].map(names["split"]),
+        "copies_labelled": df["sha256"].map(names["emotion"]),
+    }, index=df.index)
+
+
+def manifest_table(df: pd.DataFrame, params: Params) -> tuple[Table, dict[str, int]]:
+    """The manifest with derived columns, and the expectations on it."""
+    facts, counts = audio_facts(df, params)
+    data = pd.concat([df, facts, speaker_facts(df), copy_facts(df)], axis=1)
+    a, v = params.audio, params.validation
+    exps: list[Expectation] = [
+        check(gxe.ExpectTableRowCountToBeBetween, "has_rows", "the manifest has at least one clip",
+              min_value=1),
+        *[check(gxe.ExpectColumnValuesToNotBeNull, f"not_null:{c}", f"every clip has a `{c}`",
+                show=["path"], column=c) for c in REQUIRED],
+        *[check(gxe.ExpectColumnValuesToNotBeNull, f"not_null:{c}", f"every labelled (source) clip has a `{c}`",
+                show=["path", "corpus"], column=c, row_condition=SOURCE_ROWS) for c in LABELLED],
+        check(gxe.ExpectColumnValuesToBeUnique, "utt_id_unique", "utterance ids are unique",
+              show=["path"], group=["utt_id"], column="utt_id"),
+        check(gxe.ExpectColumnValuesToBeInSet, "role_valid", f"role is one of {list(ROLES)}",
+              column="role", value_set=list(ROLES)),
+        check(gxe.ExpectColumnDistinctValuesToContainSet, "has_source", "some clips are labelled (role=source)",
+              column="role", value_set=["source"]),
+        check(gxe.ExpectColumnValuesToBeInSet, "split_valid", f"split is one of {list(SPLITS)}",
+              show=["speaker"], column="split", value_set=list(SPLITS)),
+        check(gxe.ExpectColumnValuesToBeInSet, "emotion_in_classes",
+              "labelled (source) clips carry one of ingest.classes", show=["corpus", "label"],
+              column="emotion", value_set=list(params.ingest.classes), row_condition=SOURCE_ROWS),
+        check(gxe.ExpectColumnValuesToBeInSet, "file_exists", "every audio file exists",
+              show=["path"], column="file_exists", value_set=[True]),
+    ]
+    if v.check_decode:
+        exps.append(check(gxe.ExpectColumnValuesToBeNull, "audio_decodes",
+                          "every file opens, its tail decodes to finite samples and its header "
+                          "duration matches the manifest", show=["path"], column="audio_error"))
+    exps += [
+        check(gxe.ExpectColumnValuesToBeBetween, "duration_in_range",
+              f"durations within audio.min_duration_s..max_duration_s ({a.min_duration_s}..{a.max_duration_s} s)",
+              show=["path"], column="duration", min_value=a.min_duration_s, max_value=a.max_duration_s),
+        check(gxe.ExpectColumnValuesToBeUnique, "sha256_unique", "no audio content appears twice (sha256)",
+              show=["copies_in_splits", "copies_labelled"], group=["sha256"], column="sha256",
+              severity="critical" if v.fail_on_duplicate_audio else "warning"),
+        check(gxe.ExpectColumnValuesToBeInSet, "copies_in_one_split",
+              "copies of one clip (same sha256) never span splits (test audio would leak into training)",
+              show=["copies_in_splits"], group=["sha256"], column="copy_splits", value_set=[1]),
+        check(gxe.ExpectColumnValuesToBeInSet, "copies_agree_on_label",
+              "copies of one clip (same sha256) carry the same emotion", show=["copies_labelled"],
+              group=["sha256"], column="copy_labels", value_set=[1]),
+        check(gxe.ExpectColumnValuesToBeInSet, "speaker_single_split",
+              "no speaker appears in more than one split", show=["clips_per_split"],
+              group=["speaker"], column="speaker_splits", value_set=[1]),
+    ]
+    return Table("manifest", data, "utt_id", exps), counts
+
+
+def class_counts(df: pd.DataFrame, classes: Sequence[str]) -> pd.DataFrame:
+    """Labelled clips per (split, class), over the splits the labelled rows use and every class.
+
+    Target-role corpora are left out: they are unlabelled as far as training is concerned (DANN).
+    Classes absent from a split show up as 0 rather than disappearing.
+    """
+    src = df[df["role"] == "source"]
+    present = set(src["split"].dropna())
+    splits = [s for s in SPLITS if s in present]
+    n = src.groupby(["split", "emotion"]).size()
+    rows = [{"cell": f"{s}/{c}", "split": s, "emotion": c, "count": int(n.get((s, c), 0))}
+            for s in splits for c in classes]
+    return pd.DataFrame(rows, columns=["cell", "split", "emotion", "count"]).astype({"count": int})
+
+
+def class_count_table(df: pd.DataFrame, params: Params) -> Table:
+    k = params.validation.min_examples_per_class_per_split
+    exp = check(gxe.ExpectColumnValuesToBeBetween, "min_examples_per_class",
+                f"at least {k} labelled clips of each class in each split "
+                "(validation.min_examples_per_class_per_split)",
+                show=["split", "emotion"], column="count", min_value=k)
+    return Table("class_counts", class_counts(df, params.ingest.classes), "cell", [exp])
+
+
+# ----------------------------------------------------------------------------- feature facts
+@dataclass(frozen=True)
+class KindSpec:
+    """What every array of one feature kind must look like, and the store key params give it."""
+
+    kind: str
+    key: str
+    """Config hash the features stage files this kind under for the current params."""
+    ndim: int
+    dim0: int | None
+    """Expected first dimension; None: whatever most clips have (they must agree)."""
+    dim0_name: str
+
+
+@functools.cache
+def egemaps_dims(feature_set: str, levels: tuple[str, ...]) -> dict[str, int]:
+    """Features per openSMILE kind (88 eGeMAPSv02 functionals, 25 LLDs...), asked of openSMILE itself.
+
+    Cached: building the extractors parses openSMILE's config files. Empty if openSMILE is missing,
+    and then the gate only asks that all clips agree.
+    """
+    from affectflow.features.egemaps import Egemaps
+
+    try:
+        return Egemaps(EgemapsConfig(feature_set=feature_set, levels=list(levels))).dims()
+    except Exception:  # no opensmile: fall back to "all clips agree"
+        return {}
+
+
+def feature_specs(params: Params) -> list[KindSpec]:
+    """The feature kinds `params.features` asks for (as the features stage names them) and their shapes."""
+    from affectflow.stages.features import LOGMEL, feature_keys, requested_kinds
+
+    keys = feature_keys(params)
+    eg = params.features.egemaps
+    specs: list[KindSpec] = []
+    for kind in requested_kinds(params):
+        if kind == LOGMEL:
+            specs.append(KindSpec(kind, keys[kind], 2, params.features.logmel.n_mels, "features.logmel.n_mels"))
+        else:
+            frame_level = kind.endswith("_lld")
+            dims = egemaps_dims(eg.feature_set, tuple(eg.levels))
+            what = "low-level descriptors" if frame_level else "functionals"
+            specs.append(KindSpec(kind, keys[kind], 2 if frame_level else 1, dims.get(kind), f"{eg.feature_set} {what}"))
+    return specs
+
+
+def feature_facts(features: Any, kind: str, utt_ids: Sequence[str]) -> pd.DataFrame:
+    """One row per manifest clip: index entries, load error, shape facts and non-finite count."""
+    index = features.index[features.index["kind"] == kind]
+    entries = index.groupby("utt_id").size()
+    keys = index.drop_duplicates("utt_id", keep="last").set_index("utt_id")["key"]
+    rows: list[dict[str, Any]] = []
+    for u in progress(utt_ids, f"check {kind} features", total=len(utt_ids), unit="clip"):
+        n = int(entries.get(u, 0))
+        row: dict[str, Any] = {"utt_id": u, "entries": n, "present": n > 0, "key": keys.get(u),
+                               "load_error": None, "shape": None, "ndim": np.nan, "dim0": np.nan,
+                               "frames": np.nan, "nonfinite": np.nan}
+        if n == 1:
+            try:
+                arr = np.asarray(features.load(kind, [u])[0])
+            except Exception as e:  # missing or corrupt .npy: report it, keep checking the rest
+                row["load_error"] = f"{type(e).__name__}: {e}"
+            else:
+                row.update(shape="x".join(str(d) for d in arr.shape), ndim=arr.ndim,
+                           dim0=arr.shape[0] if arr.ndim else np.nan,
+                           frames=arr.shape[1] if arr.ndim >= 2 else np.nan,
+                           nonfinite=int(arr.size - np.count_nonzero(np.isfinite(arr))))
+        rows.append(row)
+    return pd.DataFrame(rows, columns=["utt_id", "entries", "present", "key", "load_error", "shape", "ndim",
+                                       "dim0", "frames", "nonfinite"])
+
+
+def feature_table(features: Any, spec: KindSpec, utt_ids: Sequence[str]) -> Table:
+    data = feature_facts(features, spec.kind, utt_ids)
+    k = spec.kind
+    dim0 = spec.dim0
+    if dim0 is None:
+        mode = data["dim0"].dropna().mode()
+        dim0 = int(mode.iloc[0]) if len(mode) else None
+    exps: list[Expectation] = [
+        check(gxe.ExpectColumnValuesToBeInSet, f"{k}:present", f"every manifest clip has `{k}` features",
+              column="present", value_set=[True]),
+        check(gxe.ExpectColumnValuesToBeBetween, f"{k}:one_entry", f"at most one `{k}` index entry per clip",
+              column="entries", max_value=1),
+        check(gxe.ExpectColumnValuesToBeInSet, f"{k}:current_params",
+              f"`{k}` features were computed with the current params (store key {spec.key})",
+              column="key", value_set=[spec.key]),
+        check(gxe.ExpectColumnValuesToBeNull, f"{k}:loads", f"every `{k}` array file loads",
+              column="load_error"),
+        check(gxe.ExpectColumnValuesToBeInSet, f"{k}:ndim", f"`{k}` arrays are {spec.ndim}-D",
+              show=["shape"], column="ndim", value_set=[spec.ndim]),
+        check(gxe.ExpectColumnValuesToBeBetween, f"{k}:finite", f"`{k}` arrays hold only finite values",
+              show=["shape"], column="nonfinite", max_value=0),
+    ]
+    if dim0 is not None:
+        why = spec.dim0_name if spec.dim0 is not None else "the size most clips have"
+        exps.append(check(gxe.ExpectColumnValuesToBeInSet, f"{k}:dim0",
+                          f"`{k}` first dimension is {dim0} ({why})", show=["shape"], column="dim0",
+                          value_set=[dim0]))
+    if spec.ndim >= 2:
+        exps.append(check(gxe.ExpectColumnValuesToBeBetween, f"{k}:frames", f"`{k}` arrays have frames > 0",
+                          show=["shape"], column="frames", min_value=1))
+    return Table(f"features_{k}", data, "utt_id", exps)
+
+
+# ----------------------------------------------------------------------------- running GX
+def _context() -> Any:
+    """One in-memory GX context per gate run: nothing on disk, no progress bars, no analytics."""
+    config = DataContextConfig(store_backend_defaults=InMemoryStoreBackendDefaults(init_temp_docs_sites=False),
+                               analytics_enabled=False, progress_bars=ProgressBarsConfig(globally=False))
+    return gx.get_context(mode="ephemeral", project_config=config)
+
+
+def run_tables(tables: Sequence[Table], n_examples: int) -> list[dict[str, Any]]:
+    """Validate every table with its suite; one dict per check, in the order the checks were declared."""
+    context = _context()
+    source = context.data_sources.add_pandas("affectflow")
+    out: list[dict[str, Any]] = []
+    for t in tables:
+        batch = source.add_dataframe_asset(t.name).add_batch_definition_whole_dataframe(t.name)
+        suite = context.suites.add(gx.ExpectationSuite(name=t.name, expectations=t.expectations))
+        vd = context.validation_definitions.add(gx.ValidationDefinition(name=t.name, data=batch, suite=suite))
+        res = vd.run(batch_parameters={"dataframe": t.df},
+                     result_format={"result_format": "COMPLETE", "unexpected_index_column_names": [t.id_column]})
+        by_check = {r.expectation_config.meta["check"]: r for r in res.results}
+        out += [_describe(t, e, by_check[e.meta["check"]], n_examples) for e in t.expectations]
+    return out
+
+
+def _exception(info: Any) -> str | None:
+    """GX reports exceptions either flat or keyed by metric; return the first message."""
+    if not isinstance(info, dict):
+        return None
+    if info.get("raised_exception"):
+        return str(info.get("exception_message"))
+    for sub in info.values():
+        if isinstance(sub, dict) and sub.get("raised_exception"):
+            return str(sub.get("exception_message"))
+    return None
+
+
+def _describe(t: Table, exp: Expectation, res: Any, n_examples: int) -> dict[str, Any]:
+    cfg = res.expectation_config
+    r = res.result or {}
+    kwargs = {k: v for k, v in cfg.kwargs.items() if k not in ("batch_id", "row_condition")}
+    if getattr(exp, "row_condition", None) is not None:
+        kwargs["row_condition"] = repr(exp.row_condition)  # "role == source"
+    d: dict[str, Any] = {
+        "check": exp.meta["check"], "description": exp.description, "table": t.name,
+        "expectation": cfg.type, "kwargs": _plain(kwargs), "success": bool(res.success),
+        "element_count": _plain(r.get("element_count")), "unexpected_count": _plain(r.get("unexpected_count")),
+        "severity": _plain(getattr(exp.severity, "value", exp.severity)),
+        "error": _exception(res.exception_info),
+    }
+    if "observed_value" in r:
+        d["observed_value"] = _plain(r["observed_value"])
+    ids = [row[t.id_column] for row in r.get("unexpected_index_list") or []]
+    if not res.success and ids:
+        d["groups"], d["examples"] = _examples(t, kwargs.get("column"), ids, exp.meta, n_examples)
+        if d["groups"] is not None:
+            d["group_by"] = list(exp.meta["group"])
+    return d
+
+
+def _examples(t: Table, column: str | None, ids: Sequence[Any], meta: dict[str, Any],
+              n: int) -> tuple[int | None, list[dict[str, Any]]]:
+    """Up to `n` offending rows (or groups of rows) with the columns that explain them."""
+    bad = t.df[t.df[t.id_column].isin(set(ids))]
+    group: list[str] = meta.get("group") or []
+    cols = list(dict.fromkeys([*meta.get("show", []), *([column] if column else [])]))
+    if not group:
+        rows = bad[[t.id_column, *[c for c in cols if c != t.id_column]]].head(n)
+        return None, _plain(rows.to_dict("records"))
+    agg: dict[str, Any] = {"rows": (t.id_column, "size")}
+    agg.update({c: (c, "first") for c in cols if c not in group and c != t.id_column})
+    agg[f"{t.id_column}s"] = (t.id_column, lambda s: ", ".join(str(v) for v in s.head(IDS_PER_GROUP))
+                              + (", …" if len(s) > IDS_PER_GROUP else ""))
+    grouped = bad.groupby(group, dropna=False, sort=True).agg(**agg).reset_index()
+    return len(grouped), _plain(grouped.head(n).to_dict("records"))
+
+
+def _plain(obj: Any) -> Any:
+    """JSON-safe copy: numpy scalars to Python, NaN to None, unknown objects to str."""
+    if isinstance(obj, dict):
+        return {str(k): _plain(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple, set)):
+        return [_plain(v) for v in obj]
+    if isinstance(obj, np.generic):
+        obj = obj.item()
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    if obj is None or isinstance(obj, (str, int, float, bool)):
+        return obj
+    return str(obj)
+
+
+# ----------------------------------------------------------------------------- report
+def _md_cell(v: Any) -> str:
+    if v is None:
+        return ""
+    if isinstance(v, float):
+        v = f"{v:.3f}".rstrip("0").rstrip(".")
+    return str(v).replace("|", "\\|").replace("\n", " ")
+
+
+def _md_table(rows: Sequence[dict[str, Any]], columns: Sequence[str] | None = None) -> list[str]:
+    if not rows:
+        return []
+    cols = list(columns or rows[0].keys())
+    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    lines += ["| " + " | ".join(_md_cell(r.get(c)) for c in cols) + " |" for r in rows]
+    return lines
+
+
+def _failure_line(c: dict[str, Any]) -> str:
+    if c["error"]:
+        return f"error: {c['error']}"
+    if c.get("unexpected_count") is not None:
+        line = f"{c['unexpected_count']} of {c['element_count']} rows"
+        if c.get("groups") is not None:
+            line += f" ({c['groups']} distinct {'/'.join(c['group_by'])})"
+        return line
+    return f"observed {c.get('observed_value')!r}"
+
+
+def _mark(c: dict[str, Any]) -> str:
+    return "✓" if c["success"] else "✗" if c["severity"] == "critical" else "⚠"
+
+
+def _md_failure(c: dict[str, Any], mark: str) -> list[str]:
+    """One failed check: what was expected, on which table and column, and the offending rows."""
+    where = f" where {c['kwargs']['row_condition']}" if "row_condition" in c["kwargs"] else ""
+    col = c["kwargs"].get("column")
+    lines = [f"### {mark} `{c['check']}` — {c['description']}", "",
+             f"`{c['expectation']}`" + (f" on `{col}`" if col else "")
+             + f" (table `{c['table']}`{where}): {_failure_line(c)}."]
+    if c.get("examples"):
+        grouped = c.get("groups") is not None
+        total, unit = (c["groups"], "groups") if grouped else (c["unexpected_count"], "rows")
+        lines += ["", f"First {len(c['examples'])} of {total} offending {unit}:", "", *_md_table(c["examples"])]
+    return lines
+
+
+def render_markdown(report: dict[str, Any]) -> str:
+    s = report["summary"]
+    lines = [f"# Data validation gate: {'PASSED' if s['passed'] else 'FAILED'}", ""]
+    lines += [f"- manifest: `{s['manifest']}` ({s['clips']} clips, {s['speakers']} speakers)",
+              f"- features: `{s['features']}`" if s["features"] else "- features: not checked",
+              f"- checks: {s['checks']} run, {len(s['failed'])} failed, {len(s['warnings'])} warned",
+              f"- audio: {s['audio']['checked']} files checked for existence, "
+              f"{s['audio']['decoded']} opened and tail-decoded"
+              + (f", {s['audio']['remote_unchecked']} remote paths not checked"
+                 if s["audio"]["remote_unchecked"] else ""),
+              f"- Great Expectations {report['great_expectations']}", ""]
+    for title, mark, names in (("Failed checks", "✗", s["failed"]),
+                               ("Warnings (do not fail the gate)", "⚠", s["warnings"])):
+        if names:
+            lines += [f"## {title}", ""]
+        for c in (c for c in report["checks"] if c["check"] in names):
+            lines += [*_md_failure(c, mark), ""]
+    counts = report["class_counts"]
+    if counts:
+        classes = list(next(iter(counts.values())).keys())
+        lines += ["## Labelled clips per split and class", ""]
+        lines += _md_table([{"split": sp, **row} for sp, row in counts.items()], ["split", *classes])
+        lines.append("")
+    lines += ["## All checks", ""]
+    lines += _md_table([{"": _mark(c), "check": c["check"], "table": c["table"],
+                         "expectation": c["expectation"],
+                         "unexpected / observed": c.get("unexpected_count") if c.get("unexpected_count") is not None
+                         else c.get("observed_value")} for c in report["checks"]])
+    return "\n".join(lines) + "\n"
+
+
+# ----------------------------------------------------------------------------- the stage
+def validate(params: Params, manifest_path: str | Path, out_dir: str | Path,
+             features_dir: str | Path | None = None) -> GateResult:
+    """Run the gate; write `report.json` and `report.md` to `out_dir`.
+
+    passed=False if any critical check fails; warning-level checks (duplicate clips that stay in one
+    split with one label, unless validation.fail_on_duplicate_audio) are reported but do not block.
+    """
+    manifest_path, out = Path(manifest_path), Path(out_dir)
+    df = read_manifest(manifest_path)
+    mtable, audio_counts = manifest_table(df, params)
+    counts = class_counts(df, params.ingest.classes)
+    tables: list[Table] = [mtable, class_count_table(df, params)]
+    if features_dir is not None:
+        from affectflow.contracts.feature_store import FeatureSet
+
+        features = FeatureSet(features_dir)
+        utt_ids = df["utt_id"].dropna().astype(str).tolist()
+        tables += [feature_table(features, spec, utt_ids) for spec in feature_specs(params)]
+    checks = run_tables(tables, params.validation.report_examples)
+    failed = [c for c in checks if not c["success"] and c["severity"] == "critical"]
+    warned = [c for c in checks if not c["success"] and c["severity"] != "critical"]
+    summary: dict[str, Any] = {
+        "passed": not failed,
+        "manifest": str(manifest_path),
+        "features": str(features_dir) if features_dir is not None else None,
+        "clips": len(df),
+        "speakers": int(df["speaker"].nunique()),
+        "checks": len(checks),
+        "failed": [c["check"] for c in failed],
+        "failures": {c["check"]: _failure_line(c) + _first_example(c) for c in failed},
+        "warnings": {c["check"]: _failure_line(c) + _first_example(c) for c in warned},
+        "audio": audio_counts,
+    }
+    table = counts.pivot(index="split", columns="emotion", values="count") if len(counts) else None
+    class_table = ({sp: {c: int(table.loc[sp, c]) for c in params.ingest.classes}
+                    for sp in SPLITS if sp in table.index} if table is not None else {})
+    report = {"summary": summary, "great_expectations": gx.__version__, "class_counts": class_table,
+              "params": params.validation.model_dump(mode="json"), "checks": checks}
+    out.mkdir(parents=True, exist_ok=True)
+    report_json, report_md = out / "report.json", out / "report.md"
+    atomic_write_json(report_json, report)
+    atomic_write_text(report_md, render_markdown(report))
+    return GateResult(passed=not failed, summary=summary, report_md=report_md, report_json=report_json)
+
+
+def _first_example(c: dict[str, Any]) -> str:
+    ex: Iterable[dict[str, Any]] = c.get("examples") or []
+    first = next(iter(ex), None)
+    if not first:
+        return ""
+    return ", e.g. " + ", ".join(f"{k}={v}" for k, v in first.items())
