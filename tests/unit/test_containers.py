@@ -213,3 +213,56 @@ def test_components_take_images_from_affectflow_images() -> None:
         text = path.read_text()
         hard = re.findall(r"base_image\s*=\s*['\"]([^'\"]+)['\"]", text)
         assert not hard, f"{path.relative_to(REPO)}: hard-coded base_image {hard}; use affectflow.orchestration.images.image_for"
+
+
+# --------------------------------------------------------------------------- KFP launcher, KubeRay head
+KFP_LOCAL_ARTIFACT_DIRS = ("/gcs", "/minio", "/s3")
+"""Where the KFP launcher keeps the local copies of gs://, minio:// and s3:// artifacts."""
+
+
+@pytest.mark.parametrize("dockerfile", DOCKERFILES)
+def test_kfp_launcher_artifact_dirs_belong_to_the_non_root_user(dockerfile: str) -> None:
+    """A non-root task can only write its outputs if /gcs, /minio and /s3 exist and are its own."""
+    d = parse(dockerfile)
+    stage = final_stage(d)
+    runs = [s for s in stage if s["instruction"] == "RUN"]
+    mkdir = next((s for s in runs if "mkdir" in s["value"] and all(p in s["value"] for p in KFP_LOCAL_ARTIFACT_DIRS)),
+                 None)
+    assert mkdir, f"{dockerfile}: no RUN creates {KFP_LOCAL_ARTIFACT_DIRS}"
+    chown = re.search(r'chown\s+"?\$\{APP_UID\}:\$\{APP_UID\}"?\s+([^&;]+)', mkdir["value"])
+    assert chown and set(KFP_LOCAL_ARTIFACT_DIRS) <= set(chown.group(1).split()), \
+        f"{dockerfile}: {KFP_LOCAL_ARTIFACT_DIRS} are not chowned to APP_UID"
+    users = [s for s in stage if s["instruction"] == "USER"]
+    assert stage.index(users[-1]) > stage.index(mkdir)
+
+
+def _pins() -> dict[str, str]:
+    pins = {}
+    for line in (REPO / "containers/requirements.txt").read_text().splitlines():
+        if line.strip() and not line.startswith("#"):
+            req = Requirement(line)
+            pins[re.sub(r"[-_.]+", "-", req.name).lower()] = next(iter(req.specifier)).version
+    return pins
+
+
+def test_images_carry_ray_default_for_the_kuberay_head() -> None:
+    """The RayCluster head runs the CPU image: its dashboard and Ray client server need ray[default]'s
+    extras (grpcio, aiohttp-cors, opencensus, ...), pinned like everything else; torch stays out."""
+    from importlib import metadata
+
+    pins = _pins()
+    env = {"extra": "default", "python_version": "3.11", "python_full_version": "3.11.13",
+           "sys_platform": "linux", "platform_system": "Linux", "platform_machine": "x86_64"}
+    extra_deps = []
+    for raw in metadata.distribution("ray").requires or []:
+        req = Requirement(raw)
+        if req.marker is not None and "extra" in str(req.marker) and req.marker.evaluate(env):
+            extra_deps.append(req)
+    assert extra_deps, "ray declares no `default` extra"
+    for req in extra_deps:
+        name = re.sub(r"[-_.]+", "-", req.name).lower()
+        assert name in pins, f"ray[default] needs {req.name}: not pinned in containers/requirements.txt"
+        assert req.specifier.contains(pins[name], prereleases=True), f"{req.name}=={pins[name]} violates {req}"
+    assert {"grpcio", "aiohttp-cors"} <= set(pins)
+    assert pins["ray"] == metadata.version("ray")
+    assert "torch" not in pins and not [n for n in pins if n.startswith(("nvidia-", "cuda-"))]
