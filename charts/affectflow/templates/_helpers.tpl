@@ -57,6 +57,27 @@ imagePullSecrets:
 {{- default .Release.Namespace .Values.kubeflow.namespace -}}
 {{- end -}}
 
+{{/* The namespaces whose pods may reach MLflow, S3 and the Ray head (sorted, unique). */}}
+{{- define "affectflow.clientNamespaces" -}}
+{{- $ns := list (include "affectflow.kubeflowNamespace" .) .Release.Namespace -}}
+{{- toJson (concat $ns .Values.networkPolicy.extraNamespaces | uniq | sortAlpha) -}}
+{{- end -}}
+
+{{/* An emptyDir for /tmp (also $HOME): the root filesystems are read-only. */}}
+{{- define "affectflow.tmpVolume" -}}
+- name: tmp
+  emptyDir: {sizeLimit: {{ .Values.tmp.sizeLimit }}}
+{{- end -}}
+
+{{- define "affectflow.tmpMount" -}}
+- {name: tmp, mountPath: /tmp}
+{{- end -}}
+
+{{- define "affectflow.homeEnv" -}}
+- name: HOME
+  value: /tmp
+{{- end -}}
+
 {{/* ------------------------------------------------------------------ S3 */}}
 {{- define "affectflow.seaweedfs.enabled" -}}
 {{- if and .Values.seaweedfs.enabled (not .Values.s3.external.enabled) -}}true{{- end -}}
@@ -70,49 +91,52 @@ imagePullSecrets:
 {{- end -}}
 {{- end -}}
 
+{{/*
+Where the S3 credentials come from: "existing" (s3.existingSecret), "values" (s3.accessKeyId and
+s3.secretAccessKey, rendered into a Secret) or "generated" (created once by the credentials hook;
+in-cluster SeaweedFS only).
+*/}}
+{{- define "affectflow.s3.source" -}}
+{{- if .Values.s3.existingSecret -}}existing
+{{- else if and .Values.s3.accessKeyId .Values.s3.secretAccessKey -}}values
+{{- else if or .Values.s3.accessKeyId .Values.s3.secretAccessKey -}}
+{{- fail "s3: set both s3.accessKeyId and s3.secretAccessKey (or neither)" -}}
+{{- else if .Values.s3.external.enabled -}}
+{{- fail "external S3: set s3.accessKeyId and s3.secretAccessKey, or s3.existingSecret" -}}
+{{- else -}}generated
+{{- end -}}
+{{- end -}}
+
 {{- define "affectflow.s3.secretName" -}}
 {{- default (printf "%s-s3" (include "affectflow.fullname" .)) .Values.s3.existingSecret -}}
 {{- end -}}
 
-{{/*
-S3 credentials as JSON {"accessKeyId", "secretAccessKey"}: from values, else the Secret already in
-the cluster (so an upgrade keeps them), else generated. Computed once per render and cached in
-.Values, so every Secret that carries them gets the same pair.
-*/}}
-{{- define "affectflow.s3.credentials" -}}
-{{- if not (hasKey .Values "generatedS3Credentials") -}}
-{{- $ak := .Values.s3.accessKeyId -}}
-{{- $sk := .Values.s3.secretAccessKey -}}
-{{- if or (not $ak) (not $sk) -}}
-{{- if .Values.s3.external.enabled -}}
-{{- fail "external S3: set s3.accessKeyId and s3.secretAccessKey, or s3.existingSecret" -}}
+{{- define "affectflow.s3.accessKeyKey" -}}
+{{- if .Values.s3.existingSecret }}{{ .Values.s3.existingSecretKeys.accessKeyId }}{{ else }}AWS_ACCESS_KEY_ID{{ end -}}
 {{- end -}}
-{{- $old := lookup "v1" "Secret" .Release.Namespace (include "affectflow.s3.secretName" .) -}}
-{{- if and $old $old.data -}}
-{{- $ak = default (randAlphaNum 20) (b64dec (default "" (index $old.data "AWS_ACCESS_KEY_ID"))) -}}
-{{- $sk = default (randAlphaNum 40) (b64dec (default "" (index $old.data "AWS_SECRET_ACCESS_KEY"))) -}}
-{{- else -}}
-{{- $ak = default (randAlphaNum 20 | upper) $ak -}}
-{{- $sk = default (randAlphaNum 40) $sk -}}
+
+{{- define "affectflow.s3.secretKeyKey" -}}
+{{- if .Values.s3.existingSecret }}{{ .Values.s3.existingSecretKeys.secretAccessKey }}{{ else }}AWS_SECRET_ACCESS_KEY{{ end -}}
 {{- end -}}
-{{- end -}}
-{{- $_ := set .Values "generatedS3Credentials" (dict "accessKeyId" $ak "secretAccessKey" $sk) -}}
-{{- end -}}
-{{- toJson .Values.generatedS3Credentials -}}
+
+{{/* The non-secret S3 settings every client gets (and the pipeline's S3 Secret carries). */}}
+{{- define "affectflow.s3.settings" -}}
+{{- toJson (dict "AWS_ENDPOINT_URL" (include "affectflow.s3.endpoint" .) "MLFLOW_S3_ENDPOINT_URL" (include "affectflow.s3.endpoint" .) "AWS_DEFAULT_REGION" .Values.s3.region) -}}
 {{- end -}}
 
 {{/* env entries with the S3 credentials and endpoint (for boto3, MLflow and DVC) */}}
 {{- define "affectflow.s3.env" -}}
+{{- $_ := include "affectflow.s3.source" . -}}
 - name: AWS_ACCESS_KEY_ID
   valueFrom:
     secretKeyRef:
       name: {{ include "affectflow.s3.secretName" . }}
-      key: {{ if .Values.s3.existingSecret }}{{ .Values.s3.existingSecretKeys.accessKeyId }}{{ else }}AWS_ACCESS_KEY_ID{{ end }}
+      key: {{ include "affectflow.s3.accessKeyKey" . }}
 - name: AWS_SECRET_ACCESS_KEY
   valueFrom:
     secretKeyRef:
       name: {{ include "affectflow.s3.secretName" . }}
-      key: {{ if .Values.s3.existingSecret }}{{ .Values.s3.existingSecretKeys.secretAccessKey }}{{ else }}AWS_SECRET_ACCESS_KEY{{ end }}
+      key: {{ include "affectflow.s3.secretKeyKey" . }}
 - name: AWS_ENDPOINT_URL
   value: {{ include "affectflow.s3.endpoint" . | quote }}
 - name: MLFLOW_S3_ENDPOINT_URL
@@ -138,29 +162,66 @@ the cluster (so an upgrade keeps them), else generated. Computed once per render
 {{- default (printf "%s-postgres" (include "affectflow.fullname" .)) .Values.postgres.auth.existingSecret -}}
 {{- end -}}
 
-{{- define "affectflow.postgres.password" -}}
-{{- if not (hasKey .Values "generatedPostgresPassword") -}}
-{{- $pw := .Values.postgres.auth.password -}}
-{{- if not $pw -}}
-{{- if not .Values.postgres.enabled -}}
+{{/* "existing", "values" or "generated" (in-cluster Postgres only), as for S3. */}}
+{{- define "affectflow.postgres.source" -}}
+{{- if .Values.postgres.auth.existingSecret -}}existing
+{{- else if .Values.postgres.auth.password -}}values
+{{- else if not .Values.postgres.enabled -}}
 {{- fail "external Postgres: set postgres.auth.password or postgres.auth.existingSecret" -}}
-{{- end -}}
-{{- $old := lookup "v1" "Secret" .Release.Namespace (include "affectflow.postgres.secretName" .) -}}
-{{- if and $old $old.data (index $old.data "password") -}}
-{{- $pw = b64dec (index $old.data "password") -}}
-{{- else -}}
-{{- $pw = randAlphaNum 32 -}}
+{{- else -}}generated
 {{- end -}}
 {{- end -}}
-{{- $_ := set .Values "generatedPostgresPassword" $pw -}}
+
+{{/*
+env entries from which with_backend_uri.py builds MLFLOW_BACKEND_STORE_URI (URL-encoded, never
+in a command line).
+*/}}
+{{- define "affectflow.postgres.env" -}}
+- name: DB_USER
+  valueFrom:
+    secretKeyRef:
+      name: {{ include "affectflow.postgres.secretName" . }}
+      key: {{ .Values.postgres.auth.usernameKey }}
+- name: DB_PASSWORD
+  valueFrom:
+    secretKeyRef:
+      name: {{ include "affectflow.postgres.secretName" . }}
+      key: {{ .Values.postgres.auth.passwordKey }}
+- name: DB_HOST
+  value: {{ include "affectflow.postgres.host" . | quote }}
+- name: DB_PORT
+  value: {{ include "affectflow.postgres.port" . | quote }}
+- name: DB_NAME
+  value: {{ .Values.postgres.database | quote }}
+{{- if and (not .Values.postgres.enabled) .Values.postgres.external.sslmode }}
+- name: DB_SSLMODE
+  value: {{ .Values.postgres.external.sslmode | quote }}
+{{- end }}
 {{- end -}}
-{{- .Values.generatedPostgresPassword -}}
+
+{{/* command prefix: build MLFLOW_BACKEND_STORE_URI from the env above, then exec the rest */}}
+{{- define "affectflow.withBackendUri" -}}
+- python
+- -c
+- {{ .Files.Get "files/with_backend_uri.py" | toJson }}
 {{- end -}}
 
 {{- define "affectflow.mlflow.url" -}}
 {{- printf "http://%s-mlflow.%s.svc.cluster.local:%d" (include "affectflow.fullname" .) .Release.Namespace (int .Values.mlflow.port) -}}
 {{- end -}}
 
+{{/* ------------------------------------------------------------------ Ray */}}
 {{- define "affectflow.ray.selector" -}}
 ray.io/cluster: {{ include "affectflow.fullname" . }}-ray
+{{- end -}}
+
+{{/* The Ray client address the pipeline's train task connects to (KubeRay's head service). */}}
+{{- define "affectflow.ray.address" -}}
+{{- if .Values.ray.enabled -}}
+{{- printf "ray://%s-ray-head-svc.%s.svc.cluster.local:10001" (include "affectflow.fullname" .) .Release.Namespace -}}
+{{- end -}}
+{{- end -}}
+
+{{- define "affectflow.ray.storage" -}}
+{{- printf "s3://%s/%s" .Values.s3.bucket (trimAll "/" .Values.ray.storagePrefix) -}}
 {{- end -}}
