@@ -39,7 +39,7 @@ def measure(fn: Callable[[], Any]) -> tuple[float, float, Any]:
     return time.perf_counter() - t, cpu_now() - c, out
 
 
-def main() -> None:
+def _args() -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--params", default=str(REPO / "params.yaml"))
     ap.add_argument("--data-root", default=str(REPO.parent / "shared" / "data"))
@@ -48,8 +48,11 @@ def main() -> None:
     ap.add_argument("--naive-egemaps-every", type=int, default=4,
                     help="naive eGeMAPS loop on every k-th clip (it is slow; × real time is per audio second)")
     ap.add_argument("--skip-naive-egemaps", action="store_true")
-    a = ap.parse_args()
+    return ap.parse_args()
 
+
+def main() -> None:
+    a = _args()
     import numpy as np
     import pandas as pd
     import torch
@@ -142,14 +145,21 @@ def main() -> None:
     _, eg_warm = run("extract_features eGeMAPS functionals, warm", eg_over, tmp / "f-eg", fresh=False)
     rows[-1]["note"] = f"{eg_warm / eg_cold:.1%} of the cold run"
 
+    _print_table(rows, f"RAVDESS: {len(df)} clips, {audio_s / 3600:.2f} h audio; ingest took {ingest_s:.1f} s "
+                 f"(not included)\ntorch {torch.__version__}, {cores} CPU cores; cold log-mel summary: {cold}",
+                 load_before)
+    shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _print_table(rows: list[dict[str, Any]], header: str, load_before: str) -> None:
+    import pandas as pd
+
     load_after = subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip()
     table = pd.DataFrame(rows)
     print()
-    print(f"RAVDESS: {len(df)} clips, {audio_s / 3600:.2f} h audio; ingest took {ingest_s:.1f} s (not included)")
-    print(f"torch {torch.__version__}, {cores} CPU cores; cold log-mel summary: {cold}")
+    print(header)
     print(f"load before: {load_before}\nload after:  {load_after}\n")
     print(table.to_markdown(index=False) if _has_tabulate() else table.to_string(index=False))
-    shutil.rmtree(tmp, ignore_errors=True)
 
 
 def _has_tabulate() -> bool:

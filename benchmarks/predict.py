@@ -58,11 +58,12 @@ def cpu_now() -> float:
 def make_model(path: Path, params: Any) -> Path:
     import torch
 
+    from affectflow.contracts.model_folder import ModelMeta
+    from affectflow.contracts.model_folder import write_model_folder as save_model_dir
     from affectflow.corpora.demo import utterance
     from affectflow.features.logmel import LogMel
     from affectflow.models import arch_config, build_model
     from affectflow.models.data import compute_stats
-    from affectflow.serving.recognizer import save_model_dir
 
     sr = params.audio.sample_rate
     classes = params.ingest.classes
@@ -77,7 +78,7 @@ def make_model(path: Path, params: Any) -> Path:
             "feature_config": params.features.logmel.model_dump(mode="json"),
             "audio": params.audio.model_dump(mode="json"), "normalization": compute_stats(mels, "global").as_dict(),
             "arch_config": cfg, "input_dim": params.features.logmel.n_mels}
-    return save_model_dir(path, model, meta)
+    return save_model_dir(path, model, ModelMeta(**meta))
 
 
 def clips(data_root: Path, n: int, tmp: Path, sr: int) -> tuple[list[str], str]:

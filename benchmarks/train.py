@@ -117,19 +117,20 @@ class GpuSampler:
 def run(params: Any, manifest: Path, features: Path, out: Path) -> dict[str, Any]:
     import torch
 
-    from affectflow.stages.train.stage import fit, plan
+    from affectflow.stages.train.driver import fit
+    from affectflow.stages.train.plan import plan
 
     p = plan(params, manifest, features, out)
-    cuda = params.train.use_gpu and torch.cuda.is_available()
+    cuda = params.train.device != "cpu" and torch.cuda.is_available()
     if cuda:
         torch.cuda.reset_peak_memory_stats()
     t0, c0 = time.perf_counter(), time.process_time()
     if cuda:
         with GpuSampler(torch.cuda.current_device()) as gpu:
-            outcome = fit(params, p)
+            outcome = fit(params.train, p.worker, p.run_name)
     else:
         gpu = None
-        outcome = fit(params, p)
+        outcome = fit(params.train, p.worker, p.run_name)
     wall, cpu = time.perf_counter() - t0, time.process_time() - c0
     hist = outcome["history"]
     steady = hist[1:] or hist  # the first epoch pays for warm-up (allocator, cuDNN autotune)
@@ -201,7 +202,7 @@ def main() -> None:
         runs = [(dev, t) for dev in devices for t in (a.threads if dev == "cpu" else a.threads[:1])]
         for dev, threads in runs:
             torch.set_num_threads(threads)
-            ov = {"train.use_gpu": dev == "cuda", "train.num_workers": 0, "train.threads": threads}
+            ov = {"train.device": dev, "train.num_workers": 0, "train.threads": threads}
             if not a.full:
                 ov |= {"train.epochs": a.epochs, "train.patience": a.epochs}
             p = load_params(a.params, [*a.overrides, *(f"{k}={json.dumps(v)}" for k, v in ov.items())])

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any, Literal
@@ -22,7 +23,8 @@ class ConfigError(ValueError):
 
 
 class Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    # strict: `epochs: yes` or `--set train.epochs=true` is an error naming the key, not 1 epoch.
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, strict=True)
 
 
 # --------------------------------------------------------------------------- paths & audio
@@ -127,8 +129,6 @@ class FeaturesConfig(Section):
     logmel_in: Literal["auto", "main", "workers"] = "auto"
     """Where log-mel runs: the decode workers (cheapest on CPU) or the main process, batching the
     waveforms the workers send (keeps one GPU busy); auto = main on CUDA, workers on CPU."""
-    store: str = "features"
-    """Content-addressed feature cache, relative to paths.workdir unless absolute."""
 
 
 # --------------------------------------------------------------------------- models & training
@@ -191,7 +191,9 @@ class TrainConfig(Section):
     num_workers: int = Field(0, ge=0)
     """Ray Train workers. 0: Ray Train local mode, in this process (laptop, CI). N >= 1: N Ray
     workers (DDP), on the cluster at RAY_ADDRESS or on a local Ray started for the run."""
-    use_gpu: bool = False
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    """auto: CUDA when torch sees a GPU (on a Ray cluster: when the cluster has GPUs), else CPU;
+    cuda: require it. With num_workers >= 1 every Ray worker gets one GPU when this resolves to cuda."""
     threads: int = Field(1, ge=0)
     """torch intra-op threads per worker (0 = torch's default). 1 by default: this small model gains
     nothing from a second thread, and OpenMP spin-waiting makes 2 threads ~4x slower on a busy CPU
@@ -275,7 +277,7 @@ class AugmentConfig(Section):
     epochs: int = Field(300, ge=1)
     batch_size: int = Field(64, ge=2)
     lr: float = Field(5e-4, gt=0)
-    adam_betas: tuple[float, float] = (0.5, 0.9)
+    adam_betas: list[float] = Field(default_factory=lambda: [0.5, 0.9], min_length=2, max_length=2)
     n_critic: int = Field(5, ge=1)
     gp_weight: float = Field(10.0, ge=0)
     hidden: list[int] = Field(default_factory=lambda: [256, 256])
@@ -320,9 +322,8 @@ class AugmentConfig(Section):
     keep_fraction: float = Field(1.0, gt=0, le=1)
     """Per class, keep at most this fraction of the generated samples (best realness first)."""
     seed: int = 0
-    use_gpu: bool | Literal["auto"] = "auto"
-    """auto: CUDA when present; true: require CUDA; false: CPU."""
-    ablation: AugmentAblationConfig = Field(default_factory=AugmentAblationConfig)
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    """auto: CUDA when present; cuda: require it; cpu."""
 
 
 class DannAblationConfig(Section):
@@ -366,7 +367,7 @@ class DannAblationConfig(Section):
     @field_validator("grid")
     @classmethod
     def _grid_keys_are_pretrain_fields(cls, v: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
-        allowed = set(PretrainConfig.model_fields) - {"ablation"}
+        allowed = set(PretrainConfig.model_fields)
         for name, overrides in v.items():
             bad = sorted(set(overrides) - allowed)
             if bad:
@@ -420,13 +421,12 @@ class PretrainConfig(Section):
     """2-D projection of held-out source and target embeddings before and after adaptation."""
     projection_max_points: int = Field(2000, ge=10)
     seed: int = 0
-    use_gpu: bool | Literal["auto"] = "auto"
-    """auto: CUDA when present; true: require CUDA; false: CPU."""
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    """auto: CUDA when present; cuda: require it; cpu."""
     threads: int = Field(0, ge=0)
     """torch intra-op threads on CPU (0 = torch's default)."""
     mixed_precision: bool = True
     """bf16 autocast on CUDA; ignored on CPU."""
-    ablation: DannAblationConfig = Field(default_factory=DannAblationConfig)
 
 
 # --------------------------------------------------------------------------- tracking, registry, pipeline
@@ -503,6 +503,14 @@ class PredictConfig(Section):
     """torch intra-op threads on CPU (0 = torch's default)."""
 
 
+class StudiesConfig(Section):
+    """Settings of the studies (`affectflow ablate ...`): not read by any pipeline stage, so changing
+    them never invalidates a cached stage or a trained model."""
+
+    augmentation: AugmentAblationConfig = Field(default_factory=AugmentAblationConfig)
+    dann: DannAblationConfig = Field(default_factory=DannAblationConfig)
+
+
 class Params(Section):
     paths: PathsConfig = Field(default_factory=PathsConfig)
     audio: AudioConfig = Field(default_factory=AudioConfig)
@@ -519,6 +527,7 @@ class Params(Section):
     pipeline: PipelineConfig = Field(default_factory=PipelineConfig)
     s3: S3Config = Field(default_factory=S3Config)
     predict: PredictConfig = Field(default_factory=PredictConfig)
+    studies: StudiesConfig = Field(default_factory=StudiesConfig)
 
     # -------------------------------------------------------------- helpers
     def workdir(self) -> Path:
@@ -539,13 +548,22 @@ class Params(Section):
         return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def _format_error(err: ValidationError, source: str) -> str:
-    lines = [f"{source}: invalid configuration"]
+def _format_error(err: ValidationError, source: str, overrides: Mapping[str, Any] | None = None) -> str:
+    """One line per problem; a problem caused by an override names the override, not the file."""
+    lines = []
     for e in err.errors():
         key = ".".join(str(p) for p in e["loc"])
         msg = "unknown key" if e["type"] == "extra_forbidden" else e["msg"]
-        lines.append(f"  {key}: {msg}")
-    return "\n".join(lines)
+        given = next((k for k in (overrides or {}) if key == k or key.startswith(k + ".")), None)
+        where = f"override {given}={_show(overrides[given])}" if given is not None and overrides else source
+        lines.append(f"{where}: {key}: {msg}")
+    if len(lines) == 1:
+        return lines[0]
+    return "invalid configuration:\n  " + "\n  ".join(lines)
+
+
+def _show(value: Any) -> str:
+    return yaml.safe_dump(value, default_flow_style=True).strip().removesuffix("...").strip()
 
 
 def _set_dotted(tree: dict[str, Any], key: str, value: Any) -> None:
@@ -566,10 +584,57 @@ def parse_override(item: str) -> tuple[str, Any]:
     if "=" not in item:
         raise ConfigError(f"override '{item}': expected key=value")
     key, raw = item.split("=", 1)
+    return key.strip(), parse_yaml(raw, f"override '{item}'")
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """A YAML loader that refuses a key given twice in one mapping (YAML would keep the last silently)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: dict[Any, int] = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"key '{key}' appears twice (lines {seen[key] + 1} and "
+                    f"{key_node.start_mark.line + 1})", key_node.start_mark)
+            seen[key] = key_node.start_mark.line
+        return super().construct_mapping(node, deep=deep)
+
+
+# YAML 1.2 floats: PyYAML (YAML 1.1) reads `1e-4` (no dot) as a string, which a strict float
+# field would refuse; every YAML 1.2 tool reads it as 0.0001.
+_UniqueKeyLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"""^(?:[-+]?(?:[0-9][0-9_]*)\.[0-9_]*(?:[eE][-+]?[0-9]+)?
+                |[-+]?(?:[0-9][0-9_]*)(?:[eE][-+]?[0-9]+)
+                |\.[0-9_]+(?:[eE][-+][0-9]+)?
+                |[-+]?\.(?:inf|Inf|INF)
+                |\.(?:nan|NaN|NAN))$""", re.X),
+    list("-+0123456789."))
+
+
+def parse_yaml(text: str, source: str) -> Any:
+    """YAML text -> data, with duplicate keys as errors; errors name `source`."""
     try:
-        return key.strip(), yaml.safe_load(raw)
+        return yaml.load(text, Loader=_UniqueKeyLoader)  # a SafeLoader subclass
     except yaml.YAMLError as e:
-        raise ConfigError(f"override '{item}': value is not valid YAML ({e})") from e
+        raise ConfigError(f"{source}: not valid YAML: {e}") from None
+
+
+def params_from_tree(tree: Any, source: str, overrides: Iterable[str] | Mapping[str, Any] = ()) -> Params:
+    """Validate a parsed params tree (+ dotted overrides) once; errors name the file or the override."""
+    if tree is None:
+        tree = {}
+    if not isinstance(tree, dict):
+        raise ConfigError(f"{source}: top level must be a mapping of sections")
+    items = dict(overrides.items() if isinstance(overrides, Mapping) else (parse_override(o) for o in overrides))
+    for key, value in items.items():
+        _set_dotted(tree, key, value)
+    try:
+        return Params.model_validate(tree)
+    except ValidationError as e:
+        raise ConfigError(_format_error(e, source, items)) from None
 
 
 def load_params(
@@ -577,25 +642,22 @@ def load_params(
     overrides: Iterable[str] | Mapping[str, Any] = (),
 ) -> Params:
     """Load params.yaml (missing file -> defaults), apply dotted overrides, validate once."""
-    tree: dict[str, Any] = {}
+    tree: Any = {}
     source = str(path) if path else "<defaults>"
     if path is not None and Path(path).exists():
         try:
-            loaded = yaml.safe_load(Path(path).read_text()) or {}
-        except yaml.YAMLError as e:
-            raise ConfigError(f"{source}: not valid YAML: {e}") from e
-        if not isinstance(loaded, dict):
-            raise ConfigError(f"{source}: top level must be a mapping of sections")
-        tree = loaded
+            text = Path(path).read_text(encoding="utf-8")
+        except UnicodeDecodeError as e:
+            raise ConfigError(f"{source}: not UTF-8 text (byte {e.start}: {e.reason})") from None
+        tree = parse_yaml(text, source)
     elif path is not None and str(path) != "params.yaml":
         raise ConfigError(f"{source}: file not found")
-    items = overrides.items() if isinstance(overrides, Mapping) else (parse_override(o) for o in overrides)
-    for key, value in items:
-        _set_dotted(tree, key, value)
-    try:
-        return Params.model_validate(tree)
-    except ValidationError as e:
-        raise ConfigError(_format_error(e, source)) from None
+    return params_from_tree(tree, source, overrides)
+
+
+def params_from_text(text: str, source: str, overrides: Iterable[str] | Mapping[str, Any] = ()) -> Params:
+    """Params from YAML text (a pipeline's compiled-in params.yaml), then overrides."""
+    return params_from_tree(parse_yaml(text, source), source, overrides)
 
 
 def with_overrides(params: Params, overrides: Mapping[str, Any]) -> Params:
@@ -615,13 +677,12 @@ def with_overrides(params: Params, overrides: Mapping[str, Any]) -> Params:
     try:
         return Params.model_validate(tree)
     except ValidationError as e:
-        raise ConfigError(_format_error(e, "overrides")) from None
+        raise ConfigError(_format_error(e, "overrides", dict(overrides))) from None
 
 
-def dump_params(params: Params, path: str | Path) -> None:
-    from affectflow.storage import atomic_write_text
-
-    atomic_write_text(path, yaml.safe_dump(params.model_dump(mode="json"), sort_keys=False))
+def params_yaml(params: Params) -> str:
+    """params as YAML text, sections in file order (what `params_from_text` reads back)."""
+    return yaml.safe_dump(params.model_dump(mode="json"), sort_keys=False)
 
 
 def flatten(params: Params) -> dict[str, Any]:

@@ -15,8 +15,8 @@ import pytest
 
 from affectflow.config import load_params
 from affectflow.contracts.manifest import read_manifest, write_manifest
+from affectflow.contracts.model_folder import read_model_meta as read_meta
 from affectflow.corpora import emodb
-from affectflow.serving.recognizer import read_meta
 from affectflow.stages.evaluate import evaluate
 from affectflow.stages.features import extract_features
 from affectflow.stages.ingest import ingest
@@ -70,8 +70,8 @@ def test_ravdess_to_emodb_csv_through_pretrain_evaluate_and_fine_tuning(shared_d
     emodb_train = df[(df["corpus"] == "emodb") & (df["split"] == "train")]
     assert report["data"]["target_train"]["emodb"]["clips"] == len(emodb_train)
     meta = read_meta(res.encoder_dir)
-    assert set(meta["pretrain"]["adaptation_speakers"]) == set(emodb_train["speaker"])
-    assert not set(meta["pretrain"]["adaptation_speakers"]) & set(emodb_test["speaker"])
+    assert set(meta.pretrain.adaptation_speakers) == set(emodb_train["speaker"])
+    assert not set(meta.pretrain.adaptation_speakers) & set(emodb_test["speaker"])
     assert {p["target"] for rows in report["probe"].values() for p in rows} == {"emodb"}
 
     # The cross-corpus test set needs the target test features now (evaluation, not adaptation).
@@ -80,4 +80,4 @@ def test_ravdess_to_emodb_csv_through_pretrain_evaluate_and_fine_tuning(shared_d
     assert m["cross_corpus"]["emodb"]["n"] == len(emodb_test) and m["cross_corpus"]["emodb"]["rows"] == "test split"
 
     tr = train(params, tmp_path / "manifest.parquet", features, tmp_path / "train", pretrained=res.encoder_dir)
-    assert read_meta(tr.model_dir)["lineage"]["pretrained"] == str(res.encoder_dir)
+    assert read_meta(tr.model_dir).lineage["pretrained"] == str(res.encoder_dir)

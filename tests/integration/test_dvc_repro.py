@@ -89,7 +89,7 @@ def test_repro_runs_every_stage_then_nothing(dvc_repo: Path) -> None:
     status = _ok(_run([sys.executable, "-m", "dvc", "status"], dvc_repo))
     assert "up to date" in status, status
 
-    from affectflow.tracking.lineage import dvc_revision
+    from affectflow.tracking.revisions import dvc_revision
 
     rev = dvc_revision(dvc_repo)
     assert rev == f"dvc.lock:{lock['stages']['ingest']['outs'][0]['md5']}"

@@ -13,11 +13,12 @@ from pathlib import Path
 import pytest
 
 from affectflow.config import Params, load_params
-from affectflow.orchestration import pipeline as P
+from affectflow.orchestration.ir import PipelineError
+from pipelines.cli import run_local
 
 pytestmark = pytest.mark.slow
 
-UPSTREAM = ("resolve-params", "ingest", "validate", "features", "skip-augment", "skip-pretrain")
+UPSTREAM = ("resolve-params", "ingest", "validate", "features", "validate-features", "skip-augment", "skip-pretrain")
 DOWNSTREAM = ("train", "evaluate", "register", "record-run-status")
 
 
@@ -56,7 +57,7 @@ def _status_runs(base: Params) -> list[dict[str, str]]:
 
 
 def test_full_dag_registers_a_version(base: Params) -> None:
-    summary = P.run_local(base, base)
+    summary = run_local(base, base)
     tasks = summary["tasks"]
     assert summary["status"] == "SUCCESS"
     for name in UPSTREAM + DOWNSTREAM:
@@ -75,13 +76,13 @@ def test_full_dag_registers_a_version(base: Params) -> None:
 
 def test_training_change_reuses_upstream_cache(base: Params) -> None:
     if not (Path(base.paths.workdir) / "kfp" / "last_run.json").exists():
-        P.run_local(base, base)
+        run_local(base, base)
     changed = base.model_copy(deep=True)
     changed.train.epochs = 3
-    summary = P.run_local(base, changed)
-    assert summary["arguments"]["train__epochs"] == 3
+    summary = run_local(base, changed)
+    assert summary["arguments"]["epochs"] == 3
     tasks = summary["tasks"]
-    for name in ("ingest", "validate", "features"):
+    for name in ("ingest", "validate", "features", "validate-features"):
         assert tasks[name]["cached"], f"{name} should come from the cache"
     for name in ("resolve-params", "train", "evaluate", "register"):
         assert not tasks[name]["cached"], f"{name} should have run"
@@ -91,8 +92,8 @@ def test_training_change_reuses_upstream_cache(base: Params) -> None:
 def test_failed_run_is_recorded_by_the_exit_handler(base: Params, work: Path) -> None:
     broken = base.model_copy(deep=True)
     broken.paths.data_root = str(work / "nowhere")
-    with pytest.raises(P.PipelineError, match="ingest"):
-        P.run_local(base, broken, cache=False)
+    with pytest.raises(PipelineError, match="ingest"):
+        run_local(base, broken, cache=False)
     last = _status_runs(base)[-1]
     assert last["state"] == "FAILED" and last["status"] == "FAILED"
 
@@ -121,11 +122,11 @@ def test_switches_on_feed_train_the_synthetic_set_and_the_encoder(synth_root: Pa
     })
     on = base.model_copy(deep=True)
     on.augment.enabled, on.augment.epochs, on.augment.samples_per_class = True, 5, 10
-    on.augment.filters, on.augment.use_gpu = [], False  # keep every sample: train must receive some
+    on.augment.filters, on.augment.device = [], "cpu"  # keep every sample: train must receive some
     on.pretrain.enabled, on.pretrain.target_corpora, on.pretrain.epochs = True, ["tgt"], 2
-    on.pretrain.compare_source_only, on.pretrain.probe_folds, on.pretrain.use_gpu = False, 2, False
+    on.pretrain.compare_source_only, on.pretrain.probe_folds, on.pretrain.device = False, 2, "cpu"
     on.train.synthetic_ratio = 0.5
-    summary = P.run_local(base, on)
+    summary = run_local(base, on)
     tasks = summary["tasks"]
     assert tasks["augment"]["status"] == tasks["pretrain"]["status"] == "SUCCESS"
     assert "skip-augment" not in tasks and "skip-pretrain" not in tasks

@@ -31,7 +31,8 @@ from affectflow.config import Params, with_overrides
 from affectflow.contracts.manifest import read_manifest
 from affectflow.runtime.netutil import free_port, http_ok, stop_group
 from affectflow.serving.predict import invocations_payload, post_invocations, predict_paths
-from affectflow.tracking.registry import CHAMPION, resolve_uri
+from affectflow.tracking.registry import CHAMPION
+from affectflow.tracking.uri import resolve_uri
 
 STARTUP_TIMEOUT_S = 240.0
 """Model download + app import; ~15 s idle, far more on a busy CI box."""

@@ -111,17 +111,18 @@ def trained(synth_root: Path, factory: Any) -> dict[str, Any]:
     `affectflow evaluate`): params, paths, TrainResult, metrics."""
     if "trained" not in _CACHE:
         from affectflow.cli import main
-        from affectflow.config import dump_params
+        from affectflow.config import params_yaml
         from affectflow.stages.train.stage import TrainResult
         from affectflow.storage import read_json
 
         base = _base(factory)
         params, manifest, features = corpus(synth_root, factory)
         params = tiny_params(params)
-        dump_params(params, base / "params.yaml")
+        (base / "params.yaml").write_text(params_yaml(params))
         io = ["--params", str(base / "params.yaml"), "--manifest", str(manifest), "--features", str(features)]
         assert main(["train", *io, "--out", str(base / "train")]) == 0
-        tr = TrainResult(model_dir=base / "train" / "model", summary=read_json(base / "train" / "summary.json"))
+        tr = TrainResult(out_dir=base / "train", model_dir=base / "train" / "model",
+                         summary=read_json(base / "train" / "summary.json"))
         assert main(["evaluate", *io, "--model", str(tr.model_dir), "--out", str(base / "evaluate")]) == 0
         _CACHE["trained"] = {"params": params, "manifest": manifest, "features": features, "result": tr,
                              "metrics": read_json(base / "evaluate" / "metrics.json"), "base": base}

@@ -14,8 +14,12 @@ import torch
 from affectflow.config import Params, load_params
 from affectflow.contracts.feature_store import INDEX, feature_path, save_array
 from affectflow.contracts.manifest import COLUMNS, write_manifest
+from affectflow.contracts.synthetic import REQUIRED_FIELDS, SyntheticFormatError
+from affectflow.contracts.synthetic import read_synthetic as load_synthetic
 from affectflow.stages.augment.data import Standardizer, crop_segments, load_real_set
-from affectflow.stages.augment.stage import REQUIRED_KEYS, SyntheticFormatError, augment, load_synthetic
+from affectflow.stages.augment.stage import augment
+
+SCORES = ("realness", "agreement", "nn_distance", "knn_inside")
 
 CLASSES = ["neutral", "happy", "sad", "angry"]
 N_MELS = 12
@@ -78,7 +82,7 @@ def small_params(tmp_path: Path, **overrides: object) -> Params:
         "augment.epochs": 4, "augment.latent_dim": 8, "augment.hidden": [32, 32], "augment.batch_size": 16,
         "augment.conv_channels": [4, 8], "augment.segment_frames": 24, "augment.segments_per_clip": 2,
         "augment.samples_per_class": 12, "augment.aaec_gru_hidden": 8, "augment.embedding_pca": 8,
-        "augment.agreement_hidden": [], "augment.use_gpu": False, "augment.knn_k": 3,
+        "augment.agreement_hidden": [], "augment.device": "cpu", "augment.knn_k": 3,
         **overrides,
     })
 
@@ -114,7 +118,7 @@ def test_crop_segments_and_standardizer() -> None:
 def _check_synthetic(out: Path, n_per_class: int, sample_shape: tuple[int, ...], feature: str) -> dict:
     with np.load(out / "synthetic.npz", allow_pickle=False) as z:
         arrays = {k: z[k] for k in z.files}
-    assert set(REQUIRED_KEYS) <= set(arrays)
+    assert {*REQUIRED_FIELDS, *SCORES, "generator"} <= set(arrays)
     n = len(CLASSES) * n_per_class
     assert arrays["X"].shape == (n, *sample_shape) and arrays["X"].dtype == np.float32
     assert arrays["y"].dtype == np.int64 and np.bincount(arrays["y"]).tolist() == [n_per_class] * len(CLASSES)
@@ -206,7 +210,7 @@ def test_cli_augment(fake: tuple[Path, Path], tmp_path: Path) -> None:
     rc = main(["augment", "--manifest", str(manifest), "--features", str(features), "--out", str(out),
                "--no-track", "--set", "ingest.classes=[neutral, happy, sad, angry]", "--set", "augment.epochs=2",
                "--set", "augment.hidden=[16]", "--set", "augment.samples_per_class=5",
-               "--set", "augment.agreement_hidden=[]", "--set", "augment.use_gpu=false"])
+               "--set", "augment.agreement_hidden=[]", "--set", "augment.device=cpu"])
     assert rc == 0
     assert len(load_synthetic(out, kept_only=False).y) == 20
     # A wrong manifest path is a clean error naming the file.
@@ -216,7 +220,7 @@ def test_cli_augment(fake: tuple[Path, Path], tmp_path: Path) -> None:
 
 def test_load_synthetic_names_missing_fields(tmp_path: Path) -> None:
     np.savez(tmp_path / "synthetic.npz", X=np.zeros((2, 3), np.float32), y=np.zeros(2, np.int64))
-    with pytest.raises(SyntheticFormatError, match=r"synthetic.npz: missing field\(s\) \['realness'"):
+    with pytest.raises(SyntheticFormatError, match=r"synthetic.npz: missing field\(s\) \['classes', 'feature', 'kept'\]"):
         load_synthetic(tmp_path)
     with pytest.raises(FileNotFoundError, match="no synthetic set"):
         load_synthetic(tmp_path / "nowhere")

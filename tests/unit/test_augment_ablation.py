@@ -125,9 +125,9 @@ def test_study_runs_every_cell_and_resumes(tmp_path: Path, monkeypatch: pytest.M
     params = load_params(None, {
         "ingest.classes": CLASSES, "splits.n_folds": 3, "splits.val_fraction": 0.25,
         "augment.epochs": 2, "augment.hidden": [16], "augment.samples_per_class": 6, "augment.agreement_hidden": [],
-        "augment.embedding_pca": 4, "augment.knn_k": 2, "augment.use_gpu": False, "augment.batch_size": 8,
-        "augment.ablation.seeds": [0, 1], "augment.ablation.folds": [0], "augment.ablation.generators": ["wgan_gp"],
-        "augment.ablation.low_resource_fraction": 0.5, "augment.ablation.low_resource_epochs": 3,
+        "augment.embedding_pca": 4, "augment.knn_k": 2, "augment.device": "cpu", "augment.batch_size": 8,
+        "studies.augmentation.seeds": [0, 1], "studies.augmentation.folds": [0], "studies.augmentation.generators": ["wgan_gp"],
+        "studies.augmentation.low_resource_fraction": 0.5, "studies.augmentation.low_resource_epochs": 3,
     })
     res = A.ablate_augmentation(params, manifest, features, tmp_path / "study")
     # 2 settings x 2 seeds x 1 fold x (none + unfiltered + filtered)
@@ -153,14 +153,14 @@ def test_study_runs_every_cell_and_resumes(tmp_path: Path, monkeypatch: pytest.M
     A.ablate_augmentation(params, manifest, features, tmp_path / "study")
     assert calls == []
     # Another synthetic ratio trains new recognizers on the same generators (no augment re-run).
-    other = A.with_overrides(params, {"augment.ablation.synthetic_ratio": 0.5})
+    other = A.with_overrides(params, {"studies.augmentation.synthetic_ratio": 0.5})
     res = A.ablate_augmentation(other, manifest, features, tmp_path / "study")
     assert len(calls) == 8 and all(c["ratio"] == 0.5 and c["run_dir"].endswith("_ratio0.5") for c in calls)
     assert res.table_path.name == "table_ratio0.5.md"
     # The refocus settings reach train.* and name new runs; the generators are reused here too.
     calls.clear()
-    fade = A.with_overrides(params, {"augment.ablation.synthetic_schedule": "fade",
-                                     "augment.ablation.synthetic_weight": 0.5})
+    fade = A.with_overrides(params, {"studies.augmentation.synthetic_schedule": "fade",
+                                     "studies.augmentation.synthetic_weight": 0.5})
     res = A.ablate_augmentation(fade, manifest, features, tmp_path / "study")
     assert len(calls) == 8 and all(c["run_dir"].endswith("_ratio1_fade0.5_w0.5") for c in calls)
     assert all(c["schedule"] == "fade" and c["weight"] == 0.5 for c in calls)
@@ -182,9 +182,9 @@ def test_recognizer_tag_names_only_settings_that_are_not_the_defaults(overrides:
 
 
 def test_cli_registers_the_study() -> None:
-    from affectflow.cli import COMMANDS, _load_extensions, build_parser
+    from affectflow.cli import COMMANDS, build_parser, load_commands
 
-    _load_extensions()
+    load_commands()
     assert "ablate" in COMMANDS and "augment" in COMMANDS
     args = build_parser().parse_args(["ablate", "augmentation", "--out", "x", "--set", "augment.epochs=3"])
     assert args.study == "augmentation" and args.study_overrides == ["augment.epochs=3"]

@@ -56,7 +56,7 @@ def test_validation_rows_that_share_a_test_speaker_are_refused(tmp_path: Path):
 
 
 def test_grid_members_must_be_pretrain_settings():
-    p = load_params(None, {"pretrain.ablation.grid": {"ok": {"lambda_max": 0.5}}})
-    assert p.pretrain.ablation.grid == {"ok": {"lambda_max": 0.5}}
+    p = load_params(None, {"studies.dann.grid": {"ok": {"lambda_max": 0.5}}})
+    assert p.studies.dann.grid == {"ok": {"lambda_max": 0.5}}
     with pytest.raises(ConfigError, match="lamda_max"):
-        load_params(None, {"pretrain.ablation.grid": {"typo": {"lamda_max": 0.5}}})
+        load_params(None, {"studies.dann.grid": {"typo": {"lamda_max": 0.5}}})

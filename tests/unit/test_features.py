@@ -16,8 +16,9 @@ from affectflow import audio
 from affectflow.config import LogMelConfig, Params
 from affectflow.contracts.feature_store import INDEX_COLUMNS, FeatureSet, feature_path
 from affectflow.contracts.manifest import ManifestError, read_manifest, write_manifest
+from affectflow.features.keys import feature_keys
 from affectflow.features.logmel import LogMel, hz_to_mel, mel_filterbank, mel_to_hz
-from affectflow.stages.features import extract_features, feature_keys
+from affectflow.stages.features import extract_features
 from affectflow.stages.ingest import ingest
 
 SR = 16000

@@ -10,10 +10,12 @@ from types import SimpleNamespace
 from typing import Any, ClassVar
 
 import pytest
+import yaml
 
 from affectflow import cli
 from affectflow.config import load_params
-from affectflow.orchestration import pipeline as P
+from affectflow.orchestration import cluster as P
+from affectflow.orchestration.run_form import DATA_VERSION, OVERRIDES
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -310,7 +312,7 @@ def test_cli_schedule_sends_overrides_as_arguments(fake_kfp: type[FakeClient], p
     assert rc == 0
     (client,) = fake_kfp.instances
     kw = dict(client.calls)["create_recurring_run"]
-    assert kw["params"] == {"train__epochs": 7}
+    assert kw["params"] == {"epochs": 7}
     assert (kw["cron_expression"], kw["max_concurrency"], kw["job_name"]) == ("0 30 2 * * *", 2, "nightly")
 
 
@@ -346,28 +348,43 @@ def test_cli_submit_carries_the_data_version(fake_kfp: type[FakeClient], package
     assert rc == 0
     (client,) = fake_kfp.instances
     kw = dict(client.calls)["create_run_from_pipeline_package"]
-    assert kw["arguments"] == {P.DATA_VERSION: "dvc.lock:abc"}
+    assert kw["arguments"] == {DATA_VERSION: "dvc.lock:abc"}
     assert kw["experiment_name"] == "nightly" and kw["namespace"] == "kubeflow"
 
 
 def test_cli_upload_refuses_a_stale_committed_ir(fake_kfp: type[FakeClient], tmp_path: Path,
                                                  capsys: pytest.CaptureFixture[str],
                                                  monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(P, "stale", lambda params, path=None: True)
+    import pipelines.cli
+
+    monkeypatch.setattr(pipelines.cli, "stale", lambda pipeline, path=None: True)
     rc = cli.main(["pipeline", "upload", "--host", "http://kfp"])
     assert rc == 1
     assert "stale" in capsys.readouterr().err
 
 
+def test_cli_schedule_sends_other_settings_as_params_overrides(fake_kfp: type[FakeClient], package: Path) -> None:
+    rc = cli.main(["pipeline", "--params", str(REPO / "params.yaml"), "schedule", "--host", "http://kfp",
+                   "--package", str(package), "--set", "train.patience=4", "--set", "train.epochs=3", "--job-name", "weekly"])
+    assert rc == 0
+    (client,) = fake_kfp.instances
+    params = dict(client.calls)["create_recurring_run"]["params"]
+    assert params["epochs"] == 3
+    assert yaml.safe_load(params[OVERRIDES]) == {"train.patience": 4}
+
+
 def test_step_writes_the_placeholder_when_switched_off(tmp_path: Path) -> None:
-    from affectflow.orchestration.kfp_io import SKIPPED, optional_dir
+    from affectflow.contracts.workdir import SKIPPED, optional_dir
+    from affectflow.stages import StageError
+    from affectflow.stages.runner import run_stage
 
     params = load_params(None, {"paths.workdir": str(tmp_path), "augment.enabled": False})
     (tmp_path / "augment").mkdir()
     (tmp_path / "augment" / "synthetic.npz").write_bytes(b"old")  # a previous enabled run
-    res = P.run_step(params, "augment")
-    assert res["skipped"] is True
+    res = run_stage(params, "augment")
+    assert res.summary["skipped"] is True
     assert sorted(p.name for p in (tmp_path / "augment").iterdir()) == [SKIPPED]
     assert optional_dir(tmp_path / "augment") is None
-    with pytest.raises(P.PipelineError, match="evaluate"):
-        P.run_step(params, "evaluate")
+    with pytest.raises(StageError, match="stage evaluate: input model"):
+        run_stage(params, "evaluate")
+    assert cli.main(["step", "augment", "--set", f"paths.workdir={tmp_path}"]) == 0

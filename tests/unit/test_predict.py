@@ -25,6 +25,8 @@ import yaml
 
 from affectflow import audio, cli
 from affectflow.config import CnnConfig, Params, load_params
+from affectflow.contracts.model_folder import ModelMeta
+from affectflow.contracts.model_folder import write_model_folder as save_model_dir
 from affectflow.corpora.demo import utterance
 from affectflow.features.logmel import LogMel
 from affectflow.models import build_model
@@ -36,7 +38,7 @@ from affectflow.serving.predict import (
     predict_paths,
     window_spans,
 )
-from affectflow.serving.recognizer import load_model_dir, predict_audio, save_model_dir
+from affectflow.serving.recognizer import load_model_dir, predict_audio
 
 SR = 16000
 CLASSES = ["neutral", "happy", "sad", "angry"]
@@ -55,7 +57,7 @@ def make_model_dir(path: Path, seed: int) -> Path:
             "feature_config": params.features.logmel.model_dump(mode="json"),
             "audio": params.audio.model_dump(mode="json"), "normalization": compute_stats(mels, "global").as_dict(),
             "arch_config": cfg, "input_dim": params.features.logmel.n_mels}
-    return save_model_dir(path, model, meta)
+    return save_model_dir(path, model, ModelMeta(**meta))
 
 
 def write_clip(path: Path, emotion: str, seed: int, duration: float = 1.0, sr: int = SR) -> Path:

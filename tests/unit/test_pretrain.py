@@ -21,7 +21,9 @@ from recognizer_support import tiny_params, write_features
 
 from affectflow.config import Params, load_params
 from affectflow.contracts.manifest import read_manifest, write_manifest
-from affectflow.serving.recognizer import load_model_dir, load_state, read_meta
+from affectflow.contracts.model_folder import load_weights as load_state
+from affectflow.contracts.model_folder import read_model_meta as read_meta
+from affectflow.serving.recognizer import load_model_dir
 from affectflow.stages.pretrain.data import PretrainDataError
 from affectflow.stages.pretrain.stage import pretrain
 
@@ -95,16 +97,16 @@ def test_encoder_folder_is_a_recognizer_model_folder(world: dict[str, Any], stag
     res = stage["result"]
     assert res.encoder_dir == world["base"] / "pretrain" / "encoder"
     meta = read_meta(res.encoder_dir)
-    assert meta["arch"] == "egemaps_mlp" and meta["feature"] == "egemaps"
-    assert meta["classes"] == list(EMOTIONS)
-    assert meta["train"]["corpora"] == ["ravdess"]
-    assert meta["pretrain"]["domains"] == ["ravdess", "mycorpus"]
-    assert meta["normalization"]["mode"] == "global" and len(meta["normalization"]["mean"]) == meta["input_dim"]
+    assert meta.arch == "egemaps_mlp" and meta.feature == "egemaps"
+    assert meta.classes == list(EMOTIONS)
+    assert meta.train.corpora == ["ravdess"]
+    assert meta.pretrain.domains == ["ravdess", "mycorpus"]
+    assert meta.normalization["mode"] == "global" and len(meta.normalization["mean"]) == meta.input_dim
     hidden = set(world["hidden"]["speaker"])
-    assert meta["pretrain"]["adaptation_speakers"] and not set(meta["pretrain"]["adaptation_speakers"]) & hidden
+    assert meta.pretrain.adaptation_speakers and not set(meta.pretrain.adaptation_speakers) & hidden
     df = world["df"]
     train_spk = set(df.loc[(df["corpus"] == "mycorpus") & (df["split"] == "train"), "speaker"])
-    assert set(meta["pretrain"]["adaptation_speakers"]) == train_spk
+    assert set(meta.pretrain.adaptation_speakers) == train_spk
     rec = load_model_dir(res.encoder_dir)  # the emotion head is a working recognizer too
     assert not rec.model.training and rec.model.head.out_features == len(EMOTIONS)
 
@@ -131,7 +133,7 @@ def test_report_probe_projection_and_mlflow(world: dict[str, Any], stage: dict[s
     assert "proxy A-distance" in md and "![projection](projection.png)" in md
     from mlflow.tracking import MlflowClient
 
-    from affectflow.tracking.runs import resolve_uri
+    from affectflow.tracking.uri import resolve_uri
 
     run = MlflowClient(resolve_uri(stage["params"].tracking.uri)).get_run(res.mlflow_run_id)
     assert run.data.tags["stage"] == "pretrain"
@@ -176,8 +178,8 @@ def test_log_mel_cnn_encoder_through_the_stage(world: dict[str, Any], tmp_path: 
                           "pretrain.normalize": "corpus", "pretrain.speaker_adversarial": True})
     res = pretrain(p, world["manifest"], world["features"], tmp_path / "pre")
     meta = read_meta(res.encoder_dir)
-    assert meta["arch"] == "cnn_bigru" and meta["feature"] == "logmel"
-    assert set(meta["pretrain"]["normalization"]["per_corpus"]) == {"ravdess", "mycorpus"}
+    assert meta.arch == "cnn_bigru" and meta.feature == "logmel"
+    assert set(meta.pretrain.normalization["per_corpus"]) == {"ravdess", "mycorpus"}
     report = json.loads(res.report_json.read_text())
     assert set(report["probe"]) == {"input features", "DANN encoder"}
     assert "loss_speaker" in report["history"]["DANN"][0]
@@ -195,19 +197,19 @@ def test_per_corpus_normalisation_travels_to_the_fine_tuned_recognizer(world: di
     p = _params(world, **{"pretrain.normalize": "corpus", "pretrain.compare_source_only": False})
     res = pretrain(p, world["manifest"], world["features"], tmp_path / "pretrain")
     enc = read_meta(res.encoder_dir)
-    assert set(enc["normalization_per_corpus"]) == {"ravdess", "mycorpus"} and enc["deploy_corpus"] == "mycorpus"
+    assert set(enc.normalization_per_corpus) == {"ravdess", "mycorpus"} and enc.deploy_corpus == "mycorpus"
     df = world["df"]
     fs = FeatureSet(world["features"])
     adapt = df[(df["corpus"] == "mycorpus") & (df["split"] == "train")]
     want = compute_stats(fs.load("egemaps", adapt["utt_id"].tolist()), "global")
-    assert np.allclose(enc["normalization_per_corpus"]["mycorpus"]["mean"], want.mean, rtol=1e-5)
+    assert np.allclose(enc.normalization_per_corpus["mycorpus"]["mean"], want.mean, rtol=1e-5)
 
     tuned = train(tiny_params(p, **{"train.epochs": 1}), world["manifest"], world["features"], tmp_path / "train",
                   pretrained=res.encoder_dir)
     rec = load_model_dir(tuned.model_dir)
-    assert rec.meta["deploy_corpus"] == "mycorpus"
-    assert rec.stats_for("mycorpus").mean == rec.stats_for(None).mean == enc["normalization_per_corpus"]["mycorpus"]["mean"]
-    assert rec.stats_for("ravdess").mean == enc["normalization_per_corpus"]["ravdess"]["mean"]
+    assert rec.meta.deploy_corpus == "mycorpus"
+    assert rec.stats_for("mycorpus").mean == rec.stats_for(None).mean == enc.normalization_per_corpus["mycorpus"]["mean"]
+    assert rec.stats_for("ravdess").mean == enc.normalization_per_corpus["ravdess"]["mean"]
     assert rec.stats_for("ravdess").mean != rec.stats_for("mycorpus").mean
     rows = adapt.head(6)
     arrays = fs.load("egemaps", rows["utt_id"].tolist())

@@ -25,8 +25,8 @@ from affectflow.tracking.registry import (
     evaluate_gate,
     read_scores,
     register,
-    resolve_uri,
 )
+from affectflow.tracking.uri import ensure_store, resolve_uri
 
 CLASSES = ("neutral", "happy", "sad", "angry")
 
@@ -129,6 +129,8 @@ def test_read_scores_point_estimates_and_errors(tmp_path: Path) -> None:
 def test_resolve_uri_relative_to_cwd(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(tmp_path)
     assert resolve_uri("sqlite:///artifacts/mlflow.db") == f"sqlite:///{tmp_path / 'artifacts' / 'mlflow.db'}"
+    assert not (tmp_path / "artifacts").exists()
+    ensure_store("sqlite:///artifacts/mlflow.db")
     assert (tmp_path / "artifacts").is_dir()
     assert resolve_uri("http://127.0.0.1:5000") == "http://127.0.0.1:5000"
 

@@ -18,13 +18,13 @@ from affectflow.contracts.manifest import read_manifest
 from affectflow.serving.predict import invocations_payload
 from affectflow.serving.pyfunc import parse_input
 from affectflow.serving.recognizer import load_model_dir, predict_audio, predict_features
-from affectflow.tracking import runs as tracking
+from affectflow.tracking.uri import resolve_uri
 
 
 @pytest.fixture(scope="module")
 def pyfunc(synth_root: Path, tmp_path_factory: pytest.TempPathFactory):
     t = trained(synth_root, tmp_path_factory)
-    mlflow.set_tracking_uri(tracking.resolve_uri(t["params"].tracking.uri))
+    mlflow.set_tracking_uri(resolve_uri(t["params"].tracking.uri))
     return t, mlflow.pyfunc.load_model(f"runs:/{t['result'].summary['mlflow_run_id']}/model")
 
 

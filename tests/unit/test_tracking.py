@@ -11,6 +11,8 @@ from recognizer_support import trained
 
 from affectflow.contracts.manifest import manifest_hash, read_manifest
 from affectflow.tracking import runs as tracking
+from affectflow.tracking.revisions import locked_md5
+from affectflow.tracking.uri import ensure_store, resolve_artifact_location, resolve_uri
 
 
 def _artifacts(client: MlflowClient, run_id: str, path: str) -> set[str]:
@@ -20,7 +22,7 @@ def _artifacts(client: MlflowClient, run_id: str, path: str) -> set[str]:
 def test_training_run_has_params_epochs_lineage_plots_and_models(synth_root: Path, tmp_path_factory: pytest.TempPathFactory):
     t = trained(synth_root, tmp_path_factory)
     run_id = t["result"].summary["mlflow_run_id"]
-    client = MlflowClient(tracking.resolve_uri(t["params"].tracking.uri))
+    client = MlflowClient(resolve_uri(t["params"].tracking.uri))
     run = client.get_run(run_id)
     p = run.data.params
     assert p["train.epochs"] == str(t["params"].train.epochs)
@@ -46,23 +48,27 @@ def test_training_run_has_params_epochs_lineage_plots_and_models(synth_root: Pat
     assert [c.name for c in info.signature.outputs.inputs] == [*t["result"].summary["classes"], "label"]
 
 
-def test_resolve_uri_makes_local_stores_absolute(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+def test_resolve_uri_makes_local_stores_absolute_and_creates_nothing(tmp_path: Path,
+                                                                      monkeypatch: pytest.MonkeyPatch):
     monkeypatch.chdir(tmp_path)
-    assert tracking.resolve_uri("sqlite:///sub/mlflow.db") == f"sqlite:///{tmp_path / 'sub' / 'mlflow.db'}"
-    assert (tmp_path / "sub").is_dir()
-    assert tracking.resolve_uri("http://mlflow:5000") == "http://mlflow:5000"
-    assert tracking.resolve_uri("mlruns") == (tmp_path / "mlruns").as_uri()
-    assert tracking.resolve_artifact_location("art") == (tmp_path / "art").as_uri()
+    assert resolve_uri("sqlite:///sub/mlflow.db") == f"sqlite:///{tmp_path / 'sub' / 'mlflow.db'}"
+    assert not (tmp_path / "sub").exists()  # read-only callers leave no store behind
+    assert ensure_store("sqlite:///sub/mlflow.db") == f"sqlite:///{tmp_path / 'sub' / 'mlflow.db'}"
+    assert (tmp_path / "sub").is_dir()  # writers get the folder
+    assert resolve_uri("http://mlflow:5000") == "http://mlflow:5000"
+    assert resolve_uri("mlruns") == (tmp_path / "mlruns").as_uri()
+    assert resolve_uri("store.db") == f"sqlite:///{tmp_path / 'store.db'}"
+    assert resolve_artifact_location("art") == (tmp_path / "art").as_uri()
 
 
 def test_dvc_revision_reads_locked_output_hashes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     monkeypatch.chdir(tmp_path)
-    assert tracking.dvc_revision({"features": "artifacts/features"}) == {}
+    assert locked_md5({"features": "artifacts/features"}) == {}
     (tmp_path / "dvc.lock").write_text(
         "schema: '2.0'\nstages:\n  features:\n    cmd: affectflow features\n"
         "    outs:\n    - path: artifacts/features\n      md5: abc123.dir\n")
-    rev = tracking.dvc_revision({"features": "artifacts/features", "manifest": "artifacts/ingest/m.parquet"})
-    assert rev["dvc_features_md5"] == "abc123.dir" and "dvc_manifest_md5" not in rev and rev["dvc_lock"]
+    rev = locked_md5({"features": "artifacts/features", "manifest": "artifacts/ingest/m.parquet"})
+    assert rev == {"dvc_features_md5": "abc123.dir"}
 
 
 def test_flat_params_are_strings_within_mlflow_limits():

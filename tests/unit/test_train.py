@@ -16,22 +16,23 @@ from recognizer_support import corpus, tiny_params, trained
 
 from affectflow.config import TrainConfig
 from affectflow.contracts.manifest import read_manifest, write_manifest
-from affectflow.serving.recognizer import load_model_dir, load_state, read_meta, save_model_dir
-from affectflow.stages.train.stage import (
-    TrainingError,
+from affectflow.contracts.model_folder import load_weights as load_state
+from affectflow.contracts.model_folder import read_model_meta as read_meta
+from affectflow.contracts.model_folder import write_model_folder as save_model_dir
+from affectflow.serving.recognizer import load_model_dir
+from affectflow.stages.train.loop import (
     TrainingInterrupted,
-    _class_weights,
-    _epoch_order,
-    _epoch_rng,
     batch_slices,
+    epoch_order,
+    epoch_rng,
     epoch_size,
     fade_end,
-    plan,
-    select_synthetic,
-    train,
-    train_folds,
     weighted_loss,
 )
+from affectflow.stages.train.loop import class_weights as _class_weights
+from affectflow.stages.train.plan import TrainingError, plan, select_synthetic
+from affectflow.stages.train.stage import train
+from affectflow.studies.kfold import train_folds
 
 NO_PYFUNC = {"tracking.log_model": False}  # the pyfunc is tested once, in test_serving
 
@@ -40,19 +41,19 @@ def test_end_to_end_writes_a_complete_model_folder(synth_root: Path, tmp_path_fa
     t = trained(synth_root, tmp_path_factory)
     tr = t["result"]
     meta = read_meta(tr.model_dir)
-    assert meta["arch"] == "cnn_bigru" and meta["feature"] == "logmel"
-    assert meta["classes"] == ["neutral", "happy", "sad", "angry"]
-    assert meta["feature_config"]["n_mels"] == t["params"].features.logmel.n_mels
-    assert meta["audio"]["sample_rate"] == t["params"].audio.sample_rate
-    assert meta["normalization"]["mode"] == "global" and len(meta["normalization"]["mean"]) == meta["input_dim"]
+    assert meta.arch == "cnn_bigru" and meta.feature == "logmel"
+    assert meta.classes == ["neutral", "happy", "sad", "angry"]
+    assert meta.feature_config["n_mels"] == t["params"].features.logmel.n_mels
+    assert meta.audio["sample_rate"] == t["params"].audio.sample_rate
+    assert meta.normalization["mode"] == "global" and len(meta.normalization["mean"]) == meta.input_dim
     for key in ("manifest_hash", "feature_config_hash", "params_hash", "git_commit"):
-        assert key in meta["lineage"]
-    assert meta["mlflow"]["run_id"] == tr.summary["mlflow_run_id"]
+        assert key in meta.lineage
+    assert meta.mlflow["run_id"] == tr.summary["mlflow_run_id"]
     # Checkpoint selection used validation speakers only, and they are disjoint from training ones.
-    assert not set(meta["train"]["val_speakers"]) & set(meta["train"]["train_speakers"])
+    assert not set(meta.train.val_speakers) & set(meta.train.train_speakers)
     m = read_manifest(t["manifest"])
     test_speakers = set(m.loc[m["split"] == "test", "speaker"])
-    assert not test_speakers & (set(meta["train"]["train_speakers"]) | set(meta["train"]["val_speakers"]))
+    assert not test_speakers & (set(meta.train.train_speakers) | set(meta.train.val_speakers))
     assert tr.summary["epochs_run"] == t["params"].train.epochs
     assert 0 <= tr.summary["best_epoch"] < tr.summary["epochs_run"]
     assert (tr.model_dir.parent / "curves.png").stat().st_size > 0
@@ -108,7 +109,7 @@ def test_egemaps_mlp_with_synthetic_data(synth_root: Path, tmp_path_factory: pyt
     tr = train(p, manifest, features, tmp_path / "train", synthetic=tmp_path)
     assert tr.summary["n_synthetic"] == round(0.25 * tr.summary["n_train"])
     meta = read_meta(tr.model_dir)
-    assert meta["feature"] == "egemaps" and meta["input_dim"] == 88 and meta["lineage"]["synthetic"]
+    assert meta.feature == "egemaps" and meta.input_dim == 88 and meta.lineage["synthetic"]
 
 
 def test_synthetic_selection_keeps_only_kept_rows_and_fills_small_classes_first(tmp_path: Path):
@@ -123,11 +124,11 @@ def test_synthetic_selection_keeps_only_kept_rows_and_fills_small_classes_first(
     train_y = np.array([0] * 30 + [1] * 10 + [2] * 20)
     sel = select_synthetic(tmp_path, "egemaps", ["a", "b", "c"], train_y,
                            TrainConfig(synthetic_ratio=0.5, balance_minority=True))
-    assert len(sel["rows"]) == 30 and not set(sel["rows"]) & set(range(5))
-    counts = np.bincount(train_y, minlength=3) + np.bincount(sel["y"], minlength=3)
+    assert len(sel.rows) == 30 and not set(sel.rows) & set(range(5))
+    counts = np.bincount(train_y, minlength=3) + np.bincount(sel.y, minlength=3)
     assert counts.tolist() == [30, 30, 30]  # the 30 synthetic samples levelled the classes
     plain = select_synthetic(tmp_path, "egemaps", ["a", "b", "c"], train_y, TrainConfig(synthetic_ratio=0.5))
-    assert len(plain["rows"]) == 30 and not set(plain["rows"]) & set(range(5))
+    assert len(plain.rows) == 30 and not set(plain.rows) & set(range(5))
     with pytest.raises(TrainingError, match="field 'feature'"):
         select_synthetic(tmp_path, "logmel", ["a", "b", "c"], train_y, TrainConfig(synthetic_ratio=0.5))
 
@@ -146,7 +147,7 @@ def test_pretrained_encoder_is_loaded_before_fine_tuning(synth_root: Path, tmp_p
     tuned = load_state(train(p, manifest, features, tmp_path / "b", pretrained=tmp_path / "pre").model_dir)
     w = tuned["encoder.net.0.weight"]
     assert torch.allclose(w, torch.full_like(w, 0.0123), atol=1e-6)
-    meta = dict(rec.meta, arch_config={"hidden": [7], "dropout": 0.1})
+    meta = rec.meta.model_copy(update={"arch_config": {"hidden": [7], "dropout": 0.1}})
     save_model_dir(tmp_path / "wrong", rec.model, meta)
     with pytest.raises(TrainingError, match="field 'arch_config'"):
         train(p, manifest, features, tmp_path / "c", pretrained=tmp_path / "wrong")
@@ -209,7 +210,7 @@ def test_k_fold_reports_mean_and_spread(synth_root: Path, tmp_path_factory: pyte
     # MLflow: one parent run with the mean, one nested run per fold
     import mlflow
 
-    from affectflow.tracking.runs import resolve_uri
+    from affectflow.tracking.uri import resolve_uri
 
     mlflow.set_tracking_uri(resolve_uri(p.tracking.uri))
     parent = mlflow.search_runs(experiment_names=[p.tracking.experiment], filter_string="tags.stage = 'train_folds'")
@@ -258,7 +259,7 @@ def _real_and_synthetic(n_real: int = 30, n_syn: int = 20) -> tuple[np.ndarray, 
 def test_fade_uses_all_synthetic_rows_first_then_fewer_then_none(balance: str):
     tc = TrainConfig(epochs=10, synthetic_schedule="fade", synthetic_fade_fraction=0.5, class_balance=balance)
     y, syn = _real_and_synthetic()
-    orders = [_epoch_order(tc, y, e, 3, syn) for e in range(tc.epochs)]
+    orders = [epoch_order(tc, y, e, 3, syn) for e in range(tc.epochs)]
     used = [int(syn[o].sum()) for o in orders]
     assert fade_end(tc) == 5
     assert [len(o) for o in orders] == [epoch_size(tc, 30, 20, e) for e in range(tc.epochs)]
@@ -269,18 +270,18 @@ def test_fade_uses_all_synthetic_rows_first_then_fewer_then_none(balance: str):
         assert all(np.array_equal(np.sort(o[~syn[o]]), np.flatnonzero(~syn)) for o in orders)
     # Deterministic per (seed, epoch), so a resumed epoch (and every Ray worker) draws the same rows;
     # another epoch draws other ones.
-    assert np.array_equal(_epoch_order(tc, y, 2, 3, syn), orders[2])
+    assert np.array_equal(epoch_order(tc, y, 2, 3, syn), orders[2])
     assert set(orders[1][syn[orders[1]]]) != set(orders[2][syn[orders[2]]])
 
 
-def test_constant_schedule_keeps_the_original_epoch_order():
+def test_constant_schedule_keeps_the_originalepoch_order():
     """Without a fade the order is the plain permutation of (seed, epoch), as before synthetic masks."""
     tc = TrainConfig(epochs=4)
     y, syn = _real_and_synthetic()
     for e in range(tc.epochs):
-        legacy = _epoch_rng(tc.seed, e, 0)[0].permutation(len(y))
-        assert np.array_equal(_epoch_order(tc, y, e, 3, syn), legacy)
-        assert np.array_equal(_epoch_order(tc, y, e, 3), legacy)
+        legacy = epoch_rng(tc.seed, e, 0)[0].permutation(len(y))
+        assert np.array_equal(epoch_order(tc, y, e, 3, syn), legacy)
+        assert np.array_equal(epoch_order(tc, y, e, 3), legacy)
     assert fade_end(tc) == 0 and epoch_size(tc, 30, 20, 3) == 50
     assert fade_end(TrainConfig(epochs=1, synthetic_schedule="fade", synthetic_fade_fraction=0.1)) == 1
 

@@ -11,10 +11,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from affectflow.config import Params, dump_params
+from affectflow.config import Params, params_yaml
 from affectflow.contracts.feature_store import INDEX, INDEX_COLUMNS, feature_path, save_array
 from affectflow.contracts.manifest import read_manifest, write_manifest
-from affectflow.stages.features import feature_keys
+from affectflow.features.keys import feature_keys
 from affectflow.stages.ingest import ingest
 from affectflow.stages.validate import GateResult, validate
 
@@ -270,7 +270,7 @@ def test_cli_exits_1_when_the_gate_fails(synth_params: Params, manifest_df: pd.D
     from affectflow.cli import main
 
     params_file = tmp_path / "params.yaml"
-    dump_params(synth_params, params_file)
+    (params_file).write_text(params_yaml(synth_params))
     good, bad = tmp_path / "good.parquet", tmp_path / "bad.parquet"
     write_manifest(manifest_df, good)
     _bad_label(manifest_df, tmp_path)

@@ -1,4 +1,4 @@
-"""`affectflow register` and `affectflow registry list|describe|promote|rollback`.
+"""`affectflow registry list|describe|promote|rollback` (`affectflow register` is the register stage).
 
 Thin wrappers over `affectflow.tracking.registry`; MLflow is imported only when one of these runs, so the
 rest of the CLI stays quick to start.
@@ -10,35 +10,12 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from affectflow.cli import command, print_summary, wd
+from affectflow.cli import command, print_summary
 from affectflow.config import Params
 
 ACTIONS = ("list", "describe", "promote", "rollback")
 LOG_WIDTH = 120
 """Console width when stdout is not a terminal (CI logs, pipeline logs)."""
-
-
-def _register_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", type=Path, help="trained model folder (default: <workdir>/train/model)")
-    p.add_argument("--metrics", type=Path, help="evaluate's metrics.json (default: <workdir>/evaluate/metrics.json)")
-    p.add_argument("--out", type=Path, help="output folder for result.json (default: <workdir>/register)")
-    p.add_argument("--run-id", help="MLflow run that logged the model (default: model.json's mlflow_run_id)")
-    p.add_argument("--model-uri", help="logged model URI, models:/<id> or runs:/<run>/<name> "
-                                       "(default: model.json's mlflow_model_uri)")
-
-
-@command("register", "register the trained model as `challenger`; promote to `champion` if the gate passes",
-         _register_args)
-def _register(params: Params, a: argparse.Namespace) -> int:
-    from affectflow.tracking.registry import register
-
-    res = register(params, a.model or wd(params, "train", "model"),
-                   a.metrics or wd(params, "evaluate", "metrics.json"),
-                   a.out or wd(params, "register"), run_id=a.run_id, model_uri=a.model_uri)
-    verdict = "PROMOTED" if res["promoted"] else "not promoted"
-    print_summary(f"{res['model_uri']} {verdict}: {res['gate']['reason']}",
-                  {k: res[k] for k in ("version", "aliases", "champion", "previous_champion", "source")})
-    return 0
 
 
 def _registry_args(p: argparse.ArgumentParser) -> None:

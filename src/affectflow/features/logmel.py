@@ -70,15 +70,6 @@ def mel_filterbank(n_freqs: int, sample_rate: int, n_mels: int, f_min: float, f_
     return fb
 
 
-def resolve_device(device: str) -> torch.device:
-    """`auto` -> CUDA when present; `cuda` without a GPU is an error naming the key."""
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if device == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("features.device: 'cuda' requested but torch sees no CUDA device")
-    return torch.device(device)
-
-
 class LogMel:
     """log(mel power spectrogram + floor) for one configuration, on one device."""
 

@@ -29,7 +29,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from affectflow.config import AugmentConfig
-from affectflow.models.wgan import TrainHistory, autocast, batches, build_generator, build_trunk, mlp
+from affectflow.models.wgan import TrainHistory, batches, build_generator, build_trunk, mlp
+from affectflow.runtime.device import autocast
 from affectflow.runtime.progress import progress
 
 
@@ -152,7 +153,7 @@ def train_aaec(
     rng = np.random.default_rng(cfg.seed)
     shape = tuple(X.shape[1:])
     model = Aaec(shape, n_classes, cfg).to(device)
-    betas = cfg.adam_betas
+    betas = tuple(cfg.adam_betas)
     opts = {
         "encoder": torch.optim.Adam(model.encoder.parameters(), lr=cfg.lr, betas=betas),
         "latent_disc": torch.optim.Adam(model.latent_disc.parameters(), lr=cfg.lr, betas=betas),

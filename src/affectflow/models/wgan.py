@@ -10,7 +10,6 @@ The critic has no batch norm (the gradient penalty is per sample). Inputs are st
 
 from __future__ import annotations
 
-import contextlib
 import itertools
 import math
 import time
@@ -23,6 +22,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from affectflow.config import AugmentConfig
+from affectflow.runtime.device import autocast, no_autocast
 from affectflow.runtime.progress import progress
 
 LEAK = 0.2
@@ -157,24 +157,11 @@ def gradient_penalty(
     shape = (real.shape[0],) + (1,) * (real.dim() - 1)
     eps = torch.rand(shape, device=real.device, generator=generator)
     x_hat = (eps * real.float() + (1 - eps) * fake.float()).requires_grad_(True)
-    with _no_autocast(real.device):
+    with no_autocast(real.device):
         score = critic(x_hat, y).float()
     (grad,) = torch.autograd.grad(score.sum(), x_hat, create_graph=True)
     norm = grad.flatten(1).norm(2, dim=1)
     return ((norm - 1.0) ** 2).mean()
-
-
-def _no_autocast(device: torch.device) -> contextlib.AbstractContextManager:
-    if device.type == "cuda":
-        return torch.autocast("cuda", enabled=False)
-    return contextlib.nullcontext()
-
-
-def autocast(device: torch.device, enabled: bool) -> contextlib.AbstractContextManager:
-    """bf16 autocast on CUDA when enabled; a no-op elsewhere (CPU training stays float32)."""
-    if enabled and device.type == "cuda":
-        return torch.autocast("cuda", dtype=torch.bfloat16)
-    return contextlib.nullcontext()
 
 
 # ----------------------------------------------------------------------------- training
@@ -245,8 +232,8 @@ def train_wgan(
     shape = tuple(X.shape[1:])
     G = build_generator(shape, n_classes, cfg).to(device)
     D = build_critic(shape, n_classes, cfg).to(device)
-    opt_g = torch.optim.Adam(G.parameters(), lr=cfg.lr, betas=cfg.adam_betas)
-    opt_d = torch.optim.Adam(D.parameters(), lr=cfg.lr, betas=cfg.adam_betas)
+    opt_g = torch.optim.Adam(G.parameters(), lr=cfg.lr, betas=tuple(cfg.adam_betas))
+    opt_d = torch.optim.Adam(D.parameters(), lr=cfg.lr, betas=tuple(cfg.adam_betas))
     Xt = torch.as_tensor(X, dtype=torch.float32, device=device)
     yt = torch.as_tensor(y, dtype=torch.long, device=device)
     # Labels for generator steps follow the real label distribution, so rare classes are not over-fitted.

@@ -20,40 +20,20 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-import yaml
-
-from affectflow.config import ConfigError, Params, dump_params, load_params
-from affectflow.storage import atomic_dir, atomic_write_json, atomic_write_text
-
-SKIPPED = "SKIPPED"
-"""Marker file in the placeholder artifact of a switched-off branch (no augmentation / no DANN)."""
+from affectflow.config import ConfigError, Params, params_from_tree, params_yaml
+from affectflow.contracts.workdir import optional_dir, write_skipped
+from affectflow.storage import atomic_write_json, atomic_write_text
 
 
 # ----------------------------------------------------------------------------- configuration
-def resolve_params(values: Mapping[str, Any], yaml_keys: Iterable[str], params_path: str | Path
-                   ) -> tuple[str, ...]:
-    """Validate the run's parameters once; return one configuration string per stage.
+def resolve_params(base: str, values: Mapping[str, Any], params_path: str | Path) -> tuple[str, ...]:
+    """The resolve-params task: validate the run's parameters once (`run_form.resolve`), write the
+    full params.yaml artifact, return one configuration string per stage (`STAGES` order)."""
+    from affectflow.orchestration.run_form import resolve, stage_configs
 
-    `values` maps dotted keys (`train.epochs`) to the run form's values; keys in `yaml_keys` are
-    free-form (union-typed) fields that travel as text and are parsed as YAML here. The full,
-    validated configuration goes to `params_path` (the run's params.yaml artifact). Each stage gets
-    only the sections it reads (`affectflow.orchestration.pipeline.STAGE_SECTIONS`) so that changing a training
-    knob leaves the ingest and feature tasks cached.
-    """
-    from affectflow.orchestration.pipeline import STAGES, stage_config
-
-    text_keys = set(yaml_keys)
-    overrides: dict[str, Any] = {}
-    for key, value in values.items():
-        if key in text_keys and isinstance(value, str):
-            try:
-                value = yaml.safe_load(value)
-            except yaml.YAMLError as e:
-                raise ConfigError(f"pipeline parameter {key}: not valid YAML ({e})") from None
-        overrides[key] = value
-    params = load_params(None, overrides)
-    dump_params(params, params_path)
-    return tuple(stage_config(params, stage) for stage in STAGES)
+    params = resolve(base, values)
+    atomic_write_text(params_path, params_yaml(params))
+    return tuple(stage_configs(params).values())
 
 
 TRACKING_ENV = "MLFLOW_TRACKING_URI"
@@ -74,17 +54,57 @@ def stage_params(config: str, stage: str) -> Params:
         tree = json.loads(config)
     except json.JSONDecodeError as e:
         raise ConfigError(f"{stage}: configuration is not JSON ({e})") from None
-    return _tracking_from_env(load_params(None, {section: value for section, value in tree.items()}))
-
-
-def read_params(path: str | Path) -> Params:
-    """The run's full params.yaml artifact (written by the params task)."""
-    return _tracking_from_env(load_params(path))
+    return _tracking_from_env(params_from_tree(tree, f"{stage} task configuration"))
 
 
 def tracking_uri(configured: str) -> str:
     """The MLflow URI a task uses: MLFLOW_TRACKING_URI when set, else the configured one."""
     return os.environ.get(TRACKING_ENV) or configured
+
+
+def run_task(stage: str, config: str, inputs: Mapping[str, str | Path | None], out_dir: str | Path) -> Any:
+    """What a stage component does: its params from `config`, the stage's `run` on `inputs`
+    (None = a switched-off branch's placeholder, left out) into `out_dir`."""
+    from affectflow.stages import get
+
+    params = stage_params(config, stage)
+    given = {k: Path(v) for k, v in inputs.items() if v is not None}
+    return get(stage).run(params, given, Path(out_dir))
+
+
+def gate_outcome(res: Any, summary: Any, report: Any) -> bool:
+    """A validate task's artifacts from its GateResult; a failed gate fails the task (and the run)."""
+    log_metrics(summary, res.summary)
+    text = Path(res.report_md).read_text()
+    write_markdown(report, text)
+    if not res.passed:
+        raise RuntimeError(f"validation gate failed; report: {res.report_md}\n{text}")
+    return bool(res.passed)
+
+
+def register_task(config: str, model_dir: str | Path, evaluation: str | Path, out_dir: str | Path) -> dict[str, Any]:
+    """The register task: a new `challenger` version, gated; promotion is the DAG's `promote`
+    task (visible in the UI), so `auto_promote` is switched off here and returned for the branch."""
+    from affectflow.contracts.workdir import METRICS_FILE
+    from affectflow.tracking import registry
+
+    p = stage_params(config, "register")
+    auto_promote = p.registry.auto_promote
+    p.registry.auto_promote = False
+    res = registry.register(p, model_dir, Path(evaluation) / METRICS_FILE, out_dir)
+    return {**res, "auto_promote": auto_promote}
+
+
+def promote_task(config: str, registration: str | Path, run_name: str, out_dir: str | Path) -> dict[str, Any]:
+    """The promote task: move `champion` to the version the register task added."""
+    from affectflow.contracts.workdir import RESULT_FILE
+    from affectflow.tracking import registry
+
+    p = stage_params(config, "register")
+    version = str(read_json(Path(registration) / RESULT_FILE)["version"])
+    res = registry.promote(p, version, reason=f"pipeline run {run_name}")
+    write_result(Path(out_dir) / RESULT_FILE, res)
+    return res
 
 
 # ----------------------------------------------------------------------------- metrics
@@ -196,21 +216,6 @@ def pngs(folder: str | Path) -> list[Path]:
 
 
 # ----------------------------------------------------------------------------- switched-off branches
-def write_skipped(folder: str | Path, reason: str) -> Path:
-    """An empty stage output with a SKIPPED note: what a switched-off branch leaves behind."""
-    with atomic_dir(folder) as tmp:
-        (tmp / SKIPPED).write_text(reason + "\n")
-    return Path(folder)
-
-
-def optional_dir(folder: str | Path, inner: str = "") -> Path | None:
-    """`folder` (or `inner` inside it), or None when it is missing or a switched-off placeholder."""
-    path = Path(folder)
-    if (path / SKIPPED).exists() or not path.exists():
-        return None
-    return path / inner if inner else path
-
-
 def mark_skipped(artifact: Any, reason: str) -> None:
     """Placeholder output artifact of a switched-off branch (no augmentation / no DANN)."""
     write_skipped(artifact.path, reason)
@@ -334,7 +339,7 @@ def record_status(status: Any, configured_uri: str, experiment: str) -> str:
     try:
         from mlflow import MlflowClient
 
-        from affectflow.tracking.registry import resolve_uri
+        from affectflow.tracking.uri import resolve_uri
 
         uri = resolve_uri(tracking_uri(configured_uri))
         client = MlflowClient(tracking_uri=uri)

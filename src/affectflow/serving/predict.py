@@ -31,7 +31,6 @@ import contextlib
 import csv
 import io
 import json
-import os
 import sys
 import tempfile
 from collections import deque
@@ -47,16 +46,18 @@ import soundfile as sf
 
 from affectflow import audio
 from affectflow.config import LogMelConfig, Params
+from affectflow.contracts.model_folder import ModelMeta, is_model_folder
 from affectflow.corpora import AUDIO_EXTENSIONS, audio_files
+from affectflow.runtime.device import resolve_device
 from affectflow.runtime.progress import progress
-from affectflow.serving.recognizer import META_FILE, Featurizer, load_model_dir, predict_features
+from affectflow.serving.recognizer import Featurizer, load_model_dir, predict_features
 from affectflow.storage import atomic_write_text
 from affectflow.storage.s3 import SCHEME, S3NotFoundError, S3Store, S3Uri, is_s3, store_for
+from affectflow.tracking.uri import local_sqlite, mlflow_scope, resolve_uri
 
 MANIFEST_SUFFIXES = (".csv", ".parquet")
 FORMATS = ("json", "csv")
 CHAMPION_ALIAS = "champion"
-MLFLOW_URI_ENV = ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")
 PROB_DECIMALS = 6
 """Digits kept for probabilities in the output (float32 models: more would be noise)."""
 
@@ -218,21 +219,11 @@ class Backend(Protocol):
     def predict(self, waves: list[np.ndarray]) -> np.ndarray: ...
 
 
-def resolve_device(name: str) -> Any:
-    import torch
-
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("predict.device: 'cuda' requested but torch sees no CUDA device")
-    return torch.device(name)
-
-
 class DeviceFeaturizer(Featurizer):
     """The model's featurizer with log-mel computed on the model's device (same class, same
     configuration; `affectflow.serving.recognizer.Featurizer` always uses the CPU)."""
 
-    def __init__(self, meta: dict[str, Any], device: Any):
+    def __init__(self, meta: ModelMeta, device: Any):
         super().__init__(meta)
         self.device = device
 
@@ -279,33 +270,6 @@ class PyfuncBackend:
         return np.asarray(pd.DataFrame(out)[self.classes], np.float32)
 
 
-@contextlib.contextmanager
-def mlflow_store(uri: str) -> Iterator[None]:
-    """MLflow tracking and registry on `uri` inside the block, as before after it.
-
-    Why: both URIs are process-wide in MLflow and exported to the environment for subprocesses, so a
-    library call that set them for good would redirect later runs, and servers started later, to
-    this store (the registry on `tracking.uri`, as `affectflow.tracking.registry.client_for` does)."""
-    import mlflow
-    from mlflow.tracking._model_registry import utils as registry_state
-    from mlflow.tracking._tracking_service import utils as tracking_state
-
-    env = {k: os.environ.get(k) for k in MLFLOW_URI_ENV}
-    tracking_before, registry_before = tracking_state._tracking_uri, registry_state._registry_uri
-    mlflow.set_tracking_uri(uri)
-    mlflow.set_registry_uri(uri)
-    try:
-        yield
-    finally:
-        mlflow.set_tracking_uri(tracking_before)
-        registry_state._registry_uri = registry_before
-        for key, value in env.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
-
-
 def default_model_uri(params: Params) -> str:
     return params.predict.model_uri or f"models:/{params.registry.model_name}@{CHAMPION_ALIAS}"
 
@@ -315,21 +279,23 @@ def load_backend(params: Params, model_uri: str | None = None) -> Backend:
     (`models:/name@alias`, `models:/name/3`, `runs:/...`, `s3://...`, a local MLflow model folder)."""
     cfg = params.predict
     uri = model_uri or default_model_uri(params)
-    device = resolve_device(cfg.device)
+    device = resolve_device(cfg.device, "predict.device")
     if cfg.threads:
         import torch
 
         torch.set_num_threads(cfg.threads)
-    if Path(uri).is_dir() and (Path(uri) / META_FILE).is_file():
+    if is_model_folder(uri):
         return RecognizerBackend(uri, load_model_dir(uri), device, cfg.batch_size)
     import mlflow
     from mlflow.exceptions import MlflowException
 
-    from affectflow.tracking.registry import resolve_uri
-
     tracking = resolve_uri(params.tracking.uri)
+    db = local_sqlite(tracking)
+    if db is not None and not db.is_file() and not Path(uri).exists():
+        raise RuntimeError(f"model {uri}: tracking.uri {tracking} does not exist (no model was registered "
+                           "there); pass a model folder or --set tracking.uri=...")
     try:
-        with mlflow_store(tracking):
+        with mlflow_scope(tracking):
             model = mlflow.pyfunc.load_model(uri)
     except (MlflowException, OSError) as e:
         raise RuntimeError(f"model {uri}: cannot load it (tracking.uri {tracking}): {e}") from None

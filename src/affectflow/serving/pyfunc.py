@@ -177,16 +177,16 @@ def log_pyfunc(model_dir: str | Path, name: str = "model", registered_model_name
     import mlflow
 
     import affectflow
-    from affectflow.serving.recognizer import read_meta
+    from affectflow.contracts.model_folder import read_model_meta
 
-    meta = read_meta(model_dir)
+    meta = read_model_meta(model_dir)
     return mlflow.pyfunc.log_model(
         name=name,
         python_model=AffectflowPyfunc(),
         artifacts={MODEL_ARTIFACT: str(Path(model_dir).resolve())},
         code_paths=[str(Path(affectflow.__file__).parent)],
-        signature=signature(list(meta["classes"])),
-        input_example=input_example(int(meta["audio"]["sample_rate"])),
-        pip_requirements=requirements(str(meta["feature"])),
+        signature=signature(list(meta.classes)),
+        input_example=input_example(meta.sample_rate),
+        pip_requirements=requirements(meta.feature),
         registered_model_name=registered_model_name,
     )

@@ -1,1 +1,58 @@
-"""stages."""
+"""The stage table: the training DAG's stages, in order, each declared once.
+
+Adding a stage: write `affectflow/stages/<name>.py` with `run(params, inputs, out_dir)`, add its
+row here, add its Kubeflow component in `components/` (and its edge in
+`pipelines/train_pipeline.py`). The CLI subcommand, `affectflow step <name>`, its dvc.yaml stage
+(`affectflow dvc --write`) and the configuration its pipeline task is handed follow from the row.
+"""
+
+from __future__ import annotations
+
+from affectflow.stages.spec import Inputs, StageError, StageResult, StageSpec
+
+_DATA = ("s3", "paths", "audio")
+
+STAGES: dict[str, StageSpec] = {s.name: s for s in (
+    StageSpec("ingest", "affectflow.stages.ingest",
+              "corpora -> manifest.parquet with speaker-independent splits",
+              sections=(*_DATA, "ingest", "splits"), output="ingest", extra_deps=("${paths.data_root}",)),
+    StageSpec("validate", "affectflow.stages.validate",
+              "Great Expectations gate on the manifest (and, given --features, the feature store)",
+              sections=(*_DATA, "ingest", "splits", "validation", "features"), output="validation",
+              inputs=("manifest",), optional=("features",)),
+    StageSpec("features", "affectflow.stages.features",
+              "log-mel and eGeMAPS features into the content-addressed store",
+              sections=(*_DATA, "features"), output="features", inputs=("manifest",)),
+    StageSpec("augment", "affectflow.stages.augment.stage",
+              "class-conditional generator: generate, score and filter synthetic samples",
+              sections=(*_DATA, "ingest", "features", "augment", "tracking"), output="augment",
+              inputs=("manifest", "features"), gpu=True, switch="augment.enabled"),
+    StageSpec("pretrain", "affectflow.stages.pretrain.stage",
+              "DANN: domain-adversarial encoder pretraining on labelled source + unlabelled target corpora",
+              sections=(*_DATA, "ingest", "features", "train", "pretrain", "tracking"), output="pretrain",
+              inputs=("manifest", "features"), gpu=True, switch="pretrain.enabled"),
+    StageSpec("train", "affectflow.stages.train.stage",
+              "train the recognizer with Ray Train",
+              sections=(*_DATA, "ingest", "features", "train", "tracking"), output="train",
+              inputs=("manifest", "features"), optional=("encoder", "synthetic"), gpu=True,
+              outs=("model",), metrics=("summary.json",), plots=("curves.png",)),
+    StageSpec("evaluate", "affectflow.stages.evaluate",
+              "UAR / WA / macro-F1 with CIs, per-class recall, confusion matrix, cross-corpus",
+              sections=(*_DATA, "ingest", "features", "evaluate", "tracking"), output="evaluate",
+              inputs=("model", "manifest", "features"),
+              outs=("report.md", "predictions.parquet"), metrics=("metrics.json",), plots=("confusion.png",)),
+    StageSpec("register", "affectflow.stages.register",
+              "register the model as `challenger`; promote to `champion` if the gate passes",
+              sections=("registry", "tracking"), output="register", inputs=("model", "evaluation"),
+              outs=(), metrics=("result.json",)),
+)}
+
+
+def get(name: str) -> StageSpec:
+    try:
+        return STAGES[name]
+    except KeyError:
+        raise StageError(f"unknown stage {name!r}; known: {', '.join(STAGES)}") from None
+
+
+__all__ = ["STAGES", "Inputs", "StageError", "StageResult", "StageSpec", "get"]

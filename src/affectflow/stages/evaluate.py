@@ -15,6 +15,7 @@ Outputs: `metrics.json` (DVC metrics: top-level `uar`, `wa`, `macro_f1`, `per_cl
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +27,7 @@ from affectflow.contracts.feature_store import FeatureSet
 from affectflow.contracts.manifest import manifest_hash, read_manifest
 from affectflow.metrics import bootstrap, confusion, macro_f1_cm, recalls, uar_cm, wa_cm
 from affectflow.serving.recognizer import Recognizer, load_model_dir, predict_features
+from affectflow.stages.spec import Inputs
 from affectflow.storage import atomic_path, atomic_write_json, atomic_write_text, save_figure
 
 PRIMARY = "uar"
@@ -111,7 +113,7 @@ def score_predictions(pred: pd.DataFrame, classes: Sequence[str], params: Params
 def cross_corpus(rec: Recognizer, df: pd.DataFrame, fs: FeatureSet, names: Sequence[str], params: Params,
                  manifest: str | Path) -> dict[str, tuple[dict[str, Any], pd.DataFrame]]:
     """Scores on other corpora over the classes each shares with the model."""
-    trained_on = set(rec.meta.get("train", {}).get("corpora", []))
+    trained_on = set(rec.meta.train.corpora)
     out = {}
     for name in names:
         if name in trained_on:
@@ -168,6 +170,7 @@ def report_md(metrics: dict[str, Any], params: Params) -> str:
 def evaluate(params: Params, model_dir: str | Path, manifest: str | Path, features_dir: str | Path,
              out_dir: str | Path) -> dict[str, Any]:
     """Score `model_dir` on the test split (+ cross-corpus); write metrics.json, report.md, PNGs."""
+    from affectflow.stages import get as get_stage
     from affectflow.tracking import runs as tracking
 
     out = Path(out_dir)
@@ -175,12 +178,12 @@ def evaluate(params: Params, model_dir: str | Path, manifest: str | Path, featur
     rec = load_model_dir(model_dir)
     df = read_manifest(manifest)
     fs = FeatureSet(features_dir)
-    corpora = list(rec.meta.get("train", {}).get("corpora", [])) or sorted(set(df["corpus"]))
+    corpora = list(rec.meta.train.corpora) or sorted(set(df["corpus"]))
     rows = df[(df["split"] == "test") & df["corpus"].isin(corpora) & df["emotion"].isin(rec.classes)]
     if rows.empty:
         raise EvaluationError(f"{manifest}: no test rows (field 'split' == 'test') of corpora {corpora} "
                               f"with classes {rec.classes}")
-    overlap = set(rows["speaker"]) & set(rec.meta.get("train", {}).get("train_speakers", []))
+    overlap = set(rows["speaker"]) & set(rec.meta.train.train_speakers)
     if overlap:
         raise EvaluationError(f"{manifest}: test speakers {sorted(overlap)[:5]} were training speakers of "
                               f"{model_dir}; the manifest's splits differ from the training run's")
@@ -188,7 +191,7 @@ def evaluate(params: Params, model_dir: str | Path, manifest: str | Path, featur
     test = score_predictions(pred, rec.classes, params)
     test["test_manifest_hash"] = manifest_hash(rows)  # which test set: the registry compares like with like
     plot_confusion(np.asarray(test["confusion"]), rec.classes, f"test UAR {test['uar']:.3f}", out / "confusion.png")
-    metrics: dict[str, Any] = {"model_dir": str(model_dir), "arch": rec.meta["arch"], "corpora": corpora,
+    metrics: dict[str, Any] = {"model_dir": str(model_dir), "arch": rec.meta.arch, "corpora": corpora,
                                "uar": test["uar"], "wa": test["wa"], "macro_f1": test["macro_f1"],
                                "per_class_recall": test["per_class_recall"],
                                "test_manifest_hash": test["test_manifest_hash"], "test": test}
@@ -205,7 +208,8 @@ def evaluate(params: Params, model_dir: str | Path, manifest: str | Path, featur
         pd.concat(preds, ignore_index=True).to_parquet(tmp, index=False)
     atomic_write_json(out / "metrics.json", metrics)
     atomic_write_text(out / "report.md", report_md(metrics, params))
-    with tracking.reopen_run(rec.meta.get("mlflow"), params, "evaluate", tags={"stage": "evaluate"}):
+    with tracking.reopen_run(rec.meta.mlflow, params, "evaluate", tags={"stage": "evaluate"},
+                             sections=get_stage("evaluate").sections):
         import mlflow
 
         flat = {f"test_{k}": metrics[k] for k in ("uar", "wa", "macro_f1")}
@@ -216,3 +220,18 @@ def evaluate(params: Params, model_dir: str | Path, manifest: str | Path, featur
         mlflow.log_metrics(flat)
         mlflow.log_artifacts(str(out), artifact_path="evaluation")
     return metrics
+
+
+@dataclass
+class EvaluateResult:
+    out_dir: Path
+    metrics: dict[str, Any]
+
+    @property
+    def summary(self) -> dict[str, Any]:
+        return {k: self.metrics[k] for k in ("uar", "wa", "macro_f1", "per_class_recall") if k in self.metrics}
+
+
+def run(params: Params, inputs: Inputs, out_dir: Path) -> EvaluateResult:
+    return EvaluateResult(Path(out_dir), evaluate(params, inputs["model"], inputs["manifest"], inputs["features"],
+                                                  out_dir))

@@ -40,19 +40,17 @@ from affectflow.contracts.feature_store import (
     INDEX,
     SUMMARY,
     array_shape,
-    feature_key,
     relative_file,
     save_array,
     write_index,
 )
 from affectflow.contracts.manifest import ManifestError, read_manifest
 from affectflow.features import egemaps as eg
+from affectflow.features.keys import LOGMEL, feature_keys
+from affectflow.runtime.device import resolve_device
 from affectflow.runtime.progress import progress
+from affectflow.stages.spec import Inputs
 from affectflow.storage import atomic_write_json
-
-LOGMEL = "logmel"
-LOGMEL_VERSION = 1
-"""Bump when `LogMel` changes values for the same configuration: it is part of the cache key."""
 
 
 class FeaturesError(RuntimeError):
@@ -64,27 +62,9 @@ class FeaturesResult:
     index: Path
     summary: dict[str, Any]
 
-
-# ----------------------------------------------------------------------------- kinds and keys
-def requested_kinds(params: Params) -> list[str]:
-    """Store kinds that params.features asks for, in a stable order."""
-    kinds: list[str] = []
-    for k in dict.fromkeys(params.features.kinds):
-        kinds += [LOGMEL] if k == LOGMEL else eg.kinds_for(params.features.egemaps)
-    return kinds
-
-
-def feature_keys(params: Params) -> dict[str, str]:
-    """kind -> config hash covering everything that changes its values (not device, workers, ...)."""
-    sr = params.audio.sample_rate
-    keys: dict[str, str] = {}
-    for kind in requested_kinds(params):
-        if kind == LOGMEL:
-            cfg = {**params.features.logmel.model_dump(mode="json"), "sample_rate": sr, "version": LOGMEL_VERSION}
-        else:
-            cfg = eg.key_config(params.features.egemaps, sr)
-        keys[kind] = feature_key(kind, cfg)
-    return keys
+    @property
+    def out_dir(self) -> Path:
+        return self.index.parent
 
 
 # ----------------------------------------------------------------------------- worker side
@@ -251,12 +231,22 @@ def extract_features(params: Params, manifest_path: str | Path, out_dir: str | P
     return FeaturesResult(index=index, summary=summary)
 
 
-def _compute(params: Params, root: Path, keys: dict[str, str], jobs: list[_Job],
-             shapes: dict[tuple[str, str], tuple[int, ...]]) -> dict[str, Any]:
-    """Run the decode workers (and the main-process log-mel consumer on CUDA); fills `shapes`."""
+@dataclass
+class _Layout:
+    """How one cold run is spread over processes and threads (see the module docstring)."""
+
+    workers: int
+    device: Any
+    in_main: bool
+    """Log-mel batched in the main process (CUDA) rather than in the decode workers."""
+    main_threads: int
+    worker_threads: int
+    chunks: list[list[_Job]]
+    facts: dict[str, Any]
+
+
+def _layout(params: Params, jobs: list[_Job]) -> _Layout:
     f = params.features
-    sr = params.audio.sample_rate
-    smile_kinds = sorted({k for j in jobs for k in j[3]})
     any_logmel = any(j[2] for j in jobs)
     workers = min(f.workers, len(jobs))
     facts: dict[str, Any] = {"workers": workers, "audio_seconds": 0.0, "nonfinite_arrays": 0}
@@ -264,10 +254,10 @@ def _compute(params: Params, root: Path, keys: dict[str, str], jobs: list[_Job],
     if any_logmel:
         from affectflow.features import logmel as lm  # torch is imported only when log-mel is computed
 
-        lm.check_config(f.logmel, sr)
-        device = lm.resolve_device(f.device)
+        lm.check_config(f.logmel, params.audio.sample_rate)
+        device = resolve_device(f.device, "features.device")
         facts["device"] = str(device)
-    # Where log-mel runs (see the module docstring); inline (one worker) everything is in this process.
+    # Inline (one worker) everything is in this process.
     in_main = device is not None and workers > 1 and (
         f.logmel_in == "main" or (f.logmel_in == "auto" and device.type != "cpu"))
     cores = _cpu_count()
@@ -281,58 +271,90 @@ def _compute(params: Params, root: Path, keys: dict[str, str], jobs: list[_Job],
     # Chunks of similar-length neighbours; at least two per worker so the last ones do not straggle.
     size = max(1, min(f.batch_size, math.ceil(len(jobs) / (2 * workers))))
     chunks = [jobs[i : i + size] for i in range(0, len(jobs), size)]
+    return _Layout(workers, device, in_main, main_threads, worker_threads, chunks, facts)
 
+
+class _MainLogMel:
+    """Log-mel in the main process on batches of the waveforms the workers send back; one writer
+    thread overlaps the saves with the next batch (file creation is mostly kernel time without the GIL)."""
+
+    def __init__(self, params: Params, root: Path, keys: dict[str, str], device: Any, threads: int,
+                 shapes: dict[tuple[str, str], tuple[int, ...]], stage_s: dict[str, float]):
+        import torch
+
+        from affectflow.features.logmel import LogMel
+
+        torch.set_num_threads(threads)  # the caller restores it
+        self.extractor = LogMel(params.features.logmel, params.audio.sample_rate, device)
+        self.root, self.key, self.shapes, self.stage_s = root, keys[LOGMEL], shapes, stage_s
+        self.batch_size = params.features.batch_size
+        self.pending: list[tuple[str, np.ndarray]] = []
+        self.writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="features-writer")
+        self.writing: Future[None] | None = None
+
+    def add(self, sha: str, wave: np.ndarray) -> None:
+        self.pending.append((sha, wave))
+        if len(self.pending) >= self.batch_size:
+            self.flush()
+
+    def flush(self) -> None:
+        if not self.pending:
+            return
+        t0 = time.perf_counter()
+        mels = self.extractor.batch([w for _, w in self.pending])
+        self.stage_s["logmel"] += time.perf_counter() - t0
+        items = []
+        for (sha, _), m in zip(self.pending, mels, strict=True):
+            items.append((f"{self.root}/{relative_file(LOGMEL, self.key, sha)}", m))
+            self.shapes[(LOGMEL, sha)] = m.shape
+        self.pending.clear()
+        self.wait()  # at most one batch in flight; re-raises a failed write
+        self.writing = self.writer.submit(_save_all, items)
+
+    def wait(self) -> None:
+        if self.writing is not None:
+            self.writing.result()
+            self.writing = None
+
+    def close(self) -> None:
+        self.writer.shutdown(wait=True)
+
+
+def _save_all(items: list[tuple[str, np.ndarray]]) -> None:
+    for file, m in items:
+        save_array(file, m)
+
+
+def _compute(params: Params, root: Path, keys: dict[str, str], jobs: list[_Job],
+             shapes: dict[tuple[str, str], tuple[int, ...]]) -> dict[str, Any]:
+    """Run the decode workers (and the main-process log-mel consumer on CUDA); fills `shapes`."""
+    f = params.features
+    sr = params.audio.sample_rate
+    lay = _layout(params, jobs)
+    facts = lay.facts
     import_threads: int | None = None
-    if any_logmel:
+    if lay.device is not None:
         import torch
 
         import_threads = torch.get_num_threads()
+    smile_kinds = sorted({k for j in jobs for k in j[3]})
     init_args = (str(root), sr, keys, f.egemaps, smile_kinds,
-                 f.logmel if any_logmel and not in_main else None,
-                 main_threads if workers == 1 else worker_threads,
-                 str(device) if workers == 1 and device is not None else "cpu")
+                 f.logmel if lay.device is not None and not lay.in_main else None,
+                 lay.main_threads if lay.workers == 1 else lay.worker_threads,
+                 str(lay.device) if lay.workers == 1 and lay.device is not None else "cpu")
     pool = None
-    # File creation is mostly kernel time without the GIL: in CUDA mode one writer thread overlaps
-    # the log-mel saves with the next batch.
-    writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="features-writer")
+    main: _MainLogMel | None = None
     stage_s = {"decode": 0.0, "egemaps": 0.0, "logmel": 0.0, "write": 0.0}
     try:
-        if workers > 1:
+        if lay.workers > 1:
             # The pool starts before anything reaches a GPU, so forked workers inherit no CUDA state.
-            pool = _mp_context().Pool(workers, _init_worker, init_args)
-            results: Iterable[tuple[list[_Done], dict[str, float]]] = pool.imap_unordered(_work_chunk, chunks)
+            pool = _mp_context().Pool(lay.workers, _init_worker, init_args)
+            results: Iterable[tuple[list[_Done], dict[str, float]]] = pool.imap_unordered(_work_chunk, lay.chunks)
         else:
             _init_worker(*init_args)
-            results = map(_work_chunk, chunks)
-        extractor = None
-        if in_main:
-            import torch
-
-            from affectflow.features.logmel import LogMel
-
-            torch.set_num_threads(main_threads)  # restored below
-            extractor = LogMel(f.logmel, sr, device)
-        pending: list[tuple[str, np.ndarray]] = []
-        writing: Future[None] | None = None
-
-        def save_all(items: list[tuple[str, np.ndarray]]) -> None:
-            for file, m in items:
-                save_array(file, m)
-
-        def flush() -> None:
-            nonlocal writing
-            t0 = time.perf_counter()
-            mels = extractor.batch([w for _, w in pending])
-            stage_s["logmel"] += time.perf_counter() - t0
-            items = []
-            for (sha, _), m in zip(pending, mels, strict=True):
-                items.append((f"{root}/{relative_file(LOGMEL, keys[LOGMEL], sha)}", m))
-                shapes[(LOGMEL, sha)] = m.shape
-            pending.clear()
-            if writing is not None:
-                writing.result()  # at most one batch in flight; re-raises a failed write
-            writing = writer.submit(save_all, items)
-
+            results = map(_work_chunk, lay.chunks)
+        if lay.in_main:
+            main = _MainLogMel(params, root, keys, lay.device, lay.main_threads, shapes, stage_s)
         for sha, path, wave, n, saved, nonfinite, err in _clips(results, stage_s, len(jobs)):
             if err is not None:
                 raise audio.AudioError(path, f"{err} (features stage)")
@@ -340,19 +362,17 @@ def _compute(params: Params, root: Path, keys: dict[str, str], jobs: list[_Job],
             facts["nonfinite_arrays"] += nonfinite
             for kind, shape in saved.items():
                 shapes[(kind, sha)] = shape
-            if wave is not None:
-                pending.append((sha, wave))
-                if len(pending) >= f.batch_size:
-                    flush()
-        if pending:
-            flush()
-        if writing is not None:
-            writing.result()
+            if wave is not None and main is not None:
+                main.add(sha, wave)
+        if main is not None:
+            main.flush()
+            main.wait()
         if pool is not None:
             pool.close()
             pool.join()
     finally:
-        writer.shutdown(wait=True)
+        if main is not None:
+            main.close()
         if pool is not None:
             pool.terminate()
         if import_threads is not None:
@@ -374,3 +394,7 @@ def _clips(results: Iterable[tuple[list[_Done], dict[str, float]]], stage_s: dic
             yield from done
 
     yield from progress(flat(), "features", total=total, unit="clip")
+
+
+def run(params: Params, inputs: Inputs, out_dir: Path) -> FeaturesResult:
+    return extract_features(params, inputs["manifest"], out_dir)

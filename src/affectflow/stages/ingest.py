@@ -23,8 +23,10 @@ from affectflow import audio
 from affectflow.config import Params
 from affectflow.contracts.manifest import COLUMNS, Utterance, manifest_hash, map_label, write_manifest
 from affectflow.contracts.splits import apply_splits
+from affectflow.contracts.workdir import MANIFEST_FILE
 from affectflow.corpora import get_adapter
 from affectflow.runtime.progress import progress
+from affectflow.stages.spec import Inputs
 from affectflow.storage import atomic_path, atomic_write_json
 
 # libsndfile's header log flags a chunk whose declared size disagrees with the file, e.g.
@@ -44,6 +46,10 @@ class IngestError(RuntimeError):
 class IngestResult:
     manifest: Path
     summary: dict[str, Any]
+
+    @property
+    def out_dir(self) -> Path:
+        return self.manifest.parent
 
 
 def header_shortfall(log: str) -> str | None:
@@ -186,8 +192,8 @@ def ingest(params: Params, out_dir: str | Path | None = None) -> IngestResult:
     else:
         quarantine.unlink(missing_ok=True)
     atomic_write_json(out / "summary.json", summary)
-    write_manifest(kept, out / "manifest.parquet")
-    return IngestResult(manifest=out / "manifest.parquet", summary=summary)
+    write_manifest(kept, out / MANIFEST_FILE)
+    return IngestResult(manifest=out / MANIFEST_FILE, summary=summary)
 
 
 def probe_all(paths: list[str], params: Params) -> tuple[dict[str, dict[str, Any]], list[tuple[str, str]]]:
@@ -228,3 +234,7 @@ class _Inline(Executor):
 
     def map(self, fn, *iterables, timeout=None, chunksize=1, **kwargs):  # type: ignore[override]
         return map(fn, *iterables)
+
+
+def run(params: Params, inputs: Inputs, out_dir: Path) -> IngestResult:
+    return ingest(params, out_dir)

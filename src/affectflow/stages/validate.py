@@ -36,6 +36,7 @@ from great_expectations.expectations.row_conditions import Column
 from affectflow.config import EgemapsConfig, Params
 from affectflow.contracts.manifest import read_manifest
 from affectflow.runtime.progress import progress
+from affectflow.stages.spec import Inputs
 from affectflow.storage import atomic_write_json, atomic_write_text
 
 SPLITS = ("train", "val", "test")
@@ -58,6 +59,10 @@ class GateResult:
     summary: dict[str, Any]
     report_md: Path
     report_json: Path
+
+    @property
+    def out_dir(self) -> Path:
+        return self.report_md.parent
 
 
 @dataclass
@@ -273,7 +278,7 @@ def egemaps_dims(feature_set: str, levels: tuple[str, ...]) -> dict[str, int]:
 
 def feature_specs(params: Params) -> list[KindSpec]:
     """The feature kinds `params.features` asks for (as the features stage names them) and their shapes."""
-    from affectflow.stages.features import LOGMEL, feature_keys, requested_kinds
+    from affectflow.features.keys import LOGMEL, feature_keys, requested_kinds
 
     keys = feature_keys(params)
     eg = params.features.egemaps
@@ -569,3 +574,7 @@ def _first_example(c: dict[str, Any]) -> str:
     if not first:
         return ""
     return ", e.g. " + ", ".join(f"{k}={v}" for k, v in first.items())
+
+
+def run(params: Params, inputs: Inputs, out_dir: Path) -> GateResult:
+    return validate(params, inputs["manifest"], out_dir, features_dir=inputs.get("features"))

@@ -16,9 +16,19 @@ from pathlib import Path
 from typing import Any
 
 
+def current_umask() -> int:
+    """The process umask (read by setting it and putting it back)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 def _tmp_sibling(path: Path, suffix: str = "") -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=f".tmp{suffix}", dir=path.parent)
+    # mkstemp creates 0600 whatever the umask; outputs are shared (volumes, other container users),
+    # so they get the mode a plain open() would give.
+    os.fchmod(fd, 0o666 & ~current_umask())
     os.close(fd)
     return Path(name)
 
@@ -46,6 +56,7 @@ def atomic_dir(path: str | Path) -> Iterator[Path]:
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
+    os.chmod(tmp, 0o777 & ~current_umask())  # mkdtemp makes 0700; a folder from mkdir follows the umask
     try:
         yield tmp
         if target.exists():

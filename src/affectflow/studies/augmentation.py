@@ -29,9 +29,9 @@ import pandas as pd
 
 from affectflow.config import AugmentAblationConfig, Params, with_overrides
 from affectflow.contracts.manifest import read_manifest, write_manifest
+from affectflow.contracts.synthetic import SYNTHETIC_FILE, read_synthetic, write_synthetic
 from affectflow.runtime.progress import progress
-from affectflow.stages.augment.stage import SYNTHETIC
-from affectflow.storage import atomic_path, atomic_write_json, atomic_write_text
+from affectflow.storage import atomic_write_json, atomic_write_text
 
 VARIANTS = ("none", "unfiltered", "filtered")
 SETTINGS = ("full", "low_resource")
@@ -76,12 +76,9 @@ def low_resource(df: pd.DataFrame, fraction: float, seed: int) -> tuple[pd.DataF
 
 def unfiltered_copy(src: Path, dst: Path) -> Path:
     """The same synthetic set with every sample kept (the "augmentation unfiltered" arm)."""
-    with np.load(src / SYNTHETIC, allow_pickle=False) as z:
-        arrays = {k: z[k] for k in z.files}
-    arrays["kept"] = np.ones(len(arrays["X"]), dtype=bool)
-    dst.mkdir(parents=True, exist_ok=True)
-    with atomic_path(dst / SYNTHETIC) as tmp:
-        np.savez(tmp, **arrays)
+    s = read_synthetic(src, kept_only=False)
+    s.kept = np.ones(len(s), dtype=bool)
+    write_synthetic(dst / SYNTHETIC_FILE, s)
     return dst
 
 
@@ -119,7 +116,7 @@ def run_cell(params: Params, df: pd.DataFrame, features_dir: Path, cell_dir: Pat
     """All variants of one (setting, seed, fold); each finished run is cached in `cell_dir`."""
     from affectflow.stages.augment.stage import augment
 
-    ab = params.augment.ablation
+    ab = params.studies.augmentation
     cell_dir.mkdir(parents=True, exist_ok=True)
     mdf = fold_manifest(df, fold, params)
     info: dict[str, Any] = {"setting": setting, "seed": seed, "fold": fold}
@@ -155,7 +152,7 @@ def run_cell(params: Params, df: pd.DataFrame, features_dir: Path, cell_dir: Pat
                                   "precision_before": report["metrics"]["before"]["precision"],
                                   "precision_after": report["metrics"]["after"]["precision"]}
         unf_dir = gen_dir / "unfiltered_set"
-        if not (unf_dir / SYNTHETIC).is_file():
+        if not (unf_dir / SYNTHETIC_FILE).is_file():
             unfiltered_copy(aug_dir, unf_dir)
         tp = with_overrides(params, {**base, "train.synthetic_ratio": ab.synthetic_ratio,
                                      "train.balance_minority": ab.balance_minority,
@@ -263,7 +260,7 @@ def ablate_augmentation(params: Params, manifest: str | Path, features_dir: str 
 
     from affectflow.models import feature_kind
 
-    ab = params.augment.ablation
+    ab = params.studies.augmentation
     if ab.threads:
         torch.set_num_threads(ab.threads)
         from threadpoolctl import threadpool_limits

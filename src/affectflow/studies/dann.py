@@ -1,6 +1,6 @@
 """`affectflow ablate dann`: the cross-corpus table, source corpus -> target corpus.
 
-Conditions (`pretrain.ablation.conditions`), all trained by the stage's own `fit` with the same
+Conditions (`studies.dann.conditions`), all trained by the stage's own `fit` with the same
 encoder, optimiser, epochs and seed, so they differ only in what the name says:
   source_only      source training clips only, source statistics for every corpus
   corpus_std       the usual first fix: each corpus standardised with its own statistics (the
@@ -9,7 +9,7 @@ encoder, optimiser, epochs and seed, so they differ only in what the name says:
                    encoder gets no reversed gradient; only BatchNorm sees the target)
   dann             + unlabelled target training speakers through the domain head behind the GRL
                    (the configured adversary: pretrain.* as in params.yaml)
-  dann_selected    DANN whose adversary setting is chosen from `pretrain.ablation.grid`, per fold, by
+  dann_selected    DANN whose adversary setting is chosen from `studies.dann.grid`, per fold, by
                    the mean UAR over seeds on the target's *validation* speakers (labelled, disjoint
                    from the fold's test speakers): the honest DANN row, since nobody may pick a setting
                    on test speakers
@@ -20,7 +20,7 @@ encoder, optimiser, epochs and seed, so they differ only in what the name says:
   dann_corpus_std  DANN on per-corpus-standardised features
   dann_augment     DANN + the augment stage's kept synthetic source samples (one generator per
                    seed and fold, trained on that fold's source training split)
-Test set: the target's held-out speakers. Every seed runs every fold (`pretrain.ablation.folds`
+Test set: the target's held-out speakers. Every seed runs every fold (`studies.dann.folds`
 rotates which target speakers are held out), and a seed's UAR is over the pooled predictions of all
 folds, i.e. every target clip is scored once by a model that never saw its speaker. The table is
 mean ± std (ddof=1) of that UAR over seeds; the folds are the same for every seed, so the spread is
@@ -44,9 +44,10 @@ from affectflow.contracts.manifest import read_manifest
 from affectflow.contracts.splits import apply_splits
 from affectflow.metrics import confusion, uar_cm, wa_cm
 from affectflow.models import feature_kind
+from affectflow.runtime.device import resolve_device
 from affectflow.runtime.progress import progress
 from affectflow.serving.recognizer import load_model_dir, predict_features
-from affectflow.stages.pretrain.loop import embed, resolve_device
+from affectflow.stages.pretrain.loop import embed
 from affectflow.stages.pretrain.stage import Inputs, fit, prepare_inputs, shared_class_uar
 from affectflow.storage import atomic_path, atomic_write_json, atomic_write_text, save_figure
 
@@ -61,7 +62,7 @@ class Condition:
     lambda_max: float | None = None
     """Override of pretrain.lambda_max (None: the configured value)."""
     select: bool = False
-    """Train every `pretrain.ablation.grid` member; keep, per fold, the best on target validation."""
+    """Train every `studies.dann.grid` member; keep, per fold, the best on target validation."""
     finetune: bool = False
     """Fine-tune the DANN encoder with the recognizer stage and score that recognizer."""
 
@@ -83,10 +84,10 @@ class AblationError(RuntimeError):
 
 
 def study_params(params: Params) -> Params:
-    """params with the study's corpora, classes and encoder (`pretrain.ablation`)."""
-    ab = params.pretrain.ablation
+    """params with the study's corpora, classes and encoder (`studies.dann`)."""
+    ab = params.studies.dann
     if ab.source.name == ab.target.name:
-        raise AblationError(f"pretrain.ablation: source and target are both named '{ab.source.name}'")
+        raise AblationError(f"studies.dann: source and target are both named '{ab.source.name}'")
     tree = params.model_dump(mode="json")
     tree["ingest"].update(corpora=[ab.source.model_copy(update={"role": "source"}).model_dump(mode="json"),
                                    ab.target.model_copy(update={"role": "target"}).model_dump(mode="json")],
@@ -102,7 +103,7 @@ def target_rows(df: pd.DataFrame, target: str, split: str, classes: list[str], m
     rows = df[(df["corpus"] == target) & (df["split"] == split) & df["emotion"].isin(classes)]
     if rows.empty:
         raise AblationError(f"{manifest}: this fold has no '{target}' rows with split '{split}' "
-                            "(pretrain.ablation.folds, splits.*)")
+                            "(studies.dann.folds, splits.*)")
     if split == "val":
         test_spk = set(df.loc[(df["corpus"] == target) & (df["split"] == "test"), "speaker"])
         shared = sorted(set(rows["speaker"]) & test_spk)
@@ -118,12 +119,12 @@ def finetune(inp: Inputs, model: torch.nn.Module, df: pd.DataFrame, features: Pa
     import copy
 
     from affectflow.contracts.manifest import write_manifest
-    from affectflow.serving.recognizer import save_model_dir
+    from affectflow.contracts.model_folder import write_model_folder
     from affectflow.stages.pretrain.stage import ENCODER, encoder_meta
     from affectflow.stages.train.stage import train
 
     meta = encoder_meta(inp, "ablate-dann", {}, 0.0, str(device))
-    save_model_dir(work / ENCODER, copy.deepcopy(model.recognizer).cpu(), meta)
+    write_model_folder(work / ENCODER, copy.deepcopy(model.recognizer).cpu(), meta)
     manifest = work / "manifest.parquet"
     write_manifest(df, manifest)
     tp = with_overrides(inp.params, {"train.seed": seed, "tracking.log_model": False, "evaluate.bootstrap": 0})
@@ -151,20 +152,12 @@ def prepare_data(params: Params, out: Path) -> tuple[Path, Path]:
     return Path(manifest), out / "features"
 
 
-def augment_available() -> tuple[bool, str]:
-    try:
-        import affectflow.stages.augment.stage  # noqa: F401
-    except ImportError as e:
-        return False, f"augment stage not importable ({e})"
-    return True, ""
-
-
 def add_synthetic(inp: Inputs, params: Params, df: pd.DataFrame, features: Path, out: Path, seed: int) -> dict[str, Any]:
     """Train the augment stage on this fold's source training split, add its kept samples."""
     from affectflow.stages.augment.stage import augment
-    from affectflow.stages.train.stage import select_synthetic
+    from affectflow.stages.train.plan import select_synthetic
 
-    ab = params.pretrain.ablation
+    ab = params.studies.dann
     kind = inp.kind
     p = with_overrides(params, {"augment.epochs": ab.augment_epochs, "augment.seed": seed, "augment.feature": kind})
     t0 = time.perf_counter()
@@ -173,11 +166,11 @@ def add_synthetic(inp: Inputs, params: Params, df: pd.DataFrame, features: Path,
     train_y = inp.rows.source_train["emotion"].map(y_of).to_numpy()
     sel = select_synthetic(res.synthetic, kind, inp.classes, train_y,
                            TrainConfig(synthetic_ratio=ab.synthetic_ratio, seed=seed))
-    if sel and sel["rows"]:
+    if sel and sel.rows:
         with np.load(res.synthetic, allow_pickle=False) as npz:
-            X = np.asarray(npz["X"])[np.asarray(sel["rows"], np.int64)]
-        inp.add_synthetic(X, np.asarray(sel["y"], np.int64), inp.domains.sources[0])
-    return {"n_synthetic": len(sel["rows"]) if sel else 0, "augment_seconds": time.perf_counter() - t0}
+            X = np.asarray(npz["X"])[np.asarray(sel.rows, np.int64)]
+        inp.add_synthetic(X, np.asarray(sel.y, np.int64), inp.domains.sources[0])
+    return {"n_synthetic": len(sel.rows) if sel else 0, "augment_seconds": time.perf_counter() - t0}
 
 
 def run_ablation(params: Params, out_dir: str | Path, conditions: list[str] | None = None) -> dict[str, Any]:
@@ -186,19 +179,15 @@ def run_ablation(params: Params, out_dir: str | Path, conditions: list[str] | No
 
     out = Path(out_dir)
     sp = study_params(params)
-    ab = sp.pretrain.ablation
+    ab = sp.studies.dann
     names = conditions or list(ab.conditions)
     unknown = sorted(set(names) - set(CONDITIONS))
     if unknown:
-        raise AblationError(f"pretrain.ablation.conditions: unknown {unknown} (known: {sorted(CONDITIONS)})")
-    aug_ok, aug_why = augment_available()
-    skipped = {}
-    if not aug_ok:
-        skipped = {n: aug_why for n in names if CONDITIONS[n].augment}
-        names = [n for n in names if n not in skipped]
+        raise AblationError(f"studies.dann.conditions: unknown {unknown} (known: {sorted(CONDITIONS)})")
+    skipped: dict[str, str] = {}
     if sp.pretrain.threads:
         torch.set_num_threads(sp.pretrain.threads)
-    device = resolve_device(sp.pretrain.use_gpu)
+    device = resolve_device(sp.pretrain.device, "pretrain.device")
     t_start = time.perf_counter()
     manifest, features = prepare_data(sp, out)
     df0 = read_manifest(manifest)
@@ -330,7 +319,7 @@ def _mean_std(values: list[float]) -> tuple[float, float]:
 def summarise(records: list[dict[str, Any]], pred: pd.DataFrame, names: list[str], params: Params,
               device: torch.device, seconds: float, skipped: dict[str, str],
               chosen: dict[int, str] | None = None) -> dict[str, Any]:
-    ab = params.pretrain.ablation
+    ab = params.studies.dann
     rec = pd.DataFrame(records)
     table = _rows(rec, pred, names, params)
     grid: dict[str, dict[str, Any]] = {}
@@ -353,7 +342,7 @@ def summarise(records: list[dict[str, Any]], pred: pd.DataFrame, names: list[str
         "label_map": dict(ab.label_map), "model": ab.model, "seeds": list(ab.seeds), "folds": list(ab.folds),
         "n_target_clips": int(pred.drop_duplicates("utt_id").shape[0]), "device": str(device),
         "torch_threads": torch.get_num_threads(), "wall_seconds": round(seconds, 1),
-        "pretrain": params.pretrain.model_dump(mode="json", exclude={"ablation"}),
+        "pretrain": params.pretrain.model_dump(mode="json"),
         "mlp": params.train.mlp.model_dump(mode="json"), "train_finetune": params.train.finetune,
         "table": table, "grid": grid, "verdict": verdict,
         "skipped": skipped, "runs": records,
@@ -362,7 +351,7 @@ def summarise(records: list[dict[str, Any]], pred: pd.DataFrame, names: list[str
 
 def _rows(rec: pd.DataFrame, pred: pd.DataFrame, names: list[str], params: Params) -> dict[str, dict[str, Any]]:
     """One table row per condition: pooled-over-folds UAR / WA per seed, then mean ± std."""
-    ab = params.pretrain.ablation
+    ab = params.studies.dann
     table: dict[str, dict[str, Any]] = {}
     for n in names:
         per_seed = [pooled_uar(pred[(pred["condition"] == n) & (pred["seed"] == s)]) for s in ab.seeds]

@@ -25,8 +25,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import subprocess
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
@@ -35,6 +33,8 @@ from typing import Any
 
 from affectflow.config import Params
 from affectflow.storage import atomic_write_json
+from affectflow.tracking.revisions import dvc_revision, git_commit
+from affectflow.tracking.uri import client, ensure_store, mlflow_scope, resolve_uri
 
 CHAMPION = "champion"
 CHALLENGER = "challenger"
@@ -53,9 +53,8 @@ METRIC_TAGS = ("uar", "wa", "macro_f1")
 RECALL_TAG = "per_class_recall"
 TEST_HASH_TAG = "test_manifest_hash"
 LINEAGE_TAGS = ("git_commit", "dvc_revision", "manifest_hash")
-COPIED_LINEAGE = ("git_dirty", "feature_config_hash", "params_hash", "dvc_lock", "dvc_manifest_md5",
-                  "dvc_features_md5")
-"""Lineage that `affectflow.tracking.runs` puts on training runs; copied to the version when present."""
+COPIED_LINEAGE = ("git_dirty", "feature_config_hash", "params_hash", "dvc_manifest_md5", "dvc_features_md5")
+"""Lineage that `affectflow.tracking.lineage` puts on training runs; copied to the version when present."""
 
 UAR_TOLERANCE = 1e-9
 """Float slack when comparing UAR with champion UAR + margin, so an exact-margin gain passes."""
@@ -196,34 +195,10 @@ def evaluate_gate(challenger: Scores, champion: Scores | None, *, min_uar_gain: 
 
 
 # ----------------------------------------------------------------------------- MLflow plumbing
-def resolve_uri(uri: str) -> str:
-    """Make a tracking/registry URI independent of later `chdir`s; create a sqlite file's folder.
-
-    `sqlite:///rel/path.db` and bare paths are relative to the current directory; `http(s)://`,
-    `databricks` and absolute URIs pass through.
-    """
-    if uri.startswith("sqlite:///"):
-        db = Path(uri[len("sqlite:///"):])
-        if str(db) != ":memory:":
-            db = db.resolve()
-            db.parent.mkdir(parents=True, exist_ok=True)
-            return f"sqlite:///{db}"
-        return uri
-    if "://" not in uri and uri not in ("databricks",):
-        path = Path(uri).resolve()
-        if path.suffix == ".db":
-            path.parent.mkdir(parents=True, exist_ok=True)
-            return f"sqlite:///{path}"
-        return path.as_uri()
-    return uri
-
-
 def client_for(params: Params):
-    """An MlflowClient on params.tracking.uri for both tracking and registry."""
-    from mlflow import MlflowClient
-
-    uri = resolve_uri(params.tracking.uri)
-    return MlflowClient(tracking_uri=uri, registry_uri=uri)
+    """An MlflowClient on params.tracking.uri for both tracking and registry (the store is created
+    when it is a local sqlite file: registering writes)."""
+    return client(ensure_store(params.tracking.uri))
 
 
 def utc_now() -> str:
@@ -306,31 +281,12 @@ def resolve_source(client: Any, model_dir: str | Path, *, run_id: str | None = N
     return ModelSource(f"models:/{newest.model_id}", run_id, newest.model_id)
 
 
-def _git_commit() -> str | None:
-    env = os.environ.get("AFFECTFLOW_GIT_COMMIT")
-    if env:
-        return env
-    try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=False)
-    except OSError:  # no git in the container image
-        return None
-    if out.returncode != 0:
-        return None
-    return out.stdout.strip() or None
-
-
-def _dvc_revision_here() -> str | None:
-    from affectflow.tracking.lineage import dvc_revision
-
-    return dvc_revision()
-
-
 def lineage(client: Any, source: ModelSource, model_dir: str | Path, scores: Scores) -> dict[str, str]:
     """Where the model came from, for version tags.
 
     Each field is taken from the training run's tags first (what `affectflow.tracking.runs` recorded when
     the model was trained), then model.json's `lineage`, and only then from the registering process
-    (`AFFECTFLOW_GIT_COMMIT` / `git rev-parse HEAD`, `affectflow.tracking.lineage.dvc_revision()`), which may
+    (`AFFECTFLOW_GIT_COMMIT` / `git rev-parse HEAD`, `affectflow.tracking.revisions.dvc_revision()`), which may
     have moved on since training. Optional extras (`COPIED_LINEAGE`) are copied when present.
     """
     run_tags: dict[str, str] = {}
@@ -349,8 +305,8 @@ def lineage(client: Any, source: ModelSource, model_dir: str | Path, scores: Sco
         return _lookup(info, *keys)
 
     found = {
-        "git_commit": pick("git_commit", "mlflow.source.git.commit") or _git_commit(),
-        "dvc_revision": pick("dvc_revision") or _dvc_revision_here(),
+        "git_commit": pick("git_commit", "mlflow.source.git.commit") or git_commit()["git_commit"],
+        "dvc_revision": pick("dvc_revision") or dvc_revision(),
         "manifest_hash": pick("manifest_hash"),
         TEST_HASH_TAG: scores.test_manifest_hash,
     }
@@ -491,10 +447,8 @@ class Registry:
     def create_version(self, source: ModelSource, tags: Mapping[str, str]) -> str:
         # MLflow's sqlalchemy registry store looks `models:/<model_id>` sources up with a default
         # MlflowClient(), i.e. the process-wide tracking URI: point that at ours for this call.
-        from mlflow.tracking._tracking_service.utils import _use_tracking_uri
-
         self.ensure_model()
-        with _use_tracking_uri(self.client.tracking_uri):
+        with mlflow_scope(self.client.tracking_uri):
             mv = self.client.create_model_version(self.name, source.model_uri, run_id=source.run_id,
                                                   tags=dict(tags), model_id=source.model_id)
         version = str(mv.version)

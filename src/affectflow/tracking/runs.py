@@ -11,19 +11,15 @@ store.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import logging
 import os
-import subprocess
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-import pandas as pd
-
 from affectflow.config import Params, TrackingConfig, flatten
-from affectflow.contracts.manifest import manifest_hash
+from affectflow.tracking.uri import ensure_store, resolve_artifact_location
 
 MAX_PARAM_CHARS = 6000
 """MLflow's limit on a parameter value; longer values (lists of corpora...) are truncated."""
@@ -31,93 +27,35 @@ MAX_PARAM_CHARS = 6000
 log = logging.getLogger(__name__)
 
 
-def resolve_uri(uri: str) -> str:
-    """`sqlite:///relative.db` and bare folders become absolute; server URIs pass through."""
-    prefix = "sqlite:///"
-    if uri.startswith(prefix):
-        path = uri[len(prefix):]
-        if not path.startswith("/"):
-            path = str(Path(path).resolve())
-        Path(path).parent.mkdir(parents=True, exist_ok=True)
-        return prefix + path
-    if "://" not in uri:
-        return Path(uri).resolve().as_uri()
-    return uri
-
-
-def resolve_artifact_location(location: str) -> str:
-    return location if "://" in location else Path(location).resolve().as_uri()
-
-
 def configure(cfg: TrackingConfig) -> str:
-    """Point MLflow at the configured store and make sure the experiment exists; its id."""
+    """Point MLflow at the configured store and make sure the experiment exists; its id.
+
+    A new experiment's artifacts go to `tracking.artifact_location`; an experiment created before
+    with another location keeps its own (MLflow cannot move it) and a warning says so."""
     import mlflow
 
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
-    mlflow.set_tracking_uri(resolve_uri(cfg.uri))
+    mlflow.set_tracking_uri(ensure_store(cfg.uri))
+    wanted = resolve_artifact_location(cfg.artifact_location)
     exp = mlflow.get_experiment_by_name(cfg.experiment)
     if exp is None:
-        exp_id = mlflow.create_experiment(cfg.experiment, artifact_location=resolve_artifact_location(cfg.artifact_location))
+        exp_id = mlflow.create_experiment(cfg.experiment, artifact_location=wanted)
     else:
         exp_id = exp.experiment_id
+        if exp.artifact_location.rstrip("/") != wanted.rstrip("/"):
+            log.warning("MLflow experiment %s keeps its artifact location %s (tracking.artifact_location is %s)",
+                        cfg.experiment, exp.artifact_location, wanted)
     mlflow.set_experiment(experiment_id=exp_id)
     return exp_id
 
 
-def git_commit(cwd: str | Path = ".") -> dict[str, str]:
-    """HEAD commit and whether the work tree differs from it ('' outside a repository)."""
-    try:
-        head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=cwd, capture_output=True, text=True,
-                              check=True, timeout=10).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=cwd,
-                               capture_output=True, text=True, check=True, timeout=30).stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-        return {"git_commit": "", "git_dirty": ""}
-    return {"git_commit": head, "git_dirty": str(bool(dirty)).lower()}
-
-
-def dvc_revision(paths: Mapping[str, str | Path], lock: str | Path = "dvc.lock") -> dict[str, str]:
-    """md5 that dvc.lock records for the given data paths (e.g. features, manifest), when locked."""
-    lock_path = Path(lock)
-    if not lock_path.is_file():
-        return {}
-    import yaml
-
-    try:
-        stages = (yaml.safe_load(lock_path.read_text()) or {}).get("stages", {})
-    except yaml.YAMLError:
-        return {}
-    wanted = {str(Path(p).resolve()): name for name, p in paths.items()}
-    out: dict[str, str] = {"dvc_lock": hashlib.sha256(lock_path.read_bytes()).hexdigest()[:16]}
-    for stage in stages.values():
-        for o in stage.get("outs", []) or []:
-            name = wanted.get(str(Path(o.get("path", "")).resolve()))
-            if name and o.get("md5"):
-                out[f"dvc_{name}_md5"] = str(o["md5"])
-    return out
-
-
-def params_hash(params: Params) -> str:
-    payload = json.dumps(params.model_dump(mode="json"), sort_keys=True)
-    return hashlib.sha256(payload.encode()).hexdigest()[:16]
-
-
-def lineage(params: Params, manifest: pd.DataFrame, manifest_path: str | Path,
-            features_dir: str | Path) -> dict[str, str]:
-    """Hashes that say which data and configuration made an artifact."""
-    out = {
-        "manifest_hash": manifest_hash(manifest),
-        "feature_config_hash": params.section_hash("features", "audio"),
-        "params_hash": params_hash(params),
-        **git_commit(),
-        **dvc_revision({"manifest": manifest_path, "features": features_dir}),
-    }
-    return out
-
-
-def flat_params(params: Params) -> dict[str, str]:
+def flat_params(params: Params, sections: Sequence[str] | None = None) -> dict[str, str]:
+    """`section.key` -> value text for the given sections (default: all)."""
     out = {}
+    keep = tuple(f"{s}." for s in sections) if sections is not None else None
     for k, v in flatten(params).items():
+        if keep is not None and not k.startswith(keep):
+            continue
         s = json.dumps(v) if isinstance(v, (list, dict)) else str(v)
         out[k] = s if len(s) <= MAX_PARAM_CHARS else s[: MAX_PARAM_CHARS - 3] + "..."
     return out
@@ -125,10 +63,11 @@ def flat_params(params: Params) -> dict[str, str]:
 
 @contextlib.contextmanager
 def start_run(params: Params, run_name: str, tags: Mapping[str, str] | None = None,
-              resume_file: str | Path | None = None, log_params: bool = True) -> Iterator[Any]:
+              resume_file: str | Path | None = None, log_params: bool = True,
+              sections: Sequence[str] | None = None) -> Iterator[Any]:
     """An MLflow run (nested when another run is active). With `resume_file`, a run interrupted
     earlier continues under its old id (its id is kept in that file), so a resumed training run is
-    one MLflow run."""
+    one MLflow run. Parameters logged: the `sections` the stage reads (default: all)."""
     import mlflow
 
     configure(params.tracking)
@@ -148,7 +87,7 @@ def start_run(params: Params, run_name: str, tags: Mapping[str, str] | None = No
             rf.parent.mkdir(parents=True, exist_ok=True)
             rf.write_text(run.info.run_id)
         if log_params and run_id is None:
-            mlflow.log_params(flat_params(params))
+            mlflow.log_params(flat_params(params, sections))
         yield run
 
 
@@ -179,7 +118,7 @@ class EpochLogger:
 
 @contextlib.contextmanager
 def reopen_run(run_meta: Mapping[str, str] | None, params: Params, run_name: str,
-               tags: Mapping[str, str] | None = None) -> Iterator[Any]:
+               tags: Mapping[str, str] | None = None, sections: Sequence[str] | None = None) -> Iterator[Any]:
     """Log into the run that trained a model when it lives in the configured store; otherwise a
     new run. (Evaluation belongs with the training run so one run tells the whole story.)"""
     import mlflow
@@ -197,16 +136,15 @@ def reopen_run(run_meta: Mapping[str, str] | None, params: Params, run_name: str
     with mlflow.start_run(run_id=run_id, run_name=None if run_id else run_name, nested=nested,
                           tags=None if run_id else dict(tags or {})) as run:
         if run_id is None:
-            mlflow.log_params(flat_params(params))
+            mlflow.log_params(flat_params(params, sections))
         yield run
 
 
 def log_training(run: Any, classes: list[str], summary: Mapping[str, Any], curves: str | Path,
-                 model_dir: str | Path, log_model: bool = True) -> None:
-    """End-of-training records: summary metrics, curves, the model folder and the pyfunc model."""
+                 model_dir: str | Path) -> None:
+    """End-of-training records: summary metrics, curves and the model folder (the pyfunc model is
+    logged by `affectflow.serving.pyfunc.log_pyfunc`)."""
     import mlflow
-
-    from affectflow.serving.pyfunc import log_pyfunc
 
     # Per-epoch curves are val_uar, val_wa...; the chosen checkpoint's values get their own names.
     mlflow.log_metrics({name: float(summary[k]) for name, k in (("best_val_uar", "val_uar"), ("best_val_wa", "val_wa"),
@@ -216,6 +154,4 @@ def log_training(run: Any, classes: list[str], summary: Mapping[str, Any], curve
     mlflow.log_artifact(str(curves), artifact_path="plots")
     mlflow.log_dict(dict(summary), "train_summary.json")
     mlflow.log_artifacts(str(model_dir), artifact_path="model_folder")
-    if log_model:
-        log_pyfunc(model_dir, name="model")
-    log.info("MLflow run %s: model logged", run.info.run_id)
+    log.info("MLflow run %s: model folder logged", run.info.run_id)

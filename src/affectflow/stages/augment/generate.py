@@ -7,7 +7,7 @@ the filter and the report do not care which one made the data.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal, Protocol
+from typing import Protocol
 
 import numpy as np
 import torch
@@ -22,14 +22,6 @@ class TrainedGenerator(Protocol):
     def sample(self, labels: np.ndarray, seed: int) -> np.ndarray: ...
 
     def realness(self, X: np.ndarray, labels: np.ndarray) -> np.ndarray: ...
-
-
-def resolve_device(use_gpu: bool | Literal["auto"]) -> torch.device:
-    """auto: CUDA when present; True: CUDA or an error; False: CPU."""
-    has_cuda = torch.cuda.is_available()
-    if use_gpu is True and not has_cuda:
-        raise RuntimeError("augment.use_gpu: true but no CUDA device is visible (set it to auto or false)")
-    return torch.device("cuda" if (use_gpu is not False and has_cuda) else "cpu")
 
 
 def train_generator(

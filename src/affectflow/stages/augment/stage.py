@@ -18,6 +18,8 @@ from threadpoolctl import threadpool_limits
 
 from affectflow.config import AugmentConfig, Params
 from affectflow.contracts.manifest import manifest_hash, read_manifest
+from affectflow.contracts.synthetic import SYNTHETIC_FILE, SyntheticSet, write_synthetic
+from affectflow.runtime.device import resolve_device
 from affectflow.stages.augment.data import (
     Embedding,
     RealSet,
@@ -30,7 +32,6 @@ from affectflow.stages.augment.generate import (
     Generated,
     TrainedGenerator,
     generate,
-    resolve_device,
     train_generator,
 )
 from affectflow.stages.augment.quality import (
@@ -51,20 +52,12 @@ from affectflow.stages.augment.report import (
     plot_scores,
     write_report,
 )
-from affectflow.storage import atomic_dir, atomic_path
+from affectflow.stages.spec import Inputs
+from affectflow.storage import atomic_dir
 
-SYNTHETIC = "synthetic.npz"
 SCORING_BLAS_THREADS = 1
 """Scoring fits small models (PCA, logistic regression, k-NN on ~10^3 rows): one BLAS thread is as
 fast as many and does not spin against other processes on a shared CPU."""
-ROW_KEYS = ("X", "y", "realness", "agreement", "nn_distance", "knn_inside", "kept")
-"""Fields with one entry per synthetic sample."""
-REQUIRED_KEYS = (*ROW_KEYS, "classes", "feature")
-
-
-class SyntheticFormatError(ValueError):
-    """synthetic.npz is missing a field or has inconsistent lengths; the message names both."""
-
 
 @dataclass
 class AugmentResult:
@@ -88,7 +81,7 @@ def augment(
     classes = real.classes
     std = Standardizer.fit(real.X)
     X_std = std.transform(real.X)
-    device = resolve_device(cfg.use_gpu)
+    device = resolve_device(cfg.device, "augment.device")
     held = calibration_split(real.utt_ids, real.y, cfg.realness_holdout, cfg.seed)
     fit = ~held
     t0 = time.perf_counter()
@@ -107,7 +100,10 @@ def augment(
     report["n_real_generator"] = int(fit.sum())
     report["n_real_calibration"] = int(held.sum())
     with atomic_dir(out_dir) as tmp:
-        write_synthetic(tmp / SYNTHETIC, X_syn, gen.y, classes, real.kind, scores, kept, cfg.generator)
+        write_synthetic(tmp / SYNTHETIC_FILE, SyntheticSet(
+            X=X_syn, y=gen.y, classes=classes, feature=real.kind, kept=kept, generator=cfg.generator,
+            scores={"realness": scores.realness, "agreement": scores.agreement,
+                    "nn_distance": scores.nn_distance, "knn_inside": scores.knn_inside.astype(bool)}))
         real_2d, syn_2d = _project(real_emb, syn_emb)
         plot_projection(tmp / "projection.png", classes, real_2d, real.y, syn_2d, gen.y, kept, cfg.seed)
         plot_scores(tmp / "scores.png", cal_realness, scores.realness, scores.agreement, scores.nn_distance,
@@ -116,16 +112,17 @@ def augment(
         write_report(tmp, report)
     run_id = None
     if track:
-        from affectflow.tracking.runs import lineage
+        from affectflow.stages import get
+        from affectflow.tracking.lineage import lineage
 
-        tags = lineage(params, df, manifest, features_dir) if not isinstance(manifest, pd.DataFrame) else {}
+        tags = lineage(params, df, manifest, features_dir, sections=get("augment").sections) if not isinstance(manifest, pd.DataFrame) else {}
         run_id = log_to_mlflow(params, out_dir, report, tags)
     summary = {"generated": report["totals"]["generated"], "kept": report["totals"]["kept"],
                "frechet_before": report["metrics"]["before"]["frechet"],
                "frechet_after": report["metrics"]["after"]["frechet"],
                "precision_after": report["metrics"]["after"]["precision"],
                "epoch_seconds": report["training"]["epoch_seconds_mean"], "device": str(device)}
-    return AugmentResult(out_dir, out_dir / SYNTHETIC, out_dir / "report.json", out_dir / "report.md",
+    return AugmentResult(out_dir, out_dir / SYNTHETIC_FILE, out_dir / "report.json", out_dir / "report.md",
                          summary, run_id)
 
 
@@ -192,47 +189,5 @@ def _report(
     }
 
 
-# ----------------------------------------------------------------------------- synthetic.npz
-def write_synthetic(
-    path: Path, X: np.ndarray, y: np.ndarray, classes: list[str], feature: str, scores: Scores,
-    kept: np.ndarray, generator: str,
-) -> None:
-    """The artifact the recognizer reads (format in docs/ARCHITECTURE.md; no pickled objects)."""
-    with atomic_path(path) as tmp:
-        np.savez(tmp, X=X.astype(np.float32), y=y.astype(np.int64), classes=np.asarray(classes, dtype=str),
-                 feature=np.asarray(feature), generator=np.asarray(generator),
-                 realness=scores.realness.astype(np.float32), agreement=scores.agreement.astype(np.float32),
-                 nn_distance=scores.nn_distance.astype(np.float32), knn_inside=scores.knn_inside.astype(bool),
-                 kept=kept.astype(bool))
-
-
-@dataclass
-class SyntheticSet:
-    X: np.ndarray
-    y: np.ndarray
-    classes: list[str]
-    feature: str
-    arrays: dict[str, np.ndarray]
-    """Every field of the file, for the rows returned (scores included)."""
-
-
-def load_synthetic(path: str | Path, kept_only: bool = True) -> SyntheticSet:
-    """Read synthetic.npz (or an augment folder holding one), checking every required field."""
-    p = Path(path)
-    if p.is_dir():
-        p = p / SYNTHETIC
-    if not p.is_file():
-        raise FileNotFoundError(f"{p}: no synthetic set (run `affectflow augment` first)")
-    with np.load(p, allow_pickle=False) as z:
-        arrays = {k: z[k] for k in z.files}
-    missing = [k for k in REQUIRED_KEYS if k not in arrays]
-    if missing:
-        raise SyntheticFormatError(f"{p}: missing field(s) {missing}")
-    n = len(arrays["X"])
-    for k in ROW_KEYS:
-        if len(arrays[k]) != n:
-            raise SyntheticFormatError(f"{p}: field '{k}' has {len(arrays[k])} rows, X has {n}")
-    rows = arrays["kept"].astype(bool) if kept_only else np.ones(n, dtype=bool)
-    per_row = {k: (v[rows] if k in ROW_KEYS else v) for k, v in arrays.items()}
-    return SyntheticSet(per_row["X"], per_row["y"], [str(c) for c in arrays["classes"]],
-                        str(arrays["feature"]), per_row)
+def run(params: Params, inputs: Inputs, out_dir: Path) -> AugmentResult:
+    return augment(params, inputs["manifest"], inputs["features"], out_dir)

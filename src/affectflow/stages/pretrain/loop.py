@@ -11,7 +11,6 @@ and the source-only rows of the ablation, so the two differ only in the adversar
 
 from __future__ import annotations
 
-import contextlib
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -26,6 +25,7 @@ from affectflow.config import PretrainConfig, TrainConfig
 from affectflow.metrics import confusion, uar_cm
 from affectflow.models.dann import Dann, grl_lambda
 from affectflow.models.data import augment, collate, random_crop
+from affectflow.runtime.device import autocast
 from affectflow.runtime.progress import progress
 
 
@@ -42,14 +42,6 @@ class LoopData:
     tgt_speaker: np.ndarray
     val_x: list[np.ndarray]
     val_y: np.ndarray
-
-
-def resolve_device(use_gpu: bool | str) -> torch.device:
-    """auto: CUDA when present; True: CUDA or an error; False: CPU."""
-    has_cuda = torch.cuda.is_available()
-    if use_gpu is True and not has_cuda:
-        raise RuntimeError("pretrain.use_gpu: true but no CUDA device is visible (set it to auto or false)")
-    return torch.device("cuda" if (use_gpu is not False and has_cuda) else "cpu")
 
 
 def _balanced_ce(logits: torch.Tensor, y: torch.Tensor, smoothing: float = 0.0) -> torch.Tensor:
@@ -86,7 +78,7 @@ def _pad_cat(a: torch.Tensor, la: torch.Tensor | None, b: torch.Tensor,
 @torch.inference_mode()
 def embed(module: nn.Module, arrays: list[np.ndarray], device: torch.device, batch_size: int) -> np.ndarray:
     """(n, K) outputs of `module` (encoder: embeddings; recognizer: logits) in input order."""
-    from affectflow.stages.train.stage import predict_logits
+    from affectflow.serving.recognizer import predict_logits
 
     if not arrays:
         return np.zeros((0, 0), np.float32)
@@ -98,6 +90,42 @@ def source_val_uar(model: Dann, data: LoopData, device: torch.device, batch_size
         return float("nan")
     pred = embed(model.recognizer, data.val_x, device, batch_size).argmax(1)
     return uar_cm(confusion(data.val_y, pred, int(model.head.out_features)))
+
+
+def _mixed_batch(data: LoopData, idx: np.ndarray, tc: TrainConfig, rng: np.random.Generator, gen: torch.Generator,
+                 p_tgt: np.ndarray | None) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor, torch.Tensor,
+                                                     torch.Tensor]:
+    """Source rows `idx` (cropped, augmented) plus as many target rows drawn with `p_tgt` (None: no
+    target): (x, lengths, emotion labels of the source part, domain labels, speaker labels)."""
+    xs, ls = _batch(data.src_x, idx, tc.crop_frames, rng)
+    xs = augment(xs, ls, tc.specaugment, gen)
+    ys = torch.from_numpy(data.src_y[idx])
+    dom = torch.from_numpy(data.src_domain[idx])
+    spk = torch.from_numpy(data.src_speaker[idx])
+    if p_tgt is None:
+        return xs, ls, ys, dom, spk
+    tidx = rng.choice(len(data.tgt_x), size=len(idx), replace=True, p=p_tgt)
+    xt, lt = _batch(data.tgt_x, tidx, tc.crop_frames, rng)
+    xt = augment(xt, lt, tc.specaugment, gen)
+    x, lens = _pad_cat(xs, ls, xt, lt)
+    return (x, lens, ys, torch.cat([dom, torch.from_numpy(data.tgt_domain[tidx])]),
+            torch.cat([spk, torch.from_numpy(data.tgt_speaker[tidx])]))
+
+
+def _losses(out: Any, n_src: int, ys: torch.Tensor, dom: torch.Tensor, spk: torch.Tensor,
+            emo_loss: nn.Module, cfg: PretrainConfig, use_target: bool,
+            device: torch.device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(total, emotion, domain, speaker) losses of one batch."""
+    loss_e = emo_loss(out.emotion[:n_src].float(), ys)
+    loss = loss_e
+    loss_d = loss_s = torch.zeros((), device=device)
+    if use_target and out.domain is not None:
+        loss_d = _balanced_ce(out.domain, dom.to(device), cfg.domain_label_smoothing)
+        loss = loss + cfg.domain_weight * loss_d
+    if use_target and out.speaker is not None:
+        loss_s = nn.functional.cross_entropy(out.speaker.float(), spk.to(device))
+        loss = loss + cfg.speaker_weight * loss_s
+    return loss, loss_e, loss_d, loss_s
 
 
 def train_dann(model: Dann, data: LoopData, cfg: PretrainConfig, tc: TrainConfig, device: torch.device,
@@ -127,9 +155,7 @@ def train_dann(model: Dann, data: LoopData, cfg: PretrainConfig, tc: TrainConfig
     emo_loss = nn.CrossEntropyLoss(weight=torch.from_numpy(w).to(device))
     use_target = adversarial and len(data.tgt_x) > 0 and model.domain_head is not None
     p_tgt = _target_sampler(data.tgt_domain) if use_target else None
-    amp: contextlib.AbstractContextManager[Any] = (
-        torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" and cfg.mixed_precision
-        else contextlib.nullcontext())
+    amp = autocast(device, cfg.mixed_precision)
     history: list[dict[str, float]] = []
     step = 0
     for epoch in progress(range(cfg.epochs), desc, total=cfg.epochs, unit="epoch"):
@@ -144,32 +170,11 @@ def train_dann(model: Dann, data: LoopData, cfg: PretrainConfig, tc: TrainConfig
                 continue
             lam = grl_lambda(step / max(total - 1, 1), cfg.lambda_max, cfg.lambda_gamma) if adversarial else 0.0
             model.set_lambda(lam)
-            xs, ls = _batch(data.src_x, idx, tc.crop_frames, rng)
-            xs = augment(xs, ls, tc.specaugment, gen)
-            ys = torch.from_numpy(data.src_y[idx]).to(device)
-            dom = torch.from_numpy(data.src_domain[idx])
-            spk = torch.from_numpy(data.src_speaker[idx])
-            if use_target:
-                assert p_tgt is not None
-                tidx = rng.choice(len(data.tgt_x), size=len(idx), replace=True, p=p_tgt)
-                xt, lt = _batch(data.tgt_x, tidx, tc.crop_frames, rng)
-                xt = augment(xt, lt, tc.specaugment, gen)
-                x, lens = _pad_cat(xs, ls, xt, lt)
-                dom = torch.cat([dom, torch.from_numpy(data.tgt_domain[tidx])])
-                spk = torch.cat([spk, torch.from_numpy(data.tgt_speaker[tidx])])
-            else:
-                x, lens = xs, ls
+            x, lens, ys, dom, spk = _mixed_batch(data, idx, tc, rng, gen, p_tgt if use_target else None)
+            ys = ys.to(device)
             with amp:
                 out = model(x.to(device), None if lens is None else lens.to(device))
-                loss_e = emo_loss(out.emotion[: len(idx)].float(), ys)
-                loss = loss_e
-                loss_d = loss_s = torch.zeros((), device=device)
-                if use_target and out.domain is not None:
-                    loss_d = _balanced_ce(out.domain, dom.to(device), cfg.domain_label_smoothing)
-                    loss = loss + cfg.domain_weight * loss_d
-                if use_target and out.speaker is not None:
-                    loss_s = nn.functional.cross_entropy(out.speaker.float(), spk.to(device))
-                    loss = loss + cfg.speaker_weight * loss_s
+                loss, loss_e, loss_d, loss_s = _losses(out, len(idx), ys, dom, spk, emo_loss, cfg, use_target, device)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             if cfg.grad_clip > 0:

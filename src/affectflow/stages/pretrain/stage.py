@@ -25,11 +25,19 @@ import torch
 from affectflow.config import Params
 from affectflow.contracts.feature_store import FeatureSet
 from affectflow.contracts.manifest import read_manifest
+from affectflow.contracts.model_folder import (
+    ModelMeta,
+    PretrainFacts,
+    TrainFacts,
+    corpus_normalization,
+    write_model_folder,
+)
+from affectflow.contracts.workdir import ENCODER_SUBDIR
 from affectflow.metrics import confusion, uar_cm
 from affectflow.models import arch_config, build_model, feature_kind
 from affectflow.models.dann import Dann
 from affectflow.models.data import normalize
-from affectflow.serving.recognizer import corpus_normalization
+from affectflow.runtime.device import resolve_device
 from affectflow.stages.pretrain.data import (
     Domains,
     InputNorm,
@@ -42,12 +50,13 @@ from affectflow.stages.pretrain.data import (
     select_rows,
     target_test_speakers,
 )
-from affectflow.stages.pretrain.loop import LoopData, embed, resolve_device, source_val_uar, train_dann
+from affectflow.stages.pretrain.loop import LoopData, embed, source_val_uar, train_dann
 from affectflow.stages.pretrain.probe import probe_all, project_2d
 from affectflow.stages.pretrain.report import log_to_mlflow, plot_curves, plot_projection, report_md
+from affectflow.stages.spec import Inputs as StageInputs
 from affectflow.storage import atomic_dir, atomic_write_json, atomic_write_text
 
-ENCODER = "encoder"
+ENCODER = ENCODER_SUBDIR
 NO_SPEAKER = -1
 """Speaker label of rows that have none (synthetic samples): ignored by the speaker loss."""
 
@@ -188,42 +197,43 @@ def _sizes(rows: pd.DataFrame) -> dict[str, int]:
     return {"clips": len(rows), "speakers": int(rows["speaker"].nunique())}
 
 
-def encoder_meta(inp: Inputs, run_name: str, lineage: dict[str, str], seconds: float, device: str) -> dict[str, Any]:
+def encoder_meta(inp: Inputs, run_name: str, lineage: dict[str, str], seconds: float, device: str) -> ModelMeta:
     """model.json of the encoder folder: the recognizer's fields plus what DANN saw."""
     p, tc = inp.params, inp.params.train
     feature_cfg = getattr(p.features, inp.kind).model_dump(mode="json") if hasattr(p.features, inp.kind) else {}
     r = inp.rows
-    meta: dict[str, Any] = {
-        "arch": tc.model, "classes": inp.classes, "feature": inp.kind, "feature_config": feature_cfg,
-        "feature_key": inp.feature_key, "audio": p.audio.model_dump(mode="json"),
-        "normalization": inp.norm.base.as_dict(), "arch_config": arch_config(tc), "input_dim": inp.input_dim,
-        "lineage": {**lineage, "run_name": run_name, "pretrain_params_hash": p.section_hash("pretrain", "train")},
-        "train": {"corpora": list(inp.domains.sources), "n_train": len(r.source_train), "n_val": len(r.source_val),
-                  "train_speakers": sorted(set(r.source_train["speaker"]) | set(r.target_train["speaker"])),
-                  "val_speakers": sorted(set(r.source_val["speaker"]))},
-        "pretrain": {"method": "dann", "domains": inp.domains.names, "sources": list(inp.domains.sources),
-                     "targets": list(inp.domains.targets),
-                     "adaptation_speakers": sorted(set(r.target_train["speaker"])),
-                     "normalize": inp.norm.mode, "normalization": inp.norm.as_dict(),
-                     "params": p.pretrain.model_dump(mode="json", exclude={"ablation"}),
-                     "seconds": round(seconds, 2), "device": device},
-    }
-    meta["normalization_per_corpus"], meta["deploy_corpus"] = corpus_normalization(meta)
-    return meta
+    facts = PretrainFacts(
+        method="dann", domains=inp.domains.names, sources=list(inp.domains.sources),
+        targets=list(inp.domains.targets), adaptation_speakers=sorted(set(r.target_train["speaker"])),
+        normalize=inp.norm.mode, normalization=inp.norm.as_dict(),
+        params=p.pretrain.model_dump(mode="json"), seconds=round(seconds, 2), device=device)
+    per_corpus, deploy = corpus_normalization(facts)
+    return ModelMeta(
+        arch=tc.model, classes=inp.classes, feature=inp.kind, feature_config=feature_cfg,
+        feature_key=inp.feature_key, audio=p.audio.model_dump(mode="json"),
+        normalization=inp.norm.base.as_dict(), normalization_per_corpus=per_corpus, deploy_corpus=deploy,
+        arch_config=arch_config(tc), input_dim=inp.input_dim,
+        lineage={**lineage, "run_name": run_name, "pretrain_params_hash": p.section_hash("pretrain", "train")},
+        train=TrainFacts(corpora=list(inp.domains.sources), n_train=len(r.source_train), n_val=len(r.source_val),
+                         train_speakers=sorted(set(r.source_train["speaker"]) | set(r.target_train["speaker"])),
+                         val_speakers=sorted(set(r.source_val["speaker"]))),
+        pretrain=facts)
 
 
 def pretrain(params: Params, manifest: str | Path, features_dir: str | Path, out_dir: str | Path) -> PretrainResult:
     """DANN-pretrain the recognizer's encoder; write `<out>/encoder/` + report + PNGs; log to MLflow."""
+    from affectflow.stages import get as get_stage
     from affectflow.tracking import runs as tracking
+    from affectflow.tracking.lineage import lineage as lineage_tags
 
     cfg = params.pretrain
     out = Path(out_dir)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
-    device = resolve_device(cfg.use_gpu)
+    device = resolve_device(cfg.device, "pretrain.device")
     inp = prepare_inputs(params, manifest, features_dir)
     run_name = _run_name(inp)
-    lineage = {k: str(v) for k, v in tracking.lineage(params, inp.df, manifest, features_dir).items()}
+    lineage = {k: str(v) for k, v in lineage_tags(params, inp.df, manifest, features_dir, sections=get_stage("pretrain").sections).items()}
     with tracking.start_run(params, run_name, tags={"stage": "pretrain", **lineage}) as run:
         models: dict[str, Dann] = {}
         histories: dict[str, list[dict[str, float]]] = {}
@@ -238,7 +248,7 @@ def pretrain(params: Params, manifest: str | Path, features_dir: str | Path, out
             "arch": params.train.model, "feature": inp.kind, "device": str(device), "seconds": seconds,
             "domains": {"sources": list(inp.domains.sources), "targets": list(inp.domains.targets),
                         "labels": inp.domains.names},
-            "settings": cfg.model_dump(mode="json", exclude={"ablation"}), "run_name": run_name,
+            "settings": cfg.model_dump(mode="json"), "run_name": run_name,
             "mlflow_run_id": run.info.run_id, "encoder_dir": str(out / ENCODER),
             "data": {"source_train": _sizes(inp.rows.source_train), "source_val": _sizes(inp.rows.source_val),
                      "target_train": {t: _sizes(inp.rows.target_train[inp.rows.target_train["corpus"] == t])
@@ -248,11 +258,9 @@ def pretrain(params: Params, manifest: str | Path, features_dir: str | Path, out
             "history": histories,
         })
         meta = encoder_meta(inp, run_name, lineage, seconds["dann"], str(device))
-        meta["mlflow"] = tracking.run_info(run)
-        from affectflow.serving.recognizer import save_model_dir
-
+        meta.mlflow = tracking.run_info(run)
         with atomic_dir(out) as tmp:
-            save_model_dir(tmp / ENCODER, models["DANN"].recognizer.cpu(), meta)
+            write_model_folder(tmp / ENCODER, models["DANN"].recognizer.cpu(), meta)
             _plots(tmp, inp, report.pop("_projection"), histories)
             atomic_write_json(tmp / "report.json", report)
             atomic_write_text(tmp / "report.md", report_md(report))
@@ -308,3 +316,7 @@ def _summary(report: dict[str, Any]) -> dict[str, Any]:
         key = stage.replace("-", "_").lower()
         out |= {f"{k}_{key}": (None if v is None else round(float(v), 4)) for k, v in e.items()}
     return out
+
+
+def run(params: Params, inputs: StageInputs, out_dir: Path) -> PretrainResult:
+    return pretrain(params, inputs["manifest"], inputs["features"], out_dir)

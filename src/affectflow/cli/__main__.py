@@ -1,0 +1,7 @@
+"""`python -m affectflow.cli`."""
+
+import sys
+
+from affectflow.cli import main
+
+sys.exit(main())

@@ -1,0 +1,162 @@
+"""The model folder: the one format every recognizer is saved in and read from.
+
+    model.pt    the `state_dict` (tensors only: loads with `weights_only=True`)
+    model.json  `ModelMeta`: arch, classes, feature kind + configuration, audio configuration,
+                normalisation statistics, arch configuration, input size, training facts, lineage
+
+Training, DANN pretraining, evaluation, prediction, serving and the registry all go through
+`write_model_folder` / `read_model_meta` / `load_weights`, so a field is defined once (here) and a
+folder written by one stage is read the same way by every other. Unknown fields and wrong types
+are errors that name the file and the field.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from affectflow.storage import atomic_dir, atomic_write_json
+
+MODEL_FILE = "model.pt"
+META_FILE = "model.json"
+FORMAT_VERSION = 1
+
+
+class ModelFolderError(ValueError):
+    """A model folder that cannot be used; the message names the file and the field."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class TrainFacts(_Strict):
+    """What the model was trained on and how training ended (model.json `train`)."""
+
+    corpora: list[str] = Field(default_factory=list)
+    n_train: int = 0
+    n_val: int = 0
+    n_synthetic: int = 0
+    train_speakers: list[str] = Field(default_factory=list)
+    val_speakers: list[str] = Field(default_factory=list)
+    best_epoch: int | None = None
+    val_uar: float | None = None
+    epochs_run: int | None = None
+    stopped_early: bool | None = None
+    params: dict[str, Any] | None = None
+    """train.* settings of the run (recognizers) — absent for a DANN encoder."""
+
+
+class PretrainFacts(_Strict):
+    """What DANN pretraining saw (model.json `pretrain`, encoder folders and models fine-tuned from them)."""
+
+    method: str = "dann"
+    domains: list[str] = Field(default_factory=list)
+    sources: list[str] = Field(default_factory=list)
+    targets: list[str] = Field(default_factory=list)
+    adaptation_speakers: list[str] = Field(default_factory=list)
+    normalize: str = "global"
+    normalization: dict[str, Any] = Field(default_factory=dict)
+    params: dict[str, Any] = Field(default_factory=dict)
+    seconds: float = 0.0
+    device: str = "cpu"
+
+
+class ModelMeta(_Strict):
+    """model.json of a model folder."""
+
+    format: int = FORMAT_VERSION
+    arch: str
+    classes: list[str]
+    feature: str
+    """Feature kind the model reads (`logmel`, `egemaps`, ...)."""
+    feature_config: dict[str, Any]
+    """The kind's params.features settings: prediction recomputes features from audio with them."""
+    feature_key: str = ""
+    audio: dict[str, Any]
+    normalization: dict[str, Any]
+    """`NormStats.as_dict()` of the training split (or the DANN source)."""
+    normalization_per_corpus: dict[str, dict[str, Any]] = Field(default_factory=dict)
+    deploy_corpus: str | None = None
+    arch_config: dict[str, Any]
+    input_dim: int
+    lineage: dict[str, str] = Field(default_factory=dict)
+    train: TrainFacts = Field(default_factory=TrainFacts)
+    pretrain: PretrainFacts | None = None
+    mlflow: dict[str, str] | None = None
+    """`tracking_uri`, `run_id`, `experiment_id` of the run that made the folder."""
+
+    @property
+    def sample_rate(self) -> int:
+        return int(self.audio["sample_rate"])
+
+    def to_json(self) -> dict[str, Any]:
+        return self.model_dump(mode="json", exclude_none=True)
+
+
+def _format(err: ValidationError, where: Path) -> str:
+    parts = []
+    for e in err.errors():
+        field = ".".join(str(x) for x in e["loc"]) or "(top level)"
+        parts.append(f"field '{field}': {e['msg']}")
+    return f"{where}: " + "; ".join(parts)
+
+
+def parse_meta(data: Any, where: str | Path) -> ModelMeta:
+    """model.json content -> ModelMeta; errors name the file and the field."""
+    try:
+        return ModelMeta.model_validate(data)
+    except ValidationError as e:
+        raise ModelFolderError(_format(e, Path(where))) from None
+
+
+def read_model_meta(folder: str | Path) -> ModelMeta:
+    """The metadata of a model folder."""
+    f = Path(folder) / META_FILE
+    try:
+        data = json.loads(f.read_text())
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{f}: not a model folder (no {META_FILE})") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ModelFolderError(f"{f}: not valid JSON ({e})") from None
+    return parse_meta(data, f)
+
+
+def is_model_folder(path: str | Path) -> bool:
+    return Path(path).is_dir() and (Path(path) / META_FILE).is_file()
+
+
+def load_weights(folder: str | Path) -> dict[str, Any]:
+    """model.pt as a state_dict of CPU tensors."""
+    import torch
+
+    f = Path(folder) / MODEL_FILE
+    if not f.is_file():
+        raise FileNotFoundError(f"{f}: model weights not found")
+    return torch.load(f, map_location="cpu", weights_only=True)
+
+
+def write_model_folder(folder: str | Path, module: Any, meta: ModelMeta) -> Path:
+    """model.pt + model.json, atomically: the folder appears complete or not at all."""
+    import torch
+
+    with atomic_dir(folder) as tmp:
+        state = {k: v.detach().cpu() for k, v in module.state_dict().items()}
+        torch.save(state, tmp / MODEL_FILE)
+        atomic_write_json(tmp / META_FILE, meta.to_json())
+    return Path(folder)
+
+
+def corpus_normalization(pretrain: PretrainFacts | None) -> tuple[dict[str, dict[str, Any]], str | None]:
+    """Per-corpus statistics of an encoder DANN-pretrained with `pretrain.normalize: corpus` (the
+    encoder learnt on each corpus standardised by its own statistics, so the recognizer must see its
+    inputs the same way), and the corpus unknown audio is assumed to come from: the adaptation target
+    when there is exactly one. ({}, None) for every other model."""
+    norm = pretrain.normalization if pretrain else {}
+    if norm.get("mode") != "corpus" or not norm.get("per_corpus"):
+        return {}, None
+    targets = list(pretrain.targets) if pretrain else []
+    return dict(norm["per_corpus"]), targets[0] if len(targets) == 1 else None

@@ -1,0 +1,33 @@
+"""Feature kinds and their cache keys: which arrays params.features asks for, and the hash that
+names each kind's configuration in the store (and in model.json)."""
+
+from __future__ import annotations
+
+from affectflow.config import Params
+from affectflow.contracts.feature_store import feature_key
+from affectflow.features import egemaps as eg
+
+LOGMEL = "logmel"
+LOGMEL_VERSION = 1
+"""Bump when `LogMel` changes values for the same configuration: it is part of the cache key."""
+
+
+def requested_kinds(params: Params) -> list[str]:
+    """Store kinds that params.features asks for, in a stable order."""
+    kinds: list[str] = []
+    for k in dict.fromkeys(params.features.kinds):
+        kinds += [LOGMEL] if k == LOGMEL else eg.kinds_for(params.features.egemaps)
+    return kinds
+
+
+def feature_keys(params: Params) -> dict[str, str]:
+    """kind -> config hash covering everything that changes its values (not device, workers, ...)."""
+    sr = params.audio.sample_rate
+    keys: dict[str, str] = {}
+    for kind in requested_kinds(params):
+        if kind == LOGMEL:
+            cfg = {**params.features.logmel.model_dump(mode="json"), "sample_rate": sr, "version": LOGMEL_VERSION}
+        else:
+            cfg = eg.key_config(params.features.egemaps, sr)
+        keys[kind] = feature_key(kind, cfg)
+    return keys

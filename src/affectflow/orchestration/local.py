@@ -1,0 +1,183 @@
+"""Running the DAG embedded with `kfp.local` (SubprocessRunner: no container, this environment).
+
+`run_local` takes a built pipeline (from `pipelines.train_pipeline.build_pipeline`) and its
+run-form arguments, times every task, notes cache hits and returns (and writes) a run summary with
+the evaluation metrics and the registry outcome.
+
+The shim: kfp.local 2.17 resolves `dsl.OneOf` for parameters but raises on artifacts ("Expected 1
+artifact in ArtifactSelectorSpec"); the cluster backend supports both. `_instrumented_kfp_local`
+applies the parameter rule (exactly one branch produced it) to artifacts, for the run only, and it
+patches private kfp.local functions, so it refuses any other kfp version (`KFP_LOCAL_VERSION`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import time
+import warnings
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from affectflow.config import Params
+from affectflow.orchestration.ir import PIPELINE_NAME, PipelineError
+
+KFP_LOCAL_VERSION = "2.17.0"
+"""The kfp release whose kfp.local internals the shim patches (checked before every local run)."""
+
+
+def check_kfp_version() -> None:
+    import kfp
+
+    if kfp.__version__ != KFP_LOCAL_VERSION:
+        raise PipelineError(f"kfp {kfp.__version__} is installed; the kfp.local shim "
+                            f"(affectflow.orchestration.local) is written for kfp {KFP_LOCAL_VERSION}: "
+                            "install that version or re-check the shim")
+
+
+@dataclass
+class TaskRecord:
+    status: str = "RUNNING"
+    seconds: float = 0.0
+    cached: bool = False
+    attempts: int = 0
+    outputs: dict[str, Any] = field(default_factory=dict)
+
+
+def _artifact_uri(value: Any) -> Any:
+    if isinstance(value, list):
+        return [_artifact_uri(v) for v in value]
+    uri = getattr(value, "uri", None)
+    return {"uri": uri, "metadata": dict(getattr(value, "metadata", {}) or {})} if uri else value
+
+
+@contextlib.contextmanager
+def _instrumented_kfp_local(tasks: dict[str, TaskRecord]) -> Iterator[None]:
+    """Time each task, note cache hits and keep outputs; let dsl.OneOf select artifacts."""
+    from kfp.local import cache as cache_module
+    from kfp.local.orchestrator import orchestrator_utils, task_executor
+
+    utils = orchestrator_utils.OrchestratorUtils
+    original_select = utils.__dict__["get_dag_output_artifacts"]
+    original_exec = task_executor.execute_single_task
+    original_get = cache_module.LocalCache.get
+    hits: list[bool] = []
+
+    def get_dag_output_artifacts(cls: Any, dag_outputs_spec: Any, io_store: Any) -> dict[str, Any]:
+        outputs: dict[str, Any] = {}
+        for key, spec in dag_outputs_spec.artifacts.items():
+            found = []
+            for sel in spec.artifact_selectors:
+                try:
+                    found.append(io_store.get_task_output(sel.producer_subtask, sel.output_artifact_key))
+                except (KeyError, ValueError):
+                    continue
+            if len(found) != 1:
+                raise ValueError(f"dsl.OneOf output {key!r}: {len(found)} branches produced it, expected 1")
+            outputs[key] = found[0]
+        return outputs
+
+    def cache_get(self: Any, key: str) -> Any:
+        value = original_get(self, key)
+        hits.append(value is not None)
+        return value
+
+    def execute_single_task(*args: Any, **kwargs: Any) -> Any:
+        name = kwargs.get("task_name", args[0] if args else "?")
+        record = tasks.setdefault(name, TaskRecord())
+        hits.clear()
+        start = time.perf_counter()
+        outputs, status = original_exec(*args, **kwargs)
+        record.seconds += time.perf_counter() - start
+        record.cached = bool(hits and hits[0])
+        record.attempts += 1
+        record.status = status.name
+        record.outputs = {k: _artifact_uri(v) for k, v in (outputs or {}).items()}
+        return outputs, status
+
+    utils.get_dag_output_artifacts = classmethod(get_dag_output_artifacts)
+    task_executor.execute_single_task = execute_single_task
+    cache_module.LocalCache.get = cache_get
+    try:
+        yield
+    finally:
+        utils.get_dag_output_artifacts = original_select
+        task_executor.execute_single_task = original_exec
+        cache_module.LocalCache.get = original_get
+
+
+def local_root(params: Params) -> Path:
+    """Where kfp.local keeps task outputs and its cache: <workdir>/kfp (local workdirs only)."""
+    workdir = params.paths.workdir
+    return Path("artifacts" if "://" in workdir else workdir) / "kfp"
+
+
+def run_local(pipeline: Any, arguments: Mapping[str, Any], pipeline_root: str | Path, *,
+              cache: bool = True) -> dict[str, Any]:
+    """Run a built pipeline with kfp.local's SubprocessRunner in this environment.
+
+    `arguments` are run-form values, exactly what a run submitted from the UI would send. Returns
+    per-task status, seconds and cache hits, the evaluation metrics and the registry outcome (also
+    written to `<pipeline_root>/last_run.json`). Raises PipelineError naming the failed task; the
+    exit handler has recorded the failure by then.
+    """
+    from kfp import local
+
+    from affectflow.storage import atomic_write_json
+
+    check_kfp_version()
+    root = Path(pipeline_root).resolve()
+    local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(root),
+               raise_on_error=True, enable_caching=cache)
+    tasks: dict[str, TaskRecord] = {}
+    started = datetime.now(timezone.utc)
+    t0 = time.perf_counter()
+    error: str | None = None
+    with warnings.catch_warnings(), _instrumented_kfp_local(tasks):
+        # The components name the project image; SubprocessRunner warns that it runs them in this
+        # Python instead, which is the point of a local run.
+        warnings.filterwarnings("ignore", message=".*non-Python base image.*", category=RuntimeWarning)
+        # Accelerators, display names: cluster settings kfp.local cannot apply, by design.
+        warnings.filterwarnings("ignore", message=".*have no effect in the current local runner.*")
+        try:
+            pipeline(**dict(arguments))
+        except RuntimeError as e:
+            error = str(e)
+    summary = _run_summary(tasks, arguments, root, started, time.perf_counter() - t0, error)
+    atomic_write_json(root / "last_run.json", summary)
+    if error:
+        failed = [n for n, r in tasks.items() if r.status == "FAILURE"]
+        raise PipelineError(f"local pipeline run failed in task(s) {', '.join(failed) or '?'}; "
+                            f"summary: {root / 'last_run.json'}")
+    return summary
+
+
+def _read_artifact_json(record: TaskRecord | None, output: str, name: str = "") -> Any:
+    if record is None or output not in record.outputs:
+        return None
+    uri = record.outputs[output]["uri"]
+    path = Path(uri) / name if name else Path(uri)
+    try:
+        return json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
+
+
+def _run_summary(tasks: dict[str, TaskRecord], args: Mapping[str, Any], root: Path, started: datetime,
+                 wall: float, error: str | None) -> dict[str, Any]:
+    register = _read_artifact_json(tasks.get("register"), "result", "result.json")
+    promotion = _read_artifact_json(tasks.get("promote"), "result", "result.json")
+    metrics = _read_artifact_json(tasks.get("evaluate"), "metrics")
+    return {
+        "pipeline": PIPELINE_NAME, "started": started.isoformat(timespec="seconds"),
+        "wall_s": round(wall, 2), "status": "FAILURE" if error else "SUCCESS", "error": error,
+        "pipeline_root": str(root), "arguments": dict(args),
+        "tasks": {n: {"status": r.status, "seconds": round(r.seconds, 2), "cached": r.cached,
+                      "attempts": r.attempts} for n, r in tasks.items()},
+        "metrics": metrics, "register": register, "promotion": promotion,
+    }
+
+

@@ -1,0 +1,60 @@
+"""Run a stage in the workdir layout: what `affectflow <stage>` and `affectflow step <stage>`
+(dvc.yaml's commands) do.
+
+Inputs default to their place in the workdir (`affectflow.contracts.workdir`); an optional input
+that is missing or a SKIPPED placeholder is left out. A switched-off stage (`StageSpec.switch`)
+leaves the placeholder the Kubeflow DAG's else-branch leaves, so DVC, which has no conditional
+stages, still sees its output.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from affectflow.config import Params
+from affectflow.contracts.workdir import ARTIFACTS, Workdir, optional_dir, write_skipped
+from affectflow.stages import StageError, StageResult, get
+
+
+@dataclass
+class Skipped:
+    out_dir: Path
+    summary: dict[str, Any]
+
+
+def workdir_inputs(params: Params, name: str, given: Mapping[str, Path | None] | None = None) -> dict[str, Path]:
+    """The stage's inputs: `given` paths first, else their workdir defaults."""
+    spec = get(name)
+    wd = Workdir(params.workdir())
+    given = {k: v for k, v in (given or {}).items() if v is not None}
+    inputs: dict[str, Path] = {}
+    for art in spec.inputs:
+        inputs[art] = Path(given.get(art) or wd.artifact(art))
+    for art in spec.optional:
+        if art in given:
+            inputs[art] = Path(given[art])
+            continue
+        a = ARTIFACTS[art]
+        found = optional_dir(wd.stage_dir(a.stage), a.inner)
+        if found is not None and found.exists():
+            inputs[art] = found
+    return inputs
+
+
+def run_stage(params: Params, name: str, inputs: Mapping[str, Path | None] | None = None,
+              out_dir: Path | None = None, respect_switch: bool = True) -> StageResult:
+    """Run stage `name` (switched-off stages leave a placeholder when `respect_switch`)."""
+    spec = get(name)
+    out = Path(out_dir) if out_dir else Workdir(params.workdir()).stage_dir(spec.output)
+    if respect_switch and not spec.enabled(params):
+        write_skipped(out, f"{spec.switch} is false")
+        return Skipped(out, {"stage": name, "skipped": True, "out": str(out)})
+    resolved = workdir_inputs(params, name, inputs)
+    missing = [k for k in spec.inputs if not resolved[k].exists()]
+    if missing:
+        where = ", ".join(f"{k} ({resolved[k]})" for k in missing)
+        raise StageError(f"stage {name}: input {where} not found; run the stages before it first")
+    return spec.run(params, resolved, out)

@@ -1,0 +1,75 @@
+"""What a stage is, as data: the shape every stage module follows and the row that declares it.
+
+A stage module exposes `run(params, inputs, out_dir) -> StageResult`: `inputs` maps artifact names
+(`affectflow.contracts.workdir.ARTIFACTS`) to paths, `out_dir` is the folder it writes (atomically),
+and the result carries a JSON-able `summary`. Its `StageSpec` row in `affectflow.stages.STAGES`
+says which params sections it reads, which artifacts it needs, whether it wants a GPU and which
+switch turns it off. The CLI, `affectflow step` (DVC's commands), dvc.yaml, the Kubeflow
+components' configuration hand-off and the DAG checks all read that one table.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+Inputs = Mapping[str, Path]
+"""Artifact name -> path; optional artifacts that are absent are simply not in the mapping."""
+
+
+class StageResult(Protocol):
+    """What every stage returns."""
+
+    out_dir: Path
+    summary: dict[str, Any]
+
+
+class StageError(RuntimeError):
+    """A stage cannot run with what it was given; the message names the input or the setting."""
+
+
+@dataclass(frozen=True)
+class StageSpec:
+    """One stage of the training DAG."""
+
+    name: str
+    module: str
+    """Module with `run(params, inputs, out_dir)` (imported on first use: the CLI starts fast)."""
+    summary: str
+    """One line: what it does (CLI help, docs)."""
+    sections: tuple[str, ...]
+    """params.yaml sections it reads: all it is handed in a pipeline task (hence its cache key)
+    and its DVC `params:`. A section it reads but is not handed would silently keep its defaults;
+    tests/unit/test_stages.py checks the module's code against this list."""
+    output: str
+    """Its output folder under the workdir (`affectflow.contracts.workdir.ARTIFACTS` names the
+    artifacts inside it)."""
+    inputs: tuple[str, ...] = ()
+    """Artifacts it needs."""
+    optional: tuple[str, ...] = ()
+    """Artifacts it uses when they exist (a switched-off branch leaves a SKIPPED placeholder)."""
+    gpu: bool = False
+    """Runs on the GPU image / a GPU node in the cluster."""
+    switch: str | None = None
+    """Dotted bool setting that turns the stage off (it then leaves a SKIPPED placeholder)."""
+    extra_deps: tuple[str, ...] = field(default_factory=tuple)
+    """Non-code dependencies (DVC syntax, e.g. `${paths.data_root}`) whose change must re-run it."""
+    outs: tuple[str, ...] = ("",)
+    """What DVC caches of its output folder ("" = the whole folder)."""
+    metrics: tuple[str, ...] = ()
+    """Files in its output folder that DVC shows as metrics (not cached)."""
+    plots: tuple[str, ...] = ()
+    """PNGs in its output folder that DVC shows as plots (not cached)."""
+
+    @property
+    def run(self) -> Callable[..., StageResult]:
+        return importlib.import_module(self.module).run  # type: ignore[no-any-return]
+
+    def enabled(self, params: Any) -> bool:
+        if self.switch is None:
+            return True
+        section, key = self.switch.split(".")
+        return bool(getattr(getattr(params, section), key))

@@ -1,0 +1,233 @@
+"""Training, step 1 (driver): choose rows, classes and normalisation, name the run, and write down
+everything the workers need as one typed, picklable `WorkerConfig`.
+
+Honest numbers start here: only the manifest's training split feeds the statistics and the
+weights, validation speakers pick the checkpoint, and the test split is never read.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from affectflow.config import Params, TrainConfig
+from affectflow.contracts.feature_store import FeatureSet
+from affectflow.contracts.manifest import read_manifest
+from affectflow.contracts.model_folder import (
+    ModelMeta,
+    TrainFacts,
+    corpus_normalization,
+    read_model_meta,
+)
+from affectflow.contracts.synthetic import read_synthetic, synthetic_file
+from affectflow.features.keys import feature_keys
+from affectflow.models import arch_config, feature_kind
+from affectflow.models.data import NormStats, compute_stats
+from affectflow.tracking import lineage as lineage_tags
+
+RUNTIME_KEYS = ("num_workers", "device", "threads", "checkpoints_to_keep", "stop_after_epochs", "max_failures")
+"""train.* settings that change how a run executes, not what it computes (excluded from the run name)."""
+SYNTHETIC_KEYS = ("synthetic_weight", "synthetic_schedule", "synthetic_fade_fraction")
+"""train.* settings that act on synthetic rows only: in the run name only with synthetic rows and
+when not at their defaults, so runs named before these settings existed keep their names."""
+
+
+class TrainingError(RuntimeError):
+    """Training cannot start or go on; the message names the file and the field."""
+
+
+@dataclass(frozen=True)
+class SyntheticRows:
+    """The synthetic rows a run adds: which rows of which file, with labels in the run's classes."""
+
+    path: str
+    rows: list[int]
+    y: list[int]
+    sha256: str
+
+
+@dataclass(frozen=True)
+class WorkerConfig:
+    """Everything `train_loop_per_worker` needs, as plain data (Ray ships it to every worker)."""
+
+    train: TrainConfig
+    arch: str
+    arch_config: dict[str, Any]
+    classes: list[str]
+    feature: str
+    input_dim: int
+    features_dir: str
+    train_ids: list[str]
+    train_y: list[int]
+    train_corpora: list[str]
+    val_ids: list[str]
+    val_y: list[int]
+    val_corpora: list[str]
+    stats: dict[str, Any]
+    stats_per_corpus: dict[str, dict[str, Any]]
+    pretrained: str | None
+    synthetic: SyntheticRows | None
+    ckpt_dir: str
+    local_mode: bool
+    mlflow: dict[str, str] | None = None
+
+    def with_mlflow(self, info: dict[str, str]) -> WorkerConfig:
+        from dataclasses import replace
+
+        return replace(self, mlflow=info)
+
+
+@dataclass
+class Plan:
+    worker: WorkerConfig
+    run_name: str
+    meta: ModelMeta
+
+
+def split_rows(params: Params, df: pd.DataFrame, manifest: str | Path) -> tuple[pd.DataFrame, pd.DataFrame, list[str]]:
+    """Labelled training and validation rows, and the classes the training split has."""
+    src = df[df["role"] == "source"] if "role" in df.columns else df
+    tr = src[src["split"] == "train"]
+    classes = [c for c in params.ingest.classes if c in set(tr["emotion"])]
+    if len(classes) < 2:
+        raise TrainingError(f"{manifest}: the training split has {len(classes)} of the classes "
+                            f"{params.ingest.classes} (field 'emotion'); need at least 2")
+    tr = tr[tr["emotion"].isin(classes)]
+    va = src[(src["split"] == "val") & src["emotion"].isin(classes)]
+    if va.empty:
+        raise TrainingError(f"{manifest}: no validation rows (field 'split' == 'val'); early stopping and "
+                            "checkpoint selection need validation speakers (splits.val_fraction)")
+    return tr, va, classes
+
+
+def _feature_key(fs: FeatureSet, kind: str, ids: list[str]) -> str:
+    rows = fs.index[(fs.index["kind"] == kind) & fs.index["utt_id"].isin(ids)]
+    keys = sorted(set(rows["key"].astype(str)))
+    if len(keys) > 1:
+        raise TrainingError(f"{fs.root}: '{kind}' features of the training clips come from {len(keys)} "
+                            f"configurations {keys}; re-run `affectflow features`")
+    return keys[0] if keys else ""
+
+
+def _check_feature_key(params: Params, kind: str, key: str, root: Path) -> None:
+    """The features must come from params.features: model.json stores that configuration, and the
+    pyfunc recomputes features from audio with it."""
+    f = params.features
+    want = feature_keys(params.model_copy(update={"features": f.model_copy(update={"kinds": [kind]})})).get(kind)
+    if want and key != want:
+        raise TrainingError(f"{root}: '{kind}' features have configuration key '{key}' but params.features "
+                            f"(with audio.sample_rate) give '{want}'; re-run `affectflow features` with these params")
+
+
+def _check_pretrained(path: str | Path, arch: str, kind: str, cfg: dict[str, Any], input_dim: int) -> ModelMeta:
+    meta = read_model_meta(path)
+    where = f"{Path(path) / 'model.json'}"
+    for field, have, want in (("arch", meta.arch, arch), ("feature", meta.feature, kind),
+                              ("arch_config", meta.arch_config, cfg), ("input_dim", meta.input_dim, input_dim)):
+        if have != want:
+            raise TrainingError(f"{where}: field '{field}' is {have!r} but this run needs {want!r}")
+    return meta
+
+
+def select_synthetic(path: str | Path, kind: str, classes: list[str], train_y: np.ndarray,
+                     tc: TrainConfig) -> SyntheticRows | None:
+    """Rows of an augment output to add: kept samples of our classes, `synthetic_ratio` per real
+    training sample, spent on the smallest classes first with `balance_minority`."""
+    if tc.synthetic_ratio <= 0:
+        return None
+    f = synthetic_file(path)
+    try:
+        syn = read_synthetic(f, kept_only=False)
+    except FileNotFoundError:
+        raise TrainingError(f"{f}: synthetic set not found (train.synthetic_ratio > 0)") from None
+    if syn.feature != kind:
+        raise TrainingError(f"{f}: field 'feature' is '{syn.feature}' but train.model reads '{kind}'")
+    to_ours = np.array([classes.index(c) if c in classes else -1 for c in syn.classes])
+    y = to_ours[syn.y]
+    ok = np.flatnonzero(syn.kept & (y >= 0))
+    budget = min(round(tc.synthetic_ratio * len(train_y)), len(ok))
+    rng = np.random.default_rng([tc.seed, 7])
+    if tc.balance_minority:
+        counts = np.bincount(train_y, minlength=len(classes)).astype(float)
+        pools = {c: list(rng.permutation(ok[y[ok] == c])) for c in range(len(classes))}
+        rows: list[int] = []
+        for _ in range(budget):  # water-filling: one sample to the currently smallest class with stock
+            open_ = [c for c in range(len(classes)) if pools[c]]
+            if not open_:
+                break
+            c = min(open_, key=lambda k: counts[k])
+            rows.append(int(pools[c].pop()))
+            counts[c] += 1
+        chosen = np.array(sorted(rows), dtype=np.int64)
+    else:
+        chosen = np.sort(rng.choice(ok, size=budget, replace=False)) if budget else np.zeros(0, np.int64)
+    return SyntheticRows(path=str(f.resolve()), rows=chosen.tolist(), y=y[chosen].tolist(),
+                         sha256=hashlib.sha256(f.read_bytes()).hexdigest()[:16])
+
+
+def run_name(tc: TrainConfig, identity: dict[str, Any], with_synthetic: bool) -> str:
+    """`<model>-<hash>` of what the run computes (not how it executes): the same command resumes,
+    a changed one starts afresh."""
+    settings = {k: v for k, v in tc.model_dump(mode="json").items() if k not in RUNTIME_KEYS
+                and not (k in SYNTHETIC_KEYS and (not with_synthetic or v == TrainConfig.model_fields[k].default))}
+    what = {"train": settings, **identity}
+    return f"{tc.model}-{hashlib.sha256(json.dumps(what, sort_keys=True).encode()).hexdigest()[:12]}"
+
+
+def plan(params: Params, manifest: str | Path, features_dir: str | Path, out_dir: str | Path,
+         pretrained: str | Path | None = None, synthetic: str | Path | None = None) -> Plan:
+    """Choose rows, classes and normalisation (training split only) and name the run."""
+    tc = params.train
+    df = read_manifest(manifest)
+    tr, va, classes = split_rows(params, df, manifest)
+    kind = feature_kind(tc.model)
+    fs = FeatureSet(features_dir)
+    train_ids, val_ids = tr["utt_id"].tolist(), va["utt_id"].tolist()
+    arrays = fs.load(kind, train_ids, mmap=True)
+    input_dim = int(arrays[0].shape[0])
+    acfg = arch_config(tc)
+    pre_meta = _check_pretrained(pretrained, tc.model, kind, acfg, input_dim) if pretrained else None
+    mode = "global" if kind != "logmel" else tc.normalize
+    if pre_meta and pre_meta.normalization.get("mode") == mode:
+        stats = NormStats.from_dict(pre_meta.normalization)  # the encoder was trained on these
+    else:
+        stats = compute_stats(arrays, mode)
+    per_corpus, deploy_corpus = corpus_normalization(pre_meta.pretrain if pre_meta else None)
+    del arrays
+    y_of = {c: i for i, c in enumerate(classes)}
+    train_y = tr["emotion"].map(y_of).to_numpy()
+    syn = select_synthetic(synthetic, kind, classes, train_y, tc) if synthetic else None
+    feature_cfg = getattr(params.features, kind).model_dump(mode="json") if hasattr(params.features, kind) else {}
+    key = _feature_key(fs, kind, train_ids + val_ids)
+    _check_feature_key(params, kind, key, fs.root)
+    name = run_name(tc, {
+        "classes": classes, "train_ids": train_ids, "val_ids": val_ids, "feature_key": key,
+        "stats": stats.as_dict(), "pretrained": pre_meta and pre_meta.lineage,
+        "synthetic": syn and {"sha256": syn.sha256, "rows": syn.rows}}, with_synthetic=bool(syn))
+    out = Path(out_dir).resolve()
+    worker = WorkerConfig(
+        train=tc, arch=tc.model, arch_config=acfg, classes=classes, feature=kind, input_dim=input_dim,
+        features_dir=str(Path(features_dir).resolve()), train_ids=train_ids, train_y=train_y.tolist(),
+        train_corpora=tr["corpus"].astype(str).tolist(), val_ids=val_ids,
+        val_y=va["emotion"].map(y_of).tolist(), val_corpora=va["corpus"].astype(str).tolist(),
+        stats=stats.as_dict(), stats_per_corpus=per_corpus,
+        pretrained=str(Path(pretrained).resolve()) if pretrained else None, synthetic=syn,
+        ckpt_dir=str(out / "checkpoints" / name), local_mode=tc.num_workers == 0)
+    lineage = {**lineage_tags.lineage(params, df, manifest, features_dir, sections=("features", "audio", "train")),
+               "run_name": name, "pretrained": str(pretrained or ""), "synthetic": syn.sha256 if syn else ""}
+    meta = ModelMeta(
+        arch=tc.model, classes=classes, feature=kind, feature_config=feature_cfg, feature_key=key,
+        audio=params.audio.model_dump(mode="json"), normalization=stats.as_dict(),
+        normalization_per_corpus=per_corpus, deploy_corpus=deploy_corpus, arch_config=acfg,
+        input_dim=input_dim, lineage={k: str(v) for k, v in lineage.items()},
+        train=TrainFacts(corpora=sorted(set(tr["corpus"])), n_train=len(train_ids), n_val=len(val_ids),
+                         n_synthetic=len(syn.rows) if syn else 0, train_speakers=sorted(set(tr["speaker"])),
+                         val_speakers=sorted(set(va["speaker"]))),
+        pretrain=pre_meta.pretrain if pre_meta else None)
+    return Plan(worker=worker, run_name=name, meta=meta)

@@ -1,0 +1,96 @@
+"""The stage table (affectflow.stages.STAGES) and what follows from it: every row is a runnable
+stage of the same shape, hands its task every params section its code reads, and dvc.yaml is
+exactly what the table generates; the layers import one way only."""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from affectflow.config import Params
+from affectflow.contracts.workdir import ARTIFACTS
+from affectflow.orchestration.dvc import closure, dvc_yaml
+from affectflow.stages import STAGES
+
+REPO = Path(__file__).resolve().parents[2]
+SRC = REPO / "src" / "affectflow"
+ATTR = re.compile(r"\b(?:params|p|sp|tp)\.([a-z0-9_]+)\b")
+HASHED = re.compile(r"section_hash\(([^)]*)\)")
+
+
+@pytest.mark.parametrize("name", list(STAGES))
+def test_every_row_names_a_stage_with_the_one_shape(name: str) -> None:
+    spec = STAGES[name]
+    run = importlib.import_module(spec.module).run
+    assert list(inspect.signature(run).parameters) == ["params", "inputs", "out_dir"]
+    assert set(spec.inputs) | set(spec.optional) <= set(ARTIFACTS)
+    assert set(spec.sections) <= set(Params.model_fields) - {"pipeline", "studies", "predict"}
+    if spec.switch:
+        section, key = spec.switch.split(".")
+        assert Params.model_fields[section].annotation.model_fields[key].annotation is bool
+    producers = {a.stage for a in ARTIFACTS.values()}
+    assert spec.output in producers or name == "register"
+
+
+def _sections_read(files: frozenset[Path]) -> set[str]:
+    found: set[str] = set()
+    for f in files:
+        text = f.read_text()
+        found |= set(ATTR.findall(text))
+        for args in HASHED.findall(text):
+            found |= set(re.findall(r"[\"']([a-z0-9_]+)[\"']", args))
+    return found & set(Params.model_fields)
+
+
+@pytest.mark.parametrize("name", list(STAGES))
+def test_a_stage_is_handed_every_section_its_code_reads(name: str) -> None:
+    """A section a stage reads but is not handed would silently keep its defaults in a pipeline task.
+    The code searched is everything the stage module imports from affectflow, transitively."""
+    spec = STAGES[name]
+    files = closure(spec.module)
+    assert SRC / spec.module.removeprefix("affectflow.").replace(".", "/") in {f.with_suffix("") for f in files}
+    missing = _sections_read(files) - set(spec.sections)
+    assert not missing, f"stage {name} reads params.{sorted(missing)} but its row does not list them"
+
+
+def test_the_closure_follows_function_level_and_registry_imports() -> None:
+    features = {f.relative_to(SRC).as_posix() for f in closure("affectflow.stages.features")}
+    assert "audio.py" in features  # the dep dvc.yaml once lacked
+    assert "features/logmel.py" in features  # imported inside a function
+    ingest = {f.relative_to(SRC).as_posix() for f in closure("affectflow.stages.ingest")}
+    assert {"corpora/ravdess.py", "corpora/csv_manifest.py"} <= ingest  # named in corpora.ADAPTERS
+    assert "stages/train/stage.py" not in ingest  # the table's module strings are not followed
+
+
+def test_committed_dvc_yaml_is_generated_from_the_table() -> None:
+    assert (REPO / "dvc.yaml").read_text() == dvc_yaml(REPO), "dvc.yaml is stale: run `affectflow dvc`"
+    stages = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]
+    assert list(stages) == list(STAGES)
+    for name, spec in STAGES.items():
+        assert stages[name]["params"] == list(spec.sections)
+        assert stages[name]["cmd"] == f"affectflow step {name}"
+    assert "${paths.workdir}/evaluate/metrics.json" in stages["register"]["deps"]
+    assert "${paths.workdir}/train/model" in stages["evaluate"]["deps"]
+    assert "src/affectflow/audio.py" in stages["features"]["deps"]
+
+
+def test_import_layers_hold() -> None:
+    """pipelines -> components -> affectflow, and the library's own layers (pyproject.toml's
+    import-linter contracts): an import against them fails the build."""
+    out = subprocess.run([str(Path(sys.executable).parent / "lint-imports")], cwd=REPO, capture_output=True,
+                         text=True, timeout=120)
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-2000:]
+    assert "Contracts: 3 kept, 0 broken." in out.stdout
+
+
+def test_the_library_never_edits_sys_path() -> None:
+    offenders = [str(f.relative_to(REPO)) for f in SRC.rglob("*.py") if re.search(r"sys\.path\.(insert|append)",
+                                                                                  f.read_text())]
+    assert offenders == []
