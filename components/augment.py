@@ -8,15 +8,14 @@ from components.base import component
 @component("gpu")
 def augment(config: str, manifest: Input[Dataset], store: Input[Dataset], synthetic: Output[Dataset],
             summary: Output[Metrics], report: Output[HTML]) -> None:
-    """affectflow.stages.augment.stage.augment into the `synthetic` folder (synthetic.npz, report, plots)."""
+    """The augment stage into the `synthetic` folder (synthetic.npz, report, plots)."""
     from pathlib import Path
 
     from affectflow.orchestration import kfp_io
-    from affectflow.stages.augment.stage import augment as run_stage
 
-    params = kfp_io.stage_params(config, "augment")
-    res = run_stage(params, Path(manifest.path) / "manifest.parquet", store.path, synthetic.path)
-    kfp_io.log_metrics(summary, getattr(res, "summary", {}) or {})
+    res = kfp_io.run_task("augment", config, {"manifest": Path(manifest.path) / "manifest.parquet",
+                                              "features": store.path}, synthetic.path)
+    kfp_io.log_metrics(summary, res.summary)
     text = kfp_io.report_text(synthetic.path, fallback="# Augmentation\n")
     kfp_io.write_html(report, "Augmentation", text, synthetic.path, kfp_io.pngs(synthetic.path))
 

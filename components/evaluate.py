@@ -9,16 +9,15 @@ from components.base import component
 def evaluate(config: str, manifest: Input[Dataset], store: Input[Dataset], model: Input[Model],
              evaluation: Output[Artifact], metrics: Output[Metrics], confusion: Output[ClassificationMetrics],
              report: Output[HTML]) -> float:
-    """affectflow.stages.evaluate.evaluate into the `evaluation` folder (metrics.json, confusion.png,
-    report.md); returns the test UAR."""
+    """The evaluate stage into the `evaluation` folder (metrics.json, confusion.png, report.md);
+    returns the test UAR."""
     from pathlib import Path
 
     from affectflow.orchestration import kfp_io
-    from affectflow.stages.evaluate import evaluate as run_stage
 
-    params = kfp_io.stage_params(config, "evaluate")
-    res = run_stage(params, kfp_io.model_dir(model), Path(manifest.path) / "manifest.parquet", store.path,
-                    evaluation.path)
+    res = kfp_io.run_task("evaluate", config, {"model": kfp_io.model_dir(model),
+                                               "manifest": Path(manifest.path) / "manifest.parquet",
+                                               "features": store.path}, evaluation.path).metrics
     kfp_io.log_metrics(metrics, kfp_io.headline_metrics(res))
     classes, matrix = kfp_io.confusion_of(res)
     kfp_io.log_confusion(confusion, classes, matrix)

@@ -8,13 +8,11 @@ from components.base import component
 @component("cpu")
 def features(config: str, manifest: Input[Dataset], store: Output[Dataset], summary: Output[Metrics],
              report: Output[Markdown]) -> None:
-    """affectflow.stages.features.extract_features into the `store` folder (index.parquet + arrays)."""
+    """The features stage into the `store` folder (index.parquet + arrays)."""
     from pathlib import Path
 
     from affectflow.orchestration import kfp_io
-    from affectflow.stages.features import extract_features
 
-    params = kfp_io.stage_params(config, "features")
-    res = extract_features(params, Path(manifest.path) / "manifest.parquet", store.path)
+    res = kfp_io.run_task("features", config, {"manifest": Path(manifest.path) / "manifest.parquet"}, store.path)
     kfp_io.log_metrics(summary, res.summary)
     kfp_io.write_markdown(report, kfp_io.summary_markdown("Features", res.summary))

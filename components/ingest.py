@@ -8,16 +8,14 @@ from components.base import component
 @component("cpu")
 def ingest(config: str, data_version: str, manifest: Output[Dataset], summary: Output[Metrics],
            report: Output[Markdown]) -> None:
-    """affectflow.stages.ingest.ingest into the `manifest` folder (manifest.parquet, summary.json).
+    """The ingest stage into the `manifest` folder (manifest.parquet, summary.json).
 
     `data_version` is not read: it is part of the task's inputs so that the cached manifest is
     reused only while the audio is unchanged.
     """
     from affectflow.orchestration import kfp_io
-    from affectflow.stages.ingest import ingest as run_stage
 
-    params = kfp_io.stage_params(config, "ingest")
-    res = run_stage(params, manifest.path)
+    res = kfp_io.run_task("ingest", config, {}, manifest.path)
     manifest.metadata["data_version"] = data_version
     manifest.metadata["file"] = res.manifest.name
     kfp_io.log_metrics(summary, res.summary)

@@ -1,10 +1,10 @@
-"""The `resolve-params` component: every tunable of params.yaml in, one config per stage out.
+"""The `resolve-params` component: the run form in, one configuration per stage out.
 
-KFP types each component input from the function signature, and a run-form field can only reach a
-task as a declared input, so this component's signature has one typed input per tunable. It is
-generated from `affectflow.orchestration.pipeline.tunables` (the signature must follow params.yaml; a
-hand-written one would go stale): the source is built as text, registered with `linecache` so
-`inspect.getsource` (which KFP uses to ship the body) finds it, and decorated like any component.
+KFP types each component input from the function signature and ships the function's source to
+the container, so the signature (one typed input per run-form field, one output per stage) is
+generated from `affectflow.orchestration.run_form.RUN_FORM` and the stage table: a hand-written
+copy would go stale. The source is registered with `linecache` so `inspect.getsource` (which KFP
+uses to ship the body) finds it.
 """
 
 import hashlib
@@ -13,35 +13,39 @@ from typing import Any, NamedTuple
 
 from kfp.dsl import Artifact, Output
 
-from affectflow.orchestration.pipeline import KFP_TYPES, STAGES, Tunable
+from affectflow.orchestration.run_form import DATA_VERSION, KFP_TYPES, OVERRIDES, RUN_FORM
+from affectflow.stages import STAGES
 from components.base import component
 
 FUNCTION = "resolve_params"
 
 
-def source(tunables: list[Tunable]) -> str:
-    """Python source of the component function for these tunables."""
-    args = "".join(f"    {t.name}: {KFP_TYPES[t.kind].__name__},\n" for t in tunables)
+def source() -> str:
+    """Python source of the component function."""
+    args = "".join(f"    {p.name}: {KFP_TYPES[p.kind()].__name__},\n" for p in RUN_FORM)
     outputs = ", ".join(f"('{s}', str)" for s in STAGES)
-    values = "".join(f"        {t.key!r}: {t.name},\n" for t in tunables)
-    text_keys = [t.key for t in tunables if t.kind == "yaml"]
+    values = "".join(f"        {p.name!r}: {p.name},\n" for p in RUN_FORM)
     return (
         f"def {FUNCTION}(\n"
-        f"    params: Output[Artifact],\n{args}"
+        f"    base: str,\n    params: Output[Artifact],\n{args}    {OVERRIDES}: str,\n"
         f") -> NamedTuple('Outputs', [{outputs}]):\n"
-        '    """Validate the run\'s parameters once (errors name the key); write the full params.yaml;\n'
+        '    """Validate the run\'s parameters once (errors name the field or key): the compiled\n'
+        "    params.yaml (`base`) + run-form fields + params_overrides; write the full params.yaml;\n"
         '    return each stage the sections it reads."""\n'
         "    from affectflow.orchestration import kfp_io\n\n"
-        f"    values = {{\n{values}    }}\n"
-        f"    return kfp_io.resolve_params(values, {text_keys!r}, params.path)\n"
+        f"    values = {{\n{values}        {OVERRIDES!r}: {OVERRIDES},\n    }}\n"
+        "    return kfp_io.resolve_params(base, values, params.path)\n"
     )
 
 
-def make(tunables: list[Tunable]) -> Any:
-    """The component (a KFP PythonComponent) for these tunables."""
-    text = source(tunables)
+def make() -> Any:
+    """The component (a KFP PythonComponent)."""
+    text = source()
     filename = f"<affectflow-{FUNCTION}-{hashlib.sha256(text.encode()).hexdigest()[:12]}>"
     linecache.cache[filename] = (len(text), None, text.splitlines(True), filename)
     namespace: dict[str, Any] = {"Output": Output, "Artifact": Artifact, "NamedTuple": NamedTuple}
     exec(compile(text, filename, "exec"), namespace)
     return component("cpu")(namespace[FUNCTION])
+
+
+assert DATA_VERSION not in {p.name for p in RUN_FORM}  # handed to ingest, not to resolve-params

@@ -8,15 +8,14 @@ from components.base import component
 @component("gpu")
 def pretrain(config: str, manifest: Input[Dataset], store: Input[Dataset], encoder: Output[Model],
              summary: Output[Metrics], report: Output[HTML]) -> None:
-    """affectflow.stages.pretrain.stage.pretrain into the `encoder` folder (encoder/ model folder, report, plots)."""
+    """The pretrain stage into the `encoder` folder (encoder/ model folder, report, plots)."""
     from pathlib import Path
 
     from affectflow.orchestration import kfp_io
-    from affectflow.stages.pretrain.stage import pretrain as run_stage
 
-    params = kfp_io.stage_params(config, "pretrain")
-    res = run_stage(params, Path(manifest.path) / "manifest.parquet", store.path, encoder.path)
-    kfp_io.log_metrics(summary, getattr(res, "summary", {}) or {})
+    res = kfp_io.run_task("pretrain", config, {"manifest": Path(manifest.path) / "manifest.parquet",
+                                               "features": store.path}, encoder.path)
+    kfp_io.log_metrics(summary, res.summary)
     text = kfp_io.report_text(encoder.path, fallback="# DANN pretraining\n")
     kfp_io.write_html(report, "DANN pretraining", text, encoder.path, kfp_io.pngs(encoder.path))
 

@@ -8,16 +8,15 @@ from components.base import component
 @component("gpu")
 def train(config: str, manifest: Input[Dataset], store: Input[Dataset], synthetic: Input[Dataset],
           encoder: Input[Model], model: Output[Model], summary: Output[Metrics], report: Output[HTML]) -> None:
-    """affectflow.stages.train.stage.train into the `model` folder (model/, curves.png, summary.json)."""
+    """The train stage into the `model` folder (model/, curves.png, summary.json)."""
     from pathlib import Path
 
     from affectflow.orchestration import kfp_io
-    from affectflow.stages.train.stage import train as run_stage
 
-    params = kfp_io.stage_params(config, "train")
-    res = run_stage(params, Path(manifest.path) / "manifest.parquet", store.path, model.path,
-                    pretrained=kfp_io.optional_input(encoder, "encoder"),
-                    synthetic=kfp_io.optional_input(synthetic))
+    res = kfp_io.run_task("train", config, {
+        "manifest": Path(manifest.path) / "manifest.parquet", "features": store.path,
+        "encoder": kfp_io.optional_input(encoder, "encoder"), "synthetic": kfp_io.optional_input(synthetic),
+    }, model.path)
     model.metadata["model_dir"] = str(Path(res.model_dir).relative_to(model.path))
     kfp_io.log_metrics(summary, res.summary)
     text = kfp_io.summary_markdown("Training", res.summary)

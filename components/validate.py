@@ -1,4 +1,5 @@
-"""validate: the Great Expectations data gate; a failed gate fails the task (and the run)."""
+"""validate: the Great Expectations data gate, on the manifest (before features) and on the
+feature store (after features, before anything trains); a failed gate fails the task and the run."""
 
 from kfp.dsl import Artifact, Dataset, Input, Markdown, Metrics, Output
 
@@ -8,16 +9,23 @@ from components.base import component
 @component("cpu")
 def validate(config: str, manifest: Input[Dataset], gate: Output[Artifact], summary: Output[Metrics],
              report: Output[Markdown]) -> bool:
-    """affectflow.stages.validate.validate on the manifest; the report is the task's Markdown output."""
+    """The manifest checks; the report is the task's Markdown output."""
     from pathlib import Path
 
     from affectflow.orchestration import kfp_io
-    from affectflow.stages.validate import validate as run_stage
 
-    params = kfp_io.stage_params(config, "validate")
-    res = run_stage(params, Path(manifest.path) / "manifest.parquet", gate.path)
-    kfp_io.log_metrics(summary, res.summary)
-    kfp_io.write_markdown(report, Path(res.report_md).read_text())
-    if not res.passed:
-        raise RuntimeError(f"validation gate failed; report: {res.report_md}\n{Path(res.report_md).read_text()}")
-    return res.passed
+    res = kfp_io.run_task("validate", config, {"manifest": Path(manifest.path) / "manifest.parquet"}, gate.path)
+    return kfp_io.gate_outcome(res, summary, report)
+
+
+@component("cpu")
+def validate_features(config: str, manifest: Input[Dataset], store: Input[Dataset], gate: Output[Artifact],
+                      summary: Output[Metrics], report: Output[Markdown]) -> bool:
+    """The manifest checks plus the feature checks (every clip has every kind, arrays finite, right shapes)."""
+    from pathlib import Path
+
+    from affectflow.orchestration import kfp_io
+
+    res = kfp_io.run_task("validate", config, {"manifest": Path(manifest.path) / "manifest.parquet",
+                                               "features": store.path}, gate.path)
+    return kfp_io.gate_outcome(res, summary, report)

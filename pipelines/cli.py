@@ -1,8 +1,12 @@
-"""`affectflow pipeline compile | run --local | step | upload | submit | schedule`.
+"""`affectflow pipeline compile | run --local | upload | submit | schedule`.
+
+Registered with the affectflow CLI through the `affectflow.cli` entry point (pyproject.toml): the
+library never imports `pipelines`, this module imports the library.
 
 `--params` / `--set` work before or after the action (`affectflow pipeline run --local --set
 train.epochs=2`). For `run`, `submit` and `schedule` the overrides become run arguments against
-the compiled defaults (params.yaml), exactly what the Kubeflow run form would send.
+the compiled defaults (params.yaml): run-form fields, and `params_overrides` for the rest, exactly
+what the Kubeflow run form would send.
 """
 
 from __future__ import annotations
@@ -14,6 +18,10 @@ from typing import Any
 
 from affectflow.cli import command, print_summary
 from affectflow.config import Params, load_params
+from affectflow.orchestration import cluster as C
+from affectflow.orchestration.ir import PIPELINE_NAME, PipelineError, compile_to, stale
+from affectflow.orchestration.run_form import DATA_VERSION, RUN_FORM, pipeline_arguments
+from pipelines.train_pipeline import build_pipeline
 
 
 def _common(p: argparse.ArgumentParser) -> None:
@@ -27,14 +35,15 @@ def _cluster(p: argparse.ArgumentParser) -> None:
     _common(p)
     p.add_argument("--host", help="Kubeflow Pipelines endpoint (default: pipeline.host)")
     p.add_argument("--namespace", help="Kubernetes namespace (default: pipeline.namespace)")
-    p.add_argument("--package", type=Path, help="compiled IR (default: pipelines/compiled/affectflow-train.yaml)")
+    p.add_argument("--package", type=Path, help="compiled IR (default: the committed pipelines/compiled/affectflow-train.yaml)")
 
 
 def _args(p: argparse.ArgumentParser) -> None:
     sub = p.add_subparsers(dest="action", required=True, metavar="ACTION")
     c = sub.add_parser("compile", help="write the IR YAML into pipelines/compiled/")
     _common(c)
-    c.add_argument("--out", type=Path, help="output file (default: pipelines/compiled/affectflow-train.yaml)")
+    c.add_argument("--out", type=Path, help="output file (default: pipelines/compiled/affectflow-train.yaml in a "
+                   "checkout, else ./affectflow-train.yaml)")
     c.add_argument("--check", action="store_true", help="exit 1 if the committed IR is stale; write nothing")
 
     r = sub.add_parser("run", help="run the whole DAG (--local: kfp.local, in this environment)")
@@ -44,10 +53,6 @@ def _args(p: argparse.ArgumentParser) -> None:
     r.add_argument("--no-cache", action="store_true", help="re-run every task")
     r.add_argument("--data-version", help="ingest cache stamp (default: a stat fingerprint of the corpora)")
     r.add_argument("--retries", type=int, default=0, help="retries per failed task (default: 0 locally)")
-
-    st = sub.add_parser("step", help="run augment | pretrain | train as the pipeline does (used by dvc.yaml)")
-    _common(st)
-    st.add_argument("stage", choices=("augment", "pretrain", "train"))
 
     u = sub.add_parser("upload", help="upload the IR as a pipeline, or as a new version of it")
     _cluster(u)
@@ -59,7 +64,7 @@ def _args(p: argparse.ArgumentParser) -> None:
     s.add_argument("--experiment", default="affectflow", help="Kubeflow experiment (default: affectflow)")
     s.add_argument("--run-name")
     s.add_argument("--no-cache", action="store_true")
-    s.add_argument("--data-version", help="data stamp (default: lineage.dvc_revision())")
+    s.add_argument("--data-version", help="data stamp (default: the DVC revision of the data)")
 
     sc = sub.add_parser("schedule", help="create a recurring run from a 6-field cron")
     _cluster(sc)
@@ -79,73 +84,91 @@ def _base(a: argparse.Namespace) -> Params:
     return load_params(a.params)
 
 
-def _package(a: argparse.Namespace, base: Params) -> Path:
-    from affectflow.orchestration import pipeline as P
+def compiled_path() -> Path:
+    """The committed IR: pipelines/compiled/ beside this package (shipped in the wheel too)."""
+    return Path(__file__).resolve().parent / "compiled" / f"{PIPELINE_NAME}.yaml"
 
+
+def default_compile_target() -> Path:
+    """Where `compile` writes without --out: the committed IR in a checkout, else ./<name>.yaml
+    (an installed package's folder is not a place to write)."""
+    here = compiled_path()
+    in_checkout = (here.parents[2] / "pyproject.toml").is_file()
+    return here if in_checkout else Path.cwd() / here.name
+
+
+def _package(a: argparse.Namespace, base: Params) -> Path:
     if a.package:
         return a.package
-    path = P.project_root() / P.COMPILED
-    if P.stale(base, path):
-        raise P.PipelineError(f"{path} is stale or missing for {a.params}: run `affectflow pipeline compile`")
+    path = compiled_path()
+    if stale(build_pipeline(base), path):
+        raise PipelineError(f"{path} is stale or missing for {a.params}: run `affectflow pipeline compile`")
     return path
 
 
-def _arguments(a: argparse.Namespace, params: Params, base: Params, data_version: str | None) -> dict[str, Any]:
-    from affectflow.orchestration import pipeline as P
+def run_local(base: Params, params: Params, *, pipeline_root: str | Path | None = None, cache: bool = True,
+              data_version: str | None = None, retries: int = 0) -> dict[str, Any]:
+    """The DAG compiled from `base`, run embedded with `params`: the difference travels as run
+    arguments, exactly as a run submitted from the UI. `retries` replaces pipeline.retries (on one
+    machine a failure is rarely transient, so by default none)."""
+    from affectflow.orchestration.local import local_root
+    from affectflow.orchestration.local import run_local as run_embedded
+    from affectflow.tracking.lineage import data_fingerprint
 
-    args = P.pipeline_arguments(params, base)
+    compiled = base.model_copy(deep=True)
+    compiled.pipeline.retries = retries
+    args = _arguments(params, base, data_version if data_version is not None else data_fingerprint(params))
+    return run_embedded(build_pipeline(compiled), args, pipeline_root or local_root(params), cache=cache)
+
+
+def _arguments(params: Params, base: Params, data_version: str | None) -> dict[str, Any]:
+    args = pipeline_arguments(params, base)
     if data_version:
-        args[P.DATA_VERSION] = data_version
+        args[DATA_VERSION] = data_version
     return args
 
 
 @command("pipeline", "Kubeflow pipeline: compile | run --local | upload | submit | schedule", _args)
 def _pipeline(params: Params, a: argparse.Namespace) -> int:
-    from affectflow.orchestration import pipeline as P
-
     if a.action == "compile":
         if a.check:
-            path = a.out or P.project_root() / P.COMPILED
-            if P.stale(params, path):
+            path = a.out or compiled_path()
+            if stale(build_pipeline(params), path):
                 print(f"{path} is stale: run `affectflow pipeline compile`", file=sys.stderr)
                 return 1
             print(f"{path} is up to date")
             return 0
-        out = P.compile_pipeline(params, a.out)
-        print(f"compiled {P.PIPELINE_NAME}: {out} ({len(P.tunables(params))} run-form parameters)")
+        out = compile_to(build_pipeline(params), a.out or default_compile_target())
+        print(f"compiled {PIPELINE_NAME}: {out} ({len(RUN_FORM) + 2} run-form parameters)")
         return 0
 
     if a.action == "run":
         if not a.local:
             print("error: `pipeline run` needs --local (use `pipeline submit` for a cluster)", file=sys.stderr)
             return 2
-        summary = P.run_local(_base(a), params, pipeline_root=a.pipeline_root, cache=not a.no_cache,
-                              data_version=a.data_version, retries=a.retries)
+        summary = run_local(_base(a), params, pipeline_root=a.pipeline_root, cache=not a.no_cache,
+                            data_version=a.data_version, retries=a.retries)
         print_run(summary, params)
         return 0
 
-    if a.action == "step":
-        print_summary(f"pipeline step {a.stage}", P.run_step(params, a.stage))
-        return 0
-
-    client = P.kfp_client(params, a.host, a.namespace)
+    client = C.kfp_client(params, a.host, a.namespace)
     base = _base(a)
     package = _package(a, base)
     if a.action == "upload":
-        res = P.upload(client, package, name=a.name or P.PIPELINE_NAME, version=a.version)
+        res = C.upload(client, package, name=a.name or PIPELINE_NAME, version=a.version)
         print_summary("uploaded", res)
         return 0
     if a.action == "submit":
-        from affectflow.tracking.lineage import dvc_revision
+        from affectflow.tracking.revisions import dvc_revision
 
-        args = _arguments(a, params, base, a.data_version or dvc_revision() or "")
-        res = P.submit(client, package, args, experiment=a.experiment, run_name=a.run_name,
+        args = _arguments(params, base, a.data_version or dvc_revision() or "")
+        res = C.submit(client, package, args, experiment=a.experiment, run_name=a.run_name,
                        namespace=a.namespace or params.pipeline.namespace, cache=not a.no_cache)
         print_summary("submitted", {**res, "arguments": args})
         return 0
     if a.action == "schedule":
-        args = _arguments(a, params, base, None)
-        res = P.schedule(client, package, args, cron=a.cron or params.pipeline.schedule_cron,
+        args = _arguments(params, base, None)
+        res = C.schedule(client, package, args, cron=a.cron or params.pipeline.schedule_cron,
                          experiment=a.experiment,
                          max_concurrency=a.max_concurrency or params.pipeline.max_concurrency,
                          job_name=a.job_name, namespace=a.namespace or params.pipeline.namespace,
@@ -160,7 +183,7 @@ def print_run(summary: dict[str, Any], params: Params) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    from affectflow.tracking.registry import resolve_uri
+    from affectflow.tracking.uri import resolve_uri
 
     console = Console()
     table = Table(title=f"{summary['pipeline']}: {summary['status']} in {summary['wall_s']:.1f} s")
