@@ -94,3 +94,25 @@ def test_the_library_never_edits_sys_path() -> None:
     offenders = [str(f.relative_to(REPO)) for f in SRC.rglob("*.py") if re.search(r"sys\.path\.(insert|append)",
                                                                                   f.read_text())]
     assert offenders == []
+
+
+def test_pipeline_compile_works_from_the_installed_wheel(tmp_path: Path) -> None:
+    """The wheel ships pipelines/ (with the committed IR) and components/; its `affectflow pipeline
+    compile` runs outside any checkout and writes the same IR as the committed one."""
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation", "-w",
+                    str(tmp_path / "dist"), str(REPO)], check=True, capture_output=True, timeout=300)
+    (wheel,) = (tmp_path / "dist").glob("affectflow-*.whl")
+    import zipfile
+
+    site = tmp_path / "site"
+    zipfile.ZipFile(wheel).extractall(site)
+    assert (site / "pipelines" / "compiled" / "affectflow-train.yaml").is_file()
+    code = ("import sys; from affectflow.cli import main; import pipelines; "
+            "assert pipelines.__file__.startswith(sys.argv[1]), pipelines.__file__; "
+            "sys.exit(main(['pipeline', '--params', sys.argv[2], 'compile']))")
+    run = subprocess.run([sys.executable, "-c", code, str(site), str(REPO / "params.yaml")], cwd=tmp_path,
+                         env={"PYTHONPATH": str(site), "PATH": "/usr/bin:/bin"}, capture_output=True, text=True,
+                         timeout=300)
+    assert run.returncode == 0, run.stderr[-2000:]
+    out = tmp_path / "affectflow-train.yaml"  # outside a checkout: the current folder
+    assert out.read_bytes() == (REPO / "pipelines" / "compiled" / "affectflow-train.yaml").read_bytes()
