@@ -45,11 +45,13 @@ class AudioConfig(Section):
 class CorpusSpec(Section):
     name: str
     """Name stored in the manifest's `corpus` column (also the DANN domain name)."""
-    adapter: Literal["ravdess", "emodb", "crema_d", "tess", "savee", "iemocap", "csv"]
+    adapter: Literal["ravdess", "emodb", "crema_d", "tess", "savee", "iemocap", "emovo", "csv"]
     root: str
     """Corpus folder (or, for `csv`, the manifest CSV file); relative to paths.data_root."""
-    role: Literal["source", "target"] = "source"
-    """source: labelled training corpus; target: domain-adaptation corpus (DANN)."""
+    role: Literal["source", "target", "heldout"] = "source"
+    """source: labelled training corpus; target: domain-adaptation corpus (DANN: its training
+    speakers unlabelled, its test speakers scored); heldout: never trained on, every clip scored by
+    `evaluate` (a corpus nobody tuned for)."""
     label_map: dict[str, str] = Field(default_factory=dict)
     """Per-corpus overrides of ingest.label_map (raw label -> class)."""
 
@@ -82,6 +84,9 @@ class SplitsConfig(Section):
     """If set, these speakers (as `corpus/speaker` or bare speaker ids) form the test split."""
     val_fraction: float = Field(0.2, gt=0, lt=1)
     """Fraction of the training speakers carved off for validation."""
+    source_test: bool = True
+    """false: source corpora keep no test speakers (all train / val): the test set is the held-out
+    corpora (role heldout), as in leave-one-corpus-out training."""
     seed: int = 13
 
 
@@ -234,7 +239,15 @@ class EvaluateConfig(Section):
     ci: float = Field(0.95, gt=0, lt=1)
     seed: int = 0
     cross_corpus: list[str] = Field(default_factory=list)
-    """Names of corpora in the manifest to evaluate on (over the classes both share)."""
+    """More corpora of the manifest to score the model on (every `heldout` and `target` corpus is
+    scored anyway): every clip, or a DANN target's test split."""
+    classes: list[str] = Field(default_factory=list)
+    """The class set predictions range over ([] = the model's classes): fixed here, never narrowed
+    by the classes a test subset happens to contain."""
+    collapse_share: float = Field(0.5, gt=0, le=1)
+    """Collapse flag: one class takes more than this share of the predictions..."""
+    collapse_recall: float = Field(0.1, ge=0, lt=1)
+    """...or a class present in the reference has recall below this."""
 
 
 # --------------------------------------------------------------------------- augmentation & DANN

@@ -120,3 +120,27 @@ def bootstrap(
         lo, hi = res.confidence_interval
         out[name] = Estimate(value, float(lo), float(hi))
     return out
+
+
+@dataclass(frozen=True)
+class Collapse:
+    """Whether predictions collapsed onto few classes: one class takes more than `max_share` of the
+    predictions, or a present class has recall below `min_recall`."""
+
+    collapsed: bool
+    reasons: list[str]
+    prediction_share: dict[str, float]
+
+    def as_dict(self) -> dict[str, object]:
+        return {"collapsed": self.collapsed, "reasons": self.reasons, "prediction_share": self.prediction_share}
+
+
+def collapse(cm: np.ndarray, classes: Sequence[str], max_share: float = 0.5, min_recall: float = 0.1) -> Collapse:
+    """The collapse check of a confusion matrix (rows = reference, columns = predicted)."""
+    total = cm.sum()
+    share = cm.sum(axis=0) / total if total else np.zeros(len(classes))
+    reasons = [f"'{c}' takes {s:.0%} of the predictions (> {max_share:.0%})"
+               for c, s in zip(classes, share, strict=True) if s > max_share]
+    reasons += [f"recall of '{c}' is {r:.0%} (< {min_recall:.0%})"
+                for c, r in zip(classes, recalls(cm), strict=True) if np.isfinite(r) and r < min_recall]
+    return Collapse(bool(reasons), reasons, {c: round(float(s), 4) for c, s in zip(classes, share, strict=True)})

@@ -156,6 +156,24 @@ def test_tess_bad_names(tmp_path, rel, message):
     assert Path(rel).name in str(err.value)
 
 
+# --------------------------------------------------------------------------- EMOVO
+def test_emovo_layout_and_labels(tmp_path):
+    root = tmp_path / "emovo"
+    files = {"f1/rab-f1-b1.wav": "angry", "f1/gio-f1-b1.wav": "happy", "m2/neu-m2-l3.wav": "neutral",
+             "m2/tri-m2-d1.wav": "sad", "f3/pau-f3-n5.wav": "fearful", "f3/dis-f3-b2.wav": "disgust",
+             "m1/sor-m1-l1.wav": "surprised"}
+    for i, rel in enumerate(files):
+        write_clip(root / rel, seed=i)
+    utts = get_adapter("emovo")(str(root))
+    assert {Path(u.path).relative_to(root).as_posix(): u.label for u in utts} == files
+    assert {u.speaker for u in utts} == {"f1", "m2", "f3", "m1"}
+    assert {u.gender for u in utts if u.speaker.startswith("m")} == {"male"}
+    assert len({u.utt_id for u in utts}) == len(files)
+    write_clip(root / "f1" / "xyz-f1-b1.wav")
+    with pytest.raises(ValueError, match="unknown EMOVO emotion code 'xyz'"):
+        get_adapter("emovo")(str(root))
+
+
 # --------------------------------------------------------------------------- SAVEE
 SAVEE_CODES = {"a": "angry", "d": "disgust", "f": "fearful", "h": "happy", "n": "neutral",
                "sa": "sad", "su": "surprised"}

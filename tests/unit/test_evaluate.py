@@ -60,7 +60,10 @@ def _with_other_corpus(t: dict, tmp_path: Path) -> tuple[Path, Path]:
     return tmp_path / "m.parquet", feats
 
 
-def test_cross_corpus_over_shared_classes(synth_root: Path, tmp_path_factory: pytest.TempPathFactory, tmp_path: Path):
+def test_cross_corpus_predictions_range_over_every_evaluation_class(
+        synth_root: Path, tmp_path_factory: pytest.TempPathFactory, tmp_path: Path):
+    """A corpus lacking a class is scored with predictions over the whole evaluation class set: a
+    prediction of the missing class is an error, not dropped (the old scoring inflated UAR)."""
     t = trained(synth_root, tmp_path_factory)
     manifest, feats = _with_other_corpus(t, tmp_path)
     params = t["params"].model_copy(update={"evaluate": t["params"].evaluate.model_copy(
@@ -68,18 +71,68 @@ def test_cross_corpus_over_shared_classes(synth_root: Path, tmp_path_factory: py
     m = evaluate(params, t["result"].model_dir, manifest, feats, tmp_path / "eval")
     x = m["cross_corpus"]["other"]
     n_other = int((read_manifest(manifest)["corpus"] == "other").sum())
-    assert x["classes"] == ["happy", "sad", "angry"] and x["n"] == n_other and x["rows"] == "all"
-    assert np.asarray(x["confusion"]).shape == (3, 3)
+    assert x["classes"] == x["predicted_over"] == ["neutral", "happy", "sad", "angry"]
+    assert x["classes_present"] == ["happy", "sad", "angry"] and x["chance_uar"] == 0.25
+    assert x["n"] == n_other and x["rows"] == "all clips"
+    cm = np.asarray(x["confusion"])
+    assert cm.shape == (4, 4) and cm[0].sum() == 0  # no neutral reference clips ...
     pred = pd.read_parquet(tmp_path / "eval" / "predictions.parquet").query("set == 'cross:other'")
-    assert set(pred["predicted"]) <= {"happy", "sad", "angry"}  # never a class the corpus lacks
+    assert set(pred["predicted"]) <= {"neutral", "happy", "sad", "angry"}
+    recalls = [np.mean(pred.loc[pred["emotion"] == c, "predicted"] == c) for c in ("happy", "sad", "angry")]
+    assert x["uar"] == pytest.approx(np.mean(recalls), abs=1e-4)  # ... and neutral predictions count as errors
+    assert sum(x["prediction_histogram"].values()) == n_other
+    assert set(x["collapse"]) == {"collapsed", "reasons", "prediction_share"}
     assert (tmp_path / "eval" / "confusion_other.png").is_file()
-    # the main test set is unchanged by the extra corpus
-    assert m["test"]["n"] == t["metrics"]["test"]["n"]
+    assert "Cross-corpus: other" in (tmp_path / "eval" / "report.md").read_text()
+    assert m["test"]["n"] == t["metrics"]["test"]["n"]  # the main test set is unchanged by the extra corpus
 
     for bad, msg in ((["ravdess"], "is a training corpus"), (["nope"], "no row has that 'corpus'")):
         p = params.model_copy(update={"evaluate": params.evaluate.model_copy(update={"cross_corpus": bad})})
         with pytest.raises(EvaluationError, match=msg):
             evaluate(p, t["result"].model_dir, manifest, feats, tmp_path / "bad")
+
+
+def test_a_heldout_corpus_is_scored_on_all_its_clips_without_being_named(
+        synth_root: Path, tmp_path_factory: pytest.TempPathFactory, tmp_path: Path):
+    t = trained(synth_root, tmp_path_factory)
+    manifest, feats = _with_other_corpus(t, tmp_path)
+    df = read_manifest(manifest)
+    df.loc[df["corpus"] == "other", ["role", "split"]] = ["heldout", "test"]
+    write_manifest(df, manifest)
+    params = t["params"].model_copy(update={"evaluate": t["params"].evaluate.model_copy(update={"bootstrap": 0})})
+    m = evaluate(params, t["result"].model_dir, manifest, feats, tmp_path / "eval")
+    assert m["cross_corpus"]["other"]["n"] == int((df["corpus"] == "other").sum())
+    assert m["cross_corpus_mean_uar"] == m["cross_corpus"]["other"]["uar"]
+    # no source test speakers (leave-corpus-out training): the held-out clips are the test set
+    df.loc[(df["corpus"] == "ravdess") & (df["split"] == "test"), "split"] = "val"
+    write_manifest(df, tmp_path / "loco.parquet")
+    m = evaluate(params, t["result"].model_dir, tmp_path / "loco.parquet", feats, tmp_path / "eval2")
+    assert m["test"]["scope"].startswith("held-out corpora other")
+    assert m["uar"] == m["cross_corpus"]["other"]["uar"]
+    assert m["test_manifest_hash"] == manifest_hash(df[df["corpus"] == "other"])
+
+
+def test_scoring_a_subset_that_lacks_a_class_and_the_collapse_flags():
+    from affectflow.config import load_params
+    from affectflow.stages.evaluate import score
+
+    params = load_params(None, {"evaluate.bootstrap": 0})
+    classes = ["neutral", "happy", "sad", "angry"]
+    y_true = np.array([1, 1, 2, 2, 3, 3])  # no neutral reference
+    y_pred = np.array([0, 1, 2, 2, 3, 0])  # two neutral predictions: wrong, not ignored
+    s = score(y_true, y_pred, classes, params)
+    assert s["uar"] == pytest.approx((0.5 + 1.0 + 0.5) / 3, abs=1e-4)
+    assert s["per_class_recall"]["neutral"] is None and s["chance_uar"] == 0.25
+    assert s["classes_present"] == ["happy", "sad", "angry"]
+    assert s["prediction_histogram"] == {"neutral": 2, "happy": 1, "sad": 2, "angry": 1}
+    assert not s["collapse"]["collapsed"]
+    collapsed = score(y_true, np.array([3, 3, 3, 3, 3, 2]), classes, params)["collapse"]
+    assert collapsed["collapsed"] and collapsed["prediction_share"]["angry"] == pytest.approx(5 / 6, abs=1e-3)
+    assert any("'angry' takes 83%" in r for r in collapsed["reasons"])
+    assert any("recall of 'happy' is 0%" in r for r in collapsed["reasons"])
+    low = score(np.array([0, 0, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1]), np.array([0, 0] + [1] * 9 + [0]), ["a", "b"],
+                params)["collapse"]
+    assert low["collapsed"]  # 'b' takes 9/12 > 50 %
 
 
 def test_refuses_a_manifest_whose_test_speakers_were_trained_on(synth_root: Path, tmp_path_factory: pytest.TempPathFactory, tmp_path: Path):

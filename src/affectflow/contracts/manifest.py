@@ -4,7 +4,7 @@ Columns (parquet, see `COLUMNS`):
   utt_id       unique id `corpus/relative-stem`
   path         audio location (absolute local path or s3:// URI)
   corpus       corpus name from params (also the DANN domain)
-  role         source | target
+  role         source | target | heldout
   speaker      corpus-qualified speaker id `corpus/raw-id`: speakers never collide across corpora
   gender       female | male | "" (unknown)
   label        the corpus's own label in the canonical vocabulary (`CANONICAL_LABELS`)

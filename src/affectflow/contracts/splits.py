@@ -25,6 +25,8 @@ FOLD_DEALS = 64
 # Below this many training speakers in a corpus no validation speakers are carved off: taking one
 # of two would leave a single training speaker.
 MIN_TRAIN_SPEAKERS_FOR_VAL = 3
+NO_TEST_FOLD = -1
+"""`assign_splits(test_fold=NO_TEST_FOLD)`: no test speakers, every speaker train or val."""
 
 
 class LeakageError(AssertionError):
@@ -99,6 +101,8 @@ def assign_splits(
             raw = cdf["speaker"].str.split("/", n=1).str[-1]
             is_test = cdf["speaker"].isin(wanted) | raw.isin(wanted)
             found |= wanted & (set(cdf["speaker"]) | set(raw))
+        elif test_fold == NO_TEST_FOLD:
+            is_test = pd.Series(False, index=cdf.index)
         else:
             n_folds = int(cdf["fold"].max()) + 1
             is_test = cdf["fold"] == (test_fold % max(n_folds, 1))
@@ -130,12 +134,20 @@ def check_no_leakage(df: pd.DataFrame) -> None:
 
 
 def apply_splits(df: pd.DataFrame, cfg: SplitsConfig, test_fold: int | None = None) -> pd.DataFrame:
-    """Return a copy with `fold` and `split` columns for the configured (or given) test fold."""
+    """Return a copy with `fold` and `split` columns for the configured (or given) test fold.
+
+    A `heldout` corpus is all test (nobody trains on it); with `splits.source_test: false` the source
+    corpora keep no test speakers (their test fold joins training, validation re-carved)."""
     fold = cfg.test_fold if test_fold is None else test_fold
     if not 0 <= fold < cfg.n_folds:
         raise SplitError(f"splits.test_fold: {fold} is not a fold of splits.n_folds={cfg.n_folds} (0..{cfg.n_folds - 1})")
     out = df.copy()
     out["fold"] = assign_folds(out, cfg.n_folds, cfg.seed)
+    role = out["role"] if "role" in out.columns else pd.Series("source", index=out.index)
     out["split"] = assign_splits(out, fold, cfg.val_fraction, cfg.seed, cfg.test_speakers)
+    if not cfg.source_test:
+        src = role == "source"
+        out.loc[src, "split"] = assign_splits(out[src], NO_TEST_FOLD, cfg.val_fraction, cfg.seed)
+    out.loc[role == "heldout", "split"] = "test"
     check_no_leakage(out)
     return out

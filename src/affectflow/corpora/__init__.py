@@ -19,6 +19,7 @@ ADAPTERS: dict[str, str] = {
     "tess": "affectflow.corpora.tess",
     "savee": "affectflow.corpora.savee",
     "iemocap": "affectflow.corpora.iemocap",
+    "emovo": "affectflow.corpora.emovo",
     "csv": "affectflow.corpora.csv_manifest",
 }
 

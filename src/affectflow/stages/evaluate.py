@@ -25,7 +25,7 @@ import pandas as pd
 from affectflow.config import Params
 from affectflow.contracts.feature_store import FeatureSet
 from affectflow.contracts.manifest import manifest_hash, read_manifest
-from affectflow.metrics import bootstrap, confusion, macro_f1_cm, recalls, uar_cm, wa_cm
+from affectflow.metrics import bootstrap, collapse, confusion, macro_f1_cm, recalls, uar_cm, wa_cm
 from affectflow.serving.recognizer import Recognizer, load_model_dir, predict_features
 from affectflow.stages.spec import Inputs
 from affectflow.storage import atomic_path, atomic_write_json, atomic_write_text, save_figure
@@ -39,7 +39,12 @@ class EvaluationError(ValueError):
 
 
 def score(y_true: np.ndarray, y_pred: np.ndarray, classes: Sequence[str], params: Params) -> dict[str, Any]:
-    """UAR / WA / macro-F1 with bootstrap intervals, per-class recall and the confusion matrix."""
+    """UAR / WA / macro-F1 with bootstrap intervals, per-class recall, the confusion matrix, the
+    prediction histogram, chance level and the collapse check.
+
+    Predictions range over all of `classes` (the evaluation's class set, fixed by configuration);
+    the averages run over the classes present in the reference, so a subset without some class is
+    scored honestly: a prediction of the missing class is simply wrong. Chance UAR is 1 / len(classes)."""
     ev = params.evaluate
     est = bootstrap(y_true, y_pred, len(classes), n_resamples=ev.bootstrap, level=ev.ci, seed=ev.seed)
     cm = confusion(y_true, y_pred, len(classes))
@@ -49,6 +54,11 @@ def score(y_true: np.ndarray, y_pred: np.ndarray, classes: Sequence[str], params
     out["per_class_recall"] = {c: (None if np.isnan(r) else round(float(r), DIGITS))
                                for c, r in zip(classes, recalls(cm), strict=True)}
     out["confusion"] = cm.tolist()
+    out["predicted_over"] = list(classes)
+    out["classes_present"] = [c for c, n in zip(classes, cm.sum(axis=1), strict=True) if n > 0]
+    out["chance_uar"] = round(1.0 / len(classes), DIGITS)
+    out["prediction_histogram"] = {c: int(n) for c, n in zip(classes, cm.sum(axis=0), strict=True)}
+    out["collapse"] = collapse(cm, classes, ev.collapse_share, ev.collapse_recall).as_dict()
     return out
 
 
@@ -86,8 +96,23 @@ def plot_confusion(cm: np.ndarray, classes: Sequence[str], title: str, path: str
     return save_figure(fig, path)
 
 
+def evaluation_classes(rec: Recognizer, params: Params) -> list[str]:
+    """The class set predictions range over: `evaluate.classes` (in the model's order), or all of
+    the model's classes. Never narrowed by the classes a test subset happens to contain."""
+    wanted = params.evaluate.classes
+    if not wanted:
+        return rec.classes
+    missing = [c for c in wanted if c not in rec.classes]
+    if missing:
+        raise EvaluationError(f"evaluate.classes: {missing} are not classes of the model {rec.classes}")
+    if len(wanted) < 2:
+        raise EvaluationError("evaluate.classes: need at least 2 classes")
+    return [c for c in rec.classes if c in wanted]
+
+
 def predict_rows(rec: Recognizer, rows: pd.DataFrame, fs: FeatureSet, classes: Sequence[str]) -> pd.DataFrame:
-    """Predictions for manifest rows over `classes` (a subset of the model's, in its order)."""
+    """Predictions for manifest rows over `classes` (the evaluation class set, in the model's order);
+    rows whose label is outside it are dropped by the caller."""
     probs = predict_features(rec, fs.load(rec.feature, rows["utt_id"].tolist()), corpora=rows["corpus"].astype(str).tolist())
     cols = [rec.classes.index(c) for c in classes]
     sub = probs[:, cols]
@@ -110,28 +135,44 @@ def score_predictions(pred: pd.DataFrame, classes: Sequence[str], params: Params
     return res
 
 
-def cross_corpus(rec: Recognizer, df: pd.DataFrame, fs: FeatureSet, names: Sequence[str], params: Params,
-                 manifest: str | Path) -> dict[str, tuple[dict[str, Any], pd.DataFrame]]:
-    """Scores on other corpora over the classes each shares with the model."""
+def cross_corpus_names(rec: Recognizer, df: pd.DataFrame, params: Params, manifest: str | Path) -> list[str]:
+    """Corpora scored beside the main test set: every `heldout` and `target` corpus of the
+    manifest, plus `evaluate.cross_corpus`; never one the model was trained on."""
     trained_on = set(rec.meta.train.corpora)
-    out = {}
-    for name in names:
+    roles = df.groupby("corpus")["role"].first().to_dict()
+    names = [c for c in sorted(roles) if roles[c] in ("heldout", "target") and c not in trained_on]
+    for name in params.evaluate.cross_corpus:
         if name in trained_on:
             raise EvaluationError(f"evaluate.cross_corpus: '{name}' is a training corpus of this model "
                                   "(its test split is the main evaluation)")
-        rows = df[df["corpus"] == name]
-        if rows.empty:
+        if name not in roles:
             raise EvaluationError(f"{manifest}: evaluate.cross_corpus names '{name}' but no row has that 'corpus'")
-        if (rows["role"] == "target").any():
+        if name not in names:
+            names.append(name)
+    return names
+
+
+def cross_corpus(rec: Recognizer, df: pd.DataFrame, fs: FeatureSet, names: Sequence[str], params: Params,
+                 manifest: str | Path) -> dict[str, tuple[dict[str, Any], pd.DataFrame]]:
+    """Scores on other corpora: every clip of a corpus no training stage used (a DANN target: only
+    its test split, since pretraining saw the rest unlabelled), predictions over the evaluation class
+    set; clips whose label is outside it are not scored (counted in `dropped_labels`)."""
+    classes = evaluation_classes(rec, params)
+    out = {}
+    for name in names:
+        rows = df[df["corpus"] == name]
+        is_target = bool((rows["role"] == "target").any())
+        if is_target:
             rows = rows[rows["split"] == "test"]
-        shared = [c for c in rec.classes if c in set(rows["emotion"])]
-        if len(shared) < 2:
-            raise EvaluationError(f"{manifest}: corpus '{name}' shares {shared} with the model's classes "
-                                  f"{rec.classes}; need at least 2")
-        rows = rows[rows["emotion"].isin(shared)]
-        pred = predict_rows(rec, rows, fs, shared)
-        res = score_predictions(pred, shared, params)
-        res["rows"] = "test split" if (df.loc[df["corpus"] == name, "role"] == "target").any() else "all"
+        dropped = rows.loc[~rows["emotion"].isin(classes), "emotion"].value_counts().to_dict()
+        rows = rows[rows["emotion"].isin(classes)]
+        if rows["emotion"].nunique() < 2:
+            raise EvaluationError(f"{manifest}: corpus '{name}' has {rows['emotion'].nunique()} of the evaluation "
+                                  f"classes {classes} (field 'emotion'); need at least 2")
+        pred = predict_rows(rec, rows, fs, classes)
+        res = score_predictions(pred, classes, params)
+        res["rows"] = "test split (DANN target)" if is_target else "all clips"
+        res["dropped_labels"] = {str(k): int(v) for k, v in dropped.items()}
         res["test_manifest_hash"] = manifest_hash(rows)
         out[name] = (res, pred)
     return out
@@ -141,29 +182,51 @@ def _fmt(res: dict[str, Any], name: str) -> str:
     return f"{res[name]:.3f} [{res[f'{name}_ci_low']:.3f}, {res[f'{name}_ci_high']:.3f}]"
 
 
+def _collapse_line(r: dict[str, Any]) -> str:
+    c = r.get("collapse") or {}
+    if not c.get("collapsed"):
+        return "No collapse (no class takes more than half of the predictions, every class recall >= 10 %)."
+    return "**COLLAPSE**: " + "; ".join(c["reasons"]) + "."
+
+
+def _histogram_line(r: dict[str, Any]) -> str:
+    hist = r.get("prediction_histogram") or {}
+    return "Predictions: " + ", ".join(f"{c} {n}" for c, n in hist.items()) + "."
+
+
+def _set_section(title: str, r: dict[str, Any], image: str) -> list[str]:
+    present = r.get("classes_present") or r["classes"]
+    return [f"## {title}", "",
+            f"{r['n']} clips; predictions over {len(r.get('predicted_over', r['classes']))} classes "
+            f"({', '.join(r.get('predicted_over', r['classes']))}), chance UAR {r.get('chance_uar', 0):.3f}; "
+            f"classes present: {', '.join(present)}.", "",
+            "| metric | value [CI] |", "|---|---|",
+            f"| **UAR** | **{_fmt(r, 'uar')}** |", f"| WA | {_fmt(r, 'wa')} |", f"| macro-F1 | {_fmt(r, 'macro_f1')} |",
+            "", "| class | recall | predicted |", "|---|---|---|",
+            *(f"| {c} | {'—' if rec is None else f'{rec:.3f}'} | {(r.get('prediction_histogram') or {}).get(c, '')} |"
+              for c, rec in r["per_class_recall"].items()), "",
+            _collapse_line(r), "", f"![confusion]({image})", ""]
+
+
 def report_md(metrics: dict[str, Any], params: Params) -> str:
     t = metrics["test"]
     level = round(params.evaluate.ci * 100)
-    lines = [
-        "# Evaluation", "",
-        f"Model: `{metrics['model_dir']}` ({metrics['arch']}, {len(t['classes'])} classes); "
-        f"test split of {', '.join(metrics['corpora'])}: {t['n']} clips from {len(t['per_speaker'])} unseen speakers.",
-        f"Intervals: {level} % percentile bootstrap over utterances ({params.evaluate.bootstrap} resamples).", "",
-        "| metric | value [CI] |", "|---|---|",
-        f"| **UAR** | **{_fmt(t, 'uar')}** |", f"| WA | {_fmt(t, 'wa')} |", f"| macro-F1 | {_fmt(t, 'macro_f1')} |", "",
-        "## Per-class recall", "", "| class | recall |", "|---|---|",
-        *(f"| {c} | {'—' if r is None else f'{r:.3f}'} |" for c, r in t["per_class_recall"].items()), "",
-        "![confusion](confusion.png)", "",
-    ]
+    lines = ["# Evaluation", "",
+             f"Model: `{metrics['model_dir']}` ({metrics['arch']}, {len(t['classes'])} classes); "
+             f"{t.get('scope', 'test split')}: {t['n']} clips from {len(t['per_speaker'])} unseen speakers.",
+             f"Intervals: {level} % percentile bootstrap over utterances ({params.evaluate.bootstrap} resamples).", ""]
+    lines += _set_section("Test set", t, "confusion.png")
     for by in ("per_gender", "per_speaker"):
         lines += [f"## {by.replace('_', ' ').capitalize()}", "", "| group | n | UAR | WA | macro-F1 |", "|---|---|---|---|---|"]
         lines += [f"| {k} | {v['n']} | {v['uar']:.3f} | {v['wa']:.3f} | {v['macro_f1']:.3f} |" for k, v in t[by].items()]
         lines.append("")
-    for name, r in metrics.get("cross_corpus", {}).items():
-        lines += [f"## Cross-corpus: {name}", "",
-                  f"{r['n']} clips ({r['rows']}), shared classes {', '.join(r['classes'])}.", "",
-                  f"UAR {_fmt(r, 'uar')} · WA {_fmt(r, 'wa')} · macro-F1 {_fmt(r, 'macro_f1')}", "",
-                  f"![confusion {name}](confusion_{name}.png)", ""]
+    xc = metrics.get("cross_corpus", {})
+    for name, r in xc.items():
+        lines += _set_section(f"Cross-corpus: {name} ({r['rows']})", r, f"confusion_{name}.png")
+        if r.get("dropped_labels"):
+            lines += [f"Not scored (label outside the evaluation classes): {r['dropped_labels']}.", ""]
+    if xc:
+        lines += [f"Mean UAR over the {len(xc)} other corpora: {metrics['cross_corpus_mean_uar']:.3f}.", ""]
     return "\n".join(lines)
 
 
@@ -179,24 +242,32 @@ def evaluate(params: Params, model_dir: str | Path, manifest: str | Path, featur
     df = read_manifest(manifest)
     fs = FeatureSet(features_dir)
     corpora = list(rec.meta.train.corpora) or sorted(set(df["corpus"]))
-    rows = df[(df["split"] == "test") & df["corpus"].isin(corpora) & df["emotion"].isin(rec.classes)]
-    if rows.empty:
-        raise EvaluationError(f"{manifest}: no test rows (field 'split' == 'test') of corpora {corpora} "
-                              f"with classes {rec.classes}")
+    classes = evaluation_classes(rec, params)
+    rows = df[(df["split"] == "test") & df["corpus"].isin(corpora) & df["emotion"].isin(classes)]
     overlap = set(rows["speaker"]) & set(rec.meta.train.train_speakers)
     if overlap:
         raise EvaluationError(f"{manifest}: test speakers {sorted(overlap)[:5]} were training speakers of "
                               f"{model_dir}; the manifest's splits differ from the training run's")
-    pred = predict_rows(rec, rows, fs, rec.classes)
-    test = score_predictions(pred, rec.classes, params)
+    xc = cross_corpus(rec, df, fs, cross_corpus_names(rec, df, params, manifest), params, manifest)
+    if rows.empty and not xc:
+        raise EvaluationError(f"{manifest}: no test rows (field 'split' == 'test') of corpora {corpora} with "
+                              f"classes {classes}, and no held-out corpus (role heldout / target) to score")
+    if not rows.empty:
+        pred = predict_rows(rec, rows, fs, classes)
+        scope = f"test split of {', '.join(corpora)}"
+    else:  # leave-corpora-out: the primary score is every held-out clip, pooled
+        pred = pd.concat([p for _, p in xc.values()], ignore_index=True)
+        rows = df[df["utt_id"].isin(set(pred["utt_id"]))]
+        scope = f"held-out corpora {', '.join(xc)} (all their clips, pooled)"
+    test = score_predictions(pred, classes, params)
+    test["scope"] = scope
     test["test_manifest_hash"] = manifest_hash(rows)  # which test set: the registry compares like with like
-    plot_confusion(np.asarray(test["confusion"]), rec.classes, f"test UAR {test['uar']:.3f}", out / "confusion.png")
+    plot_confusion(np.asarray(test["confusion"]), classes, f"test UAR {test['uar']:.3f}", out / "confusion.png")
     metrics: dict[str, Any] = {"model_dir": str(model_dir), "arch": rec.meta.arch, "corpora": corpora,
                                "uar": test["uar"], "wa": test["wa"], "macro_f1": test["macro_f1"],
-                               "per_class_recall": test["per_class_recall"],
+                               "per_class_recall": test["per_class_recall"], "collapsed": test["collapse"]["collapsed"],
                                "test_manifest_hash": test["test_manifest_hash"], "test": test}
     preds = [pred.assign(set="test")]
-    xc = cross_corpus(rec, df, fs, params.evaluate.cross_corpus, params, manifest)
     if xc:
         metrics["cross_corpus"] = {}
         for name, (res, p) in xc.items():
@@ -204,6 +275,7 @@ def evaluate(params: Params, model_dir: str | Path, manifest: str | Path, featur
             plot_confusion(np.asarray(res["confusion"]), res["classes"], f"{name} UAR {res['uar']:.3f}",
                            out / f"confusion_{name}.png")
             preds.append(p.assign(set=f"cross:{name}"))
+        metrics["cross_corpus_mean_uar"] = round(float(np.mean([r["uar"] for r, _ in xc.values()])), DIGITS)
     with atomic_path(out / "predictions.parquet") as tmp:
         pd.concat(preds, ignore_index=True).to_parquet(tmp, index=False)
     atomic_write_json(out / "metrics.json", metrics)

@@ -40,7 +40,7 @@ from affectflow.stages.spec import Inputs
 from affectflow.storage import atomic_write_json, atomic_write_text
 
 SPLITS = ("train", "val", "test")
-ROLES = ("source", "target")
+ROLES = ("source", "target", "heldout")
 REQUIRED = ("utt_id", "path", "corpus", "role", "speaker", "duration", "sample_rate", "channels",
             "sha256", "fold", "split")
 """Columns every row needs; `label`/`emotion` are required on labelled (role=source) rows only."""

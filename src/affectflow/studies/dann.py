@@ -48,7 +48,7 @@ from affectflow.runtime.device import resolve_device
 from affectflow.runtime.progress import progress
 from affectflow.serving.recognizer import load_model_dir, predict_features
 from affectflow.stages.pretrain.loop import embed
-from affectflow.stages.pretrain.stage import Inputs, fit, prepare_inputs, shared_class_uar
+from affectflow.stages.pretrain.stage import Inputs, class_set_uar, fit, prepare_inputs
 from affectflow.storage import atomic_path, atomic_write_json, atomic_write_text, save_figure
 
 
@@ -230,10 +230,10 @@ def run_ablation(params: Params, out_dir: str | Path, conditions: list[str] | No
                 scored: _Scored = _Deployed(load_model_dir(rec_dir), inp)
             else:
                 scored = _Pretrained(model, inp, device)
-            uar, pred = shared_class_uar(scored.logits(test), test["emotion"], inp.classes)
-            val_uar = shared_class_uar(scored.logits(val), val["emotion"], inp.classes)[0]
+            uar, pred = class_set_uar(scored.logits(test), test["emotion"], inp.classes)
+            val_uar = class_set_uar(scored.logits(val), val["emotion"], inp.classes)[0]
             src_test = df[(df["corpus"] == ab.source.name) & (df["split"] == "test") & df["emotion"].isin(inp.classes)]
-            src_uar = (shared_class_uar(scored.logits(src_test), src_test["emotion"], inp.classes)[0]
+            src_uar = (class_set_uar(scored.logits(src_test), src_test["emotion"], inp.classes)[0]
                        if len(src_test) else float("nan"))
             rec = {"condition": name, "member": member, "fold": fold, "seed": seed, "target_uar": uar,
                    "target_val_uar": val_uar, "source_test_uar": src_uar,

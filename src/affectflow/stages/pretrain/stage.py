@@ -175,14 +175,13 @@ def fit(inp: Inputs, device: torch.device, adversarial: bool, seed: int, desc: s
     return model, hist, time.perf_counter() - t0
 
 
-def shared_class_uar(logits: np.ndarray, emotions: pd.Series, classes: list[str]) -> tuple[float, np.ndarray]:
-    """UAR over the classes the rows share with the model (other classes' logits are dropped before
-    the argmax, as `evaluate` does cross-corpus); also the predicted class names."""
-    shared = [c for c in classes if c in set(emotions)]
-    cols = [classes.index(c) for c in shared]
-    pred = np.asarray(shared)[logits[:, cols].argmax(1)]
-    y_of = {c: i for i, c in enumerate(shared)}
-    cm = confusion(emotions.map(y_of).to_numpy(), np.array([y_of[p] for p in pred]), len(shared))
+def class_set_uar(logits: np.ndarray, emotions: pd.Series, classes: list[str]) -> tuple[float, np.ndarray]:
+    """UAR of the rows with predictions over all of the model's `classes` (as `evaluate` scores:
+    never narrowed to the classes the rows happen to contain; the average runs over the classes
+    present); also the predicted class names."""
+    pred = np.asarray(classes)[logits.argmax(1)]
+    y_of = {c: i for i, c in enumerate(classes)}
+    cm = confusion(emotions.map(y_of).to_numpy(), np.array([y_of[p] for p in pred]), len(classes))
     return uar_cm(cm), pred
 
 
@@ -287,7 +286,7 @@ def _analyse(inp: Inputs, models: dict[str, Dann], device: torch.device) -> dict
     tgt_x = [inp.held_x[i] for i in np.flatnonzero(held.index.isin(tgt_rows.index))]
     emotion: dict[str, dict[str, float | None]] = {}
     for name, m in models.items():
-        tv = shared_class_uar(embed(m.recognizer, tgt_x, device, cfg.batch_size), tgt_rows["emotion"],
+        tv = class_set_uar(embed(m.recognizer, tgt_x, device, cfg.batch_size), tgt_rows["emotion"],
                               inp.classes)[0] if len(tgt_x) else None
         emotion[name] = {"source_val_uar": source_val_uar(m, inp.data, device, cfg.batch_size), "target_val_uar": tv}
     rng = np.random.default_rng(cfg.seed)
