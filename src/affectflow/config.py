@@ -182,9 +182,24 @@ class TrainConfig(Section):
     """Early stopping: epochs without a better validation UAR before training stops."""
     crop_frames: int = Field(250, ge=8)
     """Random crop length (frames) in training; evaluation uses whole utterances."""
-    normalize: Literal["global", "utterance"] = "global"
-    """global: per-bin mean/std of the training split (kept in model.json); utterance: per clip."""
+    normalize: Literal["global", "utterance", "corpus"] = "global"
+    """global: per-dimension mean/std of the training split (kept in model.json); utterance: each
+    log-mel clip by its own statistics; corpus: each training corpus by its own statistics (the
+    corpus is a recording condition: per-corpus standardisation removes much of it)."""
+    deploy_normalize: Literal["auto", "pooled", "set"] = "auto"
+    """Audio of a corpus the model was not trained on (evaluate's held-out corpora, predict, the
+    served model): pooled = the training statistics; set = the statistics of the recordings being
+    predicted together (a held-out corpus in evaluate, all files of one `affectflow predict`, all
+    rows of one served request) — label-free, the counterpart of `corpus`; below
+    `deploy_min_clips` clips the pooled statistics are used. auto: set with `normalize: corpus`,
+    else pooled."""
+    deploy_min_clips: int = Field(20, ge=2)
+    """Fewest clips whose own statistics `deploy_normalize: set` trusts."""
     class_balance: Literal["none", "weighted_loss", "sampler"] = "weighted_loss"
+    corpus_balance: bool = False
+    """Multi-corpus training: every epoch draws its rows (with replacement) so that each training
+    corpus contributes the same number, whatever its size (one big corpus must not become the
+    only recording condition the model learns)."""
     label_smoothing: float = Field(0.0, ge=0, lt=1)
     mixup_alpha: float = Field(0.0, ge=0)
     """Beta(α, α) mixup of training batches (0 = off)."""

@@ -380,3 +380,59 @@ def test_synthetic_settings_name_the_run_only_when_they_matter(synth_root: Path,
     assert with_syn != real
     assert name(tmp_path, **ratio, **{"train.synthetic_weight": 0.5}) != with_syn
     assert name(tmp_path, **ratio, **{"train.synthetic_schedule": "fade"}) != with_syn
+
+
+def test_corpus_normalisation_trains_per_corpus_and_deploys_on_the_predicted_set(tmp_path: Path, synth_root: Path,
+                                                                                  tmp_path_factory):
+    """train.normalize=corpus: each training corpus standardised by its own statistics; audio of
+    another corpus by the statistics of the clips predicted together (label-free), falling back to
+    the pooled statistics below deploy_min_clips."""
+    from recognizer_support import corpus, tiny_params
+
+    from affectflow.contracts.feature_store import FeatureSet
+    from affectflow.models.data import compute_stats
+    from affectflow.serving.recognizer import predict_features
+
+    params, manifest, features = corpus(synth_root, tmp_path_factory)
+    p = tiny_params(params, **{"train.model": "egemaps_mlp", "train.normalize": "corpus", "train.epochs": 2,
+                               "train.deploy_min_clips": 5})
+    tr = train(p, manifest, features, tmp_path / "t")
+    meta = read_meta(tr.model_dir)
+    df = read_manifest(manifest)
+    fs = FeatureSet(features)
+    rows = df[(df["split"] == "train") & (df["corpus"] == "ravdess")]
+    want = compute_stats(fs.load("egemaps", rows["utt_id"].tolist()), "global")
+    assert np.allclose(meta.normalization_per_corpus["ravdess"]["mean"], want.mean, rtol=1e-5)
+    assert meta.deploy_normalization.mode == "set" and meta.deploy_normalization.min_clips == 5
+    rec = load_model_dir(tr.model_dir)
+    test = fs.load("egemaps", df.loc[df["split"] == "test", "utt_id"].tolist())
+    shifted = [a * 1.5 + 3.0 for a in test]  # a new recording condition: gain and offset on every feature
+    as_set = predict_features(rec, shifted)
+    assert np.allclose(as_set, predict_features(rec, [a * 1.5 + 3.0 for a in test]), atol=1e-6)
+    # standardised by their own statistics, the shifted clips are scored like the unshifted ones were
+    assert np.allclose(as_set, predict_features(rec, test), atol=1e-4)
+    few = predict_features(rec, shifted[:3])  # too few to trust their statistics: pooled
+    pooled = rec.stats
+    assert not np.allclose(few, as_set[:3], atol=1e-3)
+    assert pooled.mode == "global"
+    # a clip of a training corpus uses that corpus's statistics whatever else is in the call
+    one = predict_features(rec, test[:1], corpora=["ravdess"])
+    assert np.allclose(one, predict_features(rec, test[:2], corpora=["ravdess", "ravdess"])[:1], atol=1e-6)
+
+
+def test_corpus_balance_draws_every_corpus_equally():
+    tc = TrainConfig(corpus_balance=True, class_balance="weighted_loss", seed=3)
+    group = np.array([0] * 900 + [1] * 100)
+    y = np.zeros(1000, np.int64)
+    counts = np.zeros(2)
+    for e in range(5):
+        order = epoch_order(tc, y, e, 1, None, group)
+        assert len(order) == 1000
+        counts += np.bincount(group[order], minlength=2)
+    assert abs(counts[0] / counts.sum() - 0.5) < 0.03  # 90 / 10 in the data, 50 / 50 drawn
+    plain = epoch_order(TrainConfig(seed=3), y, 0, 1, None, group)
+    assert sorted(plain.tolist()) == list(range(1000))  # without it: a permutation, as before
+    syn = np.array([False] * 1000 + [True] * 200)
+    g2 = np.concatenate([group, -np.ones(200, np.int64)])
+    order = epoch_order(tc, np.zeros(1200, np.int64), 0, 1, syn, g2)
+    assert abs(syn[order].mean() - 200 / 1200) < 0.04  # synthetic rows keep their share

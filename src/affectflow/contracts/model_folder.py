@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
@@ -65,6 +65,15 @@ class PretrainFacts(_Strict):
     device: str = "cpu"
 
 
+class DeployNormalization(_Strict):
+    """Standardising audio of a corpus the model was not trained on: `pooled` (the training
+    statistics) or `set` (the statistics of the recordings predicted together, when there are at
+    least `min_clips` of them; else pooled)."""
+
+    mode: Literal["pooled", "set"] = "pooled"
+    min_clips: int = 20
+
+
 class ModelMeta(_Strict):
     """model.json of a model folder."""
 
@@ -80,7 +89,11 @@ class ModelMeta(_Strict):
     normalization: dict[str, Any]
     """`NormStats.as_dict()` of the training split (or the DANN source)."""
     normalization_per_corpus: dict[str, dict[str, Any]] = Field(default_factory=dict)
+    """Statistics of the corpora the model was trained on (each standardised by its own)."""
     deploy_corpus: str | None = None
+    """A DANN encoder's single adaptation target: unknown audio is taken to come from it."""
+    deploy_normalization: DeployNormalization = Field(default_factory=lambda: DeployNormalization())
+    """How audio of any other corpus is standardised (label-free)."""
     arch_config: dict[str, Any]
     input_dim: int
     lineage: dict[str, str] = Field(default_factory=dict)

@@ -27,7 +27,7 @@ from affectflow.contracts.model_folder import (
     read_model_meta,
 )
 from affectflow.models import build_model
-from affectflow.models.data import NormStats, collate, length_batches, normalize
+from affectflow.models.data import NormStats, collate, compute_stats, length_batches, normalize
 
 
 @dataclass
@@ -50,13 +50,25 @@ class Recognizer:
     def stats(self) -> NormStats:
         return NormStats.from_dict(self.meta.normalization)
 
-    def stats_for(self, corpus: str | None = None) -> NormStats:
-        """Statistics for a clip of `corpus`. A model fine-tuned from a DANN encoder pretrained with
-        `pretrain.normalize: corpus` carries each corpus's own statistics; audio of an unknown corpus
-        (None: serving, predict) is taken to come from the corpus it was adapted to (`deploy_corpus`)."""
+    def stats_for(self, corpus: str | None = None) -> NormStats | None:
+        """Statistics for a clip of `corpus`: its own when the model was trained (or DANN-adapted)
+        on it; for audio of any other corpus (None: serving, predict) those of the corpus a DANN
+        encoder was adapted to (`deploy_corpus`), else None: the deploy rule decides."""
         per = self.meta.normalization_per_corpus
-        key = corpus if corpus in per else self.meta.deploy_corpus
-        return NormStats.from_dict(per[key]) if key in per else self.stats
+        if corpus is not None and corpus in per:
+            return NormStats.from_dict(per[corpus])
+        if corpus is not None and corpus in self.meta.train.corpora:
+            return self.stats  # a training corpus of a model standardised with pooled statistics
+        key = self.meta.deploy_corpus
+        return NormStats.from_dict(per[key]) if key in per else None
+
+    def unknown_stats(self, arrays: Sequence[np.ndarray]) -> NormStats:
+        """Statistics for arrays of a corpus the model does not know, predicted together: their own
+        (`deploy_normalization: set`, enough of them, label-free) or the training statistics."""
+        rule = self.meta.deploy_normalization
+        if rule.mode == "set" and len(arrays) >= rule.min_clips and self.stats.mode != "utterance":
+            return compute_stats(arrays, "global")
+        return self.stats
 
 
 def build_network(meta: ModelMeta) -> nn.Module:
@@ -98,11 +110,15 @@ def predict_logits(model: nn.Module, arrays: Sequence[np.ndarray], device: torch
 def predict_features(rec: Recognizer, arrays: Sequence[np.ndarray], batch_size: int = 32,
                      corpora: Sequence[str] | None = None) -> np.ndarray:
     """(n, C) class probabilities for raw (un-normalised) feature arrays, whole utterances;
-    `corpora`: each array's corpus, when known (see `Recognizer.stats_for`)."""
+    `corpora`: each array's corpus, when known (see `Recognizer.stats_for`). Arrays of corpora the
+    model does not know are standardised together (`Recognizer.unknown_stats`): one call = one set."""
     if not len(arrays):
         return np.zeros((0, len(rec.classes)), np.float32)
     names = list(corpora) if corpora is not None else [None] * len(arrays)
     stats = {c: rec.stats_for(c) for c in set(names)}
+    unknown = [a for a, c in zip(arrays, names, strict=True) if stats[c] is None]
+    if unknown:
+        stats = {c: s if s is not None else rec.unknown_stats(unknown) for c, s in stats.items()}
     logits = predict_logits(rec.model, [normalize(a, stats[c]) for a, c in zip(arrays, names, strict=True)],
                             rec.device, batch_size)
     return torch.softmax(logits, dim=-1).numpy()

@@ -78,6 +78,9 @@ class WorkerData:
             self.y = np.concatenate([self.y, np.asarray(syn.y, np.int64)])
             self.synthetic = np.concatenate([self.synthetic, np.ones(len(xs), bool)])
         self.weight = np.where(self.synthetic, cfg.train.synthetic_weight, 1.0).astype(np.float32)
+        names = sorted(set(cfg.train_corpora))
+        # corpus index per row; synthetic rows (after the real ones) are -1
+        self.group = np.array([names.index(c) for c in cfg.train_corpora] + [-1] * int(self.synthetic.sum()))
         self.vx = norm(cfg.val_ids, cfg.val_corpora)
         self.vy = np.asarray(cfg.val_y, np.int64)
 
@@ -126,9 +129,10 @@ def worker_batch_size(tc: TrainConfig, world: int) -> int:
 
 
 def epoch_order(tc: TrainConfig, y: np.ndarray, epoch: int, n_classes: int,
-                synthetic: np.ndarray | None = None) -> np.ndarray:
-    """This epoch's sample order (shared by all workers): a permutation, or a class-balanced draw,
-    of the real rows and this epoch's draw of the synthetic ones (`synthetic`: mask of those)."""
+                synthetic: np.ndarray | None = None, group: np.ndarray | None = None) -> np.ndarray:
+    """This epoch's sample order (shared by all workers): a permutation, or a class- / corpus-
+    balanced draw, of the real rows and this epoch's draw of the synthetic ones (`synthetic`: mask
+    of those; `group`: each row's corpus index, for `corpus_balance`)."""
     rng, _, _ = epoch_rng(tc.seed, epoch, ORDER_STREAM)
     rows = np.arange(len(y))
     if synthetic is not None and synthetic.any():
@@ -136,9 +140,17 @@ def epoch_order(tc: TrainConfig, y: np.ndarray, epoch: int, n_classes: int,
         k = synthetic_in_epoch(tc, len(syn), epoch)
         if k < len(syn):  # the constant schedule draws nothing here: its order is unchanged
             rows = np.sort(np.concatenate([np.flatnonzero(~synthetic), rng.choice(syn, size=k, replace=False)]))
+    w = np.ones(len(rows))
     if tc.class_balance == "sampler":
-        counts = np.bincount(y[rows], minlength=n_classes).astype(float)
-        w = 1.0 / counts[y[rows]]
+        w /= np.bincount(y[rows], minlength=n_classes).astype(float)[y[rows]]
+    if tc.corpus_balance and group is not None:
+        # real rows: each corpus the same total weight; synthetic rows (group -1) keep their share
+        g = group[rows]
+        real = g >= 0
+        counts = np.bincount(g[real])
+        present = int((counts > 0).sum())
+        w[real] *= real.sum() / (present * counts[g[real]])
+    if tc.class_balance == "sampler" or (tc.corpus_balance and group is not None):
         return rows[rng.choice(len(rows), size=len(rows), replace=True, p=w / w.sum())]
     return rows[rng.permutation(len(rows))]
 
@@ -357,7 +369,7 @@ def _epoch(cfg: WorkerConfig, r: _Run, data: WorkerData, epoch: int, rank: int, 
     n_classes = len(cfg.classes)
     rng, gen, seed = epoch_rng(tc.seed, epoch, 1 + rank)
     torch.manual_seed(seed)  # dropout
-    full = epoch_order(tc, data.y, epoch, n_classes, data.synthetic)
+    full = epoch_order(tc, data.y, epoch, n_classes, data.synthetic, data.group)
     shard = len(full) // world
     order = full[: shard * world][rank::world]
     epoch_loss = r.loss_fn

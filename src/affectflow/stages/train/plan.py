@@ -20,6 +20,7 @@ from affectflow.config import Params, TrainConfig
 from affectflow.contracts.feature_store import FeatureSet
 from affectflow.contracts.manifest import read_manifest
 from affectflow.contracts.model_folder import (
+    DeployNormalization,
     ModelMeta,
     TrainFacts,
     corpus_normalization,
@@ -31,11 +32,17 @@ from affectflow.models import arch_config, feature_kind
 from affectflow.models.data import NormStats, compute_stats
 from affectflow.tracking import lineage as lineage_tags
 
-RUNTIME_KEYS = ("num_workers", "device", "threads", "checkpoints_to_keep", "stop_after_epochs", "max_failures")
-"""train.* settings that change how a run executes, not what it computes (excluded from the run name)."""
+RUNTIME_KEYS = ("num_workers", "device", "threads", "checkpoints_to_keep", "stop_after_epochs", "max_failures",
+                "deploy_normalize", "deploy_min_clips")
+"""train.* settings that change how a run executes or how its model is later applied, not what
+training computes (excluded from the run name)."""
 SYNTHETIC_KEYS = ("synthetic_weight", "synthetic_schedule", "synthetic_fade_fraction")
 """train.* settings that act on synthetic rows only: in the run name only with synthetic rows and
 when not at their defaults, so runs named before these settings existed keep their names."""
+
+
+LATER_KEYS = ("corpus_balance",)
+"""train.* settings added after runs were cached: in the run name only when not at their default."""
 
 
 class TrainingError(RuntimeError):
@@ -174,8 +181,10 @@ def select_synthetic(path: str | Path, kind: str, classes: list[str], train_y: n
 def run_name(tc: TrainConfig, identity: dict[str, Any], with_synthetic: bool) -> str:
     """`<model>-<hash>` of what the run computes (not how it executes): the same command resumes,
     a changed one starts afresh."""
+    default = {k: f.default for k, f in TrainConfig.model_fields.items()}
     settings = {k: v for k, v in tc.model_dump(mode="json").items() if k not in RUNTIME_KEYS
-                and not (k in SYNTHETIC_KEYS and (not with_synthetic or v == TrainConfig.model_fields[k].default))}
+                and not (k in SYNTHETIC_KEYS and (not with_synthetic or v == default[k]))
+                and not (k in LATER_KEYS and v == default[k])}
     what = {"train": settings, **identity}
     return f"{tc.model}-{hashlib.sha256(json.dumps(what, sort_keys=True).encode()).hexdigest()[:12]}"
 
@@ -193,12 +202,20 @@ def plan(params: Params, manifest: str | Path, features_dir: str | Path, out_dir
     input_dim = int(arrays[0].shape[0])
     acfg = arch_config(tc)
     pre_meta = _check_pretrained(pretrained, tc.model, kind, acfg, input_dim) if pretrained else None
-    mode = "global" if kind != "logmel" else tc.normalize
+    mode = "global" if tc.normalize == "corpus" or (kind != "logmel" and tc.normalize == "utterance") \
+        else tc.normalize
     if pre_meta and pre_meta.normalization.get("mode") == mode:
         stats = NormStats.from_dict(pre_meta.normalization)  # the encoder was trained on these
     else:
         stats = compute_stats(arrays, mode)
     per_corpus, deploy_corpus = corpus_normalization(pre_meta.pretrain if pre_meta else None)
+    if tc.normalize == "corpus" and not per_corpus:
+        corpora = tr["corpus"].astype(str).to_numpy()
+        per_corpus = {c: compute_stats([a for a, k in zip(arrays, corpora, strict=True) if k == c], "global").as_dict()
+                      for c in sorted(set(corpora))}
+    deploy = DeployNormalization(
+        mode="set" if tc.deploy_normalize == "set" or (tc.deploy_normalize == "auto" and tc.normalize == "corpus")
+        else "pooled", min_clips=tc.deploy_min_clips)
     del arrays
     y_of = {c: i for i, c in enumerate(classes)}
     train_y = tr["emotion"].map(y_of).to_numpy()
@@ -224,7 +241,8 @@ def plan(params: Params, manifest: str | Path, features_dir: str | Path, out_dir
     meta = ModelMeta(
         arch=tc.model, classes=classes, feature=kind, feature_config=feature_cfg, feature_key=key,
         audio=params.audio.model_dump(mode="json"), normalization=stats.as_dict(),
-        normalization_per_corpus=per_corpus, deploy_corpus=deploy_corpus, arch_config=acfg,
+        normalization_per_corpus=per_corpus, deploy_corpus=deploy_corpus, deploy_normalization=deploy,
+        arch_config=acfg,
         input_dim=input_dim, lineage={k: str(v) for k, v in lineage.items()},
         train=TrainFacts(corpora=sorted(set(tr["corpus"])), n_train=len(train_ids), n_val=len(val_ids),
                          n_synthetic=len(syn.rows) if syn else 0, train_speakers=sorted(set(tr["speaker"])),
