@@ -531,12 +531,56 @@ class PredictConfig(Section):
     """torch intra-op threads on CPU (0 = torch's default)."""
 
 
+class StudyCondition(Section):
+    """One row of `affectflow ablate generalization`."""
+
+    method: Literal["svm", "recognizer", "dann"]
+    """svm: RBF SVM (C=10, balanced) on eGeMAPS with per-corpus standardisation — the reference a
+    user would try first, outside the product; recognizer: the train stage (then evaluate) with
+    `overrides`; dann: the pretrain stage with the held-out corpus as unlabelled target, then train
+    (`--pretrained`) and evaluate."""
+    overrides: dict[str, Any] = Field(default_factory=dict)
+    """Dotted params overrides of this condition (train.*, features.*, augment.*, pretrain.*)."""
+    select: dict[str, dict[str, Any]] = Field(default_factory=dict)
+    """Candidate settings (dotted overrides), chosen per held-out corpus by leave-one-source-corpus-
+    out inside the training corpora (the held-out corpus plays no part): each candidate is scored
+    with every training corpus in turn as the inner held-out (and, for dann, unlabelled target)."""
+
+
+def _default_study_corpora() -> list[CorpusSpec]:
+    return [CorpusSpec(name="ravdess", adapter="ravdess", root="ravdess"),
+            CorpusSpec(name="emodb", adapter="emodb", root="emodb"),
+            CorpusSpec(name="tess", adapter="tess", root="tess"),
+            CorpusSpec(name="emovo", adapter="emovo", root="emovo")]
+
+
+class GeneralizationConfig(Section):
+    """`affectflow ablate generalization`: leave-one-corpus-out. For every corpus of `held_out`,
+    train on the others and score every clip of it over `classes`."""
+
+    corpora: list[CorpusSpec] = Field(default_factory=_default_study_corpora, min_length=2)
+    """Study corpora (roles are set by the study); any corpus is one entry, e.g. a CSV manifest."""
+    held_out: list[str] = Field(default_factory=list)
+    """Corpora to hold out in turn ([] = every corpus of `corpora`)."""
+    classes: list[str] = Field(default_factory=lambda: ["angry", "happy", "neutral", "sad"], min_length=2)
+    label_map: dict[str, str] = Field(default_factory=dict)
+    seeds: list[int] = Field(default_factory=lambda: [0, 1, 2], min_length=1)
+    conditions: dict[str, StudyCondition] = Field(default_factory=lambda: {
+        "reference": StudyCondition(method="svm"),
+        "shipped": StudyCondition(method="recognizer"),
+    }, min_length=1)
+    """Rows of the table, in order (params.yaml lists the study's own)."""
+    selection_seeds: list[int] = Field(default_factory=lambda: [0], min_length=1)
+    """Seeds of the inner leave-one-source-out runs that choose among a condition's `select`."""
+
+
 class StudiesConfig(Section):
     """Settings of the studies (`affectflow ablate ...`): not read by any pipeline stage, so changing
     them never invalidates a cached stage or a trained model."""
 
     augmentation: AugmentAblationConfig = Field(default_factory=AugmentAblationConfig)
     dann: DannAblationConfig = Field(default_factory=DannAblationConfig)
+    generalization: GeneralizationConfig = Field(default_factory=GeneralizationConfig)
 
 
 class Params(Section):

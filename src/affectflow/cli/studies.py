@@ -67,6 +67,23 @@ def _dann(params: Params, a: argparse.Namespace) -> int:
     return 0
 
 
+def _generalization_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--out", type=Path, help="output folder (default: <workdir>/ablate_generalization); its ingest/, "
+                                            "features/ and cells/ are reused by later runs")
+    p.add_argument("--conditions", nargs="+", metavar="NAME", help="subset of studies.generalization.conditions")
+
+
+@study("generalization", "leave-one-corpus-out: train on the other corpora, score every clip of each held-out "
+       "corpus; mean ± std over seeds per corpus and over corpora", _generalization_args)
+def _generalization(params: Params, a: argparse.Namespace) -> int:
+    from affectflow.studies.generalization import run_study
+
+    res = run_study(params, a.out or wd(params, "ablate_generalization"), conditions=a.conditions)
+    print(res.table_md)
+    print(f"written: {res.out_dir / 'table.md'}, {res.out_dir / 'results.json'}, {res.out_dir / 'generalization.png'}")
+    return 0
+
+
 def _add_args(p: argparse.ArgumentParser) -> None:
     sub = p.add_subparsers(dest="study", required=True, metavar="STUDY")
     for name, (help_text, _fn, add_args) in sorted(STUDIES.items()):

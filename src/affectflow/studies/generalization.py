@@ -1,0 +1,431 @@
+"""Leave-one-corpus-out (`affectflow ablate generalization`): how a recognizer holds up on a corpus
+nobody trained or tuned on.
+
+For every corpus H of `studies.generalization.held_out` (default: all study corpora), every
+condition is trained on the other corpora and scored on every clip of H, with predictions over the
+study's class set (default angry / happy / neutral / sad). The product's own stages do the work —
+ingest and features once for all corpora, then per cell the train stage and the evaluate stage
+(a `dann` cell: the pretrain stage with H as unlabelled target first) — so a row measures exactly
+what a user who ships that configuration gets; only the `svm` reference row (eGeMAPS functionals,
+per-corpus standardisation, RBF SVM C=10 balanced: what a user would try first) runs outside them.
+
+Honest protocol, asserted per cell: no clip of H is in labelled training; where DANN adapts to H,
+H's rows reach it with their labels removed; a condition's `select` candidates are chosen by
+leave-one-source-corpus-out inside the training corpora (each in turn the inner held-out corpus),
+never on H. Outputs: `table.md`, `results.json`, `cells.parquet`, `generalization.png` beside the
+runs and in one MLflow run. Cells are cached: a re-run computes only what is missing.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from affectflow.config import GeneralizationConfig, Params, StudyCondition, with_overrides
+from affectflow.contracts.manifest import read_manifest, write_manifest
+from affectflow.contracts.workdir import MANIFEST_FILE
+from affectflow.metrics import collapse, confusion, macro_f1_cm, recalls, uar_cm, wa_cm
+from affectflow.models import feature_kind
+from affectflow.runtime.progress import progress
+from affectflow.storage import atomic_write_json, atomic_write_text, save_figure
+
+CELL_FILE = "cell.json"
+
+
+class StudyError(ValueError):
+    """The study cannot run with these settings; the message names the setting."""
+
+
+class HeldOutLeakError(AssertionError):
+    """A clip of the held-out corpus would reach labelled training."""
+
+
+@dataclass
+class StudyResult:
+    out_dir: Path
+    summary: dict[str, Any]
+    table_md: str
+
+
+# ----------------------------------------------------------------------------- settings
+def study_params(params: Params, out: Path) -> Params:
+    """params for the study: its corpora (all labelled), classes, no source test speakers (the
+    held-out corpus is the test), every feature kind a condition needs, a study-local MLflow store."""
+    g = params.studies.generalization
+    names = [c.name for c in g.corpora]
+    if len(set(names)) != len(names):
+        raise StudyError(f"studies.generalization.corpora: names must be unique, got {names}")
+    kinds = {"egemaps"}
+    for name, cond in g.conditions.items():
+        p = _with(params, cond.overrides, f"studies.generalization.conditions.{name}.overrides")
+        kinds.add(feature_kind(p.train.model))
+        for cand, over in cond.select.items():
+            feature_kind(_with(p, over, f"studies.generalization.conditions.{name}.select.{cand}").train.model)
+    return with_overrides(params, {
+        "ingest.corpora": [c.model_copy(update={"role": "source"}).model_dump(mode="json") for c in g.corpora],
+        "ingest.classes": list(g.classes), "ingest.label_map": dict(g.label_map),
+        "splits.source_test": False,
+        "features.kinds": sorted(kinds & {"logmel", "egemaps"}),
+        "tracking.uri": f"sqlite:///{(out / 'mlflow.db').resolve()}",
+        "tracking.artifact_location": str((out / "mlartifacts").resolve()),
+        "tracking.log_model": False, "evaluate.bootstrap": 0, "evaluate.cross_corpus": [],
+        "evaluate.classes": list(g.classes),
+    })
+
+
+def _with(params: Params, overrides: Mapping[str, Any], where: str) -> Params:
+    try:
+        return with_overrides(params, dict(overrides))
+    except ValueError as e:
+        raise StudyError(f"{where}: {e}") from None
+
+
+def held_out_names(g: GeneralizationConfig) -> list[str]:
+    names = [c.name for c in g.corpora]
+    unknown = sorted(set(g.held_out) - set(names))
+    if unknown:
+        raise StudyError(f"studies.generalization.held_out: {unknown} are not study corpora {names}")
+    return list(g.held_out) or names
+
+
+# ----------------------------------------------------------------------------- manifests of a cell
+def training_manifest(df: pd.DataFrame, train_corpora: list[str], held: str) -> pd.DataFrame:
+    """The training corpora (labelled, their train / val speakers) and `held` (role heldout, every
+    clip in the test split); nothing else."""
+    out = df[df["corpus"].isin([*train_corpora, held])].copy()
+    is_held = out["corpus"] == held
+    out.loc[is_held, "role"] = "heldout"
+    out.loc[is_held, "split"] = "test"
+    out.loc[~is_held, "role"] = "source"
+    assert_no_held_out_in_training(out, held)
+    return out.reset_index(drop=True)
+
+
+def adaptation_manifest(df: pd.DataFrame, train_corpora: list[str], held: str) -> pd.DataFrame:
+    """For DANN: the training corpora labelled, `held` as the unlabelled target (labels removed, so
+    no stage can read them; its per-corpus train / val speakers as ingest dealt them)."""
+    out = df[df["corpus"].isin([*train_corpora, held])].copy()
+    is_held = out["corpus"] == held
+    out.loc[is_held, "role"] = "target"
+    out.loc[is_held, ["label", "emotion"]] = ""
+    out.loc[~is_held, "role"] = "source"
+    assert_no_held_out_in_training(out, held)
+    if (out.loc[is_held, "emotion"] != "").any():
+        raise HeldOutLeakError(f"held-out corpus {held}: labels reached the adaptation manifest")
+    return out.reset_index(drop=True)
+
+
+def assert_no_held_out_in_training(df: pd.DataFrame, held: str) -> None:
+    """No labelled (source) row of the held-out corpus, by corpus name and by audio content."""
+    src = df[df["role"] == "source"]
+    held_rows = df[df["corpus"] == held]
+    if (src["corpus"] == held).any():
+        raise HeldOutLeakError(f"held-out corpus {held}: {int((src['corpus'] == held).sum())} of its clips "
+                               "are labelled training rows")
+    shared = set(src["sha256"]) & set(held_rows["sha256"])
+    if shared:
+        raise HeldOutLeakError(f"held-out corpus {held}: {len(shared)} of its clips are byte-identical to "
+                               "training clips")
+
+
+# ----------------------------------------------------------------------------- scoring
+def score_cell(pred: pd.DataFrame, classes: list[str], params: Params) -> dict[str, Any]:
+    """UAR / WA / macro-F1, per-class recall, prediction histogram and collapse of one cell."""
+    y_of = {c: i for i, c in enumerate(classes)}
+    cm = confusion(pred["emotion"].map(y_of).to_numpy(), pred["predicted"].map(y_of).to_numpy(), len(classes))
+    col = collapse(cm, classes, params.evaluate.collapse_share, params.evaluate.collapse_recall)
+    return {"uar": uar_cm(cm), "wa": wa_cm(cm), "macro_f1": macro_f1_cm(cm), "n": int(cm.sum()),
+            "per_class_recall": {c: (None if np.isnan(r) else float(r))
+                                 for c, r in zip(classes, recalls(cm), strict=True)},
+            "prediction_histogram": {c: int(n) for c, n in zip(classes, cm.sum(axis=0), strict=True)},
+            "collapsed": col.collapsed, "collapse_reasons": col.reasons, "confusion": cm.tolist()}
+
+
+def svm_cell(params: Params, df: pd.DataFrame, features: Path, train_corpora: list[str], held: str) -> pd.DataFrame:
+    """The reference: eGeMAPS functionals, every corpus z-scored by its own clips' statistics (the
+    held-out one by its own, unlabelled), RBF SVM C=10 with balanced class weights."""
+    from sklearn.svm import SVC
+
+    from affectflow.contracts.feature_store import FeatureSet
+
+    fs = FeatureSet(features)
+    man = training_manifest(df, train_corpora, held)
+    train_rows = man[man["role"] == "source"]
+    test_rows = man[man["corpus"] == held]
+
+    def standardised(rows: pd.DataFrame) -> np.ndarray:
+        X = fs.matrix("egemaps", rows["utt_id"].tolist()).astype(np.float64)
+        out = np.empty_like(X)
+        for corpus in rows["corpus"].unique():
+            m = (rows["corpus"] == corpus).to_numpy()
+            mu, sd = X[m].mean(axis=0), X[m].std(axis=0)
+            out[m] = (X[m] - mu) / np.maximum(sd, 1e-8)
+        return out
+
+    clf = SVC(C=10.0, kernel="rbf", gamma="scale", class_weight="balanced")
+    clf.fit(standardised(train_rows), train_rows["emotion"].to_numpy())
+    pred = test_rows[["utt_id", "corpus", "speaker", "emotion"]].copy()
+    pred["predicted"] = clf.predict(standardised(test_rows))
+    return pred
+
+
+def recognizer_cell(params: Params, df: pd.DataFrame, features: Path, train_corpora: list[str], held: str,
+                    cell_dir: Path, pretrained: Path | None = None) -> pd.DataFrame:
+    """The train stage on the training corpora, then the evaluate stage on the held-out corpus."""
+    from affectflow.stages.evaluate import evaluate
+    from affectflow.stages.train.stage import train
+
+    man = training_manifest(df, train_corpora, held)
+    path = cell_dir / MANIFEST_FILE
+    write_manifest(man, path)
+    tr = train(params, path, features, cell_dir / "train", pretrained=pretrained)
+    evaluate(params, tr.model_dir, path, features, cell_dir / "evaluate")
+    pred = pd.read_parquet(cell_dir / "evaluate" / "predictions.parquet")
+    pred = pred[pred["set"] == f"cross:{held}"]
+    return pred[["utt_id", "corpus", "speaker", "emotion", "predicted"]]
+
+
+def dann_cell(params: Params, df: pd.DataFrame, features: Path, train_corpora: list[str], held: str,
+              cell_dir: Path) -> pd.DataFrame:
+    """Multi-source DANN: the pretrain stage with the training corpora as labelled sources and the
+    held-out corpus as the unlabelled target, then the recognizer fine-tuned from its encoder."""
+    from affectflow.stages.pretrain.stage import pretrain
+
+    man = adaptation_manifest(df, train_corpora, held)
+    path = cell_dir / "adaptation.parquet"
+    write_manifest(man, path)
+    p = with_overrides(params, {"pretrain.target_corpora": [held], "pretrain.compare_source_only": False})
+    res = pretrain(p, path, features, cell_dir / "pretrain")
+    return recognizer_cell(p, df, features, train_corpora, held, cell_dir, pretrained=res.encoder_dir)
+
+
+def run_method(method: str, params: Params, df: pd.DataFrame, features: Path, train_corpora: list[str],
+               held: str, cell_dir: Path) -> pd.DataFrame:
+    if method == "svm":
+        return svm_cell(params, df, features, train_corpora, held)
+    if method == "dann":
+        return dann_cell(params, df, features, train_corpora, held, cell_dir)
+    return recognizer_cell(params, df, features, train_corpora, held, cell_dir)
+
+
+def cell_key(method: str, params: Params, train_corpora: list[str], held: str) -> str:
+    """What decides a cell's outcome (method, corpora, every section a stage of it reads): a changed
+    setting is a new cell, an unchanged one is read back."""
+    import hashlib
+
+    what = {"method": method, "train": sorted(train_corpora), "held": held,
+            "params": params.section_hash("audio", "ingest", "splits", "features", "train", "pretrain", "augment",
+                                          "evaluate")}
+    return hashlib.sha256(json.dumps(what, sort_keys=True).encode()).hexdigest()[:10]
+
+
+def cached_cell(cell_dir: Path, compute: Any, classes: list[str], params: Params) -> dict[str, Any]:
+    """A cell's scores (and predictions) from its folder, or computed and written there."""
+    done = cell_dir / CELL_FILE
+    if done.is_file():
+        return json.loads(done.read_text())
+    cell_dir.mkdir(parents=True, exist_ok=True)
+    t0 = time.perf_counter()
+    pred = compute()
+    res = {**score_cell(pred, classes, params), "seconds": round(time.perf_counter() - t0, 2)}
+    pred.to_parquet(cell_dir / "predictions.parquet", index=False)
+    atomic_write_json(done, res)
+    return res
+
+
+# ----------------------------------------------------------------------------- selection
+def select_candidate(name: str, cond: StudyCondition, params: Params, df: pd.DataFrame, features: Path,
+                     train_corpora: list[str], out: Path, classes: list[str],
+                     g: GeneralizationConfig) -> tuple[str | None, dict[str, float]]:
+    """The candidate of `cond.select` with the best mean UAR over inner held-out corpora (each
+    training corpus in turn, trained on the others) and selection seeds; the outer held-out corpus
+    is not in `df`'s play at all."""
+    if not cond.select:
+        return None, {}
+    if len(train_corpora) < 2:
+        raise StudyError(f"studies.generalization.conditions.{name}.select: needs at least 2 training corpora")
+    scores: dict[str, float] = {}
+    for cand, over in cond.select.items():
+        uars = []
+        for inner in train_corpora:
+            rest = [c for c in train_corpora if c != inner]
+            for seed in g.selection_seeds:
+                p = _with(params, {**cond.overrides, **over, "train.seed": seed, "pretrain.seed": seed},
+                          f"conditions.{name}.select.{cand}")
+                cell = out / f"inner_{inner}" / cand / f"seed{seed}-{cell_key(cond.method, p, rest, inner)}"
+                res = cached_cell(cell, lambda p=p, rest=rest, inner=inner, cell=cell: run_method(
+                    cond.method, p, df, features, rest, inner, cell), classes, p)
+                uars.append(res["uar"])
+        scores[cand] = float(np.mean(uars))
+    best = max(scores, key=lambda k: scores[k])
+    return best, scores
+
+
+# ----------------------------------------------------------------------------- the study
+def prepare(params: Params, out: Path) -> tuple[Path, Path]:
+    """Ingest and features of every study corpus, once (the feature store is a cache)."""
+    from affectflow.stages.features import extract_features
+    from affectflow.stages.ingest import ingest
+
+    manifest = ingest(params, out / "ingest").manifest
+    extract_features(params, manifest, out / "features")
+    return Path(manifest), out / "features"
+
+
+def run_study(params: Params, out_dir: str | Path, conditions: list[str] | None = None) -> StudyResult:
+    """Every (held-out corpus, condition, seed) cell; the table, results, PNG and one MLflow run."""
+    out = Path(out_dir).resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    g = params.studies.generalization
+    names = conditions or list(g.conditions)
+    unknown = sorted(set(names) - set(g.conditions))
+    if unknown:
+        raise StudyError(f"studies.generalization.conditions: unknown {unknown} (known: {list(g.conditions)})")
+    sp = study_params(params, out)
+    t0 = time.perf_counter()
+    manifest, features = prepare(sp, out)
+    df = read_manifest(manifest)
+    classes = list(g.classes)
+    rows: list[dict[str, Any]] = []
+    chosen: dict[str, dict[str, Any]] = {}
+    helds = held_out_names(g)
+    plan = [(h, n) for h in helds for n in names]
+    for held, name in progress(plan, "generalization", unit="condition"):
+        cond = g.conditions[name]
+        train_corpora = [c.name for c in g.corpora if c.name != held]
+        cell_root = out / "cells" / f"heldout_{held}" / name
+        pool = df[df["corpus"].isin(train_corpora)]
+        best, scores = select_candidate(name, cond, sp, pool, features, train_corpora, cell_root / "selection",
+                                        classes, g)
+        if best is not None:
+            chosen[f"{held}/{name}"] = {"chosen": best, "inner_uar": scores}
+        over = {**cond.overrides, **(cond.select[best] if best is not None else {})}
+        seeds = [0] if cond.method == "svm" else g.seeds  # the SVM is deterministic
+        for seed in seeds:
+            p = _with(sp, {**over, "train.seed": seed, "pretrain.seed": seed}, f"conditions.{name}")
+            cell = cell_root / f"seed{seed}-{cell_key(cond.method, p, train_corpora, held)}"
+            res = cached_cell(cell, lambda p=p, cell=cell, tc=train_corpora, held=held, m=cond.method: run_method(
+                m, p, df, features, tc, held, cell), classes, p)
+            rows.append({"held_out": held, "condition": name, "seed": seed, "chosen": best or "", **res})
+    summary = summarise(rows, names, helds, classes, chosen, time.perf_counter() - t0, g)
+    table = table_md(summary)
+    write_outputs(out, summary, rows, table)
+    log_to_mlflow(sp, out, summary)
+    return StudyResult(out, summary, table)
+
+
+# ----------------------------------------------------------------------------- aggregation
+def _ms(values: list[float]) -> tuple[float, float]:
+    arr = np.asarray(values, float) * 100
+    return float(arr.mean()), float(arr.std(ddof=1)) if len(arr) > 1 else 0.0
+
+
+def summarise(rows: list[dict[str, Any]], names: list[str], helds: list[str], classes: list[str],
+              chosen: dict[str, Any], seconds: float, g: GeneralizationConfig) -> dict[str, Any]:
+    cells = pd.DataFrame(rows)
+    table: dict[str, Any] = {}
+    for name in names:
+        c = cells[cells["condition"] == name]
+        per: dict[str, Any] = {}
+        for held in helds:
+            h = c[c["held_out"] == held]
+            m, s = _ms(h["uar"].tolist())
+            rec = {k: float(np.nanmean([r[k] if r[k] is not None else np.nan for r in h["per_class_recall"]]))
+                   for k in classes}
+            per[held] = {"uar_mean": m, "uar_std": s, "wa_mean": _ms(h["wa"].tolist())[0],
+                         "macro_f1_mean": _ms(h["macro_f1"].tolist())[0], "per_class_recall": rec,
+                         "collapsed_seeds": int(h["collapsed"].sum()), "seeds": len(h),
+                         "seconds": float(h["seconds"].sum())}
+        over = c.groupby("seed")["uar"].mean().tolist()  # mean over held-out corpora, per seed
+        m, s = _ms(over)
+        table[name] = {"per_corpus": per, "mean_uar": m, "mean_uar_std": s,
+                       "any_collapse": bool(c["collapsed"].any()), "seconds": float(c["seconds"].sum())}
+    return {"conditions": names, "held_out": helds, "classes": classes, "seeds": list(g.seeds),
+            "table": table, "selection": chosen, "seconds": round(seconds, 1),
+            "settings": {n: g.conditions[n].model_dump(mode="json") for n in names}}
+
+
+def table_md(s: dict[str, Any]) -> str:
+    helds = s["held_out"]
+    lines = ["# Leave-one-corpus-out generalization", "",
+             f"UAR (%) on every clip of the held-out corpus, predictions over {', '.join(s['classes'])} "
+             f"(chance {100 / len(s['classes']):.1f}); mean ± std over seeds {s['seeds']} (the SVM is "
+             "deterministic). Trained on the other corpora; choices made inside the training corpora only.", "",
+             "| condition | " + " | ".join(helds) + " | mean over corpora | collapse |",
+             "|---|" + "---|" * (len(helds) + 2)]
+    for name in s["conditions"]:
+        r = s["table"][name]
+        cells = [f"{r['per_corpus'][h]['uar_mean']:.1f} ± {r['per_corpus'][h]['uar_std']:.1f}"
+                 + (" ⚠" if r["per_corpus"][h]["collapsed_seeds"] else "") for h in helds]
+        lines.append(f"| {name} | " + " | ".join(cells) + f" | **{r['mean_uar']:.1f} ± {r['mean_uar_std']:.1f}** | "
+                     + ("yes" if r["any_collapse"] else "no") + " |")
+    lines += ["", "⚠ = at least one seed collapsed (one class > 50 % of predictions or a class recall < 10 %).", "",
+              "## Per-class recall (%, mean over seeds)", "",
+              "| condition | held out | " + " | ".join(s["classes"]) + " |", "|---|---|" + "---|" * len(s["classes"])]
+    for name in s["conditions"]:
+        for h in helds:
+            rec = s["table"][name]["per_corpus"][h]["per_class_recall"]
+            lines.append(f"| {name} | {h} | " + " | ".join(f"{100 * rec[c]:.0f}" for c in s["classes"]) + " |")
+    if s["selection"]:
+        lines += ["", "## Choices made without the held-out corpus", "",
+                  "| held out / condition | chosen | inner leave-one-source-out UAR per candidate |", "|---|---|---|"]
+        for key, v in s["selection"].items():
+            inner = ", ".join(f"{k} {100 * x:.1f}" for k, x in v["inner_uar"].items())
+            lines.append(f"| {key} | {v['chosen']} | {inner} |")
+    lines += ["", f"Wall time {s['seconds'] / 60:.1f} min.", "", "![generalization](generalization.png)", ""]
+    return "\n".join(lines)
+
+
+def plot(path: Path, s: dict[str, Any]) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    helds, names = [*s["held_out"], "mean"], s["conditions"]
+    width = 0.8 / len(names)
+    fig, ax = plt.subplots(figsize=(1.6 + 1.4 * len(helds), 3.8))
+    for i, name in enumerate(names):
+        r = s["table"][name]
+        means = [r["per_corpus"][h]["uar_mean"] for h in s["held_out"]] + [r["mean_uar"]]
+        stds = [r["per_corpus"][h]["uar_std"] for h in s["held_out"]] + [r["mean_uar_std"]]
+        ax.bar(np.arange(len(helds)) + i * width, means, width, yerr=stds, label=name, capsize=2)
+    ax.axhline(100 / len(s["classes"]), color="grey", ls="--", lw=1, label="chance")
+    ax.set_xticks(np.arange(len(helds)) + width * (len(names) - 1) / 2, helds)
+    ax.set(ylabel="UAR (%)", title="held-out corpus", ylim=(0, 100))
+    ax.legend(fontsize=7, ncol=2)
+    fig.tight_layout()
+    return save_figure(fig, path)
+
+
+def write_outputs(out: Path, s: dict[str, Any], rows: list[dict[str, Any]], table: str) -> None:
+    atomic_write_json(out / "results.json", s)
+    atomic_write_text(out / "table.md", table)
+    cells = pd.DataFrame([{k: v for k, v in r.items() if k not in ("confusion",)} for r in rows])
+    cells["per_class_recall"] = cells["per_class_recall"].map(json.dumps)
+    cells["prediction_histogram"] = cells["prediction_histogram"].map(json.dumps)
+    cells["collapse_reasons"] = cells["collapse_reasons"].map(json.dumps)
+    cells.to_parquet(out / "cells.parquet", index=False)
+    plot(out / "generalization.png", s)
+
+
+def log_to_mlflow(params: Params, out: Path, s: dict[str, Any]) -> None:
+    import mlflow
+
+    from affectflow.tracking import runs as tracking
+
+    with tracking.start_run(params, "ablate-generalization", tags={"stage": "ablate_generalization"},
+                            sections=("studies",)):
+        metrics = {f"{name}_mean_uar": r["mean_uar"] for name, r in s["table"].items()}
+        metrics |= {f"{name}_{h}_uar": r["per_corpus"][h]["uar_mean"] for name, r in s["table"].items()
+                    for h in s["held_out"]}
+        mlflow.log_metrics(metrics)
+        for f in ("table.md", "results.json", "generalization.png"):
+            mlflow.log_artifact(str(out / f))
