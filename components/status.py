@@ -6,9 +6,10 @@ from components.base import component
 
 
 @component("cpu")
-def record_run_status(status: dsl.PipelineTaskFinalStatus, tracking_uri: str, experiment: str) -> str:
+def record_run_status(status: dsl.PipelineTaskFinalStatus, tracking_uri: str, experiment: str,
+                      artifact_location: str) -> str:
     """Write the run's final state, failing task and error as an MLflow run in
     `<experiment>-pipelines`; returns the state. Never fails the pipeline itself."""
     from affectflow.orchestration import kfp_io
 
-    return kfp_io.record_status(status, tracking_uri, experiment)
+    return kfp_io.record_status(status, tracking_uri, experiment, artifact_location)

@@ -53,6 +53,8 @@ def _args(p: argparse.ArgumentParser) -> None:
     r.add_argument("--no-cache", action="store_true", help="re-run every task")
     r.add_argument("--data-version", help="ingest cache stamp (default: a stat fingerprint of the corpora)")
     r.add_argument("--retries", type=int, default=0, help="retries per failed task (default: 0 locally)")
+    r.add_argument("--verbose", action="store_true",
+                   help="stream every task's full log (executor input JSON, library INFO lines)")
 
     u = sub.add_parser("upload", help="upload the IR as a pipeline, or as a new version of it")
     _cluster(u)
@@ -107,7 +109,7 @@ def _package(a: argparse.Namespace, base: Params) -> Path:
 
 
 def run_local(base: Params, params: Params, *, pipeline_root: str | Path | None = None, cache: bool = True,
-              data_version: str | None = None, retries: int = 0) -> dict[str, Any]:
+              data_version: str | None = None, retries: int = 0, verbose: bool = False) -> dict[str, Any]:
     """The DAG compiled from `base`, run embedded with `params`: the difference travels as run
     arguments, exactly as a run submitted from the UI. `retries` replaces pipeline.retries (on one
     machine a failure is rarely transient, so by default none)."""
@@ -118,7 +120,8 @@ def run_local(base: Params, params: Params, *, pipeline_root: str | Path | None 
     compiled = base.model_copy(deep=True)
     compiled.pipeline.retries = retries
     args = _arguments(params, base, data_version if data_version is not None else data_fingerprint(params))
-    return run_embedded(build_pipeline(compiled), args, pipeline_root or local_root(params), cache=cache)
+    return run_embedded(build_pipeline(compiled), args, pipeline_root or local_root(params), cache=cache,
+                        verbose=verbose)
 
 
 def _arguments(params: Params, base: Params, data_version: str | None) -> dict[str, Any]:
@@ -147,7 +150,7 @@ def _pipeline(params: Params, a: argparse.Namespace) -> int:
             print("error: `pipeline run` needs --local (use `pipeline submit` for a cluster)", file=sys.stderr)
             return 2
         summary = run_local(_base(a), params, pipeline_root=a.pipeline_root, cache=not a.no_cache,
-                            data_version=a.data_version, retries=a.retries)
+                            data_version=a.data_version, retries=a.retries, verbose=a.verbose)
         print_run(summary, params)
         return 0
 
@@ -178,33 +181,62 @@ def _pipeline(params: Params, a: argparse.Namespace) -> int:
     raise ValueError(f"unknown pipeline action {a.action!r}")
 
 
+def _ci(r: dict[str, Any], name: str) -> str:
+    lo, hi = r.get(f"{name}_ci_low"), r.get(f"{name}_ci_high")
+    return f"{r[name]:.3f} [{lo:.3f}, {hi:.3f}]" if lo is not None and hi is not None and lo != hi else f"{r[name]:.3f}"
+
+
 def print_run(summary: dict[str, Any], params: Params) -> None:
-    """Per-task table, headline metrics, the registered version and where the MLflow UI is."""
+    """The run's last screen: what ran, how good the model is (with intervals and chance level),
+    what the registry did, where to look, and the next command."""
     from rich.console import Console
     from rich.table import Table
 
     from affectflow.tracking.uri import resolve_uri
 
-    console = Console()
-    table = Table(title=f"{summary['pipeline']}: {summary['status']} in {summary['wall_s']:.1f} s")
+    console = Console(width=None if sys.stdout.isatty() else 120)
+    table = Table(title=f"{summary['pipeline']}: {summary['status']} in {summary['wall_s']:.0f} s")
     for col in ("task", "status", "seconds", "cached"):
         table.add_column(col)
     for name, t in summary["tasks"].items():
         table.add_row(name, t["status"], f"{t['seconds']:.1f}", "yes" if t["cached"] else "")
     console.print(table)
-    metrics = summary.get("metrics") or {}
-    shown = {k: round(v, 4) for k, v in metrics.items() if k.split(".")[0] in ("uar", "wa", "macro_f1")}
-    if shown:
-        console.print("[bold]test metrics[/bold]", shown)
+    ev = summary.get("evaluation") or {}
+    test = ev.get("test") or {}
+    if test.get("synthetic_data"):
+        console.print("[bold reverse] SYNTHETIC DEMO DATA [/bold reverse] these figures are on generated audio "
+                      "(no ../shared/data), not on speech: they only show that the pipeline works.")
+    if test:
+        m = Table(title=f"test: {test.get('scope', 'test split')} — {test['n']} clips, "
+                        f"{len(test.get('per_speaker', {}))} unseen speakers", show_header=True)
+        for col in ("metric", "value [95 % CI]"):
+            m.add_column(col)
+        for name, label in (("uar", "UAR (primary)"), ("wa", "WA"), ("macro_f1", "macro-F1")):
+            m.add_row(label, _ci(test, name))
+        m.add_row("chance UAR", f"{test.get('chance_uar', 0):.3f} ({len(test.get('predicted_over', []))} classes)")
+        if (test.get("collapse") or {}).get("collapsed"):
+            m.add_row("collapse", "; ".join(test["collapse"]["reasons"]))
+        for name, r in (ev.get("cross_corpus") or {}).items():
+            m.add_row(f"UAR on {name}", _ci(r, "uar") + (" (collapsed)" if r.get("collapse", {}).get("collapsed") else ""))
+        console.print(m)
     reg = summary.get("register")
+    # plain print below: URIs and commands must stay on one line to be copied
     if reg:
-        gate = reg.get("gate") or {}
         promotion = summary.get("promotion") or {}
         champion = promotion.get("champion") or reg.get("champion")
         aliases = promotion.get("aliases") or reg.get("aliases", [])
-        # plain print: URIs and commands must stay on one line to be copied
-        print(f"registered: {reg.get('model_uri')} (aliases: {', '.join(aliases)})")
-        print(f"gate {'passed' if gate.get('passed') else 'failed'}: {gate.get('reason', '')}")
-        print(f"champion: v{champion}" if champion else "champion: none")
-    print(f"MLflow UI: mlflow ui --backend-store-uri {resolve_uri(params.tracking.uri)}")
-    print(f"task outputs: {summary['pipeline_root']} (summary: last_run.json)")
+        gate = reg.get("gate") or {}
+        print(f"registered: {reg.get('model_uri')} (aliases: {', '.join(aliases) or 'none'})")
+        if promotion.get("promoted") or (reg.get("promoted") and not promotion):
+            print(f"promoted: v{champion} is the champion ({gate.get('reason', '')})")
+        else:
+            print(f"not promoted: {gate.get('reason', '')}" + (f"; champion stays v{champion}" if champion else ""))
+    paths = summary.get("paths") or {}
+    for key, label in (("report", "evaluation report"), ("confusion", "confusion matrix"), ("curves", "training curves"),
+                       ("model", "model folder")):
+        if key in paths:
+            print(f"{label + ':':<19}{paths[key]}")
+    print(f"{'MLflow UI:':<19}mlflow ui --backend-store-uri {resolve_uri(params.tracking.uri)}")
+    print(f"{'task outputs:':<19}{summary['pipeline_root']} (run summary: last_run.json)")
+    if "model" in paths:
+        print(f"next: affectflow predict <audio file or folder> --model {paths['model']}")

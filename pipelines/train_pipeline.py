@@ -105,7 +105,8 @@ def build_pipeline(p: Params) -> Any:
         v = dict(zip(FORM_NAMES, args, strict=True))
         data_version = v.pop(DATA_VERSION)
 
-        exit_task = record_run_status(tracking_uri=p.tracking.uri, experiment=p.tracking.experiment)
+        exit_task = record_run_status(tracking_uri=p.tracking.uri, experiment=p.tracking.experiment,
+                                      artifact_location=p.tracking.artifact_location)
         _platform(exit_task, p, gpu=False, secrets=("mlflow",), retry=False)
         exit_task.set_caching_options(False)
         exit_task.set_display_name("record run status")

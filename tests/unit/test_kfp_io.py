@@ -79,6 +79,14 @@ def test_html_report_inlines_the_plots(tmp_path: Path) -> None:
     assert "extra.png" in html
 
 
+def test_local_html_artifacts_get_an_html_name(tmp_path: Path) -> None:
+    from kfp.dsl import HTML
+
+    local = HTML(uri=str(tmp_path / "report"))
+    kfp_io.write_html(local, "Eval", "# Eval\n")
+    assert local.uri.endswith("report.html") and Path(local.path).read_text().startswith("<!doctype html>")
+
+
 def test_switched_off_branch_placeholder(tmp_path: Path) -> None:
     art = FakeArtifact(tmp_path / "synthetic")
     assert kfp_io.optional_input(art) is None  # nothing there yet

@@ -202,6 +202,12 @@ def markdown_to_html(title: str, markdown_text: str, base_dir: str | Path | None
 
 def write_html(artifact: Any, title: str, markdown_text: str, base_dir: str | Path | None = None,
                images: Iterable[str | Path] = ()) -> None:
+    """The page at the artifact's path. A local artifact (kfp.local) gets an `.html` name, so the
+    file opens in a browser from the task folder; a cluster artifact keeps the launcher's URI (the
+    Kubeflow UI renders it by type)."""
+    uri = getattr(artifact, "uri", None)
+    if uri and "://" not in uri and not uri.endswith(".html"):
+        artifact.uri = f"{uri}.html"
     atomic_write_text(artifact.path, markdown_to_html(title, markdown_text, base_dir, images))
 
 
@@ -323,7 +329,7 @@ STATUS_EXPERIMENT_SUFFIX = "-pipelines"
 """Run-status records go to `<tracking.experiment>-pipelines`, apart from the training runs."""
 
 
-def record_status(status: Any, configured_uri: str, experiment: str) -> str:
+def record_status(status: Any, configured_uri: str, experiment: str, artifact_location: str = "") -> str:
     """Record a pipeline run's final state in MLflow (the exit handler's job); returns the state.
 
     A failure to reach MLflow is printed, not raised: the exit task must not turn a finished run
@@ -345,7 +351,10 @@ def record_status(status: Any, configured_uri: str, experiment: str) -> str:
         client = MlflowClient(tracking_uri=uri)
         name = experiment + STATUS_EXPERIMENT_SUFFIX
         exp = client.get_experiment_by_name(name)
-        exp_id = exp.experiment_id if exp else client.create_experiment(name)
+        from affectflow.tracking.uri import resolve_artifact_location
+
+        location = f"{resolve_artifact_location(artifact_location).rstrip('/')}/{name}" if artifact_location else None
+        exp_id = exp.experiment_id if exp else client.create_experiment(name, artifact_location=location)
         tags = {f"pipeline.{k}": v[:5000] for k, v in info.items() if v}
         run = client.create_run(exp_id, run_name=info["job"] or "pipeline-run", tags=tags)
         client.set_terminated(run.info.run_id, status="FINISHED" if info["state"] == "SUCCEEDED" else "FAILED")

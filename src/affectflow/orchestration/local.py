@@ -14,6 +14,9 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
+import os
+import re
 import time
 import warnings
 from collections.abc import Iterator, Mapping
@@ -109,6 +112,78 @@ def _instrumented_kfp_local(tasks: dict[str, TaskRecord]) -> Iterator[None]:
         cache_module.LocalCache.get = original_get
 
 
+_EXECUTOR_LINE = re.compile(r"^\[KFP Executor [^\]]* (INFO|DEBUG)\]: ")
+_QUIET_KFP = ("Streamed logs", "outputs:", "has no outputs")
+"""kfp.local's own INFO lines that a quiet run leaves out (task start and end stay)."""
+
+
+class ExecutorLogFilter:
+    """Drops the KFP executor's INFO lines from a task's streamed log — the executor-input JSON,
+    "Loading component", library INFO chatter — and keeps everything else: the stage's progress
+    lines, warnings, errors and tracebacks."""
+
+    def __init__(self) -> None:
+        self.in_json = False
+
+    def keep(self, line: str) -> bool:
+        if self.in_json:
+            if line.rstrip("\n") == "}":
+                self.in_json = False
+            return False
+        if _EXECUTOR_LINE.match(line):
+            self.in_json = line.rstrip().endswith(":") and "executor_input" in line
+            return False
+        return True
+
+
+@contextlib.contextmanager
+def quiet_kfp_local(verbose: bool) -> Iterator[None]:
+    """Unless `verbose`: tasks' logs without the executor's JSON and INFO chatter, and kfp.local's
+    per-task output listings left out (the run summary lists them)."""
+    if verbose:
+        yield
+        return
+    import subprocess
+
+    from kfp.local import logging_utils, subprocess_task_handler
+
+    original_run = subprocess_task_handler.run_local_subprocess
+    original_line = logging_utils.print_horizontal_line
+
+    def run_local_subprocess(full_command: list[str], env_vars: dict[str, str] | None = None) -> int:
+        env = {**os.environ, **env_vars} if env_vars else None
+        keep = ExecutorLogFilter()
+        with subprocess.Popen(full_command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1,
+                              env=env) as process:
+            for line in iter(process.stdout.readline, "") if process.stdout else ():
+                if keep.keep(line):
+                    print(line, end="")
+            return process.wait()
+
+    class Quiet(logging.Filter):
+        def filter(self, record: logging.LogRecord) -> bool:
+            msg = str(record.getMessage())
+            return not any(k in msg.splitlines()[0] for k in _QUIET_KFP) if msg else True
+
+    quiet = Quiet()
+    root = logging.getLogger()
+    original_add = root.addHandler
+
+    def add_handler(handler: logging.Handler) -> None:  # kfp.local installs its handler per task
+        handler.addFilter(quiet)
+        original_add(handler)
+
+    subprocess_task_handler.run_local_subprocess = run_local_subprocess
+    logging_utils.print_horizontal_line = lambda: None
+    root.addHandler = add_handler  # type: ignore[method-assign]
+    try:
+        yield
+    finally:
+        subprocess_task_handler.run_local_subprocess = original_run
+        logging_utils.print_horizontal_line = original_line
+        root.addHandler = original_add  # type: ignore[method-assign]
+
+
 def local_root(params: Params) -> Path:
     """Where kfp.local keeps task outputs and its cache: <workdir>/kfp (local workdirs only)."""
     workdir = params.paths.workdir
@@ -116,7 +191,7 @@ def local_root(params: Params) -> Path:
 
 
 def run_local(pipeline: Any, arguments: Mapping[str, Any], pipeline_root: str | Path, *,
-              cache: bool = True) -> dict[str, Any]:
+              cache: bool = True, verbose: bool = False) -> dict[str, Any]:
     """Run a built pipeline with kfp.local's SubprocessRunner in this environment.
 
     `arguments` are run-form values, exactly what a run submitted from the UI would send. Returns
@@ -136,7 +211,7 @@ def run_local(pipeline: Any, arguments: Mapping[str, Any], pipeline_root: str | 
     started = datetime.now(timezone.utc)
     t0 = time.perf_counter()
     error: str | None = None
-    with warnings.catch_warnings(), _instrumented_kfp_local(tasks):
+    with warnings.catch_warnings(), _instrumented_kfp_local(tasks), quiet_kfp_local(verbose):
         # The components name the project image; SubprocessRunner warns that it runs them in this
         # Python instead, which is the point of a local run.
         warnings.filterwarnings("ignore", message=".*non-Python base image.*", category=RuntimeWarning)
@@ -171,13 +246,33 @@ def _run_summary(tasks: dict[str, TaskRecord], args: Mapping[str, Any], root: Pa
     register = _read_artifact_json(tasks.get("register"), "result", "result.json")
     promotion = _read_artifact_json(tasks.get("promote"), "result", "result.json")
     metrics = _read_artifact_json(tasks.get("evaluate"), "metrics")
+    evaluation = _read_artifact_json(tasks.get("evaluate"), "evaluation", "metrics.json")
     return {
         "pipeline": PIPELINE_NAME, "started": started.isoformat(timespec="seconds"),
         "wall_s": round(wall, 2), "status": "FAILURE" if error else "SUCCESS", "error": error,
         "pipeline_root": str(root), "arguments": dict(args),
         "tasks": {n: {"status": r.status, "seconds": round(r.seconds, 2), "cached": r.cached,
                       "attempts": r.attempts} for n, r in tasks.items()},
-        "metrics": metrics, "register": register, "promotion": promotion,
+        "metrics": metrics, "evaluation": evaluation, "register": register, "promotion": promotion,
+        "paths": _paths(tasks),
     }
+
+
+def _paths(tasks: dict[str, TaskRecord]) -> dict[str, str]:
+    """Where a person looks after the run: the evaluation report and plots, the model folder."""
+    out: dict[str, str] = {}
+    ev = tasks.get("evaluate")
+    if ev is not None and "evaluation" in ev.outputs:
+        folder = Path(ev.outputs["evaluation"]["uri"])
+        out |= {"report": str(folder / "report.md"), "confusion": str(folder / "confusion.png")}
+        if "report" in ev.outputs:
+            out["report_html"] = str(ev.outputs["report"]["uri"])
+    tr = tasks.get("train")
+    if tr is not None and "model" in tr.outputs:
+        art = tr.outputs["model"]
+        folder = Path(art["uri"])
+        out |= {"model": str(folder / (art.get("metadata") or {}).get("model_dir", "model")),
+                "curves": str(folder / "curves.png")}
+    return out
 
 

@@ -25,6 +25,7 @@ import pandas as pd
 from affectflow.config import Params
 from affectflow.contracts.feature_store import FeatureSet
 from affectflow.contracts.manifest import manifest_hash, read_manifest
+from affectflow.corpora.demo import is_synthetic
 from affectflow.metrics import bootstrap, collapse, confusion, macro_f1_cm, recalls, uar_cm, wa_cm
 from affectflow.serving.recognizer import Recognizer, load_model_dir, predict_features
 from affectflow.stages.spec import Inputs
@@ -211,7 +212,9 @@ def _set_section(title: str, r: dict[str, Any], image: str) -> list[str]:
 def report_md(metrics: dict[str, Any], params: Params) -> str:
     t = metrics["test"]
     level = round(params.evaluate.ci * 100)
-    lines = ["# Evaluation", "",
+    banner = (["> **SYNTHETIC DEMO DATA**: these figures are on generated audio, not speech; they only show "
+               "that the pipeline runs.", ""] if t.get("synthetic_data") else [])
+    lines = ["# Evaluation", "", *banner,
              f"Model: `{metrics['model_dir']}` ({metrics['arch']}, {len(t['classes'])} classes); "
              f"{t.get('scope', 'test split')}: {t['n']} clips from {len(t['per_speaker'])} unseen speakers.",
              f"Intervals: {level} % percentile bootstrap over utterances ({params.evaluate.bootstrap} resamples).", ""]
@@ -261,6 +264,7 @@ def evaluate(params: Params, model_dir: str | Path, manifest: str | Path, featur
         scope = f"held-out corpora {', '.join(xc)} (all their clips, pooled)"
     test = score_predictions(pred, classes, params)
     test["scope"] = scope
+    test["synthetic_data"] = bool(rows["path"].map(is_synthetic).any())
     test["test_manifest_hash"] = manifest_hash(rows)  # which test set: the registry compares like with like
     plot_confusion(np.asarray(test["confusion"]), classes, f"test UAR {test['uar']:.3f}", out / "confusion.png")
     metrics: dict[str, Any] = {"model_dir": str(model_dir), "arch": rec.meta.arch, "corpora": corpora,

@@ -25,6 +25,7 @@ from affectflow.contracts.manifest import COLUMNS, Utterance, manifest_hash, map
 from affectflow.contracts.splits import apply_splits
 from affectflow.contracts.workdir import MANIFEST_FILE
 from affectflow.corpora import get_adapter
+from affectflow.corpora.demo import is_synthetic
 from affectflow.runtime.progress import progress
 from affectflow.stages.spec import Inputs
 from affectflow.storage import atomic_path, atomic_write_json
@@ -169,6 +170,8 @@ def summarize(df: pd.DataFrame, dropped: Counter[str], quarantined: int) -> dict
         "dropped_labels": dict(sorted(dropped.items())),
         "quarantined": quarantined,
         "manifest_hash": manifest_hash(df),
+        "synthetic_corpora": sorted(str(c) for c, path in df.groupby("corpus")["path"].first().items()
+                                    if is_synthetic(path)),
     }
 
 
