@@ -82,8 +82,9 @@ class SplitsConfig(Section):
     test_fold: int = Field(0, ge=0)
     test_speakers: list[str] = Field(default_factory=list)
     """If set, these speakers (as `corpus/speaker` or bare speaker ids) form the test split."""
-    val_fraction: float = Field(0.2, gt=0, lt=1)
-    """Fraction of the training speakers carved off for validation."""
+    val_fraction: float = Field(0.2, ge=0, lt=1)
+    """Fraction of the training speakers carved off for validation (0: none — only with
+    `train.checkpoint: last`, which needs no validation speakers)."""
     source_test: bool = True
     """false: source corpora keep no test speakers (all train / val): the test set is the held-out
     corpora (role heldout), as in leave-one-corpus-out training."""
@@ -178,6 +179,11 @@ class TrainConfig(Section):
     schedule: Literal["onecycle", "cosine", "constant"] = "onecycle"
     warmup_fraction: float = Field(0.3, gt=0, lt=1)
     """onecycle: fraction of the steps spent rising to `lr`."""
+    checkpoint: Literal["best_val", "last"] = "best_val"
+    """Which epoch's weights the model keeps: best_val = the best validation UAR, with early stopping
+    after `patience` epochs without improvement; last = the final epoch of a fixed `epochs` budget
+    (the rule when the epoch count was chosen on other corpora: validation speakers of the training
+    corpora say little about a new corpus, see benchmarks/RESULTS.md)."""
     patience: int = Field(10, ge=1)
     """Early stopping: epochs without a better validation UAR before training stops."""
     crop_frames: int = Field(250, ge=8)

@@ -436,3 +436,20 @@ def test_corpus_balance_draws_every_corpus_equally():
     g2 = np.concatenate([group, -np.ones(200, np.int64)])
     order = epoch_order(tc, np.zeros(1200, np.int64), 0, 1, syn, g2)
     assert abs(syn[order].mean() - 200 / 1200) < 0.04  # synthetic rows keep their share
+
+
+def test_checkpoint_last_keeps_the_final_epoch_and_needs_no_validation_speakers(tmp_path: Path, synth_root: Path,
+                                                                                 tmp_path_factory):
+    from recognizer_support import corpus, tiny_params
+
+    params, manifest, features = corpus(synth_root, tmp_path_factory)
+    df = read_manifest(manifest)
+    df.loc[df["split"] == "val", "split"] = "train"  # no validation speakers at all
+    write_manifest(df, tmp_path / "noval.parquet")
+    p = tiny_params(params, **{"train.model": "egemaps_mlp", "train.epochs": 3, "train.checkpoint": "last",
+                               "train.patience": 1})
+    tr = train(p, tmp_path / "noval.parquet", features, tmp_path / "t")
+    assert tr.summary["best_epoch"] == 2 and tr.summary["epochs_run"] == 3 and not tr.summary["stopped_early"]
+    with pytest.raises(TrainingError, match="no validation rows"):
+        train(tiny_params(params, **{"train.model": "egemaps_mlp"}), tmp_path / "noval.parquet", features,
+              tmp_path / "u")

@@ -109,7 +109,7 @@ def assign_splits(
         split.loc[cdf.index[is_test.to_numpy()]] = "test"
         train_spk = cdf.loc[~is_test.to_numpy()]
         stats = train_spk.groupby("speaker")["gender"].first().reset_index()
-        if len(stats) < MIN_TRAIN_SPEAKERS_FOR_VAL:
+        if len(stats) < MIN_TRAIN_SPEAKERS_FOR_VAL or val_fraction <= 0:
             continue
         n_val = max(1, round(val_fraction * len(stats)))
         # Take validation speakers alternately from each gender so validation is mixed too.

@@ -383,12 +383,15 @@ def _epoch(cfg: WorkerConfig, r: _Run, data: WorkerData, epoch: int, rank: int, 
     synchronize(device)
     t_train = time.perf_counter()
     sync_buffers(r.model, world)
-    logits = predict_logits(unwrap(r.model), data.vx, device, tc.batch_size, autocast(device, tc.mixed_precision))
+    if data.vx:
+        logits = predict_logits(unwrap(r.model), data.vx, device, tc.batch_size, autocast(device, tc.mixed_precision))
+        cm = confusion(data.vy, logits.argmax(1).numpy(), n_classes)
+        val_loss = float(nn.functional.cross_entropy(logits, torch.from_numpy(data.vy), weight=r.weights))
+    else:  # no validation speakers (train.checkpoint: last)
+        cm, val_loss = np.zeros((n_classes, n_classes), np.int64), float("nan")
     t_val = time.perf_counter()
-    cm = confusion(data.vy, logits.argmax(1).numpy(), n_classes)
     return {"epoch": epoch, "train_loss": tot_loss / max(tot_n, 1), "train_acc": tot_correct / max(tot_n, 1),
-            "val_loss": float(nn.functional.cross_entropy(logits, torch.from_numpy(data.vy), weight=r.weights)),
-            "val_uar": uar_cm(cm), "val_wa": wa_cm(cm), "lr": float(r.sched.get_last_lr()[0]),
+            "val_loss": val_loss, "val_uar": uar_cm(cm), "val_wa": wa_cm(cm), "lr": float(r.sched.get_last_lr()[0]),
             "train_seconds": t_train - t_start, "val_seconds": t_val - t_train,
             "train_samples_per_s": tot_n * world / max(t_train - t_start, 1e-9),
             "synthetic_rows": int(data.synthetic[full].sum())}
@@ -398,6 +401,11 @@ def _decide(st: dict[str, Any], row: dict[str, Any], r: _Run, tc: TrainConfig, w
             device: torch.device) -> None:
     """Best epoch and early stopping: rank 0's decision on every rank."""
     epoch = row["epoch"]
+    if tc.checkpoint == "last":  # a fixed budget: the final epoch's weights, no early stopping
+        st.update(best_uar=row["val_uar"], best_epoch=epoch,
+                  best_state={k: v.detach().cpu().clone() for k, v in unwrap(r.model).state_dict().items()})
+        st["epoch"] = epoch + 1
+        return
     if agree(row["val_uar"] > st["best_uar"], world, device):
         st.update(best_uar=row["val_uar"], best_epoch=epoch, bad=0,
                   best_state={k: v.detach().cpu().clone() for k, v in unwrap(r.model).state_dict().items()})

@@ -41,7 +41,7 @@ SYNTHETIC_KEYS = ("synthetic_weight", "synthetic_schedule", "synthetic_fade_frac
 when not at their defaults, so runs named before these settings existed keep their names."""
 
 
-LATER_KEYS = ("corpus_balance",)
+LATER_KEYS = ("corpus_balance", "checkpoint")
 """train.* settings added after runs were cached: in the run name only when not at their default."""
 
 
@@ -107,7 +107,7 @@ def split_rows(params: Params, df: pd.DataFrame, manifest: str | Path) -> tuple[
                             f"{params.ingest.classes} (field 'emotion'); need at least 2")
     tr = tr[tr["emotion"].isin(classes)]
     va = src[(src["split"] == "val") & src["emotion"].isin(classes)]
-    if va.empty:
+    if va.empty and params.train.checkpoint == "best_val":
         raise TrainingError(f"{manifest}: no validation rows (field 'split' == 'val'); early stopping and "
                             "checkpoint selection need validation speakers (splits.val_fraction)")
     return tr, va, classes
