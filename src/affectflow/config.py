@@ -124,7 +124,9 @@ class EgemapsConfig(Section):
 
 
 class FeaturesConfig(Section):
-    kinds: list[Literal["logmel", "egemaps"]] = Field(default_factory=lambda: ["logmel", "egemaps"])
+    kinds: list[Literal["logmel", "egemaps", "compare"]] = Field(default_factory=lambda: ["logmel", "egemaps"])
+    """logmel (n_mels x frames), egemaps (openSMILE eGeMAPS functionals; with `egemaps.levels: [lld]`
+    also egemaps_lld), compare (openSMILE ComParE 2016 functionals, 6373)."""
     logmel: LogMelConfig = Field(default_factory=LogMelConfig)
     egemaps: EgemapsConfig = Field(default_factory=EgemapsConfig)
     workers: int = Field(2, ge=1)
@@ -170,7 +172,7 @@ class SpecAugmentConfig(Section):
 
 
 class TrainConfig(Section):
-    model: Literal["cnn_bigru", "egemaps_mlp"] = "cnn_bigru"
+    model: Literal["cnn_bigru", "egemaps_mlp", "compare_mlp"] = "cnn_bigru"
     epochs: int = Field(50, ge=1)
     batch_size: int = Field(32, ge=1)
     lr: float = Field(2e-3, gt=0)

@@ -239,3 +239,25 @@ def test_manifest_without_content_hash_is_rejected(synth_params: Params, tmp_pat
     write_manifest(df, tmp_path / "bad.parquet")
     with pytest.raises(ManifestError, match=r"row 1 .*sha256"):
         extract_features(synth_params, tmp_path / "bad.parquet", tmp_path / "features")
+
+
+def test_compare_functionals_are_a_kind_of_their_own(synth_params, tmp_path: Path) -> None:
+    """ComParE 2016 functionals (6373) beside eGeMAPS in one store, each under its own key, and the
+    model folder's feature_config recomputes them from audio (as the pyfunc does)."""
+    from affectflow.config import with_overrides
+    from affectflow.contracts.feature_store import FeatureSet
+    from affectflow.features.keys import feature_keys, kind_config
+    from affectflow.stages.ingest import ingest
+
+    p = with_overrides(synth_params, {"features.kinds": ["egemaps", "compare"]})
+    manifest = ingest(p, tmp_path / "ingest").manifest
+    df = pd.read_parquet(manifest).head(2)
+    df.to_parquet(tmp_path / "two.parquet", index=False)
+    extract_features(p, tmp_path / "two.parquet", tmp_path / "features")
+    fs = FeatureSet(tmp_path / "features")
+    X = fs.matrix("compare", df["utt_id"].tolist())
+    assert X.shape == (2, 6373) and np.isfinite(X).all()
+    assert fs.matrix("egemaps", df["utt_id"].tolist()).shape == (2, 88)
+    keys = feature_keys(p)
+    assert keys["compare"] != keys["egemaps"]
+    assert kind_config(p, "compare") == {"feature_set": "ComParE_2016", "levels": ["functionals"]}

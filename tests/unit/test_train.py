@@ -453,3 +453,15 @@ def test_checkpoint_last_keeps_the_final_epoch_and_needs_no_validation_speakers(
     with pytest.raises(TrainingError, match="no validation rows"):
         train(tiny_params(params, **{"train.model": "egemaps_mlp"}), tmp_path / "noval.parquet", features,
               tmp_path / "u")
+
+
+def test_corpus_balance_with_the_sampler_draws_every_corpus_class_cell_equally():
+    tc = TrainConfig(corpus_balance=True, class_balance="sampler", seed=1)
+    group = np.array([0] * 800 + [1] * 200)
+    y = np.array(([0] * 700 + [1] * 100) + ([0] * 50 + [1] * 150))
+    counts = np.zeros((2, 2))
+    for e in range(8):
+        order = epoch_order(tc, y, e, 2, None, group)
+        np.add.at(counts, (group[order], y[order]), 1)
+    share = counts / counts.sum()
+    assert np.allclose(share, 0.25, atol=0.02)

@@ -16,8 +16,17 @@ def requested_kinds(params: Params) -> list[str]:
     """Store kinds that params.features asks for, in a stable order."""
     kinds: list[str] = []
     for k in dict.fromkeys(params.features.kinds):
-        kinds += [LOGMEL] if k == LOGMEL else eg.kinds_for(params.features.egemaps)
+        kinds += [LOGMEL] if k == LOGMEL else [eg.COMPARE] if k == eg.COMPARE else eg.kinds_for(params.features.egemaps)
     return kinds
+
+
+def kind_config(params: Params, kind: str) -> dict[str, object]:
+    """The settings of one kind, as a model folder stores them (`feature_config`)."""
+    if kind == LOGMEL:
+        return params.features.logmel.model_dump(mode="json")
+    if kind in eg.SMILE_KINDS:
+        return eg.kind_config(params.features.egemaps, kind)
+    return {}
 
 
 def feature_keys(params: Params) -> dict[str, str]:
@@ -28,6 +37,6 @@ def feature_keys(params: Params) -> dict[str, str]:
         if kind == LOGMEL:
             cfg = {**params.features.logmel.model_dump(mode="json"), "sample_rate": sr, "version": LOGMEL_VERSION}
         else:
-            cfg = eg.key_config(params.features.egemaps, sr)
+            cfg = eg.key_config(params.features.egemaps, sr, kind)
         keys[kind] = feature_key(kind, cfg)
     return keys

@@ -32,6 +32,7 @@ class ModelSpec:
 ARCHS: dict[str, ModelSpec] = {
     "cnn_bigru": ModelSpec(CnnBiGru, "logmel", "cnn", CnnConfig),
     "egemaps_mlp": ModelSpec(EgemapsMlp, "egemaps", "mlp", MlpConfig),
+    "compare_mlp": ModelSpec(EgemapsMlp, "compare", "mlp", MlpConfig),
 }
 
 

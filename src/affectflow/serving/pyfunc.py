@@ -169,7 +169,7 @@ def requirements(feature: str) -> list[str]:
 
     reqs = [f"torch=={torch.__version__.split('+')[0]}", "numpy", "pandas", "pydantic>=2.5", "pyyaml",
             "soundfile", "soxr", f"mlflow=={__import__('mlflow').__version__}"]
-    return [*reqs, "opensmile"] if feature == "egemaps" else reqs
+    return [*reqs, "opensmile"] if feature in ("egemaps", "egemaps_lld", "compare") else reqs
 
 
 def log_pyfunc(model_dir: str | Path, name: str = "model", registered_model_name: str | None = None) -> Any:

@@ -262,8 +262,9 @@ class KindSpec:
 
 
 @functools.cache
-def egemaps_dims(feature_set: str, levels: tuple[str, ...]) -> dict[str, int]:
-    """Features per openSMILE kind (88 eGeMAPSv02 functionals, 25 LLDs...), asked of openSMILE itself.
+def egemaps_dims(feature_set: str, levels: tuple[str, ...], kind: str) -> dict[str, int]:
+    """Features of an openSMILE kind (88 eGeMAPSv02 functionals, 25 LLDs, 6373 ComParE...), asked
+    of openSMILE itself.
 
     Cached: building the extractors parses openSMILE's config files. Empty if openSMILE is missing,
     and then the gate only asks that all clips agree.
@@ -271,7 +272,7 @@ def egemaps_dims(feature_set: str, levels: tuple[str, ...]) -> dict[str, int]:
     from affectflow.features.egemaps import Egemaps
 
     try:
-        return Egemaps(EgemapsConfig(feature_set=feature_set, levels=list(levels))).dims()
+        return Egemaps(EgemapsConfig(feature_set=feature_set, levels=list(levels)), [kind]).dims()
     except Exception:  # no opensmile: fall back to "all clips agree"
         return {}
 
@@ -288,9 +289,10 @@ def feature_specs(params: Params) -> list[KindSpec]:
             specs.append(KindSpec(kind, keys[kind], 2, params.features.logmel.n_mels, "features.logmel.n_mels"))
         else:
             frame_level = kind.endswith("_lld")
-            dims = egemaps_dims(eg.feature_set, tuple(eg.levels))
+            dims = egemaps_dims(eg.feature_set, tuple(eg.levels), kind)
             what = "low-level descriptors" if frame_level else "functionals"
-            specs.append(KindSpec(kind, keys[kind], 2 if frame_level else 1, dims.get(kind), f"{eg.feature_set} {what}"))
+            fs = "ComParE_2016" if kind == "compare" else eg.feature_set
+            specs.append(KindSpec(kind, keys[kind], 2 if frame_level else 1, dims.get(kind), f"{fs} {what}"))
     return specs
 
 

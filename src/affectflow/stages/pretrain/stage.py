@@ -33,6 +33,7 @@ from affectflow.contracts.model_folder import (
     write_model_folder,
 )
 from affectflow.contracts.workdir import ENCODER_SUBDIR
+from affectflow.features.keys import kind_config
 from affectflow.metrics import confusion, uar_cm
 from affectflow.models import arch_config, build_model, feature_kind
 from affectflow.models.dann import Dann
@@ -199,7 +200,7 @@ def _sizes(rows: pd.DataFrame) -> dict[str, int]:
 def encoder_meta(inp: Inputs, run_name: str, lineage: dict[str, str], seconds: float, device: str) -> ModelMeta:
     """model.json of the encoder folder: the recognizer's fields plus what DANN saw."""
     p, tc = inp.params, inp.params.train
-    feature_cfg = getattr(p.features, inp.kind).model_dump(mode="json") if hasattr(p.features, inp.kind) else {}
+    feature_cfg = kind_config(p, inp.kind)
     r = inp.rows
     facts = PretrainFacts(
         method="dann", domains=inp.domains.names, sources=list(inp.domains.sources),

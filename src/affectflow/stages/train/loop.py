@@ -141,15 +141,20 @@ def epoch_order(tc: TrainConfig, y: np.ndarray, epoch: int, n_classes: int,
         if k < len(syn):  # the constant schedule draws nothing here: its order is unchanged
             rows = np.sort(np.concatenate([np.flatnonzero(~synthetic), rng.choice(syn, size=k, replace=False)]))
     w = np.ones(len(rows))
-    if tc.class_balance == "sampler":
-        w /= np.bincount(y[rows], minlength=n_classes).astype(float)[y[rows]]
+    sampler = tc.class_balance == "sampler"
     if tc.corpus_balance and group is not None:
-        # real rows: each corpus the same total weight; synthetic rows (group -1) keep their share
+        # real rows: each corpus (with the sampler: each (corpus, class) cell) the same total weight;
+        # synthetic rows (group -1) keep their share of the epoch
         g = group[rows]
         real = g >= 0
-        counts = np.bincount(g[real])
-        present = int((counts > 0).sum())
-        w[real] *= real.sum() / (present * counts[g[real]])
+        cell = g[real] * n_classes + y[rows][real] if sampler else g[real]
+        _, inverse, counts = np.unique(cell, return_inverse=True, return_counts=True)
+        w[real] = real.sum() / (len(counts) * counts[inverse])
+        if sampler and (~real).any():
+            ys = y[rows][~real]
+            w[~real] = (~real).sum() / (len(np.unique(ys)) * np.bincount(ys)[ys])
+    elif sampler:
+        w /= np.bincount(y[rows], minlength=n_classes).astype(float)[y[rows]]
     if tc.class_balance == "sampler" or (tc.corpus_balance and group is not None):
         return rows[rng.choice(len(rows), size=len(rows), replace=True, p=w / w.sum())]
     return rows[rng.permutation(len(rows))]

@@ -27,7 +27,7 @@ from affectflow.contracts.model_folder import (
     read_model_meta,
 )
 from affectflow.contracts.synthetic import read_synthetic, synthetic_file
-from affectflow.features.keys import feature_keys
+from affectflow.features.keys import feature_keys, kind_config
 from affectflow.models import arch_config, feature_kind
 from affectflow.models.data import NormStats, compute_stats
 from affectflow.tracking import lineage as lineage_tags
@@ -220,7 +220,7 @@ def plan(params: Params, manifest: str | Path, features_dir: str | Path, out_dir
     y_of = {c: i for i, c in enumerate(classes)}
     train_y = tr["emotion"].map(y_of).to_numpy()
     syn = select_synthetic(synthetic, kind, classes, train_y, tc) if synthetic else None
-    feature_cfg = getattr(params.features, kind).model_dump(mode="json") if hasattr(params.features, kind) else {}
+    feature_cfg = kind_config(params, kind)
     key = _feature_key(fs, kind, train_ids + val_ids)
     _check_feature_key(params, kind, key, fs.root)
     name = run_name(tc, {
