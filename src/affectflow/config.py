@@ -123,12 +123,33 @@ class EgemapsConfig(Section):
     levels: list[Literal["functionals", "lld"]] = Field(default_factory=lambda: ["functionals"])
 
 
+class SslConfig(Section):
+    """A pretrained self-supervised speech encoder (WavLM / HuBERT / wav2vec 2.0) as the `ssl`
+    feature kind: frozen, the time-averaged hidden states of `layers` per clip."""
+
+    checkpoint: str = ""
+    """A local folder, an s3:// prefix (mirrored into `cache_dir`) or a hub id (with HF_HUB_OFFLINE,
+    only from the local Hugging Face cache). Nothing is downloaded at import or test time."""
+    layers: list[int] = Field(default_factory=list)
+    """Hidden-state indices to keep (0 = the CNN projection, -1 = the last layer); [] = all."""
+    chunk_s: float = Field(20.0, gt=0.5)
+    """Long clips are encoded in windows of this length (memory), averaged by frames."""
+    batch_size: int = Field(8, ge=1)
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    mixed_precision: bool = True
+    """bf16 autocast on CUDA."""
+    cache_dir: str = ""
+    """Local mirror of an s3:// checkpoint (default ~/.cache/affectflow/ssl)."""
+
+
 class FeaturesConfig(Section):
-    kinds: list[Literal["logmel", "egemaps", "compare"]] = Field(default_factory=lambda: ["logmel", "egemaps"])
+    kinds: list[Literal["logmel", "egemaps", "compare", "ssl"]] = Field(default_factory=lambda: ["logmel", "egemaps"])
     """logmel (n_mels x frames), egemaps (openSMILE eGeMAPS functionals; with `egemaps.levels: [lld]`
-    also egemaps_lld), compare (openSMILE ComParE 2016 functionals, 6373)."""
+    also egemaps_lld), compare (openSMILE ComParE 2016 functionals, 6373), ssl (a pretrained speech
+    encoder's time-averaged layers, `features.ssl`)."""
     logmel: LogMelConfig = Field(default_factory=LogMelConfig)
     egemaps: EgemapsConfig = Field(default_factory=EgemapsConfig)
+    ssl: SslConfig = Field(default_factory=SslConfig)
     workers: int = Field(2, ge=1)
     batch_size: int = Field(32, ge=1)
     device: Literal["auto", "cpu", "cuda"] = "auto"
@@ -154,6 +175,18 @@ class CnnConfig(Section):
 class MlpConfig(Section):
     hidden: list[int] = Field(default_factory=lambda: [256, 128], min_length=1)
     dropout: float = Field(0.3, ge=0, lt=1)
+    input_dropout: float = Field(0.0, ge=0, lt=1)
+    """Dropout on the standardised input features (a regulariser for wide functional sets)."""
+
+
+class SslHeadConfig(Section):
+    """The head over a pretrained encoder's layers (`train.model: ssl_head`): a learned softmax-
+    weighted sum of the layers' time-averaged states (SUPERB / EmoBox), then an MLP."""
+
+    hidden: list[int] = Field(default_factory=lambda: [256], min_length=1)
+    dropout: float = Field(0.2, ge=0, lt=1)
+    n_layers: int = Field(0, ge=0)
+    """Encoder layers in each input vector; filled in by training from the checkpoint (0 here)."""
 
 
 class SpecAugmentConfig(Section):
@@ -172,7 +205,7 @@ class SpecAugmentConfig(Section):
 
 
 class TrainConfig(Section):
-    model: Literal["cnn_bigru", "egemaps_mlp", "compare_mlp"] = "cnn_bigru"
+    model: Literal["cnn_bigru", "egemaps_mlp", "compare_mlp", "ssl_head"] = "cnn_bigru"
     epochs: int = Field(50, ge=1)
     batch_size: int = Field(32, ge=1)
     lr: float = Field(2e-3, gt=0)
@@ -234,6 +267,7 @@ class TrainConfig(Section):
     run resumes from the checkpoint. For time-boxed jobs and for testing resume. 0 = never."""
     cnn: CnnConfig = Field(default_factory=CnnConfig)
     mlp: MlpConfig = Field(default_factory=MlpConfig)
+    ssl_head: SslHeadConfig = Field(default_factory=SslHeadConfig)
     specaugment: SpecAugmentConfig = Field(default_factory=SpecAugmentConfig)
     synthetic_ratio: float = Field(0.0, ge=0)
     """Synthetic samples per real training sample (0 = real data only)."""

@@ -7,6 +7,8 @@ from affectflow.config import Params
 from affectflow.contracts.feature_store import feature_key
 from affectflow.features import egemaps as eg
 
+SSL = "ssl"
+
 LOGMEL = "logmel"
 LOGMEL_VERSION = 1
 """Bump when `LogMel` changes values for the same configuration: it is part of the cache key."""
@@ -16,7 +18,10 @@ def requested_kinds(params: Params) -> list[str]:
     """Store kinds that params.features asks for, in a stable order."""
     kinds: list[str] = []
     for k in dict.fromkeys(params.features.kinds):
-        kinds += [LOGMEL] if k == LOGMEL else [eg.COMPARE] if k == eg.COMPARE else eg.kinds_for(params.features.egemaps)
+        if k in (LOGMEL, SSL, eg.COMPARE):
+            kinds.append(k)
+        else:
+            kinds += eg.kinds_for(params.features.egemaps)
     return kinds
 
 
@@ -26,6 +31,10 @@ def kind_config(params: Params, kind: str) -> dict[str, object]:
         return params.features.logmel.model_dump(mode="json")
     if kind in eg.SMILE_KINDS:
         return eg.kind_config(params.features.egemaps, kind)
+    if kind == SSL:
+        from affectflow.features.ssl import checkpoint_hash
+
+        return {**params.features.ssl.model_dump(mode="json"), "checkpoint_sha": checkpoint_hash(params.features.ssl)}
     return {}
 
 
@@ -36,6 +45,10 @@ def feature_keys(params: Params) -> dict[str, str]:
     for kind in requested_kinds(params):
         if kind == LOGMEL:
             cfg = {**params.features.logmel.model_dump(mode="json"), "sample_rate": sr, "version": LOGMEL_VERSION}
+        elif kind == SSL:
+            from affectflow.features.ssl import key_config  # torch / transformers only when asked
+
+            cfg = key_config(params.features.ssl, sr)
         else:
             cfg = eg.key_config(params.features.egemaps, sr, kind)
         keys[kind] = feature_key(kind, cfg)

@@ -14,8 +14,9 @@ from typing import Any
 from pydantic import BaseModel
 from torch import nn
 
-from affectflow.config import CnnConfig, MlpConfig, TrainConfig
+from affectflow.config import CnnConfig, MlpConfig, SslHeadConfig, TrainConfig
 from affectflow.models.recognizer import CnnBiGru, EgemapsMlp
+from affectflow.models.ssl import SslHead
 
 
 @dataclass(frozen=True)
@@ -33,6 +34,7 @@ ARCHS: dict[str, ModelSpec] = {
     "cnn_bigru": ModelSpec(CnnBiGru, "logmel", "cnn", CnnConfig),
     "egemaps_mlp": ModelSpec(EgemapsMlp, "egemaps", "mlp", MlpConfig),
     "compare_mlp": ModelSpec(EgemapsMlp, "compare", "mlp", MlpConfig),
+    "ssl_head": ModelSpec(SslHead, "ssl", "ssl_head", SslHeadConfig),
 }
 
 
@@ -48,9 +50,13 @@ def feature_kind(arch: str) -> str:
     return spec(arch).feature
 
 
-def arch_config(train: TrainConfig) -> dict[str, Any]:
-    """The configuration section of `train` that shapes the chosen architecture."""
-    return getattr(train, spec(train.model).section).model_dump(mode="json")
+def arch_config(train: TrainConfig, n_layers: int | None = None) -> dict[str, Any]:
+    """The configuration section of `train` that shapes the chosen architecture; `n_layers`: the
+    encoder layers an `ssl_head` reads (known from the checkpoint, not from params)."""
+    cfg = getattr(train, spec(train.model).section).model_dump(mode="json")
+    if n_layers is not None and "n_layers" in cfg:
+        cfg["n_layers"] = n_layers
+    return cfg
 
 
 def build_model(arch: str, config: dict[str, Any], input_dim: int, n_classes: int) -> nn.Module:

@@ -113,7 +113,7 @@ class MlpEncoder(nn.Module):
 
     def __init__(self, in_dim: int, cfg: MlpConfig):
         super().__init__()
-        layers: list[nn.Module] = []
+        layers: list[nn.Module] = [nn.Dropout(cfg.input_dropout)] if cfg.input_dropout > 0 else []
         prev = in_dim
         for h in cfg.hidden:
             layers += [nn.Linear(prev, h), nn.BatchNorm1d(h), nn.ReLU(inplace=True), nn.Dropout(cfg.dropout)]

@@ -38,6 +38,8 @@ from mlflow.pyfunc import PythonModel
 from affectflow import audio
 
 MODEL_ARTIFACT = "model_dir"
+ENCODER_ARTIFACT = "ssl_encoder"
+"""The pretrained speech encoder of an `ssl` model, carried inside the logged model."""
 EXAMPLE_SECONDS = 0.5
 """Length of the generated waveform logged as the input example."""
 SOURCE_COLUMNS = ("path", "audio", "audio_b64")
@@ -51,6 +53,9 @@ class AffectflowPyfunc(PythonModel):
         from affectflow.serving.recognizer import Featurizer, load_model_dir
 
         self.rec = load_model_dir(context.artifacts[MODEL_ARTIFACT])
+        encoder = context.artifacts.get(ENCODER_ARTIFACT)
+        if encoder:  # the checkpoint travels with the model: no hub, no bucket needed to serve it
+            self.rec.meta.feature_config = {**self.rec.meta.feature_config, "checkpoint": encoder}
         self.featurizer = Featurizer(self.rec.meta)
 
     # No annotations on purpose: MLflow turns predict() type hints into an input schema of its own.
@@ -169,6 +174,8 @@ def requirements(feature: str) -> list[str]:
 
     reqs = [f"torch=={torch.__version__.split('+')[0]}", "numpy", "pandas", "pydantic>=2.5", "pyyaml",
             "soundfile", "soxr", f"mlflow=={__import__('mlflow').__version__}"]
+    if feature == "ssl":
+        return [*reqs, f"transformers=={__import__('transformers').__version__}"]
     return [*reqs, "opensmile"] if feature in ("egemaps", "egemaps_lld", "compare") else reqs
 
 
@@ -180,10 +187,19 @@ def log_pyfunc(model_dir: str | Path, name: str = "model", registered_model_name
     from affectflow.contracts.model_folder import read_model_meta
 
     meta = read_model_meta(model_dir)
+    artifacts = {MODEL_ARTIFACT: str(Path(model_dir).resolve())}
+    if meta.feature == "ssl":
+        from affectflow.config import SslConfig
+        from affectflow.features.ssl import local_checkpoint
+
+        where = local_checkpoint(SslConfig.model_validate(
+            {k: v for k, v in meta.feature_config.items() if k in SslConfig.model_fields}))
+        if isinstance(where, Path):
+            artifacts[ENCODER_ARTIFACT] = str(where.resolve())
     return mlflow.pyfunc.log_model(
         name=name,
         python_model=AffectflowPyfunc(),
-        artifacts={MODEL_ARTIFACT: str(Path(model_dir).resolve())},
+        artifacts=artifacts,
         code_paths=[str(Path(affectflow.__file__).parent)],
         signature=signature(list(meta.classes)),
         input_example=input_example(meta.sample_rate),

@@ -46,7 +46,7 @@ from affectflow.contracts.feature_store import (
 )
 from affectflow.contracts.manifest import ManifestError, read_manifest
 from affectflow.features import egemaps as eg
-from affectflow.features.keys import LOGMEL, feature_keys
+from affectflow.features.keys import LOGMEL, SSL, feature_keys
 from affectflow.runtime.device import resolve_device
 from affectflow.runtime.progress import progress
 from affectflow.stages.spec import Inputs
@@ -193,13 +193,18 @@ def extract_features(params: Params, manifest_path: str | Path, out_dir: str | P
                for kind, key in keys.items()}
     jobs: list[_Job] = []
     for sha, path in zip(clips["sha256"], clips["path"], strict=True):
-        smile = tuple(k for k in keys if k != LOGMEL and sha in missing[k])
+        smile = tuple(k for k in keys if k in eg.SMILE_KINDS and sha in missing[k])
         want_logmel = LOGMEL in keys and sha in missing[LOGMEL]
         if want_logmel or smile:
             jobs.append((sha, str(path), want_logmel, smile))
 
     shapes: dict[tuple[str, str], tuple[int, ...]] = {}
     run = _compute(params, root, keys, jobs, shapes) if jobs else {"audio_seconds": 0.0}
+    if SSL in keys and missing[SSL]:
+        todo = clips[clips["sha256"].isin(missing[SSL])]
+        run["ssl"] = _compute_ssl(params, root, keys[SSL], todo, shapes)
+        if not jobs:
+            run["audio_seconds"] = float(todo["duration"].sum())
 
     previous = _previous_shapes(root) if len(shapes) < len(keys) * len(clips) else {}
     frames = []
@@ -381,6 +386,38 @@ def _compute(params: Params, root: Path, keys: dict[str, str], jobs: list[_Job],
             torch.set_num_threads(import_threads)
     facts["process_seconds"] = {k: round(v, 3) for k, v in stage_s.items()}
     return facts
+
+
+def _compute_ssl(params: Params, root: Path, key: str, clips: pd.DataFrame,
+                 shapes: dict[tuple[str, str], tuple[int, ...]]) -> dict[str, Any]:
+    """The pretrained encoder in this process (it feeds one GPU, or uses the CPU's threads), on
+    batches of clips decoded ahead by a thread pool; arrays saved as they come."""
+    from affectflow.features.ssl import SslEncoder
+
+    cfg = params.features.ssl
+    sr = params.audio.sample_rate
+    device = resolve_device(cfg.device, "features.ssl.device")
+    t0 = time.perf_counter()
+    encoder = SslEncoder(cfg, sr, device)
+    load_s = time.perf_counter() - t0
+    rows = list(zip(clips["sha256"], clips["path"], strict=True))
+    batch = max(cfg.batch_size, 1)
+    with ThreadPoolExecutor(max_workers=max(1, params.features.workers)) as pool, \
+            ThreadPoolExecutor(max_workers=1) as reader:
+        def decode(chunk: list[tuple[str, str]]) -> list[np.ndarray]:
+            return list(pool.map(lambda r: audio.load(r[1], sr), chunk))
+
+        chunks = [rows[i:i + batch] for i in range(0, len(rows), batch)]
+        ahead = reader.submit(decode, chunks[0]) if chunks else None
+        for i, chunk in enumerate(progress(chunks, "features ssl", unit="batch")):
+            assert ahead is not None
+            waves = ahead.result()
+            ahead = reader.submit(decode, chunks[i + 1]) if i + 1 < len(chunks) else None
+            for (sha, _), vec in zip(chunk, encoder(waves), strict=True):
+                save_array(f"{root}/{relative_file(SSL, key, sha)}", vec)
+                shapes[(SSL, sha)] = vec.shape
+    return {"device": str(device), "dim": encoder.dim, "layers": encoder.layers,
+            "load_seconds": round(load_s, 2), "seconds": round(time.perf_counter() - t0, 2)}
 
 
 def _clips(results: Iterable[tuple[list[_Done], dict[str, float]]], stage_s: dict[str, float],

@@ -28,6 +28,7 @@ from affectflow.contracts.model_folder import (
 )
 from affectflow.contracts.synthetic import read_synthetic, synthetic_file
 from affectflow.features.keys import feature_keys, kind_config
+from affectflow.features.ssl import encoder_layers
 from affectflow.models import arch_config, feature_kind
 from affectflow.models.data import NormStats, compute_stats
 from affectflow.tracking import lineage as lineage_tags
@@ -200,7 +201,7 @@ def plan(params: Params, manifest: str | Path, features_dir: str | Path, out_dir
     train_ids, val_ids = tr["utt_id"].tolist(), va["utt_id"].tolist()
     arrays = fs.load(kind, train_ids, mmap=True)
     input_dim = int(arrays[0].shape[0])
-    acfg = arch_config(tc)
+    acfg = arch_config(tc, encoder_layers(params))
     pre_meta = _check_pretrained(pretrained, tc.model, kind, acfg, input_dim) if pretrained else None
     mode = "global" if tc.normalize == "corpus" or (kind != "logmel" and tc.normalize == "utterance") \
         else tc.normalize
