@@ -287,6 +287,8 @@ def feature_specs(params: Params) -> list[KindSpec]:
     for kind in requested_kinds(params):
         if kind == LOGMEL:
             specs.append(KindSpec(kind, keys[kind], 2, params.features.logmel.n_mels, "features.logmel.n_mels"))
+        elif kind == "ssl":  # length = layers x hidden size of the checkpoint: every clip must agree
+            specs.append(KindSpec(kind, keys[kind], 1, None, "pretrained encoder layers"))
         else:
             frame_level = kind.endswith("_lld")
             dims = egemaps_dims(eg.feature_set, tuple(eg.levels), kind)
