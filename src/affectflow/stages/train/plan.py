@@ -31,7 +31,8 @@ from affectflow.models import arch_config, feature_kind
 from affectflow.models.data import NormStats, compute_stats
 from affectflow.tracking import lineage as lineage_tags
 
-RUNTIME_KEYS = ("num_workers", "device", "threads", "checkpoints_to_keep", "stop_after_epochs", "max_failures")
+RUNTIME_KEYS = ("num_workers", "device", "threads", "checkpoints_to_keep", "stop_after_epochs", "max_failures",
+                "checkpoint_dir")
 """train.* settings that change how a run executes, not what it computes (excluded from the run name)."""
 SYNTHETIC_KEYS = ("synthetic_weight", "synthetic_schedule", "synthetic_fade_fraction")
 """train.* settings that act on synthetic rows only: in the run name only with synthetic rows and
