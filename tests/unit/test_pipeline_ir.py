@@ -320,7 +320,7 @@ def _config_map_env(platform: dict[str, Any], executor: str) -> set[str]:
 def test_train_reads_the_charts_ray_settings(ir: tuple[dict[str, Any], dict[str, Any]], tmp_path: Path) -> None:
     """Default: Ray (if any) runs in the train pod, which holds the GPU; checkpoints go to the chart's
     shared storage. pipeline.ray_cluster: the pod submits to KubeRay and requests no GPU."""
-    spec, platform = ir
+    _spec, platform = ir
     assert _config_map_env(platform, "exec-train") == {"AFFECTFLOW_RAY_STORAGE"}
     on = load_params(PARAMS_YAML, {**GPU_SETTINGS, "pipeline.ray_cluster": True, "train.num_workers": 2})
     spec2, platform2 = _compile(on, tmp_path / "ir.yaml")
