@@ -98,3 +98,44 @@ def test_the_global_batch_is_shared_out_over_the_workers() -> None:
 
     tc = TrainConfig(batch_size=32)
     assert [worker_batch_size(tc, n) for n in (0, 1, 2, 4, 64)] == [32, 32, 16, 8, 1]
+
+
+def _rank(rank: int, world: int, port: int, out: Any) -> None:
+    """One DDP rank (gloo): only rank 1 wants to stop, and each rank has its own BatchNorm statistics."""
+    import torch
+    import torch.distributed as dist
+
+    from affectflow.stages.train.loop import agree, sync_buffers
+
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
+    try:
+        stop = agree(rank == 1, world, torch.device("cpu"))
+        bn = torch.nn.BatchNorm1d(3)
+        bn.running_mean.fill_(float(rank + 1))
+        sync_buffers(bn, world)
+        out.put((rank, stop, bn.running_mean.tolist()))
+    finally:
+        dist.destroy_process_group()
+
+
+def test_every_rank_takes_rank_0s_stopping_decision_and_buffers() -> None:
+    """What keeps the two-worker run above from hanging, on two real processes: a rank that would
+    stop alone (rank 1) carries on with rank 0, and every rank validates with rank 0's statistics."""
+    import torch.multiprocessing as mp
+
+    from affectflow.runtime.netutil import free_port
+
+    ctx = mp.get_context("spawn")
+    out = ctx.Queue()
+    port = free_port()
+    procs = [ctx.Process(target=_rank, args=(r, 2, port, out)) for r in range(2)]
+    for proc in procs:
+        proc.start()
+    try:
+        got = sorted(out.get(timeout=120) for _ in procs)
+    finally:
+        for proc in procs:
+            proc.join(timeout=30)
+            if proc.is_alive():
+                proc.kill()
+    assert got == [(0, False, [1.0, 1.0, 1.0]), (1, False, [1.0, 1.0, 1.0])]
