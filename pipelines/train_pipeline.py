@@ -14,8 +14,10 @@ from typing import Any
 
 from kfp import dsl, kubernetes
 
-from affectflow.config import Params
+from affectflow.config import DEFAULT_TASK_RESOURCES, ConfigError, Params
+from affectflow.orchestration.images import image_for
 from affectflow.orchestration.ir import PIPELINE_NAME
+from affectflow.orchestration.kfp_io import TRACKING_SECRET_ENV
 from affectflow.orchestration.run_form import (
     DATA_VERSION,
     KFP_TYPES,
@@ -24,6 +26,7 @@ from affectflow.orchestration.run_form import (
     base_yaml,
     run_form_defaults,
 )
+from affectflow.stages import STAGES
 from components import params as params_component
 from components.augment import augment, skip_augment
 from components.evaluate import evaluate
@@ -39,10 +42,24 @@ GPU_RESOURCE = "nvidia.com/gpu"
 S3_KEYS = {k: k for k in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_ENDPOINT_URL",
                           "MLFLOW_S3_ENDPOINT_URL", "AWS_DEFAULT_REGION")}
 """Secret key -> environment variable, from `pipeline.s3_secret` (the chart's S3 Secret: what
-boto3, MLflow and DVC read)."""
-MLFLOW_KEYS = {k: k for k in ("MLFLOW_TRACKING_URI", "MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD")}
-"""Secret key -> environment variable, from `pipeline.mlflow_secret`. MLFLOW_TRACKING_URI, when set,
-replaces tracking.uri inside the tasks (affectflow.orchestration.kfp_io.stage_params)."""
+boto3, MLflow, DVC and Ray's pyarrow S3 read). Required: a data task without them fails to start."""
+MLFLOW_KEYS = {"MLFLOW_TRACKING_URI": "MLFLOW_TRACKING_URI"}
+"""Required key of `pipeline.mlflow_secret` on the tasks that log or register: it replaces
+tracking.uri inside the tasks (affectflow.orchestration.kfp_io.stage_params)."""
+MLFLOW_AUTH_KEYS = {k: k for k in ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD")}
+"""Optional keys of the same Secret, for an external tracking server with basic auth (the chart's
+in-cluster server has none, so its Secret lacks them)."""
+RAY_ENV = ("RAY_ADDRESS", "AFFECTFLOW_RAY_STORAGE")
+"""Keys of `pipeline.env_config_map` (the chart's ConfigMap) the train task reads: the KubeRay
+client address and the shared storage of Ray runs and checkpoints."""
+WRITABLE_DIRS = {"kfp-minio": "/minio", "kfp-s3": "/s3", "kfp-gcs": "/gcs", "tmp": "/tmp"}
+"""emptyDirs of every task: the KFP launcher's local artifact paths and /tmp, writable for the
+non-root UID whatever the image or a read-only root filesystem."""
+DATA_TASKS = frozenset({*STAGES, "validate-features"}) - {"register"}
+"""Tasks that read or write data (S3 corpora, features, Ray storage, MLflow's S3 artifacts)."""
+TRACKING_TASKS = frozenset({s for s, row in STAGES.items() if "tracking" in row.sections}
+                           | {"register", "promote", "record-run-status", "resolve-params"})
+"""Tasks that log to or read from MLflow (resolve-params checks the server before anything runs)."""
 RETRY_BACKOFF = "30s"
 """First wait before a retry (doubles each time): long enough for a node or S3 hiccup to pass."""
 FORM_NAMES = [p.name for p in RUN_FORM] + [OVERRIDES, DATA_VERSION]
@@ -69,35 +86,89 @@ def _docstring() -> str:
     return "\n".join(lines)
 
 
-def _platform(task: Any, p: Params, *, gpu: bool, secrets: tuple[str, ...] = ("s3", "mlflow"),
-              retry: bool = True) -> Any:
-    """Caching, retries, credentials and (GPU tasks) accelerator, node selector, tolerations."""
+def task_uses_gpu(stage: str, p: Params) -> bool:
+    """Whether a stage's task runs in the GPU image (with `pipeline.gpu_limit` GPUs): the stage table's
+    GPU stages, except train when its Ray workers run on the KubeRay cluster (`pipeline.ray_cluster`:
+    they hold the GPUs, the submitting pod needs none), plus features when log-mel runs on the GPU."""
     cfg = p.pipeline
-    task.set_caching_options(True)
-    if retry and cfg.retries > 0:
-        task.set_retry(cfg.retries, backoff_duration=RETRY_BACKOFF, backoff_factor=2.0)
-    if "s3" in secrets:
-        kubernetes.use_secret_as_env(task, secret_name=cfg.s3_secret, secret_key_to_env=S3_KEYS, optional=True)
-    if "mlflow" in secrets:
-        kubernetes.use_secret_as_env(task, secret_name=cfg.mlflow_secret, secret_key_to_env=MLFLOW_KEYS,
-                                     optional=True)
-    if gpu and cfg.gpu_limit > 0:
-        task.set_accelerator_type(GPU_RESOURCE).set_accelerator_limit(cfg.gpu_limit)
-        for key, value in cfg.node_selector.items():
+    if stage == "features":
+        f = p.features
+        return cfg.features_on_gpu == "always" or (
+            cfg.features_on_gpu == "auto" and cfg.gpu_limit > 0 and "logmel" in f.kinds and f.device != "cpu")
+    if stage == "train" and cfg.ray_cluster:
+        return False
+    return stage in STAGES and STAGES[stage].gpu
+
+
+def check_compile_settings(p: Params) -> None:
+    """Settings that contradict each other at compile time (errors name the keys)."""
+    if p.pipeline.ray_cluster and p.train.num_workers == 0:
+        raise ConfigError("pipeline.ray_cluster: true needs train.num_workers >= 1: with 0 the model trains "
+                          "inside the train pod, which then runs in the CPU image without a GPU")
+    for task in DEFAULT_TASK_RESOURCES:
+        p.pipeline.resources_for(task)  # request <= limit, per task
+
+
+def _task_name(task: Any) -> str:
+    return str(task.component_spec.name)
+
+
+def _secrets_of(task: str) -> tuple[str, ...]:
+    return tuple(s for s, tasks in (("s3", DATA_TASKS), ("mlflow", TRACKING_TASKS)) if task in tasks)
+
+
+def _resources(task: Any, p: Params, name: str, gpu: bool) -> None:
+    res = p.pipeline.resources_for(name)
+    task.set_cpu_request(res.cpu_request).set_cpu_limit(res.cpu_limit)
+    task.set_memory_request(res.memory_request).set_memory_limit(res.memory_limit)
+    count = p.pipeline.gpu_limit if res.gpu is None else res.gpu
+    if gpu and count > 0:
+        task.set_accelerator_type(GPU_RESOURCE).set_accelerator_limit(count)
+        for key, value in p.pipeline.node_selector.items():
             kubernetes.add_node_selector(task, label_key=key, label_value=value)
-        for tol in cfg.tolerations:
+        for tol in p.pipeline.tolerations:
             kubernetes.add_toleration(task, key=tol.get("key"), operator=tol.get("operator"),
                                       value=tol.get("value"), effect=tol.get("effect"),
                                       toleration_seconds=tol.get("toleration_seconds"))
-    if gpu and cfg.image_gpu:
-        task.set_container_image(cfg.image_gpu)
-    elif not gpu and cfg.image_cpu:
-        task.set_container_image(cfg.image_cpu)
+
+
+def _platform(task: Any, p: Params, *, gpu: bool, secrets: tuple[str, ...] | None = None,
+              retry: bool = True) -> Any:
+    """Caching, retries, credentials, resources, writable launcher paths, non-root and (GPU tasks)
+    accelerator, node selector, tolerations. `secrets=None`: what the task needs (`DATA_TASKS` get
+    the S3 Secret, `TRACKING_TASKS` the MLflow one), mounted as required."""
+    cfg = p.pipeline
+    name = _task_name(task)
+    task.set_caching_options(True)
+    if retry and cfg.retries > 0:
+        task.set_retry(cfg.retries, backoff_duration=RETRY_BACKOFF, backoff_factor=2.0)
+    for kind in _secrets_of(name) if secrets is None else secrets:
+        if kind == "s3":
+            kubernetes.use_secret_as_env(task, secret_name=cfg.s3_secret, secret_key_to_env=S3_KEYS)
+        elif kind == "mlflow":
+            kubernetes.use_secret_as_env(task, secret_name=cfg.mlflow_secret, secret_key_to_env=MLFLOW_KEYS)
+            kubernetes.use_secret_as_env(task, secret_name=cfg.mlflow_secret, secret_key_to_env=MLFLOW_AUTH_KEYS,
+                                         optional=True)
+            if cfg.require_tracking_server:
+                task.set_env_variable(TRACKING_SECRET_ENV, cfg.mlflow_secret)
+    if name == "train":
+        keys = RAY_ENV if cfg.ray_cluster else RAY_ENV[1:]
+        kubernetes.use_config_map_as_env(task, config_map_name=cfg.env_config_map,
+                                         config_map_key_to_env={k: k for k in keys})
+    _resources(task, p, name, gpu)
+    for volume, path in WRITABLE_DIRS.items():
+        kubernetes.empty_dir_mount(task, volume_name=volume, mount_path=path)
+    kubernetes.set_security_context(task, run_as_user=cfg.run_as_user, run_as_group=cfg.run_as_user,
+                                    run_as_non_root=True)
+    # The image follows the decision, not the component's decorator: features move to the GPU image
+    # when log-mel runs there, train to the CPU image when its workers run on KubeRay.
+    task.set_container_image((cfg.image_gpu or image_for("gpu")) if gpu else (cfg.image_cpu or image_for("cpu")))
     return task
 
 
 def build_pipeline(p: Params) -> Any:
     """The pipeline for params `p` (run-form defaults, the compiled-in params.yaml, compile-time settings)."""
+    check_compile_settings(p)
     resolve = params_component.make()
     base = base_yaml(p)
 
@@ -112,14 +183,15 @@ def build_pipeline(p: Params) -> Any:
         exit_task.set_display_name("record run status")
 
         with dsl.ExitHandler(exit_task, name="affectflow-run"):
-            cfg = _platform(resolve(base=base, **v), p, gpu=False, secrets=(), retry=False)
+            cfg = _platform(resolve(base=base, **v), p, gpu=False, retry=False)
             cfg.set_display_name("resolve params")
             conf = cfg.outputs
             ing = _platform(ingest(config=conf["ingest"], data_version=data_version), p, gpu=False)
             manifest = ing.outputs["manifest"]
             val = _platform(validate(config=conf["validate"], manifest=manifest), p, gpu=False)
             val.set_display_name("validate manifest")
-            feat = _platform(features(config=conf["features"], manifest=manifest), p, gpu=False)
+            feat = _platform(features(config=conf["features"], manifest=manifest), p,
+                             gpu=task_uses_gpu("features", p))
             feat.after(val)
             store = feat.outputs["store"]
             val_feat = _platform(validate_features(config=conf["validate"], manifest=manifest, store=store), p,
@@ -130,17 +202,17 @@ def build_pipeline(p: Params) -> Any:
                 aug = _platform(augment(config=conf["augment"], manifest=manifest, store=store), p, gpu=True)
                 aug.after(val_feat)
             with dsl.Else(name="augmentation-off"):
-                no_aug = skip_augment().set_caching_options(True)
+                no_aug = _platform(skip_augment(), p, gpu=False, secrets=(), retry=False)
             with dsl.If(v["dann"] == True, name="dann-on"):  # noqa: E712
                 pre = _platform(pretrain(config=conf["pretrain"], manifest=manifest, store=store), p, gpu=True)
                 pre.after(val_feat)
             with dsl.Else(name="dann-off"):
-                no_pre = skip_pretrain().set_caching_options(True)
+                no_pre = _platform(skip_pretrain(), p, gpu=False, secrets=(), retry=False)
 
             trn = _platform(train(config=conf["train"], manifest=manifest, store=store,
                                   synthetic=dsl.OneOf(aug.outputs["synthetic"], no_aug.outputs["synthetic"]),
                                   encoder=dsl.OneOf(pre.outputs["encoder"], no_pre.outputs["encoder"])),
-                            p, gpu=True)
+                            p, gpu=task_uses_gpu("train", p))
             trn.after(val_feat)
             ev = _platform(evaluate(config=conf["evaluate"], manifest=manifest, store=store,
                                     model=trn.outputs["model"]), p, gpu=False)

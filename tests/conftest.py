@@ -63,3 +63,11 @@ def _isolate_mlflow_uri(monkeypatch: pytest.MonkeyPatch):
         os.environ.pop(key, None)
         if saved[key] is not None:
             os.environ[key] = saved[key]
+
+
+@pytest.fixture(autouse=True)
+def _own_checkpoint_root(monkeypatch: pytest.MonkeyPatch, tmp_path_factory: pytest.TempPathFactory):
+    """Each test its own training checkpoint root, as each pipeline pod gets the chart's: runs with
+    the same configuration in two tests would otherwise resume each other (the run name keys them)."""
+    monkeypatch.setenv("AFFECTFLOW_RAY_STORAGE", str(tmp_path_factory.mktemp("checkpoints")))
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)

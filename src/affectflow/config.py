@@ -265,6 +265,11 @@ class TrainConfig(Section):
     stop_after_epochs: int = Field(0, ge=0)
     """Stop this process (as if killed, raising TrainingInterrupted) after this many epochs; the next
     run resumes from the checkpoint. For time-boxed jobs and for testing resume. 0 = never."""
+    checkpoint_dir: str = ""
+    """Where runs keep their checkpoints, one folder per run name (`<checkpoint_dir>/<run name>`, the
+    name hashes configuration and data), outside the model artifact, so a retried or re-submitted run
+    resumes. A folder or an s3:// prefix. Empty: $AFFECTFLOW_RAY_STORAGE (the chart's shared storage,
+    set in pipeline pods) when set, else <paths.workdir>/checkpoints."""
     cnn: CnnConfig = Field(default_factory=CnnConfig)
     mlp: MlpConfig = Field(default_factory=MlpConfig)
     ssl_head: SslHeadConfig = Field(default_factory=SslHeadConfig)
@@ -520,19 +525,136 @@ class RegistryConfig(Section):
     """Events kept in the registered model's `champion_history` tag (oldest dropped first)."""
 
 
+_CPU = re.compile(r"^(\d+(\.\d+)?|\d+m)$")
+_MEMORY = re.compile(r"^\d+(\.\d+)?(E|Ei|P|Pi|T|Ti|G|Gi|M|Mi|K|Ki)?$")
+_UNITS = {"": 1, "K": 10**3, "M": 10**6, "G": 10**9, "T": 10**12, "P": 10**15, "E": 10**18,
+          "Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40, "Pi": 2**50, "Ei": 2**60}
+
+
+def cpu_cores(q: str) -> float:
+    """A Kubernetes CPU quantity ("500m", "2", "1.5") in cores."""
+    return float(q[:-1]) / 1000 if q.endswith("m") else float(q)
+
+
+def memory_bytes(q: str) -> float:
+    """A Kubernetes memory quantity ("512Mi", "4Gi", "1G") in bytes."""
+    m = re.match(r"^([\d.]+)([A-Za-z]*)$", q)
+    assert m is not None
+    return float(m.group(1)) * _UNITS[m.group(2)]
+
+
+class TaskResources(Section):
+    """CPU / memory requests and limits of one pipeline task (Kubernetes quantities); unset fields
+    keep the built-in default of that task (`DEFAULT_TASK_RESOURCES`)."""
+
+    cpu_request: str | None = None
+    cpu_limit: str | None = None
+    memory_request: str | None = None
+    memory_limit: str | None = None
+    gpu: int | None = Field(None, ge=0)
+    """GPUs of a GPU task (augment, pretrain, train, features on the GPU); unset: pipeline.gpu_limit."""
+
+    @field_validator("cpu_request", "cpu_limit", "memory_request", "memory_limit", mode="before")
+    @classmethod
+    def _number_as_text(cls, v: Any) -> Any:
+        """`cpu_limit: 2` in YAML is a number; Kubernetes quantities are text."""
+        return str(v) if isinstance(v, int | float) and not isinstance(v, bool) else v
+
+    @field_validator("cpu_request", "cpu_limit")
+    @classmethod
+    def _cpu(cls, v: str | None) -> str | None:
+        if v is not None and not _CPU.match(v):
+            raise ValueError(f"{v!r} is not a CPU quantity (e.g. '500m', '2')")
+        return v
+
+    @field_validator("memory_request", "memory_limit")
+    @classmethod
+    def _memory(cls, v: str | None) -> str | None:
+        if v is not None and not _MEMORY.match(v):
+            raise ValueError(f"{v!r} is not a memory quantity (e.g. '512Mi', '4Gi')")
+        return v
+
+
+def _res(cpu: tuple[str, str], memory: tuple[str, str]) -> TaskResources:
+    return TaskResources(cpu_request=cpu[0], cpu_limit=cpu[1], memory_request=memory[0], memory_limit=memory[1])
+
+
+_SMALL = _res(("250m", "1"), ("512Mi", "2Gi"))
+DEFAULT_TASK_RESOURCES: dict[str, TaskResources] = {
+    "resolve-params": _SMALL, "skip-augment": _SMALL, "skip-pretrain": _SMALL, "register": _SMALL,
+    "promote": _SMALL, "record-run-status": _SMALL,
+    "ingest": _res(("1", "2"), ("1Gi", "4Gi")),
+    "validate": _res(("500m", "2"), ("1Gi", "4Gi")),
+    "validate-features": _res(("500m", "2"), ("1Gi", "4Gi")),
+    "features": _res(("2", "4"), ("4Gi", "8Gi")),
+    "augment": _res(("2", "4"), ("4Gi", "16Gi")),
+    "pretrain": _res(("2", "4"), ("4Gi", "16Gi")),
+    "train": _res(("2", "4"), ("4Gi", "16Gi")),
+    "evaluate": _res(("1", "2"), ("2Gi", "8Gi")),
+}
+"""Requests and limits per pipeline task (by component name). Tasks that read audio or train get
+room (log-mel extraction and GAN training are the OOM risks); bookkeeping tasks get little.
+A task the table does not name (one added to the DAG later) gets `DEFAULT_TASK`."""
+DEFAULT_TASK = _SMALL
+
+
 class PipelineConfig(Section):
+    """Compile-time settings of the Kubeflow pipeline (never part of a run's form or a cache key)."""
+
     host: str = ""
     namespace: str = "kubeflow"
+    """Where pipeline runs execute; must equal the chart's `kubeflow.namespace`."""
     image_cpu: str = ""
     image_gpu: str = ""
-    gpu_limit: int = 1
+    gpu_limit: int = Field(1, ge=0)
+    """GPUs per GPU task (augment, pretrain, train; features when log-mel runs on the GPU); 0 = none."""
     node_selector: dict[str, str] = Field(default_factory=dict)
     tolerations: list[dict[str, Any]] = Field(default_factory=list)
     s3_secret: str = "affectflow-s3"
+    """Secret with AWS_* / MLFLOW_S3_ENDPOINT_URL, mounted (required) on every data task."""
     mlflow_secret: str = "affectflow-mlflow"
-    retries: int = 2
+    """Secret with MLFLOW_TRACKING_URI, mounted (required) on the tasks that log or register."""
+    env_config_map: str = "affectflow-pipeline-env"
+    """The chart's ConfigMap with RAY_ADDRESS and AFFECTFLOW_RAY_STORAGE (chart `kubeflow.envConfigMapName`)."""
+    require_tracking_server: bool = True
+    """In a Kubeflow pod, a task that logs to MLflow fails (naming the Secret key) unless
+    MLFLOW_TRACKING_URI names a tracking server: a sqlite file inside a pod vanishes with it."""
+    ray_cluster: bool = False
+    """true: the train task submits its Ray workers (train.num_workers >= 1) to the KubeRay cluster at
+    the ConfigMap's RAY_ADDRESS; the train pod then runs in the CPU image and requests no GPU (the Ray
+    workers hold them). false: Ray runs inside the train pod, which gets the GPU."""
+    features_on_gpu: Literal["auto", "always", "never"] = "auto"
+    """Run the features task in the GPU image with a GPU: auto = when log-mel is extracted and
+    features.device is not cpu (and gpu_limit > 0)."""
+    resources: dict[str, TaskResources] = Field(default_factory=dict)
+    """Per task (component name: ingest, features, train, ...): overrides of `DEFAULT_TASK_RESOURCES`."""
+    run_as_user: int = Field(10001, ge=1)
+    """UID (and GID) every task runs as, non-root (the images own /minio, /s3, /gcs for it)."""
+    retries: int = Field(2, ge=0)
     schedule_cron: str = "0 0 3 * * 1"
-    max_concurrency: int = 1
+    max_concurrency: int = Field(1, ge=1)
+
+    @field_validator("resources")
+    @classmethod
+    def _known_tasks(cls, v: dict[str, TaskResources]) -> dict[str, TaskResources]:
+        unknown = sorted(set(v) - set(DEFAULT_TASK_RESOURCES))
+        if unknown:
+            raise ValueError(f"unknown task(s) {unknown}; known: {sorted(DEFAULT_TASK_RESOURCES)}")
+        return v
+
+    def resources_for(self, task: str) -> TaskResources:
+        """The task's requests and limits: its `resources` entry over the built-in default; a request
+        above its limit is an error naming the field."""
+        base = DEFAULT_TASK_RESOURCES.get(task, DEFAULT_TASK).model_dump()
+        given = self.resources.get(task)
+        if given is not None:
+            base.update({k: v for k, v in given.model_dump().items() if v is not None})
+        out = TaskResources(**base)
+        for kind, parse in (("cpu", cpu_cores), ("memory", memory_bytes)):
+            req, lim = getattr(out, f"{kind}_request"), getattr(out, f"{kind}_limit")
+            if req and lim and parse(req) > parse(lim):
+                raise ConfigError(f"pipeline.resources.{task}.{kind}_request: {req} is above its limit {lim}")
+        return out
 
 
 class S3Config(Section):

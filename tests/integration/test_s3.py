@@ -420,3 +420,65 @@ def test_dvc_pushes_to_an_s3_remote(s3_env: S3Server, tmp_path: Path, request: p
     md5 = hashlib.md5((repo / "data" / "clip.wav").read_bytes(), usedforsecurity=False).hexdigest()
     keys = [o.key for o in s3.list_objects(remote)]
     assert any(k.endswith(f"{md5[:2]}/{md5[2:]}") for k in keys), keys
+
+
+# --------------------------------------------------------------------------- training on shared storage
+TINY_TRAIN = {"features.kinds": ["logmel"], "train.epochs": 2, "train.batch_size": 16, "train.crop_frames": 64,
+              "train.threads": 1, "train.cnn.channels": [8, 16, 16], "train.cnn.gru_hidden": 16,
+              "train.cnn.attention_hidden": 16, "tracking.log_model": False}
+
+
+def test_train_checkpoints_on_s3_resume_in_another_pod(s3_env: S3Server, synth_params, tmp_path: Path,
+                                                       request: pytest.FixtureRequest,
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    """A retried train pod: new output folder, empty /tmp, the same s3:// checkpoint location; it
+    fetches the last epoch and the MLflow run id from S3 and ends with the uninterrupted run's weights.
+    The inputs pack remote Ray workers read round-trips through S3 too."""
+    import tempfile
+
+    import numpy as np
+    import torch
+
+    from affectflow.config import with_overrides
+    from affectflow.contracts.model_folder import load_weights
+    from affectflow.stages.features import extract_features
+    from affectflow.stages.ingest import ingest
+    from affectflow.stages.train.loop import TrainingInterrupted
+    from affectflow.stages.train.plan import plan
+    from affectflow.stages.train.shared import local_inputs, read_inputs, write_inputs
+    from affectflow.stages.train.stage import train
+
+    ckpt = _uri(request, "checkpoints")
+    p = with_overrides(synth_params, {**TINY_TRAIN, "train.checkpoint_dir": ckpt})
+    manifest = ingest(p, tmp_path / "ingest").manifest
+    features = tmp_path / "features"
+    extract_features(p, manifest, features)
+
+    def pod(name: str) -> None:  # each pod its own empty temp folder (the checkpoint mirror lives there)
+        (tmp_path / name).mkdir()
+        monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / name))
+
+    pod("pod-1")
+    with pytest.raises(TrainingInterrupted, match=re.escape(ckpt)):
+        train(with_overrides(p, {"train.stop_after_epochs": 1}), manifest, features, tmp_path / "attempt-1")
+    keys = [o.key for o in s3.list_objects(ckpt)]
+    assert any(k.endswith("/epoch_0000/state.pt") for k in keys) and any(k.endswith("/mlflow_run_id") for k in keys)
+    run_id = s3.S3Store().read_bytes(f"s3://{BUCKET}/" + next(k for k in keys if k.endswith("mlflow_run_id"))).decode()
+    pod("pod-2")
+    resumed = train(p, manifest, features, tmp_path / "attempt-2")
+    assert resumed.summary["mlflow_run_id"] == run_id  # carried on from what S3 held
+    assert resumed.summary["checkpoints"].startswith(ckpt)
+    epochs = sorted(k.rsplit("/", 2)[-2] for k in (o.key for o in s3.list_objects(ckpt)) if k.endswith("state.pt"))
+    assert epochs == ["epoch_0000", "epoch_0001"]  # checkpoints_to_keep = 2
+    assert not list((tmp_path / "attempt-2").rglob("state.pt"))
+    pod("pod-3")
+    straight = train(with_overrides(p, {"train.checkpoint_dir": _uri(request, "straight")}), manifest, features,
+                     tmp_path / "straight")
+    a, b = load_weights(straight.model_dir), load_weights(resumed.model_dir)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+    cfg = plan(p, manifest, features, tmp_path / "x").worker
+    uri = write_inputs(cfg, _uri(request, "inputs", "run.npz"))
+    staged, direct = read_inputs(uri, cfg), local_inputs(cfg)
+    assert len(staged.train) == len(cfg.train_ids) > 0
+    assert all(np.array_equal(x, y) for x, y in zip(staged.train + staged.val, direct.train + direct.val, strict=True))

@@ -141,3 +141,85 @@ def test_record_status_never_raises(capsys: pytest.CaptureFixture[str], tmp_path
     bad.write_text("")
     assert kfp_io.record_status(status, f"sqlite:///{bad}/sub/mlflow.db", "x") == "SUCCEEDED"
     assert "could not record" in capsys.readouterr().out
+
+
+# ----------------------------------------------------------------------------- cluster: a tracking server or nothing
+def _in_kubeflow_pod(monkeypatch: pytest.MonkeyPatch, uri: str | None) -> None:
+    """What a Kubeflow task of a pipeline compiled with pipeline.require_tracking_server sees."""
+    monkeypatch.setenv(kfp_io.KFP_POD_ENV, "affectflow-train-abcde-123")
+    monkeypatch.setenv(kfp_io.TRACKING_SECRET_ENV, "affectflow-mlflow")
+    if uri is None:
+        monkeypatch.delenv(kfp_io.TRACKING_ENV, raising=False)
+    else:
+        monkeypatch.setenv(kfp_io.TRACKING_ENV, uri)
+
+
+CONFIG = json.dumps({"tracking": {"uri": "sqlite:///artifacts/mlflow.db"}})
+
+
+@pytest.mark.parametrize("uri", [None, "", "  ", "sqlite:///artifacts/mlflow.db", "./mlruns"])
+def test_a_kubeflow_task_refuses_the_sqlite_fallback_and_names_the_secret_key(
+        monkeypatch: pytest.MonkeyPatch, uri: str | None) -> None:
+    _in_kubeflow_pod(monkeypatch, uri)
+    with pytest.raises(kfp_io.TrackingServerError, match=r"Secret 'affectflow-mlflow' key 'MLFLOW_TRACKING_URI'"):
+        kfp_io.stage_params(CONFIG, "train")
+    with pytest.raises(kfp_io.TrackingServerError, match=r"Secret 'affectflow-mlflow' key 'MLFLOW_TRACKING_URI'"):
+        kfp_io.preflight()
+
+
+def test_the_same_task_outside_a_pod_or_not_required_keeps_the_configured_uri(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    _in_kubeflow_pod(monkeypatch, None)
+    monkeypatch.delenv(kfp_io.KFP_POD_ENV)  # kfp.local: the baked variable is there, the pod name is not
+    assert kfp_io.stage_params(CONFIG, "train").tracking.uri == "sqlite:///artifacts/mlflow.db"
+    kfp_io.preflight()
+    _in_kubeflow_pod(monkeypatch, None)
+    monkeypatch.delenv(kfp_io.TRACKING_SECRET_ENV)  # compiled with require_tracking_server: false
+    assert kfp_io.stage_params(CONFIG, "train").tracking.uri == "sqlite:///artifacts/mlflow.db"
+    _in_kubeflow_pod(monkeypatch, "http://mlflow.affectflow.svc.cluster.local:5000")
+    assert kfp_io.stage_params(CONFIG, "train").tracking.uri == "http://mlflow.affectflow.svc.cluster.local:5000"
+
+
+def test_preflight_probes_the_server_and_names_it_when_it_does_not_answer(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The first task (resolve-params) fails in seconds when the URI is set but nothing answers."""
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    from affectflow.runtime.netutil import free_port
+
+    class Health(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            self.send_response(200 if self.path == "/health" else 404)
+            self.end_headers()
+            self.wfile.write(b"OK")
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Health)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        _in_kubeflow_pod(monkeypatch, f"http://127.0.0.1:{server.server_address[1]}")
+        kfp_io.preflight()  # answers: no error
+    finally:
+        server.shutdown()
+        server.server_close()
+    dead = f"http://127.0.0.1:{free_port()}"
+    _in_kubeflow_pod(monkeypatch, dead)
+    monkeypatch.setattr(kfp_io, "PROBE_ATTEMPTS", 2)
+    monkeypatch.setattr(kfp_io, "PROBE_TIMEOUT_S", 0.5)
+    with pytest.raises(kfp_io.TrackingServerError, match=rf"{dead} \(Secret 'affectflow-mlflow' key "
+                                                         r"'MLFLOW_TRACKING_URI'\) does not answer"):
+        kfp_io.preflight()
+
+
+def test_the_first_task_fails_before_any_work_without_a_tracking_server(monkeypatch: pytest.MonkeyPatch,
+                                                                         tmp_path: Path) -> None:
+    from affectflow.config import load_params
+    from affectflow.orchestration import run_form
+
+    base = load_params(None)
+    _in_kubeflow_pod(monkeypatch, None)
+    with pytest.raises(kfp_io.TrackingServerError, match=r"key 'MLFLOW_TRACKING_URI' is missing or empty"):
+        kfp_io.resolve_params(run_form.base_yaml(base), run_form.run_form_defaults(base), tmp_path / "p.yaml")
+    assert not (tmp_path / "p.yaml").exists()

@@ -26,7 +26,8 @@ REPO = Path(__file__).resolve().parents[2]
 PARAMS_YAML = REPO / "params.yaml"
 STAGES = ("ingest", "validate", "features", "augment", "pretrain", "train", "evaluate", "register")
 TASKS = (*STAGES, "validate-features")
-GPU_STAGES = ("augment", "pretrain", "train")
+GPU_STAGES = ("features", "augment", "pretrain", "train")
+"""With params.yaml's features (log-mel, device auto) and GPUs, features runs on the GPU too."""
 GPU_SETTINGS = {
     "pipeline.gpu_limit": 2,
     "pipeline.node_selector": {"nvidia.com/gpu.present": "true"},
@@ -196,20 +197,167 @@ def test_node_selector_and_tolerations_on_gpu_tasks_only(ir: tuple[dict[str, Any
             assert "nodeSelector" not in cfg and "tolerations" not in cfg, stage
 
 
+def _secret_mounts(platform: dict[str, Any], spec: dict[str, Any], task: dict[str, Any]) -> list[dict[str, Any]]:
+    return platform.get(_executor(spec, task), {}).get("secretAsEnv", [])
+
+
 def test_secrets_become_environment(ir: tuple[dict[str, Any], dict[str, Any]], base: Params) -> None:
     spec, platform = ir
     tasks = _tasks(spec)
 
     def secrets(task: str) -> dict[str, set[str]]:
-        cfg = platform.get(_executor(spec, tasks[task]), {})
-        return {s["secretName"]: {k["envVar"] for k in s["keyToEnv"]} for s in cfg.get("secretAsEnv", [])}
+        out: dict[str, set[str]] = {}
+        for s in _secret_mounts(platform, spec, tasks[task]):
+            out.setdefault(s["secretName"], set()).update(k["envVar"] for k in s["keyToEnv"])
+        return out
 
     for stage in ("ingest", "validate", "validate-features", "features", "augment", "pretrain", "train", "evaluate"):
         s3 = secrets(stage)[base.pipeline.s3_secret]
         assert {"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_ENDPOINT_URL"} <= s3, stage
-    for task in ("train", "evaluate", "register", "promote", "record-run-status"):
+    for task in ("resolve-params", "augment", "pretrain", "train", "evaluate", "register", "promote",
+                 "record-run-status"):
         assert "MLFLOW_TRACKING_URI" in secrets(task)[base.pipeline.mlflow_secret], task
     assert base.pipeline.s3_secret not in secrets("register")  # registry needs MLflow only
+    for task in ("ingest", "validate", "features"):  # they log nothing to MLflow
+        assert base.pipeline.mlflow_secret not in secrets(task), task
+
+
+def test_no_optional_credential_where_one_is_required(ir: tuple[dict[str, Any], dict[str, Any]],
+                                                      base: Params) -> None:
+    """A missing S3 key or MLFLOW_TRACKING_URI fails the pod (Kubernetes names the Secret key), never a
+    silent fallback; only the basic-auth keys of an external MLflow are optional (the chart has none)."""
+    from pipelines.train_pipeline import MLFLOW_AUTH_KEYS, S3_KEYS
+
+    spec, platform = ir
+    seen = 0
+    for name, task in _tasks(spec).items():
+        if "componentRef" not in task or name.startswith(("condition", "exit-handler")):
+            continue
+        for mount in _secret_mounts(platform, spec, task):
+            keys = {k["secretKey"] for k in mount["keyToEnv"]}
+            if mount.get("optional"):
+                assert keys <= set(MLFLOW_AUTH_KEYS), (name, keys)
+            else:
+                seen += 1
+                assert keys & (set(S3_KEYS) | {"MLFLOW_TRACKING_URI"}), (name, keys)
+    assert seen >= 15
+
+
+def test_tasks_that_log_are_told_which_secret_their_tracking_server_comes_from(
+        ir: tuple[dict[str, Any], dict[str, Any]], base: Params) -> None:
+    """The baked AFFECTFLOW_TRACKING_SECRET makes a task in a Kubeflow pod refuse the sqlite fallback
+    (kfp_io.check_tracking_env); resolve-params, the first task, also probes the server."""
+    spec, _ = ir
+    tasks = _tasks(spec)
+    execs = spec["deploymentSpec"]["executors"]
+
+    def env(task: str) -> dict[str, str]:
+        return {e["name"]: e["value"] for e in execs[_executor(spec, tasks[task])]["container"].get("env", [])}
+
+    for task in ("resolve-params", "train", "evaluate", "register", "promote", "augment", "pretrain"):
+        assert env(task)[kfp_io.TRACKING_SECRET_ENV] == base.pipeline.mlflow_secret, task
+    assert kfp_io.TRACKING_SECRET_ENV not in env("ingest")
+    relaxed = load_params(PARAMS_YAML, {"pipeline.require_tracking_server": False})
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as d:
+        spec2, _ = _compile(relaxed, Path(d) / "ir.yaml")
+    execs2 = spec2["deploymentSpec"]["executors"]
+    assert not any(e["name"] == kfp_io.TRACKING_SECRET_ENV for ex in execs2.values()
+                   for e in ex["container"].get("env", []))
+
+
+def test_every_task_requests_cpu_and_memory_with_limits(ir: tuple[dict[str, Any], dict[str, Any]],
+                                                       base: Params) -> None:
+    from affectflow.config import DEFAULT_TASK_RESOURCES
+
+    spec, _ = ir
+    execs = spec["deploymentSpec"]["executors"]
+    assert len(execs) >= 14
+    for name, ex in execs.items():
+        r = ex["container"].get("resources", {})
+        for field in ("resourceCpuRequest", "resourceCpuLimit", "resourceMemoryRequest", "resourceMemoryLimit"):
+            assert r.get(field), (name, field)
+        assert r["cpuRequest"] <= r["cpuLimit"] and r["memoryRequest"] <= r["memoryLimit"], name
+        want = base.pipeline.resources_for(name.removeprefix("exec-"))
+        assert (r["resourceCpuRequest"], r["resourceMemoryLimit"]) == (want.cpu_request, want.memory_limit), name
+    assert set(DEFAULT_TASK_RESOURCES) == {n.removeprefix("exec-") for n in execs}  # a default for every task
+
+
+def test_resources_are_set_per_task_and_checked(tmp_path: Path) -> None:
+    params = load_params(PARAMS_YAML, {**GPU_SETTINGS, "pipeline.resources": {
+        "train": {"memory_limit": "32Gi", "gpu": 4}, "ingest": {"cpu_request": 3, "cpu_limit": 3}}})
+    spec, _ = _compile(params, tmp_path / "ir.yaml")
+    execs = spec["deploymentSpec"]["executors"]
+    train = execs["exec-train"]["container"]["resources"]
+    assert train["resourceMemoryLimit"] == "32Gi" and train["resourceMemoryRequest"] == "4Gi"  # rest: default
+    assert train["accelerator"]["resourceCount"] == "4"
+    assert execs["exec-augment"]["container"]["resources"]["accelerator"]["resourceCount"] == "2"
+    assert execs["exec-ingest"]["container"]["resources"]["resourceCpuRequest"] == "3"
+    with pytest.raises(ConfigError, match=r"pipeline\.resources\.train\.memory_request: 64Gi is above its limit"):
+        build_pipeline(load_params(PARAMS_YAML, {"pipeline.resources": {"train": {"memory_request": "64Gi"}}}))
+    with pytest.raises(ConfigError, match=r"pipeline\.resources.*unknown task\(s\) \['trian'\]"):
+        load_params(PARAMS_YAML, {"pipeline.resources": {"trian": {"cpu_limit": "2"}}})
+    with pytest.raises(ConfigError, match=r"pipeline\.resources\.train\.memory_limit.*not a memory quantity"):
+        load_params(PARAMS_YAML, {"pipeline.resources": {"train": {"memory_limit": "lots"}}})
+
+
+def test_every_task_runs_non_root_with_writable_launcher_paths(ir: tuple[dict[str, Any], dict[str, Any]],
+                                                              base: Params) -> None:
+    spec, platform = ir
+    for name in spec["deploymentSpec"]["executors"]:
+        cfg = platform[name]
+        assert {m["mountPath"] for m in cfg["emptyDirMounts"]} == {"/minio", "/s3", "/gcs", "/tmp"}, name
+        sc = cfg["securityContext"]
+        assert sc["runAsNonRoot"] is True and int(sc["runAsUser"]) == base.pipeline.run_as_user, name
+
+
+def _config_map_env(platform: dict[str, Any], executor: str) -> set[str]:
+    return {k["envVar"] for c in platform.get(executor, {}).get("configMapAsEnv", []) for k in c["keyToEnv"]
+            if not c.get("optional")}
+
+
+def test_train_reads_the_charts_ray_settings(ir: tuple[dict[str, Any], dict[str, Any]], tmp_path: Path) -> None:
+    """Default: Ray (if any) runs in the train pod, which holds the GPU; checkpoints go to the chart's
+    shared storage. pipeline.ray_cluster: the pod submits to KubeRay and requests no GPU."""
+    _spec, platform = ir
+    assert _config_map_env(platform, "exec-train") == {"AFFECTFLOW_RAY_STORAGE"}
+    on = load_params(PARAMS_YAML, {**GPU_SETTINGS, "pipeline.ray_cluster": True, "train.num_workers": 2})
+    spec2, platform2 = _compile(on, tmp_path / "ir.yaml")
+    train = spec2["deploymentSpec"]["executors"]["exec-train"]["container"]
+    assert "accelerator" not in train["resources"]
+    from affectflow.orchestration.images import image_for
+
+    assert train["image"] == image_for("cpu")
+    assert _config_map_env(platform2, "exec-train") == {"RAY_ADDRESS", "AFFECTFLOW_RAY_STORAGE"}
+    assert "nodeSelector" not in platform2["exec-train"]
+    assert spec2["deploymentSpec"]["executors"]["exec-augment"]["container"]["resources"]["accelerator"]
+    with pytest.raises(ConfigError, match=r"pipeline\.ray_cluster: true needs train\.num_workers >= 1"):
+        build_pipeline(load_params(PARAMS_YAML, {"pipeline.ray_cluster": True, "train.num_workers": 0}))
+
+
+@pytest.mark.parametrize("settings", [{"features.device": "cpu"}, {"features.kinds": ["egemaps"]},
+                                      {"pipeline.features_on_gpu": "never"}, {"pipeline.gpu_limit": 0}])
+def test_features_stay_on_the_cpu_image_unless_log_mel_runs_on_a_gpu(settings: dict[str, Any],
+                                                                     tmp_path: Path) -> None:
+    from affectflow.orchestration.images import image_for
+
+    spec, _ = _compile(load_params(PARAMS_YAML, {**GPU_SETTINGS, **settings}), tmp_path / "ir.yaml")
+    feat = spec["deploymentSpec"]["executors"]["exec-features"]["container"]
+    assert "accelerator" not in feat["resources"] and feat["image"] == image_for("cpu")
+    forced = load_params(PARAMS_YAML, {**GPU_SETTINGS, "features.device": "cpu", "pipeline.features_on_gpu": "always"})
+    spec2, _ = _compile(forced, tmp_path / "ir2.yaml")
+    assert spec2["deploymentSpec"]["executors"]["exec-features"]["container"]["image"] == image_for("gpu")
+
+
+def test_params_and_chart_agree_on_namespace_and_names(base: Params) -> None:
+    """One namespace setting: params.yaml's pipeline section must name what the chart creates."""
+    values = yaml.safe_load((REPO / "charts" / "affectflow" / "values.yaml").read_text())
+    kf = values["kubeflow"]
+    assert base.pipeline.namespace == kf["namespace"]
+    assert (base.pipeline.s3_secret, base.pipeline.mlflow_secret, base.pipeline.env_config_map) == (
+        kf["s3SecretName"], kf["mlflowSecretName"], kf["envConfigMapName"])
+    assert base.registry.model_name == values["serving"]["registeredModel"]
 
 
 def test_retries_on_stages_not_on_registration(ir: tuple[dict[str, Any], dict[str, Any]], base: Params) -> None:

@@ -69,23 +69,31 @@ def test_learns_the_generated_emotions(synth_root: Path, tmp_path_factory: pytes
 
 
 def test_interrupted_run_resumes_to_the_same_model(synth_root: Path, tmp_path_factory: pytest.TempPathFactory, tmp_path: Path):
+    """A retried pod: the first attempt stops after one epoch; the retry writes another output folder
+    (a new Model artifact) but finds the checkpoints at the same location, keyed by the run name."""
     t = trained(synth_root, tmp_path_factory)
     params, manifest, features = t["params"], t["manifest"], t["features"]
-    out = tmp_path / "train"
+    ckpt = {"train.checkpoint_dir": str(tmp_path / "ckpt"), **NO_PYFUNC}
+    first = tmp_path / "attempt-1"
     with pytest.raises(TrainingInterrupted, match="stop_after_epochs"):
-        train(tiny_params(params, **{"train.stop_after_epochs": 1, **NO_PYFUNC}), manifest, features, out)
-    ckpts = list((out / "checkpoints").glob("*/epoch_*"))
+        train(tiny_params(params, **{"train.stop_after_epochs": 1, **ckpt}), manifest, features, first)
+    ckpts = list((tmp_path / "ckpt").glob("*/epoch_*"))
     assert [p.name for p in ckpts] == ["epoch_0000"]
-    assert not (out / "model").exists()
-    resumed = train(tiny_params(params, **NO_PYFUNC), manifest, features, out)
+    assert not (first / "model").exists()
+    retry = tmp_path / "attempt-2"
+    resumed = train(tiny_params(params, **ckpt), manifest, features, retry)
     # Same seed, same data: the resumed run ends exactly where the uninterrupted one did.
     a, b = load_state(t["result"].model_dir), load_state(resumed.model_dir)
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     assert resumed.summary["val_uar"] == t["result"].summary["val_uar"]
     assert resumed.summary["epochs_run"] == params.train.epochs
+    assert resumed.summary["checkpoints"] == str(ckpts[0].parent)
     # ...and it is one MLflow run, carried on under the interrupted run's id.
-    run_file = next((out / "checkpoints").glob("*/mlflow_run_id"))
+    run_file = next((tmp_path / "ckpt").glob("*/mlflow_run_id"))
     assert run_file.read_text() == resumed.summary["mlflow_run_id"]
+    # The outputs hold the model folder, no optimiser state.
+    for out in (first, retry):
+        assert not list(out.rglob("state.pt")) and not (out / "checkpoints").exists()
 
 
 def _synthetic_set(manifest: Path, features: Path, out: Path, n: int = 40) -> Path:
@@ -229,10 +237,10 @@ def test_ray_workers_resume_from_rays_checkpoint_storage(synth_root: Path, tmp_p
     started again, it resumes from them and ends with the in-process run's weights."""
     t = trained(synth_root, tmp_path_factory)
     params, manifest, features = t["params"], t["manifest"], t["features"]
-    ray_params = {"train.num_workers": 1, **NO_PYFUNC}
+    ray_params = {"train.num_workers": 1, "train.checkpoint_dir": str(tmp_path / "ckpt"), **NO_PYFUNC}
     with pytest.raises(TrainingInterrupted):
         train(tiny_params(params, **ray_params, **{"train.stop_after_epochs": 1}), manifest, features, tmp_path)
-    assert list((tmp_path / "checkpoints").glob("*/checkpoint_manager_snapshot.json"))
+    assert list((tmp_path / "ckpt").glob("*/checkpoint_manager_snapshot.json"))
     resumed = train(tiny_params(params, **ray_params), manifest, features, tmp_path)
     a, b = load_state(t["result"].model_dir), load_state(resumed.model_dir)
     assert all(torch.equal(a[k], b[k]) for k in a)
@@ -348,18 +356,19 @@ def test_fade_trains_to_real_only_epochs_and_resumes_the_same(synth_root: Path, 
     knobs = {"train.model": "egemaps_mlp", "train.epochs": 4, "train.patience": 1, "train.synthetic_ratio": 0.5,
              "train.synthetic_schedule": "fade", "train.synthetic_weight": 0.5, "train.batch_size": n_real - 1,
              **NO_PYFUNC}
-    p = tiny_params(params, **knobs)
+    p = tiny_params(params, **knobs, **{"train.checkpoint_dir": str(tmp_path / "ckpt-a")})
     tr = train(p, manifest, features, tmp_path / "a", synthetic=tmp_path)
     n_syn = tr.summary["n_synthetic"]
-    last = sorted((tmp_path / "a" / "checkpoints").glob("*/epoch_*"))[-1]
+    last = sorted((tmp_path / "ckpt-a").glob("*/epoch_*"))[-1]
     rows = [h["synthetic_rows"] for h in torch.load(last / "state.pt", weights_only=True)["state"]["history"]]
     # fade end = round(0.5 * 4) = 2; patience 1 cannot stop the run before it trained on real rows only
     assert rows[:3] == [n_syn, round(0.5 * n_syn), 0] and n_syn > 0
     assert tr.summary["epochs_run"] >= 3
+    ckpt_b = {"train.checkpoint_dir": str(tmp_path / "ckpt-b")}
     with pytest.raises(TrainingInterrupted):
-        train(tiny_params(params, **knobs, **{"train.stop_after_epochs": 1}), manifest, features, tmp_path / "b",
-              synthetic=tmp_path)
-    resumed = train(p, manifest, features, tmp_path / "b", synthetic=tmp_path)
+        train(tiny_params(params, **knobs, **ckpt_b, **{"train.stop_after_epochs": 1}), manifest, features,
+              tmp_path / "b", synthetic=tmp_path)
+    resumed = train(tiny_params(params, **knobs, **ckpt_b), manifest, features, tmp_path / "b", synthetic=tmp_path)
     a, b = load_state(tr.model_dir), load_state(resumed.model_dir)
     assert all(torch.equal(a[k], b[k]) for k in a)
 

@@ -27,11 +27,13 @@ from affectflow.storage import atomic_write_json, atomic_write_text
 
 # ----------------------------------------------------------------------------- configuration
 def resolve_params(base: str, values: Mapping[str, Any], params_path: str | Path) -> tuple[str, ...]:
-    """The resolve-params task: validate the run's parameters once (`run_form.resolve`), write the
-    full params.yaml artifact, return one configuration string per stage (`STAGES` order)."""
+    """The resolve-params task: validate the run's parameters once (`run_form.resolve`), check that
+    the tracking server the run will log to is there (`preflight`), write the full params.yaml
+    artifact, return one configuration string per stage (`STAGES` order)."""
     from affectflow.orchestration.run_form import resolve, stage_configs
 
     params = resolve(base, values)
+    preflight()
     atomic_write_text(params_path, params_yaml(params))
     return tuple(stage_configs(params).values())
 
@@ -39,10 +41,90 @@ def resolve_params(base: str, values: Mapping[str, Any], params_path: str | Path
 TRACKING_ENV = "MLFLOW_TRACKING_URI"
 """Set in a Kubeflow task by the MLflow Secret: the cluster's MLflow, which replaces tracking.uri
 (a sqlite file inside a pod would vanish with it)."""
+TRACKING_SECRET_ENV = "AFFECTFLOW_TRACKING_SECRET"
+"""Baked into the tasks that log to MLflow when the pipeline is compiled with
+pipeline.require_tracking_server: the Secret their MLFLOW_TRACKING_URI comes from."""
+KFP_POD_ENV = "KFP_POD_NAME"
+"""Set by the Kubeflow Pipelines backend in every task pod (kfp.local does not set it)."""
+SERVER_SCHEMES = ("http://", "https://", "databricks")
+PROBE_TIMEOUT_S = 10.0
+PROBE_ATTEMPTS = 3
+
+
+class TrackingServerError(RuntimeError):
+    """A Kubeflow task that must log to a tracking server has none; the message names the Secret key."""
+
+
+def required_tracking_secret() -> str | None:
+    """The Secret this task's tracking server must come from: in a Kubeflow pod (KFP_POD_NAME) of a
+    pipeline compiled with pipeline.require_tracking_server; None elsewhere (kfp.local, the CLI)."""
+    secret = os.environ.get(TRACKING_SECRET_ENV, "").strip()
+    return secret if secret and os.environ.get(KFP_POD_ENV) else None
+
+
+def _where(secret: str) -> str:
+    return f"Secret '{secret}' key '{TRACKING_ENV}'"
+
+
+def check_tracking_env(configured: str) -> str | None:
+    """The tracking server URI of a task that requires one; raises naming the Secret key when the
+    key is missing, empty or not a server (the fallback `configured` would be a file in the pod)."""
+    secret = required_tracking_secret()
+    if secret is None:
+        return None
+    uri = os.environ.get(TRACKING_ENV, "").strip()
+    if not uri:
+        raise TrackingServerError(
+            f"{TRACKING_ENV} is not set in this Kubeflow task: {_where(secret)} is missing or empty. Without it "
+            f"MLflow would write to tracking.uri={configured!r} inside the pod, and the run's results and "
+            f"registered models would vanish with the pod. Create the Secret in the pipeline's namespace (the "
+            f"chart's kubeflow.mlflowSecretName) or compile with pipeline.require_tracking_server: false")
+    if not uri.startswith(SERVER_SCHEMES):
+        raise TrackingServerError(f"{_where(secret)} is {uri!r}: not a tracking server (http:// or https://); "
+                                  "a file store inside a pod vanishes with it")
+    return uri
+
+
+def probe_tracking_server(uri: str, secret: str, timeout_s: float = PROBE_TIMEOUT_S,
+                          attempts: int = PROBE_ATTEMPTS) -> None:
+    """GET <uri>/health until it answers 200 (a few tries, bounded); raises naming the Secret key."""
+    import time
+    import urllib.error
+    import urllib.request
+
+    if not uri.startswith(("http://", "https://")):
+        return
+    last = ""
+    for attempt in range(attempts):
+        try:
+            with urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=timeout_s) as r:
+                if r.status == 200:
+                    return
+                last = f"HTTP {r.status}"
+        except (urllib.error.URLError, OSError) as e:
+            last = str(getattr(e, "reason", e))
+        if attempt + 1 < attempts:
+            time.sleep(min(5.0, timeout_s))
+    raise TrackingServerError(f"MLflow tracking server {uri} ({_where(secret)}) does not answer {uri.rstrip('/')}"
+                              f"/health after {attempts} tries: {last}")
+
+
+def preflight() -> None:
+    """The first task's check (resolve-params): the tracking server the run needs is configured and
+    answers, so a run without one fails before any work, naming the Secret key."""
+    secret = required_tracking_secret()
+    if secret is None:
+        return
+    uri = check_tracking_env("")
+    assert uri is not None
+    probe_tracking_server(uri, secret)
+    print(f"tracking server {uri} ({_where(secret)}) answers")
 
 
 def _tracking_from_env(params: Params) -> Params:
-    uri = os.environ.get(TRACKING_ENV)
+    """tracking.uri <- MLFLOW_TRACKING_URI when set; in a Kubeflow task that requires a tracking
+    server, its absence is an error instead of a silent fallback to a file inside the pod."""
+    uri = check_tracking_env(params.tracking.uri) or os.environ.get(TRACKING_ENV)
     if uri and uri != params.tracking.uri:
         params.tracking.uri = uri
     return params

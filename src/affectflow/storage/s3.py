@@ -280,6 +280,18 @@ class S3Store:
         with self._errors(u, "write"):
             self.client.put_object(Bucket=u.bucket, Key=u.key, Body=data)
 
+    def delete(self, uris: list[str]) -> None:
+        """Delete objects (one request per 1000 keys per bucket); missing ones are no error."""
+        by_bucket: dict[str, list[str]] = {}
+        for uri in uris:
+            u = S3Uri.parse(uri)
+            by_bucket.setdefault(u.bucket, []).append(u.key)
+        for bucket, keys in by_bucket.items():
+            for i in range(0, len(keys), 1000):
+                with self._errors(S3Uri(bucket, keys[i]), "delete"):
+                    self.client.delete_objects(Bucket=bucket, Delete={
+                        "Objects": [{"Key": k} for k in keys[i:i + 1000]], "Quiet": True})
+
     def create_bucket(self, bucket: str) -> None:
         """Create a bucket if it is not there yet (deployments usually pre-create theirs)."""
         u = S3Uri.parse(f"{SCHEME}{bucket}")

@@ -1,10 +1,11 @@
 """Training, step 3 (driver): run the worker loop through Ray Train's `TorchTrainer`.
 
 `train.num_workers: 0` is Ray Train local mode (the loop runs in this process: laptop, CI);
-N >= 1 runs N workers with DDP, on the Ray cluster at RAY_ADDRESS (KubeRay) or on a local Ray
-started for the run. Checkpoints go to the run's `ckpt_dir` (local mode) or Ray's storage path
-(workers), which the pipeline points at shared storage so that every worker, and a retried task,
-sees them.
+N >= 1 runs N workers with DDP, on the Ray cluster at RAY_ADDRESS (KubeRay: the chart's
+`ray://...:10001`; empty = unset) or on a local Ray started for the run. Checkpoints go to the
+run's folder under the checkpoint root (`shared.checkpoint_root`, Ray's storage path), which the
+pipeline points at S3 so that every worker, and a retried task, sees them; on a Ray cluster the
+workers read the run's inputs from a pack on the same storage (`shared.stage_inputs`).
 """
 
 from __future__ import annotations
@@ -17,10 +18,11 @@ from typing import Any
 from affectflow.config import TrainConfig
 from affectflow.stages.train.loop import TrainingInterrupted, train_loop_per_worker
 from affectflow.stages.train.plan import TrainingError, WorkerConfig
+from affectflow.stages.train.shared import RAY_ADDRESS_ENV, RAY_STORAGE_ENV, ray_address, stage_inputs
 
-RAY_STORAGE_ENV = "AFFECTFLOW_RAY_STORAGE"
-"""Shared storage (s3://... or a mounted volume) for Ray Train's run folders when workers run on
-other machines: every worker must read and write the same checkpoints there."""
+__all__ = ["RAY_STORAGE_ENV", "fit", "use_gpu"]
+
+log = logging.getLogger(__name__)
 
 
 def use_gpu(tc: TrainConfig) -> bool:
@@ -36,8 +38,29 @@ def use_gpu(tc: TrainConfig) -> bool:
     return cuda_available()
 
 
-def storage_path(cfg: WorkerConfig) -> str:
-    return os.environ.get(RAY_STORAGE_ENV) or str(Path(cfg.ckpt_dir).parent)
+def _connect(tc: TrainConfig) -> bool:
+    """ray.init for N >= 1 workers: the cluster at RAY_ADDRESS, else a local Ray with this machine's
+    cores (no dashboard). Returns whether this call started it (and so shuts it down)."""
+    import ray
+
+    if tc.num_workers == 0 or ray.is_initialized():
+        return False
+    address = ray_address()
+    if address:  # Ray Client (ray://) takes no resource or dashboard arguments
+        ray.init(address=address, logging_level=logging.WARNING, log_to_driver=True)
+    else:
+        os.environ.pop(RAY_ADDRESS_ENV, None)  # "" would still be read as an address
+        ray.init(num_cpus=max(tc.num_workers, os.cpu_count() or 1), include_dashboard=False,
+                 logging_level=logging.WARNING, log_to_driver=True)
+    return True
+
+
+def _storage_path(cfg: WorkerConfig) -> str:
+    """Ray's storage: the checkpoint root for workers; local mode persists nothing through Ray (the
+    loop keeps its own epoch folders), so there it is the local folder above the run's."""
+    if cfg.local_mode or not cfg.storage:
+        return str(Path(cfg.ckpt_dir).parent)
+    return cfg.storage
 
 
 def fit(tc: TrainConfig, cfg: WorkerConfig, run_name: str) -> dict[str, Any]:
@@ -48,15 +71,17 @@ def fit(tc: TrainConfig, cfg: WorkerConfig, run_name: str) -> dict[str, Any]:
 
     os.environ.setdefault("RAY_DISABLE_USAGE_STATS", "1")
     os.environ.setdefault("RAY_TRAIN_V2_ENABLED", "1")
-    started = False
-    if tc.num_workers > 0 and not ray.is_initialized():
-        ray.init(num_cpus=None if os.environ.get("RAY_ADDRESS") else max(tc.num_workers, os.cpu_count() or 1),
-                 include_dashboard=False, logging_level=logging.WARNING, log_to_driver=True)
-        started = True
+    if ray_address() and tc.num_workers == 0:
+        log.warning("RAY_ADDRESS=%s but train.num_workers is 0: training runs in this process, not on the "
+                    "Ray cluster", ray_address())
+    if ray_address() and tc.num_workers > 0:
+        cfg = stage_inputs(cfg, run_name)  # workers on other nodes cannot read this pod's folders
+    started = _connect(tc)
+    where = cfg.ckpt_uri or cfg.ckpt_dir
     trainer = TorchTrainer(
         train_loop_per_worker, train_loop_config={"worker": cfg},
         scaling_config=ScalingConfig(num_workers=tc.num_workers, use_gpu=tc.num_workers > 0 and use_gpu(tc)),
-        run_config=RunConfig(name=run_name, storage_path=storage_path(cfg),
+        run_config=RunConfig(name=run_name, storage_path=_storage_path(cfg),
                              checkpoint_config=CheckpointConfig(num_to_keep=tc.checkpoints_to_keep),
                              failure_config=FailureConfig(max_failures=tc.max_failures)),
     )
@@ -67,12 +92,12 @@ def fit(tc: TrainConfig, cfg: WorkerConfig, run_name: str) -> dict[str, Any]:
     except Exception as e:
         if "TrainingInterrupted" in str(e):
             raise TrainingInterrupted(f"train.stop_after_epochs={tc.stop_after_epochs}: stopped; run again "
-                                      f"to resume from {cfg.ckpt_dir}") from None
+                                      f"to resume from {where}") from None
         raise
     finally:
         if started:
             ray.shutdown()
     outcome = result.return_value
     if not outcome or outcome.get("best_state") is None:
-        raise TrainingError(f"{cfg.ckpt_dir}: training returned no model (no epoch completed)")
+        raise TrainingError(f"{where}: training returned no model (no epoch completed)")
     return outcome

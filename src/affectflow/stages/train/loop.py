@@ -27,8 +27,6 @@ import torch
 from torch import nn
 
 from affectflow.config import TrainConfig
-from affectflow.contracts.feature_store import FeatureSet
-from affectflow.contracts.model_folder import load_weights
 from affectflow.metrics import confusion, uar_cm, wa_cm
 from affectflow.models import build_model
 from affectflow.models.data import NormStats, augment, collate, normalize, random_crop
@@ -36,11 +34,11 @@ from affectflow.runtime.device import autocast, resolve_device, synchronize
 from affectflow.runtime.progress import progress
 from affectflow.serving.recognizer import predict_logits
 from affectflow.stages.train.plan import WorkerConfig
+from affectflow.stages.train.shared import STATE_FILE, push, worker_inputs
 from affectflow.storage import atomic_dir
 
 log = logging.getLogger(__name__)
 
-STATE_FILE = "state.pt"
 ORDER_STREAM = 0
 """Random stream of the epoch's sample order (shared by all workers); worker r draws crops,
 augmentation and dropout from stream 1 + r."""
@@ -60,20 +58,18 @@ class WorkerData:
     def __init__(self, cfg: WorkerConfig):
         stats = NormStats.from_dict(cfg.stats)
         per = {c: NormStats.from_dict(s) for c, s in cfg.stats_per_corpus.items()}
-        fs = FeatureSet(cfg.features_dir)
+        raw = worker_inputs(cfg)  # the driver's folders, or the pack staged for remote workers
+        self.pretrained_weights = raw.weights
 
-        def norm(ids: list[str], corpora: list[str]) -> list[np.ndarray]:
-            arrays = fs.load(cfg.feature, ids)
+        def norm(arrays: list[np.ndarray], corpora: list[str]) -> list[np.ndarray]:
             return [normalize(a, per.get(c, stats)) for a, c in zip(arrays, corpora, strict=True)]
 
-        self.x = norm(cfg.train_ids, cfg.train_corpora)
+        self.x = norm(raw.train, cfg.train_corpora)
         self.y = np.asarray(cfg.train_y, np.int64)
         self.synthetic = np.zeros(len(self.y), bool)
         syn = cfg.synthetic
-        if syn and syn.rows:
-            from affectflow.contracts.synthetic import read_synthetic
-
-            xs = read_synthetic(syn.path, kept_only=False).X[np.asarray(syn.rows, np.int64)]
+        if syn and syn.rows and raw.synthetic is not None:
+            xs = raw.synthetic
             self.x += [normalize(a, stats) for a in xs]
             self.y = np.concatenate([self.y, np.asarray(syn.y, np.int64)])
             self.synthetic = np.concatenate([self.synthetic, np.ones(len(xs), bool)])
@@ -81,7 +77,7 @@ class WorkerData:
         names = sorted(set(cfg.train_corpora))
         # corpus index per row; synthetic rows (after the real ones) are -1
         self.group = np.array([names.index(c) for c in cfg.train_corpora] + [-1] * int(self.synthetic.sum()))
-        self.vx = norm(cfg.val_ids, cfg.val_corpora)
+        self.vx = norm(raw.val, cfg.val_corpora)
         self.vy = np.asarray(cfg.val_y, np.int64)
 
 
@@ -306,12 +302,12 @@ def _device(cfg: WorkerConfig, local: bool) -> torch.device:
     return ray.train.torch.get_device()
 
 
-def _build(cfg: WorkerConfig, device: torch.device) -> nn.Module:
+def _build(cfg: WorkerConfig, device: torch.device, pretrained: dict[str, torch.Tensor] | None) -> nn.Module:
     import ray.train.torch
 
     model = build_model(cfg.arch, cfg.arch_config, cfg.input_dim, len(cfg.classes))
-    if cfg.pretrained:
-        enc = {k[len("encoder."):]: v for k, v in load_weights(cfg.pretrained).items() if k.startswith("encoder.")}
+    if cfg.pretrained and pretrained is not None:
+        enc = {k[len("encoder."):]: v for k, v in pretrained.items() if k.startswith("encoder.")}
         model.encoder.load_state_dict(enc)
         freeze_for_finetune(model, cfg.train.finetune)
     return ray.train.torch.prepare_model(model, move_to_device=device)
@@ -350,7 +346,7 @@ def _setup(cfg: WorkerConfig, data: WorkerData, device: torch.device, world: int
     tc = cfg.train
     n_classes = len(cfg.classes)
     torch.manual_seed(tc.seed)
-    model = _build(cfg, device)
+    model = _build(cfg, device, data.pretrained_weights)
     opt = torch.optim.AdamW(model.parameters(), lr=tc.lr, weight_decay=tc.weight_decay)
     n_syn = int(data.synthetic.sum())
     n_real = len(data.y) - n_syn
@@ -469,7 +465,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any] | None:
         log.info("epoch %d: %s", epoch, {k: round(v, 4) for k, v in row.items()})
         if tc.stop_after_epochs and epoch + 1 - first >= tc.stop_after_epochs and st["epoch"] < tc.epochs and not st["stopped"]:
             raise TrainingInterrupted(f"train.stop_after_epochs={tc.stop_after_epochs}: stopped after epoch "
-                                      f"{epoch}; run again to resume from {cfg.ckpt_dir}")
+                                      f"{epoch}; run again to resume from {cfg.ckpt_uri or cfg.ckpt_dir}")
     if rank != 0:
         return None
     # Ray cannot return tensors from workers: the best weights travel as numpy arrays.
@@ -497,6 +493,7 @@ def save_and_report(cfg: WorkerConfig, rank: int, local: bool, epoch: int, metri
         ray.train.report(metrics, checkpoint=Checkpoint.from_directory(str(ckpt_dir / name)))
         for old in sorted(ckpt_dir.glob("epoch_*"))[:-cfg.train.checkpoints_to_keep]:
             shutil.rmtree(old, ignore_errors=True)
+        push(cfg, prune=True)  # an s3:// checkpoint folder follows the local mirror, epoch by epoch
         return
     with tempfile.TemporaryDirectory() as tmp:
         torch.save(state, Path(tmp) / STATE_FILE)

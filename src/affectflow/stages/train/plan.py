@@ -31,10 +31,11 @@ from affectflow.features.keys import feature_keys, kind_config
 from affectflow.features.ssl import encoder_layers
 from affectflow.models import arch_config, feature_kind
 from affectflow.models.data import NormStats, compute_stats
+from affectflow.stages.train.shared import checkpoint_root, run_folder
 from affectflow.tracking import lineage as lineage_tags
 
 RUNTIME_KEYS = ("num_workers", "device", "threads", "checkpoints_to_keep", "stop_after_epochs", "max_failures",
-                "deploy_normalize", "deploy_min_clips")
+                "deploy_normalize", "deploy_min_clips", "checkpoint_dir")
 """train.* settings that change how a run executes or how its model is later applied, not what
 training computes (excluded from the run name)."""
 SYNTHETIC_KEYS = ("synthetic_weight", "synthetic_schedule", "synthetic_fade_fraction")
@@ -82,8 +83,15 @@ class WorkerConfig:
     pretrained: str | None
     synthetic: SyntheticRows | None
     ckpt_dir: str
+    """This process's folder of the run's checkpoints (the run folder itself, or its local mirror)."""
     local_mode: bool
     mlflow: dict[str, str] | None = None
+    storage: str = ""
+    """Checkpoint root (`shared.checkpoint_root`): Ray Train's storage_path."""
+    ckpt_uri: str | None = None
+    """The run's s3:// checkpoint folder that `ckpt_dir` mirrors (None: `ckpt_dir` is durable)."""
+    inputs: str | None = None
+    """The inputs pack remote Ray workers read (`shared.stage_inputs`); None: the local folders."""
 
     def with_mlflow(self, info: dict[str, str]) -> WorkerConfig:
         from dataclasses import replace
@@ -228,7 +236,8 @@ def plan(params: Params, manifest: str | Path, features_dir: str | Path, out_dir
         "classes": classes, "train_ids": train_ids, "val_ids": val_ids, "feature_key": key,
         "stats": stats.as_dict(), "pretrained": pre_meta and pre_meta.lineage,
         "synthetic": syn and {"sha256": syn.sha256, "rows": syn.rows}}, with_synthetic=bool(syn))
-    out = Path(out_dir).resolve()
+    root = checkpoint_root(params)
+    ckpt_uri, local_ckpt = run_folder(root, name)
     worker = WorkerConfig(
         train=tc, arch=tc.model, arch_config=acfg, classes=classes, feature=kind, input_dim=input_dim,
         features_dir=str(Path(features_dir).resolve()), train_ids=train_ids, train_y=train_y.tolist(),
@@ -236,7 +245,8 @@ def plan(params: Params, manifest: str | Path, features_dir: str | Path, out_dir
         val_y=va["emotion"].map(y_of).tolist(), val_corpora=va["corpus"].astype(str).tolist(),
         stats=stats.as_dict(), stats_per_corpus=per_corpus,
         pretrained=str(Path(pretrained).resolve()) if pretrained else None, synthetic=syn,
-        ckpt_dir=str(out / "checkpoints" / name), local_mode=tc.num_workers == 0)
+        ckpt_dir=local_ckpt, ckpt_uri=ckpt_uri if ckpt_uri != local_ckpt else None, storage=root,
+        local_mode=tc.num_workers == 0)
     lineage = {**lineage_tags.lineage(params, df, manifest, features_dir, sections=("features", "audio", "train")),
                "run_name": name, "pretrained": str(pretrained or ""), "synthetic": syn.sha256 if syn else ""}
     meta = ModelMeta(

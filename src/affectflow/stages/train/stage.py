@@ -23,6 +23,7 @@ from affectflow.stages.spec import Inputs
 from affectflow.stages.train.driver import fit
 from affectflow.stages.train.loop import TrainingInterrupted
 from affectflow.stages.train.plan import Plan, TrainingError, plan
+from affectflow.stages.train.shared import RUN_ID_FILE, pull, push
 from affectflow.storage import atomic_write_json, save_figure
 
 __all__ = ["Plan", "TrainResult", "TrainingError", "TrainingInterrupted", "plan", "run", "train"]
@@ -64,8 +65,9 @@ def train(params: Params, manifest: str | Path, features_dir: str | Path, out_di
     """Train one recognizer on the manifest's train split (best epoch by validation UAR).
 
     Writes `<out>/model/` (model folder), `<out>/curves.png`, `<out>/summary.json`, checkpoints under
-    `<out>/checkpoints/<run>/`, and one MLflow run with params, per-epoch metrics, lineage tags,
-    the plots, the model folder and the pyfunc model.
+    `<checkpoint root>/<run>/` (`shared.checkpoint_root`: outside `out`, so a retried or re-submitted
+    run resumes and the output holds no optimiser state), and one MLflow run with params, per-epoch
+    metrics, lineage tags, the plots, the model folder and the pyfunc model.
     """
     from affectflow import stages
     from affectflow.serving.pyfunc import log_pyfunc
@@ -74,9 +76,11 @@ def train(params: Params, manifest: str | Path, features_dir: str | Path, out_di
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     p = plan(params, manifest, features_dir, out, pretrained, synthetic)
-    resume_file = Path(p.worker.ckpt_dir) / "mlflow_run_id"
+    pull(p.worker, epochs=p.worker.local_mode)  # an s3:// checkpoint folder: its run id and last epoch
+    resume_file = Path(p.worker.ckpt_dir) / RUN_ID_FILE
     with tracking.start_run(params, p.run_name, tags={"stage": "train", **p.meta.lineage}, resume_file=resume_file,
                             sections=stages.get("train").sections) as run:
+        push(p.worker, prune=False)  # the run id, so a run killed before its first epoch resumes in MLflow too
         worker = p.worker.with_mlflow(tracking.run_info(run))
         outcome = fit(params.train, worker, p.run_name)
         model = build_network(p.meta)
@@ -95,7 +99,8 @@ def train(params: Params, manifest: str | Path, features_dir: str | Path, out_di
                    "val_wa": round(hist[best]["val_wa"], 4) if 0 <= best < len(hist) else None,
                    "epochs_run": len(hist), "stopped_early": outcome["stopped_early"],
                    "n_train": meta.train.n_train, "n_val": meta.train.n_val, "n_synthetic": meta.train.n_synthetic,
-                   "device": outcome["device"], "world_size": outcome["world_size"]}
+                   "device": outcome["device"], "world_size": outcome["world_size"],
+                   "checkpoints": p.worker.ckpt_uri or p.worker.ckpt_dir}
         atomic_write_json(out / "summary.json", summary)
         tracking.log_training(run, meta.classes, summary, curves, model_dir)
         if params.tracking.log_model:
