@@ -916,6 +916,20 @@ def with_overrides(params: Params, overrides: Mapping[str, Any]) -> Params:
         raise ConfigError(_format_error(e, "overrides", dict(overrides))) from None
 
 
+class SortedDumper(yaml.SafeDumper):
+    """A YAML dumper whose mappings are always in sorted key order: text that depends on the data
+    only, not on process state (`oyaml`, which openSMILE imports, patches PyYAML's dict output)."""
+
+
+SortedDumper.add_representer(
+    dict, lambda d, data: d.represent_mapping("tag:yaml.org,2002:map", sorted(data.items(), key=lambda kv: str(kv[0]))))
+
+
+def yaml_text(value: Any, flow: bool = False) -> str:
+    """`value` as canonical YAML (sorted keys); `flow`: one line, `[a, b]` / `{k: v}` style."""
+    return yaml.dump(value, Dumper=SortedDumper, default_flow_style=flow, sort_keys=True)
+
+
 def params_yaml(params: Params) -> str:
     """params as YAML text, sections in file order (what `params_from_text` reads back)."""
     return yaml.safe_dump(params.model_dump(mode="json"), sort_keys=False)

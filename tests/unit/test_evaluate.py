@@ -99,7 +99,10 @@ def test_a_heldout_corpus_is_scored_on_all_its_clips_without_being_named(
     df = read_manifest(manifest)
     df.loc[df["corpus"] == "other", ["role", "split"]] = ["heldout", "test"]
     write_manifest(df, manifest)
-    params = t["params"].model_copy(update={"evaluate": t["params"].evaluate.model_copy(update={"bootstrap": 0})})
+    # its own MLflow store: these evaluations must not overwrite the shared trained model's test_uar
+    params = t["params"].model_copy(update={
+        "evaluate": t["params"].evaluate.model_copy(update={"bootstrap": 0}),
+        "tracking": t["params"].tracking.model_copy(update={"uri": f"sqlite:///{tmp_path / 'own.db'}"})})
     m = evaluate(params, t["result"].model_dir, manifest, feats, tmp_path / "eval")
     assert m["cross_corpus"]["other"]["n"] == int((df["corpus"] == "other").sum())
     assert m["cross_corpus_mean_uar"] == m["cross_corpus"]["other"]["uar"]

@@ -12,7 +12,7 @@ from recognizer_support import trained
 from affectflow.contracts.manifest import manifest_hash, read_manifest
 from affectflow.tracking import runs as tracking
 from affectflow.tracking.revisions import locked_md5
-from affectflow.tracking.uri import ensure_store, resolve_artifact_location, resolve_uri
+from affectflow.tracking.uri import ensure_store, mlflow_scope, resolve_artifact_location, resolve_uri
 
 
 def _artifacts(client: MlflowClient, run_id: str, path: str) -> set[str]:
@@ -22,7 +22,8 @@ def _artifacts(client: MlflowClient, run_id: str, path: str) -> set[str]:
 def test_training_run_has_params_epochs_lineage_plots_and_models(synth_root: Path, tmp_path_factory: pytest.TempPathFactory):
     t = trained(synth_root, tmp_path_factory)
     run_id = t["result"].summary["mlflow_run_id"]
-    client = MlflowClient(resolve_uri(t["params"].tracking.uri))
+    uri = resolve_uri(t["params"].tracking.uri)
+    client = MlflowClient(uri)
     run = client.get_run(run_id)
     p = run.data.params
     assert p["train.epochs"] == str(t["params"].train.epochs)
@@ -43,8 +44,10 @@ def test_training_run_has_params_epochs_lineage_plots_and_models(synth_root: Pat
     assert "curves.png" in _artifacts(client, run_id, "plots")
     assert {"model.json", "model.pt"} <= _artifacts(client, run_id, "model_folder")
     assert {"metrics.json", "report.md", "confusion.png"} <= _artifacts(client, run_id, "evaluation")
-    assert "MLmodel" in _artifacts(client, run_id, "model")
-    info = mlflow.models.get_model_info(f"runs:/{run_id}/model")
+    # MLflow resolves a run's logged model through the process-wide store, whatever the client's
+    with mlflow_scope(uri):
+        assert "MLmodel" in _artifacts(client, run_id, "model")
+        info = mlflow.models.get_model_info(f"runs:/{run_id}/model")
     assert [c.name for c in info.signature.outputs.inputs] == [*t["result"].summary["classes"], "label"]
 
 

@@ -33,8 +33,25 @@ def compile_to(pipeline: Any, target: str | Path) -> Path:
     target.parent.mkdir(parents=True, exist_ok=True)
     with atomic_path(target) as tmp:
         compiler.Compiler().compile(pipeline, str(tmp))
-        tmp.write_text(_stable_header(tmp.read_text()))
+        tmp.write_text(canonical(tmp.read_text()))
     return target
+
+
+def canonical(text: str) -> str:
+    """KFP's IR text with its header sorted and every YAML mapping written in sorted key order by
+    our own dumper: the bytes then depend on the pipeline only, not on process state (`oyaml`,
+    which openSMILE imports, patches PyYAML to keep insertion order for every later dump)."""
+    import yaml
+
+    from affectflow.config import SortedDumper
+
+    lines = text.splitlines(keepends=True)
+    n = 0
+    while n < len(lines) and lines[n].startswith("#"):
+        n += 1
+    head = _stable_header("".join(lines[:n]))
+    docs = list(yaml.safe_load_all("".join(lines[n:])))
+    return head + yaml.dump_all(docs, Dumper=SortedDumper, default_flow_style=False, sort_keys=True)
 
 
 def _stable_header(text: str) -> str:

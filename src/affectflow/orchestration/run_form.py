@@ -17,9 +17,15 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
-import yaml
-
-from affectflow.config import ConfigError, Params, Section, params_from_text, params_yaml, parse_yaml
+from affectflow.config import (
+    ConfigError,
+    Params,
+    Section,
+    params_from_text,
+    params_yaml,
+    parse_yaml,
+    yaml_text,
+)
 from affectflow.stages import STAGES, get
 
 Kind = Literal["bool", "int", "float", "str", "yaml"]
@@ -50,8 +56,7 @@ class RunParam:
     def encode(self, value: Any) -> Any:
         """The value as the run form holds it (lists, dicts and unions as YAML text)."""
         if self.kind() == "yaml":
-            return value if isinstance(value, str) else yaml.safe_dump(value, default_flow_style=True,
-                                                                       sort_keys=True).strip()
+            return value if isinstance(value, str) else yaml_text(value, flow=True).strip()
         return value
 
     def decode(self, value: Any) -> Any:
@@ -177,7 +182,7 @@ def pipeline_arguments(params: Params, base: Params) -> dict[str, Any]:
                  if s not in COMPILE_TIME_SECTIONS})
     rest = {k: v for k, v in a.items() if b.get(k) != v and k not in covered}
     if rest:
-        args[OVERRIDES] = yaml.safe_dump(rest, sort_keys=True, default_flow_style=False)
+        args[OVERRIDES] = yaml_text(rest)
     return args
 
 

@@ -152,7 +152,8 @@ def speaker_facts(df: pd.DataFrame) -> pd.DataFrame:
     """Per-row `speaker_splits` (how many splits this row's speaker appears in) and clips per split."""
     per_speaker = df.groupby("speaker", dropna=False)["split"].agg(
         n="nunique", clips=lambda s: ", ".join(f"{k}: {v}" for k, v in s.value_counts().sort_index().items()))
-    return pd.DataFrame({"speaker_splits": df["speaker"].map(per_speaker["n"]).fillna(0).astype(int),
+    # a row without a speaker is the not_null check's finding, not a speaker in several splits
+    return pd.DataFrame({"speaker_splits": df["speaker"].map(per_speaker["n"]).fillna(1).astype(int),
                          "clips_per_split": df["speaker"].map(per_speaker["clips"])}, index=df.index)
 
 

@@ -209,7 +209,7 @@ def plan(params: Params, manifest: str | Path, features_dir: str | Path, out_dir
     train_ids, val_ids = tr["utt_id"].tolist(), va["utt_id"].tolist()
     arrays = fs.load(kind, train_ids, mmap=True)
     input_dim = int(arrays[0].shape[0])
-    acfg = arch_config(tc, encoder_layers(params))
+    acfg = arch_config(tc, encoder_layers(tc.model, params.features.ssl))
     pre_meta = _check_pretrained(pretrained, tc.model, kind, acfg, input_dim) if pretrained else None
     mode = "global" if tc.normalize == "corpus" or (kind != "logmel" and tc.normalize == "utterance") \
         else tc.normalize
