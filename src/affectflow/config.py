@@ -480,7 +480,10 @@ class S3Config(Section):
     max_concurrency: int = Field(8, ge=1)
     connect_timeout_s: float = Field(5.0, gt=0)
     read_timeout_s: float = Field(60.0, gt=0)
+    """Longest wait for an answer on an open connection, per attempt."""
     max_attempts: int = Field(3, ge=1)
+    """Tries per request, the first included (an endpoint that never answers fails after about
+    max_attempts x read_timeout_s, as S3EndpointError)."""
 
 
 class PredictConfig(Section):
