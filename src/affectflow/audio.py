@@ -62,9 +62,15 @@ def info(path: str | Path | io.BytesIO, name: str | Path | None = None) -> Audio
     try:
         i = sf.info(path if isinstance(path, io.BytesIO) else str(path))
     except Exception as e:  # soundfile raises LibsndfileError / RuntimeError variants
-        raise AudioError(str(where), f"unreadable audio ({e})") from None
+        raise AudioError(str(where), f"unreadable audio ({_sf_reason(e, path)})") from None
     return AudioInfo(sample_rate=int(i.samplerate), channels=int(i.channels), frames=int(i.frames),
                      extra_info=str(getattr(i, "extra_info", "")))
+
+
+def _sf_reason(e: Exception, source: object) -> str:
+    """libsndfile's message, without the `<_io.BytesIO object at 0x...>` it names in-memory files by."""
+    text = str(e)
+    return text.replace(f"Error opening {source!r}: ", "") if isinstance(source, io.BytesIO) else text
 
 
 def file_hash(path: str | Path, chunk: int = 1 << 20) -> str:
@@ -157,7 +163,7 @@ def decode(source: str | Path | io.BytesIO, name: str | Path | None = None) -> t
         x, sr = sf.read(source if isinstance(source, io.BytesIO) else str(source), dtype="float32",
                         always_2d=False)
     except Exception as e:
-        raise AudioError(str(where), f"cannot decode audio ({e})") from None
+        raise AudioError(str(where), f"cannot decode audio ({_sf_reason(e, source)})") from None
     x = to_mono(np.asarray(x, dtype=np.float32))
     if x.size == 0:
         raise AudioError(str(where), NO_SAMPLES)

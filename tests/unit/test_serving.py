@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import json
 from pathlib import Path
 
 import mlflow
@@ -202,3 +203,36 @@ def test_invocations_payload_sends_files_as_base64_the_model_reads(pyfunc, tmp_p
         invocations_payload([np.zeros(3)], 8000, files=files)
     with pytest.raises(ValueError, match="waves with their sample_rate"):
         invocations_payload([np.zeros(3)])
+
+
+def test_a_failure_inside_the_model_is_logged_not_sent(pyfunc, caplog):
+    """A fault that is not the input's: HTTP 500 with a message saying where the details are, and no
+    traceback in what a client gets (MLflow would send `stack_trace`, with server paths)."""
+    from mlflow.exceptions import MlflowException
+
+    t, model = pyfunc
+    inner = model.unwrap_python_model()
+    wave = pd.DataFrame({"audio": [np.full(8000, 0.01)], "sample_rate": [16000]})
+
+    class Broken:
+        sample_rate = 16000
+
+        def __call__(self, waves):
+            raise RuntimeError("/srv/secret/path: feature extractor exploded")
+
+    good, inner.featurizer = inner.featurizer, Broken()
+    try:
+        with pytest.raises(MlflowException) as err, caplog.at_level("ERROR"):
+            inner.predict(None, wave)
+    finally:
+        inner.featurizer = good
+    answer = json.loads(err.value.serialize_as_json())
+    assert err.value.get_http_status_code() == 500 and "stack_trace" not in answer
+    assert answer["message"] == ("affectflow pyfunc: internal error while scoring the request (RuntimeError; "
+                                 "the traceback is in the server log)")
+    assert "/srv/secret/path" not in answer["message"] and "/srv/secret/path" in caplog.text
+    assert isinstance(err.value.__cause__, RuntimeError)  # kept for local callers' tracebacks
+    bad = pd.DataFrame({"audio": [[float("nan")]], "sample_rate": [16000]})
+    with pytest.raises(MlflowException) as client:
+        inner.predict(None, bad)
+    assert client.value.get_http_status_code() == 400 and isinstance(client.value, ValueError)

@@ -161,8 +161,8 @@ def parse_input(model_input: Any, config: ServingConfig | None = None,
     present = [c for c in SOURCE_COLUMNS if c in df.columns]
     if not present:
         if not len(df.columns):  # MLflow drops every column outside the signature before predict()
-            raise ValueError(f"pyfunc input: {len(df)} row(s) but no 'audio_b64', 'audio' or 'path' column; "
-                             f"the model takes the columns {', '.join(SIGNATURE_COLUMNS)} and ignores any other")
+            raise ValueError("pyfunc input: no 'audio_b64', 'audio' or 'path' column; the model takes the columns "
+                             f"{', '.join(SIGNATURE_COLUMNS)} and ignores any other")
         raise ValueError(f"pyfunc input: needs an 'audio_b64', an 'audio' or a 'path' column "
                          f"(has {list(map(str, df.columns))})")
     if len(df) > cfg.max_rows:
@@ -266,7 +266,8 @@ def decode_b64(value: Any, row: int, budget_s: float = math.inf) -> tuple[np.nda
     try:
         head = audio.info(io.BytesIO(data), where)
     except audio.AudioError as e:
-        raise ValueError(f"{where}: {len(data)} decoded bytes are not audio soundfile can read ({e.reason})") from None
+        detail = e.reason.removeprefix("unreadable audio (").removesuffix(")")
+        raise ValueError(f"{where}: {len(data)} decoded bytes are not audio soundfile can read ({detail})") from None
     if head.frames <= 0:
         raise audio.AudioError(where, audio.NO_FRAMES)
     if head.duration > budget_s:
