@@ -210,7 +210,7 @@ def test_a_failure_inside_the_model_is_logged_not_sent(pyfunc, caplog):
     traceback in what a client gets (MLflow would send `stack_trace`, with server paths)."""
     from mlflow.exceptions import MlflowException
 
-    t, model = pyfunc
+    _, model = pyfunc
     inner = model.unwrap_python_model()
     wave = pd.DataFrame({"audio": [np.full(8000, 0.01)], "sample_rate": [16000]})
 
