@@ -343,3 +343,20 @@ def test_a_bad_waveform_is_an_error_in_the_library_too():
         load_audio([np.zeros(0)], SR)
     with pytest.raises(ValueError, match=r"input_rate: expected a positive whole number of Hz, got 0"):
         load_audio([np.zeros(100)], SR, input_rate=0)
+
+
+def test_csv_bytes_that_are_not_utf8_name_file_line_and_field(tmp_path):
+    """The corpus adapter and predict's manifests, on a Latin-1 file (what Excel often saves)."""
+    from affectflow.contracts.manifest import ManifestError
+    from affectflow.corpora import csv_manifest
+    from affectflow.serving.predict import PredictInputError, manifest_paths
+
+    header = tmp_path / "header.csv"
+    header.write_bytes("path,sprecher·in,emotion\n".encode("latin-1", errors="replace").replace(b"\xb7", b"\xe9"))
+    with pytest.raises(ManifestError, match=r"header\.csv: header \(line 1\), column 2: not UTF-8 text \(byte 0xe9"):
+        csv_manifest.prepare(str(header))
+    listing = tmp_path / "list.csv"
+    listing.write_bytes("path\nok.wav\nrécit.wav\n".encode("latin-1"))
+    with pytest.raises(PredictInputError, match=r"list\.csv: line 3, field 'path': not UTF-8 text \(byte 0xe9\); "
+                                                r"save the CSV as UTF-8"):
+        manifest_paths(listing)

@@ -72,8 +72,11 @@ class PredictInputError(ValueError):
 def manifest_paths(path: Path) -> list[str]:
     """Audio paths of a manifest (.csv or .parquet with a `path` column); relative paths resolve
     against the manifest's folder, like the `csv` corpus adapter does."""
+    is_csv = path.suffix.lower() == ".csv"
+    if is_csv:
+        _check_utf8(path)
     try:
-        df = pd.read_csv(path) if path.suffix.lower() == ".csv" else pd.read_parquet(path)
+        df = pd.read_csv(path) if is_csv else pd.read_parquet(path)
     except Exception as e:  # pandas / pyarrow raise many kinds for a bad file
         raise PredictInputError(f"{path}: cannot read manifest ({e})") from None
     if "path" not in df.columns:
@@ -85,6 +88,23 @@ def manifest_paths(path: Path) -> list[str]:
         p = Path(value)
         out.append(value if p.is_absolute() or "://" in value else str(path.parent / p))
     return out
+
+
+def _check_utf8(path: Path) -> None:
+    """A CSV with bytes that are not UTF-8 is refused naming its line and field, not a codec position."""
+    try:
+        data = path.read_bytes()
+    except OSError as e:
+        raise PredictInputError(f"{path}: cannot read manifest ({e.strerror})") from None
+    try:
+        data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = data.count(b"\n", 0, e.start) + 1
+        column = data[data.rfind(b"\n", 0, e.start) + 1 : e.start].count(b",")  # unquoted CSV: close enough
+        header = data.split(b"\n", 1)[0].decode("utf-8", "replace").strip().split(",")
+        field = f", field '{header[column].strip()}'" if line > 1 and column < len(header) else ""
+        raise PredictInputError(f"{path}: line {line}{field}: not UTF-8 text (byte 0x{data[e.start]:02x}); "
+                                "save the CSV as UTF-8") from None
 
 
 def _is_audio_name(name: str) -> bool:
