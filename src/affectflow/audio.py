@@ -1,18 +1,41 @@
-"""Decode any format soundfile reads, down-mix to mono and resample (soxr) to the configured rate."""
+"""Decode any format soundfile reads, down-mix to mono and resample (soxr) to the configured rate.
+
+Also the rules for audio that cannot be used, one set for every entry point (ingest, the features
+stage, `affectflow predict`, the served pyfunc), with one text per reason, so a clip is refused for
+the same reason in the same words wherever it shows up.
+"""
 
 from __future__ import annotations
 
 import hashlib
+import io
+import re
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import soundfile as sf
 import soxr
 
+NOT_FOUND = "file not found"
+NOT_FINITE = "audio contains NaN or infinite samples"
+NO_SAMPLES = "empty audio (no samples)"
+NO_FRAMES = "empty audio (0 frames)"
 
-class AudioError(Exception):
-    """Audio that cannot be used; the message names the file and the reason."""
+# libsndfile's header log flags a chunk whose declared size disagrees with the file, e.g.
+# "data : 16656 (should be 8306)": the file was cut after its header was written.
+_CHUNK_SIZE = re.compile(r"^\s*(?P<chunk>\S+)\s*:\s*(?P<declared>\d+)\s*\(should be (?P<actual>\d+)\)", re.M)
+# Writers that stream to a pipe cannot seek back to fix the header and leave a placeholder size at or
+# above this (sox 0x7ffff000, ffmpeg 0xffffffff); such files are not truncated, just unsized.
+_UNSIZED = 0x7FFFF000
+_HEADER_SLACK = 8  # bytes: the size of one chunk header
+_DECODED_SHARE = 0.99
+"""A decode may come up this much short of the header's frame count (codec priming/padding)."""
+
+
+class AudioError(ValueError):
+    """Audio that cannot be used; the message names the file (or request row) and the reason."""
 
     def __init__(self, path: str | Path, reason: str):
         self.path = str(path)
@@ -25,19 +48,29 @@ class AudioInfo:
     sample_rate: int
     channels: int
     frames: int
+    extra_info: str = ""
+    """libsndfile's header log (chunk sizes), see `header_shortfall`."""
 
     @property
     def duration(self) -> float:
         return self.frames / self.sample_rate if self.sample_rate else 0.0
 
 
-def info(path: str | Path) -> AudioInfo:
-    """Header facts without decoding the samples."""
+def info(path: str | Path | io.BytesIO, name: str | Path | None = None) -> AudioInfo:
+    """Header facts without decoding the samples (a path, or encoded bytes named by `name`)."""
+    where = name if name is not None else path
     try:
-        i = sf.info(str(path))
+        i = sf.info(path if isinstance(path, io.BytesIO) else str(path))
     except Exception as e:  # soundfile raises LibsndfileError / RuntimeError variants
-        raise AudioError(path, f"unreadable audio ({e})") from None
-    return AudioInfo(sample_rate=int(i.samplerate), channels=int(i.channels), frames=int(i.frames))
+        raise AudioError(str(where), f"unreadable audio ({_sf_reason(e, path)})") from None
+    return AudioInfo(sample_rate=int(i.samplerate), channels=int(i.channels), frames=int(i.frames),
+                     extra_info=str(getattr(i, "extra_info", "")))
+
+
+def _sf_reason(e: Exception, source: object) -> str:
+    """libsndfile's message, without the `<_io.BytesIO object at 0x...>` it names in-memory files by."""
+    text = str(e)
+    return text.replace(f"Error opening {source!r}: ", "") if isinstance(source, io.BytesIO) else text
 
 
 def file_hash(path: str | Path, chunk: int = 1 << 20) -> str:
@@ -62,15 +95,99 @@ def resample(x: np.ndarray, sr_in: int, sr_out: int) -> np.ndarray:
     return soxr.resample(x, sr_in, sr_out, quality="HQ").astype(np.float32, copy=False)
 
 
-def load(path: str | Path, sample_rate: int, *, min_samples: int = 1) -> np.ndarray:
-    """Mono float32 waveform at `sample_rate`; raises AudioError for empty, truncated or bad audio."""
+# ----------------------------------------------------------------------------- the rules
+def header_shortfall(log: str) -> str | None:
+    """Why a container (WAV, AIFF, W64, ...) is truncated, from libsndfile's header log; else None.
+
+    libsndfile quietly shortens the frame count of a cut WAV to what is there, so decoding it
+    succeeds; only the declared chunk sizes still show that audio is missing. A shortfall of up to
+    `_HEADER_SLACK` bytes is tolerated: some writers count the RIFF size from the file start or drop
+    the pad byte, which is a header quirk, not lost audio.
+    """
+    for m in _CHUNK_SIZE.finditer(log):
+        declared, actual = int(m["declared"]), int(m["actual"])
+        if actual < declared - _HEADER_SLACK and declared < _UNSIZED:
+            return f"'{m['chunk']}' chunk declares {declared} bytes but the file holds {actual}"
+    return None
+
+
+def check_header(path: str | Path) -> AudioInfo:
+    """The checks that need no decode: the file exists, its header reads, it declares frames and
+    its chunk sizes agree with the file's length."""
+    p = Path(path)
+    if not p.is_file():
+        raise AudioError(path, NOT_FOUND if not p.exists() else "not a file")
+    head = info(path)
+    if head.frames <= 0:
+        raise AudioError(path, NO_FRAMES)
+    short = header_shortfall(head.extra_info)
+    if short:
+        raise AudioError(path, f"truncated audio: {short}")
+    return head
+
+
+def check_decoded(where: str | Path, decoded: int, declared: int) -> None:
+    """A decode that stops well before the header's frame count is a cut (or corrupt) file."""
+    if decoded < declared * _DECODED_SHARE:
+        raise AudioError(where, f"truncated audio: header says {declared} frames, decoded {decoded}")
+
+
+def check_duration(where: str | Path, seconds: float, min_duration_s: float) -> None:
+    if seconds < min_duration_s:
+        raise AudioError(where, f"too short: {seconds:.3f} s < {min_duration_s} s (audio.min_duration_s)")
+
+
+def check_samples(x: Any, where: str | Path) -> np.ndarray:
+    """Samples given as numbers (a request's waveform): mono float32, non-empty, finite."""
     try:
-        x, sr = sf.read(str(path), dtype="float32", always_2d=False)
+        arr = np.asarray(x, dtype=np.float32)
+    except (TypeError, ValueError):
+        raise AudioError(where, "expected a list of numbers (mono samples)") from None
+    if arr.ndim == 2 and arr.shape[1] <= 8:  # (frames, channels)
+        arr = to_mono(arr)
+    if arr.ndim != 1:
+        raise AudioError(where, f"expected mono samples (a flat list of numbers), got shape {arr.shape}")
+    if arr.size == 0:
+        raise AudioError(where, NO_SAMPLES)
+    if not np.isfinite(arr).all():
+        raise AudioError(where, NOT_FINITE)
+    return arr
+
+
+# ----------------------------------------------------------------------------- decoding
+def decode(source: str | Path | io.BytesIO, name: str | Path | None = None) -> tuple[np.ndarray, int]:
+    """(mono float32 samples, native sample rate) of a file or of encoded bytes named by `name`;
+    raises AudioError for undecodable, empty or non-finite audio."""
+    where = name if name is not None else source
+    try:
+        x, sr = sf.read(source if isinstance(source, io.BytesIO) else str(source), dtype="float32",
+                        always_2d=False)
     except Exception as e:
-        raise AudioError(path, f"cannot decode audio ({e})") from None
+        raise AudioError(str(where), f"cannot decode audio ({_sf_reason(e, source)})") from None
     x = to_mono(np.asarray(x, dtype=np.float32))
-    if x.size < min_samples:
-        raise AudioError(path, "empty audio (no samples)")
+    if x.size == 0:
+        raise AudioError(str(where), NO_SAMPLES)
     if not np.isfinite(x).all():
-        raise AudioError(path, "audio contains NaN or infinite samples")
-    return resample(x, int(sr), sample_rate)
+        raise AudioError(str(where), NOT_FINITE)
+    return x, int(sr)
+
+
+def load(path: str | Path, sample_rate: int, *, expect_sha256: str | None = None) -> np.ndarray:
+    """Mono float32 waveform at `sample_rate`; raises AudioError for empty, truncated or bad audio.
+
+    With `expect_sha256` the file is read once, its bytes are checked against the hash (the
+    manifest's content key) and decoded from memory: a file changed since ingest is refused rather
+    than stored under a content key that is no longer its own."""
+    if expect_sha256 is None:
+        x, sr = decode(path)
+        return resample(x, sr, sample_rate)
+    try:
+        data = Path(path).read_bytes()
+    except OSError as e:
+        raise AudioError(path, NOT_FOUND if isinstance(e, FileNotFoundError) else f"cannot read file ({e.strerror})") from None
+    got = hashlib.sha256(data).hexdigest()
+    if got != expect_sha256:
+        raise AudioError(path, f"file changed since ingest: {len(data)} bytes with sha256 {got[:12]}…, the "
+                               f"manifest says {expect_sha256[:12]}…; re-run ingest")
+    x, sr = decode(io.BytesIO(data), path)
+    return resample(x, sr, sample_rate)

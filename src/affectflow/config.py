@@ -672,7 +672,10 @@ class S3Config(Section):
     max_concurrency: int = Field(8, ge=1)
     connect_timeout_s: float = Field(5.0, gt=0)
     read_timeout_s: float = Field(60.0, gt=0)
+    """Longest wait for an answer on an open connection, per attempt."""
     max_attempts: int = Field(3, ge=1)
+    """Tries per request, the first included (an endpoint that never answers fails after about
+    max_attempts x read_timeout_s, as S3EndpointError)."""
 
 
 class PredictConfig(Section):
@@ -833,7 +836,7 @@ class _UniqueKeyLoader(yaml.SafeLoader):
             if key in seen:
                 raise yaml.constructor.ConstructorError(
                     None, None, f"key '{key}' appears twice (lines {seen[key] + 1} and "
-                    f"{key_node.start_mark.line + 1})", key_node.start_mark)
+                    f"{key_node.start_mark.line + 1})", None)  # the text names both lines
             seen[key] = key_node.start_mark.line
         return super().construct_mapping(node, deep=deep)
 
@@ -854,8 +857,13 @@ def parse_yaml(text: str, source: str) -> Any:
     """YAML text -> data, with duplicate keys as errors; errors name `source`."""
     try:
         return yaml.load(text, Loader=_UniqueKeyLoader)  # a SafeLoader subclass
+    except yaml.MarkedYAMLError as e:  # one line: PyYAML's own text quotes the offending lines below
+        mark = e.problem_mark or e.context_mark
+        where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark is not None else ""
+        what = "; ".join(str(x) for x in (e.context, e.problem) if x)
+        raise ConfigError(f"{source}: not valid YAML: {what}{where}") from None
     except yaml.YAMLError as e:
-        raise ConfigError(f"{source}: not valid YAML: {e}") from None
+        raise ConfigError(f"{source}: not valid YAML: {' '.join(str(e).split())}") from None
 
 
 def params_from_tree(tree: Any, source: str, overrides: Iterable[str] | Mapping[str, Any] = ()) -> Params:

@@ -16,6 +16,7 @@ import shutil
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -219,6 +220,42 @@ def test_unreachable_endpoint_says_so(s3_env: S3Server, tmp_path: Path, monkeypa
     store = s3.S3Store(S3Config(endpoint_url=f"http://127.0.0.1:{port}", max_attempts=1, connect_timeout_s=1))
     with pytest.raises(s3.S3EndpointError, match=f"127.0.0.1:{port} is unreachable"):
         store.download(f"s3://{BUCKET}/a.wav", tmp_path / "a.wav")
+
+
+@pytest.mark.parametrize("action", ["list", "download", "read"])
+def test_endpoint_that_accepts_but_never_answers_is_an_endpoint_error_in_time(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, action: str) -> None:
+    """A socket that accepts and never answers (a hung proxy, a stopped process): S3EndpointError
+    after max_attempts x read_timeout_s, not a raw botocore ReadTimeoutError minutes later."""
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "x")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "y")
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+    srv = socket.create_server(("127.0.0.1", 0))
+    held: list[socket.socket] = []
+
+    def accept() -> None:
+        with contextlib.suppress(OSError):  # closed below
+            while True:
+                held.append(srv.accept()[0])
+
+    threading.Thread(target=accept, daemon=True).start()
+    endpoint = f"http://127.0.0.1:{srv.getsockname()[1]}"
+    store = s3.S3Store(S3Config(endpoint_url=endpoint, read_timeout_s=1, max_attempts=2))
+    calls = {"list": lambda: store.list(f"s3://{BUCKET}/x/"),
+             "download": lambda: store.download(f"s3://{BUCKET}/a.wav", tmp_path / "a.wav"),
+             "read": lambda: store.read_bytes(f"s3://{BUCKET}/a.json")}
+    started = time.monotonic()
+    try:
+        with pytest.raises(s3.S3EndpointError, match=f"{endpoint} accepted the connection but did not answer "
+                                                     r"within s3\.read_timeout_s=1 s \(2 attempt\(s\)"):
+            calls[action]()
+    finally:
+        srv.close()
+        for conn in held:
+            conn.close()
+    assert time.monotonic() - started < 15  # 2 x 1 s, back-off and client start-up
+    assert len(held) == 2  # botocore's attempts only: s3transfer adds none of its own
+    assert not (tmp_path / "a.wav").exists()
 
 
 # --------------------------------------------------------------------------- folders

@@ -12,10 +12,11 @@ import pytest
 import soundfile as sf
 
 from affectflow import audio
+from affectflow.audio import header_shortfall
 from affectflow.config import load_params
 from affectflow.contracts.manifest import COLUMNS, read_manifest
 from affectflow.corpora.demo import make_ravdess_like, utterance
-from affectflow.stages.ingest import IngestError, header_shortfall, ingest, probe
+from affectflow.stages.ingest import IngestError, ingest, probe
 
 SR = 16000
 CLIP_S = 0.5

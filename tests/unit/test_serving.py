@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import json
 from pathlib import Path
 
 import mlflow
@@ -16,16 +17,35 @@ from affectflow import audio
 from affectflow.contracts.feature_store import FeatureSet
 from affectflow.contracts.manifest import read_manifest
 from affectflow.serving.predict import invocations_payload
-from affectflow.serving.pyfunc import parse_input
+from affectflow.serving.pyfunc import ServingConfig, parse_input
 from affectflow.serving.recognizer import load_model_dir, predict_audio, predict_features
 from affectflow.tracking.uri import resolve_uri
 
 
 @pytest.fixture(scope="module")
 def pyfunc(synth_root: Path, tmp_path_factory: pytest.TempPathFactory):
+    """The logged model, loaded for local use: `path` rows switched on through MLflow's model_config."""
     t = trained(synth_root, tmp_path_factory)
     mlflow.set_tracking_uri(resolve_uri(t["params"].tracking.uri))
-    return t, mlflow.pyfunc.load_model(f"runs:/{t['result'].summary['mlflow_run_id']}/model")
+    uri = f"runs:/{t['result'].summary['mlflow_run_id']}/model"
+    return t, mlflow.pyfunc.load_model(uri, model_config={"allow_path_input": True})
+
+
+def test_paths_are_off_unless_the_model_config_turns_them_on(pyfunc):
+    t, local = pyfunc
+    uri = f"runs:/{t['result'].summary['mlflow_run_id']}/model"
+    default = mlflow.pyfunc.load_model(uri)
+    assert default.model_config == {"allow_path_input": False, "max_rows": 64, "max_audio_s": 600.0}
+    row = pd.DataFrame({"path": [read_manifest(t["manifest"]).iloc[0]["path"]]})
+    with pytest.raises(ValueError, match=r"row 0, column 'path': file paths are not accepted by this model"):
+        default.predict(row)
+    assert len(local.predict(row)) == 1
+    smaller = mlflow.pyfunc.load_model(uri, model_config={"max_rows": 1})
+    wave = pd.DataFrame({"audio": [np.zeros(8000) + 0.01] * 2, "sample_rate": [16000] * 2})
+    with pytest.raises(ValueError, match=r"2 rows; this model takes at most 1 per request \(model_config max_rows\)"):
+        smaller.predict(wave)
+    with pytest.raises(ValueError, match=r"model_config: max_rows: Input should be a valid integer"):
+        mlflow.pyfunc.load_model(uri, model_config={"max_rows": "many"})
 
 
 def test_pyfunc_predicts_from_a_file_path_like_the_trained_model(pyfunc):
@@ -73,12 +93,18 @@ def test_inference_from_paths_and_arrays_agree(synth_root: Path, tmp_path_factor
     assert by_path.shape == (3, 4) and np.allclose(by_path, by_wave)
 
 
-def test_parse_input_accepts_lists_and_rejects_nonsense():
-    groups = parse_input(["a.wav", "b.wav"])
-    assert groups == [([0, 1], ["a.wav", "b.wav"], None)]
+def test_parse_input_accepts_lists_and_rejects_nonsense(tmp_path: Path):
+    a, b = tmp_path / "a.wav", tmp_path / "b.wav"
+    sf.write(a, np.full(1600, 0.1, np.float32), 16000)
+    sf.write(b, np.full(800, 0.1, np.float32), 8000)
+    with pytest.raises(ValueError, match=r"row 0, column 'path': file paths are not accepted"):
+        parse_input([str(a), str(b)])
+    groups = parse_input([str(a), str(b)], ServingConfig(allow_path_input=True))
+    assert [(ix, rate, [w.shape for w in waves]) for ix, waves, rate in groups] == [([0], 16000, [(1600,)]),
+                                                                                     ([1], 8000, [(800,)])]
     mixed = parse_input(pd.DataFrame({"audio": [np.zeros(4), np.ones(4)], "sample_rate": [8000, 16000]}))
     assert sorted(r for _, _, r in mixed) == [8000, 16000]
-    with pytest.raises(ValueError, match="'path', an 'audio' or an 'audio_b64' column"):
+    with pytest.raises(ValueError, match="needs an 'audio_b64', an 'audio' or a 'path' column"):
         parse_input(pd.DataFrame({"x": [1]}))
     with pytest.raises(ValueError, match="row 0"):
         parse_input(pd.DataFrame({"path": [None]}))
@@ -101,9 +127,11 @@ def test_pyfunc_scores_a_base64_file_like_its_path_and_its_waveform(pyfunc, tmp_
     mono = audio.load(src, STEREO_RATE)
     clip = tmp_path / f"clip.{fmt}"
     sf.write(clip, np.stack([mono, 0.5 * mono[::-1]], axis=1), STEREO_RATE, subtype="PCM_16")
-    # One request mixing all three kinds of row: the columns a row leaves empty are None.
+    # One request mixing all three kinds of row: the columns a row leaves empty are None. MLflow
+    # cannot pass an integer column with gaps, so files give their own header's rate.
     df = pd.DataFrame({"path": [str(clip), None, None],
                        "audio": [None, audio.load(clip, rate).astype(np.float64), None],
+                       "sample_rate": [STEREO_RATE, rate, STEREO_RATE],
                        "audio_b64": [None, None, b64(clip)]})
     out = model.predict(df)
     probs = out[classes].to_numpy()
@@ -145,7 +173,8 @@ def test_audio_b64_errors_name_the_row_and_the_column(tmp_path: Path):
 def test_a_row_must_set_exactly_one_audio_column():
     rows = pd.DataFrame({"path": ["a.wav", "b.wav", None], "audio": [None, None, [0.0, 0.1]],
                          "audio_b64": [None, "UklGRg==", "UklGRg=="]})
-    assert parse_input(rows.iloc[:1]) == [([0], ["a.wav"], None)]
+    with pytest.raises(ValueError, match=r"row 0, column 'path' \(a\.wav\): file not found"):
+        parse_input(rows.iloc[:1], ServingConfig(allow_path_input=True))
     with pytest.raises(ValueError, match=r"row 1: 'path' and 'audio_b64' are both set; give exactly one"):
         parse_input(rows)
     with pytest.raises(ValueError, match=r"row 1: 'audio' and 'audio_b64' are both set"):
@@ -174,3 +203,36 @@ def test_invocations_payload_sends_files_as_base64_the_model_reads(pyfunc, tmp_p
         invocations_payload([np.zeros(3)], 8000, files=files)
     with pytest.raises(ValueError, match="waves with their sample_rate"):
         invocations_payload([np.zeros(3)])
+
+
+def test_a_failure_inside_the_model_is_logged_not_sent(pyfunc, caplog):
+    """A fault that is not the input's: HTTP 500 with a message saying where the details are, and no
+    traceback in what a client gets (MLflow would send `stack_trace`, with server paths)."""
+    from mlflow.exceptions import MlflowException
+
+    _, model = pyfunc
+    inner = model.unwrap_python_model()
+    wave = pd.DataFrame({"audio": [np.full(8000, 0.01)], "sample_rate": [16000]})
+
+    class Broken:
+        sample_rate = 16000
+
+        def __call__(self, waves):
+            raise RuntimeError("/srv/secret/path: feature extractor exploded")
+
+    good, inner.featurizer = inner.featurizer, Broken()
+    try:
+        with pytest.raises(MlflowException) as err, caplog.at_level("ERROR"):
+            inner.predict(None, wave)
+    finally:
+        inner.featurizer = good
+    answer = json.loads(err.value.serialize_as_json())
+    assert err.value.get_http_status_code() == 500 and "stack_trace" not in answer
+    assert answer["message"] == ("affectflow pyfunc: internal error while scoring the request (RuntimeError; "
+                                 "the traceback is in the server log)")
+    assert "/srv/secret/path" not in answer["message"] and "/srv/secret/path" in caplog.text
+    assert isinstance(err.value.__cause__, RuntimeError)  # kept for local callers' tracebacks
+    bad = pd.DataFrame({"audio": [[float("nan")]], "sample_rate": [16000]})
+    with pytest.raises(MlflowException) as client:
+        inner.predict(None, bad)
+    assert client.value.get_http_status_code() == 400 and isinstance(client.value, ValueError)

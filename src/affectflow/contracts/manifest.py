@@ -1,7 +1,7 @@
 """The common manifest: one row per clip, whatever corpus it came from.
 
 Columns (parquet, see `COLUMNS`):
-  utt_id       unique id `corpus/relative-stem`
+  utt_id       unique id `corpus/relative-stem` (`corpus/relative-stem.ext` for files that differ only in suffix)
   path         audio location (absolute local path or s3:// URI)
   corpus       corpus name from params (also the DANN domain)
   role         source | target | heldout

@@ -57,6 +57,14 @@ def _number(value: str | None, where: str, name: str) -> float | None:
     return None if math.isnan(x) else x
 
 
+def _not_utf8(value: str) -> str | None:
+    """What is wrong with a cell read with `surrogateescape` (bytes that are not UTF-8), else None."""
+    for k, ch in enumerate(value):
+        if "\udc80" <= ch <= "\udcff":
+            return f"not UTF-8 text (byte 0x{ord(ch) - 0xDC00:02x} at character {k + 1}); save the CSV as UTF-8"
+    return None
+
+
 def prepare(root: str) -> list[Utterance]:
     """Read the CSV at `root` (a file, not a folder)."""
     csv_path = Path(root)
@@ -64,9 +72,14 @@ def prepare(root: str) -> list[Utterance]:
         raise FileNotFoundError(f"{root}: CSV manifest not found")
     folder = csv_path.parent.absolute()
     out: list[Utterance] = []
-    with csv_path.open(newline="", encoding="utf-8-sig") as f:
+    # Bytes that are not UTF-8 are kept as surrogates and reported per cell (row, line and field)
+    # rather than as a decoder error somewhere in the file.
+    with csv_path.open(newline="", encoding="utf-8-sig", errors="surrogateescape") as f:
         reader = csv.reader(f)
         header = [h.strip().lower() for h in next(reader, [])]
+        for i, name in enumerate(header):
+            if bad := _not_utf8(name):
+                raise ManifestError(f"{csv_path}: header (line {reader.line_num}), column {i + 1}: {bad}")
         missing = [c for c in REQUIRED if c not in header]
         if missing:
             raise ManifestError(f"{csv_path}: header lacks required columns {missing} (has {header})")
@@ -78,6 +91,9 @@ def prepare(root: str) -> list[Utterance]:
             if len(row) != len(header):
                 raise ManifestError(f"{where}: {len(row)} fields, header has {len(header)}")
             cell = {name: row[i].strip() for name, i in col.items()}
+            for name, value in cell.items():
+                if bad := _not_utf8(value):
+                    raise ManifestError(f"{where}, field '{name}': {bad}")
             for name in REQUIRED:
                 if not cell[name]:
                     raise ManifestError(f"{where}, field '{name}': empty")

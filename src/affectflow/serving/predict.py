@@ -13,8 +13,10 @@ one at a time, scored like short clips, and the clip's probabilities are the mea
 memory is bounded by `batch_size` windows whatever the file length.
 
 Why per-file errors: one unreadable file in a folder of thousands should cost that file, not the
-run. Every failure (missing, undecodable, empty, NaN samples, a clip the model cannot take) is
-recorded in the output with its reason and reported on stderr; the others are still predicted.
+run. Every failure (missing, undecodable, empty, truncated, NaN samples, shorter than
+`audio.min_duration_s`, a clip the model cannot take) is recorded in the output with its reason and
+reported on stderr; the others are still predicted. The audio rules and their texts are ingest's
+(`affectflow.audio`), so a clip ingest would quarantine is not silently predicted.
 
 Why s3:// inputs are downloaded first: soundfile reads local files only, and seeking through a long
 file window by window over HTTP would cost a request per window. An `s3://` object or prefix (and an
@@ -70,8 +72,11 @@ class PredictInputError(ValueError):
 def manifest_paths(path: Path) -> list[str]:
     """Audio paths of a manifest (.csv or .parquet with a `path` column); relative paths resolve
     against the manifest's folder, like the `csv` corpus adapter does."""
+    is_csv = path.suffix.lower() == ".csv"
+    if is_csv:
+        _check_utf8(path)
     try:
-        df = pd.read_csv(path) if path.suffix.lower() == ".csv" else pd.read_parquet(path)
+        df = pd.read_csv(path) if is_csv else pd.read_parquet(path)
     except Exception as e:  # pandas / pyarrow raise many kinds for a bad file
         raise PredictInputError(f"{path}: cannot read manifest ({e})") from None
     if "path" not in df.columns:
@@ -83,6 +88,23 @@ def manifest_paths(path: Path) -> list[str]:
         p = Path(value)
         out.append(value if p.is_absolute() or "://" in value else str(path.parent / p))
     return out
+
+
+def _check_utf8(path: Path) -> None:
+    """A CSV with bytes that are not UTF-8 is refused naming its line and field, not a codec position."""
+    try:
+        data = path.read_bytes()
+    except OSError as e:
+        raise PredictInputError(f"{path}: cannot read manifest ({e.strerror})") from None
+    try:
+        data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = data.count(b"\n", 0, e.start) + 1
+        column = data[data.rfind(b"\n", 0, e.start) + 1 : e.start].count(b",")  # unquoted CSV: close enough
+        header = data.split(b"\n", 1)[0].decode("utf-8", "replace").strip().split(",")
+        field = f", field '{header[column].strip()}'" if line > 1 and column < len(header) else ""
+        raise PredictInputError(f"{path}: line {line}{field}: not UTF-8 text (byte 0x{data[e.start]:02x}); "
+                                "save the CSV as UTF-8") from None
 
 
 def _is_audio_name(name: str) -> bool:
@@ -160,39 +182,44 @@ class Decoded:
 def _checked(x: np.ndarray, path: str, what: str) -> np.ndarray:
     x = audio.to_mono(np.asarray(x, np.float32))
     if x.size == 0:
-        raise audio.AudioError(path, f"{what}: no samples (file shorter than its header says?)")
+        raise audio.AudioError(path, f"{what}: {audio.NO_SAMPLES}")
     if not np.isfinite(x).all():
-        raise audio.AudioError(path, f"{what}: audio contains NaN or infinite samples")
+        raise audio.AudioError(path, f"{what}: {audio.NOT_FINITE}")
     return x
 
 
 class WindowReader:
-    """Opens one input and yields its windows at the model's rate."""
+    """Opens one input and yields its windows at the model's rate.
 
-    def __init__(self, sample_rate: int, max_window_s: float, hop_s: float):
+    The audio rules are ingest's (`affectflow.audio`: missing, unreadable, empty, truncated,
+    non-finite, shorter than `min_duration_s`), in the same words."""
+
+    def __init__(self, sample_rate: int, max_window_s: float, hop_s: float, min_duration_s: float = 0.0):
         if hop_s > max_window_s:
             raise ValueError(f"predict.hop_s: {hop_s} must not exceed predict.max_window_s ({max_window_s}); "
                              "parts of long clips would never be scored")
         self.sample_rate = sample_rate
         self.max_window_s = max_window_s
         self.hop_s = hop_s
+        self.min_duration_s = min_duration_s
 
     def open(self, path: str) -> Decoded:
         """Short clips are decoded here (in a worker thread); long ones only get their plan."""
-        if not Path(path).is_file():
-            raise audio.AudioError(path, "file not found" if not Path(path).exists() else "not a file")
-        head = audio.info(path)
-        if head.frames <= 0:
-            raise audio.AudioError(path, "empty audio (no samples)")
+        head = audio.check_header(path)
+        audio.check_duration(path, head.duration, self.min_duration_s)
         window = max(1, round(self.max_window_s * head.sample_rate))
         spans = window_spans(head.frames, window, max(1, round(self.hop_s * head.sample_rate)))
         if len(spans) == 1:
-            wave = audio.load(path, self.sample_rate)
+            x, rate = audio.decode(path)
+            audio.check_decoded(path, len(x), head.frames)
+            audio.check_duration(path, len(x) / rate, self.min_duration_s)
+            wave = audio.resample(x, rate, self.sample_rate)
             return Decoded(head.duration, 1, lambda: iter([wave]))
-        return Decoded(head.duration, len(spans), lambda: self._stream(path, head.sample_rate, spans))
+        return Decoded(head.duration, len(spans), lambda: self._stream(path, head, spans))
 
-    def _stream(self, path: str, rate: int, spans: list[tuple[int, int]]) -> Iterator[np.ndarray]:
+    def _stream(self, path: str, head: audio.AudioInfo, spans: list[tuple[int, int]]) -> Iterator[np.ndarray]:
         """One window in memory at a time (seek + read), each resampled on its own."""
+        rate = head.sample_rate
         try:
             f = sf.SoundFile(path)
         except Exception as e:  # LibsndfileError and friends
@@ -204,6 +231,8 @@ class WindowReader:
                     x = f.read(stop - start, dtype="float32", always_2d=False)
                 except Exception as e:
                     raise audio.AudioError(path, f"window {k} at {start / rate:.1f} s: cannot decode ({e})") from None
+                if len(x) < stop - start:  # the file ends before its header says
+                    audio.check_decoded(path, start + len(x), head.frames)
                 x = _checked(x, path, f"window {k} at {start / rate:.1f} s")
                 yield audio.resample(x, rate, self.sample_rate)
 
@@ -494,7 +523,7 @@ def predict_paths(params: Params, paths: Sequence[str | Path], model_uri: str | 
     files = collect_inputs(paths, store)
     backend = backend or load_backend(params, model_uri)
     say = report or (lambda msg: print(msg, file=sys.stderr))
-    reader = WindowReader(backend.sample_rate, cfg.max_window_s, cfg.hop_s)
+    reader = WindowReader(backend.sample_rate, cfg.max_window_s, cfg.hop_s, params.audio.min_duration_s)
     results = [FilePrediction(path=f) for f in files]
     batcher = _Batcher(backend, results, cfg.batch_size, say)
     lookahead = max(cfg.batch_size, 2 * cfg.decode_workers)

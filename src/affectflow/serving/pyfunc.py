@@ -4,22 +4,37 @@ Feature extraction lives inside the model (the model folder's feature configurat
 normalisation, through `affectflow.serving.recognizer`), so a registered model is usable on its own:
 
     model = mlflow.pyfunc.load_model("models:/affectflow-ser@champion")
-    model.predict(pd.DataFrame({"path": ["clip.wav"]}))                       # files
     model.predict(pd.DataFrame({"audio": [wave.tolist()], "sample_rate": [16000]}))  # waveforms
     model.predict(pd.DataFrame({"audio_b64": [base64.b64encode(Path("clip.flac").read_bytes()).decode()]}))
+    mlflow.pyfunc.load_model(uri, model_config={"allow_path_input": True}).predict(
+        pd.DataFrame({"path": ["clip.wav"]}))                                   # files, when enabled
 
 Input: a DataFrame with, per row, exactly one of
-  `path`       a file on the machine running the model (any format soundfile reads);
-  `audio`      mono float samples, at `sample_rate` (optional column; default: the model's rate);
+  `audio`      mono float samples at `sample_rate` (Hz, required for such rows);
   `audio_b64`  base64 of an encoded audio file (wav, flac, ogg, mp3: what soundfile reads), decoded
                in memory. Why: a remote client (`mlflow models serve`, KServe, curl) has files, not
                server paths, and the encoded file is several times smaller than its samples as JSON
                floats. The file's own header gives the rate; `sample_rate`, if set on such a row,
-               must agree with it.
-Files (`path` or `audio_b64`) are mixed to mono and resampled to the model's rate as in training
-(`affectflow.audio`). A plain list of paths or arrays works too. Output: one probability column per
-class, in model order, plus `label` (argmax). The affectflow package travels with the model
+               must agree with it;
+  `path`       a file on the machine running the model. Off unless the model configuration says
+               `allow_path_input: true`: a served model would otherwise open any file the server
+               can read for any client (and tell it which exist).
+Every row is held to the audio rules of ingest (`affectflow.audio`: decodable, not empty, not
+truncated, finite samples, a positive sample rate, at least the model's audio.min_duration_s), and a
+request to `max_rows` rows and `max_audio_s` seconds of audio in all. Files are mixed to mono and
+resampled to the model's rate as in training (`affectflow.audio`). Output: one probability column
+per class, in model order, plus `label` (argmax). The affectflow package travels with the model
 (`code_paths`).
+
+Errors: input that breaks a rule is the client's (`PyfuncInputError`: an MlflowException with
+INVALID_PARAMETER_VALUE, which the scoring server answers with HTTP 400 and the message naming the
+row and the column); anything else is logged on the server with its traceback and answered with
+HTTP 500 and a message that says so, never with the traceback (which shows server paths).
+
+Configuration (`ServingConfig`): logged with the model (`log_pyfunc(..., config=...)`, the
+MLmodel's `model_config`) and overridable where it runs, by MLflow's own mechanisms:
+`mlflow.pyfunc.load_model(uri, model_config={...})`, or for `mlflow models serve` the environment
+variable `SERVING_MODEL_CONFIG='{"max_rows": 16}'` (JSON; `MLFLOW_PYFUNC_INFERENCE_CONFIG` works too).
 """
 
 from __future__ import annotations
@@ -27,15 +42,21 @@ from __future__ import annotations
 import base64
 import binascii
 import io
+import logging
+import math
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
-import soundfile as sf
+from mlflow.exceptions import MlflowException
+from mlflow.protos.databricks_pb2 import INTERNAL_ERROR, INVALID_PARAMETER_VALUE
 from mlflow.pyfunc import PythonModel
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from affectflow import audio
+
+log = logging.getLogger(__name__)
 
 MODEL_ARTIFACT = "model_dir"
 ENCODER_ARTIFACT = "ssl_encoder"
@@ -44,6 +65,37 @@ EXAMPLE_SECONDS = 0.5
 """Length of the generated waveform logged as the input example."""
 SOURCE_COLUMNS = ("path", "audio", "audio_b64")
 """The input columns that carry a row's audio; a row sets exactly one of them."""
+SIGNATURE_COLUMNS = ("path", "audio", "sample_rate", "audio_b64")
+MAX_SAMPLE_RATE = 768_000
+"""Highest `sample_rate` taken for an `audio` row (Hz); more is a unit mistake, not audio."""
+
+
+class ServingConfig(BaseModel):
+    """What a loaded affectflow pyfunc accepts (the MLmodel's `model_config`)."""
+
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+    allow_path_input: bool = False
+    """Accept `path` rows (files on the model's machine). Only for local use: never on a server."""
+    max_rows: int = Field(64, ge=1)
+    """Rows per request."""
+    max_audio_s: float = Field(600.0, gt=0)
+    """Seconds of audio per request, all rows together (measured before decoding)."""
+
+    @classmethod
+    def from_model_config(cls, config: dict[str, Any] | None) -> ServingConfig:
+        try:
+            return cls.model_validate(dict(config or {}))
+        except ValidationError as e:
+            parts = [f"{'.'.join(str(x) for x in err['loc']) or '(top level)'}: {err['msg']}" for err in e.errors()]
+            raise ValueError(f"affectflow pyfunc model_config: {'; '.join(parts)}") from None
+
+
+class PyfuncInputError(MlflowException, ValueError):
+    """The request breaks an input rule: HTTP 400 from the scoring server, a ValueError in Python."""
+
+    def __init__(self, message: str):
+        super().__init__(message, error_code=INVALID_PARAMETER_VALUE)
 
 
 class AffectflowPyfunc(PythonModel):
@@ -57,24 +109,37 @@ class AffectflowPyfunc(PythonModel):
         if encoder:  # the checkpoint travels with the model: no hub, no bucket needed to serve it
             self.rec.meta.feature_config = {**self.rec.meta.feature_config, "checkpoint": encoder}
         self.featurizer = Featurizer(self.rec.meta)
+        self.config = ServingConfig.from_model_config(getattr(context, "model_config", None))
+        self.min_duration_s = float(self.rec.meta.audio.get("min_duration_s", 0.0))
 
     # No annotations on purpose: MLflow turns predict() type hints into an input schema of its own.
     def predict(self, context, model_input, params=None):
+        try:
+            groups = parse_input(model_input, getattr(self, "config", ServingConfig()),
+                                 min_duration_s=getattr(self, "min_duration_s", 0.0))
+        except ValueError as e:  # AudioError included: the client's input
+            raise PyfuncInputError(str(e)) from None
+        try:
+            return self._score(groups)
+        except Exception as e:
+            log.exception("affectflow pyfunc: scoring a request failed")
+            raise MlflowException(f"affectflow pyfunc: internal error while scoring the request "
+                                  f"({type(e).__name__}; the traceback is in the server log)",
+                                  error_code=INTERNAL_ERROR) from e
+
+    def _score(self, groups: list[tuple[list[int], list[np.ndarray], int]]) -> pd.DataFrame:
         from affectflow.serving.recognizer import predict_audio
 
-        groups = parse_input(model_input)
         classes = self.rec.classes
         probs = np.zeros((sum(len(ix) for ix, _, _ in groups), len(classes)), np.float32)
-        for idx, items, rate in groups:
-            probs[idx] = predict_audio(self.rec, items, input_rate=rate, featurizer=self.featurizer)
+        for idx, waves, rate in groups:
+            probs[idx] = predict_audio(self.rec, waves, input_rate=rate, featurizer=self.featurizer)
         out = pd.DataFrame(probs.astype(np.float64), columns=classes)
         out["label"] = [classes[i] for i in probs.argmax(axis=1)] if len(out) else []
         return out
 
 
-def parse_input(model_input: Any) -> list[tuple[list[int], list[Any], int | None]]:
-    """Group rows as (row indices, paths or waveforms, input sample rate); `audio_b64` rows are
-    decoded here and grouped by their file's rate."""
+def _frame(model_input: Any) -> pd.DataFrame:
     if isinstance(model_input, (str, Path, np.ndarray)):
         model_input = [model_input]
     if isinstance(model_input, dict):
@@ -85,35 +150,60 @@ def parse_input(model_input: Any) -> list[tuple[list[int], list[Any], int | None
         else:
             model_input = pd.DataFrame({"audio": list(model_input)})
     if not isinstance(model_input, pd.DataFrame):
-        raise ValueError("pyfunc input: expected a DataFrame with a 'path', 'audio' or 'audio_b64' column, "
+        raise ValueError("pyfunc input: expected a DataFrame with an 'audio_b64', 'audio' or 'path' column, "
                          f"got {type(model_input).__name__}")
-    df = model_input.reset_index(drop=True)
+    return model_input.reset_index(drop=True)
+
+
+def parse_input(model_input: Any, config: ServingConfig | None = None,
+                min_duration_s: float = 0.0) -> list[tuple[list[int], list[np.ndarray], int]]:
+    """Check and decode every row; group them as (row indices, mono waveforms, their sample rate).
+
+    Raises ValueError (`audio.AudioError` for audio that breaks a rule) naming the row and the
+    column. `config` defaults to `ServingConfig()`: no `path` rows."""
+    cfg = config or ServingConfig()
+    df = _frame(model_input)
     present = [c for c in SOURCE_COLUMNS if c in df.columns]
     if not present:
-        raise ValueError(f"pyfunc input: needs a 'path', an 'audio' or an 'audio_b64' column (has {list(df.columns)})")
-    groups: dict[int | None, tuple[list[int], list[Any]]] = {}
+        if not len(df.columns):  # MLflow drops every column outside the signature before predict()
+            raise ValueError("pyfunc input: no 'audio_b64', 'audio' or 'path' column; the model takes the columns "
+                             f"{', '.join(SIGNATURE_COLUMNS)} and ignores any other")
+        raise ValueError(f"pyfunc input: needs an 'audio_b64', an 'audio' or a 'path' column "
+                         f"(has {list(map(str, df.columns))})")
+    if len(df) > cfg.max_rows:
+        raise ValueError(f"pyfunc input: {len(df)} rows; this model takes at most {cfg.max_rows} per request "
+                         "(model_config max_rows)")
+    columns = []  # the shape of the request first, before any decoding
     for i, row in df.iterrows():
         row_set = [c for c in present if is_set(row[c])]
         if len(row_set) != 1:
             both = "both" if len(row_set) == 2 else "all"
             what = f"{' and '.join(repr(c) for c in row_set)} are {both} set" if row_set else "no audio is set"
-            raise ValueError(f"pyfunc input row {i}: {what}; give exactly one of 'path', 'audio', 'audio_b64' per row")
-        column = row_set[0]
-        rate = row.get("sample_rate") if "sample_rate" in df.columns else None
-        rate = None if rate is None or pd.isna(rate) else int(rate)
+            raise ValueError(f"pyfunc input row {i}: {what}; give exactly one of 'audio_b64', 'audio', 'path' per row")
+        columns.append(row_set[0])
+    groups: dict[int, tuple[list[int], list[np.ndarray]]] = {}
+    seconds = 0.0
+    for (i, row), column in zip(df.iterrows(), columns, strict=True):
+        rate = _row_rate(row, int(i)) if "sample_rate" in df.columns else None
         if column == "path":
-            key, item = None, str(row["path"])
+            wave, native = read_path(row["path"], int(i), cfg)
         elif column == "audio":
-            key, item = rate, np.asarray(row["audio"], dtype=np.float32)
+            wave, native = read_samples(row["audio"], rate, int(i))
         else:
-            item, key = decode_b64(row["audio_b64"], int(i))
-            if rate is not None and rate != key:
-                raise ValueError(f"pyfunc input row {i}: column 'sample_rate' is {rate} but the 'audio_b64' "
-                                 f"file's header says {key} Hz; leave 'sample_rate' empty for encoded files")
-        ix, items = groups.setdefault(key, ([], []))
+            wave, native = decode_b64(row["audio_b64"], int(i), budget_s=cfg.max_audio_s - seconds)
+        if column != "audio" and rate is not None and rate != native:
+            raise ValueError(f"pyfunc input row {i}: column 'sample_rate' is {rate} but the {column!r} file's header "
+                             f"says {native} Hz; leave 'sample_rate' empty for files, or give the file's rate")
+        duration = len(wave) / native
+        seconds += duration
+        if seconds > cfg.max_audio_s:
+            raise ValueError(f"pyfunc input row {i}: the request carries more than {cfg.max_audio_s:g} s of audio; "
+                             "this model takes at most that per request (model_config max_audio_s)")
+        audio.check_duration(f"pyfunc input row {i}, column '{column}'", duration, min_duration_s)
+        ix, waves = groups.setdefault(native, ([], []))
         ix.append(int(i))
-        items.append(item)
-    return [(ix, items, rate) for rate, (ix, items) in groups.items()]
+        waves.append(wave)
+    return [(ix, waves, rate) for rate, (ix, waves) in groups.items()]
 
 
 def is_set(value: Any) -> bool:
@@ -125,9 +215,52 @@ def is_set(value: Any) -> bool:
     return not pd.isna(value)
 
 
-def decode_b64(value: Any, row: int) -> tuple[np.ndarray, int]:
+def _row_rate(row: pd.Series, i: int) -> int | None:
+    """The row's `sample_rate`: None when empty, else a whole positive number of Hz."""
+    value = row["sample_rate"]
+    if value is None or (not isinstance(value, (list, tuple, np.ndarray)) and pd.isna(value)):
+        return None
+    where = f"pyfunc input row {i}, column 'sample_rate'"
+    try:
+        x = float(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"{where}: expected a whole number of Hz, got {value!r}") from None
+    if not math.isfinite(x) or x != int(x) or not 0 < x <= MAX_SAMPLE_RATE:
+        raise ValueError(f"{where}: expected a whole number of Hz in 1..{MAX_SAMPLE_RATE}, got {value!r}")
+    return int(x)
+
+
+def read_samples(value: Any, rate: int | None, row: int) -> tuple[np.ndarray, int]:
+    """An `audio` cell: finite, non-empty mono samples, at the row's (required) `sample_rate`."""
+    if rate is None:
+        raise ValueError(f"pyfunc input row {row}, column 'sample_rate': required for an 'audio' row "
+                         "(the samples' rate in Hz)")
+    return audio.check_samples(value, f"pyfunc input row {row}, column 'audio'"), rate
+
+
+def read_path(value: Any, row: int, cfg: ServingConfig) -> tuple[np.ndarray, int]:
+    """A `path` cell, when the configuration allows paths: the file, under ingest's rules."""
+    where = f"pyfunc input row {row}, column 'path'"
+    if not cfg.allow_path_input:
+        raise ValueError(f"{where}: file paths are not accepted by this model (the file would be read on the "
+                         "machine running it); send the file's bytes as 'audio_b64' instead (model_config "
+                         "allow_path_input: true turns paths on, for local use)")
+    if not isinstance(value, str):
+        raise ValueError(f"{where}: expected a file path, got {type(value).__name__}")
+    try:
+        head = audio.check_header(value)
+        x, sr = audio.decode(value)
+        audio.check_decoded(value, len(x), head.frames)
+    except audio.AudioError as e:
+        raise audio.AudioError(f"{where} ({value})", e.reason) from None
+    return x, sr
+
+
+def decode_b64(value: Any, row: int, budget_s: float = math.inf) -> tuple[np.ndarray, int]:
     """An `audio_b64` cell as (mono float32 samples, the file's sample rate), decoded in memory the
-    way `affectflow.audio.load` decodes a file, so resampling to the model's rate is the same too."""
+    way `affectflow.audio` decodes a file (same rules, same texts), so resampling to the model's
+    rate is the same too. A header that declares more than `budget_s` seconds is refused before
+    decoding."""
     where = f"pyfunc input row {row}, column 'audio_b64'"
     if not isinstance(value, str):
         raise ValueError(f"{where}: expected a base64 string, got {type(value).__name__}")
@@ -136,15 +269,20 @@ def decode_b64(value: Any, row: int) -> tuple[np.ndarray, int]:
     except (binascii.Error, ValueError) as e:  # non-alphabet characters, bad padding, non-ASCII text
         raise ValueError(f"{where}: not valid base64 ({e})") from None
     try:
-        x, sr = sf.read(io.BytesIO(data), dtype="float32", always_2d=False)
-    except Exception as e:  # soundfile raises LibsndfileError / RuntimeError / TypeError variants
-        raise ValueError(f"{where}: {len(data)} decoded bytes are not audio soundfile can read ({e})") from None
-    x = audio.to_mono(np.asarray(x, dtype=np.float32))
-    if x.size == 0:
-        raise ValueError(f"{where}: empty audio (no samples)")
-    if not np.isfinite(x).all():
-        raise ValueError(f"{where}: audio contains NaN or infinite samples")
-    return x, int(sr)
+        head = audio.info(io.BytesIO(data), where)
+    except audio.AudioError as e:
+        detail = e.reason.removeprefix("unreadable audio (").removesuffix(")")
+        raise ValueError(f"{where}: {len(data)} decoded bytes are not audio soundfile can read ({detail})") from None
+    if head.frames <= 0:
+        raise audio.AudioError(where, audio.NO_FRAMES)
+    if head.duration > budget_s:
+        raise ValueError(f"{where}: the request carries more than its limit of audio (this file alone declares "
+                         f"{head.duration:.1f} s; model_config max_audio_s)")
+    if short := audio.header_shortfall(head.extra_info):
+        raise audio.AudioError(where, f"truncated audio: {short}")
+    x, sr = audio.decode(io.BytesIO(data), where)
+    audio.check_decoded(where, len(x), head.frames)
+    return x, sr
 
 
 def signature(classes: list[str]) -> Any:
@@ -161,11 +299,12 @@ def signature(classes: list[str]) -> Any:
     return ModelSignature(inputs=inputs, outputs=outputs)
 
 
-def input_example(sample_rate: int) -> pd.DataFrame:
-    """A short generated vowel-like waveform (no file needed to try the model)."""
+def input_example(sample_rate: int, min_duration_s: float = 0.0) -> pd.DataFrame:
+    """A short generated vowel-like waveform (no file needed to try the model), as long as the
+    model's audio.min_duration_s asks."""
     from affectflow.corpora.demo import utterance
 
-    wave = utterance("neutral", speaker=1, seed=0, sr=sample_rate, duration=EXAMPLE_SECONDS)
+    wave = utterance("neutral", speaker=1, seed=0, sr=sample_rate, duration=max(EXAMPLE_SECONDS, min_duration_s))
     return pd.DataFrame({"audio": [wave.astype(np.float32).tolist()], "sample_rate": [sample_rate]})
 
 
@@ -179,8 +318,10 @@ def requirements(feature: str) -> list[str]:
     return [*reqs, "opensmile"] if feature in ("egemaps", "egemaps_lld", "compare") else reqs
 
 
-def log_pyfunc(model_dir: str | Path, name: str = "model", registered_model_name: str | None = None) -> Any:
-    """Log the model folder as a pyfunc into the active run; returns MLflow's ModelInfo."""
+def log_pyfunc(model_dir: str | Path, name: str = "model", registered_model_name: str | None = None,
+               config: ServingConfig | None = None) -> Any:
+    """Log the model folder as a pyfunc into the active run; returns MLflow's ModelInfo. Every key
+    of `config` (default: `ServingConfig()`) is logged, since MLflow overrides only logged keys."""
     import mlflow
 
     import affectflow
@@ -202,7 +343,8 @@ def log_pyfunc(model_dir: str | Path, name: str = "model", registered_model_name
         artifacts=artifacts,
         code_paths=[str(Path(affectflow.__file__).parent)],
         signature=signature(list(meta.classes)),
-        input_example=input_example(meta.sample_rate),
+        input_example=input_example(meta.sample_rate, float(meta.audio.get("min_duration_s", 0.0))),
+        model_config=(config or ServingConfig()).model_dump(mode="json"),
         pip_requirements=requirements(meta.feature),
         registered_model_name=registered_model_name,
     )

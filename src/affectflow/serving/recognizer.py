@@ -170,15 +170,18 @@ class Featurizer:
 
 def load_audio(items: Sequence[str | Path | np.ndarray], sample_rate: int,
                input_rate: int | None = None) -> list[np.ndarray]:
-    """File paths are decoded and resampled; arrays are taken as mono at `input_rate`
-    (default: the model's rate) and resampled when it differs."""
+    """File paths are decoded and resampled; arrays are taken as mono at `input_rate` (None: the
+    model's rate) and resampled when it differs. Empty or non-finite arrays and a rate that is not
+    positive are errors, not silently scored."""
+    if input_rate is not None and (isinstance(input_rate, bool) or int(input_rate) != input_rate or input_rate <= 0):
+        raise ValueError(f"input_rate: expected a positive whole number of Hz, got {input_rate!r}")
+    rate = sample_rate if input_rate is None else int(input_rate)
     out = []
-    for it in items:
+    for k, it in enumerate(items):
         if isinstance(it, (str, Path)):
             out.append(audio.load(it, sample_rate))
         else:
-            x = audio.to_mono(np.asarray(it, np.float32))
-            out.append(audio.resample(x, input_rate or sample_rate, sample_rate))
+            out.append(audio.resample(audio.check_samples(it, f"waveform {k}"), rate, sample_rate))
     return out
 
 

@@ -13,6 +13,10 @@ openSMILE on that signal for the missing eGeMAPS kinds, and write those arrays t
     CPU (pickling; the main process becomes the bottleneck) than computing where the audio already
     is; see benchmarks/RESULTS.md.
 
+Trust, but check: a clip is decoded from bytes read once and hashed, and a file whose sha256 is not
+the manifest's any more (cut, re-encoded or replaced after ingest) stops the stage with an error
+naming it, so no array is ever stored under a content key that is not its audio's.
+
 Warm cache: a clip is looked up by the manifest's sha256 and the kind's config hash (one `stat` per
 clip and kind); cached clips are neither decoded nor hashed again, and their shapes come from the
 previous index (or the .npy header), so a warm re-run costs a small fraction of a cold one.
@@ -102,7 +106,7 @@ def _work_chunk(jobs: list[_Job]) -> tuple[list[_Done], dict[str, float]]:
     for sha, path, want_logmel, smile_kinds in jobs:
         t0 = time.perf_counter()
         try:
-            x = audio.load(path, sr)
+            x = audio.load(path, sr, expect_sha256=sha)  # the bytes must still be the manifest's
         except audio.AudioError as e:
             done.append((sha, path, None, 0, {}, 0, e.reason))
             return done, secs

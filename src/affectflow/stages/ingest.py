@@ -2,13 +2,16 @@
 
 Every clip is probed once (header, content hash, full decode so truncated files are caught).
 Bad audio either stops the run with an error naming the file (`on_bad_audio: fail`) or goes to a
-quarantine list while everything else is processed (`skip`). Outputs are written atomically.
+quarantine list while everything else is processed (`skip`); so does a clash of utterance ids
+that keeping the file suffix does not resolve (`unique_ids`). Byte-identical clips are counted in
+the summary (`duplicate_audio`) and logged as a warning; the validate stage judges them. Outputs are
+written atomically.
 """
 
 from __future__ import annotations
 
+import logging
 import math
-import re
 from collections import Counter
 from concurrent.futures import Executor, ProcessPoolExecutor
 from dataclasses import dataclass
@@ -30,13 +33,7 @@ from affectflow.runtime.progress import progress
 from affectflow.stages.spec import Inputs
 from affectflow.storage import atomic_path, atomic_write_json
 
-# libsndfile's header log flags a chunk whose declared size disagrees with the file, e.g.
-# "data : 16656 (should be 8306)": the file was cut after its header was written.
-_CHUNK_SIZE = re.compile(r"^\s*(?P<chunk>\S+)\s*:\s*(?P<declared>\d+)\s*\(should be (?P<actual>\d+)\)", re.M)
-# Writers that stream to a pipe cannot seek back to fix the header and leave a placeholder size at or
-# above this (sox 0x7ffff000, ffmpeg 0xffffffff); such files are not truncated, just unsized.
-_UNSIZED = 0x7FFFF000
-_HEADER_SLACK = 8  # bytes: the size of one chunk header
+log = logging.getLogger(__name__)
 
 
 class IngestError(RuntimeError):
@@ -53,47 +50,24 @@ class IngestResult:
         return self.manifest.parent
 
 
-def header_shortfall(log: str) -> str | None:
-    """Why a container (WAV, AIFF, W64, ...) is truncated, from libsndfile's header log; else None.
-
-    libsndfile quietly shortens the frame count of a cut WAV to what is there, so decoding it
-    succeeds; only the declared chunk sizes still show that audio is missing. A shortfall of up to
-    `_HEADER_SLACK` bytes is tolerated: some writers count the RIFF size from the file start or drop
-    the pad byte, which is a header quirk, not lost audio.
-    """
-    for m in _CHUNK_SIZE.finditer(log):
-        declared, actual = int(m["declared"]), int(m["actual"])
-        if actual < declared - _HEADER_SLACK and declared < _UNSIZED:
-            return f"'{m['chunk']}' chunk declares {declared} bytes but the file holds {actual}"
-    return None
-
-
 def probe(path: str, min_duration_s: float = 0.0) -> dict[str, Any]:
-    """Header facts + content hash + a full decode; raises AudioError on anything unusable."""
-    if not Path(path).is_file():
-        raise audio.AudioError(path, "file not found")
-    inf = audio.info(path)
-    if inf.frames <= 0:
-        raise audio.AudioError(path, "empty audio (0 frames)")
+    """Header facts + content hash + a full decode; raises AudioError on anything unusable (the
+    rules and texts of `affectflow.audio`, which `affectflow predict` applies too)."""
+    inf = audio.check_header(path)
     try:
         with sf.SoundFile(path) as f:
-            short = header_shortfall(f.extra_info)
-            if short:
-                raise audio.AudioError(path, f"truncated audio: {short}")
             n = 0
             for block in f.blocks(blocksize=1 << 16, dtype="float32", always_2d=True):
                 if not np.isfinite(block).all():
-                    raise audio.AudioError(path, "audio contains NaN or infinite samples")
+                    raise audio.AudioError(path, audio.NOT_FINITE)
                 n += len(block)
     except audio.AudioError:
         raise
     except Exception as e:
         raise audio.AudioError(path, f"truncated or corrupt audio ({e})") from None
-    if n < inf.frames * 0.99:
-        raise audio.AudioError(path, f"truncated audio: header says {inf.frames} frames, decoded {n}")
+    audio.check_decoded(path, n, inf.frames)
     duration = n / inf.sample_rate
-    if duration < min_duration_s:
-        raise audio.AudioError(path, f"too short: {duration:.3f} s < {min_duration_s} s")
+    audio.check_duration(path, duration, min_duration_s)
     return {"duration": duration, "sample_rate": inf.sample_rate, "channels": inf.channels,
             "sha256": audio.file_hash(path)}
 
@@ -148,12 +122,49 @@ def collect_utterances(params: Params) -> tuple[pd.DataFrame, Counter[str]]:
     df = pd.DataFrame(rows)
     if df.empty:
         raise IngestError("no clip maps to the configured classes " f"{classes}; dropped labels: {dict(dropped)}")
-    dup = df["utt_id"].duplicated(keep=False)
-    if dup.any():
-        clash = df.loc[dup].sort_values("utt_id").head(2)
-        raise IngestError(f"{int(dup.sum())} clips share utterance ids, e.g. '{clash['utt_id'].iloc[0]}' "
-                          f"for {clash['path'].tolist()}")
     return df, dropped
+
+
+def unique_ids(df: pd.DataFrame, on_clash: str) -> tuple[pd.DataFrame, list[dict[str, str]]]:
+    """Rows with unique utterance ids, and the rows quarantined for a clash (skip mode).
+
+    Ids are `corpus/stem`, so `x.wav` and `x.flac` beside each other would share one: such rows keep
+    their suffix (`corpus/x.wav`, `corpus/x.flac`; the others keep their id, so manifests stay
+    comparable). A clash that remains (the same file listed twice, adapters naming two files alike)
+    stops the run, or with `on_bad_audio: skip` quarantines every row after the first."""
+    df = df.copy()
+    clash = df["utt_id"].duplicated(keep=False)
+    for _, group in df[clash].groupby("utt_id"):
+        suffixes = [Path(p).suffix.lower() for p in group["path"]]
+        if group["path"].is_unique and len(set(suffixes)) == len(suffixes) and all(suffixes):
+            df.loc[group.index, "utt_id"] = [f"{u}{s}" for u, s in zip(group["utt_id"], suffixes, strict=True)]
+    dup = df["utt_id"].duplicated(keep="first")
+    if not dup.any():
+        return df, []
+    if on_clash == "fail":
+        shared = df["utt_id"].duplicated(keep=False)
+        first = df.loc[shared].sort_values("utt_id")
+        example = first[first["utt_id"] == first["utt_id"].iloc[0]]
+        raise IngestError(f"{int(shared.sum())} clips share utterance ids, e.g. '{example['utt_id'].iloc[0]}' "
+                          f"for {example['path'].tolist()} (set ingest.on_bad_audio: skip to quarantine all but "
+                          "the first)")
+    owner = df.loc[~dup].set_index("utt_id")["path"]
+    quarantined = []
+    for _, row in df[dup].iterrows():
+        taken = owner[row["utt_id"]]
+        why = "listed twice" if taken == row["path"] else f"utterance id already used by {taken}"
+        quarantined.append({"utt_id": row["utt_id"], "corpus": row["corpus"], "path": row["path"],
+                            "reason": f"duplicate utterance id: {why}"})
+    return df[~dup].reset_index(drop=True), quarantined
+
+
+def duplicate_audio(df: pd.DataFrame, examples: int = 3) -> dict[str, Any]:
+    """Byte-identical clips (same sha256 under different ids): counted and named here, judged by the
+    validate stage (a warning within one split and label, unless validation.fail_on_duplicate_audio;
+    an error across splits or labels)."""
+    groups = [sorted(g) for _, g in df.groupby("sha256")["utt_id"] if len(g) > 1]
+    groups.sort()
+    return {"groups": len(groups), "clips": sum(len(g) for g in groups), "examples": groups[:examples]}
 
 
 def summarize(df: pd.DataFrame, dropped: Counter[str], quarantined: int) -> dict[str, Any]:
@@ -169,6 +180,7 @@ def summarize(df: pd.DataFrame, dropped: Counter[str], quarantined: int) -> dict
         },
         "dropped_labels": dict(sorted(dropped.items())),
         "quarantined": quarantined,
+        "duplicate_audio": duplicate_audio(df),
         "manifest_hash": manifest_hash(df),
         "synthetic_corpora": sorted(str(c) for c, path in df.groupby("corpus")["path"].first().items()
                                     if is_synthetic(path)),
@@ -179,21 +191,28 @@ def ingest(params: Params, out_dir: str | Path | None = None) -> IngestResult:
     """Build `manifest.parquet`, `summary.json` and (if any) `quarantine.csv` in `out_dir`."""
     out = Path(out_dir) if out_dir is not None else params.workdir() / "ingest"
     df, dropped = collect_utterances(params)
+    df, clashes = unique_ids(df, params.ingest.on_bad_audio)
     probed, bad = probe_all(df["path"].drop_duplicates().tolist(), params)
     # Nothing is written before every check has passed, so a failed run leaves the previous
     # outputs as they were; the manifest is written last, as the commit point of the stage.
     quarantine = out / "quarantine.csv"
+    held = [*clashes, *_bad_rows(df, bad)]
     kept = df[df["path"].isin(probed)].reset_index(drop=True)
     if kept.empty:
-        _write_quarantine(quarantine, df, bad)  # the reasons are the useful part of this failure
+        _write_quarantine(quarantine, held)  # the reasons are the useful part of this failure
         raise IngestError(f"every clip was quarantined; see {quarantine}")
     facts = pd.DataFrame([probed[p] for p in kept["path"]])
     kept = apply_splits(pd.concat([kept, facts], axis=1), params.splits)[COLUMNS]
-    summary = summarize(kept, dropped, len(bad))
-    if bad:
-        _write_quarantine(quarantine, df, bad)
+    summary = summarize(kept, dropped, len(held))
+    if held:
+        _write_quarantine(quarantine, held)
     else:
         quarantine.unlink(missing_ok=True)
+    dups = summary["duplicate_audio"]
+    if dups["groups"]:
+        log.warning("ingest: %d clips are byte-identical copies (%d groups), e.g. %s; the validate stage checks "
+                    "them (validation.fail_on_duplicate_audio)", dups["clips"], dups["groups"],
+                    " = ".join(dups["examples"][0]))
     atomic_write_json(out / "summary.json", summary)
     write_manifest(kept, out / MANIFEST_FILE)
     return IngestResult(manifest=out / MANIFEST_FILE, summary=summary)
@@ -223,11 +242,16 @@ def probe_all(paths: list[str], params: Params) -> tuple[dict[str, dict[str, Any
     return probed, bad
 
 
-def _write_quarantine(path: Path, df: pd.DataFrame, bad: list[tuple[str, str]]) -> None:
-    q = pd.DataFrame(bad, columns=["path", "reason"])
-    first = df.drop_duplicates("path").set_index("path")
-    q.insert(0, "utt_id", q["path"].map(first["utt_id"]))
-    q.insert(1, "corpus", q["path"].map(first["corpus"]))
+def _bad_rows(df: pd.DataFrame, bad: list[tuple[str, str]]) -> list[dict[str, str]]:
+    """Quarantine rows for unusable files: every manifest row that names one."""
+    reasons = dict(bad)
+    rows = df[df["path"].isin(reasons)]
+    return [{"utt_id": u, "corpus": c, "path": p, "reason": reasons[p]}
+            for u, c, p in zip(rows["utt_id"], rows["corpus"], rows["path"], strict=True)]
+
+
+def _write_quarantine(path: Path, held: list[dict[str, str]]) -> None:
+    q = pd.DataFrame(held, columns=["utt_id", "corpus", "path", "reason"])
     with atomic_path(path) as tmp:
         q.to_csv(tmp, index=False)
 

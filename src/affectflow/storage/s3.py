@@ -8,7 +8,10 @@ Stages read and write local folders; this module moves whole folders across the 
 `localize` mirrors an `s3://` prefix into a local cache (files whose ETag, size and local stamp
 are unchanged are not fetched again) and `publish` uploads a finished output folder. Failures
 raise `S3Error` subclasses whose messages name the URI and say what went wrong (missing object,
-rejected credentials, unreachable endpoint) instead of a bare HTTP status.
+rejected credentials, unreachable endpoint) instead of a bare HTTP status. An endpoint that accepts
+connections but never answers fails with `S3EndpointError` after about `s3.max_attempts` x
+`s3.read_timeout_s` (plus retry back-off) per request: botocore's retries and s3transfer's download
+retries share that one budget, and read timeouts and broken connections are mapped like refused ones.
 """
 
 from __future__ import annotations
@@ -129,7 +132,8 @@ class S3Store:
             cfg = Config(
                 connect_timeout=s.connect_timeout_s,
                 read_timeout=s.read_timeout_s,
-                retries={"max_attempts": s.max_attempts, "mode": "standard"},
+                # total_max_attempts counts the first try; botocore's `max_attempts` would add one to it.
+                retries={"total_max_attempts": s.max_attempts, "mode": "standard"},
                 s3={"addressing_style": s.addressing_style},
                 max_pool_connections=max(10, s.max_concurrency),
             )
@@ -150,6 +154,9 @@ class S3Store:
             multipart_threshold=s.multipart_threshold_mb * MIB,
             multipart_chunksize=s.multipart_chunksize_mb * MIB,
             max_concurrency=s.max_concurrency,
+            # s3transfer retries a stalled download 5 times on top of botocore's own attempts: with
+            # an endpoint that never answers that multiplied the wait; one budget for both.
+            num_download_attempts=s.max_attempts,
             preferred_transfer_client="classic",
         )
 
@@ -159,8 +166,10 @@ class S3Store:
         """Turn botocore/boto3 failures into S3Error subclasses with a message people can act on."""
         from botocore.exceptions import (
             ClientError,
+            HTTPClientError,
             NoCredentialsError,
             PartialCredentialsError,
+            ReadTimeoutError,
         )
         from botocore.exceptions import (
             ConnectionError as BotoConnectionError,
@@ -174,12 +183,19 @@ class S3Store:
             raise S3CredentialsError(
                 f"{uri}: cannot {action}: no usable S3 credentials ({e}); set AWS_ACCESS_KEY_ID and "
                 "AWS_SECRET_ACCESS_KEY (or AWS_PROFILE)") from None
-        except BotoConnectionError as e:
-            raise S3EndpointError(
-                f"{uri}: cannot {action}: S3 endpoint {self.endpoint} is unreachable ({e}); "
-                "check AWS_ENDPOINT_URL / s3.endpoint_url and that the server is up") from None
         except Exception as e:
-            ce = _find_client_error(e, ClientError)
+            # s3transfer wraps what its retries gave up on (RetriesExceededError.last_exception).
+            if (timeout := _find_in_chain(e, ReadTimeoutError)) is not None:
+                s = self.settings
+                raise S3EndpointError(
+                    f"{uri}: cannot {action}: S3 endpoint {self.endpoint} accepted the connection but did not "
+                    f"answer within s3.read_timeout_s={s.read_timeout_s:g} s ({s.max_attempts} attempt(s), "
+                    f"s3.max_attempts); check that the server is healthy ({timeout})") from None
+            if (broken := _find_in_chain(e, (BotoConnectionError, HTTPClientError))) is not None:
+                raise S3EndpointError(
+                    f"{uri}: cannot {action}: S3 endpoint {self.endpoint} is unreachable ({broken}); "
+                    "check AWS_ENDPOINT_URL / s3.endpoint_url and that the server is up") from None
+            ce = _find_in_chain(e, ClientError)
             if ce is None:
                 raise
             raise self._from_client_error(uri, action, ce) from None
@@ -396,8 +412,8 @@ class S3Store:
 
 
 # --------------------------------------------------------------------------- helpers
-def _find_client_error(e: BaseException, cls: type) -> Any:
-    """boto3 wraps ClientError (S3UploadFailedError, RetriesExceededError): walk the chain."""
+def _find_in_chain(e: BaseException, cls: type | tuple[type, ...]) -> Any:
+    """boto3 wraps botocore errors (S3UploadFailedError, s3transfer's RetriesExceededError): walk the chain."""
     seen: set[int] = set()
     cur: BaseException | None = e
     while cur is not None and id(cur) not in seen:
