@@ -236,3 +236,30 @@ def test_a_failure_inside_the_model_is_logged_not_sent(pyfunc, caplog):
     with pytest.raises(MlflowException) as client:
         inner.predict(None, bad)
     assert client.value.get_http_status_code() == 400 and isinstance(client.value, ValueError)
+
+
+def _wav_b64(tmp_path: Path, seconds: float, name: str) -> str:
+    path = tmp_path / name
+    sf.write(path, np.zeros(int(16000 * seconds), np.float32) + 0.01, 16000)
+    return base64.b64encode(path.read_bytes()).decode("ascii")
+
+
+def test_the_kserve_request_follows_the_pyfunc_limits(tmp_path: Path):
+    """The v2 predictor takes the same max_rows / max_audio_s / min_duration_s as the MLflow server."""
+    from types import SimpleNamespace
+
+    from affectflow.serving.kserve import RequestError, request_audio
+
+    def inputs(data: list[str]) -> list[SimpleNamespace]:
+        return [SimpleNamespace(name="audio", datatype="BYTES", data=data)]
+
+    one = _wav_b64(tmp_path, 1.0, "one.wav")
+    clips = request_audio(inputs([one, one]), ServingConfig(max_rows=2, max_audio_s=2.0), min_duration_s=0.5)
+    assert [(len(w), r) for w, r in clips] == [(16000, 16000)] * 2
+    with pytest.raises(RequestError, match=r"3 elements; this model takes at most 2 per request"):
+        request_audio(inputs([one] * 3), ServingConfig(max_rows=2))
+    with pytest.raises(RequestError, match=r"element 2: the request carries more than its limit of audio.*max_audio_s"):
+        request_audio(inputs([one] * 3), ServingConfig(max_audio_s=2.5))
+    short = _wav_b64(tmp_path, 0.1, "short.wav")
+    with pytest.raises(RequestError, match=r"input 'audio' element 1.*too short: 0.100 s < 0.5 s"):
+        request_audio(inputs([one, short]), None, min_duration_s=0.5)

@@ -76,6 +76,12 @@ class Loaded:
     rec: Any
     featurizer: Any
     folder: Path | None = None
+    config: Any = None
+    """The model's `ServingConfig` (request limits); the defaults for a bare model folder."""
+
+    @property
+    def min_duration_s(self) -> float:
+        return float(self.rec.meta.audio.get("min_duration_s", 0.0))
 
 
 class Resolver:
@@ -99,11 +105,12 @@ class Resolver:
     def load(self, uri: str, version: str) -> Loaded:
         """Download into a fresh temp folder and build the recognizer (features inside the model)."""
         from affectflow.contracts.model_folder import is_model_folder
+        from affectflow.serving.pyfunc import ServingConfig
         from affectflow.serving.recognizer import Featurizer, load_model_dir
 
         if is_model_folder(uri):
             rec = load_model_dir(uri)
-            return Loaded(uri, version, rec, Featurizer(rec.meta))
+            return Loaded(uri, version, rec, Featurizer(rec.meta), config=ServingConfig())
         import mlflow
 
         folder = Path(tempfile.mkdtemp(prefix="affectflow-kserve-"))
@@ -112,11 +119,11 @@ class Resolver:
                 mlflow.set_tracking_uri(self.tracking_uri)
             model = mlflow.pyfunc.load_model(uri, dst_path=str(folder))
             inner = model.unwrap_python_model()
-            rec, featurizer = inner.rec, inner.featurizer
+            rec, featurizer, config = inner.rec, inner.featurizer, inner.config
         except Exception:
             shutil.rmtree(folder, ignore_errors=True)
             raise
-        return Loaded(uri, version, rec, featurizer, folder)
+        return Loaded(uri, version, rec, featurizer, folder, config)
 
 
 # ----------------------------------------------------------------------------- the v2 request
@@ -124,10 +131,14 @@ class RequestError(ValueError):
     """The request is not audio as base64 BYTES; the message names the input and the element."""
 
 
-def request_audio(inputs: list[Any]) -> list[tuple[np.ndarray, int]]:
-    """(mono samples, sample rate) per element of the request's BYTES input (InferInput objects)."""
-    from affectflow.serving.pyfunc import decode_b64
+def request_audio(inputs: list[Any], config: Any = None, min_duration_s: float = 0.0) -> list[tuple[np.ndarray, int]]:
+    """(mono samples, sample rate) per element of the request's BYTES input (InferInput objects),
+    under the same rules as the MLflow scoring server: `config`'s max_rows and max_audio_s (a
+    `ServingConfig`, defaults when None) and the model's audio.min_duration_s."""
+    from affectflow import audio
+    from affectflow.serving.pyfunc import ServingConfig, decode_b64
 
+    cfg = config or ServingConfig()
     if not inputs:
         raise RequestError("the request has no inputs; send one BYTES input named 'audio' with base64 audio files")
     chosen = [i for i in inputs if i.name == INPUT_NAME] or (inputs if len(inputs) == 1 else [])
@@ -140,14 +151,24 @@ def request_audio(inputs: list[Any]) -> list[tuple[np.ndarray, int]]:
     items = list(np.asarray(data, dtype=object).ravel()) if isinstance(data, list | tuple | np.ndarray) else [data]
     if not items:
         raise RequestError(f"input '{inp.name}': no elements")
-    out = []
+    if len(items) > cfg.max_rows:
+        raise RequestError(f"input '{inp.name}': {len(items)} elements; this model takes at most {cfg.max_rows} "
+                           "per request (model_config max_rows)")
+    out, seconds = [], 0.0
     for i, item in enumerate(items):
+        where = f"input '{inp.name}' element {i}"
         text = item.decode("ascii", errors="replace") if isinstance(item, bytes | bytearray) else item
         try:
-            out.append(decode_b64(text, i))
+            wave, rate = decode_b64(text, i, budget_s=cfg.max_audio_s - seconds)
+            seconds += len(wave) / rate
+            if seconds > cfg.max_audio_s:
+                raise ValueError(f"the request carries more than {cfg.max_audio_s:g} s of audio; this model takes "
+                                 "at most that per request (model_config max_audio_s)")
+            audio.check_duration(where, len(wave) / rate, min_duration_s)
         except ValueError as e:
-            raise RequestError(str(e).replace(f"pyfunc input row {i}, column 'audio_b64'",
-                                              f"input '{inp.name}' element {i}")) from None
+            message = str(e).replace(f"pyfunc input row {i}, column 'audio_b64'", where)
+            raise RequestError(message if where in message else f"{where}: {message}") from None
+        out.append((wave, rate))
     return out
 
 
@@ -221,14 +242,19 @@ def make_model(name: str, model_uri: str, reload_interval_s: float, resolver: Re
             if not isinstance(payload, InferRequest):
                 raise InvalidInput("expected an Open Inference Protocol (v2) request: "
                                    "POST /v2/models/<name>/infer with {\"inputs\": [...]}")
-            try:
-                clips = request_audio(list(payload.inputs))
-            except RequestError as e:
-                raise InvalidInput(str(e)) from None
             with self._lock:
                 loaded = self.current
             assert loaded is not None
-            probs = await asyncio.to_thread(score, loaded, clips)
+            try:
+                clips = request_audio(list(payload.inputs), loaded.config, loaded.min_duration_s)
+            except RequestError as e:
+                raise InvalidInput(str(e)) from None
+            try:
+                probs = await asyncio.to_thread(score, loaded, clips)
+            except Exception as e:  # the traceback stays in the server log, the client gets a short reason
+                log.exception("scoring a request on %s failed", loaded.uri)
+                raise RuntimeError(f"internal error while scoring the request ({type(e).__name__}; "
+                                   "see the server log)") from None
             classes = loaded.rec.classes
             labels = [classes[i] for i in probs.argmax(axis=1)]
             outputs = [
