@@ -447,7 +447,8 @@ class RegistryConfig(Section):
     auto_promote: bool = True
     """`register` moves `champion` itself when the gate passes (False: record the gate only)."""
     history_limit: int = Field(200, ge=1)
-    """Events kept in the registered model's `champion_history` tag (oldest dropped first)."""
+    """Promotion / rollback events kept (one `event.<seq>` tag each on the registered model; the
+    oldest are dropped first, except those the rollback stack still needs)."""
 
 
 class PipelineConfig(Section):
