@@ -75,7 +75,8 @@ class ModelMeta(_Strict):
     feature: str
     """Feature kind the model reads (`logmel`, `egemaps`, ...)."""
     feature_config: dict[str, Any]
-    """The kind's params.features settings: prediction recomputes features from audio with them."""
+    """The kind's settings from the `features` section of params.yaml: prediction recomputes
+    features from audio with them."""
     feature_key: str = ""
     audio: dict[str, Any]
     normalization: dict[str, Any]
