@@ -204,7 +204,7 @@ def test_promotion_and_rollback_scenario(params: Params, tmp_path: Path, store: 
     assert reg.alias_version(CHAMPION) == "1"
     assert reg.version_tags("3")["rollback_reason"] == "bad canary"
     assert reg.version_tags("1")["restore_reason"] == "bad canary"
-    last = json.loads(reg.model_tags()["last_rollback"])
+    last = reg.history()[-1]
     assert last["action"] == "rollback" and last["version"] == "1" and last["previous"] == "3"
     assert [e["action"] for e in reg.history()] == ["promote", "promote", "rollback"]
     with pytest.raises(RegistryError, match="nothing to roll back"):

@@ -59,8 +59,6 @@ EVENT_PREFIX = "event."
 """`event.<seq, 6 digits>`: one promotion / rollback as compact JSON (at most MAX_EVENT_CHARS)."""
 STACK_TOP_TAG = "champion_stack_top"
 """seq of the event whose version is champion; each promotion event names the one `below` it."""
-LAST_PROMOTION_TAG = "last_promotion"
-LAST_ROLLBACK_TAG = "last_rollback"
 LEGACY_HISTORY_TAG = "champion_history"
 """Earlier layout: one JSON list of every event (overflows VARCHAR(5000) after ~28 events)."""
 LEGACY_STACK_TAG = "champion_stack"
@@ -807,7 +805,7 @@ class Registry:
         except RegistryError as e:
             decision = GateDecision(False, f"not promoted ({e})", champion)
         out = {"gate": "passed" if decision.passed else "failed", "gate_reason": decision.reason,
-               "gate_champion": decision.champion_version or "none", "gate_at": utc_now(),
+               "gate_champion": decision.champion_version or "none",
                "gate_test_manifest_hash": decision.test_manifest_hash or UNKNOWN}
         for key, value in (("gate_uar", decision.challenger_uar), ("gate_champion_uar", decision.champion_uar)):
             if value is not None:
@@ -816,7 +814,7 @@ class Registry:
             self._set_version_tag(version, key, value)
         return decision
 
-    def _write_event(self, state: _State, event: dict[str, Any], new_top: int | None, model_tag: str) -> dict[str, Any]:
+    def _write_event(self, state: _State, event: dict[str, Any], new_top: int | None) -> dict[str, Any]:
         """Store one event (its own tag), move the stack top, trim old events off the stack."""
         if state.legacy:  # first write since the one-tag layout: store it as events, drop the old tags
             for seq, old in state.events.items():
@@ -830,7 +828,6 @@ class Registry:
             raise RegistryError(f"model {self.name!r}: event of {len(text)} characters (limit {MAX_EVENT_CHARS})")
         self._set_model_tag(f"{EVENT_PREFIX}{seq:06d}", text)
         self._set_model_tag(STACK_TOP_TAG, str(new_top))
-        self._set_model_tag(model_tag, text)
         state.events[seq] = event
         state.top = new_top
         if state.legacy:
@@ -868,7 +865,7 @@ class Registry:
             self._set_version_tag(version, key, value)
         event = {"action": action, "version": version, "previous": previous, "reason": reason, "forced": forced,
                  "at": at, "below": below}
-        return self._write_event(state, event, new_top, LAST_PROMOTION_TAG if action == "promote" else LAST_ROLLBACK_TAG)
+        return self._write_event(state, event, new_top)
 
     def promote(self, version: str, *, force: bool = False, reason: str = "", on: str | None = None,
                 rescored: bool = False) -> dict[str, Any]:
@@ -890,7 +887,7 @@ class Registry:
             if current and state.top_version() != current:  # alias set outside affectflow: keep it reachable
                 self._write_event(state, {"action": "adopt", "version": current, "previous": None, "forced": False,
                                           "reason": "champion alias set outside affectflow", "at": utc_now(),
-                                          "below": state.top}, None, LAST_PROMOTION_TAG)
+                                          "below": state.top}, None)
             out["event"] = self._set_champion(version, previous=current, action="promote", reason=why,
                                               forced=forced, state=state, below=state.top)
             out["forced"] = forced
