@@ -133,3 +133,15 @@ def test_record_status_never_raises(capsys: pytest.CaptureFixture[str], tmp_path
     bad.write_text("")
     assert kfp_io.record_status(status, f"sqlite:///{bad}/sub/mlflow.db", "x") == "SUCCEEDED"
     assert "could not record" in capsys.readouterr().out
+
+
+def test_registry_markdown_shows_the_decision_and_both_scores() -> None:
+    result = {"model_name": "m", "version": "3", "promoted": False, "champion": "2",
+              "gate": {"passed": False, "reason": "not promoted (no improvement over champion v2): UAR ...",
+                       "champion_version": "2", "test_manifest_hash": "abc123", "challenger_uar": 0.31,
+                       "champion_uar": 0.77, "rescored": True},
+              "note": None, "data_version": "stamp-1"}
+    text = kfp_io.registry_markdown("Registration", result)
+    assert "**Not promoted**: not promoted (no improvement over champion v2)" in text
+    assert "| `abc123` | 0.3100 | 0.7700 | yes |" in text
+    assert "stamp-1" in text and "note" not in text
