@@ -130,7 +130,11 @@ def rescore(params: Params, manifest: str | Path, features: str | Path, model_di
         why = f"champion v{champion} already has scores on test manifest {test_hash}"
         return _plan(out, RescorePlan(False, why, **base), [why + ": no re-score needed."])
 
-    champ_dir = fetch_champion(reg, champion, out / CHAMPION_MODEL)
+    try:
+        champ_dir = fetch_champion(reg, champion, out / CHAMPION_MODEL)
+    except RegistryError as e:  # also a fetched folder that is not the registered model: the gate refuses
+        why = f"champion v{champion} cannot be re-scored: {e}"
+        return _plan(out, RescorePlan(False, why, **base), [why])
     champ_hash = content_hash(champ_dir)
     base["champion_content_hash"] = champ_hash
     if champ_hash == identity.content_hash:
