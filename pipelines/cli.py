@@ -51,7 +51,7 @@ def _args(p: argparse.ArgumentParser) -> None:
     r.add_argument("--local", action="store_true", help="run embedded with kfp.local's SubprocessRunner")
     r.add_argument("--pipeline-root", type=Path, help="task outputs and cache (default: <workdir>/kfp)")
     r.add_argument("--no-cache", action="store_true", help="re-run every task")
-    r.add_argument("--data-version", help="ingest cache stamp (default: a stat fingerprint of the corpora)")
+    r.add_argument("--data-version", help="data label put before the data stamp the run computes (default: none)")
     r.add_argument("--retries", type=int, default=0, help="retries per failed task (default: 0 locally)")
     r.add_argument("--verbose", action="store_true",
                    help="stream every task's full log (executor input JSON, library INFO lines)")
@@ -115,11 +115,10 @@ def run_local(base: Params, params: Params, *, pipeline_root: str | Path | None 
     machine a failure is rarely transient, so by default none)."""
     from affectflow.orchestration.local import local_root
     from affectflow.orchestration.local import run_local as run_embedded
-    from affectflow.tracking.lineage import data_fingerprint
 
     compiled = base.model_copy(deep=True)
     compiled.pipeline.retries = retries
-    args = _arguments(params, base, data_version if data_version is not None else data_fingerprint(params))
+    args = _arguments(params, base, data_version)
     return run_embedded(build_pipeline(compiled), args, pipeline_root or local_root(params), cache=cache,
                         verbose=verbose)
 

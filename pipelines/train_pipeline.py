@@ -1,5 +1,10 @@
-"""The training DAG: ingest -> validate -> features -> validate features -> [augment] [pretrain] ->
-train -> evaluate -> register -> [promote], inside an exit handler that records how the run ended.
+"""The training DAG: data stamp -> ingest -> validate -> features -> validate features -> [augment]
+[pretrain] -> train -> evaluate -> rescore champion -> register -> [promote], inside an exit handler
+that records how the run ended.
+
+The retraining loop: a recurring run's data stamp changes when objects under the corpus roots do,
+so ingest (and everything after it) runs on the new data; the champion is re-scored on the new test
+manifest when it was scored on another one, and the gate compares both on that one set.
 
 `build_pipeline(params)` returns the pipeline for params.yaml `params`: the curated run form
 (`affectflow.orchestration.run_form.RUN_FORM`, defaults = its values, plus `params_overrides` and
@@ -31,9 +36,9 @@ from components import params as params_component
 from components.augment import augment, skip_augment
 from components.evaluate import evaluate
 from components.features import features
-from components.ingest import ingest
+from components.ingest import data_stamp, ingest
 from components.pretrain import pretrain, skip_pretrain
-from components.register import promote, register
+from components.register import promote, register, rescore_champion
 from components.status import record_run_status
 from components.train import train
 from components.validate import validate, validate_features
@@ -82,7 +87,8 @@ def _docstring() -> str:
               + ("; YAML text" if p.kind() == "yaml" else "") + ")" for p in RUN_FORM]
     lines.append(f"    {OVERRIDES}: Any other setting, as YAML: dotted keys or nested sections, e.g. "
                  "'train.patience: 5' (errors name the key).")
-    lines.append(f"    {DATA_VERSION}: Data stamp; a new value re-runs ingest instead of reusing its cache.")
+    lines.append(f"    {DATA_VERSION}: Optional data label (e.g. a DVC revision), recorded before the stamp of the "
+                 "corpus files the run computes itself; new data re-runs ingest without it.")
     return "\n".join(lines)
 
 
@@ -186,7 +192,10 @@ def build_pipeline(p: Params) -> Any:
             cfg = _platform(resolve(base=base, **v), p, gpu=False, retry=False)
             cfg.set_display_name("resolve params")
             conf = cfg.outputs
-            ing = _platform(ingest(config=conf["ingest"], data_version=data_version), p, gpu=False)
+            stamp = _platform(data_stamp(config=conf["ingest"], data_version=data_version), p, gpu=False)
+            stamp.set_caching_options(False)  # it looks at the data as it is now
+            stamp.set_display_name("data stamp")
+            ing = _platform(ingest(config=conf["ingest"], data_version=stamp.output), p, gpu=False)
             manifest = ing.outputs["manifest"]
             val = _platform(validate(config=conf["validate"], manifest=manifest), p, gpu=False)
             val.set_display_name("validate manifest")
@@ -216,8 +225,14 @@ def build_pipeline(p: Params) -> Any:
             trn.after(val_feat)
             ev = _platform(evaluate(config=conf["evaluate"], manifest=manifest, store=store,
                                     model=trn.outputs["model"]), p, gpu=False)
+            rs = _platform(rescore_champion(evaluate_config=conf["evaluate"], register_config=conf["register"],
+                                            manifest=manifest, store=store, model=trn.outputs["model"],
+                                            evaluation=ev.outputs["evaluation"]), p, gpu=False)
+            rs.set_caching_options(False)  # depends on the registry's champion, not only on its inputs
+            rs.set_display_name("rescore champion")
             reg = _platform(register(config=conf["register"], model=trn.outputs["model"],
-                                     evaluation=ev.outputs["evaluation"]), p, gpu=False, secrets=("mlflow",),
+                                     evaluation=ev.outputs["evaluation"], rescore=rs.outputs["rescore"],
+                                     data_version=stamp.output), p, gpu=False, secrets=("mlflow",),
                             retry=False)
             reg.set_caching_options(False)  # every run registers its own version
             with dsl.If(reg.outputs["Output"] == True, name="gate-passed"):  # noqa: E712

@@ -522,7 +522,8 @@ class RegistryConfig(Section):
     auto_promote: bool = True
     """`register` moves `champion` itself when the gate passes (False: record the gate only)."""
     history_limit: int = Field(200, ge=1)
-    """Events kept in the registered model's `champion_history` tag (oldest dropped first)."""
+    """Promotion / rollback events kept (one `event.<seq>` tag each on the registered model; the
+    oldest are dropped first, except those the rollback stack still needs)."""
 
 
 _CPU = re.compile(r"^(\d+(\.\d+)?|\d+m)$")
@@ -582,7 +583,7 @@ def _res(cpu: tuple[str, str], memory: tuple[str, str]) -> TaskResources:
 _SMALL = _res(("250m", "1"), ("512Mi", "2Gi"))
 DEFAULT_TASK_RESOURCES: dict[str, TaskResources] = {
     "resolve-params": _SMALL, "skip-augment": _SMALL, "skip-pretrain": _SMALL, "register": _SMALL,
-    "promote": _SMALL, "record-run-status": _SMALL,
+    "promote": _SMALL, "record-run-status": _SMALL, "data-stamp": _SMALL,
     "ingest": _res(("1", "2"), ("1Gi", "4Gi")),
     "validate": _res(("500m", "2"), ("1Gi", "4Gi")),
     "validate-features": _res(("500m", "2"), ("1Gi", "4Gi")),
@@ -591,6 +592,7 @@ DEFAULT_TASK_RESOURCES: dict[str, TaskResources] = {
     "pretrain": _res(("2", "4"), ("4Gi", "16Gi")),
     "train": _res(("2", "4"), ("4Gi", "16Gi")),
     "evaluate": _res(("1", "2"), ("2Gi", "8Gi")),
+    "rescore-champion": _res(("1", "2"), ("2Gi", "8Gi")),  # downloads the champion and scores a test set
 }
 """Requests and limits per pipeline task (by component name). Tasks that read audio or train get
 room (log-mel extraction and GAN training are the OOM risks); bookkeeping tasks get little.

@@ -1,30 +1,25 @@
 """The registry scenario over HTTP, against a real `mlflow server` process (sqlite backend).
 
-A session fixture starts one server on 127.0.0.1 with a free port (job execution off, one worker,
-artifacts proxied to a temporary folder), waits for /health and kills its process group at
-teardown. No shared data is needed, so the tests are not marked `integration`.
+A session fixture starts one server on 127.0.0.1 with a free port (registry_servers.mlflow_server:
+job execution off, one worker, artifacts proxied to a temporary folder), waits for /health and
+kills its process group at teardown. No shared data is needed, so the tests are not marked
+`integration`. The same scenario on Postgres, with 100+ events: test_registry_postgres.py.
 """
 
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from mlflow.tracking._tracking_service.utils import _use_tracking_uri as use_tracking_uri
+from registry_servers import mlflow_server as start_mlflow_server
 
 from affectflow.config import Params, load_params
-from affectflow.runtime.netutil import free_port, http_ok, stop_group
-from affectflow.tracking.registry import CHALLENGER, CHAMPION, HISTORY_TAG, Registry, register
+from affectflow.contracts.model_folder import content_hash
+from affectflow.tracking.registry import CHALLENGER, CHAMPION, Registry, register
 
-STARTUP_TIMEOUT_S = 180.0
-"""Server start (schema creation + app import) takes ~15 s on an idle laptop, far more on a busy CI box."""
-SHUTDOWN_TIMEOUT_S = 15.0
 CLASSES = ("neutral", "happy", "sad", "angry")
 
 
@@ -32,27 +27,8 @@ CLASSES = ("neutral", "happy", "sad", "angry")
 def mlflow_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """URL of a running `mlflow server` backed by sqlite in a temporary folder."""
     root = tmp_path_factory.mktemp("mlflow-server")
-    port = free_port()
-    mlflow_bin = Path(sys.executable).with_name("mlflow")
-    cmd = [str(mlflow_bin), "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
-           "--backend-store-uri", f"sqlite:///{root / 'mlflow.db'}",
-           "--artifacts-destination", str(root / "artifacts")]
-    env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
-    log = (root / "server.log").open("wb")
-    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=root,
-                            start_new_session=True)  # own process group: uvicorn child dies with it
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + STARTUP_TIMEOUT_S
-        while not http_ok(f"{url}/health"):
-            if proc.poll() is not None or time.monotonic() > deadline:
-                tail = (root / "server.log").read_text(errors="replace")[-3000:]
-                pytest.fail(f"mlflow server did not come up on {url} (exit code {proc.poll()}):\n{tail}")
-            time.sleep(0.5)
+    with start_mlflow_server(root, f"sqlite:///{root / 'mlflow.db'}") as url:
         yield url
-    finally:
-        stop_group(proc, SHUTDOWN_TIMEOUT_S)
-        log.close()
 
 
 @pytest.fixture(scope="session")
@@ -88,13 +64,15 @@ def _candidate(tmp_path: Path, logged: dict[str, str], tag: str, uar: float, *,
                floor_class_recall: float | None = None, test_hash: str = "test-A") -> tuple[Path, Path]:
     model_dir = tmp_path / tag / "model"
     model_dir.mkdir(parents=True)
-    (model_dir / "model.json").write_text(json.dumps({"mlflow_run_id": logged["run_id"]}))
+    (model_dir / "model.json").write_text(json.dumps({"mlflow_run_id": logged["run_id"], "tag": tag}))
     recall = dict.fromkeys(CLASSES, uar)
     if floor_class_recall is not None:
         recall["sad"] = floor_class_recall
     metrics = tmp_path / tag / "metrics.json"
     metrics.write_text(json.dumps({"uar": uar, "wa": uar, "macro_f1": uar, "per_class_recall": recall,
-                                   "test_manifest_hash": test_hash}))
+                                   "test_manifest_hash": test_hash,
+                                   "model": {"content_hash": content_hash(model_dir),
+                                             "mlflow_run_id": logged["run_id"]}}))
     return model_dir, metrics
 
 
@@ -127,7 +105,7 @@ def test_promotion_and_rollback_over_http(params: Params, logged_model: dict, tm
     assert (back["champion"], back["previous_champion"]) == ("1", "4")
     assert registry.alias_version(CHAMPION) == "1"
     assert registry.version_tags("4")["rollback_reason"] == "latency regression"
-    history = json.loads(registry.model_tags()[HISTORY_TAG])
+    history = registry.history()
     assert [(e["action"], e["version"]) for e in history] == [("promote", "1"), ("promote", "4"), ("rollback", "1")]
 
     # The alias resolves to a model whose artifacts the server proxies.

@@ -145,3 +145,22 @@ def test_refuses_a_manifest_whose_test_speakers_were_trained_on(synth_root: Path
     write_manifest(df, tmp_path / "swapped.parquet")
     with pytest.raises(EvaluationError, match="were training speakers"):
         evaluate(t["params"], t["result"].model_dir, tmp_path / "swapped.parquet", t["features"], tmp_path / "e")
+
+
+def test_the_evaluation_names_the_model_it_scored(synth_root: Path, tmp_path_factory: pytest.TempPathFactory,
+                                                  tmp_path: Path) -> None:
+    """metrics.json carries the model's identity (the registry binds evaluations to models with it);
+    a re-score (log_to_model_run=False) leaves the training run's own evaluation alone."""
+    from mlflow import MlflowClient
+
+    from affectflow.contracts.model_folder import content_hash, read_model_meta
+
+    t = trained(synth_root, tmp_path_factory)
+    model = t["result"].model_dir
+    run_id = read_model_meta(model).mlflow["run_id"]
+    assert t["metrics"]["model"] == {"content_hash": content_hash(model), "mlflow_run_id": run_id}
+    client = MlflowClient(t["params"].tracking.uri)
+    before = len(client.get_metric_history(run_id, "test_uar"))
+    again = evaluate(t["params"], model, t["manifest"], t["features"], tmp_path / "again", log_to_model_run=False)
+    assert again["model"] == t["metrics"]["model"] and again["uar"] == t["metrics"]["uar"]
+    assert len(client.get_metric_history(run_id, "test_uar")) == before

@@ -223,3 +223,15 @@ def test_the_first_task_fails_before_any_work_without_a_tracking_server(monkeypa
     with pytest.raises(kfp_io.TrackingServerError, match=r"key 'MLFLOW_TRACKING_URI' is missing or empty"):
         kfp_io.resolve_params(run_form.base_yaml(base), run_form.run_form_defaults(base), tmp_path / "p.yaml")
     assert not (tmp_path / "p.yaml").exists()
+
+
+def test_registry_markdown_shows_the_decision_and_both_scores() -> None:
+    result = {"model_name": "m", "version": "3", "promoted": False, "champion": "2",
+              "gate": {"passed": False, "reason": "not promoted (no improvement over champion v2): UAR ...",
+                       "champion_version": "2", "test_manifest_hash": "abc123", "challenger_uar": 0.31,
+                       "champion_uar": 0.77, "rescored": True},
+              "note": None, "data_version": "stamp-1"}
+    text = kfp_io.registry_markdown("Registration", result)
+    assert "**Not promoted**: not promoted (no improvement over champion v2)" in text
+    assert "| `abc123` | 0.3100 | 0.7700 | yes |" in text
+    assert "stamp-1" in text and "note" not in text

@@ -100,7 +100,8 @@ def test_one_task_per_stage(ir: tuple[dict[str, Any], dict[str, Any]]) -> None:
         assert refs.count(f"comp-{stage}") == 1, f"stage {stage}: {refs.count(f'comp-{stage}')} tasks"
     leaves = {r for r in refs if not r.startswith(("comp-condition", "comp-exit-handler"))}
     assert leaves == {f"comp-{s}" for s in TASKS} | {
-        "comp-resolve-params", "comp-skip-augment", "comp-skip-pretrain", "comp-promote", "comp-record-run-status"}
+        "comp-resolve-params", "comp-skip-augment", "comp-skip-pretrain", "comp-promote", "comp-record-run-status",
+        "comp-data-stamp", "comp-rescore-champion"}
     assert list(TABLE) == list(STAGES)  # the DAG has a task for every row of the stage table
 
 
@@ -125,6 +126,7 @@ def test_tasks_depend_on_the_artifacts_the_stage_table_names(ir: tuple[dict[str,
             continue
         have = set(tasks[name]["inputs"].get("artifacts", {}))
         want = {kfp_name[a] for a in (*row.inputs, *row.optional)} - ({"store"} if name == "validate" else set())
+        want |= {"rescore"} if name == "register" else set()  # the champion's re-score (retraining loop)
         assert have == want, name
 
 
@@ -151,6 +153,23 @@ def test_switches_and_gate_are_conditions_in_the_dag(ir: tuple[dict[str, Any], d
     # train consumes whichever branch ran (dsl.OneOf), so it runs in both cases
     train_inputs = tasks["train"]["inputs"]["artifacts"]
     assert {"synthetic", "encoder"} <= set(train_inputs)
+
+
+def test_the_retraining_loop_in_the_dag(ir: tuple[dict[str, Any], dict[str, Any]]) -> None:
+    """New data re-runs ingest without edits (the never-cached data stamp keys its cache), and the
+    champion is re-scored on this run's manifest and store before register gates on one test set."""
+    spec, _ = ir
+    tasks = _tasks(spec)
+    stamp_in = tasks["ingest"]["inputs"]["parameters"]["data_version"]["taskOutputParameter"]
+    assert stamp_in["producerTask"] == "data-stamp"
+    assert tasks["data-stamp"]["inputs"]["parameters"]["data_version"]["componentInputParameter"].endswith(
+        "data_version")
+    rescore = tasks["rescore-champion"]
+    assert set(rescore["inputs"]["artifacts"]) == {"manifest", "store", "model", "evaluation"}
+    assert rescore["inputs"]["artifacts"]["evaluation"]["taskOutputArtifact"]["producerTask"] == "evaluate"
+    register = tasks["register"]["inputs"]
+    assert register["artifacts"]["rescore"]["taskOutputArtifact"]["producerTask"] == "rescore-champion"
+    assert register["parameters"]["data_version"]["taskOutputParameter"]["producerTask"] == "data-stamp"
 
 
 def test_exit_handler_records_the_run_whatever_happened(ir: tuple[dict[str, Any], dict[str, Any]]) -> None:
@@ -377,7 +396,7 @@ def test_caching_on_stages_off_for_side_effects(ir: tuple[dict[str, Any], dict[s
     tasks = _tasks(spec)
     for stage in ("resolve-params", "ingest", "validate", "features", "augment", "pretrain", "train", "evaluate"):
         assert tasks[stage]["cachingOptions"].get("enableCache") is True, stage
-    for task in ("register", "promote", "record-run-status"):
+    for task in ("register", "promote", "record-run-status", "data-stamp", "rescore-champion"):
         assert not tasks[task].get("cachingOptions", {}).get("enableCache"), task
 
 

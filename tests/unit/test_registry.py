@@ -14,11 +14,16 @@ import pytest
 from mlflow.tracking._tracking_service.utils import _use_tracking_uri as use_tracking_uri
 
 from affectflow.config import Params, load_params
+from affectflow.contracts.model_folder import content_hash
 from affectflow.tracking.registry import (
     CHALLENGER,
     CHAMPION,
-    HISTORY_TAG,
-    STACK_TAG,
+    EVENT_PREFIX,
+    LEGACY_HISTORY_TAG,
+    LEGACY_STACK_TAG,
+    MAX_EVENT_CHARS,
+    STACK_TOP_TAG,
+    EvaluationMismatch,
     Registry,
     RegistryError,
     Scores,
@@ -46,11 +51,18 @@ def store(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
         def predict(self, context, model_input: list[str], params=None) -> list[str]:
             return model_input
 
+    folder = root / "logged-folder"
+    folder.mkdir()
     with use_tracking_uri(uri), mlflow.start_run(experiment_id=exp) as run:
         # Lineage tags as affectflow.tracking.runs writes them ("" = git not available in the run).
         mlflow.set_tags({"dvc_revision": "dvc.lock:abc", "params_hash": "p123", "git_commit": ""})
         info = mlflow.pyfunc.log_model(name="model", python_model=Echo(), pip_requirements=[])
-    return {"uri": uri, "run_id": run.info.run_id, "model_uri": info.model_uri}
+        # The model folder, as affectflow.tracking.runs.log_training logs it (the re-score fetches it).
+        (folder / "model.json").write_text(json.dumps({"mlflow": {"run_id": run.info.run_id}, "tag": "logged"}))
+        (folder / "model.pt").write_bytes(b"logged weights")
+        mlflow.log_artifacts(str(folder), artifact_path="model_folder")
+    return {"uri": uri, "run_id": run.info.run_id, "model_uri": info.model_uri,
+            "folder": str(folder), "folder_hash": content_hash(folder)}
 
 
 @pytest.fixture
@@ -65,10 +77,18 @@ def params(store: dict[str, str], request: pytest.FixtureRequest, tmp_path: Path
     })
 
 
+def evaluation(model_dir: Path, uar: float, test_hash: str, run_id: str | None,
+               recall: float | dict[str, float] | None = None) -> dict:
+    """metrics.json as evaluate writes it, bound to `model_dir` (its `model` block)."""
+    per_class = recall if isinstance(recall, dict) else {c: uar if recall is None else recall for c in CLASSES}
+    return {"uar": uar, "wa": uar + 0.01, "macro_f1": uar - 0.01, "per_class_recall": per_class,
+            "test_manifest_hash": test_hash, "model": {"content_hash": content_hash(model_dir), "mlflow_run_id": run_id}}
+
+
 def write_candidate(tmp_path: Path, store: dict[str, str], tag: str, uar: float, *,
                     recall: float | dict[str, float] | None = None, test_hash: str = "test-A",
                     model_json: dict | None = None) -> tuple[Path, Path]:
-    """A model folder (model.json pointing at the logged run) and its metrics.json."""
+    """A model folder (model.json pointing at the logged run, weights unique to `tag`) and its metrics.json."""
     folder = tmp_path / tag
     model_dir = folder / "model"
     model_dir.mkdir(parents=True)
@@ -76,10 +96,9 @@ def write_candidate(tmp_path: Path, store: dict[str, str], tag: str, uar: float,
     info = {"mlflow": {"run_id": store["run_id"], "tracking_uri": store["uri"]},
             "lineage": {"manifest_hash": "manifest-1", "git_commit": "c0ffee"}}
     (model_dir / "model.json").write_text(json.dumps(info if model_json is None else model_json))
-    per_class = recall if isinstance(recall, dict) else {c: uar if recall is None else recall for c in CLASSES}
-    metrics = {"uar": uar, "wa": uar + 0.01, "macro_f1": uar - 0.01, "per_class_recall": per_class,
-               "test_manifest_hash": test_hash}
-    (folder / "metrics.json").write_text(json.dumps(metrics))
+    (model_dir / "model.pt").write_bytes(f"weights of {tag}".encode())
+    run_id = store["run_id"] if model_json is None else None
+    (folder / "metrics.json").write_text(json.dumps(evaluation(model_dir, uar, test_hash, run_id, recall)))
     return model_dir, folder / "metrics.json"
 
 
@@ -98,11 +117,14 @@ def test_gate_rules() -> None:
     assert evaluate_gate(Scores(0.51, per_class_recall=base, test_manifest_hash="h"), champ, **kw).passed
     low = evaluate_gate(Scores(0.505, per_class_recall=base, test_manifest_hash="h"), champ, **kw)
     assert not low.passed and "0.5100" in low.reason
+    assert low.reason.startswith("not promoted (no improvement over champion v1)")  # issue 17's wording
+    assert (low.challenger_uar, low.champion_uar, low.test_manifest_hash) == (0.505, 0.50, "h")
     floor = evaluate_gate(Scores(0.9, per_class_recall={**base, "sad": 0.1}, test_manifest_hash="h"),
                           champ, **kw)
     assert not floor.passed and "sad=0.100" in floor.reason
     other = evaluate_gate(Scores(0.9, per_class_recall=base, test_manifest_hash="h2"), champ, **kw)
     assert not other.passed and "test manifests differ" in other.reason
+    assert "re-score the champion" in other.reason and "--manifest" in other.reason  # says what to run
     unknown = evaluate_gate(Scores(0.9, per_class_recall=base), None, **kw)
     assert not unknown.passed and "test_manifest_hash" in unknown.reason
 
@@ -153,8 +175,11 @@ def test_first_version_becomes_champion_with_tags(params: Params, tmp_path: Path
         "manifest-1", "dvc.lock:abc", "c0ffee", "p123")
     assert tags["gate"] == "passed" and "no champion yet" in tags["gate_reason"]
     assert tags["promoted_at"].endswith("+00:00") and "gate passed" in tags["promotion_reason"]
-    history = json.loads(reg.model_tags()[HISTORY_TAG])
-    assert [(e["action"], e["version"], e["previous"]) for e in history] == [("promote", "1", None)]
+    assert tags["model_content_hash"] == content_hash(tmp_path / "a" / "model")
+    model_tags = reg.model_tags()
+    event = json.loads(model_tags[f"{EVENT_PREFIX}000001"])
+    assert (event["action"], event["version"], event["previous"]) == ("promote", "1", None)
+    assert model_tags[STACK_TOP_TAG] == "1"
     # The champion alias resolves to a loadable model.
     with use_tracking_uri(store["uri"]):
         model = mlflow.pyfunc.load_model(f"models:/{params.registry.model_name}@{CHAMPION}")
@@ -165,7 +190,7 @@ def test_promotion_and_rollback_scenario(params: Params, tmp_path: Path, store: 
     do_register(params, tmp_path, store, "first", 0.40)
     worse = do_register(params, tmp_path, store, "worse", 0.405)  # below champion + 0.01
     assert not worse["promoted"] and worse["champion"] == "1" and worse["aliases"] == [CHALLENGER]
-    assert "< champion v1" in worse["gate"]["reason"]
+    assert worse["gate"]["reason"].startswith("not promoted (no improvement over champion v1)")
     better = do_register(params, tmp_path, store, "better", 0.45)
     assert better["promoted"] and better["champion"] == "3" and better["previous_champion"] == "1"
 
@@ -179,12 +204,12 @@ def test_promotion_and_rollback_scenario(params: Params, tmp_path: Path, store: 
     assert reg.alias_version(CHAMPION) == "1"
     assert reg.version_tags("3")["rollback_reason"] == "bad canary"
     assert reg.version_tags("1")["restore_reason"] == "bad canary"
-    last = json.loads(reg.model_tags()["last_rollback"])
+    last = reg.history()[-1]
     assert last["action"] == "rollback" and last["version"] == "1" and last["previous"] == "3"
     assert [e["action"] for e in reg.history()] == ["promote", "promote", "rollback"]
     with pytest.raises(RegistryError, match="nothing to roll back"):
         reg.rollback()
-    assert json.loads(reg.model_tags()[STACK_TAG]) == ["1"]
+    assert reg.stack() == ["1"]
 
 
 def test_mismatched_test_manifest_refuses(params: Params, tmp_path: Path, store: dict) -> None:
@@ -206,7 +231,7 @@ def test_class_recall_floor_blocks(params: Params, tmp_path: Path, store: dict) 
 
 def test_manual_promote_through_gate_and_force(params: Params, tmp_path: Path, store: dict) -> None:
     params.registry.auto_promote = False
-    params.registry.history_limit = 1  # the audit list is trimmed; the rollback stack is not
+    params.registry.history_limit = 1  # old events are trimmed, but never those the rollback stack needs
     first = do_register(params, tmp_path, store, "a", 0.50)
     assert not first["promoted"] and first["gate"]["passed"] and first["champion"] is None
     reg = Registry(params)
@@ -221,7 +246,7 @@ def test_manual_promote_through_gate_and_force(params: Params, tmp_path: Path, s
     tags = reg.version_tags("2")
     assert tags["promotion_forced"] == "true" and "hotfix for a label bug" in tags["promotion_reason"]
     assert "gate said" in tags["promotion_reason"]
-    assert [(e["version"], e["forced"]) for e in reg.history()] == [("2", True)]
+    assert [(e["version"], e["forced"]) for e in reg.history()] == [("1", False), ("2", True)]
     assert reg.stack() == ["1", "2"]
     with pytest.raises(RegistryError, match="version 99 not found"):
         reg.promote("99")
@@ -265,3 +290,214 @@ def test_cli_registry_actions(params: Params, tmp_path: Path, store: dict,
     assert Registry(params).alias_version(CHAMPION) == "1"
     assert main(["registry", "rollback", *sets]) == 1
     assert "nothing to roll back" in capsys.readouterr().err
+
+
+# ----------------------------------------------------------------------------- evaluations bound to their model
+def test_register_refuses_another_models_metrics(params: Params, tmp_path: Path, store: dict,
+                                                 monkeypatch: pytest.MonkeyPatch,
+                                                 capsys: pytest.CaptureFixture) -> None:
+    """The measured failure: a weak model registered with a strong model's metrics.json."""
+    from affectflow.cli import main
+
+    weak_dir, _ = write_candidate(tmp_path, store, "weak", 0.094)
+    strong_dir, strong_metrics = write_candidate(tmp_path, store, "strong", 0.266)
+    with pytest.raises(EvaluationMismatch) as err:
+        register(params, weak_dir, strong_metrics, tmp_path / "out")
+    msg = str(err.value)
+    assert str(strong_metrics) in msg and str(weak_dir) in msg
+    assert content_hash(strong_dir)[:12] in msg and content_hash(weak_dir)[:12] in msg
+    assert not Registry(params).exists() and not (tmp_path / "out" / "result.json").exists()
+
+    # A metrics.json from before evaluations named their model (or hand-written): refused too.
+    stale = tmp_path / "stale.json"
+    stale.write_text(json.dumps({k: v for k, v in json.loads(strong_metrics.read_text()).items() if k != "model"}))
+    with pytest.raises(EvaluationMismatch, match=r"stale\.json: field 'model' missing"):
+        register(params, strong_dir, stale, tmp_path / "out")
+
+    # Weights logged by one run, registered as another run's logged model: refused, naming both runs.
+    other_dir, other_metrics = write_candidate(tmp_path, store, "other", 0.3,
+                                               model_json={"mlflow": {"run_id": "0" * 32}})
+    other_metrics.write_text(json.dumps(evaluation(other_dir, 0.3, "test-A", "0" * 32)))
+    with pytest.raises(EvaluationMismatch, match=f"run {'0' * 32}.*run {store['run_id']}"):
+        register(params, other_dir, other_metrics, tmp_path / "out", run_id=store["run_id"])
+
+    # The CLI: one error line naming both models, exit 1, nothing registered.
+    monkeypatch.chdir(tmp_path)
+    sets = ["--set", f"tracking.uri={store['uri']}", "--set", f"registry.model_name={params.registry.model_name}"]
+    assert main(["register", *sets, "--model", str(weak_dir), "--metrics", str(strong_metrics)]) == 1
+    out = capsys.readouterr().err
+    assert out.startswith("error:") and content_hash(weak_dir)[:12] in out and content_hash(strong_dir)[:12] in out
+    assert not Registry(params).exists()
+
+
+def test_an_identical_model_is_not_registered_twice(params: Params, tmp_path: Path, store: dict) -> None:
+    import shutil
+
+    first = do_register(params, tmp_path, store, "a", 0.40)
+    assert first["version"] == "1" and not first["already_registered"]
+    copy = Path(shutil.copytree(tmp_path / "a" / "model", tmp_path / "copy" / "model"))  # same content elsewhere
+    again = register(params, copy, tmp_path / "a" / "metrics.json", tmp_path / "again")
+    assert again["version"] == "1" and again["already_registered"] and not again["promoted"]
+    assert "already registered as v1" in again["note"] and "is the champion" in again["gate"]["reason"]
+    worse = do_register(params, tmp_path, store, "b", 0.30)
+    assert worse["version"] == "2" and not worse["promoted"]
+    worse_again = register(params, tmp_path / "b" / "model", tmp_path / "b" / "metrics.json", tmp_path / "again2")
+    assert worse_again["version"] == "2" and worse_again["already_registered"]
+    assert worse_again["gate"]["reason"].startswith("not promoted (no improvement over champion v1)")
+    assert [v.version for v in Registry(params).versions()] == ["2", "1"]
+
+
+# ----------------------------------------------------------------------------- history on any backend
+def test_history_is_one_small_tag_per_event_and_rollback_walks_back(params: Params, tmp_path: Path,
+                                                                    store: dict) -> None:
+    from affectflow.tracking.registry import REASON_CHARS, TAG_VALUE_LIMIT
+
+    params.registry.history_limit = 6
+    for i, uar in enumerate((0.40, 0.45, 0.50, 0.55)):
+        assert do_register(params, tmp_path, store, f"v{i + 1}", uar)["promoted"]
+    reg = Registry(params)
+    assert reg.stack() == ["1", "2", "3", "4"]
+    assert reg.rollback()["champion"] == "3" and reg.rollback()["champion"] == "2"
+    forced = reg.promote("4", force=True, reason="x" * 10_000)  # a huge reason is cut, not stored whole
+    assert forced["promoted"] and reg.stack() == ["1", "2", "4"]
+    assert len(reg.version_tags("4")["promotion_reason"]) <= TAG_VALUE_LIMIT
+    for _ in range(5):  # more events than history_limit
+        reg.rollback(reason="flaky canary")
+        reg.promote("4", force=True, reason="canary fixed")
+    tags = reg.model_tags()
+    events = {k: v for k, v in tags.items() if k.startswith(EVENT_PREFIX)}
+    assert all(len(v) <= MAX_EVENT_CHARS for v in events.values())
+    assert all(len(json.loads(v)["reason"]) <= REASON_CHARS for v in events.values())
+    assert len(events) == 6 and LEGACY_HISTORY_TAG not in tags and LEGACY_STACK_TAG not in tags
+    assert [e["action"] for e in reg.history()][-2:] == ["rollback", "promote"]
+    # trimming never drops what the stack needs: rollback still reaches the first champion
+    assert reg.stack() == ["1", "2", "4"]
+    assert [reg.rollback()["champion"] for _ in range(2)] == ["2", "1"]
+    with pytest.raises(RegistryError, match="nothing to roll back"):
+        reg.rollback()
+
+
+def test_history_in_the_earlier_one_tag_layout_is_converted(params: Params, tmp_path: Path, store: dict) -> None:
+    do_register(params, tmp_path, store, "a", 0.40)
+    do_register(params, tmp_path, store, "b", 0.50)
+    reg = Registry(params)
+    name, client = params.registry.model_name, reg.client
+    for key in [k for k in reg.model_tags() if k.startswith(EVENT_PREFIX)] + [STACK_TOP_TAG]:
+        client.delete_registered_model_tag(name, key)
+    client.set_registered_model_tag(name, LEGACY_HISTORY_TAG, json.dumps(
+        [{"action": "promote", "version": "1", "previous": None, "reason": "r1", "forced": False, "at": "t1"},
+         {"action": "promote", "version": "2", "previous": "1", "reason": "r2", "forced": False, "at": "t2"}]))
+    client.set_registered_model_tag(name, LEGACY_STACK_TAG, json.dumps(["1", "2"]))
+    assert [e["version"] for e in reg.history()] == ["1", "2", "1", "2"]  # the list, then the stack
+    assert reg.stack() == ["1", "2"]
+    assert reg.rollback()["champion"] == "1"
+    tags = reg.model_tags()
+    assert LEGACY_HISTORY_TAG not in tags and LEGACY_STACK_TAG not in tags
+    assert len([k for k in tags if k.startswith(EVENT_PREFIX)]) == 5
+    with pytest.raises(RegistryError, match="nothing to roll back"):
+        reg.rollback()
+
+
+# ----------------------------------------------------------------------------- the champion re-scored on new data
+def write_rescore(folder: Path, champion: str, champ_dir: Path, uar: float, test_hash: str, run_id: str | None,
+                  *, challenger: tuple[Path, float] | None = None) -> Path:
+    """A re-score folder as affectflow.orchestration.rescore writes it."""
+    from affectflow.tracking.registry import RESCORE_CHALLENGER, RESCORE_CHAMPION, RESCORE_PLAN, RescorePlan
+
+    plan = RescorePlan(True, "test", champion_version=champion, champion_content_hash=content_hash(champ_dir),
+                       comparison_test_manifest_hash=test_hash, excluded_speakers=("ravdess/07",) if challenger else (),
+                       challenger_rescored=challenger is not None)
+    for sub, (model, score) in ((RESCORE_CHAMPION, (champ_dir, uar)), (RESCORE_CHALLENGER, challenger)):
+        if model is not None:
+            (folder / sub).mkdir(parents=True)
+            (folder / sub / "metrics.json").write_text(json.dumps(evaluation(model, score, test_hash, run_id)))
+        if challenger is None:
+            break
+    (folder / RESCORE_PLAN).write_text(json.dumps(plan.to_json()))
+    return folder
+
+
+def test_a_stale_champion_is_compared_on_the_challengers_test_set(params: Params, tmp_path: Path,
+                                                                   store: dict) -> None:
+    do_register(params, tmp_path, store, "champ", 0.60, test_hash="old")
+    chal_dir, chal_metrics = write_candidate(tmp_path, store, "chal", 0.55, test_hash="new")
+    stale = register(params, chal_dir, chal_metrics, tmp_path / "stale")
+    assert not stale["promoted"] and "was not scored on this test set" in stale["gate"]["reason"]
+
+    # A re-score of another model as the champion's: the gate refuses it, naming both.
+    bogus = write_rescore(tmp_path / "bogus", "1", chal_dir, 0.10, "new", store["run_id"])
+    with pytest.raises(EvaluationMismatch, match="champion v1 is model"):
+        register(params, chal_dir, chal_metrics, tmp_path / "r0", rescore=bogus)
+
+    folder = write_rescore(tmp_path / "rescore", "1", tmp_path / "champ" / "model", 0.50, "new", store["run_id"])
+    res = register(params, chal_dir, chal_metrics, tmp_path / "r", rescore=folder)
+    assert res["version"] == "2" and res["already_registered"] and res["promoted"] and res["champion"] == "2"
+    gate = res["gate"]
+    assert (gate["test_manifest_hash"], gate["challenger_uar"], gate["champion_uar"], gate["rescored"]) == (
+        "new", 0.55, 0.50, True)
+    assert res["comparison"]["champion_version"] == "1" and res["rescore"]["needed"]
+    reg = Registry(params)
+    assert json.loads(reg.version_tags("1")["score_on.new"])["uar"] == 0.50  # both scores on the versions
+    tags = reg.version_tags("2")
+    assert (tags["gate_test_manifest_hash"], tags["gate_uar"], tags["gate_champion_uar"]) == (
+        "new", "0.550000", "0.500000")
+
+    # The recorded re-score is reused: a later challenger on the same test set needs no new one.
+    reg.rollback()
+    later = do_register(params, tmp_path, store, "later", 0.505, test_hash="new")
+    assert not later["promoted"] and later["gate"]["rescored"] and later["gate"]["champion_uar"] == 0.50
+    assert later["gate"]["reason"].startswith("not promoted (no improvement over champion v1)")
+
+
+def test_on_a_reduced_set_both_are_scored_on_it(params: Params, tmp_path: Path, store: dict) -> None:
+    do_register(params, tmp_path, store, "champ", 0.60, test_hash="old")
+    chal_dir, chal_metrics = write_candidate(tmp_path, store, "chal", 0.55, test_hash="new")
+    folder = write_rescore(tmp_path / "rescore", "1", tmp_path / "champ" / "model", 0.40, "reduced",
+                           store["run_id"], challenger=(chal_dir, 0.58))
+    res = register(params, chal_dir, chal_metrics, tmp_path / "r", rescore=folder)
+    assert res["promoted"] and res["comparison"]["excluded_speakers"] == ["ravdess/07"]
+    assert (res["gate"]["test_manifest_hash"], res["gate"]["challenger_uar"]) == ("reduced", 0.58)
+    reg = Registry(params)
+    assert json.loads(reg.version_tags("2")["score_on.reduced"])["uar"] == 0.58
+    assert reg.version_tags("2")["uar"] == "0.550000"  # its own evaluation stays what it was
+
+
+def test_the_champion_folder_is_fetched_from_its_run_and_checked(params: Params, tmp_path: Path,
+                                                                 store: dict) -> None:
+    import shutil
+
+    from affectflow.orchestration.rescore import fetch_champion
+
+    logged = Path(shutil.copytree(store["folder"], tmp_path / "logged" / "model"))
+    metrics = tmp_path / "logged" / "metrics.json"
+    metrics.write_text(json.dumps(evaluation(logged, 0.4, "t", store["run_id"])))
+    register(params, logged, metrics, tmp_path / "r1")
+    reg = Registry(params)
+    got = fetch_champion(reg, "1", tmp_path / "fetched")
+    assert content_hash(got) == store["folder_hash"] and (got / "model.pt").read_bytes() == b"logged weights"
+    # A version whose recorded content differs from what its run logged is not scored as if it were.
+    other_dir, other_metrics = write_candidate(tmp_path, store, "other", 0.3)
+    register(params, other_dir, other_metrics, tmp_path / "r2")
+    with pytest.raises(EvaluationMismatch, match=f"registered as model {content_hash(other_dir)[:12]}"):
+        fetch_champion(reg, "2", tmp_path / "fetched2")
+
+
+def test_comparison_rows_leave_out_what_the_champion_saw() -> None:
+    import pandas as pd
+
+    from affectflow.contracts.model_folder import ModelMeta, TrainFacts
+    from affectflow.orchestration.rescore import comparison_rows
+
+    def meta(corpora: list[str], train: list[str], val: list[str]) -> ModelMeta:
+        return ModelMeta(arch="egemaps_mlp", classes=list(CLASSES), feature="egemaps", feature_config={},
+                         audio={"sample_rate": 16000}, normalization={}, arch_config={}, input_dim=88,
+                         train=TrainFacts(corpora=corpora, train_speakers=train, val_speakers=val))
+
+    df = pd.DataFrame({"speaker": ["a/1", "a/2", "a/3", "a/4", "b/1"], "corpus": ["a", "a", "a", "a", "b"],
+                       "split": ["train", "test", "test", "test", "test"]})
+    champion, challenger = meta(["a"], ["a/1", "a/2"], ["a/3"]), meta(["a", "b"], ["a/1"], [])
+    rows, excluded = comparison_rows(df, champion, challenger)
+    assert excluded == ["a/2", "a/3"]
+    assert rows["speaker"].tolist() == ["a/1", "a/4"]  # training rows stay; b is not the champion's corpus
+    same, none = comparison_rows(df[df["corpus"] == "a"], meta(["a"], ["a/1"], []), meta(["a"], ["a/1"], []))
+    assert none == [] and len(same) == 4

@@ -1,4 +1,4 @@
-"""`affectflow registry list|describe|promote|rollback` (`affectflow register` is the register stage).
+"""`affectflow registry list|describe|history|promote|rollback` (`affectflow register` is the register stage).
 
 Thin wrappers over `affectflow.tracking.registry`; MLflow is imported only when one of these runs, so the
 rest of the CLI stays quick to start.
@@ -13,13 +13,13 @@ from typing import Any
 from affectflow.cli import command, print_summary
 from affectflow.config import Params
 
-ACTIONS = ("list", "describe", "promote", "rollback")
+ACTIONS = ("list", "describe", "history", "promote", "rollback")
 LOG_WIDTH = 120
 """Console width when stdout is not a terminal (CI logs, pipeline logs)."""
 
 
 def _registry_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("action", choices=ACTIONS, help="list | describe | promote | rollback")
+    p.add_argument("action", choices=ACTIONS, help="list | describe | history | promote | rollback")
     which = p.add_mutually_exclusive_group()
     which.add_argument("--version", dest="model_version", help="model version (describe, promote)")
     which.add_argument("--alias", help="alias to describe, e.g. champion")
@@ -51,7 +51,22 @@ def _table(rows: list[dict[str, Any]]) -> Any:
     return table
 
 
-@command("registry", "model registry: list | describe | promote | rollback", _registry_args)
+def _history_table(events: list[dict[str, Any]]) -> Any:
+    """One line per promotion / rollback event, oldest first."""
+    from rich import box
+    from rich.table import Table
+
+    table = Table(title="champion history", box=box.SIMPLE_HEAD)
+    for col in ("#", "at (UTC)", "action", "v", "previous", "forced", "reason"):
+        table.add_column(col, no_wrap=col != "reason")
+    for e in events:
+        table.add_row(str(e.get("seq", "")), str(e.get("at", ""))[:16].replace("T", " "), str(e.get("action", "")),
+                      str(e.get("version", "")), str(e.get("previous") or ""), "yes" if e.get("forced") else "",
+                      str(e.get("reason", "")))
+    return table
+
+
+@command("registry", "model registry: list | describe | history | promote | rollback", _registry_args)
 def _registry(params: Params, a: argparse.Namespace) -> int:
     from rich.console import Console
 
@@ -85,12 +100,20 @@ def _registry(params: Params, a: argparse.Namespace) -> int:
                    "created": info.created, "run_id": info.run_id, "source": info.source, "tags": info.tags}
         print_summary(f"{reg.name} v{info.version}", outcome)
         code = 0
+    elif a.action == "history":
+        events = reg.history()
+        console.print(_history_table(events) if events else f"model {reg.name!r}: no promotions yet")
+        outcome = {"model_name": reg.name, "events": events, "stack": reg.stack(),
+                   "champion": reg.alias_version("champion")}
+        code = 0
     elif a.action == "promote":
         if not a.model_version:
             raise RegistryError("promote needs --version N")
         outcome = reg.promote(a.model_version, force=a.force, reason=a.reason)
-        verdict = "PROMOTED" + (" (forced)" if outcome["forced"] else "") if outcome["promoted"] else "REFUSED"
-        print_summary(f"v{outcome['version']} {verdict}: {outcome['gate']['reason']}",
+        reason = outcome["gate"]["reason"]
+        title = (f"v{outcome['version']} PROMOTED" + (" (forced)" if outcome["forced"] else "") + f": {reason}"
+                 if outcome["promoted"] else f"v{outcome['version']} {reason}")
+        print_summary(title,
                       {k: outcome[k] for k in ("champion", "previous_champion", "aliases")})
         code = 0 if outcome["promoted"] else 1
     else:

@@ -84,6 +84,12 @@ def _source(p: argparse.ArgumentParser) -> None:
     p.add_argument("--run-id", help="MLflow run that logged the model (default: model.json's mlflow.run_id)")
     p.add_argument("--model-uri", help="logged model URI, models:/<id> or runs:/<run>/<name> "
                                        "(default: the training run's logged model)")
+    p.add_argument("--manifest", dest="rescore_manifest", type=Path,
+                   help="manifest.parquet the model was evaluated on (default: <workdir>/ingest/manifest.parquet): "
+                        "a champion scored on another test manifest is re-scored on this one")
+    p.add_argument("--features", dest="rescore_features", type=Path,
+                   help="feature store for the re-score (default: <workdir>/features)")
+    p.add_argument("--no-rescore", action="store_true", help="never re-score the champion")
 
 
 def _augment(params: Params, a: argparse.Namespace) -> int | None:
@@ -110,17 +116,33 @@ def _train(params: Params, a: argparse.Namespace) -> int | None:
 
 
 def _register(params: Params, a: argparse.Namespace) -> int | None:
-    from affectflow.contracts.workdir import METRICS_FILE
+    from affectflow.contracts.workdir import METRICS_FILE, Workdir
     from affectflow.stages.runner import workdir_inputs
     from affectflow.tracking.registry import register
 
     inp = workdir_inputs(params, "register", _inputs(STAGES["register"], a))
     metrics = inp["evaluation"] / METRICS_FILE if inp["evaluation"].is_dir() else inp["evaluation"]
-    res = register(params, inp["model"], metrics, a.out or params.workdir() / "register",
-                   run_id=a.run_id, model_uri=a.model_uri)
-    verdict = "PROMOTED" if res["promoted"] else "not promoted"
-    print_summary(f"{res['model_uri']} {verdict}: {res['gate']['reason']}",
-                  {k: res[k] for k in ("version", "aliases", "champion", "previous_champion", "source")})
+    out = a.out or params.workdir() / "register"
+    wd = Workdir(params.workdir())
+    manifest, features = a.rescore_manifest or wd.manifest, a.rescore_features or wd.features
+    rescore_dir = None
+    if not a.no_rescore and manifest.is_file() and features.is_dir():
+        from affectflow.orchestration.rescore import rescore
+
+        rescore_dir = out / "rescore"
+        rescore(params, manifest, features, inp["model"], metrics, rescore_dir)
+    res = register(params, inp["model"], metrics, out, run_id=a.run_id, model_uri=a.model_uri, rescore=rescore_dir)
+    reason = res["gate"]["reason"]
+    title = f"{res['model_uri']} PROMOTED: {reason}" if res["promoted"] else f"{res['model_uri']}: {reason}"
+    print_summary(title, {k: res[k] for k in ("version", "aliases", "champion", "previous_champion", "source",
+                                               "note", "comparison") if res.get(k) is not None})
+    if not res["promoted"] and "was not scored on this test set" in reason:
+        if rescore_dir is None:
+            print(f"the champion was not re-scored: {manifest} or {features} not found (or --no-rescore); run:\n"
+                  f"  affectflow register --model {inp['model']} --metrics {metrics} "
+                  f"--manifest <manifest.parquet> --features <feature store>", file=sys.stderr)
+        elif res.get("rescore") and not res["rescore"]["needed"]:
+            print(f"the champion could not be re-scored: {res['rescore']['reason']}", file=sys.stderr)
     return 0
 
 

@@ -12,6 +12,7 @@ are errors that name the file and the field.
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 from typing import Any, Literal
@@ -83,7 +84,8 @@ class ModelMeta(_Strict):
     feature: str
     """Feature kind the model reads (`logmel`, `egemaps`, ...)."""
     feature_config: dict[str, Any]
-    """The kind's params.features settings: prediction recomputes features from audio with them."""
+    """The kind's settings from the `features` section of params.yaml: prediction recomputes
+    features from audio with them."""
     feature_key: str = ""
     audio: dict[str, Any]
     normalization: dict[str, Any]
@@ -136,6 +138,20 @@ def read_model_meta(folder: str | Path) -> ModelMeta:
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise ModelFolderError(f"{f}: not valid JSON ({e})") from None
     return parse_meta(data, f)
+
+
+def content_hash(folder: str | Path) -> str:
+    """sha256 over every file of the folder (relative path and bytes), 64 hex digits: the model's
+    identity. A copy (the MLflow `model_folder` artifact, a download of it) hashes the same, so an
+    evaluation, a registry version and a folder fetched back from MLflow can be matched."""
+    base = Path(folder)
+    if not (base / META_FILE).is_file():
+        raise FileNotFoundError(f"{base / META_FILE}: not a model folder (no {META_FILE})")
+    h = hashlib.sha256()
+    for f in sorted(p for p in base.rglob("*") if p.is_file()):
+        h.update(f.relative_to(base).as_posix().encode() + b"\0")
+        h.update(hashlib.sha256(f.read_bytes()).digest())
+    return h.hexdigest()
 
 
 def is_model_folder(path: str | Path) -> bool:

@@ -164,27 +164,60 @@ def gate_outcome(res: Any, summary: Any, report: Any) -> bool:
     return bool(res.passed)
 
 
-def register_task(config: str, model_dir: str | Path, evaluation: str | Path, out_dir: str | Path) -> dict[str, Any]:
-    """The register task: a new `challenger` version, gated; promotion is the DAG's `promote`
-    task (visible in the UI), so `auto_promote` is switched off here and returned for the branch."""
+def data_stamp_task(config: str, data_version: str) -> str:
+    """The data-stamp task (never cached): what ingest's cache is keyed on. The corpus roots'
+    fingerprint (`lineage.data_fingerprint`: local files by path, size and mtime; s3:// prefixes by
+    key, size and ETag), after the run form's `data_version` label when one is given; so a
+    recurring run re-ingests exactly when objects under the corpus prefix changed."""
+    from affectflow.tracking.lineage import data_fingerprint
+
+    stamp = data_fingerprint(stage_params(config, "ingest"))
+    return f"{data_version}@{stamp}" if data_version else stamp
+
+
+def rescore_task(evaluate_config: str, register_config: str, manifest: str | Path, store: str | Path,
+                 model_dir: str | Path, evaluation: str | Path, out_dir: str | Path) -> dict[str, Any]:
+    """The rescore-champion task: the champion scored on this run's test manifest when it has no
+    scores there (`affectflow.orchestration.rescore`); evaluate's settings, the registry's section."""
+    from affectflow.contracts.workdir import METRICS_FILE
+    from affectflow.orchestration.rescore import rescore
+
+    p = stage_params(evaluate_config, "evaluate")
+    reg = stage_params(register_config, "register")
+    p.registry, p.tracking = reg.registry, reg.tracking
+    plan = rescore(p, manifest, store, model_dir, Path(evaluation) / METRICS_FILE, out_dir)
+    return plan.to_json()
+
+
+def register_task(config: str, model_dir: str | Path, evaluation: str | Path, out_dir: str | Path,
+                  rescore: str | Path | None = None, data_version: str = "") -> dict[str, Any]:
+    """The register task: a new `challenger` version (or the one already registered for this model),
+    gated on one test set with the champion (re-scored by the rescore task when needed); promotion
+    is the DAG's `promote` task (visible in the UI), so `auto_promote` is switched off here and
+    returned for the branch."""
     from affectflow.contracts.workdir import METRICS_FILE
     from affectflow.tracking import registry
 
     p = stage_params(config, "register")
     auto_promote = p.registry.auto_promote
     p.registry.auto_promote = False
-    res = registry.register(p, model_dir, Path(evaluation) / METRICS_FILE, out_dir)
+    res = registry.register(p, model_dir, Path(evaluation) / METRICS_FILE, out_dir, rescore=rescore,
+                            data_version=data_version or None)
     return {**res, "auto_promote": auto_promote}
 
 
 def promote_task(config: str, registration: str | Path, run_name: str, out_dir: str | Path) -> dict[str, Any]:
-    """The promote task: move `champion` to the version the register task added."""
+    """The promote task: move `champion` to the version the register task added, on the test set
+    the register task's gate compared on."""
     from affectflow.contracts.workdir import RESULT_FILE
     from affectflow.tracking import registry
 
     p = stage_params(config, "register")
-    version = str(read_json(Path(registration) / RESULT_FILE)["version"])
-    res = registry.promote(p, version, reason=f"pipeline run {run_name}")
+    reg = read_json(Path(registration) / RESULT_FILE)
+    version = str(reg["version"])
+    gate = reg.get("gate") or {}
+    res = registry.Registry(p).promote(version, reason=f"pipeline run {run_name}",
+                                       on=gate.get("test_manifest_hash"), rescored=bool(gate.get("rescored")))
     write_result(Path(out_dir) / RESULT_FILE, res)
     return res
 
@@ -397,13 +430,27 @@ def confusion_of(result: Mapping[str, Any]) -> tuple[list[str], list[list[int]]]
 
 
 def registry_markdown(title: str, result: Mapping[str, Any]) -> str:
-    """Registration / promotion outcome for the Kubeflow UI."""
+    """Registration / promotion outcome for the Kubeflow UI: the decision and its reason first,
+    then both scores on the one test set they were compared on."""
     gate = result.get("gate") or {}
-    intro = f"**Gate {'passed' if gate.get('passed') else 'failed'}**: {gate.get('reason', '')}" if gate else ""
-    keep = ("model_uri", "aliases", "champion", "previous_champion", "promoted", "forced", "metrics",
-            "lineage", "tracking_uri")
+    intro = ""
+    if gate:
+        verdict = "promoted" if result.get("promoted") else ("gate passed" if gate.get("passed") else "not promoted")
+        intro = f"**{verdict.capitalize()}**: {gate.get('reason', '')}"
+    if result.get("note"):
+        intro += f"\n\n{result['note']}"
+    if gate.get("champion_uar") is not None or gate.get("challenger_uar") is not None:
+        def cell(x: Any) -> str:
+            return "—" if x is None else f"{float(x):.4f}"
+        champ = gate.get("champion_version")
+        intro += ("\n\n| compared on test manifest | challenger UAR | champion" + (f" v{champ}" if champ else "")
+                  + " UAR | champion re-scored |\n|---|---|---|---|\n"
+                  + f"| `{gate.get('test_manifest_hash')}` | {cell(gate.get('challenger_uar'))} | "
+                  + f"{cell(gate.get('champion_uar'))} | {'yes' if gate.get('rescored') else 'no'} |")
+    keep = ("model_uri", "aliases", "champion", "previous_champion", "promoted", "forced", "already_registered",
+            "model_content_hash", "data_version", "comparison", "metrics", "lineage", "tracking_uri")
     heading = f"{title}: {result.get('model_name', '')} v{result.get('version', '?')}"
-    return summary_markdown(heading, {k: result[k] for k in keep if k in result}, intro)
+    return summary_markdown(heading, {k: result[k] for k in keep if k in result and result[k] is not None}, intro)
 
 
 # ----------------------------------------------------------------------------- exit handler

@@ -32,9 +32,9 @@ Kind = Literal["bool", "int", "float", "str", "yaml"]
 KFP_TYPES: dict[str, type] = {"bool": bool, "int": int, "float": float, "str": str, "yaml": str}
 
 DATA_VERSION = "data_version"
-"""Run-form field handed to ingest only: a data stamp, so its cached output is not reused after
-the audio changed (`affectflow pipeline run` fills it with `lineage.data_fingerprint`, a schedule
-with the DVC revision or leaves it to the corpus listing)."""
+"""Run-form field handed to the data-stamp task only: an optional label (a DVC revision) put before
+the stamp of the corpus roots that task computes in every run (`lineage.data_fingerprint`), which
+keys ingest's cache; a schedule leaves it empty and still re-ingests when the data changed."""
 OVERRIDES = "params_overrides"
 """Run-form field: YAML mapping of dotted keys (or nested sections) to values, for any setting
 that is not a field of its own."""

@@ -8,7 +8,8 @@ Cross-corpus (`evaluate.cross_corpus`): every clip of another corpus (only its t
 it is a DANN target, since pretraining saw the rest unlabelled), scored over the classes that
 corpus shares with the model (probabilities of the other classes are dropped before the argmax).
 Outputs: `metrics.json` (DVC metrics: top-level `uar`, `wa`, `macro_f1`, `per_class_recall`,
-`test_manifest_hash`; details under `test` and `cross_corpus`), `report.md`, `confusion.png`,
+`test_manifest_hash`, `model`: the scored model's content hash and MLflow run; details under
+`test` and `cross_corpus`), `report.md`, `confusion.png`,
 `predictions.parquet`.
 """
 
@@ -25,6 +26,7 @@ import pandas as pd
 from affectflow.config import Params
 from affectflow.contracts.feature_store import FeatureSet
 from affectflow.contracts.manifest import manifest_hash, read_manifest
+from affectflow.contracts.model_folder import content_hash
 from affectflow.corpora.demo import is_synthetic
 from affectflow.metrics import bootstrap, collapse, confusion, macro_f1_cm, recalls, uar_cm, wa_cm
 from affectflow.serving.recognizer import Recognizer, load_model_dir, predict_features
@@ -234,8 +236,11 @@ def report_md(metrics: dict[str, Any], params: Params) -> str:
 
 
 def evaluate(params: Params, model_dir: str | Path, manifest: str | Path, features_dir: str | Path,
-             out_dir: str | Path) -> dict[str, Any]:
-    """Score `model_dir` on the test split (+ cross-corpus); write metrics.json, report.md, PNGs."""
+             out_dir: str | Path, *, log_to_model_run: bool = True) -> dict[str, Any]:
+    """Score `model_dir` on the test split (+ cross-corpus); write metrics.json, report.md, PNGs.
+
+    `log_to_model_run=False` logs into a new MLflow run instead of the model's training run (a
+    champion re-scored on another test set must not overwrite its own evaluation)."""
     from affectflow.stages import get as get_stage
     from affectflow.tracking import runs as tracking
 
@@ -267,7 +272,10 @@ def evaluate(params: Params, model_dir: str | Path, manifest: str | Path, featur
     test["synthetic_data"] = bool(rows["path"].map(is_synthetic).any())
     test["test_manifest_hash"] = manifest_hash(rows)  # which test set: the registry compares like with like
     plot_confusion(np.asarray(test["confusion"]), classes, f"test UAR {test['uar']:.3f}", out / "confusion.png")
-    metrics: dict[str, Any] = {"model_dir": str(model_dir), "arch": rec.meta.arch, "corpora": corpora,
+    # Which model was scored: the registry refuses to pair these metrics with any other model.
+    identity = {"content_hash": content_hash(model_dir), "mlflow_run_id": (rec.meta.mlflow or {}).get("run_id")}
+    metrics: dict[str, Any] = {"model_dir": str(model_dir), "model": identity, "arch": rec.meta.arch,
+                               "corpora": corpora,
                                "uar": test["uar"], "wa": test["wa"], "macro_f1": test["macro_f1"],
                                "per_class_recall": test["per_class_recall"], "collapsed": test["collapse"]["collapsed"],
                                "test_manifest_hash": test["test_manifest_hash"], "test": test}
@@ -284,7 +292,7 @@ def evaluate(params: Params, model_dir: str | Path, manifest: str | Path, featur
         pd.concat(preds, ignore_index=True).to_parquet(tmp, index=False)
     atomic_write_json(out / "metrics.json", metrics)
     atomic_write_text(out / "report.md", report_md(metrics, params))
-    with tracking.reopen_run(rec.meta.mlflow, params, "evaluate", tags={"stage": "evaluate"},
+    with tracking.reopen_run(rec.meta.mlflow if log_to_model_run else None, params, "evaluate", tags={"stage": "evaluate"},
                              sections=get_stage("evaluate").sections):
         import mlflow
 

@@ -4,9 +4,10 @@
 `manifest_hash` (content of the manifest rows), `feature_config_hash`, `params_hash` (of the
 sections the stage reads), `git_commit` / `git_dirty`, `dvc_revision` (one meaning everywhere:
 "which version of the data", see `dvc_revision()`), and the md5s that dvc.lock records for the
-manifest and feature folders when they are DVC outputs. `data_fingerprint()` is a quick stat-based
-stamp of the corpus folders; the pipeline passes it to the ingest task so that a cached ingest
-(keyed on its inputs) is invalidated when the audio on disk changes.
+manifest and feature folders when they are DVC outputs. `data_fingerprint()` is a quick stamp of
+the corpus roots (file stats; object listings under s3:// prefixes); the pipeline's data-stamp task
+computes it in every run and hands it to ingest, so a cached ingest (keyed on its inputs) is
+reused only while the data is unchanged.
 """
 
 from __future__ import annotations
@@ -24,15 +25,22 @@ from affectflow.tracking.revisions import dvc_revision, git_commit, locked_md5
 
 
 def data_fingerprint(params: Params) -> str:
-    """A stat-based stamp (relative path, size, mtime) of every local corpus folder, 16 hex digits.
+    """A stamp of every corpus root as it is now, 16 hex digits: local files by relative path, size
+    and mtime; s3:// roots by the key, size and ETag of every object under the prefix.
 
-    Cheap enough to compute on every run (no file is read). Remote roots (s3://) contribute only
-    their URI: their content cannot be stamped without listing the bucket.
+    Cheap enough to compute on every run (no file is read; a bucket is listed, 1000 keys a
+    request), so a recurring pipeline run can tell new data from old without anyone editing it.
     """
     h = hashlib.sha256()
     for spec in params.ingest.corpora:
         root = params.corpus_root(spec)
         h.update(f"{spec.name}\0{root}\0".encode())
+        if root.startswith("s3://"):
+            from affectflow.storage.s3 import store_for
+
+            for obj in store_for(params).list(root):
+                h.update(f"{obj.key}\0{obj.size}\0{obj.etag}\n".encode())
+            continue
         if "://" in root:
             continue
         base = Path(root)
