@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 
 class ConfigError(ValueError):
@@ -142,6 +142,41 @@ class SslConfig(Section):
     """Local mirror of an s3:// checkpoint (default ~/.cache/affectflow/ssl)."""
 
 
+class RobustnessConfig(Section):
+    """Recording-condition copies of every clip (`affectflow.features.robustness`): for copy k and
+    corpus c one condition (a simulated channel and room) is drawn and applied to all of c's clips,
+    each with its own noise and impulse response, and the openSMILE kinds are computed on the result
+    (stored as `<kind>@r<k>`). After per-corpus standardisation an unseen corpus is mostly a new
+    recording condition; the copies show the recognizer many. Used by `train.robustness_copies`."""
+
+    copies: int = Field(0, ge=0, le=8)
+    """Copies per clip (0 = none computed)."""
+    band: bool = True
+    """Band-limiting: telephone band (300-3400 Hz), a low-pass or a high-pass (Butterworth order 4)."""
+    reverb: bool = True
+    """Reverberation by a generated impulse response (exponentially decaying noise, direct path kept)."""
+    noise: bool = True
+    """Additive white / pink / brown noise."""
+    gain: bool = True
+    """A level change (peak-limited below full scale)."""
+    snr_db: list[float] = Field(default_factory=lambda: [5.0, 30.0], min_length=2, max_length=2)
+    """Range of a condition's signal-to-noise ratio (each clip +- 3 dB around it)."""
+    rt60_s: list[float] = Field(default_factory=lambda: [0.2, 0.9], min_length=2, max_length=2)
+    """Range of a condition's reverberation time."""
+    gain_db: list[float] = Field(default_factory=lambda: [-10.0, 6.0], min_length=2, max_length=2)
+    seed: int = 0
+
+    @model_validator(mode="after")
+    def _ranges(self) -> RobustnessConfig:
+        for name in ("snr_db", "rt60_s", "gain_db"):
+            low, high = getattr(self, name)
+            if low > high:
+                raise ValueError(f"{name}: [{low}, {high}] is not a range (low > high)")
+        if self.rt60_s[0] <= 0:
+            raise ValueError(f"rt60_s: {self.rt60_s[0]} must be > 0")
+        return self
+
+
 class FeaturesConfig(Section):
     kinds: list[Literal["logmel", "egemaps", "compare", "ssl"]] = Field(default_factory=lambda: ["logmel", "egemaps"])
     """logmel (n_mels x frames), egemaps (openSMILE eGeMAPS functionals; with `egemaps.levels: [lld]`
@@ -150,6 +185,7 @@ class FeaturesConfig(Section):
     logmel: LogMelConfig = Field(default_factory=LogMelConfig)
     egemaps: EgemapsConfig = Field(default_factory=EgemapsConfig)
     ssl: SslConfig = Field(default_factory=SslConfig)
+    robustness: RobustnessConfig = Field(default_factory=RobustnessConfig)
     workers: int = Field(2, ge=1)
     batch_size: int = Field(32, ge=1)
     device: Literal["auto", "cpu", "cuda"] = "auto"
@@ -237,6 +273,11 @@ class TrainConfig(Section):
     deploy_min_clips: int = Field(20, ge=2)
     """Fewest clips whose own statistics `deploy_normalize: set` trusts."""
     class_balance: Literal["none", "weighted_loss", "sampler"] = "weighted_loss"
+    robustness_copies: int = Field(0, ge=0, le=8)
+    """Train also on the first N recording-condition copies of every training clip
+    (`features.robustness`; openSMILE kinds). Each (corpus, copy) is its own recording condition:
+    with `normalize: corpus` it is standardised by its own statistics. Copies add no steps: an epoch
+    still draws as many rows as there are training clips, from the clips and their copies."""
     corpus_balance: bool = False
     """Multi-corpus training: every epoch draws its rows (with replacement) so that each training
     corpus contributes the same number, whatever its size (one big corpus must not become the

@@ -6,6 +6,7 @@ from __future__ import annotations
 from affectflow.config import Params
 from affectflow.contracts.feature_store import feature_key
 from affectflow.features import egemaps as eg
+from affectflow.features.robustness import copy_kind, split_kind
 
 SSL = "ssl"
 
@@ -22,11 +23,18 @@ def requested_kinds(params: Params) -> list[str]:
             kinds.append(k)
         else:
             kinds += eg.kinds_for(params.features.egemaps)
-    return kinds
+    copies = params.features.robustness.copies
+    return kinds + [copy_kind(k, i) for i in range(1, copies + 1) for k in kinds if k in eg.SMILE_KINDS]
+
+
+ROBUSTNESS_VERSION = 1
+"""Bump when `affectflow.features.robustness` changes the audio of a copy: part of its cache key."""
 
 
 def kind_config(params: Params, kind: str) -> dict[str, object]:
-    """The settings of one kind, as a model folder stores them (`feature_config`)."""
+    """The settings of one kind, as a model folder stores them (`feature_config`); a recording-
+    condition copy has its clean kind's (a model applies to clean audio)."""
+    kind = split_kind(kind)[0]
     if kind == LOGMEL:
         return params.features.logmel.model_dump(mode="json")
     if kind in eg.SMILE_KINDS:
@@ -50,6 +58,10 @@ def feature_keys(params: Params) -> dict[str, str]:
 
             cfg = key_config(params.features.ssl, sr)
         else:
-            cfg = eg.key_config(params.features.egemaps, sr, kind)
+            base, k = split_kind(kind)
+            cfg = eg.key_config(params.features.egemaps, sr, base)
+            if k:  # the copy's audio: the condition settings (not how many copies) and its number
+                rob = params.features.robustness.model_dump(mode="json", exclude={"copies"})
+                cfg = {**cfg, "robustness": rob, "copy": k, "robustness_version": ROBUSTNESS_VERSION}
         keys[kind] = feature_key(kind, cfg)
     return keys

@@ -51,6 +51,7 @@ from affectflow.contracts.feature_store import (
 from affectflow.contracts.manifest import ManifestError, read_manifest
 from affectflow.features import egemaps as eg
 from affectflow.features.keys import LOGMEL, SSL, feature_keys
+from affectflow.features.robustness import copy_kind, recording_copy, split_kind
 from affectflow.runtime.device import resolve_device
 from affectflow.runtime.progress import progress
 from affectflow.stages.spec import Inputs
@@ -74,18 +75,20 @@ class FeaturesResult:
 # ----------------------------------------------------------------------------- worker side
 _WORKER: dict[str, Any] = {}
 
-_Job = tuple[str, str, bool, tuple[str, ...]]  # sha256, path, want log-mel, openSMILE kinds to compute
+_Job = tuple[str, str, bool, tuple[str, ...], str]
+# sha256, path, want log-mel, openSMILE kinds to compute (recording-condition copies included), corpus
 _Done = tuple[str, str, "np.ndarray | None", int, dict[str, tuple[int, ...]], int, "str | None"]
 # sha256, path, waveform (only when the main process computes log-mel), samples, saved shapes,
 # non-finite arrays, error
 
 
 def _init_worker(root: str, sample_rate: int, keys: dict[str, str], egemaps_cfg: Any, smile_kinds: list[str],
-                 logmel_cfg: Any, torch_threads: int, device: str = "cpu") -> None:
+                 logmel_cfg: Any, torch_threads: int, device: str = "cpu", robustness: Any = None) -> None:
     """Per-process state: where to write, one reusable openSMILE extractor, and maybe a LogMel
     (worker processes: on CPU; inline, i.e. one worker: in this process, on the chosen device)."""
-    _WORKER.update(root=root, sample_rate=sample_rate, keys=keys, logmel=None,
-                   smile=eg.Egemaps(egemaps_cfg, smile_kinds) if smile_kinds else None,
+    bases = sorted({split_kind(k)[0] for k in smile_kinds})
+    _WORKER.update(root=root, sample_rate=sample_rate, keys=keys, logmel=None, robustness=robustness,
+                   smile=eg.Egemaps(egemaps_cfg, bases) if bases else None,
                    seconds={"decode": 0.0, "egemaps": 0.0, "logmel": 0.0, "write": 0.0})
     if logmel_cfg is not None:
         import torch
@@ -103,7 +106,7 @@ def _work_chunk(jobs: list[_Job]) -> tuple[list[_Done], dict[str, float]]:
     secs = dict.fromkeys(_WORKER["seconds"], 0.0)
     done: list[_Done] = []
     to_mel: list[tuple[int, np.ndarray]] = []
-    for sha, path, want_logmel, smile_kinds in jobs:
+    for sha, path, want_logmel, smile_kinds, corpus in jobs:
         t0 = time.perf_counter()
         try:
             x = audio.load(path, sr, expect_sha256=sha)  # the bytes must still be the manifest's
@@ -116,7 +119,7 @@ def _work_chunk(jobs: list[_Job]) -> tuple[list[_Done], dict[str, float]]:
         nonfinite = 0
         if smile_kinds:
             try:
-                feats = _WORKER["smile"](x, sr, smile_kinds)
+                feats = _smile_with_copies(x, sr, smile_kinds, corpus, sha)
             except Exception as e:  # openSMILE raises plain RuntimeErrors from its C layer
                 done.append((sha, path, None, x.size, {}, 0, f"openSMILE failed ({e})"))
                 return done, secs
@@ -142,6 +145,20 @@ def _work_chunk(jobs: list[_Job]) -> tuple[list[_Done], dict[str, float]]:
         secs["logmel"] += t1 - t0
         secs["write"] += time.perf_counter() - t1
     return done, secs
+
+
+def _smile_with_copies(x: np.ndarray, sr: int, kinds: tuple[str, ...], corpus: str, sha: str) -> dict[str, np.ndarray]:
+    """openSMILE kinds of the clean clip and of its recording-condition copies (`kind@r<k>`)."""
+    by_copy: dict[int, list[str]] = {}
+    for kind in kinds:
+        base, k = split_kind(kind)
+        by_copy.setdefault(k, []).append(base)
+    out: dict[str, np.ndarray] = {}
+    for k, bases in sorted(by_copy.items()):
+        wave = x if k == 0 else recording_copy(x, sr, _WORKER["robustness"], corpus, k, sha)
+        for base, arr in _WORKER["smile"](wave, sr, bases).items():
+            out[copy_kind(base, k) if k else base] = arr
+    return out
 
 
 def _mp_context() -> Any:
@@ -196,11 +213,11 @@ def extract_features(params: Params, manifest_path: str | Path, out_dir: str | P
     missing = {kind: {s for s in clips["sha256"] if not os.path.exists(f"{base}/{relative_file(kind, key, s)}")}
                for kind, key in keys.items()}
     jobs: list[_Job] = []
-    for sha, path in zip(clips["sha256"], clips["path"], strict=True):
-        smile = tuple(k for k in keys if k in eg.SMILE_KINDS and sha in missing[k])
+    for sha, path, corpus in zip(clips["sha256"], clips["path"], clips["corpus"].astype(str), strict=True):
+        smile = tuple(k for k in keys if split_kind(k)[0] in eg.SMILE_KINDS and sha in missing[k])
         want_logmel = LOGMEL in keys and sha in missing[LOGMEL]
         if want_logmel or smile:
-            jobs.append((sha, str(path), want_logmel, smile))
+            jobs.append((sha, str(path), want_logmel, smile, corpus))
 
     shapes: dict[tuple[str, str], tuple[int, ...]] = {}
     run = _compute(params, root, keys, jobs, shapes) if jobs else {"audio_seconds": 0.0}
@@ -350,7 +367,7 @@ def _compute(params: Params, root: Path, keys: dict[str, str], jobs: list[_Job],
     init_args = (str(root), sr, keys, f.egemaps, smile_kinds,
                  f.logmel if lay.device is not None and not lay.in_main else None,
                  lay.main_threads if lay.workers == 1 else lay.worker_threads,
-                 str(lay.device) if lay.workers == 1 and lay.device is not None else "cpu")
+                 str(lay.device) if lay.workers == 1 and lay.device is not None else "cpu", f.robustness)
     pool = None
     main: _MainLogMel | None = None
     stage_s = {"decode": 0.0, "egemaps": 0.0, "logmel": 0.0, "write": 0.0}

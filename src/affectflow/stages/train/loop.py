@@ -73,10 +73,19 @@ class WorkerData:
             self.x += [normalize(a, stats) for a in xs]
             self.y = np.concatenate([self.y, np.asarray(syn.y, np.int64)])
             self.synthetic = np.concatenate([self.synthetic, np.ones(len(xs), bool)])
-        self.weight = np.where(self.synthetic, cfg.train.synthetic_weight, 1.0).astype(np.float32)
         names = sorted(set(cfg.train_corpora))
         # corpus index per row; synthetic rows (after the real ones) are -1
-        self.group = np.array([names.index(c) for c in cfg.train_corpora] + [-1] * int(self.synthetic.sum()))
+        group = [names.index(c) for c in cfg.train_corpora]
+        self.group = np.array(group + [-1] * int(self.synthetic.sum()))
+        # recording-condition copies last: labels and corpus of their clip, (corpus, copy) statistics
+        self.copy = np.zeros(len(self.y), bool)
+        for k, copy in enumerate(raw.copies, start=1):
+            self.x += norm(copy, [f"{c}@r{k}" for c in cfg.train_corpora])
+            self.y = np.concatenate([self.y, np.asarray(cfg.train_y, np.int64)])
+            self.synthetic = np.concatenate([self.synthetic, np.zeros(len(copy), bool)])
+            self.copy = np.concatenate([self.copy, np.ones(len(copy), bool)])
+            self.group = np.concatenate([self.group, group])
+        self.weight = np.where(self.synthetic, cfg.train.synthetic_weight, 1.0).astype(np.float32)
         self.vx = norm(raw.val, cfg.val_corpora)
         self.vy = np.asarray(cfg.val_y, np.int64)
 
@@ -125,10 +134,13 @@ def worker_batch_size(tc: TrainConfig, world: int) -> int:
 
 
 def epoch_order(tc: TrainConfig, y: np.ndarray, epoch: int, n_classes: int,
-                synthetic: np.ndarray | None = None, group: np.ndarray | None = None) -> np.ndarray:
+                synthetic: np.ndarray | None = None, group: np.ndarray | None = None,
+                copy: np.ndarray | None = None) -> np.ndarray:
     """This epoch's sample order (shared by all workers): a permutation, or a class- / corpus-
     balanced draw, of the real rows and this epoch's draw of the synthetic ones (`synthetic`: mask
-    of those; `group`: each row's corpus index, for `corpus_balance`)."""
+    of those; `group`: each row's corpus index, for `corpus_balance`). Recording-condition copies
+    (`copy`: mask) join the pool without lengthening the epoch: as many rows are drawn as there
+    are rows without them."""
     rng, _, _ = epoch_rng(tc.seed, epoch, ORDER_STREAM)
     rows = np.arange(len(y))
     if synthetic is not None and synthetic.any():
@@ -136,6 +148,7 @@ def epoch_order(tc: TrainConfig, y: np.ndarray, epoch: int, n_classes: int,
         k = synthetic_in_epoch(tc, len(syn), epoch)
         if k < len(syn):  # the constant schedule draws nothing here: its order is unchanged
             rows = np.sort(np.concatenate([np.flatnonzero(~synthetic), rng.choice(syn, size=k, replace=False)]))
+    n_draw = len(rows) - (int(copy[rows].sum()) if copy is not None else 0)
     w = np.ones(len(rows))
     sampler = tc.class_balance == "sampler"
     if tc.corpus_balance and group is not None:
@@ -152,8 +165,8 @@ def epoch_order(tc: TrainConfig, y: np.ndarray, epoch: int, n_classes: int,
     elif sampler:
         w /= np.bincount(y[rows], minlength=n_classes).astype(float)[y[rows]]
     if tc.class_balance == "sampler" or (tc.corpus_balance and group is not None):
-        return rows[rng.choice(len(rows), size=len(rows), replace=True, p=w / w.sum())]
-    return rows[rng.permutation(len(rows))]
+        return rows[rng.choice(len(rows), size=n_draw, replace=True, p=w / w.sum())]
+    return rows[rng.permutation(len(rows))[:n_draw]]
 
 
 # ----------------------------------------------------------------------------- losses and schedule
@@ -349,7 +362,7 @@ def _setup(cfg: WorkerConfig, data: WorkerData, device: torch.device, world: int
     model = _build(cfg, device, data.pretrained_weights)
     opt = torch.optim.AdamW(model.parameters(), lr=tc.lr, weight_decay=tc.weight_decay)
     n_syn = int(data.synthetic.sum())
-    n_real = len(data.y) - n_syn
+    n_real = len(data.y) - n_syn - int(data.copy.sum())
     per_batch = worker_batch_size(tc, world)
     # Equal shards (DDP needs the same number of steps on every worker); a fading synthetic share
     # makes later epochs shorter, and the schedule counts the steps of each.
@@ -370,7 +383,7 @@ def _epoch(cfg: WorkerConfig, r: _Run, data: WorkerData, epoch: int, rank: int, 
     n_classes = len(cfg.classes)
     rng, gen, seed = epoch_rng(tc.seed, epoch, 1 + rank)
     torch.manual_seed(seed)  # dropout
-    full = epoch_order(tc, data.y, epoch, n_classes, data.synthetic, data.group)
+    full = epoch_order(tc, data.y, epoch, n_classes, data.synthetic, data.group, data.copy)
     shard = len(full) // world
     order = full[: shard * world][rank::world]
     epoch_loss = r.loss_fn

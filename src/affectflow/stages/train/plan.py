@@ -43,7 +43,7 @@ SYNTHETIC_KEYS = ("synthetic_weight", "synthetic_schedule", "synthetic_fade_frac
 when not at their defaults, so runs named before these settings existed keep their names."""
 
 
-LATER_KEYS = ("corpus_balance", "checkpoint")
+LATER_KEYS = ("corpus_balance", "checkpoint", "robustness_copies")
 """train.* settings added after runs were cached: in the run name only when not at their default."""
 
 
@@ -92,6 +92,9 @@ class WorkerConfig:
     """The run's s3:// checkpoint folder that `ckpt_dir` mirrors (None: `ckpt_dir` is durable)."""
     inputs: str | None = None
     """The inputs pack remote Ray workers read (`shared.stage_inputs`); None: the local folders."""
+    robustness_copies: int = 0
+    """Recording-condition copies of every training clip (`<feature>@r<k>`, k = 1..N) to add; their
+    statistics are `stats_per_corpus["<corpus>@r<k>"]` (with train.normalize: corpus)."""
 
     def with_mlflow(self, info: dict[str, str]) -> WorkerConfig:
         from dataclasses import replace
@@ -187,6 +190,31 @@ def select_synthetic(path: str | Path, kind: str, classes: list[str], train_y: n
                          sha256=hashlib.sha256(f.read_bytes()).hexdigest()[:16])
 
 
+def check_robustness(params: Params, fs: FeatureSet, kind: str, ids: list[str]) -> list[str]:
+    """The copy kinds `train.robustness_copies` asks for, present for every training clip."""
+    from affectflow.features import egemaps as eg
+    from affectflow.features.robustness import copy_kind
+
+    n = params.train.robustness_copies
+    if not n:
+        return []
+    if kind not in eg.SMILE_KINDS:
+        raise TrainingError(f"train.robustness_copies: recording-condition copies exist for the openSMILE kinds "
+                            f"{list(eg.SMILE_KINDS)}; train.model {params.train.model} reads '{kind}'")
+    if n > params.features.robustness.copies:
+        raise TrainingError(f"train.robustness_copies is {n} but features.robustness.copies is "
+                            f"{params.features.robustness.copies}; compute more copies in the features stage")
+    kinds = [copy_kind(kind, k) for k in range(1, n + 1)]
+    for ck in kinds:
+        have = set(fs.index.loc[fs.index["kind"] == ck, "utt_id"].astype(str))
+        lacking = [i for i in ids if i not in have]
+        if lacking:
+            raise TrainingError(f"{fs.root}: no '{ck}' features for {len(lacking)} training clips (e.g. "
+                                f"{lacking[0]}); re-run `affectflow features` with features.robustness.copies >= {n}")
+        _check_feature_key(params, ck, _feature_key(fs, ck, ids), fs.root)
+    return kinds
+
+
 def run_name(tc: TrainConfig, identity: dict[str, Any], with_synthetic: bool) -> str:
     """`<model>-<hash>` of what the run computes (not how it executes): the same command resumes,
     a changed one starts afresh."""
@@ -218,10 +246,19 @@ def plan(params: Params, manifest: str | Path, features_dir: str | Path, out_dir
     else:
         stats = compute_stats(arrays, mode)
     per_corpus, deploy_corpus = corpus_normalization(pre_meta.pretrain if pre_meta else None)
+    corpora = tr["corpus"].astype(str).to_numpy()
     if tc.normalize == "corpus" and not per_corpus:
-        corpora = tr["corpus"].astype(str).to_numpy()
         per_corpus = {c: compute_stats([a for a, k in zip(arrays, corpora, strict=True) if k == c], "global").as_dict()
                       for c in sorted(set(corpora))}
+    copy_kinds = check_robustness(params, fs, kind, train_ids)
+    copy_keys = {ck: _feature_key(fs, ck, train_ids) for ck in copy_kinds}
+    copy_stats: dict[str, dict[str, Any]] = {}  # each (corpus, copy) is a recording condition of its own
+    for k, ck in enumerate(copy_kinds if tc.normalize == "corpus" else [], start=1):
+        copies = fs.load(ck, train_ids, mmap=True)
+        copy_stats |= {f"{c}@r{k}": compute_stats([a for a, g in zip(copies, corpora, strict=True) if g == c],
+                                                  "global").as_dict() for c in sorted(set(corpora))}
+        del copies
+    per_corpus = {**per_corpus, **copy_stats}
     deploy = DeployNormalization(
         mode="set" if tc.deploy_normalize == "set" or (tc.deploy_normalize == "auto" and tc.normalize == "corpus")
         else "pooled", min_clips=tc.deploy_min_clips)
@@ -235,6 +272,7 @@ def plan(params: Params, manifest: str | Path, features_dir: str | Path, out_dir
     name = run_name(tc, {
         "classes": classes, "train_ids": train_ids, "val_ids": val_ids, "feature_key": key,
         "stats": stats.as_dict(), "pretrained": pre_meta and pre_meta.lineage,
+        **({"robustness_keys": copy_keys} if copy_keys else {}),
         "synthetic": syn and {"sha256": syn.sha256, "rows": syn.rows}}, with_synthetic=bool(syn))
     root = checkpoint_root(params)
     ckpt_uri, local_ckpt = run_folder(root, name)
@@ -246,13 +284,14 @@ def plan(params: Params, manifest: str | Path, features_dir: str | Path, out_dir
         stats=stats.as_dict(), stats_per_corpus=per_corpus,
         pretrained=str(Path(pretrained).resolve()) if pretrained else None, synthetic=syn,
         ckpt_dir=local_ckpt, ckpt_uri=ckpt_uri if ckpt_uri != local_ckpt else None, storage=root,
-        local_mode=tc.num_workers == 0)
+        local_mode=tc.num_workers == 0, robustness_copies=len(copy_kinds))
     lineage = {**lineage_tags.lineage(params, df, manifest, features_dir, sections=("features", "audio", "train")),
                "run_name": name, "pretrained": str(pretrained or ""), "synthetic": syn.sha256 if syn else ""}
     meta = ModelMeta(
         arch=tc.model, classes=classes, feature=kind, feature_config=feature_cfg, feature_key=key,
         audio=params.audio.model_dump(mode="json"), normalization=stats.as_dict(),
-        normalization_per_corpus=per_corpus, deploy_corpus=deploy_corpus, deploy_normalization=deploy,
+        normalization_per_corpus={c: v for c, v in per_corpus.items() if c not in copy_stats},
+        deploy_corpus=deploy_corpus, deploy_normalization=deploy,
         arch_config=acfg,
         input_dim=input_dim, lineage={k: str(v) for k, v in lineage.items()},
         train=TrainFacts(corpora=sorted(set(tr["corpus"])), n_train=len(train_ids), n_val=len(val_ids),

@@ -24,7 +24,7 @@ import os
 import re
 import shutil
 import tempfile
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -141,6 +141,8 @@ class WorkerInputs:
     """The selected synthetic rows (cfg.synthetic.rows), in that order."""
     weights: dict[str, torch.Tensor] | None
     """The pretrained model's state_dict (cfg.pretrained)."""
+    copies: list[list[np.ndarray]] = field(default_factory=list)
+    """Recording-condition copy k (1..cfg.robustness_copies) of every training clip: copies[k - 1]."""
 
 
 def local_inputs(cfg: WorkerConfig) -> WorkerInputs:
@@ -154,7 +156,9 @@ def local_inputs(cfg: WorkerConfig) -> WorkerInputs:
     x_syn = (read_synthetic(syn.path, kept_only=False).X[np.asarray(syn.rows, np.int64)]
              if syn and syn.rows else None)
     return WorkerInputs(train=fs.load(cfg.feature, cfg.train_ids), val=fs.load(cfg.feature, cfg.val_ids),
-                        synthetic=x_syn, weights=load_weights(cfg.pretrained) if cfg.pretrained else None)
+                        synthetic=x_syn, weights=load_weights(cfg.pretrained) if cfg.pretrained else None,
+                        copies=[fs.load(f"{cfg.feature}@r{k}", cfg.train_ids)
+                                for k in range(1, cfg.robustness_copies + 1)])
 
 
 def write_inputs(cfg: WorkerConfig, uri: str) -> str:
@@ -170,6 +174,8 @@ def write_inputs(cfg: WorkerConfig, uri: str) -> str:
         arrays["synthetic"] = data.synthetic
     for key, t in (data.weights or {}).items():
         arrays[f"weights/{key}"] = t.detach().cpu().numpy()
+    for k, copy in enumerate(data.copies, start=1):
+        arrays.update({f"copy{k}/{i}": a for i, a in enumerate(copy)})
     with tempfile.TemporaryDirectory() as tmp:
         local = Path(tmp) / "inputs.npz" if store else Path(uri)
         with atomic_path(local) as part, open(part, "wb") as f:
@@ -193,7 +199,9 @@ def read_inputs(uri: str, cfg: WorkerConfig) -> WorkerInputs:
             return WorkerInputs(train=[z[f"train/{i}"] for i in range(n_train)],
                                 val=[z[f"val/{i}"] for i in range(n_val)],
                                 synthetic=z["synthetic"] if "synthetic" in keys else None,
-                                weights=weights or None)
+                                weights=weights or None,
+                                copies=[[z[f"copy{k}/{i}"] for i in range(n_train)]
+                                        for k in range(1, cfg.robustness_copies + 1)])
 
 
 def worker_inputs(cfg: WorkerConfig) -> WorkerInputs:
