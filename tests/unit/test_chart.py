@@ -728,8 +728,8 @@ def test_the_database_uri_is_never_in_a_command_line(rendered: dict, name: str) 
     for doc in rendered[name]:
         for c in containers(doc):
             argv = " ".join(c.get("command", []) + c.get("args", []))
-            # (with_backend_uri.py's format string "postgresql://{}:{}@..." is the only one allowed)
-            assert not re.search(r"postgresql://(?!\{\}:\{\}@\{\}:\{\}/\{\})", argv), (doc["metadata"]["name"], c["name"])
+            # (with_backend_uri.py's format string "postgresql+psycopg2://{}:{}@..." is the only one allowed)
+            assert not re.search(r"postgresql(\+psycopg2)?://(?!\{\}:\{\}@\{\}:\{\}/\{\})", argv), (doc["metadata"]["name"], c["name"])
             assert "--backend-store-uri" not in argv
             assert "$(DB_PASSWORD)" not in argv and "$(DB_USER)" not in argv
             env = env_of(c)
@@ -748,7 +748,8 @@ def test_backend_uri_is_built_url_encoded_from_the_environment(rendered: dict, n
     assert server["command"][3:] == ["mlflow", "server"]
     out = _run_with_backend_uri(server["command"][:3], _db_env(server))
     url = make_url(out["uri"])
-    assert (url.drivername, url.username, url.password) == ("postgresql", USER, PASSWORD)
+    # the driver the images ship (a bare postgresql:// is psycopg 3 under SQLAlchemy 2.1: not installed)
+    assert (url.drivername, url.username, url.password) == ("postgresql+psycopg2", USER, PASSWORD)
     host = "affectflow-postgres.ml.svc.cluster.local" if name == "default" else "postgres.databases.svc.cluster.local"
     assert (url.host, url.port, url.database) == (host, 5432, "mlflow")
     assert dict(url.query) == ({} if name == "default" else {"sslmode": "require"})

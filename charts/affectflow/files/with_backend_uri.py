@@ -7,7 +7,8 @@ import sys
 from urllib.parse import quote, urlencode
 
 e = os.environ
-uri = "postgresql://{}:{}@{}:{}/{}".format(
+# The driver named: the images ship psycopg2, and SQLAlchemy 2.1 maps a bare postgresql scheme to psycopg 3.
+uri = "postgresql+psycopg2://{}:{}@{}:{}/{}".format(
     quote(e["DB_USER"], safe=""), quote(e["DB_PASSWORD"], safe=""), e["DB_HOST"], e["DB_PORT"],
     quote(e["DB_NAME"], safe=""))
 if e.get("DB_SSLMODE"):
