@@ -1,27 +1,36 @@
 #!/usr/bin/env bash
 # The main job on the embedded default: the whole Kubeflow training DAG, run locally with kfp.local
-# (same components as on a cluster), on RAVDESS from ../shared/data when present, else on a generated
-# corpus. Ends with a registered MLflow model version and a summary: metrics, model URI, where the
-# MLflow UI is. MLflow on sqlite under artifacts/, Ray in-process, task outputs in artifacts/kfp/.
+# (same components as on a cluster), with params.yaml as it ships: the corpora of ../shared/data
+# (RAVDESS, EmoDB, TESS, EMOVO: four classes) when present, else a generated corpus (synthetic audio,
+# marked as such in every report). Ends with a registered MLflow model version and a summary:
+# metrics, model URI, where the MLflow UI is. MLflow on sqlite under artifacts/, Ray in-process,
+# task outputs in artifacts/kfp/.
 #
-#   DEMO_EPOCHS=30 bash scripts/demo.sh      # longer training
-#   DEMO_FULL=1 bash scripts/demo.sh         # params.yaml as is (log-mel CNN-BiGRU: much slower on a CPU)
+#   DEMO_EPOCHS=30 bash scripts/demo.sh      # another epoch budget
 set -euo pipefail
 cd "$(dirname "$0")/.."
 AF=.venv/bin/affectflow
 args=()
-if [ ! -d ../shared/data/ravdess ]; then
-  echo "../shared/data/ravdess not found: generating a demo corpus in demo_data/" >&2
+missing=()
+for corpus in ravdess emodb tess emovo; do
+  [ -d "../shared/data/$corpus" ] || missing+=("$corpus")
+done
+if [ ${#missing[@]} -eq 4 ]; then
+  echo "../shared/data has none of the four corpora: generating a demo corpus in demo_data/" >&2
   if [ ! -d demo_data/ravdess ]; then
-    .venv/bin/python -c "from affectflow.corpora.demo import make_ravdess_like; make_ravdess_like('demo_data/ravdess', actors=8, clips_per_emotion=4)"
+    .venv/bin/python -c "from affectflow.corpora.demo import make_ravdess_like; make_ravdess_like('demo_data/ravdess', actors=8, emotions=('angry', 'happy', 'neutral', 'sad'), clips_per_emotion=4)"
   fi
-  args+=(--set paths.data_root=demo_data)
+  args+=(--set paths.data_root=demo_data --set 'ingest.corpora=[{name: ravdess, adapter: ravdess, root: ravdess}]')
+elif [ ${#missing[@]} -gt 0 ]; then
+  echo "../shared/data lacks ${missing[*]}: training on the others" >&2
+  present=()
+  for corpus in ravdess emodb tess emovo; do
+    [ -d "../shared/data/$corpus" ] && present+=("{name: $corpus, adapter: $corpus, root: $corpus}")
+  done
+  args+=(--set "ingest.corpora=[$(IFS=,; echo "${present[*]}")]")
 fi
-if [ -z "${DEMO_FULL:-}" ]; then
-  # The short configuration: eGeMAPS functionals + MLP, minutes on two CPU cores.
-  args+=(--set "features.kinds=[egemaps]" --set train.model=egemaps_mlp
-         --set "train.epochs=${DEMO_EPOCHS:-15}" --set "train.patience=${DEMO_EPOCHS:-15}"
-         --set evaluate.bootstrap=200)
+if [ -n "${DEMO_EPOCHS:-}" ]; then
+  args+=(--set "train.epochs=${DEMO_EPOCHS}")
 fi
-$AF pipeline run --local "${args[@]}"
-$AF registry list "${args[@]}"
+$AF pipeline run --local ${args[@]+"${args[@]}"}
+$AF registry list ${args[@]+"${args[@]}"}

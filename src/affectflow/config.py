@@ -744,11 +744,12 @@ class PredictConfig(Section):
 class StudyCondition(Section):
     """One row of `affectflow ablate generalization`."""
 
-    method: Literal["svm", "recognizer", "dann"]
+    method: Literal["svm", "recognizer", "dann", "augment"]
     """svm: RBF SVM (C=10, balanced) on eGeMAPS with per-corpus standardisation — the reference a
     user would try first, outside the product; recognizer: the train stage (then evaluate) with
     `overrides`; dann: the pretrain stage with the held-out corpus as unlabelled target, then train
-    (`--pretrained`) and evaluate."""
+    (`--pretrained`) and evaluate; augment: the augment stage on the training corpora, then train
+    with its synthetic set (`train.synthetic_ratio`) and evaluate."""
     overrides: dict[str, Any] = Field(default_factory=dict)
     """Dotted params overrides of this condition (train.*, features.*, augment.*, pretrain.*)."""
     select: dict[str, dict[str, Any]] = Field(default_factory=dict)
@@ -977,8 +978,10 @@ SortedDumper.add_representer(
 
 
 def yaml_text(value: Any, flow: bool = False) -> str:
-    """`value` as canonical YAML (sorted keys); `flow`: one line, `[a, b]` / `{k: v}` style."""
-    return yaml.dump(value, Dumper=SortedDumper, default_flow_style=flow, sort_keys=True)
+    """`value` as canonical YAML (sorted keys); `flow`: one line, `[a, b]` / `{k: v}` style (never
+    wrapped: a run-form default must stay on its line of the IR's comment header)."""
+    return yaml.dump(value, Dumper=SortedDumper, default_flow_style=flow, sort_keys=True,
+                     width=float("inf") if flow else 80)
 
 
 def params_yaml(params: Params) -> str:

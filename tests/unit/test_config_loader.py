@@ -72,3 +72,11 @@ def test_bad_overrides_and_files(tmp_path):
         load_params(bad)
     with pytest.raises(ConfigError, match=r"ingest\.classes: .*unique"):
         load_params(None, ["ingest.classes=[sad, sad]"])
+
+
+def test_flow_yaml_text_stays_on_one_line_however_long():
+    from affectflow.config import yaml_text
+
+    corpora = [{"name": f"corpus{i}", "adapter": "csv", "root": f"/data/corpus{i}/manifest.csv"} for i in range(8)]
+    text = yaml_text(corpora, flow=True).strip()
+    assert "\n" not in text and yaml.safe_load(text) == corpora

@@ -135,3 +135,38 @@ def test_the_guards_refuse_a_held_out_clip_in_labelled_training(corpora: Path, t
     assert m.loc[m["corpus"] == "h", ["role", "split"]].drop_duplicates().values.tolist() == [["heldout", "test"]]
     with pytest.raises(G.StudyError, match="held_out: \\['nope'\\]"):
         G.held_out_names(_params(corpora, tmp_path, **{"studies.generalization.held_out": ["nope"]}).studies.generalization)
+
+
+def test_the_setting_to_ship_is_chosen_over_every_corpus_and_changes_no_table_number(corpora: Path,
+                                                                                   tmp_path: Path) -> None:
+    conditions = {"picked": {"method": "recognizer", "select": {"short": {"train.epochs": 1},
+                                                                 "long": {"train.epochs": 3}}}}
+    p = _params(corpora, tmp_path, conditions=conditions, **{"studies.generalization.held_out": ["gamma"]})
+    s = G.run_study(p, tmp_path / "study").summary
+    dep = s["deployment"]["picked"]
+    assert set(dep["loso_uar"]) == {"short", "long"} and dep["chosen"] == max(dep["loso_uar"], key=dep["loso_uar"].get)
+    assert dep["settings"] == conditions["picked"]["select"][dep["chosen"]]
+    # each candidate was scored with every study corpus held out in turn (the table's own gamma cell included)
+    cells = tmp_path / "study" / "cells"
+    for held in ("alpha", "beta", "gamma"):
+        assert len(list((cells / f"heldout_{held}" / "picked").glob("seed0-*"))) == 2
+    # the table's gamma number is the cell of the candidate gamma chose without itself
+    assert s["selection"]["gamma/picked"]["chosen"] in ("short", "long")
+    gamma = [json.loads((c / G.CELL_FILE).read_text())["uar"] for c in (cells / "heldout_gamma" / "picked").glob("seed0-*")]
+    assert any(100 * u == pytest.approx(s["table"]["picked"]["per_corpus"]["gamma"]["uar_mean"]) for u in gamma)
+    assert "What to ship" in (tmp_path / "study" / "table.md").read_text()
+
+
+def test_the_augment_condition_trains_its_generator_without_the_held_out_corpus(corpora: Path,
+                                                                                tmp_path: Path) -> None:
+    conditions = {"aug": {"method": "augment", "overrides": {
+        "train.synthetic_ratio": 0.5, "augment.epochs": 2, "augment.samples_per_class": 20,
+        "augment.filters": []}}}
+    p = _params(corpora, tmp_path, conditions=conditions, **{"studies.generalization.held_out": ["gamma"]})
+    s = G.run_study(p, tmp_path / "study").summary
+    assert s["table"]["aug"]["per_corpus"]["gamma"]["seeds"] == 1
+    cell = next((tmp_path / "study" / "cells" / "heldout_gamma" / "aug").glob("seed0-*"))
+    generator_rows = read_manifest(cell / "augment_manifest.parquet")
+    assert set(generator_rows["corpus"]) == {"alpha", "beta"}
+    train_summary = json.loads((cell / "train" / "summary.json").read_text())
+    assert train_summary["n_synthetic"] > 0  # the recognizer saw the kept synthetic rows

@@ -81,3 +81,32 @@ def test_flat_params_are_strings_within_mlflow_limits():
     flat = tracking.flat_params(params)
     assert all(isinstance(v, str) and len(v) <= tracking.MAX_PARAM_CHARS for v in flat.values())
     assert flat["ingest.classes"].endswith("...") and flat["train.lr"] == str(params.train.lr)
+
+
+def test_an_edited_copy_of_a_model_is_evaluated_in_a_run_of_its_own(synth_root: Path, tmp_path: Path,
+                                                                      tmp_path_factory: pytest.TempPathFactory):
+    """A copied folder keeps the training run's id in model.json; its scores must not overwrite
+    that run's (the run logged another model: its `model_content_hash` tag says which)."""
+    import shutil
+
+    import torch
+
+    from affectflow.cli import main
+    from affectflow.contracts.model_folder import content_hash
+    from affectflow.storage import read_json
+
+    t = trained(synth_root, tmp_path_factory)
+    run_id = t["result"].summary["mlflow_run_id"]
+    client = MlflowClient(resolve_uri(t["params"].tracking.uri))
+    assert client.get_run(run_id).data.tags[tracking.MODEL_HASH_TAG] == content_hash(t["result"].model_dir)
+    before = client.get_run(run_id).data.metrics["test_uar"]
+    copy = Path(shutil.copytree(t["result"].model_dir, tmp_path / "copy" / "model"))
+    state = torch.load(copy / "model.pt", weights_only=True)
+    torch.save({k: v * 0 if v.is_floating_point() else v for k, v in state.items()}, copy / "model.pt")
+    io = ["--params", str(t["base"] / "params.yaml"), "--manifest", str(t["manifest"]), "--features", str(t["features"])]
+    assert main(["evaluate", *io, "--model", str(copy), "--out", str(tmp_path / "eval")]) == 0
+    scored = read_json(tmp_path / "eval" / "metrics.json")
+    assert scored["model"]["content_hash"] == content_hash(copy) != content_hash(t["result"].model_dir)
+    assert client.get_run(run_id).data.metrics["test_uar"] == before
+    runs = client.search_runs([client.get_run(run_id).info.experiment_id], "tags.stage = 'evaluate'")
+    assert any(r.data.metrics.get("test_uar") == pytest.approx(scored["uar"]) for r in runs)

@@ -76,8 +76,10 @@ RUN_FORM: tuple[RunParam, ...] = (
              "corpus, target = unlabelled adaptation corpus; adapter csv takes a CSV manifest)."),
     RunParam("classes", "ingest.classes", "Emotion classes to train on (YAML list); other labels are dropped."),
     RunParam("label_map", "ingest.label_map", "Raw label -> class (YAML mapping), e.g. {calm: neutral}."),
-    RunParam("model", "train.model", "Recognizer architecture: cnn_bigru (log-mel) or egemaps_mlp (eGeMAPS)."),
-    RunParam("epochs", "train.epochs", "Maximum training epochs (early stopping on validation UAR)."),
+    RunParam("model", "train.model", "Recognizer architecture: compare_mlp (ComParE functionals), egemaps_mlp (eGeMAPS), "
+                                        "cnn_bigru (log-mel) or ssl_head (features.ssl)."),
+    RunParam("epochs", "train.epochs", "Training epochs: the fixed budget (train.checkpoint last) or the most before early stopping "
+                                        "on validation UAR (best_val)."),
     RunParam("batch_size", "train.batch_size", "Global training batch (shared out over Ray workers)."),
     RunParam("learning_rate", "train.lr", "Peak AdamW learning rate."),
     RunParam("seed", "train.seed", "Training seed (order, crops, dropout, initialisation)."),

@@ -52,7 +52,7 @@ from affectflow.contracts.model_folder import ModelMeta, is_model_folder
 from affectflow.corpora import AUDIO_EXTENSIONS, audio_files
 from affectflow.runtime.device import resolve_device
 from affectflow.runtime.progress import progress
-from affectflow.serving.recognizer import Featurizer, load_model_dir, predict_features
+from affectflow.serving.recognizer import Featurizer, load_model_dir, needs_the_whole_set, predict_features
 from affectflow.storage import atomic_write_text
 from affectflow.storage.s3 import SCHEME, S3NotFoundError, S3Store, S3Uri, is_s3, store_for
 from affectflow.tracking.uri import local_sqlite, mlflow_scope, resolve_uri
@@ -275,8 +275,20 @@ class RecognizerBackend:
         self.featurizer = DeviceFeaturizer(rec.meta, device)
         self.sample_rate = self.featurizer.sample_rate
 
+    @property
+    def whole_set(self) -> bool:
+        """Unknown-corpus audio standardised by the statistics of everything predicted together
+        (`deploy_normalization: set`): `featurize` every batch, `score` them all at once."""
+        return needs_the_whole_set(self.rec)
+
+    def featurize(self, waves: list[np.ndarray]) -> list[np.ndarray]:
+        return self.featurizer(waves)
+
+    def score(self, features: list[np.ndarray]) -> np.ndarray:
+        return predict_features(self.rec, features, self.batch_size)
+
     def predict(self, waves: list[np.ndarray]) -> np.ndarray:
-        return predict_features(self.rec, self.featurizer(waves), self.batch_size)
+        return self.score(self.featurize(waves))
 
 
 class PyfuncBackend:
@@ -410,7 +422,11 @@ def _reason(e: BaseException) -> str:
 
 
 class _Batcher:
-    """Collects windows of several files into model batches and credits each result to its file."""
+    """Collects windows of several files into model batches and credits each result to its file.
+
+    A backend that standardises unknown audio by the whole set (`whole_set`) is fed features batch
+    by batch and scored once at `finish`, so every window sees the same statistics whatever the
+    batch size (as `evaluate` scores a held-out corpus and the served model a request)."""
 
     def __init__(self, backend: Backend, results: list[FilePrediction], batch_size: int,
                  say: Callable[[str], None]):
@@ -419,6 +435,8 @@ class _Batcher:
         self.batch_size = batch_size
         self.say = say
         self.pending: list[tuple[int, np.ndarray]] = []
+        self.whole_set = bool(getattr(backend, "whole_set", False))
+        self.features: list[tuple[int, np.ndarray]] = []
 
     def add(self, index: int, wave: np.ndarray) -> None:
         self.pending.append((index, wave))
@@ -430,6 +448,9 @@ class _Batcher:
         self.pending = []
         if not batch:
             return
+        if self.whole_set:
+            self._featurize(batch)
+            return
         try:
             probs = self.backend.predict([w for _, w in batch])
         except Exception:
@@ -437,6 +458,33 @@ class _Batcher:
             return
         for (i, _), p in zip(batch, probs, strict=True):
             self.results[i].add(p)
+
+    def finish(self) -> None:
+        """Score what is pending; with `whole_set`, every collected window in one call."""
+        self.flush()
+        kept = [(i, f) for i, f in self.features if self.results[i].error is None]
+        self.features = []
+        if kept:
+            probs = self.backend.score([f for _, f in kept])  # type: ignore[attr-defined]
+            for (i, _), p in zip(kept, probs, strict=True):
+                self.results[i].add(p)
+
+    def _featurize(self, batch: list[tuple[int, np.ndarray]]) -> None:
+        featurize = self.backend.featurize  # type: ignore[attr-defined]
+        try:
+            self.features += list(zip([i for i, _ in batch], featurize([w for _, w in batch]), strict=True))
+            return
+        except Exception:
+            pass
+        errors = 0
+        for i, w in batch:  # find the clip(s) that cannot be featurised
+            try:
+                self.features.append((i, featurize([w])[0]))
+            except Exception as e:
+                errors += 1
+                if errors == len(batch) > 1:
+                    raise
+                fail(self.results[i], f"model cannot score this audio ({_reason(e)})", self.say)
 
     def _one_by_one(self, batch: list[tuple[int, np.ndarray]]) -> None:
         """Find the clip(s) the model cannot take; when every clip fails the fault is the model's."""
@@ -549,7 +597,7 @@ def predict_paths(params: Params, paths: Sequence[str | Path], model_uri: str | 
                     fail(res, _reason(e), say)
                     break
                 batcher.add(i, wave)
-        batcher.flush()
+        batcher.finish()
     return PredictResult(backend.uri, list(backend.classes), results)
 
 

@@ -293,7 +293,7 @@ def evaluate(params: Params, model_dir: str | Path, manifest: str | Path, featur
     atomic_write_json(out / "metrics.json", metrics)
     atomic_write_text(out / "report.md", report_md(metrics, params))
     with tracking.reopen_run(rec.meta.mlflow if log_to_model_run else None, params, "evaluate", tags={"stage": "evaluate"},
-                             sections=get_stage("evaluate").sections):
+                             sections=get_stage("evaluate").sections, model_hash=identity["content_hash"]):
         import mlflow
 
         flat = {f"test_{k}": metrics[k] for k in ("uar", "wa", "macro_f1")}

@@ -62,17 +62,23 @@ def study_params(params: Params, out: Path) -> Params:
     names = [c.name for c in g.corpora]
     if len(set(names)) != len(names):
         raise StudyError(f"studies.generalization.corpora: names must be unique, got {names}")
-    kinds = {"egemaps"}
+    kinds, copies = {"egemaps"}, 0  # the reference reads eGeMAPS
     for name, cond in g.conditions.items():
-        p = _with(params, cond.overrides, f"studies.generalization.conditions.{name}.overrides")
-        kinds.add(feature_kind(p.train.model))
-        for cand, over in cond.select.items():
-            feature_kind(_with(p, over, f"studies.generalization.conditions.{name}.select.{cand}").train.model)
+        where = f"studies.generalization.conditions.{name}"
+        p = _with(params, cond.overrides, f"{where}.overrides")
+        for cand, over in {"": {}, **cond.select}.items():
+            q = _with(p, over, f"{where}.select.{cand}")
+            if q.features != params.features:  # one feature store serves every cell
+                raise StudyError(f"{where}: overrides features.*; the study computes one set of features "
+                                 "(set features.* for the whole study instead)")
+            kinds.add(feature_kind(q.train.model))
+            copies = max(copies, q.train.robustness_copies)
     return with_overrides(params, {
         "ingest.corpora": [c.model_copy(update={"role": "source"}).model_dump(mode="json") for c in g.corpora],
         "ingest.classes": list(g.classes), "ingest.label_map": dict(g.label_map),
         "splits.source_test": False,
-        "features.kinds": sorted(kinds & {"logmel", "egemaps"}),
+        "features.kinds": sorted(kinds),
+        "features.robustness.copies": max(copies, params.features.robustness.copies),
         "tracking.uri": f"sqlite:///{(out / 'mlflow.db').resolve()}",
         "tracking.artifact_location": str((out / "mlartifacts").resolve()),
         "tracking.log_model": False, "evaluate.bootstrap": 0, "evaluate.cross_corpus": [],
@@ -177,7 +183,7 @@ def svm_cell(params: Params, df: pd.DataFrame, features: Path, train_corpora: li
 
 
 def recognizer_cell(params: Params, df: pd.DataFrame, features: Path, train_corpora: list[str], held: str,
-                    cell_dir: Path, pretrained: Path | None = None) -> pd.DataFrame:
+                    cell_dir: Path, pretrained: Path | None = None, synthetic: Path | None = None) -> pd.DataFrame:
     """The train stage on the training corpora, then the evaluate stage on the held-out corpus."""
     from affectflow.stages.evaluate import evaluate
     from affectflow.stages.train.stage import train
@@ -185,7 +191,7 @@ def recognizer_cell(params: Params, df: pd.DataFrame, features: Path, train_corp
     man = training_manifest(df, train_corpora, held)
     path = cell_dir / MANIFEST_FILE
     write_manifest(man, path)
-    tr = train(params, path, features, cell_dir / "train", pretrained=pretrained)
+    tr = train(params, path, features, cell_dir / "train", pretrained=pretrained, synthetic=synthetic)
     evaluate(params, tr.model_dir, path, features, cell_dir / "evaluate")
     pred = pd.read_parquet(cell_dir / "evaluate" / "predictions.parquet")
     pred = pred[pred["set"] == f"cross:{held}"]
@@ -206,12 +212,28 @@ def dann_cell(params: Params, df: pd.DataFrame, features: Path, train_corpora: l
     return recognizer_cell(p, df, features, train_corpora, held, cell_dir, pretrained=res.encoder_dir)
 
 
+def augment_cell(params: Params, df: pd.DataFrame, features: Path, train_corpora: list[str], held: str,
+                 cell_dir: Path) -> pd.DataFrame:
+    """The augment stage on the training corpora's training speakers (the held-out corpus is not in
+    its manifest at all), then the recognizer trained with the kept synthetic rows."""
+    from affectflow.stages.augment.stage import augment
+
+    man = training_manifest(df, train_corpora, held)
+    path = cell_dir / "augment_manifest.parquet"
+    write_manifest(man[man["corpus"] != held].reset_index(drop=True), path)
+    p = with_overrides(params, {"augment.seed": params.train.seed})
+    res = augment(p, path, features, cell_dir / "augment", track=False)
+    return recognizer_cell(p, df, features, train_corpora, held, cell_dir, synthetic=res.out_dir)
+
+
 def run_method(method: str, params: Params, df: pd.DataFrame, features: Path, train_corpora: list[str],
                held: str, cell_dir: Path) -> pd.DataFrame:
     if method == "svm":
         return svm_cell(params, df, features, train_corpora, held)
     if method == "dann":
         return dann_cell(params, df, features, train_corpora, held, cell_dir)
+    if method == "augment":
+        return augment_cell(params, df, features, train_corpora, held, cell_dir)
     return recognizer_cell(params, df, features, train_corpora, held, cell_dir)
 
 
@@ -268,6 +290,31 @@ def select_candidate(name: str, cond: StudyCondition, params: Params, df: pd.Dat
     return best, scores
 
 
+def deployment_choice(name: str, cond: StudyCondition, params: Params, df: pd.DataFrame, features: Path,
+                      out: Path, classes: list[str], g: GeneralizationConfig) -> dict[str, Any]:
+    """The candidate to ship: a model trained on *every* study corpus has no corpus left to test
+    on, so its setting is chosen by leave-one-source-corpus-out over all of them (each candidate
+    trained on all corpora but one, scored on that one; selection seeds). These are the table's own
+    cells for the candidate each held-out corpus chose, so only the others are trained here. The
+    table's numbers never use this choice (each held-out corpus made its own, without itself)."""
+    names = [c.name for c in g.corpora]
+    scores: dict[str, float] = {}
+    for cand, over in progress(list(cond.select.items()), f"deployment choice {name}", unit="candidate"):
+        uars = []
+        for held in names:
+            rest = [c for c in names if c != held]
+            for seed in g.selection_seeds:
+                p = _with(params, {**cond.overrides, **over, "train.seed": seed, "pretrain.seed": seed},
+                          f"conditions.{name}.select.{cand}")
+                cell = out / "cells" / f"heldout_{held}" / name / f"seed{seed}-{cell_key(cond.method, p, rest, held)}"
+                res = cached_cell(cell, lambda p=p, rest=rest, held=held, cell=cell: run_method(
+                    cond.method, p, df, features, rest, held, cell), classes, p)
+                uars.append(res["uar"])
+        scores[cand] = float(np.mean(uars))
+    best = max(scores, key=lambda k: scores[k])
+    return {"chosen": best, "settings": dict(cond.select[best]), "loso_uar": scores}
+
+
 # ----------------------------------------------------------------------------- the study
 def prepare(params: Params, out: Path) -> tuple[Path, Path]:
     """Ingest and features of every study corpus, once (the feature store is a cache)."""
@@ -314,7 +361,10 @@ def run_study(params: Params, out_dir: str | Path, conditions: list[str] | None 
             res = cached_cell(cell, lambda p=p, cell=cell, tc=train_corpora, held=held, m=cond.method: run_method(
                 m, p, df, features, tc, held, cell), classes, p)
             rows.append({"held_out": held, "condition": name, "seed": seed, "chosen": best or "", **res})
+    deployment = {name: deployment_choice(name, g.conditions[name], sp, df, features, out, classes, g)
+                  for name in names if g.conditions[name].select}
     summary = summarise(rows, names, helds, classes, chosen, time.perf_counter() - t0, g)
+    summary["deployment"] = deployment
     table = table_md(summary)
     write_outputs(out, summary, rows, table)
     log_to_mlflow(sp, out, summary)
@@ -379,6 +429,14 @@ def table_md(s: dict[str, Any]) -> str:
         for key, v in s["selection"].items():
             inner = ", ".join(f"{k} {100 * x:.1f}" for k, x in v["inner_uar"].items())
             lines.append(f"| {key} | {v['chosen']} | {inner} |")
+    if s.get("deployment"):
+        lines += ["", "## What to ship (a model trained on every corpus)", "",
+                  "Chosen by leave-one-source-corpus-out over all study corpora (mean UAR of each candidate "
+                  "trained on all corpora but one and scored on that one); not used by any number above.", "",
+                  "| condition | chosen | its settings | mean UAR per candidate |", "|---|---|---|---|"]
+        for name, v in s["deployment"].items():
+            per = ", ".join(f"{k} {100 * x:.1f}" for k, x in v["loso_uar"].items())
+            lines.append(f"| {name} | {v['chosen']} | `{json.dumps(v['settings'])}` | {per} |")
     lines += ["", f"Wall time {s['seconds'] / 60:.1f} min.", "", "![generalization](generalization.png)", ""]
     return "\n".join(lines)
 

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from affectflow.config import Params, TrackingConfig, flatten
+from affectflow.contracts.model_folder import content_hash
 from affectflow.tracking.uri import ensure_store, resolve_artifact_location
 
 MAX_PARAM_CHARS = 6000
@@ -26,6 +27,9 @@ MAX_PARAM_CHARS = 6000
 
 log = logging.getLogger(__name__)
 
+
+MODEL_HASH_TAG = "model_content_hash"
+"""Tag of a training run: the content hash of the model folder it logged."""
 
 def configure(cfg: TrackingConfig) -> str:
     """Point MLflow at the configured store and make sure the experiment exists; its id.
@@ -118,17 +122,20 @@ class EpochLogger:
 
 @contextlib.contextmanager
 def reopen_run(run_meta: Mapping[str, str] | None, params: Params, run_name: str,
-               tags: Mapping[str, str] | None = None, sections: Sequence[str] | None = None) -> Iterator[Any]:
-    """Log into the run that trained a model when it lives in the configured store; otherwise a
-    new run. (Evaluation belongs with the training run so one run tells the whole story.)"""
+               tags: Mapping[str, str] | None = None, sections: Sequence[str] | None = None,
+               model_hash: str | None = None) -> Iterator[Any]:
+    """Log into the run that trained a model when it lives in the configured store and logged this
+    very model (`model_hash`, the folder's content hash, equals the run's `model_content_hash` tag:
+    an edited copy of the folder carries the same run id but is another model); otherwise a new
+    run. (Evaluation belongs with the training run so one run tells the whole story.)"""
     import mlflow
 
     configure(params.tracking)
     run_id = None
     if run_meta and run_meta.get("run_id") and run_meta.get("tracking_uri") == mlflow.get_tracking_uri():
         try:
-            mlflow.get_run(run_meta["run_id"])
-            run_id = run_meta["run_id"]
+            logged = mlflow.get_run(run_meta["run_id"]).data.tags.get(MODEL_HASH_TAG)
+            run_id = run_meta["run_id"] if model_hash is None or logged in (None, model_hash) else None
         except Exception:
             run_id = None
     nested = mlflow.active_run() is not None
@@ -150,7 +157,8 @@ def log_training(run: Any, classes: list[str], summary: Mapping[str, Any], curve
     mlflow.log_metrics({name: float(summary[k]) for name, k in (("best_val_uar", "val_uar"), ("best_val_wa", "val_wa"),
                                                                ("best_epoch", "best_epoch"), ("epochs_run", "epochs_run"))
                         if summary.get(k) is not None})
-    mlflow.set_tags({"classes": ",".join(classes), "model_dir": str(Path(model_dir).resolve())})
+    mlflow.set_tags({"classes": ",".join(classes), "model_dir": str(Path(model_dir).resolve()),
+                     MODEL_HASH_TAG: content_hash(model_dir)})
     mlflow.log_artifact(str(curves), artifact_path="plots")
     mlflow.log_dict(dict(summary), "train_summary.json")
     mlflow.log_artifacts(str(model_dir), artifact_path="model_folder")
