@@ -41,9 +41,12 @@ from __future__ import annotations
 
 import base64
 import binascii
+import contextlib
 import io
 import logging
 import math
+import warnings
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -326,7 +329,6 @@ def log_pyfunc(model_dir: str | Path, name: str = "model", registered_model_name
     of `config` (default: `ServingConfig()`) is logged, since MLflow overrides only logged keys."""
     import mlflow
 
-    import affectflow
     from affectflow.contracts.model_folder import read_model_meta
 
     meta = read_model_meta(model_dir)
@@ -339,6 +341,29 @@ def log_pyfunc(model_dir: str | Path, name: str = "model", registered_model_name
             {k: v for k, v in meta.feature_config.items() if k in SslConfig.model_fields}))
         if isinstance(where, Path):
             artifacts[ENCODER_ARTIFACT] = str(where.resolve())
+    # MLflow's notes on this way of logging (type hints, CloudPickle) are advice to other code: our
+    # signature is explicit and the pickled object holds no state. Not shown to users.
+    with warnings.catch_warnings(), _quiet("mlflow.pyfunc"):
+        warnings.filterwarnings("ignore", message=".*type hints to the `predict` method.*")
+        return _log_model(mlflow, name, artifacts, meta, config, registered_model_name)
+
+
+@contextlib.contextmanager
+def _quiet(logger: str) -> Iterator[None]:
+    """`logger` shows errors only while the block runs."""
+    lg = logging.getLogger(logger)
+    before = lg.level
+    lg.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        lg.setLevel(before)
+
+
+def _log_model(mlflow: Any, name: str, artifacts: dict[str, str], meta: Any, config: ServingConfig | None,
+               registered_model_name: str | None) -> Any:
+    import affectflow
+
     return mlflow.pyfunc.log_model(
         name=name,
         python_model=AffectflowPyfunc(),

@@ -10,7 +10,10 @@ per feature kind — so a failure names the expectation and the rows that broke 
 
 from __future__ import annotations
 
+import contextlib
 import functools
+import io
+import logging
 import math
 import os
 from collections.abc import Iterable, Sequence
@@ -38,6 +41,8 @@ from affectflow.contracts.manifest import read_manifest
 from affectflow.runtime.progress import progress
 from affectflow.stages.spec import Inputs
 from affectflow.storage import atomic_write_json, atomic_write_text
+
+log = logging.getLogger(__name__)
 
 SPLITS = ("train", "val", "test")
 ROLES = ("source", "target", "heldout")
@@ -368,6 +373,14 @@ def _context() -> Any:
 
 def run_tables(tables: Sequence[Table], n_examples: int) -> list[dict[str, Any]]:
     """Validate every table with its suite; one dict per check, in the order the checks were declared."""
+    with contextlib.redirect_stdout(io.StringIO()) as said:  # GX prints bare lists ("[]") to stdout
+        out = _run_suites(tables, n_examples)
+    if said.getvalue().strip():
+        log.debug("great expectations: %s", said.getvalue().strip())
+    return out
+
+
+def _run_suites(tables: Sequence[Table], n_examples: int) -> list[dict[str, Any]]:
     context = _context()
     source = context.data_sources.add_pandas("affectflow")
     out: list[dict[str, Any]] = []

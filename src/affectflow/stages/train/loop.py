@@ -15,6 +15,7 @@ so all ranks stop at the same epoch and none waits forever in the next all-reduc
 from __future__ import annotations
 
 import logging
+import math
 import shutil
 import tempfile
 import time
@@ -474,7 +475,10 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any] | None:
         if mlf is not None:
             mlf(epoch, scores)
         if rank == 0 and hasattr(bar, "set_postfix"):
-            bar.set_postfix(val_uar=f"{row['val_uar']:.3f}", best=f"{st['best_uar']:.3f}")
+            if math.isnan(row["val_uar"]):  # no validation speakers (train.checkpoint: last)
+                bar.set_postfix(train_loss=f"{row['train_loss']:.3f}", train_acc=f"{row['train_acc']:.3f}")
+            else:
+                bar.set_postfix(val_uar=f"{row['val_uar']:.3f}", best=f"{st['best_uar']:.3f}")
         log.info("epoch %d: %s", epoch, {k: round(v, 4) for k, v in row.items()})
         if tc.stop_after_epochs and epoch + 1 - first >= tc.stop_after_epochs and st["epoch"] < tc.epochs and not st["stopped"]:
             raise TrainingInterrupted(f"train.stop_after_epochs={tc.stop_after_epochs}: stopped after epoch "
