@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -273,21 +273,31 @@ def select_candidate(name: str, cond: StudyCondition, params: Params, df: pd.Dat
         return None, {}
     if len(train_corpora) < 2:
         raise StudyError(f"studies.generalization.conditions.{name}.select: needs at least 2 training corpora")
+    scores = leave_one_out_scores(name, cond, params, df, features, train_corpora, classes, g,
+                                  lambda held, cand: out / f"inner_{held}" / cand)
+    best = max(scores, key=lambda k: scores[k])
+    return best, scores
+
+
+def leave_one_out_scores(name: str, cond: StudyCondition, params: Params, df: pd.DataFrame, features: Path,
+                         corpora: list[str], classes: list[str], g: GeneralizationConfig,
+                         folder: Callable[[str, str], Path]) -> dict[str, float]:
+    """Mean UAR of each `cond.select` candidate over `corpora` held out in turn (trained on the
+    others) and the selection seeds; `folder(held, candidate)` is where its cells are cached."""
     scores: dict[str, float] = {}
-    for cand, over in cond.select.items():
+    for cand, over in progress(list(cond.select.items()), f"choose {name}", unit="candidate"):
         uars = []
-        for inner in train_corpora:
-            rest = [c for c in train_corpora if c != inner]
+        for held in corpora:
+            rest = [c for c in corpora if c != held]
             for seed in g.selection_seeds:
                 p = _with(params, {**cond.overrides, **over, "train.seed": seed, "pretrain.seed": seed},
                           f"conditions.{name}.select.{cand}")
-                cell = out / f"inner_{inner}" / cand / f"seed{seed}-{cell_key(cond.method, p, rest, inner)}"
-                res = cached_cell(cell, lambda p=p, rest=rest, inner=inner, cell=cell: run_method(
-                    cond.method, p, df, features, rest, inner, cell), classes, p)
+                cell = folder(held, cand) / f"seed{seed}-{cell_key(cond.method, p, rest, held)}"
+                res = cached_cell(cell, lambda p=p, rest=rest, held=held, cell=cell: run_method(
+                    cond.method, p, df, features, rest, held, cell), classes, p)
                 uars.append(res["uar"])
         scores[cand] = float(np.mean(uars))
-    best = max(scores, key=lambda k: scores[k])
-    return best, scores
+    return scores
 
 
 def deployment_choice(name: str, cond: StudyCondition, params: Params, df: pd.DataFrame, features: Path,
@@ -298,19 +308,8 @@ def deployment_choice(name: str, cond: StudyCondition, params: Params, df: pd.Da
     cells for the candidate each held-out corpus chose, so only the others are trained here. The
     table's numbers never use this choice (each held-out corpus made its own, without itself)."""
     names = [c.name for c in g.corpora]
-    scores: dict[str, float] = {}
-    for cand, over in progress(list(cond.select.items()), f"deployment choice {name}", unit="candidate"):
-        uars = []
-        for held in names:
-            rest = [c for c in names if c != held]
-            for seed in g.selection_seeds:
-                p = _with(params, {**cond.overrides, **over, "train.seed": seed, "pretrain.seed": seed},
-                          f"conditions.{name}.select.{cand}")
-                cell = out / "cells" / f"heldout_{held}" / name / f"seed{seed}-{cell_key(cond.method, p, rest, held)}"
-                res = cached_cell(cell, lambda p=p, rest=rest, held=held, cell=cell: run_method(
-                    cond.method, p, df, features, rest, held, cell), classes, p)
-                uars.append(res["uar"])
-        scores[cand] = float(np.mean(uars))
+    scores = leave_one_out_scores(name, cond, params, df, features, names, classes, g,
+                                  lambda held, _cand: out / "cells" / f"heldout_{held}" / name)
     best = max(scores, key=lambda k: scores[k])
     return {"chosen": best, "settings": dict(cond.select[best]), "loso_uar": scores}
 
