@@ -415,9 +415,10 @@ class AugmentConfig(Section):
     """Weight of the adversarial terms (encoder vs latent discriminator, decoder vs real/fake head)."""
     samples_per_class: int = Field(500, ge=1)
     """Generated per class before filtering (a larger pool leaves more to choose from)."""
-    filters: list[Literal["realness", "agreement", "manifold", "novelty"]] = Field(
+    filters: list[Literal["realness", "agreement", "manifold", "novelty", "style_novelty"]] = Field(
         default_factory=lambda: ["realness", "agreement", "manifold", "novelty"])
-    """Criteria a kept sample must pass; [] keeps everything (unfiltered)."""
+    """Criteria a kept sample must pass; [] keeps everything (unfiltered). `style_novelty` needs
+    `style: speaker` and is not in the default list (it is the new-speakers experiment, not a fixed choice)."""
     realness_quantile: float = Field(0.1, ge=0, le=1)
     """Reject samples whose critic score is below this quantile of held-out real scores."""
     realness_holdout: float = Field(0.1, ge=0, lt=1)
@@ -437,9 +438,42 @@ class AugmentConfig(Section):
     training data with this many components (0 = standardised features)."""
     keep_fraction: float = Field(1.0, gt=0, le=1)
     """Per class, keep at most this fraction of the generated samples (best realness first)."""
+    style: Literal["none", "speaker"] = "none"
+    """none: emotion-conditioned only. speaker: the WGAN-GP is also conditioned on a per-speaker style
+    code (PCA of speaker means), and samples are drawn with codes mixed between training speakers (of
+    different corpora when there are several), so it can produce voices the training set lacks.
+    Vector features (egemaps) and wgan_gp only."""
+    style_dim: int = Field(8, ge=1)
+    """Length of the style code (PCA components of the per-speaker feature means; zero-padded when
+    there are fewer training speakers than components)."""
+    style_mix: list[float] = Field(default_factory=lambda: [0.2, 0.8], min_length=2, max_length=2)
+    """A new code is (1 - w)·a + w·b for two training speakers a, b with w ~ U(style_mix)."""
+    style_noise: float = Field(0.0, ge=0)
+    """Gaussian jitter added to a mixed code, in units of the training codes' per-component std
+    (> 0 extrapolates beyond the segment between two speakers)."""
+    style_novelty_quantile: float = Field(0.5, ge=0, le=1)
+    """style_novelty filter: a sample's style distance to the nearest training speaker must exceed this
+    quantile of real clips' style distance to their nearest *other* training speaker."""
     seed: int = 0
     device: Literal["auto", "cpu", "cuda"] = "auto"
     """auto: CUDA when present; cuda: require it; cpu."""
+
+    @model_validator(mode="after")
+    def _style(self) -> AugmentConfig:
+        lo, hi = self.style_mix
+        if not 0.0 <= lo <= hi <= 1.0:
+            raise ValueError(f"augment.style_mix: [{lo}, {hi}] must satisfy 0 <= lo <= hi <= 1")
+        if self.style != "none":
+            if self.feature != "egemaps":
+                raise ValueError(f"augment.style: {self.style} needs vector features (augment.feature: egemaps), "
+                                 f"not {self.feature}; log-mel generators are emotion-conditioned only")
+            if self.generator != "wgan_gp":
+                raise ValueError(f"augment.style: {self.style} is implemented for generator wgan_gp only, "
+                                 f"not {self.generator}")
+        elif "style_novelty" in self.filters:
+            raise ValueError("augment.filters: style_novelty needs augment.style: speaker (there is no style "
+                             "code to be novel in)")
+        return self
 
 
 class DannAblationConfig(Section):

@@ -8,7 +8,9 @@ Fields (numpy arrays, no pickled objects):
   generator   str, which generator made them
   kept        bool per row: passed the quality filter
   <score>     one float/bool value per row for every filter score (realness, agreement,
-              nn_distance, knn_inside, and any score a newer filter adds)
+              nn_distance, knn_inside, style_novelty, and any score a newer filter adds)
+  style       optional float32 (n, style_dim): the style code each row was generated with
+              (augment.style: speaker); sets written without it read back with style None
 
 `write_synthetic` and `read_synthetic` are the only writer and reader: training, the studies and
 the tests all read through `read_synthetic`, which checks every field and names the missing one.
@@ -27,6 +29,8 @@ SYNTHETIC_FILE = "synthetic.npz"
 REQUIRED_FIELDS = ("X", "y", "classes", "feature", "kept")
 HEADER_FIELDS = ("classes", "feature", "generator")
 """Fields that describe the set, not one row each."""
+OPTIONAL_ROW_FIELDS = ("style",)
+"""Per-row fields that are not filter scores (absent from older sets)."""
 
 
 class SyntheticFormatError(ValueError):
@@ -43,6 +47,8 @@ class SyntheticSet:
     generator: str = ""
     scores: dict[str, np.ndarray] = field(default_factory=dict)
     """Per-row filter scores by name."""
+    style: np.ndarray | None = None
+    """(n, style_dim) style code per row, or None (not style-conditioned, or an older file)."""
 
     def __len__(self) -> int:
         return len(self.X)
@@ -50,7 +56,8 @@ class SyntheticSet:
     def rows(self, mask: np.ndarray) -> SyntheticSet:
         """The same set restricted to `mask` (bool per row) or an index array."""
         return replace(self, X=self.X[mask], y=self.y[mask], kept=self.kept[mask],
-                       scores={k: v[mask] for k, v in self.scores.items()})
+                       scores={k: v[mask] for k, v in self.scores.items()},
+                       style=None if self.style is None else self.style[mask])
 
     def kept_only(self) -> SyntheticSet:
         return self.rows(self.kept.astype(bool))
@@ -65,10 +72,11 @@ def synthetic_file(path: str | Path) -> Path:
 def write_synthetic(path: str | Path, s: SyntheticSet) -> Path:
     """Write atomically (a reader never sees half a set)."""
     n = len(s.X)
-    for name, v in (("y", s.y), ("kept", s.kept), *s.scores.items()):
+    optional = {} if s.style is None else {"style": s.style.astype(np.float32)}
+    for name, v in (("y", s.y), ("kept", s.kept), *s.scores.items(), *optional.items()):
         if len(v) != n:
             raise SyntheticFormatError(f"{path}: field '{name}' has {len(v)} rows, X has {n}")
-    clash = set(s.scores) & {*REQUIRED_FIELDS, *HEADER_FIELDS}
+    clash = set(s.scores) & {*REQUIRED_FIELDS, *HEADER_FIELDS, *OPTIONAL_ROW_FIELDS}
     if clash:
         raise SyntheticFormatError(f"{path}: score names {sorted(clash)} are reserved fields")
     target = synthetic_file(path)
@@ -77,7 +85,7 @@ def write_synthetic(path: str | Path, s: SyntheticSet) -> Path:
     with atomic_path(target) as tmp, open(tmp, "wb") as fh:
         np.savez(fh, X=s.X.astype(np.float32), y=s.y.astype(np.int64),
                  classes=np.asarray(s.classes, dtype=str), feature=np.asarray(s.feature),
-                 generator=np.asarray(s.generator), kept=s.kept.astype(bool), **scores)
+                 generator=np.asarray(s.generator), kept=s.kept.astype(bool), **scores, **optional)
     return target
 
 
@@ -103,5 +111,6 @@ def read_synthetic(path: str | Path, kept_only: bool = True) -> SyntheticSet:
         X=arrays["X"], y=arrays["y"].astype(np.int64), classes=[str(c) for c in arrays["classes"]],
         feature=str(arrays["feature"]), kept=arrays["kept"].astype(bool),
         generator=str(arrays["generator"]) if "generator" in arrays else "",
-        scores={k: arrays[k] for k in row_fields if k not in ("y", "kept")})
+        scores={k: arrays[k] for k in row_fields if k not in ("y", "kept", *OPTIONAL_ROW_FIELDS)},
+        style=arrays.get("style"))
     return s.kept_only() if kept_only else s

@@ -102,6 +102,12 @@ def phase_schedule(k1: int, k2: int, k3: int) -> list[str]:
     return ["encoder"] * k1 + ["decoder"] * k2 + ["classifier"] * k3
 
 
+def _no_style(styles: np.ndarray | None) -> None:
+    """AAEC is emotion-conditioned only (the config refuses augment.style with it)."""
+    if styles is not None:
+        raise ValueError("AAEC is not style-conditioned: styles must be None (augment.style: none)")
+
+
 @dataclass
 class TrainedAaec:
     """A trained AAEC bound to its real training set (X' needs real sources)."""
@@ -114,8 +120,9 @@ class TrainedAaec:
     batch_size: int = 256
 
     @torch.no_grad()
-    def sample(self, labels: np.ndarray, seed: int) -> np.ndarray:
+    def sample(self, labels: np.ndarray, seed: int, styles: np.ndarray | None = None) -> np.ndarray:
         """One X' per requested label, each from a random real source of that label."""
+        _no_style(styles)
         self.model.eval()
         rng = np.random.default_rng(seed)
         g = torch.Generator(device="cpu").manual_seed(seed)
@@ -134,9 +141,10 @@ class TrainedAaec:
         return np.concatenate(out).astype(np.float32) if out else np.zeros((0,), np.float32)
 
     @torch.no_grad()
-    def realness(self, X: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    def realness(self, X: np.ndarray, labels: np.ndarray, styles: np.ndarray | None = None) -> np.ndarray:
         """Real/fake logit of the classifier (the label is not used: the head is unconditional)."""
         del labels
+        _no_style(styles)
         self.model.eval()
         out = []
         for i in range(0, len(X), self.batch_size):

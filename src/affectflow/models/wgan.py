@@ -6,6 +6,11 @@ The generator is conditioned by concatenating a label embedding to the noise; th
 projection (Miyato & Koyama, 2018): score = w·h + <embed(y), h>. Projection keeps one scalar per
 (sample, label), so the trained critic's score is also the realness score of the quality filter.
 The critic has no batch norm (the gradient penalty is per sample). Inputs are standardised.
+
+Optionally (vectors only) both are also conditioned on a style code s per sample (a speaker's code,
+`affectflow.stages.augment.style`): the generator reads [z, embed(y), s] and the critic reads [x, s],
+so the critic can reject a sample whose voice does not match its code and the generator has to use
+s. Sampling with codes no training speaker has asks for a voice between the training speakers.
 """
 
 from __future__ import annotations
@@ -41,16 +46,22 @@ def mlp(sizes: Sequence[int], final_act: bool = False) -> nn.Sequential:
 
 
 class MlpGenerator(nn.Module):
-    """(z, y) -> x of shape (d,)."""
+    """(z, y[, s]) -> x of shape (d,); s is a style code of `style_dim` values (0 = no style input)."""
 
-    def __init__(self, latent_dim: int, n_classes: int, out_dim: int, hidden: Sequence[int]):
+    def __init__(self, latent_dim: int, n_classes: int, out_dim: int, hidden: Sequence[int], style_dim: int = 0):
         super().__init__()
         self.latent_dim = latent_dim
+        self.style_dim = style_dim
         self.embed = nn.Embedding(n_classes, latent_dim)
-        self.net = mlp([2 * latent_dim, *hidden, out_dim])
+        self.net = mlp([2 * latent_dim + style_dim, *hidden, out_dim])
 
-    def forward(self, z: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        return self.net(torch.cat([z, self.embed(y)], dim=1))
+    def forward(self, z: torch.Tensor, y: torch.Tensor, s: torch.Tensor | None = None) -> torch.Tensor:
+        parts = [z, self.embed(y)]
+        if self.style_dim:
+            if s is None:
+                raise ValueError(f"this generator is style-conditioned: pass a style code of {self.style_dim} values")
+            parts.append(s.to(z.dtype))
+        return self.net(torch.cat(parts, dim=1))
 
 
 class MlpTrunk(nn.Module):
@@ -111,34 +122,52 @@ class ConvTrunk(nn.Module):
 
 
 class ProjectionCritic(nn.Module):
-    """score(x, y) = w·h(x) + <embed(y), h(x)>: one unbounded scalar per sample (Wasserstein critic)."""
+    """score(x, y) = w·h(x) + <embed(y), h(x)>: one unbounded scalar per sample (Wasserstein critic).
 
-    def __init__(self, trunk: nn.Module, n_classes: int):
+    With `style_dim` > 0 the trunk reads [x, s] (its input width must include the code)."""
+
+    def __init__(self, trunk: nn.Module, n_classes: int, style_dim: int = 0):
         super().__init__()
         self.trunk = trunk
+        self.style_dim = style_dim
         self.linear = nn.Linear(trunk.out_dim, 1)
         self.embed = nn.Embedding(n_classes, trunk.out_dim)
 
-    def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, y: torch.Tensor, s: torch.Tensor | None = None) -> torch.Tensor:
+        if self.style_dim:
+            if s is None:
+                raise ValueError(f"this critic is style-conditioned: pass a style code of {self.style_dim} values")
+            x = torch.cat([x, s.to(x.dtype)], dim=1)
         h = self.trunk(x)
         return self.linear(h).squeeze(1) + (self.embed(y) * h).sum(dim=1)
 
 
-def build_generator(sample_shape: tuple[int, ...], n_classes: int, cfg: AugmentConfig) -> nn.Module:
-    """MLP generator for vectors, conv generator for 2-D segments."""
+def _vectors_only(sample_shape: tuple[int, ...], style_dim: int) -> None:
+    if style_dim and len(sample_shape) != 1:
+        raise ValueError(f"augment.style: style codes need vector samples, got sample shape {sample_shape}")
+
+
+def build_generator(
+    sample_shape: tuple[int, ...], n_classes: int, cfg: AugmentConfig, style_dim: int = 0,
+) -> nn.Module:
+    """MLP generator for vectors, conv generator for 2-D segments (style codes: vectors only)."""
+    _vectors_only(sample_shape, style_dim)
     if len(sample_shape) == 1:
-        return MlpGenerator(cfg.latent_dim, n_classes, sample_shape[0], cfg.hidden)
+        return MlpGenerator(cfg.latent_dim, n_classes, sample_shape[0], cfg.hidden, style_dim)
     return ConvGenerator(cfg.latent_dim, n_classes, (sample_shape[0], sample_shape[1]), cfg.conv_channels)
 
 
-def build_trunk(sample_shape: tuple[int, ...], cfg: AugmentConfig) -> nn.Module:
+def build_trunk(sample_shape: tuple[int, ...], cfg: AugmentConfig, style_dim: int = 0) -> nn.Module:
+    _vectors_only(sample_shape, style_dim)
     if len(sample_shape) == 1:
-        return MlpTrunk(sample_shape[0], cfg.hidden)
+        return MlpTrunk(sample_shape[0] + style_dim, cfg.hidden)
     return ConvTrunk(cfg.conv_channels)
 
 
-def build_critic(sample_shape: tuple[int, ...], n_classes: int, cfg: AugmentConfig) -> ProjectionCritic:
-    return ProjectionCritic(build_trunk(sample_shape, cfg), n_classes)
+def build_critic(
+    sample_shape: tuple[int, ...], n_classes: int, cfg: AugmentConfig, style_dim: int = 0,
+) -> ProjectionCritic:
+    return ProjectionCritic(build_trunk(sample_shape, cfg, style_dim), n_classes, style_dim)
 
 
 # ----------------------------------------------------------------------------- the loss
@@ -194,48 +223,77 @@ class Wgan:
     latent_dim: int
     history: TrainHistory
     batch_size: int = 256
+    style_dim: int = 0
+    """Length of the style code G and D are conditioned on (0 = emotion only)."""
+
+    def _styles(self, styles: np.ndarray | None, n: int, i: int) -> torch.Tensor | None:
+        """Batch [i, i + batch_size) of the style codes, checked against the model's conditioning."""
+        if not self.style_dim:
+            if styles is not None:
+                raise ValueError("this WGAN is not style-conditioned (augment.style: none): styles must be None")
+            return None
+        if styles is None or styles.shape != (n, self.style_dim):
+            got = None if styles is None else styles.shape
+            raise ValueError(f"style-conditioned WGAN: styles must have shape ({n}, {self.style_dim}), got {got}")
+        return torch.as_tensor(styles[i : i + self.batch_size], dtype=torch.float32, device=self.device)
 
     @torch.no_grad()
-    def sample(self, labels: np.ndarray, seed: int) -> np.ndarray:
-        """One standardised sample per requested label (deterministic for a seed)."""
+    def sample(self, labels: np.ndarray, seed: int, styles: np.ndarray | None = None) -> np.ndarray:
+        """One standardised sample per requested label (and style code, when style-conditioned).
+
+        Deterministic for a seed; the noise z does not depend on `styles`, so the same seed with
+        other codes gives the same z and labels in other voices."""
         self.generator.eval()
         g = torch.Generator(device="cpu").manual_seed(seed)
         out = []
         for i in range(0, len(labels), self.batch_size):
             y = torch.as_tensor(labels[i : i + self.batch_size], dtype=torch.long, device=self.device)
             z = torch.randn(len(y), self.latent_dim, generator=g).to(self.device)
-            out.append(self.generator(z, y).float().cpu().numpy())
+            s = self._styles(styles, len(labels), i)
+            x = self.generator(z, y) if s is None else self.generator(z, y, s)
+            out.append(x.float().cpu().numpy())
         return np.concatenate(out).astype(np.float32) if out else np.zeros((0,), np.float32)
 
     @torch.no_grad()
-    def realness(self, X: np.ndarray, labels: np.ndarray) -> np.ndarray:
-        """Critic score of each (sample, label) pair; higher = more real."""
+    def realness(self, X: np.ndarray, labels: np.ndarray, styles: np.ndarray | None = None) -> np.ndarray:
+        """Critic score of each (sample, label[, style code]); higher = more real."""
         self.critic.eval()
         out = []
         for i in range(0, len(X), self.batch_size):
             x = torch.as_tensor(X[i : i + self.batch_size], dtype=torch.float32, device=self.device)
             y = torch.as_tensor(labels[i : i + self.batch_size], dtype=torch.long, device=self.device)
-            out.append(self.critic(x, y).float().cpu().numpy())
+            out.append(self.critic(x, y, self._styles(styles, len(X), i)).float().cpu().numpy())
         return np.concatenate(out) if out else np.zeros((0,), np.float32)
 
 
 def train_wgan(
     X: np.ndarray, y: np.ndarray, n_classes: int, cfg: AugmentConfig, device: torch.device,
+    styles: np.ndarray | None = None,
 ) -> Wgan:
     """Train G and D on standardised samples X (n, d) or (n, n_mels, frames) with labels y.
 
     One epoch = one pass of the critic over the real data; the generator steps after every
     `n_critic` critic steps. Adam with `adam_betas` for both, as in the WGAN-GP paper.
+    `styles` (n, style_dim), vectors only: each real sample's style code; G and D are then also
+    conditioned on it (fakes in a critic step get the codes of the real batch; generator steps draw
+    (label, code) pairs of random real samples, so they follow the real joint distribution).
     """
     torch.manual_seed(cfg.seed)
     rng = np.random.default_rng(cfg.seed)
     shape = tuple(X.shape[1:])
-    G = build_generator(shape, n_classes, cfg).to(device)
-    D = build_critic(shape, n_classes, cfg).to(device)
+    style_dim = 0 if styles is None else int(styles.shape[1])
+    if styles is not None and len(styles) != len(X):
+        raise ValueError(f"train_wgan: {len(styles)} style codes for {len(X)} samples")
+    G = build_generator(shape, n_classes, cfg, style_dim).to(device)
+    D = build_critic(shape, n_classes, cfg, style_dim).to(device)
     opt_g = torch.optim.Adam(G.parameters(), lr=cfg.lr, betas=tuple(cfg.adam_betas))
     opt_d = torch.optim.Adam(D.parameters(), lr=cfg.lr, betas=tuple(cfg.adam_betas))
     Xt = torch.as_tensor(X, dtype=torch.float32, device=device)
     yt = torch.as_tensor(y, dtype=torch.long, device=device)
+    St = None if styles is None else torch.as_tensor(styles, dtype=torch.float32, device=device)
+
+    def gen(z: torch.Tensor, lab: torch.Tensor, s: torch.Tensor | None) -> torch.Tensor:
+        return G(z, lab) if s is None else G(z, lab, s)  # the conv generator takes no style
     # Labels for generator steps follow the real label distribution, so rare classes are not over-fitted.
     class_p = np.bincount(y, minlength=n_classes) / len(y)
     history = TrainHistory()
@@ -249,13 +307,14 @@ def train_wgan(
         D.train()
         for idx in batches(len(X), cfg.batch_size, rng):
             real, lab = Xt[idx], yt[idx]
+            s = None if St is None else St[idx]
             z = torch.randn(len(idx), cfg.latent_dim, device=device)
             with torch.no_grad(), autocast(device, amp):
-                fake = G(z, lab).float()
+                fake = gen(z, lab, s).float()
             with autocast(device, amp):
-                d_real = D(real, lab).float().mean()
-                d_fake = D(fake, lab).float().mean()
-            gp = gradient_penalty(D, real, fake, lab)
+                d_real = D(real, lab, s).float().mean()
+                d_fake = D(fake, lab, s).float().mean()
+            gp = gradient_penalty(lambda x_, y_, s_=s: D(x_, y_, s_), real, fake, lab)
             loss_d = d_fake - d_real + cfg.gp_weight * gp
             opt_d.zero_grad(set_to_none=True)
             loss_d.backward()
@@ -266,10 +325,15 @@ def train_wgan(
             n_d += 1
             step += 1
             if step % cfg.n_critic == 0:
-                lab_g = torch.as_tensor(rng.choice(n_classes, size=cfg.batch_size, p=class_p), device=device)
+                if St is None:
+                    lab_g = torch.as_tensor(rng.choice(n_classes, size=cfg.batch_size, p=class_p), device=device)
+                    s_g = None
+                else:
+                    pick = torch.as_tensor(rng.integers(0, len(X), size=cfg.batch_size), device=device)
+                    lab_g, s_g = yt[pick], St[pick]
                 z = torch.randn(cfg.batch_size, cfg.latent_dim, device=device)
                 with autocast(device, amp):
-                    loss_g = -D(G(z, lab_g), lab_g).float().mean()
+                    loss_g = -D(gen(z, lab_g, s_g), lab_g, s_g).float().mean()
                 opt_g.zero_grad(set_to_none=True)
                 loss_g.backward()
                 opt_g.step()
@@ -283,4 +347,4 @@ def train_wgan(
             "critic": sums["critic"] / max(n_d, 1), "gp": sums["gp"] / max(n_d, 1),
             "wasserstein": sums["wasserstein"] / max(n_d, 1), "generator": sums["generator"] / max(n_g, 1),
         })
-    return Wgan(G.eval(), D.eval(), device, cfg.latent_dim, history)
+    return Wgan(G.eval(), D.eval(), device, cfg.latent_dim, history, style_dim=style_dim)

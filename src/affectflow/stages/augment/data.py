@@ -39,6 +39,8 @@ class RealSet:
     kind: str
     utt_ids: np.ndarray
     speakers: np.ndarray
+    corpora: np.ndarray | None = None
+    """Corpus of each row (style codes mix speakers across corpora); None when not known."""
 
     @property
     def sample_shape(self) -> tuple[int, ...]:
@@ -80,16 +82,18 @@ def load_real_set(
     ids = rows["utt_id"].tolist()
     y_clip = np.array(rows["emotion"].map({c: i for i, c in enumerate(classes)}), dtype=np.int64)
     spk = np.array(rows["speaker"], dtype=str)
+    corp = np.array(rows["corpus"], dtype=str) if "corpus" in rows.columns else np.full(len(rows), "", dtype=str)
     if cfg.feature == "egemaps":
         X = fs.matrix("egemaps", ids)
         if X.ndim != 2:
             raise AugmentDataError(f"{features_dir}: egemaps features are not fixed-size vectors (shape {X.shape})")
-        return RealSet(X, y_clip, classes, "egemaps", np.asarray(ids), spk)
+        return RealSet(X, y_clip, classes, "egemaps", np.asarray(ids), spk, corp)
     rng = np.random.default_rng(cfg.seed)
     k = cfg.segments_per_clip
     segs = [crop_segments(a, cfg.segment_frames, k, rng) for a in fs.load("logmel", ids)]
     X = np.concatenate(segs).astype(np.float32)
-    return RealSet(X, np.repeat(y_clip, k), classes, "logmel", np.repeat(np.asarray(ids), k), np.repeat(spk, k))
+    return RealSet(X, np.repeat(y_clip, k), classes, "logmel", np.repeat(np.asarray(ids), k), np.repeat(spk, k),
+                   np.repeat(corp, k))
 
 
 @dataclass

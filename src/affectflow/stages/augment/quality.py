@@ -9,6 +9,12 @@ Three criteria (each score is stored per sample in synthetic.npz):
   manifold   in the embedding space: inside the k-NN ball of some real sample of the same class
              (the precision criterion of Kynkäänniemi et al., 2019), and farther from its nearest
              real sample than δ (a near-copy adds nothing and leaks memorisation).
+And, with `augment.style: speaker`, a fourth:
+  style_novelty  the sample's style (read from its features, `style.StyleSpace`) is farther from every
+             training speaker's code than the `style_novelty_quantile` of real clips' distance to
+             their nearest *other* training speaker: it sounds like a speaker the training set lacks.
+             Alone it rewards any off-manifold sample (garbage is "novel" too): use it together
+             with realness, agreement and manifold.
 """
 
 from __future__ import annotations
@@ -25,7 +31,7 @@ from sklearn.neural_network import MLPClassifier
 
 from affectflow.config import AugmentConfig
 
-CRITERIA = ("realness", "agreement", "manifold", "novelty")
+CRITERIA = ("realness", "agreement", "manifold", "novelty", "style_novelty")
 
 
 # ----------------------------------------------------------------------------- geometry
@@ -101,12 +107,14 @@ class AgreementModel:
 # ----------------------------------------------------------------------------- scores & filter
 @dataclass
 class Scores:
-    """Per synthetic sample: the three criteria's raw scores."""
+    """Per synthetic sample: the criteria's raw scores."""
 
     realness: np.ndarray
     agreement: np.ndarray
     nn_distance: np.ndarray
     knn_inside: np.ndarray
+    style_novelty: np.ndarray | None = None
+    """Distance of the sample's read style to the nearest training speaker (None: style off)."""
 
 
 @dataclass
@@ -118,10 +126,23 @@ class Thresholds:
     """Near-copy distance: the `min_distance_quantile` of real leave-one-out NN distances."""
     realness_pooled: float = -math.inf
     """Threshold for classes without their own (all calibration reals pooled)."""
+    style_novelty_min: float | None = None
+    """style_novelty: the `style_novelty_quantile` of real clips' distance to their nearest other
+    training speaker (None: style off)."""
 
     def to_json(self, classes: Sequence[str]) -> dict:
-        return {"realness_min": {classes[c]: v for c, v in self.realness_min.items()},
-                "realness_pooled": self.realness_pooled, "label_tau": self.label_tau, "delta": self.delta}
+        out = {"realness_min": {classes[c]: v for c, v in self.realness_min.items()},
+               "realness_pooled": self.realness_pooled, "label_tau": self.label_tau, "delta": self.delta}
+        if self.style_novelty_min is not None:
+            out["style_novelty_min"] = self.style_novelty_min
+        return out
+
+
+def style_novelty_threshold(real_novelty: np.ndarray, quantile: float) -> float:
+    """The style_novelty bar: a quantile of the real clips' own novelty against the other speakers
+    (`StyleSpace.real_novelty`) — a kept sample must be farther from every training voice than a
+    typical real clip is from the nearest voice other than its own."""
+    return float(np.quantile(real_novelty, quantile)) if len(real_novelty) else math.inf
 
 
 def thresholds_from_real(
@@ -157,14 +178,18 @@ def manifold_scores(
 
 
 def criteria_passed(scores: Scores, y: np.ndarray, th: Thresholds) -> dict[str, np.ndarray]:
-    """Pass mask of each criterion (whether or not it is switched on)."""
+    """Pass mask of each criterion (whether or not it is switched on); style_novelty only when the
+    scores and thresholds have it (style on)."""
     rmin = np.array([th.realness_min.get(int(c), th.realness_pooled) for c in y])
-    return {
+    passed = {
         "realness": scores.realness >= rmin,
         "agreement": scores.agreement >= th.label_tau,
         "manifold": scores.knn_inside.astype(bool),
         "novelty": scores.nn_distance > th.delta,
     }
+    if scores.style_novelty is not None and th.style_novelty_min is not None:
+        passed["style_novelty"] = scores.style_novelty > th.style_novelty_min
+    return passed
 
 
 def select(
@@ -176,6 +201,9 @@ def select(
     if unknown:
         raise ValueError(f"augment.filters: unknown criteria {sorted(unknown)} (known: {list(CRITERIA)})")
     passed = criteria_passed(scores, y, th)
+    missing = [f for f in filters if f not in passed]
+    if missing:
+        raise ValueError(f"augment.filters: {missing} need style scores and a threshold (augment.style: speaker)")
     ok = np.ones(len(y), dtype=bool)
     for f in filters:
         ok &= passed[f]

@@ -8,6 +8,9 @@ training data), so numbers before and after filtering — and across generators 
                     balls (coverage).
 The Fréchet distance grows as the sample shrinks, so the report also gives the unfiltered set
 subsampled to the kept size ("size-matched"): compare "after" with that, not only with "before".
+With style codes on, a style section says per class how far kept and rejected samples' styles lie
+from the training speakers, next to how far real clips lie from the speakers other than their own:
+what the synthetic set adds that the training voices do not have.
 """
 
 from __future__ import annotations
@@ -83,8 +86,31 @@ def per_class_table(
             "real": int((real_y == c).sum()),
             "generated": int(s.sum()),
             "kept": int((kept & s).sum()),
+            "rejected": int((~kept & s).sum()),
             "passed": {k: int((m & s).sum()) for k, m in passed.items()},
         }
+    return out
+
+
+def _mean(v: np.ndarray) -> float | None:
+    return float(v.mean()) if len(v) else None
+
+
+def style_table(
+    classes: Sequence[str], real_y: np.ndarray, real_novelty: np.ndarray, syn_y: np.ndarray,
+    syn_novelty: np.ndarray, kept: np.ndarray,
+) -> dict[str, dict[str, Any]]:
+    """Per class (and "all"): mean style novelty of real clips (vs the nearest other training speaker),
+    of kept and of rejected samples (vs the nearest training speaker); None for an empty group."""
+    out: dict[str, dict[str, Any]] = {}
+    groups = [(name, real_y == c, syn_y == c) for c, name in enumerate(classes)]
+    groups.append(("all", np.ones(len(real_y), bool), np.ones(len(syn_y), bool)))
+    for name, r, s in groups:
+        if not r.any() and not s.any():
+            continue
+        out[name] = {"real": _mean(real_novelty[r]), "kept": _mean(syn_novelty[s & kept]),
+                     "rejected": _mean(syn_novelty[s & ~kept]),
+                     "n_kept": int((s & kept).sum()), "n_rejected": int((s & ~kept).sum())}
     return out
 
 
@@ -175,6 +201,8 @@ def _save(fig: Any, path: Path) -> None:
 
 # ----------------------------------------------------------------------------- report files
 def _fmt(v: Any) -> str:
+    if v is None:
+        return "–"
     return f"{v:.3f}" if isinstance(v, float) else str(v)
 
 
@@ -188,14 +216,32 @@ def render_markdown(report: dict[str, Any]) -> str:
               f"{report['device']} ({t['epoch_seconds_mean']:.3f} s/epoch). Filters: "
               f"{', '.join(report['filters']) or 'none (unfiltered)'}; keep fraction {report['keep_fraction']}.", ""]
     crit = list(next(iter(report["per_class"].values()))["passed"]) if report["per_class"] else []
-    lines += ["## Per class", "", "| class | real | generated | kept | " + " | ".join(f"pass {c}" for c in crit) + " |",
-              "|---|---:|---:|---:|" + "---:|" * len(crit)]
+    lines += ["## Per class", "",
+              "| class | real | generated | kept | rejected | " + " | ".join(f"pass {c}" for c in crit) + " |",
+              "|---|---:|---:|---:|---:|" + "---:|" * len(crit)]
     for name, row in report["per_class"].items():
-        lines.append(f"| {name} | {row['real']} | {row['generated']} | {row['kept']} | "
+        rejected = row.get("rejected", row["generated"] - row["kept"])
+        lines.append(f"| {name} | {row['real']} | {row['generated']} | {row['kept']} | {rejected} | "
                      + " | ".join(str(row["passed"][c]) for c in crit) + " |")
     tot = report["totals"]
-    lines += [f"| **all** | {tot['real']} | {tot['generated']} | {tot['kept']} | "
+    lines += [f"| **all** | {tot['real']} | {tot['generated']} | {tot['kept']} | {tot['generated'] - tot['kept']} | "
               + " | ".join(str(tot["passed"][c]) for c in crit) + " |", ""]
+    if "style" in report:
+        st = report["style"]
+        lines += ["## Style: what was added", "",
+                  f"Style codes of {st['n_speakers']} training speakers ({st['n_corpora']} corpora), "
+                  f"{st['dim']} dimensions; new codes mix two speakers with w ~ U{tuple(st['mix'])}, "
+                  f"noise {st['noise']} std (requested codes lie {_fmt(st['requested_code_novelty_mean'])} "
+                  f"from the nearest speaker on average). Style novelty = distance of a sample's read "
+                  f"style to the nearest training speaker; for real clips, to the nearest *other* "
+                  f"speaker (read by an encoder that did not see their speaker). style_novelty bar: "
+                  f"{_fmt(st['threshold'])} (quantile {st['quantile']} of real).", "",
+                  "| class | real | kept | rejected | n kept | n rejected |", "|---|---:|---:|---:|---:|---:|"]
+        for name, row in st["per_class"].items():
+            label = "**all**" if name == "all" else name
+            lines.append(f"| {label} | {_fmt(row['real'])} | {_fmt(row['kept'])} | {_fmt(row['rejected'])} | "
+                         f"{row['n_kept']} | {row['n_rejected']} |")
+        lines.append("")
     lines += ["## Real vs synthetic", "", f"Embedding: {report['metrics']['embedding']}; k = {report['metrics']['k']}.", "",
               "| set | n | Fréchet ↓ | precision ↑ | recall ↑ |", "|---|---:|---:|---:|---:|"]
     for key in ("before", "before_size_matched", "after"):
@@ -204,8 +250,10 @@ def render_markdown(report: dict[str, Any]) -> str:
                      f"{_fmt(m['recall'])} |")
     th = report["thresholds"]
     lines += ["", "## Thresholds", "", f"- label τ = {th['label_tau']}, near-copy δ = {th['delta']:.4g}",
-              "- realness minimum per class: " + ", ".join(f"{k} {v:.3g}" for k, v in th["realness_min"].items()),
-              "", "## Plots", ""]
+              "- realness minimum per class: " + ", ".join(f"{k} {v:.3g}" for k, v in th["realness_min"].items())]
+    if "style_novelty_min" in th:
+        lines.append(f"- style novelty minimum: {th['style_novelty_min']:.4g}")
+    lines += ["", "## Plots", ""]
     lines += [f"![{p}]({p})" for p in report["plots"]]
     return "\n".join(lines) + "\n"
 
@@ -229,6 +277,10 @@ def log_to_mlflow(params: Any, out_dir: Path, report: dict[str, Any], tags: dict
                for k in ("frechet", "precision", "recall") if np.isfinite(m[when][k])}
     metrics.update({"generated": report["totals"]["generated"], "kept": report["totals"]["kept"],
                     "epoch_seconds": report["training"]["epoch_seconds_mean"]})
+    style_all = report.get("style", {}).get("per_class", {}).get("all", {})
+    for group in ("real", "kept", "rejected"):
+        if style_all.get(group) is not None:
+            metrics[f"style_novelty_{group}"] = float(style_all[group])
     all_tags = {"stage": "augment", "generator": report["generator"], "feature": report["feature"], **(tags or {})}
     name = f"augment-{report['generator']}-{report['feature']}"
     with tracking.start_run(params, run_name=name, tags=all_tags) as run:

@@ -3,6 +3,10 @@
 Steps: real training samples -> standardise -> train the generator (training split only) ->
 `samples_per_class` samples per class -> score (realness, agreement, k-NN manifold, novelty) ->
 filter -> synthetic.npz + report.{json,md} + PNGs (written as one folder, atomically) -> MLflow.
+
+With `augment.style: speaker`, style codes per training speaker (`style.StyleSpace`) condition the
+generator, samples get codes mixed between speakers, and each sample's style novelty is scored,
+stored, reported per class and (filter `style_novelty`) can be required.
 """
 
 from __future__ import annotations
@@ -41,6 +45,7 @@ from affectflow.stages.augment.quality import (
     manifold_scores,
     real_nn_distances,
     select,
+    style_novelty_threshold,
     thresholds_from_real,
 )
 from affectflow.stages.augment.report import (
@@ -50,8 +55,10 @@ from affectflow.stages.augment.report import (
     plot_losses,
     plot_projection,
     plot_scores,
+    style_table,
     write_report,
 )
+from affectflow.stages.augment.style import StyleSpace
 from affectflow.stages.spec import Inputs
 from affectflow.storage import atomic_dir
 
@@ -84,26 +91,40 @@ def augment(
     device = resolve_device(cfg.device, "augment.device")
     held = calibration_split(real.utt_ids, real.y, cfg.realness_holdout, cfg.seed)
     fit = ~held
+    style = _style_space(cfg, real, X_std)
+    real_codes = None if style is None else style.codes_for(real.speakers)
     t0 = time.perf_counter()
-    model = train_generator(cfg, X_std[fit], real.y[fit], len(classes), device)
+    model = train_generator(cfg, X_std[fit], real.y[fit], len(classes), device,
+                            styles=None if real_codes is None else real_codes[fit])
     train_s = time.perf_counter() - t0
-    gen = generate(model, np.unique(real.y[fit]), cfg.samples_per_class, seed=cfg.seed + 1)
+    gen = generate(model, np.unique(real.y[fit]), cfg.samples_per_class, seed=cfg.seed + 1, style=style)
     X_syn = std.inverse(gen.X_std)
 
     # Scores in the fixed embedding space, all fitted on real training data only.
     with threadpool_limits(SCORING_BLAS_THREADS):
-        scores, th, cal_realness, real_emb, syn_emb = _score(cfg, model, real, X_std, X_syn, gen, held, fit)
+        scores, th, cal_realness, real_emb, syn_emb = _score(cfg, model, real, X_std, X_syn, gen, held, fit,
+                                                             real_codes)
+        real_style = None
+        if style is not None:
+            scores.style_novelty = style.novelty(gen.X_std)
+            real_style = style.real_novelty(X_std, real.speakers)
+            th.style_novelty_min = style_novelty_threshold(real_style, cfg.style_novelty_quantile)
     kept, passed = select(scores, gen.y, th, cfg.filters, cfg.keep_fraction)
 
     report = _report(params, df, features_dir, real, gen.y, kept, passed, th.to_json(classes), model.history,
                      train_s, str(device), real_emb, syn_emb)
     report["n_real_generator"] = int(fit.sum())
     report["n_real_calibration"] = int(held.sum())
+    if style is not None and scores.style_novelty is not None and real_style is not None:
+        report["style"] = _style_report(cfg, style, real, real_style, gen, scores.style_novelty, kept, th)
+    score_arrays = {"realness": scores.realness, "agreement": scores.agreement,
+                    "nn_distance": scores.nn_distance, "knn_inside": scores.knn_inside.astype(bool)}
+    if scores.style_novelty is not None:
+        score_arrays["style_novelty"] = scores.style_novelty
     with atomic_dir(out_dir) as tmp:
         write_synthetic(tmp / SYNTHETIC_FILE, SyntheticSet(
             X=X_syn, y=gen.y, classes=classes, feature=real.kind, kept=kept, generator=cfg.generator,
-            scores={"realness": scores.realness, "agreement": scores.agreement,
-                    "nn_distance": scores.nn_distance, "knn_inside": scores.knn_inside.astype(bool)}))
+            scores=score_arrays, style=gen.style))
         real_2d, syn_2d = _project(real_emb, syn_emb)
         plot_projection(tmp / "projection.png", classes, real_2d, real.y, syn_2d, gen.y, kept, cfg.seed)
         plot_scores(tmp / "scores.png", cal_realness, scores.realness, scores.agreement, scores.nn_distance,
@@ -126,20 +147,52 @@ def augment(
                          summary, run_id)
 
 
+def _style_space(cfg: AugmentConfig, real: RealSet, X_std: np.ndarray) -> StyleSpace | None:
+    """Style codes of the training speakers (all real training rows, like the standardiser), or None."""
+    if cfg.style == "none":
+        return None
+    corpora = real.corpora if real.corpora is not None else np.full(len(real.y), "", dtype=str)
+    return StyleSpace.fit(X_std, real.speakers, corpora, cfg.style_dim, y=real.y,
+                          mix_range=cfg.style_mix, noise=cfg.style_noise)
+
+
+def _style_report(
+    cfg: AugmentConfig, style: StyleSpace, real: RealSet, real_novelty: np.ndarray, gen: Generated,
+    syn_novelty: np.ndarray, kept: np.ndarray, th: Thresholds,
+) -> dict[str, Any]:
+    """What the style codes added: per class, mean style novelty of real clips (vs the other
+    speakers), kept and rejected samples; and how novel the requested codes were."""
+    requested = style.code_novelty(gen.style) if gen.style is not None else np.zeros(0)
+    return {
+        "dim": style.dim, "mix": list(cfg.style_mix), "noise": cfg.style_noise,
+        "n_speakers": len(style.speakers), "n_corpora": len(set(style.corpora)),
+        "threshold": th.style_novelty_min, "quantile": cfg.style_novelty_quantile,
+        "requested_code_novelty_mean": float(requested.mean()) if len(requested) else float("nan"),
+        "per_class": style_table(real.classes, real.y, real_novelty, gen.y, syn_novelty, kept),
+    }
+
+
 def _score(
     cfg: AugmentConfig, model: TrainedGenerator, real: RealSet, X_std: np.ndarray, X_syn: np.ndarray,
-    gen: Generated, held: np.ndarray, fit: np.ndarray,
+    gen: Generated, held: np.ndarray, fit: np.ndarray, real_codes: np.ndarray | None = None,
 ) -> tuple[Scores, Thresholds, np.ndarray, np.ndarray, np.ndarray]:
-    """(scores, thresholds, calibration reals' realness, real embedding, synthetic embedding)."""
+    """(scores, thresholds, calibration reals' realness, real embedding, synthetic embedding).
+
+    A style-conditioned critic scores reals with their speakers' codes and samples with theirs."""
     emb = Embedding(cfg.embedding_pca, cfg.seed).fit(real.X)
     real_emb, syn_emb = emb.transform(real.X), emb.transform(X_syn)
     agree = AgreementModel(cfg.agreement_hidden, cfg.agreement_alpha, cfg.agreement_max_iter, cfg.seed)
     agree.fit(emb.features(real.X), real.y)
     # Realness reference: held-out real clips (all training reals when nothing is held out).
     cal = held if held.any() else fit
-    cal_realness = model.realness(X_std[cal], real.y[cal])
+    if real_codes is None:
+        cal_realness = model.realness(X_std[cal], real.y[cal])
+        syn_realness = model.realness(gen.X_std, gen.y)
+    else:
+        cal_realness = model.realness(X_std[cal], real.y[cal], styles=real_codes[cal])
+        syn_realness = model.realness(gen.X_std, gen.y, styles=gen.style)
     scores = Scores(
-        realness=model.realness(gen.X_std, gen.y),
+        realness=syn_realness,
         agreement=agree.prob_of(emb.features(X_syn), gen.y),
         **dict(zip(("nn_distance", "knn_inside"),
                    manifold_scores(syn_emb, gen.y, real_emb, real.y, cfg.knn_k), strict=True)),
