@@ -6,6 +6,7 @@ import os
 from pathlib import Path
 
 import pytest
+from base_settings import base_params
 
 os.environ.setdefault("AFFECTFLOW_PROGRESS", "0")
 os.environ.setdefault("RAY_DISABLE_USAGE_STATS", "1")
@@ -37,9 +38,8 @@ def synth_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture
 def synth_params(synth_root: Path, tmp_path: Path):
     """Params for the generated corpus: 4 classes, workdir in tmp_path, tiny and fast settings."""
-    from affectflow.config import load_params
 
-    return load_params(None, {
+    return base_params({
         "paths.workdir": str(tmp_path / "work"),
         "paths.data_root": str(synth_root.parent),
         "ingest.corpora": [{"name": "ravdess", "adapter": "ravdess", "root": "ravdess"}],

@@ -57,12 +57,10 @@ class CorpusSpec(Section):
 
 
 class IngestConfig(Section):
-    corpora: list[CorpusSpec] = Field(
-        default_factory=lambda: [CorpusSpec(name="ravdess", adapter="ravdess", root="ravdess")]
-    )
-    classes: list[str] = Field(
-        default_factory=lambda: ["neutral", "calm", "happy", "sad", "angry", "fearful", "disgust", "surprised"]
-    )
+    corpora: list[CorpusSpec] = Field(default_factory=lambda: _default_study_corpora())
+    """Several labelled corpora by default: the recognizer must hold up on recordings unlike any one."""
+    classes: list[str] = Field(default_factory=lambda: ["angry", "happy", "neutral", "sad"])
+    """The classes every default corpus has."""
     label_map: dict[str, str] = Field(default_factory=dict)
     """Raw (canonical) label -> class. Labels that are already classes map to themselves;
     anything else that is not mapped is dropped and counted in the summary."""
@@ -82,7 +80,7 @@ class SplitsConfig(Section):
     test_fold: int = Field(0, ge=0)
     test_speakers: list[str] = Field(default_factory=list)
     """If set, these speakers (as `corpus/speaker` or bare speaker ids) form the test split."""
-    val_fraction: float = Field(0.2, ge=0, lt=1)
+    val_fraction: float = Field(0.0, ge=0, lt=1)
     """Fraction of the training speakers carved off for validation (0: none — only with
     `train.checkpoint: last`, which needs no validation speakers)."""
     source_test: bool = True
@@ -178,7 +176,7 @@ class RobustnessConfig(Section):
 
 
 class FeaturesConfig(Section):
-    kinds: list[Literal["logmel", "egemaps", "compare", "ssl"]] = Field(default_factory=lambda: ["logmel", "egemaps"])
+    kinds: list[Literal["logmel", "egemaps", "compare", "ssl"]] = Field(default_factory=lambda: ["compare", "egemaps"])
     """logmel (n_mels x frames), egemaps (openSMILE eGeMAPS functionals; with `egemaps.levels: [lld]`
     also egemaps_lld), compare (openSMILE ComParE 2016 functionals, 6373), ssl (a pretrained speech
     encoder's time-averaged layers, `features.ssl`)."""
@@ -210,8 +208,8 @@ class CnnConfig(Section):
 
 class MlpConfig(Section):
     hidden: list[int] = Field(default_factory=lambda: [256, 128], min_length=1)
-    dropout: float = Field(0.3, ge=0, lt=1)
-    input_dropout: float = Field(0.0, ge=0, lt=1)
+    dropout: float = Field(0.5, ge=0, lt=1)
+    input_dropout: float = Field(0.2, ge=0, lt=1)
     """Dropout on the standardised input features (a regulariser for wide functional sets)."""
 
 
@@ -241,16 +239,16 @@ class SpecAugmentConfig(Section):
 
 
 class TrainConfig(Section):
-    model: Literal["cnn_bigru", "egemaps_mlp", "compare_mlp", "ssl_head"] = "cnn_bigru"
-    epochs: int = Field(50, ge=1)
-    batch_size: int = Field(32, ge=1)
-    lr: float = Field(2e-3, gt=0)
+    model: Literal["cnn_bigru", "egemaps_mlp", "compare_mlp", "ssl_head"] = "compare_mlp"
+    epochs: int = Field(30, ge=1)
+    batch_size: int = Field(64, ge=1)
+    lr: float = Field(1e-3, gt=0)
     """Peak learning rate (AdamW)."""
     weight_decay: float = Field(1e-2, ge=0)
-    schedule: Literal["onecycle", "cosine", "constant"] = "onecycle"
+    schedule: Literal["onecycle", "cosine", "constant"] = "constant"
     warmup_fraction: float = Field(0.3, gt=0, lt=1)
     """onecycle: fraction of the steps spent rising to `lr`."""
-    checkpoint: Literal["best_val", "last"] = "best_val"
+    checkpoint: Literal["best_val", "last"] = "last"
     """Which epoch's weights the model keeps: best_val = the best validation UAR, with early stopping
     after `patience` epochs without improvement; last = the final epoch of a fixed `epochs` budget
     (the rule when the epoch count was chosen on other corpora: validation speakers of the training
@@ -259,7 +257,7 @@ class TrainConfig(Section):
     """Early stopping: epochs without a better validation UAR before training stops."""
     crop_frames: int = Field(250, ge=8)
     """Random crop length (frames) in training; evaluation uses whole utterances."""
-    normalize: Literal["global", "utterance", "corpus"] = "global"
+    normalize: Literal["global", "utterance", "corpus"] = "corpus"
     """global: per-dimension mean/std of the training split (kept in model.json); utterance: each
     log-mel clip by its own statistics; corpus: each training corpus by its own statistics (the
     corpus is a recording condition: per-corpus standardisation removes much of it)."""
@@ -272,13 +270,13 @@ class TrainConfig(Section):
     else pooled."""
     deploy_min_clips: int = Field(20, ge=2)
     """Fewest clips whose own statistics `deploy_normalize: set` trusts."""
-    class_balance: Literal["none", "weighted_loss", "sampler"] = "weighted_loss"
+    class_balance: Literal["none", "weighted_loss", "sampler"] = "sampler"
     robustness_copies: int = Field(0, ge=0, le=8)
     """Train also on the first N recording-condition copies of every training clip
     (`features.robustness`; openSMILE kinds). Each (corpus, copy) is its own recording condition:
     with `normalize: corpus` it is standardised by its own statistics. Copies add no steps: an epoch
     still draws as many rows as there are training clips, from the clips and their copies."""
-    corpus_balance: bool = False
+    corpus_balance: bool = True
     """Multi-corpus training: every epoch draws its rows (with replacement) so that each training
     corpus contributes the same number, whatever its size (one big corpus must not become the
     only recording condition the model learns)."""

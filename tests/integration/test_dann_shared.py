@@ -12,8 +12,8 @@ import json
 from pathlib import Path
 
 import pytest
+from base_settings import base_params
 
-from affectflow.config import load_params
 from affectflow.contracts.manifest import read_manifest, write_manifest
 from affectflow.contracts.model_folder import read_model_meta as read_meta
 from affectflow.corpora import emodb
@@ -43,7 +43,7 @@ def _emodb_csv(shared: Path, out: Path) -> Path:
 
 def test_ravdess_to_emodb_csv_through_pretrain_evaluate_and_fine_tuning(shared_data: Path, tmp_path: Path):
     target_csv = _emodb_csv(shared_data, tmp_path / "emodb_csv" / "emodb.csv")
-    params = load_params(None, {
+    params = base_params({
         "paths.workdir": str(tmp_path / "work"), "paths.data_root": str(shared_data),
         "ingest.corpora": [{"name": "ravdess", "adapter": "ravdess", "root": "ravdess", "role": "source"},
                            {"name": "emodb", "adapter": "csv", "root": str(target_csv), "role": "target"}],

@@ -9,9 +9,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from base_settings import base_params
 
 from affectflow import audio
-from affectflow.config import load_params
 from affectflow.contracts.feature_store import FeatureSet
 from affectflow.contracts.manifest import read_manifest
 from affectflow.features.egemaps import Egemaps
@@ -38,7 +38,7 @@ def subset(shared_data: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def test_features_on_ravdess_subset(subset: Path, tmp_path: Path) -> None:
-    params = load_params(None, {
+    params = base_params({
         "paths.workdir": str(tmp_path / "work"), "paths.data_root": str(subset.parent),
         "ingest.corpora": [{"name": "ravdess", "adapter": "ravdess", "root": "ravdess"}],
         "splits.n_folds": 2, "ingest.workers": 2, "features.workers": 2,

@@ -12,8 +12,8 @@ import pandas as pd
 import pytest
 import soundfile as sf
 import soxr
+from base_settings import base_params
 
-from affectflow.config import load_params
 from affectflow.contracts.manifest import read_manifest
 from affectflow.contracts.splits import check_no_leakage
 from affectflow.corpora import emodb
@@ -26,7 +26,7 @@ EMODB_COUNTS = {"angry": 127, "happy": 71, "neutral": 79, "sad": 62}
 
 
 def params_for(tmp: Path, data_root: Path, corpora: list[dict], **overrides):
-    return load_params(None, {
+    return base_params({
         "paths.workdir": str(tmp / "work"), "paths.data_root": str(data_root),
         "ingest.corpora": corpora, "ingest.workers": 2, "features.workers": 1, **overrides,
     })

@@ -11,8 +11,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from base_settings import base_params
 
-from affectflow.config import Params, load_params
+from affectflow.config import Params
 from affectflow.orchestration.ir import PipelineError
 from pipelines.cli import run_local
 
@@ -30,7 +31,7 @@ def work(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="module")
 def base(synth_root: Path, work: Path) -> Params:
     """Tiny and fast: eGeMAPS + MLP, 2 epochs, few bootstrap resamples, no retries."""
-    return load_params(None, {
+    return base_params({
         "paths.workdir": str(work / "work"),
         "paths.data_root": str(synth_root.parent),
         "ingest.classes": ["neutral", "happy", "sad", "angry"],
@@ -112,7 +113,7 @@ def test_switches_on_feed_train_the_synthetic_set_and_the_encoder(synth_root: Pa
         if not (data / name).exists():
             (data / name).symlink_to(src, target_is_directory=True)
     w = work / "branches"
-    base = load_params(None, {
+    base = base_params({
         "paths.workdir": str(w), "paths.data_root": str(data),
         "ingest.corpora": [{"name": "src", "adapter": "ravdess", "root": "src", "role": "source"},
                            {"name": "tgt", "adapter": "ravdess", "root": "tgt", "role": "target"}],

@@ -16,10 +16,11 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from base_settings import base_params
 from mlflow.tracking._tracking_service.utils import _use_tracking_uri as use_tracking_uri
 from registry_servers import mlflow_server, postgres, postgres_skip_reason
 
-from affectflow.config import Params, load_params
+from affectflow.config import Params
 from affectflow.contracts.model_folder import content_hash
 from affectflow.tracking.registry import (
     CHAMPION,
@@ -91,7 +92,7 @@ def _tag_rows(db: str, name: str) -> list[tuple[str, int]]:
 
 def test_history_of_100_plus_events_on_postgres(server: tuple[str, str], tmp_path: Path) -> None:
     url, db = server
-    params: Params = load_params(None, {"paths.workdir": str(tmp_path / "work"), "tracking.uri": url,
+    params: Params = base_params({"paths.workdir": str(tmp_path / "work"), "tracking.uri": url,
                                         "registry.model_name": "affectflow-pg", "registry.min_uar_gain": 0.01})
     for i, (model_dir, metrics) in enumerate(_candidates(url, tmp_path)):
         res = register(params, model_dir, metrics, tmp_path / f"out{i}")

@@ -13,10 +13,11 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from base_settings import base_params
 from mlflow.tracking._tracking_service.utils import _use_tracking_uri as use_tracking_uri
 from registry_servers import mlflow_server as start_mlflow_server
 
-from affectflow.config import Params, load_params
+from affectflow.config import Params
 from affectflow.contracts.model_folder import content_hash
 from affectflow.tracking.registry import CHALLENGER, CHAMPION, Registry, register
 
@@ -51,7 +52,7 @@ def logged_model(mlflow_server: str) -> dict[str, str]:
 
 @pytest.fixture
 def params(mlflow_server: str, tmp_path: Path) -> Params:
-    return load_params(None, {
+    return base_params({
         "paths.workdir": str(tmp_path / "work"),
         "tracking.uri": mlflow_server,
         "registry.model_name": "affectflow-http",

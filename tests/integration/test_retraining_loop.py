@@ -23,8 +23,9 @@ import shutil
 from pathlib import Path
 
 import pytest
+from base_settings import base_params
 
-from affectflow.config import Params, load_params
+from affectflow.config import Params
 from affectflow.corpora.demo import make_ravdess_like
 from affectflow.tracking.registry import CHAMPION, SCORE_ON_PREFIX, Registry
 from pipelines.cli import run_local
@@ -57,7 +58,7 @@ def test_retraining_loop_promotes_on_new_data_and_rolls_back(tmp_path: Path, mon
     """(Measured: UAR of the weak v1 re-scored 0.19, v2 0.83, the weak v3 0.23 on the new test manifest.)"""
     data = tmp_path / "data"
     make_ravdess_like(data / "ravdess", actors=FIRST_SPEAKERS, emotions=CLASSES, clips_per_emotion=4, duration=1.2)
-    base = load_params(None, {
+    base = base_params({
         "paths.workdir": str(tmp_path / "work"), "paths.data_root": str(data),
         "ingest.corpora": [{"name": "ravdess", "adapter": "ravdess", "root": "ravdess"}],
         "ingest.classes": list(CLASSES), "ingest.workers": 1, "features.workers": 1,

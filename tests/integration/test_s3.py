@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from base_settings import base_params
 
 from affectflow.config import S3Config
 from affectflow.storage import s3
@@ -366,7 +367,6 @@ def test_predict_reads_s3_objects_and_prefixes(s3_env: S3Server, tmp_path: Path,
     import pandas as pd
     import soundfile as sf
 
-    from affectflow.config import load_params
     from affectflow.corpora.demo import utterance
     from affectflow.serving.predict import PredictInputError, collect_inputs, predict_paths
 
@@ -390,7 +390,7 @@ def test_predict_reads_s3_objects_and_prefixes(s3_env: S3Server, tmp_path: Path,
     temp_root = tmp_path / "tmp"
     temp_root.mkdir()
     monkeypatch.setattr("tempfile.tempdir", str(temp_root))
-    params = load_params(None, {"predict.decode_workers": 1, "s3.max_concurrency": 2})
+    params = base_params({"predict.decode_workers": 1, "s3.max_concurrency": 2})
     said: list[str] = []
     res = predict_paths(params, [prefix, single, missing, manifest], backend=_EnergyBackend(), report=said.append)
     assert [p.path for p in res.predictions] == [*expanded, single, missing, f"{prefix}/c.wav"]

@@ -34,9 +34,10 @@ from typing import Any
 import numpy as np
 import pytest
 import soundfile as sf
+from base_settings import base_params
 
 from affectflow import audio
-from affectflow.config import Params, load_params, with_overrides
+from affectflow.config import Params, with_overrides
 from affectflow.contracts.manifest import read_manifest
 from affectflow.runtime.netutil import free_port, http_ok, stop_group
 from affectflow.serving.predict import invocations_payload, post_invocations, predict_paths
@@ -84,7 +85,7 @@ def served(synth_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterat
     """A trained champion and a running scoring server for it, shared by the module; the server's
     process group is killed at teardown."""
     tmp = tmp_path_factory.mktemp("serve")
-    params = load_params(None, {
+    params = base_params({
         "paths.workdir": str(tmp / "work"), "paths.data_root": str(synth_root.parent),
         "ingest.corpora": [{"name": "ravdess", "adapter": "ravdess", "root": "ravdess"}],
         "ingest.classes": ["neutral", "happy", "sad", "angry"], "ingest.workers": 1, "features.workers": 1,

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+from base_settings import base_params
 
-from affectflow.config import load_params
 from affectflow.stages.ingest import ingest
 from affectflow.stages.validate import validate
 
@@ -16,7 +16,7 @@ pytestmark = pytest.mark.integration
 
 
 def test_gate_passes_on_ravdess_with_emodb_target(shared_data: Path, tmp_path: Path) -> None:
-    params = load_params(None, {
+    params = base_params({
         "paths.workdir": str(tmp_path / "work"),
         "paths.data_root": str(shared_data),
         "ingest.corpora": [{"name": "ravdess", "adapter": "ravdess", "root": "ravdess", "role": "source"},

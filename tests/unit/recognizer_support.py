@@ -14,8 +14,9 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+from base_settings import base_params
 
-from affectflow.config import Params, load_params
+from affectflow.config import Params
 
 EGEMAPS_DIM = 88
 
@@ -90,7 +91,7 @@ def corpus(synth_root: Path, factory: Any) -> tuple[Params, Path, Path]:
         from affectflow.contracts.manifest import read_manifest
         from affectflow.stages.ingest import ingest
 
-        params = load_params(None, {
+        params = base_params({
             "paths.workdir": str(base / "work"),
             "paths.data_root": str(synth_root.parent),
             "ingest.corpora": [{"name": "ravdess", "adapter": "ravdess", "root": "ravdess"}],

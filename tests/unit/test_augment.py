@@ -10,8 +10,9 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from base_settings import base_params
 
-from affectflow.config import Params, load_params
+from affectflow.config import Params
 from affectflow.contracts.feature_store import INDEX, feature_path, save_array
 from affectflow.contracts.manifest import COLUMNS, write_manifest
 from affectflow.contracts.synthetic import REQUIRED_FIELDS, SyntheticFormatError
@@ -75,7 +76,7 @@ def one_thread():
 
 
 def small_params(tmp_path: Path, **overrides: object) -> Params:
-    return load_params(None, {
+    return base_params({
         "ingest.classes": CLASSES,
         "tracking.uri": f"sqlite:///{tmp_path / 'mlflow.db'}",
         "tracking.artifact_location": str(tmp_path / "mlartifacts"),

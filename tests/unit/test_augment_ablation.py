@@ -10,6 +10,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from base_settings import base_params
 from test_augment import CLASSES, make_feature_folder  # same folder (pytest puts it on sys.path)
 
 from affectflow.config import ConfigError, load_params
@@ -122,7 +123,7 @@ def test_study_runs_every_cell_and_resumes(tmp_path: Path, monkeypatch: pytest.M
                 "n_synthetic": n_syn, "seconds": 0.0}
 
     monkeypatch.setattr(A, "_train_eval", fake_train_eval)
-    params = load_params(None, {
+    params = base_params({
         "ingest.classes": CLASSES, "splits.n_folds": 3, "splits.val_fraction": 0.25,
         "augment.epochs": 2, "augment.hidden": [16], "augment.samples_per_class": 6, "augment.agreement_hidden": [],
         "augment.embedding_pca": 4, "augment.knn_k": 2, "augment.device": "cpu", "augment.batch_size": 8,

@@ -9,8 +9,8 @@ import os
 from pathlib import Path
 
 import pytest
+from base_settings import base_params
 
-from affectflow.config import load_params
 from affectflow.orchestration import kfp_io
 from affectflow.orchestration.run_form import stage_config
 from affectflow.storage.s3 import ObjectInfo
@@ -18,7 +18,7 @@ from affectflow.tracking.lineage import data_fingerprint
 
 
 def _params(root: str):
-    return load_params(None, {"paths.data_root": root,
+    return base_params({"paths.data_root": root,
                               "ingest.corpora": [{"name": "c", "adapter": "ravdess", "root": "c"}]})
 
 

@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from base_settings import base_params
 from recognizer_support import trained
 
 from affectflow.contracts.feature_store import INDEX
@@ -116,10 +117,9 @@ def test_a_heldout_corpus_is_scored_on_all_its_clips_without_being_named(
 
 
 def test_scoring_a_subset_that_lacks_a_class_and_the_collapse_flags():
-    from affectflow.config import load_params
     from affectflow.stages.evaluate import score
 
-    params = load_params(None, {"evaluate.bootstrap": 0})
+    params = base_params({"evaluate.bootstrap": 0})
     classes = ["neutral", "happy", "sad", "angry"]
     y_true = np.array([1, 1, 2, 2, 3, 3])  # no neutral reference
     y_pred = np.array([0, 1, 2, 2, 3, 0])  # two neutral predictions: wrong, not ignored

@@ -13,8 +13,8 @@ import numpy as np
 import pandas as pd
 import pytest
 import soundfile as sf
+from base_settings import base_params
 
-from affectflow.config import load_params
 from affectflow.contracts.manifest import read_manifest
 from affectflow.corpora.demo import make_ravdess_like, utterance
 from affectflow.studies import generalization as G
@@ -57,7 +57,7 @@ def _params(corpora: Path, tmp: Path, **over):
         "reference": {"method": "svm"},
         "multi": {"method": "recognizer", "overrides": {"train.normalize": "corpus", "train.corpus_balance": True}},
     })
-    return load_params(None, {
+    return base_params({
         "paths.workdir": str(tmp / "work"), "paths.data_root": str(corpora),
         "ingest.workers": 1, "features.workers": 1,
         "train.model": "egemaps_mlp", "train.epochs": 3, "train.patience": 3, "train.batch_size": 16,

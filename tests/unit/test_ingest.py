@@ -10,10 +10,10 @@ import numpy as np
 import pandas as pd
 import pytest
 import soundfile as sf
+from base_settings import base_params
 
 from affectflow import audio
 from affectflow.audio import header_shortfall
-from affectflow.config import load_params
 from affectflow.contracts.manifest import COLUMNS, read_manifest
 from affectflow.corpora.demo import make_ravdess_like, utterance
 from affectflow.stages.ingest import IngestError, ingest, probe
@@ -60,7 +60,7 @@ def good_csv_corpus(folder: Path, speakers: int = 4, sr: int = SR, channels: int
 
 
 def params_for(tmp_path: Path, corpora: list[dict], **overrides):
-    return load_params(None, {
+    return base_params({
         "paths.workdir": str(tmp_path / "work"),
         "paths.data_root": str(tmp_path),
         "ingest.corpora": corpora,

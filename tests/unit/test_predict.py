@@ -22,6 +22,7 @@ import pytest
 import soundfile as sf
 import torch
 import yaml
+from base_settings import base_params
 
 from affectflow import audio, cli
 from affectflow.config import CnnConfig, Params, load_params
@@ -101,7 +102,7 @@ def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def params_with(**predict: Any) -> Params:
-    return load_params(None, {"predict.decode_workers": 1, "predict.threads": 1,
+    return base_params({"predict.decode_workers": 1, "predict.threads": 1,
                               **{f"predict.{k}": v for k, v in predict.items()}})
 
 

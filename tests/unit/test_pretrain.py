@@ -17,9 +17,10 @@ import numpy as np
 import pytest
 import soundfile as sf
 import torch
+from base_settings import base_params
 from recognizer_support import tiny_params, write_features
 
-from affectflow.config import Params, load_params
+from affectflow.config import Params
 from affectflow.contracts.manifest import read_manifest, write_manifest
 from affectflow.contracts.model_folder import load_weights as load_state
 from affectflow.contracts.model_folder import read_model_meta as read_meta
@@ -65,7 +66,7 @@ def world(synth_root: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[st
 
     base = tmp_path_factory.mktemp("pretrain")
     target_csv = _make_csv_corpus(base / "mycorpus")
-    params = load_params(None, {
+    params = base_params({
         "paths.workdir": str(base / "work"), "paths.data_root": str(synth_root.parent),
         "ingest.corpora": [{"name": "ravdess", "adapter": "ravdess", "root": "ravdess"},
                            {"name": "mycorpus", "adapter": "csv", "root": str(target_csv), "role": "target"}],

@@ -11,9 +11,10 @@ import re
 from pathlib import Path
 
 import pytest
+from base_settings import base_params
 from mlflow.tracking._tracking_service.utils import _use_tracking_uri as use_tracking_uri
 
-from affectflow.config import Params, load_params
+from affectflow.config import Params
 from affectflow.contracts.model_folder import content_hash
 from affectflow.tracking.registry import (
     CHALLENGER,
@@ -68,7 +69,7 @@ def store(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
 @pytest.fixture
 def params(store: dict[str, str], request: pytest.FixtureRequest, tmp_path: Path) -> Params:
     name = "m-" + re.sub(r"[^A-Za-z0-9]+", "-", request.node.name)[:60]
-    return load_params(None, {
+    return base_params({
         "paths.workdir": str(tmp_path / "work"),
         "tracking.uri": store["uri"],
         "registry.model_name": name,

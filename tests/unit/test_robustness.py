@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from base_settings import base_params
 from scipy import signal
 
 from affectflow.config import RobustnessConfig, TrainConfig, load_params
@@ -105,7 +106,7 @@ def two_corpora(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def _params(data: Path, work: Path, **over: object):
-    return load_params(None, {
+    return base_params({
         "paths.workdir": str(work), "paths.data_root": str(data),
         "ingest.corpora": [{"name": "alpha", "adapter": "ravdess", "root": "alpha"},
                            {"name": "beta", "adapter": "ravdess", "root": "beta"}],

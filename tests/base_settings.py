@@ -1,0 +1,38 @@
+"""The settings most tests are written for, whatever the product defaults are.
+
+params.yaml (and the config classes, which mirror it) ship the multi-corpus default: four corpora,
+ComParE functionals, per-corpus standardisation, a fixed epoch budget with no validation speakers.
+Most tests build one small generated corpus and test machinery (early stopping on validation
+speakers, log-mel crops, the CNN), so they start from these settings and override what they test.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from affectflow.config import Params, load_params
+
+SINGLE_CORPUS: dict[str, Any] = {
+    "ingest.corpora": [{"name": "ravdess", "adapter": "ravdess", "root": "ravdess"}],
+    "ingest.classes": ["neutral", "calm", "happy", "sad", "angry", "fearful", "disgust", "surprised"],
+    "features.kinds": ["logmel", "egemaps"],
+    "splits.val_fraction": 0.2,
+    "train.model": "cnn_bigru",
+    "train.epochs": 50,
+    "train.batch_size": 32,
+    "train.lr": 0.002,
+    "train.schedule": "onecycle",
+    "train.checkpoint": "best_val",
+    "train.normalize": "global",
+    "train.class_balance": "weighted_loss",
+    "train.corpus_balance": False,
+    "train.mlp.dropout": 0.3,
+    "train.mlp.input_dropout": 0.0,
+}
+"""One RAVDESS-like corpus, log-mel CNN-BiGRU, early stopping on validation speakers."""
+
+
+def base_params(overrides: dict[str, Any] | None = None) -> Params:
+    """`load_params(None, ...)` from the single-corpus test settings, then `overrides`."""
+    return load_params(None, {**SINGLE_CORPUS, **(overrides or {})})
+
