@@ -21,7 +21,8 @@ REPO = Path(__file__).resolve().parents[2]
 STAGES = ("ingest", "validate", "features", "augment", "pretrain", "train", "evaluate", "register")
 TINY = {
     "paths": {"workdir": "artifacts", "data_root": "data"},
-    "ingest": {"classes": ["neutral", "happy", "sad", "angry"], "workers": 1},
+    "ingest": {"corpora": [{"name": "ravdess", "adapter": "ravdess", "root": "ravdess"}],
+               "classes": ["neutral", "happy", "sad", "angry"], "workers": 1},
     "features": {"kinds": ["egemaps"], "workers": 1},
     "train": {"model": "egemaps_mlp", "epochs": 2, "patience": 2},
     "evaluate": {"bootstrap": 20},

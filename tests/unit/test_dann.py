@@ -11,6 +11,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from base_settings import base_params
 
 from affectflow.config import MlpConfig, PretrainConfig, TrainConfig
 from affectflow.models.dann import Dann, GradientReversal, grad_reverse, grl_lambda
@@ -220,8 +221,9 @@ def test_adversarial_training_hides_the_domain_that_source_only_training_keeps()
     z = {}
     for adversarial in (False, True):
         torch.manual_seed(seed)
-        m = Dann(EgemapsMlp(6, 2, MlpConfig(hidden=[16, 8], dropout=0.0)), n_domains=2, hidden=cfg.domain_hidden)
-        hist = train_dann(m, data, cfg, TrainConfig(), dev, adversarial=adversarial, seed=seed)
+        m = Dann(EgemapsMlp(6, 2, MlpConfig(hidden=[16, 8], dropout=0.0, input_dropout=0.0)), n_domains=2,
+                 hidden=cfg.domain_hidden)
+        hist = train_dann(m, data, cfg, base_params().train, dev, adversarial=adversarial, seed=seed)
         assert hist[-1]["source_val_uar"] > 0.8  # emotion is still learnt
         assert ("loss_domain" in hist[-1]) is adversarial
         z[adversarial] = embed(m.encoder, data.src_x[100:] + data.tgt_x[100:], dev, 64)

@@ -78,7 +78,8 @@ def test_attention_pool_ignores_masked_steps():
 def test_arch_config_follows_the_chosen_model():
     tc = TrainConfig(model="egemaps_mlp")
     assert arch_config(tc) == tc.mlp.model_dump()
-    assert arch_config(TrainConfig()) == TrainConfig().cnn.model_dump()
+    assert arch_config(TrainConfig(model="cnn_bigru")) == TrainConfig().cnn.model_dump()
+    assert arch_config(TrainConfig()) == TrainConfig().mlp.model_dump()  # the default: compare_mlp
 
 
 def test_global_stats_are_per_bin_over_all_frames():

@@ -27,8 +27,9 @@ PARAMS_YAML = REPO / "params.yaml"
 STAGES = ("ingest", "validate", "features", "augment", "pretrain", "train", "evaluate", "register")
 TASKS = (*STAGES, "validate-features")
 GPU_STAGES = ("features", "augment", "pretrain", "train")
-"""With params.yaml's features (log-mel, device auto) and GPUs, features runs on the GPU too."""
+"""With log-mel features (device auto) and GPUs, features runs on the GPU too."""
 GPU_SETTINGS = {
+    "features.kinds": ["logmel", "egemaps"],
     "pipeline.gpu_limit": 2,
     "pipeline.node_selector": {"nvidia.com/gpu.present": "true"},
     "pipeline.tolerations": [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}],
@@ -204,6 +205,19 @@ def test_gpu_tasks_run_in_the_gpu_image(ir: tuple[dict[str, Any], dict[str, Any]
     for stage in STAGES:
         image = execs[_executor(spec, tasks[stage])]["container"]["image"]
         assert image == image_for("gpu" if stage in GPU_STAGES else "cpu"), stage
+
+
+def test_opensmile_only_features_stay_on_the_cpu_image(tmp_path: Path) -> None:
+    """params.yaml's default kinds (ComParE, eGeMAPS) are openSMILE on the CPU: no GPU held for them."""
+    from affectflow.orchestration.images import image_for
+
+    params = load_params(PARAMS_YAML, {k: v for k, v in GPU_SETTINGS.items() if k != "features.kinds"})
+    assert "logmel" not in params.features.kinds
+    spec, _ = _compile(params, tmp_path / "ir.yaml")
+    execs = spec["deploymentSpec"]["executors"]
+    container = execs[_executor(spec, _tasks(spec)["features"])]["container"]
+    assert "accelerator" not in container.get("resources", {}) and container["image"] == image_for("cpu")
+    assert execs[_executor(spec, _tasks(spec)["train"])]["container"]["image"] == image_for("gpu")
 
 
 def test_node_selector_and_tolerations_on_gpu_tasks_only(ir: tuple[dict[str, Any], dict[str, Any]]) -> None:

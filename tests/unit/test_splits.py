@@ -38,7 +38,7 @@ def test_same_inputs_same_splits_other_seed_other_splits():
 
 @pytest.mark.parametrize("seed", [0, 1, 7])
 def test_every_speaker_in_exactly_one_fold_and_one_split(seed):
-    df = apply_splits(table("ravdess", 12, 12, clips=lambda i: 5 + i % 4), SplitsConfig(seed=seed))
+    df = apply_splits(table("ravdess", 12, 12, clips=lambda i: 5 + i % 4), SplitsConfig(seed=seed, val_fraction=0.2))
     assert (df.groupby("speaker")["fold"].nunique() == 1).all()
     assert (df.groupby("speaker")["split"].nunique() == 1).all()
     assert sorted(df["fold"].unique()) == [0, 1, 2, 3]
@@ -97,7 +97,7 @@ def test_too_few_training_speakers_gives_no_val():
 
 def test_each_corpus_gets_its_own_test_speakers():
     rav, emo = table("ravdess", 12, 12), table("emodb", 5, 5)
-    both = apply_splits(pd.concat([rav, emo], ignore_index=True), SplitsConfig())
+    both = apply_splits(pd.concat([rav, emo], ignore_index=True), SplitsConfig(val_fraction=0.2))
     for corpus, n_spk in (("ravdess", 24), ("emodb", 10)):
         assert speakers_of(both, "test", corpus), corpus
         assert speakers_of(both, "val", corpus), corpus
@@ -105,7 +105,7 @@ def test_each_corpus_gets_its_own_test_speakers():
         assert n_test == int(np.ceil(n_spk / 4)) or n_test == n_spk // 4
     check_no_leakage(both)
     # Adding a corpus does not reshuffle another one: RAVDESS's folds and splits stay put.
-    alone = apply_splits(rav, SplitsConfig())
+    alone = apply_splits(rav, SplitsConfig(val_fraction=0.2))
     with_emo = both[both["corpus"] == "ravdess"].set_index("utt_id")
     assert alone.set_index("utt_id")[["fold", "split"]].equals(with_emo.loc[alone["utt_id"], ["fold", "split"]])
 

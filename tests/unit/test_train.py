@@ -284,7 +284,7 @@ def test_fade_uses_all_synthetic_rows_first_then_fewer_then_none(balance: str):
 
 def test_constant_schedule_keeps_the_originalepoch_order():
     """Without a fade the order is the plain permutation of (seed, epoch), as before synthetic masks."""
-    tc = TrainConfig(epochs=4)
+    tc = TrainConfig(epochs=4, class_balance="weighted_loss", corpus_balance=False)
     y, syn = _real_and_synthetic()
     for e in range(tc.epochs):
         legacy = epoch_rng(tc.seed, e, 0)[0].permutation(len(y))
@@ -327,7 +327,7 @@ def nn_loss(weight: torch.Tensor, smoothing: float) -> torch.nn.CrossEntropyLoss
 
 
 def test_class_weights_count_synthetic_rows_by_their_loss_weight():
-    tc = TrainConfig()
+    tc = TrainConfig(class_balance="weighted_loss")
     y, syn = _real_and_synthetic(30, 12)
     y[30:] = 0  # every synthetic row is class 0
     sw = np.where(syn, 0.25, 1.0)
@@ -439,7 +439,7 @@ def test_corpus_balance_draws_every_corpus_equally():
         assert len(order) == 1000
         counts += np.bincount(group[order], minlength=2)
     assert abs(counts[0] / counts.sum() - 0.5) < 0.03  # 90 / 10 in the data, 50 / 50 drawn
-    plain = epoch_order(TrainConfig(seed=3), y, 0, 1, None, group)
+    plain = epoch_order(TrainConfig(seed=3, class_balance="weighted_loss", corpus_balance=False), y, 0, 1, None, group)
     assert sorted(plain.tolist()) == list(range(1000))  # without it: a permutation, as before
     syn = np.array([False] * 1000 + [True] * 200)
     g2 = np.concatenate([group, -np.ones(200, np.int64)])
