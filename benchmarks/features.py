@@ -71,6 +71,8 @@ def main() -> None:
     tmp = Path(tempfile.mkdtemp(prefix="features-bench-"))
     base = {"paths.workdir": str(tmp), "paths.data_root": a.data_root,
             "ingest.corpora": [{"name": "ravdess", "adapter": "ravdess", "root": "ravdess"}],
+            # all 1440 clips (the eight RAVDESS emotions), whatever classes the product trains on
+            "ingest.classes": ["neutral", "calm", "happy", "sad", "angry", "fearful", "disgust", "surprised"],
             "features.workers": a.workers}
     params = load_params(a.params, base)
     t = time.perf_counter()
