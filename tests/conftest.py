@@ -71,3 +71,14 @@ def _own_checkpoint_root(monkeypatch: pytest.MonkeyPatch, tmp_path_factory: pyte
     the same configuration in two tests would otherwise resume each other (the run name keys them)."""
     monkeypatch.setenv("AFFECTFLOW_RAY_STORAGE", str(tmp_path_factory.mktemp("checkpoints")))
     monkeypatch.delenv("RAY_ADDRESS", raising=False)
+
+
+@pytest.fixture
+def one_torch_thread():
+    """Small nets on a shared CPU run fastest (and most predictably) on one thread."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

@@ -10,14 +10,6 @@ from affectflow.config import AugmentConfig
 from affectflow.models.aaec import Aaec, BiGruEncoder, phase_schedule, train_aaec
 
 
-@pytest.fixture
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def _cfg(**kw) -> AugmentConfig:
     base = {"latent_dim": 6, "hidden": [16, 16], "conv_channels": [4, 8], "aaec_gru_hidden": 8,
             "aaec_token_size": 8, "batch_size": 32, "lr": 1e-3, "seed": 0}
@@ -62,7 +54,7 @@ def _changed(before: list[torch.Tensor], module: torch.nn.Module) -> bool:
     return any(not torch.equal(a, b) for a, b in zip(before, module.parameters(), strict=True))
 
 
-def test_each_phase_trains_only_its_own_parts(one_thread: None) -> None:
+def test_each_phase_trains_only_its_own_parts(one_torch_thread: None) -> None:
     """Epoch 0 = encoder (+ latent discriminator), 1 = decoder, 2 = classifier."""
     rng = np.random.default_rng(0)
     X = rng.standard_normal((64, 16)).astype(np.float32)
@@ -77,7 +69,7 @@ def test_each_phase_trains_only_its_own_parts(one_thread: None) -> None:
             assert same == (part not in moved), f"after {epochs} epoch(s) {part} changed={not same}"
 
 
-def test_samples_inherit_labels_and_stay_near_their_class(one_thread: None) -> None:
+def test_samples_inherit_labels_and_stay_near_their_class(one_torch_thread: None) -> None:
     rng = np.random.default_rng(1)
     means = np.zeros((2, 16), np.float32)
     means[0, :4], means[1, :4] = 2.0, -2.0

@@ -33,12 +33,8 @@ from affectflow.stages.augment.style import StyleError, StyleSpace
 
 
 @pytest.fixture(autouse=True)
-def one_thread():
-    """Small nets on a shared CPU run fastest (and most predictably) on one thread."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+def _one_thread(one_torch_thread):
+    """Every test here on one torch thread (tests/conftest.py)."""
 
 
 def speaker_world(

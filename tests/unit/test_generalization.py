@@ -170,3 +170,18 @@ def test_the_augment_condition_trains_its_generator_without_the_held_out_corpus(
     assert set(generator_rows["corpus"]) == {"alpha", "beta"}
     train_summary = json.loads((cell / "train" / "summary.json").read_text())
     assert train_summary["n_synthetic"] > 0  # the recognizer saw the kept synthetic rows
+
+
+def test_a_cell_key_follows_only_the_sections_its_stages_read(corpora: Path, tmp_path: Path) -> None:
+    p = _params(corpora, tmp_path)
+    key = {m: G.cell_key(m, p, ["alpha", "beta"], "gamma") for m in G.METHOD_STAGES}
+    aug = p.model_copy(update={"augment": p.augment.model_copy(update={"epochs": p.augment.epochs + 1})})
+    assert G.cell_key("recognizer", aug, ["alpha", "beta"], "gamma") == key["recognizer"]
+    assert G.cell_key("dann", aug, ["alpha", "beta"], "gamma") == key["dann"]
+    assert G.cell_key("augment", aug, ["alpha", "beta"], "gamma") != key["augment"]
+    tr = p.model_copy(update={"train": p.train.model_copy(update={"epochs": p.train.epochs + 1})})
+    assert G.cell_key("recognizer", tr, ["alpha", "beta"], "gamma") != key["recognizer"]
+    assert G.cell_key("svm", tr, ["alpha", "beta"], "gamma") == key["svm"]
+    moved = p.model_copy(update={"tracking": p.tracking.model_copy(update={"uri": "sqlite:///elsewhere.db"})})
+    assert G.cell_key("recognizer", moved, ["alpha", "beta"], "gamma") == key["recognizer"]
+    assert G.cell_key("recognizer", p, ["alpha", "beta"], "beta") != key["recognizer"]

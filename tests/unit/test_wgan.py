@@ -88,16 +88,8 @@ def test_label_changes_output_for_the_same_noise() -> None:
     assert not torch.allclose(x[0], x[1]) and not torch.allclose(x[1], x[2])
 
 
-@pytest.fixture
-def one_thread():
-    """Small nets on a shared CPU run fastest (and most predictably) on one thread."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
-
-def test_trained_generator_follows_its_label(one_thread: None) -> None:
+def test_trained_generator_follows_its_label(one_torch_thread: None) -> None:
     """Two well-separated classes: samples conditioned on a class land near that class's mean."""
     torch.manual_seed(0)
     rng = np.random.default_rng(0)

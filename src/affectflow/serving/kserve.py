@@ -175,15 +175,13 @@ def request_audio(inputs: list[Any], config: Any = None, min_duration_s: float =
 def score(loaded: Loaded, clips: list[tuple[np.ndarray, int]]) -> np.ndarray:
     """(n, classes) probabilities; clips grouped by sample rate (one resampling per group), the
     whole request one set for `deploy_normalization: set` (as the MLflow pyfunc scores it)."""
-    from affectflow.serving.recognizer import load_audio, predict_feature_groups
+    from affectflow.serving.recognizer import predict_audio_groups
 
     probs = np.zeros((len(clips), len(loaded.rec.classes)), np.float32)
     rates = sorted({r for _, r in clips})
     index = [[i for i, (_, r) in enumerate(clips) if r == rate] for rate in rates]
-    rate_of = loaded.featurizer.sample_rate
-    feats = [loaded.featurizer(load_audio([clips[i][0] for i in idx], rate_of, rate))
-             for idx, rate in zip(index, rates, strict=True)]
-    for idx, p in zip(index, predict_feature_groups(loaded.rec, feats), strict=True):
+    groups = [([clips[i][0] for i in idx], rate) for idx, rate in zip(index, rates, strict=True)]
+    for idx, p in zip(index, predict_audio_groups(loaded.rec, groups, loaded.featurizer), strict=True):
         probs[idx] = p
     return probs
 

@@ -454,10 +454,10 @@ class _Batcher:
         try:
             probs = self.backend.predict([w for _, w in batch])
         except Exception:
-            self._one_by_one(batch)
-            return
+            probs = self._one_by_one(batch, self.backend.predict)
         for (i, _), p in zip(batch, probs, strict=True):
-            self.results[i].add(p)
+            if p is not None:
+                self.results[i].add(p)
 
     def finish(self) -> None:
         """Score what is pending; with `whole_set`, every collected window in one call."""
@@ -472,26 +472,18 @@ class _Batcher:
     def _featurize(self, batch: list[tuple[int, np.ndarray]]) -> None:
         featurize = self.backend.featurize  # type: ignore[attr-defined]
         try:
-            self.features += list(zip([i for i, _ in batch], featurize([w for _, w in batch]), strict=True))
-            return
+            feats = featurize([w for _, w in batch])
         except Exception:
-            pass
-        errors = 0
-        for i, w in batch:  # find the clip(s) that cannot be featurised
-            try:
-                self.features.append((i, featurize([w])[0]))
-            except Exception as e:
-                errors += 1
-                if errors == len(batch) > 1:
-                    raise
-                fail(self.results[i], f"model cannot score this audio ({_reason(e)})", self.say)
+            feats = self._one_by_one(batch, featurize)
+        self.features += [(i, f) for (i, _), f in zip(batch, feats, strict=True) if f is not None]
 
-    def _one_by_one(self, batch: list[tuple[int, np.ndarray]]) -> None:
-        """Find the clip(s) the model cannot take; when every clip fails the fault is the model's."""
-        outcomes: list[np.ndarray | BaseException] = []
+    def _one_by_one(self, batch: list[tuple[int, np.ndarray]], fn: Callable[[list[np.ndarray]], Any]) -> list[Any]:
+        """`fn` clip by clip, to find the clip(s) the model cannot take (failed, None); when every
+        clip fails the fault is the model's, and it is raised."""
+        outcomes: list[Any] = []
         for _, w in batch:
             try:
-                outcomes.append(self.backend.predict([w])[0])
+                outcomes.append(fn([w])[0])
             except Exception as e:
                 outcomes.append(e)
         errors = [o for o in outcomes if isinstance(o, BaseException)]
@@ -500,8 +492,7 @@ class _Batcher:
         for (i, _), got in zip(batch, outcomes, strict=True):
             if isinstance(got, BaseException):
                 fail(self.results[i], f"model cannot score this audio ({_reason(got)})", self.say)
-            else:
-                self.results[i].add(got)
+        return [None if isinstance(o, BaseException) else o for o in outcomes]
 
 
 def fail(res: FilePrediction, reason: str, say: Callable[[str], None]) -> None:

@@ -131,13 +131,13 @@ class AffectflowPyfunc(PythonModel):
                                   error_code=INTERNAL_ERROR) from e
 
     def _score(self, groups: list[tuple[list[int], list[np.ndarray], int]]) -> pd.DataFrame:
-        from affectflow.serving.recognizer import load_audio, predict_feature_groups
+        from affectflow.serving.recognizer import predict_audio_groups
 
         classes = self.rec.classes
         probs = np.zeros((sum(len(ix) for ix, _, _ in groups), len(classes)), np.float32)
         # every row of the request is one set (deploy_normalization: set), whatever its sample rate
-        feats = [self.featurizer(load_audio(waves, self.featurizer.sample_rate, rate)) for _, waves, rate in groups]
-        for (idx, _, _), p in zip(groups, predict_feature_groups(self.rec, feats), strict=True):
+        scored = predict_audio_groups(self.rec, [(waves, rate) for _, waves, rate in groups], self.featurizer)
+        for (idx, _, _), p in zip(groups, scored, strict=True):
             probs[idx] = p
         out = pd.DataFrame(probs.astype(np.float64), columns=classes)
         out["label"] = [classes[i] for i in probs.argmax(axis=1)] if len(out) else []

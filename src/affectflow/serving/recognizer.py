@@ -9,6 +9,7 @@ configuration stored in the folder, so a model fed audio sees exactly what it sa
 from __future__ import annotations
 
 import contextlib
+import itertools
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -108,19 +109,17 @@ def predict_logits(model: nn.Module, arrays: Sequence[np.ndarray], device: torch
 
 
 def predict_features(rec: Recognizer, arrays: Sequence[np.ndarray], batch_size: int = 32,
-                     corpora: Sequence[str] | None = None, unknown_stats: NormStats | None = None) -> np.ndarray:
+                     corpora: Sequence[str] | None = None) -> np.ndarray:
     """(n, C) class probabilities for raw (un-normalised) feature arrays, whole utterances;
     `corpora`: each array's corpus, when known (see `Recognizer.stats_for`). Arrays of corpora the
-    model does not know are standardised together (`Recognizer.unknown_stats`): one call = one set,
-    unless `unknown_stats` gives the statistics of a larger set they belong to (see `set_statistics`)."""
+    model does not know are standardised together (`Recognizer.unknown_stats`): one call = one set."""
     if not len(arrays):
         return np.zeros((0, len(rec.classes)), np.float32)
     names = list(corpora) if corpora is not None else [None] * len(arrays)
     stats = {c: rec.stats_for(c) for c in set(names)}
     unknown = [a for a, c in zip(arrays, names, strict=True) if stats[c] is None]
     if unknown:
-        fill = unknown_stats or rec.unknown_stats(unknown)
-        stats = {c: s if s is not None else fill for c, s in stats.items()}
+        stats = {c: s if s is not None else rec.unknown_stats(unknown) for c, s in stats.items()}
     logits = predict_logits(rec.model, [normalize(a, stats[c]) for a, c in zip(arrays, names, strict=True)],
                             rec.device, batch_size)
     return torch.softmax(logits, dim=-1).numpy()
@@ -129,20 +128,8 @@ def predict_features(rec: Recognizer, arrays: Sequence[np.ndarray], batch_size: 
 def needs_the_whole_set(rec: Recognizer) -> bool:
     """Whether audio of an unknown corpus is standardised by the statistics of everything predicted
     together (`deploy_normalization: set`): then callers featurize all inputs first and score them
-    in one `predict_features` call (or pass `unknown_stats`), never batch by batch."""
+    in one `predict_features` call, never batch by batch."""
     return rec.meta.deploy_normalization.mode == "set" and rec.stats_for(None) is None
-
-
-def predict_feature_groups(rec: Recognizer, groups: Sequence[Sequence[np.ndarray]], batch_size: int = 32) -> list[np.ndarray]:
-    """Probabilities per group of feature arrays that form one set (e.g. rows of one request at
-    different sample rates): the set statistics cover all groups."""
-    flat = [a for g in groups for a in g]
-    probs = predict_features(rec, flat, batch_size)
-    out, start = [], 0
-    for g in groups:
-        out.append(probs[start:start + len(g)])
-        start += len(g)
-    return out
 
 
 class Featurizer:
@@ -209,6 +196,16 @@ def load_audio(items: Sequence[str | Path | np.ndarray], sample_rate: int,
 def predict_audio(rec: Recognizer, items: Sequence[str | Path | np.ndarray], input_rate: int | None = None,
                   featurizer: Featurizer | None = None, batch_size: int = 32) -> np.ndarray:
     """(n, C) class probabilities for audio files or waveforms."""
+    return predict_audio_groups(rec, [(items, input_rate)], featurizer, batch_size)[0]
+
+
+def predict_audio_groups(rec: Recognizer, groups: Sequence[tuple[Sequence[str | Path | np.ndarray], int | None]],
+                         featurizer: Featurizer | None = None, batch_size: int = 32) -> list[np.ndarray]:
+    """Probabilities per group of (audio items, their sample rate) that are scored as one set (the
+    rows of one request at several rates): each group is resampled once, and an unknown corpus's
+    set statistics (`deploy_normalization: set`) cover every group."""
     feats = featurizer or Featurizer(rec.meta)
-    waves = load_audio(items, feats.sample_rate, input_rate)
-    return predict_features(rec, feats(waves), batch_size)
+    arrays = [feats(load_audio(items, feats.sample_rate, rate)) for items, rate in groups]
+    probs = predict_features(rec, [a for g in arrays for a in g], batch_size)
+    bounds = np.cumsum([0, *(len(g) for g in arrays)])
+    return [probs[a:b] for a, b in itertools.pairwise(bounds)]

@@ -237,14 +237,31 @@ def run_method(method: str, params: Params, df: pd.DataFrame, features: Path, tr
     return recognizer_cell(params, df, features, train_corpora, held, cell_dir)
 
 
+METHOD_STAGES: dict[str, tuple[str, ...]] = {
+    "svm": ("ingest", "features"),
+    "recognizer": ("ingest", "features", "train", "evaluate"),
+    "dann": ("ingest", "features", "pretrain", "train", "evaluate"),
+    "augment": ("ingest", "features", "augment", "train", "evaluate"),
+}
+"""The stages a cell of each method runs (the SVM reads the ingest manifest and the feature store)."""
+NOT_OUTCOME = frozenset({"s3", "paths", "tracking"})
+"""Sections that say where things are, not what a cell computes."""
+
+
+def outcome_sections(method: str) -> list[str]:
+    """The params sections that decide a cell's outcome: those its stages read (the stage table)."""
+    from affectflow.stages import get
+
+    return sorted({s for stage in METHOD_STAGES[method] for s in get(stage).sections} - NOT_OUTCOME)
+
+
 def cell_key(method: str, params: Params, train_corpora: list[str], held: str) -> str:
     """What decides a cell's outcome (method, corpora, every section a stage of it reads): a changed
-    setting is a new cell, an unchanged one is read back."""
+    setting is a new cell, an unchanged one (or a change to a section it does not read) is read back."""
     import hashlib
 
     what = {"method": method, "train": sorted(train_corpora), "held": held,
-            "params": params.section_hash("audio", "ingest", "splits", "features", "train", "pretrain", "augment",
-                                          "evaluate")}
+            "params": params.section_hash(*outcome_sections(method))}
     return hashlib.sha256(json.dumps(what, sort_keys=True).encode()).hexdigest()[:10]
 
 
