@@ -379,6 +379,25 @@ class AugmentAblationConfig(Section):
     """torch CPU threads for the whole study (0 = torch's default); small models on a shared CPU run best on 1."""
 
 
+class LatentConfig(Section):
+    """Latent-feature augmentation (`affectflow augment-latent`): the generator, its style codes and
+    its filter (the rest of `augment.*`) work in a trained recognizer's embedding space, and the
+    recognizer's head is retrained on real + kept synthetic embeddings (the encoder stays fixed)."""
+
+    ratio: float = Field(1.0, ge=0)
+    """Synthetic embeddings per real training clip in the head's training set (at most the kept
+    ones); 0 retrains the head on real embeddings only: the no-augmentation control."""
+    epochs: int = Field(30, ge=1)
+    """Passes of head retraining over real + synthetic embeddings."""
+    reinit: bool = True
+    """Train the head afresh (true) or continue from the trained one (false). A recognizer trained to
+    its budget separates its own training embeddings almost perfectly (head loss ~0), so a continued
+    head has nothing left to learn from them; a fresh head's boundary is set by real + synthetic."""
+    lr: float = Field(1e-3, gt=0)
+    weight_decay: float = Field(1e-4, ge=0)
+    batch_size: int = Field(64, ge=2)
+
+
 class AugmentConfig(Section):
     enabled: bool = False
     generator: Literal["wgan_gp", "aaec"] = "wgan_gp"
@@ -409,6 +428,8 @@ class AugmentConfig(Section):
     aaec_gru_hidden: int = Field(64, ge=1)
     aaec_token_size: int = Field(8, ge=1)
     """AAEC on vectors: the BiGRU reads the vector as a sequence of tokens of this many values."""
+    aaec_emotion_on_synthetic: bool = True
+    """AAEC's classifier learns emotion from real X and synthetic X' (as in the paper); false: real only."""
     aaec_adv_weight: float = Field(0.1, ge=0)
     """Weight of the adversarial terms (encoder vs latent discriminator, decoder vs real/fake head)."""
     samples_per_class: int = Field(500, ge=1)
@@ -452,6 +473,7 @@ class AugmentConfig(Section):
     style_novelty_quantile: float = Field(0.5, ge=0, le=1)
     """style_novelty filter: a sample's style distance to the nearest training speaker must exceed this
     quantile of real clips' style distance to their nearest *other* training speaker."""
+    latent: LatentConfig = Field(default_factory=LatentConfig)
     seed: int = 0
     device: Literal["auto", "cpu", "cuda"] = "auto"
     """auto: CUDA when present; cuda: require it; cpu."""
@@ -776,12 +798,14 @@ class PredictConfig(Section):
 class StudyCondition(Section):
     """One row of `affectflow ablate generalization`."""
 
-    method: Literal["svm", "recognizer", "dann", "augment"]
+    method: Literal["svm", "recognizer", "dann", "augment", "latent", "aaec_classifier"]
     """svm: RBF SVM (C=10, balanced) on eGeMAPS with per-corpus standardisation — the reference a
     user would try first, outside the product; recognizer: the train stage (then evaluate) with
     `overrides`; dann: the pretrain stage with the held-out corpus as unlabelled target, then train
     (`--pretrained`) and evaluate; augment: the augment stage on the training corpora, then train
-    with its synthetic set (`train.synthetic_ratio`) and evaluate."""
+    with its synthetic set (`train.synthetic_ratio`) and evaluate; latent: train, then latent-feature
+    augmentation of the head (`augment.latent`), then evaluate; aaec_classifier: AAEC trained on the
+    training corpora's per-corpus standardised eGeMAPS, its own emotion classifier as the recognizer."""
     overrides: dict[str, Any] = Field(default_factory=dict)
     """Dotted params overrides of this condition (train.*, features.*, augment.*, pretrain.*)."""
     select: dict[str, dict[str, Any]] = Field(default_factory=dict)

@@ -49,6 +49,9 @@ class TrainFacts(_Strict):
     stopped_early: bool | None = None
     params: dict[str, Any] | None = None
     """train.* settings of the run (recognizers) — absent for a DANN encoder."""
+    latent_augmentation: dict[str, Any] | None = None
+    """Set when the head was retrained on real + synthetic embeddings (`affectflow augment-latent`):
+    generator, style, filters, ratio, real and synthetic row counts, the base model folder."""
 
 
 class PretrainFacts(_Strict):

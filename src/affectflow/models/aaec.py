@@ -141,6 +141,16 @@ class TrainedAaec:
         return np.concatenate(out).astype(np.float32) if out else np.zeros((0,), np.float32)
 
     @torch.no_grad()
+    def emotion_probs(self, X: np.ndarray) -> np.ndarray:
+        """(n, C) class probabilities of the jointly trained classifier: AAEC used as a recognizer."""
+        self.model.eval()
+        out = []
+        for i in range(0, len(X), self.batch_size):
+            x = torch.as_tensor(X[i : i + self.batch_size], dtype=torch.float32, device=self.device)
+            out.append(torch.softmax(self.model.classifier(x)[0].float(), dim=1).cpu().numpy())
+        return np.concatenate(out) if out else np.zeros((0, self.model.classifier.emotion.out_features), np.float32)
+
+    @torch.no_grad()
     def realness(self, X: np.ndarray, labels: np.ndarray, styles: np.ndarray | None = None) -> np.ndarray:
         """Real/fake logit of the classifier (the label is not used: the head is unconditional)."""
         del labels
@@ -191,7 +201,7 @@ def train_aaec(
         for idx in batches(len(X), cfg.batch_size, rng):
             x, lab = Xt[idx], yt[idx]
             e = torch.randn(len(idx), cfg.latent_dim, device=device)
-            losses = _phase_step(model, phase, x, lab, e, opts, w, device, amp)
+            losses = _phase_step(model, phase, x, lab, e, opts, w, device, amp, cfg.aaec_emotion_on_synthetic)
             for k, v in losses.items():
                 sums[k] = sums.get(k, 0.0) + v
             n += 1
@@ -208,6 +218,7 @@ def train_aaec(
 def _phase_step(
     model: Aaec, phase: str, x: torch.Tensor, y: torch.Tensor, e: torch.Tensor,
     opts: dict[str, torch.optim.Optimizer], w: float, device: torch.device, amp: bool,
+    emotion_on_synthetic: bool = True,
 ) -> dict[str, float]:
     """One optimisation step of the current phase; returns its losses."""
     ones = torch.ones(len(x), device=device)
@@ -246,8 +257,10 @@ def _phase_step(
         x_syn = model.synthesize(x, y, e).float()
     with autocast(device, amp):
         logits, rf_real = model.classifier(x)
-        _, rf_fake = model.classifier(x_syn)
+        logits_syn, rf_fake = model.classifier(x_syn)
         ce = F.cross_entropy(logits.float(), y)
+        if emotion_on_synthetic:  # the paper's classifier learns emotion from X and X'
+            ce = 0.5 * (ce + F.cross_entropy(logits_syn.float(), y))
         rf = bce(rf_real.float(), ones) + bce(rf_fake.float(), zeros)
     loss = ce + rf
     opts["classifier"].zero_grad(set_to_none=True)

@@ -90,22 +90,35 @@ def load_model_dir(path: str | Path, device: str | torch.device = "cpu") -> Reco
 
 
 @torch.inference_mode()
-def predict_logits(model: nn.Module, arrays: Sequence[np.ndarray], device: torch.device, batch_size: int = 32,
-                   autocast: contextlib.AbstractContextManager[Any] | None = None) -> torch.Tensor:
-    """Whole-utterance logits (n, C) for normalised arrays, in input order: batches of similar
-    length, zero-padded, with lengths so the model masks the padding."""
-    model.eval()
+def _batched(forward: Any, arrays: Sequence[np.ndarray], device: torch.device, batch_size: int,
+             autocast: contextlib.AbstractContextManager[Any] | None) -> torch.Tensor:
+    """`forward(x, lengths)` over normalised arrays in batches of similar length, zero-padded, with
+    lengths so the model masks the padding; rows in input order."""
     lengths = [a.shape[-1] if a.ndim > 1 else 1 for a in arrays]
     parts: list[tuple[np.ndarray, torch.Tensor]] = []
     for idx in length_batches(lengths, batch_size):
         x, lens = collate([arrays[i] for i in idx])
         with autocast or contextlib.nullcontext():
-            logits = model(x.to(device), None if lens is None else lens.to(device))
-        parts.append((idx, logits.float().cpu()))
+            out = forward(x.to(device), None if lens is None else lens.to(device))
+        parts.append((idx, out.float().cpu()))
     out = torch.zeros(len(arrays), parts[0][1].shape[1]) if parts else torch.zeros(0, 0)
-    for idx, lg in parts:
-        out[torch.from_numpy(idx)] = lg
+    for idx, part in parts:
+        out[torch.from_numpy(idx)] = part
     return out
+
+
+def predict_logits(model: nn.Module, arrays: Sequence[np.ndarray], device: torch.device, batch_size: int = 32,
+                   autocast: contextlib.AbstractContextManager[Any] | None = None) -> torch.Tensor:
+    """Whole-utterance logits (n, C) for normalised arrays, in input order."""
+    model.eval()
+    return _batched(model, arrays, device, batch_size, autocast)
+
+
+def predict_embeddings(model: nn.Module, arrays: Sequence[np.ndarray], device: torch.device,
+                       batch_size: int = 32) -> torch.Tensor:
+    """The encoder's whole-utterance embeddings (n, D) for normalised arrays (what the head reads)."""
+    model.eval()
+    return _batched(model.encoder, arrays, device, batch_size, None)
 
 
 def predict_features(rec: Recognizer, arrays: Sequence[np.ndarray], batch_size: int = 32,

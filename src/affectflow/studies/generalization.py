@@ -154,48 +154,98 @@ def score_cell(pred: pd.DataFrame, classes: list[str], params: Params) -> dict[s
             "collapsed": col.collapsed, "collapse_reasons": col.reasons, "confusion": cm.tolist()}
 
 
+def standardised_egemaps(features: Path, rows: pd.DataFrame) -> np.ndarray:
+    """eGeMAPS functionals of `rows`, every corpus z-scored by its own clips' statistics (label-free)."""
+    from affectflow.contracts.feature_store import FeatureSet
+
+    X = FeatureSet(features).matrix("egemaps", rows["utt_id"].tolist()).astype(np.float64)
+    out = np.empty_like(X)
+    for corpus in rows["corpus"].unique():
+        m = (rows["corpus"] == corpus).to_numpy()
+        mu, sd = X[m].mean(axis=0), X[m].std(axis=0)
+        out[m] = (X[m] - mu) / np.maximum(sd, 1e-8)
+    return out
+
+
 def svm_cell(params: Params, df: pd.DataFrame, features: Path, train_corpora: list[str], held: str) -> pd.DataFrame:
     """The reference: eGeMAPS functionals, every corpus z-scored by its own clips' statistics (the
     held-out one by its own, unlabelled), RBF SVM C=10 with balanced class weights."""
     from sklearn.svm import SVC
 
-    from affectflow.contracts.feature_store import FeatureSet
-
-    fs = FeatureSet(features)
     man = training_manifest(df, train_corpora, held)
     train_rows = man[man["role"] == "source"]
     test_rows = man[man["corpus"] == held]
-
-    def standardised(rows: pd.DataFrame) -> np.ndarray:
-        X = fs.matrix("egemaps", rows["utt_id"].tolist()).astype(np.float64)
-        out = np.empty_like(X)
-        for corpus in rows["corpus"].unique():
-            m = (rows["corpus"] == corpus).to_numpy()
-            mu, sd = X[m].mean(axis=0), X[m].std(axis=0)
-            out[m] = (X[m] - mu) / np.maximum(sd, 1e-8)
-        return out
-
     clf = SVC(C=10.0, kernel="rbf", gamma="scale", class_weight="balanced")
-    clf.fit(standardised(train_rows), train_rows["emotion"].to_numpy())
+    clf.fit(standardised_egemaps(features, train_rows), train_rows["emotion"].to_numpy())
     pred = test_rows[["utt_id", "corpus", "speaker", "emotion"]].copy()
-    pred["predicted"] = clf.predict(standardised(test_rows))
+    pred["predicted"] = clf.predict(standardised_egemaps(features, test_rows))
     return pred
 
 
-def recognizer_cell(params: Params, df: pd.DataFrame, features: Path, train_corpora: list[str], held: str,
-                    cell_dir: Path, pretrained: Path | None = None, synthetic: Path | None = None) -> pd.DataFrame:
-    """The train stage on the training corpora, then the evaluate stage on the held-out corpus."""
+def aaec_classifier_cell(params: Params, df: pd.DataFrame, features: Path, train_corpora: list[str],
+                         held: str) -> pd.DataFrame:
+    """AAEC as its paper uses it: trained (augment.* settings) on the training corpora's eGeMAPS,
+    each corpus z-scored by its own clips; its jointly trained classifier — emotion learnt from
+    real X and synthetic X', beside the real/fake head — scores the held-out corpus (z-scored by
+    its own clips, label-free)."""
+    from affectflow.models.aaec import train_aaec
+    from affectflow.runtime.device import resolve_device
+
+    classes = list(params.ingest.classes)
+    man = training_manifest(df, train_corpora, held)
+    train_rows = man[man["role"] == "source"]
+    test_rows = man[man["corpus"] == held]
+    y = train_rows["emotion"].map({c: i for i, c in enumerate(classes)}).to_numpy(np.int64)
+    cfg = params.augment.model_copy(update={"seed": params.train.seed, "generator": "aaec"})
+    model = train_aaec(standardised_egemaps(features, train_rows).astype(np.float32), y, len(classes), cfg,
+                       resolve_device(cfg.device, "augment.device"))
+    probs = model.emotion_probs(standardised_egemaps(features, test_rows).astype(np.float32))
+    pred = test_rows[["utt_id", "corpus", "speaker", "emotion"]].copy()
+    pred["predicted"] = np.asarray(classes)[probs.argmax(axis=1)]
+    return pred
+
+
+def held_out_predictions(params: Params, model_dir: Path, manifest: Path, features: Path, held: str,
+                         cell_dir: Path) -> pd.DataFrame:
+    """The evaluate stage on a cell's model; the held-out corpus's predictions."""
     from affectflow.stages.evaluate import evaluate
+
+    evaluate(params, model_dir, manifest, features, cell_dir / "evaluate")
+    pred = pd.read_parquet(cell_dir / "evaluate" / "predictions.parquet")
+    pred = pred[pred["set"] == f"cross:{held}"]
+    return pred[["utt_id", "corpus", "speaker", "emotion", "predicted"]]
+
+
+def trained_recognizer(params: Params, df: pd.DataFrame, features: Path, train_corpora: list[str], held: str,
+                       cell_dir: Path, pretrained: Path | None = None,
+                       synthetic: Path | None = None) -> tuple[Path, Path]:
+    """The train stage on the training corpora: (the cell's manifest, the model folder)."""
     from affectflow.stages.train.stage import train
 
     man = training_manifest(df, train_corpora, held)
     path = cell_dir / MANIFEST_FILE
     write_manifest(man, path)
     tr = train(params, path, features, cell_dir / "train", pretrained=pretrained, synthetic=synthetic)
-    evaluate(params, tr.model_dir, path, features, cell_dir / "evaluate")
-    pred = pd.read_parquet(cell_dir / "evaluate" / "predictions.parquet")
-    pred = pred[pred["set"] == f"cross:{held}"]
-    return pred[["utt_id", "corpus", "speaker", "emotion", "predicted"]]
+    return path, tr.model_dir
+
+
+def recognizer_cell(params: Params, df: pd.DataFrame, features: Path, train_corpora: list[str], held: str,
+                    cell_dir: Path, pretrained: Path | None = None, synthetic: Path | None = None) -> pd.DataFrame:
+    """The train stage on the training corpora, then the evaluate stage on the held-out corpus."""
+    path, model_dir = trained_recognizer(params, df, features, train_corpora, held, cell_dir, pretrained, synthetic)
+    return held_out_predictions(params, model_dir, path, features, held, cell_dir)
+
+
+def latent_cell(params: Params, df: pd.DataFrame, features: Path, train_corpora: list[str], held: str,
+                cell_dir: Path) -> pd.DataFrame:
+    """The recognizer as `recognizer_cell` trains it, then latent-feature augmentation of its head
+    (new-style embeddings of the training corpora only), evaluated on the held-out corpus."""
+    from affectflow.stages.augment.latent import augment_latent
+
+    path, model_dir = trained_recognizer(params, df, features, train_corpora, held, cell_dir)
+    p = with_overrides(params, {"augment.seed": params.train.seed})
+    lat = augment_latent(p, model_dir, path, features, cell_dir / "latent")
+    return held_out_predictions(params, lat.model_dir, path, features, held, cell_dir)
 
 
 def dann_cell(params: Params, df: pd.DataFrame, features: Path, train_corpora: list[str], held: str,
@@ -234,6 +284,10 @@ def run_method(method: str, params: Params, df: pd.DataFrame, features: Path, tr
         return dann_cell(params, df, features, train_corpora, held, cell_dir)
     if method == "augment":
         return augment_cell(params, df, features, train_corpora, held, cell_dir)
+    if method == "latent":
+        return latent_cell(params, df, features, train_corpora, held, cell_dir)
+    if method == "aaec_classifier":
+        return aaec_classifier_cell(params, df, features, train_corpora, held)
     return recognizer_cell(params, df, features, train_corpora, held, cell_dir)
 
 
@@ -242,6 +296,8 @@ METHOD_STAGES: dict[str, tuple[str, ...]] = {
     "recognizer": ("ingest", "features", "train", "evaluate"),
     "dann": ("ingest", "features", "pretrain", "train", "evaluate"),
     "augment": ("ingest", "features", "augment", "train", "evaluate"),
+    "latent": ("ingest", "features", "train", "augment", "evaluate"),
+    "aaec_classifier": ("ingest", "features", "augment", "train"),
 }
 """The stages a cell of each method runs (the SVM reads the ingest manifest and the feature store)."""
 NOT_OUTCOME = frozenset({"s3", "paths", "tracking"})

@@ -242,6 +242,13 @@ def render_markdown(report: dict[str, Any]) -> str:
             lines.append(f"| {label} | {_fmt(row['real'])} | {_fmt(row['kept'])} | {_fmt(row['rejected'])} | "
                          f"{row['n_kept']} | {row['n_rejected']} |")
         lines.append("")
+    if "head" in report:
+        h = report["head"]
+        lines += ["## Head retrained on real + synthetic embeddings", "",
+                  f"{h['n_real']} real and {h['n_synthetic']} kept synthetic embeddings (ratio {h['ratio']}), "
+                  f"{h['head_epochs']} epochs, {'a fresh head' if h.get('reinit') else 'the trained head continued'}; "
+                  f"loss {h['loss_first']:.3f} -> {h['loss_last']:.3f}. "
+                  f"The encoder of {h['base_model']} is unchanged.", ""]
     lines += ["## Real vs synthetic", "", f"Embedding: {report['metrics']['embedding']}; k = {report['metrics']['k']}.", "",
               "| set | n | Fréchet ↓ | precision ↑ | recall ↑ |", "|---|---:|---:|---:|---:|"]
     for key in ("before", "before_size_matched", "after"):

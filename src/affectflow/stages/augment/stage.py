@@ -76,30 +76,53 @@ class AugmentResult:
     mlflow_run_id: str | None = None
 
 
-def augment(
-    params: Params, manifest: str | Path | pd.DataFrame, features_dir: str | Path, out_dir: str | Path,
-    track: bool = True,
-) -> AugmentResult:
-    """Train, generate, score, filter and report; `track=False` skips MLflow (used by the ablation)."""
-    cfg = params.augment
-    out_dir = Path(out_dir)
-    df = manifest if isinstance(manifest, pd.DataFrame) else read_manifest(manifest)
-    real = load_real_set(params, df, features_dir)
-    classes = real.classes
+@dataclass
+class Synthesis:
+    """A generator trained on real samples, its filtered samples, and what the report reads."""
+
+    real: RealSet
+    std: Standardizer
+    X_std: np.ndarray
+    """Standardised real samples."""
+    held: np.ndarray
+    """Rows held out from the generator to calibrate realness."""
+    model: TrainedGenerator
+    train_s: float
+    gen: Generated
+    X_syn: np.ndarray
+    """Generated samples in the real samples' units."""
+    scores: Scores
+    th: Thresholds
+    kept: np.ndarray
+    passed: dict[str, np.ndarray]
+    cal_realness: np.ndarray
+    real_emb: np.ndarray
+    syn_emb: np.ndarray
+    style: StyleSpace | None = None
+    real_style: np.ndarray | None = None
+    """Real clips' style novelty (out-of-speaker readings): the style_novelty reference."""
+
+    @property
+    def fit(self) -> np.ndarray:
+        return ~self.held
+
+
+def synthesize(cfg: AugmentConfig, real: RealSet, device: Any) -> Synthesis:
+    """Standardise, train the generator (style-conditioned with `cfg.style`), sample, score every
+    sample on the real training data only, filter. Shared by feature-space augmentation (`augment`)
+    and latent-feature augmentation (`latent.augment_latent`), whose `real` are embeddings."""
     std = Standardizer.fit(real.X)
     X_std = std.transform(real.X)
-    device = resolve_device(cfg.device, "augment.device")
     held = calibration_split(real.utt_ids, real.y, cfg.realness_holdout, cfg.seed)
     fit = ~held
     style = _style_space(cfg, real, X_std)
     real_codes = None if style is None else style.codes_for(real.speakers)
     t0 = time.perf_counter()
-    model = train_generator(cfg, X_std[fit], real.y[fit], len(classes), device,
+    model = train_generator(cfg, X_std[fit], real.y[fit], len(real.classes), device,
                             styles=None if real_codes is None else real_codes[fit])
     train_s = time.perf_counter() - t0
     gen = generate(model, np.unique(real.y[fit]), cfg.samples_per_class, seed=cfg.seed + 1, style=style)
     X_syn = std.inverse(gen.X_std)
-
     # Scores in the fixed embedding space, all fitted on real training data only.
     with threadpool_limits(SCORING_BLAS_THREADS):
         scores, th, cal_realness, real_emb, syn_emb = _score(cfg, model, real, X_std, X_syn, gen, held, fit,
@@ -110,26 +133,53 @@ def augment(
             real_style = style.real_novelty(X_std, real.speakers)
             th.style_novelty_min = style_novelty_threshold(real_style, cfg.style_novelty_quantile)
     kept, passed = select(scores, gen.y, th, cfg.filters, cfg.keep_fraction)
+    return Synthesis(real, std, X_std, held, model, train_s, gen, X_syn, scores, th, kept, passed, cal_realness,
+                     real_emb, syn_emb, style, real_style)
 
-    report = _report(params, df, features_dir, real, gen.y, kept, passed, th.to_json(classes), model.history,
-                     train_s, str(device), real_emb, syn_emb)
-    report["n_real_generator"] = int(fit.sum())
-    report["n_real_calibration"] = int(held.sum())
-    if style is not None and scores.style_novelty is not None and real_style is not None:
-        report["style"] = _style_report(cfg, style, real, real_style, gen, scores.style_novelty, kept, th)
-    score_arrays = {"realness": scores.realness, "agreement": scores.agreement,
-                    "nn_distance": scores.nn_distance, "knn_inside": scores.knn_inside.astype(bool)}
-    if scores.style_novelty is not None:
-        score_arrays["style_novelty"] = scores.style_novelty
+
+def score_arrays(syn: Synthesis) -> dict[str, np.ndarray]:
+    """Every sample's score per criterion, as stored beside the samples."""
+    s = syn.scores
+    out = {"realness": s.realness, "agreement": s.agreement, "nn_distance": s.nn_distance,
+           "knn_inside": s.knn_inside.astype(bool)}
+    if s.style_novelty is not None:
+        out["style_novelty"] = s.style_novelty
+    return out
+
+
+def style_report(cfg: AugmentConfig, syn: Synthesis) -> dict[str, Any] | None:
+    """The report's style section (None without style codes)."""
+    if syn.style is None or syn.scores.style_novelty is None or syn.real_style is None:
+        return None
+    return _style_report(cfg, syn.style, syn.real, syn.real_style, syn.gen, syn.scores.style_novelty, syn.kept,
+                         syn.th)
+
+
+def augment(
+    params: Params, manifest: str | Path | pd.DataFrame, features_dir: str | Path, out_dir: str | Path,
+    track: bool = True,
+) -> AugmentResult:
+    """Train, generate, score, filter and report; `track=False` skips MLflow (used by the ablation)."""
+    cfg = params.augment
+    out_dir = Path(out_dir)
+    df = manifest if isinstance(manifest, pd.DataFrame) else read_manifest(manifest)
+    real = load_real_set(params, df, features_dir)
+    classes = real.classes
+    device = resolve_device(cfg.device, "augment.device")
+    syn = synthesize(cfg, real, device)
+    gen, kept = syn.gen, syn.kept
+    report = build_report(params, df, features_dir, real, gen.y, kept, syn.passed, syn.th.to_json(classes),
+                     syn.model.history, syn.train_s, str(device), syn.real_emb, syn.syn_emb)
+    report["n_real_generator"] = int(syn.fit.sum())
+    report["n_real_calibration"] = int(syn.held.sum())
+    style = style_report(cfg, syn)
+    if style is not None:
+        report["style"] = style
     with atomic_dir(out_dir) as tmp:
         write_synthetic(tmp / SYNTHETIC_FILE, SyntheticSet(
-            X=X_syn, y=gen.y, classes=classes, feature=real.kind, kept=kept, generator=cfg.generator,
-            scores=score_arrays, style=gen.style))
-        real_2d, syn_2d = _project(real_emb, syn_emb)
-        plot_projection(tmp / "projection.png", classes, real_2d, real.y, syn_2d, gen.y, kept, cfg.seed)
-        plot_scores(tmp / "scores.png", cal_realness, scores.realness, scores.agreement, scores.nn_distance,
-                    real_nn_distances(real_emb), th.label_tau, th.delta)
-        plot_losses(tmp / "losses.png", model.history.losses, f"{cfg.generator} training losses")
+            X=syn.X_syn, y=gen.y, classes=classes, feature=real.kind, kept=kept, generator=cfg.generator,
+            scores=score_arrays(syn), style=gen.style))
+        write_plots(tmp, cfg, syn)
         write_report(tmp, report)
     run_id = None
     if track:
@@ -145,6 +195,16 @@ def augment(
                "epoch_seconds": report["training"]["epoch_seconds_mean"], "device": str(device)}
     return AugmentResult(out_dir, out_dir / SYNTHETIC_FILE, out_dir / "report.json", out_dir / "report.md",
                          summary, run_id)
+
+
+def write_plots(folder: Path, cfg: AugmentConfig, syn: Synthesis) -> None:
+    """projection.png, scores.png and losses.png of a synthesis into `folder`."""
+    real, gen, s, th = syn.real, syn.gen, syn.scores, syn.th
+    real_2d, syn_2d = _project(syn.real_emb, syn.syn_emb)
+    plot_projection(folder / "projection.png", real.classes, real_2d, real.y, syn_2d, gen.y, syn.kept, cfg.seed)
+    plot_scores(folder / "scores.png", syn.cal_realness, s.realness, s.agreement, s.nn_distance,
+                real_nn_distances(syn.real_emb), th.label_tau, th.delta)
+    plot_losses(folder / "losses.png", syn.model.history.losses, f"{cfg.generator} training losses")
 
 
 def _style_space(cfg: AugmentConfig, real: RealSet, X_std: np.ndarray) -> StyleSpace | None:
@@ -210,7 +270,7 @@ def _project(real_emb: np.ndarray, syn_emb: np.ndarray) -> tuple[np.ndarray, np.
     return (real_emb - mu) @ basis, (syn_emb - mu) @ basis
 
 
-def _report(
+def build_report(
     params: Params, df: pd.DataFrame, features_dir: str | Path, real: RealSet, syn_y: np.ndarray,
     kept: np.ndarray, passed: dict[str, np.ndarray], thresholds: dict[str, Any], history: Any,
     train_s: float, device: str, real_emb: np.ndarray, syn_emb: np.ndarray,
@@ -221,7 +281,8 @@ def _report(
     totals = {"real": len(real.y), "generated": len(syn_y), "kept": int(kept.sum()),
               "passed": {k: int(m.sum()) for k, m in passed.items()}}
     secs = history.epoch_seconds
-    emb_desc = ("standardised features" if real.kind == "egemaps" else "per-band mean+std of the segment, standardised")
+    emb_desc = {"egemaps": "standardised features", "embedding": "recognizer embeddings, standardised"}.get(
+        real.kind, "per-band mean+std of the segment, standardised")
     if cfg.embedding_pca:
         emb_desc += f" -> PCA({min(cfg.embedding_pca, real_emb.shape[1])}) fitted on real training data"
     metrics: dict[str, Any] = {"embedding": emb_desc, "k": cfg.knn_k,
