@@ -359,6 +359,9 @@ class AugmentAblationConfig(Section):
     folds: list[int] = Field(default_factory=lambda: [0, 1, 2, 3])
     """Test folds (speaker groups) to rotate through; every seed runs every fold."""
     generators: list[Literal["wgan_gp", "aaec"]] = Field(default_factory=lambda: ["wgan_gp", "aaec"])
+    settings: list[Literal["full", "low_resource"]] = Field(default_factory=lambda: ["full", "low_resource"],
+                                                             min_length=1)
+    """Training-set sizes to run: every training speaker, and/or the low-resource subset."""
     low_resource_fraction: float = Field(0.25, gt=0, le=1)
     """Share of the training speakers kept in the low-resource setting (rounded down, at least 1)."""
     low_resource_epochs: int | None = Field(1200, ge=1)

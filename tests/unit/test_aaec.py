@@ -86,6 +86,11 @@ def test_samples_inherit_labels_and_stay_near_their_class(one_torch_thread: None
         d = np.linalg.norm(S[labels == c].mean(0)[None] - means, axis=1)
         assert d.argmin() == c, f"class {c} samples are nearer the other class: {d}"
     assert trained.realness(S, labels).shape == (100,)
+    # Its jointly trained classifier is a recognizer of the real classes (AAEC's own use of it).
+    X_new = (means[labels] + 0.3 * rng.standard_normal((100, 16))).astype(np.float32)
+    P = trained.emotion_probs(X_new)
+    assert P.shape == (100, 2) and np.allclose(P.sum(1), 1.0, atol=1e-5)
+    assert (P.argmax(1) == labels).mean() > 0.9
     assert np.array_equal(trained.sample(labels[:4], seed=7), trained.sample(labels[:4], seed=7))
 
 

@@ -185,3 +185,24 @@ def test_a_cell_key_follows_only_the_sections_its_stages_read(corpora: Path, tmp
     moved = p.model_copy(update={"tracking": p.tracking.model_copy(update={"uri": "sqlite:///elsewhere.db"})})
     assert G.cell_key("recognizer", moved, ["alpha", "beta"], "gamma") == key["recognizer"]
     assert G.cell_key("recognizer", p, ["alpha", "beta"], "beta") != key["recognizer"]
+
+
+def test_latent_and_aaec_classifier_conditions_learn_from_the_training_corpora_only(corpora: Path,
+                                                                                   tmp_path: Path) -> None:
+    small = {"augment.epochs": 2, "augment.samples_per_class": 10, "augment.hidden": [16, 16],
+             "augment.latent_dim": 4, "augment.embedding_pca": 4, "augment.aaec_gru_hidden": 8}
+    conditions = {
+        "latent": {"method": "latent", "overrides": {**small, "augment.style": "speaker", "augment.style_dim": 3,
+                                                     "augment.filters": [], "augment.latent.epochs": 2}},
+        "aaec_cls": {"method": "aaec_classifier", "overrides": small},
+    }
+    p = _params(corpora, tmp_path, conditions=conditions, **{"studies.generalization.held_out": ["gamma"]})
+    s = G.run_study(p, tmp_path / "study").summary
+    for name in conditions:
+        assert s["table"][name]["per_corpus"]["gamma"]["seeds"] == 1
+    cell = next((tmp_path / "study" / "cells" / "heldout_gamma" / "latent").glob("seed0-*"))
+    report = json.loads((cell / "latent" / "report.json").read_text())
+    assert report["style"]["n_corpora"] == 2 and report["head"]["n_synthetic"] > 0  # alpha + beta speakers only
+    meta = json.loads((cell / "latent" / "model" / "model.json").read_text())
+    assert meta["train"]["latent_augmentation"]["n_synthetic"] == report["head"]["n_synthetic"]
+    assert "gamma" not in meta["train"]["corpora"]

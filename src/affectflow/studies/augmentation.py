@@ -176,7 +176,7 @@ def run_cell(params: Params, df: pd.DataFrame, features_dir: Path, cell_dir: Pat
 def aggregate(cells: list[dict[str, Any]], generators: list[str]) -> dict[str, Any]:
     """Per (setting, generator, variant): UAR averaged over folds per seed, then mean ± std over seeds."""
     out: dict[str, Any] = {}
-    for setting in SETTINGS:
+    for setting in SETTINGS:  # table order, whichever settings ran
         sc = [c for c in cells if c["setting"] == setting]
         if not sc:
             continue
@@ -277,7 +277,7 @@ def ablate_augmentation(params: Params, manifest: str | Path, features_dir: str 
     df = read_manifest(manifest)
     df = df[df["role"] == "source"] if "role" in df.columns else df
     # Fold-major order: a study stopped early still has every seed and setting of its first folds.
-    grid = [(s, seed, fold) for fold in ab.folds for seed in ab.seeds for s in SETTINGS]
+    grid = [(s, seed, fold) for fold in ab.folds for seed in ab.seeds for s in ab.settings]
     cells = []
     t0 = time.perf_counter()
     for setting, seed, fold in progress(grid, desc="ablation", unit="cell"):
