@@ -383,7 +383,7 @@ class AugmentAblationConfig(Section):
 
 
 class LatentConfig(Section):
-    """Latent-feature augmentation (`affectflow augment-latent`): the generator, its style codes and
+    """Latent-feature augmentation (`affectflow augment-latent`, the generalization study's `latent` method): the generator, its style codes and
     its filter (the rest of `augment.*`) work in a trained recognizer's embedding space, and the
     recognizer's head is retrained on real + kept synthetic embeddings (the encoder stays fixed)."""
 

@@ -93,13 +93,17 @@ def test_latent_path_end_to_end(base_model: dict, tmp_path: Path) -> None:
     assert len(set(real.speakers)) >= 2 and set(real.corpora) == {"ravdess"}
 
 
-def test_ratio_zero_is_the_real_only_control(base_model: dict, tmp_path: Path) -> None:
-    params = tiny_params(base_model["params"], **{"train.model": "egemaps_mlp"},
-                         **{**AUGMENT, "augment.latent.ratio": 0.0})
-    res = augment_latent(params, base_model["model_dir"], base_model["manifest"], base_model["features"],
-                         tmp_path / "latent")
-    facts = load_model_dir(res.model_dir).meta.train.latent_augmentation
-    assert facts["n_synthetic"] == 0 and res.summary["head_synthetic"] == 0 and facts["n_real"] > 0
+def test_ratio_zero_is_the_real_only_control_through_the_cli(base_model: dict, tmp_path: Path) -> None:
+    from affectflow.cli import main
+    from affectflow.config import params_yaml
+
+    params = tiny_params(base_model["params"], **{"train.model": "egemaps_mlp"}, **AUGMENT)
+    (tmp_path / "params.yaml").write_text(params_yaml(params))
+    assert main(["augment-latent", "--params", str(tmp_path / "params.yaml"), "--set", "augment.latent.ratio=0",
+                 "--model", str(base_model["model_dir"]), "--manifest", str(base_model["manifest"]),
+                 "--features", str(base_model["features"]), "--out", str(tmp_path / "latent")]) == 0
+    facts = load_model_dir(tmp_path / "latent" / "model").meta.train.latent_augmentation
+    assert facts["ratio"] == 0 and facts["n_synthetic"] == 0 and facts["n_real"] > 0
 
 
 def test_no_training_rows_is_a_clear_error(base_model: dict, tmp_path: Path) -> None:

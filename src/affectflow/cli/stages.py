@@ -153,6 +153,29 @@ for _spec in STAGES.values():
     command(_spec.name, _spec.summary, _stage_args(_spec))(_stage_handler(_spec))
 
 
+# ----------------------------------------------------------------------------- latent augmentation
+def _latent_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", type=Path, help=HELP["model"])
+    p.add_argument("--manifest", type=Path, help=HELP["manifest"])
+    p.add_argument("--features", type=Path, help=HELP["features"])
+    p.add_argument("--out", type=Path, help="output folder (default: <workdir>/augment_latent); the model with "
+                                            "the retrained head is <out>/model")
+
+
+@command("augment-latent", "latent-feature augmentation: a trained model's training clips as embeddings, new-style "
+         "embeddings generated and filtered (augment.*), the head retrained on real + kept ones (augment.latent.*)",
+         _latent_args)
+def _augment_latent(params: Params, a: argparse.Namespace) -> int:
+    from affectflow.contracts.workdir import Workdir
+    from affectflow.stages.augment.latent import augment_latent
+
+    wd = Workdir(params.workdir())
+    res = augment_latent(params, a.model or wd.model, a.manifest or wd.manifest, a.features or wd.features,
+                         a.out or params.workdir() / "augment_latent")
+    print_summary(f"augment-latent: {res.model_dir}", res.summary)
+    return 0
+
+
 # ----------------------------------------------------------------------------- step and dvc
 def _step_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("stage", choices=list(STAGES), help="stage to run in the workdir layout")
