@@ -383,9 +383,10 @@ class AugmentAblationConfig(Section):
 
 
 class LatentConfig(Section):
-    """Latent-feature augmentation (`affectflow augment-latent`, the generalization study's `latent` method): the generator, its style codes and
-    its filter (the rest of `augment.*`) work in a trained recognizer's embedding space, and the
-    recognizer's head is retrained on real + kept synthetic embeddings (the encoder stays fixed)."""
+    """Latent-feature augmentation (`affectflow augment-latent`; the generalization study's `latent`
+    method): the generator, its style codes and its filter (the rest of `augment.*`) work in a
+    trained recognizer's embedding space, and the recognizer's head is retrained on real + kept
+    synthetic embeddings (the encoder stays fixed)."""
 
     ratio: float = Field(1.0, ge=0)
     """Synthetic embeddings per real training clip in the head's training set (at most the kept
