@@ -32,7 +32,7 @@ from affectflow.runtime.device import resolve_device
 from affectflow.serving.recognizer import Recognizer, load_model_dir, predict_embeddings
 from affectflow.stages.augment.data import RealSet, training_rows
 from affectflow.stages.augment.report import write_report
-from affectflow.stages.augment.stage import Synthesis, build_report, style_report, synthesize, write_plots
+from affectflow.stages.augment.stage import Synthesis, build_report, synthesize, write_plots
 from affectflow.storage import atomic_dir
 
 EMBED_BATCH = 256
@@ -149,14 +149,8 @@ def augment_latent(params: Params, model_dir: str | Path, manifest: str | Path |
              "base_model": str(model_dir)}
     meta = rec.meta.model_copy(deep=True)
     meta.train = meta.train.model_copy(update={"latent_augmentation": facts})
-    report = build_report(params, df, features_dir, real, syn.gen.y, syn.kept, syn.passed,
-                     syn.th.to_json(real.classes), syn.model.history, syn.train_s, str(rec.device), syn.real_emb,
-                     syn.syn_emb)
-    report.update(n_real_generator=int(syn.fit.sum()), n_real_calibration=int(syn.held.sum()),
-                  head={**facts, "loss_first": losses[0], "loss_last": losses[-1]})
-    style = style_report(cfg, syn)
-    if style is not None:
-        report["style"] = style
+    report = build_report(params, df, features_dir, syn, str(rec.device))
+    report["head"] = {**facts, "loss_first": losses[0], "loss_last": losses[-1]}
     with atomic_dir(out_dir) as tmp:
         model_out = write_model_folder(tmp / "model", rec.model, meta)
         write_plots(tmp, cfg, syn)

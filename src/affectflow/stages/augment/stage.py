@@ -147,14 +147,6 @@ def score_arrays(syn: Synthesis) -> dict[str, np.ndarray]:
     return out
 
 
-def style_report(cfg: AugmentConfig, syn: Synthesis) -> dict[str, Any] | None:
-    """The report's style section (None without style codes)."""
-    if syn.style is None or syn.scores.style_novelty is None or syn.real_style is None:
-        return None
-    return _style_report(cfg, syn.style, syn.real, syn.real_style, syn.gen, syn.scores.style_novelty, syn.kept,
-                         syn.th)
-
-
 def augment(
     params: Params, manifest: str | Path | pd.DataFrame, features_dir: str | Path, out_dir: str | Path,
     track: bool = True,
@@ -168,13 +160,7 @@ def augment(
     device = resolve_device(cfg.device, "augment.device")
     syn = synthesize(cfg, real, device)
     gen, kept = syn.gen, syn.kept
-    report = build_report(params, df, features_dir, real, gen.y, kept, syn.passed, syn.th.to_json(classes),
-                     syn.model.history, syn.train_s, str(device), syn.real_emb, syn.syn_emb)
-    report["n_real_generator"] = int(syn.fit.sum())
-    report["n_real_calibration"] = int(syn.held.sum())
-    style = style_report(cfg, syn)
-    if style is not None:
-        report["style"] = style
+    report = build_report(params, df, features_dir, syn, str(device))
     with atomic_dir(out_dir) as tmp:
         write_synthetic(tmp / SYNTHETIC_FILE, SyntheticSet(
             X=syn.X_syn, y=gen.y, classes=classes, feature=real.kind, kept=kept, generator=cfg.generator,
@@ -270,12 +256,13 @@ def _project(real_emb: np.ndarray, syn_emb: np.ndarray) -> tuple[np.ndarray, np.
     return (real_emb - mu) @ basis, (syn_emb - mu) @ basis
 
 
-def build_report(
-    params: Params, df: pd.DataFrame, features_dir: str | Path, real: RealSet, syn_y: np.ndarray,
-    kept: np.ndarray, passed: dict[str, np.ndarray], thresholds: dict[str, Any], history: Any,
-    train_s: float, device: str, real_emb: np.ndarray, syn_emb: np.ndarray,
-) -> dict[str, Any]:
+def build_report(params: Params, df: pd.DataFrame, features_dir: str | Path, syn: Synthesis,
+                 device: str) -> dict[str, Any]:
+    """report.json of a synthesis: per class real / generated / kept / rejected, real vs synthetic
+    metrics, training, lineage, and the style section when the generator had style codes."""
     cfg = params.augment
+    real, syn_y, kept, passed, history = syn.real, syn.gen.y, syn.kept, syn.passed, syn.model.history
+    real_emb, syn_emb = syn.real_emb, syn.syn_emb
     per_class = per_class_table(real.classes, real.y, syn_y, kept, passed)
     per_class = {k: v for k, v in per_class.items() if v["real"] or v["generated"]}
     totals = {"real": len(real.y), "generated": len(syn_y), "kept": int(kept.sum()),
@@ -287,12 +274,13 @@ def build_report(
         emb_desc += f" -> PCA({min(cfg.embedding_pca, real_emb.shape[1])}) fitted on real training data"
     metrics: dict[str, Any] = {"embedding": emb_desc, "k": cfg.knn_k,
                                **compare(real_emb, syn_emb, kept, cfg.knn_k, cfg.seed)}
-    return {
+    report: dict[str, Any] = {
         "generator": cfg.generator, "feature": real.kind, "device": device, "classes": real.classes,
         "n_real": len(real.y), "n_real_clips": len(np.unique(real.utt_ids)),
         "sample_shape": list(real.sample_shape), "filters": list(cfg.filters), "keep_fraction": cfg.keep_fraction,
-        "per_class": per_class, "totals": totals, "thresholds": thresholds, "metrics": metrics,
-        "training": {"epochs": len(secs), "seconds": train_s,
+        "per_class": per_class, "totals": totals, "thresholds": syn.th.to_json(real.classes), "metrics": metrics,
+        "n_real_generator": int(syn.fit.sum()), "n_real_calibration": int(syn.held.sum()),
+        "training": {"epochs": len(secs), "seconds": syn.train_s,
                      "epoch_seconds_mean": float(np.mean(secs)) if secs else 0.0,
                      "epoch_seconds_median": float(np.median(secs)) if secs else 0.0,
                      "final_losses": history.losses[-1] if history.losses else {}},
@@ -301,6 +289,10 @@ def build_report(
                     "features_dir": str(features_dir), "augment_params_hash": params.section_hash("augment"),
                     "features_params_hash": params.section_hash("features")},
     }
+    if syn.style is not None and syn.scores.style_novelty is not None and syn.real_style is not None:
+        report["style"] = _style_report(cfg, syn.style, real, syn.real_style, syn.gen, syn.scores.style_novelty,
+                                        kept, syn.th)
+    return report
 
 
 def run(params: Params, inputs: Inputs, out_dir: Path) -> AugmentResult:
