@@ -657,6 +657,8 @@ def test_registration_job_uploads_and_schedules(rendered: dict) -> None:
     assert f"--max-concurrency={p.max_concurrency}" in schedule
     for cmd in cmds:
         assert f"--namespace={p.namespace}" in cmd  # the chart's kubeflow.namespace, params.yaml's default
+        # the UI's run form and the scheduled runs read the corpora where the cluster keeps them
+        assert "--set=paths.data_root=s3://affectflow/corpora" in cmd
         assert "--host=http://ml-pipeline.kubeflow.svc.cluster.local:8888" in cmd
         assert "--package=/app/pipelines/compiled/affectflow-train.yaml" in cmd
     spec = job["spec"]["template"]["spec"]
@@ -665,6 +667,16 @@ def test_registration_job_uploads_and_schedules(rendered: dict) -> None:
     vols = {v["name"]: v for v in spec["volumes"]}
     token = vols["kfp-token"]["projected"]["sources"][0]["serviceAccountToken"]
     assert token["audience"] == "pipelines.kubeflow.org"
+
+
+def test_data_root_of_pipeline_runs_from_chart_values() -> None:
+    _, cmds = _job_commands(render({"kubeflow": {"dataRoot": "s3://corpora-bucket/ser"}}))
+    assert all("--set=paths.data_root=s3://corpora-bucket/ser" in c for c in cmds)
+    _, cmds = _job_commands(render({"s3": {"bucket": "team-ml"}}))
+    assert all("--set=paths.data_root=s3://team-ml/corpora" in c for c in cmds)
+    assert not any("../shared/data" in " ".join(c) for c in cmds)
+    with helm.Chart.load(CHART) as chart, pytest.raises(helm.HelmValuesError):
+        chart.validate_schema(chart.merge_values({"kubeflow": {"dataRoot": "../shared/data"}}))
 
 
 def test_registration_job_on_upgrade_and_from_a_configmap() -> None:
@@ -699,7 +711,7 @@ def test_registration_commands_parse_with_the_cli(rendered: dict) -> None:
     for cmd in cmds:
         ns = parser.parse_args(cmd[1:])
         assert ns.command == "pipeline" and ns.action == cmd[2]
-    assert ns.cron == "0 0 3 * * 1" and ns.overrides == ["train.epochs=5"]
+    assert ns.cron == "0 0 3 * * 1" and ns.overrides == ["paths.data_root=s3://affectflow/corpora", "train.epochs=5"]
 
 
 # --------------------------------------------------------------------------- MLflow backend URI, db upgrade
