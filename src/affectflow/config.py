@@ -301,6 +301,9 @@ class TrainConfig(Section):
     checkpoints_to_keep: int = Field(2, ge=1)
     max_failures: int = Field(0, ge=0)
     """Ray restarts of a failed worker group from its last checkpoint (num_workers >= 1)."""
+    controller_failure_limit: int = Field(3, ge=0)
+    """Ray Train controller failures (e.g. its worker group cannot be scheduled) tolerated before the run
+    fails; Ray's own default (-1) retries for ever while the task holds its pod and GPU."""
     stop_after_epochs: int = Field(0, ge=0)
     """Stop this process (as if killed, raising TrainingInterrupted) after this many epochs; the next
     run resumes from the checkpoint. For time-boxed jobs and for testing resume. 0 = never."""
