@@ -443,7 +443,7 @@ def test_pipeline_in_the_release_namespace() -> None:
 def test_notes_name_the_pipeline_side() -> None:
     notes = render_raw({"serving": {"enabled": True}})["affectflow/templates/NOTES.txt"]
     assert "params.yaml's pipeline.namespace must be kubeflow" in notes
-    assert "ray://affectflow-ray-head-svc.ml.svc.cluster.local:10001" in notes
+    assert "http://affectflow-ray-head-svc.ml.svc.cluster.local:8265" in notes
     assert "models:/affectflow-ser@champion" in notes and "generated" in notes
 
 
@@ -1148,11 +1148,14 @@ def test_gpu_worker_group_default(rendered: dict) -> None:
 
 
 def test_pipeline_env_points_at_the_ray_head(rendered: dict) -> None:
-    """RAY_ADDRESS is the Ray client port of the head Service KubeRay creates (<cluster>-head-svc)."""
+    """RAY_ADDRESS is the dashboard (Jobs API) port of the head Service KubeRay creates (<cluster>-head-svc):
+    training is submitted as a Ray job, not through Ray Client."""
     docs = rendered["default"]
     ray = one(docs, "RayCluster")
     env = one(docs, "ConfigMap", "pipeline-env")["data"]
-    assert env["RAY_ADDRESS"] == f"ray://{ray['metadata']['name']}-head-svc.{NS}.svc.cluster.local:10001"
+    assert env["RAY_ADDRESS"] == f"http://{ray['metadata']['name']}-head-svc.{NS}.svc.cluster.local:8265"
+    head_ports = {p["containerPort"] for p in ray["spec"]["headGroupSpec"]["template"]["spec"]["containers"][0]["ports"]}
+    assert 8265 in head_ports
     assert env["AFFECTFLOW_RAY_STORAGE"] == "s3://affectflow/ray"
     head = ray["spec"]["headGroupSpec"]["template"]["spec"]["containers"][0]
     assert env_of(head)["AFFECTFLOW_RAY_STORAGE"]["value"] == env["AFFECTFLOW_RAY_STORAGE"]

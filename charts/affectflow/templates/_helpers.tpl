@@ -245,10 +245,11 @@ in a command line).
 ray.io/cluster: {{ include "affectflow.fullname" . }}-ray
 {{- end -}}
 
-{{/* The Ray client address the pipeline's train task connects to (KubeRay's head service). */}}
+{{/* The Ray head's dashboard (Jobs API) the pipeline's train task submits its training job to (KubeRay's
+head service); not Ray Client, which Ray advises against for Ray Train. */}}
 {{- define "affectflow.ray.address" -}}
 {{- if .Values.ray.enabled -}}
-{{- printf "ray://%s-ray-head-svc.%s.svc.cluster.local:10001" (include "affectflow.fullname" .) .Release.Namespace -}}
+{{- printf "http://%s-ray-head-svc.%s.svc.cluster.local:8265" (include "affectflow.fullname" .) .Release.Namespace -}}
 {{- end -}}
 {{- end -}}
 
