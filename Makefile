@@ -5,16 +5,17 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: setup demo test lint clean rehearsal
+.PHONY: setup demo test lint lock clean rehearsal
 
 setup: $(VENV)/.installed
 
-$(VENV)/.installed: pyproject.toml
+# containers/requirements.lock (the images' lock) constrains every install, so the tested environment is the lock.
+$(VENV)/.installed: pyproject.toml containers/requirements.lock
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	# CPU torch first (the wheel on disk); nothing below may pull a CUDA build.
-	$(BIN)/pip install -q torch==2.13.0
-	$(BIN)/pip install -q -e '.[dev]'
+	$(BIN)/pip install -q -c containers/requirements.lock torch==2.13.0
+	$(BIN)/pip install -q -c containers/requirements.lock -e '.[dev]'
 	touch $@
 
 demo: setup
@@ -31,6 +32,10 @@ rehearsal: setup
 lint: setup
 	$(BIN)/ruff check .
 	$(BIN)/lint-imports
+
+# Rewrite the lock from the environment the tests pass in (after changing pyproject.toml and installing).
+lock:
+	$(BIN)/python scripts/lock.py
 
 clean:
 	rm -rf artifacts demo_data

@@ -938,10 +938,10 @@ def test_network_policies(rendered: dict) -> None:
 
 # --------------------------------------------------------------------------- Ray
 def _requirement_pin(name: str) -> str:
-    for line in (REPO / "containers" / "requirements.txt").read_text().splitlines():
+    for line in (REPO / "containers" / "requirements.lock").read_text().splitlines():
         if line.startswith(f"{name}=="):
             return line.split("==", 1)[1]
-    raise AssertionError(f"{name} is not pinned in containers/requirements.txt")
+    raise AssertionError(f"{name} is not pinned in containers/requirements.lock")
 
 
 def test_gpu_worker_group_default(rendered: dict) -> None:

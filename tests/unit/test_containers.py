@@ -4,11 +4,13 @@ the compiled pipeline names is one that `containers/` defines (`affectflow.orche
 
 from __future__ import annotations
 
+import importlib.util
 import io
 import re
 import shutil
 import subprocess
 import sys
+import zipfile
 from pathlib import Path
 
 import pytest
@@ -24,6 +26,22 @@ REPO = Path(__file__).resolve().parents[2]
 DOCKERFILES = sorted({spec.dockerfile for spec in images.IMAGES.values()})
 PIPELINE_OUTPUT = "pipelines/compiled"
 """Written by `affectflow pipeline compile`; the images carry it for the chart's registration Job."""
+LOCK_FILE = "containers/requirements.lock"
+PACKAGE_DIR = "/tmp/affectflow"
+"""Where the Dockerfiles assemble the package source before `pip install --no-deps`."""
+DIGEST = re.compile(r"@sha256:[0-9a-f]{64}$")
+
+
+def _lock_module():
+    """scripts/lock.py (a script, not a package module): the one writer and reader of the lock."""
+    spec = importlib.util.spec_from_file_location("affectflow_lock_script", REPO / "scripts" / "lock.py")
+    assert spec and spec.loader
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+lock = _lock_module()
 
 
 def parse(dockerfile: str) -> DockerfileParser:
@@ -67,6 +85,7 @@ def test_base_images_are_pinned(dockerfile: str) -> None:
         assert name and tag, f"{dockerfile}: FROM {ref} has no tag"
         assert tag != "latest" and "latest" not in ref, f"{dockerfile}: FROM {ref} is not pinned"
         assert re.search(r"\d+\.\d+", tag), f"{dockerfile}: FROM {ref}: tag names no version"
+        assert DIGEST.search(ref), f"{dockerfile}: FROM {ref} is not pinned by digest"
 
 
 @pytest.mark.parametrize("dockerfile", DOCKERFILES)
@@ -93,10 +112,10 @@ def test_layers_are_ordered_for_caching(dockerfile: str) -> None:
         return next(i for i, s in enumerate(stage) if pred(s))
 
     torch = first(lambda s: s["instruction"] == "RUN" and "torch==" in s["value"])
-    reqs_copy = first(lambda s: s["instruction"] == "COPY" and "requirements.txt" in s["value"])
+    reqs_copy = first(lambda s: s["instruction"] == "COPY" and LOCK_FILE in s["value"])
     reqs_install = first(lambda s: s["instruction"] == "RUN" and "--requirement" in s["value"])
     src_copy = first(lambda s: s["instruction"] == "COPY" and re.search(r"(^|\s)src(\s|/|$)", s["value"]))
-    pkg_install = first(lambda s: s["instruction"] == "RUN" and "--no-deps" in s["value"])
+    pkg_install = first(lambda s: s["instruction"] == "RUN" and f"--no-deps {PACKAGE_DIR}" in s["value"])
     assert torch < reqs_copy < reqs_install < src_copy < pkg_install
 
 
@@ -105,17 +124,22 @@ def test_system_and_python_dependencies(dockerfile: str) -> None:
     d = parse(dockerfile)
     runs = " ".join(s["value"] for s in instructions(d, "RUN"))
     assert "libsndfile1" in runs and "--no-install-recommends" in runs
+    assert re.search(r"install [^&]*\bwget\b", runs), "KubeRay < 1.6 probes Ray pods with wget"
     assert "rm -rf /var/lib/apt/lists/*" in runs
     assert d.args["TORCH_VERSION"] == images.TORCH_VERSION
     assert "torch==${TORCH_VERSION}" in runs
 
 
 def test_cpu_and_cuda_builds_of_torch() -> None:
+    """One slim Python base for both; CUDA comes once, from torch's PyPI wheels (no nvidia/cuda base)."""
     cpu, cuda = parse(images.IMAGES["cpu"].dockerfile), parse(images.IMAGES["gpu"].dockerfile)
     assert cpu.baseimage.startswith("python:3.11")
     assert cpu.args["TORCH_INDEX"] == "https://download.pytorch.org/whl/cpu"
-    assert cuda.baseimage.startswith(f"nvidia/cuda:{images.CUDA_VERSION}.") and "runtime" in cuda.baseimage
-    assert cuda.args["PYTHON_VERSION"].startswith("3.11")
+    assert cuda.parent_images == [cpu.baseimage], "the CUDA image is the CPU image's base plus torch's CUDA wheels"
+    assert not [p for p in cuda.parent_images if "nvidia" in p or "cuda" in p]
+    assert cuda.args["TORCH_INDEX"] == "https://pypi.org/simple"
+    cuda_torch = next(s["value"] for s in instructions(cuda, "RUN") if "torch==" in s["value"])
+    assert "--no-deps" not in cuda_torch, "the CUDA torch brings its CUDA runtime wheels as dependencies"
     assert images.IMAGES["gpu"].tag.endswith(f"cuda{images.CUDA_VERSION}")
 
 
@@ -143,26 +167,81 @@ def test_dockerignore_keeps_local_state_out() -> None:
         assert ignore.match_file(path), f"{path} would be sent to the Docker build"
 
 
-def test_requirements_pin_every_runtime_dependency() -> None:
-    """containers/requirements.txt (containers/freeze_constraints.py) must cover pyproject's deps."""
-    import tomllib
-
-    project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
-    deps = [Requirement(r) for r in project["dependencies"] + project["optional-dependencies"]["server"]]
-    pins: dict[str, str] = {}
-    for line in (REPO / "containers/requirements.txt").read_text().splitlines():
-        if line.strip() and not line.startswith("#"):
-            req = Requirement(line)
-            (spec,) = req.specifier
-            assert spec.operator == "==", f"requirements.txt: {line} is not an exact pin"
-            pins[re.sub(r"[-_.]+", "-", req.name).lower()] = spec.version
-    for dep in deps:
-        name = re.sub(r"[-_.]+", "-", dep.name).lower()
+def test_lock_pins_every_runtime_dependency() -> None:
+    """Every requirement of pyproject (dependencies and the images' extras) is satisfied by the lock."""
+    pins = lock.read_lock(REPO / LOCK_FILE)
+    for dep in lock.root_requirements(REPO / "pyproject.toml"):
+        name = lock.canon(dep.name)
         if name == "torch":
             assert name not in pins, "torch comes from the CPU/CUDA index in each Dockerfile"
             continue
-        assert name in pins, f"{dep.name} is in pyproject.toml but not pinned: run containers/freeze_constraints.py"
+        assert name in pins, f"{dep.name} is in pyproject.toml but not in {LOCK_FILE}: run `make lock`"
         assert dep.specifier.contains(pins[name], prereleases=True), f"{dep.name}=={pins[name]} violates {dep}"
+    assert "kserve" in pins, "the serving image runs the KServe predictor"
+    assert not [n for n in pins if n.startswith(lock.CUDA_PREFIXES)], "CUDA wheels come with torch's CUDA build"
+
+
+def test_lock_is_current_with_the_tested_environment() -> None:
+    """The lock is what scripts/lock.py writes from this environment, and every pin is what is installed
+    here: the environment the tests pass in is the one the images install."""
+    from importlib import metadata
+
+    pins = lock.read_lock(REPO / LOCK_FILE)
+    wrong = {n: (v, metadata.version(n)) for n, v in pins.items() if metadata.version(n) != v}
+    assert not wrong, f"installed versions differ from {LOCK_FILE} (pin, installed): {wrong}; run `make lock`"
+    assert (REPO / LOCK_FILE).read_text() == lock.render(lock.resolve(lock.root_requirements())), \
+        f"{LOCK_FILE} is not what this environment gives: run `make lock`"
+
+
+def test_lock_reader_refuses_loose_pins(tmp_path: Path) -> None:
+    bad = tmp_path / "requirements.lock"
+    bad.write_text("numpy==2.0.0\npandas>=2\n")
+    with pytest.raises(ValueError, match=r"requirements.lock:2: 'pandas>=2' is not an exact"):
+        lock.read_lock(bad)
+
+
+def test_setup_and_images_install_the_lock() -> None:
+    """`make setup` constrains every pip install with the lock; each image installs it."""
+    makefile = (REPO / "Makefile").read_text()
+    installs = [ln for ln in makefile.splitlines() if re.search(r"pip install .*(torch|-e )", ln)]
+    assert len(installs) == 2 and all(f"-c {LOCK_FILE}" in ln for ln in installs), installs
+    for dockerfile in DOCKERFILES:
+        d = parse(dockerfile)
+        copies = [s["value"] for s in instructions(d, "COPY") if LOCK_FILE in s["value"]]
+        assert copies, f"{dockerfile}: does not copy {LOCK_FILE}"
+        dest = copies[0].split()[-1]
+        assert any(f"--requirement {dest}" in s["value"] for s in instructions(d, "RUN")), dockerfile
+        assert any("pip check" in s["value"] for s in instructions(d, "RUN")), f"{dockerfile}: no pip check"
+
+
+@pytest.mark.parametrize("dockerfile", DOCKERFILES)
+def test_wheel_builds_from_exactly_the_build_context(dockerfile: str, tmp_path: Path) -> None:
+    """Copy what the Dockerfile COPYs into the package folder, build the wheel from that alone (as
+    `pip install --no-deps /tmp/affectflow` does), and find the library, components and the pipeline in it."""
+    ctx = tmp_path / "affectflow"
+    for s in instructions(parse(dockerfile), "COPY"):
+        parts = [p for p in s["value"].split() if not p.startswith("--")]
+        *srcs, dest = parts
+        if not dest.startswith(PACKAGE_DIR):
+            continue
+        rel = dest[len(PACKAGE_DIR):].strip("/")
+        for src in srcs:
+            target = ctx / rel if len(srcs) == 1 and rel and not dest.endswith("/") else ctx / rel / Path(src).name
+            if (REPO / src).is_dir():
+                shutil.copytree(REPO / src, target, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+            else:
+                target.parent.mkdir(parents=True, exist_ok=True)
+                shutil.copy2(REPO / src, target)
+    out = tmp_path / "wheel"
+    res = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q",
+                          "-w", str(out), str(ctx)], capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert res.returncode == 0, f"{dockerfile}: the wheel does not build from its COPYs:\n{res.stderr[-3000:]}"
+    (wheel,) = out.glob("affectflow-*.whl")
+    names = set(zipfile.ZipFile(wheel).namelist())
+    for member in ("affectflow/__init__.py", "affectflow/serving/kserve.py", "components/train.py",
+                   "pipelines/cli.py", "pipelines/train_pipeline.py"):
+        assert member in names, f"{dockerfile}: {member} missing from the wheel"
+    assert any(n.startswith("pipelines/compiled/") and n.endswith(".yaml") for n in names)
 
 
 # --------------------------------------------------------------------------- image names
@@ -237,12 +316,7 @@ def test_kfp_launcher_artifact_dirs_belong_to_the_non_root_user(dockerfile: str)
 
 
 def _pins() -> dict[str, str]:
-    pins = {}
-    for line in (REPO / "containers/requirements.txt").read_text().splitlines():
-        if line.strip() and not line.startswith("#"):
-            req = Requirement(line)
-            pins[re.sub(r"[-_.]+", "-", req.name).lower()] = next(iter(req.specifier)).version
-    return pins
+    return lock.read_lock(REPO / LOCK_FILE)
 
 
 def test_images_carry_ray_default_for_the_kuberay_head() -> None:
@@ -261,7 +335,7 @@ def test_images_carry_ray_default_for_the_kuberay_head() -> None:
     assert extra_deps, "ray declares no `default` extra"
     for req in extra_deps:
         name = re.sub(r"[-_.]+", "-", req.name).lower()
-        assert name in pins, f"ray[default] needs {req.name}: not pinned in containers/requirements.txt"
+        assert name in pins, f"ray[default] needs {req.name}: not pinned in {LOCK_FILE}"
         assert req.specifier.contains(pins[name], prereleases=True), f"{req.name}=={pins[name]} violates {req}"
     assert {"grpcio", "aiohttp-cors"} <= set(pins)
     assert pins["ray"] == metadata.version("ray")

@@ -20,6 +20,7 @@ from typing import Any
 
 from affectflow.config import Params, TrackingConfig, flatten
 from affectflow.contracts.model_folder import content_hash
+from affectflow.runtime.device import device_tags
 from affectflow.tracking.uri import ensure_store, resolve_artifact_location
 
 MAX_PARAM_CHARS = 6000
@@ -86,7 +87,7 @@ def start_run(params: Params, run_name: str, tags: Mapping[str, str] | None = No
             run_id = None
     nested = mlflow.active_run() is not None
     with mlflow.start_run(run_id=run_id, run_name=None if run_id else run_name, nested=nested,
-                          tags=dict(tags or {})) as run:
+                          tags={**device_tags(), **(tags or {})}) as run:
         if rf:
             rf.parent.mkdir(parents=True, exist_ok=True)
             rf.write_text(run.info.run_id)
@@ -141,7 +142,7 @@ def reopen_run(run_meta: Mapping[str, str] | None, params: Params, run_name: str
     nested = mlflow.active_run() is not None
     # A reopened run keeps its own tags (stage=train...); only a new run gets `tags`.
     with mlflow.start_run(run_id=run_id, run_name=None if run_id else run_name, nested=nested,
-                          tags=None if run_id else dict(tags or {})) as run:
+                          tags=None if run_id else {**device_tags(), **(tags or {})}) as run:
         if run_id is None:
             mlflow.log_params(flat_params(params, sections))
         yield run

@@ -33,9 +33,9 @@ def use_gpu(tc: TrainConfig) -> bool:
 
     if ray.is_initialized():
         return float(ray.cluster_resources().get("GPU", 0)) > 0
-    from affectflow.runtime.device import cuda_available
+    from affectflow.runtime.device import auto_uses_cuda
 
-    return cuda_available()
+    return auto_uses_cuda("train.device")
 
 
 def _connect(tc: TrainConfig) -> bool:
