@@ -237,8 +237,9 @@ class Builder:
             t0 = time.monotonic()
             cached = True
             if name == "FROM":
-                key = _sha("FROM", value, BASE_SUITE, *BASE_PACKAGES)
-                layer, cached = self._layer(key, lambda up: self._debootstrap(up))
+                # the Debian stand-in depends on the suite and packages only (not on the tag or digest it replaces)
+                layer, cached = self._layer(_sha("base", BASE_SUITE, *BASE_PACKAGES), self._debootstrap)
+                key = _sha("FROM", value)
                 layers = [layer]
                 host_key = _sha(key, "host-pip", *(Path(p).read_bytes() if Path(p).is_file() else b""
                                                    for p in HOST_PIP_FILES))
