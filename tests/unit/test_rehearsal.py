@@ -246,3 +246,73 @@ def test_apt_mirror_is_read_from_deb822_and_one_line_sources(tmp_path):
     (tmp_path / "sources.list").write_text("")
     with pytest.raises(PipelineError, match="no apt source"):
         I.apt_mirror(tmp_path)
+
+
+class FakeS3:
+    """The three calls the launcher makes, over a dict of (bucket, key) -> bytes."""
+
+    def __init__(self, objects: dict[tuple[str, str], bytes]):
+        self.objects = dict(objects)
+
+    def get_paginator(self, name: str):
+        store = self.objects
+
+        class Pages:
+            def paginate(self, Bucket: str, Prefix: str):  # boto3's argument names
+                yield {"Contents": [{"Key": k} for (b, k) in sorted(store) if b == Bucket and k.startswith(Prefix)]}
+        return Pages()
+
+    def download_file(self, bucket: str, key: str, path: str) -> None:
+        Path(path).write_bytes(self.objects[(bucket, key)])
+
+    def upload_file(self, path: str, bucket: str, key: str) -> None:
+        self.objects[(bucket, key)] = Path(path).read_bytes()
+
+
+def _launcher(tmp_path: Path, s3: FakeS3) -> L.Launcher:
+    image = I.Image(key="k", layers=(), env={}, workdir="/app", user=None, cmd=())
+    return L.Launcher(image=image, s3=s3, pipeline_root="s3://b/root", pipeline="p", run_id="r1", job_name="j",
+                      platform={}, secrets={}, config_maps={}, work=tmp_path)
+
+
+def test_staging_downloads_directory_and_file_artifacts_to_kfp_local_paths(tmp_path):
+    s3 = FakeS3({("b", "root/p/r1/ingest/manifest/manifest.parquet"): b"PAR1",
+                 ("b", "root/p/r1/ingest/manifest/sub/x.json"): b"{}",
+                 ("b", "root/p/r1/ingest/summary"): b"{\"n\": 1}"})
+    launcher = _launcher(tmp_path, s3)
+    volumes = {d: tmp_path / "v" / d.strip("/") for d in L.EMPTY_DIRS}
+    for uri in ("s3://b/root/p/r1/ingest/manifest", "s3://b/root/p/r1/ingest/summary"):
+        launcher._download(uri, launcher._host(L.local_path(uri), volumes))
+    base = tmp_path / "v" / "s3" / "b" / "root" / "p" / "r1" / "ingest"
+    assert (base / "manifest" / "manifest.parquet").read_bytes() == b"PAR1"
+    assert (base / "manifest" / "sub" / "x.json").is_file() and (base / "summary").read_bytes() == b"{\"n\": 1}"
+    with pytest.raises(PipelineError, match="not in S3"):
+        launcher._download("s3://b/root/p/r1/nothing", tmp_path / "n")
+    with pytest.raises(PipelineError, match="not on a volume"):
+        launcher._host("/etc/passwd", volumes)
+
+
+def test_collect_uploads_outputs_and_reads_output_parameters(ir, tmp_path):
+    s3 = FakeS3({})
+    launcher = _launcher(tmp_path, s3)
+    task = _task(ir, "register", "comp-register", {"config": "x"})
+    ex = L.executor_input(task, pipeline_root="s3://b/root", pipeline="p", run_id="r1")
+    volumes = {d: tmp_path / "v" / d.strip("/") for d in L.EMPTY_DIRS}
+    result_uri = ex["outputs"]["artifacts"]["result"]["artifacts"][0]["uri"]
+    out = launcher._host(L.local_path(result_uri), volumes)
+    out.parent.mkdir(parents=True)
+    out.write_text("{}")
+    meta = launcher._host(L.OUTPUT_METADATA, volumes)
+    meta.parent.mkdir(parents=True)
+    meta.write_text(json.dumps({"parameterValues": {"Output": True}}))
+    for key in ex["outputs"]["artifacts"]:  # the task's other outputs
+        if key != "result":
+            p = launcher._host(L.local_path(ex["outputs"]["artifacts"][key]["artifacts"][0]["uri"]), volumes)
+            p.write_text("x")
+    outcome = launcher._collect(ex, volumes)
+    assert outcome.state == D.SUCCEEDED and outcome.parameters == {"Output": True}
+    assert s3.objects[("b", "root/p/r1/register/result")] == b"{}"
+    # an output the task did not write fails the task, naming the artifact
+    (launcher._host(L.local_path(result_uri), volumes)).unlink()
+    with pytest.raises(PipelineError, match="wrote nothing"):
+        launcher._collect(ex, volumes)
