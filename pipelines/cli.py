@@ -178,7 +178,8 @@ def _pipeline(params: Params, a: argparse.Namespace) -> int:
     base = _base(a)
     package = _package(a, base)
     if a.action == "upload":
-        res = C.upload(client, package, name=a.name or PIPELINE_NAME, version=a.version)
+        res = C.upload(client, package, name=a.name or PIPELINE_NAME, version=a.version,
+                       namespace=a.namespace or params.pipeline.namespace)
         print_summary("uploaded", res)
         return 0
     if a.action == "submit":

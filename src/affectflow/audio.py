@@ -172,19 +172,40 @@ def decode(source: str | Path | io.BytesIO, name: str | Path | None = None) -> t
     return x, int(sr)
 
 
+S3_SCHEME = "s3://"
+
+
+def read_source(path: str | Path) -> bytes:
+    """A clip's bytes: a local file, or an s3:// URI read through the storage layer (a manifest of
+    corpora on S3 names its clips by URI, so any pod resolves them)."""
+    if str(path).startswith(S3_SCHEME):
+        from affectflow.storage import s3
+
+        try:
+            return s3.read_bytes(str(path))
+        except s3.S3NotFoundError:
+            raise AudioError(path, NOT_FOUND) from None
+        except s3.S3Error as e:
+            raise AudioError(path, f"cannot read object ({e})") from None
+    try:
+        return Path(path).read_bytes()
+    except OSError as e:
+        raise AudioError(path, NOT_FOUND if isinstance(e, FileNotFoundError) else f"cannot read file ({e.strerror})") from None
+
+
 def load(path: str | Path, sample_rate: int, *, expect_sha256: str | None = None) -> np.ndarray:
     """Mono float32 waveform at `sample_rate`; raises AudioError for empty, truncated or bad audio.
 
     With `expect_sha256` the file is read once, its bytes are checked against the hash (the
     manifest's content key) and decoded from memory: a file changed since ingest is refused rather
     than stored under a content key that is no longer its own."""
-    if expect_sha256 is None:
+    if expect_sha256 is None and not str(path).startswith(S3_SCHEME):
         x, sr = decode(path)
         return resample(x, sr, sample_rate)
-    try:
-        data = Path(path).read_bytes()
-    except OSError as e:
-        raise AudioError(path, NOT_FOUND if isinstance(e, FileNotFoundError) else f"cannot read file ({e.strerror})") from None
+    data = read_source(path)
+    if expect_sha256 is None:
+        x, sr = decode(io.BytesIO(data), path)
+        return resample(x, sr, sample_rate)
     got = hashlib.sha256(data).hexdigest()
     if got != expect_sha256:
         raise AudioError(path, f"file changed since ingest: {len(data)} bytes with sha256 {got[:12]}…, the "

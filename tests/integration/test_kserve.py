@@ -89,8 +89,20 @@ def test_predictor_answers_v2_requests_refuses_bad_input_and_follows_the_champio
     url, classes = predictor["url"], predictor["classes"]
     assert http_ok(f"{url}/v2/health/live")
     with urllib.request.urlopen(f"{url}/v2/models/{MODEL}", timeout=REQUEST_TIMEOUT_S) as r:
-        assert json.loads(r.read())["name"] == MODEL
+        meta = json.loads(r.read())
+    assert meta["name"] == MODEL
+    assert meta["inputs"] == [{"name": "audio", "datatype": "BYTES", "shape": [-1]}]
+    assert meta["outputs"] == [{"name": "probabilities", "datatype": "FP32", "shape": [-1, len(classes)]},
+                               {"name": "label", "datatype": "BYTES", "shape": [-1]}]
     paths = read_manifest(predictor["manifest"]).query("split == 'test'")["path"].head(3).tolist()
+
+    # The README's request, as printed there: no "id" (optional in the protocol).
+    readme = {"inputs": [{"name": "audio", "shape": [1], "datatype": "BYTES",
+                          "data": [base64.b64encode(Path(paths[0]).read_bytes()).decode("ascii")]}]}
+    status, body = _infer(url, readme)
+    assert status == 200, body
+    assert body["id"] and body["model_name"] == MODEL
+    assert {o["name"] for o in body["outputs"]} == {"probabilities", "label"}
 
     status, body = _infer(url, _audio_request(paths))
     assert status == 200, body

@@ -311,13 +311,16 @@ def _upload_corpus(synth_root: Path, request: pytest.FixtureRequest) -> str:
     return data_root
 
 
-def test_ingest_then_features_from_s3(s3_env: S3Server, synth_params, synth_root: Path,
+def test_ingest_then_features_from_s3(s3_env: S3Server, synth_params, synth_root: Path, tmp_path: Path,
                                       request: pytest.FixtureRequest) -> None:
-    """The corpus root is an s3:// URI: ingest mirrors it, features run on the mirror, outputs go back."""
+    """The corpus root is an s3:// URI: ingest mirrors it to probe, but the manifest names every clip by its
+    URI, so the next tasks in other pods (another workdir, the ingest pod's mirror gone, only the manifest
+    handed on) validate and extract features from S3; outputs go back."""
     from affectflow.contracts.feature_store import FeatureSet
     from affectflow.contracts.manifest import read_manifest
     from affectflow.stages.features import extract_features
     from affectflow.stages.ingest import ingest
+    from affectflow.stages.validate import validate
 
     params = synth_params.model_copy(deep=True)
     params.paths.data_root = _upload_corpus(synth_root, request)
@@ -326,21 +329,41 @@ def test_ingest_then_features_from_s3(s3_env: S3Server, synth_params, synth_root
     df = read_manifest(res.manifest)
     n_files = len(list(synth_root.rglob("*.wav")))
     assert res.summary["clips"] == len(df) == n_files
-    cache = Path(params.paths.workdir) / "s3cache"
-    assert all(Path(p).is_relative_to(cache) for p in df["path"])
-    # Same content as the local corpus: the content hashes match clip for clip.
-    local = {p.name: _sha(p) for p in synth_root.rglob("*.wav")}
-    assert dict(zip(df["path"].map(lambda p: Path(p).name), df["sha256"], strict=True)) == local
+    corpus_uri = params.paths.data_root + "/ravdess/"
+    assert all(p.startswith(corpus_uri) for p in df["path"]), df["path"].head().tolist()
+    # Same content as the local corpus: the content hashes match clip for clip, and each URI is the object.
+    local = {p.relative_to(synth_root).as_posix(): _sha(p) for p in synth_root.rglob("*.wav")}
+    assert dict(zip(df["path"].str.removeprefix(corpus_uri), df["sha256"], strict=True)) == local
+    assert res.summary["synthetic_corpora"] == ["ravdess"]  # read from the mirror's marker
 
-    feats = extract_features(params, res.manifest, Path(params.paths.workdir) / "features")
+    # The next pods: nothing shared with the ingest pod but S3 and the manifest artifact.
+    shutil.rmtree(Path(params.paths.workdir))
+    pod = params.model_copy(deep=True)
+    pod.paths.workdir = str(tmp_path / "next-pod")
+    manifest = tmp_path / "handed-on" / "manifest.parquet"
+    manifest.parent.mkdir()
+    manifest.write_bytes(df.to_parquet())
+    gate = validate(pod, manifest, tmp_path / "validation")
+    assert gate.passed, gate.report_md.read_text()
+    assert gate.summary["audio"] == {"checked": n_files, "decoded": 0, "remote_unchecked": 0}
+
+    feats = extract_features(pod, manifest, tmp_path / "next-pod" / "features")
     ids = df["utt_id"].tolist()
     arrays = FeatureSet(feats.index.parent).load("logmel", ids)
     assert len(arrays) == n_files
     assert {a.shape[0] for a in arrays} == {params.features.logmel.n_mels}
+    assert not (tmp_path / "next-pod" / "s3cache").exists()  # read through the storage layer, not a mirror
     out_uri = _uri(request, "artifacts", "features")
     published = s3.publish(feats.index.parent, out_uri)
     assert published.uploaded == sum(1 for f in feats.index.parent.rglob("*") if f.is_file())
     assert s3.exists(out_uri + "/index.parquet")
+
+    # A clip removed from the bucket after ingest: validate names it instead of passing.
+    gone = df["path"].iloc[0]
+    _client(s3_env.endpoint).delete_object(Bucket=BUCKET, Key=gone.removeprefix(f"s3://{BUCKET}/"))
+    gate = validate(pod, manifest, tmp_path / "validation-2")
+    assert not gate.passed
+    assert gone in gate.report_md.read_text() or gone in json.dumps(gate.summary)
 
 
 # --------------------------------------------------------------------------- predict on s3://

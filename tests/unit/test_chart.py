@@ -599,7 +599,7 @@ def test_missing_required_values_fail_with_a_message() -> None:
     ({"kubeflow": {"namespace": "Kubeflow_Profile"}}, "/kubeflow/namespace"),
     ({"networkPolicy": {"extraNamespaces": ["a b"]}}, "/networkPolicy/extraNamespaces/0"),
     ({"serving": {"storageUri": "s3://x"}}, "additional properties 'storageUri'"),
-    ({"serving": {"deploymentMode": "Knative"}}, "/serving/deploymentMode"),
+    ({"serving": {"deploymentMode": "Serverles"}}, "/serving/deploymentMode"),
     ({"postgres": {"external": {"sslmode": "yes"}}}, "/postgres/external/sslmode"),
     ({"credentialsJob": {"resources": {"requests": {"cpu": "lots"}}}}, "/credentialsJob/resources/requests/cpu"),
     ({"ray": {"autoscaler": {"resources": {"limits": {"memory": "1 GB"}}}}}, "/ray/autoscaler/resources/limits/memory"),
@@ -836,12 +836,18 @@ def test_every_pod_runs_as_non_root(rendered: dict, name: str) -> None:
     for doc in rendered[name]:
         for spec in pod_specs(doc):
             pods += 1
+            if doc["kind"] == "InferenceService":  # Knative mode: the container says it (checked below)
+                assert "securityContext" not in spec, "Knative refuses a pod-level securityContext"
+                continue
             sc = spec.get("securityContext", {})
             assert sc.get("runAsNonRoot") is True and sc.get("runAsUser", 0) > 0, doc["metadata"]["name"]
             assert sc.get("seccompProfile") == {"type": "RuntimeDefault"}
         for c in containers(doc):
             csc = c.get("securityContext", {})
             where = f"{doc['kind']}/{doc['metadata']['name']}:{c['name']}"
+            if doc["kind"] == "InferenceService":
+                assert csc.get("runAsNonRoot") is True and csc.get("runAsUser", 0) > 0, where
+                assert csc.get("seccompProfile") == {"type": "RuntimeDefault"}, where
             assert csc.get("allowPrivilegeEscalation") is False and csc.get("capabilities") == {"drop": ["ALL"]}, where
             assert csc.get("readOnlyRootFilesystem") is True, where
             assert any(m["mountPath"] == "/tmp" for m in c.get("volumeMounts", [])), f"{where}: no writable /tmp"
@@ -1017,7 +1023,7 @@ def test_inferenceservice_runs_the_affectflow_predictor(rendered: dict) -> None:
     env = env_of(c)
     assert env["MLFLOW_TRACKING_URI"]["value"] == "http://affectflow-mlflow.ml.svc.cluster.local:5000"
     assert env["AWS_ACCESS_KEY_ID"]["valueFrom"]["secretKeyRef"] == {"name": "affectflow-s3", "key": "AWS_ACCESS_KEY_ID"}
-    assert pred["securityContext"]["runAsNonRoot"] is True
+    assert "securityContext" not in pred and c["securityContext"]["runAsNonRoot"] is True
     sa = one(rendered["gpu"], "ServiceAccount", "serving")
     assert pred["serviceAccountName"] == sa["metadata"]["name"] and sa["automountServiceAccountToken"] is False
     cpu = one(render({"serving": {"enabled": True, "extraArgs": ["--workers=2"], "reloadIntervalS": 0}}),
@@ -1025,6 +1031,37 @@ def test_inferenceservice_runs_the_affectflow_predictor(rendered: dict) -> None:
     assert cpu["image"] == images.IMAGES["cpu"].ref(images.DEFAULT_REGISTRY) and "nvidia.com/gpu" not in cpu["resources"]["limits"]
     assert cpu["args"][-2:] == ["--reload_interval_s=0", "--workers=2"]
     assert not [d for d in rendered["default"] if d["kind"] == "InferenceService"]  # serving.enabled: false
+
+
+# What Knative Serving admits in a revision's pod spec with its default features (knative.dev/serving
+# pkg/apis/serving/fieldmask.go: PodSpecMask, ContainerMask, SecurityContextMask; the secure-pod-defaults
+# fields allowPrivilegeEscalation and seccompProfile included). KServe's Knative mode hands the predictor's
+# pod spec to a Knative Service, so anything else is refused there.
+KNATIVE_POD_FIELDS = {"serviceAccountName", "containers", "volumes", "imagePullSecrets", "enableServiceLinks",
+                      "automountServiceAccountToken"}
+KNATIVE_CONTAINER_FIELDS = {"name", "args", "command", "env", "workingDir", "envFrom", "image", "imagePullPolicy",
+                            "livenessProbe", "ports", "readinessProbe", "resources", "securityContext",
+                            "terminationMessagePath", "terminationMessagePolicy", "volumeMounts", "startupProbe"}
+KNATIVE_SECURITY_CONTEXT_FIELDS = {"capabilities", "readOnlyRootFilesystem", "runAsUser", "runAsGroup",
+                                   "runAsNonRoot", "allowPrivilegeEscalation", "seccompProfile"}
+KSERVE_MODES = ["", "Knative", "Standard", "Serverless", "RawDeployment"]
+"""KServe's mode names: Knative and Standard (0.15 on), their former names, and the cluster default."""
+
+
+@pytest.mark.parametrize("mode", KSERVE_MODES)
+def test_inferenceservice_is_accepted_in_every_kserve_mode(mode: str) -> None:
+    isvc = one(render({"serving": {"enabled": True, "deploymentMode": mode}}), "InferenceService")
+    check_custom_resource(isvc)
+    assert isvc["metadata"].get("annotations", {}).get("serving.kserve.io/deploymentMode", "") == mode
+    pod = _predictor_pod(isvc["spec"]["predictor"])
+    assert set(pod) <= KNATIVE_POD_FIELDS, f"Knative refuses {sorted(set(pod) - KNATIVE_POD_FIELDS)}"
+    for c in pod["containers"]:
+        assert set(c) <= KNATIVE_CONTAINER_FIELDS, sorted(set(c) - KNATIVE_CONTAINER_FIELDS)
+        assert set(c["securityContext"]) <= KNATIVE_SECURITY_CONTEXT_FIELDS
+        assert c["securityContext"]["runAsNonRoot"] is True and c["securityContext"]["runAsUser"] == 10001
+        assert len(c["ports"]) == 1  # Knative routes to one port
+    # and the check can fail: a pod-level securityContext (what the chart rendered before) is refused
+    assert "securityContext" not in KNATIVE_POD_FIELDS
 
 
 # --------------------------------------------------------------------------- images

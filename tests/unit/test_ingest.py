@@ -282,3 +282,41 @@ def test_missing_corpus_and_empty_corpus(tmp_path):
     p = params_for(tmp_path, [{"name": "ravdess", "adapter": "ravdess", "root": "empty"}])
     with pytest.raises(IngestError, match="has no audio files"):
         ingest(p)
+
+
+def test_clips_of_a_mirrored_s3_corpus_are_recorded_by_uri() -> None:
+    """A later pod cannot read this pod's mirror: the manifest records the clip's s3:// URI."""
+    from affectflow.stages.ingest import recorded_path
+
+    mirror = "/pod/cache/s3/bucket/corpora/ravdess"
+    assert recorded_path(f"{mirror}/Actor_01/a.wav", mirror, "s3://bucket/corpora/ravdess/") \
+        == "s3://bucket/corpora/ravdess/Actor_01/a.wav"
+    assert recorded_path("/data/emodb/wav/b.wav", "/data/emodb", None) == "/data/emodb/wav/b.wav"
+    assert recorded_path("/elsewhere/c.wav", mirror, "s3://bucket/corpora/ravdess") == "/elsewhere/c.wav"
+
+
+def test_audio_load_reads_s3_uris_through_the_storage_layer(tmp_path, monkeypatch) -> None:
+    import hashlib
+
+    import numpy as np
+    import soundfile as sf
+
+    from affectflow import audio
+    from affectflow.storage import s3
+
+    clip = tmp_path / "a.wav"
+    sf.write(clip, np.sin(np.linspace(0, 200, 16000)).astype(np.float32) * 0.3, 16000)
+    objects = {"s3://bucket/corpora/a.wav": clip.read_bytes()}
+
+    def read_bytes(uri: str) -> bytes:
+        if uri not in objects:
+            raise s3.S3NotFoundError(f"{uri}: no such object")
+        return objects[uri]
+
+    monkeypatch.setattr(s3, "read_bytes", read_bytes)
+    sha = hashlib.sha256(clip.read_bytes()).hexdigest()
+    x = audio.load("s3://bucket/corpora/a.wav", 8000, expect_sha256=sha)
+    assert x.shape == (8000,)
+    assert audio.load("s3://bucket/corpora/a.wav", 16000).shape == (16000,)
+    with pytest.raises(audio.AudioError, match=r"s3://bucket/corpora/b.wav: file not found"):
+        audio.load("s3://bucket/corpora/b.wav", 16000, expect_sha256=sha)

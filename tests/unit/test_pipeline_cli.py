@@ -4,6 +4,7 @@ scheduling twice leaves one recurring run (found across list pages; changed sett
 
 from __future__ import annotations
 
+import json
 from datetime import datetime, timezone
 from pathlib import Path
 from types import SimpleNamespace
@@ -28,6 +29,7 @@ class FakeClient:
     def __init__(self, host: str, namespace: str | None = None, existing: dict[str, str] | None = None):
         self.host, self.namespace = host, namespace
         self.pipelines = dict(existing or {})
+        self.namespaced: dict[tuple[str, str], str] = {}  # (namespace, name) -> id: a profile's own pipelines
         self.calls: list[tuple[str, dict[str, Any]]] = []
         self.recurring: dict[str, Any] = {}  # id -> V2beta1RecurringRun, in creation order
         self.created = 0
@@ -38,9 +40,20 @@ class FakeClient:
         self.calls.append(("get_pipeline_id", {"name": name}))
         return self.pipelines.get(name)
 
+    def list_pipelines(self, **kw: Any) -> Any:
+        """kfp.Client.list_pipelines with a display_name EQUALS filter, scoped by namespace."""
+        self.calls.append(("list_pipelines", kw))
+        wanted = json.loads(kw["filter"])["predicates"][0]["stringValue"]
+        hits = [SimpleNamespace(pipeline_id=pid) for (ns, n), pid in self.namespaced.items()
+                if n == wanted and ns == kw.get("namespace")]
+        return SimpleNamespace(pipelines=hits or None)
+
     def upload_pipeline(self, **kw: Any) -> Any:
         self.calls.append(("upload_pipeline", kw))
-        self.pipelines[kw["pipeline_name"]] = "pid-1"
+        if kw.get("namespace"):
+            self.namespaced[(kw["namespace"], kw["pipeline_name"])] = "pid-1"
+        else:
+            self.pipelines[kw["pipeline_name"]] = "pid-1"
         return SimpleNamespace(pipeline_id="pid-1")
 
     def list_pipeline_versions(self, **kw: Any) -> Any:
@@ -145,11 +158,31 @@ def test_upload_creates_the_pipeline_then_adds_versions(package: Path) -> None:
     first = P.upload(client, package)
     assert first == {"pipeline_id": "pid-1", "version_id": "vid-1", "version": "v1", "created_pipeline": True}
     assert client.calls[1] == ("upload_pipeline", {"pipeline_package_path": str(package),
-                                                   "pipeline_name": P.PIPELINE_NAME, "description": None})
+                                                   "pipeline_name": P.PIPELINE_NAME, "description": None,
+                                                   "namespace": None})
     second = P.upload(client, package, version="2026-06-01")
     assert second["created_pipeline"] is False and second["version_id"] == "vid-2"
     kw = client.calls[-1][1]
     assert (kw["pipeline_id"], kw["pipeline_version_name"]) == ("pid-1", "2026-06-01")
+
+
+def test_upload_into_a_profile_namespace(package: Path) -> None:
+    """Multi-user Kubeflow: the pipeline is uploaded to, and found again in, the profile's namespace."""
+    client = FakeClient("http://kfp", existing={P.PIPELINE_NAME: "shared-id"})
+    first = P.upload(client, package, namespace="kubeflow-user-example-com")
+    assert first["created_pipeline"] is True  # the shared pipeline of that name is not the profile's
+    assert dict(client.calls)["upload_pipeline"]["namespace"] == "kubeflow-user-example-com"
+    second = P.upload(client, package, namespace="kubeflow-user-example-com", version="v2")
+    assert second["created_pipeline"] is False and second["pipeline_id"] == "pid-1"
+    assert client.calls[-1][0] == "upload_pipeline_version"
+
+
+def test_cli_upload_passes_the_namespace(fake_kfp: type[FakeClient], package: Path) -> None:
+    rc = cli.main(["pipeline", "upload", "--host", "http://kfp", "--package", str(package),
+                   "--namespace", "team-a"])
+    assert rc == 0
+    (client,) = fake_kfp.instances
+    assert dict(client.calls)["upload_pipeline"]["namespace"] == "team-a"
 
 
 def test_upload_names_a_missing_package(tmp_path: Path) -> None:

@@ -55,16 +55,30 @@ def _version_name(package: Path) -> str:
     return f"{datetime.now(timezone.utc):%Y%m%d-%H%M%S}-{digest}"
 
 
+def pipeline_id_in(client: Any, name: str, namespace: str | None) -> str | None:
+    """The id of the pipeline called `name`: among the namespace's own pipelines when one is given
+    (multi-user Kubeflow lists a profile's pipelines only when asked with its namespace)."""
+    if namespace is None:
+        return client.get_pipeline_id(name)
+    flt = json.dumps({"predicates": [{"operation": "EQUALS", "key": "display_name", "stringValue": name}]})
+    found = getattr(client.list_pipelines(filter=flt, namespace=namespace, page_size=2), "pipelines", None) or []
+    if len(found) > 1:
+        raise PipelineError(f"{len(found)} pipelines named {name!r} in namespace {namespace!r}: names must be unique")
+    return found[0].pipeline_id if found else None
+
+
 def upload(client: Any, package: str | Path, *, name: str = PIPELINE_NAME, version: str | None = None,
-           description: str = "") -> dict[str, Any]:
-    """Upload the IR as a new pipeline, or as a new version of the pipeline of that name."""
+           description: str = "", namespace: str | None = None) -> dict[str, Any]:
+    """Upload the IR as a new pipeline, or as a new version of the pipeline of that name. With a
+    `namespace` (multi-user Kubeflow: the profile's), the pipeline is the namespace's own: the API
+    refuses a shared upload from a profile's service account."""
     package = Path(package)
     if not package.is_file():
         raise PipelineError(f"{package}: compiled pipeline not found (run `affectflow pipeline compile`)")
-    pipeline_id = client.get_pipeline_id(name)
+    pipeline_id = pipeline_id_in(client, name, namespace)
     if pipeline_id is None:
         p = client.upload_pipeline(pipeline_package_path=str(package), pipeline_name=name,
-                                   description=description or None)
+                                   description=description or None, namespace=namespace)
         pipeline_id = p.pipeline_id
         versions = client.list_pipeline_versions(pipeline_id=pipeline_id, page_size=1)
         first = (getattr(versions, "pipeline_versions", None) or [None])[0]

@@ -18,7 +18,9 @@ whose elements are base64-encoded audio files (wav, flac, ogg, mp3), one clip pe
     {"inputs": [{"name": "audio", "shape": [1], "datatype": "BYTES", "data": ["UklGRi..."]}]}
 
 Response: `probabilities` (FP32, [n, classes], class order in its `classes` parameter) and `label`
-(BYTES, [n]); `model_version` is the registry version that answered. A request that is not that
+(BYTES, [n]); `model_version` is the registry version that answered; `id` echoes the request's, or is a
+fresh UUID when the request has none (`id` is optional in the protocol). `GET /v2/models/<model_name>`
+lists that input and those outputs (`metadata_tensors`). A request that is not that
 shape, or audio that does not decode, is a 400 whose message names the input and the element.
 """
 
@@ -31,6 +33,7 @@ import shutil
 import tempfile
 import threading
 import time
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -186,6 +189,31 @@ def score(loaded: Loaded, clips: list[tuple[np.ndarray, int]]) -> np.ndarray:
     return probs
 
 
+def metadata_tensors(n_classes: int | None) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """(inputs, outputs) of the v2 model metadata: what a client must send and gets back
+    (-1: any number of clips; the class count once a model is loaded)."""
+    inputs = [{"name": INPUT_NAME, "datatype": "BYTES", "shape": [-1]}]
+    outputs = [{"name": PROBABILITIES, "datatype": "FP32", "shape": [-1, n_classes if n_classes else -1]},
+               {"name": LABEL, "datatype": "BYTES", "shape": [-1]}]
+    return inputs, outputs
+
+
+def _input_types(model: Any) -> list[dict[str, Any]]:
+    """kserve.Model.get_input_types of the predictor (`/v2/models/<name>` metadata)."""
+    return metadata_tensors(None)[0]
+
+
+def _output_types(model: Any) -> list[dict[str, Any]]:
+    """kserve.Model.get_output_types: the loaded model's class count in the probabilities' shape."""
+    loaded = model.current
+    return metadata_tensors(len(loaded.rec.classes) if loaded is not None else None)[1]
+
+
+def response_id(request_id: str | None) -> str:
+    """The v2 response id: the request's, else a fresh one (the protocol makes the request's optional)."""
+    return request_id if request_id else str(uuid.uuid4())
+
+
 def make_model(name: str, model_uri: str, reload_interval_s: float, resolver: Resolver) -> Any:
     """The kserve.Model (built here so importing this module does not need the SDK)."""
     import kserve
@@ -238,6 +266,9 @@ def make_model(name: str, model_uri: str, reload_interval_s: float, resolver: Re
             self._stop.set()
             super().stop()
 
+        get_input_types = _input_types
+        get_output_types = _output_types
+
         async def predict(self, payload: InferRequest, headers: dict[str, str] | None = None,
                           response_headers: dict[str, str] | None = None) -> InferResponse:
             if not isinstance(payload, InferRequest):
@@ -263,7 +294,7 @@ def make_model(name: str, model_uri: str, reload_interval_s: float, resolver: Re
                             parameters={"classes": ",".join(classes)}),
                 InferOutput(LABEL, [len(labels)], "BYTES", labels),
             ]
-            return InferResponse(payload.id, self.name, outputs, model_version=loaded.version)
+            return InferResponse(response_id(payload.id), self.name, outputs, model_version=loaded.version)
 
     return RecognizerModel()
 

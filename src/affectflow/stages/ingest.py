@@ -1,6 +1,9 @@
 """Stage 1a — ingest: corpus folders / CSV manifests -> one manifest with speaker-independent splits.
 
 Every clip is probed once (header, content hash, full decode so truncated files are caught).
+Corpora on S3 (`s3://` roots) are mirrored into this pod's cache to be listed and probed, but the
+manifest names each clip by its `s3://` URI, which any later task (another pod, a fresh filesystem)
+resolves through the storage layer (`affectflow.audio.read_source`); local corpora keep absolute paths.
 Bad audio either stops the run with an error naming the file (`on_bad_audio: fail`) or goes to a
 quarantine list while everything else is processed (`skip`); so does a clash of utterance ids
 that keeping the file suffix does not resolve (`unique_ids`). Byte-identical clips are counted in
@@ -80,6 +83,21 @@ def _probe_safe(args: tuple[str, float]) -> tuple[str, dict[str, Any] | None, st
         return path, None, e.reason
 
 
+LOCAL_PATH = "local_path"
+"""Working column (not in the manifest): where this pod reads the clip (the mirror of an s3:// corpus)."""
+
+
+def recorded_path(local: str, local_root: str, uri_root: str | None) -> str:
+    """The path the manifest records: the s3:// URI of a clip from a mirrored S3 corpus, else `local`."""
+    if uri_root is None:
+        return local
+    try:
+        rel = Path(local).relative_to(local_root)
+    except ValueError:  # not under the mirrored folder (e.g. a CSV manifest naming other locations)
+        return local
+    return f"{uri_root.rstrip('/')}/{rel.as_posix()}"
+
+
 def collect_utterances(params: Params) -> tuple[pd.DataFrame, Counter[str]]:
     """Run every configured adapter and map labels; returns rows and counts of dropped labels."""
     rows: list[dict[str, Any]] = []
@@ -93,10 +111,11 @@ def collect_utterances(params: Params) -> tuple[pd.DataFrame, Counter[str]]:
             where = "ingest.label_map" if not set(stray) & set(spec.label_map) else f"corpus '{spec.name}' label_map"
             raise IngestError(f"{where}: targets {stray} are not in ingest.classes {classes}")
         root = params.corpus_root(spec)
+        uri_root = None
         if root.startswith("s3://"):  # mirror into the local cache: adapters and probes read files
             from affectflow.storage.s3 import localize_for
 
-            root = str(localize_for(params, root))
+            uri_root, root = root, str(localize_for(params, root))
         if "://" not in root:
             root = str(Path(root).resolve())  # absolute paths: components run from other folders
         try:
@@ -113,7 +132,8 @@ def collect_utterances(params: Params) -> tuple[pd.DataFrame, Counter[str]]:
                 continue
             rows.append({
                 "utt_id": f"{spec.name}/{u.utt_id or Path(u.path).stem}",
-                "path": u.path, "corpus": spec.name, "role": spec.role,
+                "path": recorded_path(u.path, root, uri_root), LOCAL_PATH: u.path,
+                "corpus": spec.name, "role": spec.role,
                 "speaker": f"{spec.name}/{u.speaker}", "gender": u.gender or "",
                 "label": u.label, "emotion": emotion,
                 "valence": math.nan if u.valence is None else float(u.valence),
@@ -167,7 +187,8 @@ def duplicate_audio(df: pd.DataFrame, examples: int = 3) -> dict[str, Any]:
     return {"groups": len(groups), "clips": sum(len(g) for g in groups), "examples": groups[:examples]}
 
 
-def summarize(df: pd.DataFrame, dropped: Counter[str], quarantined: int) -> dict[str, Any]:
+def summarize(df: pd.DataFrame, dropped: Counter[str], quarantined: int,
+              synthetic: list[str] | None = None) -> dict[str, Any]:
     return {
         "clips": len(df),
         "speakers": int(df["speaker"].nunique()),
@@ -182,9 +203,12 @@ def summarize(df: pd.DataFrame, dropped: Counter[str], quarantined: int) -> dict
         "quarantined": quarantined,
         "duplicate_audio": duplicate_audio(df),
         "manifest_hash": manifest_hash(df),
-        "synthetic_corpora": sorted(str(c) for c, path in df.groupby("corpus")["path"].first().items()
-                                    if is_synthetic(path)),
+        "synthetic_corpora": synthetic if synthetic is not None else synthetic_corpora(df),
     }
+
+
+def synthetic_corpora(df: pd.DataFrame, column: str = "path") -> list[str]:
+    return sorted(str(c) for c, path in df.groupby("corpus")[column].first().items() if is_synthetic(path))
 
 
 def ingest(params: Params, out_dir: str | Path | None = None) -> IngestResult:
@@ -192,7 +216,11 @@ def ingest(params: Params, out_dir: str | Path | None = None) -> IngestResult:
     out = Path(out_dir) if out_dir is not None else params.workdir() / "ingest"
     df, dropped = collect_utterances(params)
     df, clashes = unique_ids(df, params.ingest.on_bad_audio)
-    probed, bad = probe_all(df["path"].drop_duplicates().tolist(), params)
+    # Probe where this pod reads each clip; report and record the manifest's path.
+    recorded = dict(zip(df[LOCAL_PATH], df["path"], strict=True))
+    probed_local, bad_local = probe_all(df[LOCAL_PATH].drop_duplicates().tolist(), params, names=recorded)
+    probed = {recorded[p]: facts for p, facts in probed_local.items()}
+    bad = [(recorded[p], why) for p, why in bad_local]
     # Nothing is written before every check has passed, so a failed run leaves the previous
     # outputs as they were; the manifest is written last, as the commit point of the stage.
     quarantine = out / "quarantine.csv"
@@ -203,7 +231,7 @@ def ingest(params: Params, out_dir: str | Path | None = None) -> IngestResult:
         raise IngestError(f"every clip was quarantined; see {quarantine}")
     facts = pd.DataFrame([probed[p] for p in kept["path"]])
     kept = apply_splits(pd.concat([kept, facts], axis=1), params.splits)[COLUMNS]
-    summary = summarize(kept, dropped, len(held))
+    summary = summarize(kept, dropped, len(held), synthetic_corpora(df[df["path"].isin(probed)], LOCAL_PATH))
     if held:
         _write_quarantine(quarantine, held)
     else:
@@ -218,10 +246,12 @@ def ingest(params: Params, out_dir: str | Path | None = None) -> IngestResult:
     return IngestResult(manifest=out / MANIFEST_FILE, summary=summary)
 
 
-def probe_all(paths: list[str], params: Params) -> tuple[dict[str, dict[str, Any]], list[tuple[str, str]]]:
+def probe_all(paths: list[str], params: Params, names: dict[str, str] | None = None,
+              ) -> tuple[dict[str, dict[str, Any]], list[tuple[str, str]]]:
     """Probe every file (in worker processes); returns facts per good path and (path, reason) per bad one.
 
-    With `on_bad_audio: fail` the first bad file raises IngestError and the queued probes are cancelled.
+    With `on_bad_audio: fail` the first bad file raises IngestError (naming it as `names` maps it: the
+    clip's s3:// URI rather than this pod's mirror) and the queued probes are cancelled.
     """
     jobs = [(p, params.audio.min_duration_s) for p in paths]
     probed: dict[str, dict[str, Any]] = {}
@@ -233,7 +263,8 @@ def probe_all(paths: list[str], params: Params) -> tuple[dict[str, dict[str, Any
         for path, facts, reason in progress(results, "probe audio", total=len(jobs), unit="clip"):
             if facts is None:
                 if params.ingest.on_bad_audio == "fail":
-                    raise IngestError(f"{path}: {reason} (set ingest.on_bad_audio: skip to quarantine it)")
+                    shown = (names or {}).get(path, path)
+                    raise IngestError(f"{shown}: {reason} (set ingest.on_bad_audio: skip to quarantine it)")
                 bad.append((path, str(reason)))
             else:
                 probed[path] = facts

@@ -119,19 +119,44 @@ def audio_problem(path: str, duration: float, tolerance: float) -> str | None:
     return None
 
 
+def s3_existing(uris: list[str]) -> set[str]:
+    """Which of these s3:// URIs exist: one listing per bucket under the keys' common (string) prefix."""
+    if not uris:
+        return set()
+    from affectflow.storage import s3
+
+    keys: dict[str, list[str]] = {}
+    for uri in uris:
+        u = s3.S3Uri.parse(uri)
+        keys.setdefault(u.bucket, []).append(u.key)
+    found: set[str] = set()
+    for bucket, ks in keys.items():
+        for obj in s3.shared_store().list(f"s3://{bucket}/{os.path.commonprefix(ks)}"):  # noqa: RUF071 (an S3 prefix is a string prefix)
+            found.add(f"s3://{bucket}/{obj.key}")
+    return found
+
+
 def audio_facts(df: pd.DataFrame, params: Params) -> tuple[pd.DataFrame, dict[str, int]]:
     """Per-row `file_exists` and `audio_error` (None: fine, not checked, or already reported).
 
-    Remote (`scheme://`) paths are not opened here; they get None in both columns and are counted.
+    `s3://` paths (corpora on S3) are checked for existence with one listing per bucket, as a later pod
+    reads them, and not decoded here (ingest decoded every clip; features checks each clip's bytes
+    against its sha256). Other remote (`scheme://`) paths get None in both columns and are counted.
     """
     decode = params.validation.check_decode
     exists: list[bool | None] = []
     errors: list[str | None] = []
     counts = {"checked": 0, "decoded": 0, "remote_unchecked": 0}
+    on_s3 = s3_existing([p for p in df["path"].tolist() if isinstance(p, str) and p.startswith("s3://")])
     rows = zip(df["path"].tolist(), df["duration"].tolist(), strict=True)
     for path, duration in progress(rows, "check audio", total=len(df), unit="clip"):
         if not isinstance(path, str) or not path:
             exists.append(None)  # the not-null check reports it
+            errors.append(None)
+            continue
+        if path.startswith("s3://"):
+            counts["checked"] += 1
+            exists.append(path in on_s3)
             errors.append(None)
             continue
         if "://" in path:

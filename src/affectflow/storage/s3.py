@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import threading
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
@@ -476,6 +477,25 @@ def upload(local: str | Path, uri: str) -> ObjectInfo:
 
 def download(uri: str, local: str | Path) -> Path:
     return S3Store().download(uri, local)
+
+
+_shared_lock = threading.Lock()
+_shared: S3Store | None = None
+
+
+def shared_store() -> S3Store:
+    """One store (one boto3 client, endpoint and credentials from the environment) per process, for
+    readers without params that fetch many objects from threads (decoding clips named by s3:// URIs)."""
+    global _shared
+    with _shared_lock:
+        if _shared is None:
+            _shared = S3Store()
+            _ = _shared.client  # created here, under the lock: boto3 sessions are not thread-safe
+        return _shared
+
+
+def read_bytes(uri: str) -> bytes:
+    return shared_store().read_bytes(uri)
 
 
 def exists(uri: str) -> bool:
