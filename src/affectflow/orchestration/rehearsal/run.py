@@ -219,8 +219,9 @@ def _serve(report: Report, image: Image, store: S3Store, work: Path, tracking: s
             answer = {"http_status": e.code, "body": e.read().decode(errors="replace")[:500]}
             status, cause = "FAILED", f"HTTP {e.code}: {answer['body'][:150]}"
         report.prediction = {"request_path": path, "answer": answer}
-    except PipelineError as e:
-        status, cause = "FAILED", str(e).splitlines()[0][:200]
+    except PipelineError as e:  # the first line says what, the log's last line why
+        lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
+        status, cause = "FAILED", (lines[0] + (f" ... {lines[-1]}" if len(lines) > 1 else ""))[:300]
     finally:
         if server is not None:
             server.stop()
