@@ -6,20 +6,22 @@ library never imports `pipelines`, this module imports the library.
 `--params` / `--set` work before or after the action (`affectflow pipeline run --local --set
 train.epochs=2`). For `run`, `submit` and `schedule` the overrides become run arguments against
 the compiled defaults (params.yaml): run-form fields, and `params_overrides` for the rest, exactly
-what the Kubeflow run form would send.
+what the Kubeflow run form would send. For `upload` they become the uploaded pipeline's run-form
+defaults (the chart sets the cluster's data root this way).
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
+import tempfile
 from pathlib import Path
 from typing import Any
 
 from affectflow.cli import command, print_summary
 from affectflow.config import Params, load_params
 from affectflow.orchestration import cluster as C
-from affectflow.orchestration.ir import PIPELINE_NAME, PipelineError, compile_to, stale
+from affectflow.orchestration.ir import PIPELINE_NAME, PipelineError, compile_to, stale, with_defaults
 from affectflow.orchestration.run_form import DATA_VERSION, RUN_FORM, pipeline_arguments
 from pipelines.train_pipeline import build_pipeline
 
@@ -178,9 +180,15 @@ def _pipeline(params: Params, a: argparse.Namespace) -> int:
     base = _base(a)
     package = _package(a, base)
     if a.action == "upload":
-        res = C.upload(client, package, name=a.name or PIPELINE_NAME, version=a.version,
-                       namespace=a.namespace or params.pipeline.namespace)
-        print_summary("uploaded", res)
+        # --set on upload: the uploaded IR's run-form defaults (what the UI form shows and what a run that
+        # does not set a field gets), e.g. the cluster's data root from the chart.
+        defaults = _arguments(params, base, None)
+        with tempfile.TemporaryDirectory() as tmp:
+            if defaults:
+                package = with_defaults(package, defaults, Path(tmp) / package.name)
+            res = C.upload(client, package, name=a.name or PIPELINE_NAME, version=a.version,
+                           namespace=a.namespace or params.pipeline.namespace)
+        print_summary("uploaded", {**res, **({"defaults": defaults} if defaults else {})})
         return 0
     if a.action == "submit":
         from affectflow.tracking.revisions import dvc_revision

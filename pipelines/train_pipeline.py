@@ -71,6 +71,9 @@ registry inside its pod and never re-scored)."""
 RETRY_BACKOFF = "30s"
 """First wait before a retry (doubles each time): long enough for a node or S3 hiccup to pass."""
 FORM_NAMES = [p.name for p in RUN_FORM] + [OVERRIDES, DATA_VERSION]
+SHM_SIZE = "2Gi"
+"""/dev/shm (a memory-backed emptyDir) of a task with more than one GPU; the container runtime's 64 MiB
+default stalls NCCL and DataLoader workers. As the chart's ray.gpuWorkers.shmSize."""
 
 
 def _signature(p: Params) -> inspect.Signature:
@@ -130,9 +133,14 @@ def _resources(task: Any, p: Params, name: str, gpu: bool) -> None:
     res = p.pipeline.resources_for(name)
     task.set_cpu_request(res.cpu_request).set_cpu_limit(res.cpu_limit)
     task.set_memory_request(res.memory_request).set_memory_limit(res.memory_limit)
+    if res.timeout_s:
+        kubernetes.set_timeout(task, res.timeout_s)
     count = p.pipeline.gpu_limit if res.gpu is None else res.gpu
     if gpu and count > 0:
         task.set_accelerator_type(GPU_RESOURCE).set_accelerator_limit(count)
+        if count > 1:  # NCCL and the data loaders of several GPU processes share memory through /dev/shm
+            kubernetes.empty_dir_mount(task, volume_name="dshm", mount_path="/dev/shm", medium="Memory",
+                                       size_limit=SHM_SIZE)
         for key, value in p.pipeline.node_selector.items():
             kubernetes.add_node_selector(task, label_key=key, label_value=value)
         for tol in p.pipeline.tolerations:

@@ -301,6 +301,9 @@ class TrainConfig(Section):
     checkpoints_to_keep: int = Field(2, ge=1)
     max_failures: int = Field(0, ge=0)
     """Ray restarts of a failed worker group from its last checkpoint (num_workers >= 1)."""
+    controller_failure_limit: int = Field(3, ge=0)
+    """Ray Train controller failures (e.g. its worker group cannot be scheduled) tolerated before the run
+    fails; Ray's own default (-1) retries for ever while the task holds its pod and GPU."""
     stop_after_epochs: int = Field(0, ge=0)
     """Stop this process (as if killed, raising TrainingInterrupted) after this many epochs; the next
     run resumes from the checkpoint. For time-boxed jobs and for testing resume. 0 = never."""
@@ -653,6 +656,9 @@ class TaskResources(Section):
     memory_limit: str | None = None
     gpu: int | None = Field(None, ge=0)
     """GPUs of a GPU task (augment, pretrain, train, features on the GPU); unset: pipeline.gpu_limit."""
+    timeout_s: int | None = Field(None, ge=1)
+    """Seconds before Kubernetes stops the task's pod (activeDeadlineSeconds): a hung task must not hold
+    its node, or its GPU, for ever."""
 
     @field_validator("cpu_request", "cpu_limit", "memory_request", "memory_limit", mode="before")
     @classmethod
@@ -675,26 +681,27 @@ class TaskResources(Section):
         return v
 
 
-def _res(cpu: tuple[str, str], memory: tuple[str, str]) -> TaskResources:
-    return TaskResources(cpu_request=cpu[0], cpu_limit=cpu[1], memory_request=memory[0], memory_limit=memory[1])
+def _res(cpu: tuple[str, str], memory: tuple[str, str], hours: float = 1.0) -> TaskResources:
+    return TaskResources(cpu_request=cpu[0], cpu_limit=cpu[1], memory_request=memory[0], memory_limit=memory[1],
+                         timeout_s=int(hours * 3600))
 
 
 _SMALL = _res(("250m", "1"), ("512Mi", "2Gi"))
 DEFAULT_TASK_RESOURCES: dict[str, TaskResources] = {
     "resolve-params": _SMALL, "skip-augment": _SMALL, "skip-pretrain": _SMALL, "register": _SMALL,
     "promote": _SMALL, "record-run-status": _SMALL, "data-stamp": _SMALL,
-    "ingest": _res(("1", "2"), ("1Gi", "4Gi")),
-    "validate": _res(("500m", "2"), ("1Gi", "4Gi")),
-    "validate-features": _res(("500m", "2"), ("1Gi", "4Gi")),
-    "features": _res(("2", "4"), ("4Gi", "8Gi")),
-    "augment": _res(("2", "4"), ("4Gi", "16Gi")),
-    "pretrain": _res(("2", "4"), ("4Gi", "16Gi")),
-    "train": _res(("2", "4"), ("4Gi", "16Gi")),
-    "evaluate": _res(("1", "2"), ("2Gi", "8Gi")),
-    "rescore-champion": _res(("1", "2"), ("2Gi", "8Gi")),  # downloads the champion and scores a test set
+    "ingest": _res(("1", "2"), ("1Gi", "4Gi"), hours=6),
+    "validate": _res(("500m", "2"), ("1Gi", "4Gi"), hours=4),
+    "validate-features": _res(("500m", "2"), ("1Gi", "4Gi"), hours=4),
+    "features": _res(("2", "4"), ("4Gi", "8Gi"), hours=12),
+    "augment": _res(("2", "4"), ("4Gi", "16Gi"), hours=12),
+    "pretrain": _res(("2", "4"), ("4Gi", "16Gi"), hours=12),
+    "train": _res(("2", "4"), ("4Gi", "16Gi"), hours=24),
+    "evaluate": _res(("1", "2"), ("2Gi", "8Gi"), hours=4),
+    "rescore-champion": _res(("1", "2"), ("2Gi", "8Gi"), hours=4),  # downloads the champion and scores a test set
 }
-"""Requests and limits per pipeline task (by component name). Tasks that read audio or train get
-room (log-mel extraction and GAN training are the OOM risks); bookkeeping tasks get little.
+"""Requests, limits and timeouts per pipeline task (by component name). Tasks that read audio or train get
+room (log-mel extraction and GAN training are the OOM risks) and hours; bookkeeping tasks get little.
 A task the table does not name (one added to the DAG later) gets `DEFAULT_TASK`."""
 DEFAULT_TASK = _SMALL
 

@@ -43,6 +43,7 @@ VALUES = {
     "external": yaml.safe_load((CHART / "ci" / "external-values.yaml").read_text()),
 }
 WORKLOADS = ("Deployment", "StatefulSet", "Job")
+VALUES_DEFAULT_POSTGRES_IMAGE = yaml.safe_load((CHART / "values.yaml").read_text())["images"]["postgres"]
 
 
 def render_raw(values: dict[str, Any] | None = None, *, install: bool = True, release: str = "affectflow",
@@ -78,6 +79,8 @@ def pod_specs(doc: dict) -> list[dict]:
     """Every pod spec a manifest creates (workloads, Ray head and worker groups, the KServe predictor)."""
     if doc["kind"] in WORKLOADS:
         return [doc["spec"]["template"]["spec"]]
+    if doc["kind"] == "CronJob":
+        return [doc["spec"]["jobTemplate"]["spec"]["template"]["spec"]]
     if doc["kind"] == "RayCluster":
         return [doc["spec"]["headGroupSpec"]["template"]["spec"]] + [
             g["template"]["spec"] for g in doc["spec"].get("workerGroupSpecs", [])]
@@ -657,6 +660,8 @@ def test_registration_job_uploads_and_schedules(rendered: dict) -> None:
     assert f"--max-concurrency={p.max_concurrency}" in schedule
     for cmd in cmds:
         assert f"--namespace={p.namespace}" in cmd  # the chart's kubeflow.namespace, params.yaml's default
+        # the UI's run form and the scheduled runs read the corpora where the cluster keeps them
+        assert "--set=paths.data_root=s3://affectflow/corpora" in cmd
         assert "--host=http://ml-pipeline.kubeflow.svc.cluster.local:8888" in cmd
         assert "--package=/app/pipelines/compiled/affectflow-train.yaml" in cmd
     spec = job["spec"]["template"]["spec"]
@@ -665,6 +670,16 @@ def test_registration_job_uploads_and_schedules(rendered: dict) -> None:
     vols = {v["name"]: v for v in spec["volumes"]}
     token = vols["kfp-token"]["projected"]["sources"][0]["serviceAccountToken"]
     assert token["audience"] == "pipelines.kubeflow.org"
+
+
+def test_data_root_of_pipeline_runs_from_chart_values() -> None:
+    _, cmds = _job_commands(render({"kubeflow": {"dataRoot": "s3://corpora-bucket/ser"}}))
+    assert all("--set=paths.data_root=s3://corpora-bucket/ser" in c for c in cmds)
+    _, cmds = _job_commands(render({"s3": {"bucket": "team-ml"}}))
+    assert all("--set=paths.data_root=s3://team-ml/corpora" in c for c in cmds)
+    assert not any("../shared/data" in " ".join(c) for c in cmds)
+    with helm.Chart.load(CHART) as chart, pytest.raises(helm.HelmValuesError):
+        chart.validate_schema(chart.merge_values({"kubeflow": {"dataRoot": "../shared/data"}}))
 
 
 def test_registration_job_on_upgrade_and_from_a_configmap() -> None:
@@ -699,7 +714,7 @@ def test_registration_commands_parse_with_the_cli(rendered: dict) -> None:
     for cmd in cmds:
         ns = parser.parse_args(cmd[1:])
         assert ns.command == "pipeline" and ns.action == cmd[2]
-    assert ns.cron == "0 0 3 * * 1" and ns.overrides == ["train.epochs=5"]
+    assert ns.cron == "0 0 3 * * 1" and ns.overrides == ["paths.data_root=s3://affectflow/corpora", "train.epochs=5"]
 
 
 # --------------------------------------------------------------------------- MLflow backend URI, db upgrade
@@ -851,7 +866,7 @@ def test_every_pod_runs_as_non_root(rendered: dict, name: str) -> None:
             assert csc.get("allowPrivilegeEscalation") is False and csc.get("capabilities") == {"drop": ["ALL"]}, where
             assert csc.get("readOnlyRootFilesystem") is True, where
             assert any(m["mountPath"] == "/tmp" for m in c.get("volumeMounts", [])), f"{where}: no writable /tmp"
-    assert pods == {"default": 8, "gpu": 9, "external": 6}[name]
+    assert pods == {"default": 9, "gpu": 10, "external": 7}[name]  # the Postgres backup CronJob's pod included
 
 
 @pytest.mark.parametrize("name", list(VALUES))
@@ -926,7 +941,8 @@ def test_network_policies(rendered: dict) -> None:
     pg = pols["affectflow-postgres"]["ingress"]
     selector = {"app.kubernetes.io/name": "affectflow", "app.kubernetes.io/instance": "affectflow"}
     assert pg == [{"from": [{"podSelector": {"matchLabels": {**selector, "app.kubernetes.io/component": c}}}
-                            for c in ("mlflow", "mlflow-db-upgrade")], "ports": [{"protocol": "TCP", "port": 5432}]}]
+                            for c in ("mlflow", "mlflow-db-upgrade", "postgres-backup")],
+                   "ports": [{"protocol": "TCP", "port": 5432}]}]
     assert one(docs, "Job", "db-upgrade")["spec"]["template"]["metadata"]["labels"]["app.kubernetes.io/component"] \
         == "mlflow-db-upgrade"
     assert pols["affectflow-serving"]["ingress"] == [{}]  # the ingress gateway / activator: anywhere
@@ -940,6 +956,79 @@ def test_network_policies(rendered: dict) -> None:
             assert any(all(labels.get(k) == v for k, v in p["podSelector"]["matchLabels"].items())
                        for n, p in pols.items() if n != "affectflow-default-deny"), doc["metadata"]["name"]
     assert not [d for d in render({"networkPolicy": {"enabled": False}}) if d["kind"] == "NetworkPolicy"]
+
+
+# --------------------------------------------------------------------------- day two: budgets, backups
+def test_pod_disruption_budgets_cover_the_stateful_pods_and_ray(rendered: dict) -> None:
+    docs = rendered["default"]
+    pdbs = {d["metadata"]["name"]: d["spec"] for d in docs if d["kind"] == "PodDisruptionBudget"}
+    assert set(pdbs) == {f"affectflow-{n}" for n in ("mlflow", "postgres", "seaweedfs", "ray-head", "ray-workers")}
+    assert pdbs["affectflow-postgres"]["maxUnavailable"] == 0 and pdbs["affectflow-mlflow"]["maxUnavailable"] == 1
+    # each budget selects the pods it is meant for
+    pods = {"mlflow": one(docs, "Deployment", "mlflow")["spec"]["template"]["metadata"]["labels"],
+            "postgres": one(docs, "StatefulSet", "postgres")["spec"]["template"]["metadata"]["labels"]}
+    for comp, labels in pods.items():
+        sel = pdbs[f"affectflow-{comp}"]["selector"]["matchLabels"]
+        assert all(labels.get(k) == v for k, v in sel.items()), comp
+    ray = one(docs, "RayCluster")
+    assert pdbs["affectflow-ray-head"]["selector"]["matchLabels"] == {"ray.io/cluster": ray["metadata"]["name"],
+                                                                      "ray.io/node-type": "head"}
+    external = {d["metadata"]["name"] for d in rendered["external"] if d["kind"] == "PodDisruptionBudget"}
+    assert "affectflow-postgres" not in external and "affectflow-seaweedfs" not in external
+    assert not [d for d in render({"podDisruptionBudgets": {"enabled": False}}) if d["kind"] == "PodDisruptionBudget"]
+
+
+def test_postgres_backup_cronjob_dumps_and_uploads(rendered: dict) -> None:
+    cron = one(rendered["default"], "CronJob", "postgres-backup")
+    assert len(cron["spec"]["schedule"].split()) == 5 and cron["spec"]["concurrencyPolicy"] == "Forbid"
+    pod = cron["spec"]["jobTemplate"]["spec"]["template"]["spec"]
+    (dump,) = pod["initContainers"]
+    assert dump["image"] == VALUES_DEFAULT_POSTGRES_IMAGE
+    assert "pg_dump --format=custom" in dump["args"][0] and "$DB_PASSWORD" in dump["args"][0]
+    assert env_of(dump)["DB_PASSWORD"]["valueFrom"]["secretKeyRef"]["name"] == "affectflow-postgres"
+    (upload,) = pod["containers"]
+    assert upload["command"][:2] == ["python", "-c"]
+    compile(upload["command"][2], "postgres_backup.py", "exec")
+    assert env_of(upload)["BACKUP_URI"]["value"] == "s3://affectflow/backups/postgres"
+    assert env_of(upload)["AWS_ACCESS_KEY_ID"]["valueFrom"]["secretKeyRef"]["name"] == "affectflow-s3"
+    assert {m["mountPath"] for m in upload["volumeMounts"]} >= {"/backup", "/tmp"}
+    # an external Postgres is backed up too (its host from values)
+    ext = one(rendered["external"], "CronJob", "postgres-backup")
+    ext_dump = ext["spec"]["jobTemplate"]["spec"]["template"]["spec"]["initContainers"][0]
+    assert env_of(ext_dump)["DB_HOST"]["value"] == VALUES["external"]["postgres"]["external"]["host"]
+
+
+def test_postgres_backup_script_uploads_and_keeps_the_newest(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """files/postgres_backup.py against an in-memory store: one upload, the oldest dumps deleted."""
+    from affectflow.storage import s3
+
+    objects = {f"backups/postgres/mlflow-2026010{i}T000000Z.dump": b"x" for i in range(1, 5)}
+
+    class Store:
+        def list(self, uri: str) -> list:
+            return [s3.ObjectInfo(k, 1, "e") for k in sorted(objects)]
+
+        def delete(self, uris: list[str]) -> None:
+            for u in uris:
+                del objects[s3.S3Uri.parse(u).key]
+
+    def upload(local: Path, uri: str) -> s3.ObjectInfo:
+        objects[s3.S3Uri.parse(uri).key] = Path(local).read_bytes()
+        return s3.ObjectInfo(s3.S3Uri.parse(uri).key, len(objects[s3.S3Uri.parse(uri).key]), "e")
+
+    monkeypatch.setattr(s3, "upload", upload)
+    monkeypatch.setattr(s3, "S3Store", Store)
+    dump = tmp_path / "mlflow.dump"
+    dump.write_bytes(b"PGDMP")
+    monkeypatch.setenv("BACKUP_FILE", str(dump))
+    monkeypatch.setenv("BACKUP_URI", "s3://affectflow/backups/postgres")
+    monkeypatch.setenv("BACKUP_KEEP", "3")
+    exec(compile((CHART / "files" / "postgres_backup.py").read_text(), "postgres_backup.py", "exec"), {})
+    assert len(objects) == 3 and b"PGDMP" in objects.values()
+    assert "backups/postgres/mlflow-20260101T000000Z.dump" not in objects
+    dump.write_bytes(b"")
+    with pytest.raises(SystemExit, match="no dump to upload"):
+        exec(compile((CHART / "files" / "postgres_backup.py").read_text(), "postgres_backup.py", "exec"), {})
 
 
 # --------------------------------------------------------------------------- Ray

@@ -50,6 +50,7 @@ class FakeClient:
 
     def upload_pipeline(self, **kw: Any) -> Any:
         self.calls.append(("upload_pipeline", kw))
+        self.uploaded = Path(kw["pipeline_package_path"]).read_text()  # gone after the call (a temp file)
         if kw.get("namespace"):
             self.namespaced[(kw["namespace"], kw["pipeline_name"])] = "pid-1"
         else:
@@ -183,6 +184,22 @@ def test_cli_upload_passes_the_namespace(fake_kfp: type[FakeClient], package: Pa
     assert rc == 0
     (client,) = fake_kfp.instances
     assert dict(client.calls)["upload_pipeline"]["namespace"] == "team-a"
+
+
+def test_cli_upload_with_set_makes_them_the_run_form_defaults(fake_kfp: type[FakeClient]) -> None:
+    """The chart's registration Job: the cluster's data root becomes the uploaded pipeline's default, so UI
+    runs and runs that do not set it read the corpora from S3, not the compiled ../shared/data."""
+    package = REPO / "pipelines" / "compiled" / "affectflow-train.yaml"
+    rc = cli.main(["pipeline", "upload", "--host", "http://kfp", "--package", str(package),
+                   "--set", "paths.data_root=s3://affectflow/corpora", "--set", "ingest.classes=[happy, sad]"])
+    assert rc == 0
+    (client,) = fake_kfp.instances
+    spec = next(yaml.safe_load_all(client.uploaded))
+    fields = spec["root"]["inputDefinitions"]["parameters"]
+    assert fields["data_root"]["defaultValue"] == "s3://affectflow/corpora"
+    assert fields["classes"]["defaultValue"] == ["happy", "sad"]
+    original = next(yaml.safe_load_all(package.read_text()))
+    assert original["root"]["inputDefinitions"]["parameters"]["data_root"]["defaultValue"] != "s3://affectflow/corpora"
 
 
 def test_upload_names_a_missing_package(tmp_path: Path) -> None:

@@ -321,6 +321,37 @@ def test_every_task_requests_cpu_and_memory_with_limits(ir: tuple[dict[str, Any]
     assert set(DEFAULT_TASK_RESOURCES) == {n.removeprefix("exec-") for n in execs}  # a default for every task
 
 
+def test_every_task_has_a_timeout(ir: tuple[dict[str, Any], dict[str, Any]], base: Params) -> None:
+    """kfp-kubernetes' activeDeadlineSeconds on every task: a hung task (a stuck NCCL collective, an S3
+    read that never returns) is stopped and its GPU freed; per-task values come from pipeline.resources."""
+    spec, platform = ir
+    for name in spec["deploymentSpec"]["executors"]:
+        want = base.pipeline.resources_for(name.removeprefix("exec-")).timeout_s
+        assert want and int(platform[name]["activeDeadlineSeconds"]) == want, name
+    assert int(platform["exec-train"]["activeDeadlineSeconds"]) >= 12 * 3600 > int(
+        platform["exec-register"]["activeDeadlineSeconds"])
+    longer = load_params(PARAMS_YAML, {**GPU_SETTINGS, "pipeline.resources": {"train": {"timeout_s": 7}}})
+    assert longer.pipeline.resources_for("train").timeout_s == 7
+    with pytest.raises(ConfigError, match=r"timeout_s"):
+        load_params(PARAMS_YAML, {"pipeline.resources": {"train": {"timeout_s": 0}}})
+
+
+def test_multi_gpu_tasks_get_a_memory_backed_dev_shm(ir: tuple[dict[str, Any], dict[str, Any]],
+                                                     tmp_path: Path) -> None:
+    spec, platform = ir  # gpu_limit 2
+    tasks = _tasks(spec)
+    for stage in STAGES:
+        mounts = {m["mountPath"]: m for m in platform[_executor(spec, tasks[stage])].get("emptyDirMounts", [])}
+        if stage in GPU_STAGES:
+            assert mounts["/dev/shm"]["medium"] == "Memory" and mounts["/dev/shm"]["sizeLimit"], stage
+        else:
+            assert "/dev/shm" not in mounts, stage
+    one_gpu, one_platform = _compile(load_params(PARAMS_YAML, {**GPU_SETTINGS, "pipeline.gpu_limit": 1}),
+                                     tmp_path / "one.yaml")
+    train = one_platform[_executor(one_gpu, _tasks(one_gpu)["train"])]
+    assert "/dev/shm" not in {m["mountPath"] for m in train["emptyDirMounts"]}  # one GPU process: not needed
+
+
 def test_resources_are_set_per_task_and_checked(tmp_path: Path) -> None:
     params = load_params(PARAMS_YAML, {**GPU_SETTINGS, "pipeline.resources": {
         "train": {"memory_limit": "32Gi", "gpu": 4}, "ingest": {"cpu_request": 3, "cpu_limit": 3}}})
@@ -344,7 +375,9 @@ def test_every_task_runs_non_root_with_writable_launcher_paths(ir: tuple[dict[st
     spec, platform = ir
     for name in spec["deploymentSpec"]["executors"]:
         cfg = platform[name]
-        assert {m["mountPath"] for m in cfg["emptyDirMounts"]} == {"/minio", "/s3", "/gcs", "/tmp"}, name
+        mounts = {m["mountPath"] for m in cfg["emptyDirMounts"]}
+        assert {"/minio", "/s3", "/gcs", "/tmp"} <= mounts and mounts - {"/minio", "/s3", "/gcs", "/tmp"} <= {
+            "/dev/shm"}, name  # /dev/shm on multi-GPU tasks (test_multi_gpu_tasks_get_a_memory_backed_dev_shm)
         sc = cfg["securityContext"]
         assert sc["runAsNonRoot"] is True and int(sc["runAsUser"]) == base.pipeline.run_as_user, name
 
@@ -445,11 +478,16 @@ def test_run_form_defaults_are_params_yaml_values(ir: tuple[dict[str, Any], dict
     raw = yaml.safe_load(PARAMS_YAML.read_text())  # what a person edits is what the form shows
     assert fields["epochs"]["defaultValue"] == raw["train"]["epochs"]
     assert fields["learning_rate"]["defaultValue"] == pytest.approx(raw["train"]["lr"])
-    assert yaml.safe_load(fields["classes"]["defaultValue"]) == raw["ingest"]["classes"]
-    assert yaml.safe_load(fields["corpora"]["defaultValue"])[0]["name"] == raw["ingest"]["corpora"][0]["name"]
+    assert fields["classes"]["defaultValue"] == raw["ingest"]["classes"]
+    assert fields["corpora"]["defaultValue"][0]["name"] == raw["ingest"]["corpora"][0]["name"]
     assert fields["augment"]["parameterType"] == "BOOLEAN"
     assert fields["epochs"]["parameterType"] == "NUMBER_INTEGER"
-    assert fields["classes"]["parameterType"] == "STRING"  # lists and dicts travel as YAML text
+    # lists and mappings are typed fields (JSON in the UI and the API), not YAML typed into a text box
+    for name in ("corpora", "classes", "dann_targets", "cross_corpus"):
+        assert fields[name]["parameterType"] == "LIST", name
+    assert fields["label_map"]["parameterType"] == "STRUCT"
+    assert not [n for n, f in fields.items() if f["parameterType"] == "STRING" and n not in
+                (F.OVERRIDES, F.DATA_VERSION) and F.RUN_FORM_BY_NAME[n].kind() != "str"]
     assert fields[F.OVERRIDES]["defaultValue"] == "" and fields[F.DATA_VERSION]["defaultValue"] == ""
 
 
@@ -492,6 +530,7 @@ def test_pipeline_arguments_are_run_form_fields_then_overrides(base: Params, tmp
     (F.OVERRIDES, "- a list", r"params_overrides: expected a YAML mapping"),
     (F.OVERRIDES, "pipeline.gpu_limit: 2", r"pipeline\.gpu_limit: the pipeline section is compile-time"),
     ("classes", "[a, b", r"run-form field classes"),
+    ("classes", ["angry", 3], r"ingest\.classes"),  # a typed list is checked like the YAML one
 ])
 def test_invalid_run_form_values_name_the_key(base: Params, tmp_path: Path, field: str, value: Any,
                                               match: str) -> None:

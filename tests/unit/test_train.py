@@ -474,3 +474,37 @@ def test_corpus_balance_with_the_sampler_draws_every_corpus_class_cell_equally()
         np.add.at(counts, (group[order], y[order]), 1)
     share = counts / counts.sum()
     assert np.allclose(share, 0.25, atol=0.02)
+
+
+# --------------------------------------------------------------------------- Ray on a GPU pod: bounded, checked
+def test_ray_controller_failures_are_bounded() -> None:
+    from affectflow.config import load_params
+    from affectflow.stages.train.driver import failure_config
+
+    fc = failure_config(load_params(None, {"train.max_failures": 2}).train)
+    assert fc.max_failures == 2
+    assert fc.controller_failure_limit == load_params(None).train.controller_failure_limit >= 0  # not Ray's -1
+
+
+def test_more_gpu_workers_than_visible_gpus_is_refused_before_ray_starts(monkeypatch: pytest.MonkeyPatch,
+                                                                          tmp_path: Path) -> None:
+    import ray
+
+    from affectflow.config import load_params
+    from affectflow.runtime import device
+    from affectflow.stages.train import driver
+    from affectflow.stages.train.plan import TrainingError
+
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    monkeypatch.setattr(device, "visible_gpus", lambda: 1)
+    monkeypatch.setattr(device, "cuda_available", lambda: True)
+
+    def no_ray(*a: object, **k: object) -> None:
+        raise AssertionError("ray.init must not run")
+
+    monkeypatch.setattr(ray, "init", no_ray)
+    tc = load_params(None, {"train.num_workers": 2, "train.device": "cuda"}).train
+    with pytest.raises(TrainingError, match=r"train\.num_workers: 2 GPU workers but this pod sees 1 GPU"):
+        driver.fit(tc, object(), "run")  # type: ignore[arg-type]
+    driver.check_gpus_for_workers(load_params(None, {"train.num_workers": 1}).train, gpu=True)
+    driver.check_gpus_for_workers(tc, gpu=False)  # CPU workers: no GPU needed

@@ -7,6 +7,9 @@ components -> affectflow); these helpers take the built pipeline object.
 
 from __future__ import annotations
 
+import ast
+import json
+import re
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -22,8 +25,7 @@ def compile_to(pipeline: Any, target: str | Path) -> Path:
     """Write the IR of `pipeline` to `target` atomically; byte-identical for the same pipeline.
 
     KFP's header comment lists parameter defaults from a dict whose order can vary between
-    processes; the run form has only scalar and text fields, so the text is stable, and the header
-    is rewritten with sorted lines to make sure.
+    processes: the header is rewritten with sorted lines, list and mapping defaults as sorted JSON.
     """
     from kfp import compiler
 
@@ -67,8 +69,26 @@ def _stable_header(text: str) -> str:
         j = i
         while j < len(head) and head[j].startswith("#    "):
             j += 1
-        head = head[:i] + sorted(head[i:j]) + head[j:]
+        head = head[:i] + sorted(_sorted_default(line) for line in head[i:j]) + head[j:]
     return "".join(head + lines[n:])
+
+
+_DEFAULT_LINE = re.compile(r"^(#    \S+: \w+ \[Default: )(.*)(\]\n?)$")
+
+
+def _sorted_default(line: str) -> str:
+    """An `Inputs:` line whose default is a list or mapping (printed from a dict whose key order varies
+    between processes), rewritten as JSON with sorted keys; other lines as they are."""
+    m = _DEFAULT_LINE.match(line)
+    if not m:
+        return line
+    try:
+        value = ast.literal_eval(m.group(2))
+    except (ValueError, SyntaxError):
+        return line
+    if not isinstance(value, list | dict):
+        return line
+    return m.group(1) + json.dumps(value, sort_keys=True) + m.group(3)
 
 
 def documents(path: str | Path) -> list[Any]:
@@ -76,6 +96,28 @@ def documents(path: str | Path) -> list[Any]:
     import yaml
 
     return list(yaml.safe_load_all(Path(path).read_text()))
+
+
+def with_defaults(package: str | Path, values: dict[str, Any], target: str | Path) -> Path:
+    """A copy of the IR at `package` whose run-form defaults are `values` (field name -> value), so the
+    Kubeflow UI's run form and runs that do not set a field get them (a cluster's data root instead of
+    the compiled `../shared/data`); a name the pipeline has no field for is an error naming it."""
+    import yaml
+
+    from affectflow.config import SortedDumper
+    from affectflow.storage import atomic_path
+
+    docs = documents(package)
+    fields = docs[0]["root"]["inputDefinitions"]["parameters"]
+    unknown = sorted(set(values) - set(fields))
+    if unknown:
+        raise PipelineError(f"{package}: the pipeline has no run-form field {unknown}")
+    for name, value in values.items():
+        fields[name]["defaultValue"] = value
+    target = Path(target)
+    with atomic_path(target) as tmp:
+        tmp.write_text(yaml.dump_all(docs, Dumper=SortedDumper, default_flow_style=False, sort_keys=True))
+    return target
 
 
 def stale(pipeline: Any, compiled: str | Path) -> bool:

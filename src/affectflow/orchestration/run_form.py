@@ -28,8 +28,11 @@ from affectflow.config import (
 )
 from affectflow.stages import STAGES, get
 
-Kind = Literal["bool", "int", "float", "str", "yaml"]
-KFP_TYPES: dict[str, type] = {"bool": bool, "int": int, "float": float, "str": str, "yaml": str}
+Kind = Literal["bool", "int", "float", "str", "list", "dict", "yaml"]
+KFP_TYPES: dict[str, type] = {"bool": bool, "int": int, "float": float, "str": str, "list": list, "dict": dict,
+                              "yaml": str}
+"""KFP parameter type per kind: lists and mappings are typed (KFP's LIST and STRUCT: the UI and the API take
+JSON, not YAML typed into a text box); only a union of types travels as YAML text."""
 
 DATA_VERSION = "data_version"
 """Run-form field handed to the data-stamp task only: an optional label (a DVC revision) put before
@@ -54,14 +57,14 @@ class RunParam:
         return _kind(_annotation(self.key))
 
     def encode(self, value: Any) -> Any:
-        """The value as the run form holds it (lists, dicts and unions as YAML text)."""
+        """The value as the run form holds it (lists and dicts as JSON values, unions as YAML text)."""
         if self.kind() == "yaml":
             return value if isinstance(value, str) else yaml_text(value, flow=True).strip()
         return value
 
     def decode(self, value: Any) -> Any:
         kind = self.kind()
-        if kind == "yaml" and isinstance(value, str):
+        if kind in ("yaml", "list", "dict") and isinstance(value, str):  # YAML text (an older run's argument)
             return parse_yaml(value, f"run-form field {self.name} ({self.key})")
         if kind == "int" and isinstance(value, float) and value.is_integer():
             return int(value)  # kfp.local hands integers over as floats
@@ -72,10 +75,10 @@ RUN_FORM: tuple[RunParam, ...] = (
     RunParam("data_root", "paths.data_root",
              "Folder or s3:// prefix that relative corpus roots resolve against."),
     RunParam("corpora", "ingest.corpora",
-             "Corpora to ingest (YAML list of {name, adapter, root, role}; role source = labelled training "
+             "Corpora to ingest (a list of {name, adapter, root, role}; role source = labelled training "
              "corpus, target = unlabelled adaptation corpus; adapter csv takes a CSV manifest)."),
-    RunParam("classes", "ingest.classes", "Emotion classes to train on (YAML list); other labels are dropped."),
-    RunParam("label_map", "ingest.label_map", "Raw label -> class (YAML mapping), e.g. {calm: neutral}."),
+    RunParam("classes", "ingest.classes", "Emotion classes to train on (a list); other labels are dropped."),
+    RunParam("label_map", "ingest.label_map", "Raw label -> class (a mapping), e.g. {\"calm\": \"neutral\"}."),
     RunParam("model", "train.model", "Recognizer architecture: compare_mlp (ComParE functionals), egemaps_mlp (eGeMAPS), "
                                         "cnn_bigru (log-mel) or ssl_head (features.ssl)."),
     RunParam("epochs", "train.epochs", "Training epochs: the fixed budget (train.checkpoint last) or the most before early stopping "
@@ -91,8 +94,8 @@ RUN_FORM: tuple[RunParam, ...] = (
              "Synthetic samples per real training sample when augmentation is on."),
     RunParam("dann", "pretrain.enabled", "Pretrain the encoder domain-adversarially (DANN) before training."),
     RunParam("dann_targets", "pretrain.target_corpora",
-             "Unlabelled adaptation corpora for DANN (YAML list; [] = every corpus with role target)."),
-    RunParam("cross_corpus", "evaluate.cross_corpus", "Other corpora in the manifest to score the model on (YAML list)."),
+             "Unlabelled adaptation corpora for DANN (a list; [] = every corpus with role target)."),
+    RunParam("cross_corpus", "evaluate.cross_corpus", "Other corpora in the manifest to score the model on (a list)."),
     RunParam("gate_min_uar_gain", "registry.min_uar_gain",
              "The champion moves only if the challenger's UAR beats it by at least this much."),
     RunParam("gate_min_class_recall", "registry.min_class_recall",
@@ -125,7 +128,11 @@ def _kind(annotation: Any) -> Kind:
         return "str"
     if typing.get_origin(annotation) is Literal and all(isinstance(a, str) for a in typing.get_args(annotation)):
         return "str"
-    return "yaml"  # lists, dicts, unions: YAML text, parsed by the params task
+    if typing.get_origin(annotation) is list:
+        return "list"
+    if typing.get_origin(annotation) is dict:
+        return "dict"
+    return "yaml"  # unions: YAML text, parsed by the params task
 
 
 def _get(params: Params, key: str) -> Any:

@@ -35,6 +35,13 @@ def cuda_available() -> bool:
     return bool(torch.cuda.is_available())
 
 
+def visible_gpus() -> int:
+    """CUDA devices torch can use in this process (0 without a usable GPU)."""
+    import torch
+
+    return int(torch.cuda.device_count()) if cuda_available() else 0
+
+
 def gpu_on_node() -> bool:
     """Whether the container sees an NVIDIA GPU (its device files or the driver), usable or not."""
     return bool(glob.glob(NVIDIA_DEVICES)) or NVIDIA_PROC.exists()

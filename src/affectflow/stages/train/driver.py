@@ -38,6 +38,32 @@ def use_gpu(tc: TrainConfig) -> bool:
     return auto_uses_cuda("train.device")
 
 
+def check_gpus_for_workers(tc: TrainConfig, gpu: bool) -> None:
+    """Refuse, before Ray starts anything, more GPU workers than there are GPUs to give them: on the
+    pod's own Ray (no RAY_ADDRESS) the GPUs it sees; on a cluster, a warning only (an autoscaler may
+    add GPU nodes), the bounded controller failure limit ending a run that can never be placed."""
+    if not gpu or tc.num_workers == 0:
+        return
+    if ray_address():
+        import ray
+
+        if ray.is_initialized():
+            have = int(float(ray.cluster_resources().get("GPU", 0)))
+            if have < tc.num_workers:
+                log.warning("train.num_workers=%d GPU workers but the Ray cluster has %d GPU(s) now; the run waits "
+                            "for an autoscaler to add them and fails after train.controller_failure_limit=%d "
+                            "scheduling failures", tc.num_workers, have, tc.controller_failure_limit)
+        return
+    from affectflow.runtime.device import visible_gpus
+
+    have = visible_gpus()
+    if have < tc.num_workers:
+        raise TrainingError(f"train.num_workers: {tc.num_workers} GPU workers but this pod sees {have} GPU(s) "
+                            "(Ray would wait for them for ever while holding the pod): set train.num_workers "
+                            f"<= {have}, raise pipeline.gpu_limit / pipeline.resources.train.gpu, or set "
+                            "train.device: cpu")
+
+
 def _connect(tc: TrainConfig) -> bool:
     """ray.init for N >= 1 workers: the cluster at RAY_ADDRESS, else a local Ray with this machine's
     cores (no dashboard). Returns whether this call started it (and so shuts it down)."""
@@ -63,10 +89,18 @@ def _storage_path(cfg: WorkerConfig) -> str:
     return cfg.storage
 
 
+def failure_config(tc: TrainConfig) -> Any:
+    """Ray Train's FailureConfig: worker-group restarts from the last checkpoint, and a bounded number of
+    controller failures (Ray's -1 default would retry an unschedulable worker group for ever)."""
+    from ray.train import FailureConfig
+
+    return FailureConfig(max_failures=tc.max_failures, controller_failure_limit=tc.controller_failure_limit)
+
+
 def fit(tc: TrainConfig, cfg: WorkerConfig, run_name: str) -> dict[str, Any]:
     """Run the loop; returns rank 0's outcome (history, best weights)."""
     import ray
-    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train import CheckpointConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
     os.environ.setdefault("RAY_DISABLE_USAGE_STATS", "1")
@@ -76,14 +110,19 @@ def fit(tc: TrainConfig, cfg: WorkerConfig, run_name: str) -> dict[str, Any]:
                     "Ray cluster", ray_address())
     if ray_address() and tc.num_workers > 0:
         cfg = stage_inputs(cfg, run_name)  # workers on other nodes cannot read this pod's folders
+    if not ray_address():
+        check_gpus_for_workers(tc, tc.num_workers > 0 and use_gpu(tc))  # before a local Ray starts
     started = _connect(tc)
+    gpu = tc.num_workers > 0 and use_gpu(tc)
+    if ray_address():
+        check_gpus_for_workers(tc, gpu)
     where = cfg.ckpt_uri or cfg.ckpt_dir
     trainer = TorchTrainer(
         train_loop_per_worker, train_loop_config={"worker": cfg},
-        scaling_config=ScalingConfig(num_workers=tc.num_workers, use_gpu=tc.num_workers > 0 and use_gpu(tc)),
+        scaling_config=ScalingConfig(num_workers=tc.num_workers, use_gpu=gpu),
         run_config=RunConfig(name=run_name, storage_path=_storage_path(cfg),
                              checkpoint_config=CheckpointConfig(num_to_keep=tc.checkpoints_to_keep),
-                             failure_config=FailureConfig(max_failures=tc.max_failures)),
+                             failure_config=failure_config(tc)),
     )
     try:
         result = trainer.fit()
