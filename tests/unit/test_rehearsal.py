@@ -316,3 +316,14 @@ def test_collect_uploads_outputs_and_reads_output_parameters(ir, tmp_path):
     (launcher._host(L.local_path(result_uri), volumes)).unlink()
     with pytest.raises(PipelineError, match="wrote nothing"):
         launcher._collect(ex, volumes)
+
+
+def test_pod_deadline_and_volumes_come_from_the_platform_spec(ir):
+    _, platform = ir
+    task = _task(ir, "train", "comp-train", {})
+    deadline = platform["exec-train"].get("activeDeadlineSeconds")
+    assert L.pod_deadline(task, platform, None) == (float(deadline) if deadline else None)
+    assert L.pod_deadline(task, platform, 60) == 60.0
+    volumes = L.pod_volumes(task, platform)
+    assert set(L.EMPTY_DIRS) <= set(volumes)
+    assert {m["mountPath"] for m in platform["exec-train"]["emptyDirMounts"]} <= set(volumes)

@@ -13,7 +13,7 @@
    output parameters taken from the executor output (or the parameter files).
 
 Not emulated (a real cluster's): the driver's MLMD records and cache, resource requests / limits and
-GPU scheduling (GPU tasks run in the CPU image), node selectors and tolerations, image pulls, the
+GPU scheduling (GPU tasks run in the CPU image; activeDeadlineSeconds is kept as a timeout), node selectors and tolerations, image pulls, the
 pod's service account; S3 I/O is boto3 in the host process, not the launcher's Go blob library.
 """
 
@@ -109,6 +109,20 @@ def pod_user(task: ContainerTask, platform: Mapping[str, Any]) -> str | None:
     return f"{sc['runAsUser']}:{sc.get('runAsGroup', sc['runAsUser'])}"
 
 
+def pod_deadline(task: ContainerTask, platform: Mapping[str, Any], cap: float | None) -> float | None:
+    """The task's activeDeadlineSeconds (kfp-kubernetes `set_timeout`), capped by the rehearsal's own limit."""
+    deadline = (platform.get(task.executor_label) or {}).get("activeDeadlineSeconds")
+    values = [float(v) for v in (deadline, cap) if v]
+    return min(values) if values else None
+
+
+def pod_volumes(task: ContainerTask, platform: Mapping[str, Any]) -> tuple[str, ...]:
+    """The pod's emptyDir mount paths, plus the launcher's staging roots (/s3, /minio, /gcs, /tmp),
+    which the rehearsal always mounts: it stages on the host side."""
+    mounts = {m["mountPath"] for m in (platform.get(task.executor_label) or {}).get("emptyDirMounts") or []}
+    return tuple(sorted(mounts | set(EMPTY_DIRS)))
+
+
 def cause_line(log: Path) -> str:
     """The most telling line of a failed task's log: the last `error`-ish line, else the last line."""
     lines = [ln.strip() for ln in log.read_text(errors="replace").splitlines() if ln.strip()] if log.is_file() else []
@@ -157,7 +171,7 @@ class Launcher:
                                run_id=self.run_id)
         user = pod_user(task, self.platform)
         uid, gid = (int(x) for x in user.split(":")) if user else (0, 0)
-        volumes = {d: tdir / "volumes" / d.strip("/") for d in EMPTY_DIRS}
+        volumes = {d: tdir / "volumes" / d.strip("/").replace("/", "_") for d in pod_volumes(task, self.platform)}
         for path in volumes.values():
             path.mkdir(parents=True)
             path.chmod(0o777)  # an emptyDir is world-writable
@@ -174,7 +188,7 @@ class Launcher:
             f.write(f"# task {task.name}: {' '.join(argv[:3])} ... ({len(argv)} args)\n# user {user}\n")
         container = Container(layers=self.image.layers, env=env, command=argv, user=user, cwd=self.image.workdir,
                               binds=tuple(Bind(path, d) for d, path in volumes.items()), scratch=tdir)
-        rc = container.run(log, timeout_s=self.timeout_s)
+        rc = container.run(log, timeout_s=pod_deadline(task, self.platform, self.timeout_s))
         if rc != 0:
             return Outcome(FAILED, cause=("timed out" if rc == 124 else f"exit {rc}: ") + cause_line(log))
         return self._collect(ex_input, volumes)
