@@ -104,6 +104,16 @@ def corpus_folder(kind: str, into: Path, speakers: int) -> Path:
     return into / "ravdess"
 
 
+def first_clip(folder: Path) -> Path:
+    """The clip the README's request carries: the corpus's first audio file (wav, flac, ...)."""
+    from affectflow.corpora import AUDIO_EXTENSIONS
+
+    clips = sorted(p for p in folder.rglob("*") if p.suffix.lower() in AUDIO_EXTENSIONS)
+    if not clips:
+        raise PipelineError(f"{folder}: no audio file for the predictor's request")
+    return clips[0]
+
+
 def rehearse(repo: Path, out: Path, *, params_path: Path, overrides: Sequence[str] = (), corpus: str = "generated",
              speakers: int = 8, task_timeout_s: float = 3600, echo: Callable[[str], None] = print) -> Report:
     """The whole rehearsal; the report says what passed and what failed (it raises only on set-up errors)."""
@@ -132,7 +142,7 @@ def rehearse(repo: Path, out: Path, *, params_path: Path, overrides: Sequence[st
             with tempfile.TemporaryDirectory() as tmp:
                 folder = corpus_folder(corpus, Path(tmp), speakers)
                 n = upload_tree(store, folder, f"{CORPUS_PREFIX}/ravdess")
-                clip = next(iter(sorted(folder.rglob("*.wav")))).read_bytes()
+                clip = first_clip(folder).read_bytes()
             echo(f"      corpus: {n} objects at s3://{BUCKET}/{CORPUS_PREFIX}/ravdess ({corpus}); none on any task's disk")
             mlflow_port, predictor_port = free_ports(2)
             tracking = f"http://127.0.0.1:{mlflow_port}"
