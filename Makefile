@@ -5,7 +5,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: setup demo test lint lock clean
+.PHONY: setup demo test lint lock clean rehearsal
 
 setup: $(VENV)/.installed
 
@@ -23,6 +23,11 @@ demo: setup
 
 test: setup
 	$(BIN)/pytest -q
+
+# The cluster rehearsal (as root: debootstrap, overlayfs, chroot; docs/REHEARSAL.md). The image root is
+# cached outside the repository (AFFECTFLOW_REHEARSAL_CACHE, default ~/.cache/affectflow/rehearsal).
+rehearsal: setup
+	nice -n 10 $(BIN)/affectflow pipeline rehearse --set train.epochs=5
 
 lint: setup
 	$(BIN)/ruff check .

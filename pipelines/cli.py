@@ -1,4 +1,4 @@
-"""`affectflow pipeline compile | run --local | upload | submit | schedule`.
+"""`affectflow pipeline compile | run --local | rehearse | upload | submit | schedule`.
 
 Registered with the affectflow CLI through the `affectflow.cli` entry point (pyproject.toml): the
 library never imports `pipelines`, this module imports the library.
@@ -57,6 +57,16 @@ def _args(p: argparse.ArgumentParser) -> None:
     r.add_argument("--retries", type=int, default=0, help="retries per failed task (default: 0 locally)")
     r.add_argument("--verbose", action="store_true",
                    help="stream every task's full log (executor input JSON, library INFO lines)")
+
+    rh = sub.add_parser("rehearse", help="run every IR task as a cluster does: image root built from "
+                        "Dockerfile.cpu, a fresh chroot per task, S3 + MLflow + KServe on 127.0.0.1 (root; docs/REHEARSAL.md)")
+    _common(rh)
+    rh.add_argument("--out", type=Path, default=Path("artifacts/rehearsal"),
+                    help="logs and report.{md,json} (default: artifacts/rehearsal)")
+    rh.add_argument("--corpus", choices=("generated", "shared"), default="generated",
+                    help="what goes to S3: generated RAVDESS-layout audio, or speakers of ../shared/data/ravdess")
+    rh.add_argument("--speakers", type=int, default=8, help="speakers in the corpus (default: 8)")
+    rh.add_argument("--task-timeout", type=float, default=3600.0, help="seconds per task (default: 3600)")
 
     u = sub.add_parser("upload", help="upload the IR as a pipeline, or as a new version of it")
     _cluster(u)
@@ -154,6 +164,17 @@ def _pipeline(params: Params, a: argparse.Namespace) -> int:
                             data_version=a.data_version, retries=a.retries, verbose=a.verbose)
         print_run(summary, params)
         return 0
+
+    if a.action == "rehearse":
+        from affectflow.orchestration.rehearsal.run import rehearse
+
+        repo = Path(__file__).resolve().parents[1]
+        report = rehearse(repo, a.out, params_path=Path(getattr(a, "params", None) or "params.yaml"),
+                          overrides=list(getattr(a, "overrides", None) or []), corpus=a.corpus,
+                          speakers=a.speakers, task_timeout_s=a.task_timeout)
+        print(report.table())
+        print(f"rehearsal {report.status} in {report.wall_s:.0f} s; report: {a.out / 'report.md'}")
+        return 0 if report.status == "SUCCEEDED" else 1
 
     client = C.kfp_client(params, a.host, a.namespace)
     base = _base(a)

@@ -60,11 +60,14 @@ client address and the shared storage of Ray runs and checkpoints."""
 WRITABLE_DIRS = {"kfp-minio": "/minio", "kfp-s3": "/s3", "kfp-gcs": "/gcs", "tmp": "/tmp"}
 """emptyDirs of every task: the KFP launcher's local artifact paths and /tmp, writable for the
 non-root UID whatever the image or a read-only root filesystem."""
-DATA_TASKS = frozenset({*STAGES, "validate-features"}) - {"register"}
-"""Tasks that read or write data (S3 corpora, features, Ray storage, MLflow's S3 artifacts)."""
+DATA_TASKS = frozenset({*STAGES, "validate-features", "data-stamp", "rescore-champion"}) - {"register"}
+"""Tasks that read or write data (S3 corpora, features, Ray storage, MLflow's S3 artifacts); data-stamp
+lists the s3:// corpora (the cluster rehearsal found it without credentials)."""
 TRACKING_TASKS = frozenset({s for s, row in STAGES.items() if "tracking" in row.sections}
-                           | {"register", "promote", "record-run-status", "resolve-params"})
-"""Tasks that log to or read from MLflow (resolve-params checks the server before anything runs)."""
+                           | {"register", "promote", "record-run-status", "resolve-params", "rescore-champion"})
+"""Tasks that log to or read from MLflow (resolve-params checks the server before anything runs;
+rescore-champion reads the champion from the registry: without the Secret it saw an empty sqlite
+registry inside its pod and never re-scored)."""
 RETRY_BACKOFF = "30s"
 """First wait before a retry (doubles each time): long enough for a node or S3 hiccup to pass."""
 FORM_NAMES = [p.name for p in RUN_FORM] + [OVERRIDES, DATA_VERSION]

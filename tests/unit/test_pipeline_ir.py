@@ -247,11 +247,12 @@ def test_secrets_become_environment(ir: tuple[dict[str, Any], dict[str, Any]], b
             out.setdefault(s["secretName"], set()).update(k["envVar"] for k in s["keyToEnv"])
         return out
 
-    for stage in ("ingest", "validate", "validate-features", "features", "augment", "pretrain", "train", "evaluate"):
+    for stage in ("ingest", "validate", "validate-features", "features", "augment", "pretrain", "train", "evaluate",
+                  "data-stamp", "rescore-champion"):  # data-stamp lists s3:// corpora (found by the rehearsal)
         s3 = secrets(stage)[base.pipeline.s3_secret]
         assert {"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_ENDPOINT_URL"} <= s3, stage
     for task in ("resolve-params", "augment", "pretrain", "train", "evaluate", "register", "promote",
-                 "record-run-status"):
+                 "record-run-status", "rescore-champion"):  # rescore reads the champion from the registry
         assert "MLFLOW_TRACKING_URI" in secrets(task)[base.pipeline.mlflow_secret], task
     assert base.pipeline.s3_secret not in secrets("register")  # registry needs MLflow only
     for task in ("ingest", "validate", "features"):  # they log nothing to MLflow

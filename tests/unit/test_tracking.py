@@ -12,7 +12,13 @@ from recognizer_support import trained
 from affectflow.contracts.manifest import manifest_hash, read_manifest
 from affectflow.tracking import runs as tracking
 from affectflow.tracking.revisions import locked_md5
-from affectflow.tracking.uri import ensure_store, mlflow_scope, resolve_artifact_location, resolve_uri
+from affectflow.tracking.uri import (
+    ensure_store,
+    experiment_artifact_location,
+    mlflow_scope,
+    resolve_artifact_location,
+    resolve_uri,
+)
 
 
 def _artifacts(client: MlflowClient, run_id: str, path: str) -> set[str]:
@@ -62,6 +68,33 @@ def test_resolve_uri_makes_local_stores_absolute_and_creates_nothing(tmp_path: P
     assert resolve_uri("mlruns") == (tmp_path / "mlruns").as_uri()
     assert resolve_uri("store.db") == f"sqlite:///{tmp_path / 'store.db'}"
     assert resolve_artifact_location("art") == (tmp_path / "art").as_uri()
+
+
+def test_a_tracking_server_chooses_where_artifacts_go_unless_a_remote_location_is_given(tmp_path: Path,
+                                                                                      monkeypatch: pytest.MonkeyPatch):
+    """On a cluster tracking.uri becomes the MLflow server while tracking.artifact_location stays the
+    relative default: an experiment created with it kept the models on the train pod's disk (the
+    cluster rehearsal's predictor found no MLmodel). The server's own destination is used instead."""
+    monkeypatch.chdir(tmp_path)
+    assert experiment_artifact_location("http://mlflow:5000", "artifacts/mlartifacts") is None
+    assert experiment_artifact_location("https://mlflow.example", "/abs/folder") is None
+    assert experiment_artifact_location("http://mlflow:5000", "s3://b/mlartifacts") == "s3://b/mlartifacts"
+    assert experiment_artifact_location("http://mlflow:5000", "") is None
+    assert experiment_artifact_location("sqlite:///artifacts/mlflow.db", "art") == (tmp_path / "art").as_uri()
+
+    import mlflow
+
+    from affectflow.config import TrackingConfig
+    from affectflow.tracking import runs
+
+    created: dict[str, object] = {}
+    monkeypatch.setattr(mlflow, "set_tracking_uri", lambda uri: None)
+    monkeypatch.setattr(mlflow, "get_experiment_by_name", lambda name: None)
+    monkeypatch.setattr(mlflow, "create_experiment", lambda name, artifact_location=None:
+                        created.update(name=name, location=artifact_location) or "7")
+    monkeypatch.setattr(mlflow, "set_experiment", lambda experiment_id=None: None)
+    cfg = TrackingConfig(uri="http://127.0.0.1:5000", artifact_location="artifacts/mlartifacts", experiment="e")
+    assert runs.configure(cfg) == "7" and created == {"name": "e", "location": None}
 
 
 def test_dvc_revision_reads_locked_output_hashes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):

@@ -480,9 +480,10 @@ def record_status(status: Any, configured_uri: str, experiment: str, artifact_lo
         client = MlflowClient(tracking_uri=uri)
         name = experiment + STATUS_EXPERIMENT_SUFFIX
         exp = client.get_experiment_by_name(name)
-        from affectflow.tracking.uri import resolve_artifact_location
+        from affectflow.tracking.uri import experiment_artifact_location
 
-        location = f"{resolve_artifact_location(artifact_location).rstrip('/')}/{name}" if artifact_location else None
+        root = experiment_artifact_location(uri, artifact_location)
+        location = f"{root.rstrip('/')}/{name}" if root else None
         exp_id = exp.experiment_id if exp else client.create_experiment(name, artifact_location=location)
         tags = {f"pipeline.{k}": v[:5000] for k, v in info.items() if v}
         run = client.create_run(exp_id, run_name=info["job"] or "pipeline-run", tags=tags)

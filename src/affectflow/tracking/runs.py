@@ -21,7 +21,7 @@ from typing import Any
 from affectflow.config import Params, TrackingConfig, flatten
 from affectflow.contracts.model_folder import content_hash
 from affectflow.runtime.device import device_tags
-from affectflow.tracking.uri import ensure_store, resolve_artifact_location
+from affectflow.tracking.uri import ensure_store, experiment_artifact_location
 
 MAX_PARAM_CHARS = 6000
 """MLflow's limit on a parameter value; longer values (lists of corpora...) are truncated."""
@@ -40,14 +40,15 @@ def configure(cfg: TrackingConfig) -> str:
     import mlflow
 
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
-    mlflow.set_tracking_uri(ensure_store(cfg.uri))
-    wanted = resolve_artifact_location(cfg.artifact_location)
+    uri = ensure_store(cfg.uri)
+    mlflow.set_tracking_uri(uri)
+    wanted = experiment_artifact_location(uri, cfg.artifact_location)
     exp = mlflow.get_experiment_by_name(cfg.experiment)
     if exp is None:
         exp_id = mlflow.create_experiment(cfg.experiment, artifact_location=wanted)
     else:
         exp_id = exp.experiment_id
-        if exp.artifact_location.rstrip("/") != wanted.rstrip("/"):
+        if wanted is not None and exp.artifact_location.rstrip("/") != wanted.rstrip("/"):
             log.warning("MLflow experiment %s keeps its artifact location %s (tracking.artifact_location is %s)",
                         cfg.experiment, exp.artifact_location, wanted)
     mlflow.set_experiment(experiment_id=exp_id)

