@@ -39,6 +39,11 @@ class AudioConfig(Section):
     sample_rate: int = Field(16000, gt=0)
     min_duration_s: float = Field(0.3, ge=0)
     max_duration_s: float = Field(30.0, gt=0)
+    min_speech_s: float = Field(0.25, ge=0)
+    """Seconds of detected speech (Silero VAD, `affectflow.speech`) a clip needs to be ingested or
+    given an emotion; below it the answer is "no speech". 0 turns the check off."""
+    speech_threshold: float = Field(0.5, gt=0, lt=1)
+    """Silero speech probability from which a 32 ms frame counts as speech (its own default)."""
 
 
 # --------------------------------------------------------------------------- ingest

@@ -17,8 +17,11 @@ whose elements are base64-encoded audio files (wav, flac, ogg, mp3), one clip pe
 
     {"inputs": [{"name": "audio", "shape": [1], "datatype": "BYTES", "data": ["UklGRi..."]}]}
 
-Response: `probabilities` (FP32, [n, classes], class order in its `classes` parameter) and `label`
-(BYTES, [n]); `model_version` is the registry version that answered. A request that is not that
+Response: `probabilities` (FP32, [n, classes], class order in its `classes` parameter), `label`
+(BYTES, [n]) and `status` (BYTES, [n]): `ok`, or `no_speech` for a clip with less than the model's
+`audio.min_speech_s` of speech (`affectflow.speech`), whose probabilities are all 0 and label is
+empty: a valid but silent clip is an answer (HTTP 200), never an emotion. `model_version` is the
+registry version that answered. A request that is not that
 shape, or audio that does not decode, is a 400 whose message names the input and the element.
 """
 
@@ -42,6 +45,9 @@ log = logging.getLogger("affectflow.serving.kserve")
 INPUT_NAME = "audio"
 PROBABILITIES = "probabilities"
 LABEL = "label"
+STATUS = "status"
+STATUS_OK = "ok"
+STATUS_NO_SPEECH = "no_speech"
 DEFAULT_MODEL_URI = "models:/affectflow-ser@champion"
 DEFAULT_RELOAD_S = 60.0
 
@@ -82,6 +88,13 @@ class Loaded:
     @property
     def min_duration_s(self) -> float:
         return float(self.rec.meta.audio.get("min_duration_s", 0.0))
+
+    @property
+    def speech(self) -> Any:
+        """The model's speech check (its audio.min_speech_s; `affectflow.speech`)."""
+        from affectflow.speech import SpeechCheck
+
+        return SpeechCheck.from_audio_config(self.rec.meta.audio)
 
 
 class Resolver:
@@ -173,17 +186,59 @@ def request_audio(inputs: list[Any], config: Any = None, min_duration_s: float =
 
 
 def score(loaded: Loaded, clips: list[tuple[np.ndarray, int]]) -> np.ndarray:
-    """(n, classes) probabilities; clips grouped by sample rate (one resampling per group), the
-    whole request one set for `deploy_normalization: set` (as the MLflow pyfunc scores it)."""
-    from affectflow.serving.recognizer import predict_audio_groups
+    """(n, classes) probabilities of every clip (no speech check; see `score_request`)."""
+    return score_request(loaded, clips, [True] * len(clips))[0]
+
+
+def score_request(loaded: Loaded, clips: list[tuple[np.ndarray, int]],
+                  speech: list[bool] | None = None) -> tuple[np.ndarray, list[bool]]:
+    """(n, classes) probabilities and, per clip, whether it has speech (`speech_mask` when not
+    given); clips grouped by sample rate (one resampling per group), the whole request one set
+    for `deploy_normalization: set` (as the MLflow pyfunc scores it). Clips without speech are not
+    scored: their rows stay 0. NaN features are the request's error naming the element."""
+    from affectflow.serving.recognizer import NonFiniteFeatures, predict_audio_groups
 
     probs = np.zeros((len(clips), len(loaded.rec.classes)), np.float32)
-    rates = sorted({r for _, r in clips})
-    index = [[i for i, (_, r) in enumerate(clips) if r == rate] for rate in rates]
+    speech = speech_mask(loaded, clips) if speech is None else speech
+    rates = sorted({r for (_, r), ok in zip(clips, speech, strict=True) if ok})
+    index = [[i for i, (_, r) in enumerate(clips) if r == rate and speech[i]] for rate in rates]
     groups = [([clips[i][0] for i in idx], rate) for idx, rate in zip(index, rates, strict=True)]
-    for idx, p in zip(index, predict_audio_groups(loaded.rec, groups, loaded.featurizer), strict=True):
+    try:
+        scored = predict_audio_groups(loaded.rec, groups, loaded.featurizer) if groups else []
+    except NonFiniteFeatures as e:
+        raise RequestError(f"input element {index[e.group][e.item]}: {e}") from None
+    for idx, p in zip(index, scored, strict=True):
         probs[idx] = p
-    return probs
+    return probs, speech
+
+
+def speech_mask(loaded: Loaded, clips: list[tuple[np.ndarray, int]]) -> list[bool]:
+    """Per clip: whether it has the model's minimum of speech (`affectflow.speech`)."""
+    check = loaded.speech
+    return [check.reason(wave, rate) is None for wave, rate in clips]
+
+
+def response_outputs(probs: np.ndarray, speech: list[bool], classes: list[str]) -> list[tuple[str, list[int], str, list[Any]]]:
+    """(name, shape, datatype, data) of the three outputs: probabilities, label, status."""
+    labels = [classes[i] if ok else "" for i, ok in zip(probs.argmax(axis=1), speech, strict=True)]
+    status = [STATUS_OK if ok else STATUS_NO_SPEECH for ok in speech]
+    return [(PROBABILITIES, list(probs.shape), "FP32", probs.ravel().tolist()),
+            (LABEL, [len(labels)], "BYTES", labels),
+            (STATUS, [len(status)], "BYTES", status)]
+
+
+async def answer(loaded: Loaded, inputs: list[Any]) -> tuple[np.ndarray, list[bool]]:
+    """Probabilities and speech flags for a request's inputs; the client's faults are RequestError,
+    any other failure a RuntimeError whose text holds no traceback (that stays in the server log)."""
+    clips = request_audio(inputs, loaded.config, loaded.min_duration_s)
+    try:
+        return await asyncio.to_thread(score_request, loaded, clips)
+    except RequestError:
+        raise
+    except Exception as e:
+        log.exception("scoring a request on %s failed", loaded.uri)
+        raise RuntimeError(f"internal error while scoring the request ({type(e).__name__}; "
+                           "see the server log)") from None
 
 
 def make_model(name: str, model_uri: str, reload_interval_s: float, resolver: Resolver) -> Any:
@@ -247,22 +302,13 @@ def make_model(name: str, model_uri: str, reload_interval_s: float, resolver: Re
                 loaded = self.current
             assert loaded is not None
             try:
-                clips = request_audio(list(payload.inputs), loaded.config, loaded.min_duration_s)
+                probs, speech = await answer(loaded, list(payload.inputs))
             except RequestError as e:
                 raise InvalidInput(str(e)) from None
-            try:
-                probs = await asyncio.to_thread(score, loaded, clips)
-            except Exception as e:  # the traceback stays in the server log, the client gets a short reason
-                log.exception("scoring a request on %s failed", loaded.uri)
-                raise RuntimeError(f"internal error while scoring the request ({type(e).__name__}; "
-                                   "see the server log)") from None
             classes = loaded.rec.classes
-            labels = [classes[i] for i in probs.argmax(axis=1)]
-            outputs = [
-                InferOutput(PROBABILITIES, list(probs.shape), "FP32", probs.ravel().tolist(),
-                            parameters={"classes": ",".join(classes)}),
-                InferOutput(LABEL, [len(labels)], "BYTES", labels),
-            ]
+            outputs = [InferOutput(name, shape, dtype, data,
+                                   parameters={"classes": ",".join(classes)} if name == PROBABILITIES else None)
+                       for name, shape, dtype, data in response_outputs(probs, speech, classes)]
             return InferResponse(payload.id, self.name, outputs, model_version=loaded.version)
 
     return RecognizerModel()

@@ -23,7 +23,9 @@ Every row is held to the audio rules of ingest (`affectflow.audio`: decodable, n
 truncated, finite samples, a positive sample rate, at least the model's audio.min_duration_s), and a
 request to `max_rows` rows and `max_audio_s` seconds of audio in all. Files are mixed to mono and
 resampled to the model's rate as in training (`affectflow.audio`). Output: one probability column
-per class, in model order, plus `label` (argmax). The affectflow package travels with the model
+per class, in model order, plus `label` (argmax) and `status`: `ok`, or `no_speech` for a row with
+less than the model's `audio.min_speech_s` of speech (`affectflow.speech`), whose class columns and
+label are null: silence, noise or music never get an emotion. The affectflow package travels with the model
 (`code_paths`).
 
 Errors: input that breaks a rule is the client's (`PyfuncInputError`: an MlflowException with
@@ -58,6 +60,7 @@ from mlflow.pyfunc import PythonModel
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from affectflow import audio
+from affectflow.speech import SpeechCheck
 
 log = logging.getLogger(__name__)
 
@@ -69,6 +72,9 @@ EXAMPLE_SECONDS = 0.5
 SOURCE_COLUMNS = ("path", "audio", "audio_b64")
 """The input columns that carry a row's audio; a row sets exactly one of them."""
 SIGNATURE_COLUMNS = ("path", "audio", "sample_rate", "audio_b64")
+STATUS_OK = "ok"
+STATUS_NO_SPEECH = "no_speech"
+"""`status` of a row with less than the model's audio.min_speech_s of speech: no class, no label."""
 MAX_SAMPLE_RATE = 768_000
 """Highest `sample_rate` taken for an `audio` row (Hz); more is a unit mistake, not audio."""
 
@@ -114,6 +120,7 @@ class AffectflowPyfunc(PythonModel):
         self.featurizer = Featurizer(self.rec.meta)
         self.config = ServingConfig.from_model_config(getattr(context, "model_config", None))
         self.min_duration_s = float(self.rec.meta.audio.get("min_duration_s", 0.0))
+        self.speech = SpeechCheck.from_audio_config(self.rec.meta.audio)
 
     # No annotations on purpose: MLflow turns predict() type hints into an input schema of its own.
     def predict(self, context, model_input, params=None):
@@ -122,8 +129,12 @@ class AffectflowPyfunc(PythonModel):
                                  min_duration_s=getattr(self, "min_duration_s", 0.0))
         except ValueError as e:  # AudioError included: the client's input
             raise PyfuncInputError(str(e)) from None
+        from affectflow.serving.recognizer import NonFiniteFeatures
+
         try:
             return self._score(groups)
+        except NonFiniteFeatures as e:  # name the request row, as for any other bad row
+            raise PyfuncInputError(f"pyfunc input row {groups[e.group][0][e.item]}: {e}") from None
         except Exception as e:
             log.exception("affectflow pyfunc: scoring a request failed")
             raise MlflowException(f"affectflow pyfunc: internal error while scoring the request "
@@ -134,14 +145,42 @@ class AffectflowPyfunc(PythonModel):
         from affectflow.serving.recognizer import predict_audio_groups
 
         classes = self.rec.classes
-        probs = np.zeros((sum(len(ix) for ix, _, _ in groups), len(classes)), np.float32)
+        n = sum(len(ix) for ix, _, _ in groups)
+        speech = speech_rows(groups, getattr(self, "speech", SpeechCheck(0.0)))
+        groups = [g for g in speech if g[0]]
+        probs = np.zeros((n, len(classes)), np.float32)
         # every row of the request is one set (deploy_normalization: set), whatever its sample rate
-        scored = predict_audio_groups(self.rec, [(waves, rate) for _, waves, rate in groups], self.featurizer)
+        scored = predict_audio_groups(self.rec, [(waves, rate) for _, waves, rate in groups], self.featurizer) \
+            if groups else []
         for (idx, _, _), p in zip(groups, scored, strict=True):
             probs[idx] = p
-        out = pd.DataFrame(probs.astype(np.float64), columns=classes)
-        out["label"] = [classes[i] for i in probs.argmax(axis=1)] if len(out) else []
-        return out
+        return output_frame(probs, classes, sorted(i for ix, _, _ in groups for i in ix))
+
+
+def speech_rows(groups: list[tuple[list[int], list[np.ndarray], int]],
+                check: SpeechCheck) -> list[tuple[list[int], list[np.ndarray], int]]:
+    """The groups with only the rows that have `check`'s minimum of speech (`affectflow.speech`)."""
+    if not check.enabled:
+        return groups
+    out = []
+    for idx, waves, rate in groups:
+        keep = [k for k, w in enumerate(waves) if check.reason(w, rate) is None]
+        out.append(([idx[k] for k in keep], [waves[k] for k in keep], rate))
+    return out
+
+
+def output_frame(probs: np.ndarray, classes: list[str], scored: list[int]) -> pd.DataFrame:
+    """One row per input row: the class columns, `label` and `status` (`ok`, or `no_speech`: the
+    row has too little speech; its class columns and label are null, never an emotion)."""
+    ok = np.zeros(len(probs), bool)
+    ok[scored] = True
+    out = pd.DataFrame(probs.astype(np.float64), columns=classes)
+    out["label"] = [classes[i] for i in probs.argmax(axis=1)] if len(out) else []
+    if not ok.all():
+        out = out.astype(object)  # null (JSON null), not NaN, for the rows without speech
+        out.loc[~ok, [*classes, "label"]] = None
+    out["status"] = np.where(ok, STATUS_OK, STATUS_NO_SPEECH) if len(out) else []
+    return out
 
 
 def _frame(model_input: Any) -> pd.DataFrame:
@@ -300,7 +339,8 @@ def signature(classes: list[str]) -> Any:
         ColSpec(DataType.long, "sample_rate", required=False),
         ColSpec(DataType.string, "audio_b64", required=False),
     ])
-    outputs = Schema([*(ColSpec(DataType.double, c) for c in classes), ColSpec(DataType.string, "label")])
+    outputs = Schema([*(ColSpec(DataType.double, c, required=False) for c in classes),
+                      ColSpec(DataType.string, "label", required=False), ColSpec(DataType.string, "status")])
     return ModelSignature(inputs=inputs, outputs=outputs)
 
 
@@ -317,7 +357,7 @@ def requirements(feature: str) -> list[str]:
     import torch
 
     reqs = [f"torch=={torch.__version__.split('+')[0]}", "numpy", "pandas", "pydantic>=2.5", "pyyaml",
-            "soundfile", "soxr", f"mlflow=={__import__('mlflow').__version__}"]
+            "soundfile", "soxr", "silero-vad>=6,<7", f"mlflow=={__import__('mlflow').__version__}"]
     if feature == "ssl":
         return [*reqs, f"transformers=={__import__('transformers').__version__}"]
     return [*reqs, "opensmile"] if feature in ("egemaps", "egemaps_lld", "compare") else reqs
