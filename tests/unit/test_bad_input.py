@@ -212,6 +212,21 @@ def _predict_too_short(tmp: Path, ctx: dict[str, Any]) -> list[str]:
     return ["predict", str(f), "--model", str(model_folder(tmp)), "--params", str(params_file(tmp))]
 
 
+def _predict_1hz_header(tmp: Path, ctx: dict[str, Any]) -> list[str]:
+    f = tmp / "one_hz.wav"
+    sf.write(f, np.zeros(62_000, np.float32), 1, subtype="PCM_16")  # 124 KB, "17 hours" at 1 Hz
+    ctx.update(path=str(f), ingest_says=_ingest_reason(f))
+    return ["predict", str(f), "--model", str(model_folder(tmp)), "--params", str(params_file(tmp))]
+
+
+def _predict_float_out_of_range(tmp: Path, ctx: dict[str, Any]) -> list[str]:
+    f = tmp / "loud.wav"
+    wave = utterance("sad", 1, 0, SR, 1.0)
+    sf.write(f, 3.5 * wave / np.abs(wave).max(), SR, subtype="FLOAT")  # unnormalised float audio
+    ctx.update(path=str(f), ingest_says=_ingest_reason(f))
+    return ["predict", str(f), "--model", str(model_folder(tmp)), "--params", str(params_file(tmp))]
+
+
 def _ingest_reason(f: Path) -> str:
     try:
         probe(str(f), load_params(None).audio.min_duration_s)
@@ -241,6 +256,10 @@ CLI_CASES: dict[str, CliCase] = {
     "predict: truncated WAV": (_predict_truncated, 1, "{path}: truncated audio: 'RIFF' chunk declares"),
     "predict: clip below audio.min_duration_s": (_predict_too_short, 1,
                                                  "{path}: too short: 0.100 s < 0.3 s (audio.min_duration_s)"),
+    "predict: WAV whose header says 1 Hz": (_predict_1hz_header, 1,
+                                            "{path}: sample rate 1 Hz is outside 1000..768000 Hz"),
+    "predict: float WAV outside ±1": (_predict_float_out_of_range, 1,
+                                      "{path}: samples outside [-1, 1] (peak 3.5"),
 }
 
 
@@ -361,3 +380,94 @@ def test_csv_bytes_that_are_not_utf8_name_file_line_and_field(tmp_path):
     with pytest.raises(PredictInputError, match=r"list\.csv: line 3, field 'path': not UTF-8 text \(byte 0xe9\); "
                                                 r"save the CSV as UTF-8"):
         manifest_paths(listing)
+
+
+# ----------------------------------------------------------------------------- input sanity (library)
+def test_int16_values_stored_as_floats_are_rescaled_with_a_warning(tmp_path, caplog):
+    wave = utterance("sad", 1, 0, SR, 1.0)
+    as_int = np.round(wave * 32767).astype(np.float32)
+    f = tmp_path / "int_as_float.wav"
+    sf.write(f, as_int, SR, subtype="FLOAT")
+    with caplog.at_level(logging.WARNING, logger="affectflow.audio"):
+        x = audio.load(f, SR)
+    assert np.abs(x).max() <= 1.0 and np.allclose(x, wave, atol=1e-4)
+    assert "taken as int16 values and rescaled" in caplog.text
+    assert np.allclose(audio.check_samples(as_int.tolist(), "row 0"), x, atol=1e-6)  # a request's waveform too
+
+
+def test_float_audio_outside_one_is_refused_everywhere_it_enters(tmp_path):
+    with pytest.raises(audio.AudioError, match=r"row 0: samples outside \[-1, 1\] \(peak 1.5\)"):
+        audio.check_samples([0.1, -1.5, 0.2], "row 0")
+    f = tmp_path / "loud.wav"
+    sf.write(f, np.full(SR, 2.5, np.float32) * np.sin(np.arange(SR) / 7.0), SR, subtype="FLOAT")
+    with pytest.raises(audio.AudioError, match=r"samples outside \[-1, 1\]"):
+        probe(str(f))  # ingest quarantines it (skip) or stops (fail)
+    huge = tmp_path / "huge.wav"
+    sf.write(huge, np.full(SR, 1e30, np.float32), SR, subtype="FLOAT")
+    with pytest.raises(audio.AudioError, match=r"peak 1e\+30"):
+        audio.load(huge, SR)
+
+
+def test_resampling_never_leaves_full_scale():
+    t = np.arange(44100) / 44100
+    square = np.sign(np.sin(2 * np.pi * 440 * t)).astype(np.float32)  # full scale: overshoots when filtered
+    out = audio.resample(square, 44100, SR)
+    assert np.abs(out).max() <= 1.0
+    with pytest.raises(audio.AudioError, match=r"sample rate 1 Hz is outside"):
+        audio.resample(square[:10], 1, SR)
+
+
+def test_a_header_rate_is_checked_before_decoding(tmp_path):
+    f = tmp_path / "one_hz.wav"
+    sf.write(f, np.zeros(62_000, np.float32), 1, subtype="PCM_16")
+    for read in (lambda: audio.load(f, SR), lambda: audio.check_header(f), lambda: probe(str(f))):
+        with pytest.raises(audio.AudioError, match=r"one_hz.wav: sample rate 1 Hz is outside 1000..768000 Hz"):
+            read()
+
+
+def test_a_truncated_model_file_is_named(tmp_path):
+    from affectflow.contracts.model_folder import MODEL_FILE, ModelFolderError
+    from affectflow.serving.recognizer import load_model_dir
+
+    folder = model_folder(tmp_path)
+    cut(folder / MODEL_FILE, keep=0.5)
+    with pytest.raises(ModelFolderError, match=rf"{folder / MODEL_FILE}: cannot read it \(\d+ bytes; truncated"):
+        load_model_dir(folder)
+
+
+def test_nan_features_are_refused_naming_the_row_never_scored(tmp_path, monkeypatch):
+    from types import SimpleNamespace
+
+    from affectflow.serving.pyfunc import AffectflowPyfunc, PyfuncInputError
+    from affectflow.serving.recognizer import Featurizer
+
+    model = AffectflowPyfunc()
+    model.load_context(SimpleNamespace(artifacts={"model_dir": str(model_folder(tmp_path))}, model_config={}))
+    real = Featurizer.__call__
+
+    def nan_for_the_second(self, waves):
+        feats = real(self, waves)
+        if len(feats) > 1:
+            feats[1] = np.full_like(feats[1], np.nan)
+        return feats
+
+    monkeypatch.setattr(Featurizer, "__call__", nan_for_the_second)
+    rows = pd.DataFrame({"audio": [utterance("sad", 1, s, SR, 1.0).astype(np.float64) for s in range(2)],
+                         "sample_rate": [SR, SR]})
+    with pytest.raises(PyfuncInputError, match=r"pyfunc input row 1: \d+ of its logmel features are NaN or infinite"):
+        model.predict(None, rows)
+
+
+def test_predict_never_writes_nan(tmp_path):
+    from affectflow.serving.predict import predict_paths, render
+
+    class NanBackend:
+        uri, classes, sample_rate = "stub", CLASSES, SR
+
+        def predict(self, waves):
+            return np.full((len(waves), len(CLASSES)), np.nan, np.float32)
+
+    f = clip(tmp_path / "a.wav", seconds=1.0)
+    res = predict_paths(load_params(params_file(tmp_path)), [str(f)], backend=NanBackend(), report=lambda m: None)
+    assert res.predictions[0].error == "the model returned non-finite probabilities for this audio"
+    assert "NaN" not in render(res, "json")

@@ -192,7 +192,7 @@ def _checked(x: np.ndarray, path: str, what: str) -> np.ndarray:
         raise audio.AudioError(path, f"{what}: {audio.NO_SAMPLES}")
     if not np.isfinite(x).all():
         raise audio.AudioError(path, f"{what}: {audio.NOT_FINITE}")
-    return x
+    return audio.check_range(x, f"{path} ({what})")
 
 
 class WindowReader:

@@ -244,6 +244,7 @@ def parse_input(model_input: Any, config: ServingConfig | None = None,
             raise ValueError(f"pyfunc input row {i}: the request carries more than {cfg.max_audio_s:g} s of audio; "
                              "this model takes at most that per request (model_config max_audio_s)")
         audio.check_duration(f"pyfunc input row {i}, column '{column}'", duration, min_duration_s)
+        audio.check_rate(f"pyfunc input row {i}, column 'sample_rate'", native)  # before any resampling
         ix, waves = groups.setdefault(native, ([], []))
         ix.append(int(i))
         waves.append(wave)
