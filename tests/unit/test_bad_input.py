@@ -471,3 +471,12 @@ def test_predict_never_writes_nan(tmp_path):
     res = predict_paths(load_params(params_file(tmp_path)), [str(f)], backend=NanBackend(), report=lambda m: None)
     assert res.predictions[0].error == "the model returned non-finite probabilities for this audio"
     assert "NaN" not in render(res, "json")
+
+
+def test_a_request_rate_below_the_floor_is_the_rows_error_before_resampling():
+    from affectflow.serving.pyfunc import parse_input
+
+    rows = pd.DataFrame({"audio": [np.zeros(40).tolist()], "sample_rate": [10]})  # 4 s "at 10 Hz"
+    with pytest.raises(audio.AudioError, match=r"pyfunc input row 0, column 'sample_rate': sample rate 10 Hz is outside "
+                                               r"1000..768000 Hz"):
+        parse_input(rows)

@@ -264,3 +264,24 @@ def test_the_kserve_request_follows_the_pyfunc_limits(tmp_path: Path):
     short = _wav_b64(tmp_path, 0.1, "short.wav")
     with pytest.raises(RequestError, match=r"input 'audio' element 1.*too short: 0.100 s < 0.5 s"):
         request_audio(inputs([one, short]), None, min_duration_s=0.5)
+
+
+def test_the_kserve_request_must_be_the_documented_shape(tmp_path: Path):
+    """Another input name, an extra input or a shape that does not fit the elements: 400, not a guess."""
+    from types import SimpleNamespace
+
+    from affectflow.serving.kserve import RequestError, request_audio
+
+    one = _wav_b64(tmp_path, 1.0, "one.wav")
+    audio_in = SimpleNamespace(name="audio", datatype="BYTES", shape=[1], data=[one])
+    assert len(request_audio([audio_in])) == 1
+    cases = {
+        r"no input named 'audio' among \['wave'\]": [SimpleNamespace(name="wave", datatype="BYTES", shape=[1], data=[one])],
+        r"inputs \['extra'\] are not this model's": [audio_in, SimpleNamespace(name="extra", datatype="FP32", shape=[1], data=[1.0])],
+        r"input 'audio': shape \[2, 1\] does not fit its 1 element\(s\); expected \[1\]":
+            [SimpleNamespace(name="audio", datatype="BYTES", shape=[2, 1], data=[one])],
+        r"input 'audio': datatype is FP32, expected BYTES": [SimpleNamespace(name="audio", datatype="FP32", shape=[1], data=[0.5])],
+    }
+    for message, request in cases.items():
+        with pytest.raises(RequestError, match=message):
+            request_audio(request)

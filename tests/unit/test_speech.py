@@ -22,7 +22,7 @@ from affectflow.corpora.demo import utterance
 from affectflow.speech import SpeechCheck, SpeechCheckUnavailable, measure
 
 SR = 16000
-CHECK = SpeechCheck(min_speech_s=0.25)
+CHECK = SpeechCheck(min_speech_s=0.25, threshold=0.2)
 
 
 def speech_like() -> np.ndarray:
@@ -35,7 +35,7 @@ def silence() -> np.ndarray:
 
 
 def white_noise() -> np.ndarray:
-    return (0.3 * np.random.default_rng(0).standard_normal(2 * SR)).astype(np.float32)
+    return np.random.default_rng(0).uniform(-0.5, 0.5, 2 * SR).astype(np.float32)
 
 
 def chord() -> np.ndarray:
@@ -44,7 +44,7 @@ def chord() -> np.ndarray:
 
 
 def test_speech_passes_and_silence_noise_and_a_chord_do_not():
-    assert measure(speech_like(), SR) > 1.0
+    assert measure(speech_like(), SR, 0.2) > 1.0
     assert CHECK.reason(speech_like(), SR) is None
     for wave in (silence(), white_noise(), chord()):
         why = CHECK.reason(wave, SR)
@@ -62,7 +62,7 @@ def test_other_rates_go_through_the_one_resampler_and_agree():
 def test_the_check_off_loads_nothing_and_passes_everything(monkeypatch: pytest.MonkeyPatch):
     monkeypatch.setitem(sys.modules, "silero_vad", None)  # an import would fail
     monkeypatch.setattr(speech, "_local", type(speech._local)())
-    off = SpeechCheck(min_speech_s=0.0)
+    off = SpeechCheck.off()
     assert not off.enabled and off.reason(silence(), SR) is None
 
 
@@ -86,16 +86,16 @@ def test_torch_threads_are_left_as_they_were():
 
 def test_streamed_blocks_count_like_the_whole_wave():
     wave = np.concatenate([silence(), speech_like(), silence()])
-    counter = speech.SpeechCounter(SR)
+    counter = speech.SpeechCounter(SR, 0.2)
     for k in range(0, len(wave), 3000):  # blocks that do not line up with frames
         counter.feed(wave[k:k + 3000])
-    assert abs(counter.finish() - measure(wave, SR)) <= 2 * speech.FRAME / speech.VAD_RATE
+    assert abs(counter.finish() - measure(wave, SR, 0.2)) <= 2 * speech.FRAME / speech.VAD_RATE
 
 
 def test_the_setting_comes_from_params_or_a_model_folder():
     params = load_params(None)
-    assert SpeechCheck.from_audio_config(params.audio) == SpeechCheck(0.25, 0.5)
-    assert SpeechCheck.from_audio_config({"sample_rate": 16000}) == SpeechCheck(0.25, 0.5)  # an older model.json
+    assert SpeechCheck.from_audio_config(params.audio) == SpeechCheck(0.25, 0.2)
+    assert SpeechCheck.from_audio_config({"sample_rate": 16000}) == SpeechCheck(0.25, 0.2)  # an older model.json
     assert SpeechCheck.from_audio_config({"sample_rate": 16000, "min_speech_s": 0.0}).enabled is False
 
 

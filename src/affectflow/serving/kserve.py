@@ -154,16 +154,7 @@ def request_audio(inputs: list[Any], config: Any = None, min_duration_s: float =
     cfg = config or ServingConfig()
     if not inputs:
         raise RequestError("the request has no inputs; send one BYTES input named 'audio' with base64 audio files")
-    chosen = [i for i in inputs if i.name == INPUT_NAME] or (inputs if len(inputs) == 1 else [])
-    if not chosen:
-        raise RequestError(f"no input named '{INPUT_NAME}' among {[i.name for i in inputs]}")
-    inp = chosen[0]
-    if inp.datatype != "BYTES":
-        raise RequestError(f"input '{inp.name}': datatype is {inp.datatype}, expected BYTES (base64 audio files)")
-    data = inp.data
-    items = list(np.asarray(data, dtype=object).ravel()) if isinstance(data, list | tuple | np.ndarray) else [data]
-    if not items:
-        raise RequestError(f"input '{inp.name}': no elements")
+    inp, items = the_audio_input(inputs)
     if len(items) > cfg.max_rows:
         raise RequestError(f"input '{inp.name}': {len(items)} elements; this model takes at most {cfg.max_rows} "
                            "per request (model_config max_rows)")
@@ -183,6 +174,31 @@ def request_audio(inputs: list[Any], config: Any = None, min_duration_s: float =
             raise RequestError(message if where in message else f"{where}: {message}") from None
         out.append((wave, rate))
     return out
+
+
+def the_audio_input(inputs: list[Any]) -> tuple[Any, list[Any]]:
+    """The request's one input and its elements, held to the documented contract: exactly one
+    input, named `audio`, datatype BYTES, shape [n] for its n elements (one file each). Anything
+    else is a RequestError (HTTP 400), not a guess at what the client meant."""
+    names = [str(i.name) for i in inputs]
+    if INPUT_NAME not in names:
+        raise RequestError(f"no input named '{INPUT_NAME}' among {names}; send one BYTES input named "
+                           f"'{INPUT_NAME}' with base64 audio files")
+    if len(inputs) > 1:
+        raise RequestError(f"inputs {[n for n in names if n != INPUT_NAME]} are not this model's; it takes one "
+                           f"input, '{INPUT_NAME}'")
+    inp = inputs[0]
+    if inp.datatype != "BYTES":
+        raise RequestError(f"input '{inp.name}': datatype is {inp.datatype}, expected BYTES (base64 audio files)")
+    data = inp.data
+    items = list(np.asarray(data, dtype=object).ravel()) if isinstance(data, list | tuple | np.ndarray) else [data]
+    if not items:
+        raise RequestError(f"input '{inp.name}': no elements")
+    shape = [int(x) for x in (getattr(inp, "shape", None) or [len(items)])]
+    if shape != [len(items)]:
+        raise RequestError(f"input '{inp.name}': shape {shape} does not fit its {len(items)} element(s); expected "
+                           f"[{len(items)}], one base64 audio file per element")
+    return inp, items
 
 
 def score(loaded: Loaded, clips: list[tuple[np.ndarray, int]]) -> np.ndarray:

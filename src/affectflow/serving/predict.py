@@ -210,7 +210,7 @@ class WindowReader:
         self.max_window_s = max_window_s
         self.hop_s = hop_s
         self.min_duration_s = min_duration_s
-        self.speech = speech or SpeechCheck(0.0)
+        self.speech = speech or SpeechCheck.off()
 
     def _speech(self, wave: np.ndarray) -> np.ndarray | str:
         """The window, or why it is not scored (too little speech)."""

@@ -146,7 +146,7 @@ class AffectflowPyfunc(PythonModel):
 
         classes = self.rec.classes
         n = sum(len(ix) for ix, _, _ in groups)
-        speech = speech_rows(groups, getattr(self, "speech", SpeechCheck(0.0)))
+        speech = speech_rows(groups, getattr(self, "speech", SpeechCheck.off()))
         groups = [g for g in speech if g[0]]
         probs = np.zeros((n, len(classes)), np.float32)
         # every row of the request is one set (deploy_normalization: set), whatever its sample rate
