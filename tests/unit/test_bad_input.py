@@ -227,6 +227,23 @@ def _predict_float_out_of_range(tmp: Path, ctx: dict[str, Any]) -> list[str]:
     return ["predict", str(f), "--model", str(model_folder(tmp)), "--params", str(params_file(tmp))]
 
 
+def _no_params_file(tmp: Path, ctx: dict[str, Any]) -> list[str]:
+    os.chdir(tmp)  # restored by the test (monkeypatch.chdir below)
+    ctx.update(cwd=str(tmp))
+    return ["validate"]
+
+
+def _empty_params_file(tmp: Path, ctx: dict[str, Any]) -> list[str]:
+    (tmp / "p.yaml").write_text("# nothing set yet\n")
+    return ["train", "--params", str(tmp / "p.yaml")]
+
+
+def _registry_list_mistyped_store(tmp: Path, ctx: dict[str, Any]) -> list[str]:
+    db = tmp / "typo" / "mlflow.db"
+    ctx.update(path=str(db))
+    return ["registry", "list", "--defaults", "--set", f"tracking.uri=sqlite:///{db}"]
+
+
 def _ingest_reason(f: Path) -> str:
     try:
         probe(str(f), load_params(None).audio.min_duration_s)
@@ -256,6 +273,14 @@ CLI_CASES: dict[str, CliCase] = {
     "predict: truncated WAV": (_predict_truncated, 1, "{path}: truncated audio: 'RIFF' chunk declares"),
     "predict: clip below audio.min_duration_s": (_predict_too_short, 1,
                                                  "{path}: too short: 0.100 s < 0.3 s (audio.min_duration_s)"),
+    "no params.yaml and no --defaults": (_no_params_file, 2,
+                                         "no params.yaml in {cwd}: pass --params FILE, or --defaults to run on "
+                                         "the built-in defaults"),
+    "a params file without settings": (_empty_params_file, 2, "p.yaml: no settings in it (empty); fill it in, or "
+                                                              "pass --defaults"),
+    "registry list on a tracking.uri that does not exist": (_registry_list_mistyped_store, 1,
+                                                            "{path} does not exist (a mistyped path?); registry "
+                                                            "commands read an existing store"),
     "predict: WAV whose header says 1 Hz": (_predict_1hz_header, 1,
                                             "{path}: sample rate 1 Hz is outside 1000..768000 Hz"),
     "predict: float WAV outside ±1": (_predict_float_out_of_range, 1,
@@ -274,6 +299,7 @@ def test_cli_bad_input_is_one_error_line_and_a_nonzero_exit(case, tmp_path, caps
             monkeypatch.setenv(var, value)
         monkeypatch.delenv("AWS_PROFILE", raising=False)
         monkeypatch.delenv("AWS_ENDPOINT_URL", raising=False)
+    monkeypatch.chdir(os.getcwd())  # a case may chdir (no params.yaml); undone after the test
     argv = make(tmp_path, ctx)
     capsys.readouterr()
     started = time.monotonic()
@@ -289,6 +315,10 @@ def test_cli_bad_input_is_one_error_line_and_a_nonzero_exit(case, tmp_path, caps
         assert not list(Path(ctx["features"]).rglob(f"{ctx['sha']}.npy"))
     if "endpoint" in ctx:
         assert elapsed < S3_BOUND_S
+    if case.startswith("registry list"):  # nothing created where the typo points
+        assert not Path(ctx["path"]).parent.exists()
+    if case.startswith("no params.yaml"):  # --defaults says "the defaults are what I mean"
+        assert cli.main(["dvc", "--defaults", "--set", f"paths.workdir={tmp_path}/w", "--out", "d.yaml"]) == 0
 
 
 # ----------------------------------------------------------------------------- ingest outcomes

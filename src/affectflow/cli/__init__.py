@@ -25,6 +25,7 @@ from affectflow.config import ConfigError, Params, load_params
 Handler = Callable[[Params, argparse.Namespace], int]
 COMMANDS: dict[str, tuple[str, Handler, Callable[[argparse.ArgumentParser], None]]] = {}
 ENTRY_POINT_GROUP = "affectflow.cli"
+DEFAULT_PARAMS = "params.yaml"
 BUILTIN = (
     "affectflow.cli.stages",    # ingest ... register, step, dvc
     "affectflow.cli.studies",   # ablate augmentation | dann | ...
@@ -59,9 +60,11 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name, (help_text, _fn, add_args) in COMMANDS.items():
         p = sub.add_parser(name, help=help_text, description=help_text)
-        p.add_argument("--params", default="params.yaml", help="parameters file (default: params.yaml)")
+        p.add_argument("--params", default=DEFAULT_PARAMS, help="parameters file (default: params.yaml)")
         p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                        help="override a parameter, e.g. --set train.epochs=3 (repeatable)")
+        p.add_argument("--defaults", action="store_true",
+                       help="run on the built-in defaults (plus --set) when there is no params file, or it is empty")
         add_args(p)
     return parser
 
@@ -98,9 +101,33 @@ def _message(e: BaseException) -> str:
     return text.strip() or type(e).__name__
 
 
+def params_file_problem(path: str, defaults: bool) -> str | None:
+    """Why the run would silently use the built-in defaults: no params.yaml where it is looked for,
+    or a file without settings. None when there is a file with settings, or `--defaults` says so."""
+    if defaults:
+        return None
+    p = Path(path)
+    if not p.exists():
+        if path != DEFAULT_PARAMS:
+            return None  # load_params names the missing file
+        return (f"no {DEFAULT_PARAMS} in {Path.cwd()}: pass --params FILE, or --defaults to run on the built-in "
+                "defaults (the repository's params.yaml lists them)")
+    try:
+        import yaml
+
+        empty = p.is_file() and yaml.safe_load(p.read_text(encoding="utf-8")) in (None, {})
+    except Exception:  # load_params reports a file it cannot read or parse, naming it
+        return None
+    return f"{path}: no settings in it (empty); fill it in, or pass --defaults to run on the built-in defaults" \
+        if empty else None
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     load_commands()
     args = build_parser().parse_args(argv)
+    if problem := params_file_problem(args.params, args.defaults):
+        print(f"error: {problem}", file=sys.stderr)
+        return 2
     try:
         params = load_params(args.params, args.overrides)
     except ConfigError as e:
