@@ -779,8 +779,9 @@ class S3Config(Section):
     """S3 parts are at least 5 MiB (except the last)."""
     max_concurrency: int = Field(8, ge=1)
     connect_timeout_s: float = Field(5.0, gt=0)
-    read_timeout_s: float = Field(60.0, gt=0)
-    """Longest wait for an answer on an open connection, per attempt."""
+    read_timeout_s: float = Field(10.0, gt=0)
+    """Longest wait for an answer on an open connection, per attempt (10 s x 3 attempts: an endpoint
+    that never answers fails within 30 s by default)."""
     max_attempts: int = Field(3, ge=1)
     """Tries per request, the first included (an endpoint that never answers fails after about
     max_attempts x read_timeout_s, as S3EndpointError)."""

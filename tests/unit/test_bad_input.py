@@ -244,6 +244,19 @@ def _registry_list_mistyped_store(tmp: Path, ctx: dict[str, Any]) -> list[str]:
     return ["registry", "list", "--defaults", "--set", f"tracking.uri=sqlite:///{db}"]
 
 
+def _csv_http_row(tmp: Path, ctx: dict[str, Any]) -> list[str]:
+    labels = corpus(tmp / "mine", extra=[("http://example.org/a.wav", "spk0", "sad")])
+    ctx.update(path=str(labels))
+    return ["ingest", "--params", str(params_file(tmp))]
+
+
+def _predict_file_uri_row(tmp: Path, ctx: dict[str, Any]) -> list[str]:
+    f = clip(tmp / "a.wav")
+    (tmp / "list.csv").write_text(f"path\n{f}\nfile://{f}\n")
+    ctx.update(path=str(tmp / "list.csv"), file=str(f))
+    return ["predict", str(tmp / "list.csv"), "--model", str(model_folder(tmp)), "--params", str(params_file(tmp))]
+
+
 def _ingest_reason(f: Path) -> str:
     try:
         probe(str(f), load_params(None).audio.min_duration_s)
@@ -281,6 +294,12 @@ CLI_CASES: dict[str, CliCase] = {
     "registry list on a tracking.uri that does not exist": (_registry_list_mistyped_store, 1,
                                                             "{path} does not exist (a mistyped path?); registry "
                                                             "commands read an existing store"),
+    "ingest: an http:// row in a CSV manifest": (_csv_http_row, 1,
+                                                 "{path}: row 9 (line 10), field 'path': URI scheme 'http://' is not "
+                                                 "supported (local paths and s3:// only)"),
+    "predict: a file:// row in a manifest": (_predict_file_uri_row, 1,
+                                             "{path}: row 1: field 'path': URI scheme 'file://' is not supported "
+                                             "(local paths and s3:// only); write the local path ({file})"),
     "predict: WAV whose header says 1 Hz": (_predict_1hz_header, 1,
                                             "{path}: sample rate 1 Hz is outside 1000..768000 Hz"),
     "predict: float WAV outside ±1": (_predict_float_out_of_range, 1,
@@ -510,3 +529,15 @@ def test_a_request_rate_below_the_floor_is_the_rows_error_before_resampling():
     with pytest.raises(audio.AudioError, match=r"pyfunc input row 0, column 'sample_rate': sample rate 10 Hz is outside "
                                                r"1000..768000 Hz"):
         parse_input(rows)
+
+
+def test_a_one_speaker_manifest_fails_validation_with_an_empty_training_split(tmp_path):
+    from affectflow.stages.validate import validate
+
+    corpus(tmp_path / "mine", speakers=1)
+    params = load_params(params_file(tmp_path))
+    manifest = ingest(params).manifest
+    assert set(read_manifest(manifest)["split"]) == {"test"}  # the one speaker is the test fold
+    gate = validate(params, manifest, tmp_path / "validation")
+    assert not gate.passed and "min_examples_per_class" in gate.summary["failed"]
+    assert "train" in gate.summary["failures"]["min_examples_per_class"]

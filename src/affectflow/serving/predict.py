@@ -55,6 +55,7 @@ from affectflow import audio
 from affectflow.config import LogMelConfig, Params
 from affectflow.contracts.model_folder import ModelMeta, is_model_folder
 from affectflow.corpora import AUDIO_EXTENSIONS, audio_files
+from affectflow.corpora.csv_manifest import unsupported_scheme
 from affectflow.runtime.device import resolve_device
 from affectflow.runtime.progress import progress
 from affectflow.serving.recognizer import Featurizer, load_model_dir, needs_the_whole_set, predict_features
@@ -91,6 +92,8 @@ def manifest_paths(path: Path) -> list[str]:
     for row, value in enumerate(df["path"]):
         if not isinstance(value, str) or not value.strip():
             raise PredictInputError(f"{path}: row {row}: field 'path' is empty")
+        if bad := unsupported_scheme(value):
+            raise PredictInputError(f"{path}: row {row}: field 'path': {bad}")
         p = Path(value)
         out.append(value if p.is_absolute() or "://" in value else str(path.parent / p))
     return out
@@ -151,6 +154,8 @@ def collect_inputs(paths: Sequence[str | Path], store: S3Store | None = None) ->
         if is_s3(arg):
             out.extend(s3_inputs(str(arg), store or S3Store()))
             continue
+        if bad := unsupported_scheme(str(arg)):
+            raise PredictInputError(f"{arg}: {bad}")
         p = Path(arg)
         if p.is_dir():
             found = audio_files(p)
