@@ -541,3 +541,36 @@ def test_a_one_speaker_manifest_fails_validation_with_an_empty_training_split(tm
     gate = validate(params, manifest, tmp_path / "validation")
     assert not gate.passed and "min_examples_per_class" in gate.summary["failed"]
     assert "train" in gate.summary["failures"]["min_examples_per_class"]
+
+
+def test_a_full_disk_names_the_output_and_leaves_nothing(tmp_path, monkeypatch):
+    import errno
+
+    from affectflow.storage import DiskFullError, atomic_write_json
+
+    def full(self, data):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(Path, "write_bytes", full)
+    target = tmp_path / "out" / "summary.json"
+    with pytest.raises(DiskFullError, match=rf"^{target}: no space left on the device while writing it "
+                                            r"\(No space left on device\); \d+ MiB free there"):
+        atomic_write_json(target, {"a": 1})
+    assert list((tmp_path / "out").iterdir()) == []  # no temporary left behind, no partial output
+    assert cli._message(DiskFullError(errno.ENOSPC, "x: no space")) == "x: no space"
+
+
+def test_evaluate_refuses_nan_model_outputs_naming_the_clips(monkeypatch):
+    from types import SimpleNamespace
+
+    from affectflow.stages import evaluate as ev
+
+    monkeypatch.setattr(ev, "predict_features",
+                        lambda rec, arrays, corpora=None: np.array([[0.7, 0.3], [np.nan, np.nan]], np.float32))
+    rec = SimpleNamespace(feature="egemaps", classes=CLASSES)
+    store = SimpleNamespace(load=lambda kind, ids: [np.zeros(88, np.float32) for _ in ids])
+    rows = pd.DataFrame({"utt_id": ["mine/a", "mine/b"], "corpus": ["mine"] * 2, "speaker": ["s0", "s1"],
+                         "gender": ["f", "m"], "emotion": CLASSES})
+    with pytest.raises(ev.EvaluationError, match=r"1 of 2 clips get NaN or infinite model outputs .* e.g. mine/b; "
+                                                  r"nothing is scored"):
+        ev.predict_rows(rec, rows, store, CLASSES)
