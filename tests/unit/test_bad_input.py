@@ -574,3 +574,21 @@ def test_evaluate_refuses_nan_model_outputs_naming_the_clips(monkeypatch):
     with pytest.raises(ev.EvaluationError, match=r"1 of 2 clips get NaN or infinite model outputs .* e.g. mine/b; "
                                                   r"nothing is scored"):
         ev.predict_rows(rec, rows, store, CLASSES)
+
+
+def test_help_and_other_commands_do_not_import_the_pipeline_group():
+    """`affectflow --help` (and `predict`, `registry`) leave kfp unimported; `affectflow pipeline` loads it."""
+    import subprocess
+    import sys
+
+    probe_code = ("import sys\nfrom affectflow import cli\ntry:\n    cli.main(sys.argv[1:])\nexcept SystemExit:\n    pass\n"
+                  "print('kfp' in sys.modules, 'pipeline' in cli.COMMANDS)")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+
+    def loaded(*argv: str) -> str:
+        out = subprocess.run([sys.executable, "-c", probe_code, *argv], capture_output=True, text=True, env=env,
+                             check=True).stdout
+        return out.strip().splitlines()[-1]
+
+    assert loaded("--help") == "False False"
+    assert loaded("pipeline", "--help") == "True True"

@@ -66,6 +66,9 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--defaults", action="store_true",
                        help="run on the built-in defaults (plus --set) when there is no params file, or it is empty")
         add_args(p)
+    for name, module in LAZY.items():
+        if name not in COMMANDS:
+            sub.add_parser(name, help=f"`affectflow {name} --help` for its commands (from {module})")
     return parser
 
 
@@ -75,13 +78,29 @@ def _version() -> str:
     return __version__
 
 
-def load_commands() -> None:
-    """The built-in command groups, then every `affectflow.cli` entry point (a module that
-    registers its commands with `@command` on import)."""
+LAZY: dict[str, str] = {}
+"""Entry-point command groups not imported for this invocation: name -> module (see `load_commands`)."""
+
+
+def load_commands(argv: Sequence[str] | None = None) -> None:
+    """The built-in command groups, then the `affectflow.cli` entry points (modules that register
+    their commands with `@command` on import). With `argv`, an entry point is imported only when its
+    name is the command asked for: `affectflow pipeline` imports kfp (about 1 s), `affectflow
+    --help` or `affectflow predict` should not; the others get a placeholder in the help."""
     for mod in BUILTIN:
         importlib.import_module(mod)
+    asked = _command_name(argv) if argv is not None else None
     for ep in entry_points(group=ENTRY_POINT_GROUP):
-        ep.load()
+        if argv is None or ep.name == asked:
+            ep.load()
+            LAZY.pop(ep.name, None)
+        elif ep.name not in COMMANDS:
+            LAZY[ep.name] = ep.value
+
+
+def _command_name(argv: Sequence[str]) -> str | None:
+    """The first argument that is not a top-level option: the command."""
+    return next((a for a in argv if not a.startswith("-")), None)
 
 
 def known_errors() -> tuple[type[BaseException], ...]:
@@ -123,7 +142,8 @@ def params_file_problem(path: str, defaults: bool) -> str | None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    load_commands()
+    argv = list(sys.argv[1:] if argv is None else argv)
+    load_commands(argv)
     args = build_parser().parse_args(argv)
     if problem := params_file_problem(args.params, args.defaults):
         print(f"error: {problem}", file=sys.stderr)
