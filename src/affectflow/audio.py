@@ -205,6 +205,15 @@ def check_samples(x: Any, where: str | Path) -> np.ndarray:
     return check_range(arr, where)
 
 
+def window_spans(n: int, window: int, hop: int) -> list[tuple[int, int]]:
+    """[start, stop) sample spans covering n samples: one span when n <= window, else windows
+    `hop` apart with the last one ending at n (so every window is full length)."""
+    if n <= window:
+        return [(0, n)]
+    starts = [*range(0, n - window, hop), n - window]
+    return [(s, s + window) for s in starts]
+
+
 # ----------------------------------------------------------------------------- decoding
 def decode(source: str | Path | io.BytesIO, name: str | Path | None = None) -> tuple[np.ndarray, int]:
     """(mono float32 samples, native sample rate) of a file or of encoded bytes named by `name`;

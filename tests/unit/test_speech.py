@@ -199,3 +199,28 @@ def test_audio_b64_silence_is_no_speech_not_an_error(tmp_path: Path):
     sf.write(tmp_path / "z.flac", silence(), SR)
     row = pd.DataFrame({"audio_b64": [base64.b64encode((tmp_path / "z.flac").read_bytes()).decode()]})
     assert model.predict(None, row)["status"].tolist() == ["no_speech"]
+
+
+def test_the_cli_and_the_servers_score_a_long_clip_alike(tmp_path: Path):
+    """A 25 s clip: `affectflow predict` reads it in windows (predict.max_window_s 10 s, mean over
+    windows); the pyfunc and the KServe predictor cut the same windows and agree with it."""
+    from affectflow.serving.kserve import Loaded, score_request
+    from affectflow.serving.predict import load_backend, predict_paths
+    from affectflow.serving.pyfunc import ServingConfig
+    from affectflow.serving.recognizer import Featurizer, load_model_dir, predict_audio
+
+    folder = _model_folder(tmp_path, min_speech_s=0.0)
+    parts = [utterance(e, speaker=s, seed=s, sr=SR, duration=2.5) for s in range(4) for e in ("sad", "angry", "happy")]
+    wave = np.concatenate(parts)[: 25 * SR].astype(np.float32)
+    sf.write(tmp_path / "long.wav", wave, SR)
+    params = load_params(None, {"audio.min_speech_s": 0.0, "predict.decode_workers": 1, "predict.threads": 1})
+    cli = predict_paths(params, [str(tmp_path / "long.wav")], backend=load_backend(params, str(folder)))
+    by_cli = cli.predictions[0].probabilities
+    assert cli.predictions[0].windows == 3
+    served = _pyfunc(folder).predict(None, pd.DataFrame({"audio": [wave.astype(np.float64)], "sample_rate": [SR]}))
+    rec = load_model_dir(folder)
+    by_pyfunc = served[rec.classes].to_numpy(np.float64)[0]
+    by_kserve = score_request(Loaded("x", "1", rec, Featurizer(rec.meta), config=ServingConfig()), [(wave, SR)])[0][0]
+    assert np.allclose(by_pyfunc, by_cli, atol=1e-4) and np.allclose(by_kserve, by_cli, atol=1e-4)
+    whole = predict_audio(rec, [wave])[0]  # the clip in one piece: what the servers did before
+    assert not np.allclose(whole, by_cli, atol=1e-4)

@@ -40,6 +40,8 @@ from typing import Any
 
 import numpy as np
 
+from affectflow.speech import SpeechCheck
+
 log = logging.getLogger("affectflow.serving.kserve")
 
 INPUT_NAME = "audio"
@@ -203,35 +205,31 @@ def the_audio_input(inputs: list[Any]) -> tuple[Any, list[Any]]:
 
 def score(loaded: Loaded, clips: list[tuple[np.ndarray, int]]) -> np.ndarray:
     """(n, classes) probabilities of every clip (no speech check; see `score_request`)."""
-    return score_request(loaded, clips, [True] * len(clips))[0]
+    return score_request(loaded, clips, check=SpeechCheck.off())[0]
 
 
 def score_request(loaded: Loaded, clips: list[tuple[np.ndarray, int]],
-                  speech: list[bool] | None = None) -> tuple[np.ndarray, list[bool]]:
-    """(n, classes) probabilities and, per clip, whether it has speech (`speech_mask` when not
-    given); clips grouped by sample rate (one resampling per group), the whole request one set
-    for `deploy_normalization: set` (as the MLflow pyfunc scores it). Clips without speech are not
-    scored: their rows stay 0. NaN features are the request's error naming the element."""
-    from affectflow.serving.recognizer import NonFiniteFeatures, predict_audio_groups
+                  check: Any = None) -> tuple[np.ndarray, list[bool]]:
+    """(n, classes) probabilities and, per clip, whether it had speech: scored as the MLflow pyfunc
+    and `affectflow predict` score (`pyfunc.score_windows`: long clips in windows, windows without
+    the model's minimum of speech left out, the whole request one set). Clips without speech keep
+    all-0 rows. NaN features are the request's error naming the element."""
+    from affectflow.serving.pyfunc import ServingConfig, score_windows
+    from affectflow.serving.recognizer import NonFiniteFeatures
 
-    probs = np.zeros((len(clips), len(loaded.rec.classes)), np.float32)
-    speech = speech_mask(loaded, clips) if speech is None else speech
-    rates = sorted({r for (_, r), ok in zip(clips, speech, strict=True) if ok})
-    index = [[i for i, (_, r) in enumerate(clips) if r == rate and speech[i]] for rate in rates]
-    groups = [([clips[i][0] for i in idx], rate) for idx, rate in zip(index, rates, strict=True)]
+    rates = sorted({r for _, r in clips})
+    groups = [([i for i, (_, r) in enumerate(clips) if r == rate], [w for w, r in clips if r == rate], rate)
+              for rate in rates]
+    config = loaded.config or ServingConfig()
     try:
-        scored = predict_audio_groups(loaded.rec, groups, loaded.featurizer) if groups else []
+        probs, scored = score_windows(loaded.rec, loaded.featurizer, groups, loaded.speech if check is None else check,
+                                      *config.windows())
     except NonFiniteFeatures as e:
-        raise RequestError(f"input element {index[e.group][e.item]}: {e}") from None
-    for idx, p in zip(index, scored, strict=True):
-        probs[idx] = p
+        raise RequestError(f"input element {e.item}: {e}") from None
+    speech = [False] * len(clips)
+    for i in scored:
+        speech[i] = True
     return probs, speech
-
-
-def speech_mask(loaded: Loaded, clips: list[tuple[np.ndarray, int]]) -> list[bool]:
-    """Per clip: whether it has the model's minimum of speech (`affectflow.speech`)."""
-    check = loaded.speech
-    return [check.reason(wave, rate) is None for wave, rate in clips]
 
 
 def response_outputs(probs: np.ndarray, speech: list[bool], classes: list[str]) -> list[tuple[str, list[int], str, list[Any]]]:

@@ -172,13 +172,7 @@ def collect_inputs(paths: Sequence[str | Path], store: S3Store | None = None) ->
 
 
 # ----------------------------------------------------------------------------- windows
-def window_spans(n: int, window: int, hop: int) -> list[tuple[int, int]]:
-    """[start, stop) sample spans covering n samples: one span when n <= window, else windows
-    `hop` apart with the last one ending at n (so every window is full length)."""
-    if n <= window:
-        return [(0, n)]
-    starts = [*range(0, n - window, hop), n - window]
-    return [(s, s + window) for s in starts]
+window_spans = audio.window_spans  # the spans live in affectflow.audio: the servers cut the same windows
 
 
 @dataclass

@@ -90,6 +90,18 @@ class ServingConfig(BaseModel):
     """Rows per request."""
     max_audio_s: float = Field(600.0, gt=0)
     """Seconds of audio per request, all rows together (measured before decoding)."""
+    max_window_s: float | None = Field(None, gt=0)
+    """A clip longer than this is scored in windows, probabilities averaged over the windows with
+    speech, as `affectflow predict` does; None: params' `predict.max_window_s` default."""
+    hop_s: float | None = Field(None, gt=0)
+    """Step between windows; None: `predict.hop_s`'s default."""
+
+    def windows(self) -> tuple[float, float]:
+        """(window, hop) in seconds: these settings, else `affectflow predict`'s defaults (one home)."""
+        from affectflow.config import PredictConfig
+
+        defaults = PredictConfig()
+        return (self.max_window_s or defaults.max_window_s, self.hop_s or defaults.hop_s)
 
     @classmethod
     def from_model_config(cls, config: dict[str, Any] | None) -> ServingConfig:
@@ -134,7 +146,7 @@ class AffectflowPyfunc(PythonModel):
         try:
             return self._score(groups)
         except NonFiniteFeatures as e:  # name the request row, as for any other bad row
-            raise PyfuncInputError(f"pyfunc input row {groups[e.group][0][e.item]}: {e}") from None
+            raise PyfuncInputError(f"pyfunc input row {e.item}: {e}") from None
         except Exception as e:
             log.exception("affectflow pyfunc: scoring a request failed")
             raise MlflowException(f"affectflow pyfunc: internal error while scoring the request "
@@ -142,31 +154,52 @@ class AffectflowPyfunc(PythonModel):
                                   error_code=INTERNAL_ERROR) from e
 
     def _score(self, groups: list[tuple[list[int], list[np.ndarray], int]]) -> pd.DataFrame:
-        from affectflow.serving.recognizer import predict_audio_groups
-
         classes = self.rec.classes
         n = sum(len(ix) for ix, _, _ in groups)
-        speech = speech_rows(groups, getattr(self, "speech", SpeechCheck.off()))
-        groups = [g for g in speech if g[0]]
-        probs = np.zeros((n, len(classes)), np.float32)
-        # every row of the request is one set (deploy_normalization: set), whatever its sample rate
-        scored = predict_audio_groups(self.rec, [(waves, rate) for _, waves, rate in groups], self.featurizer) \
-            if groups else []
-        for (idx, _, _), p in zip(groups, scored, strict=True):
-            probs[idx] = p
-        return output_frame(probs, classes, sorted(i for ix, _, _ in groups for i in ix))
+        config = getattr(self, "config", ServingConfig())
+        probs, scored = score_windows(self.rec, self.featurizer, groups, getattr(self, "speech", SpeechCheck.off()),
+                                      *config.windows())
+        return output_frame(probs.reshape(n, len(classes)), classes, scored)
 
 
-def speech_rows(groups: list[tuple[list[int], list[np.ndarray], int]],
-                check: SpeechCheck) -> list[tuple[list[int], list[np.ndarray], int]]:
-    """The groups with only the rows that have `check`'s minimum of speech (`affectflow.speech`)."""
-    if not check.enabled:
-        return groups
-    out = []
+def score_windows(rec: Any, featurizer: Any, groups: list[tuple[list[int], list[np.ndarray], int]],
+                  check: SpeechCheck, max_window_s: float, hop_s: float) -> tuple[np.ndarray, list[int]]:
+    """(n rows, classes) probabilities and the rows that were scored, the way `affectflow predict`
+    scores files: a clip longer than `max_window_s` is cut into windows `hop_s` apart (the last one
+    ending at the clip's end, `audio.window_spans`), windows without `check`'s minimum of
+    speech are left out, and a row's probabilities are the mean over its windows with speech. A row
+    with none is not scored (no speech). Every window of the request is one set
+    (deploy_normalization: set), whatever its sample rate. So the CLI and the servers agree on
+    long clips."""
+    from affectflow.serving.recognizer import NonFiniteFeatures, predict_audio_groups
+
+    n = sum(len(ix) for ix, _, _ in groups)
+    owner: list[list[int]] = []  # per group: the request row of each window
+    windows: list[tuple[list[np.ndarray], int]] = []
     for idx, waves, rate in groups:
-        keep = [k for k, w in enumerate(waves) if check.reason(w, rate) is None]
-        out.append(([idx[k] for k in keep], [waves[k] for k in keep], rate))
-    return out
+        rows, cut = [], []
+        for i, wave in zip(idx, waves, strict=True):
+            spans = audio.window_spans(len(wave), max(1, round(max_window_s * rate)), max(1, round(hop_s * rate)))
+            for a, b in spans:
+                if check.reason(wave[a:b], rate) is None:
+                    rows.append(i)
+                    cut.append(wave[a:b])
+        owner.append(rows)
+        windows.append((cut, rate))
+    kept = [(rows, w) for rows, w in zip(owner, windows, strict=True) if rows]
+    total = np.zeros((n, len(rec.classes)), np.float64)
+    seen = np.zeros(n, np.int64)
+    if kept:
+        try:
+            scored = predict_audio_groups(rec, [w for _, w in kept], featurizer)
+        except NonFiniteFeatures as e:  # name the request row, not the window
+            raise NonFiniteFeatures(0, kept[e.group][0][e.item], 0, rec.feature).with_text(str(e)) from None
+        for (rows, _), p in zip(kept, scored, strict=True):
+            np.add.at(total, rows, p)
+            np.add.at(seen, rows, 1)
+    ok = seen > 0
+    total[ok] /= seen[ok, None]
+    return total.astype(np.float32), [int(i) for i in np.flatnonzero(ok)]
 
 
 def output_frame(probs: np.ndarray, classes: list[str], scored: list[int]) -> pd.DataFrame:

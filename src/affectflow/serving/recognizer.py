@@ -214,6 +214,11 @@ class NonFiniteFeatures(ValueError):
         self.group, self.item = group, item
         super().__init__(f"{count} of its {kind} features are NaN or infinite; the clip cannot be scored")
 
+    def with_text(self, text: str) -> NonFiniteFeatures:
+        """The same error located elsewhere (a request row instead of a window), with `text`."""
+        self.args = (text,)
+        return self
+
 
 def predict_audio(rec: Recognizer, items: Sequence[str | Path | np.ndarray], input_rate: int | None = None,
                   featurizer: Featurizer | None = None, batch_size: int = 32) -> np.ndarray:
