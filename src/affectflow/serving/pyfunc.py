@@ -22,7 +22,8 @@ Input: a DataFrame with, per row, exactly one of
 Every row is held to the audio rules of ingest (`affectflow.audio`: decodable, not empty, not
 truncated, finite samples, a positive sample rate, at least the model's audio.min_duration_s), and a
 request to `max_rows` rows and `max_audio_s` seconds of audio in all. Files are mixed to mono and
-resampled to the model's rate as in training (`affectflow.audio`). Output: one probability column
+resampled to the model's rate as in training (`affectflow.audio`); a clip longer than
+`max_window_s` is scored in windows like `affectflow predict` scores a file (`score_windows`). Output: one probability column
 per class, in model order, plus `label` (argmax) and `status`: `ok`, or `no_speech` for a row with
 less than the model's `audio.min_speech_s` of speech (`affectflow.speech`), whose class columns and
 label are null: silence, noise or music never get an emotion. The affectflow package travels with the model
