@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import logging
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,6 +23,18 @@ NOT_FOUND = "file not found"
 NOT_FINITE = "audio contains NaN or infinite samples"
 NO_SAMPLES = "empty audio (no samples)"
 NO_FRAMES = "empty audio (0 frames)"
+MIN_SAMPLE_RATE = 1000
+"""Lowest sample rate taken from a file header (Hz). Below it the header is wrong or the file is not
+audio: a 124 KB WAV declaring 1 Hz would be resampled to 16 kHz as 17 hours (19 GB)."""
+MAX_SAMPLE_RATE = 768_000
+"""Highest sample rate taken (Hz); more is a unit mistake, not audio."""
+MAX_DECODE_S = 4 * 3600.0
+"""Longest file decoded whole (seconds, from its header, before decoding); `affectflow predict`
+reads longer files window by window and never decodes them whole."""
+INT16_FULL_SCALE = 32768.0
+"""Float samples that are whole numbers within ±this are int16 values stored as floats: rescaled."""
+
+log = logging.getLogger(__name__)
 
 # libsndfile's header log flags a chunk whose declared size disagrees with the file, e.g.
 # "data : 16656 (should be 8306)": the file was cut after its header was written.
@@ -90,9 +103,46 @@ def to_mono(x: np.ndarray) -> np.ndarray:
 
 
 def resample(x: np.ndarray, sr_in: int, sr_out: int) -> np.ndarray:
+    """The one resampling path (soxr HQ) for every rate. The output is clipped to [-1, 1]: a
+    full-scale input overshoots slightly after filtering, and openSMILE's int16 conversion would
+    wrap those samples to the other sign."""
     if sr_in == sr_out:
         return x
-    return soxr.resample(x, sr_in, sr_out, quality="HQ").astype(np.float32, copy=False)
+    check_rate(f"resampling from {sr_in} Hz", sr_in)
+    y = soxr.resample(x, sr_in, sr_out, quality="HQ").astype(np.float32, copy=False)
+    return np.clip(y, -1.0, 1.0, out=y)
+
+
+def check_rate(where: str | Path, sample_rate: int) -> None:
+    """A sample rate in MIN_SAMPLE_RATE..MAX_SAMPLE_RATE, checked before anything is decoded or resampled."""
+    if not MIN_SAMPLE_RATE <= sample_rate <= MAX_SAMPLE_RATE:
+        raise AudioError(where, f"sample rate {sample_rate} Hz is outside {MIN_SAMPLE_RATE}..{MAX_SAMPLE_RATE} Hz "
+                                "(a wrong header, or not audio)")
+
+
+def range_problem(x: np.ndarray) -> str | None:
+    """Why float samples cannot be used as they are: None (within ±1), "int16" (whole numbers
+    within ±32768: int16 values stored as floats, rescaled by `check_range`) or the refusal text."""
+    peak = float(np.max(np.abs(x))) if x.size else 0.0
+    if peak <= 1.0:
+        return None
+    if peak <= INT16_FULL_SCALE and np.array_equal(x, np.round(x)):
+        return "int16"
+    return (f"samples outside [-1, 1] (peak {peak:.4g}): float audio must be scaled to [-1, 1] "
+            "(int16 values as floats are rescaled; anything else is refused, not wrapped or clipped)")
+
+
+def check_range(x: np.ndarray, where: str | Path) -> np.ndarray:
+    """Float samples within ±1; int16 values stored as floats are rescaled (with a warning);
+    other data outside ±1 is refused: openSMILE would wrap it (neutral 0.93 became angry 1.00)."""
+    why = range_problem(x)
+    if why is None:
+        return x
+    if why == "int16":
+        log.warning("%s: float samples are whole numbers up to %d: taken as int16 values and rescaled by 1/32768",
+                    where, int(np.max(np.abs(x))))
+        return (x / INT16_FULL_SCALE).astype(np.float32)
+    raise AudioError(where, why)
 
 
 # ----------------------------------------------------------------------------- the rules
@@ -120,6 +170,7 @@ def check_header(path: str | Path) -> AudioInfo:
     head = info(path)
     if head.frames <= 0:
         raise AudioError(path, NO_FRAMES)
+    check_rate(path, head.sample_rate)
     short = header_shortfall(head.extra_info)
     if short:
         raise AudioError(path, f"truncated audio: {short}")
@@ -151,7 +202,16 @@ def check_samples(x: Any, where: str | Path) -> np.ndarray:
         raise AudioError(where, NO_SAMPLES)
     if not np.isfinite(arr).all():
         raise AudioError(where, NOT_FINITE)
-    return arr
+    return check_range(arr, where)
+
+
+def window_spans(n: int, window: int, hop: int) -> list[tuple[int, int]]:
+    """[start, stop) sample spans covering n samples: one span when n <= window, else windows
+    `hop` apart with the last one ending at n (so every window is full length)."""
+    if n <= window:
+        return [(0, n)]
+    starts = [*range(0, n - window, hop), n - window]
+    return [(s, s + window) for s in starts]
 
 
 # ----------------------------------------------------------------------------- decoding
@@ -160,16 +220,25 @@ def decode(source: str | Path | io.BytesIO, name: str | Path | None = None) -> t
     raises AudioError for undecodable, empty or non-finite audio."""
     where = name if name is not None else source
     try:
-        x, sr = sf.read(source if isinstance(source, io.BytesIO) else str(source), dtype="float32",
-                        always_2d=False)
+        f = sf.SoundFile(source if isinstance(source, io.BytesIO) else str(source))
     except Exception as e:
         raise AudioError(str(where), f"cannot decode audio ({_sf_reason(e, source)})") from None
+    with f:  # the header's rate and length are checked before any sample is decoded
+        check_rate(str(where), int(f.samplerate))
+        if f.frames > MAX_DECODE_S * f.samplerate:
+            raise AudioError(str(where), f"{f.frames / f.samplerate:.0f} s long: more than {MAX_DECODE_S:.0f} s is "
+                                         "not decoded whole")
+        try:
+            x = f.read(dtype="float32", always_2d=False)
+        except Exception as e:
+            raise AudioError(str(where), f"cannot decode audio ({_sf_reason(e, source)})") from None
+        sr = int(f.samplerate)
     x = to_mono(np.asarray(x, dtype=np.float32))
     if x.size == 0:
         raise AudioError(str(where), NO_SAMPLES)
     if not np.isfinite(x).all():
         raise AudioError(str(where), NOT_FINITE)
-    return x, int(sr)
+    return check_range(x, str(where)), sr
 
 
 S3_SCHEME = "s3://"

@@ -39,6 +39,13 @@ class AudioConfig(Section):
     sample_rate: int = Field(16000, gt=0)
     min_duration_s: float = Field(0.3, ge=0)
     max_duration_s: float = Field(30.0, gt=0)
+    min_speech_s: float = Field(0.25, ge=0)
+    """Seconds of detected speech (Silero VAD, `affectflow.speech`) a clip needs to be ingested or
+    given an emotion; below it the answer is "no speech". 0 turns the check off."""
+    speech_threshold: float = Field(0.2, gt=0, lt=1)
+    """Silero speech probability from which a 32 ms frame counts as speech. Below Silero's own 0.5:
+    shouted speech scores low (RAVDESS strong-intensity clips); generated noise, tones and music
+    stay under it (benchmarks/speech_check.py)."""
 
 
 # --------------------------------------------------------------------------- ingest
@@ -779,8 +786,9 @@ class S3Config(Section):
     """S3 parts are at least 5 MiB (except the last)."""
     max_concurrency: int = Field(8, ge=1)
     connect_timeout_s: float = Field(5.0, gt=0)
-    read_timeout_s: float = Field(60.0, gt=0)
-    """Longest wait for an answer on an open connection, per attempt."""
+    read_timeout_s: float = Field(10.0, gt=0)
+    """Longest wait for an answer on an open connection, per attempt (10 s x 3 attempts: an endpoint
+    that never answers fails within 30 s by default)."""
     max_attempts: int = Field(3, ge=1)
     """Tries per request, the first included (an endpoint that never answers fails after about
     max_attempts x read_timeout_s, as S3EndpointError)."""

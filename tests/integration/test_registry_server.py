@@ -120,7 +120,7 @@ def test_cli_against_server(params: Params, mlflow_server: str, tmp_path: Path,
     from affectflow.cli import main
 
     monkeypatch.chdir(tmp_path)
-    sets = ["--set", f"tracking.uri={mlflow_server}", "--set", "registry.model_name=affectflow-http-cli"]
+    sets = ["--defaults", "--set", f"tracking.uri={mlflow_server}", "--set", "registry.model_name=affectflow-http-cli"]
     assert main(["registry", "list", *sets, "--out", "empty.json"]) == 0
     assert json.loads((tmp_path / "empty.json").read_text())["versions"] == []
     assert main(["registry", "rollback", *sets]) == 1  # no champion yet: a clear error, not a crash

@@ -113,7 +113,7 @@ def test_retraining_loop_promotes_on_new_data_and_rolls_back(tmp_path: Path, mon
     from affectflow.cli import main
 
     monkeypatch.chdir(tmp_path)
-    sets = ["--set", f"tracking.uri={base.tracking.uri}", "--set", f"registry.model_name={base.registry.model_name}"]
+    sets = ["--defaults", "--set", f"tracking.uri={base.tracking.uri}", "--set", f"registry.model_name={base.registry.model_name}"]
     assert main(["registry", "rollback", *sets, "--reason", "retraining loop test"]) == 0
     assert registry.alias_version(CHAMPION) == "1"
     assert [(e["action"], e["version"]) for e in registry.history()] == [

@@ -80,6 +80,7 @@ def params_file(tmp: Path, **sections: Any) -> Path:
         "features": {"workers": 1, "kinds": ["logmel"]},
         "tracking": {"uri": f"sqlite:///{tmp / 'mlflow.db'}"},
         "predict": {"decode_workers": 1, "threads": 1},
+        "audio": {"min_speech_s": 0.0},  # generated clips are not speech; test_speech.py turns the check on
     }
     for name, values in sections.items():
         tree.setdefault(name, {}).update(values)
@@ -112,7 +113,7 @@ def model_folder(tmp: Path) -> Path:
     model = build_model("cnn_bigru", cfg, params.features.logmel.n_mels, len(CLASSES)).eval()
     meta = ModelMeta(arch="cnn_bigru", classes=CLASSES, feature="logmel",
                      feature_config=params.features.logmel.model_dump(mode="json"),
-                     audio=params.audio.model_dump(mode="json"), normalization=compute_stats(mels, "global").as_dict(),
+                     audio={**params.audio.model_dump(mode="json"), "min_speech_s": 0.0}, normalization=compute_stats(mels, "global").as_dict(),
                      arch_config=cfg, input_dim=params.features.logmel.n_mels)
     return write_model_folder(tmp / "model", model, meta)
 
@@ -211,6 +212,51 @@ def _predict_too_short(tmp: Path, ctx: dict[str, Any]) -> list[str]:
     return ["predict", str(f), "--model", str(model_folder(tmp)), "--params", str(params_file(tmp))]
 
 
+def _predict_1hz_header(tmp: Path, ctx: dict[str, Any]) -> list[str]:
+    f = tmp / "one_hz.wav"
+    sf.write(f, np.zeros(62_000, np.float32), 1, subtype="PCM_16")  # 124 KB, "17 hours" at 1 Hz
+    ctx.update(path=str(f), ingest_says=_ingest_reason(f))
+    return ["predict", str(f), "--model", str(model_folder(tmp)), "--params", str(params_file(tmp))]
+
+
+def _predict_float_out_of_range(tmp: Path, ctx: dict[str, Any]) -> list[str]:
+    f = tmp / "loud.wav"
+    wave = utterance("sad", 1, 0, SR, 1.0)
+    sf.write(f, 3.5 * wave / np.abs(wave).max(), SR, subtype="FLOAT")  # unnormalised float audio
+    ctx.update(path=str(f), ingest_says=_ingest_reason(f))
+    return ["predict", str(f), "--model", str(model_folder(tmp)), "--params", str(params_file(tmp))]
+
+
+def _no_params_file(tmp: Path, ctx: dict[str, Any]) -> list[str]:
+    os.chdir(tmp)  # restored by the test (monkeypatch.chdir below)
+    ctx.update(cwd=str(tmp))
+    return ["validate"]
+
+
+def _empty_params_file(tmp: Path, ctx: dict[str, Any]) -> list[str]:
+    (tmp / "p.yaml").write_text("# nothing set yet\n")
+    return ["train", "--params", str(tmp / "p.yaml")]
+
+
+def _registry_list_mistyped_store(tmp: Path, ctx: dict[str, Any]) -> list[str]:
+    db = tmp / "typo" / "mlflow.db"
+    ctx.update(path=str(db))
+    return ["registry", "list", "--defaults", "--set", f"tracking.uri=sqlite:///{db}"]
+
+
+def _csv_http_row(tmp: Path, ctx: dict[str, Any]) -> list[str]:
+    labels = corpus(tmp / "mine", extra=[("http://example.org/a.wav", "spk0", "sad")])
+    ctx.update(path=str(labels))
+    return ["ingest", "--params", str(params_file(tmp))]
+
+
+def _predict_file_uri_row(tmp: Path, ctx: dict[str, Any]) -> list[str]:
+    f = clip(tmp / "a.wav")
+    (tmp / "list.csv").write_text(f"path\n{f}\nfile://{f}\n")
+    ctx.update(path=str(tmp / "list.csv"), file=str(f))
+    return ["predict", str(tmp / "list.csv"), "--model", str(model_folder(tmp)), "--params", str(params_file(tmp))]
+
+
 def _ingest_reason(f: Path) -> str:
     try:
         probe(str(f), load_params(None).audio.min_duration_s)
@@ -240,6 +286,24 @@ CLI_CASES: dict[str, CliCase] = {
     "predict: truncated WAV": (_predict_truncated, 1, "{path}: truncated audio: 'RIFF' chunk declares"),
     "predict: clip below audio.min_duration_s": (_predict_too_short, 1,
                                                  "{path}: too short: 0.100 s < 0.3 s (audio.min_duration_s)"),
+    "no params.yaml and no --defaults": (_no_params_file, 2,
+                                         "no params.yaml in {cwd}: pass --params FILE, or --defaults to run on "
+                                         "the built-in defaults"),
+    "a params file without settings": (_empty_params_file, 2, "p.yaml: no settings in it (empty); fill it in, or "
+                                                              "pass --defaults"),
+    "registry list on a tracking.uri that does not exist": (_registry_list_mistyped_store, 1,
+                                                            "{path} does not exist (a mistyped path?); registry "
+                                                            "commands read an existing store"),
+    "ingest: an http:// row in a CSV manifest": (_csv_http_row, 1,
+                                                 "{path}: row 9 (line 10), field 'path': URI scheme 'http://' is not "
+                                                 "supported (local paths and s3:// only)"),
+    "predict: a file:// row in a manifest": (_predict_file_uri_row, 1,
+                                             "{path}: row 1: field 'path': URI scheme 'file://' is not supported "
+                                             "(local paths and s3:// only); write the local path ({file})"),
+    "predict: WAV whose header says 1 Hz": (_predict_1hz_header, 1,
+                                            "{path}: sample rate 1 Hz is outside 1000..768000 Hz"),
+    "predict: float WAV outside ±1": (_predict_float_out_of_range, 1,
+                                      "{path}: samples outside [-1, 1] (peak 3.5"),
 }
 
 
@@ -254,6 +318,7 @@ def test_cli_bad_input_is_one_error_line_and_a_nonzero_exit(case, tmp_path, caps
             monkeypatch.setenv(var, value)
         monkeypatch.delenv("AWS_PROFILE", raising=False)
         monkeypatch.delenv("AWS_ENDPOINT_URL", raising=False)
+    monkeypatch.chdir(os.getcwd())  # a case may chdir (no params.yaml); undone after the test
     argv = make(tmp_path, ctx)
     capsys.readouterr()
     started = time.monotonic()
@@ -269,6 +334,10 @@ def test_cli_bad_input_is_one_error_line_and_a_nonzero_exit(case, tmp_path, caps
         assert not list(Path(ctx["features"]).rglob(f"{ctx['sha']}.npy"))
     if "endpoint" in ctx:
         assert elapsed < S3_BOUND_S
+    if case.startswith("registry list"):  # nothing created where the typo points
+        assert not Path(ctx["path"]).parent.exists()
+    if case.startswith("no params.yaml"):  # --defaults says "the defaults are what I mean"
+        assert cli.main(["dvc", "--defaults", "--set", f"paths.workdir={tmp_path}/w", "--out", "d.yaml"]) == 0
 
 
 # ----------------------------------------------------------------------------- ingest outcomes
@@ -360,3 +429,166 @@ def test_csv_bytes_that_are_not_utf8_name_file_line_and_field(tmp_path):
     with pytest.raises(PredictInputError, match=r"list\.csv: line 3, field 'path': not UTF-8 text \(byte 0xe9\); "
                                                 r"save the CSV as UTF-8"):
         manifest_paths(listing)
+
+
+# ----------------------------------------------------------------------------- input sanity (library)
+def test_int16_values_stored_as_floats_are_rescaled_with_a_warning(tmp_path, caplog):
+    wave = utterance("sad", 1, 0, SR, 1.0)
+    as_int = np.round(wave * 32767).astype(np.float32)
+    f = tmp_path / "int_as_float.wav"
+    sf.write(f, as_int, SR, subtype="FLOAT")
+    with caplog.at_level(logging.WARNING, logger="affectflow.audio"):
+        x = audio.load(f, SR)
+    assert np.abs(x).max() <= 1.0 and np.allclose(x, wave, atol=1e-4)
+    assert "taken as int16 values and rescaled" in caplog.text
+    assert np.allclose(audio.check_samples(as_int.tolist(), "row 0"), x, atol=1e-6)  # a request's waveform too
+
+
+def test_float_audio_outside_one_is_refused_everywhere_it_enters(tmp_path):
+    with pytest.raises(audio.AudioError, match=r"row 0: samples outside \[-1, 1\] \(peak 1.5\)"):
+        audio.check_samples([0.1, -1.5, 0.2], "row 0")
+    f = tmp_path / "loud.wav"
+    sf.write(f, np.full(SR, 2.5, np.float32) * np.sin(np.arange(SR) / 7.0), SR, subtype="FLOAT")
+    with pytest.raises(audio.AudioError, match=r"samples outside \[-1, 1\]"):
+        probe(str(f))  # ingest quarantines it (skip) or stops (fail)
+    huge = tmp_path / "huge.wav"
+    sf.write(huge, np.full(SR, 1e30, np.float32), SR, subtype="FLOAT")
+    with pytest.raises(audio.AudioError, match=r"peak 1e\+30"):
+        audio.load(huge, SR)
+
+
+def test_resampling_never_leaves_full_scale():
+    t = np.arange(44100) / 44100
+    square = np.sign(np.sin(2 * np.pi * 440 * t)).astype(np.float32)  # full scale: overshoots when filtered
+    out = audio.resample(square, 44100, SR)
+    assert np.abs(out).max() <= 1.0
+    with pytest.raises(audio.AudioError, match=r"sample rate 1 Hz is outside"):
+        audio.resample(square[:10], 1, SR)
+
+
+def test_a_header_rate_is_checked_before_decoding(tmp_path):
+    f = tmp_path / "one_hz.wav"
+    sf.write(f, np.zeros(62_000, np.float32), 1, subtype="PCM_16")
+    for read in (lambda: audio.load(f, SR), lambda: audio.check_header(f), lambda: probe(str(f))):
+        with pytest.raises(audio.AudioError, match=r"one_hz.wav: sample rate 1 Hz is outside 1000..768000 Hz"):
+            read()
+
+
+def test_a_truncated_model_file_is_named(tmp_path):
+    from affectflow.contracts.model_folder import MODEL_FILE, ModelFolderError
+    from affectflow.serving.recognizer import load_model_dir
+
+    folder = model_folder(tmp_path)
+    cut(folder / MODEL_FILE, keep=0.5)
+    with pytest.raises(ModelFolderError, match=rf"{folder / MODEL_FILE}: cannot read it \(\d+ bytes; truncated"):
+        load_model_dir(folder)
+
+
+def test_nan_features_are_refused_naming_the_row_never_scored(tmp_path, monkeypatch):
+    from types import SimpleNamespace
+
+    from affectflow.serving.pyfunc import AffectflowPyfunc, PyfuncInputError
+    from affectflow.serving.recognizer import Featurizer
+
+    model = AffectflowPyfunc()
+    model.load_context(SimpleNamespace(artifacts={"model_dir": str(model_folder(tmp_path))}, model_config={}))
+    real = Featurizer.__call__
+
+    def nan_for_the_second(self, waves):
+        feats = real(self, waves)
+        if len(feats) > 1:
+            feats[1] = np.full_like(feats[1], np.nan)
+        return feats
+
+    monkeypatch.setattr(Featurizer, "__call__", nan_for_the_second)
+    rows = pd.DataFrame({"audio": [utterance("sad", 1, s, SR, 1.0).astype(np.float64) for s in range(2)],
+                         "sample_rate": [SR, SR]})
+    with pytest.raises(PyfuncInputError, match=r"pyfunc input row 1: \d+ of its logmel features are NaN or infinite"):
+        model.predict(None, rows)
+
+
+def test_predict_never_writes_nan(tmp_path):
+    from affectflow.serving.predict import predict_paths, render
+
+    class NanBackend:
+        uri, classes, sample_rate = "stub", CLASSES, SR
+
+        def predict(self, waves):
+            return np.full((len(waves), len(CLASSES)), np.nan, np.float32)
+
+    f = clip(tmp_path / "a.wav", seconds=1.0)
+    res = predict_paths(load_params(params_file(tmp_path)), [str(f)], backend=NanBackend(), report=lambda m: None)
+    assert res.predictions[0].error == "the model returned non-finite probabilities for this audio"
+    assert "NaN" not in render(res, "json")
+
+
+def test_a_request_rate_below_the_floor_is_the_rows_error_before_resampling():
+    from affectflow.serving.pyfunc import parse_input
+
+    rows = pd.DataFrame({"audio": [np.zeros(40).tolist()], "sample_rate": [10]})  # 4 s "at 10 Hz"
+    with pytest.raises(audio.AudioError, match=r"pyfunc input row 0, column 'sample_rate': sample rate 10 Hz is outside "
+                                               r"1000..768000 Hz"):
+        parse_input(rows)
+
+
+def test_a_one_speaker_manifest_fails_validation_with_an_empty_training_split(tmp_path):
+    from affectflow.stages.validate import validate
+
+    corpus(tmp_path / "mine", speakers=1)
+    params = load_params(params_file(tmp_path))
+    manifest = ingest(params).manifest
+    assert set(read_manifest(manifest)["split"]) == {"test"}  # the one speaker is the test fold
+    gate = validate(params, manifest, tmp_path / "validation")
+    assert not gate.passed and "min_examples_per_class" in gate.summary["failed"]
+    assert "train" in gate.summary["failures"]["min_examples_per_class"]
+
+
+def test_a_full_disk_names_the_output_and_leaves_nothing(tmp_path, monkeypatch):
+    import errno
+
+    from affectflow.storage import DiskFullError, atomic_write_json
+
+    def full(self, data):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(Path, "write_bytes", full)
+    target = tmp_path / "out" / "summary.json"
+    with pytest.raises(DiskFullError, match=rf"^{target}: no space left on the device while writing it "
+                                            r"\(No space left on device\); \d+ MiB free there"):
+        atomic_write_json(target, {"a": 1})
+    assert list((tmp_path / "out").iterdir()) == []  # no temporary left behind, no partial output
+    assert cli._message(DiskFullError(errno.ENOSPC, "x: no space")) == "x: no space"
+
+
+def test_evaluate_refuses_nan_model_outputs_naming_the_clips(monkeypatch):
+    from types import SimpleNamespace
+
+    from affectflow.stages import evaluate as ev
+
+    monkeypatch.setattr(ev, "predict_features",
+                        lambda rec, arrays, corpora=None: np.array([[0.7, 0.3], [np.nan, np.nan]], np.float32))
+    rec = SimpleNamespace(feature="egemaps", classes=CLASSES)
+    store = SimpleNamespace(load=lambda kind, ids: [np.zeros(88, np.float32) for _ in ids])
+    rows = pd.DataFrame({"utt_id": ["mine/a", "mine/b"], "corpus": ["mine"] * 2, "speaker": ["s0", "s1"],
+                         "gender": ["f", "m"], "emotion": CLASSES})
+    with pytest.raises(ev.EvaluationError, match=r"1 of 2 clips get NaN or infinite model outputs .* e.g. mine/b; "
+                                                  r"nothing is scored"):
+        ev.predict_rows(rec, rows, store, CLASSES)
+
+
+def test_help_and_other_commands_do_not_import_the_pipeline_group():
+    """`affectflow --help` (and `predict`, `registry`) leave kfp unimported; `affectflow pipeline` loads it."""
+    import subprocess
+    import sys
+
+    probe_code = ("import sys\nfrom affectflow import cli\ntry:\n    cli.main(sys.argv[1:])\nexcept SystemExit:\n    pass\n"
+                  "print('kfp' in sys.modules, 'pipeline' in cli.COMMANDS)")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+
+    def loaded(*argv: str) -> str:
+        out = subprocess.run([sys.executable, "-c", probe_code, *argv], capture_output=True, text=True, env=env,
+                             check=True).stdout
+        return out.strip().splitlines()[-1]
+
+    assert loaded("--help") == "False False"
+    assert loaded("pipeline", "--help") == "True True"

@@ -56,7 +56,7 @@ def make_model_dir(path: Path, seed: int) -> Path:
     model = build_model("cnn_bigru", cfg, params.features.logmel.n_mels, len(CLASSES)).eval()
     meta = {"arch": "cnn_bigru", "classes": CLASSES, "feature": "logmel",
             "feature_config": params.features.logmel.model_dump(mode="json"),
-            "audio": params.audio.model_dump(mode="json"), "normalization": compute_stats(mels, "global").as_dict(),
+            "audio": {**params.audio.model_dump(mode="json"), "min_speech_s": 0.0}, "normalization": compute_stats(mels, "global").as_dict(),
             "arch_config": cfg, "input_dim": params.features.logmel.n_mels}
     return save_model_dir(path, model, ModelMeta(**meta))
 
@@ -92,7 +92,8 @@ def registry(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     client.set_registered_model_alias(MODEL_NAME, "champion", versions[1])
     params_file = root / "params.yaml"
     params_file.write_text(yaml.safe_dump({"tracking": {"uri": uri}, "registry": {"model_name": MODEL_NAME},
-                                           "predict": {"decode_workers": 1, "threads": 1}}))
+                                           "predict": {"decode_workers": 1, "threads": 1},
+                                           "audio": {"min_speech_s": 0.0}}))  # generated clips: not speech
     return {"uri": uri, "experiment": exp, "dirs": dirs, "versions": versions, "params_file": params_file}
 
 
@@ -282,7 +283,7 @@ def test_cli_csv_output_and_exit_codes(model_dir, mixed_folder, capsys):
     err = capsys.readouterr().err
     assert f"error: {mixed_folder['corrupt']}:" in err and "3 failed" in err
     df = pd.read_csv(out)
-    assert list(df.columns) == ["path", "label", *CLASSES, "duration_s", "windows", "error"]
+    assert list(df.columns) == ["path", "status", "label", *CLASSES, "duration_s", "windows", "error"]
     ok = df[df["error"].isna()]
     assert sorted(ok["path"]) == sorted(str(p) for p in mixed_folder["good"])
     assert np.allclose(ok[CLASSES].sum(axis=1), 1.0, atol=1e-4)

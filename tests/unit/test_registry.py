@@ -269,7 +269,7 @@ def test_cli_registry_actions(params: Params, tmp_path: Path, store: dict,
     from affectflow.cli import main
 
     monkeypatch.chdir(tmp_path)  # no params.yaml here: defaults plus --set
-    sets = ["--set", f"tracking.uri={store['uri']}", "--set", f"registry.model_name={params.registry.model_name}",
+    sets = ["--defaults", "--set", f"tracking.uri={store['uri']}", "--set", f"registry.model_name={params.registry.model_name}",
             "--set", "registry.min_uar_gain=0.01"]
     for tag, uar in (("a", 0.40), ("b", 0.30)):
         model_dir, metrics = write_candidate(tmp_path, store, tag, uar)
@@ -324,7 +324,7 @@ def test_register_refuses_another_models_metrics(params: Params, tmp_path: Path,
 
     # The CLI: one error line naming both models, exit 1, nothing registered.
     monkeypatch.chdir(tmp_path)
-    sets = ["--set", f"tracking.uri={store['uri']}", "--set", f"registry.model_name={params.registry.model_name}"]
+    sets = ["--defaults", "--set", f"tracking.uri={store['uri']}", "--set", f"registry.model_name={params.registry.model_name}"]
     assert main(["register", *sets, "--model", str(weak_dir), "--metrics", str(strong_metrics)]) == 1
     out = capsys.readouterr().err
     assert out.startswith("error:") and content_hash(weak_dir)[:12] in out and content_hash(strong_dir)[:12] in out

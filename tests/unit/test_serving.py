@@ -35,7 +35,8 @@ def test_paths_are_off_unless_the_model_config_turns_them_on(pyfunc):
     t, local = pyfunc
     uri = f"runs:/{t['result'].summary['mlflow_run_id']}/model"
     default = mlflow.pyfunc.load_model(uri)
-    assert default.model_config == {"allow_path_input": False, "max_rows": 64, "max_audio_s": 600.0}
+    assert default.model_config == {"allow_path_input": False, "max_rows": 64, "max_audio_s": 600.0,
+                                    "max_window_s": None, "hop_s": None}
     row = pd.DataFrame({"path": [read_manifest(t["manifest"]).iloc[0]["path"]]})
     with pytest.raises(ValueError, match=r"row 0, column 'path': file paths are not accepted by this model"):
         default.predict(row)
@@ -53,7 +54,7 @@ def test_pyfunc_predicts_from_a_file_path_like_the_trained_model(pyfunc):
     row = read_manifest(t["manifest"]).query("split == 'test'").iloc[0]
     out = model.predict(pd.DataFrame({"path": [row["path"]]}))
     classes = t["result"].summary["classes"]
-    assert list(out.columns) == [*classes, "label"]
+    assert list(out.columns) == [*classes, "label", "status"] and out["status"].tolist() == ["ok"]
     probs = out[classes].to_numpy()
     assert probs.shape == (1, len(classes)) and np.allclose(probs.sum(axis=1), 1.0, atol=1e-5)
     # Feature extraction inside the model = the features stage: same probabilities as from the store.
@@ -69,10 +70,11 @@ def test_pyfunc_takes_waveforms_and_resamples_them(pyfunc):
     wave = audio.load(path, 16000)
     same = model.predict(pd.DataFrame({"audio": [wave.astype(np.float64)], "sample_rate": [16000]}))
     from_path = model.predict(pd.DataFrame({"path": [path]}))
-    assert np.allclose(same.iloc[:, :-1].to_numpy(), from_path.iloc[:, :-1].to_numpy(), atol=1e-5)
+    classes = t["result"].summary["classes"]
+    assert np.allclose(same[classes].to_numpy(), from_path[classes].to_numpy(), atol=1e-5)
     at_8k = audio.resample(wave, 16000, 8000)
     out = model.predict(pd.DataFrame({"audio": [at_8k.astype(np.float64)], "sample_rate": [8000]}))
-    assert np.allclose(out.iloc[:, :-1].sum(axis=1), 1.0, atol=1e-5)
+    assert np.allclose(out[classes].sum(axis=1), 1.0, atol=1e-5)
 
 
 def test_the_logged_model_carries_its_code_and_signature(pyfunc):
@@ -263,3 +265,24 @@ def test_the_kserve_request_follows_the_pyfunc_limits(tmp_path: Path):
     short = _wav_b64(tmp_path, 0.1, "short.wav")
     with pytest.raises(RequestError, match=r"input 'audio' element 1.*too short: 0.100 s < 0.5 s"):
         request_audio(inputs([one, short]), None, min_duration_s=0.5)
+
+
+def test_the_kserve_request_must_be_the_documented_shape(tmp_path: Path):
+    """Another input name, an extra input or a shape that does not fit the elements: 400, not a guess."""
+    from types import SimpleNamespace
+
+    from affectflow.serving.kserve import RequestError, request_audio
+
+    one = _wav_b64(tmp_path, 1.0, "one.wav")
+    audio_in = SimpleNamespace(name="audio", datatype="BYTES", shape=[1], data=[one])
+    assert len(request_audio([audio_in])) == 1
+    cases = {
+        r"no input named 'audio' among \['wave'\]": [SimpleNamespace(name="wave", datatype="BYTES", shape=[1], data=[one])],
+        r"inputs \['extra'\] are not this model's": [audio_in, SimpleNamespace(name="extra", datatype="FP32", shape=[1], data=[1.0])],
+        r"input 'audio': shape \[2, 1\] does not fit its 1 element\(s\); expected \[1\]":
+            [SimpleNamespace(name="audio", datatype="BYTES", shape=[2, 1], data=[one])],
+        r"input 'audio': datatype is FP32, expected BYTES": [SimpleNamespace(name="audio", datatype="FP32", shape=[1], data=[0.5])],
+    }
+    for message, request in cases.items():
+        with pytest.raises(RequestError, match=message):
+            request_audio(request)

@@ -25,6 +25,7 @@ from affectflow.config import ConfigError, Params, load_params
 Handler = Callable[[Params, argparse.Namespace], int]
 COMMANDS: dict[str, tuple[str, Handler, Callable[[argparse.ArgumentParser], None]]] = {}
 ENTRY_POINT_GROUP = "affectflow.cli"
+DEFAULT_PARAMS = "params.yaml"
 BUILTIN = (
     "affectflow.cli.stages",    # ingest ... register, step, dvc
     "affectflow.cli.studies",   # ablate augmentation | dann | ...
@@ -59,10 +60,15 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name, (help_text, _fn, add_args) in COMMANDS.items():
         p = sub.add_parser(name, help=help_text, description=help_text)
-        p.add_argument("--params", default="params.yaml", help="parameters file (default: params.yaml)")
+        p.add_argument("--params", default=DEFAULT_PARAMS, help="parameters file (default: params.yaml)")
         p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                        help="override a parameter, e.g. --set train.epochs=3 (repeatable)")
+        p.add_argument("--defaults", action="store_true",
+                       help="run on the built-in defaults (plus --set) when there is no params file, or it is empty")
         add_args(p)
+    for name, module in LAZY.items():
+        if name not in COMMANDS:
+            sub.add_parser(name, help=f"`affectflow {name} --help` for its commands (from {module})")
     return parser
 
 
@@ -72,13 +78,29 @@ def _version() -> str:
     return __version__
 
 
-def load_commands() -> None:
-    """The built-in command groups, then every `affectflow.cli` entry point (a module that
-    registers its commands with `@command` on import)."""
+LAZY: dict[str, str] = {}
+"""Entry-point command groups not imported for this invocation: name -> module (see `load_commands`)."""
+
+
+def load_commands(argv: Sequence[str] | None = None) -> None:
+    """The built-in command groups, then the `affectflow.cli` entry points (modules that register
+    their commands with `@command` on import). With `argv`, an entry point is imported only when its
+    name is the command asked for: `affectflow pipeline` imports kfp (about 1 s), `affectflow
+    --help` or `affectflow predict` should not; the others get a placeholder in the help."""
     for mod in BUILTIN:
         importlib.import_module(mod)
+    asked = _command_name(argv) if argv is not None else None
     for ep in entry_points(group=ENTRY_POINT_GROUP):
-        ep.load()
+        if argv is None or ep.name == asked:
+            ep.load()
+            LAZY.pop(ep.name, None)
+        elif ep.name not in COMMANDS:
+            LAZY[ep.name] = ep.value
+
+
+def _command_name(argv: Sequence[str]) -> str | None:
+    """The first argument that is not a top-level option: the command."""
+    return next((a for a in argv if not a.startswith("-")), None)
 
 
 def known_errors() -> tuple[type[BaseException], ...]:
@@ -98,9 +120,34 @@ def _message(e: BaseException) -> str:
     return text.strip() or type(e).__name__
 
 
+def params_file_problem(path: str, defaults: bool) -> str | None:
+    """Why the run would silently use the built-in defaults: no params.yaml where it is looked for,
+    or a file without settings. None when there is a file with settings, or `--defaults` says so."""
+    if defaults:
+        return None
+    p = Path(path)
+    if not p.exists():
+        if path != DEFAULT_PARAMS:
+            return None  # load_params names the missing file
+        return (f"no {DEFAULT_PARAMS} in {Path.cwd()}: pass --params FILE, or --defaults to run on the built-in "
+                "defaults (the repository's params.yaml lists them)")
+    try:
+        import yaml
+
+        empty = p.is_file() and yaml.safe_load(p.read_text(encoding="utf-8")) in (None, {})
+    except Exception:  # load_params reports a file it cannot read or parse, naming it
+        return None
+    return f"{path}: no settings in it (empty); fill it in, or pass --defaults to run on the built-in defaults" \
+        if empty else None
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    load_commands()
+    argv = list(sys.argv[1:] if argv is None else argv)
+    load_commands(argv)
     args = build_parser().parse_args(argv)
+    if problem := params_file_problem(args.params, args.defaults):
+        print(f"error: {problem}", file=sys.stderr)
+        return 2
     try:
         params = load_params(args.params, args.overrides)
     except ConfigError as e:

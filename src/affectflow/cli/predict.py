@@ -54,5 +54,7 @@ def _predict(params: Params, a: argparse.Namespace) -> int:
     n_failed = len(res.failed)
     where = f" -> {a.out}" if a.out else ""
     print(f"predicted {len(res.predictions) - n_failed}/{len(res.predictions)} files with {res.model_uri}{where}"
-          + (f"; {n_failed} failed" if n_failed else ""), file=sys.stderr)
+          + (f"; {n_failed} failed" if n_failed else "")
+          + (f"; {len(res.without_speech)} without speech (status no_speech, no label)" if res.without_speech else ""),
+          file=sys.stderr)
     return 1 if n_failed and not a.allow_errors else 0

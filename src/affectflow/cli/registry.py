@@ -66,6 +66,22 @@ def _history_table(events: list[dict[str, Any]]) -> Any:
     return table
 
 
+def require_store(tracking_uri: str) -> None:
+    """Every registry action reads an existing store: a local sqlite file or file-store folder
+    that does not exist is a mistyped path, refused before MLflow would create an empty registry
+    there (and answer "no versions" with exit 0). `affectflow register` creates stores."""
+    from urllib.parse import unquote, urlparse
+
+    from affectflow.tracking.uri import local_sqlite, resolve_uri
+
+    uri = resolve_uri(tracking_uri)
+    db = local_sqlite(uri)
+    path = db if db is not None else Path(unquote(urlparse(uri).path)) if uri.startswith("file:") else None
+    if path is not None and not path.exists():
+        raise RuntimeError(f"tracking.uri {uri}: {path} does not exist (a mistyped path?); registry commands read "
+                           "an existing store, `affectflow register` creates one")
+
+
 @command("registry", "model registry: list | describe | history | promote | rollback", _registry_args)
 def _registry(params: Params, a: argparse.Namespace) -> int:
     from rich.console import Console
@@ -73,6 +89,10 @@ def _registry(params: Params, a: argparse.Namespace) -> int:
     from affectflow.storage import atomic_write_json
     from affectflow.tracking.registry import Registry, RegistryError, Scores
 
+    version = getattr(a, "model_version", None)
+    if version is not None and not str(version).isdigit():  # before any store is opened
+        raise RegistryError(f"Parameter 'version' must be an integer, got {version!r}.")
+    require_store(params.tracking.uri)
     reg = Registry(params)
     console = Console()
     if not console.is_terminal:  # logs and pipes: rich's 80-column default would truncate the table

@@ -163,12 +163,26 @@ def is_model_folder(path: str | Path) -> bool:
 
 def load_weights(folder: str | Path) -> dict[str, Any]:
     """model.pt as a state_dict of CPU tensors."""
-    import torch
 
     f = Path(folder) / MODEL_FILE
     if not f.is_file():
         raise FileNotFoundError(f"{f}: model weights not found")
-    return torch.load(f, map_location="cpu", weights_only=True)
+    return load_state_file(f)
+
+
+def load_state_file(path: str | Path) -> Any:
+    """`torch.load` of a weights or checkpoint file (CPU, weights only); a truncated or corrupt
+    file is a ModelFolderError naming it, not torch's bare "PytorchStreamReader failed ..."."""
+    import torch
+
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise
+    except Exception as e:  # RuntimeError, EOFError, UnpicklingError, zipfile errors, ...
+        size = Path(path).stat().st_size if Path(path).exists() else 0
+        raise ModelFolderError(f"{path}: cannot read it ({size} bytes; truncated or corrupt): "
+                               f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}") from None
 
 
 def write_model_folder(folder: str | Path, module: Any, meta: ModelMeta) -> Path:

@@ -34,6 +34,20 @@ def normalise_emotion(raw: str) -> str | None:
     return label if label in CANONICAL_LABELS else None
 
 
+SUPPORTED_SCHEMES = ("s3://",)
+"""URI schemes a clip's path may have (besides a local path): the storage layer reads these."""
+
+
+def unsupported_scheme(value: str) -> str | None:
+    """Why a path cell cannot be read (an `http://` or `file://` URI), else None: said as such, not
+    as "file not found"."""
+    if "://" not in value or value.startswith(SUPPORTED_SCHEMES):
+        return None
+    scheme = value.split("://", 1)[0]
+    hint = f"; write the local path ({value[len('file://'):]})" if scheme == "file" else ""
+    return f"URI scheme '{scheme}://' is not supported (local paths and {', '.join(SUPPORTED_SCHEMES)} only){hint}"
+
+
 def _resolve(value: str, folder: Path) -> tuple[str, str]:
     """(absolute path or URI, utterance id) for a path cell."""
     if "://" in value:
@@ -97,6 +111,8 @@ def prepare(root: str) -> list[Utterance]:
             for name in REQUIRED:
                 if not cell[name]:
                     raise ManifestError(f"{where}, field '{name}': empty")
+            if bad := unsupported_scheme(cell["path"]):
+                raise ManifestError(f"{where}, field 'path': {bad}")
             label = normalise_emotion(cell["emotion"])
             if label is None:
                 raise ManifestError(f"{where}, field 'emotion': unknown emotion '{cell['emotion']}'")

@@ -17,10 +17,13 @@ whose elements are base64-encoded audio files (wav, flac, ogg, mp3), one clip pe
 
     {"inputs": [{"name": "audio", "shape": [1], "datatype": "BYTES", "data": ["UklGRi..."]}]}
 
-Response: `probabilities` (FP32, [n, classes], class order in its `classes` parameter) and `label`
-(BYTES, [n]); `model_version` is the registry version that answered; `id` echoes the request's, or is a
-fresh UUID when the request has none (`id` is optional in the protocol). `GET /v2/models/<model_name>`
-lists that input and those outputs (`metadata_tensors`). A request that is not that
+Response: `probabilities` (FP32, [n, classes], class order in its `classes` parameter), `label`
+(BYTES, [n]) and `status` (BYTES, [n]): `ok`, or `no_speech` for a clip with less than the model's
+`audio.min_speech_s` of speech (`affectflow.speech`), whose probabilities are all 0 and label is
+empty: a valid but silent clip is an answer (HTTP 200), never an emotion. `model_version` is the
+registry version that answered; `id` echoes the request's, or is a fresh UUID when the request has
+none (`id` is optional in the protocol). `GET /v2/models/<model_name>` lists that input and those
+outputs (`metadata_tensors`). A request that is not that
 shape, or audio that does not decode, is a 400 whose message names the input and the element.
 """
 
@@ -40,11 +43,16 @@ from typing import Any
 
 import numpy as np
 
+from affectflow.speech import SpeechCheck
+
 log = logging.getLogger("affectflow.serving.kserve")
 
 INPUT_NAME = "audio"
 PROBABILITIES = "probabilities"
 LABEL = "label"
+STATUS = "status"
+STATUS_OK = "ok"
+STATUS_NO_SPEECH = "no_speech"
 DEFAULT_MODEL_URI = "models:/affectflow-ser@champion"
 DEFAULT_RELOAD_S = 60.0
 
@@ -85,6 +93,13 @@ class Loaded:
     @property
     def min_duration_s(self) -> float:
         return float(self.rec.meta.audio.get("min_duration_s", 0.0))
+
+    @property
+    def speech(self) -> Any:
+        """The model's speech check (its audio.min_speech_s; `affectflow.speech`)."""
+        from affectflow.speech import SpeechCheck
+
+        return SpeechCheck.from_audio_config(self.rec.meta.audio)
 
 
 class Resolver:
@@ -144,16 +159,7 @@ def request_audio(inputs: list[Any], config: Any = None, min_duration_s: float =
     cfg = config or ServingConfig()
     if not inputs:
         raise RequestError("the request has no inputs; send one BYTES input named 'audio' with base64 audio files")
-    chosen = [i for i in inputs if i.name == INPUT_NAME] or (inputs if len(inputs) == 1 else [])
-    if not chosen:
-        raise RequestError(f"no input named '{INPUT_NAME}' among {[i.name for i in inputs]}")
-    inp = chosen[0]
-    if inp.datatype != "BYTES":
-        raise RequestError(f"input '{inp.name}': datatype is {inp.datatype}, expected BYTES (base64 audio files)")
-    data = inp.data
-    items = list(np.asarray(data, dtype=object).ravel()) if isinstance(data, list | tuple | np.ndarray) else [data]
-    if not items:
-        raise RequestError(f"input '{inp.name}': no elements")
+    inp, items = the_audio_input(inputs)
     if len(items) > cfg.max_rows:
         raise RequestError(f"input '{inp.name}': {len(items)} elements; this model takes at most {cfg.max_rows} "
                            "per request (model_config max_rows)")
@@ -175,18 +181,81 @@ def request_audio(inputs: list[Any], config: Any = None, min_duration_s: float =
     return out
 
 
-def score(loaded: Loaded, clips: list[tuple[np.ndarray, int]]) -> np.ndarray:
-    """(n, classes) probabilities; clips grouped by sample rate (one resampling per group), the
-    whole request one set for `deploy_normalization: set` (as the MLflow pyfunc scores it)."""
-    from affectflow.serving.recognizer import predict_audio_groups
+def the_audio_input(inputs: list[Any]) -> tuple[Any, list[Any]]:
+    """The request's one input and its elements, held to the documented contract: exactly one
+    input, named `audio`, datatype BYTES, shape [n] for its n elements (one file each). Anything
+    else is a RequestError (HTTP 400), not a guess at what the client meant."""
+    names = [str(i.name) for i in inputs]
+    if INPUT_NAME not in names:
+        raise RequestError(f"no input named '{INPUT_NAME}' among {names}; send one BYTES input named "
+                           f"'{INPUT_NAME}' with base64 audio files")
+    if len(inputs) > 1:
+        raise RequestError(f"inputs {[n for n in names if n != INPUT_NAME]} are not this model's; it takes one "
+                           f"input, '{INPUT_NAME}'")
+    inp = inputs[0]
+    if inp.datatype != "BYTES":
+        raise RequestError(f"input '{inp.name}': datatype is {inp.datatype}, expected BYTES (base64 audio files)")
+    data = inp.data
+    items = list(np.asarray(data, dtype=object).ravel()) if isinstance(data, list | tuple | np.ndarray) else [data]
+    if not items:
+        raise RequestError(f"input '{inp.name}': no elements")
+    shape = [int(x) for x in (getattr(inp, "shape", None) or [len(items)])]
+    if shape != [len(items)]:
+        raise RequestError(f"input '{inp.name}': shape {shape} does not fit its {len(items)} element(s); expected "
+                           f"[{len(items)}], one base64 audio file per element")
+    return inp, items
 
-    probs = np.zeros((len(clips), len(loaded.rec.classes)), np.float32)
+
+def score(loaded: Loaded, clips: list[tuple[np.ndarray, int]]) -> np.ndarray:
+    """(n, classes) probabilities of every clip (no speech check; see `score_request`)."""
+    return score_request(loaded, clips, check=SpeechCheck.off())[0]
+
+
+def score_request(loaded: Loaded, clips: list[tuple[np.ndarray, int]],
+                  check: Any = None) -> tuple[np.ndarray, list[bool]]:
+    """(n, classes) probabilities and, per clip, whether it had speech: scored as the MLflow pyfunc
+    and `affectflow predict` score (`pyfunc.score_windows`: long clips in windows, windows without
+    the model's minimum of speech left out, the whole request one set). Clips without speech keep
+    all-0 rows. NaN features are the request's error naming the element."""
+    from affectflow.serving.pyfunc import ServingConfig, score_windows
+    from affectflow.serving.recognizer import NonFiniteFeatures
+
     rates = sorted({r for _, r in clips})
-    index = [[i for i, (_, r) in enumerate(clips) if r == rate] for rate in rates]
-    groups = [([clips[i][0] for i in idx], rate) for idx, rate in zip(index, rates, strict=True)]
-    for idx, p in zip(index, predict_audio_groups(loaded.rec, groups, loaded.featurizer), strict=True):
-        probs[idx] = p
-    return probs
+    groups = [([i for i, (_, r) in enumerate(clips) if r == rate], [w for w, r in clips if r == rate], rate)
+              for rate in rates]
+    config = loaded.config or ServingConfig()
+    try:
+        probs, scored = score_windows(loaded.rec, loaded.featurizer, groups, loaded.speech if check is None else check,
+                                      *config.windows())
+    except NonFiniteFeatures as e:
+        raise RequestError(f"input element {e.item}: {e}") from None
+    speech = [False] * len(clips)
+    for i in scored:
+        speech[i] = True
+    return probs, speech
+
+
+def response_outputs(probs: np.ndarray, speech: list[bool], classes: list[str]) -> list[tuple[str, list[int], str, list[Any]]]:
+    """(name, shape, datatype, data) of the three outputs: probabilities, label, status."""
+    labels = [classes[i] if ok else "" for i, ok in zip(probs.argmax(axis=1), speech, strict=True)]
+    status = [STATUS_OK if ok else STATUS_NO_SPEECH for ok in speech]
+    return [(PROBABILITIES, list(probs.shape), "FP32", probs.ravel().tolist()),
+            (LABEL, [len(labels)], "BYTES", labels),
+            (STATUS, [len(status)], "BYTES", status)]
+
+
+async def answer(loaded: Loaded, inputs: list[Any]) -> tuple[np.ndarray, list[bool]]:
+    """Probabilities and speech flags for a request's inputs; the client's faults are RequestError,
+    any other failure a RuntimeError whose text holds no traceback (that stays in the server log)."""
+    clips = request_audio(inputs, loaded.config, loaded.min_duration_s)
+    try:
+        return await asyncio.to_thread(score_request, loaded, clips)
+    except RequestError:
+        raise
+    except Exception as e:
+        log.exception("scoring a request on %s failed", loaded.uri)
+        raise RuntimeError(f"internal error while scoring the request ({type(e).__name__}; "
+                           "see the server log)") from None
 
 
 def metadata_tensors(n_classes: int | None) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
@@ -194,7 +263,8 @@ def metadata_tensors(n_classes: int | None) -> tuple[list[dict[str, Any]], list[
     (-1: any number of clips; the class count once a model is loaded)."""
     inputs = [{"name": INPUT_NAME, "datatype": "BYTES", "shape": [-1]}]
     outputs = [{"name": PROBABILITIES, "datatype": "FP32", "shape": [-1, n_classes if n_classes else -1]},
-               {"name": LABEL, "datatype": "BYTES", "shape": [-1]}]
+               {"name": LABEL, "datatype": "BYTES", "shape": [-1]},
+               {"name": STATUS, "datatype": "BYTES", "shape": [-1]}]
     return inputs, outputs
 
 
@@ -278,22 +348,13 @@ def make_model(name: str, model_uri: str, reload_interval_s: float, resolver: Re
                 loaded = self.current
             assert loaded is not None
             try:
-                clips = request_audio(list(payload.inputs), loaded.config, loaded.min_duration_s)
+                probs, speech = await answer(loaded, list(payload.inputs))
             except RequestError as e:
                 raise InvalidInput(str(e)) from None
-            try:
-                probs = await asyncio.to_thread(score, loaded, clips)
-            except Exception as e:  # the traceback stays in the server log, the client gets a short reason
-                log.exception("scoring a request on %s failed", loaded.uri)
-                raise RuntimeError(f"internal error while scoring the request ({type(e).__name__}; "
-                                   "see the server log)") from None
             classes = loaded.rec.classes
-            labels = [classes[i] for i in probs.argmax(axis=1)]
-            outputs = [
-                InferOutput(PROBABILITIES, list(probs.shape), "FP32", probs.ravel().tolist(),
-                            parameters={"classes": ",".join(classes)}),
-                InferOutput(LABEL, [len(labels)], "BYTES", labels),
-            ]
+            outputs = [InferOutput(name, shape, dtype, data,
+                                   parameters={"classes": ",".join(classes)} if name == PROBABILITIES else None)
+                       for name, shape, dtype, data in response_outputs(probs, speech, classes)]
             return InferResponse(response_id(payload.id), self.name, outputs, model_version=loaded.version)
 
     return RecognizerModel()

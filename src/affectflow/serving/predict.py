@@ -12,6 +12,11 @@ Why windows: a clip longer than `predict.max_window_s` is never decoded whole. I
 one at a time, scored like short clips, and the clip's probabilities are the mean over its windows;
 memory is bounded by `batch_size` windows whatever the file length.
 
+Why "no speech": a window with less than `audio.min_speech_s` of speech (`affectflow.speech`,
+Silero VAD) is not scored, and a file none of whose windows has speech gets status `no_speech`,
+no label and no probabilities (not an error: the exit code is 0); silence, noise or music would
+otherwise get a confident emotion.
+
 Why per-file errors: one unreadable file in a folder of thousands should cost that file, not the
 run. Every failure (missing, undecodable, empty, truncated, NaN samples, shorter than
 `audio.min_duration_s`, a clip the model cannot take) is recorded in the output with its reason and
@@ -50,9 +55,11 @@ from affectflow import audio
 from affectflow.config import LogMelConfig, Params
 from affectflow.contracts.model_folder import ModelMeta, is_model_folder
 from affectflow.corpora import AUDIO_EXTENSIONS, audio_files
+from affectflow.corpora.csv_manifest import unsupported_scheme
 from affectflow.runtime.device import resolve_device
 from affectflow.runtime.progress import progress
 from affectflow.serving.recognizer import Featurizer, load_model_dir, needs_the_whole_set, predict_features
+from affectflow.speech import SpeechCheck
 from affectflow.storage import atomic_write_text
 from affectflow.storage.s3 import SCHEME, S3NotFoundError, S3Store, S3Uri, is_s3, store_for
 from affectflow.tracking.uri import local_sqlite, mlflow_scope, resolve_uri
@@ -85,6 +92,8 @@ def manifest_paths(path: Path) -> list[str]:
     for row, value in enumerate(df["path"]):
         if not isinstance(value, str) or not value.strip():
             raise PredictInputError(f"{path}: row {row}: field 'path' is empty")
+        if bad := unsupported_scheme(value):
+            raise PredictInputError(f"{path}: row {row}: field 'path': {bad}")
         p = Path(value)
         out.append(value if p.is_absolute() or "://" in value else str(path.parent / p))
     return out
@@ -145,6 +154,8 @@ def collect_inputs(paths: Sequence[str | Path], store: S3Store | None = None) ->
         if is_s3(arg):
             out.extend(s3_inputs(str(arg), store or S3Store()))
             continue
+        if bad := unsupported_scheme(str(arg)):
+            raise PredictInputError(f"{arg}: {bad}")
         p = Path(arg)
         if p.is_dir():
             found = audio_files(p)
@@ -161,22 +172,17 @@ def collect_inputs(paths: Sequence[str | Path], store: S3Store | None = None) ->
 
 
 # ----------------------------------------------------------------------------- windows
-def window_spans(n: int, window: int, hop: int) -> list[tuple[int, int]]:
-    """[start, stop) sample spans covering n samples: one span when n <= window, else windows
-    `hop` apart with the last one ending at n (so every window is full length)."""
-    if n <= window:
-        return [(0, n)]
-    starts = [*range(0, n - window, hop), n - window]
-    return [(s, s + window) for s in starts]
+window_spans = audio.window_spans  # the spans live in affectflow.audio: the servers cut the same windows
 
 
 @dataclass
 class Decoded:
-    """A decoded input: its native duration and a lazy source of model-rate windows."""
+    """A decoded input: its native duration and a lazy source of model-rate windows; a window
+    without `audio.min_speech_s` of speech comes as its "no speech" reason (a str), not scored."""
 
     duration_s: float
     n_windows: int
-    windows: Callable[[], Iterator[np.ndarray]]
+    windows: Callable[[], Iterator[np.ndarray | str]]
 
 
 def _checked(x: np.ndarray, path: str, what: str) -> np.ndarray:
@@ -185,7 +191,7 @@ def _checked(x: np.ndarray, path: str, what: str) -> np.ndarray:
         raise audio.AudioError(path, f"{what}: {audio.NO_SAMPLES}")
     if not np.isfinite(x).all():
         raise audio.AudioError(path, f"{what}: {audio.NOT_FINITE}")
-    return x
+    return audio.check_range(x, f"{path} ({what})")
 
 
 class WindowReader:
@@ -194,7 +200,8 @@ class WindowReader:
     The audio rules are ingest's (`affectflow.audio`: missing, unreadable, empty, truncated,
     non-finite, shorter than `min_duration_s`), in the same words."""
 
-    def __init__(self, sample_rate: int, max_window_s: float, hop_s: float, min_duration_s: float = 0.0):
+    def __init__(self, sample_rate: int, max_window_s: float, hop_s: float, min_duration_s: float = 0.0,
+                 speech: SpeechCheck | None = None):
         if hop_s > max_window_s:
             raise ValueError(f"predict.hop_s: {hop_s} must not exceed predict.max_window_s ({max_window_s}); "
                              "parts of long clips would never be scored")
@@ -202,6 +209,11 @@ class WindowReader:
         self.max_window_s = max_window_s
         self.hop_s = hop_s
         self.min_duration_s = min_duration_s
+        self.speech = speech or SpeechCheck.off()
+
+    def _speech(self, wave: np.ndarray) -> np.ndarray | str:
+        """The window, or why it is not scored (too little speech)."""
+        return self.speech.reason(wave, self.sample_rate) or wave
 
     def open(self, path: str) -> Decoded:
         """Short clips are decoded here (in a worker thread); long ones only get their plan."""
@@ -213,11 +225,11 @@ class WindowReader:
             x, rate = audio.decode(path)
             audio.check_decoded(path, len(x), head.frames)
             audio.check_duration(path, len(x) / rate, self.min_duration_s)
-            wave = audio.resample(x, rate, self.sample_rate)
+            wave = self._speech(audio.resample(x, rate, self.sample_rate))  # in the decode thread
             return Decoded(head.duration, 1, lambda: iter([wave]))
         return Decoded(head.duration, len(spans), lambda: self._stream(path, head, spans))
 
-    def _stream(self, path: str, head: audio.AudioInfo, spans: list[tuple[int, int]]) -> Iterator[np.ndarray]:
+    def _stream(self, path: str, head: audio.AudioInfo, spans: list[tuple[int, int]]) -> Iterator[np.ndarray | str]:
         """One window in memory at a time (seek + read), each resampled on its own."""
         rate = head.sample_rate
         try:
@@ -234,7 +246,7 @@ class WindowReader:
                 if len(x) < stop - start:  # the file ends before its header says
                     audio.check_decoded(path, start + len(x), head.frames)
                 x = _checked(x, path, f"window {k} at {start / rate:.1f} s")
-                yield audio.resample(x, rate, self.sample_rate)
+                yield self._speech(audio.resample(x, rate, self.sample_rate))
 
 
 # ----------------------------------------------------------------------------- models
@@ -359,6 +371,9 @@ class FilePrediction:
     duration_s: float | None = None
     windows: int = 0
     error: str | None = None
+    no_speech: str | None = None
+    """Why no window of the file was scored (too little speech); the file then has no label."""
+    speech_windows: int = 0
     _sum: np.ndarray | None = field(default=None, repr=False)
     _seen: int = field(default=0, repr=False)
 
@@ -372,6 +387,11 @@ class FilePrediction:
             return None
         return self._sum / self._seen
 
+    @property
+    def status(self) -> str:
+        """`ok` (probabilities), `no_speech` (no emotion: nothing to judge) or `error`."""
+        return "error" if self.error is not None else "no_speech" if self.no_speech is not None else "ok"
+
 
 @dataclass
 class PredictResult:
@@ -383,17 +403,22 @@ class PredictResult:
     def failed(self) -> list[FilePrediction]:
         return [p for p in self.predictions if p.error is not None]
 
+    @property
+    def without_speech(self) -> list[FilePrediction]:
+        return [p for p in self.predictions if p.status == "no_speech"]
+
     def records(self) -> list[dict[str, Any]]:
-        """One flat record per input: path, label, one column per class, duration, windows, error."""
+        """One flat record per input: path, status, label, one column per class, duration, windows, error
+        (for `no_speech` the reason; label and probabilities are empty: no emotion without speech)."""
         out = []
         for p in self.predictions:
             probs = p.probabilities
-            rec: dict[str, Any] = {"path": p.path,
+            rec: dict[str, Any] = {"path": p.path, "status": p.status,
                                    "label": None if probs is None else self.classes[int(np.argmax(probs))]}
             for c, i in zip(self.classes, range(len(self.classes)), strict=True):
                 rec[c] = None if probs is None else round(float(probs[i]), PROB_DECIMALS)
             rec.update({"duration_s": None if p.duration_s is None else round(p.duration_s, 3),
-                        "windows": p.windows, "error": p.error})
+                        "windows": p.windows, "error": p.error or p.no_speech})
             out.append(rec)
         return out
 
@@ -401,13 +426,13 @@ class PredictResult:
         preds = []
         for r in self.records():
             probs = {c: r.pop(c) for c in self.classes}
-            preds.append({**r, "probabilities": None if r["error"] else probs})
+            preds.append({**r, "probabilities": probs if r["status"] == "ok" else None})
         return {"model": self.model_uri, "classes": self.classes, "n_files": len(self.predictions),
-                "n_failed": len(self.failed), "predictions": preds}
+                "n_failed": len(self.failed), "n_no_speech": len(self.without_speech), "predictions": preds}
 
     def to_csv(self) -> str:
         buf = io.StringIO()
-        cols = ["path", "label", *self.classes, "duration_s", "windows", "error"]
+        cols = ["path", "status", "label", *self.classes, "duration_s", "windows", "error"]
         writer = csv.DictWriter(buf, fieldnames=cols, lineterminator="\n")
         writer.writeheader()
         for r in self.records():
@@ -456,8 +481,16 @@ class _Batcher:
         except Exception:
             probs = self._one_by_one(batch, self.backend.predict)
         for (i, _), p in zip(batch, probs, strict=True):
-            if p is not None:
-                self.results[i].add(p)
+            self._credit(i, p)
+
+    def _credit(self, i: int, p: np.ndarray | None) -> None:
+        """Add a window's probabilities to its file; non-finite ones fail the file (never NaN out)."""
+        if p is None:
+            return
+        if not np.isfinite(p).all():
+            fail(self.results[i], "the model returned non-finite probabilities for this audio", self.say)
+            return
+        self.results[i].add(p)
 
     def finish(self) -> None:
         """Score what is pending; with `whole_set`, every collected window in one call."""
@@ -467,7 +500,7 @@ class _Batcher:
         if kept:
             probs = self.backend.score([f for _, f in kept])  # type: ignore[attr-defined]
             for (i, _), p in zip(kept, probs, strict=True):
-                self.results[i].add(p)
+                self._credit(i, p)
 
     def _featurize(self, batch: list[tuple[int, np.ndarray]]) -> None:
         featurize = self.backend.featurize  # type: ignore[attr-defined]
@@ -562,7 +595,8 @@ def predict_paths(params: Params, paths: Sequence[str | Path], model_uri: str | 
     files = collect_inputs(paths, store)
     backend = backend or load_backend(params, model_uri)
     say = report or (lambda msg: print(msg, file=sys.stderr))
-    reader = WindowReader(backend.sample_rate, cfg.max_window_s, cfg.hop_s, params.audio.min_duration_s)
+    reader = WindowReader(backend.sample_rate, cfg.max_window_s, cfg.hop_s, params.audio.min_duration_s,
+                          SpeechCheck.from_audio_config(params.audio))
     results = [FilePrediction(path=f) for f in files]
     batcher = _Batcher(backend, results, cfg.batch_size, say)
     lookahead = max(cfg.batch_size, 2 * cfg.decode_workers)
@@ -587,7 +621,13 @@ def predict_paths(params: Params, paths: Sequence[str | Path], model_uri: str | 
                 except Exception as e:  # a window that cannot be read fails its file only
                     fail(res, _reason(e), say)
                     break
+                if isinstance(wave, str):  # too little speech in this window: not scored
+                    res.no_speech = res.no_speech or wave
+                    continue
+                res.speech_windows += 1
                 batcher.add(i, wave)
+            if res.speech_windows:
+                res.no_speech = None  # some window had speech: the file is scored on those windows
         batcher.finish()
     return PredictResult(backend.uri, list(backend.classes), results)
 
@@ -597,7 +637,7 @@ def render(result: PredictResult, fmt: str) -> str:
         raise ValueError(f"--format: {fmt!r} is not one of {FORMATS}")
     if fmt == "csv":
         return result.to_csv()
-    return json.dumps(result.to_json(), indent=2) + "\n"
+    return json.dumps(result.to_json(), indent=2, allow_nan=False) + "\n"  # never NaN: not JSON
 
 
 def write_result(result: PredictResult, out: str | Path | None, fmt: str) -> None:

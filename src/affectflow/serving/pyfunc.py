@@ -22,8 +22,11 @@ Input: a DataFrame with, per row, exactly one of
 Every row is held to the audio rules of ingest (`affectflow.audio`: decodable, not empty, not
 truncated, finite samples, a positive sample rate, at least the model's audio.min_duration_s), and a
 request to `max_rows` rows and `max_audio_s` seconds of audio in all. Files are mixed to mono and
-resampled to the model's rate as in training (`affectflow.audio`). Output: one probability column
-per class, in model order, plus `label` (argmax). The affectflow package travels with the model
+resampled to the model's rate as in training (`affectflow.audio`); a clip longer than
+`max_window_s` is scored in windows like `affectflow predict` scores a file (`score_windows`). Output: one probability column
+per class, in model order, plus `label` (argmax) and `status`: `ok`, or `no_speech` for a row with
+less than the model's `audio.min_speech_s` of speech (`affectflow.speech`), whose class columns and
+label are null: silence, noise or music never get an emotion. The affectflow package travels with the model
 (`code_paths`).
 
 Errors: input that breaks a rule is the client's (`PyfuncInputError`: an MlflowException with
@@ -58,6 +61,7 @@ from mlflow.pyfunc import PythonModel
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from affectflow import audio
+from affectflow.speech import SpeechCheck
 
 log = logging.getLogger(__name__)
 
@@ -69,6 +73,9 @@ EXAMPLE_SECONDS = 0.5
 SOURCE_COLUMNS = ("path", "audio", "audio_b64")
 """The input columns that carry a row's audio; a row sets exactly one of them."""
 SIGNATURE_COLUMNS = ("path", "audio", "sample_rate", "audio_b64")
+STATUS_OK = "ok"
+STATUS_NO_SPEECH = "no_speech"
+"""`status` of a row with less than the model's audio.min_speech_s of speech: no class, no label."""
 MAX_SAMPLE_RATE = 768_000
 """Highest `sample_rate` taken for an `audio` row (Hz); more is a unit mistake, not audio."""
 
@@ -84,6 +91,18 @@ class ServingConfig(BaseModel):
     """Rows per request."""
     max_audio_s: float = Field(600.0, gt=0)
     """Seconds of audio per request, all rows together (measured before decoding)."""
+    max_window_s: float | None = Field(None, gt=0)
+    """A clip longer than this is scored in windows, probabilities averaged over the windows with
+    speech, as `affectflow predict` does; None: params' `predict.max_window_s` default."""
+    hop_s: float | None = Field(None, gt=0)
+    """Step between windows; None: `predict.hop_s`'s default."""
+
+    def windows(self) -> tuple[float, float]:
+        """(window, hop) in seconds: these settings, else `affectflow predict`'s defaults (one home)."""
+        from affectflow.config import PredictConfig
+
+        defaults = PredictConfig()
+        return (self.max_window_s or defaults.max_window_s, self.hop_s or defaults.hop_s)
 
     @classmethod
     def from_model_config(cls, config: dict[str, Any] | None) -> ServingConfig:
@@ -114,6 +133,7 @@ class AffectflowPyfunc(PythonModel):
         self.featurizer = Featurizer(self.rec.meta)
         self.config = ServingConfig.from_model_config(getattr(context, "model_config", None))
         self.min_duration_s = float(self.rec.meta.audio.get("min_duration_s", 0.0))
+        self.speech = SpeechCheck.from_audio_config(self.rec.meta.audio)
 
     # No annotations on purpose: MLflow turns predict() type hints into an input schema of its own.
     def predict(self, context, model_input, params=None):
@@ -122,8 +142,12 @@ class AffectflowPyfunc(PythonModel):
                                  min_duration_s=getattr(self, "min_duration_s", 0.0))
         except ValueError as e:  # AudioError included: the client's input
             raise PyfuncInputError(str(e)) from None
+        from affectflow.serving.recognizer import NonFiniteFeatures
+
         try:
             return self._score(groups)
+        except NonFiniteFeatures as e:  # name the request row, as for any other bad row
+            raise PyfuncInputError(f"pyfunc input row {e.item}: {e}") from None
         except Exception as e:
             log.exception("affectflow pyfunc: scoring a request failed")
             raise MlflowException(f"affectflow pyfunc: internal error while scoring the request "
@@ -131,17 +155,66 @@ class AffectflowPyfunc(PythonModel):
                                   error_code=INTERNAL_ERROR) from e
 
     def _score(self, groups: list[tuple[list[int], list[np.ndarray], int]]) -> pd.DataFrame:
-        from affectflow.serving.recognizer import predict_audio_groups
-
         classes = self.rec.classes
-        probs = np.zeros((sum(len(ix) for ix, _, _ in groups), len(classes)), np.float32)
-        # every row of the request is one set (deploy_normalization: set), whatever its sample rate
-        scored = predict_audio_groups(self.rec, [(waves, rate) for _, waves, rate in groups], self.featurizer)
-        for (idx, _, _), p in zip(groups, scored, strict=True):
-            probs[idx] = p
-        out = pd.DataFrame(probs.astype(np.float64), columns=classes)
-        out["label"] = [classes[i] for i in probs.argmax(axis=1)] if len(out) else []
-        return out
+        n = sum(len(ix) for ix, _, _ in groups)
+        config = getattr(self, "config", ServingConfig())
+        probs, scored = score_windows(self.rec, self.featurizer, groups, getattr(self, "speech", SpeechCheck.off()),
+                                      *config.windows())
+        return output_frame(probs.reshape(n, len(classes)), classes, scored)
+
+
+def score_windows(rec: Any, featurizer: Any, groups: list[tuple[list[int], list[np.ndarray], int]],
+                  check: SpeechCheck, max_window_s: float, hop_s: float) -> tuple[np.ndarray, list[int]]:
+    """(n rows, classes) probabilities and the rows that were scored, the way `affectflow predict`
+    scores files: a clip longer than `max_window_s` is cut into windows `hop_s` apart (the last one
+    ending at the clip's end, `audio.window_spans`), windows without `check`'s minimum of
+    speech are left out, and a row's probabilities are the mean over its windows with speech. A row
+    with none is not scored (no speech). Every window of the request is one set
+    (deploy_normalization: set), whatever its sample rate. So the CLI and the servers agree on
+    long clips."""
+    from affectflow.serving.recognizer import NonFiniteFeatures, predict_audio_groups
+
+    n = sum(len(ix) for ix, _, _ in groups)
+    owner: list[list[int]] = []  # per group: the request row of each window
+    windows: list[tuple[list[np.ndarray], int]] = []
+    for idx, waves, rate in groups:
+        rows, cut = [], []
+        for i, wave in zip(idx, waves, strict=True):
+            spans = audio.window_spans(len(wave), max(1, round(max_window_s * rate)), max(1, round(hop_s * rate)))
+            for a, b in spans:
+                if check.reason(wave[a:b], rate) is None:
+                    rows.append(i)
+                    cut.append(wave[a:b])
+        owner.append(rows)
+        windows.append((cut, rate))
+    kept = [(rows, w) for rows, w in zip(owner, windows, strict=True) if rows]
+    total = np.zeros((n, len(rec.classes)), np.float64)
+    seen = np.zeros(n, np.int64)
+    if kept:
+        try:
+            scored = predict_audio_groups(rec, [w for _, w in kept], featurizer)
+        except NonFiniteFeatures as e:  # name the request row, not the window
+            raise NonFiniteFeatures(0, kept[e.group][0][e.item], 0, rec.feature).with_text(str(e)) from None
+        for (rows, _), p in zip(kept, scored, strict=True):
+            np.add.at(total, rows, p)
+            np.add.at(seen, rows, 1)
+    ok = seen > 0
+    total[ok] /= seen[ok, None]
+    return total.astype(np.float32), [int(i) for i in np.flatnonzero(ok)]
+
+
+def output_frame(probs: np.ndarray, classes: list[str], scored: list[int]) -> pd.DataFrame:
+    """One row per input row: the class columns, `label` and `status` (`ok`, or `no_speech`: the
+    row has too little speech; its class columns and label are null, never an emotion)."""
+    ok = np.zeros(len(probs), bool)
+    ok[scored] = True
+    out = pd.DataFrame(probs.astype(np.float64), columns=classes)
+    out["label"] = [classes[i] for i in probs.argmax(axis=1)] if len(out) else []
+    if not ok.all():
+        out = out.astype(object)  # null (JSON null), not NaN, for the rows without speech
+        out.loc[~ok, [*classes, "label"]] = None
+    out["status"] = np.where(ok, STATUS_OK, STATUS_NO_SPEECH) if len(out) else []
+    return out
 
 
 def _frame(model_input: Any) -> pd.DataFrame:
@@ -205,6 +278,7 @@ def parse_input(model_input: Any, config: ServingConfig | None = None,
             raise ValueError(f"pyfunc input row {i}: the request carries more than {cfg.max_audio_s:g} s of audio; "
                              "this model takes at most that per request (model_config max_audio_s)")
         audio.check_duration(f"pyfunc input row {i}, column '{column}'", duration, min_duration_s)
+        audio.check_rate(f"pyfunc input row {i}, column 'sample_rate'", native)  # before any resampling
         ix, waves = groups.setdefault(native, ([], []))
         ix.append(int(i))
         waves.append(wave)
@@ -300,7 +374,8 @@ def signature(classes: list[str]) -> Any:
         ColSpec(DataType.long, "sample_rate", required=False),
         ColSpec(DataType.string, "audio_b64", required=False),
     ])
-    outputs = Schema([*(ColSpec(DataType.double, c) for c in classes), ColSpec(DataType.string, "label")])
+    outputs = Schema([*(ColSpec(DataType.double, c, required=False) for c in classes),
+                      ColSpec(DataType.string, "label", required=False), ColSpec(DataType.string, "status")])
     return ModelSignature(inputs=inputs, outputs=outputs)
 
 
@@ -317,7 +392,7 @@ def requirements(feature: str) -> list[str]:
     import torch
 
     reqs = [f"torch=={torch.__version__.split('+')[0]}", "numpy", "pandas", "pydantic>=2.5", "pyyaml",
-            "soundfile", "soxr", f"mlflow=={__import__('mlflow').__version__}"]
+            "soundfile", "soxr", "silero-vad>=6,<7", f"mlflow=={__import__('mlflow').__version__}"]
     if feature == "ssl":
         return [*reqs, f"transformers=={__import__('transformers').__version__}"]
     return [*reqs, "opensmile"] if feature in ("egemaps", "egemaps_lld", "compare") else reqs

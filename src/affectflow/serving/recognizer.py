@@ -206,6 +206,20 @@ def load_audio(items: Sequence[str | Path | np.ndarray], sample_rate: int,
     return out
 
 
+class NonFiniteFeatures(ValueError):
+    """Features of one clip came out NaN or infinite: refused, never scored into a NaN answer.
+    `group` / `item` locate the clip among `predict_audio_groups`'s groups (callers name the row)."""
+
+    def __init__(self, group: int, item: int, count: int, kind: str):
+        self.group, self.item = group, item
+        super().__init__(f"{count} of its {kind} features are NaN or infinite; the clip cannot be scored")
+
+    def with_text(self, text: str) -> NonFiniteFeatures:
+        """The same error located elsewhere (a request row instead of a window), with `text`."""
+        self.args = (text,)
+        return self
+
+
 def predict_audio(rec: Recognizer, items: Sequence[str | Path | np.ndarray], input_rate: int | None = None,
                   featurizer: Featurizer | None = None, batch_size: int = 32) -> np.ndarray:
     """(n, C) class probabilities for audio files or waveforms."""
@@ -219,6 +233,10 @@ def predict_audio_groups(rec: Recognizer, groups: Sequence[tuple[Sequence[str | 
     set statistics (`deploy_normalization: set`) cover every group."""
     feats = featurizer or Featurizer(rec.meta)
     arrays = [feats(load_audio(items, feats.sample_rate, rate)) for items, rate in groups]
+    for g, group in enumerate(arrays):
+        for k, a in enumerate(group):
+            if not np.isfinite(a).all():
+                raise NonFiniteFeatures(g, k, int(np.size(a) - np.isfinite(a).sum()), rec.feature)
     probs = predict_features(rec, [a for g in arrays for a in g], batch_size)
     bounds = np.cumsum([0, *(len(g) for g in arrays)])
     return [probs[a:b] for a, b in itertools.pairwise(bounds)]

@@ -117,6 +117,11 @@ def predict_rows(rec: Recognizer, rows: pd.DataFrame, fs: FeatureSet, classes: S
     """Predictions for manifest rows over `classes` (the evaluation class set, in the model's order);
     rows whose label is outside it are dropped by the caller."""
     probs = predict_features(rec, fs.load(rec.feature, rows["utt_id"].tolist()), corpora=rows["corpus"].astype(str).tolist())
+    bad = ~np.isfinite(probs).all(axis=1)
+    if bad.any():  # argmax of NaN is class 0: a chance-level score reported as a result
+        ids = rows["utt_id"].to_numpy()[bad]
+        raise EvaluationError(f"{int(bad.sum())} of {len(rows)} clips get NaN or infinite model outputs (non-finite "
+                              f"features or weights), e.g. {', '.join(map(str, ids[:3]))}; nothing is scored")
     cols = [rec.classes.index(c) for c in classes]
     sub = probs[:, cols]
     sub = sub / np.maximum(sub.sum(axis=1, keepdims=True), np.finfo(np.float32).tiny)

@@ -4,7 +4,8 @@ Every clip is probed once (header, content hash, full decode so truncated files 
 Corpora on S3 (`s3://` roots) are mirrored into this pod's cache to be listed and probed, but the
 manifest names each clip by its `s3://` URI, which any later task (another pod, a fresh filesystem)
 resolves through the storage layer (`affectflow.audio.read_source`); local corpora keep absolute paths.
-Bad audio either stops the run with an error naming the file (`on_bad_audio: fail`) or goes to a
+Bad audio (including a clip without `audio.min_speech_s` of speech, `affectflow.speech`) either stops
+the run with an error naming the file (`on_bad_audio: fail`) or goes to a
 quarantine list while everything else is processed (`skip`); so does a clash of utterance ids
 that keeping the file suffix does not resolve (`unique_ids`). Byte-identical clips are counted in
 the summary (`duplicate_audio`) and logged as a warning; the validate stage judges them. Outputs are
@@ -33,6 +34,7 @@ from affectflow.contracts.workdir import MANIFEST_FILE
 from affectflow.corpora import get_adapter
 from affectflow.corpora.demo import is_synthetic
 from affectflow.runtime.progress import progress
+from affectflow.speech import SpeechCheck
 from affectflow.stages.spec import Inputs
 from affectflow.storage import atomic_path, atomic_write_json
 
@@ -53,17 +55,23 @@ class IngestResult:
         return self.manifest.parent
 
 
-def probe(path: str, min_duration_s: float = 0.0) -> dict[str, Any]:
+def probe(path: str, min_duration_s: float = 0.0, speech_check: SpeechCheck | None = None) -> dict[str, Any]:
     """Header facts + content hash + a full decode; raises AudioError on anything unusable (the
-    rules and texts of `affectflow.audio`, which `affectflow predict` applies too)."""
+    rules and texts of `affectflow.audio`, which `affectflow predict` applies too), and on a clip
+    without `speech_check`'s minimum of speech (streamed with the decode, not a second read)."""
     inf = audio.check_header(path)
+    counter = speech_check.counter(inf.sample_rate) if speech_check is not None and speech_check.enabled else None
     try:
         with sf.SoundFile(path) as f:
             n = 0
             for block in f.blocks(blocksize=1 << 16, dtype="float32", always_2d=True):
                 if not np.isfinite(block).all():
                     raise audio.AudioError(path, audio.NOT_FINITE)
+                if (why := audio.range_problem(block)) not in (None, "int16"):  # int16 as floats: rescaled on load
+                    raise audio.AudioError(path, why)
                 n += len(block)
+                if counter is not None:
+                    counter.feed(audio.to_mono(block))
     except audio.AudioError:
         raise
     except Exception as e:
@@ -71,14 +79,16 @@ def probe(path: str, min_duration_s: float = 0.0) -> dict[str, Any]:
     audio.check_decoded(path, n, inf.frames)
     duration = n / inf.sample_rate
     audio.check_duration(path, duration, min_duration_s)
+    if counter is not None and speech_check is not None and (why := speech_check.reason_for(counter.finish())):
+        raise audio.AudioError(path, why)
     return {"duration": duration, "sample_rate": inf.sample_rate, "channels": inf.channels,
             "sha256": audio.file_hash(path)}
 
 
-def _probe_safe(args: tuple[str, float]) -> tuple[str, dict[str, Any] | None, str | None]:
-    path, min_dur = args
+def _probe_safe(args: tuple[str, float, SpeechCheck | None]) -> tuple[str, dict[str, Any] | None, str | None]:
+    path, min_dur, speech_check = args
     try:
-        return path, probe(path, min_dur), None
+        return path, probe(path, min_dur, speech_check), None
     except audio.AudioError as e:
         return path, None, e.reason
 
@@ -232,7 +242,10 @@ def ingest(params: Params, out_dir: str | Path | None = None) -> IngestResult:
     facts = pd.DataFrame([probed[p] for p in kept["path"]])
     kept = apply_splits(pd.concat([kept, facts], axis=1), params.splits)[COLUMNS]
     summary = summarize(kept, dropped, len(held), synthetic_corpora(df[df["path"].isin(probed)], LOCAL_PATH))
+    summary["quarantine_reasons"] = quarantine_reasons(held)
     if held:
+        log.warning("ingest: %d clips quarantined (%s); see %s", len(held),
+                    ", ".join(f"{why}: {k}" for why, k in summary["quarantine_reasons"].items()), quarantine)
         _write_quarantine(quarantine, held)
     else:
         quarantine.unlink(missing_ok=True)
@@ -246,6 +259,13 @@ def ingest(params: Params, out_dir: str | Path | None = None) -> IngestResult:
     return IngestResult(manifest=out / MANIFEST_FILE, summary=summary)
 
 
+def quarantine_reasons(held: list[dict[str, str]]) -> dict[str, int]:
+    """Quarantined clips per kind of reason (the reason's text before its first ':' or '('), so a
+    skip of silent or broken clips is said in the summary, not only in quarantine.csv."""
+    kinds = Counter(r["reason"].split(":")[0].split(" (")[0].strip() for r in held)
+    return dict(sorted(kinds.items()))
+
+
 def probe_all(paths: list[str], params: Params, names: dict[str, str] | None = None,
               ) -> tuple[dict[str, dict[str, Any]], list[tuple[str, str]]]:
     """Probe every file (in worker processes); returns facts per good path and (path, reason) per bad one.
@@ -253,7 +273,10 @@ def probe_all(paths: list[str], params: Params, names: dict[str, str] | None = N
     With `on_bad_audio: fail` the first bad file raises IngestError (naming it as `names` maps it: the
     clip's s3:// URI rather than this pod's mirror) and the queued probes are cancelled.
     """
-    jobs = [(p, params.audio.min_duration_s) for p in paths]
+    # Generated corpora (the demo's marker file) are declared not to be speech: the speech check
+    # judges recordings, so their clips skip it (the summary lists them as synthetic_corpora).
+    check = SpeechCheck.from_audio_config(params.audio)
+    jobs = [(p, params.audio.min_duration_s, None if is_synthetic(p) else check) for p in paths]
     probed: dict[str, dict[str, Any]] = {}
     bad: list[tuple[str, str]] = []
     workers = params.ingest.workers

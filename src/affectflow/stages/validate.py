@@ -262,7 +262,9 @@ def class_counts(df: pd.DataFrame, classes: Sequence[str]) -> pd.DataFrame:
     """
     src = df[df["role"] == "source"]
     present = set(src["split"].dropna())
-    splits = [s for s in SPLITS if s in present]
+    # train is always counted: a manifest that leaves it empty (one speaker, who lands in the test
+    # fold) shows 0 per class there and fails, instead of passing with nothing to train on
+    splits = [s for s in SPLITS if s in present or s == "train"]
     n = src.groupby(["split", "emotion"]).size()
     rows = [{"cell": f"{s}/{c}", "split": s, "emotion": c, "count": int(n.get((s, c), 0))}
             for s in splits for c in classes]

@@ -7,6 +7,7 @@ once the content is complete (os.replace is atomic on POSIX within one filesyste
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import shutil
@@ -41,10 +42,12 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     matplotlib) behave as for the final name.
     """
     target = Path(path)
-    tmp = _tmp_sibling(target, target.suffix)
+    with _naming_full_disks(target):
+        tmp = _tmp_sibling(target, target.suffix)
     try:
-        yield tmp
-        os.replace(tmp, target)
+        with _naming_full_disks(target):
+            yield tmp
+            os.replace(tmp, target)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
@@ -54,11 +57,13 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
 def atomic_dir(path: str | Path) -> Iterator[Path]:
     """Yield a temporary directory that replaces `path` as a whole on success."""
     target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
+    with _naming_full_disks(target):
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
     os.chmod(tmp, 0o777 & ~current_umask())  # mkdtemp makes 0700; a folder from mkdir follows the umask
     try:
-        yield tmp
+        with _naming_full_disks(target):
+            yield tmp
         if target.exists():
             old = target.with_name(f".{target.name}.old.{os.getpid()}")
             os.replace(target, old)
@@ -69,6 +74,30 @@ def atomic_dir(path: str | Path) -> Iterator[Path]:
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+class DiskFullError(OSError):
+    """No space (or quota) left while writing an output; the message names the output."""
+
+    def __str__(self) -> str:  # the message alone, without OSError's "[Errno 28]" prefix
+        return str(self.strerror)
+
+
+@contextlib.contextmanager
+def _naming_full_disks(target: Path) -> Iterator[None]:
+    """ENOSPC / EDQUOT while writing `target` become one error naming it (errno 28 alone names
+    no file), and the free space of its filesystem."""
+    try:
+        yield
+    except OSError as e:
+        if e.errno not in (errno.ENOSPC, errno.EDQUOT) or isinstance(e, DiskFullError):
+            raise
+        try:
+            free = f"; {shutil.disk_usage(target.parent).free / 2**20:.0f} MiB free there"
+        except OSError:
+            free = ""
+        raise DiskFullError(e.errno, f"{target}: no space left on the device while writing it ({e.strerror}){free}; "
+                                     "nothing was written under this name") from None
 
 
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:

@@ -28,6 +28,7 @@ import torch
 from torch import nn
 
 from affectflow.config import TrainConfig
+from affectflow.contracts.model_folder import load_state_file
 from affectflow.metrics import confusion, uar_cm, wa_cm
 from affectflow.models import build_model
 from affectflow.models.data import NormStats, augment, collate, normalize, random_crop
@@ -338,7 +339,7 @@ def _resume(cfg: WorkerConfig, local: bool) -> dict[str, Any] | None:
     if ckpt is None:
         return None
     with ckpt.as_directory() as d:
-        return torch.load(Path(d) / STATE_FILE, map_location="cpu", weights_only=True)
+        return load_state_file(Path(d) / STATE_FILE)  # a truncated checkpoint's error names the file
 
 
 @dataclass
