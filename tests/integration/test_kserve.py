@@ -93,7 +93,8 @@ def test_predictor_answers_v2_requests_refuses_bad_input_and_follows_the_champio
     assert meta["name"] == MODEL
     assert meta["inputs"] == [{"name": "audio", "datatype": "BYTES", "shape": [-1]}]
     assert meta["outputs"] == [{"name": "probabilities", "datatype": "FP32", "shape": [-1, len(classes)]},
-                               {"name": "label", "datatype": "BYTES", "shape": [-1]}]
+                               {"name": "label", "datatype": "BYTES", "shape": [-1]},
+                               {"name": "status", "datatype": "BYTES", "shape": [-1]}]
     paths = read_manifest(predictor["manifest"]).query("split == 'test'")["path"].head(3).tolist()
 
     # The README's request, as printed there: no "id" (optional in the protocol).
@@ -102,7 +103,7 @@ def test_predictor_answers_v2_requests_refuses_bad_input_and_follows_the_champio
     status, body = _infer(url, readme)
     assert status == 200, body
     assert body["id"] and body["model_name"] == MODEL
-    assert {o["name"] for o in body["outputs"]} == {"probabilities", "label"}
+    assert {o["name"] for o in body["outputs"]} == {"probabilities", "label", "status"}
 
     status, body = _infer(url, _audio_request(paths))
     assert status == 200, body
