@@ -100,12 +100,31 @@ def read_lock(path: Path = LOCK) -> dict[str, str]:
     return pins
 
 
+def mismatches(pins: dict[str, str]) -> dict[str, tuple[str, str | None]]:
+    """name -> (pinned, installed) for every pin this environment does not have. Run it in a fresh
+    interpreter: importing ray puts its vendored copies (psutil, ...) first on sys.path."""
+    out: dict[str, tuple[str, str | None]] = {}
+    for name, version in pins.items():
+        try:
+            have: str | None = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            have = None
+        if have != version:
+            out[name] = (version, have)
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--check", action="store_true", help="compare with the file instead of writing it")
     args = ap.parse_args(argv)
     text = render(resolve(root_requirements()))
     if args.check:
+        wrong = mismatches(read_lock(LOCK)) if LOCK.is_file() else {}
+        if wrong:
+            print(f"installed versions differ from {LOCK.relative_to(REPO)} (pinned, installed): {wrong}; "
+                  "run `make setup` (or `make lock` after changing the environment on purpose)", file=sys.stderr)
+            return 1
         if LOCK.is_file() and LOCK.read_text() == text:
             print(f"{LOCK.relative_to(REPO)} is current")
             return 0
