@@ -124,7 +124,8 @@ def rehearse(repo: Path, out: Path, *, params_path: Path, overrides: Sequence[st
     t_start = time.monotonic()
     out.mkdir(parents=True, exist_ok=True)
     report = Report(started=datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-                    command="affectflow pipeline rehearse " + " ".join(f"--set {o}" for o in overrides),
+                    command=" ".join(["affectflow pipeline rehearse", *(f"--set {o}" for o in overrides),
+                                      f"--corpus {corpus} --speakers {speakers}"]),
                     image={})
     echo(f"[1/4] image root from containers/Dockerfile.cpu (layers cached in {cache_root()})")
     image = Builder(repo / "containers" / "Dockerfile.cpu", repo, build_args=BUILD_ARGS, log=out / "image-build.log",
