@@ -443,7 +443,7 @@ def test_pipeline_in_the_release_namespace() -> None:
 def test_notes_name_the_pipeline_side() -> None:
     notes = render_raw({"serving": {"enabled": True}})["affectflow/templates/NOTES.txt"]
     assert "params.yaml's pipeline.namespace must be kubeflow" in notes
-    assert "ray://affectflow-ray-head-svc.ml.svc.cluster.local:10001" in notes
+    assert "http://affectflow-ray-head-svc.ml.svc.cluster.local:8265" in notes
     assert "models:/affectflow-ser@champion" in notes and "generated" in notes
 
 
@@ -840,6 +840,96 @@ def test_mlflow_flags_exist_in_the_installed_mlflow(rendered: dict) -> None:
     assert "MLFLOW_BACKEND_STORE_URI" in (CHART / "files" / "with_backend_uri.py").read_text()
 
 
+# --------------------------------------------------------------------------- MLflow authentication
+AUTH_ON = {"mlflow": {"auth": {"enabled": True}}}
+
+
+def test_mlflow_behind_basic_auth_with_the_clients_credentials_wired() -> None:
+    """mlflow.auth.enabled: the server runs MLflow's basic-auth app; the admin's credentials are generated
+    once by the hook and reach the pipeline (its MLflow Secret in the Kubeflow namespace), the predictor
+    and the Ray pods; every manifest still validates and every secretKeyRef is provided."""
+    docs = render({**AUTH_ON, "serving": {"enabled": True}})
+    server = one(docs, "Deployment", "mlflow")["spec"]["template"]["spec"]["containers"][0]
+    assert "--app-name=basic-auth" in server["args"]
+    assert server["command"][3:5] == ["python", "-c"] and "mlflow_auth.py" in server["command"][5]
+    assert server["command"][6:] == ["mlflow", "server"]
+    env = env_of(server)
+    assert env["MLFLOW_AUTH_ADMIN_PASSWORD"]["valueFrom"]["secretKeyRef"] == {"name": "affectflow-mlflow-auth",
+                                                                             "key": "password"}
+    assert env["AUTH_DEFAULT_PERMISSION"]["value"] == "NO_PERMISSIONS"
+    plan = hook_plan(docs)
+    gen = {g["name"]: g for g in plan["generate"]}["affectflow-mlflow-auth"]
+    assert set(gen["random"]) == {"password"} and gen["static"] == {"username": "affectflow-admin"}
+    kfns = load_params(None).pipeline.namespace
+    copy_ = {c["to"]["name"]: c for c in plan["copy"]}[load_params(None).pipeline.mlflow_secret]
+    assert copy_["to"]["namespace"] == kfns and copy_["from"]["name"] == "affectflow-mlflow-auth"
+    assert copy_["keys"] == {"MLFLOW_TRACKING_USERNAME": "username", "MLFLOW_TRACKING_PASSWORD": "password"}
+    assert copy_["static"] == {"MLFLOW_TRACKING_URI": "http://affectflow-mlflow.ml.svc.cluster.local:5000"}
+    assert not [d for d in docs if d["kind"] == "Secret" and d["metadata"]["name"] == "affectflow-mlflow"]
+    # the pipeline's tasks mount exactly these keys (train_pipeline.MLFLOW_AUTH_KEYS)
+    from pipelines.train_pipeline import MLFLOW_AUTH_KEYS
+
+    assert set(MLFLOW_AUTH_KEYS.values()) <= set(copy_["keys"])
+    clients = [one(docs, "InferenceService")["spec"]["predictor"]["containers"][0],
+               *(c for spec in pod_specs(one(docs, "RayCluster")) for c in spec["containers"])]
+    for c in clients:
+        assert env_of(c)["MLFLOW_TRACKING_PASSWORD"]["valueFrom"]["secretKeyRef"]["name"] == "affectflow-mlflow-auth"
+    secrets, refs = _secrets(docs), _secret_refs(docs)
+    for ns, secret, key in refs:
+        assert key in secrets.get((ns, secret), set()), f"secretKeyRef {ns}/{secret}:{key} is provided by nobody"
+    for doc in docs:
+        if doc["kind"] in CRD_SCHEMAS:
+            check_custom_resource(doc)
+        else:
+            kubernetes_validate.validate(doc, KUBE_VERSION, strict=True)
+
+
+def test_mlflow_auth_from_values_and_from_an_existing_secret() -> None:
+    docs = render({"mlflow": {"auth": {"enabled": True, "username": "ml", "password": "s3cret"}}})
+    (pipeline,) = [d for d in docs if d["kind"] == "Secret" and d["metadata"]["name"] == "affectflow-mlflow"]
+    assert namespace_of(pipeline) == load_params(None).pipeline.namespace
+    assert pipeline["stringData"]["MLFLOW_TRACKING_USERNAME"] == "ml"
+    assert pipeline["stringData"]["MLFLOW_TRACKING_PASSWORD"] == "s3cret"
+    assert one(docs, "Secret", "affectflow-mlflow-auth")["stringData"] == {"username": "ml", "password": "s3cret"}
+    docs = render({"mlflow": {"auth": {"enabled": True, "existingSecret": "team-mlflow"}}})
+    (copy_,) = [c for c in hook_plan(docs)["copy"] if c["to"]["name"] == "affectflow-mlflow"]
+    assert copy_["from"]["name"] == "team-mlflow"
+    assert not [g for g in hook_plan(docs)["generate"] if g["name"] in ("team-mlflow", "affectflow-mlflow-auth")]
+    off = render({})
+    assert "--app-name=basic-auth" not in one(off, "Deployment", "mlflow")["spec"]["template"]["spec"]["containers"][0]["args"]
+
+
+def test_mlflow_auth_script_writes_the_config_and_keeps_secrets_off_the_command_line(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import configparser
+
+    server = one(render(AUTH_ON), "Deployment", "mlflow")["spec"]["template"]["spec"]["containers"][0]
+    script = server["command"][5]
+    probe = ("import json, os, sys; print(json.dumps({'config': os.environ['MLFLOW_AUTH_CONFIG_PATH'], "
+             "'flask': os.environ['MLFLOW_FLASK_SERVER_SECRET_KEY'], 'cmdline': open('/proc/self/cmdline').read()}))")
+    env = {"PATH": "/usr/bin:/bin", "TMPDIR": str(tmp_path), "MLFLOW_BACKEND_STORE_URI": "postgresql+psycopg2://u:pw@db/m",
+           "MLFLOW_AUTH_ADMIN_USERNAME": "affectflow-admin", "MLFLOW_AUTH_ADMIN_PASSWORD": "adm1n-pw",
+           "AUTH_DEFAULT_PERMISSION": "READ"}
+    res = subprocess.run([sys.executable, "-c", script, sys.executable, "-c", probe], env=env, capture_output=True,
+                         text=True, timeout=60)
+    assert res.returncode == 0, res.stderr
+    out = json.loads(res.stdout)
+    cfg = configparser.ConfigParser(interpolation=None)
+    cfg.read(out["config"])
+    assert cfg["mlflow"]["database_uri"] == env["MLFLOW_BACKEND_STORE_URI"]
+    assert cfg["mlflow"]["default_permission"] == "READ"
+    assert "adm1n-pw" not in Path(out["config"]).read_text() and "adm1n-pw" not in out["cmdline"]
+    assert Path(out["config"]).stat().st_mode & 0o077 == 0 and len(out["flask"]) == 64
+    res = subprocess.run([sys.executable, "-c", script, "true"], env={**env, "MLFLOW_AUTH_ADMIN_PASSWORD": ""},
+                         capture_output=True, text=True, timeout=60)
+    assert res.returncode != 0 and "MLFLOW_AUTH_ADMIN_PASSWORD is empty" in res.stderr
+    # the installed MLflow reads what the script writes
+    from mlflow.server.auth.config import read_auth_config
+
+    monkeypatch.setenv("MLFLOW_AUTH_CONFIG_PATH", out["config"])
+    assert read_auth_config().database_uri == env["MLFLOW_BACKEND_STORE_URI"]
+
+
 # --------------------------------------------------------------------------- pods: non-root, resources
 def _all_docs(rendered: dict) -> list[tuple[str, dict]]:
     return [(name, doc) for name, docs in rendered.items() for doc in docs]
@@ -1058,11 +1148,14 @@ def test_gpu_worker_group_default(rendered: dict) -> None:
 
 
 def test_pipeline_env_points_at_the_ray_head(rendered: dict) -> None:
-    """RAY_ADDRESS is the Ray client port of the head Service KubeRay creates (<cluster>-head-svc)."""
+    """RAY_ADDRESS is the dashboard (Jobs API) port of the head Service KubeRay creates (<cluster>-head-svc):
+    training is submitted as a Ray job, not through Ray Client."""
     docs = rendered["default"]
     ray = one(docs, "RayCluster")
     env = one(docs, "ConfigMap", "pipeline-env")["data"]
-    assert env["RAY_ADDRESS"] == f"ray://{ray['metadata']['name']}-head-svc.{NS}.svc.cluster.local:10001"
+    assert env["RAY_ADDRESS"] == f"http://{ray['metadata']['name']}-head-svc.{NS}.svc.cluster.local:8265"
+    head_ports = {p["containerPort"] for p in ray["spec"]["headGroupSpec"]["template"]["spec"]["containers"][0]["ports"]}
+    assert 8265 in head_ports
     assert env["AFFECTFLOW_RAY_STORAGE"] == "s3://affectflow/ray"
     head = ray["spec"]["headGroupSpec"]["template"]["spec"]["containers"][0]
     assert env_of(head)["AFFECTFLOW_RAY_STORAGE"]["value"] == env["AFFECTFLOW_RAY_STORAGE"]

@@ -508,3 +508,97 @@ def test_more_gpu_workers_than_visible_gpus_is_refused_before_ray_starts(monkeyp
         driver.fit(tc, object(), "run")  # type: ignore[arg-type]
     driver.check_gpus_for_workers(load_params(None, {"train.num_workers": 1}).train, gpu=True)
     driver.check_gpus_for_workers(tc, gpu=False)  # CPU workers: no GPU needed
+
+
+def test_training_on_a_ray_cluster_is_submitted_as_a_ray_job(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """RAY_ADDRESS=http://<head>:8265: the task submits `python -m affectflow.stages.train.ray_job <spec>`
+    through the Jobs API (not Ray Client), forwards its MLflow / S3 settings, streams the job's log and
+    returns the outcome the job wrote; a failed job is an error with its last log lines."""
+    import dataclasses
+    import shlex
+
+    from affectflow.config import load_params
+    from affectflow.stages.train import driver, ray_job
+    from affectflow.stages.train.plan import TrainingError
+
+    tc = load_params(None, {"train.num_workers": 2}).train
+    cfg = dataclasses.replace(_worker_config_stub(tmp_path), storage=str(tmp_path / "ray"), inputs="packed")
+    ran: list[tuple] = []
+
+    def fake_fit(tc_: object, cfg_: object, run_name: str) -> dict:
+        ran.append((tc_, cfg_, run_name))
+        return {"best_state": {"w": [1.0]}, "history": [], "best_epoch": 1}
+
+    class FakeJobs:
+        fail = False
+
+        def __init__(self, address: str) -> None:
+            self.address, self.status = address, "PENDING"
+
+        def submit_job(self, *, entrypoint: str, submission_id: str, runtime_env: dict) -> str:
+            self.entrypoint, self.env = entrypoint, runtime_env["env_vars"]
+            module, spec = shlex.split(entrypoint)[2:4]
+            assert module == ray_job.ENTRYPOINT_MODULE
+            if not FakeJobs.fail:
+                ray_job.run_spec(spec)  # what the job's driver does on the cluster
+            self.status = "FAILED" if FakeJobs.fail else "SUCCEEDED"
+            return submission_id
+
+        def get_job_status(self, job_id: str) -> str:
+            return self.status
+
+        def get_job_logs(self, job_id: str) -> str:
+            return "epoch 1 val_uar 0.5\n"
+
+        def get_job_info(self, job_id: str) -> object:
+            return type("Info", (), {"message": "worker group could not be scheduled"})()
+
+    monkeypatch.setattr(driver, "fit", fake_fit)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://mlflow:5000")
+    clients: list[FakeJobs] = []
+    outcome = ray_job.submit(tc, cfg, "run-1", "http://head:8265",
+                             client_factory=lambda a: clients.append(FakeJobs(a)) or clients[-1], poll_s=0)
+    assert outcome["best_epoch"] == 1 and ran[0][2] == "run-1" and ran[0][1] == cfg
+    assert clients[0].address == "http://head:8265"
+    assert clients[0].env["MLFLOW_TRACKING_URI"] == "http://mlflow:5000"
+    assert ray_job.uses_jobs_api("http://head:8265") and not ray_job.uses_jobs_api("ray://head:10001")
+    FakeJobs.fail = True
+    with pytest.raises(TrainingError, match=r"(?s)FAILED \(worker group could not be scheduled\).*epoch 1"):
+        ray_job.submit(tc, cfg, "run-2", "http://head:8265", client_factory=FakeJobs, poll_s=0)
+
+
+def _worker_config_stub(tmp_path: Path):
+    """A WorkerConfig with every field filled by a placeholder (the job only carries it)."""
+    import dataclasses
+    import typing
+
+    from affectflow.stages.train.plan import WorkerConfig
+
+    values = {}
+    hints = typing.get_type_hints(WorkerConfig)
+    for f in dataclasses.fields(WorkerConfig):
+        if f.default is not dataclasses.MISSING or f.default_factory is not dataclasses.MISSING:  # type: ignore[misc]
+            continue
+        t = hints[f.name]
+        values[f.name] = str(tmp_path / f.name) if t is str else (0 if t is int else (0.0 if t is float else None))
+    return WorkerConfig(**values)
+
+
+def test_fit_with_the_heads_dashboard_address_submits_a_job(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    import dataclasses
+
+    import ray
+
+    from affectflow.config import load_params
+    from affectflow.stages.train import driver
+
+    def no_ray(*a: object, **k: object) -> None:
+        raise AssertionError("no Ray Client / local Ray: the job runs the driver on the cluster")
+
+    monkeypatch.setattr(ray, "init", no_ray)
+    monkeypatch.setenv("RAY_ADDRESS", "http://affectflow-ray-head-svc.ml.svc.cluster.local:8265")
+    seen: dict = {}
+    monkeypatch.setattr(driver, "submit", lambda tc, cfg, name, address: seen.update(address=address) or {"x": 1})
+    cfg = dataclasses.replace(_worker_config_stub(tmp_path), storage=str(tmp_path / "ray"), inputs="packed")
+    assert driver.fit(load_params(None, {"train.num_workers": 2}).train, cfg, "run") == {"x": 1}
+    assert seen["address"].endswith(":8265")

@@ -206,6 +206,36 @@ in a command line).
 - {{ .Files.Get "files/with_backend_uri.py" | toJson }}
 {{- end -}}
 
+{{/* MLflow authentication: "off", "existing", "values" or "generated" (by the credentials hook). */}}
+{{- define "affectflow.mlflowAuth.source" -}}
+{{- $a := .Values.mlflow.auth -}}
+{{- if not $a.enabled -}}off
+{{- else if $a.existingSecret -}}existing
+{{- else if $a.password -}}values
+{{- else -}}generated
+{{- end -}}
+{{- end -}}
+
+{{- define "affectflow.mlflowAuth.secretName" -}}
+{{- default (printf "%s-mlflow-auth" (include "affectflow.fullname" .)) .Values.mlflow.auth.existingSecret -}}
+{{- end -}}
+
+{{/* env entries with the MLflow user of the release's clients (predictor, Ray pods); nothing when auth is off */}}
+{{- define "affectflow.mlflow.clientEnv" -}}
+{{- if ne (include "affectflow.mlflowAuth.source" .) "off" -}}
+- name: MLFLOW_TRACKING_USERNAME
+  valueFrom:
+    secretKeyRef:
+      name: {{ include "affectflow.mlflowAuth.secretName" . }}
+      key: {{ .Values.mlflow.auth.usernameKey }}
+- name: MLFLOW_TRACKING_PASSWORD
+  valueFrom:
+    secretKeyRef:
+      name: {{ include "affectflow.mlflowAuth.secretName" . }}
+      key: {{ .Values.mlflow.auth.passwordKey }}
+{{- end -}}
+{{- end -}}
+
 {{- define "affectflow.mlflow.url" -}}
 {{- printf "http://%s-mlflow.%s.svc.cluster.local:%d" (include "affectflow.fullname" .) .Release.Namespace (int .Values.mlflow.port) -}}
 {{- end -}}
@@ -215,10 +245,11 @@ in a command line).
 ray.io/cluster: {{ include "affectflow.fullname" . }}-ray
 {{- end -}}
 
-{{/* The Ray client address the pipeline's train task connects to (KubeRay's head service). */}}
+{{/* The Ray head's dashboard (Jobs API) the pipeline's train task submits its training job to (KubeRay's
+head service); not Ray Client, which Ray advises against for Ray Train. */}}
 {{- define "affectflow.ray.address" -}}
 {{- if .Values.ray.enabled -}}
-{{- printf "ray://%s-ray-head-svc.%s.svc.cluster.local:10001" (include "affectflow.fullname" .) .Release.Namespace -}}
+{{- printf "http://%s-ray-head-svc.%s.svc.cluster.local:8265" (include "affectflow.fullname" .) .Release.Namespace -}}
 {{- end -}}
 {{- end -}}
 

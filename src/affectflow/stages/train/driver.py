@@ -2,7 +2,8 @@
 
 `train.num_workers: 0` is Ray Train local mode (the loop runs in this process: laptop, CI);
 N >= 1 runs N workers with DDP, on the Ray cluster at RAY_ADDRESS (KubeRay: the chart's
-`ray://...:10001`; empty = unset) or on a local Ray started for the run. Checkpoints go to the
+`http://<head>:8265`, where this driver is submitted as a Ray job, `stages/train/ray_job.py`; a
+`ray://` address still works through Ray Client; empty = unset) or on a local Ray started for the run. Checkpoints go to the
 run's folder under the checkpoint root (`shared.checkpoint_root`, Ray's storage path), which the
 pipeline points at S3 so that every worker, and a retried task, sees them; on a Ray cluster the
 workers read the run's inputs from a pack on the same storage (`shared.stage_inputs`).
@@ -18,6 +19,7 @@ from typing import Any
 from affectflow.config import TrainConfig
 from affectflow.stages.train.loop import TrainingInterrupted, train_loop_per_worker
 from affectflow.stages.train.plan import TrainingError, WorkerConfig
+from affectflow.stages.train.ray_job import submit, uses_jobs_api
 from affectflow.stages.train.shared import RAY_ADDRESS_ENV, RAY_STORAGE_ENV, ray_address, stage_inputs
 
 __all__ = ["RAY_STORAGE_ENV", "fit", "use_gpu"]
@@ -108,8 +110,13 @@ def fit(tc: TrainConfig, cfg: WorkerConfig, run_name: str) -> dict[str, Any]:
     if ray_address() and tc.num_workers == 0:
         log.warning("RAY_ADDRESS=%s but train.num_workers is 0: training runs in this process, not on the "
                     "Ray cluster", ray_address())
-    if ray_address() and tc.num_workers > 0:
+    if ray_address() and tc.num_workers > 0 and cfg.inputs is None:
         cfg = stage_inputs(cfg, run_name)  # workers on other nodes cannot read this pod's folders
+    if tc.num_workers > 0 and uses_jobs_api(ray_address()):  # the driver runs on the cluster, as a Ray job
+        return submit(tc, cfg, run_name, ray_address())
+    if ray_address().startswith("ray://"):
+        log.warning("RAY_ADDRESS=%s is Ray Client, which Ray advises against for Ray Train: use the head's "
+                    "dashboard address (http://<head>:8265) to submit a Ray job", ray_address())
     if not ray_address():
         check_gpus_for_workers(tc, tc.num_workers > 0 and use_gpu(tc))  # before a local Ray starts
     started = _connect(tc)

@@ -44,7 +44,7 @@ RAY_STORAGE_ENV = "AFFECTFLOW_RAY_STORAGE"
 """Shared storage (s3://... or a mounted volume) of Ray Train runs and checkpoints: the chart's
 ConfigMap sets it in the train pod, on the Ray head and on the workers."""
 RAY_ADDRESS_ENV = "RAY_ADDRESS"
-"""The Ray cluster to submit to (the chart's `ray://<release>-ray-head-svc...:10001`); empty or
+"""The Ray cluster to submit to (the chart's `http://<release>-ray-head-svc...:8265`: a Ray job; a `ray://` address is Ray Client); empty or
 unset: Ray runs in this process / on this machine."""
 RUN_ID_FILE = "mlflow_run_id"
 STATE_FILE = "state.pt"
