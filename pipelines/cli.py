@@ -66,6 +66,8 @@ def _args(p: argparse.ArgumentParser) -> None:
     rh.add_argument("--corpus", choices=("generated", "shared"), default="generated",
                     help="what goes to S3: generated RAVDESS-layout audio, or speakers of ../shared/data/ravdess")
     rh.add_argument("--speakers", type=int, default=8, help="speakers in the corpus (default: 8)")
+    rh.add_argument("--target-corpus", choices=("emodb",), help="also upload this unlabelled target corpus "
+                    "(role: target, ../shared/data) so the DANN branch (--set pretrain.enabled=true) can run")
     rh.add_argument("--task-timeout", type=float, default=3600.0, help="seconds per task (default: 3600)")
 
     u = sub.add_parser("upload", help="upload the IR as a pipeline, or as a new version of it")
@@ -171,7 +173,7 @@ def _pipeline(params: Params, a: argparse.Namespace) -> int:
         repo = Path(__file__).resolve().parents[1]
         report = rehearse(repo, a.out, params_path=Path(getattr(a, "params", None) or "params.yaml"),
                           overrides=list(getattr(a, "overrides", None) or []), corpus=a.corpus,
-                          speakers=a.speakers, task_timeout_s=a.task_timeout)
+                          speakers=a.speakers, target=a.target_corpus, task_timeout_s=a.task_timeout)
         print(report.table())
         print(f"rehearsal {report.status} in {report.wall_s:.0f} s; report: {a.out / 'report.md'}")
         return 0 if report.status == "SUCCEEDED" else 1

@@ -104,6 +104,23 @@ def corpus_folder(kind: str, into: Path, speakers: int) -> Path:
     return into / "ravdess"
 
 
+def target_folder(kind: str, into: Path, speakers: int) -> Path:
+    """An unlabelled adaptation corpus for DANN (`pretrain`): the first EmoDB speakers of ../shared/data."""
+    if kind != "emodb":
+        raise PipelineError(f"target corpus {kind!r}: only emodb (from ../shared/data) is supported")
+    shared = Path("../shared/data/emodb")
+    files = sorted(shared.rglob("*.wav"))
+    keep = sorted({f.name[:2] for f in files})[:speakers]
+    if not keep:
+        raise PipelineError(f"{shared}: no EmoDB clips")
+    for f in files:
+        if f.name[:2] in keep:
+            dest = into / "emodb" / f.relative_to(shared)
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(f, dest)
+    return into / "emodb"
+
+
 def first_clip(folder: Path) -> Path:
     """The clip the README's request carries: the corpus's first audio file (wav, flac, ...)."""
     from affectflow.corpora import AUDIO_EXTENSIONS
@@ -115,7 +132,8 @@ def first_clip(folder: Path) -> Path:
 
 
 def rehearse(repo: Path, out: Path, *, params_path: Path, overrides: Sequence[str] = (), corpus: str = "generated",
-             speakers: int = 8, task_timeout_s: float = 3600, echo: Callable[[str], None] = print) -> Report:
+             speakers: int = 8, target: str | None = None, task_timeout_s: float = 3600,
+             echo: Callable[[str], None] = print) -> Report:
     """The whole rehearsal; the report says what passed and what failed (it raises only on set-up errors)."""
     from affectflow.config import load_params
     from affectflow.orchestration.ir import documents
@@ -124,7 +142,9 @@ def rehearse(repo: Path, out: Path, *, params_path: Path, overrides: Sequence[st
     t_start = time.monotonic()
     out.mkdir(parents=True, exist_ok=True)
     report = Report(started=datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-                    command="affectflow pipeline rehearse " + " ".join(f"--set {o}" for o in overrides),
+                    command=" ".join(["affectflow pipeline rehearse", *(f"--set {o}" for o in overrides),
+                                      f"--corpus {corpus} --speakers {speakers}",
+                                      *([f"--target-corpus {target}"] if target else [])]),
                     image={})
     echo(f"[1/4] image root from containers/Dockerfile.cpu (layers cached in {cache_root()})")
     image = Builder(repo / "containers" / "Dockerfile.cpu", repo, build_args=BUILD_ARGS, log=out / "image-build.log",
@@ -143,13 +163,19 @@ def rehearse(repo: Path, out: Path, *, params_path: Path, overrides: Sequence[st
                 folder = corpus_folder(corpus, Path(tmp), speakers)
                 n = upload_tree(store, folder, f"{CORPUS_PREFIX}/ravdess")
                 clip = first_clip(folder).read_bytes()
+                corpora = [{"name": "ravdess", "adapter": "ravdess", "root": "ravdess"}]
+                if target:
+                    m = upload_tree(store, target_folder(target, Path(tmp), speakers), f"{CORPUS_PREFIX}/{target}")
+                    corpora.append({"name": target, "adapter": target, "root": target, "role": "target"})
+                    echo(f"      target corpus: {m} objects at s3://{BUCKET}/{CORPUS_PREFIX}/{target}")
             echo(f"      corpus: {n} objects at s3://{BUCKET}/{CORPUS_PREFIX}/ravdess ({corpus}); none on any task's disk")
             mlflow_port, predictor_port = free_ports(2)
             tracking = f"http://127.0.0.1:{mlflow_port}"
             mlflow = mlflow_server(image, store, work, mlflow_port)
             try:
                 _run_pipeline(report, spec, platform, image, store, work, out, tracking, root_name, params_path,
-                              overrides, task_timeout_s, echo, load_params, pipeline_arguments)
+                              [f"ingest.corpora={json.dumps(corpora)}", *overrides], task_timeout_s, echo,
+                              load_params, pipeline_arguments)
                 if report.status == SUCCEEDED:
                     _serve(report, image, store, work, tracking, predictor_port, request_template, request_path,
                            clip, root_name, params_path, overrides, echo, load_params)
@@ -170,9 +196,7 @@ def _run_pipeline(report: Report, spec: dict, platform: dict, image: Image, stor
                   tracking: str, root_name: str, params_path: Path, overrides: Sequence[str], timeout_s: float,
                   echo: Callable[[str], None], load_params: Any, pipeline_arguments: Any) -> None:
     base = load_params(params_path)
-    params = load_params(params_path, [f"paths.data_root=s3://{BUCKET}/{CORPUS_PREFIX}",
-                                       "ingest.corpora=[{name: ravdess, adapter: ravdess, root: ravdess}]",
-                                       *overrides])
+    params = load_params(params_path, [f"paths.data_root=s3://{BUCKET}/{CORPUS_PREFIX}", *overrides])
     arguments = pipeline_arguments(params, base)
     run_id = uuid.uuid4().hex[:12]
     job = f"{PIPELINE_NAME}-rehearsal-{run_id}"
