@@ -592,3 +592,15 @@ def test_help_and_other_commands_do_not_import_the_pipeline_group():
 
     assert loaded("--help") == "False False"
     assert loaded("pipeline", "--help") == "True True"
+
+
+def test_a_read_only_tracking_store_is_refused_at_once(tmp_path, monkeypatch):
+    """A read-only folder or mount (root ignores modes, so os.access stands in for the mount)."""
+    from affectflow.tracking.uri import ensure_store
+
+    db = tmp_path / "store" / "mlflow.db"
+    assert ensure_store(f"sqlite:///{db}") == f"sqlite:///{db}"  # writable: fine
+    real = os.access
+    monkeypatch.setattr(os, "access", lambda p, mode: False if mode == os.W_OK else real(p, mode))
+    with pytest.raises(PermissionError, match=rf"tracking.uri sqlite:///{db}: {db.parent} is read-only here"):
+        ensure_store(f"sqlite:///{db}")
