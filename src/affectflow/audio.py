@@ -33,6 +33,9 @@ MAX_DECODE_S = 4 * 3600.0
 reads longer files window by window and never decodes them whole."""
 INT16_FULL_SCALE = 32768.0
 """Float samples that are whole numbers within ±this are int16 values stored as floats: rescaled."""
+CODEC_HEADROOM = 1.5
+"""Float samples up to this peak are clipped to ±1, not refused: lossy decoders (MP3, Opus) and
+resamplers overshoot full scale a little on loud audio, and that is still audio."""
 
 log = logging.getLogger(__name__)
 
@@ -121,23 +124,30 @@ def check_rate(where: str | Path, sample_rate: int) -> None:
 
 
 def range_problem(x: np.ndarray) -> str | None:
-    """Why float samples cannot be used as they are: None (within ±1), "int16" (whole numbers
-    within ±32768: int16 values stored as floats, rescaled by `check_range`) or the refusal text."""
+    """Why float samples cannot be used as they are: None (within ±1), "clip" (a codec's overshoot,
+    up to CODEC_HEADROOM), "int16" (whole numbers within ±32768: int16 values stored as floats) —
+    both repaired by `check_range` — or the refusal text."""
     peak = float(np.max(np.abs(x))) if x.size else 0.0
     if peak <= 1.0:
         return None
     if peak <= INT16_FULL_SCALE and np.array_equal(x, np.round(x)):
         return "int16"
-    return (f"samples outside [-1, 1] (peak {peak:.4g}): float audio must be scaled to [-1, 1] "
-            "(int16 values as floats are rescaled; anything else is refused, not wrapped or clipped)")
+    if peak <= CODEC_HEADROOM:
+        return "clip"
+    return (f"samples outside [-1, 1] (peak {peak:.4g}): float audio must be scaled to [-1, 1] (a codec's "
+            f"overshoot up to ±{CODEC_HEADROOM:g} is clipped, int16 values as floats are rescaled; anything else "
+            "is refused, not wrapped)")
 
 
 def check_range(x: np.ndarray, where: str | Path) -> np.ndarray:
-    """Float samples within ±1; int16 values stored as floats are rescaled (with a warning);
-    other data outside ±1 is refused: openSMILE would wrap it (neutral 0.93 became angry 1.00)."""
+    """Float samples within ±1; a codec's overshoot (up to CODEC_HEADROOM) is clipped, int16 values
+    stored as floats are rescaled (with a warning); other data outside ±1 is refused: openSMILE would
+    wrap it (neutral 0.93 became angry 1.00)."""
     why = range_problem(x)
     if why is None:
         return x
+    if why == "clip":
+        return np.clip(x, -1.0, 1.0).astype(np.float32, copy=False)
     if why == "int16":
         log.warning("%s: float samples are whole numbers up to %d: taken as int16 values and rescaled by 1/32768",
                     where, int(np.max(np.abs(x))))

@@ -445,8 +445,10 @@ def test_int16_values_stored_as_floats_are_rescaled_with_a_warning(tmp_path, cap
 
 
 def test_float_audio_outside_one_is_refused_everywhere_it_enters(tmp_path):
-    with pytest.raises(audio.AudioError, match=r"row 0: samples outside \[-1, 1\] \(peak 1.5\)"):
-        audio.check_samples([0.1, -1.5, 0.2], "row 0")
+    with pytest.raises(audio.AudioError, match=r"row 0: samples outside \[-1, 1\] \(peak 2.5\)"):
+        audio.check_samples([0.1, -2.5, 0.2], "row 0")
+    # a lossy decoder's overshoot (up to audio.CODEC_HEADROOM) is clipped, not refused
+    assert audio.check_samples([0.1, -1.2, 1.05], "row 0").tolist() == pytest.approx([0.1, -1.0, 1.0])
     f = tmp_path / "loud.wav"
     sf.write(f, np.full(SR, 2.5, np.float32) * np.sin(np.arange(SR) / 7.0), SR, subtype="FLOAT")
     with pytest.raises(audio.AudioError, match=r"samples outside \[-1, 1\]"):
@@ -592,3 +594,15 @@ def test_help_and_other_commands_do_not_import_the_pipeline_group():
 
     assert loaded("--help") == "False False"
     assert loaded("pipeline", "--help") == "True True"
+
+
+def test_a_read_only_tracking_store_is_refused_at_once(tmp_path, monkeypatch):
+    """A read-only folder or mount (root ignores modes, so os.access stands in for the mount)."""
+    from affectflow.tracking.uri import ensure_store
+
+    db = tmp_path / "store" / "mlflow.db"
+    assert ensure_store(f"sqlite:///{db}") == f"sqlite:///{db}"  # writable: fine
+    real = os.access
+    monkeypatch.setattr(os, "access", lambda p, mode: False if mode == os.W_OK else real(p, mode))
+    with pytest.raises(PermissionError, match=rf"tracking.uri sqlite:///{db}: {db.parent} is read-only here"):
+        ensure_store(f"sqlite:///{db}")

@@ -21,6 +21,10 @@ def test_predict_outside_the_repository_fails_clearly_and_leaves_no_store(tmp_pa
     work.mkdir()
     run = subprocess.run([sys.executable, "-m", "affectflow.cli", "predict", str(clip)], cwd=work,
                          capture_output=True, text=True, timeout=120)
+    assert run.returncode == 2  # no params.yaml here: said, not silently the defaults
+    assert run.stderr.strip().startswith(f"error: no params.yaml in {work}: pass --params FILE, or --defaults")
+    run = subprocess.run([sys.executable, "-m", "affectflow.cli", "predict", "--defaults", str(clip)], cwd=work,
+                         capture_output=True, text=True, timeout=120)
     assert run.returncode == 1
     assert run.stderr.strip().startswith("error:") and "does not exist" in run.stderr
     assert "Traceback" not in run.stderr

@@ -66,6 +66,9 @@ def _history_table(events: list[dict[str, Any]]) -> Any:
     return table
 
 
+READ_ACTIONS = ("list", "describe", "history")
+
+
 def require_store(tracking_uri: str) -> None:
     """Every registry action reads an existing store: a local sqlite file or file-store folder
     that does not exist is a mistyped path, refused before MLflow would create an empty registry
@@ -93,7 +96,12 @@ def _registry(params: Params, a: argparse.Namespace) -> int:
     if version is not None and not str(version).isdigit():  # before any store is opened
         raise RegistryError(f"Parameter 'version' must be an integer, got {version!r}.")
     require_store(params.tracking.uri)
-    reg = Registry(params)
+    if a.action in READ_ACTIONS:  # a read-only store can still be listed: no writer's checks
+        from affectflow.tracking.uri import client, resolve_uri
+
+        reg = Registry(params, client=client(resolve_uri(params.tracking.uri)))
+    else:
+        reg = Registry(params)
     console = Console()
     if not console.is_terminal:  # logs and pipes: rich's 80-column default would truncate the table
         console = Console(width=LOG_WIDTH)

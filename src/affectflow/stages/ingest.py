@@ -67,7 +67,7 @@ def probe(path: str, min_duration_s: float = 0.0, speech_check: SpeechCheck | No
             for block in f.blocks(blocksize=1 << 16, dtype="float32", always_2d=True):
                 if not np.isfinite(block).all():
                     raise audio.AudioError(path, audio.NOT_FINITE)
-                if (why := audio.range_problem(block)) not in (None, "int16"):  # int16 as floats: rescaled on load
+                if (why := audio.range_problem(block)) not in (None, "int16", "clip"):  # repaired on load
                     raise audio.AudioError(path, why)
                 n += len(block)
                 if counter is not None:

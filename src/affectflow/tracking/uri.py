@@ -47,10 +47,16 @@ def local_sqlite(uri: str) -> Path | None:
 
 
 def ensure_store(uri: str) -> str:
-    """`resolve_uri`, creating the folder of a local sqlite file (writers only)."""
+    """`resolve_uri`, creating the folder of a local sqlite file (writers only). A store the
+    writer cannot write (a read-only file, folder or mount) is refused at once: sqlite would
+    otherwise retry its locks for minutes and end in a traceback."""
     db = local_sqlite(uri)
     if db is not None:
         db.parent.mkdir(parents=True, exist_ok=True)
+        target = db if db.exists() else db.parent
+        if not os.access(target, os.W_OK) or not os.access(db.parent, os.W_OK):
+            raise PermissionError(f"tracking.uri {resolve_uri(uri)}: {target} is read-only here; writers need write "
+                                  "access to the sqlite file and its folder (its journal is written beside it)")
     return resolve_uri(uri)
 
 
