@@ -67,13 +67,20 @@ def score(y_true: np.ndarray, y_pred: np.ndarray, classes: Sequence[str], params
     return out
 
 
-def breakdown(df: pd.DataFrame, by: str, n_classes: int) -> dict[str, dict[str, Any]]:
-    """UAR / WA / macro-F1 per value of `by` (speaker, gender) — who the model fails on."""
+def breakdown(df: pd.DataFrame, by: str, n_classes: int, params: Params | None = None) -> dict[str, dict[str, Any]]:
+    """UAR / WA / macro-F1 per value of `by` (speaker, gender, corpus) — who the model fails on;
+    with `params`, a bootstrap interval of each group's UAR too (`uar_ci_low`, `uar_ci_high`)."""
     out = {}
     for key, g in df.groupby(by, sort=True):
         cm = confusion(g["y_true"], g["y_pred"], n_classes)
-        out[str(key) or "unknown"] = {"n": len(g), "uar": round(uar_cm(cm), DIGITS),
-                                      "wa": round(wa_cm(cm), DIGITS), "macro_f1": round(macro_f1_cm(cm), DIGITS)}
+        row = {"n": len(g), "uar": round(uar_cm(cm), DIGITS),
+               "wa": round(wa_cm(cm), DIGITS), "macro_f1": round(macro_f1_cm(cm), DIGITS)}
+        if params is not None:
+            ev = params.evaluate
+            est = bootstrap(g["y_true"], g["y_pred"], n_classes, n_resamples=ev.bootstrap, level=ev.ci, seed=ev.seed,
+                            metrics={"uar": uar_cm})["uar"]
+            row |= {"uar_ci_low": round(est.low, DIGITS), "uar_ci_high": round(est.high, DIGITS)}
+        out[str(key) or "unknown"] = row
     return out
 
 
@@ -174,7 +181,8 @@ def score_predictions(pred: pd.DataFrame, classes: Sequence[str], params: Params
     res = score(pred["y_true"].to_numpy(), pred["y_pred"].to_numpy(), classes, params)
     res["classes"] = list(classes)
     res["per_speaker"] = breakdown(pred, "speaker", len(classes))
-    res["per_gender"] = breakdown(pred, "gender", len(classes))
+    res["per_gender"] = breakdown(pred, "gender", len(classes), params)
+    res["per_corpus"] = breakdown(pred, "corpus", len(classes), params)
     return res
 
 
