@@ -130,3 +130,52 @@ def test_predict_timeline_cli_writes_json_csv_and_png(synth_root: Path, tmp_path
     rows = (tmp_path / "t.csv").read_text().splitlines()
     assert rows[0] == "path,start_s,end_s,label," + ",".join(params.ingest.classes)
     assert len(rows) == 1 + len(seg) and (tmp_path / "t.png").exists()
+
+
+def test_waveform_windows_match_the_streamed_file(tmp_path: Path):
+    from affectflow.serving.timeline import wave_windows
+
+    x = (np.arange(1234) % 97 / 97).astype(np.float32)
+    path = tmp_path / "x.wav"
+    sf.write(path, x, 100, subtype="FLOAT")
+    cfg = TimelineConfig(window_s=2.0, hop_s=0.7)
+    a, b = list(windows(path, 100, cfg)), list(wave_windows(x, 100, 100, cfg))
+    assert [(s, e) for s, e, _ in a] == [(s, e) for s, e, _ in b]
+    assert all(np.array_equal(u, v) for (_, _, u), (_, _, v) in zip(a, b, strict=True))
+
+
+def test_the_kserve_predictor_serves_a_timeline_on_request(synth_root: Path, tmp_path_factory: pytest.TempPathFactory,
+                                                          tmp_path: Path):
+    pytest.importorskip("kserve", reason="the `serving` extra (kserve) is not installed")
+    import asyncio
+    import base64
+
+    from kserve.errors import InvalidInput
+    from kserve.protocol.infer_type import InferInput, InferRequest
+
+    from affectflow.serving.kserve import Resolver, make_model
+    from affectflow.serving.recognizer import load_model_dir, predict_audio
+
+    folder = str(trained(synth_root, tmp_path_factory)["result"].model_dir)
+    model = make_model("affectflow-ser", folder, 0, Resolver(None))
+    model.load()
+    long = _planted(tmp_path / "x.wav", "sad", "angry", 4.0, 8.0)
+    clip = base64.b64encode(long.read_bytes()).decode("ascii")
+
+    def ask(data: list[str], **parameters) -> dict:
+        req = InferRequest("affectflow-ser", [InferInput("audio", [len(data)], "BYTES", data)], parameters=parameters)
+        return {o.name: o for o in asyncio.run(model.predict(req)).outputs}
+
+    got = ask([clip], timeline=True, window_s=1.2, hop_s=0.4)
+    rec = load_model_dir(folder)
+    want = score_timeline(long, lambda ws: predict_audio(rec, ws), rec.classes, rec.meta.sample_rate,
+                          TimelineConfig(window_s=1.2, hop_s=0.4))
+    n = len(want.starts)
+    assert got["start_s"].shape == [n] and got["probabilities"].shape == [n, len(rec.classes)]
+    assert np.allclose(np.asarray(got["probabilities"].data).reshape(n, -1), want.probabilities, atol=1e-4)
+    assert list(got["label"].data) == want.labels and got["end_s"].data[-1] == pytest.approx(8.0)
+    assert set(ask([clip])) == {"probabilities", "label"}  # an ordinary request is unchanged
+    with pytest.raises(InvalidInput, match="one recording, got 2"):
+        ask([clip, clip], timeline=True)
+    with pytest.raises(InvalidInput, match="hop_s .* must not exceed window_s"):
+        ask([clip], timeline=True, window_s=1.0, hop_s=2.0)

@@ -18,7 +18,9 @@ whose elements are base64-encoded audio files (wav, flac, ogg, mp3), one clip pe
     {"inputs": [{"name": "audio", "shape": [1], "datatype": "BYTES", "data": ["UklGRi..."]}]}
 
 Response: `probabilities` (FP32, [n, classes], class order in its `classes` parameter) and `label`
-(BYTES, [n]); `model_version` is the registry version that answered. A request that is not that
+(BYTES, [n]); `model_version` is the registry version that answered. With request parameters
+`{"timeline": true}` (optional `window_s`, `hop_s`, `smooth`) and one recording, the answer is its
+timeline (`affectflow.serving.timeline`): `start_s`, `end_s`, `probabilities` and `label` per segment. A request that is not that
 shape, or audio that does not decode, is a 400 whose message names the input and the element.
 """
 
@@ -186,11 +188,48 @@ def score(loaded: Loaded, clips: list[tuple[np.ndarray, int]]) -> np.ndarray:
     return probs
 
 
+def score_timeline_clip(loaded: Loaded, clip: tuple[np.ndarray, int], settings: Any) -> Any:
+    """The served timeline option (`affectflow.serving.timeline`) on one recording of a request."""
+    from affectflow.serving.recognizer import predict_audio
+    from affectflow.serving.timeline import score_timeline
+
+    rec = loaded.rec
+    return score_timeline(clip, lambda waves: predict_audio(rec, waves, featurizer=loaded.featurizer), rec.classes,
+                          rec.meta.sample_rate, settings, name="input 'audio' element 0")
+
+
+def answer(loaded: Loaded, clips: list[tuple[np.ndarray, int]], timeline: Any, output: Any) -> list[Any]:
+    """The response's outputs (`output`: kserve's InferOutput): probabilities and label per clip, or
+    the timeline of the one recording when the request asked for it (`timeline` settings)."""
+    if timeline is not None:
+        return timeline_outputs(score_timeline_clip(loaded, clips[0], timeline), output)
+    probs = score(loaded, clips)
+    classes = loaded.rec.classes
+    labels = [classes[i] for i in probs.argmax(axis=1)]
+    return [output(PROBABILITIES, list(probs.shape), "FP32", probs.ravel().tolist(),
+                   parameters={"classes": ",".join(classes)}),
+            output(LABEL, [len(labels)], "BYTES", labels)]
+
+
+def timeline_outputs(t: Any, output: Any) -> list[Any]:
+    """start_s, end_s (FP32 [segments]), probabilities (FP32 [segments, classes]) and label (BYTES)."""
+    lo, hi = t.cells()
+    probs = np.asarray(t.probabilities, np.float32)
+    return [output("start_s", [len(lo)], "FP32", lo.astype(np.float32).tolist()),
+            output("end_s", [len(hi)], "FP32", hi.astype(np.float32).tolist()),
+            output(PROBABILITIES, list(probs.shape), "FP32", probs.ravel().tolist(),
+                   parameters={"classes": ",".join(t.classes), "window_s": t.settings.window_s,
+                               "hop_s": t.settings.hop_s, "smooth": t.settings.smooth}),
+            output(LABEL, [len(lo)], "BYTES", t.labels)]
+
+
 def make_model(name: str, model_uri: str, reload_interval_s: float, resolver: Resolver) -> Any:
     """The kserve.Model (built here so importing this module does not need the SDK)."""
     import kserve
     from kserve.errors import InvalidInput
     from kserve.protocol.infer_type import InferOutput, InferRequest, InferResponse
+
+    from affectflow.serving.timeline import requested_settings
 
     class RecognizerModel(kserve.Model):  # type: ignore[misc]
         """The recognizer as a KServe model, re-resolving its registry alias in the background."""
@@ -248,21 +287,15 @@ def make_model(name: str, model_uri: str, reload_interval_s: float, resolver: Re
             assert loaded is not None
             try:
                 clips = request_audio(list(payload.inputs), loaded.config, loaded.min_duration_s)
-            except RequestError as e:
+                timeline = requested_settings(payload.parameters, len(clips))  # the served timeline option
+            except ValueError as e:  # RequestError included
                 raise InvalidInput(str(e)) from None
             try:
-                probs = await asyncio.to_thread(score, loaded, clips)
+                outputs = await asyncio.to_thread(answer, loaded, clips, timeline, InferOutput)
             except Exception as e:  # the traceback stays in the server log, the client gets a short reason
                 log.exception("scoring a request on %s failed", loaded.uri)
                 raise RuntimeError(f"internal error while scoring the request ({type(e).__name__}; "
                                    "see the server log)") from None
-            classes = loaded.rec.classes
-            labels = [classes[i] for i in probs.argmax(axis=1)]
-            outputs = [
-                InferOutput(PROBABILITIES, list(probs.shape), "FP32", probs.ravel().tolist(),
-                            parameters={"classes": ",".join(classes)}),
-                InferOutput(LABEL, [len(labels)], "BYTES", labels),
-            ]
             return InferResponse(payload.id, self.name, outputs, model_version=loaded.version)
 
     return RecognizerModel()

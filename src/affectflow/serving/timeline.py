@@ -19,13 +19,14 @@ from __future__ import annotations
 
 import csv
 import io
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import soundfile as sf
+from pydantic import ValidationError
 from scipy.ndimage import uniform_filter1d
 
 from affectflow import audio
@@ -38,30 +39,52 @@ if TYPE_CHECKING:
 DECIMALS = 4
 
 
+def _windows(blocks: Iterator[np.ndarray], rate: int, sample_rate: int, cfg: TimelineConfig,
+             where: str) -> Iterator[tuple[float, float, np.ndarray]]:
+    """Blocks of `window` frames, `hop` apart (the last one shorter) -> (start_s, end_s, mono
+    waveform at `sample_rate`); the tail becomes a full window ending at the end."""
+    window, hop = _frames(rate, cfg)
+    start, prev = 0, None
+    for block in blocks:
+        x = audio.to_mono(block)
+        if not np.isfinite(x).all():
+            raise audio.AudioError(where, f"window at {start / rate:.1f} s: {audio.NOT_FINITE}")
+        first = start
+        if len(x) < window and prev is not None:  # the tail: a full window ending at the recording's end
+            x = np.concatenate([prev, x[len(prev) - hop:]])[-window:]
+            first = start + len(block) - window
+        yield first / rate, (first + len(x)) / rate, audio.resample(x, rate, sample_rate)
+        prev = x
+        start += hop
+
+
+def _frames(rate: int, cfg: TimelineConfig) -> tuple[int, int]:
+    """(window, hop) in frames at `rate`."""
+    window = max(1, round(cfg.window_s * rate))
+    return window, min(window, max(1, round(cfg.hop_s * rate)))
+
+
 def windows(path: str | Path, sample_rate: int, cfg: TimelineConfig) -> Iterator[tuple[float, float, np.ndarray]]:
     """(start_s, end_s, mono waveform at `sample_rate`) per window, streamed from the file; the last
     window ends at the file's end (a full window, overlapping its predecessor more; shorter than
     `window_s` only when the whole file is)."""
     head = audio.check_header(path)
-    rate = head.sample_rate
-    window = max(1, round(cfg.window_s * rate))
-    overlap = window - max(1, round(cfg.hop_s * rate))
-    start, prev = 0, None
+    window, hop = _frames(head.sample_rate, cfg)
     try:
         with sf.SoundFile(str(path)) as f:
-            for block in f.blocks(blocksize=window, overlap=overlap, dtype="float32", always_2d=False):
-                x = audio.to_mono(block)
-                if not np.isfinite(x).all():
-                    raise audio.AudioError(str(path), f"window at {start / rate:.1f} s: {audio.NOT_FINITE}")
-                first = start
-                if len(x) < window and prev is not None:  # the tail: a full window ending at the file's end
-                    x = np.concatenate([prev, x[len(prev) - (window - overlap):]])[-window:]
-                    first = start + len(block) - window
-                yield first / rate, (first + len(x)) / rate, audio.resample(x, rate, sample_rate)
-                prev = x
-                start += window - overlap
+            blocks = f.blocks(blocksize=window, overlap=window - hop, dtype="float32", always_2d=False)
+            yield from _windows(blocks, head.sample_rate, sample_rate, cfg, str(path))
     except sf.LibsndfileError as e:
         raise audio.AudioError(str(path), f"cannot decode audio ({e})") from None
+
+
+def wave_windows(wave: np.ndarray, rate: int, sample_rate: int, cfg: TimelineConfig,
+                 where: str = "waveform") -> Iterator[tuple[float, float, np.ndarray]]:
+    """The same windows over audio already in memory (a served request)."""
+    window, hop = _frames(rate, cfg)
+    x = np.asarray(wave, np.float32)
+    blocks = (x[a:a + window] for a in range(0, max(1, len(x) - (window - hop)), hop))
+    return _windows(blocks, rate, sample_rate, cfg, where)
 
 
 @dataclass
@@ -123,14 +146,22 @@ def smooth(probs: np.ndarray, width: int) -> np.ndarray:
     return uniform_filter1d(np.asarray(probs, np.float64), size=width, axis=0, mode="nearest")
 
 
-def score_timeline(path: str | Path, predict: Callable[[list[np.ndarray]], np.ndarray], classes: Sequence[str],
-                   sample_rate: int, cfg: TimelineConfig, batch_size: int = 32) -> Timeline:
-    """Windows of `path` scored `batch_size` at a time by `predict` (waveforms -> (n, C) probabilities)."""
+def score_timeline(source: str | Path | tuple[np.ndarray, int], predict: Callable[[list[np.ndarray]], np.ndarray],
+                   classes: Sequence[str], sample_rate: int, cfg: TimelineConfig, batch_size: int = 32,
+                   name: str | None = None) -> Timeline:
+    """Windows of `source` (a file, or (waveform, its rate)) scored `batch_size` at a time by
+    `predict` (waveforms -> (n, C) probabilities)."""
+    if isinstance(source, tuple):
+        path = name or "waveform"
+        stream = wave_windows(source[0], source[1], sample_rate, cfg, path)
+    else:
+        path = str(source)
+        stream = windows(source, sample_rate, cfg)
     starts: list[float] = []
     ends: list[float] = []
     parts: list[np.ndarray] = []
     batch: list[np.ndarray] = []
-    for a, b, wave in windows(path, sample_rate, cfg):
+    for a, b, wave in stream:
         starts.append(a)
         ends.append(b)
         batch.append(wave)
@@ -140,9 +171,9 @@ def score_timeline(path: str | Path, predict: Callable[[list[np.ndarray]], np.nd
     if batch:
         parts.append(np.asarray(predict(batch), np.float64))
     if not parts:
-        raise audio.AudioError(str(path), audio.NO_SAMPLES)
+        raise audio.AudioError(path, audio.NO_SAMPLES)
     probs = smooth(np.concatenate(parts), cfg.smooth)
-    return Timeline(str(path), list(classes), np.asarray(starts), np.asarray(ends), probs, cfg)
+    return Timeline(path, list(classes), np.asarray(starts), np.asarray(ends), probs, cfg)
 
 
 def timelines_json(timelines: Sequence[Timeline], model_uri: str) -> dict[str, Any]:
@@ -233,3 +264,27 @@ def timeline_paths(params: Params, paths: Sequence[str | Path], model_uri: str |
             t.path = name
             out.append(t)
     return TimelineResult(backend.uri, out, failed)
+
+
+REQUEST_KEYS = ("window_s", "hop_s", "smooth")
+
+
+def requested_settings(parameters: Mapping[str, Any] | None, n_clips: int) -> TimelineConfig | None:
+    """The served option: request parameters `timeline: true` (+ optional `window_s`, `hop_s`,
+    `smooth`; defaults: `predict.timeline`'s) -> the settings; None for an ordinary request.
+    A timeline request carries one recording; bad values are a ValueError naming the parameter."""
+    params = dict(parameters or {})
+    flag = params.get("timeline", False)
+    if flag in (False, "false", "False", 0, None):
+        return None
+    if flag not in (True, "true", "True", 1):
+        raise ValueError(f"parameter 'timeline': expected true or false, got {flag!r}")
+    if n_clips != 1:
+        raise ValueError(f"parameter 'timeline': a timeline request carries one recording, got {n_clips}")
+    given = {k: params[k] for k in REQUEST_KEYS if k in params}
+    try:
+        return TimelineConfig(**given)
+    except ValidationError as e:
+        why = "; ".join(f"parameter '{'.'.join(map(str, err['loc']))}': {err['msg']}" if err["loc"]
+                        else err["msg"] for err in e.errors())
+        raise ValueError(f"timeline parameters {given}: {why}") from None
