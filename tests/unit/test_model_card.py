@@ -28,6 +28,7 @@ def test_the_card_has_every_section_in_order_with_the_measured_figures(synth_roo
     heads = [line[3:] for line in card.splitlines() if line.startswith("## ")]
     assert heads == list(SECTIONS)
     assert "English (North American)" in card and "acted" in card  # ravdess: languages and limits
+    assert f"Intervals: {round(m['test']['ci_level'] * 100)} % percentile bootstrap" in card
     assert f"| test | {m['test']['n']} | {m['uar']:.3f} [{m['test']['uar_ci_low']:.3f}" in card
     for gender, g in m["test"]["per_gender"].items():  # per-gender rows carry their interval
         assert f"| {gender} | {g['n']} | {g['uar']:.3f} [{g['uar_ci_low']:.3f}, {g['uar_ci_high']:.3f}]" in card

@@ -62,6 +62,7 @@ def score(y_true: np.ndarray, y_pred: np.ndarray, classes: Sequence[str], params
     out["predicted_over"] = list(classes)
     out["classes_present"] = [c for c, n in zip(classes, cm.sum(axis=1), strict=True) if n > 0]
     out["chance_uar"] = round(1.0 / len(classes), DIGITS)
+    out["ci_level"] = ev.ci
     out["prediction_histogram"] = {c: int(n) for c, n in zip(classes, cm.sum(axis=0), strict=True)}
     out["collapse"] = collapse(cm, classes, ev.collapse_share, ev.collapse_recall).as_dict()
     return out

@@ -38,10 +38,11 @@ def _group_table(title: str, groups: Mapping[str, Mapping[str, Any]]) -> list[st
             ""]
 
 
-def _scores(metrics: Mapping[str, Any], level: str) -> list[str]:
+def _scores(metrics: Mapping[str, Any]) -> list[str]:
     t = metrics["test"]
+    level = f"{round(t['ci_level'] * 100)} % " if t.get("ci_level") else ""
     lines = [f"Test: {t.get('scope', 'test split')}, {t['n']} clips of speakers never seen in training. "
-             f"Intervals: {level} percentile bootstrap over clips.", "",
+             f"Intervals: {level}percentile bootstrap over clips.", "",
              "| set | n | UAR [CI] | WA [CI] | macro-F1 [CI] |", "|---|---|---|---|---|",
              f"| test | {t['n']} | {_ci(t, 'uar')} | {_ci(t, 'wa')} | {_ci(t, 'macro_f1')} |"]
     for name, r in (metrics.get("cross_corpus") or {}).items():
@@ -123,7 +124,7 @@ def _chosen(meta: ModelMeta, decision: Mapping[str, Any] | None) -> list[str]:
 
 
 def model_card(meta: ModelMeta, metrics: Mapping[str, Any], *, title: str,
-               decision: Mapping[str, Any] | None = None, ci_level: float = 0.95) -> str:
+               decision: Mapping[str, Any] | None = None) -> str:
     """The card as Markdown."""
     tf = meta.train
     corpora = [f"- {c}: {f.language}, {f.speech}" if (f := facts_for(c)) else f"- {c}: language and speech type not recorded"
@@ -136,7 +137,7 @@ def model_card(meta: ModelMeta, metrics: Mapping[str, Any], *, title: str,
              f"{tf.n_train} training clips from {len(tf.train_speakers)} speakers, {tf.n_val} validation clips from "
              f"{len(tf.val_speakers)} other speakers" + (f", {tf.n_synthetic} synthetic" if tf.n_synthetic else "")
              + ".", "",
-             "## Scores", "", *_scores(metrics, f"{round(ci_level * 100)} %"),
+             "## Scores", "", *_scores(metrics),
              "## Calibration", "", *_calibration(meta, metrics),
              "## Known weak classes", "", *_weak(metrics),
              "## Intended use and limits", "", *_limits(meta, metrics),
@@ -150,8 +151,8 @@ DESCRIPTION_LIMIT = 5000
 
 
 def publish_card(client: Any, name: str, version: str, model_dir: str | Path, metrics_path: str | Path,
-                 out_dir: str | Path, run_id: str | None, decision: Mapping[str, Any] | None,
-                 ci_level: float) -> tuple[Path | None, str | None]:
+                 out_dir: str | Path, run_id: str | None,
+                 decision: Mapping[str, Any] | None) -> tuple[Path | None, str | None]:
     """Write `<out_dir>/model_card.md`, log it into the model's MLflow run (`model_card/`) and make it
     the registered version's description (cut to MLflow's limit, pointing at the full file).
     (path, None), or (None, why) when model.json or metrics.json lack what a card is made of (a
@@ -163,7 +164,7 @@ def publish_card(client: Any, name: str, version: str, model_dir: str | Path, me
         meta = read_model_meta(model_dir)
     except ModelFolderError as e:
         return None, f"{e}: no model card"
-    card = model_card(meta, metrics, title=f"{name} v{version}", decision=decision, ci_level=ci_level)
+    card = model_card(meta, metrics, title=f"{name} v{version}", decision=decision)
     path = Path(out_dir) / CARD_FILE
     atomic_write_text(path, card)
     if run_id:

@@ -983,8 +983,7 @@ def register(params: Params, model_dir: str | Path, metrics_path: str | Path, ou
         "metrics": {k: v for k, v in asdict(scores).items() if v is not None}, "lineage": lin,
         "tracking_uri": resolve_uri(params.tracking.uri),
     }
-    card, why = publish_card(reg.client, reg.name, version, model_dir, metrics_path, out_dir, source.run_id,
-                             decision, params.evaluate.ci)
+    card, why = publish_card(reg.client, reg.name, version, model_dir, metrics_path, out_dir, source.run_id, decision)
     result |= {"model_card": None if card is None else str(card), "model_card_missing": why}
     atomic_write_json(Path(out_dir) / "result.json", result)
     return result
