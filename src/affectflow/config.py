@@ -794,6 +794,25 @@ class S3Config(Section):
     max_attempts x read_timeout_s, as S3EndpointError)."""
 
 
+class TimelineConfig(Section):
+    """`affectflow predict --timeline` (and the served `timeline` option): a long recording scored in
+    overlapping windows, smoothed, as a sequence of segments (`affectflow.serving.timeline`)."""
+
+    window_s: float = Field(3.0, gt=0)
+    """Window scored at a time: about the clip length the model was trained on (acted corpora: 2-4 s)."""
+    hop_s: float = Field(1.0, gt=0)
+    """Step between window starts = the timeline's resolution (a change is located within one hop)."""
+    smooth: int = Field(3, ge=1)
+    """Centred moving average over this many windows' probabilities (1 = none)."""
+
+    @model_validator(mode="after")
+    def _hop_within_window(self) -> TimelineConfig:
+        if self.hop_s > self.window_s:
+            raise ValueError(f"hop_s ({self.hop_s}) must not exceed window_s ({self.window_s}): audio between "
+                             "windows would never be scored")
+        return self
+
+
 class PredictConfig(Section):
     """`affectflow predict`: registered (or any) model on new audio files, folders or manifests."""
 
@@ -812,6 +831,7 @@ class PredictConfig(Section):
     """Threads decoding (and resampling) the next clips while the model scores the current batch."""
     threads: int = Field(0, ge=0)
     """torch intra-op threads on CPU (0 = torch's default)."""
+    timeline: TimelineConfig = Field(default_factory=lambda: TimelineConfig())
 
 
 class StudyCondition(Section):

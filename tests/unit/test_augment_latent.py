@@ -68,6 +68,7 @@ def test_latent_path_end_to_end(base_model: dict, tmp_path: Path) -> None:
     for name, w in base.model.encoder.state_dict().items():
         assert torch.equal(w, new.model.encoder.state_dict()[name]), f"encoder weight {name} changed"
     assert not torch.equal(base.model.head.weight, new.model.head.weight)
+    assert base.meta.calibration is not None and new.meta.calibration is None  # the old head's temperature is dropped
 
     facts = new.meta.train.latent_augmentation
     assert facts is not None and facts["style"] == "speaker" and facts["reinit"] is True

@@ -30,6 +30,9 @@ def _predict_args(p: argparse.ArgumentParser) -> None:
                    help="json or csv (default: from the --out suffix, else json)")
     p.add_argument("--batch-size", type=int, help="clips (or windows) per forward pass (default: predict.batch_size)")
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), help="default: predict.device")
+    p.add_argument("--timeline", action="store_true",
+                   help="long recordings: per-segment probabilities over time (predict.timeline: window, hop, "
+                        "smoothing) instead of one row per file; with --out, a PNG per recording beside it")
     p.add_argument("--allow-errors", action="store_true",
                    help="exit 0 even when some files could not be predicted (they are still listed with the reason)")
 
@@ -49,6 +52,8 @@ def _predict(params: Params, a: argparse.Namespace) -> int:
     if updates:
         params = params.model_copy(update={"predict": params.predict.model_validate(
             {**params.predict.model_dump(), **updates})})
+    if a.timeline:
+        return _timeline(params, a)
     res = predict_paths(params, a.paths, model_uri=a.model_uri)
     write_result(res, a.out, output_format(a.format, a.out))
     n_failed = len(res.failed)
@@ -58,3 +63,22 @@ def _predict(params: Params, a: argparse.Namespace) -> int:
           + (f"; {len(res.without_speech)} without speech (status no_speech, no label)" if res.without_speech else ""),
           file=sys.stderr)
     return 1 if n_failed and not a.allow_errors else 0
+
+
+def _timeline(params: Params, a: argparse.Namespace) -> int:
+    import json
+
+    from affectflow.serving.timeline import timeline_paths, timelines_csv, timelines_json, write_timelines
+
+    res = timeline_paths(params, a.paths, model_uri=a.model_uri)
+    fmt = output_format(a.format, a.out)
+    if a.out is None:
+        sys.stdout.write(timelines_csv(res.timelines) if fmt == "csv"
+                         else json.dumps(timelines_json(res.timelines, res.model_uri), indent=2) + "\n")
+        pngs = []
+    else:
+        pngs = write_timelines(res.timelines, res.model_uri, a.out, fmt)
+    print(f"timelines of {len(res.timelines)}/{len(res.timelines) + len(res.failed)} files with {res.model_uri}"
+          + (f" -> {a.out} (+ {len(pngs)} PNG)" if a.out else "") + (f"; {len(res.failed)} failed" if res.failed else ""),
+          file=sys.stderr)
+    return 1 if res.failed and not a.allow_errors else 0

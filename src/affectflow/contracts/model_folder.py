@@ -78,6 +78,22 @@ class DeployNormalization(_Strict):
     min_clips: int = 20
 
 
+class Calibration(_Strict):
+    """Temperature scaling of the logits (model.json `calibration`): probabilities are
+    softmax(logits / temperature) wherever they are produced (`serving.recognizer.predict_features`).
+    Fitted on clips of the training data's held-out (validation) speakers, never on the test split."""
+
+    method: Literal["temperature"] = "temperature"
+    temperature: float = Field(gt=0)
+    fitted_on: str
+    """Which clips the temperature was fitted on (e.g. "validation speakers of ravdess, emodb")."""
+    n: int = Field(ge=1)
+    ece_before: float
+    ece_after: float
+    """Expected calibration error on those same clips before / after (in-sample: the held-out
+    figures are evaluate's)."""
+
+
 class ModelMeta(_Strict):
     """model.json of a model folder."""
 
@@ -104,6 +120,8 @@ class ModelMeta(_Strict):
     lineage: dict[str, str] = Field(default_factory=dict)
     train: TrainFacts = Field(default_factory=TrainFacts)
     pretrain: PretrainFacts | None = None
+    calibration: Calibration | None = None
+    """None: uncalibrated softmax (folders written before calibration existed, or no validation rows)."""
     mlflow: dict[str, str] | None = None
     """`tracking_uri`, `run_id`, `experiment_id` of the run that made the folder."""
 

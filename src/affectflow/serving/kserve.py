@@ -23,7 +23,9 @@ Response: `probabilities` (FP32, [n, classes], class order in its `classes` para
 empty: a valid but silent clip is an answer (HTTP 200), never an emotion. `model_version` is the
 registry version that answered; `id` echoes the request's, or is a fresh UUID when the request has
 none (`id` is optional in the protocol). `GET /v2/models/<model_name>` lists that input and those
-outputs (`metadata_tensors`). A request that is not that
+outputs (`metadata_tensors`). With request parameters `{"timeline": true}` (optional `window_s`,
+`hop_s`, `smooth`) and one recording, the answer is its timeline (`affectflow.serving.timeline`):
+`start_s`, `end_s`, `probabilities` and `label` per segment. A request that is not that
 shape, or audio that does not decode, is a 400 whose message names the input and the element.
 """
 
@@ -244,20 +246,6 @@ def response_outputs(probs: np.ndarray, speech: list[bool], classes: list[str]) 
             (STATUS, [len(status)], "BYTES", status)]
 
 
-async def answer(loaded: Loaded, inputs: list[Any]) -> tuple[np.ndarray, list[bool]]:
-    """Probabilities and speech flags for a request's inputs; the client's faults are RequestError,
-    any other failure a RuntimeError whose text holds no traceback (that stays in the server log)."""
-    clips = request_audio(inputs, loaded.config, loaded.min_duration_s)
-    try:
-        return await asyncio.to_thread(score_request, loaded, clips)
-    except RequestError:
-        raise
-    except Exception as e:
-        log.exception("scoring a request on %s failed", loaded.uri)
-        raise RuntimeError(f"internal error while scoring the request ({type(e).__name__}; "
-                           "see the server log)") from None
-
-
 def metadata_tensors(n_classes: int | None) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """(inputs, outputs) of the v2 model metadata: what a client must send and gets back
     (-1: any number of clips; the class count once a model is loaded)."""
@@ -284,11 +272,61 @@ def response_id(request_id: str | None) -> str:
     return request_id if request_id else str(uuid.uuid4())
 
 
+def score_timeline_clip(loaded: Loaded, clip: tuple[np.ndarray, int], settings: Any) -> Any:
+    """The served timeline option (`affectflow.serving.timeline`) on one recording of a request."""
+    from affectflow.serving.recognizer import predict_audio
+    from affectflow.serving.timeline import score_timeline
+
+    rec = loaded.rec
+    return score_timeline(clip, lambda waves: predict_audio(rec, waves, featurizer=loaded.featurizer), rec.classes,
+                          rec.meta.sample_rate, settings, name="input 'audio' element 0")
+
+
+def respond(loaded: Loaded, clips: list[tuple[np.ndarray, int]], timeline: Any, output: Any) -> list[Any]:
+    """The response's outputs (`output`: kserve's InferOutput): probabilities, label and status per
+    clip (`response_outputs`), or the timeline of the one recording when the request asked for it."""
+    if timeline is not None:
+        return timeline_outputs(score_timeline_clip(loaded, clips[0], timeline), output)
+    probs, speech = score_request(loaded, clips)
+    classes = loaded.rec.classes
+    return [output(name, shape, dtype, data,
+                   parameters={"classes": ",".join(classes)} if name == PROBABILITIES else None)
+            for name, shape, dtype, data in response_outputs(probs, speech, classes)]
+
+
+async def respond_off_loop(loaded: Loaded, clips: list[tuple[np.ndarray, int]], timeline: Any,
+                           output: Any) -> list[Any]:
+    """`respond` in a worker thread; the client's faults stay RequestError, any other failure is a
+    RuntimeError whose text holds no traceback (that stays in the server log)."""
+    try:
+        return await asyncio.to_thread(respond, loaded, clips, timeline, output)
+    except RequestError:
+        raise
+    except Exception as e:
+        log.exception("scoring a request on %s failed", loaded.uri)
+        raise RuntimeError(f"internal error while scoring the request ({type(e).__name__}; "
+                           "see the server log)") from None
+
+
+def timeline_outputs(t: Any, output: Any) -> list[Any]:
+    """start_s, end_s (FP32 [segments]), probabilities (FP32 [segments, classes]) and label (BYTES)."""
+    lo, hi = t.cells()
+    probs = np.asarray(t.probabilities, np.float32)
+    return [output("start_s", [len(lo)], "FP32", lo.astype(np.float32).tolist()),
+            output("end_s", [len(hi)], "FP32", hi.astype(np.float32).tolist()),
+            output(PROBABILITIES, list(probs.shape), "FP32", probs.ravel().tolist(),
+                   parameters={"classes": ",".join(t.classes), "window_s": t.settings.window_s,
+                               "hop_s": t.settings.hop_s, "smooth": t.settings.smooth}),
+            output(LABEL, [len(lo)], "BYTES", t.labels)]
+
+
 def make_model(name: str, model_uri: str, reload_interval_s: float, resolver: Resolver) -> Any:
     """The kserve.Model (built here so importing this module does not need the SDK)."""
     import kserve
     from kserve.errors import InvalidInput
     from kserve.protocol.infer_type import InferOutput, InferRequest, InferResponse
+
+    from affectflow.serving.timeline import requested_settings
 
     class RecognizerModel(kserve.Model):  # type: ignore[misc]
         """The recognizer as a KServe model, re-resolving its registry alias in the background."""
@@ -348,13 +386,14 @@ def make_model(name: str, model_uri: str, reload_interval_s: float, resolver: Re
                 loaded = self.current
             assert loaded is not None
             try:
-                probs, speech = await answer(loaded, list(payload.inputs))
-            except RequestError as e:
+                clips = request_audio(list(payload.inputs), loaded.config, loaded.min_duration_s)
+                timeline = requested_settings(payload.parameters, len(clips))  # the served timeline option
+            except ValueError as e:  # RequestError included
                 raise InvalidInput(str(e)) from None
-            classes = loaded.rec.classes
-            outputs = [InferOutput(name, shape, dtype, data,
-                                   parameters={"classes": ",".join(classes)} if name == PROBABILITIES else None)
-                       for name, shape, dtype, data in response_outputs(probs, speech, classes)]
+            try:
+                outputs = await respond_off_loop(loaded, clips, timeline, InferOutput)
+            except RequestError as e:  # e.g. non-finite features of an element
+                raise InvalidInput(str(e)) from None
             return InferResponse(response_id(payload.id), self.name, outputs, model_version=loaded.version)
 
     return RecognizerModel()

@@ -28,6 +28,7 @@ from affectflow.contracts.model_folder import (
     read_model_meta,
 )
 from affectflow.models import build_model
+from affectflow.models.calibration import scaled_probabilities
 from affectflow.models.data import NormStats, collate, compute_stats, length_batches, normalize
 
 
@@ -46,6 +47,11 @@ class Recognizer:
     @property
     def feature(self) -> str:
         return self.meta.feature
+
+    @property
+    def temperature(self) -> float:
+        """Logit temperature of the folder's calibration (1: uncalibrated)."""
+        return self.meta.calibration.temperature if self.meta.calibration else 1.0
 
     @property
     def stats(self) -> NormStats:
@@ -122,10 +128,12 @@ def predict_embeddings(model: nn.Module, arrays: Sequence[np.ndarray], device: t
 
 
 def predict_features(rec: Recognizer, arrays: Sequence[np.ndarray], batch_size: int = 32,
-                     corpora: Sequence[str] | None = None) -> np.ndarray:
+                     corpora: Sequence[str] | None = None, calibrated: bool = True) -> np.ndarray:
     """(n, C) class probabilities for raw (un-normalised) feature arrays, whole utterances;
     `corpora`: each array's corpus, when known (see `Recognizer.stats_for`). Arrays of corpora the
-    model does not know are standardised together (`Recognizer.unknown_stats`): one call = one set."""
+    model does not know are standardised together (`Recognizer.unknown_stats`): one call = one set.
+    `calibrated`: with the folder's temperature (`ModelMeta.calibration`); False only for
+    evaluate's before/after comparison."""
     if not len(arrays):
         return np.zeros((0, len(rec.classes)), np.float32)
     names = list(corpora) if corpora is not None else [None] * len(arrays)
@@ -135,7 +143,7 @@ def predict_features(rec: Recognizer, arrays: Sequence[np.ndarray], batch_size: 
         stats = {c: s if s is not None else rec.unknown_stats(unknown) for c, s in stats.items()}
     logits = predict_logits(rec.model, [normalize(a, stats[c]) for a, c in zip(arrays, names, strict=True)],
                             rec.device, batch_size)
-    return torch.softmax(logits, dim=-1).numpy()
+    return scaled_probabilities(logits.numpy(), rec.temperature if calibrated else 1.0)
 
 
 def needs_the_whole_set(rec: Recognizer) -> bool:

@@ -9,8 +9,9 @@ it is a DANN target, since pretraining saw the rest unlabelled), scored over the
 corpus shares with the model (probabilities of the other classes are dropped before the argmax).
 Outputs: `metrics.json` (DVC metrics: top-level `uar`, `wa`, `macro_f1`, `per_class_recall`,
 `test_manifest_hash`, `model`: the scored model's content hash and MLflow run; details under
-`test` and `cross_corpus`), `report.md`, `confusion.png`,
-`predictions.parquet`.
+`test` and `cross_corpus`, each with `calibration`: expected calibration error of the plain softmax
+and of the model's temperature-scaled probabilities), `report.md`, `confusion.png`,
+`reliability.png` (+ `_<corpus>` for each cross-corpus set), `predictions.parquet`.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from affectflow.contracts.manifest import manifest_hash, read_manifest
 from affectflow.contracts.model_folder import content_hash
 from affectflow.corpora.demo import is_synthetic
 from affectflow.metrics import bootstrap, collapse, confusion, macro_f1_cm, recalls, uar_cm, wa_cm
+from affectflow.models.calibration import ECE_BINS, reliability_of, rescale
 from affectflow.serving.recognizer import Recognizer, load_model_dir, predict_features
 from affectflow.stages.spec import Inputs
 from affectflow.storage import atomic_path, atomic_write_json, atomic_write_text, save_figure
@@ -60,18 +62,26 @@ def score(y_true: np.ndarray, y_pred: np.ndarray, classes: Sequence[str], params
     out["predicted_over"] = list(classes)
     out["classes_present"] = [c for c, n in zip(classes, cm.sum(axis=1), strict=True) if n > 0]
     out["chance_uar"] = round(1.0 / len(classes), DIGITS)
+    out["ci_level"] = ev.ci
     out["prediction_histogram"] = {c: int(n) for c, n in zip(classes, cm.sum(axis=0), strict=True)}
     out["collapse"] = collapse(cm, classes, ev.collapse_share, ev.collapse_recall).as_dict()
     return out
 
 
-def breakdown(df: pd.DataFrame, by: str, n_classes: int) -> dict[str, dict[str, Any]]:
-    """UAR / WA / macro-F1 per value of `by` (speaker, gender) — who the model fails on."""
+def breakdown(df: pd.DataFrame, by: str, n_classes: int, params: Params | None = None) -> dict[str, dict[str, Any]]:
+    """UAR / WA / macro-F1 per value of `by` (speaker, gender, corpus) — who the model fails on;
+    with `params`, a bootstrap interval of each group's UAR too (`uar_ci_low`, `uar_ci_high`)."""
     out = {}
     for key, g in df.groupby(by, sort=True):
         cm = confusion(g["y_true"], g["y_pred"], n_classes)
-        out[str(key) or "unknown"] = {"n": len(g), "uar": round(uar_cm(cm), DIGITS),
-                                      "wa": round(wa_cm(cm), DIGITS), "macro_f1": round(macro_f1_cm(cm), DIGITS)}
+        row = {"n": len(g), "uar": round(uar_cm(cm), DIGITS),
+               "wa": round(wa_cm(cm), DIGITS), "macro_f1": round(macro_f1_cm(cm), DIGITS)}
+        if params is not None:
+            ev = params.evaluate
+            est = bootstrap(g["y_true"], g["y_pred"], n_classes, n_resamples=ev.bootstrap, level=ev.ci, seed=ev.seed,
+                            metrics={"uar": uar_cm})["uar"]
+            row |= {"uar_ci_low": round(est.low, DIGITS), "uar_ci_high": round(est.high, DIGITS)}
+        out[str(key) or "unknown"] = row
     return out
 
 
@@ -116,15 +126,17 @@ def evaluation_classes(rec: Recognizer, params: Params) -> list[str]:
 def predict_rows(rec: Recognizer, rows: pd.DataFrame, fs: FeatureSet, classes: Sequence[str]) -> pd.DataFrame:
     """Predictions for manifest rows over `classes` (the evaluation class set, in the model's order);
     rows whose label is outside it are dropped by the caller."""
-    probs = predict_features(rec, fs.load(rec.feature, rows["utt_id"].tolist()), corpora=rows["corpus"].astype(str).tolist())
+    probs = predict_features(rec, fs.load(rec.feature, rows["utt_id"].tolist()), corpora=rows["corpus"].astype(str).tolist(),
+                             calibrated=False)
     bad = ~np.isfinite(probs).all(axis=1)
     if bad.any():  # argmax of NaN is class 0: a chance-level score reported as a result
         ids = rows["utt_id"].to_numpy()[bad]
         raise EvaluationError(f"{int(bad.sum())} of {len(rows)} clips get NaN or infinite model outputs (non-finite "
                               f"features or weights), e.g. {', '.join(map(str, ids[:3]))}; nothing is scored")
     cols = [rec.classes.index(c) for c in classes]
-    sub = probs[:, cols]
-    sub = sub / np.maximum(sub.sum(axis=1, keepdims=True), np.finfo(np.float32).tiny)
+    raw = probs[:, cols]
+    raw = raw / np.maximum(raw.sum(axis=1, keepdims=True), np.finfo(np.float32).tiny)
+    sub = rescale(raw, rec.temperature)  # the folder's calibration, as predict_features applies it
     y_of = {c: i for i, c in enumerate(classes)}
     out = rows[["utt_id", "corpus", "speaker", "gender", "emotion"]].reset_index(drop=True).copy()
     out["y_true"] = rows["emotion"].map(y_of).to_numpy()
@@ -132,15 +144,61 @@ def predict_rows(rec: Recognizer, rows: pd.DataFrame, fs: FeatureSet, classes: S
     out["predicted"] = [classes[i] for i in out["y_pred"]]
     for i, c in enumerate(classes):
         out[f"p_{c}"] = sub[:, i]
+    out["confidence_uncalibrated"] = raw.max(axis=1)
     return out
+
+
+def calibration_scores(pred: pd.DataFrame, classes: Sequence[str], temperature: float) -> dict[str, Any]:
+    """Expected calibration error of the top label before (plain softmax) and after the model's
+    temperature, with mean confidence against accuracy."""
+    correct = (pred["y_true"] == pred["y_pred"]).to_numpy()
+    after = pred[[f"p_{c}" for c in classes]].to_numpy().max(axis=1)
+    before = pred["confidence_uncalibrated"].to_numpy()
+    return {"temperature": round(temperature, 4), "bins": ECE_BINS, "accuracy": round(float(correct.mean()), DIGITS),
+            "ece_before": round(reliability_of(before, correct).ece, DIGITS),
+            "ece_after": round(reliability_of(after, correct).ece, DIGITS),
+            "mean_confidence_before": round(float(before.mean()), DIGITS),
+            "mean_confidence_after": round(float(after.mean()), DIGITS)}
+
+
+def plot_reliability(pred: pd.DataFrame, classes: Sequence[str], title: str, path: str | Path) -> Path:
+    """Reliability diagram: accuracy per confidence bin, before and after calibration."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    correct = (pred["y_true"] == pred["y_pred"]).to_numpy()
+    fig, ax = plt.subplots(figsize=(4.6, 4.4))
+    ax.plot([0, 1], [0, 1], color="grey", ls="--", lw=1, label="perfect calibration")
+    for name, conf in (("softmax", pred["confidence_uncalibrated"].to_numpy()),
+                       ("calibrated", pred[[f"p_{c}" for c in classes]].to_numpy().max(axis=1))):
+        r = reliability_of(conf, correct)
+        seen = r.count > 0
+        ax.plot(r.confidence[seen], r.accuracy[seen], marker="o", label=f"{name} (ECE {r.ece:.3f})")
+    ax.set(xlabel="confidence (top probability)", ylabel="accuracy", xlim=(0, 1), ylim=(0, 1), title=title)
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    return save_figure(fig, path)
 
 
 def score_predictions(pred: pd.DataFrame, classes: Sequence[str], params: Params) -> dict[str, Any]:
     res = score(pred["y_true"].to_numpy(), pred["y_pred"].to_numpy(), classes, params)
     res["classes"] = list(classes)
     res["per_speaker"] = breakdown(pred, "speaker", len(classes))
-    res["per_gender"] = breakdown(pred, "gender", len(classes))
+    res["per_gender"] = breakdown(pred, "gender", len(classes), params)
+    res["per_corpus"] = breakdown(pred, "corpus", len(classes), params)
     return res
+
+
+def _calibration_line(r: dict[str, Any]) -> str:
+    c = r.get("calibration")
+    if not c:
+        return ""
+    return (f"Calibration (temperature {c['temperature']:.3f}): expected calibration error {c['ece_before']:.3f} "
+            f"(softmax) -> {c['ece_after']:.3f}; mean confidence {c['mean_confidence_before']:.3f} -> "
+            f"{c['mean_confidence_after']:.3f} against accuracy {c['accuracy']:.3f}.")
 
 
 def cross_corpus_names(rec: Recognizer, df: pd.DataFrame, params: Params, manifest: str | Path) -> list[str]:
@@ -179,6 +237,7 @@ def cross_corpus(rec: Recognizer, df: pd.DataFrame, fs: FeatureSet, names: Seque
                                   f"classes {classes} (field 'emotion'); need at least 2")
         pred = predict_rows(rec, rows, fs, classes)
         res = score_predictions(pred, classes, params)
+        res["calibration"] = calibration_scores(pred, classes, rec.temperature)
         res["rows"] = "test split (DANN target)" if is_target else "all clips"
         res["dropped_labels"] = {str(k): int(v) for k, v in dropped.items()}
         res["test_manifest_hash"] = manifest_hash(rows)
@@ -213,7 +272,8 @@ def _set_section(title: str, r: dict[str, Any], image: str) -> list[str]:
             "", "| class | recall | predicted |", "|---|---|---|",
             *(f"| {c} | {'—' if rec is None else f'{rec:.3f}'} | {(r.get('prediction_histogram') or {}).get(c, '')} |"
               for c, rec in r["per_class_recall"].items()), "",
-            _collapse_line(r), "", f"![confusion]({image})", ""]
+            _collapse_line(r), "", _calibration_line(r), "", f"![confusion]({image})",
+            f"![reliability]({image.replace('confusion', 'reliability')})", ""]
 
 
 def report_md(metrics: dict[str, Any], params: Params) -> str:
@@ -273,6 +333,8 @@ def evaluate(params: Params, model_dir: str | Path, manifest: str | Path, featur
         rows = df[df["utt_id"].isin(set(pred["utt_id"]))]
         scope = f"held-out corpora {', '.join(xc)} (all their clips, pooled)"
     test = score_predictions(pred, classes, params)
+    test["calibration"] = calibration_scores(pred, classes, rec.temperature)
+    plot_reliability(pred, classes, "test: reliability", out / "reliability.png")
     test["scope"] = scope
     test["synthetic_data"] = bool(rows["path"].map(is_synthetic).any())
     test["test_manifest_hash"] = manifest_hash(rows)  # which test set: the registry compares like with like
@@ -291,6 +353,7 @@ def evaluate(params: Params, model_dir: str | Path, manifest: str | Path, featur
             metrics["cross_corpus"][name] = res
             plot_confusion(np.asarray(res["confusion"]), res["classes"], f"{name} UAR {res['uar']:.3f}",
                            out / f"confusion_{name}.png")
+            plot_reliability(p, res["classes"], f"{name}: reliability", out / f"reliability_{name}.png")
             preds.append(p.assign(set=f"cross:{name}"))
         metrics["cross_corpus_mean_uar"] = round(float(np.mean([r["uar"] for r, _ in xc.values()])), DIGITS)
     with atomic_path(out / "predictions.parquet") as tmp:
@@ -304,6 +367,7 @@ def evaluate(params: Params, model_dir: str | Path, manifest: str | Path, featur
         flat = {f"test_{k}": metrics[k] for k in ("uar", "wa", "macro_f1")}
         flat |= {f"test_{k}_ci_{s}": test[f"{k}_ci_{s}"] for k in ("uar", "wa", "macro_f1") for s in ("low", "high")}
         flat |= {f"test_recall_{c}": r for c, r in test["per_class_recall"].items() if r is not None}
+        flat |= {f"test_{k}": test["calibration"][k] for k in ("ece_before", "ece_after")}
         for name, res in metrics.get("cross_corpus", {}).items():
             flat |= {f"cross_{name}_{k}": res[k] for k in ("uar", "wa", "macro_f1")}
         mlflow.log_metrics(flat)

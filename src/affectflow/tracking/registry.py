@@ -47,6 +47,7 @@ from typing import Any
 from affectflow.config import Params
 from affectflow.contracts.model_folder import content_hash
 from affectflow.storage import atomic_write_json
+from affectflow.tracking.model_card import publish_card
 from affectflow.tracking.revisions import dvc_revision, git_commit
 from affectflow.tracking.uri import client, ensure_store, mlflow_scope, resolve_uri
 
@@ -929,7 +930,8 @@ def register(params: Params, model_dir: str | Path, metrics_path: str | Path, ou
     A model already registered (same content hash) gets no second version: the existing one is
     gated again. `rescore`: a folder written by `affectflow.orchestration.rescore` (the champion
     scored on this model's test manifest); its scores are recorded on the versions and the gate
-    compares on that set. Writes `out_dir/result.json` (version, aliases, gate decision and reason,
+    compares on that set. Writes `out_dir/model_card.md` (`tracking.model_card`, also logged with the
+    model and set as the version description) and `out_dir/result.json` (version, aliases, gate decision and reason,
     the comparison, champion before and after). A failed gate is a normal outcome, not an error.
     """
     reg = Registry(params, client)
@@ -981,6 +983,8 @@ def register(params: Params, model_dir: str | Path, metrics_path: str | Path, ou
         "metrics": {k: v for k, v in asdict(scores).items() if v is not None}, "lineage": lin,
         "tracking_uri": resolve_uri(params.tracking.uri),
     }
+    card, why = publish_card(reg.client, reg.name, version, model_dir, metrics_path, out_dir, source.run_id, decision)
+    result |= {"model_card": None if card is None else str(card), "model_card_missing": why}
     atomic_write_json(Path(out_dir) / "result.json", result)
     return result
 

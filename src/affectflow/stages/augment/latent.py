@@ -149,6 +149,7 @@ def augment_latent(params: Params, model_dir: str | Path, manifest: str | Path |
              "base_model": str(model_dir)}
     meta = rec.meta.model_copy(deep=True)
     meta.train = meta.train.model_copy(update={"latent_augmentation": facts})
+    meta.calibration = None  # the base model's temperature was fitted to its old head, not this one
     report = build_report(params, df, features_dir, syn, str(rec.device))
     report["head"] = {**facts, "loss_first": losses[0], "loss_last": losses[-1]}
     with atomic_dir(out_dir) as tmp:

@@ -20,6 +20,7 @@ from affectflow.config import Params
 from affectflow.contracts.model_folder import write_model_folder
 from affectflow.serving.recognizer import build_network
 from affectflow.stages.spec import Inputs
+from affectflow.stages.train.calibrate import fit_calibration
 from affectflow.stages.train.driver import fit
 from affectflow.stages.train.loop import TrainingInterrupted
 from affectflow.stages.train.plan import Plan, TrainingError, plan
@@ -91,6 +92,7 @@ def train(params: Params, manifest: str | Path, features_dir: str | Path, out_di
         meta.train = meta.train.model_copy(update={
             "best_epoch": best, "val_uar": outcome["best_uar"], "epochs_run": len(hist),
             "stopped_early": outcome["stopped_early"], "params": params.train.model_dump(mode="json")})
+        meta.calibration = fit_calibration(p.worker, model)
         meta.mlflow = tracking.run_info(run)
         model_dir = write_model_folder(out / "model", model, meta)
         curves = plot_curves(hist, best, out / "curves.png", crops=meta.feature == "logmel")
@@ -100,7 +102,8 @@ def train(params: Params, manifest: str | Path, features_dir: str | Path, out_di
                    "epochs_run": len(hist), "stopped_early": outcome["stopped_early"],
                    "n_train": meta.train.n_train, "n_val": meta.train.n_val, "n_synthetic": meta.train.n_synthetic,
                    "device": outcome["device"], "world_size": outcome["world_size"],
-                   "checkpoints": p.worker.ckpt_uri or p.worker.ckpt_dir}
+                   "checkpoints": p.worker.ckpt_uri or p.worker.ckpt_dir,
+                   "calibration": meta.calibration.model_dump() if meta.calibration else None}
         atomic_write_json(out / "summary.json", summary)
         tracking.log_training(run, meta.classes, summary, curves, model_dir)
         if params.tracking.log_model:

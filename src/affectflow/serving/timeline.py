@@ -1,0 +1,290 @@
+"""Timelines for long recordings: one emotion estimate per hop instead of one label per file.
+
+Why windows: the recognizers were trained on 2-4 s acted clips, so a 10-minute call averaged into
+one label says nothing about when someone got angry. The recording is read in blocks with
+soundfile (`SoundFile.blocks`: `window_s` long, `hop_s` apart, overlapping), each block is scored
+like a short clip, and the window probabilities are smoothed by a centred moving average over
+`smooth` windows (single windows of acted-speech models flicker). Memory is flat in the recording
+length: at most `batch_size` windows of audio are held, plus one probability row per window.
+
+Reading the result: window k covers [start_k, end_k]; its *cell* is the part of the recording
+nearer to its centre than to any other window's centre, so the cells tile the file without
+overlap and each time belongs to exactly one row (`segments`). Runs of cells with the same label
+are merged into `changes`. A change between two emotions is located within one hop (the test
+plants one). With `deploy_normalization: set` models, each batch of windows is standardised as one
+set (use `batch_size` >= the model's `min_clips`).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import soundfile as sf
+from pydantic import ValidationError
+from scipy.ndimage import uniform_filter1d
+
+from affectflow import audio
+from affectflow.config import Params, TimelineConfig
+from affectflow.storage import atomic_write_text, save_figure
+
+if TYPE_CHECKING:
+    from affectflow.serving.predict import Backend
+
+DECIMALS = 4
+
+
+def _windows(blocks: Iterator[np.ndarray], rate: int, sample_rate: int, cfg: TimelineConfig,
+             where: str) -> Iterator[tuple[float, float, np.ndarray]]:
+    """Blocks of `window` frames, `hop` apart (the last one shorter) -> (start_s, end_s, mono
+    waveform at `sample_rate`); the tail becomes a full window ending at the end."""
+    window, hop = _frames(rate, cfg)
+    start, prev = 0, None
+    for block in blocks:
+        x = audio.to_mono(block)
+        if not np.isfinite(x).all():
+            raise audio.AudioError(where, f"window at {start / rate:.1f} s: {audio.NOT_FINITE}")
+        first = start
+        if len(x) < window and prev is not None:  # the tail: a full window ending at the recording's end
+            x = np.concatenate([prev, x[len(prev) - hop:]])[-window:]
+            first = start + len(block) - window
+        yield first / rate, (first + len(x)) / rate, audio.resample(x, rate, sample_rate)
+        prev = x
+        start += hop
+
+
+def _frames(rate: int, cfg: TimelineConfig) -> tuple[int, int]:
+    """(window, hop) in frames at `rate`."""
+    window = max(1, round(cfg.window_s * rate))
+    return window, min(window, max(1, round(cfg.hop_s * rate)))
+
+
+def windows(path: str | Path, sample_rate: int, cfg: TimelineConfig) -> Iterator[tuple[float, float, np.ndarray]]:
+    """(start_s, end_s, mono waveform at `sample_rate`) per window, streamed from the file; the last
+    window ends at the file's end (a full window, overlapping its predecessor more; shorter than
+    `window_s` only when the whole file is)."""
+    head = audio.check_header(path)
+    window, hop = _frames(head.sample_rate, cfg)
+    try:
+        with sf.SoundFile(str(path)) as f:
+            blocks = f.blocks(blocksize=window, overlap=window - hop, dtype="float32", always_2d=False)
+            yield from _windows(blocks, head.sample_rate, sample_rate, cfg, str(path))
+    except sf.LibsndfileError as e:
+        raise audio.AudioError(str(path), f"cannot decode audio ({e})") from None
+
+
+def wave_windows(wave: np.ndarray, rate: int, sample_rate: int, cfg: TimelineConfig,
+                 where: str = "waveform") -> Iterator[tuple[float, float, np.ndarray]]:
+    """The same windows over audio already in memory (a served request)."""
+    window, hop = _frames(rate, cfg)
+    x = np.asarray(wave, np.float32)
+    blocks = (x[a:a + window] for a in range(0, max(1, len(x) - (window - hop)), hop))
+    return _windows(blocks, rate, sample_rate, cfg, where)
+
+
+@dataclass
+class Timeline:
+    """Scored windows of one recording (probabilities already smoothed)."""
+
+    path: str
+    classes: list[str]
+    starts: np.ndarray
+    ends: np.ndarray
+    probabilities: np.ndarray
+    """(windows, classes), smoothed."""
+    settings: TimelineConfig
+
+    @property
+    def duration_s(self) -> float:
+        return float(self.ends[-1]) if len(self.ends) else 0.0
+
+    def cells(self) -> tuple[np.ndarray, np.ndarray]:
+        """Non-overlapping [from, to) per window: midpoints between consecutive window centres."""
+        centres = (self.starts + self.ends) / 2
+        mids = (centres[1:] + centres[:-1]) / 2
+        return np.r_[0.0, mids], np.r_[mids, self.duration_s]
+
+    @property
+    def labels(self) -> list[str]:
+        return [self.classes[i] for i in self.probabilities.argmax(axis=1)]
+
+    def segments(self) -> list[dict[str, Any]]:
+        lo, hi = self.cells()
+        return [{"start_s": round(float(a), 3), "end_s": round(float(b), 3), "label": lab,
+                 "probabilities": {c: round(float(p), DECIMALS) for c, p in zip(self.classes, row, strict=True)}}
+                for a, b, lab, row in zip(lo, hi, self.labels, self.probabilities, strict=True)]
+
+    def changes(self) -> list[dict[str, Any]]:
+        """Runs of consecutive cells with the same label: start, end, label, mean top probability."""
+        lo, hi = self.cells()
+        labels = self.labels
+        top = self.probabilities.max(axis=1)
+        runs: list[dict[str, Any]] = []
+        first = 0
+        for k in range(1, len(labels) + 1):
+            if k == len(labels) or labels[k] != labels[first]:
+                runs.append({"start_s": round(float(lo[first]), 3), "end_s": round(float(hi[k - 1]), 3),
+                             "label": labels[first], "confidence": round(float(top[first:k].mean()), DECIMALS)})
+                first = k
+        return runs
+
+    def to_json(self) -> dict[str, Any]:
+        return {"path": self.path, "duration_s": round(self.duration_s, 3), "classes": self.classes,
+                "window_s": self.settings.window_s, "hop_s": self.settings.hop_s, "smooth": self.settings.smooth,
+                "n_windows": len(self.starts), "segments": self.segments(), "changes": self.changes()}
+
+
+def smooth(probs: np.ndarray, width: int) -> np.ndarray:
+    """Centred moving average over `width` windows (edges repeat the end rows); rows still sum to 1."""
+    if width <= 1 or len(probs) < 2:
+        return probs
+    return uniform_filter1d(np.asarray(probs, np.float64), size=width, axis=0, mode="nearest")
+
+
+def score_timeline(source: str | Path | tuple[np.ndarray, int], predict: Callable[[list[np.ndarray]], np.ndarray],
+                   classes: Sequence[str], sample_rate: int, cfg: TimelineConfig, batch_size: int = 32,
+                   name: str | None = None) -> Timeline:
+    """Windows of `source` (a file, or (waveform, its rate)) scored `batch_size` at a time by
+    `predict` (waveforms -> (n, C) probabilities)."""
+    if isinstance(source, tuple):
+        path = name or "waveform"
+        stream = wave_windows(source[0], source[1], sample_rate, cfg, path)
+    else:
+        path = str(source)
+        stream = windows(source, sample_rate, cfg)
+    starts: list[float] = []
+    ends: list[float] = []
+    parts: list[np.ndarray] = []
+    batch: list[np.ndarray] = []
+    for a, b, wave in stream:
+        starts.append(a)
+        ends.append(b)
+        batch.append(wave)
+        if len(batch) >= batch_size:
+            parts.append(np.asarray(predict(batch), np.float64))
+            batch = []
+    if batch:
+        parts.append(np.asarray(predict(batch), np.float64))
+    if not parts:
+        raise audio.AudioError(path, audio.NO_SAMPLES)
+    probs = smooth(np.concatenate(parts), cfg.smooth)
+    return Timeline(path, list(classes), np.asarray(starts), np.asarray(ends), probs, cfg)
+
+
+def timelines_json(timelines: Sequence[Timeline], model_uri: str) -> dict[str, Any]:
+    return {"model": model_uri, "timelines": [t.to_json() for t in timelines]}
+
+
+def timelines_csv(timelines: Sequence[Timeline]) -> str:
+    """One row per segment (cell): path, start_s, end_s, label, one column per class."""
+    buf = io.StringIO()
+    classes = timelines[0].classes if timelines else []
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow(["path", "start_s", "end_s", "label", *classes])
+    for t in timelines:
+        for s in t.segments():
+            writer.writerow([t.path, s["start_s"], s["end_s"], s["label"], *(s["probabilities"][c] for c in classes)])
+    return buf.getvalue()
+
+
+def plot_timeline(t: Timeline, path: str | Path) -> Path:
+    """Stacked class probabilities over time, with the label run bar underneath."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    lo, hi = t.cells()
+    x = np.c_[lo, hi].ravel()
+    y = np.repeat(t.probabilities, 2, axis=0).T
+    colours = plt.get_cmap("tab10").colors
+    fig, (a, b) = plt.subplots(2, 1, figsize=(11, 3.6), sharex=True, gridspec_kw={"height_ratios": [4, 1]})
+    a.stackplot(x, y, labels=t.classes, colors=colours[: len(t.classes)], alpha=0.85)
+    a.set(ylabel="probability", ylim=(0, 1), title=f"{Path(t.path).name}: {t.settings.window_s:g} s windows, "
+          f"{t.settings.hop_s:g} s hop, smoothed over {t.settings.smooth}")
+    a.legend(loc="upper left", bbox_to_anchor=(1.0, 1.0), fontsize=8)
+    for run in t.changes():
+        b.axvspan(run["start_s"], run["end_s"], color=colours[t.classes.index(run["label"])], alpha=0.85)
+    b.set(yticks=[], xlabel="time (s)", xlim=(0, max(t.duration_s, 1e-3)))
+    fig.tight_layout()
+    return save_figure(fig, path)
+
+
+def write_timelines(timelines: Sequence[Timeline], model_uri: str, out: str | Path, fmt: str) -> list[Path]:
+    """`out` as JSON or CSV (atomically) and one PNG per recording beside it
+    (`<out stem>.png`, or `<out stem>.<k>.png` for several); the PNG paths."""
+    import json
+
+    out = Path(out)
+    text = timelines_csv(timelines) if fmt == "csv" else json.dumps(timelines_json(timelines, model_uri), indent=2) + "\n"
+    atomic_write_text(out, text)
+    one = len(timelines) == 1
+    return [plot_timeline(t, out.with_name(f"{out.stem}.png" if one else f"{out.stem}.{k}.png"))
+            for k, t in enumerate(timelines)]
+
+
+@dataclass
+class TimelineResult:
+    model_uri: str
+    timelines: list[Timeline]
+    failed: dict[str, str]
+    """path -> reason, for inputs that could not be scored (the others still are)."""
+
+
+def timeline_paths(params: Params, paths: Sequence[str | Path], model_uri: str | None = None,
+                   backend: Backend | None = None, report: Callable[[str], None] | None = None) -> TimelineResult:
+    """A timeline per input (files, folders, manifests, s3:// as `affectflow predict` takes them),
+    with `predict.timeline` settings; a failing input is reported and skipped."""
+    import sys
+
+    from affectflow.serving.predict import collect_inputs, fetched, load_backend
+    from affectflow.storage.s3 import store_for
+
+    store = store_for(params)
+    files = collect_inputs(paths, store)
+    backend = backend or load_backend(params, model_uri)
+    say = report or (lambda msg: print(msg, file=sys.stderr))
+    out, failed = [], {}
+    with fetched(files, store) as (local, missing):
+        for i, name in enumerate(files):
+            try:
+                if i in missing:
+                    raise audio.AudioError(name, missing[i])
+                t = score_timeline(local[i], backend.predict, backend.classes, backend.sample_rate,
+                                   params.predict.timeline, params.predict.batch_size)
+            except (audio.AudioError, OSError, ValueError) as e:
+                failed[name] = getattr(e, "reason", str(e))
+                say(f"error: {name}: {failed[name]}")
+                continue
+            t.path = name
+            out.append(t)
+    return TimelineResult(backend.uri, out, failed)
+
+
+REQUEST_KEYS = ("window_s", "hop_s", "smooth")
+
+
+def requested_settings(parameters: Mapping[str, Any] | None, n_clips: int) -> TimelineConfig | None:
+    """The served option: request parameters `timeline: true` (+ optional `window_s`, `hop_s`,
+    `smooth`; defaults: `predict.timeline`'s) -> the settings; None for an ordinary request.
+    A timeline request carries one recording; bad values are a ValueError naming the parameter."""
+    params = dict(parameters or {})
+    flag = params.get("timeline", False)
+    if flag in (False, "false", "False", 0, None):
+        return None
+    if flag not in (True, "true", "True", 1):
+        raise ValueError(f"parameter 'timeline': expected true or false, got {flag!r}")
+    if n_clips != 1:
+        raise ValueError(f"parameter 'timeline': a timeline request carries one recording, got {n_clips}")
+    given = {k: params[k] for k in REQUEST_KEYS if k in params}
+    try:
+        return TimelineConfig(**given)
+    except ValidationError as e:
+        why = "; ".join(f"parameter '{'.'.join(map(str, err['loc']))}': {err['msg']}" if err["loc"]
+                        else err["msg"] for err in e.errors())
+        raise ValueError(f"timeline parameters {given}: {why}") from None
