@@ -35,10 +35,11 @@ def _planted(path: Path, first: str, second: str, change_s: float, total_s: floa
 
 def test_windows_stream_overlapping_blocks_and_the_last_ends_at_the_end(tmp_path: Path):
     path = tmp_path / "ramp.wav"
-    sf.write(path, (np.arange(105) % 100 / 100).astype(np.float32), 10)
-    got = list(windows(path, 10, TimelineConfig(window_s=3.0, hop_s=1.0)))
+    # 1 kHz (the lowest rate audio.py accepts); the ramp steps every 0.1 s
+    sf.write(path, (np.arange(10_500) // 100 % 100 / 100).astype(np.float32), 1000)
+    got = list(windows(path, 1000, TimelineConfig(window_s=3.0, hop_s=1.0)))
     assert [(a, b) for a, b, _ in got] == [(float(s), s + 3.0) for s in range(8)] + [(7.5, 10.5)]
-    assert all(len(w) == 30 for _, _, w in got)
+    assert all(len(w) == 3000 for _, _, w in got)
     assert np.allclose(got[-1][2][[0, -1]], [0.75, 0.04], atol=1e-3)  # the tail window holds the file's last samples
 
 
