@@ -136,11 +136,11 @@ def test_predict_timeline_cli_writes_json_csv_and_png(synth_root: Path, tmp_path
 def test_waveform_windows_match_the_streamed_file(tmp_path: Path):
     from affectflow.serving.timeline import wave_windows
 
-    x = (np.arange(1234) % 97 / 97).astype(np.float32)
+    x = (np.arange(12_345) % 97 / 97).astype(np.float32)
     path = tmp_path / "x.wav"
-    sf.write(path, x, 100, subtype="FLOAT")
+    sf.write(path, x, 1000, subtype="FLOAT")  # 1 kHz: the lowest rate audio.py accepts
     cfg = TimelineConfig(window_s=2.0, hop_s=0.7)
-    a, b = list(windows(path, 100, cfg)), list(wave_windows(x, 100, 100, cfg))
+    a, b = list(windows(path, 1000, cfg)), list(wave_windows(x, 1000, 1000, cfg))
     assert [(s, e) for s, e, _ in a] == [(s, e) for s, e, _ in b]
     assert all(np.array_equal(u, v) for (_, _, u), (_, _, v) in zip(a, b, strict=True))
 
@@ -175,7 +175,7 @@ def test_the_kserve_predictor_serves_a_timeline_on_request(synth_root: Path, tmp
     assert got["start_s"].shape == [n] and got["probabilities"].shape == [n, len(rec.classes)]
     assert np.allclose(np.asarray(got["probabilities"].data).reshape(n, -1), want.probabilities, atol=1e-4)
     assert list(got["label"].data) == want.labels and got["end_s"].data[-1] == pytest.approx(8.0)
-    assert set(ask([clip])) == {"probabilities", "label"}  # an ordinary request is unchanged
+    assert set(ask([clip])) == {"probabilities", "label", "status"}  # an ordinary request is unchanged
     with pytest.raises(InvalidInput, match="one recording, got 2"):
         ask([clip, clip], timeline=True)
     with pytest.raises(InvalidInput, match=r"hop_s \(2.0\) must not exceed window_s"):
