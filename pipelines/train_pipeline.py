@@ -20,6 +20,7 @@ from typing import Any
 from kfp import dsl, kubernetes
 
 from affectflow.config import DEFAULT_TASK_RESOURCES, ConfigError, Params
+from affectflow.features.keys import KINDS, requested_kinds
 from affectflow.orchestration.images import image_for
 from affectflow.orchestration.ir import PIPELINE_NAME
 from affectflow.orchestration.kfp_io import TRACKING_SECRET_ENV
@@ -32,6 +33,7 @@ from affectflow.orchestration.run_form import (
     run_form_defaults,
 )
 from affectflow.stages import STAGES
+from affectflow.stages.runner import feature_kinds
 from components import params as params_component
 from components.augment import augment, skip_augment
 from components.evaluate import evaluate
@@ -99,8 +101,9 @@ def task_uses_gpu(stage: str, p: Params) -> bool:
     cfg = p.pipeline
     if stage == "features":
         f = p.features
+        torch_kinds = [k for k in requested_kinds(p, feature_kinds(p)) if KINDS[k].engine == "logmel"]
         return cfg.features_on_gpu == "always" or (
-            cfg.features_on_gpu == "auto" and cfg.gpu_limit > 0 and "logmel" in f.kinds and f.device != "cpu")
+            cfg.features_on_gpu == "auto" and cfg.gpu_limit > 0 and bool(torch_kinds) and f.device != "cpu")
     if stage == "train" and cfg.ray_cluster:
         return False
     return stage in STAGES and STAGES[stage].gpu

@@ -176,10 +176,11 @@ class RobustnessConfig(Section):
 
 
 class FeaturesConfig(Section):
-    kinds: list[Literal["logmel", "egemaps", "compare", "ssl"]] = Field(default_factory=lambda: ["compare", "egemaps"])
-    """logmel (n_mels x frames), egemaps (openSMILE eGeMAPS functionals; with `egemaps.levels: [lld]`
-    also egemaps_lld), compare (openSMILE ComParE 2016 functionals, 6373), ssl (a pretrained speech
-    encoder's time-averaged layers, `features.ssl`)."""
+    kinds: list[Literal["logmel", "egemaps", "compare", "ssl"]] = Field(default_factory=list)
+    """Kinds to compute in addition to those the enabled stages read (train.model's kind, augment.feature
+    when augmenting; `affectflow.stages.feature_kinds`): logmel (n_mels x frames), egemaps (openSMILE
+    eGeMAPS functionals; with `egemaps.levels: [lld]` also egemaps_lld), compare (openSMILE ComParE
+    2016 functionals, 6373), ssl (a pretrained speech encoder's time-averaged layers, `features.ssl`)."""
     logmel: LogMelConfig = Field(default_factory=LogMelConfig)
     egemaps: EgemapsConfig = Field(default_factory=EgemapsConfig)
     ssl: SslConfig = Field(default_factory=SslConfig)
@@ -192,6 +193,12 @@ class FeaturesConfig(Section):
     logmel_in: Literal["auto", "main", "workers"] = "auto"
     """Where log-mel runs: the decode workers (cheapest on CPU) or the main process, batching the
     waveforms the workers send (keeps one GPU busy); auto = main on CUDA, workers on CPU."""
+    shards: int = Field(0, ge=0)
+    """Shards the new clips are cut into (on a cluster: parallel extraction tasks); 0 = one per
+    1,000 new clips (`affectflow.stages.features.SHARD_CLIPS`)."""
+    previous: str = ""
+    """An earlier features store (folder or s3:// prefix) whose shards are reused for the clips
+    they hold, so a grown manifest computes only its new clips; "" = only this store's own."""
 
 
 # --------------------------------------------------------------------------- models & training
