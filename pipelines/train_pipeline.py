@@ -37,7 +37,7 @@ from affectflow.stages.runner import feature_kinds
 from components import params as params_component
 from components.augment import augment, skip_augment
 from components.evaluate import evaluate
-from components.features import features
+from components.features import features, gather_features, plan_features
 from components.ingest import data_stamp, ingest
 from components.pretrain import pretrain, skip_pretrain
 from components.register import promote, register, rescore_champion
@@ -62,7 +62,7 @@ client address and the shared storage of Ray runs and checkpoints."""
 WRITABLE_DIRS = {"kfp-minio": "/minio", "kfp-s3": "/s3", "kfp-gcs": "/gcs", "tmp": "/tmp"}
 """emptyDirs of every task: the KFP launcher's local artifact paths and /tmp, writable for the
 non-root UID whatever the image or a read-only root filesystem."""
-DATA_TASKS = frozenset({*STAGES, "validate-features"}) - {"register"}
+DATA_TASKS = frozenset({*STAGES, "validate-features", "plan-features", "gather-features"}) - {"register"}
 """Tasks that read or write data (S3 corpora, features, Ray storage, MLflow's S3 artifacts)."""
 TRACKING_TASKS = frozenset({s for s, row in STAGES.items() if "tracking" in row.sections}
                            | {"register", "promote", "record-run-status", "resolve-params"})
@@ -202,9 +202,15 @@ def build_pipeline(p: Params) -> Any:
             manifest = ing.outputs["manifest"]
             val = _platform(validate(config=conf["validate"], manifest=manifest), p, gpu=False)
             val.set_display_name("validate manifest")
-            feat = _platform(features(config=conf["features"], manifest=manifest), p,
-                             gpu=task_uses_gpu("features", p))
-            feat.after(val)
+            shard_plan = _platform(plan_features(config=conf["features"], manifest=manifest), p, gpu=False)
+            shard_plan.after(val)
+            shard_plan.set_display_name("plan feature shards")
+            with dsl.ParallelFor(shard_plan.output, name="feature-shards") as shard:
+                part = _platform(features(config=conf["features"], manifest=manifest, shard=shard), p,
+                                 gpu=task_uses_gpu("features", p))
+            feat = _platform(gather_features(config=conf["features"], manifest=manifest,
+                                             parts=dsl.Collected(part.outputs["part"])), p, gpu=False)
+            feat.set_display_name("gather features")
             store = feat.outputs["store"]
             val_feat = _platform(validate_features(config=conf["validate"], manifest=manifest, store=store), p,
                                  gpu=False)

@@ -693,7 +693,9 @@ DEFAULT_TASK_RESOURCES: dict[str, TaskResources] = {
     "ingest": _res(("1", "2"), ("1Gi", "4Gi")),
     "validate": _res(("500m", "2"), ("1Gi", "4Gi")),
     "validate-features": _res(("500m", "2"), ("1Gi", "4Gi")),
-    "features": _res(("2", "4"), ("4Gi", "8Gi")),
+    "plan-features": _SMALL,
+    "features": _res(("2", "4"), ("4Gi", "8Gi")),  # one task per shard, in parallel (ParallelFor)
+    "gather-features": _res(("1", "2"), ("2Gi", "8Gi")),  # the shards into one store with its index
     "augment": _res(("2", "4"), ("4Gi", "16Gi")),
     "pretrain": _res(("2", "4"), ("4Gi", "16Gi")),
     "train": _res(("2", "4"), ("4Gi", "16Gi")),

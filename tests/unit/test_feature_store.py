@@ -199,9 +199,11 @@ def test_scale_out_shards_gather_into_the_same_store(small, tmp_path: Path) -> N
     the gather (a plain run reusing them) computes nothing and indexes everything."""
     p, df = small
     man = _write(df, tmp_path / "m.parquet")
+    p = with_overrides(p, {"features.shards": 3})
+    assert stage.shards_to_compute(p, man) == 3
     parts = []
     for i in range(3):
-        res = extract_features(p, man, tmp_path / f"part{i}", shard=(i, 3))
+        res = extract_features(p, man, tmp_path / f"part{i}", shard=i)
         assert not (tmp_path / f"part{i}" / "index.parquet").exists()
         parts.append(tmp_path / f"part{i}")
     total = sum(len(list(part.rglob("*.npz"))) for part in parts)

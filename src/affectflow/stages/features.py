@@ -195,6 +195,9 @@ def _read_clips(manifest_path: Path) -> pd.DataFrame:
     return df
 
 
+SMILE_CHUNK = 4
+"""Clips per worker task when no log-mel is computed (openSMILE gains nothing from batching)."""
+
 SHARD_CLIPS = 1000
 """Clips per shard when `features.shards` is 0 (auto): a ComParE shard is then ~25 MB, a log-mel
 one ~80 MB, and a 3,000-clip manifest makes 3 shards, a 300-hour one a few hundred."""
@@ -227,35 +230,42 @@ class _Plan:
     refused: list[str]
 
 
-def _import_previous(root: Path, source: str | Path, keys: dict[str, str], wanted: set[str],
-                     params: Params) -> int:
-    """Copy the shards of an earlier store (folder or s3:// prefix) that hold any wanted clip."""
-    copied = 0
-    for kind, key in keys.items():
-        folder = shard_folder(kind, key)
-        if is_s3(str(source)):
-            from affectflow.storage.s3 import localize_for, store_for
+def _source_root(source: str | Path, folder: str, params: Params) -> Path | None:
+    """A previous store as a local folder: itself, or its s3:// shards of `folder` mirrored locally
+    (whole shards: one GET each); None when it has none."""
+    if not is_s3(str(source)):
+        return Path(source)
+    from affectflow.storage.s3 import localize_for, store_for
 
-            uri = f"{str(source).rstrip('/')}/{folder}"
-            if not store_for(params).list(uri):
-                continue
-            src_root = localize_for(params, uri).parent.parent
-        else:
-            src_root = Path(source)
-        found, _ = catalogue(src_root, kind, key)
-        for record in {r.file: r for c, r in found.items() if c in wanted}.values():
+    uri = f"{str(source).rstrip('/')}/{folder}"
+    if not store_for(params).list(uri):
+        return None
+    return localize_for(params, uri).parents[folder.count("/")]
+
+
+def _reuse(root: Path, sources: Sequence[str | Path], kind: str, key: str, wanted: set[str],
+           found: dict[str, ShardRecord], params: Params, copy: bool) -> None:
+    """Add to `found` the clips earlier stores hold; `copy`: bring their shards into this store
+    (record last, so a half copy is a half shard), else only note them (a scale-out task, which
+    computes the rest and leaves the copying to the gather)."""
+    for source in sources:
+        src = _source_root(source, shard_folder(kind, key), params)
+        if src is None or src.resolve() == root.resolve():
+            continue
+        held, _ = catalogue(src, kind, key)
+        records = {r.file: r for c, r in held.items() if c in wanted and c not in found}
+        for record in records.values():
             dst = root / record.file
-            if dst.is_file():
-                continue
-            for suffix in (SHARD_SUFFIX, RECORD_SUFFIX):  # the record last: a half copy is a half shard
-                with atomic_path(dst.with_suffix(suffix)) as tmp:
-                    shutil.copyfile((src_root / record.file).with_suffix(suffix), tmp)
-            copied += 1
-    return copied
+            if copy and not dst.with_suffix(RECORD_SUFFIX).is_file():
+                for suffix in (SHARD_SUFFIX, RECORD_SUFFIX):
+                    with atomic_path(dst.with_suffix(suffix)) as tmp:
+                        shutil.copyfile((src / record.file).with_suffix(suffix), tmp)
+            for clip in record.shapes:
+                found.setdefault(clip, record)
 
 
 def plan(params: Params, manifest_path: str | Path, root: Path,
-         previous: Sequence[str | Path] = ()) -> _Plan:
+         previous: Sequence[str | Path] = (), copy: bool = True) -> _Plan:
     """The shards already there (this store, then `previous` stores and `features.previous`), the
     clips each kind lacks, and those clips dealt into `shard_count` shards."""
     df = _read_clips(Path(manifest_path))
@@ -264,17 +274,17 @@ def plan(params: Params, manifest_path: str | Path, root: Path,
         raise FeaturesError("features.kinds / features.egemaps.levels: no feature kind requested")
     clips = df.drop_duplicates("sha256").sort_values("duration", ascending=False, kind="stable")
     wanted = set(clips["sha256"])
-    for source in [*previous, *([params.features.previous] if params.features.previous else [])]:
-        _import_previous(root, source, keys, wanted, params)
+    sources = [*previous, *([params.features.previous] if params.features.previous else [])]
     found: dict[str, dict[str, ShardRecord]] = {}
     refused: list[str] = []
     for kind, key in keys.items():
         found[kind], bad = catalogue(root, kind, key)
+        for line in bad:
+            log.warning("features: %s; its clips are computed again", line)
+            for suffix in (SHARD_SUFFIX, RECORD_SUFFIX):
+                Path(line.split(": ", 1)[0]).with_suffix(suffix).unlink(missing_ok=True)
         refused += bad
-    for line in refused:
-        log.warning("features: %s; its clips are computed again", line)
-        for suffix in (SHARD_SUFFIX, RECORD_SUFFIX):
-            Path(line.split(": ", 1)[0]).with_suffix(suffix).unlink(missing_ok=True)
+        _reuse(root, sources, kind, key, wanted, found[kind], params, copy)
     missing = {kind: wanted - set(found[kind]) for kind in keys}
     jobs: list[_Job] = []
     for sha, path, corpus in zip(clips["sha256"], clips["path"], clips["corpus"].astype(str), strict=True):
@@ -286,25 +296,36 @@ def plan(params: Params, manifest_path: str | Path, root: Path,
     return _Plan(keys, df, found, missing, jobs, _plan_shards(jobs, shard_count(params, len(jobs))), refused)
 
 
+def shards_to_compute(params: Params, manifest_path: str | Path, store: str | Path | None = None) -> int:
+    """How many shards a run on this manifest computes (what a cluster run fans out over): the
+    clips that neither `store` nor `features.previous` holds, cut into `shard_count` shards."""
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        return len(plan(params, manifest_path, Path(store) if store else Path(tmp), copy=False).shards)
+
+
 # ----------------------------------------------------------------------------- the stage
 def extract_features(params: Params, manifest_path: str | Path, out_dir: str | Path,
-                     shard: tuple[int, int] | None = None, previous: Sequence[str | Path] = ()) -> FeaturesResult:
+                     shard: int | None = None, previous: Sequence[str | Path] = ()) -> FeaturesResult:
     """Compute the clips no shard holds yet, shard by shard; write `index.parquet` and `summary.json`.
 
-    `shard=(i, n)`: compute only shard i of n (one task of a scale-out; no index: the gather,
-    a plain run with the shard folders as `previous`, writes it). `previous`: earlier stores whose
-    shards are reused (copied in) for the clips they hold."""
+    `shard=i`: compute only shard i of the plan (one task of a scale-out, whose shards are
+    `shards_to_compute`; it writes its new shards and no index: the gather, a plain run with the
+    tasks' folders as `previous`, does). `previous`: earlier stores whose shards are reused (copied
+    in) for the clips they hold."""
     t_start = time.perf_counter()
     root = Path(out_dir)
     root.mkdir(parents=True, exist_ok=True)
-    pl = plan(params, manifest_path, root, previous)
+    pl = plan(params, manifest_path, root, previous, copy=shard is None)
+    plan_s = time.perf_counter() - t_start
     keys, df, clips = pl.keys, pl.clips, pl.clips.drop_duplicates("sha256")
     shards = pl.shards
     if shard is not None:
-        i, n = shard
-        if not 0 <= i < n:
-            raise FeaturesError(f"shard {i} of {n}: no such shard")
-        shards = [_plan_shards(pl.jobs, n)[i]] if pl.jobs else []
+        if not 0 <= shard < len(pl.shards):
+            raise FeaturesError(f"{manifest_path}: shard {shard} of {len(pl.shards)}: no such shard "
+                                "(the manifest or the stores changed since the plan)")
+        shards = [pl.shards[shard]]
     run = _compute(params, root, keys, shards, pl.found) if shards else {"audio_seconds": 0.0}
     by_sha = dict(zip(clips["sha256"], clips["duration"], strict=True))
     if not any(j[2] or j[3] for s in shards for j in s):
@@ -318,7 +339,7 @@ def extract_features(params: Params, manifest_path: str | Path, out_dir: str | P
         "shards_refused": pl.refused,
     }
     if shard is not None:
-        summary["shard"] = list(shard)
+        summary["shard"] = [shard, len(pl.shards)]
         for k in keys:  # a scale-out task computes only its share of the missing clips
             summary["kinds"][k]["computed"] = sum(1 for s in shards for j in s if j[0] in pl.missing[k])
     else:
@@ -341,6 +362,7 @@ def extract_features(params: Params, manifest_path: str | Path, out_dir: str | P
     summary.update({
         "audio_seconds_computed": round(audio_s, 3),
         "seconds": round(seconds, 3),
+        "plan_seconds": round(plan_s, 3),
         "x_realtime": round(audio_s / seconds, 1) if audio_s else None,
         **{k: v for k, v in run.items() if k != "audio_seconds"},
     })
@@ -387,8 +409,11 @@ def _layout(params: Params, shards: list[list[_Job]]) -> _Layout:
         facts["logmel_in"] = "main" if in_main or workers == 1 else "workers"
         facts["torch_threads"] = main_threads if facts["logmel_in"] == "main" else worker_threads
     # Chunks of similar-length neighbours, shard after shard (a shard is written as soon as its
-    # last chunk is back); at least two per worker so the last ones do not straggle.
-    size = max(1, min(f.batch_size, math.ceil(len(jobs) / (2 * workers)) if jobs else 1))
+    # last chunk is back); at least two per worker so the last ones do not straggle. Log-mel
+    # batches `batch_size` clips (one padded STFT); openSMILE works clip by clip, so its chunks are
+    # small: the first clips are back in seconds and no worker waits on another's long chunk.
+    per_chunk = f.batch_size if any_logmel else min(f.batch_size, SMILE_CHUNK)
+    size = max(1, min(per_chunk, math.ceil(len(jobs) / (2 * workers)) if jobs else 1))
     chunks = []
     for s in shards:
         s_jobs = sorted((j for j in s if j[2] or j[3]), key=lambda j: j[0])
@@ -493,6 +518,7 @@ def _compute(params: Params, root: Path, keys: dict[str, str], shards: list[list
     encoder; each shard is written when complete, and `found` gains its records."""
     f = params.features
     sr = params.audio.sample_rate
+    t_start = time.perf_counter()
     lay = _layout(params, shards)
     facts = lay.facts
     stage_s = {"decode": 0.0, "egemaps": 0.0, "logmel": 0.0, "write": 0.0}
@@ -513,6 +539,7 @@ def _compute(params: Params, root: Path, keys: dict[str, str], shards: list[list
         results, pool = _start(lay, init_args)
         main = _MainLogMel(params, lay.device, lay.main_threads, out, stage_s) if lay.in_main else None
         for sha, path, wave, n, arrays, err in _clips(results, stage_s, sum(len(c) for c in lay.chunks)):
+            facts.setdefault("first_clip_seconds", round(time.perf_counter() - t_start, 2))
             if err is not None:
                 raise audio.AudioError(path, f"{err} (features stage)")
             facts["audio_seconds"] += n / sr
