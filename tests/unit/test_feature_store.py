@@ -216,3 +216,17 @@ def test_scale_out_shards_gather_into_the_same_store(small, tmp_path: Path) -> N
     for a, b in zip(FeatureSet(tmp_path / "store").load("logmel", ids), FeatureSet(clean.out_dir).load("logmel", ids),
                     strict=True):
         np.testing.assert_allclose(a, b, atol=1e-5)
+
+
+def test_a_study_reading_another_kind_computes_it_beside_the_runs_store(small, tmp_path: Path) -> None:
+    """The augmentation study reads eGeMAPS (`studies.augmentation.model`); a pipeline store that holds
+    only the run's own kind gets a study store with it, not a KeyError halfway through the study."""
+    from affectflow.studies.augmentation import _with_kind
+
+    p, df = small
+    man = _write(df.head(4), tmp_path / "m.parquet")
+    run_store = extract_features(p, man, tmp_path / "features").out_dir  # log-mel only
+    assert _with_kind(p, "logmel", man, run_store, tmp_path / "study") == run_store
+    study_store = _with_kind(p, "egemaps", man, run_store, tmp_path / "study")
+    assert study_store == tmp_path / "study" / "features"
+    assert FeatureSet(study_store).matrix("egemaps", df.head(4)["utt_id"].tolist()).shape == (4, 88)
