@@ -31,7 +31,6 @@ Kinds and arrays: `logmel` (n_mels, frames); `egemaps` functionals (n_features,)
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 import os
 import threading
@@ -243,17 +242,17 @@ class FeatureSet:
         return rows.loc[list(utt_ids)]
 
     def _shard(self, file: str, sha256: str) -> np.lib.npyio.NpzFile:
-        """An open, verified shard (kept open: a split reads many clips of few shards)."""
+        """An open, verified shard (kept open: a split reads many clips of few shards; members are
+        read as asked, so a reader holds only the arrays it took)."""
         with self._lock:
             npz = self._shards.get(file)
             if npz is None:
                 path = self.root / file
-                data = path.read_bytes()
-                if sha256 and hashlib.sha256(data).hexdigest() != sha256:
+                if sha256 and file_sha256(path) != sha256:
                     raise FeatureStoreError(f"{path}: shard sha256 does not match the index (corrupt or "
                                             "replaced); re-run `affectflow features`")
                 try:
-                    npz = self._shards[file] = np.load(io.BytesIO(data), allow_pickle=False)
+                    npz = self._shards[file] = np.load(path, allow_pickle=False)
                 except (ValueError, OSError, zipfile.BadZipFile) as e:
                     raise FeatureStoreError(f"{path}: not a readable shard ({e})") from None
             return npz
