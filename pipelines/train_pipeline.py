@@ -205,7 +205,8 @@ def build_pipeline(p: Params) -> Any:
             shard_plan = _platform(plan_features(config=conf["features"], manifest=manifest), p, gpu=False)
             shard_plan.after(val)
             shard_plan.set_display_name("plan feature shards")
-            with dsl.ParallelFor(shard_plan.output, name="feature-shards") as shard:
+            with dsl.ParallelFor(shard_plan.output, name="feature-shards",
+                                 parallelism=p.pipeline.features_parallelism) as shard:
                 part = _platform(features(config=conf["features"], manifest=manifest, shard=shard), p,
                                  gpu=task_uses_gpu("features", p))
             feat = _platform(gather_features(config=conf["features"], manifest=manifest,

@@ -736,6 +736,8 @@ class PipelineConfig(Section):
     features_on_gpu: Literal["auto", "always", "never"] = "auto"
     """Run the features task in the GPU image with a GPU: auto = when log-mel is extracted and
     features.device is not cpu (and gpu_limit > 0)."""
+    features_parallelism: int = Field(8, ge=0)
+    """Most `features` shard tasks (pods) at once in the fan-out (`dsl.ParallelFor`); 0 = no limit."""
     resources: dict[str, TaskResources] = Field(default_factory=dict)
     """Per task (component name: ingest, features, train, ...): overrides of `DEFAULT_TASK_RESOURCES`."""
     run_as_user: int = Field(10001, ge=1)

@@ -115,6 +115,9 @@ def test_the_feature_gate_runs_after_features_and_before_training(ir: tuple[dict
     assert "gather-features" in gate["dependentTasks"]  # the store: the features tasks' shards gathered
     assert "validate-features" in tasks["train"]["dependentTasks"]
     assert "validate" in tasks["plan-features"]["dependentTasks"]  # the manifest gate runs before features
+    loop = next(t for t in tasks.values() if "parameterIterator" in t)  # the features fan-out
+    assert loop["parameterIterator"]["items"]["inputParameter"].endswith("plan-features-Output")
+    assert loop["iteratorPolicy"]["parallelismLimit"] == load_params(PARAMS_YAML).pipeline.features_parallelism
 
 
 def test_tasks_depend_on_the_artifacts_the_stage_table_names(ir: tuple[dict[str, Any], dict[str, Any]]) -> None:
