@@ -230,3 +230,22 @@ def test_a_study_reading_another_kind_computes_it_beside_the_runs_store(small, t
     study_store = _with_kind(p, "egemaps", man, run_store, tmp_path / "study")
     assert study_store == tmp_path / "study" / "features"
     assert FeatureSet(study_store).matrix("egemaps", df.head(4)["utt_id"].tolist()).shape == (4, 88)
+
+
+def test_a_non_finite_array_from_an_extractor_stops_the_stage_naming_the_audio(small, tmp_path: Path,
+                                                                               monkeypatch) -> None:
+    from affectflow.features import logmel
+
+    p, df = small
+    man = _write(df.head(3), tmp_path / "m.parquet")
+    real = logmel.LogMel.batch
+
+    def nan_batch(self, waves):
+        out = real(self, waves)
+        out[0] = np.full_like(out[0], np.nan)
+        return out
+
+    monkeypatch.setattr(logmel.LogMel, "batch", nan_batch)
+    with pytest.raises(stage.FeaturesError, match=r"\.wav: 'logmel' features are non-finite; not stored"):
+        extract_features(p, man, tmp_path / "features")
+    assert not list((tmp_path / "features").rglob("*.npz"))
