@@ -3,12 +3,16 @@
 Rows: FLAC decode alone and a naive per-clip loop (decode + torch.stft log-mel + save, one process)
 as baselines; `extract_features` for log-mel cold (log-mel in the workers, and batched in the main
 process as on a GPU) and warm; eGeMAPS per clip in one process and `extract_features` cold and warm;
-CUDA rows when a GPU is present. CPU seconds add up every process (main + workers), so
+CUDA rows when a GPU is present. The openSMILE rows (`--smile`): per kind (ComParE, eGeMAPS) the
+limit — openSMILE's own single-process speed on decoded audio × cores — then `extract_features`
+with 1 and 2 workers as a share of it, and the scale-out in-process: 1 shard vs 4 shard tasks run
+as the cluster runs them (one process each, `--workers` at a time, then the gather). CPU seconds add up every process (main + workers), so
 "audio s / CPU s × parallel processes" bounds what the machine would give if nobody else used it —
 useful on a shared box, where wall-clock figures mostly measure the neighbours. The unit tests never assert on timings; this script does not either.
 
     .venv/bin/python benchmarks/features.py                      # all 1440 clips (~1.5 h of audio)
     .venv/bin/python benchmarks/features.py --clips 200 --skip-naive-egemaps
+    .venv/bin/python benchmarks/features.py --smile-only --clips 400   # the openSMILE / scale-out rows only
 """
 
 from __future__ import annotations
@@ -48,27 +52,82 @@ def _args() -> argparse.Namespace:
     ap.add_argument("--naive-egemaps-every", type=int, default=4,
                     help="naive eGeMAPS loop on every k-th clip (it is slow; × real time is per audio second)")
     ap.add_argument("--skip-naive-egemaps", action="store_true")
+    ap.add_argument("--smile-only", action="store_true", help="only the openSMILE limit and scale-out rows")
     return ap.parse_args()
 
 
-def main() -> None:
-    a = _args()
-    import numpy as np
-    import pandas as pd
-    import torch
+def _shard_task(args: tuple[Any, str, str, int]) -> float:
+    """One scale-out task in its own process, as a pod runs it; returns its wall seconds."""
+    from affectflow.stages.features import extract_features
+
+    params, manifest, out, shard = args
+    t = time.perf_counter()
+    extract_features(params, manifest, out, shard=shard)
+    return time.perf_counter() - t
+
+
+def smile_rows(a: argparse.Namespace, params: Any, manifest: Path, df: Any, tmp: Path, cores: int,
+               row: Callable[..., None]) -> None:
+    """Per openSMILE kind: its limit, `extract_features` at 1 and 2 workers against it, and 1 vs 4
+    shards (in-process executors: one process per shard task, `a.workers` at a time)."""
+    import multiprocessing as mp
 
     from affectflow import audio
-    from affectflow.config import load_params, with_overrides
-    from affectflow.contracts.feature_store import save_array
-    from affectflow.contracts.manifest import write_manifest
+    from affectflow.config import with_overrides
     from affectflow.features.egemaps import Egemaps
-    from affectflow.features.logmel import LogMel
     from affectflow.stages.features import extract_features
+
+    sr = params.audio.sample_rate
+    clips = df.drop_duplicates("sha256")
+    waves = [audio.load(p, sr) for p in clips["path"]]
+    audio_s = float(clips["duration"].sum())
+    for kind in ("compare", "egemaps"):
+        ex = Egemaps(params.features.egemaps, [kind])
+        wall, cpu, _ = measure(lambda ex=ex, kind=kind: [ex(w, sr, [kind]) for w in waves])
+        limit = audio_s / cpu * cores
+        row(f"openSMILE {kind} alone, decoded audio, 1 process (the limit: × RT per CPU s × {cores} cores)",
+            wall, cpu, audio_s, note=f"limit **{limit:,.0f}×** real time", procs=cores)
+        p = with_overrides(params, {"features.kinds": [kind]})
+        for workers in (1, a.workers):
+            out = tmp / f"smile-{kind}-{workers}"
+            shutil.rmtree(out, ignore_errors=True)
+            q = with_overrides(p, {"features.workers": workers})
+            wall, cpu, res = measure(lambda q=q, out=out: extract_features(q, manifest, out))
+            s = res.summary
+            row(f"extract_features {kind}, cold, {workers} worker(s)", wall, cpu, audio_s, procs=workers,
+                note=f"{audio_s / wall / limit:.0%} of the limit by wall, "
+                     f"{audio_s / cpu * min(workers, cores) / limit:.0%} by CPU; first clip after "
+                     f"{s.get('first_clip_seconds')} s; plan {s.get('plan_seconds')} s")
+        if kind != "compare":
+            continue
+        q = with_overrides(p, {"features.workers": 1, "features.shards": 4})
+        parts = [tmp / f"shard-{i}" for i in range(4)]
+        for part in parts:
+            shutil.rmtree(part, ignore_errors=True)
+        store = tmp / "gathered"
+        shutil.rmtree(store, ignore_errors=True)
+
+        def scale_out(q: Any = q, parts: list[Path] = parts, store: Path = store) -> list[float]:
+            with mp.get_context("spawn").Pool(a.workers) as pool:  # fresh processes, as pods start
+                walls = pool.map(_shard_task, [(q, str(manifest), str(part), i) for i, part in enumerate(parts)])
+            extract_features(q, manifest, store, previous=parts)
+            return walls
+
+        wall, cpu, walls = measure(scale_out)
+        row(f"scale-out: 4 shard tasks ({a.workers} at a time, 1 worker each) + gather", wall, cpu, audio_s,
+            procs=a.workers, note=f"{audio_s / wall / limit:.0%} of the limit by wall, "
+                                  f"{audio_s / cpu * min(a.workers, cores) / limit:.0%} by CPU; shard tasks "
+                                  f"{', '.join(f'{w:.1f}' for w in walls)} s")
+
+
+def _setup(a: argparse.Namespace, tmp: Path) -> tuple[Any, Path, Any, float]:
+    """RAVDESS ingested into `tmp` (every k-th clip with `--clips`): params, manifest, its rows, ingest seconds."""
+    import pandas as pd
+
+    from affectflow.config import load_params
+    from affectflow.contracts.manifest import write_manifest
     from affectflow.stages.ingest import ingest
 
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-    load_before = subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip()
-    tmp = Path(tempfile.mkdtemp(prefix="features-bench-"))
     base = {"paths.workdir": str(tmp), "paths.data_root": a.data_root,
             "ingest.corpora": [{"name": "ravdess", "adapter": "ravdess", "root": "ravdess"}],
             # all 1440 clips (the eight RAVDESS emotions), whatever classes the product trains on
@@ -83,6 +142,25 @@ def main() -> None:
         df = df.iloc[:: len(df) // a.clips].reset_index(drop=True)
         manifest = tmp / "ingest" / "subset.parquet"
         write_manifest(df, manifest)
+    return params, manifest, df, ingest_s
+
+
+def main() -> None:
+    a = _args()
+    import numpy as np
+    import torch
+
+    from affectflow import audio
+    from affectflow.config import with_overrides
+    from affectflow.contracts.feature_store import save_array
+    from affectflow.features.egemaps import Egemaps
+    from affectflow.features.logmel import LogMel
+    from affectflow.stages.features import extract_features
+
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    load_before = subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip()
+    tmp = Path(tempfile.mkdtemp(prefix="features-bench-"))
+    params, manifest, df, ingest_s = _setup(a, tmp)
     audio_s = float(df.drop_duplicates("sha256")["duration"].sum())
     sr = params.audio.sample_rate
     rows: list[dict[str, Any]] = []
@@ -96,6 +174,11 @@ def main() -> None:
                      "note": note})
         print(f"  {name}: {secs / wall:,.0f}× real time ({wall:.2f} s wall, {cpu:.2f} s CPU)", flush=True)
 
+    if a.smile_only:
+        smile_rows(a, params, manifest, df, tmp, cores, row)
+        _print_table(rows, f"RAVDESS: {len(df)} clips, {audio_s / 3600:.2f} h audio; {cores} CPU cores", load_before)
+        shutil.rmtree(tmp, ignore_errors=True)
+        return
     paths = df.drop_duplicates("sha256")["path"].tolist()
     torch.set_num_threads(1)
     wall, cpu, _ = measure(lambda: [audio.load(p, sr) for p in paths])
@@ -146,6 +229,7 @@ def main() -> None:
     _, eg_cold = run(f"extract_features eGeMAPS functionals, cold, {a.workers} workers", eg_over, tmp / "f-eg")
     _, eg_warm = run("extract_features eGeMAPS functionals, warm", eg_over, tmp / "f-eg", fresh=False)
     rows[-1]["note"] = f"{eg_warm / eg_cold:.1%} of the cold run"
+    smile_rows(a, params, manifest, df, tmp, cores, row)
 
     _print_table(rows, f"RAVDESS: {len(df)} clips, {audio_s / 3600:.2f} h audio; ingest took {ingest_s:.1f} s "
                  f"(not included)\ntorch {torch.__version__}, {cores} CPU cores; cold log-mel summary: {cold}",

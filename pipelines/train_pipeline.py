@@ -20,6 +20,7 @@ from typing import Any
 from kfp import dsl, kubernetes
 
 from affectflow.config import DEFAULT_TASK_RESOURCES, ConfigError, Params
+from affectflow.features.keys import KINDS, requested_kinds
 from affectflow.orchestration.images import image_for
 from affectflow.orchestration.ir import PIPELINE_NAME
 from affectflow.orchestration.kfp_io import TRACKING_SECRET_ENV
@@ -32,10 +33,11 @@ from affectflow.orchestration.run_form import (
     run_form_defaults,
 )
 from affectflow.stages import STAGES
+from affectflow.stages.runner import feature_kinds
 from components import params as params_component
 from components.augment import augment, skip_augment
 from components.evaluate import evaluate
-from components.features import features
+from components.features import features, gather_features, plan_features
 from components.ingest import data_stamp, ingest
 from components.pretrain import pretrain, skip_pretrain
 from components.register import promote, register, rescore_champion
@@ -60,7 +62,8 @@ client address and the shared storage of Ray runs and checkpoints."""
 WRITABLE_DIRS = {"kfp-minio": "/minio", "kfp-s3": "/s3", "kfp-gcs": "/gcs", "tmp": "/tmp"}
 """emptyDirs of every task: the KFP launcher's local artifact paths and /tmp, writable for the
 non-root UID whatever the image or a read-only root filesystem."""
-DATA_TASKS = frozenset({*STAGES, "validate-features", "data-stamp", "rescore-champion"}) - {"register"}
+DATA_TASKS = frozenset({*STAGES, "validate-features", "plan-features", "gather-features", "data-stamp",
+                        "rescore-champion"}) - {"register"}
 """Tasks that read or write data (S3 corpora, features, Ray storage, MLflow's S3 artifacts); data-stamp
 lists the s3:// corpora (the cluster rehearsal found it without credentials)."""
 TRACKING_TASKS = frozenset({s for s, row in STAGES.items() if "tracking" in row.sections}
@@ -105,8 +108,9 @@ def task_uses_gpu(stage: str, p: Params) -> bool:
     cfg = p.pipeline
     if stage == "features":
         f = p.features
+        torch_kinds = [k for k in requested_kinds(p, feature_kinds(p)) if KINDS[k].engine == "logmel"]
         return cfg.features_on_gpu == "always" or (
-            cfg.features_on_gpu == "auto" and cfg.gpu_limit > 0 and "logmel" in f.kinds and f.device != "cpu")
+            cfg.features_on_gpu == "auto" and cfg.gpu_limit > 0 and bool(torch_kinds) and f.device != "cpu")
     if stage == "train" and cfg.ray_cluster:
         return False
     return stage in STAGES and STAGES[stage].gpu
@@ -210,9 +214,16 @@ def build_pipeline(p: Params) -> Any:
             manifest = ing.outputs["manifest"]
             val = _platform(validate(config=conf["validate"], manifest=manifest), p, gpu=False)
             val.set_display_name("validate manifest")
-            feat = _platform(features(config=conf["features"], manifest=manifest), p,
-                             gpu=task_uses_gpu("features", p))
-            feat.after(val)
+            shard_plan = _platform(plan_features(config=conf["features"], manifest=manifest), p, gpu=False)
+            shard_plan.after(val)
+            shard_plan.set_display_name("plan feature shards")
+            with dsl.ParallelFor(shard_plan.output, name="feature-shards",
+                                 parallelism=p.pipeline.features_parallelism) as shard:
+                part = _platform(features(config=conf["features"], manifest=manifest, shard=shard), p,
+                                 gpu=task_uses_gpu("features", p))
+            feat = _platform(gather_features(config=conf["features"], manifest=manifest,
+                                             parts=dsl.Collected(part.outputs["part"])), p, gpu=False)
+            feat.set_display_name("gather features")
             store = feat.outputs["store"]
             val_feat = _platform(validate_features(config=conf["validate"], manifest=manifest, store=store), p,
                                  gpu=False)

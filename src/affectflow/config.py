@@ -183,10 +183,11 @@ class RobustnessConfig(Section):
 
 
 class FeaturesConfig(Section):
-    kinds: list[Literal["logmel", "egemaps", "compare", "ssl"]] = Field(default_factory=lambda: ["compare", "egemaps"])
-    """logmel (n_mels x frames), egemaps (openSMILE eGeMAPS functionals; with `egemaps.levels: [lld]`
-    also egemaps_lld), compare (openSMILE ComParE 2016 functionals, 6373), ssl (a pretrained speech
-    encoder's time-averaged layers, `features.ssl`)."""
+    kinds: list[Literal["logmel", "egemaps", "compare", "ssl"]] = Field(default_factory=list)
+    """Kinds to compute in addition to those the enabled stages read (train.model's kind, augment.feature
+    when augmenting; `affectflow.stages.feature_kinds`): logmel (n_mels x frames), egemaps (openSMILE
+    eGeMAPS functionals; with `egemaps.levels: [lld]` also egemaps_lld), compare (openSMILE ComParE
+    2016 functionals, 6373), ssl (a pretrained speech encoder's time-averaged layers, `features.ssl`)."""
     logmel: LogMelConfig = Field(default_factory=LogMelConfig)
     egemaps: EgemapsConfig = Field(default_factory=EgemapsConfig)
     ssl: SslConfig = Field(default_factory=SslConfig)
@@ -199,6 +200,12 @@ class FeaturesConfig(Section):
     logmel_in: Literal["auto", "main", "workers"] = "auto"
     """Where log-mel runs: the decode workers (cheapest on CPU) or the main process, batching the
     waveforms the workers send (keeps one GPU busy); auto = main on CUDA, workers on CPU."""
+    shards: int = Field(0, ge=0)
+    """Shards the new clips are cut into (on a cluster: parallel extraction tasks); 0 = one per
+    1,000 new clips (`affectflow.stages.features.SHARD_CLIPS`)."""
+    previous: str = ""
+    """An earlier features store (folder or s3:// prefix) whose shards are reused for the clips
+    they hold, so a grown manifest computes only its new clips; "" = only this store's own."""
 
 
 # --------------------------------------------------------------------------- models & training
@@ -700,7 +707,9 @@ DEFAULT_TASK_RESOURCES: dict[str, TaskResources] = {
     "ingest": _res(("1", "2"), ("1Gi", "4Gi"), hours=6),
     "validate": _res(("500m", "2"), ("1Gi", "4Gi"), hours=4),
     "validate-features": _res(("500m", "2"), ("1Gi", "4Gi"), hours=4),
-    "features": _res(("2", "4"), ("4Gi", "8Gi"), hours=12),
+    "plan-features": _SMALL,
+    "features": _res(("2", "4"), ("4Gi", "8Gi"), hours=12),  # one task per shard, in parallel (ParallelFor)
+    "gather-features": _res(("1", "2"), ("2Gi", "8Gi"), hours=4),  # the shards into one store with its index
     "augment": _res(("2", "4"), ("4Gi", "16Gi"), hours=12),
     "pretrain": _res(("2", "4"), ("4Gi", "16Gi"), hours=12),
     "train": _res(("2", "4"), ("4Gi", "16Gi"), hours=24),
@@ -741,6 +750,8 @@ class PipelineConfig(Section):
     features_on_gpu: Literal["auto", "always", "never"] = "auto"
     """Run the features task in the GPU image with a GPU: auto = when log-mel is extracted and
     features.device is not cpu (and gpu_limit > 0)."""
+    features_parallelism: int = Field(8, ge=0)
+    """Most `features` shard tasks (pods) at once in the fan-out (`dsl.ParallelFor`); 0 = no limit."""
     resources: dict[str, TaskResources] = Field(default_factory=dict)
     """Per task (component name: ingest, features, train, ...): overrides of `DEFAULT_TASK_RESOURCES`."""
     run_as_user: int = Field(10001, ge=1)

@@ -19,7 +19,8 @@ from pipelines.cli import run_local
 
 pytestmark = pytest.mark.slow
 
-UPSTREAM = ("resolve-params", "ingest", "validate", "features", "validate-features", "skip-augment", "skip-pretrain")
+UPSTREAM = ("resolve-params", "ingest", "validate", "plan-features", "features", "gather-features", "validate-features",
+            "skip-augment", "skip-pretrain")
 DOWNSTREAM = ("train", "evaluate", "register", "record-run-status")
 
 
@@ -36,7 +37,7 @@ def base(synth_root: Path, work: Path) -> Params:
         "paths.data_root": str(synth_root.parent),
         "ingest.classes": ["neutral", "happy", "sad", "angry"],
         "ingest.workers": 1, "features.workers": 1,
-        "features.kinds": ["egemaps"],
+        "features.kinds": [], "features.shards": 2,  # the model's kind only, fanned out over two shard tasks
         "train.model": "egemaps_mlp", "train.epochs": 2, "train.patience": 2,
         "evaluate.bootstrap": 20,
         "tracking.uri": f"sqlite:///{work / 'mlflow.db'}",
@@ -64,6 +65,10 @@ def test_full_dag_registers_a_version(base: Params) -> None:
     for name in UPSTREAM + DOWNSTREAM:
         assert tasks[name]["status"] == "SUCCESS", name
     assert "augment" not in tasks and "pretrain" not in tasks  # switched off in params
+    assert tasks["features"]["attempts"] == 2  # one task per shard (the ParallelFor), no retries
+    gathered = summary["features"]
+    assert gathered["kinds"]["egemaps"]["computed"] == 0  # the shard tasks computed every clip
+    assert gathered["kinds"]["egemaps"]["cached"] == gathered["unique_audio"] and set(gathered["kinds"]) == {"egemaps"}
     assert 0.0 <= summary["metrics"]["uar"] <= 1.0
     reg = summary["register"]
     assert reg["version"] == "1" and "challenger" in reg["aliases"]
@@ -83,7 +88,7 @@ def test_training_change_reuses_upstream_cache(base: Params) -> None:
     summary = run_local(base, changed)
     assert summary["arguments"]["epochs"] == 3
     tasks = summary["tasks"]
-    for name in ("ingest", "validate", "features", "validate-features"):
+    for name in ("ingest", "validate", "plan-features", "features", "gather-features", "validate-features"):
         assert tasks[name]["cached"], f"{name} should come from the cache"
     for name in ("resolve-params", "train", "evaluate", "register"):
         assert not tasks[name]["cached"], f"{name} should have run"

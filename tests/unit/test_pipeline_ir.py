@@ -19,6 +19,7 @@ from affectflow.orchestration import kfp_io
 from affectflow.orchestration import run_form as F
 from affectflow.orchestration.ir import compile_to, stale
 from affectflow.stages import STAGES as TABLE
+from affectflow.stages.runner import with_feature_kinds
 from pipelines.cli import compiled_path
 from pipelines.train_pipeline import build_pipeline
 
@@ -99,10 +100,10 @@ def test_one_task_per_stage(ir: tuple[dict[str, Any], dict[str, Any]]) -> None:
     refs = [t["componentRef"]["name"] for t in _tasks(spec).values()]
     for stage in TASKS:
         assert refs.count(f"comp-{stage}") == 1, f"stage {stage}: {refs.count(f'comp-{stage}')} tasks"
-    leaves = {r for r in refs if not r.startswith(("comp-condition", "comp-exit-handler"))}
+    leaves = {r for r in refs if not r.startswith(("comp-condition", "comp-exit-handler", "comp-for-loop"))}
     assert leaves == {f"comp-{s}" for s in TASKS} | {
         "comp-resolve-params", "comp-skip-augment", "comp-skip-pretrain", "comp-promote", "comp-record-run-status",
-        "comp-data-stamp", "comp-rescore-champion"}
+        "comp-data-stamp", "comp-rescore-champion", "comp-plan-features", "comp-gather-features"}
     assert list(TABLE) == list(STAGES)  # the DAG has a task for every row of the stage table
 
 
@@ -111,9 +112,12 @@ def test_the_feature_gate_runs_after_features_and_before_training(ir: tuple[dict
     tasks = _tasks(spec)
     gate = tasks["validate-features"]
     assert set(gate["inputs"]["artifacts"]) == {"manifest", "store"}
-    assert "features" in gate["dependentTasks"]
+    assert "gather-features" in gate["dependentTasks"]  # the store: the features tasks' shards gathered
     assert "validate-features" in tasks["train"]["dependentTasks"]
-    assert "validate" in tasks["features"]["dependentTasks"]  # the manifest gate runs before features
+    assert "validate" in tasks["plan-features"]["dependentTasks"]  # the manifest gate runs before features
+    loop = next(t for t in tasks.values() if "parameterIterator" in t)  # the features fan-out
+    assert loop["parameterIterator"]["items"]["inputParameter"].endswith("plan-features-Output")
+    assert loop["iteratorPolicy"]["parallelismLimit"] == load_params(PARAMS_YAML).pipeline.features_parallelism
 
 
 def test_tasks_depend_on_the_artifacts_the_stage_table_names(ir: tuple[dict[str, Any], dict[str, Any]]) -> None:
@@ -268,7 +272,7 @@ def test_no_optional_credential_where_one_is_required(ir: tuple[dict[str, Any], 
     spec, platform = ir
     seen = 0
     for name, task in _tasks(spec).items():
-        if "componentRef" not in task or name.startswith(("condition", "exit-handler")):
+        if "componentRef" not in task or name.startswith(("condition", "exit-handler", "for-loop")):
             continue
         for mount in _secret_mounts(platform, spec, task):
             keys = {k["secretKey"] for k in mount["keyToEnv"]}
@@ -503,8 +507,9 @@ def test_resolve_params_round_trip(base: Params, tmp_path: Path) -> None:
     assert len(configs) == len(TABLE)
     for (stage, row), config in zip(TABLE.items(), configs, strict=True):
         rebuilt = kfp_io.stage_params(config, stage)
+        handed = with_feature_kinds(base)  # features.kinds: what the enabled stages read, filled in
         for section in row.sections:
-            assert getattr(rebuilt, section) == getattr(base, section), (stage, section)
+            assert getattr(rebuilt, section) == getattr(handed, section), (stage, section)
         assert config == F.stage_config(base, stage)  # canonical: identical cache keys
     full = load_params(tmp_path / "p.yaml")
     assert full == base

@@ -74,7 +74,7 @@ def test_committed_dvc_yaml_is_generated_from_the_table() -> None:
     stages = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]
     assert list(stages) == list(STAGES)
     for name, spec in STAGES.items():
-        assert stages[name]["params"] == list(spec.sections)
+        assert stages[name]["params"] == [*spec.sections, *spec.derived_params]
         assert stages[name]["cmd"] == f"affectflow step {name}"
     assert "${paths.workdir}/evaluate/metrics.json" in stages["register"]["deps"]
     assert "${paths.workdir}/train/model" in stages["evaluate"]["deps"]

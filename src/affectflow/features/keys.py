@@ -3,6 +3,10 @@ names each kind's configuration in the store (and in model.json)."""
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Literal
+
 from affectflow.config import Params
 from affectflow.contracts.feature_store import feature_key
 from affectflow.features import egemaps as eg
@@ -15,16 +19,56 @@ LOGMEL_VERSION = 1
 """Bump when `LogMel` changes values for the same configuration: it is part of the cache key."""
 
 
-def requested_kinds(params: Params) -> list[str]:
-    """Store kinds that params.features asks for, in a stable order."""
+@dataclass(frozen=True)
+class FeatureKind:
+    """One store kind: which extractor computes it and what its arrays look like."""
+
+    name: str
+    engine: Literal["logmel", "smile", "ssl"]
+    """logmel: torch STFT (`features/logmel.py`); smile: openSMILE (`features/egemaps.py`, one
+    decode feeds every openSMILE kind); ssl: a pretrained encoder (`features/ssl.py`)."""
+    frame_level: bool
+    """(dim, frames) arrays of varying length, rather than one fixed-size vector per clip."""
+    setting: str
+    """The `features.kinds` entry that asks for it (eGeMAPS levels come from `features.egemaps.levels`)."""
+
+
+KINDS: dict[str, FeatureKind] = {k.name: k for k in (
+    FeatureKind(LOGMEL, "logmel", True, LOGMEL),
+    FeatureKind(eg.LEVEL_KINDS["functionals"], "smile", False, "egemaps"),
+    FeatureKind(eg.LEVEL_KINDS["lld"], "smile", True, "egemaps"),
+    FeatureKind(eg.COMPARE, "smile", False, eg.COMPARE),
+    FeatureKind(SSL, "ssl", False, SSL),
+)}
+"""Every store kind (clean audio; `<kind>@r<k>` recording-condition copies are openSMILE kinds'
+copies): the one table code looks kinds up in instead of comparing names."""
+
+
+def kind_spec(kind: str) -> FeatureKind:
+    """The table row of a store kind or of its recording-condition copy."""
+    base = split_kind(kind)[0]
+    try:
+        return KINDS[base]
+    except KeyError:
+        raise ValueError(f"unknown feature kind '{kind}' (known: {sorted(KINDS)})") from None
+
+
+def requested_kinds(params: Params, settings: Iterable[str] | None = None) -> list[str]:
+    """Store kinds for `features.kinds`-style `settings` (default: `params.features.kinds`, which
+    the runner fills with what the enabled stages read), in a stable order, with their
+    recording-condition copies (`features.robustness.copies`)."""
     kinds: list[str] = []
-    for k in dict.fromkeys(params.features.kinds):
-        if k in (LOGMEL, SSL, eg.COMPARE):
-            kinds.append(k)
-        else:
-            kinds += eg.kinds_for(params.features.egemaps)
+    for setting in dict.fromkeys(params.features.kinds if settings is None else settings):
+        rows = [k.name for k in KINDS.values() if k.setting == setting]
+        if len(rows) > 1:  # a setting with several kinds (eGeMAPS): the levels `features.egemaps.levels` lists
+            kinds += [k for k in eg.kinds_for(params.features.egemaps) if k in rows]
+        elif rows:
+            kinds += rows
+        else:  # a store kind itself, e.g. a recording-condition copy (an unknown name raises)
+            kinds.append(kind_spec(setting).name and setting)
     copies = params.features.robustness.copies
-    return kinds + [copy_kind(k, i) for i in range(1, copies + 1) for k in kinds if k in eg.SMILE_KINDS]
+    clean = [k for k in kinds if split_kind(k)[1] == 0 and KINDS[k].engine == "smile"]
+    return list(dict.fromkeys(kinds + [copy_kind(k, i) for i in range(1, copies + 1) for k in clean]))
 
 
 ROBUSTNESS_VERSION = 1

@@ -25,7 +25,6 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 import numpy as np
-from scipy import signal
 
 from affectflow.config import RobustnessConfig
 
@@ -105,6 +104,8 @@ def impulse_response(cond: Condition, rng: np.random.Generator, sample_rate: int
 
 def apply(x: np.ndarray, sample_rate: int, cond: Condition, rng: np.random.Generator) -> np.ndarray:
     """`x` (mono float32) through the condition; same length, float32, |x| <= 0.99."""
+    from scipy import signal  # here: scipy.signal costs seconds to import, and only copies need it
+
     y = np.asarray(x, np.float64)
     nyquist = sample_rate / 2
     if cond.band == "telephone" and nyquist > 3400:

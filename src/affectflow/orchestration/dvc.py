@@ -125,7 +125,7 @@ def stage_entry(spec: StageSpec, root: Path) -> dict[str, object]:
     entry: dict[str, object] = {
         "cmd": f"affectflow step {spec.name}",
         "deps": [*spec.extra_deps, *input_deps(spec), *code_deps(spec, root)],
-        "params": list(spec.sections),
+        "params": [*spec.sections, *spec.derived_params],
     }
     if spec.outs:
         entry["outs"] = [f"{base}/{o}" if o else base for o in spec.outs]

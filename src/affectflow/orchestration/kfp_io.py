@@ -154,6 +154,28 @@ def run_task(stage: str, config: str, inputs: Mapping[str, str | Path | None], o
     return get(stage).run(params, given, Path(out_dir))
 
 
+def feature_plan_task(config: str, manifest: str | Path) -> list[int]:
+    """The plan-features task: shard numbers 0..n-1 of the clips the manifest still needs."""
+    from affectflow.stages.features import shards_to_compute
+
+    return list(range(shards_to_compute(stage_params(config, "features"), manifest)))
+
+
+def feature_shard_task(config: str, manifest: str | Path, shard: int, out_dir: str | Path) -> dict[str, Any]:
+    """A feature-shard task: shard `shard` of the same plan, into its own folder."""
+    from affectflow.stages.features import extract_features
+
+    return extract_features(stage_params(config, "features"), manifest, out_dir, shard=shard).summary
+
+
+def features_gather_task(config: str, manifest: str | Path, parts: list[str], out_dir: str | Path) -> Any:
+    """The features task: the shard tasks' shards (and `features.previous`'s) into one store with
+    its index; a clip no shard holds (e.g. a failed plan) is computed here."""
+    from affectflow.stages.features import extract_features
+
+    return extract_features(stage_params(config, "features"), manifest, out_dir, previous=parts)
+
+
 def gate_outcome(res: Any, summary: Any, report: Any) -> bool:
     """A validate task's artifacts from its GateResult; a failed gate fails the task (and the run)."""
     log_metrics(summary, res.summary)

@@ -5,9 +5,11 @@ run-form arguments, times every task, notes cache hits and returns (and writes) 
 the evaluation metrics and the registry outcome.
 
 The shim: kfp.local 2.17 resolves `dsl.OneOf` for parameters but raises on artifacts ("Expected 1
-artifact in ArtifactSelectorSpec"); the cluster backend supports both. `_instrumented_kfp_local`
-applies the parameter rule (exactly one branch produced it) to artifacts, for the run only, and it
-patches private kfp.local functions, so it refuses any other kfp version (`KFP_LOCAL_VERSION`).
+artifact in ArtifactSelectorSpec"), and hands a `dsl.ParallelFor` body the loop item in place of
+every other task-output parameter (the features fan-out's `config`); the cluster backend does
+neither. `_instrumented_kfp_local` applies the parameter rule (exactly one branch produced it) to
+artifacts and keeps a loop body's other parameters, for the run only; it patches private kfp.local
+functions, so it refuses any other kfp version (`KFP_LOCAL_VERSION`).
 """
 
 from __future__ import annotations
@@ -61,10 +63,11 @@ def _artifact_uri(value: Any) -> Any:
 def _instrumented_kfp_local(tasks: dict[str, TaskRecord]) -> Iterator[None]:
     """Time each task, note cache hits and keep outputs; let dsl.OneOf select artifacts."""
     from kfp.local import cache as cache_module
-    from kfp.local.orchestrator import orchestrator_utils, task_executor
+    from kfp.local.orchestrator import orchestrator_utils, task_executor, task_spec_utils
 
     utils = orchestrator_utils.OrchestratorUtils
     original_select = utils.__dict__["get_dag_output_artifacts"]
+    original_iteration = task_spec_utils.create_parameter_loop_iteration_task_spec
     original_exec = task_executor.execute_single_task
     original_get = cache_module.LocalCache.get
     hits: list[bool] = []
@@ -101,13 +104,27 @@ def _instrumented_kfp_local(tasks: dict[str, TaskRecord]) -> Iterator[None]:
         record.outputs = {k: _artifact_uri(v) for k, v in (outputs or {}).items()}
         return outputs, status
 
+    def loop_iteration(original_task_spec: Any, loop_item: Any, loop_task_name: str) -> Any:
+        """kfp.local 2.17 replaces every task-output parameter of a ParallelFor body with the loop
+        item (so `config` from resolve-params became the shard number); keep the ones that are not
+        the loop's items, as the cluster backend does."""
+        items = original_task_spec.parameter_iterator.items.input_parameter
+        keep = {k: v for k, v in original_task_spec.inputs.parameters.items()
+                if v.HasField("task_output_parameter") and k != items}
+        spec = original_iteration(original_task_spec, loop_item, loop_task_name)
+        for name, value in keep.items():
+            spec.inputs.parameters[name].CopyFrom(value)
+        return spec
+
     utils.get_dag_output_artifacts = classmethod(get_dag_output_artifacts)
+    task_spec_utils.create_parameter_loop_iteration_task_spec = loop_iteration
     task_executor.execute_single_task = execute_single_task
     cache_module.LocalCache.get = cache_get
     try:
         yield
     finally:
         utils.get_dag_output_artifacts = original_select
+        task_spec_utils.create_parameter_loop_iteration_task_spec = original_iteration
         task_executor.execute_single_task = original_exec
         cache_module.LocalCache.get = original_get
 
@@ -247,6 +264,7 @@ def _run_summary(tasks: dict[str, TaskRecord], args: Mapping[str, Any], root: Pa
     promotion = _read_artifact_json(tasks.get("promote"), "result", "result.json")
     metrics = _read_artifact_json(tasks.get("evaluate"), "metrics")
     evaluation = _read_artifact_json(tasks.get("evaluate"), "evaluation", "metrics.json")
+    features = _read_artifact_json(tasks.get("gather-features"), "store", "summary.json")
     return {
         "pipeline": PIPELINE_NAME, "started": started.isoformat(timespec="seconds"),
         "wall_s": round(wall, 2), "status": "FAILURE" if error else "SUCCESS", "error": error,
@@ -254,7 +272,7 @@ def _run_summary(tasks: dict[str, TaskRecord], args: Mapping[str, Any], root: Pa
         "tasks": {n: {"status": r.status, "seconds": round(r.seconds, 2), "cached": r.cached,
                       "attempts": r.attempts} for n, r in tasks.items()},
         "metrics": metrics, "evaluation": evaluation, "register": register, "promotion": promotion,
-        "paths": _paths(tasks),
+        "features": features, "paths": _paths(tasks),
     }
 
 

@@ -27,6 +27,7 @@ from affectflow.config import (
     yaml_text,
 )
 from affectflow.stages import STAGES, get
+from affectflow.stages.runner import with_feature_kinds
 
 Kind = Literal["bool", "int", "float", "str", "list", "dict", "yaml"]
 KFP_TYPES: dict[str, type] = {"bool": bool, "int": int, "float": float, "str": str, "list": list, "dict": dict,
@@ -229,6 +230,7 @@ def base_yaml(params: Params) -> str:
 def stage_config(params: Params, stage: str) -> str:
     """The configuration string a stage task is handed: its sections, canonical JSON."""
     sections = get(stage).sections
+    params = with_feature_kinds(params)  # features.kinds: what the enabled stages read, plus the extra ones
     return json.dumps({s: getattr(params, s).model_dump(mode="json") for s in sections}, sort_keys=True)
 
 

@@ -1,36 +1,46 @@
-"""Stage 2 — features: manifest clips -> log-mel and eGeMAPS arrays in the content-addressed store.
+"""Stage 2 — features: manifest clips -> the kinds asked for, in the sharded content-addressed store.
 
-Pipeline (cold cache): clips are sorted by duration and cut into chunks of `features.batch_size`
-neighbours (similar lengths, so little batch padding). Worker processes (`features.workers`) take
-one chunk at a time: decode + down-mix + resample each clip once (`affectflow.audio.load`), run
-openSMILE on that signal for the missing eGeMAPS kinds, and write those arrays themselves. Log-mel
-(`LogMel.batch`, one padded torch STFT per batch) runs where `features.logmel_in` says:
+What is computed: `features.kinds` as this stage is handed it — the kinds the enabled stages and the
+configured model read plus any extra ones (`affectflow.stages.feature_kinds`, applied before the
+stage's settings are handed out), so a run computes only what it uses.
+
+The work is cut into shards (`features.shards`, default one per `SHARD_CLIPS` new clips): the clips
+no shard holds yet, duration-sorted and dealt round-robin so every shard gets the same mix. The same
+code runs the whole plan in this process (a local run) or one shard of it (`shard=(i, n)`: one task
+of the cluster's `ParallelFor`, whose gather task is a plain run reusing the tasks' shards).
+
+Inside a run: worker processes (`features.workers`) take chunks of similar-length clips, shard after
+shard: decode + down-mix + resample each clip once (`affectflow.audio.load`), run openSMILE on that
+signal for the missing openSMILE kinds, and log-mel where `features.logmel_in` says:
   * main (auto on CUDA): in the main process, on batches of the waveforms the workers send back,
     while the workers keep decoding — one process feeds the GPU;
   * workers (auto on CPU): inside the worker that decoded the chunk (one torch thread each), so
-    decode and compute of different chunks overlap across processes. Measured on 2 cores, shipping
-    the waveforms (~340 MB for RAVDESS) to the main process and batching there costs 9–35 % more
-    CPU (pickling; the main process becomes the bottleneck) than computing where the audio already
-    is; see benchmarks/RESULTS.md.
+    decode and compute of different chunks overlap across processes.
+The arrays come back to the main process, which writes a shard (one `.npz` + record per kind) as
+soon as its last clip is in; a killed run leaves whole shards and no trusted half one, and the next
+run computes only the clips no complete shard holds.
 
 Trust, but check: a clip is decoded from bytes read once and hashed, and a file whose sha256 is not
 the manifest's any more (cut, re-encoded or replaced after ingest) stops the stage with an error
-naming it, so no array is ever stored under a content key that is not its audio's.
+naming it, so no array is ever stored under a content key that is not its audio's; a non-finite
+array stops it naming the audio file; a shard whose bytes do not match its record is named and
+computed again.
 
-Warm cache: a clip is looked up by the manifest's sha256 and the kind's config hash (one `stat` per
-clip and kind); cached clips are neither decoded nor hashed again, and their shapes come from the
-previous index (or the .npy header), so a warm re-run costs a small fraction of a cold one.
+Warm cache: the shards' records (clip sha256 -> shape) are read and each shard's hash checked; a
+warm re-run opens no audio and costs a small fraction of a cold one.
 """
 
 from __future__ import annotations
 
+import logging
 import math
 import multiprocessing as mp
 import os
+import shutil
 import sys
 import time
-from collections.abc import Iterable, Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
+from collections.abc import Iterable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -42,20 +52,26 @@ from affectflow import audio
 from affectflow.config import Params
 from affectflow.contracts.feature_store import (
     INDEX,
+    RECORD_SUFFIX,
+    SHARD_SUFFIX,
     SUMMARY,
-    array_shape,
-    relative_file,
-    save_array,
+    ShardRecord,
+    catalogue,
+    shard_folder,
     write_index,
+    write_shard,
 )
 from affectflow.contracts.manifest import ManifestError, read_manifest
 from affectflow.features import egemaps as eg
-from affectflow.features.keys import LOGMEL, SSL, feature_keys
+from affectflow.features.keys import KINDS, LOGMEL, SSL, feature_keys
 from affectflow.features.robustness import copy_kind, recording_copy, split_kind
 from affectflow.runtime.device import resolve_device
 from affectflow.runtime.progress import progress
 from affectflow.stages.spec import Inputs
-from affectflow.storage import atomic_write_json
+from affectflow.storage import atomic_path, atomic_write_json
+from affectflow.storage.s3 import is_s3
+
+log = logging.getLogger(__name__)
 
 
 class FeaturesError(RuntimeError):
@@ -77,19 +93,18 @@ _WORKER: dict[str, Any] = {}
 
 _Job = tuple[str, str, bool, tuple[str, ...], str]
 # sha256, path, want log-mel, openSMILE kinds to compute (recording-condition copies included), corpus
-_Done = tuple[str, str, "np.ndarray | None", int, dict[str, tuple[int, ...]], int, "str | None"]
-# sha256, path, waveform (only when the main process computes log-mel), samples, saved shapes,
-# non-finite arrays, error
+_Done = tuple[str, str, "np.ndarray | None", int, dict[str, np.ndarray], "str | None"]
+# sha256, path, waveform (only when the main process computes log-mel), samples, arrays by kind, error
 
 
-def _init_worker(root: str, sample_rate: int, keys: dict[str, str], egemaps_cfg: Any, smile_kinds: list[str],
-                 logmel_cfg: Any, torch_threads: int, device: str = "cpu", robustness: Any = None) -> None:
-    """Per-process state: where to write, one reusable openSMILE extractor, and maybe a LogMel
-    (worker processes: on CPU; inline, i.e. one worker: in this process, on the chosen device)."""
+def _init_worker(sample_rate: int, egemaps_cfg: Any, smile_kinds: list[str], logmel_cfg: Any,
+                 torch_threads: int, device: str = "cpu", robustness: Any = None) -> None:
+    """Per-process state: one reusable openSMILE extractor, and maybe a LogMel (worker processes:
+    on CPU; inline, i.e. one worker: in this process, on the chosen device)."""
     bases = sorted({split_kind(k)[0] for k in smile_kinds})
-    _WORKER.update(root=root, sample_rate=sample_rate, keys=keys, logmel=None, robustness=robustness,
+    _WORKER.update(sample_rate=sample_rate, logmel=None, robustness=robustness,
                    smile=eg.Egemaps(egemaps_cfg, bases) if bases else None,
-                   seconds={"decode": 0.0, "egemaps": 0.0, "logmel": 0.0, "write": 0.0})
+                   seconds={"decode": 0.0, "egemaps": 0.0, "logmel": 0.0})
     if logmel_cfg is not None:
         import torch
 
@@ -100,9 +115,10 @@ def _init_worker(root: str, sample_rate: int, keys: dict[str, str], egemaps_cfg:
 
 
 def _work_chunk(jobs: list[_Job]) -> tuple[list[_Done], dict[str, float]]:
-    """Decode a chunk of similar-length clips once each; save openSMILE arrays; log-mel them as one
-    batch here (CPU mode) or hand the waveforms back (CUDA mode). Stops at the first bad clip."""
-    sr, root, keys = _WORKER["sample_rate"], _WORKER["root"], _WORKER["keys"]
+    """Decode a chunk of similar-length clips once each; openSMILE them; log-mel them as one batch
+    here (CPU mode) or hand the waveforms back (CUDA mode). Arrays go back to the process that
+    writes the shard. Stops at the first bad clip."""
+    sr = _WORKER["sample_rate"]
     secs = dict.fromkeys(_WORKER["seconds"], 0.0)
     done: list[_Done] = []
     to_mel: list[tuple[int, np.ndarray]] = []
@@ -111,39 +127,28 @@ def _work_chunk(jobs: list[_Job]) -> tuple[list[_Done], dict[str, float]]:
         try:
             x = audio.load(path, sr, expect_sha256=sha)  # the bytes must still be the manifest's
         except audio.AudioError as e:
-            done.append((sha, path, None, 0, {}, 0, e.reason))
+            done.append((sha, path, None, 0, {}, e.reason))
             return done, secs
         t1 = time.perf_counter()
         secs["decode"] += t1 - t0
-        shapes: dict[str, tuple[int, ...]] = {}
-        nonfinite = 0
+        arrays: dict[str, np.ndarray] = {}
         if smile_kinds:
             try:
-                feats = _smile_with_copies(x, sr, smile_kinds, corpus, sha)
+                arrays.update(_smile_with_copies(x, sr, smile_kinds, corpus, sha))
             except Exception as e:  # openSMILE raises plain RuntimeErrors from its C layer
-                done.append((sha, path, None, x.size, {}, 0, f"openSMILE failed ({e})"))
+                done.append((sha, path, None, x.size, {}, f"openSMILE failed ({e})"))
                 return done, secs
-            t2 = time.perf_counter()
-            secs["egemaps"] += t2 - t1
-            for kind, arr in feats.items():
-                save_array(f"{root}/{relative_file(kind, keys[kind], sha)}", arr)
-                shapes[kind] = arr.shape
-                nonfinite += int(not np.isfinite(arr).all())
-            secs["write"] += time.perf_counter() - t2
+            secs["egemaps"] += time.perf_counter() - t1
         local = want_logmel and _WORKER["logmel"] is not None
         if local:
             to_mel.append((len(done), x))
-        done.append((sha, path, x if want_logmel and not local else None, x.size, shapes, nonfinite, None))
+        done.append((sha, path, x if want_logmel and not local else None, x.size, arrays, None))
     if to_mel:
         t0 = time.perf_counter()
         mels = _WORKER["logmel"].batch([x for _, x in to_mel])
-        t1 = time.perf_counter()
         for (i, _), m in zip(to_mel, mels, strict=True):
-            sha = done[i][0]
-            save_array(f"{root}/{relative_file(LOGMEL, keys[LOGMEL], sha)}", m)
-            done[i][4][LOGMEL] = m.shape
-        secs["logmel"] += t1 - t0
-        secs["write"] += time.perf_counter() - t1
+            done[i][4][LOGMEL] = m
+        secs["logmel"] += time.perf_counter() - t0
     return done, secs
 
 
@@ -175,7 +180,7 @@ def _cpu_count() -> int:
         return os.cpu_count() or 1
 
 
-# ----------------------------------------------------------------------------- the stage
+# ----------------------------------------------------------------------------- the shard plan
 def _read_clips(manifest_path: Path) -> pd.DataFrame:
     df = read_manifest(manifest_path)
     sha = df["sha256"].astype("string")
@@ -190,71 +195,179 @@ def _read_clips(manifest_path: Path) -> pd.DataFrame:
     return df
 
 
-def _previous_shapes(root: Path) -> dict[str, tuple[int, ...]]:
-    """file -> shape from the last index (so cached arrays need not be opened)."""
-    try:
-        old = pd.read_parquet(root / INDEX, columns=["file", "shape"])
-    except Exception:  # absent or unreadable: shapes come from the .npy headers instead
-        return {}
-    return {f: tuple(int(d) for d in s) for f, s in zip(old["file"], old["shape"], strict=True) if s is not None}
+SMILE_CHUNK = 4
+"""Clips per worker task when no log-mel is computed (openSMILE gains nothing from batching)."""
+
+SHARD_CLIPS = 1000
+"""Clips per shard when `features.shards` is 0 (auto): a ComParE shard is then ~25 MB, a log-mel
+one ~80 MB, and a 3,000-clip manifest makes 3 shards, a 300-hour one a few hundred."""
 
 
-def extract_features(params: Params, manifest_path: str | Path, out_dir: str | Path) -> FeaturesResult:
-    """Compute missing features for the manifest's clips; write `index.parquet` and `summary.json`."""
-    t_start = time.perf_counter()
-    manifest_path, root = Path(manifest_path), Path(out_dir)
-    root.mkdir(parents=True, exist_ok=True)
-    df = _read_clips(manifest_path)
+def shard_count(params: Params, clips: int) -> int:
+    """How many shards `clips` new clips are cut into: `features.shards`, or one per `SHARD_CLIPS`."""
+    n = params.features.shards or math.ceil(clips / SHARD_CLIPS)
+    return max(1, min(n, clips)) if clips else 0
+
+
+def _plan_shards(jobs: list[_Job], n: int) -> list[list[_Job]]:
+    """Deal the duration-sorted jobs round-robin: every shard gets the same mix of long and short
+    clips, so shards (and the pods that compute them) take about the same time."""
+    return [jobs[i::n] for i in range(n)] if n else []
+
+
+@dataclass
+class _Plan:
+    """What a run computes: the cached shards it found, the clips each kind still lacks, the jobs
+    dealt into shards."""
+
+    keys: dict[str, str]
+    clips: pd.DataFrame
+    found: dict[str, dict[str, ShardRecord]]
+    missing: dict[str, set[str]]
+    jobs: list[_Job]
+    """The clips some kind lacks, longest first."""
+    shards: list[list[_Job]]
+    refused: list[str]
+
+
+def _source_root(source: str | Path, folder: str, params: Params) -> Path | None:
+    """A previous store as a local folder: itself, or its s3:// shards of `folder` mirrored locally
+    (whole shards: one GET each); None when it has none."""
+    if not is_s3(str(source)):
+        return Path(source)
+    from affectflow.storage.s3 import localize_for, store_for
+
+    uri = f"{str(source).rstrip('/')}/{folder}"
+    if not store_for(params).list(uri):
+        return None
+    return localize_for(params, uri).parents[folder.count("/")]
+
+
+def _reuse(root: Path, sources: Sequence[str | Path], kind: str, key: str, wanted: set[str],
+           found: dict[str, ShardRecord], params: Params, copy: bool) -> None:
+    """Add to `found` the clips earlier stores hold; `copy`: bring their shards into this store
+    (record last, so a half copy is a half shard), else only note them (a scale-out task, which
+    computes the rest and leaves the copying to the gather)."""
+    for source in sources:
+        src = _source_root(source, shard_folder(kind, key), params)
+        if src is None or src.resolve() == root.resolve():
+            continue
+        held, _ = catalogue(src, kind, key)
+        records = {r.file: r for c, r in held.items() if c in wanted and c not in found}
+        for record in records.values():
+            dst = root / record.file
+            if copy and not dst.with_suffix(RECORD_SUFFIX).is_file():
+                for suffix in (SHARD_SUFFIX, RECORD_SUFFIX):
+                    with atomic_path(dst.with_suffix(suffix)) as tmp:
+                        shutil.copyfile((src / record.file).with_suffix(suffix), tmp)
+            for clip in record.shapes:
+                found.setdefault(clip, record)
+
+
+def plan(params: Params, manifest_path: str | Path, root: Path,
+         previous: Sequence[str | Path] = (), copy: bool = True) -> _Plan:
+    """The shards already there (this store, then `previous` stores and `features.previous`), the
+    clips each kind lacks, and those clips dealt into `shard_count` shards."""
+    df = _read_clips(Path(manifest_path))
     keys = feature_keys(params)
     if not keys:
         raise FeaturesError("features.kinds / features.egemaps.levels: no feature kind requested")
     clips = df.drop_duplicates("sha256").sort_values("duration", ascending=False, kind="stable")
-    base = str(root)  # plain strings and os.path: pathlib would dominate a warm run's time
-    missing = {kind: {s for s in clips["sha256"] if not os.path.exists(f"{base}/{relative_file(kind, key, s)}")}
-               for kind, key in keys.items()}
+    wanted = set(clips["sha256"])
+    sources = [*previous, *([params.features.previous] if params.features.previous else [])]
+    found: dict[str, dict[str, ShardRecord]] = {}
+    refused: list[str] = []
+    for kind, key in keys.items():
+        found[kind], bad = catalogue(root, kind, key)
+        for line in bad:
+            log.warning("features: %s; its clips are computed again", line)
+            for suffix in (SHARD_SUFFIX, RECORD_SUFFIX):
+                Path(line.split(": ", 1)[0]).with_suffix(suffix).unlink(missing_ok=True)
+        refused += bad
+        _reuse(root, sources, kind, key, wanted, found[kind], params, copy)
+    missing = {kind: wanted - set(found[kind]) for kind in keys}
     jobs: list[_Job] = []
     for sha, path, corpus in zip(clips["sha256"], clips["path"], clips["corpus"].astype(str), strict=True):
-        smile = tuple(k for k in keys if split_kind(k)[0] in eg.SMILE_KINDS and sha in missing[k])
+        smile = tuple(k for k in keys if KINDS[split_kind(k)[0]].engine == "smile" and sha in missing[k])
         want_logmel = LOGMEL in keys and sha in missing[LOGMEL]
-        if want_logmel or smile:
+        want_ssl = SSL in keys and sha in missing[SSL]
+        if want_logmel or smile or want_ssl:
             jobs.append((sha, str(path), want_logmel, smile, corpus))
+    return _Plan(keys, df, found, missing, jobs, _plan_shards(jobs, shard_count(params, len(jobs))), refused)
 
-    shapes: dict[tuple[str, str], tuple[int, ...]] = {}
-    run = _compute(params, root, keys, jobs, shapes) if jobs else {"audio_seconds": 0.0}
-    if SSL in keys and missing[SSL]:
-        todo = clips[clips["sha256"].isin(missing[SSL])]
-        run["ssl"] = _compute_ssl(params, root, keys[SSL], todo, shapes)
-        if not jobs:
-            run["audio_seconds"] = float(todo["duration"].sum())
 
-    previous = _previous_shapes(root) if len(shapes) < len(keys) * len(clips) else {}
-    frames = []
-    for kind, key in keys.items():
-        files = [relative_file(kind, key, s) for s in df["sha256"]]
-        kind_shapes = []
-        for sha, f in zip(df["sha256"], files, strict=True):
-            shape = shapes.get((kind, sha)) or previous.get(f)
-            if shape is None:
-                shape = shapes[(kind, sha)] = array_shape(root / f)
-            kind_shapes.append(list(shape))
-        frames.append(pd.DataFrame({"utt_id": df["utt_id"].astype(str), "kind": kind, "key": key,
-                                    "file": files, "shape": kind_shapes}))
-    index = write_index(root, pd.concat(frames, ignore_index=True))
+def shards_to_compute(params: Params, manifest_path: str | Path, store: str | Path | None = None) -> int:
+    """How many shards a run on this manifest computes (what a cluster run fans out over): the
+    clips that neither `store` nor `features.previous` holds, cut into `shard_count` shards."""
+    import tempfile
 
-    seconds = time.perf_counter() - t_start
-    audio_s = float(run["audio_seconds"])
+    with tempfile.TemporaryDirectory() as tmp:
+        return len(plan(params, manifest_path, Path(store) if store else Path(tmp), copy=False).shards)
+
+
+# ----------------------------------------------------------------------------- the stage
+def extract_features(params: Params, manifest_path: str | Path, out_dir: str | Path,
+                     shard: int | None = None, previous: Sequence[str | Path] = ()) -> FeaturesResult:
+    """Compute the clips no shard holds yet, shard by shard; write `index.parquet` and `summary.json`.
+
+    `shard=i`: compute only shard i of the plan (one task of a scale-out, whose shards are
+    `shards_to_compute`; it writes its new shards and no index: the gather, a plain run with the
+    tasks' folders as `previous`, does). `previous`: earlier stores whose shards are reused (copied
+    in) for the clips they hold."""
+    t_start = time.perf_counter()
+    root = Path(out_dir)
+    root.mkdir(parents=True, exist_ok=True)
+    pl = plan(params, manifest_path, root, previous, copy=shard is None)
+    plan_s = time.perf_counter() - t_start
+    keys, df, clips = pl.keys, pl.clips, pl.clips.drop_duplicates("sha256")
+    shards = pl.shards
+    if shard is not None:
+        if not 0 <= shard < len(pl.shards):
+            raise FeaturesError(f"{manifest_path}: shard {shard} of {len(pl.shards)}: no such shard "
+                                "(the manifest or the stores changed since the plan)")
+        shards = [pl.shards[shard]]
+    run = _compute(params, root, keys, shards, pl.found) if shards else {"audio_seconds": 0.0}
+    by_sha = dict(zip(clips["sha256"], clips["duration"], strict=True))
+    if not any(j[2] or j[3] for s in shards for j in s):
+        run["audio_seconds"] = float(sum(by_sha[j[0]] for s in shards for j in s))
     summary: dict[str, Any] = {
         "clips": len(df),
         "unique_audio": len(clips),
-        "kinds": {k: {"key": keys[k], "computed": len(missing[k]), "cached": len(clips) - len(missing[k])}
+        "kinds": {k: {"key": keys[k], "computed": len(pl.missing[k]), "cached": len(clips) - len(pl.missing[k])}
                   for k in keys},
+        "shards_written": len(shards),
+        "shards_refused": pl.refused,
+    }
+    if shard is not None:
+        summary["shard"] = [shard, len(pl.shards)]
+        for k in keys:  # a scale-out task computes only its share of the missing clips
+            summary["kinds"][k]["computed"] = sum(1 for s in shards for j in s if j[0] in pl.missing[k])
+    else:
+        frames = []
+        for kind, key in keys.items():
+            records = [pl.found[kind].get(s) for s in df["sha256"]]
+            lost = [u for u, r in zip(df["utt_id"], records, strict=True) if r is None]
+            if lost:
+                raise FeaturesError(f"{root}: no '{kind}' array for {len(lost)} clips after extraction, "
+                                    f"e.g. {lost[0]}")
+            frames.append(pd.DataFrame({
+                "utt_id": df["utt_id"].astype(str), "kind": kind, "key": key,
+                "file": [r.file for r in records if r is not None],
+                "shape": [list(r.shapes[s]) for s, r in zip(df["sha256"], records, strict=True) if r is not None],
+                "member": df["sha256"].astype(str).to_numpy(),
+                "shard_sha256": [r.sha256 for r in records if r is not None]}))
+        summary["index"] = str(write_index(root, pd.concat(frames, ignore_index=True)))
+    seconds = time.perf_counter() - t_start
+    audio_s = float(run["audio_seconds"])
+    summary.update({
         "audio_seconds_computed": round(audio_s, 3),
         "seconds": round(seconds, 3),
+        "plan_seconds": round(plan_s, 3),
         "x_realtime": round(audio_s / seconds, 1) if audio_s else None,
         **{k: v for k, v in run.items() if k != "audio_seconds"},
-    }
+    })
     atomic_write_json(root / SUMMARY, summary)
-    return FeaturesResult(index=index, summary=summary)
+    return FeaturesResult(index=root / INDEX, summary=summary)
 
 
 @dataclass
@@ -271,11 +384,12 @@ class _Layout:
     facts: dict[str, Any]
 
 
-def _layout(params: Params, jobs: list[_Job]) -> _Layout:
+def _layout(params: Params, shards: list[list[_Job]]) -> _Layout:
     f = params.features
+    jobs = [j for s in shards for j in s if j[2] or j[3]]
     any_logmel = any(j[2] for j in jobs)
-    workers = min(f.workers, len(jobs))
-    facts: dict[str, Any] = {"workers": workers, "audio_seconds": 0.0, "nonfinite_arrays": 0}
+    workers = max(1, min(f.workers, len(jobs)))
+    facts: dict[str, Any] = {"workers": workers, "audio_seconds": 0.0}
     device = None
     if any_logmel:
         from affectflow.features import logmel as lm  # torch is imported only when log-mel is computed
@@ -294,29 +408,65 @@ def _layout(params: Params, jobs: list[_Job]) -> _Layout:
     if any_logmel:
         facts["logmel_in"] = "main" if in_main or workers == 1 else "workers"
         facts["torch_threads"] = main_threads if facts["logmel_in"] == "main" else worker_threads
-    # Chunks of similar-length neighbours; at least two per worker so the last ones do not straggle.
-    size = max(1, min(f.batch_size, math.ceil(len(jobs) / (2 * workers))))
-    chunks = [jobs[i : i + size] for i in range(0, len(jobs), size)]
+    # Chunks of similar-length neighbours, shard after shard (a shard is written as soon as its
+    # last chunk is back); at least two per worker so the last ones do not straggle. Log-mel
+    # batches `batch_size` clips (one padded STFT); openSMILE works clip by clip, so its chunks are
+    # small: the first clips are back in seconds and no worker waits on another's long chunk.
+    per_chunk = f.batch_size if any_logmel else min(f.batch_size, SMILE_CHUNK)
+    size = max(1, min(per_chunk, math.ceil(len(jobs) / (2 * workers)) if jobs else 1))
+    chunks = []
+    for s in shards:
+        s_jobs = sorted((j for j in s if j[2] or j[3]), key=lambda j: j[0])
+        chunks += [s_jobs[i : i + size] for i in range(0, len(s_jobs), size)]
     return _Layout(workers, device, in_main, main_threads, worker_threads, chunks, facts)
 
 
-class _MainLogMel:
-    """Log-mel in the main process on batches of the waveforms the workers send back; one writer
-    thread overlaps the saves with the next batch (file creation is mostly kernel time without the GIL)."""
+class _Shards:
+    """Collects each shard's arrays as its clips come back and writes the shard (one file per kind)
+    when the last one is in; a shard is all-or-nothing on disk."""
 
-    def __init__(self, params: Params, root: Path, keys: dict[str, str], device: Any, threads: int,
-                 shapes: dict[tuple[str, str], tuple[int, ...]], stage_s: dict[str, float]):
+    def __init__(self, root: Path, keys: dict[str, str], shards: list[list[_Job]],
+                 found: dict[str, dict[str, ShardRecord]], stage_s: dict[str, float]):
+        self.root, self.keys, self.found, self.stage_s = root, keys, found, stage_s
+        self.shard_of = {j[0]: i for i, s in enumerate(shards) for j in s}
+        self.left = [len(s) for s in shards]
+        self.paths = {j[0]: j[1] for s in shards for j in s}
+        self.arrays: list[dict[str, dict[str, np.ndarray]]] = [{} for _ in shards]
+
+    def add(self, sha: str, arrays: dict[str, np.ndarray]) -> None:
+        for kind, arr in arrays.items():
+            if not np.isfinite(arr).all():
+                raise FeaturesError(f"{self.paths[sha]}: '{kind}' features are non-finite; not stored "
+                                    "(check the audio: silence, clipping or a decoding fault)")
+            self.arrays[self.shard_of[sha]].setdefault(kind, {})[sha] = arr
+
+    def clip_done(self, sha: str) -> None:
+        i = self.shard_of[sha]
+        self.left[i] -= 1
+        if self.left[i] == 0:
+            t0 = time.perf_counter()
+            for kind, arrays in sorted(self.arrays[i].items()):
+                record = write_shard(self.root, kind, self.keys[kind], arrays)
+                for clip in arrays:
+                    self.found[kind][clip] = record
+            self.arrays[i] = {}
+            self.stage_s["write"] += time.perf_counter() - t0
+
+
+class _MainLogMel:
+    """Log-mel in the main process on batches of the waveforms the workers send back (one process
+    feeds the GPU); finished clips go to the shard writer."""
+
+    def __init__(self, params: Params, device: Any, threads: int, out: _Shards, stage_s: dict[str, float]):
         import torch
 
         from affectflow.features.logmel import LogMel
 
         torch.set_num_threads(threads)  # the caller restores it
         self.extractor = LogMel(params.features.logmel, params.audio.sample_rate, device)
-        self.root, self.key, self.shapes, self.stage_s = root, keys[LOGMEL], shapes, stage_s
+        self.out, self.stage_s = out, stage_s
         self.batch_size = params.features.batch_size
         self.pending: list[tuple[str, np.ndarray]] = []
-        self.writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="features-writer")
-        self.writing: Future[None] | None = None
 
     def add(self, sha: str, wave: np.ndarray) -> None:
         self.pending.append((sha, wave))
@@ -329,76 +479,83 @@ class _MainLogMel:
         t0 = time.perf_counter()
         mels = self.extractor.batch([w for _, w in self.pending])
         self.stage_s["logmel"] += time.perf_counter() - t0
-        items = []
         for (sha, _), m in zip(self.pending, mels, strict=True):
-            items.append((f"{self.root}/{relative_file(LOGMEL, self.key, sha)}", m))
-            self.shapes[(LOGMEL, sha)] = m.shape
+            self.out.add(sha, {LOGMEL: m})
+            self.out.clip_done(sha)
         self.pending.clear()
-        self.wait()  # at most one batch in flight; re-raises a failed write
-        self.writing = self.writer.submit(_save_all, items)
-
-    def wait(self) -> None:
-        if self.writing is not None:
-            self.writing.result()
-            self.writing = None
-
-    def close(self) -> None:
-        self.writer.shutdown(wait=True)
 
 
-def _save_all(items: list[tuple[str, np.ndarray]]) -> None:
-    for file, m in items:
-        save_array(file, m)
+def _ssl_first(params: Params, keys: dict[str, str], shards: list[list[_Job]],
+               found: dict[str, dict[str, ShardRecord]], out: _Shards, facts: dict[str, Any]) -> dict[str, np.ndarray]:
+    """The SSL encoder before the openSMILE / log-mel workers (one process, all threads): clips with
+    nothing else to compute are handed to their shards now, the others' vectors are returned."""
+    jobs = [j for s in shards for j in s if SSL in keys and j[0] not in found[SSL]]
+    arrays: dict[str, np.ndarray] = {}
+    if not jobs:
+        return arrays
+    facts["ssl"] = _compute_ssl(params, jobs, arrays)
+    for j in jobs:
+        if not (j[2] or j[3]):
+            out.add(j[0], {SSL: arrays.pop(j[0])})
+            out.clip_done(j[0])
+    return arrays
 
 
-def _compute(params: Params, root: Path, keys: dict[str, str], jobs: list[_Job],
-             shapes: dict[tuple[str, str], tuple[int, ...]]) -> dict[str, Any]:
-    """Run the decode workers (and the main-process log-mel consumer on CUDA); fills `shapes`."""
+def _start(lay: _Layout, init_args: tuple[Any, ...]) -> tuple[Iterable[tuple[list[_Done], dict[str, float]]], Any]:
+    """Chunk results in plan order: from a worker pool, or computed inline (one worker)."""
+    if lay.workers > 1 and lay.chunks:
+        # The pool starts before anything reaches a GPU, so forked workers inherit no CUDA state.
+        pool = _mp_context().Pool(lay.workers, _init_worker, init_args)
+        return pool.imap(_work_chunk, lay.chunks), pool
+    if lay.chunks:
+        _init_worker(*init_args)
+    return map(_work_chunk, lay.chunks), None
+
+
+def _compute(params: Params, root: Path, keys: dict[str, str], shards: list[list[_Job]],
+             found: dict[str, dict[str, ShardRecord]]) -> dict[str, Any]:
+    """Run the decode workers (and the main-process log-mel consumer on CUDA), after the SSL
+    encoder; each shard is written when complete, and `found` gains its records."""
     f = params.features
     sr = params.audio.sample_rate
-    lay = _layout(params, jobs)
+    t_start = time.perf_counter()
+    lay = _layout(params, shards)
     facts = lay.facts
+    stage_s = {"decode": 0.0, "egemaps": 0.0, "logmel": 0.0, "write": 0.0}
+    out = _Shards(root, keys, shards, found, stage_s)
+    ssl_arrays = _ssl_first(params, keys, shards, found, out, facts)
     import_threads: int | None = None
     if lay.device is not None:
         import torch
 
         import_threads = torch.get_num_threads()
-    smile_kinds = sorted({k for j in jobs for k in j[3]})
-    init_args = (str(root), sr, keys, f.egemaps, smile_kinds,
+    smile_kinds = sorted({k for c in lay.chunks for j in c for k in j[3]})
+    init_args = (sr, f.egemaps, smile_kinds,
                  f.logmel if lay.device is not None and not lay.in_main else None,
                  lay.main_threads if lay.workers == 1 else lay.worker_threads,
                  str(lay.device) if lay.workers == 1 and lay.device is not None else "cpu", f.robustness)
     pool = None
-    main: _MainLogMel | None = None
-    stage_s = {"decode": 0.0, "egemaps": 0.0, "logmel": 0.0, "write": 0.0}
     try:
-        if lay.workers > 1:
-            # The pool starts before anything reaches a GPU, so forked workers inherit no CUDA state.
-            pool = _mp_context().Pool(lay.workers, _init_worker, init_args)
-            results: Iterable[tuple[list[_Done], dict[str, float]]] = pool.imap_unordered(_work_chunk, lay.chunks)
-        else:
-            _init_worker(*init_args)
-            results = map(_work_chunk, lay.chunks)
-        if lay.in_main:
-            main = _MainLogMel(params, root, keys, lay.device, lay.main_threads, shapes, stage_s)
-        for sha, path, wave, n, saved, nonfinite, err in _clips(results, stage_s, len(jobs)):
+        results, pool = _start(lay, init_args)
+        main = _MainLogMel(params, lay.device, lay.main_threads, out, stage_s) if lay.in_main else None
+        for sha, path, wave, n, arrays, err in _clips(results, stage_s, sum(len(c) for c in lay.chunks)):
+            facts.setdefault("first_clip_seconds", round(time.perf_counter() - t_start, 2))
             if err is not None:
                 raise audio.AudioError(path, f"{err} (features stage)")
             facts["audio_seconds"] += n / sr
-            facts["nonfinite_arrays"] += nonfinite
-            for kind, shape in saved.items():
-                shapes[(kind, sha)] = shape
+            if sha in ssl_arrays:
+                arrays[SSL] = ssl_arrays.pop(sha)
+            out.add(sha, arrays)
             if wave is not None and main is not None:
                 main.add(sha, wave)
+            else:
+                out.clip_done(sha)
         if main is not None:
             main.flush()
-            main.wait()
         if pool is not None:
             pool.close()
             pool.join()
     finally:
-        if main is not None:
-            main.close()
         if pool is not None:
             pool.terminate()
         if import_threads is not None:
@@ -409,10 +566,9 @@ def _compute(params: Params, root: Path, keys: dict[str, str], jobs: list[_Job],
     return facts
 
 
-def _compute_ssl(params: Params, root: Path, key: str, clips: pd.DataFrame,
-                 shapes: dict[tuple[str, str], tuple[int, ...]]) -> dict[str, Any]:
+def _compute_ssl(params: Params, jobs: list[_Job], arrays: dict[str, np.ndarray]) -> dict[str, Any]:
     """The pretrained encoder in this process (it feeds one GPU, or uses the CPU's threads), on
-    batches of clips decoded ahead by a thread pool; arrays saved as they come."""
+    batches of clips decoded ahead by a thread pool; fills `arrays` (clip sha256 -> vector)."""
     from affectflow.features.ssl import SslEncoder
 
     cfg = params.features.ssl
@@ -421,7 +577,7 @@ def _compute_ssl(params: Params, root: Path, key: str, clips: pd.DataFrame,
     t0 = time.perf_counter()
     encoder = SslEncoder(cfg, sr, device)
     load_s = time.perf_counter() - t0
-    rows = list(zip(clips["sha256"], clips["path"], strict=True))
+    rows = [(j[0], j[1]) for j in jobs]
     batch = max(cfg.batch_size, 1)
     with ThreadPoolExecutor(max_workers=max(1, params.features.workers)) as pool, \
             ThreadPoolExecutor(max_workers=1) as reader:
@@ -435,8 +591,7 @@ def _compute_ssl(params: Params, root: Path, key: str, clips: pd.DataFrame,
             waves = ahead.result()
             ahead = reader.submit(decode, chunks[i + 1]) if i + 1 < len(chunks) else None
             for (sha, _), vec in zip(chunk, encoder(waves), strict=True):
-                save_array(f"{root}/{relative_file(SSL, key, sha)}", vec)
-                shapes[(SSL, sha)] = vec.shape
+                arrays[sha] = vec
     return {"device": str(device), "dim": encoder.dim, "layers": encoder.layers,
             "load_seconds": round(load_s, 2), "seconds": round(time.perf_counter() - t0, 2)}
 

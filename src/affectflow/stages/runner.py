@@ -16,7 +16,7 @@ from typing import Any
 
 from affectflow.config import Params
 from affectflow.contracts.workdir import ARTIFACTS, Workdir, optional_dir, write_skipped
-from affectflow.stages import StageError, StageResult, get
+from affectflow.stages import STAGES, StageError, StageResult, get
 
 
 @dataclass
@@ -48,6 +48,7 @@ def run_stage(params: Params, name: str, inputs: Mapping[str, Path | None] | Non
               out_dir: Path | None = None, respect_switch: bool = True) -> StageResult:
     """Run stage `name` (switched-off stages leave a placeholder when `respect_switch`)."""
     spec = get(name)
+    params = with_feature_kinds(params)  # the kinds the enabled stages read, as a pipeline task is handed them
     out = Path(out_dir) if out_dir else Workdir(params.workdir()).stage_dir(spec.output)
     if respect_switch and not spec.enabled(params):
         write_skipped(out, f"{spec.switch} is false")
@@ -58,3 +59,31 @@ def run_stage(params: Params, name: str, inputs: Mapping[str, Path | None] | Non
         where = ", ".join(f"{k} ({resolved[k]})" for k in missing)
         raise StageError(f"stage {name}: input {where} not found; run the stages before it first")
     return spec.run(params, resolved, out)
+
+
+def _setting(params: Params, dotted: str) -> str:
+    section, key = dotted.split(".")
+    return str(getattr(getattr(params, section), key))
+
+
+def feature_kinds(params: Params) -> list[str]:
+    """The `features.kinds` a run computes: what the enabled stages read (their `reads_features`:
+    a kind, or a model's kind from `models.ARCHS`), then the extra kinds params.features.kinds
+    lists, in a stable order."""
+    from affectflow.features.keys import kind_spec
+    from affectflow.models import ARCHS  # torch: only where the kinds are worked out
+
+    kinds = []
+    for spec in STAGES.values():
+        if spec.enabled(params):
+            for dotted in spec.reads_features:
+                value = _setting(params, dotted)
+                kinds.append(kind_spec(ARCHS[value].feature if value in ARCHS else value).setting)
+    return list(dict.fromkeys([*kinds, *params.features.kinds]))
+
+
+def with_feature_kinds(params: Params) -> Params:
+    """params whose features.kinds is `feature_kinds(params)`: what the runner and the pipeline's
+    resolve-params task hand every stage (the features stage computes them, validate checks them)."""
+    f = params.features.model_copy(update={"kinds": feature_kinds(params)})
+    return params.model_copy(update={"features": f})

@@ -63,6 +63,13 @@ class StageSpec:
     """Files in its output folder that DVC shows as metrics (not cached)."""
     plots: tuple[str, ...] = ()
     """PNGs in its output folder that DVC shows as plots (not cached)."""
+    reads_features: tuple[str, ...] = ()
+    """Dotted settings naming what it reads from the feature store: a feature kind (`augment.feature`)
+    or a model (`train.model`: that model's kind, `models.ARCHS`). When it is enabled, the features
+    stage computes these (`affectflow.stages.runner.feature_kinds`)."""
+    derived_params: tuple[str, ...] = ()
+    """Dotted settings outside its sections that its handed settings are derived from (DVC
+    `params:` too, so changing them re-runs it): the features stage's kinds follow train.model."""
 
     @property
     def run(self) -> Callable[..., StageResult]:

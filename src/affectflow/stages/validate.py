@@ -344,7 +344,7 @@ def feature_facts(features: Any, kind: str, utt_ids: Sequence[str]) -> pd.DataFr
                                "frames": np.nan, "nonfinite": np.nan}
         if n == 1:
             try:
-                arr = np.asarray(features.load(kind, [u])[0])
+                arr = np.asarray(features.load(kind, [u], finite=False)[0])  # counted below, not refused
             except Exception as e:  # missing or corrupt .npy: report it, keep checking the rest
                 row["load_error"] = f"{type(e).__name__}: {e}"
             else:

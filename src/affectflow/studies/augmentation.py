@@ -252,6 +252,18 @@ def render_table(agg: dict[str, Any], meta: dict[str, Any]) -> str:
 
 
 # ----------------------------------------------------------------------------- the study
+def _with_kind(params: Params, kind: str, manifest: str | Path, features_dir: Path, out: Path) -> Path:
+    """A feature store with the study's kind: the one given when it has it (a pipeline run computes
+    only what its own model reads), else `<out>/features`, computing that kind for the manifest."""
+    from affectflow.contracts.feature_store import FeatureSet
+    from affectflow.stages.features import extract_features
+
+    if FeatureSet(features_dir).has(kind):
+        return features_dir
+    with_kind = with_overrides(params, {"features.kinds": [kind]})
+    return extract_features(with_kind, manifest, out / "features", previous=[features_dir]).out_dir
+
+
 def ablate_augmentation(params: Params, manifest: str | Path, features_dir: str | Path,
                         out_dir: str | Path) -> AblationResult:
     """Run (or resume) the whole study; writes table_<tag>.md, summary_<tag>.json (`recognizer_tag`) and
@@ -273,7 +285,7 @@ def ablate_augmentation(params: Params, manifest: str | Path, features_dir: str 
                                     "evaluate.cross_corpus": [], "tracking.log_model": False})
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    features_dir = Path(features_dir)
+    features_dir = _with_kind(study, kind, manifest, Path(features_dir), out)
     df = read_manifest(manifest)
     df = df[df["role"] == "source"] if "role" in df.columns else df
     # Fold-major order: a study stopped early still has every seed and setting of its first folds.
