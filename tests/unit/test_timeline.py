@@ -1,5 +1,7 @@
 """Timelines for long recordings: streamed overlapping windows, smoothing, cells that tile the
-file, a planted emotion change located within one hop, the CLI's JSON / CSV / PNG outputs."""
+file, a planted emotion change located within one hop, the CLI's JSON / CSV / PNG outputs, and
+silence inside a recording as `no_speech` segments (the real Silero check: the generated
+utterances are speech to it, digital silence is not)."""
 
 from __future__ import annotations
 
@@ -13,7 +15,8 @@ from recognizer_support import trained
 
 from affectflow.config import TimelineConfig
 from affectflow.corpora.demo import utterance
-from affectflow.serving.timeline import score_timeline, smooth, windows
+from affectflow.serving.timeline import score_timeline, smooth, smooth_speech, windows
+from affectflow.speech import SpeechCheck
 
 SR = 16000
 
@@ -129,14 +132,14 @@ def test_predict_timeline_cli_writes_json_csv_and_png(synth_root: Path, tmp_path
     assert (tmp_path / "t.png").stat().st_size > 0
     assert main([*base, str(long), str(tmp_path / "missing.wav"), "--out", str(tmp_path / "t.csv"), "--allow-errors"]) == 0
     rows = (tmp_path / "t.csv").read_text().splitlines()
-    assert rows[0] == "path,start_s,end_s,label," + ",".join(params.ingest.classes)
+    assert rows[0] == "path,start_s,end_s,status,label," + ",".join(params.ingest.classes)
     assert len(rows) == 1 + len(seg) and (tmp_path / "t.png").exists()
 
 
 def test_waveform_windows_match_the_streamed_file(tmp_path: Path):
     from affectflow.serving.timeline import wave_windows
 
-    x = (np.arange(12_345) % 97 / 97).astype(np.float32)
+    x = (np.arange(12_340) % 97 / 97).astype(np.float32)
     path = tmp_path / "x.wav"
     sf.write(path, x, 1000, subtype="FLOAT")  # 1 kHz: the lowest rate audio.py accepts
     cfg = TimelineConfig(window_s=2.0, hop_s=0.7)
@@ -175,8 +178,135 @@ def test_the_kserve_predictor_serves_a_timeline_on_request(synth_root: Path, tmp
     assert got["start_s"].shape == [n] and got["probabilities"].shape == [n, len(rec.classes)]
     assert np.allclose(np.asarray(got["probabilities"].data).reshape(n, -1), want.probabilities, atol=1e-4)
     assert list(got["label"].data) == want.labels and got["end_s"].data[-1] == pytest.approx(8.0)
+    assert set(got) == {"start_s", "end_s", "probabilities", "label", "status"}
     assert set(ask([clip])) == {"probabilities", "label", "status"}  # an ordinary request is unchanged
     with pytest.raises(InvalidInput, match="one recording, got 2"):
         ask([clip, clip], timeline=True)
     with pytest.raises(InvalidInput, match=r"hop_s \(2.0\) must not exceed window_s"):
         ask([clip], timeline=True, window_s=1.0, hop_s=2.0)
+
+
+# ----------------------------------------------------------------------------- silence inside a recording
+CHECK = SpeechCheck(min_speech_s=0.25, threshold=0.2)
+CHANGE_S, SILENT = 5.3, (9.0, 13.0)
+"""sad until 5.3 s, angry until 9 s, digital silence until 13 s, sad again until 17 s."""
+
+
+def _with_silence(path: Path) -> Path:
+    x = np.concatenate([_speech("sad", CHANGE_S, 9, 500), _speech("angry", SILENT[0] - CHANGE_S, 9, 900),
+                        np.zeros(int((SILENT[1] - SILENT[0]) * SR), np.float32), _speech("sad", 4.0, 9, 1300)])
+    sf.write(path, x, SR, subtype="PCM_16")
+    return path
+
+
+def _voiced_loudness_model() -> callable:
+    """`_loudness_model` on the frames that are not digital silence (a window half in a pause is
+    judged by its speech, as a recognizer would be, not made "sad" by the zeros)."""
+    def voiced(w: np.ndarray) -> np.ndarray:
+        frames = w[: len(w) // 320 * 320].reshape(-1, 320)
+        energy = np.mean(frames.astype(np.float64) ** 2, axis=1)
+        return w[: len(frames) * 320].reshape(-1, 320)[energy > 1e-9].ravel()
+
+    loudness = _loudness_model()
+    return lambda ws: loudness([voiced(w) for w in ws])
+
+
+def test_silence_inside_a_recording_is_no_speech_and_the_change_is_still_located(tmp_path: Path):
+    cfg = TimelineConfig(window_s=2.0, hop_s=0.5, smooth=3)
+    t = score_timeline(_with_silence(tmp_path / "call.wav"), _voiced_loudness_model(), ["sad", "angry"], SR, cfg,
+                       batch_size=4, speech=CHECK)
+    inside = (t.starts >= SILENT[0]) & (t.ends <= SILENT[1])  # windows wholly in the silence
+    assert inside.sum() == 5 and not t.has_speech[inside].any()
+    speech_s = np.clip(np.minimum(t.ends, SILENT[0]) - t.starts, 0, None) + np.clip(t.ends - np.maximum(t.starts, SILENT[1]), 0, None)
+    assert (speech_s >= 1.0).sum() > 20 and t.has_speech[speech_s >= 1.0].all()  # a second of speech is never dropped
+    for seg, ok in zip(t.segments(), t.has_speech, strict=True):
+        assert seg["status"] == ("ok" if ok else "no_speech")
+        assert (seg["label"] is None and seg["probabilities"] is None) == (not ok)
+    runs = t.changes()
+    assert [(r["status"], r["label"]) for r in runs] == [("ok", "sad"), ("ok", "angry"), ("no_speech", None),
+                                                         ("ok", "sad")], runs
+    assert abs(runs[1]["start_s"] - CHANGE_S) <= cfg.hop_s
+    gap = runs[2]
+    assert SILENT[0] <= gap["start_s"] <= SILENT[0] + cfg.window_s / 2 and gap["confidence"] is None
+    assert SILENT[1] - cfg.window_s / 2 <= gap["end_s"] <= SILENT[1]
+    assert t.to_json()["n_no_speech"] == int((~t.has_speech).sum())
+    assert (t.probabilities[~t.has_speech] == 0).all() and np.allclose(t.probabilities[t.has_speech].sum(1), 1)
+
+
+def test_smoothing_never_crosses_a_window_without_speech():
+    probs = np.array([[1.0, 0.0], [1.0, 0.0], [0.0, 0.0], [0.0, 1.0], [0.0, 1.0]])
+    mask = np.array([True, True, False, True, True])
+    got = smooth_speech(probs, mask, 3)
+    assert np.array_equal(got, probs)  # each side is constant: nothing leaks across the gap
+    assert not np.array_equal(smooth(probs, 3), probs)  # (what smoothing over the gap would do)
+    assert np.allclose(smooth_speech(probs, np.ones(5, bool), 3), smooth(probs, 3))  # no gap: as before
+
+
+def _speech_model_folder(tmp: Path) -> Path:
+    """test_bad_input's tiny model folder with the speech check on in its model.json."""
+    from test_bad_input import model_folder
+
+    folder = model_folder(tmp)
+    meta = json.loads((folder / "model.json").read_text())
+    meta["audio"].update(min_speech_s=CHECK.min_speech_s, speech_threshold=CHECK.threshold)
+    (folder / "model.json").write_text(json.dumps(meta))
+    return folder
+
+
+def test_predict_timeline_cli_marks_silence_no_speech_in_json_and_csv(tmp_path: Path):
+    from test_bad_input import params_file
+
+    from affectflow.cli import main
+
+    folder = _speech_model_folder(tmp_path)
+    long = _with_silence(tmp_path / "call.wav")
+    base = ["predict", "--params", str(params_file(tmp_path)), "--model", str(folder), "--timeline",
+            "--set", "predict.timeline.window_s=2.0", "--set", "predict.timeline.hop_s=0.5", str(long)]
+    assert main([*base, "--out", str(tmp_path / "t.json")]) == 0
+    (one,) = json.loads((tmp_path / "t.json").read_text())["timelines"]
+    seg = one["segments"]
+    quiet = [s for s in seg if s["status"] == "no_speech"]
+    assert quiet and one["n_no_speech"] == len(quiet)
+    assert all(s["label"] is None and s["probabilities"] is None for s in quiet)
+    assert all(SILENT[0] <= s["start_s"] and s["end_s"] <= SILENT[1] for s in quiet)
+    assert all(s["label"] and abs(sum(s["probabilities"].values()) - 1) < 1e-3 for s in seg if s["status"] == "ok")
+    assert [r["status"] for r in one["changes"]].count("no_speech") == 1
+    assert (tmp_path / "t.png").stat().st_size > 0
+    assert main([*base, "--out", str(tmp_path / "t.csv")]) == 0
+    import csv
+
+    rows = list(csv.DictReader((tmp_path / "t.csv").read_text().splitlines()))
+    assert [r["status"] for r in rows] == [s["status"] for s in seg]
+    classes = json.loads((folder / "model.json").read_text())["classes"]
+    assert all(r["label"] == "" and all(r[c] == "" for c in classes) for r in rows if r["status"] == "no_speech")
+
+
+def test_the_kserve_timeline_carries_a_status_per_segment(tmp_path: Path):
+    pytest.importorskip("kserve", reason="the `serving` extra (kserve) is not installed")
+    import asyncio
+    import base64
+
+    from kserve.protocol.infer_type import InferInput, InferRequest
+
+    from affectflow.serving.kserve import Resolver, make_model
+    from affectflow.serving.recognizer import load_model_dir, predict_audio
+
+    folder = str(_speech_model_folder(tmp_path))
+    model = make_model("affectflow-ser", folder, 0, Resolver(None))
+    model.load()
+    long = _with_silence(tmp_path / "call.wav")
+    req = InferRequest("affectflow-ser", [InferInput("audio", [1], "BYTES", [base64.b64encode(long.read_bytes()).decode()])],
+                       parameters={"timeline": True, "window_s": 2.0, "hop_s": 0.5})
+    got = {o.name: o for o in asyncio.run(model.predict(req)).outputs}
+    rec = load_model_dir(folder)
+    cfg = TimelineConfig(window_s=2.0, hop_s=0.5)
+    want = score_timeline(long, lambda ws: predict_audio(rec, ws), rec.classes, rec.meta.sample_rate, cfg, speech=CHECK)
+    n = len(want.starts)
+    status = list(got["status"].data)
+    assert got["status"].shape == [n] and status == want.statuses and "no_speech" in status and "ok" in status
+    probs = np.asarray(got["probabilities"].data).reshape(n, -1)
+    labels = list(got["label"].data)
+    quiet = np.array(status) == "no_speech"
+    assert (probs[quiet] == 0).all() and {labels[k] for k in np.flatnonzero(quiet)} == {""}
+    assert np.allclose(probs[~quiet], want.probabilities[~quiet], atol=1e-4) and np.allclose(probs[~quiet].sum(1), 1)
+    assert all(lab in rec.classes for lab, q in zip(labels, quiet, strict=True) if not q)

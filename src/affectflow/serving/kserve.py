@@ -25,7 +25,8 @@ registry version that answered; `id` echoes the request's, or is a fresh UUID wh
 none (`id` is optional in the protocol). `GET /v2/models/<model_name>` lists that input and those
 outputs (`metadata_tensors`). With request parameters `{"timeline": true}` (optional `window_s`,
 `hop_s`, `smooth`) and one recording, the answer is its timeline (`affectflow.serving.timeline`):
-`start_s`, `end_s`, `probabilities` and `label` per segment. A request that is not that
+`start_s`, `end_s`, `probabilities`, `label` and `status` per segment (a segment without the
+model's minimum of speech: `no_speech`, probabilities all 0, label "", as for a clip). A request that is not that
 shape, or audio that does not decode, is a 400 whose message names the input and the element.
 """
 
@@ -279,7 +280,7 @@ def score_timeline_clip(loaded: Loaded, clip: tuple[np.ndarray, int], settings: 
 
     rec = loaded.rec
     return score_timeline(clip, lambda waves: predict_audio(rec, waves, featurizer=loaded.featurizer), rec.classes,
-                          rec.meta.sample_rate, settings, name="input 'audio' element 0")
+                          rec.meta.sample_rate, settings, name="input 'audio' element 0", speech=loaded.speech)
 
 
 def respond(loaded: Loaded, clips: list[tuple[np.ndarray, int]], timeline: Any, output: Any) -> list[Any]:
@@ -309,15 +310,18 @@ async def respond_off_loop(loaded: Loaded, clips: list[tuple[np.ndarray, int]], 
 
 
 def timeline_outputs(t: Any, output: Any) -> list[Any]:
-    """start_s, end_s (FP32 [segments]), probabilities (FP32 [segments, classes]) and label (BYTES)."""
+    """start_s, end_s (FP32 [segments]), probabilities (FP32 [segments, classes]), label and status
+    (BYTES [segments]); a segment without speech is as a clip without speech in `response_outputs`:
+    status `no_speech`, probabilities all 0, label ""."""
     lo, hi = t.cells()
-    probs = np.asarray(t.probabilities, np.float32)
+    probs = np.asarray(t.probabilities, np.float32) * t.has_speech[:, None]
     return [output("start_s", [len(lo)], "FP32", lo.astype(np.float32).tolist()),
             output("end_s", [len(hi)], "FP32", hi.astype(np.float32).tolist()),
             output(PROBABILITIES, list(probs.shape), "FP32", probs.ravel().tolist(),
                    parameters={"classes": ",".join(t.classes), "window_s": t.settings.window_s,
                                "hop_s": t.settings.hop_s, "smooth": t.settings.smooth}),
-            output(LABEL, [len(lo)], "BYTES", t.labels)]
+            output(LABEL, [len(lo)], "BYTES", [lab or "" for lab in t.labels]),
+            output(STATUS, [len(lo)], "BYTES", t.statuses)]
 
 
 def make_model(name: str, model_uri: str, reload_interval_s: float, resolver: Resolver) -> Any:

@@ -13,6 +13,14 @@ overlap and each time belongs to exactly one row (`segments`). Runs of cells wit
 are merged into `changes`. A change between two emotions is located within one hop (the test
 plants one). With `deploy_normalization: set` models, each batch of windows is standardised as one
 set (use `batch_size` >= the model's `min_clips`).
+
+Why `no_speech` segments: a call has pauses, hold music and line noise, and the model would give
+each a confident emotion. Every window goes through the model's speech check (`affectflow.speech`,
+its `audio.min_speech_s` / `audio.speech_threshold`, as the servers apply them to whole clips); a
+window with less speech than that is not scored: its segment has status `no_speech`, no label and no
+probabilities, and `changes` shows it as a run of its own. Smoothing never crosses such a window:
+each run of consecutive speech windows is smoothed on its own (the emotion before a pause says
+nothing about the one after it).
 """
 
 from __future__ import annotations
@@ -31,12 +39,16 @@ from scipy.ndimage import uniform_filter1d
 
 from affectflow import audio
 from affectflow.config import Params, TimelineConfig
+from affectflow.speech import SpeechCheck
 from affectflow.storage import atomic_write_text, save_figure
 
 if TYPE_CHECKING:
     from affectflow.serving.predict import Backend
 
 DECIMALS = 4
+STATUS_OK = "ok"
+STATUS_NO_SPEECH = "no_speech"
+"""A segment's `status`: scored, or too little speech to say anything (no label, no probabilities)."""
 
 
 def _windows(blocks: Iterator[np.ndarray], rate: int, sample_rate: int, cfg: TimelineConfig,
@@ -96,8 +108,18 @@ class Timeline:
     starts: np.ndarray
     ends: np.ndarray
     probabilities: np.ndarray
-    """(windows, classes), smoothed."""
+    """(windows, classes), smoothed; all-0 rows for the windows without speech."""
     settings: TimelineConfig
+    speech: np.ndarray | None = None
+    """(windows,) bool: the window had the model's minimum of speech and was scored (None: all were)."""
+
+    @property
+    def has_speech(self) -> np.ndarray:
+        return np.ones(len(self.starts), bool) if self.speech is None else np.asarray(self.speech, bool)
+
+    @property
+    def statuses(self) -> list[str]:
+        return [STATUS_OK if ok else STATUS_NO_SPEECH for ok in self.has_speech]
 
     @property
     def duration_s(self) -> float:
@@ -110,33 +132,41 @@ class Timeline:
         return np.r_[0.0, mids], np.r_[mids, self.duration_s]
 
     @property
-    def labels(self) -> list[str]:
-        return [self.classes[i] for i in self.probabilities.argmax(axis=1)]
+    def labels(self) -> list[str | None]:
+        """The top class per window; None for a window without speech."""
+        return [self.classes[i] if ok else None
+                for i, ok in zip(self.probabilities.argmax(axis=1), self.has_speech, strict=True)]
 
     def segments(self) -> list[dict[str, Any]]:
+        """Per cell: start, end, status, label and class probabilities (None without speech)."""
         lo, hi = self.cells()
-        return [{"start_s": round(float(a), 3), "end_s": round(float(b), 3), "label": lab,
-                 "probabilities": {c: round(float(p), DECIMALS) for c, p in zip(self.classes, row, strict=True)}}
-                for a, b, lab, row in zip(lo, hi, self.labels, self.probabilities, strict=True)]
+        return [{"start_s": round(float(a), 3), "end_s": round(float(b), 3), "status": status, "label": lab,
+                 "probabilities": None if lab is None
+                 else {c: round(float(p), DECIMALS) for c, p in zip(self.classes, row, strict=True)}}
+                for a, b, status, lab, row in zip(lo, hi, self.statuses, self.labels, self.probabilities, strict=True)]
 
     def changes(self) -> list[dict[str, Any]]:
-        """Runs of consecutive cells with the same label: start, end, label, mean top probability."""
+        """Runs of consecutive cells with the same label: start, end, status, label, mean top
+        probability; a stretch without speech is a run of its own (label and confidence None)."""
         lo, hi = self.cells()
-        labels = self.labels
+        labels, statuses = self.labels, self.statuses
         top = self.probabilities.max(axis=1)
         runs: list[dict[str, Any]] = []
         first = 0
         for k in range(1, len(labels) + 1):
             if k == len(labels) or labels[k] != labels[first]:
+                scored = labels[first] is not None
                 runs.append({"start_s": round(float(lo[first]), 3), "end_s": round(float(hi[k - 1]), 3),
-                             "label": labels[first], "confidence": round(float(top[first:k].mean()), DECIMALS)})
+                             "status": statuses[first], "label": labels[first],
+                             "confidence": round(float(top[first:k].mean()), DECIMALS) if scored else None})
                 first = k
         return runs
 
     def to_json(self) -> dict[str, Any]:
         return {"path": self.path, "duration_s": round(self.duration_s, 3), "classes": self.classes,
                 "window_s": self.settings.window_s, "hop_s": self.settings.hop_s, "smooth": self.settings.smooth,
-                "n_windows": len(self.starts), "segments": self.segments(), "changes": self.changes()}
+                "n_windows": len(self.starts), "n_no_speech": int((~self.has_speech).sum()),
+                "segments": self.segments(), "changes": self.changes()}
 
 
 def smooth(probs: np.ndarray, width: int) -> np.ndarray:
@@ -146,11 +176,29 @@ def smooth(probs: np.ndarray, width: int) -> np.ndarray:
     return uniform_filter1d(np.asarray(probs, np.float64), size=width, axis=0, mode="nearest")
 
 
+def smooth_speech(probs: np.ndarray, has_speech: np.ndarray, width: int) -> np.ndarray:
+    """`smooth` over each run of consecutive speech windows on its own; rows without speech stay 0."""
+    out = np.zeros_like(np.asarray(probs, np.float64))
+    k, n = 0, len(has_speech)
+    while k < n:
+        if not has_speech[k]:
+            k += 1
+            continue
+        end = k
+        while end < n and has_speech[end]:
+            end += 1
+        out[k:end] = smooth(probs[k:end], width)
+        k = end
+    return out
+
+
 def score_timeline(source: str | Path | tuple[np.ndarray, int], predict: Callable[[list[np.ndarray]], np.ndarray],
                    classes: Sequence[str], sample_rate: int, cfg: TimelineConfig, batch_size: int = 32,
-                   name: str | None = None) -> Timeline:
+                   name: str | None = None, speech: SpeechCheck | None = None) -> Timeline:
     """Windows of `source` (a file, or (waveform, its rate)) scored `batch_size` at a time by
-    `predict` (waveforms -> (n, C) probabilities)."""
+    `predict` (waveforms -> (n, C) probabilities); windows failing `speech` (the model's check;
+    None = off) are not scored and come out `no_speech`."""
+    check = speech or SpeechCheck.off()
     if isinstance(source, tuple):
         path = name or "waveform"
         stream = wave_windows(source[0], source[1], sample_rate, cfg, path)
@@ -159,21 +207,29 @@ def score_timeline(source: str | Path | tuple[np.ndarray, int], predict: Callabl
         stream = windows(source, sample_rate, cfg)
     starts: list[float] = []
     ends: list[float] = []
+    has_speech: list[bool] = []
     parts: list[np.ndarray] = []
     batch: list[np.ndarray] = []
     for a, b, wave in stream:
         starts.append(a)
         ends.append(b)
+        has_speech.append(check.reason(wave, sample_rate) is None)
+        if not has_speech[-1]:
+            continue
         batch.append(wave)
         if len(batch) >= batch_size:
             parts.append(np.asarray(predict(batch), np.float64))
             batch = []
     if batch:
         parts.append(np.asarray(predict(batch), np.float64))
-    if not parts:
+    if not starts:
         raise audio.AudioError(path, audio.NO_SAMPLES)
-    probs = smooth(np.concatenate(parts), cfg.smooth)
-    return Timeline(path, list(classes), np.asarray(starts), np.asarray(ends), probs, cfg)
+    mask = np.asarray(has_speech, bool)
+    probs = np.zeros((len(starts), len(classes)))
+    if parts:
+        probs[mask] = np.concatenate(parts)
+    return Timeline(path, list(classes), np.asarray(starts), np.asarray(ends), smooth_speech(probs, mask, cfg.smooth),
+                    cfg, mask)
 
 
 def timelines_json(timelines: Sequence[Timeline], model_uri: str) -> dict[str, Any]:
@@ -181,19 +237,23 @@ def timelines_json(timelines: Sequence[Timeline], model_uri: str) -> dict[str, A
 
 
 def timelines_csv(timelines: Sequence[Timeline]) -> str:
-    """One row per segment (cell): path, start_s, end_s, label, one column per class."""
+    """One row per segment (cell): path, start_s, end_s, status, label, one column per class
+    (label and classes empty for a `no_speech` segment)."""
     buf = io.StringIO()
     classes = timelines[0].classes if timelines else []
     writer = csv.writer(buf, lineterminator="\n")
-    writer.writerow(["path", "start_s", "end_s", "label", *classes])
+    writer.writerow(["path", "start_s", "end_s", "status", "label", *classes])
     for t in timelines:
         for s in t.segments():
-            writer.writerow([t.path, s["start_s"], s["end_s"], s["label"], *(s["probabilities"][c] for c in classes)])
+            probs = s["probabilities"] or {}
+            writer.writerow([t.path, s["start_s"], s["end_s"], s["status"], s["label"] or "",
+                             *(probs.get(c, "") for c in classes)])
     return buf.getvalue()
 
 
 def plot_timeline(t: Timeline, path: str | Path) -> Path:
-    """Stacked class probabilities over time, with the label run bar underneath."""
+    """Stacked class probabilities over time, with the label run bar underneath; stretches
+    without speech are grey bands in both (nothing is drawn for them)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -207,9 +267,15 @@ def plot_timeline(t: Timeline, path: str | Path) -> Path:
     a.stackplot(x, y, labels=t.classes, colors=colours[: len(t.classes)], alpha=0.85)
     a.set(ylabel="probability", ylim=(0, 1), title=f"{Path(t.path).name}: {t.settings.window_s:g} s windows, "
           f"{t.settings.hop_s:g} s hop, smoothed over {t.settings.smooth}")
-    a.legend(loc="upper left", bbox_to_anchor=(1.0, 1.0), fontsize=8)
+    grey = "no speech"
     for run in t.changes():
+        if run["label"] is None:  # no speech: a gap, not an emotion
+            for ax in (a, b):
+                ax.axvspan(run["start_s"], run["end_s"], color="0.8", zorder=3, lw=0, label=grey if ax is a else None)
+            grey = None
+            continue
         b.axvspan(run["start_s"], run["end_s"], color=colours[t.classes.index(run["label"])], alpha=0.85)
+    a.legend(loc="upper left", bbox_to_anchor=(1.0, 1.0), fontsize=8)
     b.set(yticks=[], xlabel="time (s)", xlim=(0, max(t.duration_s, 1e-3)))
     fig.tight_layout()
     return save_figure(fig, path)
@@ -249,6 +315,7 @@ def timeline_paths(params: Params, paths: Sequence[str | Path], model_uri: str |
     files = collect_inputs(paths, store)
     backend = backend or load_backend(params, model_uri)
     say = report or (lambda msg: print(msg, file=sys.stderr))
+    speech = model_speech_check(backend, params)
     out, failed = [], {}
     with fetched(files, store) as (local, missing):
         for i, name in enumerate(files):
@@ -256,7 +323,7 @@ def timeline_paths(params: Params, paths: Sequence[str | Path], model_uri: str |
                 if i in missing:
                     raise audio.AudioError(name, missing[i])
                 t = score_timeline(local[i], backend.predict, backend.classes, backend.sample_rate,
-                                   params.predict.timeline, params.predict.batch_size)
+                                   params.predict.timeline, params.predict.batch_size, speech=speech)
             except (audio.AudioError, OSError, ValueError) as e:
                 failed[name] = getattr(e, "reason", str(e))
                 say(f"error: {name}: {failed[name]}")
@@ -264,6 +331,13 @@ def timeline_paths(params: Params, paths: Sequence[str | Path], model_uri: str |
             t.path = name
             out.append(t)
     return TimelineResult(backend.uri, out, failed)
+
+
+def model_speech_check(backend: Backend, params: Params) -> SpeechCheck:
+    """The model's own speech check (its model.json `audio`, what the servers apply); `params.audio`'s
+    for a model that carries none (another pyfunc with the affectflow contract)."""
+    meta = getattr(getattr(backend, "rec", None), "meta", None)
+    return SpeechCheck.from_audio_config(meta.audio if meta is not None else params.audio)
 
 
 REQUEST_KEYS = ("window_s", "hop_s", "smooth")
