@@ -37,6 +37,9 @@ SILENT_RMS = 1e-6
 asking the network. Not higher: skipping the quiet frames of a recording changes the network's
 state and made it miss shouted RAVDESS clips (1.7 % rejected at -80 dBFS)."""
 NO_SPEECH = "no speech"
+STATUS_OK = "ok"
+STATUS_NO_SPEECH = "no_speech"
+"""The per-clip / per-segment status every output carries (predict, the pyfunc, KServe, timelines)."""
 
 
 class SpeechCheckUnavailable(RuntimeError):

@@ -46,7 +46,7 @@ from typing import Any
 
 import numpy as np
 
-from affectflow.speech import SpeechCheck
+from affectflow.speech import STATUS_NO_SPEECH, STATUS_OK, SpeechCheck
 
 log = logging.getLogger("affectflow.serving.kserve")
 
@@ -54,8 +54,6 @@ INPUT_NAME = "audio"
 PROBABILITIES = "probabilities"
 LABEL = "label"
 STATUS = "status"
-STATUS_OK = "ok"
-STATUS_NO_SPEECH = "no_speech"
 DEFAULT_MODEL_URI = "models:/affectflow-ser@champion"
 DEFAULT_RELOAD_S = 60.0
 

@@ -59,7 +59,7 @@ from affectflow.corpora.csv_manifest import unsupported_scheme
 from affectflow.runtime.device import resolve_device
 from affectflow.runtime.progress import progress
 from affectflow.serving.recognizer import Featurizer, load_model_dir, needs_the_whole_set, predict_features
-from affectflow.speech import SpeechCheck
+from affectflow.speech import STATUS_NO_SPEECH, STATUS_OK, SpeechCheck
 from affectflow.storage import atomic_write_text
 from affectflow.storage.s3 import SCHEME, S3NotFoundError, S3Store, S3Uri, is_s3, store_for
 from affectflow.tracking.uri import local_sqlite, mlflow_scope, resolve_uri
@@ -390,7 +390,7 @@ class FilePrediction:
     @property
     def status(self) -> str:
         """`ok` (probabilities), `no_speech` (no emotion: nothing to judge) or `error`."""
-        return "error" if self.error is not None else "no_speech" if self.no_speech is not None else "ok"
+        return "error" if self.error is not None else STATUS_NO_SPEECH if self.no_speech is not None else STATUS_OK
 
 
 @dataclass
@@ -405,7 +405,7 @@ class PredictResult:
 
     @property
     def without_speech(self) -> list[FilePrediction]:
-        return [p for p in self.predictions if p.status == "no_speech"]
+        return [p for p in self.predictions if p.status == STATUS_NO_SPEECH]
 
     def records(self) -> list[dict[str, Any]]:
         """One flat record per input: path, status, label, one column per class, duration, windows, error

@@ -61,7 +61,7 @@ from mlflow.pyfunc import PythonModel
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from affectflow import audio
-from affectflow.speech import SpeechCheck
+from affectflow.speech import STATUS_NO_SPEECH, STATUS_OK, SpeechCheck
 
 log = logging.getLogger(__name__)
 
@@ -73,8 +73,6 @@ EXAMPLE_SECONDS = 0.5
 SOURCE_COLUMNS = ("path", "audio", "audio_b64")
 """The input columns that carry a row's audio; a row sets exactly one of them."""
 SIGNATURE_COLUMNS = ("path", "audio", "sample_rate", "audio_b64")
-STATUS_OK = "ok"
-STATUS_NO_SPEECH = "no_speech"
 """`status` of a row with less than the model's audio.min_speech_s of speech: no class, no label."""
 MAX_SAMPLE_RATE = 768_000
 """Highest `sample_rate` taken for an `audio` row (Hz); more is a unit mistake, not audio."""

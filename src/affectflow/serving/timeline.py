@@ -39,15 +39,13 @@ from scipy.ndimage import uniform_filter1d
 
 from affectflow import audio
 from affectflow.config import Params, TimelineConfig
-from affectflow.speech import SpeechCheck
+from affectflow.speech import STATUS_NO_SPEECH, STATUS_OK, SpeechCheck
 from affectflow.storage import atomic_write_text, save_figure
 
 if TYPE_CHECKING:
     from affectflow.serving.predict import Backend
 
 DECIMALS = 4
-STATUS_OK = "ok"
-STATUS_NO_SPEECH = "no_speech"
 """A segment's `status`: scored, or too little speech to say anything (no label, no probabilities)."""
 
 
