@@ -106,8 +106,18 @@ class Loaded:
 class Resolver:
     """Registry look-ups and downloads (MLFLOW_TRACKING_URI, or --tracking_uri)."""
 
-    def __init__(self, tracking_uri: str | None):
+    def __init__(self, tracking_uri: str | None, deploy_stats: str | None = None):
         self.tracking_uri = tracking_uri
+        self.deploy_stats = deploy_stats
+        """--deploy_stats: where the deployment statistics are kept (else the model's
+        `deploy_stats` serving setting, else in memory)."""
+
+    def _attach(self, loaded: Loaded) -> Loaded:
+        """The deployment statistics survive restarts and roll-outs: a new version reading the same
+        features continues them; one reading other features starts afresh (and overwrites them)."""
+        where = self.deploy_stats or (loaded.config.deploy_stats if loaded.config is not None else "")
+        loaded.rec.attach_deployment(where or None, replace_other_features=True)
+        return loaded
 
     def current(self, model_uri: str) -> tuple[str, str]:
         """(concrete URI to load, version label) for `model_uri` now."""
@@ -129,7 +139,7 @@ class Resolver:
 
         if is_model_folder(uri):
             rec = load_model_dir(uri)
-            return Loaded(uri, version, rec, Featurizer(rec.meta), config=ServingConfig())
+            return self._attach(Loaded(uri, version, rec, Featurizer(rec.meta), config=ServingConfig()))
         import mlflow
 
         folder = Path(tempfile.mkdtemp(prefix="affectflow-kserve-"))
@@ -142,7 +152,7 @@ class Resolver:
         except Exception:
             shutil.rmtree(folder, ignore_errors=True)
             raise
-        return Loaded(uri, version, rec, featurizer, folder, config)
+        return self._attach(Loaded(uri, version, rec, featurizer, folder, config))
 
 
 # ----------------------------------------------------------------------------- the v2 request
@@ -216,7 +226,8 @@ def score_request(loaded: Loaded, clips: list[tuple[np.ndarray, int]],
                   check: Any = None) -> tuple[np.ndarray, list[bool]]:
     """(n, classes) probabilities and, per clip, whether it had speech: scored as the MLflow pyfunc
     and `affectflow predict` score (`pyfunc.score_windows`: long clips in windows, windows without
-    the model's minimum of speech left out, the whole request one set). Clips without speech keep
+    the model's minimum of speech left out, clips reaching the deployment statistics in request
+    order). Clips without speech keep
     all-0 rows. NaN features are the request's error naming the element."""
     from affectflow.serving.pyfunc import ServingConfig, score_windows
     from affectflow.serving.recognizer import NonFiniteFeatures
@@ -230,6 +241,7 @@ def score_request(loaded: Loaded, clips: list[tuple[np.ndarray, int]],
                                       *config.windows())
     except NonFiniteFeatures as e:
         raise RequestError(f"input element {e.item}: {e}") from None
+    loaded.rec.deployment.save()  # the deployment statistics, after the request's clips in request order
     speech = [False] * len(clips)
     for i in scored:
         speech[i] = True
@@ -411,6 +423,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--reload_interval_s", type=float, default=DEFAULT_RELOAD_S,
                    help="seconds between alias look-ups; 0 = never re-resolve")
     p.add_argument("--tracking_uri", default=None, help="MLflow tracking URI (default: MLFLOW_TRACKING_URI)")
+    p.add_argument("--deploy_stats", default=None,
+                   help="JSON path or s3:// URI of this deployment's running statistics of unknown-corpus audio "
+                        "(written after every request; default: the model's deploy_stats setting, else in memory)")
     return p
 
 
@@ -421,7 +436,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.reload_interval_s < 0:
         raise SystemExit(f"--reload_interval_s: {args.reload_interval_s} is negative (0 = never re-resolve)")
     started = time.monotonic()
-    model = make_model(args.model_name, args.model_uri, args.reload_interval_s, Resolver(args.tracking_uri))
+    model = make_model(args.model_name, args.model_uri, args.reload_interval_s, Resolver(args.tracking_uri, args.deploy_stats))
     model.load()
     log.info("model %s ready in %.1f s", args.model_name, time.monotonic() - started)
     kserve.ModelServer(http_port=args.http_port, grpc_port=args.grpc_port).start([model])

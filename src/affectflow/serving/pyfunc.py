@@ -94,6 +94,10 @@ class ServingConfig(BaseModel):
     speech, as `affectflow predict` does; None: params' `predict.max_window_s` default."""
     hop_s: float | None = Field(None, gt=0)
     """Step between windows; None: `predict.hop_s`'s default."""
+    deploy_stats: str = ""
+    """Where the served model keeps its deployment statistics of unknown-corpus audio (a JSON path
+    or s3:// URI, written after every request; `affectflow.serving.deployment`); empty = in memory,
+    from the pooled training statistics again at every start."""
 
     def windows(self) -> tuple[float, float]:
         """(window, hop) in seconds: these settings, else `affectflow predict`'s defaults (one home)."""
@@ -130,6 +134,7 @@ class AffectflowPyfunc(PythonModel):
             self.rec.meta.feature_config = {**self.rec.meta.feature_config, "checkpoint": encoder}
         self.featurizer = Featurizer(self.rec.meta)
         self.config = ServingConfig.from_model_config(getattr(context, "model_config", None))
+        self.rec.attach_deployment(self.config.deploy_stats or None)
         self.min_duration_s = float(self.rec.meta.audio.get("min_duration_s", 0.0))
         self.speech = SpeechCheck.from_audio_config(self.rec.meta.audio)
 
@@ -158,6 +163,7 @@ class AffectflowPyfunc(PythonModel):
         config = getattr(self, "config", ServingConfig())
         probs, scored = score_windows(self.rec, self.featurizer, groups, getattr(self, "speech", SpeechCheck.off()),
                                       *config.windows())
+        self.rec.deployment.save()
         return output_frame(probs.reshape(n, len(classes)), classes, scored)
 
 
@@ -167,33 +173,39 @@ def score_windows(rec: Any, featurizer: Any, groups: list[tuple[list[int], list[
     scores files: a clip longer than `max_window_s` is cut into windows `hop_s` apart (the last one
     ending at the clip's end, `audio.window_spans`), windows without `check`'s minimum of
     speech are left out, and a row's probabilities are the mean over its windows with speech. A row
-    with none is not scored (no speech). Every window of the request is one set
-    (deploy_normalization: set), whatever its sample rate. So the CLI and the servers agree on
-    long clips."""
+    with none is not scored (no speech). Windows reach the deployment statistics in request order
+    (row after row, each row's windows in time order), whatever their sample rates, as if sent one
+    by one. So the CLI and the servers agree on long clips."""
     from affectflow.serving.recognizer import NonFiniteFeatures, predict_audio_groups
 
     n = sum(len(ix) for ix, _, _ in groups)
     owner: list[list[int]] = []  # per group: the request row of each window
+    keys: list[list[tuple[int, int]]] = []  # per group: (request row, window number) of each window
     windows: list[tuple[list[np.ndarray], int]] = []
     for idx, waves, rate in groups:
-        rows, cut = [], []
+        rows, cut, key = [], [], []
         for i, wave in zip(idx, waves, strict=True):
             spans = audio.window_spans(len(wave), max(1, round(max_window_s * rate)), max(1, round(hop_s * rate)))
-            for a, b in spans:
+            for k, (a, b) in enumerate(spans):
                 if check.reason(wave[a:b], rate) is None:
                     rows.append(i)
                     cut.append(wave[a:b])
+                    key.append((i, k))
         owner.append(rows)
+        keys.append(key)
         windows.append((cut, rate))
-    kept = [(rows, w) for rows, w in zip(owner, windows, strict=True) if rows]
+    kept = [(rows, w, key) for rows, w, key in zip(owner, windows, keys, strict=True) if rows]
+    ranked = sorted(k for _, _, key in kept for k in key)
+    rank = {k: r for r, k in enumerate(ranked)}
     total = np.zeros((n, len(rec.classes)), np.float64)
     seen = np.zeros(n, np.int64)
     if kept:
         try:
-            scored = predict_audio_groups(rec, [w for _, w in kept], featurizer)
+            scored = predict_audio_groups(rec, [w for _, w, _ in kept], featurizer,
+                                          order=[[rank[k] for k in key] for _, _, key in kept])
         except NonFiniteFeatures as e:  # name the request row, not the window
             raise NonFiniteFeatures(0, kept[e.group][0][e.item], 0, rec.feature).with_text(str(e)) from None
-        for (rows, _), p in zip(kept, scored, strict=True):
+        for (rows, _, _), p in zip(kept, scored, strict=True):
             np.add.at(total, rows, p)
             np.add.at(seen, rows, 1)
     ok = seen > 0

@@ -126,8 +126,9 @@ def evaluation_classes(rec: Recognizer, params: Params) -> list[str]:
 def predict_rows(rec: Recognizer, rows: pd.DataFrame, fs: FeatureSet, classes: Sequence[str]) -> pd.DataFrame:
     """Predictions for manifest rows over `classes` (the evaluation class set, in the model's order);
     rows whose label is outside it are dropped by the caller."""
-    probs = predict_features(rec, fs.load(rec.feature, rows["utt_id"].tolist()), corpora=rows["corpus"].astype(str).tolist(),
-                             calibrated=False)
+    probs = predict_features(rec, fs.load(rec.feature, rows["utt_id"].tolist()),
+                             corpora=rows["corpus"].astype(str).tolist(), calibrated=False,
+                             whole_set=True)  # offline: a whole corpus
     bad = ~np.isfinite(probs).all(axis=1)
     if bad.any():  # argmax of NaN is class 0: a chance-level score reported as a result
         ids = rows["utt_id"].to_numpy()[bad]
