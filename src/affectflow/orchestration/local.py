@@ -179,6 +179,8 @@ def quiet_kfp_local(verbose: bool, cause: FailureCause | None = None) -> Iterato
                     cause.see(line)
                 if verbose or keep.keep(line):
                     print(line, end="")
+            if verbose:
+                print("\n")  # kfp.local's own separator after a task's log
             return process.wait()
 
     subprocess_task_handler.run_local_subprocess = run_local_subprocess
