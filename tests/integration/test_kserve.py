@@ -38,6 +38,7 @@ STARTUP_TIMEOUT_S = 240.0
 REQUEST_TIMEOUT_S = 60.0
 ROLLOUT_TIMEOUT_S = 60.0
 MODEL = "affectflow-ser"
+MAX_BODY_MB = 2
 
 
 @pytest.fixture
@@ -48,7 +49,7 @@ def predictor(synth_params: Params, tmp_path: Path) -> Iterator[dict[str, Any]]:
     http, grpc = free_port(), free_port()
     uri = f"models:/{params.registry.model_name}@{CHAMPION}"
     cmd = [sys.executable, "-m", "affectflow.serving.kserve", f"--model_name={MODEL}", f"--model_uri={uri}",
-           f"--http_port={http}", f"--grpc_port={grpc}", "--reload_interval_s=1"]
+           f"--http_port={http}", f"--grpc_port={grpc}", "--reload_interval_s=1", f"--max_body_mb={MAX_BODY_MB}"]
     src = str(Path(__file__).resolve().parents[2] / "src")
     env = {**os.environ, "MLFLOW_TRACKING_URI": store, "MLFLOW_REGISTRY_URI": store, "HOME": str(tmp_path),
            "TMPDIR": str(tmp_path), "PYTHONPATH": os.pathsep.join([src, os.environ.get("PYTHONPATH", "")])}
@@ -77,6 +78,16 @@ def _infer(url: str, body: dict[str, Any]) -> tuple[int, dict[str, Any]]:
             return r.status, json.loads(r.read())
     except urllib.error.HTTPError as e:
         return e.code, json.loads(e.read() or b"{}")
+
+
+def _post_raw(url: str, data: bytes, ctype: str) -> tuple[int, str]:
+    req = urllib.request.Request(f"{url}/v2/models/{MODEL}/infer", data=data, headers={"Content-Type": ctype},
+                                 method="POST")
+    try:
+        with urllib.request.urlopen(req, timeout=REQUEST_TIMEOUT_S) as r:
+            return r.status, r.read().decode()
+    except urllib.error.HTTPError as e:
+        return e.code, e.read().decode()
 
 
 def _audio_request(paths: list[str]) -> dict[str, Any]:
@@ -132,6 +143,15 @@ def test_predictor_answers_v2_requests_refuses_bad_input_and_follows_the_champio
     status, body = _infer(url, {"inputs": [{"name": "wave", "shape": [1], "datatype": "BYTES", "data": ["x"]},
                                            {"name": "rate", "shape": [1], "datatype": "INT32", "data": [1]}]})
     assert status == 400 and "no input named 'audio'" in body["error"], body
+    # HTTP limits (affectflow.serving.kserve.RequestLimits): before any parser, no internals in the answer.
+    for data, ctype, code, says in (
+            (b"[" * 100_000 + b"]" * 100_000, "application/json", 400, "nests 100000 levels deep"),
+            (b"audio,sample_rate\n0.1,16000\n", "text/csv", 415, "content type 'text/csv' is not accepted"),
+            (b"PAR1\x00\x00PAR1", "application/vnd.apache.parquet", 415, "is not accepted"),
+            (b" " * (MAX_BODY_MB * 2**20 + 1), "application/json", 413, f"(--max_body_mb {MAX_BODY_MB})")):
+        status, text = _post_raw(url, data, ctype)
+        assert status == code and says in json.loads(text)["error"], (status, text)
+        assert not any(leak in text for leak in ("stack_trace", "Traceback", "site-packages", "/tmp", "/work")), text
 
     # A promotion rolls out: point the alias at a new version, the predictor picks it up by itself.
     from mlflow import MlflowClient

@@ -8,6 +8,7 @@ exit handler in MLflow.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -98,8 +99,11 @@ def test_training_change_reuses_upstream_cache(base: Params) -> None:
 def test_failed_run_is_recorded_by_the_exit_handler(base: Params, work: Path) -> None:
     broken = base.model_copy(deep=True)
     broken.paths.data_root = str(work / "nowhere")
-    with pytest.raises(PipelineError, match="ingest"):
+    with pytest.raises(PipelineError, match=r"failed in task ingest: IngestError: .*nowhere.* folder not found "
+                                            r"\(summary: .*last_run\.json\)$"):
         run_local(base, broken, cache=False)
+    summary = json.loads((Path(base.paths.workdir) / "kfp" / "last_run.json").read_text())
+    assert summary["tasks"]["ingest"]["cause"].startswith("IngestError: ")
     last = _status_runs(base)[-1]
     assert last["state"] == "FAILED" and last["status"] == "FAILED"
 

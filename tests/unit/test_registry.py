@@ -502,3 +502,24 @@ def test_comparison_rows_leave_out_what_the_champion_saw() -> None:
     assert rows["speaker"].tolist() == ["a/1", "a/4"]  # training rows stay; b is not the champion's corpus
     same, none = comparison_rows(df[df["corpus"] == "a"], meta(["a"], ["a/1"], []), meta(["a"], ["a/1"], []))
     assert none == [] and len(same) == 4
+
+
+def test_cli_registry_list_imports_only_what_it_needs(store: dict, tmp_path: Path) -> None:
+    """`affectflow registry list` from the command line: MLflow's registry, not the model card's corpus
+    tables, torch or kfp; the collector is back on after MLflow's import and frozen only on the way
+    out (the speed this buys is measured in benchmarks/RESULTS.md, not here)."""
+    import os
+    import subprocess
+    import sys
+
+    probe = ("import gc, sys\nfrom affectflow import cli\n"
+             f"sys.argv = ['affectflow', 'registry', 'list', '--defaults', '--set', 'tracking.uri={store['uri']}']\n"
+             "code = cli.main()\n"
+             "heavy = ('torch', 'kfp', 'affectflow.corpora', 'affectflow.tracking.model_card', 'affectflow.serving')\n"
+             "print(code, gc.isenabled(), gc.get_freeze_count() > 0, 'mlflow' in sys.modules,\n"
+             "      sorted(m for m in heavy if m in sys.modules))")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, env=env, cwd=tmp_path,
+                         check=True).stdout.strip().splitlines()
+    assert "no versions registered" in out[0]
+    assert out[-1] == "0 True True True []"

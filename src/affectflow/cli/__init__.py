@@ -142,7 +142,17 @@ def params_file_problem(path: str, defaults: bool) -> str | None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
+    from_command_line = argv is None  # the process exits when this returns (tests pass argv)
+    try:
+        return _run(list(sys.argv[1:] if argv is None else argv))
+    finally:
+        if from_command_line:
+            from affectflow.runtime.imports import freeze_before_exit
+
+            freeze_before_exit()
+
+
+def _run(argv: list[str]) -> int:
     load_commands(argv)
     args = build_parser().parse_args(argv)
     if problem := params_file_problem(args.params, args.defaults):

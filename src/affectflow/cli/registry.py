@@ -89,19 +89,23 @@ def require_store(tracking_uri: str) -> None:
 def _registry(params: Params, a: argparse.Namespace) -> int:
     from rich.console import Console
 
+    from affectflow.runtime.imports import paused_gc
     from affectflow.storage import atomic_write_json
-    from affectflow.tracking.registry import Registry, RegistryError, Scores
+
+    with paused_gc():  # MLflow and its store: a third of the command's CPU went to the collector
+        from affectflow.tracking.registry import Registry, RegistryError, Scores
 
     version = getattr(a, "model_version", None)
     if version is not None and not str(version).isdigit():  # before any store is opened
         raise RegistryError(f"Parameter 'version' must be an integer, got {version!r}.")
     require_store(params.tracking.uri)
-    if a.action in READ_ACTIONS:  # a read-only store can still be listed: no writer's checks
-        from affectflow.tracking.uri import client, resolve_uri
+    with paused_gc():  # the client imports the SQLAlchemy store
+        if a.action in READ_ACTIONS:  # a read-only store can still be listed: no writer's checks
+            from affectflow.tracking.uri import client, resolve_uri
 
-        reg = Registry(params, client=client(resolve_uri(params.tracking.uri)))
-    else:
-        reg = Registry(params)
+            reg = Registry(params, client=client(resolve_uri(params.tracking.uri)))
+        else:
+            reg = Registry(params)
     console = Console()
     if not console.is_terminal:  # logs and pipes: rich's 80-column default would truncate the table
         console = Console(width=LOG_WIDTH)

@@ -50,6 +50,25 @@ class TaskRecord:
     cached: bool = False
     attempts: int = 0
     outputs: dict[str, Any] = field(default_factory=dict)
+    cause: str = ""
+    """A failed task's one-line cause, from its log (`FailureCause`); empty otherwise."""
+
+
+_CAUSE_LINE = re.compile(r"^(?:error: .+|(?:[A-Za-z_]\w*\.)*([A-Za-z_]\w*(?:Error|Exception|Exit|Interrupt)(?::.*)?))$")
+"""A traceback's last line (`package.module.SomeError: message`) or the CLI's `error: ...` line."""
+
+
+class FailureCause:
+    """The last line of the running task's log that says why it failed: a local run's failure is
+    otherwise only visible inside the task's traceback, scrolled away by the exit handler's log."""
+
+    def __init__(self) -> None:
+        self.last = ""
+
+    def see(self, line: str) -> None:
+        m = _CAUSE_LINE.match(line.strip())
+        if m:
+            self.last = m.group(1) or m.group(0)  # the exception's class name without its module
 
 
 def _artifact_uri(value: Any) -> Any:
@@ -60,8 +79,8 @@ def _artifact_uri(value: Any) -> Any:
 
 
 @contextlib.contextmanager
-def _instrumented_kfp_local(tasks: dict[str, TaskRecord]) -> Iterator[None]:
-    """Time each task, note cache hits and keep outputs; let dsl.OneOf select artifacts."""
+def _instrumented_kfp_local(tasks: dict[str, TaskRecord], cause: FailureCause) -> Iterator[None]:
+    """Time each task, note cache hits, outputs and a failure's cause; let dsl.OneOf select artifacts."""
     from kfp.local import cache as cache_module
     from kfp.local.orchestrator import orchestrator_utils, task_executor, task_spec_utils
 
@@ -95,8 +114,11 @@ def _instrumented_kfp_local(tasks: dict[str, TaskRecord]) -> Iterator[None]:
         name = kwargs.get("task_name", args[0] if args else "?")
         record = tasks.setdefault(name, TaskRecord())
         hits.clear()
+        cause.last = ""
         start = time.perf_counter()
         outputs, status = original_exec(*args, **kwargs)
+        if status.name == "FAILURE" and cause.last and not record.cause:
+            record.cause = cause.last
         record.seconds += time.perf_counter() - start
         record.cached = bool(hits and hits[0])
         record.attempts += 1
@@ -154,12 +176,9 @@ class ExecutorLogFilter:
 
 
 @contextlib.contextmanager
-def quiet_kfp_local(verbose: bool) -> Iterator[None]:
+def quiet_kfp_local(verbose: bool, cause: FailureCause | None = None) -> Iterator[None]:
     """Unless `verbose`: tasks' logs without the executor's JSON and INFO chatter, and kfp.local's
-    per-task output listings left out (the run summary lists them)."""
-    if verbose:
-        yield
-        return
+    per-task output listings left out (the run summary lists them). Every line goes to `cause`."""
     import subprocess
 
     from kfp.local import logging_utils, subprocess_task_handler
@@ -173,9 +192,21 @@ def quiet_kfp_local(verbose: bool) -> Iterator[None]:
         with subprocess.Popen(full_command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1,
                               env=env) as process:
             for line in iter(process.stdout.readline, "") if process.stdout else ():
-                if keep.keep(line):
+                if cause is not None:
+                    cause.see(line)
+                if verbose or keep.keep(line):
                     print(line, end="")
+            if verbose:
+                print("\n")  # kfp.local's own separator after a task's log
             return process.wait()
+
+    subprocess_task_handler.run_local_subprocess = run_local_subprocess
+    if verbose:
+        try:
+            yield
+        finally:
+            subprocess_task_handler.run_local_subprocess = original_run
+        return
 
     class Quiet(logging.Filter):
         def filter(self, record: logging.LogRecord) -> bool:
@@ -190,7 +221,6 @@ def quiet_kfp_local(verbose: bool) -> Iterator[None]:
         handler.addFilter(quiet)
         original_add(handler)
 
-    subprocess_task_handler.run_local_subprocess = run_local_subprocess
     logging_utils.print_horizontal_line = lambda: None
     root.addHandler = add_handler  # type: ignore[method-assign]
     try:
@@ -228,7 +258,8 @@ def run_local(pipeline: Any, arguments: Mapping[str, Any], pipeline_root: str | 
     started = datetime.now(timezone.utc)
     t0 = time.perf_counter()
     error: str | None = None
-    with warnings.catch_warnings(), _instrumented_kfp_local(tasks), quiet_kfp_local(verbose):
+    cause = FailureCause()
+    with warnings.catch_warnings(), _instrumented_kfp_local(tasks, cause), quiet_kfp_local(verbose, cause):
         # The components name the project image; SubprocessRunner warns that it runs them in this
         # Python instead, which is the point of a local run.
         warnings.filterwarnings("ignore", message=".*non-Python base image.*", category=RuntimeWarning)
@@ -241,10 +272,16 @@ def run_local(pipeline: Any, arguments: Mapping[str, Any], pipeline_root: str | 
     summary = _run_summary(tasks, arguments, root, started, time.perf_counter() - t0, error)
     atomic_write_json(root / "last_run.json", summary)
     if error:
-        failed = [n for n, r in tasks.items() if r.status == "FAILURE"]
-        raise PipelineError(f"local pipeline run failed in task(s) {', '.join(failed) or '?'}; "
-                            f"summary: {root / 'last_run.json'}")
+        raise PipelineError(failure_line(tasks, root / "last_run.json"))
     return summary
+
+
+def failure_line(tasks: dict[str, TaskRecord], summary_path: Path) -> str:
+    """The run's last word: each failed task with its one-line cause (the tasks that ran in the
+    failed one's place, like the exit handler's DAG, have none of their own and are left out)."""
+    failed = [(n, r.cause) for n, r in tasks.items() if r.status == "FAILURE"]
+    named = [f"{n}: {c}" for n, c in failed if c] or [n for n, _ in failed] or ["?"]
+    return f"local pipeline run failed in task {'; task '.join(named)} (summary: {summary_path})"
 
 
 def _read_artifact_json(record: TaskRecord | None, output: str, name: str = "") -> Any:
@@ -270,7 +307,7 @@ def _run_summary(tasks: dict[str, TaskRecord], args: Mapping[str, Any], root: Pa
         "wall_s": round(wall, 2), "status": "FAILURE" if error else "SUCCESS", "error": error,
         "pipeline_root": str(root), "arguments": dict(args),
         "tasks": {n: {"status": r.status, "seconds": round(r.seconds, 2), "cached": r.cached,
-                      "attempts": r.attempts} for n, r in tasks.items()},
+                      "attempts": r.attempts, **({"cause": r.cause} if r.cause else {})} for n, r in tasks.items()},
         "metrics": metrics, "evaluation": evaluation, "register": register, "promotion": promotion,
         "features": features, "paths": _paths(tasks),
     }

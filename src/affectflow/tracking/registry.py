@@ -47,7 +47,6 @@ from typing import Any
 from affectflow.config import Params
 from affectflow.contracts.model_folder import content_hash
 from affectflow.storage import atomic_write_json
-from affectflow.tracking.model_card import publish_card
 from affectflow.tracking.revisions import dvc_revision, git_commit
 from affectflow.tracking.uri import client, ensure_store, mlflow_scope, resolve_uri
 
@@ -983,6 +982,9 @@ def register(params: Params, model_dir: str | Path, metrics_path: str | Path, ou
         "metrics": {k: v for k, v in asdict(scores).items() if v is not None}, "lineage": lin,
         "tracking_uri": resolve_uri(params.tracking.uri),
     }
+    # imported here: the model card reads the corpora tables, which registry reads do not need
+    from affectflow.tracking.model_card import publish_card
+
     card, why = publish_card(reg.client, reg.name, version, model_dir, metrics_path, out_dir, source.run_id, decision)
     result |= {"model_card": None if card is None else str(card), "model_card_missing": why}
     atomic_write_json(Path(out_dir) / "result.json", result)
