@@ -268,15 +268,17 @@ class TrainConfig(Section):
     """global: per-dimension mean/std of the training split (kept in model.json); utterance: each
     log-mel clip by its own statistics; corpus: each training corpus by its own statistics (the
     corpus is a recording condition: per-corpus standardisation removes much of it)."""
-    deploy_normalize: Literal["auto", "pooled", "set"] = "auto"
-    """Audio of a corpus the model was not trained on (evaluate's held-out corpora, predict, the
-    served model): pooled = the training statistics; set = the statistics of the recordings being
-    predicted together (a held-out corpus in evaluate, all files of one `affectflow predict`, all
-    rows of one served request) — label-free, the counterpart of `corpus`; below
-    `deploy_min_clips` clips the pooled statistics are used. auto: set with `normalize: corpus`,
-    else pooled."""
+    deploy_normalize: Literal["auto", "pooled", "running"] = "auto"
+    """Audio of a corpus the model was not trained on (predict, the served model): pooled = the
+    training statistics; running = the deployment's own statistics, accumulated clip by clip from
+    its traffic (label-free, the counterpart of `corpus`; `affectflow.serving.deployment`): each clip
+    is standardised by the clips before it, never by the batch it arrives in; the pooled statistics
+    until `deploy_min_clips` clips have been seen. auto: running with `normalize: corpus`, else
+    pooled. Offline scoring of a whole held-out corpus (evaluate) uses that corpus's statistics."""
     deploy_min_clips: int = Field(20, ge=2)
-    """Fewest clips whose own statistics `deploy_normalize: set` trusts."""
+    """Clips a deployment must have seen before its own statistics replace the pooled ones."""
+    deploy_window: int = Field(1000, ge=2)
+    """Memory of the running statistics (clips): from then on each clip weighs 1 / window."""
     class_balance: Literal["none", "weighted_loss", "sampler"] = "sampler"
     robustness_copies: int = Field(0, ge=0, le=8)
     """Train also on the first N recording-condition copies of every training clip
@@ -804,6 +806,10 @@ class PredictConfig(Section):
     """Threads decoding (and resampling) the next clips while the model scores the current batch."""
     threads: int = Field(0, ge=0)
     """torch intra-op threads on CPU (0 = torch's default)."""
+    deploy_stats: str = ""
+    """Where this deployment's statistics of unknown-corpus audio are kept (a JSON path or s3://
+    URI; `affectflow.serving.deployment`); empty = `<paths.workdir>/deploy_stats/<feature kind>-<feature
+    key>.json`. `affectflow deploy-stats show|reset` reads or removes it."""
 
 
 class StudyCondition(Section):

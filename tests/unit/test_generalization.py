@@ -95,8 +95,18 @@ def test_every_held_out_corpus_is_scored_on_all_its_clips(corpora: Path, tmp_pat
                     if s.startswith(f"{held}/")}
         pred = pd.read_parquet(cell / "predictions.parquet")
         assert set(pred["corpus"]) == {held} and set(pred["predicted"]) <= set(CLASSES)
+        for column in G.PROTOCOLS.values():  # offline and streamed predictions of every clip
+            assert set(pred[column]) <= set(CLASSES)
+    # every row is reported on both protocols, with per-class recall and collapse flags
+    assert list(s["protocols"]) == list(G.PROTOCOLS)
+    for table in s["protocols"].values():
+        for name in s["conditions"]:
+            assert {"any_collapse", "mean_uar"} <= set(table[name])
+            assert set(table[name]["per_corpus"]["alpha"]["per_class_recall"]) == set(CLASSES)
+    assert s["protocols"]["offline"] == s["table"]
     table = (tmp_path / "study" / "table.md").read_text()
     assert "| reference |" in table and "| multi |" in table and "mean over corpora" in table
+    assert "## Streamed: one clip at a time" in table and "Per-class recall (%, mean over seeds), streamed" in table
     assert (tmp_path / "study" / "generalization.png").stat().st_size > 0
     # cached: a second run computes nothing new and gives the same table
     again = G.run_study(_params(corpora, tmp_path), tmp_path / "study")

@@ -35,7 +35,8 @@ def test_paths_are_off_unless_the_model_config_turns_them_on(pyfunc):
     t, local = pyfunc
     uri = f"runs:/{t['result'].summary['mlflow_run_id']}/model"
     default = mlflow.pyfunc.load_model(uri)
-    assert default.model_config == {"allow_path_input": False, "max_rows": 64, "max_audio_s": 600.0}
+    assert default.model_config == {"allow_path_input": False, "max_rows": 64, "max_audio_s": 600.0,
+                                    "deploy_stats": ""}
     row = pd.DataFrame({"path": [read_manifest(t["manifest"]).iloc[0]["path"]]})
     with pytest.raises(ValueError, match=r"row 0, column 'path': file paths are not accepted by this model"):
         default.predict(row)

@@ -391,11 +391,11 @@ def test_synthetic_settings_name_the_run_only_when_they_matter(synth_root: Path,
     assert name(tmp_path, **ratio, **{"train.synthetic_schedule": "fade"}) != with_syn
 
 
-def test_corpus_normalisation_trains_per_corpus_and_deploys_on_the_predicted_set(tmp_path: Path, synth_root: Path,
-                                                                                  tmp_path_factory):
+def test_corpus_normalisation_trains_per_corpus_and_deploys_on_running_statistics(tmp_path: Path, synth_root: Path,
+                                                                                   tmp_path_factory):
     """train.normalize=corpus: each training corpus standardised by its own statistics; audio of
-    another corpus by the statistics of the clips predicted together (label-free), falling back to
-    the pooled statistics below deploy_min_clips."""
+    another corpus by the deployment's running statistics of the clips before it (label-free), the
+    pooled statistics below deploy_min_clips; the whole set only offline (`whole_set`)."""
     from recognizer_support import corpus, tiny_params
 
     from affectflow.contracts.feature_store import FeatureSet
@@ -404,7 +404,7 @@ def test_corpus_normalisation_trains_per_corpus_and_deploys_on_the_predicted_set
 
     params, manifest, features = corpus(synth_root, tmp_path_factory)
     p = tiny_params(params, **{"train.model": "egemaps_mlp", "train.normalize": "corpus", "train.epochs": 2,
-                               "train.deploy_min_clips": 5})
+                               "train.deploy_min_clips": 5, "train.deploy_window": 50})
     tr = train(p, manifest, features, tmp_path / "t")
     meta = read_meta(tr.model_dir)
     df = read_manifest(manifest)
@@ -412,18 +412,19 @@ def test_corpus_normalisation_trains_per_corpus_and_deploys_on_the_predicted_set
     rows = df[(df["split"] == "train") & (df["corpus"] == "ravdess")]
     want = compute_stats(fs.load("egemaps", rows["utt_id"].tolist()), "global")
     assert np.allclose(meta.normalization_per_corpus["ravdess"]["mean"], want.mean, rtol=1e-5)
-    assert meta.deploy_normalization.mode == "set" and meta.deploy_normalization.min_clips == 5
-    rec = load_model_dir(tr.model_dir)
+    rule = meta.deploy_normalization
+    assert (rule.mode, rule.min_clips, rule.window) == ("running", 5, 50)
     test = fs.load("egemaps", df.loc[df["split"] == "test", "utt_id"].tolist())
     shifted = [a * 1.5 + 3.0 for a in test]  # a new recording condition: gain and offset on every feature
-    as_set = predict_features(rec, shifted)
-    assert np.allclose(as_set, predict_features(rec, [a * 1.5 + 3.0 for a in test]), atol=1e-6)
-    # standardised by their own statistics, the shifted clips are scored like the unshifted ones were
-    assert np.allclose(as_set, predict_features(rec, test), atol=1e-4)
-    few = predict_features(rec, shifted[:3])  # too few to trust their statistics: pooled
-    pooled = rec.stats
-    assert not np.allclose(few, as_set[:3], atol=1e-3)
-    assert pooled.mode == "global"
+    # offline, standardised by their own statistics, the shifted clips are scored like the unshifted ones
+    rec = load_model_dir(tr.model_dir)
+    assert np.allclose(predict_features(rec, shifted, whole_set=True), predict_features(rec, test, whole_set=True),
+                       atol=1e-4)
+    # deployed: the first clips get the pooled statistics, later ones the running statistics, which
+    # remove the shift as well (the same clips, shifted or not, score alike once past min_clips)
+    streamed, plain = predict_features(load_model_dir(tr.model_dir), shifted), predict_features(rec, test)
+    assert np.allclose(streamed[6:], plain[6:], atol=1e-3)
+    assert not np.allclose(streamed[:5], plain[:5], atol=1e-3)
     # a clip of a training corpus uses that corpus's statistics whatever else is in the call
     one = predict_features(rec, test[:1], corpora=["ravdess"])
     assert np.allclose(one, predict_features(rec, test[:2], corpora=["ravdess", "ravdess"])[:1], atol=1e-6)

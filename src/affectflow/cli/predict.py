@@ -56,3 +56,38 @@ def _predict(params: Params, a: argparse.Namespace) -> int:
     print(f"predicted {len(res.predictions) - n_failed}/{len(res.predictions)} files with {res.model_uri}{where}"
           + (f"; {n_failed} failed" if n_failed else ""), file=sys.stderr)
     return 1 if n_failed and not a.allow_errors else 0
+
+
+def _deploy_stats_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("action", choices=("show", "reset"),
+                   help="show: what the deployment has seen and which statistics it uses now; reset: forget it "
+                        "(back to the pooled training statistics until train.deploy_min_clips clips)")
+    p.add_argument("--model", dest="model_uri", help="the deployed model (as for predict); default: predict.model_uri")
+    p.add_argument("--path", help="the state file (JSON path or s3://); default: predict.deploy_stats, else "
+                                  "<paths.workdir>/deploy_stats/<feature kind>-<feature key>.json")
+
+
+@command("deploy-stats", "show or reset a deployment's running statistics of unknown-corpus audio",
+         _deploy_stats_args)
+def _deploy_stats(params: Params, a: argparse.Namespace) -> int:
+    import json
+
+    from affectflow.serving.deployment import Deployment, StateFile
+    from affectflow.serving.predict import deploy_stats_location, load_backend
+    from affectflow.storage.s3 import store_for
+
+    if a.path:
+        params = params.model_copy(update={"predict": params.predict.model_copy(update={"deploy_stats": a.path})})
+    backend = load_backend(params, a.model_uri, deployment=False)  # a broken state can still be reset
+    rec = getattr(backend, "rec", None)
+    if rec is None:
+        raise ValueError(f"model {backend.uri}: not an affectflow recognizer, it keeps no deployment statistics")
+    where = deploy_stats_location(params, rec.meta)
+    if a.action == "reset":
+        existed = StateFile(where, store_for(params)).delete()
+        print(f"{where}: {'reset' if existed else 'nothing to reset'}; unknown audio uses the pooled training "
+              f"statistics until {rec.meta.deploy_normalization.min_clips} clips", file=sys.stderr)
+        return 0
+    state = Deployment(rec.meta, where, store_for(params)).stats
+    print(json.dumps({"path": where, "mode": rec.meta.deploy_normalization.mode, **state.summary()}, indent=2))
+    return 0

@@ -17,7 +17,7 @@ import json
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from affectflow.storage import atomic_dir, atomic_write_json
 
@@ -71,11 +71,19 @@ class PretrainFacts(_Strict):
 
 class DeployNormalization(_Strict):
     """Standardising audio of a corpus the model was not trained on: `pooled` (the training
-    statistics) or `set` (the statistics of the recordings predicted together, when there are at
-    least `min_clips` of them; else pooled)."""
+    statistics) or `running` (the deployment's own traffic, clip by clip, after `min_clips` clips;
+    memory of about `window` clips: `affectflow.serving.deployment`)."""
 
-    mode: Literal["pooled", "set"] = "pooled"
+    mode: Literal["pooled", "running"] = "pooled"
     min_clips: int = 20
+    window: int = 1000
+
+    @field_validator("mode", mode="before")
+    @classmethod
+    def _legacy_set(cls, v: Any) -> Any:
+        """Folders written before running statistics said `set` (the batch's own statistics), which
+        is no longer offered for deployment: they get the running statistics, its label-free successor."""
+        return "running" if v == "set" else v
 
 
 class ModelMeta(_Strict):

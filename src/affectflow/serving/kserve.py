@@ -87,8 +87,18 @@ class Loaded:
 class Resolver:
     """Registry look-ups and downloads (MLFLOW_TRACKING_URI, or --tracking_uri)."""
 
-    def __init__(self, tracking_uri: str | None):
+    def __init__(self, tracking_uri: str | None, deploy_stats: str | None = None):
         self.tracking_uri = tracking_uri
+        self.deploy_stats = deploy_stats
+        """--deploy_stats: where the deployment statistics are kept (else the model's
+        `deploy_stats` serving setting, else in memory)."""
+
+    def _attach(self, loaded: Loaded) -> Loaded:
+        """The deployment statistics survive restarts and roll-outs: a new version reading the same
+        features continues them; one reading other features starts afresh (and overwrites them)."""
+        where = self.deploy_stats or (loaded.config.deploy_stats if loaded.config is not None else "")
+        loaded.rec.attach_deployment(where or None, replace_other_features=True)
+        return loaded
 
     def current(self, model_uri: str) -> tuple[str, str]:
         """(concrete URI to load, version label) for `model_uri` now."""
@@ -110,7 +120,7 @@ class Resolver:
 
         if is_model_folder(uri):
             rec = load_model_dir(uri)
-            return Loaded(uri, version, rec, Featurizer(rec.meta), config=ServingConfig())
+            return self._attach(Loaded(uri, version, rec, Featurizer(rec.meta), config=ServingConfig()))
         import mlflow
 
         folder = Path(tempfile.mkdtemp(prefix="affectflow-kserve-"))
@@ -123,7 +133,7 @@ class Resolver:
         except Exception:
             shutil.rmtree(folder, ignore_errors=True)
             raise
-        return Loaded(uri, version, rec, featurizer, folder, config)
+        return self._attach(Loaded(uri, version, rec, featurizer, folder, config))
 
 
 # ----------------------------------------------------------------------------- the v2 request
@@ -173,16 +183,17 @@ def request_audio(inputs: list[Any], config: Any = None, min_duration_s: float =
 
 
 def score(loaded: Loaded, clips: list[tuple[np.ndarray, int]]) -> np.ndarray:
-    """(n, classes) probabilities; clips grouped by sample rate (one resampling per group), the
-    whole request one set for `deploy_normalization: set` (as the MLflow pyfunc scores it)."""
+    """(n, classes) probabilities; clips grouped by sample rate (one resampling per group), reaching
+    the deployment statistics in request order (as the MLflow pyfunc scores them), which are then saved."""
     from affectflow.serving.recognizer import predict_audio_groups
 
     probs = np.zeros((len(clips), len(loaded.rec.classes)), np.float32)
     rates = sorted({r for _, r in clips})
     index = [[i for i, (_, r) in enumerate(clips) if r == rate] for rate in rates]
     groups = [([clips[i][0] for i in idx], rate) for idx, rate in zip(index, rates, strict=True)]
-    for idx, p in zip(index, predict_audio_groups(loaded.rec, groups, loaded.featurizer), strict=True):
+    for idx, p in zip(index, predict_audio_groups(loaded.rec, groups, loaded.featurizer, order=index), strict=True):
         probs[idx] = p
+    loaded.rec.deployment.save()
     return probs
 
 
@@ -278,6 +289,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--reload_interval_s", type=float, default=DEFAULT_RELOAD_S,
                    help="seconds between alias look-ups; 0 = never re-resolve")
     p.add_argument("--tracking_uri", default=None, help="MLflow tracking URI (default: MLFLOW_TRACKING_URI)")
+    p.add_argument("--deploy_stats", default=None,
+                   help="JSON path or s3:// URI of this deployment's running statistics of unknown-corpus audio "
+                        "(written after every request; default: the model's deploy_stats setting, else in memory)")
     return p
 
 
@@ -288,7 +302,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.reload_interval_s < 0:
         raise SystemExit(f"--reload_interval_s: {args.reload_interval_s} is negative (0 = never re-resolve)")
     started = time.monotonic()
-    model = make_model(args.model_name, args.model_uri, args.reload_interval_s, Resolver(args.tracking_uri))
+    model = make_model(args.model_name, args.model_uri, args.reload_interval_s, Resolver(args.tracking_uri, args.deploy_stats))
     model.load()
     log.info("model %s ready in %.1f s", args.model_name, time.monotonic() - started)
     kserve.ModelServer(http_port=args.http_port, grpc_port=args.grpc_port).start([model])

@@ -52,7 +52,7 @@ from affectflow.contracts.model_folder import ModelMeta, is_model_folder
 from affectflow.corpora import AUDIO_EXTENSIONS, audio_files
 from affectflow.runtime.device import resolve_device
 from affectflow.runtime.progress import progress
-from affectflow.serving.recognizer import Featurizer, load_model_dir, needs_the_whole_set, predict_features
+from affectflow.serving.recognizer import Featurizer, load_model_dir, predict_features
 from affectflow.storage import atomic_write_text
 from affectflow.storage.s3 import SCHEME, S3NotFoundError, S3Store, S3Uri, is_s3, store_for
 from affectflow.tracking.uri import local_sqlite, mlflow_scope, resolve_uri
@@ -275,17 +275,16 @@ class RecognizerBackend:
         self.featurizer = DeviceFeaturizer(rec.meta, device)
         self.sample_rate = self.featurizer.sample_rate
 
-    @property
-    def whole_set(self) -> bool:
-        """Unknown-corpus audio standardised by the statistics of everything predicted together
-        (`deploy_normalization: set`): `featurize` every batch, `score` them all at once."""
-        return needs_the_whole_set(self.rec)
-
     def featurize(self, waves: list[np.ndarray]) -> list[np.ndarray]:
         return self.featurizer(waves)
 
     def score(self, features: list[np.ndarray]) -> np.ndarray:
+        """Unknown-corpus features standardised by the deployment statistics, in order."""
         return predict_features(self.rec, features, self.batch_size)
+
+    def save(self) -> None:
+        """Keep what this run added to the deployment statistics (`predict.deploy_stats`)."""
+        self.rec.deployment.save()
 
     def predict(self, waves: list[np.ndarray]) -> np.ndarray:
         return self.score(self.featurize(waves))
@@ -315,9 +314,10 @@ def default_model_uri(params: Params) -> str:
     return params.predict.model_uri or f"models:/{params.registry.model_name}@{CHAMPION_ALIAS}"
 
 
-def load_backend(params: Params, model_uri: str | None = None) -> Backend:
+def load_backend(params: Params, model_uri: str | None = None, deployment: bool = True) -> Backend:
     """A local model folder (has model.json) is loaded directly; anything else through MLflow
-    (`models:/name@alias`, `models:/name/3`, `runs:/...`, `s3://...`, a local MLflow model folder)."""
+    (`models:/name@alias`, `models:/name/3`, `runs:/...`, `s3://...`, a local MLflow model folder).
+    `deployment`: attach the deployment statistics kept at `predict.deploy_stats` (read now)."""
     cfg = params.predict
     uri = model_uri or default_model_uri(params)
     device = resolve_device(cfg.device, "predict.device")
@@ -326,7 +326,7 @@ def load_backend(params: Params, model_uri: str | None = None) -> Backend:
 
         torch.set_num_threads(cfg.threads)
     if is_model_folder(uri):
-        return RecognizerBackend(uri, load_model_dir(uri), device, cfg.batch_size)
+        return _with_deployment(params, RecognizerBackend(uri, load_model_dir(uri), device, cfg.batch_size), deployment)
     import mlflow
     from mlflow.exceptions import MlflowException
 
@@ -346,8 +346,25 @@ def load_backend(params: Params, model_uri: str | None = None) -> Backend:
         inner = None
     rec = getattr(inner, "rec", None)
     if rec is not None and hasattr(rec, "model") and hasattr(rec, "meta"):
-        return RecognizerBackend(uri, rec, device, cfg.batch_size)
+        return _with_deployment(params, RecognizerBackend(uri, rec, device, cfg.batch_size), deployment)
     return PyfuncBackend(uri, model, params.audio.sample_rate)
+
+
+def deploy_stats_location(params: Params, meta: ModelMeta) -> str:
+    """`predict.deploy_stats`, or the default beside the workdir's other outputs, one file per
+    feature configuration (the statistics are of raw features: model versions reading the same
+    features share them)."""
+    if params.predict.deploy_stats:
+        return params.predict.deploy_stats
+    name = f"{meta.feature}-{meta.feature_key[:16] or 'nokey'}.json"
+    root = params.paths.workdir.rstrip("/")
+    return f"{root}/deploy_stats/{name}" if is_s3(root) else str(Path(root) / "deploy_stats" / name)
+
+
+def _with_deployment(params: Params, backend: RecognizerBackend, attach: bool) -> RecognizerBackend:
+    if attach:
+        backend.rec.attach_deployment(deploy_stats_location(params, backend.rec.meta), store_for(params))
+    return backend
 
 
 # ----------------------------------------------------------------------------- prediction
@@ -424,9 +441,8 @@ def _reason(e: BaseException) -> str:
 class _Batcher:
     """Collects windows of several files into model batches and credits each result to its file.
 
-    A backend that standardises unknown audio by the whole set (`whole_set`) is fed features batch
-    by batch and scored once at `finish`, so every window sees the same statistics whatever the
-    batch size (as `evaluate` scores a held-out corpus and the served model a request)."""
+    Windows are scored in input order (files in order, a file's windows in order): the deployment
+    statistics see them as if they came one by one, so the batch size changes no result."""
 
     def __init__(self, backend: Backend, results: list[FilePrediction], batch_size: int,
                  say: Callable[[str], None]):
@@ -435,8 +451,6 @@ class _Batcher:
         self.batch_size = batch_size
         self.say = say
         self.pending: list[tuple[int, np.ndarray]] = []
-        self.whole_set = bool(getattr(backend, "whole_set", False))
-        self.features: list[tuple[int, np.ndarray]] = []
 
     def add(self, index: int, wave: np.ndarray) -> None:
         self.pending.append((index, wave))
@@ -448,34 +462,24 @@ class _Batcher:
         self.pending = []
         if not batch:
             return
-        if self.whole_set:
-            self._featurize(batch)
-            return
         try:
-            probs = self.backend.predict([w for _, w in batch])
+            probs = self._predict([w for _, w in batch])
         except Exception:
-            probs = self._one_by_one(batch, self.backend.predict)
+            probs = self._one_by_one(batch, self._predict)
         for (i, _), p in zip(batch, probs, strict=True):
             if p is not None:
                 self.results[i].add(p)
 
-    def finish(self) -> None:
-        """Score what is pending; with `whole_set`, every collected window in one call."""
-        self.flush()
-        kept = [(i, f) for i, f in self.features if self.results[i].error is None]
-        self.features = []
-        if kept:
-            probs = self.backend.score([f for _, f in kept])  # type: ignore[attr-defined]
-            for (i, _), p in zip(kept, probs, strict=True):
-                self.results[i].add(p)
+    def _predict(self, waves: list[np.ndarray]) -> np.ndarray:
+        """Features first (a clip the model cannot take fails here, before the deployment
+        statistics have seen it), then the scores."""
+        featurize = getattr(self.backend, "featurize", None)
+        if featurize is None:
+            return self.backend.predict(waves)
+        return self.backend.score(featurize(waves))  # type: ignore[attr-defined]
 
-    def _featurize(self, batch: list[tuple[int, np.ndarray]]) -> None:
-        featurize = self.backend.featurize  # type: ignore[attr-defined]
-        try:
-            feats = featurize([w for _, w in batch])
-        except Exception:
-            feats = self._one_by_one(batch, featurize)
-        self.features += [(i, f) for (i, _), f in zip(batch, feats, strict=True) if f is not None]
+    def finish(self) -> None:
+        self.flush()
 
     def _one_by_one(self, batch: list[tuple[int, np.ndarray]], fn: Callable[[list[np.ndarray]], Any]) -> list[Any]:
         """`fn` clip by clip, to find the clip(s) the model cannot take (failed, None); when every
@@ -589,6 +593,9 @@ def predict_paths(params: Params, paths: Sequence[str | Path], model_uri: str | 
                     break
                 batcher.add(i, wave)
         batcher.finish()
+    save = getattr(backend, "save", None)
+    if save is not None:
+        save()
     return PredictResult(backend.uri, list(backend.classes), results)
 
 

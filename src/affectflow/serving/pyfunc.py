@@ -84,6 +84,10 @@ class ServingConfig(BaseModel):
     """Rows per request."""
     max_audio_s: float = Field(600.0, gt=0)
     """Seconds of audio per request, all rows together (measured before decoding)."""
+    deploy_stats: str = ""
+    """Where the served model keeps its deployment statistics of unknown-corpus audio (a JSON path
+    or s3:// URI, written after every request; `affectflow.serving.deployment`); empty = in memory,
+    from the pooled training statistics again at every start."""
 
     @classmethod
     def from_model_config(cls, config: dict[str, Any] | None) -> ServingConfig:
@@ -113,6 +117,7 @@ class AffectflowPyfunc(PythonModel):
             self.rec.meta.feature_config = {**self.rec.meta.feature_config, "checkpoint": encoder}
         self.featurizer = Featurizer(self.rec.meta)
         self.config = ServingConfig.from_model_config(getattr(context, "model_config", None))
+        self.rec.attach_deployment(self.config.deploy_stats or None)
         self.min_duration_s = float(self.rec.meta.audio.get("min_duration_s", 0.0))
 
     # No annotations on purpose: MLflow turns predict() type hints into an input schema of its own.
@@ -135,10 +140,12 @@ class AffectflowPyfunc(PythonModel):
 
         classes = self.rec.classes
         probs = np.zeros((sum(len(ix) for ix, _, _ in groups), len(classes)), np.float32)
-        # every row of the request is one set (deploy_normalization: set), whatever its sample rate
-        scored = predict_audio_groups(self.rec, [(waves, rate) for _, waves, rate in groups], self.featurizer)
+        # rows reach the deployment statistics in request order, as if sent one by one
+        scored = predict_audio_groups(self.rec, [(waves, rate) for _, waves, rate in groups], self.featurizer,
+                                      order=[idx for idx, _, _ in groups])
         for (idx, _, _), p in zip(groups, scored, strict=True):
             probs[idx] = p
+        self.rec.deployment.save()
         out = pd.DataFrame(probs.astype(np.float64), columns=classes)
         out["label"] = [classes[i] for i in probs.argmax(axis=1)] if len(out) else []
         return out

@@ -11,7 +11,7 @@ from __future__ import annotations
 import contextlib
 import itertools
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +29,7 @@ from affectflow.contracts.model_folder import (
 )
 from affectflow.models import build_model
 from affectflow.models.data import NormStats, collate, compute_stats, length_batches, normalize
+from affectflow.serving.deployment import Deployment
 
 
 @dataclass
@@ -38,6 +39,7 @@ class Recognizer:
     model: nn.Module
     meta: ModelMeta
     device: torch.device
+    _deployment: Deployment | None = field(default=None, repr=False)
 
     @property
     def classes(self) -> list[str]:
@@ -63,13 +65,29 @@ class Recognizer:
         key = self.meta.deploy_corpus
         return NormStats.from_dict(per[key]) if key in per else None
 
-    def unknown_stats(self, arrays: Sequence[np.ndarray]) -> NormStats:
-        """Statistics for arrays of a corpus the model does not know, predicted together: their own
-        (`deploy_normalization: set`, enough of them, label-free) or the training statistics."""
+    def whole_set_stats(self, arrays: Sequence[np.ndarray]) -> NormStats:
+        """Offline only (evaluate scoring a whole held-out corpus): the statistics of all `arrays`
+        together when the model standardises unknown audio by its own (`deploy_normalization:
+        running`) and there are at least `min_clips` of them; else the training statistics."""
         rule = self.meta.deploy_normalization
-        if rule.mode == "set" and len(arrays) >= rule.min_clips and self.stats.mode != "utterance":
+        if rule.mode == "running" and len(arrays) >= rule.min_clips and self.stats.mode != "utterance":
             return compute_stats(arrays, "global")
         return self.stats
+
+    @property
+    def deployment(self) -> Deployment:
+        """The deployment statistics unknown audio is standardised with (in memory, fresh, unless a
+        caller attached a persisted one with `attach_deployment`)."""
+        if self._deployment is None:
+            self._deployment = Deployment(self.meta)
+        return self._deployment
+
+    def attach_deployment(self, location: str | Path | None, store: Any = None,
+                          replace_other_features: bool = False) -> Deployment:
+        """Keep this recognizer's deployment statistics at `location` (a JSON path or s3:// URI;
+        read now if it exists, written by `Deployment.save`); None: in memory only."""
+        self._deployment = Deployment(self.meta, location, store, replace_other_features)
+        return self._deployment
 
 
 def build_network(meta: ModelMeta) -> nn.Module:
@@ -122,27 +140,37 @@ def predict_embeddings(model: nn.Module, arrays: Sequence[np.ndarray], device: t
 
 
 def predict_features(rec: Recognizer, arrays: Sequence[np.ndarray], batch_size: int = 32,
-                     corpora: Sequence[str] | None = None) -> np.ndarray:
-    """(n, C) class probabilities for raw (un-normalised) feature arrays, whole utterances;
+                     corpora: Sequence[str] | None = None, whole_set: bool = False) -> np.ndarray:
+    """(n, C) class probabilities for raw (un-normalised) feature arrays, whole utterances, in order;
     `corpora`: each array's corpus, when known (see `Recognizer.stats_for`). Arrays of corpora the
-    model does not know are standardised together (`Recognizer.unknown_stats`): one call = one set."""
+    model does not know are standardised by the deployment statistics (`rec.deployment`), each by
+    the clips before it, so a call gives what its arrays give one call at a time in the same order.
+    `whole_set`: offline scoring of a whole corpus (evaluate) — unknown arrays standardised together
+    by their own statistics (`Recognizer.whole_set_stats`), the deployment statistics untouched."""
     if not len(arrays):
         return np.zeros((0, len(rec.classes)), np.float32)
     names = list(corpora) if corpora is not None else [None] * len(arrays)
     stats = {c: rec.stats_for(c) for c in set(names)}
-    unknown = [a for a, c in zip(arrays, names, strict=True) if stats[c] is None]
-    if unknown:
-        stats = {c: s if s is not None else rec.unknown_stats(unknown) for c, s in stats.items()}
-    logits = predict_logits(rec.model, [normalize(a, stats[c]) for a, c in zip(arrays, names, strict=True)],
-                            rec.device, batch_size)
+    unknown = [i for i, c in enumerate(names) if stats[c] is None]
+    normed: list[np.ndarray | None] = [None if stats[c] is None else normalize(a, stats[c])  # type: ignore[arg-type]
+                                       for a, c in zip(arrays, names, strict=True)]
+    if unknown and whole_set:
+        together = rec.whole_set_stats([arrays[i] for i in unknown])
+        for i in unknown:
+            normed[i] = normalize(arrays[i], together)
+    elif unknown:
+        for i, x in zip(unknown, rec.deployment.normalise([arrays[i] for i in unknown]), strict=True):
+            normed[i] = x
+    logits = predict_logits(rec.model, normed, rec.device, batch_size)  # type: ignore[arg-type]
     return torch.softmax(logits, dim=-1).numpy()
 
 
-def needs_the_whole_set(rec: Recognizer) -> bool:
-    """Whether audio of an unknown corpus is standardised by the statistics of everything predicted
-    together (`deploy_normalization: set`): then callers featurize all inputs first and score them
-    in one `predict_features` call, never batch by batch."""
-    return rec.meta.deploy_normalization.mode == "set" and rec.stats_for(None) is None
+def predict_stream(rec: Recognizer, arrays: Sequence[np.ndarray], batch_size: int = 32) -> np.ndarray:
+    """The streamed protocol: (n, C) probabilities for the arrays of one unseen corpus arriving one
+    clip at a time in this order, with a fresh deployment (pooled training statistics until
+    `min_clips` clips, then the statistics of the clips before each one; never a label)."""
+    fresh = Recognizer(rec.model, rec.meta, rec.device)
+    return predict_features(fresh, arrays, batch_size)
 
 
 class Featurizer:
@@ -213,12 +241,20 @@ def predict_audio(rec: Recognizer, items: Sequence[str | Path | np.ndarray], inp
 
 
 def predict_audio_groups(rec: Recognizer, groups: Sequence[tuple[Sequence[str | Path | np.ndarray], int | None]],
-                         featurizer: Featurizer | None = None, batch_size: int = 32) -> list[np.ndarray]:
-    """Probabilities per group of (audio items, their sample rate) that are scored as one set (the
-    rows of one request at several rates): each group is resampled once, and an unknown corpus's
-    set statistics (`deploy_normalization: set`) cover every group."""
+                         featurizer: Featurizer | None = None, batch_size: int = 32,
+                         order: Sequence[Sequence[int]] | None = None) -> list[np.ndarray]:
+    """Probabilities per group of (audio items, their sample rate) (the rows of one request at
+    several rates): each group is resampled once. `order`: each item's position in the request, so
+    the deployment statistics see the clips in request order (as if sent one by one); default:
+    group after group."""
     feats = featurizer or Featurizer(rec.meta)
     arrays = [feats(load_audio(items, feats.sample_rate, rate)) for items, rate in groups]
-    probs = predict_features(rec, [a for g in arrays for a in g], batch_size)
+    flat = [a for g in arrays for a in g]
+    pos = np.asarray([p for g in order for p in g], np.int64) if order is not None else np.arange(len(flat))
+    if len(pos) != len(flat):
+        raise ValueError(f"predict_audio_groups: {len(pos)} positions for {len(flat)} clips")
+    by_position = np.argsort(pos, kind="stable")
+    probs = np.empty((len(flat), len(rec.classes)), np.float32)
+    probs[by_position] = predict_features(rec, [flat[i] for i in by_position], batch_size)
     bounds = np.cumsum([0, *(len(g) for g in arrays)])
     return [probs[a:b] for a, b in itertools.pairwise(bounds)]

@@ -116,7 +116,8 @@ def evaluation_classes(rec: Recognizer, params: Params) -> list[str]:
 def predict_rows(rec: Recognizer, rows: pd.DataFrame, fs: FeatureSet, classes: Sequence[str]) -> pd.DataFrame:
     """Predictions for manifest rows over `classes` (the evaluation class set, in the model's order);
     rows whose label is outside it are dropped by the caller."""
-    probs = predict_features(rec, fs.load(rec.feature, rows["utt_id"].tolist()), corpora=rows["corpus"].astype(str).tolist())
+    probs = predict_features(rec, fs.load(rec.feature, rows["utt_id"].tolist()),
+                             corpora=rows["corpus"].astype(str).tolist(), whole_set=True)  # offline: a whole corpus
     cols = [rec.classes.index(c) for c in classes]
     sub = probs[:, cols]
     sub = sub / np.maximum(sub.sum(axis=1, keepdims=True), np.finfo(np.float32).tiny)

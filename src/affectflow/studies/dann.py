@@ -279,7 +279,7 @@ class _Deployed:
     def logits(self, rows: pd.DataFrame) -> np.ndarray:
         fs = FeatureSet(self.inp.features_dir)
         probs = predict_features(self.rec, fs.load(self.inp.kind, rows["utt_id"].tolist()),
-                                 corpora=rows["corpus"].astype(str).tolist())
+                                 corpora=rows["corpus"].astype(str).tolist(), whole_set=True)
         return np.log(probs + 1e-12)
 
 

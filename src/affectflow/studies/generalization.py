@@ -14,6 +14,14 @@ H's rows reach it with their labels removed; a condition's `select` candidates a
 leave-one-source-corpus-out inside the training corpora (each in turn the inner held-out corpus),
 never on H. Outputs: `table.md`, `results.json`, `cells.parquet`, `generalization.png` beside the
 runs and in one MLflow run. Cells are cached: a re-run computes only what is missing.
+
+Two ways of scoring the held-out corpus, both reported for every row (`PROTOCOLS`): offline, the
+whole corpus at once (what every figure meant before; the evaluate stage), and streamed, as a
+deployment meets it: the clips arrive one at a time in a seeded shuffled order and each is scored
+with only what was seen before it, without labels (`streamed_probabilities`: a model folder + an
+ordered clip stream -> predictions, through the product's own deployment statistics; other rows
+call it, or `streamed_matrix` for rows outside the product). `streamed_pooled` is the reference:
+clip by clip with the pooled training statistics only.
 """
 
 from __future__ import annotations
@@ -142,10 +150,27 @@ def assert_no_held_out_in_training(df: pd.DataFrame, held: str) -> None:
 
 
 # ----------------------------------------------------------------------------- scoring
-def score_cell(pred: pd.DataFrame, classes: list[str], params: Params) -> dict[str, Any]:
+PROTOCOLS: dict[str, str] = {
+    "offline": "predicted",
+    "streamed": "predicted_streamed",
+    "streamed_pooled": "predicted_streamed_pooled",
+}
+"""How a held-out corpus is scored → its prediction column. offline: the whole corpus at once (its
+own statistics where the row standardises unknown audio by them: the case that suits per-corpus
+normalisation best, and no deployment's); streamed: one clip at a time in a seeded shuffled order,
+standardised by the deployment statistics of the clips before it (`affectflow.serving.deployment`:
+pooled training statistics until `train.deploy_min_clips` clips); streamed_pooled: one clip at a
+time with the pooled training statistics only (the behaviour before deployment statistics)."""
+STREAMED = tuple(k for k in PROTOCOLS if k != "offline")
+SELECTION_PROTOCOL = "streamed"
+"""`select` candidates and the setting to ship are chosen on the streamed protocol (how the model
+is used), by leave-one-source-corpus-out as before; a row without it falls back to offline."""
+
+
+def score_cell(pred: pd.DataFrame, classes: list[str], params: Params, column: str = "predicted") -> dict[str, Any]:
     """UAR / WA / macro-F1, per-class recall, prediction histogram and collapse of one cell."""
     y_of = {c: i for i, c in enumerate(classes)}
-    cm = confusion(pred["emotion"].map(y_of).to_numpy(), pred["predicted"].map(y_of).to_numpy(), len(classes))
+    cm = confusion(pred["emotion"].map(y_of).to_numpy(), pred[column].map(y_of).to_numpy(), len(classes))
     col = collapse(cm, classes, params.evaluate.collapse_share, params.evaluate.collapse_recall)
     return {"uar": uar_cm(cm), "wa": wa_cm(cm), "macro_f1": macro_f1_cm(cm), "n": int(cm.sum()),
             "per_class_recall": {c: (None if np.isnan(r) else float(r))
@@ -154,11 +179,67 @@ def score_cell(pred: pd.DataFrame, classes: list[str], params: Params) -> dict[s
             "collapsed": col.collapsed, "collapse_reasons": col.reasons, "confusion": cm.tolist()}
 
 
+def stream_order(n: int, seed: int) -> np.ndarray:
+    """The order the held-out clips arrive in under the streamed protocol (seeded, per cell seed)."""
+    return np.random.default_rng([seed, 27]).permutation(n)
+
+
+def streamed_probabilities(rec: Any, arrays: list[np.ndarray], classes: list[str], seed: int,
+                           pooled: bool = False) -> np.ndarray:
+    """The streamed protocol for any recognizer: `arrays` (raw features of one held-out corpus, in
+    manifest order) arrive one at a time in `stream_order`; each is scored with what the model has
+    seen before it (`predict_stream`: fresh deployment statistics, no labels). Probabilities over
+    `classes` (renormalised), rows back in manifest order. `pooled`: the pooled training statistics
+    only (the reference behaviour)."""
+    from affectflow.contracts.model_folder import DeployNormalization
+    from affectflow.serving.recognizer import Recognizer, predict_stream
+
+    if pooled:
+        meta = rec.meta.model_copy(update={"deploy_normalization": DeployNormalization(mode="pooled")})
+        rec = Recognizer(rec.model, meta, rec.device)
+    order = stream_order(len(arrays), seed)
+    probs = np.empty((len(arrays), len(rec.classes)), np.float32)
+    probs[order] = predict_stream(rec, [arrays[i] for i in order])
+    sub = probs[:, [rec.classes.index(c) for c in classes]]
+    return sub / np.maximum(sub.sum(axis=1, keepdims=True), np.finfo(np.float32).tiny)
+
+
+def with_streamed(pred: pd.DataFrame, model_dir: Path, features: Path, classes: list[str], seed: int) -> pd.DataFrame:
+    """`pred` (a held-out corpus's offline predictions) plus the streamed protocols' columns, from
+    the cell's model folder and the feature store."""
+    from affectflow.contracts.feature_store import FeatureSet
+    from affectflow.serving.recognizer import load_model_dir
+
+    rec = load_model_dir(model_dir)
+    arrays = FeatureSet(features).load(rec.feature, pred["utt_id"].tolist())
+    out = pred.copy()
+    for protocol in STREAMED:
+        probs = streamed_probabilities(rec, arrays, classes, seed, pooled=protocol == "streamed_pooled")
+        out[PROTOCOLS[protocol]] = np.asarray(classes)[probs.argmax(axis=1)]
+    return out
+
+
+def streamed_matrix(X: np.ndarray, prior: Any, params: Params, seed: int) -> dict[str, np.ndarray]:
+    """For rows outside the product (the SVM, AAEC's classifier): raw held-out features `X` (manifest
+    order) standardised per streamed protocol as the product's deployment statistics would, rows
+    back in manifest order."""
+    from affectflow.serving.deployment import DeploymentStats
+
+    order = stream_order(len(X), seed)
+    out = {}
+    tc = params.train
+    for protocol in STREAMED:
+        min_clips = np.inf if protocol == "streamed_pooled" else tc.deploy_min_clips
+        stats = DeploymentStats(prior=prior, min_clips=min_clips, window=tc.deploy_window)  # type: ignore[arg-type]
+        Z = np.empty_like(X, dtype=np.float32)
+        Z[order] = np.stack(stats.normalise([X[i] for i in order]))
+        out[protocol] = Z
+    return out
+
+
 def standardised_egemaps(features: Path, rows: pd.DataFrame) -> np.ndarray:
     """eGeMAPS functionals of `rows`, every corpus z-scored by its own clips' statistics (label-free)."""
-    from affectflow.contracts.feature_store import FeatureSet
-
-    X = FeatureSet(features).matrix("egemaps", rows["utt_id"].tolist()).astype(np.float64)
+    X = raw_egemaps(features, rows)
     out = np.empty_like(X)
     for corpus in rows["corpus"].unique():
         m = (rows["corpus"] == corpus).to_numpy()
@@ -167,9 +248,25 @@ def standardised_egemaps(features: Path, rows: pd.DataFrame) -> np.ndarray:
     return out
 
 
+def raw_egemaps(features: Path, rows: pd.DataFrame) -> np.ndarray:
+    from affectflow.contracts.feature_store import FeatureSet
+
+    return FeatureSet(features).matrix("egemaps", rows["utt_id"].tolist()).astype(np.float64)
+
+
+def streamed_egemaps(params: Params, features: Path, train_rows: pd.DataFrame,
+                     test_rows: pd.DataFrame) -> dict[str, np.ndarray]:
+    """The held-out eGeMAPS under each streamed protocol; the prior is the pooled training statistics."""
+    from affectflow.models.data import compute_stats
+
+    prior = compute_stats(list(raw_egemaps(features, train_rows)), "global")
+    return streamed_matrix(raw_egemaps(features, test_rows), prior, params, params.train.seed)
+
+
 def svm_cell(params: Params, df: pd.DataFrame, features: Path, train_corpora: list[str], held: str) -> pd.DataFrame:
     """The reference: eGeMAPS functionals, every corpus z-scored by its own clips' statistics (the
-    held-out one by its own, unlabelled), RBF SVM C=10 with balanced class weights."""
+    held-out one by its own, unlabelled; streamed: by the clips before each), RBF SVM C=10 with
+    balanced class weights."""
     from sklearn.svm import SVC
 
     man = training_manifest(df, train_corpora, held)
@@ -179,6 +276,8 @@ def svm_cell(params: Params, df: pd.DataFrame, features: Path, train_corpora: li
     clf.fit(standardised_egemaps(features, train_rows), train_rows["emotion"].to_numpy())
     pred = test_rows[["utt_id", "corpus", "speaker", "emotion"]].copy()
     pred["predicted"] = clf.predict(standardised_egemaps(features, test_rows))
+    for protocol, Z in streamed_egemaps(params, features, train_rows, test_rows).items():
+        pred[PROTOCOLS[protocol]] = clf.predict(Z)
     return pred
 
 
@@ -187,7 +286,7 @@ def aaec_classifier_cell(params: Params, df: pd.DataFrame, features: Path, train
     """AAEC as its paper uses it: trained (augment.* settings) on the training corpora's eGeMAPS,
     each corpus z-scored by its own clips; its jointly trained classifier — emotion learnt from
     real X and synthetic X', beside the real/fake head — scores the held-out corpus (z-scored by
-    its own clips, label-free)."""
+    its own clips, label-free; streamed: by the clips before each)."""
     from affectflow.models.aaec import train_aaec
     from affectflow.runtime.device import resolve_device
 
@@ -202,18 +301,23 @@ def aaec_classifier_cell(params: Params, df: pd.DataFrame, features: Path, train
     probs = model.emotion_probs(standardised_egemaps(features, test_rows).astype(np.float32))
     pred = test_rows[["utt_id", "corpus", "speaker", "emotion"]].copy()
     pred["predicted"] = np.asarray(classes)[probs.argmax(axis=1)]
+    for protocol, Z in streamed_egemaps(params, features, train_rows, test_rows).items():
+        pred[PROTOCOLS[protocol]] = np.asarray(classes)[model.emotion_probs(Z).argmax(axis=1)]
     return pred
 
 
 def held_out_predictions(params: Params, model_dir: Path, manifest: Path, features: Path, held: str,
                          cell_dir: Path) -> pd.DataFrame:
-    """The evaluate stage on a cell's model; the held-out corpus's predictions."""
+    """The evaluate stage on a cell's model (the offline protocol), then the streamed protocols on
+    the same model; the held-out corpus's predictions."""
     from affectflow.stages.evaluate import evaluate
 
     evaluate(params, model_dir, manifest, features, cell_dir / "evaluate")
     pred = pd.read_parquet(cell_dir / "evaluate" / "predictions.parquet")
-    pred = pred[pred["set"] == f"cross:{held}"]
-    return pred[["utt_id", "corpus", "speaker", "emotion", "predicted"]]
+    pred = pred[pred["set"] == f"cross:{held}"].reset_index(drop=True)
+    pred = pred[["utt_id", "corpus", "speaker", "emotion", "predicted"]]
+    return with_streamed(pred, Path(model_dir), features, list(params.studies.generalization.classes),
+                         params.train.seed)
 
 
 def trained_recognizer(params: Params, df: pd.DataFrame, features: Path, train_corpora: list[str], held: str,
@@ -322,14 +426,20 @@ def cell_key(method: str, params: Params, train_corpora: list[str], held: str) -
 
 
 def cached_cell(cell_dir: Path, compute: Any, classes: list[str], params: Params) -> dict[str, Any]:
-    """A cell's scores (and predictions) from its folder, or computed and written there."""
+    """A cell's scores (and predictions) from its folder, or computed and written there. The
+    top-level scores are the offline protocol's; `protocols` holds every protocol's (a cell written
+    before the streamed protocol existed is computed again)."""
     done = cell_dir / CELL_FILE
     if done.is_file():
-        return json.loads(done.read_text())
+        res = json.loads(done.read_text())
+        if "protocols" in res:
+            return res
     cell_dir.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
     pred = compute()
     res = {**score_cell(pred, classes, params), "seconds": round(time.perf_counter() - t0, 2)}
+    res["protocols"] = {name: score_cell(pred, classes, params, column) for name, column in PROTOCOLS.items()
+                        if column in pred.columns}
     pred.to_parquet(cell_dir / "predictions.parquet", index=False)
     atomic_write_json(done, res)
     return res
@@ -339,7 +449,7 @@ def cached_cell(cell_dir: Path, compute: Any, classes: list[str], params: Params
 def select_candidate(name: str, cond: StudyCondition, params: Params, df: pd.DataFrame, features: Path,
                      train_corpora: list[str], out: Path, classes: list[str],
                      g: GeneralizationConfig) -> tuple[str | None, dict[str, float]]:
-    """The candidate of `cond.select` with the best mean UAR over inner held-out corpora (each
+    """The candidate of `cond.select` with the best mean streamed UAR over inner held-out corpora (each
     training corpus in turn, trained on the others) and selection seeds; the outer held-out corpus
     is not in `df`'s play at all."""
     if not cond.select:
@@ -368,7 +478,7 @@ def leave_one_out_scores(name: str, cond: StudyCondition, params: Params, df: pd
                 cell = folder(held, cand) / f"seed{seed}-{cell_key(cond.method, p, rest, held)}"
                 res = cached_cell(cell, lambda p=p, rest=rest, held=held, cell=cell: run_method(
                     cond.method, p, df, features, rest, held, cell), classes, p)
-                uars.append(res["uar"])
+                uars.append(res["protocols"].get(SELECTION_PROTOCOL, res)["uar"])
         scores[cand] = float(np.mean(uars))
     return scores
 
@@ -452,6 +562,21 @@ def _ms(values: list[float]) -> tuple[float, float]:
 def summarise(rows: list[dict[str, Any]], names: list[str], helds: list[str], classes: list[str],
               chosen: dict[str, Any], seconds: float, g: GeneralizationConfig) -> dict[str, Any]:
     cells = pd.DataFrame(rows)
+    protocols: dict[str, dict[str, Any]] = {}
+    for protocol in PROTOCOLS:
+        if all(protocol in r.get("protocols", {}) for r in rows):
+            scored = pd.DataFrame([{**{k: r[k] for k in ("condition", "held_out", "seed", "seconds")},
+                                    **r["protocols"][protocol]} for r in rows])
+            protocols[protocol] = protocol_table(scored, names, helds, classes)
+    return {"conditions": names, "held_out": helds, "classes": classes, "seeds": list(g.seeds),
+            "table": protocols.get("offline") or protocol_table(cells, names, helds, classes),
+            "protocols": protocols, "selection": chosen, "seconds": round(seconds, 1),
+            "settings": {n: g.conditions[n].model_dump(mode="json") for n in names}}
+
+
+def protocol_table(cells: pd.DataFrame, names: list[str], helds: list[str], classes: list[str]) -> dict[str, Any]:
+    """Per condition: per held-out corpus mean ± std UAR over seeds, per-class recall, collapses;
+    the mean over corpora (per seed, then over seeds)."""
     table: dict[str, Any] = {}
     for name in names:
         c = cells[cells["condition"] == name]
@@ -469,41 +594,60 @@ def summarise(rows: list[dict[str, Any]], names: list[str], helds: list[str], cl
         m, s = _ms(over)
         table[name] = {"per_corpus": per, "mean_uar": m, "mean_uar_std": s,
                        "any_collapse": bool(c["collapsed"].any()), "seconds": float(c["seconds"].sum())}
-    return {"conditions": names, "held_out": helds, "classes": classes, "seeds": list(g.seeds),
-            "table": table, "selection": chosen, "seconds": round(seconds, 1),
-            "settings": {n: g.conditions[n].model_dump(mode="json") for n in names}}
+    return table
 
 
-def table_md(s: dict[str, Any]) -> str:
+PROTOCOL_TITLES = {
+    "offline": "Offline: the whole held-out corpus scored at once (its own statistics)",
+    "streamed": "Streamed: one clip at a time, shuffled, deployment statistics of the clips before it",
+    "streamed_pooled": "Streamed with pooled training statistics only (the behaviour before deployment statistics)",
+}
+
+
+def _uar_lines(s: dict[str, Any], table: dict[str, Any]) -> list[str]:
     helds = s["held_out"]
-    lines = ["# Leave-one-corpus-out generalization", "",
-             f"UAR (%) on every clip of the held-out corpus, predictions over {', '.join(s['classes'])} "
-             f"(chance {100 / len(s['classes']):.1f}); mean ± std over seeds {s['seeds']} (the SVM is "
-             "deterministic). Trained on the other corpora; choices made inside the training corpora only.", "",
-             "| condition | " + " | ".join(helds) + " | mean over corpora | collapse |",
+    lines = ["| condition | " + " | ".join(helds) + " | mean over corpora | collapse |",
              "|---|" + "---|" * (len(helds) + 2)]
     for name in s["conditions"]:
-        r = s["table"][name]
+        r = table[name]
         cells = [f"{r['per_corpus'][h]['uar_mean']:.1f} ± {r['per_corpus'][h]['uar_std']:.1f}"
                  + (" ⚠" if r["per_corpus"][h]["collapsed_seeds"] else "") for h in helds]
         lines.append(f"| {name} | " + " | ".join(cells) + f" | **{r['mean_uar']:.1f} ± {r['mean_uar_std']:.1f}** | "
                      + ("yes" if r["any_collapse"] else "no") + " |")
-    lines += ["", "⚠ = at least one seed collapsed (one class > 50 % of predictions or a class recall < 10 %).", "",
-              "## Per-class recall (%, mean over seeds)", "",
-              "| condition | held out | " + " | ".join(s["classes"]) + " |", "|---|---|" + "---|" * len(s["classes"])]
+    return lines
+
+
+def _recall_lines(s: dict[str, Any], table: dict[str, Any]) -> list[str]:
+    lines = ["| condition | held out | " + " | ".join(s["classes"]) + " |", "|---|---|" + "---|" * len(s["classes"])]
     for name in s["conditions"]:
-        for h in helds:
-            rec = s["table"][name]["per_corpus"][h]["per_class_recall"]
+        for h in s["held_out"]:
+            rec = table[name]["per_corpus"][h]["per_class_recall"]
             lines.append(f"| {name} | {h} | " + " | ".join(f"{100 * rec[c]:.0f}" for c in s["classes"]) + " |")
+    return lines
+
+
+def table_md(s: dict[str, Any]) -> str:
+    lines = ["# Leave-one-corpus-out generalization", "",
+             f"UAR (%) on every clip of the held-out corpus, predictions over {', '.join(s['classes'])} "
+             f"(chance {100 / len(s['classes']):.1f}); mean ± std over seeds {s['seeds']} (the SVM is "
+             "deterministic). Trained on the other corpora; choices made inside the training corpora only. "
+             "Streamed protocols: the clips arrive in a shuffled order seeded by the cell's seed.", ""]
+    protocols = s.get("protocols") or {"offline": s["table"]}
+    for protocol, table in protocols.items():
+        lines += [f"## {PROTOCOL_TITLES[protocol]}", "", *_uar_lines(s, table), ""]
+    lines += ["⚠ = at least one seed collapsed (one class > 50 % of predictions or a class recall < 10 %).", ""]
+    for protocol, table in protocols.items():
+        lines += [f"## Per-class recall (%, mean over seeds), {protocol}", "", *_recall_lines(s, table), ""]
     if s["selection"]:
         lines += ["", "## Choices made without the held-out corpus", "",
-                  "| held out / condition | chosen | inner leave-one-source-out UAR per candidate |", "|---|---|---|"]
+                  "| held out / condition | chosen | inner leave-one-source-out streamed UAR per candidate |",
+                  "|---|---|---|"]
         for key, v in s["selection"].items():
             inner = ", ".join(f"{k} {100 * x:.1f}" for k, x in v["inner_uar"].items())
             lines.append(f"| {key} | {v['chosen']} | {inner} |")
     if s.get("deployment"):
         lines += ["", "## What to ship (a model trained on every corpus)", "",
-                  "Chosen by leave-one-source-corpus-out over all study corpora (mean UAR of each candidate "
+                  "Chosen by leave-one-source-corpus-out over all study corpora (mean streamed UAR of each candidate "
                   "trained on all corpora but one and scored on that one); not used by any number above.", "",
                   "| condition | chosen | its settings | mean UAR per candidate |", "|---|---|---|---|"]
         for name, v in s["deployment"].items():
@@ -542,6 +686,8 @@ def write_outputs(out: Path, s: dict[str, Any], rows: list[dict[str, Any]], tabl
     cells["per_class_recall"] = cells["per_class_recall"].map(json.dumps)
     cells["prediction_histogram"] = cells["prediction_histogram"].map(json.dumps)
     cells["collapse_reasons"] = cells["collapse_reasons"].map(json.dumps)
+    if "protocols" in cells:
+        cells["protocols"] = cells["protocols"].map(json.dumps)
     cells.to_parquet(out / "cells.parquet", index=False)
     plot(out / "generalization.png", s)
 
@@ -556,6 +702,8 @@ def log_to_mlflow(params: Params, out: Path, s: dict[str, Any]) -> None:
         metrics = {f"{name}_mean_uar": r["mean_uar"] for name, r in s["table"].items()}
         metrics |= {f"{name}_{h}_uar": r["per_corpus"][h]["uar_mean"] for name, r in s["table"].items()
                     for h in s["held_out"]}
+        metrics |= {f"{name}_{protocol}_mean_uar": r["mean_uar"] for protocol in STREAMED
+                    for name, r in s.get("protocols", {}).get(protocol, {}).items()}
         mlflow.log_metrics(metrics)
         for f in ("table.md", "results.json", "generalization.png"):
             mlflow.log_artifact(str(out / f))

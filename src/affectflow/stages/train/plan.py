@@ -35,7 +35,7 @@ from affectflow.stages.train.shared import checkpoint_root, run_folder
 from affectflow.tracking import lineage as lineage_tags
 
 RUNTIME_KEYS = ("num_workers", "device", "threads", "checkpoints_to_keep", "stop_after_epochs", "max_failures",
-                "deploy_normalize", "deploy_min_clips", "checkpoint_dir")
+                "deploy_normalize", "deploy_min_clips", "deploy_window", "checkpoint_dir")
 """train.* settings that change how a run executes or how its model is later applied, not what
 training computes (excluded from the run name)."""
 SYNTHETIC_KEYS = ("synthetic_weight", "synthetic_schedule", "synthetic_fade_fraction")
@@ -260,8 +260,8 @@ def plan(params: Params, manifest: str | Path, features_dir: str | Path, out_dir
         del copies
     per_corpus = {**per_corpus, **copy_stats}
     deploy = DeployNormalization(
-        mode="set" if tc.deploy_normalize == "set" or (tc.deploy_normalize == "auto" and tc.normalize == "corpus")
-        else "pooled", min_clips=tc.deploy_min_clips)
+        mode="running" if tc.deploy_normalize == "running" or (tc.deploy_normalize == "auto" and tc.normalize == "corpus")
+        else "pooled", min_clips=tc.deploy_min_clips, window=tc.deploy_window)
     del arrays
     y_of = {c: i for i, c in enumerate(classes)}
     train_y = tr["emotion"].map(y_of).to_numpy()
