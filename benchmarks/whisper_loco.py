@@ -4,9 +4,10 @@ the probe's recipe and its variants scored with every corpus held out in turn.
     # 1. extract (resumable; nice it, the box is shared): every 4-class clip of the four corpora
     nice -n 10 .venv/bin/python benchmarks/whisper_loco.py extract --checkpoint pkg:whisper-base
     nice -n 10 .venv/bin/python benchmarks/whisper_loco.py extract --checkpoint pkg:whisper-tiny.en
-    nice -n 10 .venv/bin/python benchmarks/whisper_loco.py extract --checkpoint pkg:whisper-base --window padded --sample 300
-    # 2. score (seconds): writes benchmarks/results/generalization/whisper_loco.{json,md}
+    nice -n 10 .venv/bin/python benchmarks/whisper_loco.py extract --checkpoint pkg:whisper-base --window padded --sample 40
+    # 2. score: writes benchmarks/results/generalization/whisper_loco.{json,md}, whisper_window.md
     .venv/bin/python benchmarks/whisper_loco.py loco
+    .venv/bin/python benchmarks/whisper_loco.py compare-window
 
 Features are `affectflow.features.ssl.SslEncoder` vectors (the product's `ssl` kind: every hidden
 state, time-averaged), so a row here is what `features.ssl.checkpoint: pkg:whisper-base` computes.
@@ -21,9 +22,10 @@ Protocols, held-out corpus H never used for any choice (the generalization study
   then the running mean / variance, forgetting beyond 1000 clips: `train.deploy_min_clips`,
   `train.deploy_window`), never with itself or later clips.
 - streamed_pooled: one clip at a time, the pooled training statistics only (the probe's protocol).
-Rows: `probe` (the issue's recipe: middle layer, mean-pooled, logistic regression C=0.1), `last`
-(last layer), `mean_layers` (plain average of layers), `head` (affectflow's `SslHead`: learned
-softmax layer weights + MLP, trained with the study's seeds). 3 seeds; per-class recall; collapse
+Rows: `probe_mid` (the issue's recipe: middle layer, mean-pooled, logistic regression C=0.1),
+`last` (last layer), `mean_layers` (plain average of layers), `inner_layer` (the probe's layer
+chosen by leave-one-source-corpus-out inside the training corpora, streamed UAR), `head`
+(affectflow's `SslHead`: learned softmax layer weights + MLP, trained with the study's seeds). 3 seeds; per-class recall; collapse
 flags (`affectflow.metrics.collapse`).
 """
 
@@ -132,45 +134,28 @@ def layer_view(X: np.ndarray, view: str) -> np.ndarray:
 
 
 PROTOCOLS = ("streamed", "streamed_pooled", "offline")
-MIN_CLIPS, WINDOW = 20, 1000  # train.deploy_min_clips, train.deploy_window (params.yaml)
-
-
-def stream_order(n: int, seed: int) -> np.ndarray:
-    """The held-out clips' arrival order (the generalization study's seeding)."""
-    return np.random.default_rng([seed, 27]).permutation(n)
 
 
 def streamed(X: np.ndarray, prior_mean: np.ndarray, prior_std: np.ndarray, min_clips: float) -> np.ndarray:
-    """Rows of `X` (in arrival order) each standardised by the statistics of the rows before it:
-    the prior below `min_clips` rows, then their running mean / variance with exponential forgetting
-    beyond `WINDOW` rows (the deployment statistics' rule, affectflow.serving.deployment)."""
-    out = np.empty_like(X)
-    mean = m2 = None
-    weight = 0.0
-    for i, x in enumerate(X.astype(np.float64)):
-        if i >= min_clips and mean is not None:
-            mu, sd = mean, np.maximum(np.sqrt(np.maximum(m2 / weight, 0.0)), 1e-8)
-        else:
-            mu, sd = prior_mean, prior_std
-        out[i] = (x - mu) / sd
-        if mean is None:
-            mean, m2, weight = x.copy(), np.zeros_like(x), 1.0
-            continue
-        if i >= WINDOW:
-            weight *= 1.0 - 1.0 / WINDOW
-            m2 = m2 * (1.0 - 1.0 / WINDOW)
-        total = weight + 1.0
-        delta = x - mean
-        mean = mean + delta / total
-        m2 = m2 + np.square(delta) * (weight / total)
-        weight = total
-    return out
+    """Rows of `X` (in arrival order) each standardised by the product's deployment statistics of
+    the rows before it (`affectflow.serving.deployment`): the prior below `min_clips` rows, then
+    their running statistics (`train.deploy_min_clips`, `train.deploy_window` as configured)."""
+    from affectflow.config import TrainConfig
+    from affectflow.models.data import NormStats
+    from affectflow.serving.deployment import DeploymentStats
+
+    prior = NormStats(mode="global", mean=prior_mean.tolist(), std=prior_std.tolist())
+    stats = DeploymentStats(prior=prior, min_clips=min_clips, window=TrainConfig().deploy_window)  # type: ignore[arg-type]
+    return np.stack(stats.normalise(list(X))).astype(np.float32)
 
 
 def split_norm(feats: dict[str, dict[str, np.ndarray]], held: str, view: str, seed: int
                ) -> tuple[np.ndarray, np.ndarray, dict[str, np.ndarray], np.ndarray]:
     """Training matrix (each corpus by its own statistics) and the held-out corpus under each
     protocol, rows in arrival order (also returned) for the streamed ones, manifest order offline."""
+    from affectflow.config import TrainConfig
+    from affectflow.studies.generalization import stream_order  # the study's arrival order
+
     train = [c for c in feats if c != held]
     raw = {c: layer_view(feats[c]["X"], view) for c in feats}
     flat = {c: v.reshape(len(v), -1) for c, v in raw.items()}
@@ -181,9 +166,27 @@ def split_norm(feats: dict[str, dict[str, np.ndarray]], held: str, view: str, se
     shape = raw[held].shape[1:]
     order = stream_order(len(flat[held]), seed)
     tests = {"offline": standardise(flat[held], flat[held]),
-             "streamed": streamed(flat[held][order], mu, sd, MIN_CLIPS),
+             "streamed": streamed(flat[held][order], mu, sd, TrainConfig().deploy_min_clips),
              "streamed_pooled": streamed(flat[held][order], mu, sd, np.inf)}
     return Xtr.reshape(-1, *shape), ytr, {k: v.reshape(-1, *shape) for k, v in tests.items()}, order
+
+
+def inner_layer(feats: dict[str, dict[str, np.ndarray]], held: str) -> str:
+    """The probe's layer chosen without `held`: each training corpus held out in turn (inner LOCO),
+    the layer with the best mean streamed UAR (seed 0)."""
+    train = {c: v for c, v in feats.items() if c != held}
+    n_layers = next(iter(train.values()))["X"].shape[1]
+    scores = {}
+    for layer in range(1, n_layers):
+        uars = []
+        for inner in train:
+            Xtr, ytr, tests, order = split_norm(train, inner, f"l{layer}", 0)
+            (pred,) = fit_predict("logreg", Xtr, ytr, [tests["streamed"]], 0)
+            uars.append(score(train[inner]["y"][order], pred)["uar"])
+        scores[f"l{layer}"] = float(np.mean(uars))
+    best = max(scores, key=scores.__getitem__)
+    print(f"  held out {held}: inner LOCO streamed UAR per layer {scores} -> {best}")
+    return best
 
 
 def fit_predict(method: str, Xtr: np.ndarray, ytr: np.ndarray, tests: list[np.ndarray], seed: int
@@ -242,6 +245,7 @@ ROWS = {  # name -> (checkpoint, window, layer view, classifier)
     "base_probe_mid": ("pkg:whisper-base", "clip", "mid", "logreg"),
     "base_last": ("pkg:whisper-base", "clip", "last", "logreg"),
     "base_mean_layers": ("pkg:whisper-base", "clip", "mean_layers", "logreg"),
+    "base_inner_layer": ("pkg:whisper-base", "clip", "inner", "logreg"),
     "base_head": ("pkg:whisper-base", "clip", "all", "head"),
     "tiny_en_probe_mid": ("pkg:whisper-tiny.en", "clip", "mid", "logreg"),
     "tiny_en_head": ("pkg:whisper-tiny.en", "clip", "all", "head"),
@@ -265,10 +269,11 @@ def loco(a: argparse.Namespace) -> None:
         cells = []
         for held in CORPORA:
             y = feats[held]["y"]
+            chosen = inner_layer(feats, held) if view == "inner" else view
             for seed in a.seeds:
-                Xtr, ytr, tests, order = split_norm(feats, held, view, seed)
+                Xtr, ytr, tests, order = split_norm(feats, held, chosen, seed)
                 preds = fit_predict(method, Xtr, ytr, [tests[p] for p in PROTOCOLS], seed)
-                cells.append({"held": held, "seed": seed, **{
+                cells.append({"held": held, "seed": seed, "layers": chosen, **{
                     p: score(y if p == "offline" else y[order], pred) for p, pred in zip(PROTOCOLS, preds, strict=True)}})
         results[name] = {"checkpoint": ckpt, "window": window, "layers": view, "classifier": method, "cells": cells}
         print(row_md(name, results[name]))
@@ -280,6 +285,45 @@ def loco(a: argparse.Namespace) -> None:
 
     atomic_write_json(out / "whisper_loco.json", {"meta": meta, "rows": results})
     atomic_write_text(out / "whisper_loco.md", table_md(results))
+
+
+def compare_window(a: argparse.Namespace) -> None:
+    """Trimmed (`window: clip`) against padded-to-30 s vectors on the clips extracted both ways:
+    cosine per layer, and whether the probe (middle layer, trained on the trimmed vectors of the
+    other corpora) gives the same answer and the same accuracy (streamed_pooled statistics, which do
+    not depend on the sample)."""
+    clip_f = read_features(a.cache, a.checkpoint, "clip")
+    pad_f = read_features(a.cache, a.checkpoint, "padded")
+    rows, agree, right_clip, right_pad, n = [], 0, 0, 0, 0
+    cos_all = []
+    for held, pf in pad_f.items():
+        cf = clip_f[held]
+        idx = {u: i for i, u in enumerate(cf["utt_id"])}
+        take = np.array([idx[u] for u in pf["utt_id"]])
+        Xc, Xp, y = cf["X"][take], pf["X"], pf["y"]
+        cos = (Xc * Xp).sum(-1) / (np.linalg.norm(Xc, axis=-1) * np.linalg.norm(Xp, axis=-1))
+        cos_all.append(cos)
+        train = {c: v for c, v in clip_f.items() if c != held}
+        mid = Xc.shape[1] // 2
+        Xtr = np.concatenate([standardise(v["X"][:, mid], v["X"][:, mid]) for v in train.values()])
+        ytr = np.concatenate([v["y"] for v in train.values()])
+        pooled = np.concatenate([v["X"][:, mid] for v in train.values()])
+        pc, pp = fit_predict("logreg", Xtr, ytr, [standardise(Xc[:, mid], pooled), standardise(Xp[:, mid], pooled)], 0)
+        agree += int((pc == pp).sum())
+        right_clip += int((pc == y).sum())
+        right_pad += int((pp == y).sum())
+        n += len(y)
+        rows.append(f"| {held} | {len(y)} | " + " | ".join(f"{v:.3f}" for v in cos.mean(0)) + " |")
+    cos_mean = np.concatenate(cos_all).mean(0)
+    text = (f"{n} clips ({a.checkpoint}), both windows. Cosine of trimmed vs padded vectors per layer "
+            "(0 = input embedding):\n\n| corpus | clips | " + " | ".join(f"L{i}" for i in range(len(cos_mean)))
+            + " |\n|---|--:|" + "--:|" * len(cos_mean) + "\n" + "\n".join(rows)
+            + f"\n\nMiddle-layer probe (trained on trimmed vectors of the other corpora, pooled statistics): "
+            f"same answer for {agree}/{n} clips; correct {right_clip}/{n} trimmed, {right_pad}/{n} padded.\n")
+    print(text)
+    from affectflow.storage import atomic_write_text
+
+    atomic_write_text(Path(a.out) / "whisper_window.md", text)
 
 
 def _ms(v: list[float]) -> str:
@@ -325,11 +369,14 @@ def main() -> None:
     lo.add_argument("--rows", nargs="+", default=list(ROWS), choices=list(ROWS))
     lo.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     lo.add_argument("--out", default=str(Path(__file__).parent / "results" / "generalization"))
-    for p in (ex, lo):
+    cw = sub.add_parser("compare-window")
+    cw.add_argument("--checkpoint", default="pkg:whisper-base")
+    cw.add_argument("--out", default=str(Path(__file__).parent / "results" / "generalization"))
+    for p in (ex, lo, cw):
         p.add_argument("--cache", type=Path, default=CACHE)
         p.add_argument("--data", type=Path, default=DATA)
     a = ap.parse_args()
-    extract(a) if a.cmd == "extract" else loco(a)
+    {"extract": extract, "loco": loco, "compare-window": compare_window}[a.cmd](a)
 
 
 if __name__ == "__main__":
