@@ -132,11 +132,12 @@ def main() -> None:
     load_after = subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip()
     print(f"{a.clips} clips x {a.seconds:.1f} s = {a.clips * a.seconds:.0f} s of audio; torch {torch.__version__}, "
           f"{a.threads} CPU thread(s); load before: {load}; after: {load_after}\n")
-    print("| encoder | device | params (M) | vector | x real time | wall s | CPU s | peak RSS (MB) | peak CUDA (MB) |")
-    print("|---|---|--:|--:|--:|--:|--:|--:|--:|")
+    print("| encoder | device | params (M) | vector | x real time | wall s | CPU s | audio s per CPU s | peak RSS (MB) "
+          "| peak CUDA (MB) |")
+    print("|---|---|--:|--:|--:|--:|--:|--:|--:|--:|")
     for kind, device, params, dim, xrt, wall, cpu, rss, gpu in rows:
-        print(f"| {kind} | {device} | {params:.1f} | {dim} | {xrt:,.1f} | {wall:.2f} | {cpu:.2f} | {rss:,.0f} | "
-              f"{gpu:,.0f} |")
+        print(f"| {kind} | {device} | {params:.1f} | {dim} | {xrt:,.1f} | {wall:.2f} | {cpu:.2f} | "
+              f"{a.clips * a.seconds / cpu:,.1f} | {rss:,.0f} | {gpu:,.0f} |")
 
 
 if __name__ == "__main__":

@@ -287,6 +287,23 @@ def loco(a: argparse.Namespace) -> None:
     atomic_write_text(out / "whisper_loco.md", table_md(results))
 
 
+def table(a: argparse.Namespace) -> None:
+    """One table from several `loco` runs' results.json files (rows run in separate processes)."""
+    import json
+
+    from affectflow.storage import atomic_write_json, atomic_write_text
+
+    metas, rows = [], {}
+    for f in a.files:
+        d = json.loads(Path(f).read_text())
+        metas.append(d["meta"])
+        rows.update(d["rows"])
+    out = Path(a.out)
+    atomic_write_json(out / "whisper_loco.json", {"meta": metas, "rows": rows})
+    atomic_write_text(out / "whisper_loco.md", table_md(rows))
+    print(table_md(rows))
+
+
 def compare_window(a: argparse.Namespace) -> None:
     """Trimmed (`window: clip`) against padded-to-30 s vectors on the clips extracted both ways:
     cosine per layer, and whether the probe (middle layer, trained on the trimmed vectors of the
@@ -372,11 +389,14 @@ def main() -> None:
     cw = sub.add_parser("compare-window")
     cw.add_argument("--checkpoint", default="pkg:whisper-base")
     cw.add_argument("--out", default=str(Path(__file__).parent / "results" / "generalization"))
+    tb = sub.add_parser("table")
+    tb.add_argument("files", nargs="+")
+    tb.add_argument("--out", default=str(Path(__file__).parent / "results" / "generalization"))
     for p in (ex, lo, cw):
         p.add_argument("--cache", type=Path, default=CACHE)
         p.add_argument("--data", type=Path, default=DATA)
     a = ap.parse_args()
-    {"extract": extract, "loco": loco, "compare-window": compare_window}[a.cmd](a)
+    {"extract": extract, "loco": loco, "compare-window": compare_window, "table": table}[a.cmd](a)
 
 
 if __name__ == "__main__":
