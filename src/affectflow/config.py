@@ -134,7 +134,10 @@ class SslConfig(Section):
 
     checkpoint: str = ""
     """A local folder, an s3:// prefix (mirrored into `cache_dir`) or a hub id (with HF_HUB_OFFLINE,
-    only from the local Hugging Face cache). Nothing is downloaded at import or test time."""
+    only from the local Hugging Face cache) of a transformers checkpoint (WavLM, HuBERT, wav2vec 2.0,
+    Whisper); a faster-whisper (CTranslate2) folder (converted once into `cache_dir`); or
+    `pkg:whisper-base` / `pkg:whisper-tiny.en` (the `whisper-weights` extra's packages). Nothing is
+    downloaded at import or test time."""
     layers: list[int] = Field(default_factory=list)
     """Hidden-state indices to keep (0 = the CNN projection, -1 = the last layer); [] = all."""
     chunk_s: float = Field(20.0, gt=0.5)
@@ -144,7 +147,11 @@ class SslConfig(Section):
     mixed_precision: bool = True
     """bf16 autocast on CUDA."""
     cache_dir: str = ""
-    """Local mirror of an s3:// checkpoint (default ~/.cache/affectflow/ssl)."""
+    """Local mirror of an s3:// checkpoint, assembled `pkg:` checkpoints and faster-whisper folders
+    converted to the transformers layout (default ~/.cache/affectflow/ssl)."""
+    window: Literal["clip", "padded"] = "clip"
+    """Whisper encoders: clip = positions restricted to the clip's frames (a 3 s clip costs 3 s);
+    padded = every window padded to Whisper's 30 s, as it was trained."""
 
 
 class RobustnessConfig(Section):
