@@ -32,9 +32,11 @@ def ir() -> tuple[dict[str, Any], dict[str, Any]]:
 class FakeLauncher:
     """Records the order and inputs of container tasks; outputs are URIs under a fake root."""
 
-    def __init__(self, fail: set[str] = frozenset()):
+    def __init__(self, fail: set[str] = frozenset(), shards: list[int] = (0, 1, 2)):
         self.calls: list[D.ContainerTask] = []
         self.fail = fail
+        # output parameters by declared type: a list (the shard plan) and a boolean (register's gate)
+        self.by_type = {"LIST": list(shards), "BOOLEAN": True}
 
     def __call__(self, task: D.ContainerTask) -> D.Outcome:
         self.calls.append(task)
@@ -42,8 +44,9 @@ class FakeLauncher:
             return D.Outcome(D.FAILED, cause="boom")
         ex = L.executor_input(task, pipeline_root="s3://b/root", pipeline="p", run_id="r1")
         arts = {k: v["artifacts"] for k, v in ex["outputs"]["artifacts"].items()}
-        params = {k: (True if k == "Output" and task.name == "register" else f"{task.name}.{k}")
-                  for k in ex["outputs"]["parameters"]}
+        types = {k: v["parameterType"] for k, v in
+                 ((task.component.get("outputDefinitions") or {}).get("parameters") or {}).items()}
+        params = {k: self.by_type.get(types[k], f"{task.name}.{k}") for k in ex["outputs"]["parameters"]}
         return D.Outcome(D.SUCCEEDED, parameters=params, artifacts=arts)
 
     def names(self) -> list[str]:
