@@ -1,5 +1,5 @@
 """The cluster rehearsal's cheap parts (the full run needs root, debootstrap and ~30 min: docs/REHEARSAL.md):
-the committed IR walked in DAG order with conditions, OneOf outputs and the exit handler; the
+the committed IR walked in DAG order with conditions, OneOf outputs, the ParallelFor and the exit handler; the
 launcher's executor input and placeholder resolution; the pod's env and user from the kubernetes
 platform spec; every executor's entry point importable; the Dockerfile replay's parsing helpers.
 """
