@@ -1,5 +1,5 @@
 """The cluster rehearsal's cheap parts (the full run needs root, debootstrap and ~30 min: docs/REHEARSAL.md):
-the committed IR walked in DAG order with conditions, OneOf outputs and the exit handler; the
+the committed IR walked in DAG order with conditions, OneOf outputs, the ParallelFor and the exit handler; the
 launcher's executor input and placeholder resolution; the pod's env and user from the kubernetes
 platform spec; every executor's entry point importable; the Dockerfile replay's parsing helpers.
 """
@@ -32,9 +32,11 @@ def ir() -> tuple[dict[str, Any], dict[str, Any]]:
 class FakeLauncher:
     """Records the order and inputs of container tasks; outputs are URIs under a fake root."""
 
-    def __init__(self, fail: set[str] = frozenset()):
+    def __init__(self, fail: set[str] = frozenset(), shards: list[int] = (0, 1, 2)):
         self.calls: list[D.ContainerTask] = []
         self.fail = fail
+        # output parameters by declared type: a list (the shard plan) and a boolean (register's gate)
+        self.by_type = {"LIST": list(shards), "BOOLEAN": True}
 
     def __call__(self, task: D.ContainerTask) -> D.Outcome:
         self.calls.append(task)
@@ -42,12 +44,25 @@ class FakeLauncher:
             return D.Outcome(D.FAILED, cause="boom")
         ex = L.executor_input(task, pipeline_root="s3://b/root", pipeline="p", run_id="r1")
         arts = {k: v["artifacts"] for k, v in ex["outputs"]["artifacts"].items()}
-        params = {k: (True if k == "Output" and task.name == "register" else f"{task.name}.{k}")
-                  for k in ex["outputs"]["parameters"]}
+        types = {k: v["parameterType"] for k, v in
+                 ((task.component.get("outputDefinitions") or {}).get("parameters") or {}).items()}
+        params = {k: self.by_type.get(types[k], f"{task.name}.{k}") for k in ex["outputs"]["parameters"]}
         return D.Outcome(D.SUCCEEDED, parameters=params, artifacts=arts)
 
     def names(self) -> list[str]:
         return [c.name for c in self.calls]
+
+
+def enclosing_task(spec: dict[str, Any], inner: str) -> str:
+    """The name of the DAG task (condition branch, loop) whose component holds the task `inner`:
+    looked up in the IR, since the compiler numbers these (`condition-4`, `for-loop-2`)."""
+    holders = [name for name, comp in spec["components"].items() if inner in (comp.get("dag") or {}).get("tasks", {})]
+    assert len(holders) == 1, (inner, holders)
+    dags = [spec["root"], *spec["components"].values()]
+    found = [name for comp in dags for name, t in (comp.get("dag") or {}).get("tasks", {}).items()
+             if t["componentRef"]["name"] == holders[0]]
+    assert len(found) == 1, (inner, found)
+    return found[0]
 
 
 def test_task_order_puts_every_task_after_what_it_waits_for(ir):
@@ -76,11 +91,12 @@ def test_walker_runs_every_container_task_of_the_ir_with_defaults(ir):
     names = fake.names()
     # switches off by default: the skip tasks run instead of augment / pretrain
     assert "augment" not in names and "pretrain" not in names
-    for must in ("resolve-params", "data-stamp", "ingest", "validate", "features", "validate-features",
-                 "skip-augment", "skip-pretrain", "train", "evaluate", "rescore-champion", "register", "promote",
-                 "record-run-status"):
+    for must in ("resolve-params", "data-stamp", "ingest", "validate", "plan-features", "features.0",
+                 "gather-features", "validate-features", "skip-augment", "skip-pretrain", "train", "evaluate",
+                 "rescore-champion", "register", "promote", "record-run-status"):
         assert must in names, must
-    assert names.index("ingest") < names.index("validate") < names.index("features") < names.index("train")
+    assert (names.index("ingest") < names.index("validate") < names.index("plan-features") < names.index("features.0")
+            < names.index("gather-features") < names.index("validate-features") < names.index("train"))
     assert names[-1] == "record-run-status" and result.state == D.SUCCEEDED
     train = next(c for c in fake.calls if c.name == "train")
     # dsl.OneOf: the synthetic artifact comes from the branch that ran
@@ -88,7 +104,95 @@ def test_walker_runs_every_container_task_of_the_ir_with_defaults(ir):
     assert train.artifacts["manifest"][0]["uri"] == "s3://b/root/p/r1/ingest/manifest"
     status = next(c for c in fake.calls if c.name == "record-run-status").parameters["status"]
     assert status["state"] == D.SUCCEEDED and status["pipelineJobResourceName"] == "job-1"
-    assert walker.records["augment-on" if "augment-on" in walker.records else "condition-3"].state == D.SKIPPED
+    assert walker.records[enclosing_task(spec, "augment")].state == D.SKIPPED
+    assert walker.records[enclosing_task(spec, "pretrain")].state == D.SKIPPED
+
+
+def _shard_tasks(fake: FakeLauncher) -> list[D.ContainerTask]:
+    return [c for c in fake.calls if c.name.split(".")[0] == "features"]
+
+
+def test_every_shard_of_the_parallel_for_runs_and_gather_sees_all_their_parts(ir):
+    spec, _ = ir
+    loop = enclosing_task(spec, "features")
+    task = next(t for comp in (spec["root"], *spec["components"].values())
+                for n, t in (comp.get("dag") or {}).get("tasks", {}).items() if n == loop)
+    assert task["parameterIterator"]["items"]["inputParameter"].endswith("plan-features-Output")
+    fake = FakeLauncher(shards=[0, 3, 5, 7])
+    walker = D.Walker(spec, fake, job_name="j")
+    assert walker.run({}).state == D.SUCCEEDED
+    shards = _shard_tasks(fake)
+    # one task per planned item, named apart, each with its item as the `shard` input
+    assert [(c.name, c.parameters["shard"]) for c in shards] == [
+        ("features.0", 0), ("features.1", 3), ("features.2", 5), ("features.3", 7)]
+    assert all(c.parameters["config"] == shards[0].parameters["config"] for c in shards)
+    assert all(c.artifacts["manifest"][0]["uri"].endswith("/ingest/manifest") for c in shards)
+    gather = next(c for c in fake.calls if c.name == "gather-features")
+    # dsl.Collected: the list of every iteration's `part`, in iteration order
+    assert [a["uri"] for a in gather.artifacts["parts"]] == [f"s3://b/root/p/r1/features.{i}/part" for i in range(4)]
+    assert walker.records["features.2"].state == D.SUCCEEDED
+
+
+def test_an_empty_shard_plan_skips_the_loop_and_gather_gets_no_parts(ir):
+    spec, _ = ir
+    fake = FakeLauncher(shards=[])
+    walker = D.Walker(spec, fake, job_name="j")
+    assert walker.run({}).state == D.SUCCEEDED
+    assert _shard_tasks(fake) == []
+    assert walker.records[enclosing_task(spec, "features")].state == D.SKIPPED
+    assert next(c for c in fake.calls if c.name == "gather-features").artifacts["parts"] == []
+
+
+def test_a_failed_shard_fails_the_loop_and_gather_does_not_run(ir):
+    spec, _ = ir
+    fake = FakeLauncher(fail={"features.1"})
+    walker = D.Walker(spec, fake, job_name="j")
+    assert walker.run({}).state == D.FAILED
+    assert [c.name for c in _shard_tasks(fake)] == ["features.0", "features.1", "features.2"]
+    assert "gather-features" not in fake.names() and walker.records["gather-features"].state == D.NOT_RUN
+    status = next(c for c in fake.calls if c.name == "record-run-status").parameters["status"]
+    assert status["state"] == D.FAILED and "iteration 1: boom" in status["error"]["message"]
+
+
+def test_raw_loop_items_and_collected_parameters():
+    """A loop over a compiled-in list (`items.raw`) whose body's output parameter is collected."""
+    spec = {
+        "root": {"dag": {"tasks": {
+            "for-loop-1": {"componentRef": {"name": "comp-for-loop-1"},
+                           "parameterIterator": {"itemInput": "pipelinechannel--loop-item-param-1",
+                                                 "items": {"raw": "[\"a\", \"b\"]"}}},
+            "join": {"componentRef": {"name": "comp-join"}, "dependentTasks": ["for-loop-1"],
+                     "inputs": {"parameters": {"words": {"taskOutputParameter": {
+                         "outputParameterKey": "pipelinechannel--echo-Output", "producerTask": "for-loop-1"}}}}}}}},
+        "components": {
+            "comp-for-loop-1": {"dag": {
+                "outputs": {"parameters": {"pipelinechannel--echo-Output": {"valueFromParameter": {
+                    "outputParameterKey": "Output", "producerSubtask": "echo"}}}},
+                "tasks": {"echo": {"componentRef": {"name": "comp-echo"}, "inputs": {"parameters": {
+                    "word": {"componentInputParameter": "pipelinechannel--loop-item-param-1"}}}}}}},
+            "comp-echo": {"executorLabel": "exec-echo"},
+            "comp-join": {"executorLabel": "exec-join"}},
+        "deploymentSpec": {"executors": {"exec-echo": {}, "exec-join": {}}},
+    }
+    seen: list[tuple[str, dict]] = []
+
+    def launch(task: D.ContainerTask) -> D.Outcome:
+        seen.append((task.name, dict(task.parameters)))
+        return D.Outcome(D.SUCCEEDED, parameters={"Output": task.parameters.get("word", "").upper()})
+
+    assert D.Walker(spec, launch, job_name="j").run({}).state == D.SUCCEEDED
+    assert seen == [("echo.0", {"word": "a"}), ("echo.1", {"word": "b"}), ("join", {"words": ["A", "B"]})]
+
+
+def test_loop_items_must_be_a_list():
+    it = {"itemInput": "x", "items": {"inputParameter": "plan"}}
+    assert D.loop_items("l", it, {"plan": "[1, 2]"}) == [1, 2]
+    with pytest.raises(PipelineError, match="must be a list"):
+        D.loop_items("l", it, {"plan": 3})
+    with pytest.raises(PipelineError, match="not a JSON list"):
+        D.loop_items("l", it, {"plan": "shard one"})
+    with pytest.raises(PipelineError, match="has no value"):
+        D.loop_items("l", it, {})
 
 
 def test_walker_takes_the_other_branch_when_the_switch_is_on(ir):

@@ -1,17 +1,24 @@
 """Walk a compiled pipeline (KFP IR) the way KFP's driver does: every DAG in dependency order,
 inputs resolved from the run arguments, the parent DAG and upstream outputs, trigger conditions
 evaluated, nested DAGs (conditions, exit handlers) entered, their outputs picked by their
-selectors (`dsl.OneOf`), and every container task handed to a launcher.
+selectors (`dsl.OneOf`), `dsl.ParallelFor` loops expanded into one iteration per item (their
+outputs collected into lists, `dsl.Collected`), and every container task handed to a launcher.
 
 Pure bookkeeping: the launcher (`launcher.py`) runs the container. Semantics kept from KFP on
 Argo: a task whose upstream failed or did not run is not run; `ALL_UPSTREAM_TASKS_COMPLETED`
 (an exit task) runs anyway and sees its producer's final status; a false condition skips a
-subtree, which counts as completed for what follows.
+subtree, which counts as completed for what follows. A loop (a task with a `parameterIterator`,
+after backend/src/v2/driver/dag.go) iterates over its items (an input parameter's list, or the
+`raw` JSON list), one run of its DAG per item with the item as `itemInput`; iterations run one
+after another (the cluster runs up to `iteratorPolicy.parallelismLimit` at once), each container
+task named `<task>.<index>` (a dot never occurs in a compiled task name); the loop fails when an
+iteration fails, and with no items it is skipped with every collected output an empty list.
 """
 
 from __future__ import annotations
 
 import ast
+import json
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -100,6 +107,28 @@ def evaluate_condition(expr: str, parameters: Mapping[str, Any]) -> bool:
                                                                                  "str": str}))
 
 
+def loop_items(name: str, iterator: Mapping[str, Any], params: Mapping[str, Any]) -> list[Any]:
+    """The items a `parameterIterator` iterates over, as KFP's driver reads them: the named input
+    parameter's list (a JSON string of one is parsed) or the compiled-in `raw` JSON list."""
+    spec = iterator.get("items") or {}
+    if "inputParameter" in spec:
+        if spec["inputParameter"] not in params:
+            raise PipelineError(f"{name}: loop items input {spec['inputParameter']!r} has no value")
+        value = params[spec["inputParameter"]]
+    elif "raw" in spec:
+        value = spec["raw"]
+    else:
+        raise PipelineError(f"{name}: parameterIterator without items (inputParameter or raw)")
+    if isinstance(value, str):
+        try:
+            value = json.loads(value)
+        except json.JSONDecodeError as e:
+            raise PipelineError(f"{name}: loop items {value[:80]!r} are not a JSON list ({e})") from e
+    if not isinstance(value, list):
+        raise PipelineError(f"{name}: loop items must be a list, got {type(value).__name__}")
+    return value
+
+
 class Walker:
     """Runs a pipeline spec (the IR's first document) with `launch` for each container task."""
 
@@ -125,11 +154,12 @@ class Walker:
         return self._dag(root, params, {})
 
     def _dag(self, component: Mapping[str, Any], params: Mapping[str, Any],
-             artifacts: Mapping[str, list[dict]]) -> Outcome:
+             artifacts: Mapping[str, list[dict]], suffix: str = "") -> Outcome:
+        """One DAG; `suffix` (`.<index>` per enclosing loop iteration) keeps iteration task names apart."""
         tasks = component["dag"]["tasks"]
         results: dict[str, Outcome] = {}
         for name in task_order(tasks):
-            results[name] = self._task(name, tasks[name], params, artifacts, results)
+            results[name] = self._task(name, tasks[name], params, artifacts, results, suffix)
         state = SUCCEEDED if all(r.state in (SUCCEEDED, SKIPPED) for r in results.values()) else FAILED
         out = Outcome(state, cause=next((r.cause for r in results.values() if r.state == FAILED), ""))
         outputs = component["dag"].get("outputs") or {}
@@ -150,24 +180,50 @@ class Walker:
         return out
 
     def _task(self, name: str, task: Mapping[str, Any], params: Mapping[str, Any],
-              artifacts: Mapping[str, list[dict]], results: Mapping[str, Outcome]) -> Outcome:
+              artifacts: Mapping[str, list[dict]], results: Mapping[str, Outcome], suffix: str = "") -> Outcome:
         waits = upstream(task)
         exit_task = (task.get("triggerPolicy") or {}).get("strategy") == "ALL_UPSTREAM_TASKS_COMPLETED"
         blocked = sorted(u for u in waits if results[u].state not in (SUCCEEDED, SKIPPED))
         if blocked and not exit_task:
-            return self._record(name, Outcome(NOT_RUN, cause=f"upstream {', '.join(blocked)} did not succeed"))
+            return self._record(name + suffix,
+                                Outcome(NOT_RUN, cause=f"upstream {', '.join(blocked)} did not succeed"))
         p, a = self._inputs(name, task, params, artifacts, results)
         condition = (task.get("triggerPolicy") or {}).get("condition")
         if condition and not evaluate_condition(condition, p):
-            return self._record(name, Outcome(SKIPPED, cause=f"condition false: {condition}"))
+            return self._record(name + suffix, Outcome(SKIPPED, cause=f"condition false: {condition}"))
         component = self.spec["components"][task["componentRef"]["name"]]
+        if "parameterIterator" in task:
+            return self._loop(name, task, component, p, a, suffix)
+        if "artifactIterator" in task:
+            raise PipelineError(f"{name}: artifactIterator is not implemented (nor is it in KFP's driver)")
         if "dag" in component:
-            return self._dag(component, p, a)
+            return self._dag(component, p, a, suffix)
         label = component["executorLabel"]
         executor = self.spec["deploymentSpec"]["executors"][label]
-        outcome = self.launch(ContainerTask(name=name, component=component, executor_label=label, executor=executor,
-                                            parameters=p, artifacts=a))
-        return self._record(name, outcome)
+        outcome = self.launch(ContainerTask(name=name + suffix, component=component, executor_label=label,
+                                            executor=executor, parameters=p, artifacts=a))
+        return self._record(name + suffix, outcome)
+
+    def _loop(self, name: str, task: Mapping[str, Any], component: Mapping[str, Any], params: Mapping[str, Any],
+              artifacts: Mapping[str, list[dict]], suffix: str) -> Outcome:
+        """A `dsl.ParallelFor`: its DAG once per item, every output collected across iterations in order."""
+        items = loop_items(name, task["parameterIterator"], params)
+        item_input = task["parameterIterator"]["itemInput"]
+        runs = [self._dag(component, {**params, item_input: item}, artifacts, f"{suffix}.{i}")
+                for i, item in enumerate(items)]
+        outputs = component["dag"].get("outputs") or {}
+        if not runs:
+            return self._record(name + suffix, Outcome(
+                SKIPPED, parameters={k: [] for k in outputs.get("parameters") or {}},
+                artifacts={k: [] for k in outputs.get("artifacts") or {}}, cause="no items to iterate over"))
+        failed = [i for i, r in enumerate(runs) if r.state != SUCCEEDED]
+        out = Outcome(FAILED if failed else SUCCEEDED,
+                      cause=f"iteration {failed[0]}: {runs[failed[0]].cause}" if failed else "")
+        for key in outputs.get("artifacts") or {}:
+            out.artifacts[key] = [art for r in runs for art in r.artifacts.get(key, [])]
+        for key in outputs.get("parameters") or {}:
+            out.parameters[key] = [r.parameters[key] for r in runs if key in r.parameters]
+        return out
 
     def _record(self, name: str, outcome: Outcome) -> Outcome:
         self.records[name] = outcome

@@ -247,8 +247,9 @@ def _serve(report: Report, image: Image, store: S3Store, work: Path, tracking: s
         try:
             with urllib.request.urlopen(req, timeout=60) as r:
                 answer = json.loads(r.read())
-            status, cause = "SUCCESS", f"HTTP 200, label {answer['outputs'][-1]['data'][0]!r}, " \
-                                       f"version {answer.get('model_version')}"
+            by_name = {o["name"]: o["data"][0] for o in answer.get("outputs") or []}  # outputs by name, not place
+            status, cause = "SUCCESS", f"HTTP 200, label {by_name.get('label')!r}, status " \
+                                       f"{by_name.get('status')!r}, version {answer.get('model_version')}"
         except urllib.error.HTTPError as e:
             answer = {"http_status": e.code, "body": e.read().decode(errors="replace")[:500]}
             status, cause = "FAILED", f"HTTP {e.code}: {answer['body'][:150]}"
