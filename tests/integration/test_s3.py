@@ -26,6 +26,7 @@ import pytest
 from base_settings import base_params
 
 from affectflow.config import S3Config
+from affectflow.runtime.netutil import free_ports
 from affectflow.storage import s3
 
 ACCESS_KEY = "affectflow-test"
@@ -39,15 +40,6 @@ MIB = 1 << 20
 class S3Server:
     endpoint: str
     log: Path
-
-
-def _free_ports(n: int) -> list[int]:
-    """n distinct free TCP ports on 127.0.0.1 (held open together so they differ)."""
-    with contextlib.ExitStack() as stack:
-        socks = [stack.enter_context(socket.socket()) for _ in range(n)]
-        for s_ in socks:
-            s_.bind(("127.0.0.1", 0))
-        return [s_.getsockname()[1] for s_ in socks]
 
 
 def _weed() -> str | None:
@@ -75,7 +67,7 @@ def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:
                                   "credentials": [{"accessKey": ACCESS_KEY, "secretKey": SECRET_KEY}],
                                   "actions": ["Admin", "Read", "Write", "List", "Tagging"]}]}
     (root / "identities.json").write_text(json.dumps(identities))
-    master, master_grpc, volume, volume_grpc, filer, filer_grpc, s3_port, s3_grpc = _free_ports(8)
+    master, master_grpc, volume, volume_grpc, filer, filer_grpc, s3_port, s3_grpc = free_ports(8)
     cmd = [weed, "server", f"-dir={root / 'data'}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1",
            f"-master.port={master}", f"-master.port.grpc={master_grpc}",
            f"-volume.port={volume}", f"-volume.port.grpc={volume_grpc}",
@@ -217,7 +209,7 @@ def test_wrong_credentials_are_reported_as_rejected(s3_env: S3Server, tmp_path: 
 
 
 def test_unreachable_endpoint_says_so(s3_env: S3Server, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    (port,) = _free_ports(1)  # nothing listens there
+    (port,) = free_ports(1)  # nothing listens there
     store = s3.S3Store(S3Config(endpoint_url=f"http://127.0.0.1:{port}", max_attempts=1, connect_timeout_s=1))
     with pytest.raises(s3.S3EndpointError, match=f"127.0.0.1:{port} is unreachable"):
         store.download(f"s3://{BUCKET}/a.wav", tmp_path / "a.wav")

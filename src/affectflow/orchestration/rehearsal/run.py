@@ -34,12 +34,12 @@ from affectflow.orchestration.rehearsal.image import Builder, Image, cache_root
 from affectflow.orchestration.rehearsal.launcher import Launcher
 from affectflow.orchestration.rehearsal.services import (
     S3Store,
-    free_ports,
     mlflow_server,
     predictor,
     seaweedfs,
     upload_tree,
 )
+from affectflow.runtime.netutil import free_ports
 from affectflow.storage import atomic_write_json
 
 BUCKET = "affectflow"

@@ -11,7 +11,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -25,19 +24,11 @@ from typing import Any
 from affectflow.orchestration.ir import PipelineError
 from affectflow.orchestration.rehearsal.chroot import Bind, Container, _clear
 from affectflow.orchestration.rehearsal.image import Image
+from affectflow.runtime.netutil import free_ports
 
 ACCESS_KEY = "affectflow-rehearsal"
 SECRET_KEY = "affectflow-rehearsal-secret"
 REGION = "us-east-1"
-
-
-def free_ports(n: int) -> list[int]:
-    """n distinct free TCP ports on 127.0.0.1 (held open together so they differ)."""
-    with contextlib.ExitStack() as stack:
-        socks = [stack.enter_context(socket.socket()) for _ in range(n)]
-        for s in socks:
-            s.bind(("127.0.0.1", 0))
-        return [s.getsockname()[1] for s in socks]
 
 
 def wait_for(check: Callable[[], bool], what: str, timeout_s: float, proc: subprocess.Popen | None = None,
