@@ -72,6 +72,11 @@ class IngestConfig(Section):
     """Raw (canonical) label -> class. Labels that are already classes map to themselves;
     anything else that is not mapped is dropped and counted in the summary."""
     on_bad_audio: Literal["fail", "skip"] = "fail"
+    """A file that is not usable audio (truncated, corrupt, out of range): stop, or quarantine it."""
+    on_no_speech: Literal["fail", "skip"] = "skip"
+    """A clip with less than `audio.min_speech_s` of speech: quarantine it (named in the summary and
+    a warning), or stop. Skip by default: in a labelled corpus it is most often the detector's miss
+    (8 of the four corpora's 5,167 clips, benchmarks/speech_check.py), not a broken file."""
     workers: int = Field(2, ge=1)
 
     @field_validator("classes")

@@ -185,9 +185,11 @@ def test_ingest_quarantines_or_refuses_clips_without_speech(tmp_path: Path):
     for f in (tmp_path / "mine" / "audio").glob("s*_*.wav"):  # the corpus's own clips: speech
         sf.write(f, speech_like(), SR)
     assert labels.is_file()
-    with pytest.raises(IngestError, match=r"(silent|noise)\.wav: no speech: 0\.00 s of speech < 0\.25 s"):
-        ingest(load_params(params_file(tmp_path, audio={"min_speech_s": 0.25})))
-    res = ingest(load_params(params_file(tmp_path, audio={"min_speech_s": 0.25}, ingest={"on_bad_audio": "skip"})))
+    with pytest.raises(IngestError, match=r"(silent|noise)\.wav: no speech: 0\.00 s of speech < 0\.25 s.*"
+                                          r"set ingest\.on_no_speech: skip"):
+        ingest(load_params(params_file(tmp_path, audio={"min_speech_s": 0.25}, ingest={"on_no_speech": "fail"})))
+    # the default quarantines them, even with on_bad_audio: fail (that policy is for broken files)
+    res = ingest(load_params(params_file(tmp_path, audio={"min_speech_s": 0.25}, ingest={"on_bad_audio": "fail"})))
     q = pd.read_csv(res.out_dir / "quarantine.csv")
     assert sorted(Path(p).name for p in q["path"]) == ["noise.wav", "silent.wav"]
     assert q["reason"].str.startswith("no speech").all()

@@ -80,17 +80,22 @@ def probe(path: str, min_duration_s: float = 0.0, speech_check: SpeechCheck | No
     duration = n / inf.sample_rate
     audio.check_duration(path, duration, min_duration_s)
     if counter is not None and speech_check is not None and (why := speech_check.reason_for(counter.finish())):
-        raise audio.AudioError(path, why)
+        raise NoSpeech(path, why)
     return {"duration": duration, "sample_rate": inf.sample_rate, "channels": inf.channels,
             "sha256": audio.file_hash(path)}
 
 
-def _probe_safe(args: tuple[str, float, SpeechCheck | None]) -> tuple[str, dict[str, Any] | None, str | None]:
+class NoSpeech(audio.AudioError):
+    """Usable audio with less than the minimum of speech (`ingest.on_no_speech`, not `on_bad_audio`)."""
+
+
+def _probe_safe(args: tuple[str, float, SpeechCheck | None]) -> tuple[str, dict[str, Any] | None, str | None, bool]:
+    """(path, facts, reason, whether the reason is too little speech) of one file."""
     path, min_dur, speech_check = args
     try:
-        return path, probe(path, min_dur, speech_check), None
+        return path, probe(path, min_dur, speech_check), None, False
     except audio.AudioError as e:
-        return path, None, e.reason
+        return path, None, e.reason, isinstance(e, NoSpeech)
 
 
 LOCAL_PATH = "local_path"
@@ -283,11 +288,12 @@ def probe_all(paths: list[str], params: Params, names: dict[str, str] | None = N
     pool: Executor = ProcessPoolExecutor(max_workers=workers) if workers > 1 else _Inline()
     try:
         results = pool.map(_probe_safe, jobs, chunksize=16)
-        for path, facts, reason in progress(results, "probe audio", total=len(jobs), unit="clip"):
+        for path, facts, reason, no_speech in progress(results, "probe audio", total=len(jobs), unit="clip"):
             if facts is None:
-                if params.ingest.on_bad_audio == "fail":
+                policy = "on_no_speech" if no_speech else "on_bad_audio"
+                if getattr(params.ingest, policy) == "fail":
                     shown = (names or {}).get(path, path)
-                    raise IngestError(f"{shown}: {reason} (set ingest.on_bad_audio: skip to quarantine it)")
+                    raise IngestError(f"{shown}: {reason} (set ingest.{policy}: skip to quarantine it)")
                 bad.append((path, str(reason)))
             else:
                 probed[path] = facts
