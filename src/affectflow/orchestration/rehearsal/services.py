@@ -7,7 +7,6 @@ the chart starts them (`mlflow server ... --artifacts-destination s3://... --ser
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import shutil
 import signal
@@ -24,7 +23,7 @@ from typing import Any
 from affectflow.orchestration.ir import PipelineError
 from affectflow.orchestration.rehearsal.chroot import Bind, Container, _clear
 from affectflow.orchestration.rehearsal.image import Image
-from affectflow.runtime.netutil import free_ports
+from affectflow.runtime.netutil import seaweedfs_command
 
 ACCESS_KEY = "affectflow-rehearsal"
 SECRET_KEY = "affectflow-rehearsal-secret"
@@ -92,17 +91,7 @@ def weed_binary() -> str:
 def seaweedfs(root: Path, bucket: str) -> Iterator[S3Store]:
     """A SeaweedFS server (master, volume, filer, S3 gateway) with one identity and `bucket`."""
     _clear(root)
-    (root / "data").mkdir(parents=True)
-    identities = {"identities": [{"name": "rehearsal", "credentials": [{"accessKey": ACCESS_KEY, "secretKey": SECRET_KEY}],
-                                  "actions": ["Admin", "Read", "Write", "List", "Tagging"]}]}
-    (root / "identities.json").write_text(json.dumps(identities))
-    master, master_grpc, volume, volume_grpc, filer, filer_grpc, s3_port, s3_grpc = free_ports(8)
-    cmd = [weed_binary(), "server", f"-dir={root / 'data'}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1",
-           f"-master.port={master}", f"-master.port.grpc={master_grpc}", f"-volume.port={volume}",
-           f"-volume.port.grpc={volume_grpc}", f"-filer.port={filer}", f"-filer.port.grpc={filer_grpc}",
-           "-s3", f"-s3.port={s3_port}", f"-s3.port.grpc={s3_grpc}", f"-s3.config={root / 'identities.json'}",
-           "-s3.port.iceberg=0", "-s3.port.lance=0", "-master.volumeSizeLimitMB=256", "-volume.max=0",
-           "-volume.preStopSeconds=0"]
+    cmd, s3_port = seaweedfs_command(weed_binary(), root, "rehearsal", ACCESS_KEY, SECRET_KEY)
     log = root / "weed.log"
     with open(log, "wb") as out:
         proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
