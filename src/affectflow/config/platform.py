@@ -1,0 +1,195 @@
+"""Settings of the platform sections: tracking, registry, the Kubeflow pipeline, S3."""
+
+from __future__ import annotations
+
+import re
+from typing import Any, Literal
+
+from pydantic import Field, field_validator
+
+from affectflow.config.base import ConfigError, Section
+
+
+# --------------------------------------------------------------------------- tracking, registry, pipeline
+class TrackingConfig(Section):
+    uri: str = "sqlite:///artifacts/mlflow.db"
+    artifact_location: str = "artifacts/mlartifacts"
+    experiment: str = "affectflow"
+    log_model: bool = True
+    """Log each trained model as a pyfunc (audio in, probabilities out); k-fold runs never do."""
+
+
+class RegistryConfig(Section):
+    model_name: str = "affectflow-ser"
+    min_uar_gain: float = Field(0.005, ge=0)
+    """Challenger UAR must reach champion UAR + this margin to take `champion`."""
+    min_class_recall: float = Field(0.0, ge=0, le=1)
+    """No class recall of a promoted version may fall below this floor."""
+    auto_promote: bool = True
+    """`register` moves `champion` itself when the gate passes (False: record the gate only)."""
+    history_limit: int = Field(200, ge=1)
+    """Promotion / rollback events kept (one `event.<seq>` tag each on the registered model; the
+    oldest are dropped first, except those the rollback stack still needs)."""
+
+
+_CPU = re.compile(r"^(\d+(\.\d+)?|\d+m)$")
+_MEMORY = re.compile(r"^\d+(\.\d+)?(E|Ei|P|Pi|T|Ti|G|Gi|M|Mi|K|Ki)?$")
+_UNITS = {"": 1, "K": 10**3, "M": 10**6, "G": 10**9, "T": 10**12, "P": 10**15, "E": 10**18,
+          "Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40, "Pi": 2**50, "Ei": 2**60}
+
+
+def cpu_cores(q: str) -> float:
+    """A Kubernetes CPU quantity ("500m", "2", "1.5") in cores."""
+    return float(q[:-1]) / 1000 if q.endswith("m") else float(q)
+
+
+def memory_bytes(q: str) -> float:
+    """A Kubernetes memory quantity ("512Mi", "4Gi", "1G") in bytes."""
+    m = re.match(r"^([\d.]+)([A-Za-z]*)$", q)
+    assert m is not None
+    return float(m.group(1)) * _UNITS[m.group(2)]
+
+
+class TaskResources(Section):
+    """CPU / memory requests and limits of one pipeline task (Kubernetes quantities); unset fields
+    keep the built-in default of that task (`DEFAULT_TASK_RESOURCES`)."""
+
+    cpu_request: str | None = None
+    cpu_limit: str | None = None
+    memory_request: str | None = None
+    memory_limit: str | None = None
+    gpu: int | None = Field(None, ge=0)
+    """GPUs of a GPU task (augment, pretrain, train, features on the GPU); unset: pipeline.gpu_limit."""
+    timeout_s: int | None = Field(None, ge=1)
+    """Seconds before Kubernetes stops the task's pod (activeDeadlineSeconds): a hung task must not hold
+    its node, or its GPU, for ever."""
+
+    @field_validator("cpu_request", "cpu_limit", "memory_request", "memory_limit", mode="before")
+    @classmethod
+    def _number_as_text(cls, v: Any) -> Any:
+        """`cpu_limit: 2` in YAML is a number; Kubernetes quantities are text."""
+        return str(v) if isinstance(v, int | float) and not isinstance(v, bool) else v
+
+    @field_validator("cpu_request", "cpu_limit")
+    @classmethod
+    def _cpu(cls, v: str | None) -> str | None:
+        if v is not None and not _CPU.match(v):
+            raise ValueError(f"{v!r} is not a CPU quantity (e.g. '500m', '2')")
+        return v
+
+    @field_validator("memory_request", "memory_limit")
+    @classmethod
+    def _memory(cls, v: str | None) -> str | None:
+        if v is not None and not _MEMORY.match(v):
+            raise ValueError(f"{v!r} is not a memory quantity (e.g. '512Mi', '4Gi')")
+        return v
+
+
+def _res(cpu: tuple[str, str], memory: tuple[str, str], hours: float = 1.0) -> TaskResources:
+    return TaskResources(cpu_request=cpu[0], cpu_limit=cpu[1], memory_request=memory[0], memory_limit=memory[1],
+                         timeout_s=int(hours * 3600))
+
+
+_SMALL = _res(("250m", "1"), ("512Mi", "2Gi"))
+DEFAULT_TASK_RESOURCES: dict[str, TaskResources] = {
+    "resolve-params": _SMALL, "skip-augment": _SMALL, "skip-pretrain": _SMALL, "register": _SMALL,
+    "promote": _SMALL, "record-run-status": _SMALL, "data-stamp": _SMALL,
+    "ingest": _res(("1", "2"), ("1Gi", "4Gi"), hours=6),
+    "validate": _res(("500m", "2"), ("1Gi", "4Gi"), hours=4),
+    "validate-features": _res(("500m", "2"), ("1Gi", "4Gi"), hours=4),
+    "plan-features": _SMALL,
+    "features": _res(("2", "4"), ("4Gi", "8Gi"), hours=12),  # one task per shard, in parallel (ParallelFor)
+    "gather-features": _res(("1", "2"), ("2Gi", "8Gi"), hours=4),  # the shards into one store with its index
+    "augment": _res(("2", "4"), ("4Gi", "16Gi"), hours=12),
+    "pretrain": _res(("2", "4"), ("4Gi", "16Gi"), hours=12),
+    "train": _res(("2", "4"), ("4Gi", "16Gi"), hours=24),
+    "evaluate": _res(("1", "2"), ("2Gi", "8Gi"), hours=4),
+    "rescore-champion": _res(("1", "2"), ("2Gi", "8Gi"), hours=4),  # downloads the champion and scores a test set
+}
+"""Requests, limits and timeouts per pipeline task (by component name). Tasks that read audio or train get
+room (log-mel extraction and GAN training are the OOM risks) and hours; bookkeeping tasks get little.
+A task the table does not name (one added to the DAG later) gets `DEFAULT_TASK`."""
+DEFAULT_TASK = _SMALL
+
+
+class PipelineConfig(Section):
+    """Compile-time settings of the Kubeflow pipeline (never part of a run's form or a cache key)."""
+
+    host: str = ""
+    namespace: str = "kubeflow"
+    """Where pipeline runs execute; must equal the chart's `kubeflow.namespace`."""
+    image_cpu: str = ""
+    image_gpu: str = ""
+    gpu_limit: int = Field(1, ge=0)
+    """GPUs per GPU task (augment, pretrain, train; features when log-mel runs on the GPU); 0 = none."""
+    node_selector: dict[str, str] = Field(default_factory=dict)
+    tolerations: list[dict[str, Any]] = Field(default_factory=list)
+    s3_secret: str = "affectflow-s3"
+    """Secret with AWS_* / MLFLOW_S3_ENDPOINT_URL, mounted (required) on every data task."""
+    mlflow_secret: str = "affectflow-mlflow"
+    """Secret with MLFLOW_TRACKING_URI, mounted (required) on the tasks that log or register."""
+    env_config_map: str = "affectflow-pipeline-env"
+    """The chart's ConfigMap with RAY_ADDRESS and AFFECTFLOW_RAY_STORAGE (chart `kubeflow.envConfigMapName`)."""
+    require_tracking_server: bool = True
+    """In a Kubeflow pod, a task that logs to MLflow fails (naming the Secret key) unless
+    MLFLOW_TRACKING_URI names a tracking server: a sqlite file inside a pod vanishes with it."""
+    ray_cluster: bool = False
+    """true: the train task submits its Ray workers (train.num_workers >= 1) to the KubeRay cluster at
+    the ConfigMap's RAY_ADDRESS; the train pod then runs in the CPU image and requests no GPU (the Ray
+    workers hold them). false: Ray runs inside the train pod, which gets the GPU."""
+    features_on_gpu: Literal["auto", "always", "never"] = "auto"
+    """Run the features task in the GPU image with a GPU: auto = when log-mel is extracted and
+    features.device is not cpu (and gpu_limit > 0)."""
+    features_parallelism: int = Field(8, ge=0)
+    """Most `features` shard tasks (pods) at once in the fan-out (`dsl.ParallelFor`); 0 = no limit."""
+    resources: dict[str, TaskResources] = Field(default_factory=dict)
+    """Per task (component name: ingest, features, train, ...): overrides of `DEFAULT_TASK_RESOURCES`."""
+    run_as_user: int = Field(10001, ge=1)
+    """UID (and GID) every task runs as, non-root (the images own /minio, /s3, /gcs for it)."""
+    retries: int = Field(2, ge=0)
+    schedule_cron: str = "0 0 3 * * 1"
+    max_concurrency: int = Field(1, ge=1)
+
+    @field_validator("resources")
+    @classmethod
+    def _known_tasks(cls, v: dict[str, TaskResources]) -> dict[str, TaskResources]:
+        unknown = sorted(set(v) - set(DEFAULT_TASK_RESOURCES))
+        if unknown:
+            raise ValueError(f"unknown task(s) {unknown}; known: {sorted(DEFAULT_TASK_RESOURCES)}")
+        return v
+
+    def resources_for(self, task: str) -> TaskResources:
+        """The task's requests and limits: its `resources` entry over the built-in default; a request
+        above its limit is an error naming the field."""
+        base = DEFAULT_TASK_RESOURCES.get(task, DEFAULT_TASK).model_dump()
+        given = self.resources.get(task)
+        if given is not None:
+            base.update({k: v for k, v in given.model_dump().items() if v is not None})
+        out = TaskResources(**base)
+        for kind, parse in (("cpu", cpu_cores), ("memory", memory_bytes)):
+            req, lim = getattr(out, f"{kind}_request"), getattr(out, f"{kind}_limit")
+            if req and lim and parse(req) > parse(lim):
+                raise ConfigError(f"pipeline.resources.{task}.{kind}_request: {req} is above its limit {lim}")
+        return out
+
+
+class S3Config(Section):
+    """Object storage for s3:// corpora, features and models; credentials come from the AWS env."""
+
+    endpoint_url: str = ""
+    """Empty: AWS_ENDPOINT_URL from the environment (or AWS itself)."""
+    addressing_style: Literal["auto", "path", "virtual"] = "path"
+    """path-style URLs work with SeaweedFS/MinIO and in-cluster service names."""
+    cache_dir: str = ""
+    """Local mirror of s3:// inputs; empty: <paths.workdir>/s3cache (or ~/.cache/affectflow/s3)."""
+    multipart_threshold_mb: int = Field(16, ge=5)
+    multipart_chunksize_mb: int = Field(16, ge=5)
+    """S3 parts are at least 5 MiB (except the last)."""
+    max_concurrency: int = Field(8, ge=1)
+    connect_timeout_s: float = Field(5.0, gt=0)
+    read_timeout_s: float = Field(10.0, gt=0)
+    """Longest wait for an answer on an open connection, per attempt (10 s x 3 attempts: an endpoint
+    that never answers fails within 30 s by default)."""
+    max_attempts: int = Field(3, ge=1)
+    """Tries per request, the first included (an endpoint that never answers fails after about
+    max_attempts x read_timeout_s, as S3EndpointError)."""
