@@ -14,8 +14,7 @@ from affectflow.config import Params, load_params, with_overrides
 from affectflow.contracts import feature_store as store
 from affectflow.contracts.feature_store import FeatureSet, FeatureStoreError, write_index, write_shard
 from affectflow.contracts.manifest import read_manifest, write_manifest
-from affectflow.stages import features as stage
-from affectflow.stages.features import extract_features
+from affectflow.stages.features import extract_features, shards, stage
 from affectflow.stages.ingest import ingest
 from affectflow.stages.runner import feature_kinds, with_feature_kinds
 
@@ -169,7 +168,7 @@ def test_killed_run_resumes_without_trusting_a_half_shard(small, tmp_path: Path,
     monkeypatch.setattr(stage, "write_shard", real)
     res = extract_features(p, man, out)
     n = df["sha256"].nunique()
-    first_shard = len(stage._plan_shards([0] * n, 3)[0])  # type: ignore[list-item]
+    first_shard = len(shards._plan_shards([0] * n, 3)[0])  # type: ignore[list-item]
     assert res.summary["kinds"]["logmel"]["cached"] == first_shard  # the one whole shard is kept
     assert res.summary["kinds"]["logmel"]["computed"] == n - first_shard
     assert len(res.summary["shards_refused"]) == 1 and "without a record" in res.summary["shards_refused"][0]
@@ -200,7 +199,7 @@ def test_scale_out_shards_gather_into_the_same_store(small, tmp_path: Path) -> N
     p, df = small
     man = _write(df, tmp_path / "m.parquet")
     p = with_overrides(p, {"features.shards": 3})
-    assert stage.shards_to_compute(p, man) == 3
+    assert shards.shards_to_compute(p, man) == 3
     parts = []
     for i in range(3):
         res = extract_features(p, man, tmp_path / f"part{i}", shard=i)
@@ -246,6 +245,6 @@ def test_a_non_finite_array_from_an_extractor_stops_the_stage_naming_the_audio(s
         return out
 
     monkeypatch.setattr(logmel.LogMel, "batch", nan_batch)
-    with pytest.raises(stage.FeaturesError, match=r"\.wav: 'logmel' features are non-finite; not stored"):
+    with pytest.raises(shards.FeaturesError, match=r"\.wav: 'logmel' features are non-finite; not stored"):
         extract_features(p, man, tmp_path / "features")
     assert not list((tmp_path / "features").rglob("*.npz"))

@@ -1,43 +1,9 @@
-"""Stage 2 — features: manifest clips -> the kinds asked for, in the sharded content-addressed store.
-
-What is computed: `features.kinds` as this stage is handed it — the kinds the enabled stages and the
-configured model read plus any extra ones (`affectflow.stages.feature_kinds`, applied before the
-stage's settings are handed out), so a run computes only what it uses.
-
-The work is cut into shards (`features.shards`, default one per `SHARD_CLIPS` new clips): the clips
-no shard holds yet, duration-sorted and dealt round-robin so every shard gets the same mix. The same
-code runs the whole plan in this process (a local run) or one shard of it (`shard=(i, n)`: one task
-of the cluster's `ParallelFor`, whose gather task is a plain run reusing the tasks' shards).
-
-Inside a run: worker processes (`features.workers`) take chunks of similar-length clips, shard after
-shard: decode + down-mix + resample each clip once (`affectflow.audio.load`), run openSMILE on that
-signal for the missing openSMILE kinds, and log-mel where `features.logmel_in` says:
-  * main (auto on CUDA): in the main process, on batches of the waveforms the workers send back,
-    while the workers keep decoding — one process feeds the GPU;
-  * workers (auto on CPU): inside the worker that decoded the chunk (one torch thread each), so
-    decode and compute of different chunks overlap across processes.
-The arrays come back to the main process, which writes a shard (one `.npz` + record per kind) as
-soon as its last clip is in; a killed run leaves whole shards and no trusted half one, and the next
-run computes only the clips no complete shard holds.
-
-Trust, but check: a clip is decoded from bytes read once and hashed, and a file whose sha256 is not
-the manifest's any more (cut, re-encoded or replaced after ingest) stops the stage with an error
-naming it, so no array is ever stored under a content key that is not its audio's; a non-finite
-array stops it naming the audio file; a shard whose bytes do not match its record is named and
-computed again.
-
-Warm cache: the shards' records (clip sha256 -> shape) are read and each shard's hash checked; a
-warm re-run opens no audio and costs a small fraction of a cold one.
-"""
+"""The features stage's run: compute the plan's shards (worker processes, log-mel in the main
+process or the workers, the ssl encoder first), write each shard as it completes, then the index."""
 
 from __future__ import annotations
 
-import logging
 import math
-import multiprocessing as mp
-import os
-import shutil
-import sys
 import time
 from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -52,30 +18,18 @@ from affectflow import audio
 from affectflow.config import Params
 from affectflow.contracts.feature_store import (
     INDEX,
-    RECORD_SUFFIX,
-    SHARD_SUFFIX,
     SUMMARY,
     ShardRecord,
-    catalogue,
-    shard_folder,
     write_index,
     write_shard,
 )
-from affectflow.contracts.manifest import ManifestError, read_manifest
-from affectflow.features import egemaps as eg
-from affectflow.features.keys import KINDS, LOGMEL, SSL, feature_keys
-from affectflow.features.robustness import copy_kind, recording_copy, split_kind
+from affectflow.features.keys import LOGMEL, SSL
 from affectflow.runtime.device import resolve_device
 from affectflow.runtime.progress import progress
+from affectflow.stages.features.shards import SMILE_CHUNK, FeaturesError, plan
+from affectflow.stages.features.worker import _cpu_count, _Done, _init_worker, _Job, _mp_context, _work_chunk
 from affectflow.stages.spec import Inputs
-from affectflow.storage import atomic_path, atomic_write_json
-from affectflow.storage.s3 import is_s3
-
-log = logging.getLogger(__name__)
-
-
-class FeaturesError(RuntimeError):
-    """The features stage cannot go on; the message names the file or key."""
+from affectflow.storage import atomic_write_json
 
 
 @dataclass
@@ -86,223 +40,6 @@ class FeaturesResult:
     @property
     def out_dir(self) -> Path:
         return self.index.parent
-
-
-# ----------------------------------------------------------------------------- worker side
-_WORKER: dict[str, Any] = {}
-
-_Job = tuple[str, str, bool, tuple[str, ...], str]
-# sha256, path, want log-mel, openSMILE kinds to compute (recording-condition copies included), corpus
-_Done = tuple[str, str, "np.ndarray | None", int, dict[str, np.ndarray], "str | None"]
-# sha256, path, waveform (only when the main process computes log-mel), samples, arrays by kind, error
-
-
-def _init_worker(sample_rate: int, egemaps_cfg: Any, smile_kinds: list[str], logmel_cfg: Any,
-                 torch_threads: int, device: str = "cpu", robustness: Any = None) -> None:
-    """Per-process state: one reusable openSMILE extractor, and maybe a LogMel (worker processes:
-    on CPU; inline, i.e. one worker: in this process, on the chosen device)."""
-    bases = sorted({split_kind(k)[0] for k in smile_kinds})
-    _WORKER.update(sample_rate=sample_rate, logmel=None, robustness=robustness,
-                   smile=eg.Egemaps(egemaps_cfg, bases) if bases else None,
-                   seconds={"decode": 0.0, "egemaps": 0.0, "logmel": 0.0})
-    if logmel_cfg is not None:
-        import torch
-
-        from affectflow.features.logmel import LogMel
-
-        torch.set_num_threads(torch_threads)
-        _WORKER["logmel"] = LogMel(logmel_cfg, sample_rate, device)
-
-
-def _work_chunk(jobs: list[_Job]) -> tuple[list[_Done], dict[str, float]]:
-    """Decode a chunk of similar-length clips once each; openSMILE them; log-mel them as one batch
-    here (CPU mode) or hand the waveforms back (CUDA mode). Arrays go back to the process that
-    writes the shard. Stops at the first bad clip."""
-    sr = _WORKER["sample_rate"]
-    secs = dict.fromkeys(_WORKER["seconds"], 0.0)
-    done: list[_Done] = []
-    to_mel: list[tuple[int, np.ndarray]] = []
-    for sha, path, want_logmel, smile_kinds, corpus in jobs:
-        t0 = time.perf_counter()
-        try:
-            x = audio.load(path, sr, expect_sha256=sha)  # the bytes must still be the manifest's
-        except audio.AudioError as e:
-            done.append((sha, path, None, 0, {}, e.reason))
-            return done, secs
-        t1 = time.perf_counter()
-        secs["decode"] += t1 - t0
-        arrays: dict[str, np.ndarray] = {}
-        if smile_kinds:
-            try:
-                arrays.update(_smile_with_copies(x, sr, smile_kinds, corpus, sha))
-            except Exception as e:  # openSMILE raises plain RuntimeErrors from its C layer
-                done.append((sha, path, None, x.size, {}, f"openSMILE failed ({e})"))
-                return done, secs
-            secs["egemaps"] += time.perf_counter() - t1
-        local = want_logmel and _WORKER["logmel"] is not None
-        if local:
-            to_mel.append((len(done), x))
-        done.append((sha, path, x if want_logmel and not local else None, x.size, arrays, None))
-    if to_mel:
-        t0 = time.perf_counter()
-        mels = _WORKER["logmel"].batch([x for _, x in to_mel])
-        for (i, _), m in zip(to_mel, mels, strict=True):
-            done[i][4][LOGMEL] = m
-        secs["logmel"] += time.perf_counter() - t0
-    return done, secs
-
-
-def _smile_with_copies(x: np.ndarray, sr: int, kinds: tuple[str, ...], corpus: str, sha: str) -> dict[str, np.ndarray]:
-    """openSMILE kinds of the clean clip and of its recording-condition copies (`kind@r<k>`)."""
-    by_copy: dict[int, list[str]] = {}
-    for kind in kinds:
-        base, k = split_kind(kind)
-        by_copy.setdefault(k, []).append(base)
-    out: dict[str, np.ndarray] = {}
-    for k, bases in sorted(by_copy.items()):
-        wave = x if k == 0 else recording_copy(x, sr, _WORKER["robustness"], corpus, k, sha)
-        for base, arr in _WORKER["smile"](wave, sr, bases).items():
-            out[copy_kind(base, k) if k else base] = arr
-    return out
-
-
-def _mp_context() -> Any:
-    """fork where it exists: workers start in milliseconds and inherit imports; they never touch
-    torch or CUDA (the pool is started before the main process puts anything on a GPU)."""
-    methods = mp.get_all_start_methods()
-    return mp.get_context("fork" if "fork" in methods and sys.platform != "darwin" else "spawn")
-
-
-def _cpu_count() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not on Linux
-        return os.cpu_count() or 1
-
-
-# ----------------------------------------------------------------------------- the shard plan
-def _read_clips(manifest_path: Path) -> pd.DataFrame:
-    df = read_manifest(manifest_path)
-    sha = df["sha256"].astype("string")
-    bad = ~sha.str.fullmatch(r"[0-9a-f]{64}").fillna(False).astype(bool)
-    if bad.any():
-        i = int(np.flatnonzero(bad.to_numpy())[0])
-        raise ManifestError(f"{manifest_path}: row {i} ({df['utt_id'].iloc[i]}): field sha256 is not a "
-                            f"hex SHA-256 ('{df['sha256'].iloc[i]}'); re-run ingest")
-    if df["utt_id"].duplicated().any():
-        dup = df.loc[df["utt_id"].duplicated(), "utt_id"].iloc[0]
-        raise ManifestError(f"{manifest_path}: field utt_id: duplicate '{dup}'")
-    return df
-
-
-SMILE_CHUNK = 4
-"""Clips per worker task when no log-mel is computed (openSMILE gains nothing from batching)."""
-
-SHARD_CLIPS = 1000
-"""Clips per shard when `features.shards` is 0 (auto): a ComParE shard is then ~25 MB, a log-mel
-one ~80 MB, and a 3,000-clip manifest makes 3 shards, a 300-hour one a few hundred."""
-
-
-def shard_count(params: Params, clips: int) -> int:
-    """How many shards `clips` new clips are cut into: `features.shards`, or one per `SHARD_CLIPS`."""
-    n = params.features.shards or math.ceil(clips / SHARD_CLIPS)
-    return max(1, min(n, clips)) if clips else 0
-
-
-def _plan_shards(jobs: list[_Job], n: int) -> list[list[_Job]]:
-    """Deal the duration-sorted jobs round-robin: every shard gets the same mix of long and short
-    clips, so shards (and the pods that compute them) take about the same time."""
-    return [jobs[i::n] for i in range(n)] if n else []
-
-
-@dataclass
-class _Plan:
-    """What a run computes: the cached shards it found, the clips each kind still lacks, the jobs
-    dealt into shards."""
-
-    keys: dict[str, str]
-    clips: pd.DataFrame
-    found: dict[str, dict[str, ShardRecord]]
-    missing: dict[str, set[str]]
-    jobs: list[_Job]
-    """The clips some kind lacks, longest first."""
-    shards: list[list[_Job]]
-    refused: list[str]
-
-
-def _source_root(source: str | Path, folder: str, params: Params) -> Path | None:
-    """A previous store as a local folder: itself, or its s3:// shards of `folder` mirrored locally
-    (whole shards: one GET each); None when it has none."""
-    if not is_s3(str(source)):
-        return Path(source)
-    from affectflow.storage.s3 import localize_for, store_for
-
-    uri = f"{str(source).rstrip('/')}/{folder}"
-    if not store_for(params).list(uri):
-        return None
-    return localize_for(params, uri).parents[folder.count("/")]
-
-
-def _reuse(root: Path, sources: Sequence[str | Path], kind: str, key: str, wanted: set[str],
-           found: dict[str, ShardRecord], params: Params, copy: bool) -> None:
-    """Add to `found` the clips earlier stores hold; `copy`: bring their shards into this store
-    (record last, so a half copy is a half shard), else only note them (a scale-out task, which
-    computes the rest and leaves the copying to the gather)."""
-    for source in sources:
-        src = _source_root(source, shard_folder(kind, key), params)
-        if src is None or src.resolve() == root.resolve():
-            continue
-        held, _ = catalogue(src, kind, key)
-        records = {r.file: r for c, r in held.items() if c in wanted and c not in found}
-        for record in records.values():
-            dst = root / record.file
-            if copy and not dst.with_suffix(RECORD_SUFFIX).is_file():
-                for suffix in (SHARD_SUFFIX, RECORD_SUFFIX):
-                    with atomic_path(dst.with_suffix(suffix)) as tmp:
-                        shutil.copyfile((src / record.file).with_suffix(suffix), tmp)
-            for clip in record.shapes:
-                found.setdefault(clip, record)
-
-
-def plan(params: Params, manifest_path: str | Path, root: Path,
-         previous: Sequence[str | Path] = (), copy: bool = True) -> _Plan:
-    """The shards already there (this store, then `previous` stores and `features.previous`), the
-    clips each kind lacks, and those clips dealt into `shard_count` shards."""
-    df = _read_clips(Path(manifest_path))
-    keys = feature_keys(params)
-    if not keys:
-        raise FeaturesError("features.kinds / features.egemaps.levels: no feature kind requested")
-    clips = df.drop_duplicates("sha256").sort_values("duration", ascending=False, kind="stable")
-    wanted = set(clips["sha256"])
-    sources = [*previous, *([params.features.previous] if params.features.previous else [])]
-    found: dict[str, dict[str, ShardRecord]] = {}
-    refused: list[str] = []
-    for kind, key in keys.items():
-        found[kind], bad = catalogue(root, kind, key)
-        for line in bad:
-            log.warning("features: %s; its clips are computed again", line)
-            for suffix in (SHARD_SUFFIX, RECORD_SUFFIX):
-                Path(line.split(": ", 1)[0]).with_suffix(suffix).unlink(missing_ok=True)
-        refused += bad
-        _reuse(root, sources, kind, key, wanted, found[kind], params, copy)
-    missing = {kind: wanted - set(found[kind]) for kind in keys}
-    jobs: list[_Job] = []
-    for sha, path, corpus in zip(clips["sha256"], clips["path"], clips["corpus"].astype(str), strict=True):
-        smile = tuple(k for k in keys if KINDS[split_kind(k)[0]].engine == "smile" and sha in missing[k])
-        want_logmel = LOGMEL in keys and sha in missing[LOGMEL]
-        want_ssl = SSL in keys and sha in missing[SSL]
-        if want_logmel or smile or want_ssl:
-            jobs.append((sha, str(path), want_logmel, smile, corpus))
-    return _Plan(keys, df, found, missing, jobs, _plan_shards(jobs, shard_count(params, len(jobs))), refused)
-
-
-def shards_to_compute(params: Params, manifest_path: str | Path, store: str | Path | None = None) -> int:
-    """How many shards a run on this manifest computes (what a cluster run fans out over): the
-    clips that neither `store` nor `features.previous` holds, cut into `shard_count` shards."""
-    import tempfile
-
-    with tempfile.TemporaryDirectory() as tmp:
-        return len(plan(params, manifest_path, Path(store) if store else Path(tmp), copy=False).shards)
 
 
 # ----------------------------------------------------------------------------- the stage

@@ -1,46 +1,27 @@
-"""Stage 1b — the data gate: Great Expectations checks on the manifest (and the features) before training.
-
-Why a gate: a wrong label, a leaked speaker or a NaN feature does not crash training; it quietly
-yields a model that looks better or worse than it is. Each check is a GX expectation on a pandas
-table built here — the manifest plus derived per-row facts ("file exists", "how many splits this
-speaker is in"), a per-(split, class) count table of the labelled (role=source) clips, and one table
-per feature kind — so a failure names the expectation and the rows that broke it. The report
-(`report.md` for people, `report.json` for machines) is written whether the gate passes or not.
-"""
+"""The tables the gate checks and their expectations: the manifest with per-row facts, the
+per-(split, class) counts, one table per feature kind."""
 
 from __future__ import annotations
 
-import contextlib
 import functools
-import io
 import logging
 import math
 import os
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")  # before GX is imported: no usage events
 
-import great_expectations as gx
 import great_expectations.expectations as gxe
 import numpy as np
 import pandas as pd
 import soundfile as sf
-from great_expectations.data_context.types.base import (
-    DataContextConfig,
-    InMemoryStoreBackendDefaults,
-    ProgressBarsConfig,
-)
 from great_expectations.expectations.expectation import Expectation
 from great_expectations.expectations.row_conditions import Column
 
 from affectflow.config import EgemapsConfig, Params
-from affectflow.contracts.manifest import read_manifest
 from affectflow.runtime.progress import progress
-from affectflow.stages.spec import Inputs
-from affectflow.storage import atomic_write_json, atomic_write_text
 
 log = logging.getLogger(__name__)
 
@@ -56,18 +37,6 @@ at a fraction of the cost of a full decode (ingest already decoded everything on
 SOURCE_ROWS = Column("role") == "source"
 IDS_PER_GROUP = 3
 """Row ids listed per offending group (e.g. per leaked speaker) in the report; the count says the rest."""
-
-
-@dataclass
-class GateResult:
-    passed: bool
-    summary: dict[str, Any]
-    report_md: Path
-    report_json: Path
-
-    @property
-    def out_dir(self) -> Path:
-        return self.report_md.parent
 
 
 @dataclass
@@ -388,238 +357,3 @@ def feature_table(features: Any, spec: KindSpec, utt_ids: Sequence[str]) -> Tabl
         exps.append(check(gxe.ExpectColumnValuesToBeBetween, f"{k}:frames", f"`{k}` arrays have frames > 0",
                           show=["shape"], column="frames", min_value=1))
     return Table(f"features_{k}", data, "utt_id", exps)
-
-
-# ----------------------------------------------------------------------------- running GX
-def _context() -> Any:
-    """One in-memory GX context per gate run: nothing on disk, no progress bars, no analytics."""
-    config = DataContextConfig(store_backend_defaults=InMemoryStoreBackendDefaults(init_temp_docs_sites=False),
-                               analytics_enabled=False, progress_bars=ProgressBarsConfig(globally=False))
-    return gx.get_context(mode="ephemeral", project_config=config)
-
-
-def run_tables(tables: Sequence[Table], n_examples: int) -> list[dict[str, Any]]:
-    """Validate every table with its suite; one dict per check, in the order the checks were declared."""
-    with contextlib.redirect_stdout(io.StringIO()) as said:  # GX prints bare lists ("[]") to stdout
-        out = _run_suites(tables, n_examples)
-    if said.getvalue().strip():
-        log.debug("great expectations: %s", said.getvalue().strip())
-    return out
-
-
-def _run_suites(tables: Sequence[Table], n_examples: int) -> list[dict[str, Any]]:
-    context = _context()
-    source = context.data_sources.add_pandas("affectflow")
-    out: list[dict[str, Any]] = []
-    for t in tables:
-        batch = source.add_dataframe_asset(t.name).add_batch_definition_whole_dataframe(t.name)
-        suite = context.suites.add(gx.ExpectationSuite(name=t.name, expectations=t.expectations))
-        vd = context.validation_definitions.add(gx.ValidationDefinition(name=t.name, data=batch, suite=suite))
-        res = vd.run(batch_parameters={"dataframe": t.df},
-                     result_format={"result_format": "COMPLETE", "unexpected_index_column_names": [t.id_column]})
-        by_check = {r.expectation_config.meta["check"]: r for r in res.results}
-        out += [_describe(t, e, by_check[e.meta["check"]], n_examples) for e in t.expectations]
-    return out
-
-
-def _exception(info: Any) -> str | None:
-    """GX reports exceptions either flat or keyed by metric; return the first message."""
-    if not isinstance(info, dict):
-        return None
-    if info.get("raised_exception"):
-        return str(info.get("exception_message"))
-    for sub in info.values():
-        if isinstance(sub, dict) and sub.get("raised_exception"):
-            return str(sub.get("exception_message"))
-    return None
-
-
-def _describe(t: Table, exp: Expectation, res: Any, n_examples: int) -> dict[str, Any]:
-    cfg = res.expectation_config
-    r = res.result or {}
-    kwargs = {k: v for k, v in cfg.kwargs.items() if k not in ("batch_id", "row_condition")}
-    if getattr(exp, "row_condition", None) is not None:
-        kwargs["row_condition"] = repr(exp.row_condition)  # "role == source"
-    d: dict[str, Any] = {
-        "check": exp.meta["check"], "description": exp.description, "table": t.name,
-        "expectation": cfg.type, "kwargs": _plain(kwargs), "success": bool(res.success),
-        "element_count": _plain(r.get("element_count")), "unexpected_count": _plain(r.get("unexpected_count")),
-        "severity": _plain(getattr(exp.severity, "value", exp.severity)),
-        "error": _exception(res.exception_info),
-    }
-    if "observed_value" in r:
-        d["observed_value"] = _plain(r["observed_value"])
-    ids = [row[t.id_column] for row in r.get("unexpected_index_list") or []]
-    if not res.success and ids:
-        d["groups"], d["examples"] = _examples(t, kwargs.get("column"), ids, exp.meta, n_examples)
-        if d["groups"] is not None:
-            d["group_by"] = list(exp.meta["group"])
-    return d
-
-
-def _examples(t: Table, column: str | None, ids: Sequence[Any], meta: dict[str, Any],
-              n: int) -> tuple[int | None, list[dict[str, Any]]]:
-    """Up to `n` offending rows (or groups of rows) with the columns that explain them."""
-    bad = t.df[t.df[t.id_column].isin(set(ids))]
-    group: list[str] = meta.get("group") or []
-    cols = list(dict.fromkeys([*meta.get("show", []), *([column] if column else [])]))
-    if not group:
-        rows = bad[[t.id_column, *[c for c in cols if c != t.id_column]]].head(n)
-        return None, _plain(rows.to_dict("records"))
-    agg: dict[str, Any] = {"rows": (t.id_column, "size")}
-    agg.update({c: (c, "first") for c in cols if c not in group and c != t.id_column})
-    agg[f"{t.id_column}s"] = (t.id_column, lambda s: ", ".join(str(v) for v in s.head(IDS_PER_GROUP))
-                              + (", …" if len(s) > IDS_PER_GROUP else ""))
-    grouped = bad.groupby(group, dropna=False, sort=True).agg(**agg).reset_index()
-    return len(grouped), _plain(grouped.head(n).to_dict("records"))
-
-
-def _plain(obj: Any) -> Any:
-    """JSON-safe copy: numpy scalars to Python, NaN to None, unknown objects to str."""
-    if isinstance(obj, dict):
-        return {str(k): _plain(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple, set)):
-        return [_plain(v) for v in obj]
-    if isinstance(obj, np.generic):
-        obj = obj.item()
-    if isinstance(obj, float) and not math.isfinite(obj):
-        return None
-    if obj is None or isinstance(obj, (str, int, float, bool)):
-        return obj
-    return str(obj)
-
-
-# ----------------------------------------------------------------------------- report
-def _md_cell(v: Any) -> str:
-    if v is None:
-        return ""
-    if isinstance(v, float):
-        v = f"{v:.3f}".rstrip("0").rstrip(".")
-    return str(v).replace("|", "\\|").replace("\n", " ")
-
-
-def _md_table(rows: Sequence[dict[str, Any]], columns: Sequence[str] | None = None) -> list[str]:
-    if not rows:
-        return []
-    cols = list(columns or rows[0].keys())
-    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
-    lines += ["| " + " | ".join(_md_cell(r.get(c)) for c in cols) + " |" for r in rows]
-    return lines
-
-
-def _failure_line(c: dict[str, Any]) -> str:
-    if c["error"]:
-        return f"error: {c['error']}"
-    if c.get("unexpected_count") is not None:
-        line = f"{c['unexpected_count']} of {c['element_count']} rows"
-        if c.get("groups") is not None:
-            line += f" ({c['groups']} distinct {'/'.join(c['group_by'])})"
-        return line
-    return f"observed {c.get('observed_value')!r}"
-
-
-def _mark(c: dict[str, Any]) -> str:
-    return "✓" if c["success"] else "✗" if c["severity"] == "critical" else "⚠"
-
-
-def _md_failure(c: dict[str, Any], mark: str) -> list[str]:
-    """One failed check: what was expected, on which table and column, and the offending rows."""
-    where = f" where {c['kwargs']['row_condition']}" if "row_condition" in c["kwargs"] else ""
-    col = c["kwargs"].get("column")
-    lines = [f"### {mark} `{c['check']}` — {c['description']}", "",
-             f"`{c['expectation']}`" + (f" on `{col}`" if col else "")
-             + f" (table `{c['table']}`{where}): {_failure_line(c)}."]
-    if c.get("examples"):
-        grouped = c.get("groups") is not None
-        total, unit = (c["groups"], "groups") if grouped else (c["unexpected_count"], "rows")
-        lines += ["", f"First {len(c['examples'])} of {total} offending {unit}:", "", *_md_table(c["examples"])]
-    return lines
-
-
-def render_markdown(report: dict[str, Any]) -> str:
-    s = report["summary"]
-    lines = [f"# Data validation gate: {'PASSED' if s['passed'] else 'FAILED'}", ""]
-    lines += [f"- manifest: `{s['manifest']}` ({s['clips']} clips, {s['speakers']} speakers)",
-              f"- features: `{s['features']}`" if s["features"] else "- features: not checked",
-              f"- checks: {s['checks']} run, {len(s['failed'])} failed, {len(s['warnings'])} warned",
-              f"- audio: {s['audio']['checked']} files checked for existence, "
-              f"{s['audio']['decoded']} opened and tail-decoded"
-              + (f", {s['audio']['remote_unchecked']} remote paths not checked"
-                 if s["audio"]["remote_unchecked"] else ""),
-              f"- Great Expectations {report['great_expectations']}", ""]
-    for title, mark, names in (("Failed checks", "✗", s["failed"]),
-                               ("Warnings (do not fail the gate)", "⚠", s["warnings"])):
-        if names:
-            lines += [f"## {title}", ""]
-        for c in (c for c in report["checks"] if c["check"] in names):
-            lines += [*_md_failure(c, mark), ""]
-    counts = report["class_counts"]
-    if counts:
-        classes = list(next(iter(counts.values())).keys())
-        lines += ["## Labelled clips per split and class", ""]
-        lines += _md_table([{"split": sp, **row} for sp, row in counts.items()], ["split", *classes])
-        lines.append("")
-    lines += ["## All checks", ""]
-    lines += _md_table([{"": _mark(c), "check": c["check"], "table": c["table"],
-                         "expectation": c["expectation"],
-                         "unexpected / observed": c.get("unexpected_count") if c.get("unexpected_count") is not None
-                         else c.get("observed_value")} for c in report["checks"]])
-    return "\n".join(lines) + "\n"
-
-
-# ----------------------------------------------------------------------------- the stage
-def validate(params: Params, manifest_path: str | Path, out_dir: str | Path,
-             features_dir: str | Path | None = None) -> GateResult:
-    """Run the gate; write `report.json` and `report.md` to `out_dir`.
-
-    passed=False if any critical check fails; warning-level checks (duplicate clips that stay in one
-    split with one label, unless validation.fail_on_duplicate_audio) are reported but do not block.
-    """
-    manifest_path, out = Path(manifest_path), Path(out_dir)
-    df = read_manifest(manifest_path)
-    mtable, audio_counts = manifest_table(df, params)
-    counts = class_counts(df, params.ingest.classes)
-    tables: list[Table] = [mtable, class_count_table(df, params)]
-    if features_dir is not None:
-        from affectflow.contracts.feature_store import FeatureSet
-
-        features = FeatureSet(features_dir)
-        utt_ids = df["utt_id"].dropna().astype(str).tolist()
-        tables += [feature_table(features, spec, utt_ids) for spec in feature_specs(params)]
-    checks = run_tables(tables, params.validation.report_examples)
-    failed = [c for c in checks if not c["success"] and c["severity"] == "critical"]
-    warned = [c for c in checks if not c["success"] and c["severity"] != "critical"]
-    summary: dict[str, Any] = {
-        "passed": not failed,
-        "manifest": str(manifest_path),
-        "features": str(features_dir) if features_dir is not None else None,
-        "clips": len(df),
-        "speakers": int(df["speaker"].nunique()),
-        "checks": len(checks),
-        "failed": [c["check"] for c in failed],
-        "failures": {c["check"]: _failure_line(c) + _first_example(c) for c in failed},
-        "warnings": {c["check"]: _failure_line(c) + _first_example(c) for c in warned},
-        "audio": audio_counts,
-    }
-    table = counts.pivot(index="split", columns="emotion", values="count") if len(counts) else None
-    class_table = ({sp: {c: int(table.loc[sp, c]) for c in params.ingest.classes}
-                    for sp in SPLITS if sp in table.index} if table is not None else {})
-    report = {"summary": summary, "great_expectations": gx.__version__, "class_counts": class_table,
-              "params": params.validation.model_dump(mode="json"), "checks": checks}
-    out.mkdir(parents=True, exist_ok=True)
-    report_json, report_md = out / "report.json", out / "report.md"
-    atomic_write_json(report_json, report)
-    atomic_write_text(report_md, render_markdown(report))
-    return GateResult(passed=not failed, summary=summary, report_md=report_md, report_json=report_json)
-
-
-def _first_example(c: dict[str, Any]) -> str:
-    ex: Iterable[dict[str, Any]] = c.get("examples") or []
-    first = next(iter(ex), None)
-    if not first:
-        return ""
-    return ", e.g. " + ", ".join(f"{k}={v}" for k, v in first.items())
-
-
-def run(params: Params, inputs: Inputs, out_dir: Path) -> GateResult:
-    return validate(params, inputs["manifest"], out_dir, features_dir=inputs.get("features"))
