@@ -67,7 +67,8 @@ log = logging.getLogger(__name__)
 
 MODEL_ARTIFACT = "model_dir"
 ENCODER_ARTIFACT = "ssl_encoder"
-"""The pretrained speech encoder of an `ssl` model, carried inside the logged model."""
+"""Files a feature kind carries inside the logged model (`FeatureKind.carried`: the `ssl` kind's
+pretrained encoder); the name stays for models logged before."""
 EXAMPLE_SECONDS = 0.5
 """Length of the generated waveform logged as the input example."""
 SOURCE_COLUMNS = ("path", "audio", "audio_b64")
@@ -131,7 +132,10 @@ class AffectflowPyfunc(PythonModel):
         self.rec = load_model_dir(context.artifacts[MODEL_ARTIFACT])
         encoder = context.artifacts.get(ENCODER_ARTIFACT)
         if encoder:  # the checkpoint travels with the model: no hub, no bucket needed to serve it
-            self.rec.meta.feature_config = {**self.rec.meta.feature_config, "checkpoint": encoder}
+            from affectflow.features.kinds import kind_spec
+
+            setting = kind_spec(self.rec.meta.feature).carried
+            self.rec.meta.feature_config = {**self.rec.meta.feature_config, str(setting): encoder}
         self.featurizer = Featurizer(self.rec.meta)
         self.config = ServingConfig.from_model_config(getattr(context, "model_config", None))
         self.rec.attach_deployment(self.config.deploy_stats or None)
@@ -399,13 +403,15 @@ def input_example(sample_rate: int, min_duration_s: float = 0.0) -> pd.DataFrame
 
 
 def requirements(feature: str) -> list[str]:
+    """pip requirements of a served model: the recognizer's, then its feature kind's (the table
+    `affectflow.features.kinds`: openSMILE, transformers)."""
     import torch
+
+    from affectflow.features.kinds import kind_spec
 
     reqs = [f"torch=={torch.__version__.split('+')[0]}", "numpy", "pandas", "pydantic>=2.5", "pyyaml",
             "soundfile", "soxr", "silero-vad>=6,<7", f"mlflow=={__import__('mlflow').__version__}"]
-    if feature == "ssl":
-        return [*reqs, f"transformers=={__import__('transformers').__version__}"]
-    return [*reqs, "opensmile"] if feature in ("egemaps", "egemaps_lld", "compare") else reqs
+    return [*reqs, *kind_spec(feature).requirements()]
 
 
 def log_pyfunc(model_dir: str | Path, name: str = "model", registered_model_name: str | None = None,
@@ -415,17 +421,13 @@ def log_pyfunc(model_dir: str | Path, name: str = "model", registered_model_name
     import mlflow
 
     from affectflow.contracts.model_folder import read_model_meta
+    from affectflow.features.kinds import kind_spec
 
     meta = read_model_meta(model_dir)
     artifacts = {MODEL_ARTIFACT: str(Path(model_dir).resolve())}
-    if meta.feature == "ssl":
-        from affectflow.config import SslConfig
-        from affectflow.features.ssl import local_checkpoint
-
-        where = local_checkpoint(SslConfig.model_validate(
-            {k: v for k, v in meta.feature_config.items() if k in SslConfig.model_fields}))
-        if isinstance(where, Path):
-            artifacts[ENCODER_ARTIFACT] = str(where.resolve())
+    carried = kind_spec(meta.feature).carried_files(meta.feature_config)
+    if carried is not None:
+        artifacts[ENCODER_ARTIFACT] = str(carried.resolve())
     # MLflow's notes on this way of logging (type hints, CloudPickle) are advice to other code: our
     # signature is explicit and the pickled object holds no state. Not shown to users.
     with warnings.catch_warnings(), _quiet("mlflow.pyfunc"):

@@ -183,47 +183,23 @@ def predict_stream(rec: Recognizer, arrays: Sequence[np.ndarray], batch_size: in
 
 
 class Featurizer:
-    """Audio -> the feature arrays a model folder expects (same code as the features stage)."""
+    """Audio -> the feature arrays a model folder expects: its kind's extractor (the table
+    `affectflow.features.kinds`, the same code as the features stage) with the configuration stored
+    in the folder, built on first use on `device` (log-mel and pretrained encoders run there)."""
 
     def __init__(self, meta: ModelMeta, device: Any = "cpu"):
         self.kind = meta.feature
         self.sample_rate = meta.sample_rate
         self.config = dict(meta.feature_config)
         self.device = device
-        self._impl: Any = None
-
-    def _logmel(self) -> Any:
-        from affectflow.config import LogMelConfig
-        from affectflow.features.logmel import LogMel
-
-        return LogMel(LogMelConfig.model_validate(self.config), self.sample_rate, "cpu")
-
-    def _ssl(self) -> Any:
-        from affectflow.config import SslConfig
-        from affectflow.features.ssl import SslCheckpointError, SslEncoder, checkpoint_hash
-
-        cfg = SslConfig.model_validate({k: v for k, v in self.config.items() if k in SslConfig.model_fields})
-        want = self.config.get("checkpoint_sha")
-        if want and checkpoint_hash(cfg) != want:
-            raise SslCheckpointError(f"features.ssl.checkpoint {cfg.checkpoint}: its files differ from the encoder "
-                                     f"this model was trained on (content hash {want})")
-        return SslEncoder(cfg, self.sample_rate, self.device)
-
-    def _egemaps(self) -> Any:
-        from affectflow.config import EgemapsConfig
-        from affectflow.features.egemaps import Egemaps
-
-        return Egemaps(EgemapsConfig.model_validate(self.config), [self.kind])
+        self._extract: Any = None
 
     def __call__(self, waveforms: Sequence[np.ndarray]) -> list[np.ndarray]:
-        if self._impl is None:
-            self._impl = {"logmel": self._logmel, "ssl": self._ssl}.get(self.kind, self._egemaps)()
-        waves = [np.asarray(w, np.float32) for w in waveforms]
-        if self.kind == "logmel":
-            return self._impl.batch(waves)
-        if self.kind == "ssl":
-            return self._impl(waves)
-        return [self._impl(w, self.sample_rate, [self.kind])[self.kind] for w in waves]
+        if self._extract is None:
+            from affectflow.features.kinds import kind_spec
+
+            self._extract = kind_spec(self.kind).extractor(self.config, self.sample_rate, self.device, self.kind)
+        return self._extract(waveforms)  # type: ignore[no-any-return]
 
 
 def load_audio(items: Sequence[str | Path | np.ndarray], sample_rate: int,

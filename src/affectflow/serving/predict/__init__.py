@@ -39,7 +39,6 @@ from __future__ import annotations
 from affectflow.serving.predict.backends import (
     CHAMPION_ALIAS,
     Backend,
-    DeviceFeaturizer,
     PyfuncBackend,
     RecognizerBackend,
     default_model_uri,
@@ -67,4 +66,4 @@ from affectflow.serving.predict.inputs import (
 )
 from affectflow.serving.predict.windows import Decoded, WindowReader, window_spans
 
-__all__ = ["CHAMPION_ALIAS", "FORMATS", "MANIFEST_SUFFIXES", "PROB_DECIMALS", "Backend", "Decoded", "DeviceFeaturizer", "FilePrediction", "PredictInputError", "PredictResult", "PyfuncBackend", "RecognizerBackend", "WindowReader", "collect_inputs", "default_model_uri", "deploy_stats_location", "fail", "fetched", "invocations_payload", "load_backend", "manifest_paths", "post_invocations", "predict_paths", "render", "s3_inputs", "window_spans", "write_result"]
+__all__ = ["CHAMPION_ALIAS", "FORMATS", "MANIFEST_SUFFIXES", "PROB_DECIMALS", "Backend", "Decoded", "FilePrediction", "PredictInputError", "PredictResult", "PyfuncBackend", "RecognizerBackend", "WindowReader", "collect_inputs", "default_model_uri", "deploy_stats_location", "fail", "fetched", "invocations_payload", "load_backend", "manifest_paths", "post_invocations", "predict_paths", "render", "s3_inputs", "window_spans", "write_result"]

@@ -9,7 +9,7 @@ from typing import Any, Protocol
 import numpy as np
 import pandas as pd
 
-from affectflow.config import LogMelConfig, Params
+from affectflow.config import Params
 from affectflow.contracts.model_folder import ModelMeta, is_model_folder
 from affectflow.runtime.device import resolve_device
 from affectflow.serving.recognizer import Featurizer, load_model_dir, predict_features
@@ -28,20 +28,6 @@ class Backend(Protocol):
     def predict(self, waves: list[np.ndarray]) -> np.ndarray: ...
 
 
-class DeviceFeaturizer(Featurizer):
-    """The model's featurizer with log-mel computed on the model's device (same class, same
-    configuration; `affectflow.serving.recognizer.Featurizer` always uses the CPU)."""
-
-    def __init__(self, meta: ModelMeta, device: Any):
-        super().__init__(meta)
-        self.device = device
-
-    def _logmel(self) -> Any:
-        from affectflow.features.logmel import LogMel
-
-        return LogMel(LogMelConfig.model_validate(self.config), self.sample_rate, self.device)
-
-
 class RecognizerBackend:
     """An affectflow recognizer (from a model folder or unwrapped from its pyfunc) on a device."""
 
@@ -52,7 +38,7 @@ class RecognizerBackend:
         self.rec = rec
         self.classes = rec.classes
         self.batch_size = batch_size
-        self.featurizer = DeviceFeaturizer(rec.meta, device)
+        self.featurizer = Featurizer(rec.meta, device)  # log-mel and encoders on the model's device
         self.sample_rate = self.featurizer.sample_rate
 
     def featurize(self, waves: list[np.ndarray]) -> list[np.ndarray]:

@@ -18,6 +18,7 @@ from sklearn.preprocessing import StandardScaler
 from affectflow.config import Params
 from affectflow.contracts.feature_store import FeatureSet
 from affectflow.contracts.manifest import read_manifest
+from affectflow.features.kinds import kind_spec
 
 STD_FLOOR = 1e-6
 """Constant features keep a unit-free scale instead of dividing by zero."""
@@ -83,16 +84,17 @@ def load_real_set(
     y_clip = np.array(rows["emotion"].map({c: i for i, c in enumerate(classes)}), dtype=np.int64)
     spk = np.array(rows["speaker"], dtype=str)
     corp = np.array(rows["corpus"], dtype=str) if "corpus" in rows.columns else np.full(len(rows), "", dtype=str)
-    if cfg.feature == "egemaps":
-        X = fs.matrix("egemaps", ids)
+    kind = cfg.feature
+    if not kind_spec(kind).frame_level:  # one vector per clip (eGeMAPS)
+        X = fs.matrix(kind, ids)
         if X.ndim != 2:
-            raise AugmentDataError(f"{features_dir}: egemaps features are not fixed-size vectors (shape {X.shape})")
-        return RealSet(X, y_clip, classes, "egemaps", np.asarray(ids), spk, corp)
-    rng = np.random.default_rng(cfg.seed)
+            raise AugmentDataError(f"{features_dir}: {kind} features are not fixed-size vectors (shape {X.shape})")
+        return RealSet(X, y_clip, classes, kind, np.asarray(ids), spk, corp)
+    rng = np.random.default_rng(cfg.seed)  # frame-level (log-mel): `segments_per_clip` crops per clip
     k = cfg.segments_per_clip
-    segs = [crop_segments(a, cfg.segment_frames, k, rng) for a in fs.load("logmel", ids)]
+    segs = [crop_segments(a, cfg.segment_frames, k, rng) for a in fs.load(kind, ids)]
     X = np.concatenate(segs).astype(np.float32)
-    return RealSet(X, np.repeat(y_clip, k), classes, "logmel", np.repeat(np.asarray(ids), k), np.repeat(spk, k),
+    return RealSet(X, np.repeat(y_clip, k), classes, kind, np.repeat(np.asarray(ids), k), np.repeat(spk, k),
                    np.repeat(corp, k))
 
 

@@ -18,6 +18,7 @@ import torch
 
 from affectflow.config import Params
 from affectflow.contracts.model_folder import write_model_folder
+from affectflow.features.kinds import kind_spec
 from affectflow.serving.recognizer import build_network
 from affectflow.stages.spec import Inputs
 from affectflow.stages.train.calibrate import fit_calibration
@@ -95,7 +96,7 @@ def train(params: Params, manifest: str | Path, features_dir: str | Path, out_di
         meta.calibration = fit_calibration(p.worker, model)
         meta.mlflow = tracking.run_info(run)
         model_dir = write_model_folder(out / "model", model, meta)
-        curves = plot_curves(hist, best, out / "curves.png", crops=meta.feature == "logmel")
+        curves = plot_curves(hist, best, out / "curves.png", crops=kind_spec(meta.feature).frame_level)
         summary = {"model_dir": str(model_dir), "run_name": p.run_name, "mlflow_run_id": run.info.run_id,
                    "classes": meta.classes, "best_epoch": best, "val_uar": round(outcome["best_uar"], 4),
                    "val_wa": round(hist[best]["val_wa"], 4) if 0 <= best < len(hist) else None,

@@ -3,7 +3,6 @@ per-(split, class) counts, one table per feature kind."""
 
 from __future__ import annotations
 
-import functools
 import logging
 import math
 import os
@@ -20,7 +19,7 @@ import soundfile as sf
 from great_expectations.expectations.expectation import Expectation
 from great_expectations.expectations.row_conditions import Column
 
-from affectflow.config import EgemapsConfig, Params
+from affectflow.config import Params
 from affectflow.runtime.progress import progress
 
 log = logging.getLogger(__name__)
@@ -263,40 +262,16 @@ class KindSpec:
     dim0_name: str
 
 
-@functools.cache
-def egemaps_dims(feature_set: str, levels: tuple[str, ...], kind: str) -> dict[str, int]:
-    """Features of an openSMILE kind (88 eGeMAPSv02 functionals, 25 LLDs, 6373 ComParE...), asked
-    of openSMILE itself.
-
-    Cached: building the extractors parses openSMILE's config files. Empty if openSMILE is missing,
-    and then the gate only asks that all clips agree.
-    """
-    from affectflow.features.egemaps import Egemaps
-
-    try:
-        return Egemaps(EgemapsConfig(feature_set=feature_set, levels=list(levels)), [kind]).dims()
-    except Exception:  # no opensmile: fall back to "all clips agree"
-        return {}
-
-
 def feature_specs(params: Params) -> list[KindSpec]:
-    """The feature kinds `params.features` asks for (as the features stage names them) and their shapes."""
-    from affectflow.features.keys import LOGMEL, feature_keys, requested_kinds
+    """The feature kinds `params.features` asks for (as the features stage names them) and their
+    shapes (each kind's row in `affectflow.features.kinds`)."""
+    from affectflow.features.keys import feature_keys, kind_spec, requested_kinds
 
     keys = feature_keys(params)
-    eg = params.features.egemaps
     specs: list[KindSpec] = []
     for kind in requested_kinds(params):
-        if kind == LOGMEL:
-            specs.append(KindSpec(kind, keys[kind], 2, params.features.logmel.n_mels, "features.logmel.n_mels"))
-        elif kind == "ssl":  # length = layers x hidden size of the checkpoint: every clip must agree
-            specs.append(KindSpec(kind, keys[kind], 1, None, "pretrained encoder layers"))
-        else:
-            frame_level = kind.endswith("_lld")
-            dims = egemaps_dims(eg.feature_set, tuple(eg.levels), kind)
-            what = "low-level descriptors" if frame_level else "functionals"
-            fs = "ComParE_2016" if kind == "compare" else eg.feature_set
-            specs.append(KindSpec(kind, keys[kind], 2 if frame_level else 1, dims.get(kind), f"{fs} {what}"))
+        shape = kind_spec(kind).shape(params.features, kind)
+        specs.append(KindSpec(kind, keys[kind], shape.ndim, shape.dim0, shape.dim0_name))
     return specs
 
 
