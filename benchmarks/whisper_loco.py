@@ -206,12 +206,11 @@ def head_fit_predict(Xtr: np.ndarray, ytr: np.ndarray, tests: list[np.ndarray], 
     cross-entropy, AdamW 1e-3, a fixed budget (no validation on the held-out corpus)."""
     import torch
 
-    from affectflow.config import SslHeadConfig
-    from affectflow.models.ssl import SslHead
+    from affectflow.models.ssl import SslHead, SslHeadArch
 
     torch.manual_seed(seed)
     n_layers, dim = Xtr.shape[1], Xtr.shape[2]
-    model = SslHead(n_layers * dim, len(CLASSES), SslHeadConfig(n_layers=n_layers))
+    model = SslHead(n_layers * dim, len(CLASSES), SslHeadArch(n_layers=n_layers))
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=0.01)
     counts = np.bincount(ytr, minlength=len(CLASSES))
     loss_fn = torch.nn.CrossEntropyLoss(weight=torch.tensor(len(ytr) / (len(CLASSES) * counts), dtype=torch.float32))

@@ -30,12 +30,11 @@ class MlpConfig(Section):
 
 class SslHeadConfig(Section):
     """The head over a pretrained encoder's layers (`train.model: ssl_head`): a learned softmax-
-    weighted sum of the layers' time-averaged states (SUPERB / EmoBox), then an MLP."""
+    weighted sum of the layers' time-averaged states (SUPERB / EmoBox), then an MLP. How many layers
+    is the features' business (`features.ssl`), not a setting here (`models.ssl.SslHeadArch`)."""
 
     hidden: list[int] = Field(default_factory=lambda: [256], min_length=1)
     dropout: float = Field(0.2, ge=0, lt=1)
-    n_layers: int = Field(0, ge=0)
-    """Encoder layers in each input vector; filled in by training from the checkpoint (0 here)."""
 
 
 class SpecAugmentConfig(Section):

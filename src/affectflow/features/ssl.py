@@ -147,11 +147,6 @@ def n_layers(cfg: SslConfig) -> int:
     return int(AutoConfig.from_pretrained(folder, local_files_only=True).num_hidden_layers) + 1
 
 
-def encoder_layers(model: str, cfg: SslConfig) -> int | None:
-    """`n_layers` for `models.arch_config` when the recognizer `model` reads the ssl kind, else None."""
-    return n_layers(cfg) if model == "ssl_head" else None
-
-
 def key_config(cfg: SslConfig, sample_rate: int) -> dict[str, Any]:
     """What determines the values (the cache key): the checkpoint's content, the layers, the rate,
     the chunking."""

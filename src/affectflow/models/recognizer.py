@@ -97,8 +97,6 @@ class CnnBiGruEncoder(nn.Module):
 class CnnBiGru(nn.Module):
     """CNN + BiGRU + attention pooling over log-mel spectrograms."""
 
-    feature = "logmel"
-
     def __init__(self, n_mels: int, n_classes: int, cfg: CnnConfig):
         super().__init__()
         self.encoder = CnnBiGruEncoder(n_mels, cfg)
@@ -127,8 +125,6 @@ class MlpEncoder(nn.Module):
 
 class EgemapsMlp(nn.Module):
     """MLP over standardised eGeMAPS functionals."""
-
-    feature = "egemaps"
 
     def __init__(self, in_dim: int, n_classes: int, cfg: MlpConfig):
         super().__init__()

@@ -9,18 +9,27 @@ linear layer, as in every recognizer, so DANN and latent augmentation work on it
 from __future__ import annotations
 
 import torch
+from pydantic import Field
 from torch import nn
 
 from affectflow.config import MlpConfig, SslHeadConfig
 from affectflow.models.recognizer import MlpEncoder
 
 
+class SslHeadArch(SslHeadConfig):
+    """What an `ssl_head` is built with (and its model folder's `arch_config` holds): the user's
+    `train.ssl_head` plus the encoder layers in each input vector, which the `ssl` kind's settings
+    set (`ModelSpec.feature_facts`; the checkpoint's layer count, or `features.ssl.layers`)."""
+
+    n_layers: int = Field(ge=1)
+
+
 class LayerWeightedEncoder(nn.Module):
     """(B, n_layers * D) -> (B, hidden[-1]): softmax-weighted layer sum, then an MLP."""
 
-    def __init__(self, in_dim: int, cfg: SslHeadConfig):
+    def __init__(self, in_dim: int, cfg: SslHeadArch):
         super().__init__()
-        if cfg.n_layers < 1 or in_dim % cfg.n_layers:
+        if in_dim % cfg.n_layers:
             raise ValueError(f"ssl_head: input size {in_dim} is not n_layers ({cfg.n_layers}) x hidden size")
         self.n_layers, self.width = cfg.n_layers, in_dim // cfg.n_layers
         self.layer_logits = nn.Parameter(torch.zeros(cfg.n_layers))
@@ -36,9 +45,7 @@ class LayerWeightedEncoder(nn.Module):
 
 
 class SslHead(nn.Module):
-    feature = "ssl"
-
-    def __init__(self, in_dim: int, n_classes: int, cfg: SslHeadConfig):
+    def __init__(self, in_dim: int, n_classes: int, cfg: SslHeadArch):
         super().__init__()
         self.encoder = LayerWeightedEncoder(in_dim, cfg)
         self.head = nn.Linear(self.encoder.dim, n_classes)

@@ -33,8 +33,7 @@ from affectflow.contracts.model_folder import (
     write_model_folder,
 )
 from affectflow.contracts.workdir import ENCODER_SUBDIR
-from affectflow.features.keys import kind_config
-from affectflow.features.ssl import encoder_layers
+from affectflow.features.keys import kind_config, kind_spec
 from affectflow.metrics import confusion, uar_cm
 from affectflow.models import arch_config, build_model, feature_kind
 from affectflow.models.dann import Dann
@@ -121,7 +120,7 @@ def prepare_inputs(params: Params, manifest: str | Path | pd.DataFrame, features
     fs = FeatureSet(features_dir)
     src_raw = fs.load(kind, rows.source_train["utt_id"].tolist())
     tgt_raw = fs.load(kind, rows.target_train["utt_id"].tolist())
-    base_mode = "global" if kind != "logmel" else tc.normalize
+    base_mode = kind_spec(kind).normalization(tc.normalize)  # the recognizer's rule (train's plan)
     src_c = rows.source_train["corpus"].astype(str).to_numpy()
     tgt_c = rows.target_train["corpus"].astype(str).to_numpy()
     adaptation = {c: [a for a, k in zip(src_raw, src_c, strict=True) if k == c] for c in domains.sources}
@@ -148,11 +147,16 @@ def prepare_inputs(params: Params, manifest: str | Path | pd.DataFrame, features
     return inp
 
 
+def _arch(inp: Inputs) -> dict[str, Any]:
+    """The recognizer's architecture configuration, with what its features set (`ModelSpec.feature_facts`)."""
+    return arch_config(inp.params.train, kind_spec(inp.kind).facts(inp.params.features))
+
+
 def build_dann(inp: Inputs, seed: int) -> Dann:
     """A fresh recognizer (train.model) inside a DANN; the same seed gives the same recognizer weights."""
     cfg, tc = inp.params.pretrain, inp.params.train
     torch.manual_seed(seed)
-    rec = build_model(tc.model, arch_config(tc, encoder_layers(tc.model, inp.params.features.ssl)), inp.input_dim, len(inp.classes))
+    rec = build_model(tc.model, _arch(inp), inp.input_dim, len(inp.classes))
     n_spk = len(inp.speakers) if cfg.speaker_adversarial else 0
     return Dann(rec, len(inp.domains.names), n_spk, cfg.domain_hidden, cfg.head_dropout)
 
@@ -189,7 +193,7 @@ def class_set_uar(logits: np.ndarray, emotions: pd.Series, classes: list[str]) -
 
 def _run_name(inp: Inputs) -> str:
     what = {"pretrain": inp.params.pretrain.model_dump(mode="json"), "model": inp.params.train.model,
-            "arch": arch_config(inp.params.train, encoder_layers(inp.params.train.model, inp.params.features.ssl)), "feature_key": inp.feature_key,
+            "arch": _arch(inp), "feature_key": inp.feature_key,
             "source": inp.rows.source_train["utt_id"].tolist(), "target": inp.rows.target_train["utt_id"].tolist()}
     return f"dann-{hashlib.sha256(json.dumps(what, sort_keys=True).encode()).hexdigest()[:12]}"
 
@@ -213,7 +217,7 @@ def encoder_meta(inp: Inputs, run_name: str, lineage: dict[str, str], seconds: f
         arch=tc.model, classes=inp.classes, feature=inp.kind, feature_config=feature_cfg,
         feature_key=inp.feature_key, audio=p.audio.model_dump(mode="json"),
         normalization=inp.norm.base.as_dict(), normalization_per_corpus=per_corpus, deploy_corpus=deploy,
-        arch_config=arch_config(tc, encoder_layers(tc.model, p.features.ssl)), input_dim=inp.input_dim,
+        arch_config=_arch(inp), input_dim=inp.input_dim,
         lineage={**lineage, "run_name": run_name, "pretrain_params_hash": p.section_hash("pretrain", "train")},
         train=TrainFacts(corpora=list(inp.domains.sources), n_train=len(r.source_train), n_val=len(r.source_val),
                          train_speakers=sorted(set(r.source_train["speaker"]) | set(r.target_train["speaker"])),

@@ -27,8 +27,7 @@ from affectflow.contracts.model_folder import (
     read_model_meta,
 )
 from affectflow.contracts.synthetic import read_synthetic, synthetic_file
-from affectflow.features.keys import feature_keys, kind_config
-from affectflow.features.ssl import encoder_layers
+from affectflow.features.keys import feature_keys, kind_config, kind_spec
 from affectflow.models import arch_config, feature_kind
 from affectflow.models.data import NormStats, compute_stats
 from affectflow.stages.train.shared import checkpoint_root, run_folder
@@ -237,10 +236,9 @@ def plan(params: Params, manifest: str | Path, features_dir: str | Path, out_dir
     train_ids, val_ids = tr["utt_id"].tolist(), va["utt_id"].tolist()
     arrays = fs.load(kind, train_ids, mmap=True)
     input_dim = int(arrays[0].shape[0])
-    acfg = arch_config(tc, encoder_layers(tc.model, params.features.ssl))
+    acfg = arch_config(tc, kind_spec(kind).facts(params.features))
     pre_meta = _check_pretrained(pretrained, tc.model, kind, acfg, input_dim) if pretrained else None
-    mode = "global" if tc.normalize == "corpus" or (kind != "logmel" and tc.normalize == "utterance") \
-        else tc.normalize
+    mode = kind_spec(kind).normalization(tc.normalize)
     if pre_meta and pre_meta.normalization.get("mode") == mode:
         stats = NormStats.from_dict(pre_meta.normalization)  # the encoder was trained on these
     else:
