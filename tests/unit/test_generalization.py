@@ -184,7 +184,7 @@ def test_the_augment_condition_trains_its_generator_without_the_held_out_corpus(
 
 def test_a_cell_key_follows_only_the_sections_its_stages_read(corpora: Path, tmp_path: Path) -> None:
     p = _params(corpora, tmp_path)
-    key = {m: G.cell_key(m, p, ["alpha", "beta"], "gamma") for m in G.METHOD_STAGES}
+    key = {m: G.cell_key(m, p, ["alpha", "beta"], "gamma") for m in G.METHODS}
     aug = p.model_copy(update={"augment": p.augment.model_copy(update={"epochs": p.augment.epochs + 1})})
     assert G.cell_key("recognizer", aug, ["alpha", "beta"], "gamma") == key["recognizer"]
     assert G.cell_key("dann", aug, ["alpha", "beta"], "gamma") == key["dann"]

@@ -380,30 +380,36 @@ def augment_cell(params: Params, df: pd.DataFrame, features: Path, train_corpora
     return recognizer_cell(p, df, features, train_corpora, held, cell_dir, synthetic=res.out_dir)
 
 
+CellRunner = Callable[[Params, pd.DataFrame, Path, list[str], str, Path], pd.DataFrame]
+"""(params, manifest, features, training corpora, held-out corpus, cell folder) -> the held-out
+corpus's predictions."""
+
+
+@dataclass(frozen=True)
+class StudyMethod:
+    """One `StudyCondition.method`: how a cell of it runs and the stages it runs (its cache key
+    covers their sections)."""
+
+    run: CellRunner
+    stages: tuple[str, ...]
+
+
+METHODS: dict[str, StudyMethod] = {
+    "svm": StudyMethod(lambda p, df, f, tc, held, cell: svm_cell(p, df, f, tc, held), ("ingest", "features")),
+    "recognizer": StudyMethod(recognizer_cell, ("ingest", "features", "train", "evaluate")),
+    "dann": StudyMethod(dann_cell, ("ingest", "features", "pretrain", "train", "evaluate")),
+    "augment": StudyMethod(augment_cell, ("ingest", "features", "augment", "train", "evaluate")),
+    "latent": StudyMethod(latent_cell, ("ingest", "features", "train", "augment", "evaluate")),
+    "aaec_classifier": StudyMethod(lambda p, df, f, tc, held, cell: aaec_classifier_cell(p, df, f, tc, held),
+                                   ("ingest", "features", "augment", "train")),
+}
+"""The study's methods (the SVM reads the ingest manifest and the feature store): the one table
+`StudyCondition.method` names (tests/unit/test_tables.py)."""
+
+
 def run_method(method: str, params: Params, df: pd.DataFrame, features: Path, train_corpora: list[str],
                held: str, cell_dir: Path) -> pd.DataFrame:
-    if method == "svm":
-        return svm_cell(params, df, features, train_corpora, held)
-    if method == "dann":
-        return dann_cell(params, df, features, train_corpora, held, cell_dir)
-    if method == "augment":
-        return augment_cell(params, df, features, train_corpora, held, cell_dir)
-    if method == "latent":
-        return latent_cell(params, df, features, train_corpora, held, cell_dir)
-    if method == "aaec_classifier":
-        return aaec_classifier_cell(params, df, features, train_corpora, held)
-    return recognizer_cell(params, df, features, train_corpora, held, cell_dir)
-
-
-METHOD_STAGES: dict[str, tuple[str, ...]] = {
-    "svm": ("ingest", "features"),
-    "recognizer": ("ingest", "features", "train", "evaluate"),
-    "dann": ("ingest", "features", "pretrain", "train", "evaluate"),
-    "augment": ("ingest", "features", "augment", "train", "evaluate"),
-    "latent": ("ingest", "features", "train", "augment", "evaluate"),
-    "aaec_classifier": ("ingest", "features", "augment", "train"),
-}
-"""The stages a cell of each method runs (the SVM reads the ingest manifest and the feature store)."""
+    return METHODS[method].run(params, df, features, train_corpora, held, cell_dir)
 NOT_OUTCOME = frozenset({"s3", "paths", "tracking"})
 """Sections that say where things are, not what a cell computes."""
 
@@ -412,7 +418,7 @@ def outcome_sections(method: str) -> list[str]:
     """The params sections that decide a cell's outcome: those its stages read (the stage table)."""
     from affectflow.stages import get
 
-    return sorted({s for stage in METHOD_STAGES[method] for s in get(stage).sections} - NOT_OUTCOME)
+    return sorted({s for stage in METHODS[method].stages for s in get(stage).sections} - NOT_OUTCOME)
 
 
 def cell_key(method: str, params: Params, train_corpora: list[str], held: str) -> str:
