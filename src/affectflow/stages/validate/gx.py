@@ -9,6 +9,7 @@ import logging
 import math
 import os
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")  # before GX is imported: no usage events
@@ -35,8 +36,57 @@ def _context() -> Any:
     return gx.get_context(mode="ephemeral", project_config=config)
 
 
-def run_tables(tables: Sequence[Table], n_examples: int) -> list[dict[str, Any]]:
-    """Validate every table with its suite; one dict per check, in the order the checks were declared."""
+@dataclass
+class CheckResult:
+    """One check's outcome: what `report.json` lists per check (`as_json`) and `report.md` shows."""
+
+    check: str
+    description: str
+    table: str
+    expectation: str
+    kwargs: dict[str, Any]
+    success: bool
+    element_count: int | None
+    unexpected_count: int | None
+    severity: str
+    error: str | None
+    observed: tuple[Any] | None = None
+    """(GX's observed value,) when it reported one (the value itself may be None)."""
+    groups: int | None = None
+    """Distinct offending groups, when the check groups its rows (`group_by`)."""
+    examples: list[dict[str, Any]] | None = None
+    """The first offending rows or groups, when the check failed on rows."""
+    group_by: list[str] | None = None
+
+    @property
+    def critical_failure(self) -> bool:
+        return not self.success and self.severity == "critical"
+
+    @property
+    def warning(self) -> bool:
+        return not self.success and self.severity != "critical"
+
+    @property
+    def observed_value(self) -> Any:
+        return None if self.observed is None else self.observed[0]
+
+    def as_json(self) -> dict[str, Any]:
+        d: dict[str, Any] = {
+            "check": self.check, "description": self.description, "table": self.table,
+            "expectation": self.expectation, "kwargs": self.kwargs, "success": self.success,
+            "element_count": self.element_count, "unexpected_count": self.unexpected_count,
+            "severity": self.severity, "error": self.error}
+        if self.observed is not None:
+            d["observed_value"] = self.observed[0]
+        if self.examples is not None:
+            d["groups"], d["examples"] = self.groups, self.examples
+            if self.groups is not None:
+                d["group_by"] = self.group_by
+        return d
+
+
+def run_tables(tables: Sequence[Table], n_examples: int) -> list[CheckResult]:
+    """Validate every table with its suite; one result per check, in the order the checks were declared."""
     with contextlib.redirect_stdout(io.StringIO()) as said:  # GX prints bare lists ("[]") to stdout
         out = _run_suites(tables, n_examples)
     if said.getvalue().strip():
@@ -44,10 +94,10 @@ def run_tables(tables: Sequence[Table], n_examples: int) -> list[dict[str, Any]]
     return out
 
 
-def _run_suites(tables: Sequence[Table], n_examples: int) -> list[dict[str, Any]]:
+def _run_suites(tables: Sequence[Table], n_examples: int) -> list[CheckResult]:
     context = _context()
     source = context.data_sources.add_pandas("affectflow")
-    out: list[dict[str, Any]] = []
+    out: list[CheckResult] = []
     for t in tables:
         batch = source.add_dataframe_asset(t.name).add_batch_definition_whole_dataframe(t.name)
         suite = context.suites.add(gx.ExpectationSuite(name=t.name, expectations=t.expectations))
@@ -71,27 +121,24 @@ def _exception(info: Any) -> str | None:
     return None
 
 
-def _describe(t: Table, exp: Expectation, res: Any, n_examples: int) -> dict[str, Any]:
+def _describe(t: Table, exp: Expectation, res: Any, n_examples: int) -> CheckResult:
     cfg = res.expectation_config
     r = res.result or {}
     kwargs = {k: v for k, v in cfg.kwargs.items() if k not in ("batch_id", "row_condition")}
     if getattr(exp, "row_condition", None) is not None:
         kwargs["row_condition"] = repr(exp.row_condition)  # "role == source"
-    d: dict[str, Any] = {
-        "check": exp.meta["check"], "description": exp.description, "table": t.name,
-        "expectation": cfg.type, "kwargs": _plain(kwargs), "success": bool(res.success),
-        "element_count": _plain(r.get("element_count")), "unexpected_count": _plain(r.get("unexpected_count")),
-        "severity": _plain(getattr(exp.severity, "value", exp.severity)),
-        "error": _exception(res.exception_info),
-    }
-    if "observed_value" in r:
-        d["observed_value"] = _plain(r["observed_value"])
+    c = CheckResult(
+        check=exp.meta["check"], description=exp.description, table=t.name, expectation=cfg.type,
+        kwargs=_plain(kwargs), success=bool(res.success), element_count=_plain(r.get("element_count")),
+        unexpected_count=_plain(r.get("unexpected_count")), severity=_plain(getattr(exp.severity, "value", exp.severity)),
+        error=_exception(res.exception_info),
+        observed=(_plain(r["observed_value"]),) if "observed_value" in r else None)
     ids = [row[t.id_column] for row in r.get("unexpected_index_list") or []]
     if not res.success and ids:
-        d["groups"], d["examples"] = _examples(t, kwargs.get("column"), ids, exp.meta, n_examples)
-        if d["groups"] is not None:
-            d["group_by"] = list(exp.meta["group"])
-    return d
+        c.groups, c.examples = _examples(t, kwargs.get("column"), ids, exp.meta, n_examples)
+        if c.groups is not None:
+            c.group_by = list(exp.meta["group"])
+    return c
 
 
 def _examples(t: Table, column: str | None, ids: Sequence[Any], meta: dict[str, Any],

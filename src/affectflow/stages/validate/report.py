@@ -5,6 +5,8 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from typing import Any
 
+from affectflow.stages.validate.gx import CheckResult
+
 
 # ----------------------------------------------------------------------------- report
 def _md_cell(v: Any) -> str:
@@ -24,36 +26,36 @@ def _md_table(rows: Sequence[dict[str, Any]], columns: Sequence[str] | None = No
     return lines
 
 
-def _failure_line(c: dict[str, Any]) -> str:
-    if c["error"]:
-        return f"error: {c['error']}"
-    if c.get("unexpected_count") is not None:
-        line = f"{c['unexpected_count']} of {c['element_count']} rows"
-        if c.get("groups") is not None:
-            line += f" ({c['groups']} distinct {'/'.join(c['group_by'])})"
+def _failure_line(c: CheckResult) -> str:
+    if c.error:
+        return f"error: {c.error}"
+    if c.unexpected_count is not None:
+        line = f"{c.unexpected_count} of {c.element_count} rows"
+        if c.groups is not None:
+            line += f" ({c.groups} distinct {'/'.join(c.group_by or [])})"
         return line
-    return f"observed {c.get('observed_value')!r}"
+    return f"observed {c.observed_value!r}"
 
 
-def _mark(c: dict[str, Any]) -> str:
-    return "✓" if c["success"] else "✗" if c["severity"] == "critical" else "⚠"
+def _mark(c: CheckResult) -> str:
+    return "✓" if c.success else "✗" if c.severity == "critical" else "⚠"
 
 
-def _md_failure(c: dict[str, Any], mark: str) -> list[str]:
+def _md_failure(c: CheckResult, mark: str) -> list[str]:
     """One failed check: what was expected, on which table and column, and the offending rows."""
-    where = f" where {c['kwargs']['row_condition']}" if "row_condition" in c["kwargs"] else ""
-    col = c["kwargs"].get("column")
-    lines = [f"### {mark} `{c['check']}` — {c['description']}", "",
-             f"`{c['expectation']}`" + (f" on `{col}`" if col else "")
-             + f" (table `{c['table']}`{where}): {_failure_line(c)}."]
-    if c.get("examples"):
-        grouped = c.get("groups") is not None
-        total, unit = (c["groups"], "groups") if grouped else (c["unexpected_count"], "rows")
-        lines += ["", f"First {len(c['examples'])} of {total} offending {unit}:", "", *_md_table(c["examples"])]
+    where = f" where {c.kwargs['row_condition']}" if "row_condition" in c.kwargs else ""
+    col = c.kwargs.get("column")
+    lines = [f"### {mark} `{c.check}` — {c.description}", "",
+             f"`{c.expectation}`" + (f" on `{col}`" if col else "")
+             + f" (table `{c.table}`{where}): {_failure_line(c)}."]
+    if c.examples:
+        total, unit = (c.groups, "groups") if c.groups is not None else (c.unexpected_count, "rows")
+        lines += ["", f"First {len(c.examples)} of {total} offending {unit}:", "", *_md_table(c.examples)]
     return lines
 
 
-def render_markdown(report: dict[str, Any]) -> str:
+def render_markdown(report: dict[str, Any], checks: Sequence[CheckResult]) -> str:
+    """report.md from report.json's summary and class counts and the typed `checks`."""
     s = report["summary"]
     lines = [f"# Data validation gate: {'PASSED' if s['passed'] else 'FAILED'}", ""]
     lines += [f"- manifest: `{s['manifest']}` ({s['clips']} clips, {s['speakers']} speakers)",
@@ -68,7 +70,7 @@ def render_markdown(report: dict[str, Any]) -> str:
                                ("Warnings (do not fail the gate)", "⚠", s["warnings"])):
         if names:
             lines += [f"## {title}", ""]
-        for c in (c for c in report["checks"] if c["check"] in names):
+        for c in (c for c in checks if c.check in names):
             lines += [*_md_failure(c, mark), ""]
     counts = report["class_counts"]
     if counts:
@@ -77,15 +79,14 @@ def render_markdown(report: dict[str, Any]) -> str:
         lines += _md_table([{"split": sp, **row} for sp, row in counts.items()], ["split", *classes])
         lines.append("")
     lines += ["## All checks", ""]
-    lines += _md_table([{"": _mark(c), "check": c["check"], "table": c["table"],
-                         "expectation": c["expectation"],
-                         "unexpected / observed": c.get("unexpected_count") if c.get("unexpected_count") is not None
-                         else c.get("observed_value")} for c in report["checks"]])
+    lines += _md_table([{"": _mark(c), "check": c.check, "table": c.table, "expectation": c.expectation,
+                         "unexpected / observed": c.unexpected_count if c.unexpected_count is not None
+                         else c.observed_value} for c in checks])
     return "\n".join(lines) + "\n"
 
 
-def _first_example(c: dict[str, Any]) -> str:
-    ex: Iterable[dict[str, Any]] = c.get("examples") or []
+def _first_example(c: CheckResult) -> str:
+    ex: Iterable[dict[str, Any]] = c.examples or []
     first = next(iter(ex), None)
     if not first:
         return ""

@@ -60,8 +60,8 @@ def validate(params: Params, manifest_path: str | Path, out_dir: str | Path,
         utt_ids = df["utt_id"].dropna().astype(str).tolist()
         tables += [feature_table(features, spec, utt_ids) for spec in feature_specs(params)]
     checks = run_tables(tables, params.validation.report_examples)
-    failed = [c for c in checks if not c["success"] and c["severity"] == "critical"]
-    warned = [c for c in checks if not c["success"] and c["severity"] != "critical"]
+    failed = [c for c in checks if c.critical_failure]
+    warned = [c for c in checks if c.warning]
     summary: dict[str, Any] = {
         "passed": not failed,
         "manifest": str(manifest_path),
@@ -69,20 +69,20 @@ def validate(params: Params, manifest_path: str | Path, out_dir: str | Path,
         "clips": len(df),
         "speakers": int(df["speaker"].nunique()),
         "checks": len(checks),
-        "failed": [c["check"] for c in failed],
-        "failures": {c["check"]: _failure_line(c) + _first_example(c) for c in failed},
-        "warnings": {c["check"]: _failure_line(c) + _first_example(c) for c in warned},
+        "failed": [c.check for c in failed],
+        "failures": {c.check: _failure_line(c) + _first_example(c) for c in failed},
+        "warnings": {c.check: _failure_line(c) + _first_example(c) for c in warned},
         "audio": audio_counts,
     }
     table = counts.pivot(index="split", columns="emotion", values="count") if len(counts) else None
     class_table = ({sp: {c: int(table.loc[sp, c]) for c in params.ingest.classes}
                     for sp in SPLITS if sp in table.index} if table is not None else {})
     report = {"summary": summary, "great_expectations": gx.__version__, "class_counts": class_table,
-              "params": params.validation.model_dump(mode="json"), "checks": checks}
+              "params": params.validation.model_dump(mode="json"), "checks": [c.as_json() for c in checks]}
     out.mkdir(parents=True, exist_ok=True)
     report_json, report_md = out / "report.json", out / "report.md"
     atomic_write_json(report_json, report)
-    atomic_write_text(report_md, render_markdown(report))
+    atomic_write_text(report_md, render_markdown(report, checks))
     return GateResult(passed=not failed, summary=summary, report_md=report_md, report_json=report_json)
 
 
