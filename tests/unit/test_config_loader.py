@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from affectflow.config import ConfigError, load_params, parse_override
+from affectflow.config import ConfigError, flatten, load_params, parse_override
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -18,11 +18,35 @@ def write(tmp_path: Path, tree: dict) -> Path:
     return path
 
 
+PARAMS_YAML_OWN = {"studies.generalization.conditions": "the study's rows are data params.yaml holds (the "
+                   "settings class's default is the two-row minimum)"}
+"""The only values params.yaml states that are not the settings classes' defaults, and why."""
+
+
+def differences_from_defaults(path: Path) -> dict[str, tuple[object, object]]:
+    """Every flattened value of the params file at `path` that is not the settings classes' default
+    (params.yaml's own sections left out): key -> (file's, default)."""
+    given, defaults = flatten(load_params(path)), flatten(load_params(None))
+    own = tuple(PARAMS_YAML_OWN)
+    return {k: (given.get(k, "<absent>"), defaults.get(k, "<absent>")) for k in given.keys() | defaults.keys()
+            if not k.startswith(own) and given.get(k, "<absent>") != defaults.get(k, "<absent>")}
+
+
 def test_repo_params_yaml_is_valid_and_mirrors_the_defaults():
+    """One home for every default (the settings classes): params.yaml restates them for people to read
+    and edit, so every value it holds, at every depth, must be the class's default."""
     p = load_params(REPO / "params.yaml")
-    defaults = load_params(None)
-    assert p.train.epochs == defaults.train.epochs
     assert yaml.safe_load((REPO / "params.yaml").read_text()).keys() == p.model_dump().keys()
+    differ = differences_from_defaults(REPO / "params.yaml")
+    assert not differ, "params.yaml differs from the settings classes' defaults (yaml, default):\n" + "\n".join(
+        f"  {k}: {a!r} != {b!r}" for k, (a, b) in sorted(differ.items()))
+
+
+def test_the_defaults_check_sees_a_nested_leaf_and_skips_only_params_yaml_own(tmp_path):
+    tree = yaml.safe_load((REPO / "params.yaml").read_text())
+    tree["features"]["logmel"]["n_mels"] += 1
+    tree["studies"]["generalization"]["conditions"] = {"only": {"method": "svm"}}
+    assert set(differences_from_defaults(write(tmp_path, tree))) == {"features.logmel.n_mels"}
 
 
 def test_unknown_key_names_the_key(tmp_path):
