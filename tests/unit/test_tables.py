@@ -93,3 +93,25 @@ def test_no_code_compares_a_feature_kind_or_model_name_outside_its_table() -> No
     found = [f"{f.relative_to(SRC)}:{i}: {line.strip()}" for f in sorted(SRC.rglob("*.py")) if f not in tables | allowed
              for i, line in enumerate(f.read_text().splitlines(), 1) if COMPARISON.search(line)]
     assert not found, "\n".join(found)
+
+
+@pytest.mark.parametrize("kind", [k for k, row in KINDS.items() if row.engine != "ssl"])  # ssl: test_ssl.py
+def test_a_kind_row_extracts_arrays_of_the_shape_it_declares(kind: str) -> None:
+    """A row's pieces agree: its stored configuration builds its extractor, whose arrays have the
+    shape the validate gate will ask of them (frame-level: (dim, frames); else (dim,))."""
+    import numpy as np
+
+    from affectflow.config import load_params
+    from affectflow.corpora.demo import utterance
+    from affectflow.features.keys import kind_config
+
+    p = load_params(None, {"features.egemaps.levels": ["functionals", "lld"]})
+    row = KINDS[kind]
+    extract = row.extractor(kind_config(p, kind), p.audio.sample_rate, "cpu", kind)
+    (arr,) = extract([utterance("happy", speaker=1, seed=0, sr=p.audio.sample_rate, duration=1.0)])
+    shape = row.shape(p.features, kind)
+    assert arr.ndim == shape.ndim == (2 if row.frame_level else 1)
+    assert shape.dim0 is None or arr.shape[0] == shape.dim0
+    assert np.isfinite(arr).all()
+    assert row.normalization("utterance") == ("utterance" if row.frame_level else "global")
+    assert row.normalization("corpus") == "global"

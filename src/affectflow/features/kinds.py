@@ -68,8 +68,11 @@ class FeatureKind:
     shape: Callable[[FeaturesConfig, str], Shape]
     requirements: Callable[[], list[str]]
     """pip requirements of a served model reading it (beyond the recognizer's own)."""
-    carried: str | None = None
-    """The `feature_config` entry naming files a served model carries with it (a checkpoint)."""
+    carried_files: Callable[[dict[str, Any]], Path | None] = field(default=lambda config: None)
+    """The local folder a served model of this kind carries with it (a checkpoint), for its stored
+    configuration; None: nothing to carry."""
+    carried_setting: str | None = None
+    """The `feature_config` entry the carried folder replaces where the model is served."""
     facts: Callable[[FeaturesConfig], dict[str, int]] = field(default=lambda cfg: {})
     """What a model reading this kind takes from its settings (`ModelSpec.feature_facts`)."""
 
@@ -77,15 +80,6 @@ class FeatureKind:
         """The statistics `train.normalize` (or `pretrain`'s) fits for this kind: per utterance only
         for frame-level arrays; `corpus` is global statistics per corpus (computed by the caller)."""
         return "utterance" if normalize == "utterance" and self.frame_level else "global"
-
-    def carried_files(self, config: dict[str, Any]) -> Path | None:
-        """The local folder a served model of this kind carries (None: nothing to carry)."""
-        if self.carried is None:
-            return None
-        from affectflow.features.ssl import local_checkpoint
-
-        where = local_checkpoint(_ssl_config(config))
-        return where if isinstance(where, Path) else None
 
 
 # ----------------------------------------------------------------------------- log-mel
@@ -157,6 +151,14 @@ def _ssl_extractor(config: dict[str, Any], sample_rate: int, device: Any, kind: 
     return lambda waves: encoder([np.asarray(w, np.float32) for w in waves])
 
 
+def _ssl_carried(config: dict[str, Any]) -> Path | None:
+    """The encoder's local folder (a hub id in the offline cache is not carried)."""
+    from affectflow.features.ssl import local_checkpoint
+
+    where = local_checkpoint(_ssl_config(config))
+    return where if isinstance(where, Path) else None
+
+
 def _ssl_facts(cfg: FeaturesConfig) -> dict[str, int]:
     from affectflow.features.ssl import n_layers
 
@@ -183,7 +185,7 @@ KINDS: dict[str, FeatureKind] = {k.name: k for k in (
     FeatureKind(SSL, "ssl", False, SSL, config=_ssl_settings, key=_ssl_key, extractor=_ssl_extractor,
                 shape=lambda cfg, kind: Shape(1, None, "pretrained encoder layers"),  # layers x hidden size
                 requirements=lambda: [f"transformers=={_version_of('transformers')}"],
-                carried="checkpoint", facts=_ssl_facts),
+                carried_files=_ssl_carried, carried_setting="checkpoint", facts=_ssl_facts),
 )}
 """Every store kind (clean audio; `<kind>@r<k>` recording-condition copies are openSMILE kinds'
 copies, `features.robustness`)."""

@@ -67,7 +67,7 @@ log = logging.getLogger(__name__)
 
 MODEL_ARTIFACT = "model_dir"
 ENCODER_ARTIFACT = "ssl_encoder"
-"""Files a feature kind carries inside the logged model (`FeatureKind.carried`: the `ssl` kind's
+"""Files a feature kind carries inside the logged model (`FeatureKind.carried_files`: the `ssl` kind's
 pretrained encoder); the name stays for models logged before."""
 EXAMPLE_SECONDS = 0.5
 """Length of the generated waveform logged as the input example."""
@@ -134,7 +134,7 @@ class AffectflowPyfunc(PythonModel):
         if encoder:  # the checkpoint travels with the model: no hub, no bucket needed to serve it
             from affectflow.features.kinds import kind_spec
 
-            setting = kind_spec(self.rec.meta.feature).carried
+            setting = kind_spec(self.rec.meta.feature).carried_setting
             self.rec.meta.feature_config = {**self.rec.meta.feature_config, str(setting): encoder}
         self.featurizer = Featurizer(self.rec.meta)
         self.config = ServingConfig.from_model_config(getattr(context, "model_config", None))
