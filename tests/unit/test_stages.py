@@ -87,7 +87,8 @@ def test_import_layers_hold() -> None:
     out = subprocess.run([str(Path(sys.executable).parent / "lint-imports")], cwd=REPO, capture_output=True,
                          text=True, timeout=120)
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-2000:]
-    assert "Contracts: 3 kept, 0 broken." in out.stdout
+    declared = (REPO / "pyproject.toml").read_text().count("[[tool.importlinter.contracts]]")
+    assert f"Contracts: {declared} kept, 0 broken." in out.stdout  # every declared contract ran and held
 
 
 def test_the_library_never_edits_sys_path() -> None:
