@@ -685,6 +685,8 @@ def test_registration_job_uploads_and_schedules(rendered: dict) -> None:
         assert f"--namespace={p.namespace}" in cmd  # the chart's kubeflow.namespace, params.yaml's default
         # the UI's run form and the scheduled runs read the corpora where the cluster keeps them
         assert "--set=paths.data_root=s3://affectflow/corpora" in cmd
+        # every run reads and adds to the deployment's feature store on S3 (not a pod's own disk)
+        assert "--set=features.store=s3://affectflow/feature-store" in cmd
         assert "--host=http://ml-pipeline.kubeflow.svc.cluster.local:8888" in cmd
         assert "--package=/app/pipelines/compiled/affectflow-train.yaml" in cmd
     spec = job["spec"]["template"]["spec"]
@@ -700,9 +702,14 @@ def test_data_root_of_pipeline_runs_from_chart_values() -> None:
     assert all("--set=paths.data_root=s3://corpora-bucket/ser" in c for c in cmds)
     _, cmds = _job_commands(render({"s3": {"bucket": "team-ml"}}))
     assert all("--set=paths.data_root=s3://team-ml/corpora" in c for c in cmds)
+    assert all("--set=features.store=s3://team-ml/feature-store" in c for c in cmds)
     assert not any("../shared/data" in " ".join(c) for c in cmds)
-    with helm.Chart.load(CHART) as chart, pytest.raises(helm.HelmValuesError):
-        chart.validate_schema(chart.merge_values({"kubeflow": {"dataRoot": "../shared/data"}}))
+    _, cmds = _job_commands(render({"kubeflow": {"featureStore": "s3://features/ser"}}))
+    assert all("--set=features.store=s3://features/ser" in c for c in cmds)
+    with helm.Chart.load(CHART) as chart:
+        for bad in ({"dataRoot": "../shared/data"}, {"featureStore": "feature-store"}):
+            with pytest.raises(helm.HelmValuesError):
+                chart.validate_schema(chart.merge_values({"kubeflow": bad}))
 
 
 def test_registration_job_on_upgrade_and_from_a_configmap() -> None:
@@ -737,7 +744,8 @@ def test_registration_commands_parse_with_the_cli(rendered: dict) -> None:
     for cmd in cmds:
         ns = parser.parse_args(cmd[1:])
         assert ns.command == "pipeline" and ns.action == cmd[2]
-    assert ns.cron == "0 0 3 * * 1" and ns.overrides == ["paths.data_root=s3://affectflow/corpora", "train.epochs=5"]
+    assert ns.cron == "0 0 3 * * 1" and ns.overrides == ["paths.data_root=s3://affectflow/corpora",
+                                                         "features.store=s3://affectflow/feature-store", "train.epochs=5"]
 
 
 # --------------------------------------------------------------------------- MLflow backend URI, db upgrade

@@ -28,6 +28,12 @@ computed again.
 
 Warm cache: the shards' records (clip sha256 -> shape) are read and each shard's hash checked; a
 warm re-run opens no audio and costs a small fraction of a cold one.
+
+The deployment's store (`features.store`, `store_location`): every run reads it before computing,
+like `features.previous`, and a complete run (a local run, or the cluster's gather task) adds to it
+the shards it lacks, record last (`publish`). Shards are named by their clips, so runs and pipelines
+share it without coordination, and each pipeline run's output stays a self-contained store of its
+own (copied in, or hard-linked where both are local folders).
 """
 
 from __future__ import annotations
@@ -243,6 +249,59 @@ def _source_root(source: str | Path, folder: str, params: Params) -> Path | None
     return localize_for(params, uri).parents[folder.count("/")]
 
 
+def store_location(params: Params) -> str | None:
+    """Where the deployment's shared store is (`features.store`: relative = under paths.workdir);
+    None when it is off."""
+    store = params.features.store
+    if not store:
+        return None
+    if is_s3(store) or Path(store).is_absolute():
+        return store
+    workdir = params.paths.workdir
+    return f"{workdir.rstrip('/')}/{store}" if is_s3(workdir) else str(Path(workdir) / store)
+
+
+def _link_or_copy(src: Path, dst: Path) -> None:
+    """`dst` as `src`'s bytes, by an atomic rename: a hard link where both are on one filesystem (a
+    local store shares its shards with each run's output), else a copy."""
+    with atomic_path(dst) as tmp:
+        tmp.unlink()
+        try:
+            os.link(src, tmp)
+        except OSError:
+            shutil.copyfile(src, tmp)
+
+
+def publish(params: Params, root: Path, keys: dict[str, str], found: dict[str, dict[str, ShardRecord]]) -> int:
+    """Add the shards of `root` that the deployment's store lacks (shard, then record: a store never
+    holds a record without its shard); returns how many. A store that is `root` itself is left alone."""
+    target = store_location(params)
+    if target is None:
+        return 0
+    files = sorted({r.file for kind in keys for r in found[kind].values()})
+    if is_s3(target):
+        from affectflow.storage.s3 import store_for
+
+        s3 = store_for(params)
+        base = target.rstrip("/")
+        held = {o.key for o in s3.list(base)}
+        prefix = base.split("/", 3)[3] + "/" if base.count("/") >= 3 else ""
+        new = [f for f in files if prefix + str(Path(f).with_suffix(RECORD_SUFFIX)) not in held]
+        for f in new:
+            for suffix in (SHARD_SUFFIX, RECORD_SUFFIX):
+                s3.upload(root / Path(f).with_suffix(suffix), f"{base}/{Path(f).with_suffix(suffix)}")
+        return len(new)
+    dest = Path(target)
+    if dest.resolve() == root.resolve():
+        return 0
+    new = [f for f in files if not (dest / f).with_suffix(RECORD_SUFFIX).is_file()]
+    for f in new:
+        for suffix in (SHARD_SUFFIX, RECORD_SUFFIX):
+            (dest / f).parent.mkdir(parents=True, exist_ok=True)
+            _link_or_copy((root / f).with_suffix(suffix), (dest / f).with_suffix(suffix))
+    return len(new)
+
+
 def _reuse(root: Path, sources: Sequence[str | Path], kind: str, key: str, wanted: set[str],
            found: dict[str, ShardRecord], params: Params, copy: bool) -> None:
     """Add to `found` the clips earlier stores hold; `copy`: bring their shards into this store
@@ -257,24 +316,26 @@ def _reuse(root: Path, sources: Sequence[str | Path], kind: str, key: str, wante
         for record in records.values():
             dst = root / record.file
             if copy and not dst.with_suffix(RECORD_SUFFIX).is_file():
+                dst.parent.mkdir(parents=True, exist_ok=True)
                 for suffix in (SHARD_SUFFIX, RECORD_SUFFIX):
-                    with atomic_path(dst.with_suffix(suffix)) as tmp:
-                        shutil.copyfile((src / record.file).with_suffix(suffix), tmp)
+                    _link_or_copy((src / record.file).with_suffix(suffix), dst.with_suffix(suffix))
             for clip in record.shapes:
                 found.setdefault(clip, record)
 
 
 def plan(params: Params, manifest_path: str | Path, root: Path,
          previous: Sequence[str | Path] = (), copy: bool = True) -> _Plan:
-    """The shards already there (this store, then `previous` stores and `features.previous`), the
-    clips each kind lacks, and those clips dealt into `shard_count` shards."""
+    """The shards already there (this store, then `previous` stores, `features.previous` and the
+    deployment's store), the clips each kind lacks, and those clips dealt into `shard_count` shards."""
     df = _read_clips(Path(manifest_path))
     keys = feature_keys(params)
     if not keys:
         raise FeaturesError("features.kinds / features.egemaps.levels: no feature kind requested")
     clips = df.drop_duplicates("sha256").sort_values("duration", ascending=False, kind="stable")
     wanted = set(clips["sha256"])
-    sources = [*previous, *([params.features.previous] if params.features.previous else [])]
+    shared = store_location(params)
+    sources = [*previous, *([params.features.previous] if params.features.previous else []),
+               *([shared] if shared else [])]
     found: dict[str, dict[str, ShardRecord]] = {}
     refused: list[str] = []
     for kind, key in keys.items():
@@ -357,6 +418,7 @@ def extract_features(params: Params, manifest_path: str | Path, out_dir: str | P
                 "member": df["sha256"].astype(str).to_numpy(),
                 "shard_sha256": [r.sha256 for r in records if r is not None]}))
         summary["index"] = str(write_index(root, pd.concat(frames, ignore_index=True)))
+        summary["store"] = {"location": store_location(params), "shards_added": publish(params, root, keys, pl.found)}
     seconds = time.perf_counter() - t_start
     audio_s = float(run["audio_seconds"])
     summary.update({

@@ -217,7 +217,9 @@ def _run_pipeline(report: Report, spec: dict, platform: dict, image: Image, stor
                   echo: Callable[[str], None], load_params: Any, pipeline_arguments: Any,
                   admin: MlflowAdmin) -> None:
     base = load_params(params_path)
-    params = load_params(params_path, [f"paths.data_root=s3://{BUCKET}/{CORPUS_PREFIX}", *overrides])
+    # as the chart's registration Job sets them: corpora and the deployment's feature store on S3
+    params = load_params(params_path, [f"paths.data_root=s3://{BUCKET}/{CORPUS_PREFIX}",
+                                       f"features.store=s3://{BUCKET}/feature-store", *overrides])
     arguments = pipeline_arguments(params, base)
     run_id = uuid.uuid4().hex[:12]
     job = f"{PIPELINE_NAME}-rehearsal-{run_id}"
