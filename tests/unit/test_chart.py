@@ -298,6 +298,78 @@ class FakeCoreV1:
         self.store[(namespace, name)] = copy.deepcopy(body) | {"metadata": {**body["metadata"], "resourceVersion": rv}}
 
 
+# The InferenceService against KServe's own API types: the kserve SDK the serving image runs (0.21, in
+# containers/requirements.lock; Apache-2.0) ships every v1beta1 type generated from KServe's OpenAPI
+# spec (`openapi_types` / `attribute_map`), and its Kubernetes fields are the kubernetes client's types:
+# every field the chart writes must exist there with a value of that type (nothing vendored, nothing
+# trimmed by hand). No installable package ships KubeRay's types (RayCluster keeps the schema above).
+_SCALARS = {"str": (str,), "int": (int,), "bool": (bool,), "float": (int, float), "date": (str,),
+            "datetime": (str,)}
+
+
+def _model_class(name: str) -> Any:
+    import kserve.models
+    import kubernetes.client.models
+
+    for module in (kserve.models, kubernetes.client.models):
+        if hasattr(module, name):
+            return getattr(module, name)
+    m = re.fullmatch(r"K8sIoApi\w+?(V\d\w*)", name)  # KServe's name for a Kubernetes type it embeds
+    if m and hasattr(kubernetes.client.models, m.group(1)):
+        return getattr(kubernetes.client.models, m.group(1))
+    raise LookupError(f"type {name}: in neither kserve.models nor kubernetes.client.models")
+
+
+def api_type_errors(value: Any, type_name: str, path: str = "$") -> list[str]:
+    """Where `value` is not a `type_name` of KServe's / Kubernetes' generated API types."""
+    if type_name == "object":
+        return []
+    if m := re.fullmatch(r"list\[(.+)\]", type_name):
+        if not isinstance(value, list):
+            return [f"{path}: expected a list ({type_name}), got {type(value).__name__}"]
+        return [e for i, v in enumerate(value) for e in api_type_errors(v, m.group(1), f"{path}[{i}]")]
+    if m := re.fullmatch(r"dict\(str, (.+)\)", type_name):
+        if not isinstance(value, dict):
+            return [f"{path}: expected a mapping ({type_name}), got {type(value).__name__}"]
+        return [e for k, v in value.items() for e in api_type_errors(v, m.group(1), f"{path}.{k}")]
+    if type_name in _SCALARS:
+        ok = isinstance(value, _SCALARS[type_name]) and not (type_name != "bool" and isinstance(value, bool))
+        quantity = type_name == "str" and re.search(r"\.resources\.(limits|requests)\.", path) and isinstance(value, (int, float))
+        return [] if ok or quantity else [f"{path}: expected {type_name}, got {value!r}"]
+    cls = _model_class(type_name)
+    if not isinstance(value, dict):
+        return [f"{path}: expected an object ({type_name}), got {type(value).__name__}"]
+    by_json = {j: a for a, j in cls.attribute_map.items()}
+    errors = []
+    for key, v in value.items():
+        if key not in by_json:
+            errors.append(f"{path}.{key}: no such field in {type_name}")
+        else:
+            errors += api_type_errors(v, cls.openapi_types[by_json[key]], f"{path}.{key}")
+    return errors
+
+
+@pytest.mark.parametrize("values", [{"serving": {"enabled": True}}, VALUES["gpu"]], ids=["serving", "gpu"])
+def test_inference_service_fits_kserves_own_api_types(values: dict) -> None:
+    from importlib.metadata import version
+
+    assert version("kserve") == next(line.split("==")[1] for line in (REPO / "containers" / "requirements.lock")
+                                     .read_text().splitlines() if line.startswith("kserve=="))
+    isvc = one(render(values), "InferenceService")
+    assert api_type_errors(isvc, "V1beta1InferenceService") == []
+    # ...and the check does refuse a misspelt field, a wrong type and a field of another type
+    bad = copy.deepcopy(isvc)
+    bad["spec"]["predictor"]["minReplica"] = 1
+    bad["spec"]["predictor"]["containers"][0]["env"] = {"A": "b"}
+    bad["spec"]["predictor"]["containers"][0]["securityContext"]["runAsUser"] = "10001"
+    bad["spec"]["predictor"]["containers"][0]["resources"]["limits"]["cpu"] = ["2"]
+    assert sorted(api_type_errors(bad, "V1beta1InferenceService")) == [
+        "$.spec.predictor.containers[0].env: expected a list (list[V1EnvVar]), got dict",
+        "$.spec.predictor.containers[0].resources.limits.cpu: expected str, got ['2']",
+        "$.spec.predictor.containers[0].securityContext.runAsUser: expected int, got '10001'",
+        "$.spec.predictor.minReplica: no such field in V1beta1PredictorSpec"]
+
+
 def _rbac_allows(docs: list[dict], sa: str, verb: str, namespace: str, name: str) -> bool:
     roles = {(namespace_of(d), d["metadata"]["name"]): d for d in docs if d["kind"] == "Role"}
     for b in (d for d in docs if d["kind"] == "RoleBinding" and namespace_of(d) == namespace):
