@@ -301,3 +301,5 @@ def test_reused_opensmile_graph_gives_process_signals_values() -> None:
     th.join()
     check(other)
     assert len(ex._local.graphs) == 3  # this thread's graphs: one per kind, reused
+    # the wrapper's list of sink callbacks (each holding its clip's rows) does not grow with the clips
+    assert [len(g.api._callbacks) for g in ex._local.graphs.values()] == [1, 1, 1]
