@@ -32,6 +32,9 @@ SINGLE_CORPUS: dict[str, Any] = {
     # benchmarks/speech_check.py): the tests of machinery turn the speech check off; the speech
     # check's own tests (test_speech.py, test_bad_input.py) turn it on.
     "audio.min_speech_s": 0.0,
+    # Tests count what each run computes: the deployment's shared feature store is off (its own tests,
+    # tests/unit/test_feature_store.py, turn it on).
+    "features.store": "",
 }
 """One RAVDESS-like corpus, log-mel CNN-BiGRU, early stopping on validation speakers."""
 

@@ -346,6 +346,44 @@ def test_ingest_then_features_from_s3(s3_env: S3Server, synth_params, synth_root
     assert gone in gate.report_md.read_text() or gone in json.dumps(gate.summary)
 
 
+
+def test_the_deployments_feature_store_on_s3_is_read_and_grown_by_every_run(
+        s3_env: S3Server, synth_params, tmp_path: Path, request: pytest.FixtureRequest, monkeypatch) -> None:
+    """`features.store` on S3 (as the chart registers the pipeline): a run in one pod adds its shards
+    (record after shard), a later run in another pod, on a grown manifest, computes only the new clips,
+    and a run that finds everything adds nothing."""
+    from affectflow.contracts.manifest import read_manifest, write_manifest
+    from affectflow.stages import features as stage
+    from affectflow.stages.features import extract_features
+    from affectflow.stages.ingest import ingest
+
+    store = _uri(request, "feature-store")
+    params = synth_params.model_copy(deep=True)
+    params.features.kinds = ["logmel"]
+    params.features.store = store
+    df = read_manifest(ingest(params).manifest)
+    half = len(df) // 2
+    first, grown = tmp_path / "first.parquet", tmp_path / "grown.parquet"
+    write_manifest(df.iloc[:half].reset_index(drop=True), first)
+    write_manifest(df, grown)
+    one = extract_features(params, first, tmp_path / "pod1" / "features")
+    assert one.summary["store"] == {"location": store, "shards_added": 1}
+    keys = sorted(o.key for o in s3.list_objects(store))
+    assert [k.rsplit(".", 1)[1] for k in keys] == ["json", "npz"]  # one shard and its record
+    pod = params.model_copy(deep=True)
+    pod.paths.workdir = str(tmp_path / "pod2")  # another pod: nothing local from the first run
+    decoded: list[str] = []
+    real_load = stage.audio.load
+    monkeypatch.setattr(stage.audio, "load", lambda path, *a, **k: decoded.append(path) or real_load(path, *a, **k))
+    two = extract_features(pod, grown, tmp_path / "pod2" / "features")
+    n_old = df.iloc[:half]["sha256"].nunique()
+    assert (two.summary["kinds"]["logmel"]["cached"], two.summary["kinds"]["logmel"]["computed"]) == (
+        n_old, df["sha256"].nunique() - n_old)
+    assert sorted(decoded) == sorted(set(df["path"]) - set(df.iloc[:half]["path"]))
+    assert two.summary["store"]["shards_added"] == 1 and len(s3.list_objects(store)) == 4
+    three = extract_features(pod, grown, tmp_path / "pod3" / "features")
+    assert three.summary["kinds"]["logmel"]["computed"] == 0 and three.summary["store"]["shards_added"] == 0
+
 # --------------------------------------------------------------------------- predict on s3://
 class _EnergyBackend:
     """Scores computed from the waveform (loudness and length): equal scores mean the same audio

@@ -167,7 +167,8 @@ def test_every_manifest_validates(rendered: dict, name: str) -> None:
             check_custom_resource(doc)
         else:
             kubernetes_validate.validate(doc, KUBE_VERSION, strict=True)
-    assert {"Deployment", "Service", "Secret", "ConfigMap", "Job", "NetworkPolicy", "RayCluster",
+    # no Secret is rendered by default: every credential (S3, Postgres, MLflow's admin) is the hook's
+    assert {"Deployment", "Service", "ConfigMap", "Job", "NetworkPolicy", "RayCluster",
             "ServiceAccount", "Role", "RoleBinding"} <= kinds
     if name == "gpu":
         assert "InferenceService" in kinds
@@ -297,6 +298,78 @@ class FakeCoreV1:
         self.store[(namespace, name)] = copy.deepcopy(body) | {"metadata": {**body["metadata"], "resourceVersion": rv}}
 
 
+# The InferenceService against KServe's own API types: the kserve SDK the serving image runs (0.21, in
+# containers/requirements.lock; Apache-2.0) ships every v1beta1 type generated from KServe's OpenAPI
+# spec (`openapi_types` / `attribute_map`), and its Kubernetes fields are the kubernetes client's types:
+# every field the chart writes must exist there with a value of that type (nothing vendored, nothing
+# trimmed by hand). No installable package ships KubeRay's types (RayCluster keeps the schema above).
+_SCALARS = {"str": (str,), "int": (int,), "bool": (bool,), "float": (int, float), "date": (str,),
+            "datetime": (str,)}
+
+
+def _model_class(name: str) -> Any:
+    import kserve.models
+    import kubernetes.client.models
+
+    for module in (kserve.models, kubernetes.client.models):
+        if hasattr(module, name):
+            return getattr(module, name)
+    m = re.fullmatch(r"K8sIoApi\w+?(V\d\w*)", name)  # KServe's name for a Kubernetes type it embeds
+    if m and hasattr(kubernetes.client.models, m.group(1)):
+        return getattr(kubernetes.client.models, m.group(1))
+    raise LookupError(f"type {name}: in neither kserve.models nor kubernetes.client.models")
+
+
+def api_type_errors(value: Any, type_name: str, path: str = "$") -> list[str]:
+    """Where `value` is not a `type_name` of KServe's / Kubernetes' generated API types."""
+    if type_name == "object":
+        return []
+    if m := re.fullmatch(r"list\[(.+)\]", type_name):
+        if not isinstance(value, list):
+            return [f"{path}: expected a list ({type_name}), got {type(value).__name__}"]
+        return [e for i, v in enumerate(value) for e in api_type_errors(v, m.group(1), f"{path}[{i}]")]
+    if m := re.fullmatch(r"dict\(str, (.+)\)", type_name):
+        if not isinstance(value, dict):
+            return [f"{path}: expected a mapping ({type_name}), got {type(value).__name__}"]
+        return [e for k, v in value.items() for e in api_type_errors(v, m.group(1), f"{path}.{k}")]
+    if type_name in _SCALARS:
+        ok = isinstance(value, _SCALARS[type_name]) and not (type_name != "bool" and isinstance(value, bool))
+        quantity = type_name == "str" and re.search(r"\.resources\.(limits|requests)\.", path) and isinstance(value, (int, float))
+        return [] if ok or quantity else [f"{path}: expected {type_name}, got {value!r}"]
+    cls = _model_class(type_name)
+    if not isinstance(value, dict):
+        return [f"{path}: expected an object ({type_name}), got {type(value).__name__}"]
+    by_json = {j: a for a, j in cls.attribute_map.items()}
+    errors = []
+    for key, v in value.items():
+        if key not in by_json:
+            errors.append(f"{path}.{key}: no such field in {type_name}")
+        else:
+            errors += api_type_errors(v, cls.openapi_types[by_json[key]], f"{path}.{key}")
+    return errors
+
+
+@pytest.mark.parametrize("values", [{"serving": {"enabled": True}}, VALUES["gpu"]], ids=["serving", "gpu"])
+def test_inference_service_fits_kserves_own_api_types(values: dict) -> None:
+    from importlib.metadata import version
+
+    assert version("kserve") == next(line.split("==")[1] for line in (REPO / "containers" / "requirements.lock")
+                                     .read_text().splitlines() if line.startswith("kserve=="))
+    isvc = one(render(values), "InferenceService")
+    assert api_type_errors(isvc, "V1beta1InferenceService") == []
+    # ...and the check does refuse a misspelt field, a wrong type and a field of another type
+    bad = copy.deepcopy(isvc)
+    bad["spec"]["predictor"]["minReplica"] = 1
+    bad["spec"]["predictor"]["containers"][0]["env"] = {"A": "b"}
+    bad["spec"]["predictor"]["containers"][0]["securityContext"]["runAsUser"] = "10001"
+    bad["spec"]["predictor"]["containers"][0]["resources"]["limits"]["cpu"] = ["2"]
+    assert sorted(api_type_errors(bad, "V1beta1InferenceService")) == [
+        "$.spec.predictor.containers[0].env: expected a list (list[V1EnvVar]), got dict",
+        "$.spec.predictor.containers[0].resources.limits.cpu: expected str, got ['2']",
+        "$.spec.predictor.containers[0].securityContext.runAsUser: expected int, got '10001'",
+        "$.spec.predictor.minReplica: no such field in V1beta1PredictorSpec"]
+
+
 def _rbac_allows(docs: list[dict], sa: str, verb: str, namespace: str, name: str) -> bool:
     roles = {(namespace_of(d), d["metadata"]["name"]): d for d in docs if d["kind"] == "Role"}
     for b in (d for d in docs if d["kind"] == "RoleBinding" and namespace_of(d) == namespace):
@@ -335,21 +408,28 @@ def test_credentials_hook_job_and_its_rbac(rendered: dict) -> None:
             assert r["apiGroups"] == [""] and r["resources"] == ["secrets"]
             assert set(r["verbs"]) <= ({"get", "create"} if ns == NS else {"get", "create", "update"})
             assert "create" in r["verbs"] or r["resourceNames"]  # get / update are limited by name
-    assert {n for r in rules[NS] for n in r.get("resourceNames", [])} == {"affectflow-s3", "affectflow-postgres"}
-    assert [r.get("resourceNames") for r in rules[kfns] if "update" in r["verbs"]] == [["affectflow-s3"]]
+    assert {n for r in rules[NS] for n in r.get("resourceNames", [])} == {"affectflow-s3", "affectflow-postgres",
+                                                                          "affectflow-mlflow-auth"}
+    assert [r.get("resourceNames") for r in rules[kfns] if "update" in r["verbs"]] == [
+        ["affectflow-mlflow", "affectflow-s3"]]
 
 
 def test_credentials_hook_plan_holds_no_credential(rendered: dict) -> None:
     plan = hook_plan(rendered["default"])
     p = load_params(None).pipeline
-    assert [(g["namespace"], g["name"]) for g in plan["generate"]] == [(NS, "affectflow-s3"), (NS, "affectflow-postgres")]
-    assert [(c["to"]["namespace"], c["to"]["name"]) for c in plan["copy"]] == [(p.namespace, p.s3_secret)]
+    assert [(g["namespace"], g["name"]) for g in plan["generate"]] == [
+        (NS, "affectflow-s3"), (NS, "affectflow-postgres"), (NS, "affectflow-mlflow-auth")]
+    assert [(c["to"]["namespace"], c["to"]["name"]) for c in plan["copy"]] == [(p.namespace, p.mlflow_secret),
+                                                                               (p.namespace, p.s3_secret)]
     for g in plan["generate"]:
         assert set(g["static"]).isdisjoint(g["random"])
         assert not {"AWS_SECRET_ACCESS_KEY", "password"} & set(g["static"])
+    for c in plan["copy"]:
+        assert not {"AWS_SECRET_ACCESS_KEY", "MLFLOW_TRACKING_PASSWORD"} & set(c["static"])
     # credentials given in values: rendered as Secrets, nothing for the hook to do, none in a plan
     docs = render({"s3": {"accessKeyId": "AKIAEXAMPLE000000000", "secretAccessKey": "s" * 40},
-                   "postgres": {"auth": {"password": "pg-secret-123"}}})
+                   "postgres": {"auth": {"password": "pg-secret-123"}},
+                   "mlflow": {"auth": {"password": "ml-secret-123"}}})
     assert not [d for d in docs if d["metadata"]["name"] == HOOK]
 
 
@@ -358,9 +438,16 @@ def test_credentials_hook_creates_once_keeps_and_copies(rendered: dict) -> None:
     plan, mod = hook_plan(docs), hook_script(docs)
     kfns = load_params(None).pipeline.namespace
     api, log = FakeCoreV1(), []
-    assert mod["run"](api, plan, log.append) == {f"{NS}/affectflow-s3": "created", f"{NS}/affectflow-postgres": "created",
-                                               f"{kfns}/affectflow-s3": "created"}
+    assert mod["run"](api, plan, log.append) == {
+        f"{NS}/affectflow-s3": "created", f"{NS}/affectflow-postgres": "created", f"{NS}/affectflow-mlflow-auth": "created",
+        f"{kfns}/affectflow-s3": "created", f"{kfns}/affectflow-mlflow": "created"}
     s3, pg = api.values(NS, "affectflow-s3"), api.values(NS, "affectflow-postgres")
+    admin = api.values(NS, "affectflow-mlflow-auth")
+    assert admin["username"] == "affectflow-admin" and re.fullmatch(r"[A-Za-z0-9]{32}", admin["password"])
+    # the pipeline's MLflow Secret: the server's URL and the admin's credentials under the names its tasks read
+    assert api.values(kfns, "affectflow-mlflow") == {
+        "MLFLOW_TRACKING_URI": "http://affectflow-mlflow.ml.svc.cluster.local:5000",
+        "MLFLOW_TRACKING_USERNAME": "affectflow-admin", "MLFLOW_TRACKING_PASSWORD": admin["password"]}
     assert re.fullmatch(r"[A-Z0-9]{20}", s3["AWS_ACCESS_KEY_ID"]) and re.fullmatch(r"[A-Za-z0-9]{40}", s3["AWS_SECRET_ACCESS_KEY"])
     assert s3["AWS_ENDPOINT_URL"] == "http://affectflow-seaweedfs.ml.svc.cluster.local:8333"
     assert pg["username"] == "mlflow" and re.fullmatch(r"[A-Za-z0-9]{32}", pg["password"])
@@ -422,11 +509,13 @@ def test_pipeline_in_the_release_namespace() -> None:
     names agree (nothing to copy, no update right); with another release name it is copied beside it."""
     docs = render({"kubeflow": {"namespace": NS}})
     plan, mod = hook_plan(docs), hook_script(docs)
-    (item,) = plan["copy"]
-    assert item["from"] == item["to"] == {"namespace": NS, "name": "affectflow-s3"}
+    copies = {c["to"]["name"]: c for c in plan["copy"]}
+    assert copies["affectflow-s3"]["from"] == copies["affectflow-s3"]["to"] == {"namespace": NS, "name": "affectflow-s3"}
+    # MLflow's admin Secret has other keys than the pipeline reads: a copy beside it in the same namespace
+    assert copies["affectflow-mlflow"]["from"] == {"namespace": NS, "name": "affectflow-mlflow-auth"}
     roles = [d for d in docs if d["kind"] == "Role" and d["metadata"]["name"] == HOOK]
     assert [namespace_of(r) for r in roles] == [NS]
-    assert not [r for r in roles[0]["rules"] if "update" in r["verbs"]]
+    assert [r["resourceNames"] for r in roles[0]["rules"] if "update" in r["verbs"]] == [["affectflow-mlflow"]]
     api = FakeCoreV1()
     assert mod["run"](api, plan, lambda _: None)[f"{NS}/affectflow-s3"] == "same"
     assert {"AWS_ENDPOINT_URL", "AWS_DEFAULT_REGION", "AWS_SECRET_ACCESS_KEY"} <= set(api.values(NS, "affectflow-s3"))
@@ -437,7 +526,7 @@ def test_pipeline_in_the_release_namespace() -> None:
     for verb, ns, name in api.calls:
         assert _rbac_allows(docs, "prod-affectflow-credentials", verb, ns, name), (verb, ns, name)
     (role,) = [d for d in docs if d["kind"] == "Role" and d["metadata"]["name"] == "prod-affectflow-credentials"]
-    assert [r["resourceNames"] for r in role["rules"] if "update" in r["verbs"]] == [["affectflow-s3"]]
+    assert [r["resourceNames"] for r in role["rules"] if "update" in r["verbs"]] == [["affectflow-mlflow", "affectflow-s3"]]
 
 
 def test_notes_name_the_pipeline_side() -> None:
@@ -453,14 +542,15 @@ def test_existing_s3_secret_is_copied_for_the_pipeline(rendered: dict) -> None:
     docs = rendered["external"]
     plan, mod = hook_plan(docs), hook_script(docs)
     p = load_params(None).pipeline
-    assert plan["generate"] == []
-    (item,) = plan["copy"]
+    assert [g["name"] for g in plan["generate"]] == ["affectflow-mlflow-auth"]  # only MLflow's admin
+    (item,) = [c for c in plan["copy"] if c["to"]["name"] == p.s3_secret]
     assert item["from"] == {"namespace": NS, "name": "team-ml-s3"}
     assert item["to"] == {"namespace": p.namespace, "name": p.s3_secret}
     api = FakeCoreV1()
     with pytest.raises(mod["PlanError"], match="team-ml-s3 not found"):
         mod["run"](api, plan, lambda _: None)
     api.put(NS, "team-ml-s3", {"access-key": "AK", "secret-key": "S/K+"})
+    plan = {**plan, "generate": [], "copy": [item]}  # the S3 part (MLflow's admin: the default test above)
     mod["run"](api, plan, lambda _: None)
     assert api.values(p.namespace, p.s3_secret) == {
         "AWS_ACCESS_KEY_ID": "AK", "AWS_SECRET_ACCESS_KEY": "S/K+", "AWS_DEFAULT_REGION": "us-east-1",
@@ -469,7 +559,7 @@ def test_existing_s3_secret_is_copied_for_the_pipeline(rendered: dict) -> None:
     for verb, ns, name in api.calls:
         assert _rbac_allows(docs, HOOK, verb, ns, name), (verb, ns, name)
     roles = [d for d in docs if d["kind"] == "Role" and d["metadata"]["name"] == HOOK and namespace_of(d) == NS]
-    assert {n for r in roles[0]["rules"] for n in r.get("resourceNames", [])} == {"team-ml-s3"}
+    assert {n for r in roles[0]["rules"] for n in r.get("resourceNames", [])} == {"team-ml-s3", "affectflow-mlflow-auth"}
 
 
 # --------------------------------------------------------------------------- secrets and their wiring
@@ -518,9 +608,11 @@ def test_the_pipeline_finds_its_secrets_and_settings(rendered: dict, name: str) 
     secrets = _secrets(docs)
     assert {"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_ENDPOINT_URL", "MLFLOW_S3_ENDPOINT_URL",
             "AWS_DEFAULT_REGION"} <= secrets[(kfns, p.s3_secret)]
-    mlflow = one(docs, "Secret", p.mlflow_secret)
-    assert namespace_of(mlflow) == kfns
-    assert mlflow["stringData"] == {"MLFLOW_TRACKING_URI": "http://affectflow-mlflow.ml.svc.cluster.local:5000"}
+    # MLflow's: the hook's copy of the admin's credentials (auth is on by default), with the server's URL
+    assert secrets[(kfns, p.mlflow_secret)] == {"MLFLOW_TRACKING_URI", "MLFLOW_TRACKING_USERNAME",
+                                                "MLFLOW_TRACKING_PASSWORD"}
+    (copy_,) = [c for c in hook_plan(docs)["copy"] if c["to"] == {"namespace": kfns, "name": p.mlflow_secret}]
+    assert copy_["static"] == {"MLFLOW_TRACKING_URI": "http://affectflow-mlflow.ml.svc.cluster.local:5000"}
     env = one(docs, "ConfigMap", "pipeline-env")
     assert namespace_of(env) == kfns and set(env["data"]) == {"RAY_ADDRESS", "AFFECTFLOW_RAY_STORAGE"}
 
@@ -538,8 +630,8 @@ def test_chart_and_params_agree_on_the_kubeflow_namespace_and_names() -> None:
 def test_gpu_values_put_the_pipeline_side_in_the_profile_namespace(rendered: dict) -> None:
     docs = rendered["gpu"]
     profile = "kubeflow-user-example-com"
-    assert [(c["to"]["namespace"], c["to"]["name"]) for c in hook_plan(docs)["copy"]] == [(profile, "affectflow-s3")]
-    assert namespace_of(one(docs, "Secret", "affectflow-mlflow")) == profile
+    assert [(c["to"]["namespace"], c["to"]["name"]) for c in hook_plan(docs)["copy"]] == [
+        (profile, "affectflow-mlflow"), (profile, "affectflow-s3")]
     binding = one(docs, "RoleBinding", "register-pipeline")
     assert binding["metadata"]["namespace"] == profile
     assert binding["subjects"][0] == {"kind": "ServiceAccount", "name": "affectflow-register-pipeline", "namespace": NS}
@@ -549,9 +641,12 @@ def test_gpu_values_put_the_pipeline_side_in_the_profile_namespace(rendered: dic
 
 def test_credentials_from_values(rendered: dict) -> None:
     docs = render({"s3": {"accessKeyId": "AKIAEXAMPLE000000000", "secretAccessKey": "s" * 40},
-                   "postgres": {"auth": {"password": "pg-secret-123"}}}, release="prod")
+                   "postgres": {"auth": {"password": "pg-secret-123"}},
+                   "mlflow": {"auth": {"password": "ml-secret-123"}}}, release="prod")
+    assert not [d for d in docs if d["metadata"]["name"] == "prod-affectflow-credentials"]  # no hook
     secrets = {(namespace_of(d), d["metadata"]["name"]): d["stringData"] for d in docs if d["kind"] == "Secret"}
     kfns = load_params(None).pipeline.namespace
+    assert secrets[(kfns, "affectflow-mlflow")]["MLFLOW_TRACKING_PASSWORD"] == "ml-secret-123"
     assert secrets[(NS, "prod-affectflow-s3")]["AWS_ACCESS_KEY_ID"] == "AKIAEXAMPLE000000000"
     assert secrets[(kfns, "affectflow-s3")]["AWS_SECRET_ACCESS_KEY"] == "s" * 40  # the pipeline's copy
     assert secrets[(NS, "prod-affectflow-postgres")]["password"] == "pg-secret-123"
@@ -662,6 +757,8 @@ def test_registration_job_uploads_and_schedules(rendered: dict) -> None:
         assert f"--namespace={p.namespace}" in cmd  # the chart's kubeflow.namespace, params.yaml's default
         # the UI's run form and the scheduled runs read the corpora where the cluster keeps them
         assert "--set=paths.data_root=s3://affectflow/corpora" in cmd
+        # every run reads and adds to the deployment's feature store on S3 (not a pod's own disk)
+        assert "--set=features.store=s3://affectflow/feature-store" in cmd
         assert "--host=http://ml-pipeline.kubeflow.svc.cluster.local:8888" in cmd
         assert "--package=/app/pipelines/compiled/affectflow-train.yaml" in cmd
     spec = job["spec"]["template"]["spec"]
@@ -677,9 +774,14 @@ def test_data_root_of_pipeline_runs_from_chart_values() -> None:
     assert all("--set=paths.data_root=s3://corpora-bucket/ser" in c for c in cmds)
     _, cmds = _job_commands(render({"s3": {"bucket": "team-ml"}}))
     assert all("--set=paths.data_root=s3://team-ml/corpora" in c for c in cmds)
+    assert all("--set=features.store=s3://team-ml/feature-store" in c for c in cmds)
     assert not any("../shared/data" in " ".join(c) for c in cmds)
-    with helm.Chart.load(CHART) as chart, pytest.raises(helm.HelmValuesError):
-        chart.validate_schema(chart.merge_values({"kubeflow": {"dataRoot": "../shared/data"}}))
+    _, cmds = _job_commands(render({"kubeflow": {"featureStore": "s3://features/ser"}}))
+    assert all("--set=features.store=s3://features/ser" in c for c in cmds)
+    with helm.Chart.load(CHART) as chart:
+        for bad in ({"dataRoot": "../shared/data"}, {"featureStore": "feature-store"}):
+            with pytest.raises(helm.HelmValuesError):
+                chart.validate_schema(chart.merge_values({"kubeflow": bad}))
 
 
 def test_registration_job_on_upgrade_and_from_a_configmap() -> None:
@@ -714,7 +816,8 @@ def test_registration_commands_parse_with_the_cli(rendered: dict) -> None:
     for cmd in cmds:
         ns = parser.parse_args(cmd[1:])
         assert ns.command == "pipeline" and ns.action == cmd[2]
-    assert ns.cron == "0 0 3 * * 1" and ns.overrides == ["paths.data_root=s3://affectflow/corpora", "train.epochs=5"]
+    assert ns.cron == "0 0 3 * * 1" and ns.overrides == ["paths.data_root=s3://affectflow/corpora",
+                                                         "features.store=s3://affectflow/feature-store", "train.epochs=5"]
 
 
 # --------------------------------------------------------------------------- MLflow backend URI, db upgrade
@@ -760,7 +863,7 @@ def test_backend_uri_is_built_url_encoded_from_the_environment(rendered: dict, n
 
     dep = one(rendered[name], "Deployment", "mlflow")
     server = dep["spec"]["template"]["spec"]["containers"][0]
-    assert server["command"][3:] == ["mlflow", "server"]
+    assert server["command"][-2:] == ["mlflow", "server"]  # after mlflow_auth.py (auth is on by default)
     out = _run_with_backend_uri(server["command"][:3], _db_env(server))
     url = make_url(out["uri"])
     # the driver the images ship (a bare postgresql:// is psycopg 3 under SQLAlchemy 2.1: not installed)
@@ -895,7 +998,10 @@ def test_mlflow_auth_from_values_and_from_an_existing_secret() -> None:
     (copy_,) = [c for c in hook_plan(docs)["copy"] if c["to"]["name"] == "affectflow-mlflow"]
     assert copy_["from"]["name"] == "team-mlflow"
     assert not [g for g in hook_plan(docs)["generate"] if g["name"] in ("team-mlflow", "affectflow-mlflow-auth")]
-    off = render({})
+    off = render({"mlflow": {"auth": {"enabled": False}}})
+    assert one(off, "Secret", "affectflow-mlflow")["stringData"] == {
+        "MLFLOW_TRACKING_URI": "http://affectflow-mlflow.ml.svc.cluster.local:5000"}
+    assert not [g for g in hook_plan(off)["generate"] if g["name"] == "affectflow-mlflow-auth"]
     assert "--app-name=basic-auth" not in one(off, "Deployment", "mlflow")["spec"]["template"]["spec"]["containers"][0]["args"]
 
 
@@ -1253,3 +1359,46 @@ def test_chart_images_are_the_ones_defined_in_containers() -> None:
     assert v["registry"] == images.DEFAULT_REGISTRY and v["repository"] == images.REPOSITORY
     assert (v["cpuTag"], v["gpuTag"]) == (images.IMAGES["cpu"].tag, images.IMAGES["gpu"].tag)
     assert meta["appVersion"] == __version__
+
+
+def test_mlflow_auth_on_by_default_and_an_upgrade_keeps_the_charts_clients_in() -> None:
+    """Secure by default: a plain install runs MLflow behind basic-auth. Upgrading a release that ran
+    without it: the pre-upgrade hook (before the new server rolls out) generates the admin Secret once,
+    rewrites the pipeline's MLflow Secret, which the older chart rendered with the URL only, with the
+    admin's credentials and takes it over from Helm (kept, so Helm does not delete it as no longer
+    rendered); later upgrades keep both as they are. NOTES tell the other clients how to get in."""
+    kfns = load_params(None).pipeline.namespace
+    old = render({"mlflow": {"auth": {"enabled": False}}}, install=False)
+    new = render({}, install=False)
+    server = one(new, "Deployment", "mlflow")["spec"]["template"]["spec"]["containers"][0]
+    assert "--app-name=basic-auth" in server["args"]
+    assert env_of(server)["MLFLOW_AUTH_ADMIN_PASSWORD"]["valueFrom"]["secretKeyRef"]["name"] == "affectflow-mlflow-auth"
+    assert hook_job(new)["metadata"]["annotations"]["helm.sh/hook"] == "pre-install,pre-upgrade"
+    # the cluster as the older release left it: its generated Secrets, and the Helm-rendered MLflow Secret
+    api, old_mod, mod = FakeCoreV1(), hook_script(old), hook_script(new)
+    old_mod["run"](api, hook_plan(old), lambda _: None)
+    rendered_ml = one(old, "Secret", "affectflow-mlflow")
+    api.put(kfns, "affectflow-mlflow", rendered_ml["stringData"],
+            {"meta.helm.sh/release-name": "affectflow", "meta.helm.sh/release-namespace": NS})
+    s3_before = api.values(NS, "affectflow-s3")
+    results = mod["run"](api, hook_plan(new), lambda _: None)
+    assert results[f"{NS}/affectflow-mlflow-auth"] == "created" and results[f"{kfns}/affectflow-mlflow"] == "updated"
+    assert results[f"{NS}/affectflow-s3"] == results[f"{NS}/affectflow-postgres"] == "kept"
+    admin = api.values(NS, "affectflow-mlflow-auth")
+    pipeline = api.values(kfns, "affectflow-mlflow")
+    assert pipeline["MLFLOW_TRACKING_USERNAME"] == admin["username"] == "affectflow-admin"
+    assert pipeline["MLFLOW_TRACKING_PASSWORD"] == admin["password"]
+    assert pipeline["MLFLOW_TRACKING_URI"] == rendered_ml["stringData"]["MLFLOW_TRACKING_URI"]
+    ann = api.store[(kfns, "affectflow-mlflow")]["metadata"]["annotations"]
+    assert ann["helm.sh/resource-policy"] == "keep" and "meta.helm.sh/release-name" not in ann
+    assert api.values(NS, "affectflow-s3") == s3_before
+    for verb, ns, name in api.calls:
+        assert _rbac_allows(new, HOOK, verb, ns, name), (verb, ns, name)
+    # every later upgrade: the same admin, nothing rewritten
+    before = copy.deepcopy(api.store)
+    assert set(mod["run"](api, hook_plan(render({}, install=False)), lambda _: None).values()) <= {"kept", "unchanged"}
+    assert api.store == before
+    notes = render_raw({}, install=False)["affectflow/templates/NOTES.txt"]
+    assert "authentication: on" in notes and "get secret affectflow-mlflow-auth" in notes and "HTTP 401" in notes
+    assert "HTTP 401" not in render_raw({})["affectflow/templates/NOTES.txt"]  # a fresh install: no upgrade notice
+    assert "authentication: OFF" in render_raw({"mlflow": {"auth": {"enabled": False}}})["affectflow/templates/NOTES.txt"]

@@ -248,3 +248,51 @@ def test_a_non_finite_array_from_an_extractor_stops_the_stage_naming_the_audio(s
     with pytest.raises(shards.FeaturesError, match=r"\.wav: 'logmel' features are non-finite; not stored"):
         extract_features(p, man, tmp_path / "features")
     assert not list((tmp_path / "features").rglob("*.npz"))
+
+
+def test_the_next_run_reuses_the_deployments_store_with_nothing_set_by_hand(small, tmp_path: Path, monkeypatch) -> None:
+    """`features.store` as shipped (the deployment's shared store under paths.workdir): a second run on
+    a grown manifest, into a fresh output folder as every pipeline run has, with no `previous` given,
+    decodes and computes only the new clips; the cluster's way (shard tasks + gather) adds to the
+    same store; each run's output stays a complete store of its own."""
+    shipped = load_params(None).features.store
+    assert shipped
+    p, df = small
+    p = with_overrides(p, {"features.store": shipped})
+    assert stage.store_location(p) == str(Path(p.paths.workdir) / shipped)
+    half = len(df) // 2
+    first = _write(df.iloc[:half], tmp_path / "first.parquet")
+    grown = _write(df, tmp_path / "grown.parquet")
+    one = extract_features(p, first, tmp_path / "run1")
+    assert one.summary["store"] == {"location": stage.store_location(p), "shards_added": 1}
+    decoded: list[str] = []
+    real_load = stage.audio.load
+    monkeypatch.setattr(stage.audio, "load", lambda path, *a, **k: decoded.append(path) or real_load(path, *a, **k))
+    two = extract_features(p, grown, tmp_path / "run2")
+    n_old, n_new = df.iloc[:half]["sha256"].nunique(), df["sha256"].nunique()
+    assert (two.summary["kinds"]["logmel"]["cached"], two.summary["kinds"]["logmel"]["computed"]) == (n_old, n_new - n_old)
+    assert sorted(decoded) == sorted(set(df["path"]) - set(df.iloc[:half]["path"]))
+    assert two.summary["store"]["shards_added"] == 1
+    # run 2's output holds every clip by itself (run 1's shard linked in, not referenced)
+    ids = df["utt_id"].tolist()
+    import shutil
+
+    shutil.rmtree(tmp_path / "run1")
+    assert len(FeatureSet(tmp_path / "run2").load("logmel", ids)) == len(ids)
+    # the cluster's way into another deployment's store: 2 shard tasks, then the gather adds their shards
+    # to the store, and the next run there computes nothing
+    q = with_overrides(p, {"features.shards": 2, "features.store": str(tmp_path / "deploy2")})
+    assert shards.shards_to_compute(q, grown) == 2
+    parts = [tmp_path / f"part{i}" for i in range(2)]
+    for i, part in enumerate(parts):
+        extract_features(q, grown, part, shard=i)
+    assert not (tmp_path / "deploy2").exists()  # shard tasks leave the adding to the gather
+    gathered = extract_features(q, grown, tmp_path / "run3", previous=parts)
+    assert gathered.summary["store"]["shards_added"] == 2
+    assert shards.shards_to_compute(q, grown) == 0
+    decoded.clear()
+    again = extract_features(q, grown, tmp_path / "run5")
+    assert again.summary["kinds"]["logmel"]["computed"] == 0 and decoded == []
+    # off: nothing is read or added
+    off = extract_features(with_overrides(p, {"features.store": ""}), first, tmp_path / "run4")
+    assert off.summary["kinds"]["logmel"]["computed"] == n_old and off.summary["store"]["location"] is None

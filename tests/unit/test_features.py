@@ -260,3 +260,46 @@ def test_compare_functionals_are_a_kind_of_their_own(synth_params, tmp_path: Pat
     keys = feature_keys(p)
     assert keys["compare"] != keys["egemaps"]
     assert kind_config(p, "compare") == {"feature_set": "ComParE_2016", "levels": ["functionals"]}
+
+
+def test_reused_opensmile_graph_gives_process_signals_values() -> None:
+    """One openSMILE graph per kind, reset between clips, gives exactly what a fresh
+    `Smile.process_signal` per clip gives: across clips of different lengths (no state carried
+    from one clip to the next), a clip too short for any frame (NaN, as openSMILE's wrapper), a
+    clip after it, and a second thread (its own graphs)."""
+    import threading
+
+    from affectflow.config import EgemapsConfig
+    from affectflow.features.egemaps import Egemaps
+
+    rng = np.random.default_rng(7)
+    t = np.arange(SR * 2) / SR
+    clips = [(0.3 * np.sin(2 * np.pi * 180 * t[: SR * 2]) + 0.02 * rng.standard_normal(SR * 2)).astype(np.float32),
+             (0.1 * rng.standard_normal(SR // 2)).astype(np.float32),
+             np.zeros(40, np.float32),
+             (0.5 * np.sin(2 * np.pi * 300 * t[: SR]) * np.linspace(0, 1, SR)).astype(np.float32)]
+    ex = Egemaps(EgemapsConfig(levels=["functionals", "lld"]), ["compare", "egemaps", "egemaps_lld"])
+    fresh = {kind: [ex.smiles[kind].process_signal(x, SR).to_numpy(dtype=np.float32) for x in clips]
+             for kind in ex.smiles}
+    with pytest.warns(UserWarning, match="too short"):  # openSMILE's wrapper on the 40-sample clip
+        ex.smiles["egemaps"].process_signal(clips[2], SR)
+
+    def check(out: dict[str, list[dict[str, np.ndarray]]]) -> None:
+        for kind, ref in fresh.items():
+            for i, (want, got) in enumerate(zip(ref, (o[kind] for o in out[kind]), strict=True)):
+                want = np.ascontiguousarray(want.T) if kind == "egemaps_lld" else want[0]
+                assert got.shape == want.shape and got.dtype == np.float32, (kind, i)
+                np.testing.assert_array_equal(got, want, err_msg=f"{kind} clip {i}")
+
+    runs = {kind: [ex(x, SR, [kind]) for x in clips + clips] for kind in ex.smiles}
+    check({k: v[: len(clips)] for k, v in runs.items()})
+    check({k: v[len(clips):] for k, v in runs.items()})  # the same graphs, a second round
+    assert np.isnan(runs["compare"][2]["compare"]).all() and np.isfinite(runs["compare"][3]["compare"]).all()
+    other: dict[str, list[dict[str, np.ndarray]]] = {}
+    th = threading.Thread(target=lambda: other.update({k: [ex(x, SR, [k]) for x in clips] for k in ex.smiles}))
+    th.start()
+    th.join()
+    check(other)
+    assert len(ex._local.graphs) == 3  # this thread's graphs: one per kind, reused
+    # the wrapper's list of sink callbacks (each holding its clip's rows) does not grow with the clips
+    assert [len(g.api._callbacks) for g in ex._local.graphs.values()] == [1, 1, 1]

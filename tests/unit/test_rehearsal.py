@@ -431,3 +431,30 @@ def test_pod_deadline_and_volumes_come_from_the_platform_spec(ir):
     volumes = L.pod_volumes(task, platform)
     assert set(L.EMPTY_DIRS) <= set(volumes)
     assert {m["mountPath"] for m in platform["exec-train"]["emptyDirMounts"]} <= set(volumes)
+
+
+def test_mlflow_runs_behind_the_charts_basic_auth_and_its_clients_get_the_admin(monkeypatch, tmp_path):
+    """The rehearsal's MLflow is started as the chart starts it by default: the chart's own
+    files/mlflow_auth.py, then `mlflow server --app-name=basic-auth`, the admin only in the environment;
+    the predictor gets the admin as MLflow client credentials."""
+    from affectflow.orchestration.rehearsal import services as S
+
+    started: dict[str, tuple[list[str], dict[str, str]]] = {}
+    monkeypatch.setattr(S, "start_server", lambda name, image, cmd, env, work, **kw: started.setdefault(
+        name, (cmd, dict(env))) and S.Server(name, None, tmp_path, tmp_path / "log"))  # type: ignore[arg-type]
+    monkeypatch.setattr(S, "wait_for", lambda *a, **k: None)
+    store = S.S3Store(endpoint="http://127.0.0.1:1", bucket="b")
+    admin = S.MlflowAdmin.generate()
+    script = (Path(__file__).resolve().parents[2] / "charts" / "affectflow" / "files" / "mlflow_auth.py").read_text()
+    S.mlflow_server(None, store, tmp_path, 5000, auth_script=script, admin=admin)  # type: ignore[arg-type]
+    cmd, env = started["mlflow"]
+    assert cmd[:3] == ["python", "-c", script] and cmd[3:6] == ["mlflow", "server", "--app-name=basic-auth"]
+    assert admin.password not in " ".join(cmd) and not [a for a in cmd if a.startswith("--backend-store-uri")]
+    assert (env["MLFLOW_AUTH_ADMIN_USERNAME"], env["MLFLOW_AUTH_ADMIN_PASSWORD"]) == (admin.username, admin.password)
+    assert env["MLFLOW_BACKEND_STORE_URI"].startswith("sqlite:") and env["AUTH_DEFAULT_PERMISSION"] == "NO_PERMISSIONS"
+    with pytest.raises(PipelineError, match=r"mlflow_auth\.py"):
+        S.mlflow_server(None, store, tmp_path, 5000, admin=admin)  # type: ignore[arg-type]
+    S.predictor(None, store, tmp_path, tracking_uri="http://127.0.0.1:5000", model_name="m", registered="r",  # type: ignore[arg-type]
+                port=8080, admin=admin)
+    _, env = started["predictor"]
+    assert (env["MLFLOW_TRACKING_USERNAME"], env["MLFLOW_TRACKING_PASSWORD"]) == (admin.username, admin.password)

@@ -113,3 +113,8 @@ class FeaturesConfig(Section):
     previous: str = ""
     """An earlier features store (folder or s3:// prefix) whose shards are reused for the clips
     they hold, so a grown manifest computes only its new clips; "" = only this store's own."""
+    store: str = "feature-store"
+    """The deployment's feature store, shared by every run: read before computing (like `previous`)
+    and given each complete run's new shards (content-addressed, so runs share it safely); so the
+    next run on a grown manifest computes only its new clips with nothing set by hand. A folder or
+    s3:// prefix (the chart sets s3://<bucket>/feature-store); relative = under paths.workdir; "" = off."""

@@ -1,7 +1,8 @@
 """`affectflow pipeline rehearse`: the compiled pipeline executed the way a cluster executes it.
 
 1. the CPU image's root filesystem, built from containers/Dockerfile.cpu without Docker (image.py);
-2. SeaweedFS (S3) and the MLflow server from that root on 127.0.0.1; a small corpus uploaded to S3
+2. SeaweedFS (S3) and the MLflow server from that root on 127.0.0.1, behind MLflow's basic-auth app
+   as the chart runs it by default (its admin user in every client's environment); a small corpus uploaded to S3
    (generated RAVDESS-layout audio, or speakers of ../shared/data/ravdess with --corpus shared);
 3. every task of the committed IR in DAG order (dag.py), each launched as KFP's launcher does
    (launcher.py) in a fresh overlay of the root; S3 is the only thing tasks share;
@@ -33,8 +34,10 @@ from affectflow.orchestration.rehearsal.dag import FAILED, SKIPPED, SUCCEEDED, O
 from affectflow.orchestration.rehearsal.image import Builder, Image, cache_root
 from affectflow.orchestration.rehearsal.launcher import Launcher
 from affectflow.orchestration.rehearsal.services import (
+    MlflowAdmin,
     S3Store,
     mlflow_server,
+    mlflow_status,
     predictor,
     seaweedfs,
     upload_tree,
@@ -171,14 +174,17 @@ def rehearse(repo: Path, out: Path, *, params_path: Path, overrides: Sequence[st
             echo(f"      corpus: {n} objects at s3://{BUCKET}/{CORPUS_PREFIX}/ravdess ({corpus}); none on any task's disk")
             mlflow_port, predictor_port = free_ports(2)
             tracking = f"http://127.0.0.1:{mlflow_port}"
-            mlflow = mlflow_server(image, store, work, mlflow_port)
+            admin = MlflowAdmin.generate()
+            auth_script = (repo / "charts" / "affectflow" / "files" / "mlflow_auth.py").read_text()
+            mlflow = mlflow_server(image, store, work, mlflow_port, auth_script=auth_script, admin=admin)
             try:
-                _run_pipeline(report, spec, platform, image, store, work, out, tracking, root_name, params_path,
-                              [f"ingest.corpora={json.dumps(corpora)}", *overrides], task_timeout_s, echo,
-                              load_params, pipeline_arguments)
+                if _check_auth(report, tracking, admin, root_name, echo):
+                    _run_pipeline(report, spec, platform, image, store, work, out, tracking, root_name, params_path,
+                                  [f"ingest.corpora={json.dumps(corpora)}", *overrides], task_timeout_s, echo,
+                                  load_params, pipeline_arguments, admin)
                 if report.status == SUCCEEDED:
                     _serve(report, image, store, work, tracking, predictor_port, request_template, request_path,
-                           clip, root_name, params_path, overrides, echo, load_params)
+                           clip, root_name, params_path, overrides, echo, load_params, admin)
             finally:
                 mlflow.stop()
                 shutil.copy2(mlflow.log, out / "mlflow.log")
@@ -192,17 +198,34 @@ def rehearse(repo: Path, out: Path, *, params_path: Path, overrides: Sequence[st
     return report
 
 
+def _check_auth(report: Report, tracking: str, admin: MlflowAdmin, root_name: str,
+                echo: Callable[[str], None]) -> bool:
+    """MLflow refuses a request without a user and answers the admin (as the chart's server must)."""
+    anonymous, with_admin = mlflow_status(tracking), mlflow_status(tracking, admin)
+    ok = anonymous == 401 and with_admin == 200
+    status = "SUCCESS" if ok else "FAILED"
+    cause = f"basic-auth: HTTP {anonymous} without a user, {with_admin} as the admin"
+    report.rows.append(Row("mlflow (auth)", root_name, 0.0, status, cause))
+    echo(f"      {'mlflow (auth)':<20} {status:<8} {0.0:7.1f} s  {cause}")
+    if not ok:
+        report.status = FAILED
+    return ok
+
+
 def _run_pipeline(report: Report, spec: dict, platform: dict, image: Image, store: S3Store, work: Path, out: Path,
                   tracking: str, root_name: str, params_path: Path, overrides: Sequence[str], timeout_s: float,
-                  echo: Callable[[str], None], load_params: Any, pipeline_arguments: Any) -> None:
+                  echo: Callable[[str], None], load_params: Any, pipeline_arguments: Any,
+                  admin: MlflowAdmin) -> None:
     base = load_params(params_path)
-    params = load_params(params_path, [f"paths.data_root=s3://{BUCKET}/{CORPUS_PREFIX}", *overrides])
+    # as the chart's registration Job sets them: corpora and the deployment's feature store on S3
+    params = load_params(params_path, [f"paths.data_root=s3://{BUCKET}/{CORPUS_PREFIX}",
+                                       f"features.store=s3://{BUCKET}/feature-store", *overrides])
     arguments = pipeline_arguments(params, base)
     run_id = uuid.uuid4().hex[:12]
     job = f"{PIPELINE_NAME}-rehearsal-{run_id}"
     secrets = {
         params.pipeline.s3_secret: store.env(),
-        params.pipeline.mlflow_secret: {"MLFLOW_TRACKING_URI": tracking},
+        params.pipeline.mlflow_secret: {"MLFLOW_TRACKING_URI": tracking, **admin.client_env()},
     }
     config_maps = {params.pipeline.env_config_map: {"RAY_ADDRESS": "",
                                                     "AFFECTFLOW_RAY_STORAGE": f"s3://{BUCKET}/ray"}}
@@ -231,7 +254,7 @@ def _run_pipeline(report: Report, spec: dict, platform: dict, image: Image, stor
 
 def _serve(report: Report, image: Image, store: S3Store, work: Path, tracking: str, port: int, template: str,
            path: str, clip: bytes, root_name: str, params_path: Path, overrides: Sequence[str],
-           echo: Callable[[str], None], load_params: Any) -> None:
+           echo: Callable[[str], None], load_params: Any, admin: MlflowAdmin) -> None:
     params = load_params(params_path, list(overrides))
     registered = params.registry.model_name
     model_name = path.split("/")[3]
@@ -240,7 +263,7 @@ def _serve(report: Report, image: Image, store: S3Store, work: Path, tracking: s
     server = None
     try:
         server = predictor(image, store, work, tracking_uri=tracking, model_name=model_name, registered=registered,
-                           port=port)
+                           port=port, admin=admin)
         body = (template % base64.b64encode(clip).decode()).encode()
         req = urllib.request.Request(f"http://127.0.0.1:{port}{path}", data=body,
                                      headers={"Content-Type": "application/json"})

@@ -159,27 +159,71 @@ def start_server(name: str, image: Image, command: list[str], env: Mapping[str, 
     return Server(name, c.start(state, log), state, log)
 
 
-def mlflow_server(image: Image, store: S3Store, work: Path, port: int) -> Server:
-    """MLflow as the chart runs it: sqlite backend here (the chart: Postgres), artifacts proxied to S3."""
+@dataclass(frozen=True)
+class MlflowAdmin:
+    """The MLflow admin user the chart's credentials hook generates (`<release>-mlflow-auth`), here made
+    per rehearsal; its clients get it as MLFLOW_TRACKING_USERNAME / MLFLOW_TRACKING_PASSWORD."""
+
+    username: str
+    password: str
+
+    @classmethod
+    def generate(cls) -> MlflowAdmin:
+        import secrets
+
+        return cls("affectflow-admin", secrets.token_urlsafe(24))
+
+    def client_env(self) -> dict[str, str]:
+        return {"MLFLOW_TRACKING_USERNAME": self.username, "MLFLOW_TRACKING_PASSWORD": self.password}
+
+
+def mlflow_server(image: Image, store: S3Store, work: Path, port: int, *, auth_script: str | None = None,
+                  admin: MlflowAdmin | None = None) -> Server:
+    """MLflow as the chart runs it: sqlite backend here (the chart: Postgres), artifacts proxied to S3;
+    with `admin`, behind MLflow's basic-auth app started by the chart's own `files/mlflow_auth.py`
+    (`auth_script`: its text, run as the chart runs it, `python -c <script> mlflow server
+    --app-name=basic-auth ...`, the admin in the environment, never in argv)."""
     db = work / "mlflow-db"
     db.mkdir(parents=True, exist_ok=True)
     db.chmod(0o777)
+    env = {**store.env(), "HOME": "/tmp", "MLFLOW_BACKEND_STORE_URI": "sqlite:////mlflow-db/mlflow.db"}
     cmd = ["mlflow", "server", "--host=127.0.0.1", f"--port={port}", "--workers=1",
-           "--backend-store-uri=sqlite:////mlflow-db/mlflow.db",
            f"--artifacts-destination=s3://{store.bucket}/mlartifacts", "--serve-artifacts"]
-    server = start_server("mlflow", image, cmd, {**store.env(), "HOME": "/tmp"}, work,
-                          binds=(Bind(db, "/mlflow-db"),))
+    if admin is not None:
+        if not auth_script:
+            raise PipelineError("MLflow with authentication needs the chart's files/mlflow_auth.py")
+        cmd = ["python", "-c", auth_script, *cmd[:2], "--app-name=basic-auth", *cmd[2:]]
+        env.update(MLFLOW_AUTH_ADMIN_USERNAME=admin.username, MLFLOW_AUTH_ADMIN_PASSWORD=admin.password,
+                   AUTH_DEFAULT_PERMISSION="NO_PERMISSIONS")
+    server = start_server("mlflow", image, cmd, env, work, binds=(Bind(db, "/mlflow-db"),))
     wait_for(lambda: http_ok(f"http://127.0.0.1:{port}/health"), "MLflow server", 180, server.proc, server.log)
     return server
 
 
+def mlflow_status(tracking_uri: str, admin: MlflowAdmin | None = None) -> int:
+    """The HTTP status of one MLflow API request, without a user or as `admin` (behind basic-auth:
+    401 without, 200 with)."""
+    import base64
+
+    req = urllib.request.Request(f"{tracking_uri}/api/2.0/mlflow/experiments/search?max_results=1")
+    if admin is not None:
+        token = base64.b64encode(f"{admin.username}:{admin.password}".encode()).decode()
+        req.add_header("Authorization", f"Basic {token}")
+    try:
+        with urllib.request.urlopen(req, timeout=10) as r:
+            return int(r.status)
+    except urllib.error.HTTPError as e:
+        return int(e.code)
+
+
 def predictor(image: Image, store: S3Store, work: Path, *, tracking_uri: str, model_name: str,
-              registered: str, port: int) -> Server:
-    """`python -m affectflow.serving.kserve` with the InferenceService's args and env."""
+              registered: str, port: int, admin: MlflowAdmin | None = None) -> Server:
+    """`python -m affectflow.serving.kserve` with the InferenceService's args and env (the MLflow
+    admin's credentials with authentication, as the chart sets them)."""
     cmd = ["python", "-m", "affectflow.serving.kserve", f"--model_name={model_name}",
            f"--model_uri=models:/{registered}@champion", f"--http_port={port}", "--reload_interval_s=60"]
     server = start_server("predictor", image, cmd, {**store.env(), "MLFLOW_TRACKING_URI": tracking_uri,
-                                                    "HOME": "/tmp"}, work)
+                                                    **(admin.client_env() if admin else {}), "HOME": "/tmp"}, work)
     wait_for(lambda: http_ok(f"http://127.0.0.1:{port}/v2/health/ready"), "KServe predictor", 240, server.proc,
              server.log)
     return server

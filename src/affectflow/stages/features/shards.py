@@ -1,11 +1,11 @@
-"""The shard plan: which clips each kind lacks (in this store and `features.previous`), dealt
+"""The shard plan: which clips each kind lacks (in this store, `features.previous` and the
+deployment's store), dealt
 round-robin over the duration order into shards."""
 
 from __future__ import annotations
 
 import logging
 import math
-import shutil
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,8 +24,8 @@ from affectflow.contracts.feature_store import (
 from affectflow.contracts.manifest import ManifestError, read_manifest
 from affectflow.features.keys import KINDS, LOGMEL, SSL, feature_keys
 from affectflow.features.robustness import split_kind
+from affectflow.stages.features.store import link_or_copy, store_location
 from affectflow.stages.features.worker import _Job
-from affectflow.storage import atomic_path
 from affectflow.storage.s3 import is_s3
 
 log = logging.getLogger(__name__)
@@ -112,24 +112,26 @@ def _reuse(root: Path, sources: Sequence[str | Path], kind: str, key: str, wante
         for record in records.values():
             dst = root / record.file
             if copy and not dst.with_suffix(RECORD_SUFFIX).is_file():
+                dst.parent.mkdir(parents=True, exist_ok=True)
                 for suffix in (SHARD_SUFFIX, RECORD_SUFFIX):
-                    with atomic_path(dst.with_suffix(suffix)) as tmp:
-                        shutil.copyfile((src / record.file).with_suffix(suffix), tmp)
+                    link_or_copy((src / record.file).with_suffix(suffix), dst.with_suffix(suffix))
             for clip in record.shapes:
                 found.setdefault(clip, record)
 
 
 def plan(params: Params, manifest_path: str | Path, root: Path,
          previous: Sequence[str | Path] = (), copy: bool = True) -> _Plan:
-    """The shards already there (this store, then `previous` stores and `features.previous`), the
-    clips each kind lacks, and those clips dealt into `shard_count` shards."""
+    """The shards already there (this store, then `previous` stores, `features.previous` and the
+    deployment's store), the clips each kind lacks, and those clips dealt into `shard_count` shards."""
     df = _read_clips(Path(manifest_path))
     keys = feature_keys(params)
     if not keys:
         raise FeaturesError("features.kinds / features.egemaps.levels: no feature kind requested")
     clips = df.drop_duplicates("sha256").sort_values("duration", ascending=False, kind="stable")
     wanted = set(clips["sha256"])
-    sources = [*previous, *([params.features.previous] if params.features.previous else [])]
+    shared = store_location(params)
+    sources = [*previous, *([params.features.previous] if params.features.previous else []),
+               *([shared] if shared else [])]
     found: dict[str, dict[str, ShardRecord]] = {}
     refused: list[str] = []
     for kind, key in keys.items():

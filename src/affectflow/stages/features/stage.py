@@ -27,6 +27,7 @@ from affectflow.features.keys import LOGMEL, SSL
 from affectflow.runtime.device import resolve_device
 from affectflow.runtime.progress import progress
 from affectflow.stages.features.shards import SMILE_CHUNK, FeaturesError, plan
+from affectflow.stages.features.store import publish, store_location
 from affectflow.stages.features.worker import _cpu_count, _Done, _init_worker, _Job, _mp_context, _work_chunk
 from affectflow.stages.spec import Inputs
 from affectflow.storage import atomic_write_json
@@ -94,6 +95,7 @@ def extract_features(params: Params, manifest_path: str | Path, out_dir: str | P
                 "member": df["sha256"].astype(str).to_numpy(),
                 "shard_sha256": [r.sha256 for r in records if r is not None]}))
         summary["index"] = str(write_index(root, pd.concat(frames, ignore_index=True)))
+        summary["store"] = {"location": store_location(params), "shards_added": publish(params, root, keys, pl.found)}
     seconds = time.perf_counter() - t_start
     audio_s = float(run["audio_seconds"])
     summary.update({
