@@ -106,7 +106,7 @@ def _train_eval(params: Params, manifest: Path, features_dir: Path, run_dir: Pat
     t0 = time.perf_counter()
     tr = train(params, manifest, features_dir, run_dir / "train", synthetic=synthetic)
     m = evaluate(params, tr.model_dir, manifest, features_dir, run_dir / "evaluate")
-    return {"uar": float(m["uar"]), "wa": float(m["wa"]), "macro_f1": float(m["macro_f1"]),
+    return {"uar": m.test.uar, "wa": m.test.wa, "macro_f1": m.test.macro_f1,
             "val_uar": float(tr.summary["val_uar"]), "n_train": tr.summary.get("n_train"),
             "n_synthetic": tr.summary.get("n_synthetic", 0), "seconds": round(time.perf_counter() - t0, 1)}
 

@@ -57,12 +57,13 @@ def train_folds(params: Params, manifest: str | Path, features_dir: str | Path, 
             tr = train(fold_params, fold_manifest, features_dir, fold_dir / "train")
             mlflow.MlflowClient().set_tag(tr.summary["mlflow_run_id"], "fold", str(k))
             m = run_evaluate(fold_params, tr.model_dir, fold_manifest, features_dir, fold_dir / "evaluate")
-            rows.append({"fold": k, **{n: m[n] for n in FOLD_METRICS},
-                         **{f"{n}_ci": [m["test"][f"{n}_ci_low"], m["test"][f"{n}_ci_high"]] for n in FOLD_METRICS},
+            t = m.test
+            rows.append({"fold": k, **{n: getattr(t, n) for n in FOLD_METRICS},
+                         **{f"{n}_ci": [getattr(t, f"{n}_ci_low"), getattr(t, f"{n}_ci_high")] for n in FOLD_METRICS},
                          "val_uar": tr.summary["val_uar"], "best_epoch": tr.summary["best_epoch"],
                          "test_speakers": sorted(set(fdf.loc[fdf["split"] == "test", "speaker"])),
-                         "n_test": m["test"]["n"]})
-            mlflow.log_metrics({f"fold_{n}": m[n] for n in FOLD_METRICS}, step=k)
+                         "n_test": t.n})
+            mlflow.log_metrics({f"fold_{n}": getattr(t, n) for n in FOLD_METRICS}, step=k)
             preds.append(pd.read_parquet(fold_dir / "evaluate" / "predictions.parquet").query("set == 'test'"))
         table = pd.DataFrame(rows)
         classes = read_model_meta(out / "fold_0" / "train" / MODEL_SUBDIR).classes
