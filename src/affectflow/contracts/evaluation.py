@@ -33,6 +33,9 @@ LEGACY_HEADLINE = ("uar", "wa", "macro_f1", "per_class_recall", "collapsed", "te
 """Format 1 wrote these at the top level too (copies of `test`'s); they are dropped on reading."""
 
 
+UNKNOWN_FIELD = "unknown field: "
+
+
 class EvaluationError(ValueError):
     """A metrics.json that cannot be used; the message names the file and the field."""
 
@@ -54,7 +57,7 @@ class _Sections(BaseModel):
     def _only_sections(self) -> _Sections:
         for key, value in (self.model_extra or {}).items():
             if not isinstance(value, Mapping):
-                raise ValueError(f"unknown field '{key}' (an unknown section must be an object)")
+                raise ValueError(f"{UNKNOWN_FIELD}{key} is not known (an unknown section must be an object)")
         return self
 
     def extra_sections(self) -> dict[str, dict[str, Any]]:
@@ -170,9 +173,12 @@ class Evaluation(_Sections):
 def _format(err: ValidationError, where: Path) -> str:
     parts = []
     for e in err.errors():
-        field = ".".join(str(x) for x in e["loc"]) or "(top level)"
+        loc = [str(x) for x in e["loc"]]
         msg = e["msg"].removeprefix("Value error, ")
-        parts.append(f"field '{field}': {msg}")
+        if msg.startswith(UNKNOWN_FIELD):  # raised by _Sections, which knows the name, not its place
+            name, _, msg = msg.removeprefix(UNKNOWN_FIELD).partition(" ")
+            loc.append(name)
+        parts.append(f"field '{'.'.join(loc) or '(top level)'}': {msg}")
     return f"{where}: " + "; ".join(parts)
 
 
