@@ -137,7 +137,7 @@ def _register(params: Params, a: argparse.Namespace) -> int | None:
     promoted = bool(promo.get("promoted"))
     reason = (promo.get("gate") or reg["gate"])["reason"]
     title = f"{reg['model_uri']} PROMOTED: {reason}" if promoted else f"{reg['model_uri']}: {reason}"
-    print_summary(title, {"version": reg["version"], "aliases": reg["aliases"],
+    print_summary(title, {"version": reg["version"], "aliases": promo.get("aliases", reg["aliases"]),
                           "champion": promo.get("champion", reg["champion"]),
                           **{k: reg[k] for k in ("previous_champion", "source", "note", "comparison")
                              if reg.get(k) is not None}})
