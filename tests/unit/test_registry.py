@@ -453,6 +453,15 @@ def test_a_stale_champion_is_compared_on_the_challengers_test_set(params: Params
     bogus = write_rescore(tmp_path / "bogus", "1", chal_dir, 0.10, "new", store["run_id"])
     with pytest.raises(EvaluationMismatch, match="champion v1 is model"):
         register(params, chal_dir, chal_metrics, tmp_path / "r0", rescore=bogus)
+    # ... also as the workdir's rescore folder: `affectflow step register` (dvc.yaml) reads it ...
+    from affectflow.stages.runner import run_stage
+
+    write_rescore(params.workdir() / "rescore", "1", chal_dir, 0.10, "new", store["run_id"])
+    with pytest.raises(EvaluationMismatch, match="champion v1 is model"):
+        run_stage(params, "register", {"model": chal_dir, "evaluation": chal_metrics}, tmp_path / "r0")
+    # ... but a chain (`affectflow register`) hands on only what it ran, never a stale workdir folder
+    again = register(params, chal_dir, chal_metrics, tmp_path / "r00")
+    assert again["rescore"] is None and "was not scored on this test set" in again["gate"]["reason"]
 
     folder = write_rescore(tmp_path / "rescore", "1", tmp_path / "champ" / "model", 0.50, "new", store["run_id"])
     res = register(params, chal_dir, chal_metrics, tmp_path / "r", rescore=folder)
