@@ -61,7 +61,7 @@ def main() -> None:
         cell = out / f"held_{held}_seed{a.seed}"
         train_corpora = [n for n in names if n != held]
         path, model_dir = trained_recognizer(params, df, features, train_corpora, held, cell)
-        m = evaluate(params, model_dir, path, features, cell / "evaluate")
+        m = evaluate(params, model_dir, path, features, cell / "evaluate").to_json()
         cal = read_model_meta(model_dir).calibration
         x = m["cross_corpus"][held]["calibration"]
         t = m["test"]["calibration"]

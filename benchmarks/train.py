@@ -117,8 +117,7 @@ class GpuSampler:
 def run(params: Any, manifest: Path, features: Path, out: Path) -> dict[str, Any]:
     import torch
 
-    from affectflow.stages.train.driver import fit
-    from affectflow.stages.train.plan import plan
+    from affectflow.stages.train.stage import fit, plan  # the train stage's steps, without its MLflow run
 
     p = plan(params, manifest, features, out)
     cuda = params.train.device != "cpu" and torch.cuda.is_available()

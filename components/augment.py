@@ -11,13 +11,13 @@ def augment(config: str, manifest: Input[Dataset], store: Input[Dataset], synthe
     """The augment stage into the `synthetic` folder (synthetic.npz, report, plots)."""
     from pathlib import Path
 
-    from affectflow.orchestration import kfp_io
+    from affectflow.orchestration import kfp_io, kfp_reports
 
     res = kfp_io.run_task("augment", config, {"manifest": Path(manifest.path) / "manifest.parquet",
                                               "features": store.path}, synthetic.path)
-    kfp_io.log_metrics(summary, res.summary)
-    text = kfp_io.report_text(synthetic.path, fallback="# Augmentation\n")
-    kfp_io.write_html(report, "Augmentation", text, synthetic.path, kfp_io.pngs(synthetic.path))
+    kfp_reports.log_metrics(summary, res.summary)
+    text = kfp_reports.report_text(synthetic.path, fallback="# Augmentation\n")
+    kfp_reports.write_html(report, "Augmentation", text, synthetic.path, kfp_reports.pngs(synthetic.path))
 
 
 @component("cpu")

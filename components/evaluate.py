@@ -13,14 +13,14 @@ def evaluate(config: str, manifest: Input[Dataset], store: Input[Dataset], model
     returns the test UAR."""
     from pathlib import Path
 
-    from affectflow.orchestration import kfp_io
+    from affectflow.orchestration import kfp_io, kfp_reports
 
-    res = kfp_io.run_task("evaluate", config, {"model": kfp_io.model_dir(model),
-                                               "manifest": Path(manifest.path) / "manifest.parquet",
-                                               "features": store.path}, evaluation.path).metrics
-    kfp_io.log_metrics(metrics, kfp_io.headline_metrics(res))
-    classes, matrix = kfp_io.confusion_of(res)
-    kfp_io.log_confusion(confusion, classes, matrix)
-    text = kfp_io.report_text(evaluation.path, fallback=kfp_io.summary_markdown("Evaluation", res))
-    kfp_io.write_html(report, "Evaluation", text, evaluation.path, kfp_io.pngs(evaluation.path))
-    return kfp_io.point(res["uar"])
+    ev = kfp_io.run_task("evaluate", config, {"model": kfp_io.model_dir(model),
+                                              "manifest": Path(manifest.path) / "manifest.parquet",
+                                              "features": store.path}, evaluation.path).evaluation
+    kfp_reports.log_metrics(metrics, kfp_reports.evaluation_metrics(ev))
+    kfp_reports.log_confusion(confusion, *kfp_reports.confusion_of(ev))
+    text = kfp_reports.report_text(evaluation.path, fallback=kfp_reports.summary_markdown(
+        "Evaluation", kfp_reports.evaluation_metrics(ev)))
+    kfp_reports.write_html(report, "Evaluation", text, evaluation.path, kfp_reports.pngs(evaluation.path))
+    return ev.test.uar

@@ -34,9 +34,9 @@ def gather_features(config: str, manifest: Input[Dataset], parts: Input[list[Dat
     """The shard tasks' folders gathered into the `store` folder (index.parquet + shards)."""
     from pathlib import Path
 
-    from affectflow.orchestration import kfp_io
+    from affectflow.orchestration import kfp_io, kfp_reports
 
     res = kfp_io.features_gather_task(config, Path(manifest.path) / "manifest.parquet",
                                       [p.path for p in parts], store.path)
-    kfp_io.log_metrics(summary, res.summary)
-    kfp_io.write_markdown(report, kfp_io.summary_markdown("Features", res.summary))
+    kfp_reports.log_metrics(summary, res.summary)
+    kfp_reports.write_markdown(report, kfp_reports.summary_markdown("Features", res.summary))

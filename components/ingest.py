@@ -24,12 +24,12 @@ def ingest(config: str, data_version: str, manifest: Output[Dataset], summary: O
     manifest is reused only while the data is unchanged. It and the manifest's content hash are
     recorded in the artifact's metadata: which data this run saw.
     """
-    from affectflow.orchestration import kfp_io
+    from affectflow.orchestration import kfp_io, kfp_reports
 
     res = kfp_io.run_task("ingest", config, {}, manifest.path)
     manifest.metadata["data_version"] = data_version
     manifest.metadata["manifest_hash"] = str(res.summary.get("manifest_hash", ""))
     manifest.metadata["clips"] = int(res.summary.get("clips", 0))
     manifest.metadata["file"] = res.manifest.name
-    kfp_io.log_metrics(summary, res.summary)
-    kfp_io.write_markdown(report, kfp_io.summary_markdown("Ingest", res.summary))
+    kfp_reports.log_metrics(summary, res.summary)
+    kfp_reports.write_markdown(report, kfp_reports.summary_markdown("Ingest", res.summary))

@@ -11,13 +11,13 @@ def pretrain(config: str, manifest: Input[Dataset], store: Input[Dataset], encod
     """The pretrain stage into the `encoder` folder (encoder/ model folder, report, plots)."""
     from pathlib import Path
 
-    from affectflow.orchestration import kfp_io
+    from affectflow.orchestration import kfp_io, kfp_reports
 
     res = kfp_io.run_task("pretrain", config, {"manifest": Path(manifest.path) / "manifest.parquet",
                                                "features": store.path}, encoder.path)
-    kfp_io.log_metrics(summary, res.summary)
-    text = kfp_io.report_text(encoder.path, fallback="# DANN pretraining\n")
-    kfp_io.write_html(report, "DANN pretraining", text, encoder.path, kfp_io.pngs(encoder.path))
+    kfp_reports.log_metrics(summary, res.summary)
+    text = kfp_reports.report_text(encoder.path, fallback="# DANN pretraining\n")
+    kfp_reports.write_html(report, "DANN pretraining", text, encoder.path, kfp_reports.pngs(encoder.path))
 
 
 @component("cpu")

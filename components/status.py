@@ -10,6 +10,6 @@ def record_run_status(status: dsl.PipelineTaskFinalStatus, tracking_uri: str, ex
                       artifact_location: str) -> str:
     """Write the run's final state, failing task and error as an MLflow run in
     `<experiment>-pipelines`; returns the state. Never fails the pipeline itself."""
-    from affectflow.orchestration import kfp_io
+    from affectflow.orchestration import kfp_tracking
 
-    return kfp_io.record_status(status, tracking_uri, experiment, artifact_location)
+    return kfp_tracking.record_status(status, tracking_uri, experiment, artifact_location)

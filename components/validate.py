@@ -12,10 +12,10 @@ def validate(config: str, manifest: Input[Dataset], gate: Output[Artifact], summ
     """The manifest checks; the report is the task's Markdown output."""
     from pathlib import Path
 
-    from affectflow.orchestration import kfp_io
+    from affectflow.orchestration import kfp_io, kfp_reports
 
     res = kfp_io.run_task("validate", config, {"manifest": Path(manifest.path) / "manifest.parquet"}, gate.path)
-    return kfp_io.gate_outcome(res, summary, report)
+    return kfp_reports.gate_outcome(res, summary, report)
 
 
 @component("cpu")
@@ -24,8 +24,8 @@ def validate_features(config: str, manifest: Input[Dataset], store: Input[Datase
     """The manifest checks plus the feature checks (every clip has every kind, arrays finite, right shapes)."""
     from pathlib import Path
 
-    from affectflow.orchestration import kfp_io
+    from affectflow.orchestration import kfp_io, kfp_reports
 
     res = kfp_io.run_task("validate", config, {"manifest": Path(manifest.path) / "manifest.parquet",
                                                "features": store.path}, gate.path)
-    return kfp_io.gate_outcome(res, summary, report)
+    return kfp_reports.gate_outcome(res, summary, report)

@@ -1,6 +1,6 @@
 """The training DAG: data stamp -> ingest -> validate -> features -> validate features -> [augment]
-[pretrain] -> train -> evaluate -> rescore champion -> register -> [promote], inside an exit handler
-that records how the run ended.
+[pretrain] -> train -> evaluate -> rescore -> register -> [promote], inside an exit handler that
+records how the run ended. Every stage task is the task runner on its row of the stage table.
 
 The retraining loop: a recurring run's data stamp changes when objects under the corpus roots do,
 so ingest (and everything after it) runs on the new data; the champion is re-scored on the new test
@@ -19,11 +19,12 @@ from typing import Any
 
 from kfp import dsl, kubernetes
 
-from affectflow.config import DEFAULT_TASK_RESOURCES, ConfigError, Params
+from affectflow.config import ConfigError, Params
 from affectflow.features.keys import KINDS, requested_kinds
 from affectflow.orchestration.images import image_for
 from affectflow.orchestration.ir import PIPELINE_NAME
-from affectflow.orchestration.kfp_io import TRACKING_SECRET_ENV
+from affectflow.orchestration.kfp_tracking import TRACKING_SECRET_ENV
+from affectflow.orchestration.resources import check_resources, resources_for
 from affectflow.orchestration.run_form import (
     DATA_VERSION,
     KFP_TYPES,
@@ -40,7 +41,7 @@ from components.evaluate import evaluate
 from components.features import features, gather_features, plan_features
 from components.ingest import data_stamp, ingest
 from components.pretrain import pretrain, skip_pretrain
-from components.register import promote, register, rescore_champion
+from components.register import promote, register, rescore
 from components.status import record_run_status
 from components.train import train
 from components.validate import validate, validate_features
@@ -52,7 +53,7 @@ S3_KEYS = {k: k for k in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_END
 boto3, MLflow, DVC and Ray's pyarrow S3 read). Required: a data task without them fails to start."""
 MLFLOW_KEYS = {"MLFLOW_TRACKING_URI": "MLFLOW_TRACKING_URI"}
 """Required key of `pipeline.mlflow_secret` on the tasks that log or register: it replaces
-tracking.uri inside the tasks (affectflow.orchestration.kfp_io.stage_params)."""
+tracking.uri inside the tasks (affectflow.orchestration.kfp_tracking.tracking_from_env)."""
 MLFLOW_AUTH_KEYS = {k: k for k in ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD")}
 """Optional keys of the same Secret, for an external tracking server with basic auth (the chart's
 in-cluster server has none, so its Secret lacks them)."""
@@ -62,15 +63,15 @@ client address and the shared storage of Ray runs and checkpoints."""
 WRITABLE_DIRS = {"kfp-minio": "/minio", "kfp-s3": "/s3", "kfp-gcs": "/gcs", "tmp": "/tmp"}
 """emptyDirs of every task: the KFP launcher's local artifact paths and /tmp, writable for the
 non-root UID whatever the image or a read-only root filesystem."""
-DATA_TASKS = frozenset({*STAGES, "validate-features", "plan-features", "gather-features", "data-stamp",
-                        "rescore-champion"}) - {"register"}
+DATA_TASKS = frozenset({*STAGES, "validate-features", "plan-features", "gather-features", "data-stamp"}) - {
+    "register", "promote"}
 """Tasks that read or write data (S3 corpora, features, Ray storage, MLflow's S3 artifacts); data-stamp
 lists the s3:// corpora (the cluster rehearsal found it without credentials)."""
 TRACKING_TASKS = frozenset({s for s, row in STAGES.items() if "tracking" in row.sections}
-                           | {"register", "promote", "record-run-status", "resolve-params", "rescore-champion"})
+                           | {"record-run-status", "resolve-params"})
 """Tasks that log to or read from MLflow (resolve-params checks the server before anything runs;
-rescore-champion reads the champion from the registry: without the Secret it saw an empty sqlite
-registry inside its pod and never re-scored)."""
+rescore reads the champion from the registry: without the Secret it saw an empty sqlite registry
+inside its pod and never re-scored)."""
 RETRY_BACKOFF = "30s"
 """First wait before a retry (doubles each time): long enough for a node or S3 hiccup to pass."""
 FORM_NAMES = [p.name for p in RUN_FORM] + [OVERRIDES, DATA_VERSION]
@@ -121,8 +122,7 @@ def check_compile_settings(p: Params) -> None:
     if p.pipeline.ray_cluster and p.train.num_workers == 0:
         raise ConfigError("pipeline.ray_cluster: true needs train.num_workers >= 1: with 0 the model trains "
                           "inside the train pod, which then runs in the CPU image without a GPU")
-    for task in DEFAULT_TASK_RESOURCES:
-        p.pipeline.resources_for(task)  # request <= limit, per task
+    check_resources(p.pipeline)  # known tasks; request <= limit, per task
 
 
 def _task_name(task: Any) -> str:
@@ -134,7 +134,7 @@ def _secrets_of(task: str) -> tuple[str, ...]:
 
 
 def _resources(task: Any, p: Params, name: str, gpu: bool) -> None:
-    res = p.pipeline.resources_for(name)
+    res = resources_for(p.pipeline, name)
     task.set_cpu_request(res.cpu_request).set_cpu_limit(res.cpu_limit)
     task.set_memory_request(res.memory_request).set_memory_limit(res.memory_limit)
     if res.timeout_s:
@@ -247,9 +247,8 @@ def build_pipeline(p: Params) -> Any:
             trn.after(val_feat)
             ev = _platform(evaluate(config=conf["evaluate"], manifest=manifest, store=store,
                                     model=trn.outputs["model"]), p, gpu=False)
-            rs = _platform(rescore_champion(evaluate_config=conf["evaluate"], register_config=conf["register"],
-                                            manifest=manifest, store=store, model=trn.outputs["model"],
-                                            evaluation=ev.outputs["evaluation"]), p, gpu=False)
+            rs = _platform(rescore(config=conf["rescore"], manifest=manifest, store=store, model=trn.outputs["model"],
+                                   evaluation=ev.outputs["evaluation"]), p, gpu=False)
             rs.set_caching_options(False)  # depends on the registry's champion, not only on its inputs
             rs.set_display_name("rescore champion")
             reg = _platform(register(config=conf["register"], model=trn.outputs["model"],
@@ -258,7 +257,7 @@ def build_pipeline(p: Params) -> Any:
                             retry=False)
             reg.set_caching_options(False)  # every run registers its own version
             with dsl.If(reg.outputs["Output"] == True, name="gate-passed"):  # noqa: E712
-                pro = _platform(promote(config=conf["register"], registration=reg.outputs["result"],
+                pro = _platform(promote(config=conf["promote"], registration=reg.outputs["result"],
                                         run_name=dsl.PIPELINE_JOB_NAME_PLACEHOLDER), p, gpu=False,
                                 secrets=("mlflow",), retry=False)
                 pro.set_caching_options(False)

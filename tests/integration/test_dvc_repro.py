@@ -18,7 +18,8 @@ import pytest
 import yaml
 
 REPO = Path(__file__).resolve().parents[2]
-STAGES = ("ingest", "validate", "features", "augment", "pretrain", "train", "evaluate", "register")
+STAGES = ("ingest", "validate", "features", "augment", "pretrain", "train", "evaluate", "rescore", "register",
+          "promote")
 TINY = {
     "paths": {"workdir": "artifacts", "data_root": "data"},
     "ingest": {"corpora": [{"name": "ravdess", "adapter": "ravdess", "root": "ravdess"}],
@@ -81,9 +82,11 @@ def test_repro_runs_every_stage_then_nothing(dvc_repo: Path) -> None:
     assert set(lock["stages"]) == set(STAGES)
     assert (dvc_repo / "artifacts" / "augment" / "SKIPPED").is_file()  # augment.enabled: false
     metrics = yaml.safe_load((dvc_repo / "artifacts" / "evaluate" / "metrics.json").read_text())
-    assert 0.0 <= metrics["uar"] <= 1.0
+    assert 0.0 <= metrics["test"]["uar"] <= 1.0
     result = yaml.safe_load((dvc_repo / "artifacts" / "register" / "result.json").read_text())
     assert result["version"] == "1"
+    promotion = yaml.safe_load((dvc_repo / "artifacts" / "promote" / "result.json").read_text())
+    assert promotion["promoted"] and promotion["champion"] == "1"  # the tail: register, then promote
 
     second = _ok(_run([sys.executable, "-m", "dvc", "repro"], dvc_repo))
     assert "Running stage" not in second, second
@@ -103,7 +106,7 @@ def test_exp_run_set_param_reruns_downstream_only(dvc_repo: Path) -> None:
     _ok(_run(["git", "commit", "-q", "-m", "repro"], dvc_repo))
     out = _ok(_run([sys.executable, "-m", "dvc", "exp", "run", "-S", "train.epochs=3"], dvc_repo))
     # pretrain reads train.* (the encoder is the recognizer's), so it re-runs too (here: its placeholder)
-    for stage in ("pretrain", "train", "evaluate", "register"):
+    for stage in ("pretrain", "train", "evaluate", "rescore", "register", "promote"):
         assert f"Running stage '{stage}'" in out, out[-3000:]
     for stage in ("ingest", "validate", "features", "augment"):
         assert f"Running stage '{stage}'" not in out, out[-3000:]

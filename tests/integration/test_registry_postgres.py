@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 from base_settings import base_params
 from mlflow.tracking._tracking_service.utils import _use_tracking_uri as use_tracking_uri
+from register_support import evaluation_json, model_json, register
 from registry_servers import mlflow_server, postgres, postgres_skip_reason
 
 from affectflow.config import Params
@@ -28,7 +29,6 @@ from affectflow.tracking.registry import (
     MAX_EVENT_CHARS,
     Registry,
     RegistryError,
-    register,
 )
 
 pytestmark = [pytest.mark.slow,
@@ -66,13 +66,11 @@ def _candidates(url: str, tmp_path: Path) -> list[tuple[Path, Path]]:
     for i in range(VERSIONS):
         model_dir = tmp_path / f"v{i + 1}" / "model"
         model_dir.mkdir(parents=True)
-        (model_dir / "model.json").write_text(json.dumps({"mlflow": {"run_id": run.info.run_id}, "n": i}))
+        (model_dir / "model.json").write_text(json.dumps(model_json({"run_id": run.info.run_id}, CLASSES, n=str(i))))
         uar = 0.40 + 0.05 * i
         metrics = model_dir.parent / "metrics.json"
-        metrics.write_text(json.dumps({"uar": uar, "per_class_recall": dict.fromkeys(CLASSES, uar),
-                                       "test_manifest_hash": "test-A",
-                                       "model": {"content_hash": content_hash(model_dir),
-                                                 "mlflow_run_id": run.info.run_id}}))
+        metrics.write_text(json.dumps(evaluation_json(content_hash(model_dir), run.info.run_id, uar,
+                                                      dict.fromkeys(CLASSES, uar), "test-A")))
         out.append((model_dir, metrics))
     return out
 

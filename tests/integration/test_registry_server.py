@@ -15,11 +15,12 @@ from pathlib import Path
 import pytest
 from base_settings import base_params
 from mlflow.tracking._tracking_service.utils import _use_tracking_uri as use_tracking_uri
+from register_support import evaluation_json, model_json, register
 from registry_servers import mlflow_server as start_mlflow_server
 
 from affectflow.config import Params
 from affectflow.contracts.model_folder import content_hash
-from affectflow.tracking.registry import CHALLENGER, CHAMPION, Registry, register
+from affectflow.tracking.registry import CHALLENGER, CHAMPION, Registry
 
 CLASSES = ("neutral", "happy", "sad", "angry")
 
@@ -65,15 +66,12 @@ def _candidate(tmp_path: Path, logged: dict[str, str], tag: str, uar: float, *,
                floor_class_recall: float | None = None, test_hash: str = "test-A") -> tuple[Path, Path]:
     model_dir = tmp_path / tag / "model"
     model_dir.mkdir(parents=True)
-    (model_dir / "model.json").write_text(json.dumps({"mlflow_run_id": logged["run_id"], "tag": tag}))
+    (model_dir / "model.json").write_text(json.dumps(model_json({"run_id": logged["run_id"]}, CLASSES, tag=tag)))
     recall = dict.fromkeys(CLASSES, uar)
     if floor_class_recall is not None:
         recall["sad"] = floor_class_recall
     metrics = tmp_path / tag / "metrics.json"
-    metrics.write_text(json.dumps({"uar": uar, "wa": uar, "macro_f1": uar, "per_class_recall": recall,
-                                   "test_manifest_hash": test_hash,
-                                   "model": {"content_hash": content_hash(model_dir),
-                                             "mlflow_run_id": logged["run_id"]}}))
+    metrics.write_text(json.dumps(evaluation_json(content_hash(model_dir), logged["run_id"], uar, recall, test_hash)))
     return model_dir, metrics
 
 

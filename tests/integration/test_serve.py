@@ -63,11 +63,12 @@ TINY = {
 
 def train_and_register(params: Params, work: Path) -> dict[str, Any]:
     """The stage functions the pipeline runs, on the generated corpus, ending with a champion."""
+    from register_support import register
+
     from affectflow.stages.evaluate import evaluate
     from affectflow.stages.features import extract_features
     from affectflow.stages.ingest import ingest
     from affectflow.stages.train.stage import train
-    from affectflow.tracking.registry import register
 
     manifest = ingest(params, work / "ingest").manifest
     features = work / "features"

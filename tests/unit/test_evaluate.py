@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 
@@ -12,6 +11,7 @@ import pytest
 from base_settings import base_params
 from recognizer_support import trained
 
+from affectflow.contracts.evaluation import read_evaluation
 from affectflow.contracts.feature_store import INDEX
 from affectflow.contracts.manifest import manifest_hash, read_manifest, write_manifest
 from affectflow.stages.evaluate import EvaluationError, evaluate
@@ -21,10 +21,10 @@ def test_metrics_json_report_and_plots(synth_root: Path, tmp_path_factory: pytes
     t = trained(synth_root, tmp_path_factory)
     m = t["metrics"]
     out = t["base"] / "evaluate"
-    assert json.loads((out / "metrics.json").read_text()) == json.loads(json.dumps(m))
+    assert m == read_evaluation(out).to_json() and m["format"] == 2
+    assert not set(m) & {"uar", "wa", "macro_f1", "per_class_recall", "test_manifest_hash"}  # each score once
     for name in ("uar", "wa", "macro_f1"):
-        assert m["test"][f"{name}_ci_low"] <= m[name] <= m["test"][f"{name}_ci_high"]
-        assert m[name] == m["test"][name]
+        assert m["test"][f"{name}_ci_low"] <= m["test"][name] <= m["test"][f"{name}_ci_high"]
     df = read_manifest(t["manifest"])
     test = df[df["split"] == "test"]
     assert m["test"]["n"] == len(test)
@@ -33,8 +33,7 @@ def test_metrics_json_report_and_plots(synth_root: Path, tmp_path_factory: pytes
     assert sum(v["n"] for v in m["test"]["per_gender"].values()) == len(test)
     assert np.asarray(m["test"]["confusion"]).sum() == len(test)
     assert set(m["test"]["per_class_recall"]) == {"neutral", "happy", "sad", "angry"}
-    assert m["per_class_recall"] == m["test"]["per_class_recall"]
-    assert m["test_manifest_hash"] == manifest_hash(test)
+    assert m["test"]["test_manifest_hash"] == manifest_hash(test)
     assert (out / "confusion.png").stat().st_size > 0
     report = (out / "report.md").read_text()
     assert "**UAR**" in report and "Per speaker" in report
@@ -69,7 +68,7 @@ def test_cross_corpus_predictions_range_over_every_evaluation_class(
     manifest, feats = _with_other_corpus(t, tmp_path)
     params = t["params"].model_copy(update={"evaluate": t["params"].evaluate.model_copy(
         update={"cross_corpus": ["other"], "bootstrap": 0})})
-    m = evaluate(params, t["result"].model_dir, manifest, feats, tmp_path / "eval")
+    m = evaluate(params, t["result"].model_dir, manifest, feats, tmp_path / "eval").to_json()
     x = m["cross_corpus"]["other"]
     n_other = int((read_manifest(manifest)["corpus"] == "other").sum())
     assert x["classes"] == x["predicted_over"] == ["neutral", "happy", "sad", "angry"]
@@ -104,16 +103,16 @@ def test_a_heldout_corpus_is_scored_on_all_its_clips_without_being_named(
     params = t["params"].model_copy(update={
         "evaluate": t["params"].evaluate.model_copy(update={"bootstrap": 0}),
         "tracking": t["params"].tracking.model_copy(update={"uri": f"sqlite:///{tmp_path / 'own.db'}"})})
-    m = evaluate(params, t["result"].model_dir, manifest, feats, tmp_path / "eval")
+    m = evaluate(params, t["result"].model_dir, manifest, feats, tmp_path / "eval").to_json()
     assert m["cross_corpus"]["other"]["n"] == int((df["corpus"] == "other").sum())
     assert m["cross_corpus_mean_uar"] == m["cross_corpus"]["other"]["uar"]
     # no source test speakers (leave-corpus-out training): the held-out clips are the test set
     df.loc[(df["corpus"] == "ravdess") & (df["split"] == "test"), "split"] = "val"
     write_manifest(df, tmp_path / "loco.parquet")
-    m = evaluate(params, t["result"].model_dir, tmp_path / "loco.parquet", feats, tmp_path / "eval2")
+    m = evaluate(params, t["result"].model_dir, tmp_path / "loco.parquet", feats, tmp_path / "eval2").to_json()
     assert m["test"]["scope"].startswith("held-out corpora other")
-    assert m["uar"] == m["cross_corpus"]["other"]["uar"]
-    assert m["test_manifest_hash"] == manifest_hash(df[df["corpus"] == "other"])
+    assert m["test"]["uar"] == m["cross_corpus"]["other"]["uar"]
+    assert m["test"]["test_manifest_hash"] == manifest_hash(df[df["corpus"] == "other"])
 
 
 def test_scoring_a_subset_that_lacks_a_class_and_the_collapse_flags():
@@ -158,9 +157,10 @@ def test_the_evaluation_names_the_model_it_scored(synth_root: Path, tmp_path_fac
     t = trained(synth_root, tmp_path_factory)
     model = t["result"].model_dir
     run_id = read_model_meta(model).mlflow["run_id"]
-    assert t["metrics"]["model"] == {"content_hash": content_hash(model), "mlflow_run_id": run_id}
+    assert t["metrics"]["model"] == {"content_hash": content_hash(model), "mlflow_run_id": run_id,
+                                     "dir": str(model), "arch": read_model_meta(model).arch}
     client = MlflowClient(t["params"].tracking.uri)
     before = len(client.get_metric_history(run_id, "test_uar"))
     again = evaluate(t["params"], model, t["manifest"], t["features"], tmp_path / "again", log_to_model_run=False)
-    assert again["model"] == t["metrics"]["model"] and again["uar"] == t["metrics"]["uar"]
+    assert again.to_json()["model"] == t["metrics"]["model"] and again.test.uar == t["metrics"]["test"]["uar"]
     assert len(client.get_metric_history(run_id, "test_uar")) == before

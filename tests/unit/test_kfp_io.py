@@ -1,4 +1,5 @@
-"""affectflow.orchestration.kfp_io: what the components do around a stage call, without KFP running them."""
+"""affectflow.orchestration.kfp_io / kfp_reports / kfp_tracking: what the components do around a stage
+call, without KFP running them."""
 
 from __future__ import annotations
 
@@ -10,7 +11,8 @@ from typing import Any
 
 import pytest
 
-from affectflow.orchestration import kfp_io
+from affectflow.contracts.evaluation import parse_evaluation
+from affectflow.orchestration import kfp_io, kfp_reports, kfp_tracking
 
 PNG = base64.b64decode(
     "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mP8z8BQDwAEhQGAhKmMIQAAAABJRU5ErkJggg==")
@@ -32,47 +34,41 @@ class FakeArtifact:
         self.confusion = (classes, matrix)
 
 
-EVAL = {"uar": 0.5, "wa": 0.6, "macro_f1": 0.55, "model_dir": "/m", "corpora": ["ravdess"],
-        "test": {"n": 4, "uar": 0.5, "uar_ci_low": 0.3, "uar_ci_high": 0.7, "classes": ["a", "b"],
-                 "confusion": [[1, 1], [0, 2]], "per_class_recall": {"a": 0.5, "b": 1.0},
-                 "per_speaker": {"s1": {"n": 4, "uar": 0.5}}}}
+EVAL = parse_evaluation(
+    {"format": 2, "model": {"content_hash": "h", "dir": "/m"}, "corpora": ["ravdess"],
+     "test": {"n": 4, "uar": 0.5, "uar_ci_low": 0.3, "uar_ci_high": 0.7, "wa": 0.6, "macro_f1": 0.55,
+              "classes": ["a", "b"], "confusion": [[1, 1], [0, 2]], "per_class_recall": {"a": 0.5, "b": 1.0},
+              "test_manifest_hash": "t", "per_speaker": {"s1": {"n": 4, "uar": 0.5, "wa": 0.5, "macro_f1": 0.5}}},
+     "cross_corpus": {"emodb": {"n": 2, "uar": 0.4, "wa": 0.5, "macro_f1": 0.3, "test_manifest_hash": "e",
+                                "per_class_recall": {"a": 0.4, "b": None}}},
+     "cross_corpus_mean_uar": 0.4}, "metrics.json")
 
 
 def test_metrics_are_logged_and_written(tmp_path: Path) -> None:
     art = FakeArtifact(tmp_path / "metrics")
-    values = kfp_io.log_metrics(art, kfp_io.headline_metrics(EVAL))
+    values = kfp_reports.log_metrics(art, kfp_reports.evaluation_metrics(EVAL))
     assert art.metrics == values
-    assert values["uar"] == 0.5 and values["test.uar_ci_low"] == 0.3
-    assert values["test.per_class_recall.b"] == 1.0
+    assert values["uar"] == 0.5 and values["uar_ci_low"] == 0.3 and values["wa"] == 0.6
+    assert values["per_class_recall.b"] == 1.0 and values["cross_corpus.emodb.uar"] == 0.4
     assert not any("per_speaker" in k or "confusion" in k for k in values)  # kept for the report
     assert json.loads(Path(art.path).read_text()) == values  # the file kfp.local's cache checks
 
 
-def test_confusion_from_evaluate_result(tmp_path: Path) -> None:
-    assert kfp_io.confusion_of(EVAL) == (["a", "b"], [[1, 1], [0, 2]])
-    alt = {"confusion": {"classes": ["x", "y"], "matrix": [[3, 0], [1, 2]]}}
-    assert kfp_io.confusion_of(alt) == (["x", "y"], [[3, 0], [1, 2]])
-    with pytest.raises(ValueError, match="2x2"):
-        kfp_io.confusion_of({"classes": ["a", "b"], "confusion": [[1, 2, 3], [4, 5, 6]]})
-    with pytest.raises(ValueError, match="no confusion matrix"):
-        kfp_io.confusion_of({"uar": 0.5})
+def test_confusion_from_the_evaluation(tmp_path: Path) -> None:
+    assert kfp_reports.confusion_of(EVAL) == (["a", "b"], [[1, 1], [0, 2]])
+    bad = EVAL.model_copy(update={"test": EVAL.test.model_copy(update={"confusion": [[1, 2, 3], [4, 5, 6]]})})
+    with pytest.raises(ValueError, match=r"'test\.confusion' is not a 2x2 matrix"):
+        kfp_reports.confusion_of(bad)
     art = FakeArtifact(tmp_path / "cm")
-    kfp_io.log_confusion(art, *kfp_io.confusion_of(EVAL))
+    kfp_reports.log_confusion(art, *kfp_reports.confusion_of(EVAL))
     assert art.confusion == (["a", "b"], [[1, 1], [0, 2]])
-
-
-def test_point_estimates() -> None:
-    assert kfp_io.point(0.5) == 0.5
-    assert kfp_io.point({"mean": 0.4, "ci": [0.3, 0.5]}) == 0.4
-    with pytest.raises(ValueError, match="no value"):
-        kfp_io.point({"ci": [0.3, 0.5]})
 
 
 def test_html_report_inlines_the_plots(tmp_path: Path) -> None:
     (tmp_path / "confusion.png").write_bytes(PNG)
     (tmp_path / "extra.png").write_bytes(PNG)
-    html = kfp_io.markdown_to_html("Eval", "# Eval\n\n| a | b |\n|---|---|\n| 1 | 2 |\n\n![cm](confusion.png)\n",
-                                   tmp_path, kfp_io.pngs(tmp_path))
+    html = kfp_reports.markdown_to_html("Eval", "# Eval\n\n| a | b |\n|---|---|\n| 1 | 2 |\n\n![cm](confusion.png)\n",
+                                   tmp_path, kfp_reports.pngs(tmp_path))
     assert "<table>" in html and "<h1>Eval</h1>" in html
     assert 'src="confusion.png"' not in html
     assert html.count("data:image/png;base64,") == 2  # linked one inlined once, the other appended
@@ -83,7 +79,7 @@ def test_local_html_artifacts_get_an_html_name(tmp_path: Path) -> None:
     from kfp.dsl import HTML
 
     local = HTML(uri=str(tmp_path / "report"))
-    kfp_io.write_html(local, "Eval", "# Eval\n")
+    kfp_reports.write_html(local, "Eval", "# Eval\n")
     assert local.uri.endswith("report.html") and Path(local.path).read_text().startswith("<!doctype html>")
 
 
@@ -108,11 +104,11 @@ def test_model_dir_follows_the_metadata(tmp_path: Path) -> None:
 def test_tracking_uri_from_the_mlflow_secret(monkeypatch: pytest.MonkeyPatch) -> None:
     config = json.dumps({"tracking": {"uri": "sqlite:///local.db", "experiment": "x",
                                       "artifact_location": "a"}})
-    monkeypatch.delenv(kfp_io.TRACKING_ENV, raising=False)
+    monkeypatch.delenv(kfp_tracking.TRACKING_ENV, raising=False)
     assert kfp_io.stage_params(config, "train").tracking.uri == "sqlite:///local.db"
-    monkeypatch.setenv(kfp_io.TRACKING_ENV, "http://mlflow:5000")
+    monkeypatch.setenv(kfp_tracking.TRACKING_ENV, "http://mlflow:5000")
     assert kfp_io.stage_params(config, "train").tracking.uri == "http://mlflow:5000"
-    assert kfp_io.tracking_uri("sqlite:///local.db") == "http://mlflow:5000"
+    assert kfp_tracking.tracking_uri("sqlite:///local.db") == "http://mlflow:5000"
 
 
 def test_stage_params_names_the_stage_on_bad_config() -> None:
@@ -126,9 +122,9 @@ def test_record_status_writes_an_mlflow_run(tmp_path: Path) -> None:
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     status = SimpleNamespace(state="FAILED", pipeline_job_resource_name="run-7", pipeline_task_name="exit",
                              error_code="", error_message="Task ingest failed.")
-    assert kfp_io.record_status(status, uri, "affectflow") == "FAILED"
+    assert kfp_tracking.record_status(status, uri, "affectflow") == "FAILED"
     client = MlflowClient(tracking_uri=uri)
-    exp = client.get_experiment_by_name("affectflow" + kfp_io.STATUS_EXPERIMENT_SUFFIX)
+    exp = client.get_experiment_by_name("affectflow" + kfp_tracking.STATUS_EXPERIMENT_SUFFIX)
     (run,) = client.search_runs([exp.experiment_id])
     assert run.info.status == "FAILED" and run.info.run_name == "run-7"
     assert run.data.tags["pipeline.error_message"] == "Task ingest failed."
@@ -139,19 +135,19 @@ def test_record_status_never_raises(capsys: pytest.CaptureFixture[str], tmp_path
                              error_code="", error_message="")
     bad = tmp_path / "file"
     bad.write_text("")
-    assert kfp_io.record_status(status, f"sqlite:///{bad}/sub/mlflow.db", "x") == "SUCCEEDED"
+    assert kfp_tracking.record_status(status, f"sqlite:///{bad}/sub/mlflow.db", "x") == "SUCCEEDED"
     assert "could not record" in capsys.readouterr().out
 
 
 # ----------------------------------------------------------------------------- cluster: a tracking server or nothing
 def _in_kubeflow_pod(monkeypatch: pytest.MonkeyPatch, uri: str | None) -> None:
     """What a Kubeflow task of a pipeline compiled with pipeline.require_tracking_server sees."""
-    monkeypatch.setenv(kfp_io.KFP_POD_ENV, "affectflow-train-abcde-123")
-    monkeypatch.setenv(kfp_io.TRACKING_SECRET_ENV, "affectflow-mlflow")
+    monkeypatch.setenv(kfp_tracking.KFP_POD_ENV, "affectflow-train-abcde-123")
+    monkeypatch.setenv(kfp_tracking.TRACKING_SECRET_ENV, "affectflow-mlflow")
     if uri is None:
-        monkeypatch.delenv(kfp_io.TRACKING_ENV, raising=False)
+        monkeypatch.delenv(kfp_tracking.TRACKING_ENV, raising=False)
     else:
-        monkeypatch.setenv(kfp_io.TRACKING_ENV, uri)
+        monkeypatch.setenv(kfp_tracking.TRACKING_ENV, uri)
 
 
 CONFIG = json.dumps({"tracking": {"uri": "sqlite:///artifacts/mlflow.db"}})
@@ -161,20 +157,20 @@ CONFIG = json.dumps({"tracking": {"uri": "sqlite:///artifacts/mlflow.db"}})
 def test_a_kubeflow_task_refuses_the_sqlite_fallback_and_names_the_secret_key(
         monkeypatch: pytest.MonkeyPatch, uri: str | None) -> None:
     _in_kubeflow_pod(monkeypatch, uri)
-    with pytest.raises(kfp_io.TrackingServerError, match=r"Secret 'affectflow-mlflow' key 'MLFLOW_TRACKING_URI'"):
+    with pytest.raises(kfp_tracking.TrackingServerError, match=r"Secret 'affectflow-mlflow' key 'MLFLOW_TRACKING_URI'"):
         kfp_io.stage_params(CONFIG, "train")
-    with pytest.raises(kfp_io.TrackingServerError, match=r"Secret 'affectflow-mlflow' key 'MLFLOW_TRACKING_URI'"):
-        kfp_io.preflight()
+    with pytest.raises(kfp_tracking.TrackingServerError, match=r"Secret 'affectflow-mlflow' key 'MLFLOW_TRACKING_URI'"):
+        kfp_tracking.preflight()
 
 
 def test_the_same_task_outside_a_pod_or_not_required_keeps_the_configured_uri(
         monkeypatch: pytest.MonkeyPatch) -> None:
     _in_kubeflow_pod(monkeypatch, None)
-    monkeypatch.delenv(kfp_io.KFP_POD_ENV)  # kfp.local: the baked variable is there, the pod name is not
+    monkeypatch.delenv(kfp_tracking.KFP_POD_ENV)  # kfp.local: the baked variable is there, the pod name is not
     assert kfp_io.stage_params(CONFIG, "train").tracking.uri == "sqlite:///artifacts/mlflow.db"
-    kfp_io.preflight()
+    kfp_tracking.preflight()
     _in_kubeflow_pod(monkeypatch, None)
-    monkeypatch.delenv(kfp_io.TRACKING_SECRET_ENV)  # compiled with require_tracking_server: false
+    monkeypatch.delenv(kfp_tracking.TRACKING_SECRET_ENV)  # compiled with require_tracking_server: false
     assert kfp_io.stage_params(CONFIG, "train").tracking.uri == "sqlite:///artifacts/mlflow.db"
     _in_kubeflow_pod(monkeypatch, "http://mlflow.affectflow.svc.cluster.local:5000")
     assert kfp_io.stage_params(CONFIG, "train").tracking.uri == "http://mlflow.affectflow.svc.cluster.local:5000"
@@ -200,17 +196,17 @@ def test_preflight_probes_the_server_and_names_it_when_it_does_not_answer(monkey
     threading.Thread(target=server.serve_forever, daemon=True).start()
     try:
         _in_kubeflow_pod(monkeypatch, f"http://127.0.0.1:{server.server_address[1]}")
-        kfp_io.preflight()  # answers: no error
+        kfp_tracking.preflight()  # answers: no error
     finally:
         server.shutdown()
         server.server_close()
     dead = f"http://127.0.0.1:{free_port()}"
     _in_kubeflow_pod(monkeypatch, dead)
-    monkeypatch.setattr(kfp_io, "PROBE_ATTEMPTS", 2)
-    monkeypatch.setattr(kfp_io, "PROBE_TIMEOUT_S", 0.5)
-    with pytest.raises(kfp_io.TrackingServerError, match=rf"{dead} \(Secret 'affectflow-mlflow' key "
+    monkeypatch.setattr(kfp_tracking, "PROBE_ATTEMPTS", 2)
+    monkeypatch.setattr(kfp_tracking, "PROBE_TIMEOUT_S", 0.5)
+    with pytest.raises(kfp_tracking.TrackingServerError, match=rf"{dead} \(Secret 'affectflow-mlflow' key "
                                                          r"'MLFLOW_TRACKING_URI'\) does not answer"):
-        kfp_io.preflight()
+        kfp_tracking.preflight()
 
 
 def test_the_first_task_fails_before_any_work_without_a_tracking_server(monkeypatch: pytest.MonkeyPatch,
@@ -220,7 +216,7 @@ def test_the_first_task_fails_before_any_work_without_a_tracking_server(monkeypa
 
     base = load_params(None)
     _in_kubeflow_pod(monkeypatch, None)
-    with pytest.raises(kfp_io.TrackingServerError, match=r"key 'MLFLOW_TRACKING_URI' is missing or empty"):
+    with pytest.raises(kfp_tracking.TrackingServerError, match=r"key 'MLFLOW_TRACKING_URI' is missing or empty"):
         kfp_io.resolve_params(run_form.base_yaml(base), run_form.run_form_defaults(base), tmp_path / "p.yaml")
     assert not (tmp_path / "p.yaml").exists()
 
@@ -231,7 +227,7 @@ def test_registry_markdown_shows_the_decision_and_both_scores() -> None:
                        "champion_version": "2", "test_manifest_hash": "abc123", "challenger_uar": 0.31,
                        "champion_uar": 0.77, "rescored": True},
               "note": None, "data_version": "stamp-1"}
-    text = kfp_io.registry_markdown("Registration", result)
+    text = kfp_reports.registry_markdown("Registration", result)
     assert "**Not promoted**: not promoted (no improvement over champion v2)" in text
     assert "| `abc123` | 0.3100 | 0.7700 | yes |" in text
     assert "stamp-1" in text and "note" not in text

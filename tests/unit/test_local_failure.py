@@ -36,3 +36,21 @@ def test_the_failure_line_names_each_failed_task_with_its_cause() -> None:
         "(summary: /r/last_run.json)")
     assert failure_line({"train": TaskRecord(status="FAILURE")}, Path("s.json")) == \
         "local pipeline run failed in task train (summary: s.json)"
+
+
+def test_the_run_summary_reads_the_evaluation_through_its_contract(tmp_path: Path) -> None:
+    import json
+
+    from affectflow.orchestration.local import _read_evaluation
+
+    folder = tmp_path / "evaluation"
+    folder.mkdir()
+    test = {"n": 2, "uar": 0.5, "wa": 0.5, "macro_f1": 0.5, "per_class_recall": {"a": 0.5}, "test_manifest_hash": "t"}
+    legacy = {"model": {"content_hash": "c"}, "model_dir": "/m", "uar": 0.5, "test": test}  # the earlier layout
+    (folder / "metrics.json").write_text(json.dumps(legacy))
+    got = _read_evaluation(TaskRecord(outputs={"evaluation": {"uri": str(folder)}}))
+    assert got is not None and got["format"] == 2 and "uar" not in got and got["test"]["uar"] == 0.5
+    assert got["model"]["dir"] == "/m"
+    (folder / "metrics.json").write_text("{")
+    assert _read_evaluation(TaskRecord(outputs={"evaluation": {"uri": str(folder)}})) is None  # a summary, not a crash
+    assert _read_evaluation(None) is None

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 from recognizer_support import trained
 
+from affectflow.contracts.evaluation import parse_evaluation
 from affectflow.contracts.model_folder import read_model_meta
 from affectflow.corpora import ADAPTERS
 from affectflow.corpora.facts import FACTS
@@ -23,13 +24,13 @@ def test_the_card_has_every_section_in_order_with_the_measured_figures(synth_roo
                                                                        tmp_path_factory: pytest.TempPathFactory):
     t = trained(synth_root, tmp_path_factory)
     meta, m = read_model_meta(t["result"].model_dir), t["metrics"]
-    card = model_card(meta, m, title="affectflow-ser v7")
+    card = model_card(meta, parse_evaluation(m, "metrics.json"), title="affectflow-ser v7")
     assert card.startswith("# Model card: affectflow-ser v7")
     heads = [line[3:] for line in card.splitlines() if line.startswith("## ")]
     assert heads == list(SECTIONS)
     assert "English (North American)" in card and "acted" in card  # ravdess: languages and limits
     assert f"Intervals: {round(m['test']['ci_level'] * 100)} % percentile bootstrap" in card
-    assert f"| test | {m['test']['n']} | {m['uar']:.3f} [{m['test']['uar_ci_low']:.3f}" in card
+    assert f"| test | {m['test']['n']} | {m['test']['uar']:.3f} [{m['test']['uar_ci_low']:.3f}" in card
     for gender, g in m["test"]["per_gender"].items():  # per-gender rows carry their interval
         assert f"| {gender} | {g['n']} | {g['uar']:.3f} [{g['uar_ci_low']:.3f}, {g['uar_ci_high']:.3f}]" in card
     assert "| ravdess |" in card  # per-corpus row
@@ -44,7 +45,7 @@ def test_the_card_has_every_section_in_order_with_the_measured_figures(synth_roo
 def test_an_uncalibrated_model_says_so(synth_root: Path, tmp_path_factory: pytest.TempPathFactory):
     t = trained(synth_root, tmp_path_factory)
     meta = read_model_meta(t["result"].model_dir).model_copy(update={"calibration": None})
-    assert "Not calibrated" in model_card(meta, t["metrics"], title="x")
+    assert "Not calibrated" in model_card(meta, parse_evaluation(t["metrics"], "metrics.json"), title="x")
 
 
 def test_weak_classes_are_those_well_below_the_uar_weakest_first():
@@ -60,8 +61,7 @@ def test_register_writes_logs_and_describes_the_version_with_its_card(synth_root
                                                                       tmp_path_factory: pytest.TempPathFactory,
                                                                       tmp_path: Path):
     import mlflow
-
-    from affectflow.tracking.registry import register
+    from register_support import register
 
     t = trained(synth_root, tmp_path_factory)
     params = t["params"].model_copy(update={"registry": t["params"].registry.model_copy(

@@ -15,7 +15,7 @@ import pytest
 import yaml
 
 from affectflow.config import ConfigError, Params, load_params
-from affectflow.orchestration import kfp_io
+from affectflow.orchestration import kfp_io, kfp_tracking
 from affectflow.orchestration import run_form as F
 from affectflow.orchestration.ir import compile_to, stale
 from affectflow.stages import STAGES as TABLE
@@ -25,7 +25,8 @@ from pipelines.train_pipeline import build_pipeline
 
 REPO = Path(__file__).resolve().parents[2]
 PARAMS_YAML = REPO / "params.yaml"
-STAGES = ("ingest", "validate", "features", "augment", "pretrain", "train", "evaluate", "register")
+STAGES = ("ingest", "validate", "features", "augment", "pretrain", "train", "evaluate", "rescore", "register",
+          "promote")
 TASKS = (*STAGES, "validate-features")
 GPU_STAGES = ("features", "augment", "pretrain", "train")
 """With log-mel features (device auto) and GPUs, features runs on the GPU too."""
@@ -102,8 +103,8 @@ def test_one_task_per_stage(ir: tuple[dict[str, Any], dict[str, Any]]) -> None:
         assert refs.count(f"comp-{stage}") == 1, f"stage {stage}: {refs.count(f'comp-{stage}')} tasks"
     leaves = {r for r in refs if not r.startswith(("comp-condition", "comp-exit-handler", "comp-for-loop"))}
     assert leaves == {f"comp-{s}" for s in TASKS} | {
-        "comp-resolve-params", "comp-skip-augment", "comp-skip-pretrain", "comp-promote", "comp-record-run-status",
-        "comp-data-stamp", "comp-rescore-champion", "comp-plan-features", "comp-gather-features"}
+        "comp-resolve-params", "comp-skip-augment", "comp-skip-pretrain", "comp-record-run-status",
+        "comp-data-stamp", "comp-plan-features", "comp-gather-features"}
     assert list(TABLE) == list(STAGES)  # the DAG has a task for every row of the stage table
 
 
@@ -125,13 +126,12 @@ def test_tasks_depend_on_the_artifacts_the_stage_table_names(ir: tuple[dict[str,
     spec, _ = ir
     tasks = _tasks(spec)
     kfp_name = {"features": "store", "evaluation": "evaluation", "encoder": "encoder", "synthetic": "synthetic",
-                "manifest": "manifest", "model": "model"}
+                "manifest": "manifest", "model": "model", "rescore": "rescore", "registration": "registration"}
     for name, row in TABLE.items():
         if name in ("ingest",):
             continue
         have = set(tasks[name]["inputs"].get("artifacts", {}))
         want = {kfp_name[a] for a in (*row.inputs, *row.optional)} - ({"store"} if name == "validate" else set())
-        want |= {"rescore"} if name == "register" else set()  # the champion's re-score (retraining loop)
         assert have == want, name
 
 
@@ -169,11 +169,11 @@ def test_the_retraining_loop_in_the_dag(ir: tuple[dict[str, Any], dict[str, Any]
     assert stamp_in["producerTask"] == "data-stamp"
     assert tasks["data-stamp"]["inputs"]["parameters"]["data_version"]["componentInputParameter"].endswith(
         "data_version")
-    rescore = tasks["rescore-champion"]
+    rescore = tasks["rescore"]
     assert set(rescore["inputs"]["artifacts"]) == {"manifest", "store", "model", "evaluation"}
     assert rescore["inputs"]["artifacts"]["evaluation"]["taskOutputArtifact"]["producerTask"] == "evaluate"
     register = tasks["register"]["inputs"]
-    assert register["artifacts"]["rescore"]["taskOutputArtifact"]["producerTask"] == "rescore-champion"
+    assert register["artifacts"]["rescore"]["taskOutputArtifact"]["producerTask"] == "rescore"
     assert register["parameters"]["data_version"]["taskOutputParameter"]["producerTask"] == "data-stamp"
 
 
@@ -252,11 +252,11 @@ def test_secrets_become_environment(ir: tuple[dict[str, Any], dict[str, Any]], b
         return out
 
     for stage in ("ingest", "validate", "validate-features", "features", "augment", "pretrain", "train", "evaluate",
-                  "data-stamp", "rescore-champion"):  # data-stamp lists s3:// corpora (found by the rehearsal)
+                  "data-stamp", "rescore"):  # data-stamp lists s3:// corpora (found by the rehearsal)
         s3 = secrets(stage)[base.pipeline.s3_secret]
         assert {"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_ENDPOINT_URL"} <= s3, stage
     for task in ("resolve-params", "augment", "pretrain", "train", "evaluate", "register", "promote",
-                 "record-run-status", "rescore-champion"):  # rescore reads the champion from the registry
+                 "record-run-status", "rescore"):  # rescore reads the champion from the registry
         assert "MLFLOW_TRACKING_URI" in secrets(task)[base.pipeline.mlflow_secret], task
     assert base.pipeline.s3_secret not in secrets("register")  # registry needs MLflow only
     for task in ("ingest", "validate", "features"):  # they log nothing to MLflow
@@ -287,7 +287,7 @@ def test_no_optional_credential_where_one_is_required(ir: tuple[dict[str, Any], 
 def test_tasks_that_log_are_told_which_secret_their_tracking_server_comes_from(
         ir: tuple[dict[str, Any], dict[str, Any]], base: Params) -> None:
     """The baked AFFECTFLOW_TRACKING_SECRET makes a task in a Kubeflow pod refuse the sqlite fallback
-    (kfp_io.check_tracking_env); resolve-params, the first task, also probes the server."""
+    (kfp_tracking.check_tracking_env); resolve-params, the first task, also probes the server."""
     spec, _ = ir
     tasks = _tasks(spec)
     execs = spec["deploymentSpec"]["executors"]
@@ -296,21 +296,21 @@ def test_tasks_that_log_are_told_which_secret_their_tracking_server_comes_from(
         return {e["name"]: e["value"] for e in execs[_executor(spec, tasks[task])]["container"].get("env", [])}
 
     for task in ("resolve-params", "train", "evaluate", "register", "promote", "augment", "pretrain"):
-        assert env(task)[kfp_io.TRACKING_SECRET_ENV] == base.pipeline.mlflow_secret, task
-    assert kfp_io.TRACKING_SECRET_ENV not in env("ingest")
+        assert env(task)[kfp_tracking.TRACKING_SECRET_ENV] == base.pipeline.mlflow_secret, task
+    assert kfp_tracking.TRACKING_SECRET_ENV not in env("ingest")
     relaxed = load_params(PARAMS_YAML, {"pipeline.require_tracking_server": False})
     import tempfile
 
     with tempfile.TemporaryDirectory() as d:
         spec2, _ = _compile(relaxed, Path(d) / "ir.yaml")
     execs2 = spec2["deploymentSpec"]["executors"]
-    assert not any(e["name"] == kfp_io.TRACKING_SECRET_ENV for ex in execs2.values()
+    assert not any(e["name"] == kfp_tracking.TRACKING_SECRET_ENV for ex in execs2.values()
                    for e in ex["container"].get("env", []))
 
 
 def test_every_task_requests_cpu_and_memory_with_limits(ir: tuple[dict[str, Any], dict[str, Any]],
                                                        base: Params) -> None:
-    from affectflow.config import DEFAULT_TASK_RESOURCES
+    from affectflow.orchestration.resources import DEFAULT_TASK_RESOURCES, resources_for
 
     spec, _ = ir
     execs = spec["deploymentSpec"]["executors"]
@@ -320,7 +320,7 @@ def test_every_task_requests_cpu_and_memory_with_limits(ir: tuple[dict[str, Any]
         for field in ("resourceCpuRequest", "resourceCpuLimit", "resourceMemoryRequest", "resourceMemoryLimit"):
             assert r.get(field), (name, field)
         assert r["cpuRequest"] <= r["cpuLimit"] and r["memoryRequest"] <= r["memoryLimit"], name
-        want = base.pipeline.resources_for(name.removeprefix("exec-"))
+        want = resources_for(base.pipeline, name.removeprefix("exec-"))
         assert (r["resourceCpuRequest"], r["resourceMemoryLimit"]) == (want.cpu_request, want.memory_limit), name
     assert set(DEFAULT_TASK_RESOURCES) == {n.removeprefix("exec-") for n in execs}  # a default for every task
 
@@ -328,14 +328,16 @@ def test_every_task_requests_cpu_and_memory_with_limits(ir: tuple[dict[str, Any]
 def test_every_task_has_a_timeout(ir: tuple[dict[str, Any], dict[str, Any]], base: Params) -> None:
     """kfp-kubernetes' activeDeadlineSeconds on every task: a hung task (a stuck NCCL collective, an S3
     read that never returns) is stopped and its GPU freed; per-task values come from pipeline.resources."""
+    from affectflow.orchestration.resources import resources_for
+
     spec, platform = ir
     for name in spec["deploymentSpec"]["executors"]:
-        want = base.pipeline.resources_for(name.removeprefix("exec-")).timeout_s
+        want = resources_for(base.pipeline, name.removeprefix("exec-")).timeout_s
         assert want and int(platform[name]["activeDeadlineSeconds"]) == want, name
     assert int(platform["exec-train"]["activeDeadlineSeconds"]) >= 12 * 3600 > int(
         platform["exec-register"]["activeDeadlineSeconds"])
     longer = load_params(PARAMS_YAML, {**GPU_SETTINGS, "pipeline.resources": {"train": {"timeout_s": 7}}})
-    assert longer.pipeline.resources_for("train").timeout_s == 7
+    assert resources_for(longer.pipeline, "train").timeout_s == 7
     with pytest.raises(ConfigError, match=r"timeout_s"):
         load_params(PARAMS_YAML, {"pipeline.resources": {"train": {"timeout_s": 0}}})
 
@@ -368,8 +370,8 @@ def test_resources_are_set_per_task_and_checked(tmp_path: Path) -> None:
     assert execs["exec-ingest"]["container"]["resources"]["resourceCpuRequest"] == "3"
     with pytest.raises(ConfigError, match=r"pipeline\.resources\.train\.memory_request: 64Gi is above its limit"):
         build_pipeline(load_params(PARAMS_YAML, {"pipeline.resources": {"train": {"memory_request": "64Gi"}}}))
-    with pytest.raises(ConfigError, match=r"pipeline\.resources.*unknown task\(s\) \['trian'\]"):
-        load_params(PARAMS_YAML, {"pipeline.resources": {"trian": {"cpu_limit": "2"}}})
+    with pytest.raises(ConfigError, match=r"pipeline\.resources: unknown task\(s\) \['trian'\]"):  # at compile time
+        build_pipeline(load_params(PARAMS_YAML, {"pipeline.resources": {"trian": {"cpu_limit": "2"}}}))
     with pytest.raises(ConfigError, match=r"pipeline\.resources\.train\.memory_limit.*not a memory quantity"):
         load_params(PARAMS_YAML, {"pipeline.resources": {"train": {"memory_limit": "lots"}}})
 
@@ -448,7 +450,7 @@ def test_caching_on_stages_off_for_side_effects(ir: tuple[dict[str, Any], dict[s
     tasks = _tasks(spec)
     for stage in ("resolve-params", "ingest", "validate", "features", "augment", "pretrain", "train", "evaluate"):
         assert tasks[stage]["cachingOptions"].get("enableCache") is True, stage
-    for task in ("register", "promote", "record-run-status", "data-stamp", "rescore-champion"):
+    for task in ("register", "promote", "record-run-status", "data-stamp", "rescore"):
         assert not tasks[task].get("cachingOptions", {}).get("enableCache"), task
 
 

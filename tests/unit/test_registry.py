@@ -13,9 +13,12 @@ from pathlib import Path
 import pytest
 from base_settings import base_params
 from mlflow.tracking._tracking_service.utils import _use_tracking_uri as use_tracking_uri
+from register_support import register
 
 from affectflow.config import Params
+from affectflow.contracts.evaluation import EvaluationMismatch
 from affectflow.contracts.model_folder import content_hash
+from affectflow.tracking.gate import Scores, evaluate_gate
 from affectflow.tracking.registry import (
     CHALLENGER,
     CHAMPION,
@@ -24,13 +27,8 @@ from affectflow.tracking.registry import (
     LEGACY_STACK_TAG,
     MAX_EVENT_CHARS,
     STACK_TOP_TAG,
-    EvaluationMismatch,
     Registry,
     RegistryError,
-    Scores,
-    evaluate_gate,
-    read_scores,
-    register,
 )
 from affectflow.tracking.uri import ensure_store, resolve_uri
 
@@ -59,7 +57,7 @@ def store(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
         mlflow.set_tags({"dvc_revision": "dvc.lock:abc", "params_hash": "p123", "git_commit": ""})
         info = mlflow.pyfunc.log_model(name="model", python_model=Echo(), pip_requirements=[])
         # The model folder, as affectflow.tracking.runs.log_training logs it (the re-score fetches it).
-        (folder / "model.json").write_text(json.dumps({"mlflow": {"run_id": run.info.run_id}, "tag": "logged"}))
+        (folder / "model.json").write_text(json.dumps(meta_json({"run_id": run.info.run_id})))
         (folder / "model.pt").write_bytes(b"logged weights")
         mlflow.log_artifacts(str(folder), artifact_path="model_folder")
     return {"uri": uri, "run_id": run.info.run_id, "model_uri": info.model_uri,
@@ -78,27 +76,37 @@ def params(store: dict[str, str], request: pytest.FixtureRequest, tmp_path: Path
     })
 
 
+def meta_json(mlflow: dict | None, lineage: dict | None = None) -> dict:
+    """model.json of a (weightless) model folder: the contract's required fields, its MLflow block."""
+    meta = {"arch": "egemaps_mlp", "classes": list(CLASSES), "feature": "egemaps", "feature_config": {},
+            "audio": {"sample_rate": 16000}, "normalization": {}, "arch_config": {}, "input_dim": 88,
+            "lineage": lineage or {}}
+    return meta if mlflow is None else {**meta, "mlflow": mlflow}
+
+
 def evaluation(model_dir: Path, uar: float, test_hash: str, run_id: str | None,
                recall: float | dict[str, float] | None = None) -> dict:
-    """metrics.json as evaluate writes it, bound to `model_dir` (its `model` block)."""
+    """metrics.json as evaluate writes it (`contracts.evaluation`), bound to `model_dir` (its `model` block)."""
     per_class = recall if isinstance(recall, dict) else {c: uar if recall is None else recall for c in CLASSES}
-    return {"uar": uar, "wa": uar + 0.01, "macro_f1": uar - 0.01, "per_class_recall": per_class,
-            "test_manifest_hash": test_hash, "model": {"content_hash": content_hash(model_dir), "mlflow_run_id": run_id}}
+    return {"format": 2, "model": {"content_hash": content_hash(model_dir), "mlflow_run_id": run_id},
+            "test": {"n": 40, "uar": uar, "wa": uar + 0.01, "macro_f1": uar - 0.01, "per_class_recall": per_class,
+                     "test_manifest_hash": test_hash, "classes": list(CLASSES)}}
 
 
 def write_candidate(tmp_path: Path, store: dict[str, str], tag: str, uar: float, *,
                     recall: float | dict[str, float] | None = None, test_hash: str = "test-A",
-                    model_json: dict | None = None) -> tuple[Path, Path]:
-    """A model folder (model.json pointing at the logged run, weights unique to `tag`) and its metrics.json."""
+                    mlflow: dict | None = None) -> tuple[Path, Path]:
+    """A model folder (model.json pointing at the logged run, or at `mlflow`; weights unique to
+    `tag`) and its metrics.json."""
     folder = tmp_path / tag
     model_dir = folder / "model"
     model_dir.mkdir(parents=True)
     # The shape affectflow.stages.train.stage writes: run info under "mlflow", hashes under "lineage".
-    info = {"mlflow": {"run_id": store["run_id"], "tracking_uri": store["uri"]},
-            "lineage": {"manifest_hash": "manifest-1", "git_commit": "c0ffee"}}
-    (model_dir / "model.json").write_text(json.dumps(info if model_json is None else model_json))
+    logged = {"run_id": store["run_id"], "tracking_uri": store["uri"]} if mlflow is None else mlflow
+    meta = meta_json(logged or None, {"manifest_hash": "manifest-1", "git_commit": "c0ffee"})
+    (model_dir / "model.json").write_text(json.dumps(meta))
     (model_dir / "model.pt").write_bytes(f"weights of {tag}".encode())
-    run_id = store["run_id"] if model_json is None else None
+    run_id = (logged or {}).get("run_id")
     (folder / "metrics.json").write_text(json.dumps(evaluation(model_dir, uar, test_hash, run_id, recall)))
     return model_dir, folder / "metrics.json"
 
@@ -130,23 +138,37 @@ def test_gate_rules() -> None:
     assert not unknown.passed and "test_manifest_hash" in unknown.reason
 
 
-def test_read_scores_point_estimates_and_errors(tmp_path: Path) -> None:
-    path = tmp_path / "metrics.json"
-    path.write_text(json.dumps({"uar": {"value": 0.6, "ci": [0.5, 0.7]}, "wa": 0.65,
-                                "per_class_recall": {"sad": {"mean": 0.4}}, "test_manifest_hash": "t"}))
-    s = read_scores(path)
-    assert (s.uar, s.wa, s.macro_f1, s.per_class_recall, s.test_manifest_hash) == (0.6, 0.65, None, {"sad": 0.4}, "t")
-    # The layout affectflow.stages.evaluate writes: details under "test"; null recall = class absent.
-    path.write_text(json.dumps({"uar": 0.5, "test": {"per_class_recall": {"sad": 0.5, "calm": None},
-                                                     "test_manifest_hash": "t2"}}))
-    s = read_scores(path)
-    assert (s.per_class_recall, s.test_manifest_hash) == ({"sad": 0.5}, "t2")
-    path.write_text(json.dumps({"wa": 0.5}))
-    with pytest.raises(ValueError, match=r"metrics\.json: field 'uar' missing"):
-        read_scores(path)
-    path.write_text(json.dumps({"uar": "high"}))
-    with pytest.raises(ValueError, match="field 'uar' is not a finite number"):
-        read_scores(path)
+def test_the_gate_reads_an_evaluations_test_scores(tmp_path: Path) -> None:
+    from affectflow.contracts.evaluation import parse_evaluation
+
+    ev = parse_evaluation({"format": 2, "model": {"content_hash": "h"},
+                           "test": {"n": 4, "uar": 0.5, "wa": 0.6, "macro_f1": 0.4, "test_manifest_hash": "t2",
+                                    "per_class_recall": {"sad": 0.5, "calm": None}}}, "metrics.json")
+    s = Scores.of(ev)  # null recall = class absent from the test split: left out
+    assert (s.uar, s.wa, s.macro_f1, s.per_class_recall, s.test_manifest_hash) == (0.5, 0.6, 0.4, {"sad": 0.5}, "t2")
+
+
+def test_an_extra_check_can_refuse_after_the_built_in_rules() -> None:
+    """The seam for further rules (a generalization guard): a check sees both score sets."""
+    base = {c: 0.5 for c in CLASSES}
+    champ = Scores(uar=0.50, per_class_recall=base, test_manifest_hash="h")
+    chal = Scores(uar=0.60, per_class_recall=base, test_manifest_hash="h")
+    seen = []
+
+    def guard(challenger: Scores, champion: Scores | None) -> str | None:
+        seen.append((challenger.uar, champion.uar if champion else None))
+        return "worse on held-out corpus x" if challenger.uar < 0.7 else None
+
+    kw = {"min_uar_gain": 0.01, "min_class_recall": 0.2, "champion_version": "1"}
+    refused = evaluate_gate(chal, champ, extra_checks=[guard], **kw)
+    assert not refused.passed and refused.reason == "not promoted (worse on held-out corpus x)"
+    assert (refused.challenger_uar, refused.champion_uar) == (0.60, 0.50) and seen == [(0.60, 0.50)]
+    assert evaluate_gate(Scores(0.8, per_class_recall=base, test_manifest_hash="h"), champ, extra_checks=[guard],
+                         **kw).passed
+    assert not evaluate_gate(chal, None, extra_checks=[guard], **kw).passed  # no champion yet: still checked
+    low = evaluate_gate(Scores(0.505, per_class_recall=base, test_manifest_hash="h"), champ, extra_checks=[guard],
+                        **kw)
+    assert "no improvement" in low.reason and len(seen) == 3  # built-in refusal first: the check is not run
 
 
 def test_resolve_uri_relative_to_cwd(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -254,12 +276,12 @@ def test_manual_promote_through_gate_and_force(params: Params, tmp_path: Path, s
 
 
 def test_model_source_from_model_uri_and_missing_fields(params: Params, tmp_path: Path, store: dict) -> None:
-    res = do_register(params, tmp_path, store, "a", 0.4, model_json={"mlflow_model_uri": store["model_uri"]})
+    res = do_register(params, tmp_path, store, "a", 0.4, mlflow={"model_uri": store["model_uri"]})
     assert res["run_id"] == store["run_id"] and res["source"] == store["model_uri"]
-    res = do_register(params, tmp_path, store, "b", 0.4, model_json={"mlflow": {"model_uri": f"runs:/{store['run_id']}/model"}})
+    res = do_register(params, tmp_path, store, "b", 0.4, mlflow={"model_uri": f"runs:/{store['run_id']}/model"})
     assert res["source"] == store["model_uri"]
-    model_dir, metrics = write_candidate(tmp_path, store, "c", 0.4, model_json={"arch": "cnn_bigru"})
-    with pytest.raises(ValueError, match=r"model\.json: fields 'mlflow_model_uri' and 'mlflow_run_id' missing"):
+    model_dir, metrics = write_candidate(tmp_path, store, "c", 0.4, mlflow={})
+    with pytest.raises(ValueError, match=r"model\.json: field 'mlflow\.run_id' missing"):
         register(params, model_dir, metrics, tmp_path / "c" / "register")
     assert register(params, model_dir, metrics, tmp_path / "c" / "register", run_id=store["run_id"])["version"] == "3"
 
@@ -275,7 +297,7 @@ def test_cli_registry_actions(params: Params, tmp_path: Path, store: dict,
         model_dir, metrics = write_candidate(tmp_path, store, tag, uar)
         assert main(["register", *sets, "--model", str(model_dir), "--metrics", str(metrics),
                      "--out", str(tmp_path / tag / "out")]) == 0
-    assert json.loads((tmp_path / "b" / "out" / "result.json").read_text())["promoted"] is False
+    assert json.loads((tmp_path / "b" / "out" / "promote" / "result.json").read_text())["promoted"] is False
 
     assert main(["registry", "list", *sets, "--out", "list.json"]) == 0
     listed = json.loads((tmp_path / "list.json").read_text())["versions"]
@@ -316,8 +338,7 @@ def test_register_refuses_another_models_metrics(params: Params, tmp_path: Path,
         register(params, strong_dir, stale, tmp_path / "out")
 
     # Weights logged by one run, registered as another run's logged model: refused, naming both runs.
-    other_dir, other_metrics = write_candidate(tmp_path, store, "other", 0.3,
-                                               model_json={"mlflow": {"run_id": "0" * 32}})
+    other_dir, other_metrics = write_candidate(tmp_path, store, "other", 0.3, mlflow={"run_id": "0" * 32})
     other_metrics.write_text(json.dumps(evaluation(other_dir, 0.3, "test-A", "0" * 32)))
     with pytest.raises(EvaluationMismatch, match=f"run {'0' * 32}.*run {store['run_id']}"):
         register(params, other_dir, other_metrics, tmp_path / "out", run_id=store["run_id"])
@@ -402,8 +423,11 @@ def test_history_in_the_earlier_one_tag_layout_is_converted(params: Params, tmp_
 # ----------------------------------------------------------------------------- the champion re-scored on new data
 def write_rescore(folder: Path, champion: str, champ_dir: Path, uar: float, test_hash: str, run_id: str | None,
                   *, challenger: tuple[Path, float] | None = None) -> Path:
-    """A re-score folder as affectflow.orchestration.rescore writes it."""
-    from affectflow.tracking.registry import RESCORE_CHALLENGER, RESCORE_CHAMPION, RESCORE_PLAN, RescorePlan
+    """A re-score folder as the rescore stage (affectflow.stages.register.rescore) writes it."""
+    from affectflow.stages.register.plan import CHALLENGER_SCORES as RESCORE_CHALLENGER
+    from affectflow.stages.register.plan import CHAMPION_SCORES as RESCORE_CHAMPION
+    from affectflow.stages.register.plan import PLAN_FILE as RESCORE_PLAN
+    from affectflow.stages.register.plan import RescorePlan
 
     plan = RescorePlan(True, "test", champion_version=champion, champion_content_hash=content_hash(champ_dir),
                        comparison_test_manifest_hash=test_hash, excluded_speakers=("ravdess/07",) if challenger else (),
@@ -429,6 +453,15 @@ def test_a_stale_champion_is_compared_on_the_challengers_test_set(params: Params
     bogus = write_rescore(tmp_path / "bogus", "1", chal_dir, 0.10, "new", store["run_id"])
     with pytest.raises(EvaluationMismatch, match="champion v1 is model"):
         register(params, chal_dir, chal_metrics, tmp_path / "r0", rescore=bogus)
+    # ... also as the workdir's rescore folder: `affectflow step register` (dvc.yaml) reads it ...
+    from affectflow.stages.runner import run_stage
+
+    write_rescore(params.workdir() / "rescore", "1", chal_dir, 0.10, "new", store["run_id"])
+    with pytest.raises(EvaluationMismatch, match="champion v1 is model"):
+        run_stage(params, "register", {"model": chal_dir, "evaluation": chal_metrics}, tmp_path / "r0")
+    # ... but a chain (`affectflow register`) hands on only what it ran, never a stale workdir folder
+    again = register(params, chal_dir, chal_metrics, tmp_path / "r00")
+    assert again["rescore"] is None and "was not scored on this test set" in again["gate"]["reason"]
 
     folder = write_rescore(tmp_path / "rescore", "1", tmp_path / "champ" / "model", 0.50, "new", store["run_id"])
     res = register(params, chal_dir, chal_metrics, tmp_path / "r", rescore=folder)
@@ -467,7 +500,7 @@ def test_the_champion_folder_is_fetched_from_its_run_and_checked(params: Params,
                                                                  store: dict) -> None:
     import shutil
 
-    from affectflow.orchestration.rescore import fetch_champion
+    from affectflow.stages.register.rescore import fetch_champion
 
     logged = Path(shutil.copytree(store["folder"], tmp_path / "logged" / "model"))
     metrics = tmp_path / "logged" / "metrics.json"
@@ -487,7 +520,7 @@ def test_comparison_rows_leave_out_what_the_champion_saw() -> None:
     import pandas as pd
 
     from affectflow.contracts.model_folder import ModelMeta, TrainFacts
-    from affectflow.orchestration.rescore import comparison_rows
+    from affectflow.stages.register.rescore import comparison_rows
 
     def meta(corpora: list[str], train: list[str], val: list[str]) -> ModelMeta:
         return ModelMeta(arch="egemaps_mlp", classes=list(CLASSES), feature="egemaps", feature_config={},

@@ -93,7 +93,7 @@ def test_walker_runs_every_container_task_of_the_ir_with_defaults(ir):
     assert "augment" not in names and "pretrain" not in names
     for must in ("resolve-params", "data-stamp", "ingest", "validate", "plan-features", "features.0",
                  "gather-features", "validate-features", "skip-augment", "skip-pretrain", "train", "evaluate",
-                 "rescore-champion", "register", "promote", "record-run-status"):
+                 "rescore", "register", "promote", "record-run-status"):
         assert must in names, must
     assert (names.index("ingest") < names.index("validate") < names.index("plan-features") < names.index("features.0")
             < names.index("gather-features") < names.index("validate-features") < names.index("train"))

@@ -14,10 +14,11 @@ from pathlib import Path
 
 import pytest
 from recognizer_support import trained
+from register_support import register
 
 from affectflow.cli import main
 from affectflow.contracts.model_folder import content_hash
-from affectflow.tracking.registry import CHAMPION, SCORE_ON_PREFIX, Registry, register
+from affectflow.tracking.registry import CHAMPION, SCORE_ON_PREFIX, Registry
 
 pytestmark = pytest.mark.slow
 
@@ -32,7 +33,7 @@ def test_register_rescores_a_stale_champion_or_says_what_to_run(synth_root: Path
     params.registry.model_name = "rescore-cli"
     champ_dir = t["result"].model_dir
     # The champion, scored on an older test manifest (before the corpus grew).
-    old = dict(t["metrics"], test_manifest_hash="older-test-set")
+    old = {**t["metrics"], "test": {**t["metrics"]["test"], "test_manifest_hash": "older-test-set"}}
     old_metrics = tmp_path / "old" / "metrics.json"
     old_metrics.parent.mkdir()
     old_metrics.write_text(json.dumps(old))
@@ -46,7 +47,7 @@ def test_register_rescores_a_stale_champion_or_says_what_to_run(synth_root: Path
     io = ["--manifest", str(t["manifest"]), "--features", str(t["features"])]
     assert main(["evaluate", *cfg, *io, "--model", str(chal_dir), "--out", str(tmp_path / "challenger" / "eval")]) == 0
     chal_metrics = tmp_path / "challenger" / "eval" / "metrics.json"
-    test_hash = json.loads(chal_metrics.read_text())["test_manifest_hash"]
+    test_hash = json.loads(chal_metrics.read_text())["test"]["test_manifest_hash"]
 
     # Without the data at hand: registered, not promoted, and the command to run is printed.
     assert main(["register", *cfg, "--model", str(chal_dir), "--metrics", str(chal_metrics),
@@ -54,7 +55,7 @@ def test_register_rescores_a_stale_champion_or_says_what_to_run(synth_root: Path
     err = capsys.readouterr().err
     assert f"affectflow register --model {chal_dir} --metrics {chal_metrics} --manifest" in err
     stale = json.loads((tmp_path / "r2" / "result.json").read_text())
-    assert stale["version"] == "2" and not stale["promoted"]
+    assert stale["version"] == "2" and not json.loads((tmp_path / "r2" / "promote" / "result.json").read_text())["promoted"]
     assert "was not scored on this test set" in stale["gate"]["reason"]
 
     # With it: the champion is fetched from its run, re-scored with the same code on the same rows
@@ -65,10 +66,10 @@ def test_register_rescores_a_stale_champion_or_says_what_to_run(synth_root: Path
     assert res["version"] == "2" and res["already_registered"] and res["rescore"]["needed"]
     gate = res["gate"]
     assert gate["rescored"] and gate["test_manifest_hash"] == test_hash and gate["champion_version"] == "1"
-    assert gate["champion_uar"] == pytest.approx(t["metrics"]["uar"])
+    assert gate["champion_uar"] == pytest.approx(t["metrics"]["test"]["uar"])
     reg = Registry(params)
     recorded = json.loads(reg.version_tags("1")[SCORE_ON_PREFIX + test_hash])
-    assert recorded["uar"] == pytest.approx(t["metrics"]["uar"]) and recorded["rescored_for"] == "v2"
+    assert recorded["uar"] == pytest.approx(t["metrics"]["test"]["uar"]) and recorded["rescored_for"] == "v2"
     fetched = tmp_path / "r3" / "rescore" / "champion_model"
     assert content_hash(next(p.parent for p in fetched.rglob("model.json"))) == content_hash(champ_dir)
     assert reg.alias_version(CHAMPION) == ("2" if gate["passed"] else "1")

@@ -108,7 +108,7 @@ def test_hubert_end_to_end_train_evaluate_pyfunc_and_a_served_request(synth_para
     assert rec.meta.arch == "ssl_head" and rec.meta.arch_config["n_layers"] == 3
     assert rec.meta.feature_config["checkpoint_sha"] == checkpoint_hash(p.features.ssl)
     m = evaluate(p, tr.model_dir, manifest, tmp_path / "features", tmp_path / "evaluate")
-    assert 0 <= m["uar"] <= 1
+    assert 0 <= m.test.uar <= 1
     df = read_manifest(manifest)
     paths = df.loc[df["split"] == "test", "path"].head(3).tolist()
     from_audio = predict_audio(rec, paths)

@@ -29,14 +29,18 @@ HASHED = re.compile(r"section_hash\(([^)]*)\)")
 def test_every_row_names_a_stage_with_the_one_shape(name: str) -> None:
     spec = STAGES[name]
     run = importlib.import_module(spec.module).run
-    assert list(inspect.signature(run).parameters) == ["params", "inputs", "out_dir"]
+    sig = inspect.signature(run).parameters
+    assert list(sig)[:3] == ["params", "inputs", "out_dir"]
+    for option in list(sig.values())[3:]:  # run options: keyword-only, each with a default
+        assert option.kind is inspect.Parameter.KEYWORD_ONLY and option.default is not inspect.Parameter.empty
+    assert set(spec.uses) <= set(STAGES) - {name}
     assert set(spec.inputs) | set(spec.optional) <= set(ARTIFACTS)
     assert set(spec.sections) <= set(Params.model_fields) - {"pipeline", "studies", "predict"}
     if spec.switch:
         section, key = spec.switch.split(".")
         assert Params.model_fields[section].annotation.model_fields[key].annotation is bool
     producers = {a.stage for a in ARTIFACTS.values()}
-    assert spec.output in producers or name == "register"
+    assert spec.output in producers or name == "promote"  # the tail's last row: nothing reads its output
 
 
 def _sections_read(files: frozenset[Path]) -> set[str]:
@@ -54,7 +58,7 @@ def test_a_stage_is_handed_every_section_its_code_reads(name: str) -> None:
     """A section a stage reads but is not handed would silently keep its defaults in a pipeline task.
     The code searched is everything the stage module imports from affectflow, transitively."""
     spec = STAGES[name]
-    files = closure(spec.module)
+    files = closure(spec.module).union(*(closure(STAGES[u].module) for u in spec.uses))  # + the stages it runs
     assert SRC / spec.module.removeprefix("affectflow.").replace(".", "/") in {f.with_suffix("") for f in files}
     missing = _sections_read(files) - set(spec.sections)
     assert not missing, f"stage {name} reads params.{sorted(missing)} but its row does not list them"
@@ -77,6 +81,9 @@ def test_committed_dvc_yaml_is_generated_from_the_table() -> None:
         assert stages[name]["params"] == [*spec.sections, *spec.derived_params]
         assert stages[name]["cmd"] == f"affectflow step {name}"
     assert "${paths.workdir}/evaluate/metrics.json" in stages["register"]["deps"]
+    assert "${paths.workdir}/rescore/plan.json" in stages["register"]["deps"]  # the tail: rescore -> register
+    assert "${paths.workdir}/register/result.json" in stages["promote"]["deps"]  # -> promote
+    assert "src/affectflow/stages/evaluate.py" in stages["rescore"]["deps"]  # the code it runs via the table
     assert "${paths.workdir}/train/model" in stages["evaluate"]["deps"]
     assert "src/affectflow/audio.py" in stages["features"]["deps"]
 
@@ -89,6 +96,22 @@ def test_import_layers_hold() -> None:
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-2000:]
     declared = (REPO / "pyproject.toml").read_text().count("[[tool.importlinter.contracts]]")
     assert f"Contracts: {declared} kept, 0 broken." in out.stdout  # every declared contract ran and held
+
+
+def test_every_stage_internal_is_off_limits_to_studies_and_benchmarks() -> None:
+    """The forbidden contract lists every module of a stage package except the stage's face (its
+    row's module, the package, a command's entry): a new internal module is covered, or this fails."""
+    import tomllib
+
+    contracts = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["importlinter"]["contracts"]
+    forbidden = next(c for c in contracts if c["type"] == "forbidden" and "affectflow.studies" in c["source_modules"])
+    assert "benchmarks" in forbidden["source_modules"]
+    faces = {spec.module for spec in STAGES.values()} | {"affectflow.stages.augment.latent"}  # augment-latent
+    internal = set()
+    for package in {spec.module.rsplit(".", 1)[0] for spec in STAGES.values()} - {"affectflow.stages"}:
+        folder = SRC / package.removeprefix("affectflow.").replace(".", "/")
+        internal |= {f"{package}.{f.stem}" for f in folder.glob("*.py") if f.stem != "__init__"} - faces
+    assert set(forbidden["forbidden_modules"]) == internal
 
 
 def test_the_library_never_edits_sys_path() -> None:

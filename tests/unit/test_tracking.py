@@ -45,7 +45,7 @@ def test_training_run_has_params_epochs_lineage_plots_and_models(synth_root: Pat
     assert run.data.metrics["best_val_uar"] == pytest.approx(t["result"].summary["val_uar"])
     assert max(m.value for m in history) == pytest.approx(t["result"].summary["val_uar"])
     # evaluation was logged into the same run
-    assert run.data.metrics["test_uar"] == pytest.approx(t["metrics"]["uar"])
+    assert run.data.metrics["test_uar"] == pytest.approx(t["metrics"]["test"]["uar"])
     assert "test_uar_ci_low" in run.data.metrics
     assert "curves.png" in _artifacts(client, run_id, "plots")
     assert {"model.json", "model.pt"} <= _artifacts(client, run_id, "model_folder")
@@ -142,4 +142,4 @@ def test_an_edited_copy_of_a_model_is_evaluated_in_a_run_of_its_own(synth_root: 
     assert scored["model"]["content_hash"] == content_hash(copy) != content_hash(t["result"].model_dir)
     assert client.get_run(run_id).data.metrics["test_uar"] == before
     runs = client.search_runs([client.get_run(run_id).info.experiment_id], "tags.stage = 'evaluate'")
-    assert any(r.data.metrics.get("test_uar") == pytest.approx(scored["uar"]) for r in runs)
+    assert any(r.data.metrics.get("test_uar") == pytest.approx(scored["test"]["uar"]) for r in runs)

@@ -1,4 +1,4 @@
-"""`affectflow registry list|describe|history|promote|rollback` (`affectflow register` is the register stage).
+"""`affectflow registry list|describe|history|promote|rollback` (`affectflow register` is the register tail).
 
 Thin wrappers over `affectflow.tracking.registry`; MLflow is imported only when one of these runs, so the
 rest of the CLI stays quick to start.
@@ -93,7 +93,8 @@ def _registry(params: Params, a: argparse.Namespace) -> int:
     from affectflow.storage import atomic_write_json
 
     with paused_gc():  # MLflow and its store: a third of the command's CPU went to the collector
-        from affectflow.tracking.registry import Registry, RegistryError, Scores
+        from affectflow.tracking.gate import Scores, ScoresError
+        from affectflow.tracking.registry import Registry, RegistryError
 
     version = getattr(a, "model_version", None)
     if version is not None and not str(version).isdigit():  # before any store is opened
@@ -116,7 +117,7 @@ def _registry(params: Params, a: argparse.Namespace) -> int:
             try:
                 recall = Scores.from_tags(info.tags, info.version).per_class_recall
                 row["min_recall"] = str(min(recall.values())) if recall else ""
-            except RegistryError:
+            except ScoresError:
                 pass
             rows.append(row)
         console.print(_table(rows) if rows else f"model {reg.name!r}: no versions registered")

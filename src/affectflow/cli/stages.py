@@ -90,6 +90,7 @@ def _source(p: argparse.ArgumentParser) -> None:
     p.add_argument("--features", dest="rescore_features", type=Path,
                    help="feature store for the re-score (default: <workdir>/features)")
     p.add_argument("--no-rescore", action="store_true", help="never re-score the champion")
+    # (`--rescore DIR`, the register row's optional input: a re-score made earlier, used as it is)
 
 
 def _augment(params: Params, a: argparse.Namespace) -> int | None:
@@ -116,33 +117,38 @@ def _train(params: Params, a: argparse.Namespace) -> int | None:
 
 
 def _register(params: Params, a: argparse.Namespace) -> int | None:
-    from affectflow.contracts.workdir import METRICS_FILE, Workdir
-    from affectflow.stages.runner import workdir_inputs
-    from affectflow.tracking.registry import register
+    """The register tail as one command: rescore (when the manifest and store are at hand) ->
+    register -> promote (when registry.auto_promote), the rows dvc.yaml and the DAG run."""
+    from affectflow.contracts.workdir import Workdir
+    from affectflow.stages.register import TAIL
+    from affectflow.stages.runner import run_chain
 
-    inp = workdir_inputs(params, "register", _inputs(STAGES["register"], a))
-    metrics = inp["evaluation"] / METRICS_FILE if inp["evaluation"].is_dir() else inp["evaluation"]
-    out = a.out or params.workdir() / "register"
+    given = _inputs(STAGES["register"], a)
     wd = Workdir(params.workdir())
     manifest, features = a.rescore_manifest or wd.manifest, a.rescore_features or wd.features
-    rescore_dir = None
-    if not a.no_rescore and manifest.is_file() and features.is_dir():
-        from affectflow.orchestration.rescore import rescore
-
-        rescore_dir = out / "rescore"
-        rescore(params, manifest, features, inp["model"], metrics, rescore_dir)
-    res = register(params, inp["model"], metrics, out, run_id=a.run_id, model_uri=a.model_uri, rescore=rescore_dir)
-    reason = res["gate"]["reason"]
-    title = f"{res['model_uri']} PROMOTED: {reason}" if res["promoted"] else f"{res['model_uri']}: {reason}"
-    print_summary(title, {k: res[k] for k in ("version", "aliases", "champion", "previous_champion", "source",
-                                               "note", "comparison") if res.get(k) is not None})
-    if not res["promoted"] and "was not scored on this test set" in reason:
-        if rescore_dir is None:
+    rescore = given.get("rescore") is None and not a.no_rescore and manifest.is_file() and features.is_dir()
+    names = [n for n in TAIL if n != "rescore" or rescore]
+    out = a.out
+    out_dirs = {} if out is None else {"rescore": out / "rescore", "register": out, "promote": out / "promote"}
+    res = run_chain(params, names, {**given, "manifest": manifest, "features": features}, out_dirs,
+                    options={"register": {"run_id": a.run_id, "model_uri": a.model_uri}})
+    reg = res["register"].summary
+    promo = res["promote"].summary
+    promoted = bool(promo.get("promoted"))
+    reason = (promo.get("gate") or reg["gate"])["reason"]
+    title = f"{reg['model_uri']} PROMOTED: {reason}" if promoted else f"{reg['model_uri']}: {reason}"
+    print_summary(title, {"version": reg["version"], "aliases": promo.get("aliases", reg["aliases"]),
+                          "champion": promo.get("champion", reg["champion"]),
+                          **{k: reg[k] for k in ("previous_champion", "source", "note", "comparison")
+                             if reg.get(k) is not None}})
+    if not promoted and "was not scored on this test set" in reason:
+        if not rescore and given.get("rescore") is None:
             print(f"the champion was not re-scored: {manifest} or {features} not found (or --no-rescore); run:\n"
-                  f"  affectflow register --model {inp['model']} --metrics {metrics} "
+                  f"  affectflow register --model {given.get('model') or wd.model} "
+                  f"--metrics {given.get('evaluation') or wd.artifact('evaluation')} "
                   f"--manifest <manifest.parquet> --features <feature store>", file=sys.stderr)
-        elif res.get("rescore") and not res["rescore"]["needed"]:
-            print(f"the champion could not be re-scored: {res['rescore']['reason']}", file=sys.stderr)
+        elif reg.get("rescore") and not reg["rescore"]["needed"]:
+            print(f"the champion could not be re-scored: {reg['rescore']['reason']}", file=sys.stderr)
     return 0
 
 

@@ -42,15 +42,11 @@ from affectflow.config.loader import (
 )
 from affectflow.config.params import Params
 from affectflow.config.platform import (
-    DEFAULT_TASK,
-    DEFAULT_TASK_RESOURCES,
     PipelineConfig,
     RegistryConfig,
     S3Config,
     TaskResources,
     TrackingConfig,
-    cpu_cores,
-    memory_bytes,
 )
 from affectflow.config.serving import PredictConfig, TimelineConfig
 from affectflow.config.studies import (
@@ -69,4 +65,4 @@ from affectflow.config.training import (
     TrainConfig,
 )
 
-__all__ = ["DEFAULT_TASK", "DEFAULT_TASK_RESOURCES", "AudioConfig", "AugmentAblationConfig", "AugmentConfig", "CnnConfig", "ConfigError", "CorpusSpec", "DannAblationConfig", "EgemapsConfig", "EvaluateConfig", "FeaturesConfig", "GeneralizationConfig", "IngestConfig", "LatentConfig", "LogMelConfig", "MlpConfig", "Params", "PathsConfig", "PipelineConfig", "PredictConfig", "PretrainConfig", "RegistryConfig", "RobustnessConfig", "S3Config", "Section", "SortedDumper", "SpecAugmentConfig", "SplitsConfig", "SslConfig", "SslHeadConfig", "StudiesConfig", "StudyCondition", "TaskResources", "TimelineConfig", "TrackingConfig", "TrainConfig", "ValidationConfig", "cpu_cores", "flatten", "load_params", "memory_bytes", "params_from_text", "params_from_tree", "params_yaml", "parse_override", "parse_yaml", "with_overrides", "yaml_text"]
+__all__ = ["AudioConfig", "AugmentAblationConfig", "AugmentConfig", "CnnConfig", "ConfigError", "CorpusSpec", "DannAblationConfig", "EgemapsConfig", "EvaluateConfig", "FeaturesConfig", "GeneralizationConfig", "IngestConfig", "LatentConfig", "LogMelConfig", "MlpConfig", "Params", "PathsConfig", "PipelineConfig", "PredictConfig", "PretrainConfig", "RegistryConfig", "RobustnessConfig", "S3Config", "Section", "SortedDumper", "SpecAugmentConfig", "SplitsConfig", "SslConfig", "SslHeadConfig", "StudiesConfig", "StudyCondition", "TaskResources", "TimelineConfig", "TrackingConfig", "TrainConfig", "ValidationConfig", "flatten", "load_params", "params_from_text", "params_from_tree", "params_yaml", "parse_override", "parse_yaml", "with_overrides", "yaml_text"]

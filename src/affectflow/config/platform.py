@@ -7,7 +7,7 @@ from typing import Any, Literal
 
 from pydantic import Field, field_validator
 
-from affectflow.config.base import ConfigError, Section
+from affectflow.config.base import Section
 
 
 # --------------------------------------------------------------------------- tracking, registry, pipeline
@@ -34,25 +34,9 @@ class RegistryConfig(Section):
 
 _CPU = re.compile(r"^(\d+(\.\d+)?|\d+m)$")
 _MEMORY = re.compile(r"^\d+(\.\d+)?(E|Ei|P|Pi|T|Ti|G|Gi|M|Mi|K|Ki)?$")
-_UNITS = {"": 1, "K": 10**3, "M": 10**6, "G": 10**9, "T": 10**12, "P": 10**15, "E": 10**18,
-          "Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40, "Pi": 2**50, "Ei": 2**60}
-
-
-def cpu_cores(q: str) -> float:
-    """A Kubernetes CPU quantity ("500m", "2", "1.5") in cores."""
-    return float(q[:-1]) / 1000 if q.endswith("m") else float(q)
-
-
-def memory_bytes(q: str) -> float:
-    """A Kubernetes memory quantity ("512Mi", "4Gi", "1G") in bytes."""
-    m = re.match(r"^([\d.]+)([A-Za-z]*)$", q)
-    assert m is not None
-    return float(m.group(1)) * _UNITS[m.group(2)]
-
-
 class TaskResources(Section):
     """CPU / memory requests and limits of one pipeline task (Kubernetes quantities); unset fields
-    keep the built-in default of that task (`DEFAULT_TASK_RESOURCES`)."""
+    keep the built-in default of that task (`affectflow.orchestration.resources.DEFAULT_TASK_RESOURCES`)."""
 
     cpu_request: str | None = None
     cpu_limit: str | None = None
@@ -83,33 +67,6 @@ class TaskResources(Section):
         if v is not None and not _MEMORY.match(v):
             raise ValueError(f"{v!r} is not a memory quantity (e.g. '512Mi', '4Gi')")
         return v
-
-
-def _res(cpu: tuple[str, str], memory: tuple[str, str], hours: float = 1.0) -> TaskResources:
-    return TaskResources(cpu_request=cpu[0], cpu_limit=cpu[1], memory_request=memory[0], memory_limit=memory[1],
-                         timeout_s=int(hours * 3600))
-
-
-_SMALL = _res(("250m", "1"), ("512Mi", "2Gi"))
-DEFAULT_TASK_RESOURCES: dict[str, TaskResources] = {
-    "resolve-params": _SMALL, "skip-augment": _SMALL, "skip-pretrain": _SMALL, "register": _SMALL,
-    "promote": _SMALL, "record-run-status": _SMALL, "data-stamp": _SMALL,
-    "ingest": _res(("1", "2"), ("1Gi", "4Gi"), hours=6),
-    "validate": _res(("500m", "2"), ("1Gi", "4Gi"), hours=4),
-    "validate-features": _res(("500m", "2"), ("1Gi", "4Gi"), hours=4),
-    "plan-features": _SMALL,
-    "features": _res(("2", "4"), ("4Gi", "8Gi"), hours=12),  # one task per shard, in parallel (ParallelFor)
-    "gather-features": _res(("1", "2"), ("2Gi", "8Gi"), hours=4),  # the shards into one store with its index
-    "augment": _res(("2", "4"), ("4Gi", "16Gi"), hours=12),
-    "pretrain": _res(("2", "4"), ("4Gi", "16Gi"), hours=12),
-    "train": _res(("2", "4"), ("4Gi", "16Gi"), hours=24),
-    "evaluate": _res(("1", "2"), ("2Gi", "8Gi"), hours=4),
-    "rescore-champion": _res(("1", "2"), ("2Gi", "8Gi"), hours=4),  # downloads the champion and scores a test set
-}
-"""Requests, limits and timeouts per pipeline task (by component name). Tasks that read audio or train get
-room (log-mel extraction and GAN training are the OOM risks) and hours; bookkeeping tasks get little.
-A task the table does not name (one added to the DAG later) gets `DEFAULT_TASK`."""
-DEFAULT_TASK = _SMALL
 
 
 class PipelineConfig(Section):
@@ -143,34 +100,13 @@ class PipelineConfig(Section):
     features_parallelism: int = Field(8, ge=0)
     """Most `features` shard tasks (pods) at once in the fan-out (`dsl.ParallelFor`); 0 = no limit."""
     resources: dict[str, TaskResources] = Field(default_factory=dict)
-    """Per task (component name: ingest, features, train, ...): overrides of `DEFAULT_TASK_RESOURCES`."""
+    """Per task (component name: ingest, features, train, ...): overrides of the built-in defaults
+    (`affectflow.orchestration.resources`, which also checks the task names at compile time)."""
     run_as_user: int = Field(10001, ge=1)
     """UID (and GID) every task runs as, non-root (the images own /minio, /s3, /gcs for it)."""
     retries: int = Field(2, ge=0)
     schedule_cron: str = "0 0 3 * * 1"
     max_concurrency: int = Field(1, ge=1)
-
-    @field_validator("resources")
-    @classmethod
-    def _known_tasks(cls, v: dict[str, TaskResources]) -> dict[str, TaskResources]:
-        unknown = sorted(set(v) - set(DEFAULT_TASK_RESOURCES))
-        if unknown:
-            raise ValueError(f"unknown task(s) {unknown}; known: {sorted(DEFAULT_TASK_RESOURCES)}")
-        return v
-
-    def resources_for(self, task: str) -> TaskResources:
-        """The task's requests and limits: its `resources` entry over the built-in default; a request
-        above its limit is an error naming the field."""
-        base = DEFAULT_TASK_RESOURCES.get(task, DEFAULT_TASK).model_dump()
-        given = self.resources.get(task)
-        if given is not None:
-            base.update({k: v for k, v in given.model_dump().items() if v is not None})
-        out = TaskResources(**base)
-        for kind, parse in (("cpu", cpu_cores), ("memory", memory_bytes)):
-            req, lim = getattr(out, f"{kind}_request"), getattr(out, f"{kind}_limit")
-            if req and lim and parse(req) > parse(lim):
-                raise ConfigError(f"pipeline.resources.{task}.{kind}_request: {req} is above its limit {lim}")
-        return out
 
 
 class S3Config(Section):

@@ -1,7 +1,8 @@
 """The workdir layout: where each stage's output lives under `paths.workdir`, named once.
 
 Every artifact that passes between stages has a name (`manifest`, `features`, `synthetic`,
-`encoder`, `model`, `evaluation`) and a place: the folder of the stage that writes it plus a path
+`encoder`, `model`, `evaluation`, `rescore`, `registration`) and a place: the folder of the stage
+that writes it plus a path
 inside it. The CLI's defaults, DVC's stages and `affectflow step` all take paths from here, so
 moving a file is one edit. (The Kubeflow DAG hands artifacts between tasks itself; inside a task
 the same names point into the task's artifact folders.)
@@ -39,6 +40,7 @@ ARTIFACTS: dict[str, Artifact] = {
     "encoder": Artifact("pretrain", ENCODER_SUBDIR),
     "model": Artifact("train", MODEL_SUBDIR),
     "evaluation": Artifact("evaluate"),
+    "rescore": Artifact("rescore"),
     "registration": Artifact("register"),
 }
 

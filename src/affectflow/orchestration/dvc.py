@@ -98,8 +98,9 @@ def closure(module: str) -> frozenset[Path]:
 
 
 def code_deps(spec: StageSpec, root: Path) -> list[str]:
-    """The stage's library files, relative to the project root."""
-    return sorted(p.resolve().relative_to(root.resolve()).as_posix() for p in closure(spec.module))
+    """The stage's library files (and those of the stages it `uses`), relative to the project root."""
+    files = closure(spec.module).union(*(closure(STAGES[u].module) for u in spec.uses))
+    return sorted(p.resolve().relative_to(root.resolve()).as_posix() for p in files)
 
 
 def _out_paths(spec: StageSpec) -> list[str]:

@@ -295,12 +295,24 @@ def _read_artifact_json(record: TaskRecord | None, output: str, name: str = "") 
         return None
 
 
+def _read_evaluation(record: TaskRecord | None) -> dict[str, Any] | None:
+    """The evaluate task's metrics.json, read through its contract (None: no readable evaluation)."""
+    from affectflow.contracts.evaluation import read_evaluation
+
+    if record is None or "evaluation" not in record.outputs:
+        return None
+    try:
+        return read_evaluation(Path(record.outputs["evaluation"]["uri"])).to_json()
+    except (OSError, ValueError):
+        return None
+
+
 def _run_summary(tasks: dict[str, TaskRecord], args: Mapping[str, Any], root: Path, started: datetime,
                  wall: float, error: str | None) -> dict[str, Any]:
     register = _read_artifact_json(tasks.get("register"), "result", "result.json")
     promotion = _read_artifact_json(tasks.get("promote"), "result", "result.json")
     metrics = _read_artifact_json(tasks.get("evaluate"), "metrics")
-    evaluation = _read_artifact_json(tasks.get("evaluate"), "evaluation", "metrics.json")
+    evaluation = _read_evaluation(tasks.get("evaluate"))
     features = _read_artifact_json(tasks.get("gather-features"), "store", "summary.json")
     return {
         "pipeline": PIPELINE_NAME, "started": started.isoformat(timespec="seconds"),

@@ -43,10 +43,19 @@ STAGES: dict[str, StageSpec] = {s.name: s for s in (
               sections=(*_DATA, "ingest", "features", "evaluate", "tracking"), output="evaluate",
               inputs=("model", "manifest", "features"), reads_features=("train.model",),
               outs=("report.md", "predictions.parquet"), metrics=("metrics.json",), plots=("confusion.png",)),
-    StageSpec("register", "affectflow.stages.register",
-              "register the model as `challenger`; promote to `champion` if the gate passes",
+    StageSpec("rescore", "affectflow.stages.register.rescore",
+              "re-score the champion on this model's test manifest when it was scored on another one",
+              sections=(*_DATA, "ingest", "features", "evaluate", "registry", "tracking"), output="rescore",
+              inputs=("model", "evaluation", "manifest", "features"), uses=("evaluate",),
+              outs=(), metrics=("plan.json",)),
+    StageSpec("register", "affectflow.stages.register.stage",
+              "register the model as `challenger` and gate it against `champion` on one test set",
               sections=("registry", "tracking"), output="register", inputs=("model", "evaluation"),
-              outs=(), metrics=("result.json",)),
+              optional=("rescore",), outs=(), metrics=("result.json",)),
+    StageSpec("promote", "affectflow.stages.register.promote",
+              "move `champion` to the registered version when its gate passed",
+              sections=("registry", "tracking"), output="promote", inputs=("registration",),
+              switch="registry.auto_promote"),
 )}
 
 

@@ -7,10 +7,10 @@ macro-F1 with percentile-bootstrap intervals (`evaluate.bootstrap` resamples of 
 Cross-corpus (`evaluate.cross_corpus`): every clip of another corpus (only its test split when
 it is a DANN target, since pretraining saw the rest unlabelled), scored over the classes that
 corpus shares with the model (probabilities of the other classes are dropped before the argmax).
-Outputs: `metrics.json` (DVC metrics: top-level `uar`, `wa`, `macro_f1`, `per_class_recall`,
-`test_manifest_hash`, `model`: the scored model's content hash and MLflow run; details under
-`test` and `cross_corpus`, each with `calibration`: expected calibration error of the plain softmax
-and of the model's temperature-scaled probabilities), `report.md`, `confusion.png`,
+Outputs: `metrics.json` (the typed `affectflow.contracts.evaluation.Evaluation`: `model`, the
+scored model's content hash and MLflow run; the scores once, under `test` and `cross_corpus`, each
+with `calibration`: expected calibration error of the plain softmax and of the model's
+temperature-scaled probabilities; DVC shows `test.uar`), `report.md`, `confusion.png`,
 `reliability.png` (+ `_<corpus>` for each cross-corpus set), `predictions.parquet`.
 """
 
@@ -25,6 +25,7 @@ import numpy as np
 import pandas as pd
 
 from affectflow.config import Params
+from affectflow.contracts.evaluation import Evaluation, ScoredModel, write_evaluation
 from affectflow.contracts.feature_store import FeatureSet
 from affectflow.contracts.manifest import manifest_hash, read_manifest
 from affectflow.contracts.model_folder import content_hash
@@ -33,7 +34,7 @@ from affectflow.metrics import bootstrap, collapse, confusion, macro_f1_cm, reca
 from affectflow.models.calibration import ECE_BINS, reliability_of, rescale
 from affectflow.serving.recognizer import Recognizer, load_model_dir, predict_features
 from affectflow.stages.spec import Inputs
-from affectflow.storage import atomic_path, atomic_write_json, atomic_write_text, save_figure
+from affectflow.storage import atomic_path, atomic_write_text, save_figure
 
 PRIMARY = "uar"
 DIGITS = 4
@@ -277,13 +278,14 @@ def _set_section(title: str, r: dict[str, Any], image: str) -> list[str]:
             f"![reliability]({image.replace('confusion', 'reliability')})", ""]
 
 
-def report_md(metrics: dict[str, Any], params: Params) -> str:
+def report_md(evaluation: Evaluation, params: Params) -> str:
+    metrics = evaluation.to_json()
     t = metrics["test"]
     level = round(params.evaluate.ci * 100)
     banner = (["> **SYNTHETIC DEMO DATA**: these figures are on generated audio, not speech; they only show "
                "that the pipeline runs.", ""] if t.get("synthetic_data") else [])
     lines = ["# Evaluation", "", *banner,
-             f"Model: `{metrics['model_dir']}` ({metrics['arch']}, {len(t['classes'])} classes); "
+             f"Model: `{metrics['model']['dir']}` ({metrics['model']['arch']}, {len(t['classes'])} classes); "
              f"{t.get('scope', 'test split')}: {t['n']} clips from {len(t['per_speaker'])} unseen speakers.",
              f"Intervals: {level} % percentile bootstrap over utterances ({params.evaluate.bootstrap} resamples).", ""]
     lines += _set_section("Test set", t, "confusion.png")
@@ -302,7 +304,7 @@ def report_md(metrics: dict[str, Any], params: Params) -> str:
 
 
 def evaluate(params: Params, model_dir: str | Path, manifest: str | Path, features_dir: str | Path,
-             out_dir: str | Path, *, log_to_model_run: bool = True) -> dict[str, Any]:
+             out_dir: str | Path, *, log_to_model_run: bool = True) -> Evaluation:
     """Score `model_dir` on the test split (+ cross-corpus); write metrics.json, report.md, PNGs.
 
     `log_to_model_run=False` logs into a new MLflow run instead of the model's training run (a
@@ -341,49 +343,45 @@ def evaluate(params: Params, model_dir: str | Path, manifest: str | Path, featur
     test["test_manifest_hash"] = manifest_hash(rows)  # which test set: the registry compares like with like
     plot_confusion(np.asarray(test["confusion"]), classes, f"test UAR {test['uar']:.3f}", out / "confusion.png")
     # Which model was scored: the registry refuses to pair these metrics with any other model.
-    identity = {"content_hash": content_hash(model_dir), "mlflow_run_id": (rec.meta.mlflow or {}).get("run_id")}
-    metrics: dict[str, Any] = {"model_dir": str(model_dir), "model": identity, "arch": rec.meta.arch,
-                               "corpora": corpora,
-                               "uar": test["uar"], "wa": test["wa"], "macro_f1": test["macro_f1"],
-                               "per_class_recall": test["per_class_recall"], "collapsed": test["collapse"]["collapsed"],
-                               "test_manifest_hash": test["test_manifest_hash"], "test": test}
+    identity = ScoredModel(content_hash=content_hash(model_dir), mlflow_run_id=(rec.meta.mlflow or {}).get("run_id"),
+                           dir=str(model_dir), arch=rec.meta.arch)
     preds = [pred.assign(set="test")]
-    if xc:
-        metrics["cross_corpus"] = {}
-        for name, (res, p) in xc.items():
-            metrics["cross_corpus"][name] = res
-            plot_confusion(np.asarray(res["confusion"]), res["classes"], f"{name} UAR {res['uar']:.3f}",
-                           out / f"confusion_{name}.png")
-            plot_reliability(p, res["classes"], f"{name}: reliability", out / f"reliability_{name}.png")
-            preds.append(p.assign(set=f"cross:{name}"))
-        metrics["cross_corpus_mean_uar"] = round(float(np.mean([r["uar"] for r, _ in xc.values()])), DIGITS)
+    for name, (res, p) in xc.items():
+        plot_confusion(np.asarray(res["confusion"]), res["classes"], f"{name} UAR {res['uar']:.3f}",
+                       out / f"confusion_{name}.png")
+        plot_reliability(p, res["classes"], f"{name}: reliability", out / f"reliability_{name}.png")
+        preds.append(p.assign(set=f"cross:{name}"))
+    evaluation = Evaluation(
+        model=identity, corpora=corpora, test=test, cross_corpus={name: res for name, (res, _) in xc.items()},
+        cross_corpus_mean_uar=round(float(np.mean([r["uar"] for r, _ in xc.values()])), DIGITS) if xc else None)
     with atomic_path(out / "predictions.parquet") as tmp:
         pd.concat(preds, ignore_index=True).to_parquet(tmp, index=False)
-    atomic_write_json(out / "metrics.json", metrics)
-    atomic_write_text(out / "report.md", report_md(metrics, params))
+    write_evaluation(out / "metrics.json", evaluation)
+    atomic_write_text(out / "report.md", report_md(evaluation, params))
     with tracking.reopen_run(rec.meta.mlflow if log_to_model_run else None, params, "evaluate", tags={"stage": "evaluate"},
-                             sections=get_stage("evaluate").sections, model_hash=identity["content_hash"]):
+                             sections=get_stage("evaluate").sections, model_hash=identity.content_hash):
         import mlflow
 
-        flat = {f"test_{k}": metrics[k] for k in ("uar", "wa", "macro_f1")}
+        flat = {f"test_{k}": test[k] for k in ("uar", "wa", "macro_f1")}
         flat |= {f"test_{k}_ci_{s}": test[f"{k}_ci_{s}"] for k in ("uar", "wa", "macro_f1") for s in ("low", "high")}
         flat |= {f"test_recall_{c}": r for c, r in test["per_class_recall"].items() if r is not None}
         flat |= {f"test_{k}": test["calibration"][k] for k in ("ece_before", "ece_after")}
-        for name, res in metrics.get("cross_corpus", {}).items():
+        for name, (res, _) in xc.items():
             flat |= {f"cross_{name}_{k}": res[k] for k in ("uar", "wa", "macro_f1")}
         mlflow.log_metrics(flat)
         mlflow.log_artifacts(str(out), artifact_path="evaluation")
-    return metrics
+    return evaluation
 
 
 @dataclass
 class EvaluateResult:
     out_dir: Path
-    metrics: dict[str, Any]
+    evaluation: Evaluation
 
     @property
     def summary(self) -> dict[str, Any]:
-        return {k: self.metrics[k] for k in ("uar", "wa", "macro_f1", "per_class_recall") if k in self.metrics}
+        t = self.evaluation.test
+        return {"uar": t.uar, "wa": t.wa, "macro_f1": t.macro_f1, "per_class_recall": t.per_class_recall}
 
 
 def run(params: Params, inputs: Inputs, out_dir: Path) -> EvaluateResult:

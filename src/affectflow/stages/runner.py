@@ -9,7 +9,7 @@ stages, still sees its output.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -25,8 +25,10 @@ class Skipped:
     summary: dict[str, Any]
 
 
-def workdir_inputs(params: Params, name: str, given: Mapping[str, Path | None] | None = None) -> dict[str, Path]:
-    """The stage's inputs: `given` paths first, else their workdir defaults."""
+def workdir_inputs(params: Params, name: str, given: Mapping[str, Path | None] | None = None,
+                   optional_defaults: bool = True) -> dict[str, Path]:
+    """The stage's inputs: `given` paths first, else their workdir defaults (for an optional input
+    only with `optional_defaults`)."""
     spec = get(name)
     wd = Workdir(params.workdir())
     given = {k: v for k, v in (given or {}).items() if v is not None}
@@ -37,6 +39,8 @@ def workdir_inputs(params: Params, name: str, given: Mapping[str, Path | None] |
         if art in given:
             inputs[art] = Path(given[art])
             continue
+        if not optional_defaults:
+            continue
         a = ARTIFACTS[art]
         found = optional_dir(wd.stage_dir(a.stage), a.inner)
         if found is not None and found.exists():
@@ -45,20 +49,47 @@ def workdir_inputs(params: Params, name: str, given: Mapping[str, Path | None] |
 
 
 def run_stage(params: Params, name: str, inputs: Mapping[str, Path | None] | None = None,
-              out_dir: Path | None = None, respect_switch: bool = True) -> StageResult:
-    """Run stage `name` (switched-off stages leave a placeholder when `respect_switch`)."""
+              out_dir: Path | None = None, respect_switch: bool = True, optional_defaults: bool = True,
+              **options: Any) -> StageResult:
+    """Run stage `name` (switched-off stages leave a placeholder when `respect_switch`); `options`
+    go to its `run` (keyword-only options that are not settings)."""
     spec = get(name)
     params = with_feature_kinds(params)  # the kinds the enabled stages read, as a pipeline task is handed them
     out = Path(out_dir) if out_dir else Workdir(params.workdir()).stage_dir(spec.output)
     if respect_switch and not spec.enabled(params):
         write_skipped(out, f"{spec.switch} is false")
         return Skipped(out, {"stage": name, "skipped": True, "out": str(out)})
-    resolved = workdir_inputs(params, name, inputs)
+    resolved = workdir_inputs(params, name, inputs, optional_defaults)
     missing = [k for k in spec.inputs if not resolved[k].exists()]
     if missing:
         where = ", ".join(f"{k} ({resolved[k]})" for k in missing)
         raise StageError(f"stage {name}: input {where} not found; run the stages before it first")
-    return spec.run(params, resolved, out)
+    return spec.run(params, resolved, out, **options)
+
+
+def output_artifact(name: str) -> str | None:
+    """The artifact a stage's output folder is (`contracts.workdir.ARTIFACTS`), if a later stage reads it."""
+    folder = get(name).output
+    return next((art for art, a in ARTIFACTS.items() if a.stage == folder and not a.inner), None)
+
+
+def run_chain(params: Params, names: Sequence[str], inputs: Mapping[str, Path | None],
+              out_dirs: Mapping[str, Path | None] | None = None,
+              options: Mapping[str, Mapping[str, Any]] | None = None) -> dict[str, StageResult]:
+    """Run stages `names` in order, each one's output handed to the later ones as the artifact it is:
+    how `affectflow register` runs the register tail (rescore -> register -> promote), as dvc.yaml's
+    stages and the DAG's tasks do. Switches are respected; `out_dirs[name]` None = its workdir folder;
+    an optional input comes from `inputs` or an earlier stage of the chain, never from the workdir."""
+    given = {k: v for k, v in inputs.items() if v is not None}
+    results: dict[str, StageResult] = {}
+    for name in names:
+        out = (out_dirs or {}).get(name)
+        res = run_stage(params, name, given, out, optional_defaults=False, **(options or {}).get(name, {}))
+        results[name] = res
+        art = output_artifact(name)
+        if art is not None and not isinstance(res, Skipped):
+            given[art] = Path(res.out_dir)
+    return results
 
 
 def _setting(params: Params, dotted: str) -> str:

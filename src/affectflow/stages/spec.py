@@ -1,8 +1,9 @@
 """What a stage is, as data: the shape every stage module follows and the row that declares it.
 
-A stage module exposes `run(params, inputs, out_dir) -> StageResult`: `inputs` maps artifact names
-(`affectflow.contracts.workdir.ARTIFACTS`) to paths, `out_dir` is the folder it writes (atomically),
-and the result carries a JSON-able `summary`. Its `StageSpec` row in `affectflow.stages.STAGES`
+A stage module exposes `run(params, inputs, out_dir, **options) -> StageResult`: `inputs` maps
+artifact names (`affectflow.contracts.workdir.ARTIFACTS`) to paths, `out_dir` is the folder it
+writes (atomically), `options` (keyword-only, with defaults) are what a caller may add that is not
+a setting (the register stage's `data_version`), and the result carries a JSON-able `summary`. Its `StageSpec` row in `affectflow.stages.STAGES`
 says which params sections it reads, which artifacts it needs, whether it wants a GPU and which
 switch turns it off. The CLI, `affectflow step` (DVC's commands), dvc.yaml, the Kubeflow
 components' configuration hand-off and the DAG checks all read that one table.
@@ -70,10 +71,18 @@ class StageSpec:
     derived_params: tuple[str, ...] = ()
     """Dotted settings outside its sections that its handed settings are derived from (DVC
     `params:` too, so changing them re-runs it): the features stage's kinds follow train.model."""
+    uses: tuple[str, ...] = ()
+    """Other stages whose code it runs, reached through this table (`function`), never imported
+    (stages do not import each other): the re-score scores the champion with evaluate's own code.
+    Its sections include theirs; dvc.yaml lists their files among its deps."""
 
     @property
     def run(self) -> Callable[..., StageResult]:
         return importlib.import_module(self.module).run  # type: ignore[no-any-return]
+
+    def function(self, name: str) -> Callable[..., Any]:
+        """A function of this stage's module, for a stage that declares it `uses` this one."""
+        return getattr(importlib.import_module(self.module), name)  # type: ignore[no-any-return]
 
     def enabled(self, params: Any) -> bool:
         if self.switch is None:

@@ -100,13 +100,15 @@ def _cached(path: Path) -> dict[str, Any] | None:
 
 def _train_eval(params: Params, manifest: Path, features_dir: Path, run_dir: Path,
                 synthetic: Path | None) -> dict[str, Any]:
-    from affectflow.stages.evaluate import evaluate
-    from affectflow.stages.train.stage import train
+    """The train and evaluate stages through the stage runner (no encoder from the workdir)."""
+    from affectflow.stages.runner import run_stage
 
     t0 = time.perf_counter()
-    tr = train(params, manifest, features_dir, run_dir / "train", synthetic=synthetic)
-    m = evaluate(params, tr.model_dir, manifest, features_dir, run_dir / "evaluate")
-    return {"uar": float(m["uar"]), "wa": float(m["wa"]), "macro_f1": float(m["macro_f1"]),
+    data = {"manifest": Path(manifest), "features": Path(features_dir)}
+    tr = run_stage(params, "train", {**data, "synthetic": synthetic}, run_dir / "train", respect_switch=False,
+                   optional_defaults=False)
+    m = run_stage(params, "evaluate", {**data, "model": tr.model_dir}, run_dir / "evaluate").evaluation
+    return {"uar": m.test.uar, "wa": m.test.wa, "macro_f1": m.test.macro_f1,
             "val_uar": float(tr.summary["val_uar"]), "n_train": tr.summary.get("n_train"),
             "n_synthetic": tr.summary.get("n_synthetic", 0), "seconds": round(time.perf_counter() - t0, 1)}
 

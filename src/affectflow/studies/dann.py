@@ -46,8 +46,7 @@ from affectflow.metrics import confusion, uar_cm, wa_cm
 from affectflow.models import feature_kind
 from affectflow.runtime.device import resolve_device
 from affectflow.runtime.progress import progress
-from affectflow.serving.recognizer import load_model_dir, predict_features
-from affectflow.stages.pretrain.loop import embed
+from affectflow.serving.recognizer import load_model_dir, predict_features, predict_logits
 from affectflow.stages.pretrain.stage import Inputs, class_set_uar, fit, prepare_inputs
 from affectflow.storage import atomic_path, atomic_write_json, atomic_write_text, save_figure
 
@@ -155,7 +154,7 @@ def prepare_data(params: Params, out: Path) -> tuple[Path, Path]:
 def add_synthetic(inp: Inputs, params: Params, df: pd.DataFrame, features: Path, out: Path, seed: int) -> dict[str, Any]:
     """Train the augment stage on this fold's source training split, add its kept samples."""
     from affectflow.stages.augment.stage import augment
-    from affectflow.stages.train.plan import select_synthetic
+    from affectflow.stages.train.stage import select_synthetic
 
     ab = params.studies.dann
     kind = inp.kind
@@ -265,7 +264,10 @@ class _Pretrained:
         self.model, self.inp, self.device = model, inp, device
 
     def logits(self, rows: pd.DataFrame) -> np.ndarray:
-        return embed(self.model.recognizer, self.inp.normalised(rows), self.device, self.inp.params.pretrain.batch_size)
+        rows_x = self.inp.normalised(rows)
+        if not rows_x:
+            return np.zeros((0, 0), np.float32)
+        return predict_logits(self.model.recognizer, rows_x, self.device, self.inp.params.pretrain.batch_size).numpy()
 
 
 class _Deployed:

@@ -1,8 +1,8 @@
 """Speaker-independent k-fold study: every speaker fold is the test set once.
 
 `affectflow train --folds`: for each fold k the manifest's splits are re-carved (fold k = test,
-validation speakers drawn from the rest), the train and evaluate stages run as they would on their
-own, and the study reports mean ± std over folds and the metrics of all folds' predictions pooled.
+validation speakers drawn from the rest), the train and evaluate stages run through the stage
+runner as they would on their own (no encoder or synthetic set from the workdir), and the study reports mean ± std over folds and the metrics of all folds' predictions pooled.
 """
 
 from __future__ import annotations
@@ -18,9 +18,9 @@ from affectflow.contracts.manifest import read_manifest, write_manifest
 from affectflow.contracts.model_folder import read_model_meta
 from affectflow.contracts.splits import assign_splits, check_no_leakage
 from affectflow.contracts.workdir import MANIFEST_FILE, MODEL_SUBDIR
-from affectflow.stages.evaluate import evaluate as run_evaluate
 from affectflow.stages.evaluate import plot_confusion, score_predictions
-from affectflow.stages.train.stage import TrainingError, train
+from affectflow.stages.runner import run_stage
+from affectflow.stages.train.stage import TrainingError
 from affectflow.storage import atomic_write_json, atomic_write_text
 from affectflow.tracking import runs as tracking
 from affectflow.tracking.lineage import lineage as lineage_tags
@@ -54,15 +54,18 @@ def train_folds(params: Params, manifest: str | Path, features_dir: str | Path, 
             fold_manifest = fold_dir / MANIFEST_FILE
             fold_manifest.parent.mkdir(parents=True, exist_ok=True)
             write_manifest(fdf, fold_manifest)
-            tr = train(fold_params, fold_manifest, features_dir, fold_dir / "train")
+            data = {"manifest": fold_manifest, "features": Path(features_dir)}
+            tr = run_stage(fold_params, "train", data, fold_dir / "train", respect_switch=False,
+                           optional_defaults=False)
             mlflow.MlflowClient().set_tag(tr.summary["mlflow_run_id"], "fold", str(k))
-            m = run_evaluate(fold_params, tr.model_dir, fold_manifest, features_dir, fold_dir / "evaluate")
-            rows.append({"fold": k, **{n: m[n] for n in FOLD_METRICS},
-                         **{f"{n}_ci": [m["test"][f"{n}_ci_low"], m["test"][f"{n}_ci_high"]] for n in FOLD_METRICS},
+            m = run_stage(fold_params, "evaluate", {**data, "model": tr.model_dir}, fold_dir / "evaluate").evaluation
+            t = m.test
+            rows.append({"fold": k, **{n: getattr(t, n) for n in FOLD_METRICS},
+                         **{f"{n}_ci": [getattr(t, f"{n}_ci_low"), getattr(t, f"{n}_ci_high")] for n in FOLD_METRICS},
                          "val_uar": tr.summary["val_uar"], "best_epoch": tr.summary["best_epoch"],
                          "test_speakers": sorted(set(fdf.loc[fdf["split"] == "test", "speaker"])),
-                         "n_test": m["test"]["n"]})
-            mlflow.log_metrics({f"fold_{n}": m[n] for n in FOLD_METRICS}, step=k)
+                         "n_test": t.n})
+            mlflow.log_metrics({f"fold_{n}": getattr(t, n) for n in FOLD_METRICS}, step=k)
             preds.append(pd.read_parquet(fold_dir / "evaluate" / "predictions.parquet").query("set == 'test'"))
         table = pd.DataFrame(rows)
         classes = read_model_meta(out / "fold_0" / "train" / MODEL_SUBDIR).classes

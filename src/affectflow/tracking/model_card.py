@@ -13,9 +13,10 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from affectflow.contracts.evaluation import Evaluation
 from affectflow.contracts.model_folder import ModelFolderError, ModelMeta, read_model_meta
 from affectflow.corpora.facts import facts_for
-from affectflow.storage import atomic_write_text, read_json
+from affectflow.storage import atomic_write_text
 
 SECTIONS = ("Model", "Training data", "Scores", "Calibration", "Known weak classes", "Intended use and limits",
             "How it was chosen")
@@ -123,9 +124,10 @@ def _chosen(meta: ModelMeta, decision: Mapping[str, Any] | None) -> list[str]:
     return [*lines, ""]
 
 
-def model_card(meta: ModelMeta, metrics: Mapping[str, Any], *, title: str,
+def model_card(meta: ModelMeta, evaluation: Evaluation, *, title: str,
                decision: Mapping[str, Any] | None = None) -> str:
     """The card as Markdown."""
+    metrics = evaluation.to_json()
     tf = meta.train
     corpora = [f"- {c}: {f.language}, {f.speech}" if (f := facts_for(c)) else f"- {c}: language and speech type not recorded"
                for c in meta.train.corpora]
@@ -150,21 +152,18 @@ DESCRIPTION_LIMIT = 5000
 """MLflow keeps a version description of at most this many characters (the SQL column)."""
 
 
-def publish_card(client: Any, name: str, version: str, model_dir: str | Path, metrics_path: str | Path,
+def publish_card(client: Any, name: str, version: str, model_dir: str | Path, evaluation: Evaluation,
                  out_dir: str | Path, run_id: str | None,
                  decision: Mapping[str, Any] | None) -> tuple[Path | None, str | None]:
     """Write `<out_dir>/model_card.md`, log it into the model's MLflow run (`model_card/`) and make it
     the registered version's description (cut to MLflow's limit, pointing at the full file).
-    (path, None), or (None, why) when model.json or metrics.json lack what a card is made of (a
-    folder or an evaluation from before these fields): registering still works, without a card."""
-    metrics = read_json(metrics_path)
-    if not isinstance(metrics, dict) or "test" not in metrics:
-        return None, f"{metrics_path}: no 'test' block (not written by affectflow evaluate): no model card"
+    (path, None), or (None, why) when model.json lacks what a card is made of (a folder from
+    before these fields): registering still works, without a card."""
     try:
         meta = read_model_meta(model_dir)
     except ModelFolderError as e:
         return None, f"{e}: no model card"
-    card = model_card(meta, metrics, title=f"{name} v{version}", decision=decision)
+    card = model_card(meta, evaluation, title=f"{name} v{version}", decision=decision)
     path = Path(out_dir) / CARD_FILE
     atomic_write_text(path, card)
     if run_id:

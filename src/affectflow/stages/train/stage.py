@@ -24,11 +24,12 @@ from affectflow.stages.spec import Inputs
 from affectflow.stages.train.calibrate import fit_calibration
 from affectflow.stages.train.driver import fit
 from affectflow.stages.train.loop import TrainingInterrupted
-from affectflow.stages.train.plan import Plan, TrainingError, plan
+from affectflow.stages.train.plan import Plan, TrainingError, plan, select_synthetic
 from affectflow.stages.train.shared import RUN_ID_FILE, pull, push
 from affectflow.storage import atomic_write_json, save_figure
 
-__all__ = ["Plan", "TrainResult", "TrainingError", "TrainingInterrupted", "plan", "run", "train"]
+__all__ = ["Plan", "TrainResult", "TrainingError", "TrainingInterrupted", "fit", "plan", "run", "select_synthetic",
+           "train"]
 
 
 @dataclass

@@ -1,0 +1,115 @@
+"""The register tail's results, typed: `Registration` (register's result.json, read by promote
+and by the Kubeflow report) and `Promotion` (promote's result.json)."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from affectflow.contracts.workdir import RESULT_FILE
+from affectflow.stages.register.plan import RescorePlan
+from affectflow.tracking.gate import GateDecision, Scores
+
+
+@dataclass(frozen=True)
+class Comparison:
+    """The one test set the gate compares challenger and champion on, after a re-score."""
+
+    test_manifest_hash: str
+    champion_version: str
+    excluded_speakers: tuple[str, ...] = ()
+    challenger_rescored: bool = False
+
+    def to_json(self) -> dict[str, Any]:
+        return {**asdict(self), "excluded_speakers": list(self.excluded_speakers)}
+
+
+@dataclass(frozen=True)
+class Registration:
+    """What register did: the version, where it came from, the gate's decision and its inputs."""
+
+    model_name: str
+    version: str
+    model_uri: str
+    gate: GateDecision
+    metrics: Scores
+    """The challenger's own test-set scores (from its evaluation)."""
+    already_registered: bool = False
+    note: str | None = None
+    source: str | None = None
+    run_id: str | None = None
+    model_id: str | None = None
+    model_content_hash: str = ""
+    data_version: str | None = None
+    aliases: list[str] = field(default_factory=list)
+    champion: str | None = None
+    previous_champion: str | None = None
+    registered_at: str = ""
+    comparison: Comparison | None = None
+    rescore: RescorePlan | None = None
+    lineage: dict[str, str] = field(default_factory=dict)
+    tracking_uri: str = ""
+    model_card: str | None = None
+    model_card_missing: str | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        out = {k: getattr(self, k) for k in self.__dataclass_fields__}
+        out["gate"] = asdict(self.gate)
+        out["metrics"] = {k: v for k, v in asdict(self.metrics).items() if v is not None}
+        out["comparison"] = None if self.comparison is None else self.comparison.to_json()
+        out["rescore"] = None if self.rescore is None else self.rescore.to_json()
+        return out
+
+    @classmethod
+    def from_json(cls, data: Any, where: str | Path) -> Registration:
+        try:
+            d = dict(data)
+            d["gate"] = GateDecision.from_json(d["gate"])
+            d["metrics"] = Scores(**d["metrics"])
+            if d.get("comparison") is not None:
+                c = d["comparison"]
+                d["comparison"] = Comparison(**{**c, "excluded_speakers": tuple(c.get("excluded_speakers", ()))})
+            if d.get("rescore") is not None:
+                d["rescore"] = RescorePlan.from_json(d["rescore"], where)
+            return cls(**d)
+        except (TypeError, KeyError, AttributeError) as e:
+            raise ValueError(f"{where}: not a registration result ({e})") from None
+
+
+def read_registration(folder: str | Path) -> Registration:
+    """register's result.json, given its folder or the file; errors name the file."""
+    path = Path(folder)
+    path = path / RESULT_FILE if path.is_dir() else path
+    try:
+        data = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{path}: no registration (run `affectflow register`)") from None
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{path}: not valid JSON ({e})") from None
+    return Registration.from_json(data, path)
+
+
+@dataclass(frozen=True)
+class Promotion:
+    """What promote did: the gate on promotion, whether `champion` moved, the champion after."""
+
+    model_name: str
+    version: str
+    gate: GateDecision
+    promoted: bool
+    forced: bool = False
+    previous_champion: str | None = None
+    champion: str | None = None
+    aliases: list[str] = field(default_factory=list)
+    event: dict[str, Any] | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return {**{k: getattr(self, k) for k in self.__dataclass_fields__}, "gate": asdict(self.gate)}
+
+    @classmethod
+    def of(cls, outcome: dict[str, Any]) -> Promotion:
+        """From `Registry.promote`'s outcome."""
+        return cls(**{**{k: outcome[k] for k in cls.__dataclass_fields__ if k in outcome},
+                      "gate": GateDecision.from_json(outcome["gate"])})
