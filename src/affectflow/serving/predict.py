@@ -56,9 +56,10 @@ from affectflow.config import LogMelConfig, Params
 from affectflow.contracts.model_folder import ModelMeta, is_model_folder
 from affectflow.corpora import AUDIO_EXTENSIONS, audio_files
 from affectflow.corpora.csv_manifest import unsupported_scheme
+from affectflow.corpora.dimensions import DIMENSIONS
 from affectflow.runtime.device import resolve_device
 from affectflow.runtime.progress import progress
-from affectflow.serving.recognizer import Featurizer, load_model_dir, predict_features
+from affectflow.serving.recognizer import Featurizer, load_model_dir, predict_scores
 from affectflow.speech import STATUS_NO_SPEECH, STATUS_OK, SpeechCheck
 from affectflow.storage import atomic_write_text
 from affectflow.storage.s3 import SCHEME, S3NotFoundError, S3Store, S3Uri, is_s3, store_for
@@ -251,7 +252,9 @@ class WindowReader:
 
 # ----------------------------------------------------------------------------- models
 class Backend(Protocol):
-    """What prediction needs from a model: its classes, its audio rate, waveforms -> (n, C)."""
+    """What prediction needs from a model: its classes, its audio rate, waveforms -> (n, C) or, for
+    a model with a dimensional head, (n, C + len(dimensions)): probabilities, then the dimensions
+    (`dimensions` attribute, read with `score_dimensions`; absent = none)."""
 
     uri: str
     classes: list[str]
@@ -286,13 +289,15 @@ class RecognizerBackend:
         self.batch_size = batch_size
         self.featurizer = DeviceFeaturizer(rec.meta, device)
         self.sample_rate = self.featurizer.sample_rate
+        self.dimensions = list(rec.meta.dimensions.names) if rec.meta.dimensions else []
+        self.weak_labels = bool(rec.meta.dimensions and rec.meta.dimensions.weak_labels)
 
     def featurize(self, waves: list[np.ndarray]) -> list[np.ndarray]:
         return self.featurizer(waves)
 
     def score(self, features: list[np.ndarray]) -> np.ndarray:
-        """Unknown-corpus features standardised by the deployment statistics, in order."""
-        return predict_features(self.rec, features, self.batch_size)
+        """Unknown-corpus features standardised by the deployment statistics, in order; (n, C [+ D])."""
+        return predict_scores(self.rec, features, self.batch_size).stacked()
 
     def save(self) -> None:
         """Keep what this run added to the deployment statistics (`predict.deploy_stats`)."""
@@ -311,7 +316,8 @@ class PyfuncBackend:
         self.sample_rate = sample_rate
         schema = model.metadata.get_output_schema()
         names = schema.input_names() if schema is not None else []
-        self.classes = [c for c in names if c != "label"]
+        self.dimensions = [c for c in names if c in DIMENSIONS]
+        self.classes = [c for c in names if c != "label" and c not in DIMENSIONS]
         if not self.classes:
             raise RuntimeError(f"model {uri}: its signature names no output (class) columns")
 
@@ -319,7 +325,7 @@ class PyfuncBackend:
         df = pd.DataFrame({"audio": [w.astype(np.float64) for w in waves],
                            "sample_rate": [self.sample_rate] * len(waves)})
         out = self.model.predict(df)
-        return np.asarray(pd.DataFrame(out)[self.classes], np.float32)
+        return np.asarray(pd.DataFrame(out)[self.classes + self.dimensions], np.float32)
 
 
 def default_model_uri(params: Params) -> str:
@@ -415,6 +421,11 @@ class PredictResult:
     model_uri: str
     classes: list[str]
     predictions: list[FilePrediction]
+    dimensions: list[str] = field(default_factory=list)
+    """The model's dimensional outputs (arousal, valence[, dominance] on [-1, 1]), after the classes
+    in each score row."""
+    weak_labels: bool | None = None
+    """Whether those were trained on weak (categorical-mapped) labels; None: not known."""
 
     @property
     def failed(self) -> list[FilePrediction]:
@@ -431,9 +442,11 @@ class PredictResult:
         for p in self.predictions:
             probs = p.probabilities
             rec: dict[str, Any] = {"path": p.path, "status": p.status,
-                                   "label": None if probs is None else self.classes[int(np.argmax(probs))]}
+                                   "label": None if probs is None else self.classes[int(np.argmax(probs[: len(self.classes)]))]}
             for c, i in zip(self.classes, range(len(self.classes)), strict=True):
                 rec[c] = None if probs is None else round(float(probs[i]), PROB_DECIMALS)
+            for k, d in enumerate(self.dimensions, start=len(self.classes)):
+                rec[d] = None if probs is None else round(float(probs[k]), PROB_DECIMALS)
             rec.update({"duration_s": None if p.duration_s is None else round(p.duration_s, 3),
                         "windows": p.windows, "error": p.error or p.no_speech})
             out.append(rec)
@@ -443,13 +456,19 @@ class PredictResult:
         preds = []
         for r in self.records():
             probs = {c: r.pop(c) for c in self.classes}
-            preds.append({**r, "probabilities": probs if r["status"] == "ok" else None})
-        return {"model": self.model_uri, "classes": self.classes, "n_files": len(self.predictions),
+            dims = {d: r.pop(d) for d in self.dimensions}
+            ok = r["status"] == "ok"
+            preds.append({**r, "probabilities": probs if ok else None,
+                          **({"dimensions": dims if ok else None} if self.dimensions else {})})
+        head = {"model": self.model_uri, "classes": self.classes}
+        if self.dimensions:
+            head |= {"dimensions": self.dimensions, "weak_labels": self.weak_labels}
+        return {**head, "n_files": len(self.predictions),
                 "n_failed": len(self.failed), "n_no_speech": len(self.without_speech), "predictions": preds}
 
     def to_csv(self) -> str:
         buf = io.StringIO()
-        cols = ["path", "status", "label", *self.classes, "duration_s", "windows", "error"]
+        cols = ["path", "status", "label", *self.classes, *self.dimensions, "duration_s", "windows", "error"]
         writer = csv.DictWriter(buf, fieldnames=cols, lineterminator="\n")
         writer.writeheader()
         for r in self.records():
@@ -636,7 +655,8 @@ def predict_paths(params: Params, paths: Sequence[str | Path], model_uri: str | 
     save = getattr(backend, "save", None)
     if save is not None:
         save()
-    return PredictResult(backend.uri, list(backend.classes), results)
+    return PredictResult(backend.uri, list(backend.classes), results, list(getattr(backend, "dimensions", [])),
+                         getattr(backend, "weak_labels", None))
 
 
 def render(result: PredictResult, fmt: str) -> str:

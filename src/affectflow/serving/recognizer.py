@@ -112,6 +112,10 @@ class Scores:
     dimensions: np.ndarray | None = None
     names: list[str] = field(default_factory=list)
 
+    def stacked(self) -> np.ndarray:
+        """(n, C + len(names)): the probabilities, then the dimensions (predict's score rows)."""
+        return self.probabilities if self.dimensions is None else np.hstack([self.probabilities, self.dimensions])
+
     def rows(self, a: int, b: int) -> Scores:
         return Scores(self.probabilities[a:b], None if self.dimensions is None else self.dimensions[a:b], self.names)
 

@@ -10,7 +10,8 @@ corpus shares with the model (probabilities of the other classes are dropped bef
 Outputs: `metrics.json` (DVC metrics: top-level `uar`, `wa`, `macro_f1`, `per_class_recall`,
 `test_manifest_hash`, `model`: the scored model's content hash and MLflow run; details under
 `test` and `cross_corpus`, each with `calibration`: expected calibration error of the plain softmax
-and of the model's temperature-scaled probabilities), `report.md`, `confusion.png`,
+and of the model's temperature-scaled probabilities; `dimensions`: CCC of the dimensional head per set
+and corpus with the `weak_labels` flag, `stages/evaluate_dimensions.py`), `report.md`, `confusion.png`,
 `reliability.png` (+ `_<corpus>` for each cross-corpus set), `predictions.parquet`.
 """
 
@@ -31,7 +32,8 @@ from affectflow.contracts.model_folder import content_hash
 from affectflow.corpora.demo import is_synthetic
 from affectflow.metrics import bootstrap, collapse, confusion, macro_f1_cm, recalls, uar_cm, wa_cm
 from affectflow.models.calibration import ECE_BINS, reliability_of, rescale
-from affectflow.serving.recognizer import Recognizer, load_model_dir, predict_features
+from affectflow.serving.recognizer import Recognizer, load_model_dir, predict_scores
+from affectflow.stages import evaluate_dimensions as dimension_scores
 from affectflow.stages.spec import Inputs
 from affectflow.storage import atomic_path, atomic_write_json, atomic_write_text, save_figure
 
@@ -126,9 +128,10 @@ def evaluation_classes(rec: Recognizer, params: Params) -> list[str]:
 def predict_rows(rec: Recognizer, rows: pd.DataFrame, fs: FeatureSet, classes: Sequence[str]) -> pd.DataFrame:
     """Predictions for manifest rows over `classes` (the evaluation class set, in the model's order);
     rows whose label is outside it are dropped by the caller."""
-    probs = predict_features(rec, fs.load(rec.feature, rows["utt_id"].tolist()),
-                             corpora=rows["corpus"].astype(str).tolist(), calibrated=False,
-                             whole_set=True)  # offline: a whole corpus
+    scored = predict_scores(rec, fs.load(rec.feature, rows["utt_id"].tolist()),
+                            corpora=rows["corpus"].astype(str).tolist(), calibrated=False,
+                            whole_set=True)  # offline: a whole corpus
+    probs = scored.probabilities
     bad = ~np.isfinite(probs).all(axis=1)
     if bad.any():  # argmax of NaN is class 0: a chance-level score reported as a result
         ids = rows["utt_id"].to_numpy()[bad]
@@ -146,7 +149,7 @@ def predict_rows(rec: Recognizer, rows: pd.DataFrame, fs: FeatureSet, classes: S
     for i, c in enumerate(classes):
         out[f"p_{c}"] = sub[:, i]
     out["confidence_uncalibrated"] = raw.max(axis=1)
-    return out
+    return dimension_scores.add_predictions(out, rows, scored.dimensions, scored.names)
 
 
 def calibration_scores(pred: pd.DataFrame, classes: Sequence[str], temperature: float) -> dict[str, Any]:
@@ -287,6 +290,7 @@ def report_md(metrics: dict[str, Any], params: Params) -> str:
              f"{t.get('scope', 'test split')}: {t['n']} clips from {len(t['per_speaker'])} unseen speakers.",
              f"Intervals: {level} % percentile bootstrap over utterances ({params.evaluate.bootstrap} resamples).", ""]
     lines += _set_section("Test set", t, "confusion.png")
+    lines += dimension_scores.report_lines(metrics.get("dimensions"))
     for by in ("per_gender", "per_speaker"):
         lines += [f"## {by.replace('_', ' ').capitalize()}", "", "| group | n | UAR | WA | macro-F1 |", "|---|---|---|---|---|"]
         lines += [f"| {k} | {v['n']} | {v['uar']:.3f} | {v['wa']:.3f} | {v['macro_f1']:.3f} |" for k, v in t[by].items()]
@@ -313,7 +317,7 @@ def evaluate(params: Params, model_dir: str | Path, manifest: str | Path, featur
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     rec = load_model_dir(model_dir)
-    df = read_manifest(manifest)
+    df, dim_sources = dimension_scores.with_targets(read_manifest(manifest), rec.meta.dimensions)
     fs = FeatureSet(features_dir)
     corpora = list(rec.meta.train.corpora) or sorted(set(df["corpus"]))
     classes = evaluation_classes(rec, params)
@@ -357,6 +361,10 @@ def evaluate(params: Params, model_dir: str | Path, manifest: str | Path, featur
             plot_reliability(p, res["classes"], f"{name}: reliability", out / f"reliability_{name}.png")
             preds.append(p.assign(set=f"cross:{name}"))
         metrics["cross_corpus_mean_uar"] = round(float(np.mean([r["uar"] for r, _ in xc.values()])), DIGITS)
+    dims = dimension_scores.dimensions_section({p["set"].iloc[0]: p for p in preds if len(p)}, rec.meta.dimensions,
+                                               dim_sources, params)
+    if dims is not None:
+        metrics["dimensions"] = dims
     with atomic_path(out / "predictions.parquet") as tmp:
         pd.concat(preds, ignore_index=True).to_parquet(tmp, index=False)
     atomic_write_json(out / "metrics.json", metrics)
@@ -371,6 +379,7 @@ def evaluate(params: Params, model_dir: str | Path, manifest: str | Path, featur
         flat |= {f"test_{k}": test["calibration"][k] for k in ("ece_before", "ece_after")}
         for name, res in metrics.get("cross_corpus", {}).items():
             flat |= {f"cross_{name}_{k}": res[k] for k in ("uar", "wa", "macro_f1")}
+        flat |= dimension_scores.mlflow_metrics(metrics.get("dimensions"))
         mlflow.log_metrics(flat)
         mlflow.log_artifacts(str(out), artifact_path="evaluation")
     return metrics

@@ -47,6 +47,7 @@ from typing import Any
 from affectflow.config import Params
 from affectflow.contracts.model_folder import content_hash
 from affectflow.storage import atomic_write_json
+from affectflow.tracking import dimensions as dimension_tags
 from affectflow.tracking.revisions import dvc_revision, git_commit
 from affectflow.tracking.uri import client, ensure_store, mlflow_scope, resolve_uri
 
@@ -497,7 +498,7 @@ class VersionInfo:
     tags: dict[str, str]
 
     def summary(self) -> dict[str, Any]:
-        keys = (*METRIC_TAGS, "gate", "gate_reason", TEST_HASH_TAG, CONTENT_HASH_TAG, DATA_VERSION_TAG,
+        keys = (*METRIC_TAGS, *dimension_tags.TAGS, "gate", "gate_reason", TEST_HASH_TAG, CONTENT_HASH_TAG, DATA_VERSION_TAG,
                 *LINEAGE_TAGS)
         return {"version": self.version, "aliases": self.aliases, "created": self.created,
                 "run_id": self.run_id, "source": self.source,
@@ -946,7 +947,8 @@ def register(params: Params, model_dir: str | Path, metrics_path: str | Path, ou
     existing = reg.find_by_content(identity.content_hash)
     note = None
     if existing is None:
-        tags = {**lin, **scores.to_tags(), CONTENT_HASH_TAG: identity.content_hash, "registered_at": at,
+        tags = {**lin, **scores.to_tags(), **dimension_tags.version_tags(_read_metrics(Path(metrics_path))),
+                CONTENT_HASH_TAG: identity.content_hash, "registered_at": at,
                 "model_dir": str(Path(model_dir).resolve()), "metrics_path": str(Path(metrics_path).resolve())}
         if data_version:
             tags[DATA_VERSION_TAG] = data_version
