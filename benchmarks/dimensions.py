@@ -24,6 +24,7 @@ import argparse
 import json
 import os
 import platform
+import re
 import sys
 from pathlib import Path
 from typing import Any
@@ -74,13 +75,15 @@ def run(a: argparse.Namespace) -> None:
     base = study_params(loaded, out)
     params = with_overrides(base, {"features.kinds": ["egemaps"], "train.model": "egemaps_mlp", "train.epochs": 15,
                                    "train.seed": a.seed, "splits.source_test": True, "evaluate.bootstrap": 200,
-                                   "splits.val_fraction": a.val_fraction})
+                                   "splits.val_fraction": a.val_fraction,
+                                   **({"train.dimension_weight": a.dimension_weight} if a.dimension_weight is not None
+                                      else {})})
     manifest, features = prepare(params, out)
     df = read_manifest(manifest)
     names = [c.name for c in params.studies.generalization.corpora]
     helds = a.held.split(",") if a.held else names
     for held in helds:
-        cell = out / f"held_{held}_seed{a.seed}"
+        cell = out / f"held_{held}_seed{a.seed}{a.tag}"
         done = cell / "row.json"
         if done.is_file():
             continue
@@ -89,7 +92,13 @@ def run(a: argparse.Namespace) -> None:
         pred = pd.read_parquet(cell / "evaluate" / "predictions.parquet")
         cal = read_model_meta(model_dir).calibration
         x = m["cross_corpus"][held]
-        dims = m["dimensions"]
+        dims = m.get("dimensions")
+        if dims is None:  # no dimensional head (train.dimension_weight: 0): classes and calibration only
+            row0 = {"held_out": held, "seed": a.seed, "uar": x["uar"], "temperature": cal.temperature if cal else None,
+                    **{k: x["calibration"][k] for k in ("accuracy", "ece_before", "ece_after")}}
+            done.write_text(json.dumps(row0, indent=1))
+            print(json.dumps(row0), flush=True)
+            continue
         row: dict[str, Any] = {
             "held_out": held, "seed": a.seed, "uar": x["uar"], "temperature": cal.temperature if cal else None,
             **{k: x["calibration"][k] for k in ("accuracy", "ece_before", "ece_after", "mean_confidence_before",
@@ -111,21 +120,48 @@ def run(a: argparse.Namespace) -> None:
 
 def _ms(values: list[float], digits: int = 3) -> str:
     v = np.asarray([x for x in values if x is not None], float)
+    v = v[np.isfinite(v)]
     return "—" if not v.size else f"{v.mean():.{digits}f} ± {v.std():.{digits}f}" if v.size > 1 else f"{v[0]:.{digits}f}"
 
 
+def from_classes(cell: Path, held: str) -> dict[str, float]:
+    """CCC of the class head alone: each clip's expected weak point under its calibrated class
+    probabilities (what the dimensional head must beat to add anything on weak labels)."""
+    from affectflow.corpora.dimensions import weak_point
+    from affectflow.metrics import ccc
+
+    pred = pd.read_parquet(cell / "evaluate" / "predictions.parquet")
+    pred = pred[pred["set"] == f"cross:{held}"]
+    classes = [c[2:] for c in pred.columns if c.startswith("p_")]
+    probs = pred[[f"p_{c}" for c in classes]].to_numpy()
+    out = {}
+    for k, name in enumerate(("arousal", "valence")):
+        point = np.array([weak_point(c)[k] for c in classes])
+        out[f"ccc_{name}_from_classes"] = ccc(probs @ point, pred[f"{name}_target"].to_numpy())
+    return out
+
+
 def summary(a: argparse.Namespace) -> None:
-    rows = [json.loads(p.read_text()) for p in sorted(a.out.glob("held_*_seed*/row.json"))]
+    rows = []
+    for p in sorted(a.out.glob(f"held_*_seed*{a.tag}/row.json")):
+        if not re.fullmatch(rf"held_[a-z_]+_seed\d+{re.escape(a.tag)}", p.parent.name):
+            continue
+        row = json.loads(p.read_text())
+        rows.append({**row, **(from_classes(p.parent, row["held_out"]) if "ccc_arousal" in row else {})})
     if not rows:
         raise SystemExit(f"{a.out}: no finished cells")
     df = pd.DataFrame(rows)
+    for col in ("ccc_arousal", "ccc_valence", "ccc_arousal_from_classes", "ccc_valence_from_classes"):
+        df[col] = df[col] if col in df.columns else np.nan
     order = [c for c in ("ravdess", "emodb", "tess", "emovo") if c in set(df["held_out"])]
-    lines = [table(["held-out corpus", "seeds", "UAR", "CCC arousal", "CCC valence", "T", "ECE softmax",
-                    "ECE calibrated"],
-                   [[h, len(g), _ms(g["uar"]), _ms(g["ccc_arousal"]), _ms(g["ccc_valence"]), _ms(g["temperature"], 2),
+    lines = [table(["held-out corpus", "seeds", "UAR", "CCC arousal", "CCC valence", "CCC arousal, class head only",
+                    "CCC valence, class head only", "T", "ECE softmax", "ECE calibrated"],
+                   [[h, str(len(g)), _ms(g["uar"]), _ms(g["ccc_arousal"]), _ms(g["ccc_valence"]),
+                     _ms(g["ccc_arousal_from_classes"]), _ms(g["ccc_valence_from_classes"]), _ms(g["temperature"], 2),
                      _ms(g["ece_before"]), _ms(g["ece_after"])]
                     for h in order for g in [df[df["held_out"] == h]]])]
-    mean = df.groupby("seed")[["uar", "ccc_arousal", "ccc_valence", "ece_before", "ece_after"]].mean()
+    mean = df.groupby("seed")[["uar", "ccc_arousal", "ccc_valence", "ccc_arousal_from_classes",
+                               "ccc_valence_from_classes", "ece_before", "ece_after"]].mean()
     lines.append("mean over corpora (± std over seeds): " + ", ".join(
         f"{k} {mean[k].mean():.3f} ± {mean[k].std(ddof=0):.3f}" for k in mean.columns))
     for key, what in (("intensity_heldout", "RAVDESS held out"), ("intensity_test_speakers",
@@ -137,7 +173,7 @@ def summary(a: argparse.Namespace) -> None:
         for held, seed, res in cells:
             for emo, t in res.items():
                 if "p" in t:
-                    body.append([what, held, seed, emo, t["pairs"], f"{t['mean_normal']:+.3f}", f"{t['mean_strong']:+.3f}",
+                    body.append([what, held, str(seed), emo, str(t["pairs"]), f"{t['mean_normal']:+.3f}", f"{t['mean_strong']:+.3f}",
                                  f"{t['mean_diff']:+.3f}", f"{100 * t['share_strong_higher']:.0f} %", f"{t['p']:.2g}"])
         lines.append(table(["view", "held-out", "seed", "emotion", "pairs", "arousal normal", "arousal strong",
                             "mean diff", "strong > normal", "Wilcoxon p"], body))
@@ -158,9 +194,12 @@ def main() -> None:
     r.add_argument("--seed", type=int, default=0)
     r.add_argument("--val-fraction", type=float, default=0.2)
     r.add_argument("--held", help="comma-separated held-out corpora (default: every study corpus)")
+    r.add_argument("--dimension-weight", type=float, help="train.dimension_weight (default: params.yaml's)")
+    r.add_argument("--tag", default="", help="suffix of the cell folders (another setting, same features)")
     t = sub.add_parser("table")
     t.add_argument("--out", type=Path, required=True)
     t.add_argument("--save", type=Path, help="write the tables (.md) and the cells (.json) here")
+    t.add_argument("--tag", default="")
     a = ap.parse_args()
     run(a) if a.cmd == "run" else summary(a)
 

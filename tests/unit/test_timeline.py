@@ -181,8 +181,10 @@ def test_the_kserve_predictor_serves_a_timeline_on_request(synth_root: Path, tmp
     assert got["start_s"].shape == [n] and got["probabilities"].shape == [n, len(rec.classes)]
     assert np.allclose(np.asarray(got["probabilities"].data).reshape(n, -1), want.probabilities, atol=1e-4)
     assert list(got["label"].data) == want.labels and got["end_s"].data[-1] == pytest.approx(8.0)
-    assert set(got) == {"start_s", "end_s", "probabilities", "label", "status"}
-    assert set(ask([clip])) == {"probabilities", "label", "status"}  # an ordinary request is unchanged
+    # the model has a dimensional head: arousal / valence per segment, and per clip in an ordinary request
+    assert set(got) == {"start_s", "end_s", "probabilities", "label", "status", "dimensions"}
+    assert got["dimensions"].shape == [n, 2] and got["dimensions"].parameters["dimensions"] == "arousal,valence"
+    assert set(ask([clip])) == {"probabilities", "label", "status", "dimensions"}
     with pytest.raises(InvalidInput, match="one recording, got 2"):
         ask([clip, clip], timeline=True)
     with pytest.raises(InvalidInput, match=r"hop_s \(2.0\) must not exceed window_s"):
