@@ -245,3 +245,21 @@ def test_weak_label_flag_reaches_evaluate_registry_tags_and_model_card(csv_run: 
     assert "**weak_labels: true**" in card and "Russell" in card
     annotated = model_card(read_model_meta(csv_run["model_dir"]), csv_run["metrics"], title="ser v2")
     assert "weak_labels of the scored targets: false" in annotated
+
+
+def test_predict_writes_arousal_and_valence_per_file(csv_run: dict):
+    from affectflow.serving.predict import predict_paths
+
+    rows = pd.read_csv(csv_run["csv"]).sort_values("arousal")
+    paths = [str(csv_run["csv"].parent / rows["path"].iloc[k]) for k in (0, -1)]  # the quietest, the loudest
+    res = predict_paths(csv_run["params"], paths, model_uri=str(csv_run["model_dir"]))
+    assert res.dimensions == ["arousal", "valence"] and res.weak_labels is False
+    quiet, loud = res.records()
+    assert {"arousal", "valence"} <= set(quiet) and loud["arousal"] > quiet["arousal"]
+    assert quiet["label"] in csv_run["params"].ingest.classes  # the argmax runs over the classes only
+    head = res.to_csv().splitlines()[0].split(",")
+    assert head[head.index("angry") + 1: head.index("angry") + 3] == ["arousal", "valence"]
+    doc = res.to_json()
+    assert doc["dimensions"] == ["arousal", "valence"] and doc["weak_labels"] is False
+    assert set(doc["predictions"][0]["dimensions"]) == {"arousal", "valence"}
+    assert "arousal" not in doc["predictions"][0]["probabilities"]

@@ -399,10 +399,20 @@ class FilePrediction:
     speech_windows: int = 0
     _sum: np.ndarray | None = field(default=None, repr=False)
     _seen: int = field(default=0, repr=False)
+    _dims: np.ndarray | None = field(default=None, repr=False)
 
-    def add(self, probs: np.ndarray) -> None:
+    def add(self, probs: np.ndarray, dims: np.ndarray | None = None) -> None:
         self._sum = probs.astype(np.float64) if self._sum is None else self._sum + probs
+        if dims is not None and len(dims):
+            self._dims = dims.astype(np.float64) if self._dims is None else self._dims + dims
         self._seen += 1
+
+    @property
+    def dimensions(self) -> np.ndarray | None:
+        """Mean window dimensions (arousal, valence[, dominance]) of a model with a dimensional head."""
+        if self.error is not None or self._dims is None:
+            return None
+        return self._dims / self._seen
 
     @property
     def probabilities(self) -> np.ndarray | None:
@@ -440,13 +450,13 @@ class PredictResult:
         (for `no_speech` the reason; label and probabilities are empty: no emotion without speech)."""
         out = []
         for p in self.predictions:
-            probs = p.probabilities
+            probs, dims = p.probabilities, p.dimensions
             rec: dict[str, Any] = {"path": p.path, "status": p.status,
-                                   "label": None if probs is None else self.classes[int(np.argmax(probs[: len(self.classes)]))]}
+                                   "label": None if probs is None else self.classes[int(np.argmax(probs))]}
             for c, i in zip(self.classes, range(len(self.classes)), strict=True):
                 rec[c] = None if probs is None else round(float(probs[i]), PROB_DECIMALS)
-            for k, d in enumerate(self.dimensions, start=len(self.classes)):
-                rec[d] = None if probs is None else round(float(probs[k]), PROB_DECIMALS)
+            for k, d in enumerate(self.dimensions):
+                rec[d] = None if probs is None or dims is None else round(float(dims[k]), PROB_DECIMALS)
             rec.update({"duration_s": None if p.duration_s is None else round(p.duration_s, 3),
                         "windows": p.windows, "error": p.error or p.no_speech})
             out.append(rec)
@@ -520,7 +530,8 @@ class _Batcher:
         if not np.isfinite(p).all():
             fail(self.results[i], "the model returned non-finite probabilities for this audio", self.say)
             return
-        self.results[i].add(p)
+        c = len(self.backend.classes)  # score rows: probabilities, then the dimensions (if any)
+        self.results[i].add(p[:c], p[c:])
 
     def _predict(self, waves: list[np.ndarray]) -> np.ndarray:
         """Features first (a clip the model cannot take fails here, before the deployment
