@@ -263,3 +263,16 @@ def test_predict_writes_arousal_and_valence_per_file(csv_run: dict):
     assert doc["dimensions"] == ["arousal", "valence"] and doc["weak_labels"] is False
     assert set(doc["predictions"][0]["dimensions"]) == {"arousal", "valence"}
     assert "arousal" not in doc["predictions"][0]["probabilities"]
+
+
+def test_dimension_weight_zero_trains_the_class_head_alone(csv_run: dict, tmp_path: Path):
+    from affectflow.contracts.model_folder import read_model_meta
+    from affectflow.serving.recognizer import load_model_dir
+    from affectflow.stages.train.stage import train
+
+    params = tiny_params(csv_run["params"], **{"train.dimension_weight": 0.0, "train.model": "egemaps_mlp"})
+    base = csv_run["base"]
+    tr = train(params, base / "ingest" / "manifest.parquet", base / "features", tmp_path / "train")
+    assert read_model_meta(tr.model_dir).dimensions is None
+    rec = load_model_dir(tr.model_dir)
+    assert not heads.has_head(rec.model) and not any(k.startswith(heads.HEAD) for k in rec.model.state_dict())

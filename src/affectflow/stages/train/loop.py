@@ -93,10 +93,13 @@ class WorkerData:
         self.vy = np.asarray(cfg.val_y, np.int64)
         # dimensional targets per row (NaN: none): real rows, synthetic rows (none), copies (their clip's)
         n_dims = len(cfg.dimension_names)
-        real = np.asarray(cfg.train_dims, np.float32).reshape(-1, n_dims)
-        parts = [real, np.full((int(self.synthetic.sum()), n_dims), np.nan, np.float32)] + [real] * len(raw.copies)
-        self.dims = np.concatenate(parts) if n_dims else None
-        self.vdims = np.asarray(cfg.val_dims, np.float32).reshape(-1, n_dims) if n_dims else None
+        self.dims: np.ndarray | None = None
+        self.vdims: np.ndarray | None = None
+        if n_dims:
+            real = np.asarray(cfg.train_dims, np.float32).reshape(-1, n_dims)
+            parts = [real, np.full((int(self.synthetic.sum()), n_dims), np.nan, np.float32)] + [real] * len(raw.copies)
+            self.dims = np.concatenate(parts)
+            self.vdims = np.asarray(cfg.val_dims, np.float32).reshape(-1, n_dims)
 
 
 # ----------------------------------------------------------------------------- the epoch schedule
