@@ -567,8 +567,10 @@ def test_evaluate_refuses_nan_model_outputs_naming_the_clips(monkeypatch):
 
     from affectflow.stages import evaluate as ev
 
-    monkeypatch.setattr(ev, "predict_features",
-                        lambda rec, arrays, corpora=None, **_: np.array([[0.7, 0.3], [np.nan, np.nan]], np.float32))
+    from affectflow.serving.recognizer import Scores
+
+    monkeypatch.setattr(ev, "predict_scores", lambda rec, arrays, corpora=None, **_: Scores(
+        np.array([[0.7, 0.3], [np.nan, np.nan]], np.float32)))
     rec = SimpleNamespace(feature="egemaps", classes=CLASSES)
     store = SimpleNamespace(load=lambda kind, ids: [np.zeros(88, np.float32) for _ in ids])
     rows = pd.DataFrame({"utt_id": ["mine/a", "mine/b"], "corpus": ["mine"] * 2, "speaker": ["s0", "s1"],

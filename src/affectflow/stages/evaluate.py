@@ -132,7 +132,7 @@ def predict_rows(rec: Recognizer, rows: pd.DataFrame, fs: FeatureSet, classes: S
                             corpora=rows["corpus"].astype(str).tolist(), calibrated=False,
                             whole_set=True)  # offline: a whole corpus
     probs = scored.probabilities
-    bad = ~np.isfinite(probs).all(axis=1)
+    bad = ~np.isfinite(scored.stacked()).all(axis=1)  # probabilities and dimensions
     if bad.any():  # argmax of NaN is class 0: a chance-level score reported as a result
         ids = rows["utt_id"].to_numpy()[bad]
         raise EvaluationError(f"{int(bad.sum())} of {len(rows)} clips get NaN or infinite model outputs (non-finite "
