@@ -276,3 +276,11 @@ def test_dimension_weight_zero_trains_the_class_head_alone(csv_run: dict, tmp_pa
     assert read_model_meta(tr.model_dir).dimensions is None
     rec = load_model_dir(tr.model_dir)
     assert not heads.has_head(rec.model) and not any(k.startswith(heads.HEAD) for k in rec.model.state_dict())
+
+
+def test_kserve_metadata_lists_the_dimensions_output_only_for_a_model_with_the_head():
+    from affectflow.serving.kserve import DIMENSIONS, metadata_tensors
+
+    _, with_head = metadata_tensors(4, 2)
+    assert with_head[-1] == {"name": DIMENSIONS, "datatype": "FP32", "shape": [-1, 2]}
+    assert DIMENSIONS not in {o["name"] for o in metadata_tensors(4)[1]}

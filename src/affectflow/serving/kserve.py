@@ -268,13 +268,15 @@ def response_outputs(probs: np.ndarray, speech: list[bool], classes: list[str]) 
             (STATUS, [len(status)], "BYTES", status)]
 
 
-def metadata_tensors(n_classes: int | None) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+def metadata_tensors(n_classes: int | None, n_dimensions: int = 0) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """(inputs, outputs) of the v2 model metadata: what a client must send and gets back
     (-1: any number of clips; the class count once a model is loaded)."""
     inputs = [{"name": INPUT_NAME, "datatype": "BYTES", "shape": [-1]}]
     outputs = [{"name": PROBABILITIES, "datatype": "FP32", "shape": [-1, n_classes if n_classes else -1]},
                {"name": LABEL, "datatype": "BYTES", "shape": [-1]},
                {"name": STATUS, "datatype": "BYTES", "shape": [-1]}]
+    if n_dimensions:  # a model with a dimensional head
+        outputs.append({"name": DIMENSIONS, "datatype": "FP32", "shape": [-1, n_dimensions]})
     return inputs, outputs
 
 
@@ -286,7 +288,11 @@ def _input_types(model: Any) -> list[dict[str, Any]]:
 def _output_types(model: Any) -> list[dict[str, Any]]:
     """kserve.Model.get_output_types: the loaded model's class count in the probabilities' shape."""
     loaded = model.current
-    return metadata_tensors(len(loaded.rec.classes) if loaded is not None else None)[1]
+    if loaded is None:
+        return metadata_tensors(None)[1]
+    from affectflow.serving.pyfunc import dimension_names
+
+    return metadata_tensors(len(loaded.rec.classes), len(dimension_names(loaded.rec)))[1]
 
 
 def response_id(request_id: str | None) -> str:
