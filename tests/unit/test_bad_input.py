@@ -565,9 +565,8 @@ def test_a_full_disk_names_the_output_and_leaves_nothing(tmp_path, monkeypatch):
 def test_evaluate_refuses_nan_model_outputs_naming_the_clips(monkeypatch):
     from types import SimpleNamespace
 
-    from affectflow.stages import evaluate as ev
-
     from affectflow.serving.recognizer import Scores
+    from affectflow.stages import evaluate as ev
 
     monkeypatch.setattr(ev, "predict_scores", lambda rec, arrays, corpora=None, **_: Scores(
         np.array([[0.7, 0.3], [np.nan, np.nan]], np.float32)))
