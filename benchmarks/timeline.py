@@ -28,7 +28,7 @@ SCRIPT = """
 import resource, sys, time
 from affectflow.config import load_params
 from affectflow.serving.predict import load_backend
-from affectflow.serving.timeline import timeline_paths
+from affectflow.serving.timeline_files import timeline_paths
 path, model, warm, threads, bs = sys.argv[1:6]
 params = load_params(None, {"predict.device": "cpu", "predict.threads": int(threads), "predict.batch_size": int(bs)})
 backend = load_backend(params, model)

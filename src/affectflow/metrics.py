@@ -144,3 +144,36 @@ def collapse(cm: np.ndarray, classes: Sequence[str], max_share: float = 0.5, min
     reasons += [f"recall of '{c}' is {r:.0%} (< {min_recall:.0%})"
                 for c, r in zip(classes, recalls(cm), strict=True) if np.isfinite(r) and r < min_recall]
     return Collapse(bool(reasons), reasons, {c: round(float(s), 4) for c, s in zip(classes, share, strict=True)})
+
+
+def ccc(pred: Sequence[float] | np.ndarray, target: Sequence[float] | np.ndarray) -> float:
+    """Lin's concordance correlation coefficient, 2 cov / (var_p + var_t + (mean_p - mean_t)^2)
+    (population moments): 1 only when predictions equal the targets, 0 for no agreement; NaN for
+    fewer than 2 rows or two constant series."""
+    p = np.asarray(pred, np.float64)
+    t = np.asarray(target, np.float64)
+    if p.size < 2:
+        return float("nan")
+    denom = p.var() + t.var() + (p.mean() - t.mean()) ** 2
+    if denom <= 0:
+        return float("nan")
+    return float(2 * np.mean((p - p.mean()) * (t - t.mean())) / denom)
+
+
+def ccc_bootstrap(pred: Sequence[float] | np.ndarray, target: Sequence[float] | np.ndarray,
+                  n_resamples: int = 1000, level: float = 0.95, seed: int = 0) -> Estimate:
+    """CCC with a percentile bootstrap interval over utterances (rows with a NaN target left out);
+    `n_resamples=0` (or under 3 rows): the interval collapses to the point value."""
+    p = np.asarray(pred, np.float64)
+    t = np.asarray(target, np.float64)
+    ok = np.isfinite(t) & np.isfinite(p)
+    p, t = p[ok], t[ok]
+    value = ccc(p, t)
+    if n_resamples <= 0 or p.size < 3 or not np.isfinite(value):
+        return Estimate(value, value, value)
+    rng = np.random.default_rng(seed)
+    draws = np.array([ccc(p[i], t[i]) for i in (rng.integers(0, p.size, p.size) for _ in range(n_resamples))])
+    draws = draws[np.isfinite(draws)]
+    alpha = (1 - level) / 2
+    lo, hi = np.quantile(draws, [alpha, 1 - alpha]) if draws.size else (value, value)
+    return Estimate(value, float(lo), float(hi))

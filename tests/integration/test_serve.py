@@ -151,7 +151,7 @@ def test_served_champion_scores_waveforms_and_files_like_affectflow_predict(serv
     low = [audio.resample(w, rate, 8000) for w in waves]
     got = post_invocations(served["url"], invocations_payload(waves, rate))
     got_8k = post_invocations(served["url"], invocations_payload(low, 8000))
-    assert list(got.columns) == [*classes, "label", "status"] and len(got) == len(paths)
+    assert list(got.columns) == [*classes, "arousal", "valence", "label", "status"] and len(got) == len(paths)
     probs = got[classes].to_numpy()
     assert np.allclose(probs.sum(axis=1), 1.0, atol=1e-5) and (probs >= 0).all()
     assert (got["label"] == [classes[i] for i in probs.argmax(axis=1)]).all()
@@ -164,7 +164,7 @@ def test_served_champion_scores_waveforms_and_files_like_affectflow_predict(serv
     # The files themselves, base64 in `audio_b64` (decoded by the server): the same numbers, a smaller body.
     encoded = invocations_payload(files=paths)
     got_b64 = post_invocations(served["url"], encoded)
-    assert list(got_b64.columns) == [*classes, "label", "status"]
+    assert list(got_b64.columns) == [*classes, "arousal", "valence", "label", "status"]
     assert np.allclose(got_b64[classes].to_numpy(), probs, atol=1e-4)
     assert len(json.dumps(encoded)) < len(json.dumps(invocations_payload(waves, rate)))
     # The request's own rate is required for waveforms, so the same waves at 8 kHz again score as above.

@@ -565,10 +565,11 @@ def test_a_full_disk_names_the_output_and_leaves_nothing(tmp_path, monkeypatch):
 def test_evaluate_refuses_nan_model_outputs_naming_the_clips(monkeypatch):
     from types import SimpleNamespace
 
+    from affectflow.serving.recognizer import Scores
     from affectflow.stages import evaluate as ev
 
-    monkeypatch.setattr(ev, "predict_features",
-                        lambda rec, arrays, corpora=None, **_: np.array([[0.7, 0.3], [np.nan, np.nan]], np.float32))
+    monkeypatch.setattr(ev, "predict_scores", lambda rec, arrays, corpora=None, **_: Scores(
+        np.array([[0.7, 0.3], [np.nan, np.nan]], np.float32)))
     rec = SimpleNamespace(feature="egemaps", classes=CLASSES)
     store = SimpleNamespace(load=lambda kind, ids: [np.zeros(88, np.float32) for _ in ids])
     rows = pd.DataFrame({"utt_id": ["mine/a", "mine/b"], "corpus": ["mine"] * 2, "speaker": ["s0", "s1"],

@@ -49,11 +49,11 @@ def test_the_earlier_layout_is_read_without_its_copies(tmp_path: Path) -> None:
 
 
 def test_a_newer_writers_section_is_kept_and_a_stray_field_is_an_error(tmp_path: Path) -> None:
-    dims = {"arousal": {"ccc": 0.41}, "valence": {"ccc": 0.2}}
-    ev = read_evaluation(_write(tmp_path / "m.json", {"format": 2, "model": MODEL, "test": TEST, "dimensions": dims}))
-    assert ev.extra_sections() == {"dimensions": dims}
+    newer = {"fairness": {"gap": 0.41}, "by_age": {"uar": 0.2}}
+    ev = read_evaluation(_write(tmp_path / "m.json", {"format": 2, "model": MODEL, "test": TEST, "fairness": newer}))
+    assert ev.extra_sections() == {"fairness": newer}
     assert write_evaluation(tmp_path / "again.json", ev) and json.loads((tmp_path / "again.json").read_text())[
-        "dimensions"] == dims  # written back unchanged
+        "fairness"] == newer  # written back unchanged
     with pytest.raises(EvaluationError, match=r"m\.json: field 'uar_typo': is not known"):
         read_evaluation(_write(tmp_path / "m.json", {"format": 2, "model": MODEL, "test": TEST, "uar_typo": 0.5}))
     with pytest.raises(EvaluationError, match=r"m\.json: field 'test\.uar_typo': is not known"):
@@ -68,6 +68,34 @@ def test_a_newer_writers_section_is_kept_and_a_stray_field_is_an_error(tmp_path:
     with pytest.raises(EvaluationError, match=r"m\.json: not valid JSON"):
         (tmp_path / "m.json").write_text("{")
         read_evaluation(tmp_path / "m.json")
+
+
+DIMENSIONS = {"names": ["arousal", "valence"], "weak_labels": True, "model_weak_labels": True,
+              "label_sources": {"ravdess": {"arousal": "weak", "valence": "weak"}}, "ci_level": 0.95,
+              "sets": {"test": {"arousal": {"n": 40, "ccc": 0.61, "ccc_ci_low": 0.5, "ccc_ci_high": 0.7,
+                                            "per_corpus": {"ravdess": {"n": 40, "ccc": 0.61, "ccc_ci_low": 0.5,
+                                                                       "ccc_ci_high": 0.7}}},
+                                "valence": {"n": 40}}}}
+
+
+def test_the_dimensions_section_is_typed_and_round_trips(tmp_path: Path) -> None:
+    ev = read_evaluation(_write(tmp_path / "m.json", {"format": 2, "model": MODEL, "test": TEST,
+                                                      "dimensions": DIMENSIONS}))
+    assert ev.extra_sections() == {} and ev.dimensions is not None and ev.dimensions.weak_labels is True
+    assert ev.dimensions.test_ccc() == {"arousal": 0.61}  # valence: no CCC (null), not a made-up number
+    assert ev.dimensions.sets["test"]["arousal"].per_corpus["ravdess"].n == 40
+    write_evaluation(tmp_path / "again.json", ev)
+    assert read_evaluation(tmp_path / "again.json") == ev
+    assert json.loads((tmp_path / "again.json").read_text())["dimensions"]["sets"]["test"]["valence"] == {
+        "n": 40, "per_corpus": {}}
+    assert read_evaluation(_write(tmp_path / "m.json", {"format": 2, "model": MODEL, "test": TEST})).dimensions is None
+    bad = {**DIMENSIONS, "sets": {"test": {"arousal": {"n": 40, "ccc": "high"}}}}
+    with pytest.raises(EvaluationError, match=r"m\.json: field 'dimensions\.sets\.test\.arousal\.ccc': .*number"):
+        read_evaluation(_write(tmp_path / "m.json", {"format": 2, "model": MODEL, "test": TEST, "dimensions": bad}))
+    with pytest.raises(EvaluationError, match=r"m\.json: field 'dimensions\.weak_labels': Field required"):
+        read_evaluation(_write(tmp_path / "m.json", {"format": 2, "model": MODEL, "test": TEST,
+                                                     "dimensions": {k: v for k, v in DIMENSIONS.items()
+                                                                    if k != "weak_labels"}}))
 
 
 def test_an_evaluation_is_bound_to_its_model(tmp_path: Path) -> None:

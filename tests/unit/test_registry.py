@@ -316,6 +316,27 @@ def test_cli_registry_actions(params: Params, tmp_path: Path, store: dict,
 
 
 # ----------------------------------------------------------------------------- evaluations bound to their model
+def test_registration_tags_the_dimensional_scores_with_their_weak_label_flag(params: Params, tmp_path: Path,
+                                                                             store: dict) -> None:
+    """The evaluation's typed `dimensions` section becomes version tags (shown in `registry list`);
+    a model without it gets none."""
+    model_dir, metrics = write_candidate(tmp_path, store, "dims", 0.40)
+    ev = json.loads(metrics.read_text())
+    ev["dimensions"] = {"names": ["arousal", "valence"], "weak_labels": True,
+                        "sets": {"test": {"arousal": {"n": 40, "ccc": 0.61234, "ccc_ci_low": 0.5, "ccc_ci_high": 0.7},
+                                          "valence": {"n": 40}}}}
+    metrics.write_text(json.dumps(ev))
+    register(params, model_dir, metrics, tmp_path / "dims" / "register")
+    plain = do_register(params, tmp_path, store, "plain", 0.45)
+    reg = Registry(params)
+    tags = reg.version_tags("1")
+    assert (tags["ccc_arousal"], tags["weak_labels"]) == ("0.6123", "true")
+    assert "ccc_valence" not in tags  # no CCC computed: no tag, never a made-up number
+    summary = {v.version: v.summary() for v in reg.versions()}
+    assert summary["1"]["ccc_arousal"] == "0.6123" and summary["1"]["weak_labels"] == "true"
+    assert not {"ccc_arousal", "weak_labels"} & set(reg.version_tags(plain["version"]))
+
+
 def test_register_refuses_another_models_metrics(params: Params, tmp_path: Path, store: dict,
                                                  monkeypatch: pytest.MonkeyPatch,
                                                  capsys: pytest.CaptureFixture) -> None:

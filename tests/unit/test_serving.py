@@ -18,7 +18,7 @@ from affectflow.contracts.feature_store import FeatureSet
 from affectflow.contracts.manifest import read_manifest
 from affectflow.serving.predict import invocations_payload
 from affectflow.serving.pyfunc import ServingConfig, parse_input
-from affectflow.serving.recognizer import load_model_dir, predict_audio, predict_features
+from affectflow.serving.recognizer import load_model_dir, predict_audio, predict_features, predict_scores
 from affectflow.tracking.uri import resolve_uri
 
 
@@ -54,13 +54,16 @@ def test_pyfunc_predicts_from_a_file_path_like_the_trained_model(pyfunc):
     row = read_manifest(t["manifest"]).query("split == 'test'").iloc[0]
     out = model.predict(pd.DataFrame({"path": [row["path"]]}))
     classes = t["result"].summary["classes"]
-    assert list(out.columns) == [*classes, "label", "status"] and out["status"].tolist() == ["ok"]
+    dims = ["arousal", "valence"]  # the recognizer's dimensional head, after the classes
+    assert list(out.columns) == [*classes, *dims, "label", "status"] and out["status"].tolist() == ["ok"]
     probs = out[classes].to_numpy()
     assert probs.shape == (1, len(classes)) and np.allclose(probs.sum(axis=1), 1.0, atol=1e-5)
     # Feature extraction inside the model = the features stage: same probabilities as from the store.
     rec = load_model_dir(t["result"].model_dir)
     stored = predict_features(rec, FeatureSet(t["features"]).load("logmel", [row["utt_id"]]))
     assert np.allclose(probs, stored, atol=1e-4)
+    scored = predict_scores(rec, FeatureSet(t["features"]).load("logmel", [row["utt_id"]]))
+    assert np.allclose(out[dims].to_numpy(dtype=float), scored.dimensions, atol=1e-4)
     assert out["label"].iloc[0] == classes[int(stored.argmax())]
 
 

@@ -129,10 +129,13 @@ def test_predict_timeline_cli_writes_json_csv_and_png(synth_root: Path, tmp_path
     seg = one["segments"]
     assert seg[0]["start_s"] == 0 and seg[-1]["end_s"] == pytest.approx(12.0)
     assert all(abs(sum(s["probabilities"].values()) - 1) < 1e-3 for s in seg)
+    assert one["dimensions"] == ["arousal", "valence"]
+    assert all(set(s["dimensions"]) == {"arousal", "valence"} and -1 <= s["dimensions"]["arousal"] <= 1 for s in seg)
     assert (tmp_path / "t.png").stat().st_size > 0
     assert main([*base, str(long), str(tmp_path / "missing.wav"), "--out", str(tmp_path / "t.csv"), "--allow-errors"]) == 0
     rows = (tmp_path / "t.csv").read_text().splitlines()
-    assert rows[0] == "path,start_s,end_s,status,label," + ",".join(params.ingest.classes)
+    # the class columns, then the dimensional head's arousal / valence per segment
+    assert rows[0] == "path,start_s,end_s,status,label," + ",".join([*params.ingest.classes, "arousal", "valence"])
     assert len(rows) == 1 + len(seg) and (tmp_path / "t.png").exists()
 
 
@@ -178,8 +181,10 @@ def test_the_kserve_predictor_serves_a_timeline_on_request(synth_root: Path, tmp
     assert got["start_s"].shape == [n] and got["probabilities"].shape == [n, len(rec.classes)]
     assert np.allclose(np.asarray(got["probabilities"].data).reshape(n, -1), want.probabilities, atol=1e-4)
     assert list(got["label"].data) == want.labels and got["end_s"].data[-1] == pytest.approx(8.0)
-    assert set(got) == {"start_s", "end_s", "probabilities", "label", "status"}
-    assert set(ask([clip])) == {"probabilities", "label", "status"}  # an ordinary request is unchanged
+    # the model has a dimensional head: arousal / valence per segment, and per clip in an ordinary request
+    assert set(got) == {"start_s", "end_s", "probabilities", "label", "status", "dimensions"}
+    assert got["dimensions"].shape == [n, 2] and got["dimensions"].parameters["dimensions"] == "arousal,valence"
+    assert set(ask([clip])) == {"probabilities", "label", "status", "dimensions"}
     with pytest.raises(InvalidInput, match="one recording, got 2"):
         ask([clip, clip], timeline=True)
     with pytest.raises(InvalidInput, match=r"hop_s \(2.0\) must not exceed window_s"):

@@ -54,7 +54,9 @@ def test_training_run_has_params_epochs_lineage_plots_and_models(synth_root: Pat
     with mlflow_scope(uri):
         assert "MLmodel" in _artifacts(client, run_id, "model")
         info = mlflow.models.get_model_info(f"runs:/{run_id}/model")
-    assert [c.name for c in info.signature.outputs.inputs] == [*t["result"].summary["classes"], "label", "status"]
+    assert [c.name for c in info.signature.outputs.inputs] == [*t["result"].summary["classes"], "arousal", "valence",
+                                                                 "label", "status"]
+    assert {p.name for p in info.signature.params} == {"timeline", "window_s", "hop_s", "smooth"}
 
 
 def test_resolve_uri_makes_local_stores_absolute_and_creates_nothing(tmp_path: Path,

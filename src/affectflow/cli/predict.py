@@ -68,7 +68,8 @@ def _predict(params: Params, a: argparse.Namespace) -> int:
 def _timeline(params: Params, a: argparse.Namespace) -> int:
     import json
 
-    from affectflow.serving.timeline import timeline_paths, timelines_csv, timelines_json, write_timelines
+    from affectflow.serving.timeline import timelines_csv, timelines_json, write_timelines
+    from affectflow.serving.timeline_files import timeline_paths
 
     res = timeline_paths(params, a.paths, model_uri=a.model_uri)
     fmt = output_format(a.format, a.out)

@@ -41,12 +41,13 @@ def _table(rows: list[dict[str, Any]]) -> Any:
     from rich.table import Table
 
     table = Table(title="model versions", box=box.SIMPLE_HEAD)
-    numeric = ("uar", "wa", "F1", "min rec")
-    for col in ("v", "aliases", "created (UTC)", *numeric, "gate", "test set", "git"):
+    numeric = ("uar", "wa", "F1", "min rec", "CCC aro", "CCC val")
+    for col in ("v", "aliases", "created (UTC)", *numeric, "weak", "gate", "test set", "git"):
         table.add_column(col, justify="right" if col in numeric else "left", no_wrap=True)
     for r in rows:
         table.add_row(r["version"], " ".join(r["aliases"]), r["created"][:16].replace("T", " "),
                       _num(r.get("uar")), _num(r.get("wa")), _num(r.get("macro_f1")), _num(r.get("min_recall")),
+                      _num(r.get("ccc_arousal")), _num(r.get("ccc_valence")), r.get("weak_labels", ""),
                       r.get("gate", ""), r.get("test_manifest_hash", "")[:8], r.get("git_commit", "")[:7])
     return table
 

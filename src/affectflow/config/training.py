@@ -97,6 +97,9 @@ class TrainConfig(Section):
     corpus contributes the same number, whatever its size (one big corpus must not become the
     only recording condition the model learns)."""
     label_smoothing: float = Field(0.0, ge=0, lt=1)
+    dimension_weight: float = Field(0.5, ge=0)
+    """Weight of the dimensional heads' loss (arousal, valence[, dominance]: mean 1 - CCC per
+    dimension, `models.dimensions`) added to the class loss; 0: no dimensional head."""
     mixup_alpha: float = Field(0.0, ge=0)
     """Beta(α, α) mixup of training batches (0 = off)."""
     grad_clip: float = Field(5.0, ge=0)

@@ -6,6 +6,9 @@
     test            `SetScores` of the test set: UAR / WA / macro-F1 with intervals, per-class
                     recall, confusion, breakdowns, calibration, the test manifest's hash
     cross_corpus    `SetScores` per held-out corpus; `cross_corpus_mean_uar` their mean
+    dimensions      optional, a model with a dimensional head: `DimensionScores` (CCC of arousal /
+                    valence[ / dominance] per scored set and corpus, the `weak_labels` flag;
+                    written through `stages.evaluate_dimensions.dimensions_section`)
 
 Every score is written once (DVC shows `test.uar`). Writer: `affectflow.stages.evaluate` through
 `write_evaluation`; readers (the register tail, the registry's gate inputs, the studies, the
@@ -156,6 +159,42 @@ class ScoredModel(_Strict):
             not self.mlflow_run_id or not other.mlflow_run_id or self.mlflow_run_id == other.mlflow_run_id)
 
 
+class DimensionScore(_Strict):
+    """Concordance correlation coefficient of one dimension on one group, with its bootstrap
+    interval; `ccc` null: not computable (fewer than two targets, or constant ones)."""
+
+    n: int
+    ccc: float | None = None
+    ccc_ci_low: float | None = None
+    ccc_ci_high: float | None = None
+
+
+class DimensionSetScores(DimensionScore):
+    """One dimension on one scored set: pooled, and per corpus."""
+
+    per_corpus: dict[str, DimensionScore] = Field(default_factory=dict)
+
+
+class DimensionScores(_Strict):
+    """The dimensional head's scores (metrics.json `dimensions`). Whoever shows a CCC shows
+    `weak_labels` beside it: weak targets (a class's circumplex point) are not annotations."""
+
+    names: list[str]
+    weak_labels: bool
+    """Some scored target came from the categorical label, not from annotation."""
+    model_weak_labels: bool = False
+    """The model was trained on weak targets (model.json `dimensions.weak_labels`)."""
+    label_sources: dict[str, dict[str, str]] = Field(default_factory=dict)
+    """Per scored corpus, per dimension: where its targets came from (a column, or weak)."""
+    ci_level: float = 0.95
+    sets: dict[str, dict[str, DimensionSetScores]] = Field(default_factory=dict)
+    """Per scored set (`test`, `cross:<corpus>`), per dimension."""
+
+    def test_ccc(self) -> dict[str, float]:
+        """CCC of each dimension on the test set (those that could be computed)."""
+        return {name: r.ccc for name, r in self.sets.get("test", {}).items() if r.ccc is not None}
+
+
 class Evaluation(_Sections):
     """metrics.json."""
 
@@ -165,6 +204,7 @@ class Evaluation(_Sections):
     test: SetScores
     cross_corpus: dict[str, SetScores] = Field(default_factory=dict)
     cross_corpus_mean_uar: float | None = None
+    dimensions: DimensionScores | None = None
 
     def to_json(self) -> dict[str, Any]:
         return self.model_dump(mode="json", exclude_none=True)

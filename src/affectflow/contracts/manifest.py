@@ -9,7 +9,9 @@ Columns (parquet, see `COLUMNS`):
   gender       female | male | "" (unknown)
   label        the corpus's own label in the canonical vocabulary (`CANONICAL_LABELS`)
   emotion      the configured class it maps to
-  valence, arousal   optional dimensional labels (NaN when absent)
+  valence, arousal   optional dimensional labels (NaN when absent), on the corpus's own scale
+  dominance    optional, like valence / arousal (`OPTIONAL_COLUMNS`: manifests written before it read as NaN)
+  intensity    the corpus's own intensity mark, "normal" | "strong" | "" (RAVDESS; weak arousal labels)
   duration     seconds; sample_rate and channels of the original file
   sha256       content hash of the file bytes (duplicate detection, feature-cache key)
   fold         speaker-group fold index; split: train | val | test
@@ -35,6 +37,10 @@ COLUMNS = [
     "utt_id", "path", "corpus", "role", "speaker", "gender", "label", "emotion",
     "valence", "arousal", "duration", "sample_rate", "channels", "sha256", "fold", "split",
 ]
+OPTIONAL_COLUMNS: dict[str, object] = {"dominance": float("nan"), "intensity": ""}
+"""Columns added after manifests were cached: written by ingest, filled with these values when a
+manifest lacks them (`read_manifest`)."""
+INTENSITIES = ("normal", "strong")
 
 
 @dataclass
@@ -47,6 +53,9 @@ class Utterance:
     gender: str = ""
     valence: float | None = None
     arousal: float | None = None
+    dominance: float | None = None
+    intensity: str = ""
+    """"normal" | "strong" | "" (unknown): how strongly the emotion was acted (`INTENSITIES`)."""
     utt_id: str = ""
     extra: dict[str, str] = field(default_factory=dict)
 
@@ -79,6 +88,9 @@ def read_manifest(path: str | Path) -> pd.DataFrame:
     missing = [c for c in COLUMNS if c not in df.columns]
     if missing:
         raise ManifestError(f"{path}: manifest lacks columns {missing}")
+    for name, default in OPTIONAL_COLUMNS.items():
+        if name not in df.columns:
+            df[name] = default
     return df
 
 

@@ -102,6 +102,19 @@ class Calibration(_Strict):
     figures are evaluate's)."""
 
 
+class DimensionFacts(_Strict):
+    """The model's dimensional head (model.json `dimensions`): outputs `names` on [-1, 1], trained
+    jointly with the class head (`models.dimensions`) on the targets of `corpora.dimensions`."""
+
+    names: list[str]
+    weak_labels: bool
+    """True when any training target came from the categorical mapping (weak labels)."""
+    sources: dict[str, dict[str, str]] = Field(default_factory=dict)
+    """Training corpus -> dimension -> labelled | weak | missing."""
+    loss_weight: float = 0.0
+    """`train.dimension_weight` of the run."""
+
+
 class ModelMeta(_Strict):
     """model.json of a model folder."""
 
@@ -128,6 +141,8 @@ class ModelMeta(_Strict):
     lineage: dict[str, str] = Field(default_factory=dict)
     train: TrainFacts = Field(default_factory=TrainFacts)
     pretrain: PretrainFacts | None = None
+    dimensions: DimensionFacts | None = None
+    """None: no dimensional head (folders written before it, or `train.dimension_weight: 0`)."""
     calibration: Calibration | None = None
     """None: uncalibrated softmax (folders written before calibration existed, or no validation rows)."""
     mlflow: dict[str, str] | None = None

@@ -1,7 +1,7 @@
 """Any corpus described by a CSV file: one row per clip, so a new corpus needs no code.
 
-Required columns: `path`, `speaker`, `emotion`; optional: `gender`, `corpus`, `valence`, `arousal`
-(column names are case-insensitive; other columns are ignored). Relative paths resolve against the
+Required columns: `path`, `speaker`, `emotion`; optional: `gender`, `corpus`, `valence`, `arousal`,
+`dominance` (numbers on any scale: training rescales them per corpus, `corpora.dimensions`) (column names are case-insensitive; other columns are ignored). Relative paths resolve against the
 CSV's own folder, so a corpus folder with its CSV can be moved as a whole. Emotions are lower-cased
 and common synonyms (anger, happiness, sadness, ...) map to the canonical vocabulary. A `corpus`
 column qualifies the speaker (`crema/1001`), so one CSV may pool corpora whose speaker ids collide.
@@ -18,7 +18,7 @@ from pathlib import Path
 from affectflow.contracts.manifest import CANONICAL_LABELS, ManifestError, Utterance
 
 REQUIRED = ("path", "speaker", "emotion")
-OPTIONAL = ("gender", "corpus", "valence", "arousal")
+OPTIONAL = ("gender", "corpus", "valence", "arousal", "dominance")
 SYNONYMS = {
     "anger": "angry", "happiness": "happy", "sadness": "sad", "fear": "fearful",
     "surprise": "surprised", "disgusted": "disgust", "bored": "boredom",
@@ -127,6 +127,7 @@ def prepare(root: str) -> list[Utterance]:
                 label=label, gender=gender,
                 valence=_number(cell.get("valence"), where, "valence"),
                 arousal=_number(cell.get("arousal"), where, "arousal"),
+                dominance=_number(cell.get("dominance"), where, "dominance"),
                 utt_id=utt_id,
                 extra={"corpus": corpus} if corpus else {},
             ))

@@ -60,7 +60,7 @@ def parse_label_file(path: Path) -> list[Utterance]:
             speaker=f"{u.group('session')}_{u.group('gender')}",
             label=EMOTIONS[code],
             gender=GENDERS[u.group("gender")],
-            valence=vad[0], arousal=vad[1], utt_id=utt,
+            valence=vad[0], arousal=vad[1], dominance=vad[2], utt_id=utt,
             extra={"raw_label": code, "dialog": dialog, "dominance": str(vad[2]),
                    "start": m.group("start"), "end": m.group("end")},
         ))

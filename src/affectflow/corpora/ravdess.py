@@ -15,6 +15,7 @@ EMOTIONS = {
     "01": "neutral", "02": "calm", "03": "happy", "04": "sad",
     "05": "angry", "06": "fearful", "07": "disgust", "08": "surprised",
 }
+INTENSITY = {"01": "normal", "02": "strong"}
 
 
 def parse_name(path: Path) -> Utterance:
@@ -31,6 +32,7 @@ def parse_name(path: Path) -> Utterance:
         label=emotion,
         gender="male" if int(actor) % 2 else "female",
         utt_id=path.stem,
+        intensity=INTENSITY.get(parts[3], ""),
         extra={"intensity": parts[3], "statement": parts[4], "channel": parts[1]},
     )
 

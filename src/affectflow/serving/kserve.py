@@ -26,7 +26,9 @@ none (`id` is optional in the protocol). `GET /v2/models/<model_name>` lists tha
 outputs (`metadata_tensors`). With request parameters `{"timeline": true}` (optional `window_s`,
 `hop_s`, `smooth`) and one recording, the answer is its timeline (`affectflow.serving.timeline`):
 `start_s`, `end_s`, `probabilities`, `label` and `status` per segment (a segment without the
-model's minimum of speech: `no_speech`, probabilities all 0, label "", as for a clip). A request that is not that
+model's minimum of speech: `no_speech`, probabilities all 0, label "", as for a clip). A model with a
+dimensional head adds `dimensions` (FP32, [n or segments, dimensions], names in its `dimensions`
+parameter, e.g. "arousal,valence"; all 0 where there is no speech) to both answers. A request that is not that
 shape, or audio that does not decode, is a 400 whose message names the input and the element.
 """
 
@@ -55,6 +57,7 @@ INPUT_NAME = "audio"
 PROBABILITIES = "probabilities"
 LABEL = "label"
 STATUS = "status"
+DIMENSIONS = "dimensions"
 DEFAULT_MODEL_URI = "models:/affectflow-ser@champion"
 DEFAULT_RELOAD_S = 60.0
 
@@ -225,12 +228,19 @@ def score(loaded: Loaded, clips: list[tuple[np.ndarray, int]]) -> np.ndarray:
 
 def score_request(loaded: Loaded, clips: list[tuple[np.ndarray, int]],
                   check: Any = None) -> tuple[np.ndarray, list[bool]]:
+    """(n, classes) probabilities and, per clip, whether it had speech (`score_request_all`'s classes)."""
+    rows, speech = score_request_all(loaded, clips, check)
+    return rows[:, : len(loaded.rec.classes)], speech
+
+
+def score_request_all(loaded: Loaded, clips: list[tuple[np.ndarray, int]],
+                      check: Any = None) -> tuple[np.ndarray, list[bool]]:
     """(n, classes) probabilities and, per clip, whether it had speech: scored as the MLflow pyfunc
     and `affectflow predict` score (`pyfunc.score_windows`: long clips in windows, windows without
     the model's minimum of speech left out, clips reaching the deployment statistics in request
     order). Clips without speech keep
     all-0 rows. NaN features are the request's error naming the element."""
-    from affectflow.serving.pyfunc import ServingConfig, score_windows
+    from affectflow.serving.pyfunc import ServingConfig, score_windows_all
     from affectflow.serving.recognizer import NonFiniteFeatures
 
     rates = sorted({r for _, r in clips})
@@ -238,8 +248,8 @@ def score_request(loaded: Loaded, clips: list[tuple[np.ndarray, int]],
               for rate in rates]
     config = loaded.config or ServingConfig()
     try:
-        probs, scored = score_windows(loaded.rec, loaded.featurizer, groups, loaded.speech if check is None else check,
-                                      *config.windows())
+        probs, scored = score_windows_all(loaded.rec, loaded.featurizer, groups,
+                                          loaded.speech if check is None else check, *config.windows())
     except NonFiniteFeatures as e:
         raise RequestError(f"input element {e.item}: {e}") from None
     loaded.rec.deployment.save()  # the deployment statistics, after the request's clips in request order
@@ -258,13 +268,15 @@ def response_outputs(probs: np.ndarray, speech: list[bool], classes: list[str]) 
             (STATUS, [len(status)], "BYTES", status)]
 
 
-def metadata_tensors(n_classes: int | None) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+def metadata_tensors(n_classes: int | None, n_dimensions: int = 0) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """(inputs, outputs) of the v2 model metadata: what a client must send and gets back
     (-1: any number of clips; the class count once a model is loaded)."""
     inputs = [{"name": INPUT_NAME, "datatype": "BYTES", "shape": [-1]}]
     outputs = [{"name": PROBABILITIES, "datatype": "FP32", "shape": [-1, n_classes if n_classes else -1]},
                {"name": LABEL, "datatype": "BYTES", "shape": [-1]},
                {"name": STATUS, "datatype": "BYTES", "shape": [-1]}]
+    if n_dimensions:  # a model with a dimensional head
+        outputs.append({"name": DIMENSIONS, "datatype": "FP32", "shape": [-1, n_dimensions]})
     return inputs, outputs
 
 
@@ -276,7 +288,11 @@ def _input_types(model: Any) -> list[dict[str, Any]]:
 def _output_types(model: Any) -> list[dict[str, Any]]:
     """kserve.Model.get_output_types: the loaded model's class count in the probabilities' shape."""
     loaded = model.current
-    return metadata_tensors(len(loaded.rec.classes) if loaded is not None else None)[1]
+    if loaded is None:
+        return metadata_tensors(None)[1]
+    from affectflow.serving.pyfunc import dimension_names
+
+    return metadata_tensors(len(loaded.rec.classes), len(dimension_names(loaded.rec)))[1]
 
 
 def response_id(request_id: str | None) -> str:
@@ -286,12 +302,14 @@ def response_id(request_id: str | None) -> str:
 
 def score_timeline_clip(loaded: Loaded, clip: tuple[np.ndarray, int], settings: Any) -> Any:
     """The served timeline option (`affectflow.serving.timeline`) on one recording of a request."""
-    from affectflow.serving.recognizer import predict_audio
+    from affectflow.serving.pyfunc import dimension_names
+    from affectflow.serving.recognizer import predict_audio_group_scores
     from affectflow.serving.timeline import score_timeline
 
     rec = loaded.rec
-    return score_timeline(clip, lambda waves: predict_audio(rec, waves, featurizer=loaded.featurizer), rec.classes,
-                          rec.meta.sample_rate, settings, name="input 'audio' element 0", speech=loaded.speech)
+    return score_timeline(clip, lambda waves: predict_audio_group_scores(rec, [(waves, None)], loaded.featurizer)[0].stacked(),
+                          rec.classes, rec.meta.sample_rate, settings, name="input 'audio' element 0",
+                          speech=loaded.speech, dimensions=dimension_names(rec))
 
 
 def respond(loaded: Loaded, clips: list[tuple[np.ndarray, int]], timeline: Any, output: Any) -> list[Any]:
@@ -299,11 +317,24 @@ def respond(loaded: Loaded, clips: list[tuple[np.ndarray, int]], timeline: Any, 
     clip (`response_outputs`), or the timeline of the one recording when the request asked for it."""
     if timeline is not None:
         return timeline_outputs(score_timeline_clip(loaded, clips[0], timeline), output)
-    probs, speech = score_request(loaded, clips)
+    from affectflow.serving.pyfunc import dimension_names
+
+    rows, speech = score_request_all(loaded, clips)
     classes = loaded.rec.classes
-    return [output(name, shape, dtype, data,
+    probs = rows[:, : len(classes)]
+    outs = [output(name, shape, dtype, data,
                    parameters={"classes": ",".join(classes)} if name == PROBABILITIES else None)
             for name, shape, dtype, data in response_outputs(probs, speech, classes)]
+    names = dimension_names(loaded.rec)
+    if names:
+        outs.append(dimensions_output(rows[:, len(classes):], speech, names, output))
+    return outs
+
+
+def dimensions_output(dims: np.ndarray, speech: Any, names: list[str], output: Any) -> Any:
+    """The `dimensions` output: FP32 [n, dimensions] (0 where there is no speech), names in its parameter."""
+    d = np.asarray(dims, np.float32) * np.asarray(speech, bool)[:, None]
+    return output(DIMENSIONS, list(d.shape), "FP32", d.ravel().tolist(), parameters={DIMENSIONS: ",".join(names)})
 
 
 async def respond_off_loop(loaded: Loaded, clips: list[tuple[np.ndarray, int]], timeline: Any,
@@ -332,7 +363,9 @@ def timeline_outputs(t: Any, output: Any) -> list[Any]:
                    parameters={"classes": ",".join(t.classes), "window_s": t.settings.window_s,
                                "hop_s": t.settings.hop_s, "smooth": t.settings.smooth}),
             output(LABEL, [len(lo)], "BYTES", [lab or "" for lab in t.labels]),
-            output(STATUS, [len(lo)], "BYTES", t.statuses)]
+            output(STATUS, [len(lo)], "BYTES", t.statuses),
+            *([dimensions_output(t.dimensions, t.has_speech, t.dimension_names, output)]
+              if t.dimensions is not None and t.dimension_names else [])]
 
 
 def make_model(name: str, model_uri: str, reload_interval_s: float, resolver: Resolver) -> Any:

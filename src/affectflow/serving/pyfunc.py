@@ -26,8 +26,15 @@ resampled to the model's rate as in training (`affectflow.audio`); a clip longer
 `max_window_s` is scored in windows like `affectflow predict` scores a file (`score_windows`). Output: one probability column
 per class, in model order, plus `label` (argmax) and `status`: `ok`, or `no_speech` for a row with
 less than the model's `audio.min_speech_s` of speech (`affectflow.speech`), whose class columns and
-label are null: silence, noise or music never get an emotion. The affectflow package travels with the model
+label are null: silence, noise or music never get an emotion. A model with a dimensional head adds
+`arousal`, `valence` (and `dominance` when trained on it) on [-1, 1] after the class columns (README
+"Arousal / valence": weak labels are weak). The affectflow package travels with the model
 (`code_paths`).
+
+Timeline option: `params={"timeline": True}` (optional `window_s`, `hop_s`, `smooth`; defaults
+`predict.timeline`'s) with one recording returns its timeline instead (`affectflow.serving.timeline`):
+one row per segment with `start_s`, `end_s`, the class columns, the dimensions, `label` and
+`status`, as `affectflow predict --timeline` and KServe's `timeline: true` give it.
 
 Errors: input that breaks a rule is the client's (`PyfuncInputError`: an MlflowException with
 INVALID_PARAMETER_VALUE, which the scoring server answers with HTTP 400 and the message naming the
@@ -144,14 +151,19 @@ class AffectflowPyfunc(PythonModel):
 
     # No annotations on purpose: MLflow turns predict() type hints into an input schema of its own.
     def predict(self, context, model_input, params=None):
+        from affectflow.serving.timeline import requested_settings
+
         try:
             groups = parse_input(model_input, getattr(self, "config", ServingConfig()),
                                  min_duration_s=getattr(self, "min_duration_s", 0.0))
+            timeline = requested_settings(params, sum(len(ix) for ix, _, _ in groups))
         except ValueError as e:  # AudioError included: the client's input
             raise PyfuncInputError(str(e)) from None
         from affectflow.serving.recognizer import NonFiniteFeatures
 
         try:
+            if timeline is not None:
+                return self._timeline(groups, timeline)
             return self._score(groups)
         except NonFiniteFeatures as e:  # name the request row, as for any other bad row
             raise PyfuncInputError(f"pyfunc input row {e.item}: {e}") from None
@@ -165,22 +177,57 @@ class AffectflowPyfunc(PythonModel):
         classes = self.rec.classes
         n = sum(len(ix) for ix, _, _ in groups)
         config = getattr(self, "config", ServingConfig())
-        probs, scored = score_windows(self.rec, self.featurizer, groups, getattr(self, "speech", SpeechCheck.off()),
-                                      *config.windows())
+        rows, scored = score_windows_all(self.rec, self.featurizer, groups,
+                                         getattr(self, "speech", SpeechCheck.off()), *config.windows())
         self.rec.deployment.save()
-        return output_frame(probs.reshape(n, len(classes)), classes, scored)
+        c = len(classes)
+        names = dimension_names(self.rec)
+        return output_frame(rows[:, :c].reshape(n, c), classes, scored, rows[:, c:] if names else None, names)
+
+    def _timeline(self, groups: list[tuple[list[int], list[np.ndarray], int]], settings: Any) -> pd.DataFrame:
+        """The timeline option on the request's one recording: a row per segment."""
+        from affectflow.serving.recognizer import predict_audio_group_scores
+        from affectflow.serving.timeline import score_timeline
+
+        (_, waves, rate), = groups
+        rec = self.rec
+        t = score_timeline((waves[0], rate), lambda w: predict_audio_group_scores(
+            rec, [(w, None)], self.featurizer)[0].stacked(), rec.classes, rec.meta.sample_rate, settings,
+            name="pyfunc input row 0", speech=getattr(self, "speech", None), dimensions=dimension_names(rec))
+        self.rec.deployment.save()
+        segs = t.segments()
+        frame = output_frame(np.asarray(t.probabilities, np.float32), rec.classes,
+                             [k for k, s in enumerate(segs) if s["label"] is not None],
+                             t.dimensions, t.dimension_names or [])
+        lo, hi = t.cells()
+        frame.insert(0, "end_s", np.round(hi, 3))
+        frame.insert(0, "start_s", np.round(lo, 3))
+        return frame
+
+
+def dimension_names(rec: Any) -> list[str]:
+    """The recognizer's dimensional outputs (empty: no dimensional head)."""
+    dims = getattr(rec.meta, "dimensions", None)
+    return list(dims.names) if dims else []
 
 
 def score_windows(rec: Any, featurizer: Any, groups: list[tuple[list[int], list[np.ndarray], int]],
                   check: SpeechCheck, max_window_s: float, hop_s: float) -> tuple[np.ndarray, list[int]]:
-    """(n rows, classes) probabilities and the rows that were scored, the way `affectflow predict`
+    """(n rows, classes) probabilities and the rows that were scored: `score_windows_all`'s class columns."""
+    rows, scored = score_windows_all(rec, featurizer, groups, check, max_window_s, hop_s)
+    return rows[:, : len(rec.classes)], scored
+
+
+def score_windows_all(rec: Any, featurizer: Any, groups: list[tuple[list[int], list[np.ndarray], int]],
+                      check: SpeechCheck, max_window_s: float, hop_s: float) -> tuple[np.ndarray, list[int]]:
+    """(n rows, classes [+ dimensions]) score rows and the rows that were scored, the way `affectflow predict`
     scores files: a clip longer than `max_window_s` is cut into windows `hop_s` apart (the last one
     ending at the clip's end, `audio.window_spans`), windows without `check`'s minimum of
     speech are left out, and a row's probabilities are the mean over its windows with speech. A row
     with none is not scored (no speech). Windows reach the deployment statistics in request order
     (row after row, each row's windows in time order), whatever their sample rates, as if sent one
     by one. So the CLI and the servers agree on long clips."""
-    from affectflow.serving.recognizer import NonFiniteFeatures, predict_audio_groups
+    from affectflow.serving.recognizer import NonFiniteFeatures, predict_audio_group_scores
 
     n = sum(len(ix) for ix, _, _ in groups)
     owner: list[list[int]] = []  # per group: the request row of each window
@@ -201,12 +248,12 @@ def score_windows(rec: Any, featurizer: Any, groups: list[tuple[list[int], list[
     kept = [(rows, w, key) for rows, w, key in zip(owner, windows, keys, strict=True) if rows]
     ranked = sorted(k for _, _, key in kept for k in key)
     rank = {k: r for r, k in enumerate(ranked)}
-    total = np.zeros((n, len(rec.classes)), np.float64)
+    total = np.zeros((n, len(rec.classes) + len(dimension_names(rec))), np.float64)
     seen = np.zeros(n, np.int64)
     if kept:
         try:
-            scored = predict_audio_groups(rec, [w for _, w, _ in kept], featurizer,
-                                          order=[[rank[k] for k in key] for _, _, key in kept])
+            scored = [s.stacked() for s in predict_audio_group_scores(
+                rec, [w for _, w, _ in kept], featurizer, order=[[rank[k] for k in key] for _, _, key in kept])]
         except NonFiniteFeatures as e:  # name the request row, not the window
             raise NonFiniteFeatures(0, kept[e.group][0][e.item], 0, rec.feature).with_text(str(e)) from None
         for (rows, _, _), p in zip(kept, scored, strict=True):
@@ -217,16 +264,21 @@ def score_windows(rec: Any, featurizer: Any, groups: list[tuple[list[int], list[
     return total.astype(np.float32), [int(i) for i in np.flatnonzero(ok)]
 
 
-def output_frame(probs: np.ndarray, classes: list[str], scored: list[int]) -> pd.DataFrame:
-    """One row per input row: the class columns, `label` and `status` (`ok`, or `no_speech`: the
-    row has too little speech; its class columns and label are null, never an emotion)."""
+def output_frame(probs: np.ndarray, classes: list[str], scored: list[int], dimensions: np.ndarray | None = None,
+                 names: list[str] | None = None) -> pd.DataFrame:
+    """One row per input row: the class columns, the dimensions (`names`, when the model has them),
+    `label` and `status` (`ok`, or `no_speech`: the row has too little speech; its class columns,
+    dimensions and label are null, never an emotion)."""
     ok = np.zeros(len(probs), bool)
     ok[scored] = True
     out = pd.DataFrame(probs.astype(np.float64), columns=classes)
+    names = list(names or []) if dimensions is not None else []
+    for j, name in enumerate(names):
+        out[name] = np.asarray(dimensions, np.float64)[:, j]
     out["label"] = [classes[i] for i in probs.argmax(axis=1)] if len(out) else []
     if not ok.all():
         out = out.astype(object)  # null (JSON null), not NaN, for the rows without speech
-        out.loc[~ok, [*classes, "label"]] = None
+        out.loc[~ok, [*classes, *names, "label"]] = None
     out["status"] = np.where(ok, STATUS_OK, STATUS_NO_SPEECH) if len(out) else []
     return out
 
@@ -378,9 +430,9 @@ def decode_b64(value: Any, row: int, budget_s: float = math.inf) -> tuple[np.nda
     return x, sr
 
 
-def signature(classes: list[str]) -> Any:
+def signature(classes: list[str], dimensions: list[str] | None = None) -> Any:
     from mlflow.models import ModelSignature
-    from mlflow.types.schema import Array, ColSpec, DataType, Schema
+    from mlflow.types.schema import Array, ColSpec, DataType, ParamSchema, ParamSpec, Schema
 
     inputs = Schema([
         ColSpec(DataType.string, "path", required=False),
@@ -388,9 +440,14 @@ def signature(classes: list[str]) -> Any:
         ColSpec(DataType.long, "sample_rate", required=False),
         ColSpec(DataType.string, "audio_b64", required=False),
     ])
-    outputs = Schema([*(ColSpec(DataType.double, c, required=False) for c in classes),
+    outputs = Schema([*(ColSpec(DataType.double, c, required=False) for c in [*classes, *(dimensions or [])]),
                       ColSpec(DataType.string, "label", required=False), ColSpec(DataType.string, "status")])
-    return ModelSignature(inputs=inputs, outputs=outputs)
+    from affectflow.config import TimelineConfig
+
+    t = TimelineConfig()  # the timeline option's request parameters (MLflow passes only declared ones)
+    params = ParamSchema([ParamSpec("timeline", DataType.boolean, False), ParamSpec("window_s", DataType.double, t.window_s),
+                          ParamSpec("hop_s", DataType.double, t.hop_s), ParamSpec("smooth", DataType.long, t.smooth)])
+    return ModelSignature(inputs=inputs, outputs=outputs, params=params)
 
 
 def input_example(sample_rate: int, min_duration_s: float = 0.0) -> pd.DataFrame:
@@ -456,7 +513,7 @@ def _log_model(mlflow: Any, name: str, artifacts: dict[str, str], meta: Any, con
         python_model=AffectflowPyfunc(),
         artifacts=artifacts,
         code_paths=[str(Path(affectflow.__file__).parent)],
-        signature=signature(list(meta.classes)),
+        signature=signature(list(meta.classes), list(meta.dimensions.names) if meta.dimensions else None),
         input_example=input_example(meta.sample_rate, float(meta.audio.get("min_duration_s", 0.0))),
         model_config=(config or ServingConfig()).model_dump(mode="json"),
         pip_requirements=requirements(meta.feature),

@@ -28,6 +28,7 @@ from affectflow.contracts.model_folder import (
     read_model_meta,
 )
 from affectflow.models import build_model
+from affectflow.models import dimensions as dimension_head
 from affectflow.models.calibration import scaled_probabilities
 from affectflow.models.data import NormStats, collate, compute_stats, length_batches, normalize
 from affectflow.serving.deployment import Deployment
@@ -98,7 +99,25 @@ class Recognizer:
 
 def build_network(meta: ModelMeta) -> nn.Module:
     """The (untrained) network a model folder's metadata describes."""
-    return build_model(meta.arch, meta.arch_config, meta.input_dim, len(meta.classes))
+    model = build_model(meta.arch, meta.arch_config, meta.input_dim, len(meta.classes))
+    return dimension_head.attach(model, len(meta.dimensions.names)) if meta.dimensions else model
+
+
+@dataclass
+class Scores:
+    """What a recognizer says of some clips: class probabilities (n, C) and, when the model has a
+    dimensional head, `dimensions` (n, len(names)) on [-1, 1] (`corpora.dimensions`), else None."""
+
+    probabilities: np.ndarray
+    dimensions: np.ndarray | None = None
+    names: list[str] = field(default_factory=list)
+
+    def stacked(self) -> np.ndarray:
+        """(n, C + len(names)): the probabilities, then the dimensions (predict's score rows)."""
+        return self.probabilities if self.dimensions is None else np.hstack([self.probabilities, self.dimensions])
+
+    def rows(self, a: int, b: int) -> Scores:
+        return Scores(self.probabilities[a:b], None if self.dimensions is None else self.dimensions[a:b], self.names)
 
 
 def load_model_dir(path: str | Path, device: str | torch.device = "cpu") -> Recognizer:
@@ -148,7 +167,14 @@ def predict_embeddings(model: nn.Module, arrays: Sequence[np.ndarray], device: t
 def predict_features(rec: Recognizer, arrays: Sequence[np.ndarray], batch_size: int = 32,
                      corpora: Sequence[str] | None = None, calibrated: bool = True,
                      whole_set: bool = False) -> np.ndarray:
-    """(n, C) class probabilities for raw (un-normalised) feature arrays, whole utterances, in order;
+    """(n, C) class probabilities: `predict_scores`' probabilities."""
+    return predict_scores(rec, arrays, batch_size, corpora, calibrated, whole_set).probabilities
+
+
+def predict_scores(rec: Recognizer, arrays: Sequence[np.ndarray], batch_size: int = 32,
+                   corpora: Sequence[str] | None = None, calibrated: bool = True,
+                   whole_set: bool = False) -> Scores:
+    """(n, C) class probabilities (and the dimensions, `Scores`) for raw (un-normalised) feature arrays, whole utterances, in order;
     `corpora`: each array's corpus, when known (see `Recognizer.stats_for`). Arrays of corpora the
     model does not know are standardised by the deployment statistics (`rec.deployment`), each by
     the clips before it, so a call gives what its arrays give one call at a time in the same order.
@@ -156,8 +182,10 @@ def predict_features(rec: Recognizer, arrays: Sequence[np.ndarray], batch_size: 
     by their own statistics (`Recognizer.whole_set_stats`), the deployment statistics untouched.
     `calibrated`: with the folder's temperature (`ModelMeta.calibration`); False only for
     evaluate's before/after comparison."""
+    dim_names = list(rec.meta.dimensions.names) if rec.meta.dimensions else []
     if not len(arrays):
-        return np.zeros((0, len(rec.classes)), np.float32)
+        return Scores(np.zeros((0, len(rec.classes)), np.float32),
+                      np.zeros((0, len(dim_names)), np.float32) if dim_names else None, dim_names)
     names = list(corpora) if corpora is not None else [None] * len(arrays)
     stats = {c: rec.stats_for(c) for c in set(names)}
     unknown = [i for i, c in enumerate(names) if stats[c] is None]
@@ -170,8 +198,11 @@ def predict_features(rec: Recognizer, arrays: Sequence[np.ndarray], batch_size: 
     elif unknown:
         for i, x in zip(unknown, rec.deployment.normalise([arrays[i] for i in unknown]), strict=True):
             normed[i] = x
-    logits = predict_logits(rec.model, normed, rec.device, batch_size)  # type: ignore[arg-type]
-    return scaled_probabilities(logits.numpy(), rec.temperature if calibrated else 1.0)
+    net = dimension_head.Joint(rec.model) if dim_names else rec.model  # one pass for both heads
+    out = predict_logits(net, normed, rec.device, batch_size).numpy()  # type: ignore[arg-type]
+    c = len(rec.classes)
+    probs = scaled_probabilities(out[:, :c], rec.temperature if calibrated else 1.0)
+    return Scores(probs, out[:, c:].astype(np.float32) if dim_names else None, dim_names)
 
 
 def predict_stream(rec: Recognizer, arrays: Sequence[np.ndarray], batch_size: int = 32) -> np.ndarray:
@@ -246,6 +277,13 @@ def predict_audio_groups(rec: Recognizer, groups: Sequence[tuple[Sequence[str | 
     several rates): each group is resampled once. `order`: each item's position in the request, so
     the deployment statistics see the clips in request order (as if sent one by one); default:
     group after group."""
+    return [s.probabilities for s in predict_audio_group_scores(rec, groups, featurizer, batch_size, order)]
+
+
+def predict_audio_group_scores(rec: Recognizer, groups: Sequence[tuple[Sequence[str | Path | np.ndarray], int | None]],
+                               featurizer: Featurizer | None = None, batch_size: int = 32,
+                               order: Sequence[Sequence[int]] | None = None) -> list[Scores]:
+    """`predict_audio_groups` with the dimensions (`Scores`) of each group."""
     feats = featurizer or Featurizer(rec.meta)
     arrays = [feats(load_audio(items, feats.sample_rate, rate)) for items, rate in groups]
     for g, group in enumerate(arrays):
@@ -257,7 +295,13 @@ def predict_audio_groups(rec: Recognizer, groups: Sequence[tuple[Sequence[str | 
     if len(pos) != len(flat):
         raise ValueError(f"predict_audio_groups: {len(pos)} positions for {len(flat)} clips")
     by_position = np.argsort(pos, kind="stable")
+    scored = predict_scores(rec, [flat[i] for i in by_position], batch_size)
     probs = np.empty((len(flat), len(rec.classes)), np.float32)
-    probs[by_position] = predict_features(rec, [flat[i] for i in by_position], batch_size)
+    probs[by_position] = scored.probabilities
+    dims = None
+    if scored.dimensions is not None:
+        dims = np.empty((len(flat), scored.dimensions.shape[1]), np.float32)
+        dims[by_position] = scored.dimensions
+    every = Scores(probs, dims, scored.names)
     bounds = np.cumsum([0, *(len(g) for g in arrays)])
-    return [probs[a:b] for a, b in itertools.pairwise(bounds)]
+    return [every.rows(a, b) for a, b in itertools.pairwise(bounds)]

@@ -21,6 +21,12 @@ window with less speech than that is not scored: its segment has status `no_spee
 probabilities, and `changes` shows it as a run of its own. Smoothing never crosses such a window:
 each run of consecutive speech windows is smoothed on its own (the emotion before a pause says
 nothing about the one after it).
+
+Arousal / valence: a model with a dimensional head (`models.dimensions`) also gives each segment
+its `arousal` and `valence` (and `dominance` when trained on it) on [-1, 1], smoothed like the
+probabilities (the `dimensions` columns after the classes in the CSV; a third panel in the PNG).
+With `weak_labels` models they say where a window sits between the classes' typical arousal /
+valence, not a rating of its own (README "Arousal / valence").
 """
 
 from __future__ import annotations
@@ -30,7 +36,7 @@ import io
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import soundfile as sf
@@ -38,12 +44,9 @@ from pydantic import ValidationError
 from scipy.ndimage import uniform_filter1d
 
 from affectflow import audio
-from affectflow.config import Params, TimelineConfig
+from affectflow.config import TimelineConfig
 from affectflow.speech import STATUS_NO_SPEECH, STATUS_OK, SpeechCheck
 from affectflow.storage import atomic_write_text, save_figure
-
-if TYPE_CHECKING:
-    from affectflow.serving.predict import Backend
 
 DECIMALS = 4
 """A segment's `status`: scored, or too little speech to say anything (no label, no probabilities)."""
@@ -110,6 +113,9 @@ class Timeline:
     settings: TimelineConfig
     speech: np.ndarray | None = None
     """(windows,) bool: the window had the model's minimum of speech and was scored (None: all were)."""
+    dimension_names: list[str] | None = None
+    dimensions: np.ndarray | None = None
+    """(windows, len(dimension_names)) on [-1, 1], smoothed; 0 rows without speech; None: no head."""
 
     @property
     def has_speech(self) -> np.ndarray:
@@ -136,12 +142,18 @@ class Timeline:
                 for i, ok in zip(self.probabilities.argmax(axis=1), self.has_speech, strict=True)]
 
     def segments(self) -> list[dict[str, Any]]:
-        """Per cell: start, end, status, label and class probabilities (None without speech)."""
+        """Per cell: start, end, status, label, class probabilities and the dimensions (None
+        without speech; `dimensions` only for a model with a dimensional head)."""
         lo, hi = self.cells()
-        return [{"start_s": round(float(a), 3), "end_s": round(float(b), 3), "status": status, "label": lab,
-                 "probabilities": None if lab is None
-                 else {c: round(float(p), DECIMALS) for c, p in zip(self.classes, row, strict=True)}}
-                for a, b, status, lab, row in zip(lo, hi, self.statuses, self.labels, self.probabilities, strict=True)]
+        out = [{"start_s": round(float(a), 3), "end_s": round(float(b), 3), "status": status, "label": lab,
+                "probabilities": None if lab is None
+                else {c: round(float(p), DECIMALS) for c, p in zip(self.classes, row, strict=True)}}
+               for a, b, status, lab, row in zip(lo, hi, self.statuses, self.labels, self.probabilities, strict=True)]
+        if self.dimensions is not None and self.dimension_names:
+            for seg, row in zip(out, self.dimensions, strict=True):
+                seg["dimensions"] = None if seg["label"] is None else {
+                    d: round(float(v), DECIMALS) for d, v in zip(self.dimension_names, row, strict=True)}
+        return out
 
     def changes(self) -> list[dict[str, Any]]:
         """Runs of consecutive cells with the same label: start, end, status, label, mean top
@@ -163,6 +175,7 @@ class Timeline:
     def to_json(self) -> dict[str, Any]:
         return {"path": self.path, "duration_s": round(self.duration_s, 3), "classes": self.classes,
                 "window_s": self.settings.window_s, "hop_s": self.settings.hop_s, "smooth": self.settings.smooth,
+                **({"dimensions": self.dimension_names} if self.dimension_names else {}),
                 "n_windows": len(self.starts), "n_no_speech": int((~self.has_speech).sum()),
                 "segments": self.segments(), "changes": self.changes()}
 
@@ -192,10 +205,12 @@ def smooth_speech(probs: np.ndarray, has_speech: np.ndarray, width: int) -> np.n
 
 def score_timeline(source: str | Path | tuple[np.ndarray, int], predict: Callable[[list[np.ndarray]], np.ndarray],
                    classes: Sequence[str], sample_rate: int, cfg: TimelineConfig, batch_size: int = 32,
-                   name: str | None = None, speech: SpeechCheck | None = None) -> Timeline:
+                   name: str | None = None, speech: SpeechCheck | None = None,
+                   dimensions: Sequence[str] = ()) -> Timeline:
     """Windows of `source` (a file, or (waveform, its rate)) scored `batch_size` at a time by
-    `predict` (waveforms -> (n, C) probabilities); windows failing `speech` (the model's check;
-    None = off) are not scored and come out `no_speech`."""
+    `predict` (waveforms -> (n, C) probabilities, or (n, C + len(dimensions)): probabilities then
+    the dimensions); windows failing `speech` (the model's check; None = off) are not scored and
+    come out `no_speech`."""
     check = speech or SpeechCheck.off()
     if isinstance(source, tuple):
         path = name or "waveform"
@@ -223,11 +238,14 @@ def score_timeline(source: str | Path | tuple[np.ndarray, int], predict: Callabl
     if not starts:
         raise audio.AudioError(path, audio.NO_SAMPLES)
     mask = np.asarray(has_speech, bool)
-    probs = np.zeros((len(starts), len(classes)))
+    scores = np.zeros((len(starts), len(classes) + len(dimensions)))
     if parts:
-        probs[mask] = np.concatenate(parts)
-    return Timeline(path, list(classes), np.asarray(starts), np.asarray(ends), smooth_speech(probs, mask, cfg.smooth),
-                    cfg, mask)
+        scores[mask] = np.concatenate(parts)
+    c = len(classes)
+    dims = smooth_speech(scores[:, c:], mask, cfg.smooth) if dimensions else None
+    return Timeline(path, list(classes), np.asarray(starts), np.asarray(ends),
+                    smooth_speech(scores[:, :c], mask, cfg.smooth), cfg, mask,
+                    list(dimensions) if dimensions else None, dims)
 
 
 def timelines_json(timelines: Sequence[Timeline], model_uri: str) -> dict[str, Any]:
@@ -239,13 +257,15 @@ def timelines_csv(timelines: Sequence[Timeline]) -> str:
     (label and classes empty for a `no_speech` segment)."""
     buf = io.StringIO()
     classes = timelines[0].classes if timelines else []
+    dims = (timelines[0].dimension_names or []) if timelines else []
     writer = csv.writer(buf, lineterminator="\n")
-    writer.writerow(["path", "start_s", "end_s", "status", "label", *classes])
+    writer.writerow(["path", "start_s", "end_s", "status", "label", *classes, *dims])
     for t in timelines:
         for s in t.segments():
             probs = s["probabilities"] or {}
+            values = s.get("dimensions") or {}
             writer.writerow([t.path, s["start_s"], s["end_s"], s["status"], s["label"] or "",
-                             *(probs.get(c, "") for c in classes)])
+                             *(probs.get(c, "") for c in classes), *(values.get(d, "") for d in dims)])
     return buf.getvalue()
 
 
@@ -261,7 +281,18 @@ def plot_timeline(t: Timeline, path: str | Path) -> Path:
     x = np.c_[lo, hi].ravel()
     y = np.repeat(t.probabilities, 2, axis=0).T
     colours = plt.get_cmap("tab10").colors
-    fig, (a, b) = plt.subplots(2, 1, figsize=(11, 3.6), sharex=True, gridspec_kw={"height_ratios": [4, 1]})
+    with_dims = t.dimensions is not None and bool(t.dimension_names)
+    fig, axes = plt.subplots(3 if with_dims else 2, 1, figsize=(11, 5.4 if with_dims else 3.6), sharex=True,
+                             gridspec_kw={"height_ratios": [4, 1, 2] if with_dims else [4, 1]})
+    a, b = axes[0], axes[1]
+    if with_dims:
+        dim_ax = axes[2]
+        for j, name in enumerate(t.dimension_names or []):
+            vals = np.where(t.has_speech, t.dimensions[:, j], np.nan)  # type: ignore[index]
+            dim_ax.plot((lo + hi) / 2, vals, label=name)
+        dim_ax.axhline(0, color="grey", lw=0.8)
+        dim_ax.set(ylim=(-1.05, 1.05), ylabel="[-1, 1]")
+        dim_ax.legend(loc="upper left", bbox_to_anchor=(1.0, 1.0), fontsize=8)
     a.stackplot(x, y, labels=t.classes, colors=colours[: len(t.classes)], alpha=0.85)
     a.set(ylabel="probability", ylim=(0, 1), title=f"{Path(t.path).name}: {t.settings.window_s:g} s windows, "
           f"{t.settings.hop_s:g} s hop, smoothed over {t.settings.smooth}")
@@ -290,52 +321,6 @@ def write_timelines(timelines: Sequence[Timeline], model_uri: str, out: str | Pa
     one = len(timelines) == 1
     return [plot_timeline(t, out.with_name(f"{out.stem}.png" if one else f"{out.stem}.{k}.png"))
             for k, t in enumerate(timelines)]
-
-
-@dataclass
-class TimelineResult:
-    model_uri: str
-    timelines: list[Timeline]
-    failed: dict[str, str]
-    """path -> reason, for inputs that could not be scored (the others still are)."""
-
-
-def timeline_paths(params: Params, paths: Sequence[str | Path], model_uri: str | None = None,
-                   backend: Backend | None = None, report: Callable[[str], None] | None = None) -> TimelineResult:
-    """A timeline per input (files, folders, manifests, s3:// as `affectflow predict` takes them),
-    with `predict.timeline` settings; a failing input is reported and skipped."""
-    import sys
-
-    from affectflow.serving.predict import collect_inputs, fetched, load_backend
-    from affectflow.storage.s3 import store_for
-
-    store = store_for(params)
-    files = collect_inputs(paths, store)
-    backend = backend or load_backend(params, model_uri)
-    say = report or (lambda msg: print(msg, file=sys.stderr))
-    speech = model_speech_check(backend, params)
-    out, failed = [], {}
-    with fetched(files, store) as (local, missing):
-        for i, name in enumerate(files):
-            try:
-                if i in missing:
-                    raise audio.AudioError(name, missing[i])
-                t = score_timeline(local[i], backend.predict, backend.classes, backend.sample_rate,
-                                   params.predict.timeline, params.predict.batch_size, speech=speech)
-            except (audio.AudioError, OSError, ValueError) as e:
-                failed[name] = getattr(e, "reason", str(e))
-                say(f"error: {name}: {failed[name]}")
-                continue
-            t.path = name
-            out.append(t)
-    return TimelineResult(backend.uri, out, failed)
-
-
-def model_speech_check(backend: Backend, params: Params) -> SpeechCheck:
-    """The model's own speech check (its model.json `audio`, what the servers apply); `params.audio`'s
-    for a model that carries none (another pyfunc with the affectflow contract)."""
-    meta = getattr(getattr(backend, "rec", None), "meta", None)
-    return SpeechCheck.from_audio_config(meta.audio if meta is not None else params.audio)
 
 
 REQUEST_KEYS = ("window_s", "hop_s", "smooth")

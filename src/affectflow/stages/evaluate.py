@@ -10,7 +10,9 @@ corpus shares with the model (probabilities of the other classes are dropped bef
 Outputs: `metrics.json` (the typed `affectflow.contracts.evaluation.Evaluation`: `model`, the
 scored model's content hash and MLflow run; the scores once, under `test` and `cross_corpus`, each
 with `calibration`: expected calibration error of the plain softmax and of the model's
-temperature-scaled probabilities; DVC shows `test.uar`), `report.md`, `confusion.png`,
+temperature-scaled probabilities; DVC shows `test.uar`; `dimensions` (a model with a dimensional
+head): CCC per set and corpus with the `weak_labels` flag, `stages/evaluate_dimensions.py`),
+`report.md`, `confusion.png`,
 `reliability.png` (+ `_<corpus>` for each cross-corpus set), `predictions.parquet`.
 """
 
@@ -32,7 +34,8 @@ from affectflow.contracts.model_folder import content_hash
 from affectflow.corpora.demo import is_synthetic
 from affectflow.metrics import bootstrap, collapse, confusion, macro_f1_cm, recalls, uar_cm, wa_cm
 from affectflow.models.calibration import ECE_BINS, reliability_of, rescale
-from affectflow.serving.recognizer import Recognizer, load_model_dir, predict_features
+from affectflow.serving.recognizer import Recognizer, load_model_dir, predict_scores
+from affectflow.stages import evaluate_dimensions as dimension_scores
 from affectflow.stages.spec import Inputs
 from affectflow.storage import atomic_path, atomic_write_text, save_figure
 
@@ -127,10 +130,11 @@ def evaluation_classes(rec: Recognizer, params: Params) -> list[str]:
 def predict_rows(rec: Recognizer, rows: pd.DataFrame, fs: FeatureSet, classes: Sequence[str]) -> pd.DataFrame:
     """Predictions for manifest rows over `classes` (the evaluation class set, in the model's order);
     rows whose label is outside it are dropped by the caller."""
-    probs = predict_features(rec, fs.load(rec.feature, rows["utt_id"].tolist()),
-                             corpora=rows["corpus"].astype(str).tolist(), calibrated=False,
-                             whole_set=True)  # offline: a whole corpus
-    bad = ~np.isfinite(probs).all(axis=1)
+    scored = predict_scores(rec, fs.load(rec.feature, rows["utt_id"].tolist()),
+                            corpora=rows["corpus"].astype(str).tolist(), calibrated=False,
+                            whole_set=True)  # offline: a whole corpus
+    probs = scored.probabilities
+    bad = ~np.isfinite(scored.stacked()).all(axis=1)  # probabilities and dimensions
     if bad.any():  # argmax of NaN is class 0: a chance-level score reported as a result
         ids = rows["utt_id"].to_numpy()[bad]
         raise EvaluationError(f"{int(bad.sum())} of {len(rows)} clips get NaN or infinite model outputs (non-finite "
@@ -147,7 +151,7 @@ def predict_rows(rec: Recognizer, rows: pd.DataFrame, fs: FeatureSet, classes: S
     for i, c in enumerate(classes):
         out[f"p_{c}"] = sub[:, i]
     out["confidence_uncalibrated"] = raw.max(axis=1)
-    return out
+    return dimension_scores.add_predictions(out, rows, scored.dimensions, scored.names)
 
 
 def calibration_scores(pred: pd.DataFrame, classes: Sequence[str], temperature: float) -> dict[str, Any]:
@@ -289,6 +293,7 @@ def report_md(evaluation: Evaluation, params: Params) -> str:
              f"{t.get('scope', 'test split')}: {t['n']} clips from {len(t['per_speaker'])} unseen speakers.",
              f"Intervals: {level} % percentile bootstrap over utterances ({params.evaluate.bootstrap} resamples).", ""]
     lines += _set_section("Test set", t, "confusion.png")
+    lines += dimension_scores.report_lines(evaluation.dimensions)
     for by in ("per_gender", "per_speaker"):
         lines += [f"## {by.replace('_', ' ').capitalize()}", "", "| group | n | UAR | WA | macro-F1 |", "|---|---|---|---|---|"]
         lines += [f"| {k} | {v['n']} | {v['uar']:.3f} | {v['wa']:.3f} | {v['macro_f1']:.3f} |" for k, v in t[by].items()]
@@ -315,7 +320,7 @@ def evaluate(params: Params, model_dir: str | Path, manifest: str | Path, featur
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     rec = load_model_dir(model_dir)
-    df = read_manifest(manifest)
+    df, dim_sources = dimension_scores.with_targets(read_manifest(manifest), rec.meta.dimensions)
     fs = FeatureSet(features_dir)
     corpora = list(rec.meta.train.corpora) or sorted(set(df["corpus"]))
     classes = evaluation_classes(rec, params)
@@ -351,9 +356,12 @@ def evaluate(params: Params, model_dir: str | Path, manifest: str | Path, featur
                        out / f"confusion_{name}.png")
         plot_reliability(p, res["classes"], f"{name}: reliability", out / f"reliability_{name}.png")
         preds.append(p.assign(set=f"cross:{name}"))
+    dims = dimension_scores.dimensions_section({p["set"].iloc[0]: p for p in preds if len(p)}, rec.meta.dimensions,
+                                               dim_sources, params)
     evaluation = Evaluation(
         model=identity, corpora=corpora, test=test, cross_corpus={name: res for name, (res, _) in xc.items()},
-        cross_corpus_mean_uar=round(float(np.mean([r["uar"] for r, _ in xc.values()])), DIGITS) if xc else None)
+        cross_corpus_mean_uar=round(float(np.mean([r["uar"] for r, _ in xc.values()])), DIGITS) if xc else None,
+        dimensions=dims)
     with atomic_path(out / "predictions.parquet") as tmp:
         pd.concat(preds, ignore_index=True).to_parquet(tmp, index=False)
     write_evaluation(out / "metrics.json", evaluation)
@@ -368,6 +376,7 @@ def evaluate(params: Params, model_dir: str | Path, manifest: str | Path, featur
         flat |= {f"test_{k}": test["calibration"][k] for k in ("ece_before", "ece_after")}
         for name, (res, _) in xc.items():
             flat |= {f"cross_{name}_{k}": res[k] for k in ("uar", "wa", "macro_f1")}
+        flat |= dimension_scores.mlflow_metrics(evaluation.dimensions)
         mlflow.log_metrics(flat)
         mlflow.log_artifacts(str(out), artifact_path="evaluation")
     return evaluation

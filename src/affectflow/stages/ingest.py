@@ -28,7 +28,14 @@ import soundfile as sf
 
 from affectflow import audio
 from affectflow.config import Params
-from affectflow.contracts.manifest import COLUMNS, Utterance, manifest_hash, map_label, write_manifest
+from affectflow.contracts.manifest import (
+    COLUMNS,
+    OPTIONAL_COLUMNS,
+    Utterance,
+    manifest_hash,
+    map_label,
+    write_manifest,
+)
 from affectflow.contracts.splits import apply_splits
 from affectflow.contracts.workdir import MANIFEST_FILE
 from affectflow.corpora import get_adapter
@@ -153,6 +160,8 @@ def collect_utterances(params: Params) -> tuple[pd.DataFrame, Counter[str]]:
                 "label": u.label, "emotion": emotion,
                 "valence": math.nan if u.valence is None else float(u.valence),
                 "arousal": math.nan if u.arousal is None else float(u.arousal),
+                "dominance": math.nan if u.dominance is None else float(u.dominance),
+                "intensity": u.intensity,
             })
     df = pd.DataFrame(rows)
     if df.empty:
@@ -245,7 +254,7 @@ def ingest(params: Params, out_dir: str | Path | None = None) -> IngestResult:
         _write_quarantine(quarantine, held)  # the reasons are the useful part of this failure
         raise IngestError(f"every clip was quarantined; see {quarantine}")
     facts = pd.DataFrame([probed[p] for p in kept["path"]])
-    kept = apply_splits(pd.concat([kept, facts], axis=1), params.splits)[COLUMNS]
+    kept = apply_splits(pd.concat([kept, facts], axis=1), params.splits)[COLUMNS + list(OPTIONAL_COLUMNS)]
     summary = summarize(kept, dropped, len(held), synthetic_corpora(df[df["path"].isin(probed)], LOCAL_PATH))
     summary["quarantine_reasons"] = quarantine_reasons(held)
     if held:

@@ -17,9 +17,10 @@ from affectflow.contracts.evaluation import Evaluation
 from affectflow.contracts.model_folder import ModelFolderError, ModelMeta, read_model_meta
 from affectflow.corpora.facts import facts_for
 from affectflow.storage import atomic_write_text
+from affectflow.tracking import dimensions as dimension_card
 
-SECTIONS = ("Model", "Training data", "Scores", "Calibration", "Known weak classes", "Intended use and limits",
-            "How it was chosen")
+SECTIONS = ("Model", "Training data", "Scores", "Calibration", dimension_card.SECTION, "Known weak classes",
+            "Intended use and limits", "How it was chosen")
 """The card's headings, in order (a test checks each is present)."""
 WEAK_MARGIN = 0.10
 """A class is weak when its test recall is this far below the model's UAR (or below chance)."""
@@ -141,6 +142,7 @@ def model_card(meta: ModelMeta, evaluation: Evaluation, *, title: str,
              + ".", "",
              "## Scores", "", *_scores(metrics),
              "## Calibration", "", *_calibration(meta, metrics),
+             f"## {dimension_card.SECTION}", "", *dimension_card.card_lines(meta, evaluation.dimensions),
              "## Known weak classes", "", *_weak(metrics),
              "## Intended use and limits", "", *_limits(meta, metrics),
              "## How it was chosen", "", *_chosen(meta, decision)]

@@ -33,6 +33,7 @@ from typing import Any
 
 from affectflow.config import Params
 from affectflow.contracts.model_folder import read_model_meta
+from affectflow.tracking import dimensions as dimension_tags
 from affectflow.tracking.gate import (
     TEST_HASH_TAG,
     UNKNOWN,
@@ -199,8 +200,8 @@ class VersionInfo:
     tags: dict[str, str]
 
     def summary(self) -> dict[str, Any]:
-        keys = (*METRIC_TAGS, "gate", "gate_reason", TEST_HASH_TAG, CONTENT_HASH_TAG, DATA_VERSION_TAG,
-                *LINEAGE_TAGS)
+        keys = (*METRIC_TAGS, *dimension_tags.TAGS, "gate", "gate_reason", TEST_HASH_TAG, CONTENT_HASH_TAG,
+                DATA_VERSION_TAG, *LINEAGE_TAGS)
         return {"version": self.version, "aliases": self.aliases, "created": self.created,
                 "run_id": self.run_id, "source": self.source,
                 **{k: self.tags[k] for k in keys if k in self.tags}}

@@ -11,15 +11,18 @@ import pandas as pd
 
 from affectflow.config import Params
 from affectflow.contracts.model_folder import ModelMeta, is_model_folder
+from affectflow.corpora.dimensions import DIMENSIONS
 from affectflow.runtime.device import resolve_device
-from affectflow.serving.recognizer import Featurizer, load_model_dir, predict_features
+from affectflow.serving.recognizer import Featurizer, load_model_dir, predict_scores
 from affectflow.storage.s3 import is_s3, store_for
 from affectflow.tracking.uri import local_sqlite, mlflow_scope, resolve_uri
 
 CHAMPION_ALIAS = "champion"
 # ----------------------------------------------------------------------------- models
 class Backend(Protocol):
-    """What prediction needs from a model: its classes, its audio rate, waveforms -> (n, C)."""
+    """What prediction needs from a model: its classes, its audio rate, waveforms -> (n, C) or, for
+    a model with a dimensional head, (n, C + len(dimensions)): probabilities, then the dimensions
+    (`dimensions` attribute; absent = none)."""
 
     uri: str
     classes: list[str]
@@ -40,13 +43,15 @@ class RecognizerBackend:
         self.batch_size = batch_size
         self.featurizer = Featurizer(rec.meta, device)  # log-mel and encoders on the model's device
         self.sample_rate = self.featurizer.sample_rate
+        self.dimensions = list(rec.meta.dimensions.names) if rec.meta.dimensions else []
+        self.weak_labels = bool(rec.meta.dimensions and rec.meta.dimensions.weak_labels)
 
     def featurize(self, waves: list[np.ndarray]) -> list[np.ndarray]:
         return self.featurizer(waves)
 
     def score(self, features: list[np.ndarray]) -> np.ndarray:
-        """Unknown-corpus features standardised by the deployment statistics, in order."""
-        return predict_features(self.rec, features, self.batch_size)
+        """Unknown-corpus features standardised by the deployment statistics, in order; (n, C [+ D])."""
+        return predict_scores(self.rec, features, self.batch_size).stacked()
 
     def save(self) -> None:
         """Keep what this run added to the deployment statistics (`predict.deploy_stats`)."""
@@ -65,7 +70,8 @@ class PyfuncBackend:
         self.sample_rate = sample_rate
         schema = model.metadata.get_output_schema()
         names = schema.input_names() if schema is not None else []
-        self.classes = [c for c in names if c != "label"]
+        self.dimensions = [c for c in names if c in DIMENSIONS]
+        self.classes = [c for c in names if c != "label" and c not in DIMENSIONS]
         if not self.classes:
             raise RuntimeError(f"model {uri}: its signature names no output (class) columns")
 
@@ -73,7 +79,7 @@ class PyfuncBackend:
         df = pd.DataFrame({"audio": [w.astype(np.float64) for w in waves],
                            "sample_rate": [self.sample_rate] * len(waves)})
         out = self.model.predict(df)
-        return np.asarray(pd.DataFrame(out)[self.classes], np.float32)
+        return np.asarray(pd.DataFrame(out)[self.classes + self.dimensions], np.float32)
 
 
 def default_model_uri(params: Params) -> str:

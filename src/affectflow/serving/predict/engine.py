@@ -42,10 +42,20 @@ class FilePrediction:
     speech_windows: int = 0
     _sum: np.ndarray | None = field(default=None, repr=False)
     _seen: int = field(default=0, repr=False)
+    _dims: np.ndarray | None = field(default=None, repr=False)
 
-    def add(self, probs: np.ndarray) -> None:
+    def add(self, probs: np.ndarray, dims: np.ndarray | None = None) -> None:
         self._sum = probs.astype(np.float64) if self._sum is None else self._sum + probs
+        if dims is not None and len(dims):
+            self._dims = dims.astype(np.float64) if self._dims is None else self._dims + dims
         self._seen += 1
+
+    @property
+    def dimensions(self) -> np.ndarray | None:
+        """Mean window dimensions (arousal, valence[, dominance]) of a model with a dimensional head."""
+        if self.error is not None or self._dims is None:
+            return None
+        return self._dims / self._seen
 
     @property
     def probabilities(self) -> np.ndarray | None:
@@ -64,6 +74,11 @@ class PredictResult:
     model_uri: str
     classes: list[str]
     predictions: list[FilePrediction]
+    dimensions: list[str] = field(default_factory=list)
+    """The model's dimensional outputs (arousal, valence[, dominance] on [-1, 1]), after the classes
+    in each score row."""
+    weak_labels: bool | None = None
+    """Whether those were trained on weak (categorical-mapped) labels; None: not known."""
 
     @property
     def failed(self) -> list[FilePrediction]:
@@ -78,11 +93,13 @@ class PredictResult:
         (for `no_speech` the reason; label and probabilities are empty: no emotion without speech)."""
         out = []
         for p in self.predictions:
-            probs = p.probabilities
+            probs, dims = p.probabilities, p.dimensions
             rec: dict[str, Any] = {"path": p.path, "status": p.status,
                                    "label": None if probs is None else self.classes[int(np.argmax(probs))]}
             for c, i in zip(self.classes, range(len(self.classes)), strict=True):
                 rec[c] = None if probs is None else round(float(probs[i]), PROB_DECIMALS)
+            for k, d in enumerate(self.dimensions):
+                rec[d] = None if probs is None or dims is None else round(float(dims[k]), PROB_DECIMALS)
             rec.update({"duration_s": None if p.duration_s is None else round(p.duration_s, 3),
                         "windows": p.windows, "error": p.error or p.no_speech})
             out.append(rec)
@@ -92,13 +109,19 @@ class PredictResult:
         preds = []
         for r in self.records():
             probs = {c: r.pop(c) for c in self.classes}
-            preds.append({**r, "probabilities": probs if r["status"] == "ok" else None})
-        return {"model": self.model_uri, "classes": self.classes, "n_files": len(self.predictions),
+            dims = {d: r.pop(d) for d in self.dimensions}
+            ok = r["status"] == "ok"
+            preds.append({**r, "probabilities": probs if ok else None,
+                          **({"dimensions": dims if ok else None} if self.dimensions else {})})
+        head = {"model": self.model_uri, "classes": self.classes}
+        if self.dimensions:
+            head |= {"dimensions": self.dimensions, "weak_labels": self.weak_labels}
+        return {**head, "n_files": len(self.predictions),
                 "n_failed": len(self.failed), "n_no_speech": len(self.without_speech), "predictions": preds}
 
     def to_csv(self) -> str:
         buf = io.StringIO()
-        cols = ["path", "status", "label", *self.classes, "duration_s", "windows", "error"]
+        cols = ["path", "status", "label", *self.classes, *self.dimensions, "duration_s", "windows", "error"]
         writer = csv.DictWriter(buf, fieldnames=cols, lineterminator="\n")
         writer.writeheader()
         for r in self.records():
@@ -150,7 +173,8 @@ class _Batcher:
         if not np.isfinite(p).all():
             fail(self.results[i], "the model returned non-finite probabilities for this audio", self.say)
             return
-        self.results[i].add(p)
+        c = len(self.backend.classes)  # score rows: probabilities, then the dimensions (if any)
+        self.results[i].add(p[:c], p[c:])
 
     def _predict(self, waves: list[np.ndarray]) -> np.ndarray:
         """Features first (a clip the model cannot take fails here, before the deployment
@@ -235,7 +259,8 @@ def predict_paths(params: Params, paths: Sequence[str | Path], model_uri: str | 
     save = getattr(backend, "save", None)
     if save is not None:
         save()
-    return PredictResult(backend.uri, list(backend.classes), results)
+    return PredictResult(backend.uri, list(backend.classes), results, list(getattr(backend, "dimensions", [])),
+                         getattr(backend, "weak_labels", None))
 
 
 def render(result: PredictResult, fmt: str) -> str:

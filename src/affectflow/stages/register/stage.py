@@ -28,6 +28,7 @@ from affectflow.stages.register.plan import CHALLENGER_SCORES, CHAMPION_SCORES, 
 from affectflow.stages.register.result import Comparison, Registration
 from affectflow.stages.spec import Inputs
 from affectflow.storage import atomic_write_json
+from affectflow.tracking import dimensions as dimension_tags
 from affectflow.tracking.gate import GateDecision, Scores
 from affectflow.tracking.registry import (
     CHALLENGER,
@@ -108,7 +109,8 @@ def register(params: Params, model_dir: str | Path, evaluation: str | Path, out_
     existing = reg.find_by_content(identity.content_hash)
     note = None
     if existing is None:
-        tags = {**lin, **scores.to_tags(), CONTENT_HASH_TAG: identity.content_hash, "registered_at": at,
+        tags = {**lin, **scores.to_tags(), **dimension_tags.version_tags(scored.dimensions),
+                CONTENT_HASH_TAG: identity.content_hash, "registered_at": at,
                 "model_dir": str(Path(model_dir).resolve()), "metrics_path": str(metrics.resolve())}
         if data_version:
             tags[DATA_VERSION_TAG] = data_version

@@ -31,6 +31,7 @@ from affectflow.config import TrainConfig
 from affectflow.contracts.model_folder import load_state_file
 from affectflow.metrics import confusion, uar_cm, wa_cm
 from affectflow.models import build_model
+from affectflow.models import dimensions as dimension_head
 from affectflow.models.data import NormStats, augment, collate, normalize, random_crop
 from affectflow.runtime.device import autocast, resolve_device, synchronize
 from affectflow.runtime.progress import progress
@@ -90,6 +91,15 @@ class WorkerData:
         self.weight = np.where(self.synthetic, cfg.train.synthetic_weight, 1.0).astype(np.float32)
         self.vx = norm(raw.val, cfg.val_corpora)
         self.vy = np.asarray(cfg.val_y, np.int64)
+        # dimensional targets per row (NaN: none): real rows, synthetic rows (none), copies (their clip's)
+        n_dims = len(cfg.dimension_names)
+        self.dims: np.ndarray | None = None
+        self.vdims: np.ndarray | None = None
+        if n_dims:
+            real = np.asarray(cfg.train_dims, np.float32).reshape(-1, n_dims)
+            parts = [real, np.full((int(self.synthetic.sum()), n_dims), np.nan, np.float32)] + [real] * len(raw.copies)
+            self.dims = np.concatenate(parts)
+            self.vdims = np.asarray(cfg.val_dims, np.float32).reshape(-1, n_dims)
 
 
 # ----------------------------------------------------------------------------- the epoch schedule
@@ -210,7 +220,9 @@ def scheduler(tc: TrainConfig, opt: torch.optim.Optimizer, total_steps: int) -> 
 
 # ----------------------------------------------------------------------------- fine-tuning
 def unwrap(model: nn.Module) -> nn.Module:
-    return model.module if hasattr(model, "module") else model
+    """The recognizer inside DDP and the dimensions.Joint training wrapper."""
+    model = model.module if hasattr(model, "module") else model
+    return model.model if isinstance(model, dimension_head.Joint) else model
 
 
 def freeze_for_finetune(model: nn.Module, mode: str) -> int:
@@ -263,9 +275,11 @@ def agree(flag: bool, world: int, device: torch.device) -> bool:
 def train_epoch(model: nn.Module, opt: torch.optim.Optimizer, sched: torch.optim.lr_scheduler.LRScheduler,
                 loss_fn: nn.CrossEntropyLoss, data: WorkerData, order: np.ndarray, tc: TrainConfig,
                 batch_size: int, rng: np.random.Generator, gen: torch.Generator,
-                device: torch.device) -> tuple[float, int, int]:
+                device: torch.device, n_classes: int | None = None) -> tuple[float, int, int]:
     """One pass over `order`: random crops, augmentation, optional mixup; (summed loss, n, correct).
-    Batches with synthetic rows weigh them by `synthetic_weight`; all-real batches use `loss_fn` as is."""
+    Batches with synthetic rows weigh them by `synthetic_weight`; all-real batches use `loss_fn` as is.
+    With dimensional targets (`data.dims`) the model is `dimensions.Joint` (logits, then dimensions:
+    `n_classes` splits them) and the loss adds `dimension_weight` x (1 - CCC)."""
     train_mode(model)
     amp = autocast(device, tc.mixed_precision)
     tot_loss, tot_n, tot_correct = 0.0, 0, 0
@@ -276,22 +290,29 @@ def train_epoch(model: nn.Module, opt: torch.optim.Optimizer, sched: torch.optim
         # Masks are drawn on the CPU generator (reproducible) and applied where the batch lives.
         x = augment(x.to(device, non_blocking=True), lens, tc.specaugment, gen)
         yb = torch.from_numpy(data.y[idx])
+        db = None if data.dims is None else torch.from_numpy(data.dims[idx])
         sw = torch.from_numpy(data.weight[idx]).to(device) if (data.weight[idx] != 1).any() else None
         lam, perm = 1.0, None
         if tc.mixup_alpha > 0:
             lam = float(rng.beta(tc.mixup_alpha, tc.mixup_alpha))
             perm = torch.randperm(len(idx), generator=gen)
             x = lam * x + (1 - lam) * x[perm]
+            if db is not None:
+                db = lam * db + (1 - lam) * db[perm]
             if lens is not None:
                 lens = torch.maximum(lens, lens[perm])
         x, yb = x.to(device), yb.to(device)
         with amp:
             logits = model(x, None if lens is None else lens.to(device))
+            if db is not None:  # dimensions.Joint: (B, C + n)
+                logits, dims = logits[:, :n_classes], logits[:, n_classes:]
             loss = weighted_loss(loss_fn, logits.float(), yb, sw)
             if perm is not None:
                 pdev = perm.to(device)
                 loss = lam * loss + (1 - lam) * weighted_loss(loss_fn, logits.float(), yb[pdev],
                                                               None if sw is None else sw[pdev])
+            if db is not None:
+                loss = loss + tc.dimension_weight * dimension_head.ccc_loss(dims.float(), db.to(device))
         opt.zero_grad(set_to_none=True)
         loss.backward()
         if tc.grad_clip > 0:
@@ -325,6 +346,8 @@ def _build(cfg: WorkerConfig, device: torch.device, pretrained: dict[str, torch.
         enc = {k[len("encoder."):]: v for k, v in pretrained.items() if k.startswith("encoder.")}
         model.encoder.load_state_dict(enc)
         freeze_for_finetune(model, cfg.train.finetune)
+    if cfg.dimension_names:  # one forward for both heads, so DDP sees every parameter it syncs
+        model = dimension_head.Joint(dimension_head.attach(model, len(cfg.dimension_names)))
     return ray.train.torch.prepare_model(model, move_to_device=device)
 
 
@@ -395,12 +418,23 @@ def _epoch(cfg: WorkerConfig, r: _Run, data: WorkerData, epoch: int, rank: int, 
         epoch_loss = nn.CrossEntropyLoss(weight=ew.to(device), label_smoothing=tc.label_smoothing)
     t_start = time.perf_counter()
     tot_loss, tot_n, tot_correct = train_epoch(r.model, r.opt, r.sched, epoch_loss, data, order, tc, r.per_batch,
-                                               rng, gen, device)
+                                               rng, gen, device, n_classes)
     synchronize(device)
     t_train = time.perf_counter()
     sync_buffers(r.model, world)
+    dim_scores: dict[str, float] = {}
     if data.vx:
-        logits = predict_logits(unwrap(r.model), data.vx, device, tc.batch_size, autocast(device, tc.mixed_precision))
+        amp = autocast(device, tc.mixed_precision)
+        if data.vdims is not None:
+            both = predict_logits(dimension_head.Joint(unwrap(r.model)), data.vx, device, tc.batch_size, amp)
+            logits = both[:, :n_classes]
+            for j, name in enumerate(cfg.dimension_names):
+                ok = ~np.isnan(data.vdims[:, j])
+                if ok.sum() >= dimension_head.MIN_ROWS:
+                    dim_scores[f"val_ccc_{name}"] = float(dimension_head.ccc(both[ok, n_classes + j],
+                                                                             torch.from_numpy(data.vdims[ok, j])))
+        else:
+            logits = predict_logits(unwrap(r.model), data.vx, device, tc.batch_size, amp)
         cm = confusion(data.vy, logits.argmax(1).numpy(), n_classes)
         val_loss = float(nn.functional.cross_entropy(logits, torch.from_numpy(data.vy), weight=r.weights))
     else:  # no validation speakers (train.checkpoint: last)
@@ -410,7 +444,7 @@ def _epoch(cfg: WorkerConfig, r: _Run, data: WorkerData, epoch: int, rank: int, 
             "val_loss": val_loss, "val_uar": uar_cm(cm), "val_wa": wa_cm(cm), "lr": float(r.sched.get_last_lr()[0]),
             "train_seconds": t_train - t_start, "val_seconds": t_val - t_train,
             "train_samples_per_s": tot_n * world / max(t_train - t_start, 1e-9),
-            "synthetic_rows": int(data.synthetic[full].sum())}
+            "synthetic_rows": int(data.synthetic[full].sum()), **dim_scores}
 
 
 def _decide(st: dict[str, Any], row: dict[str, Any], r: _Run, tc: TrainConfig, world: int,

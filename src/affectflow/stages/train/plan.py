@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import dataclass
+from dataclasses import field as dataclass_field
 from pathlib import Path
 from typing import Any
 
@@ -21,12 +22,14 @@ from affectflow.contracts.feature_store import FeatureSet
 from affectflow.contracts.manifest import read_manifest
 from affectflow.contracts.model_folder import (
     DeployNormalization,
+    DimensionFacts,
     ModelMeta,
     TrainFacts,
     corpus_normalization,
     read_model_meta,
 )
 from affectflow.contracts.synthetic import read_synthetic, synthetic_file
+from affectflow.corpora.dimensions import dimension_targets, labelled_dimensions
 from affectflow.features.keys import feature_keys, kind_config, kind_spec
 from affectflow.models import arch_config, feature_kind
 from affectflow.models.data import NormStats, compute_stats
@@ -94,6 +97,11 @@ class WorkerConfig:
     robustness_copies: int = 0
     """Recording-condition copies of every training clip (`<feature>@r<k>`, k = 1..N) to add; their
     statistics are `stats_per_corpus["<corpus>@r<k>"]` (with train.normalize: corpus)."""
+    dimension_names: list[str] = dataclass_field(default_factory=list)
+    """Outputs of the dimensional head (empty: none, `train.dimension_weight: 0`)."""
+    train_dims: list[list[float]] = dataclass_field(default_factory=list)
+    """Per training row, its targets in `dimension_names` order on [-1, 1] (NaN: none)."""
+    val_dims: list[list[float]] = dataclass_field(default_factory=list)
 
     def with_mlflow(self, info: dict[str, str]) -> WorkerConfig:
         from dataclasses import replace
@@ -214,6 +222,23 @@ def check_robustness(params: Params, fs: FeatureSet, kind: str, ids: list[str]) 
     return kinds
 
 
+def dimension_plan(tc: TrainConfig, df: pd.DataFrame, tr: pd.DataFrame,
+                   va: pd.DataFrame) -> tuple[dict[str, Any], DimensionFacts | None]:
+    """The dimensional head's outputs and the targets of the training / validation rows (each
+    corpus's labelled columns rescaled over its rows in the whole manifest, `corpora.dimensions`),
+    or nothing with `train.dimension_weight: 0`."""
+    if tc.dimension_weight <= 0:
+        return {}, None
+    names = labelled_dimensions(tr)
+    targets = dimension_targets(df, names)
+    pos = pd.Series(np.arange(len(df)), index=df.index)
+    rows = {k: targets.values[pos[part.index].to_numpy()] for k, part in (("train", tr), ("val", va))}
+    sources = {c: s for c, s in targets.sources.items() if c in set(tr["corpus"].astype(str))}
+    facts = DimensionFacts(names=names, weak_labels=any(v == "weak" for s in sources.values() for v in s.values()),
+                           sources=sources, loss_weight=tc.dimension_weight)
+    return {"dimension_names": names, "train_dims": rows["train"].tolist(), "val_dims": rows["val"].tolist()}, facts
+
+
 def run_name(tc: TrainConfig, identity: dict[str, Any], with_synthetic: bool) -> str:
     """`<model>-<hash>` of what the run computes (not how it executes): the same command resumes,
     a changed one starts afresh."""
@@ -263,6 +288,7 @@ def plan(params: Params, manifest: str | Path, features_dir: str | Path, out_dir
     del arrays
     y_of = {c: i for i, c in enumerate(classes)}
     train_y = tr["emotion"].map(y_of).to_numpy()
+    dims, dim_facts = dimension_plan(tc, df, tr, va)
     syn = select_synthetic(synthetic, kind, classes, train_y, tc) if synthetic else None
     feature_cfg = kind_config(params, kind)
     key = _feature_key(fs, kind, train_ids + val_ids)
@@ -282,7 +308,7 @@ def plan(params: Params, manifest: str | Path, features_dir: str | Path, out_dir
         stats=stats.as_dict(), stats_per_corpus=per_corpus,
         pretrained=str(Path(pretrained).resolve()) if pretrained else None, synthetic=syn,
         ckpt_dir=local_ckpt, ckpt_uri=ckpt_uri if ckpt_uri != local_ckpt else None, storage=root,
-        local_mode=tc.num_workers == 0, robustness_copies=len(copy_kinds))
+        local_mode=tc.num_workers == 0, robustness_copies=len(copy_kinds), **dims)
     lineage = {**lineage_tags.lineage(params, df, manifest, features_dir, sections=("features", "audio", "train")),
                "run_name": name, "pretrained": str(pretrained or ""), "synthetic": syn.sha256 if syn else ""}
     meta = ModelMeta(
@@ -295,5 +321,5 @@ def plan(params: Params, manifest: str | Path, features_dir: str | Path, out_dir
         train=TrainFacts(corpora=sorted(set(tr["corpus"])), n_train=len(train_ids), n_val=len(val_ids),
                          n_synthetic=len(syn.rows) if syn else 0, train_speakers=sorted(set(tr["speaker"])),
                          val_speakers=sorted(set(va["speaker"]))),
-        pretrain=pre_meta.pretrain if pre_meta else None)
+        pretrain=pre_meta.pretrain if pre_meta else None, dimensions=dim_facts)
     return Plan(worker=worker, run_name=name, meta=meta)
