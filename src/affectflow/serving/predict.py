@@ -58,6 +58,7 @@ from affectflow.corpora import AUDIO_EXTENSIONS, audio_files
 from affectflow.corpora.csv_manifest import unsupported_scheme
 from affectflow.runtime.device import resolve_device
 from affectflow.runtime.progress import progress
+from affectflow.serving.prediction_log import attach_predict_log, record_files
 from affectflow.serving.recognizer import Featurizer, load_model_dir, predict_features
 from affectflow.speech import STATUS_NO_SPEECH, STATUS_OK, SpeechCheck
 from affectflow.storage import atomic_write_text
@@ -376,6 +377,7 @@ def deploy_stats_location(params: Params, meta: ModelMeta) -> str:
 def _with_deployment(params: Params, backend: RecognizerBackend, attach: bool) -> RecognizerBackend:
     if attach:
         backend.rec.attach_deployment(deploy_stats_location(params, backend.rec.meta), store_for(params))
+        attach_predict_log(params, backend.rec, backend.uri, store_for(params))  # monitor.enabled: the prediction log
     return backend
 
 
@@ -476,6 +478,8 @@ class _Batcher:
         self.batch_size = batch_size
         self.say = say
         self.pending: list[tuple[int, np.ndarray]] = []
+        self.window_files: list[int] = []
+        """The file of each window scored, in order (the prediction log's `record_files`)."""
 
     def add(self, index: int, wave: np.ndarray) -> None:
         self.pending.append((index, wave))
@@ -498,6 +502,7 @@ class _Batcher:
         """Add a window's probabilities to its file; non-finite ones fail the file (never NaN out)."""
         if p is None:
             return
+        self.window_files.append(i)
         if not np.isfinite(p).all():
             fail(self.results[i], "the model returned non-finite probabilities for this audio", self.say)
             return
@@ -633,6 +638,7 @@ def predict_paths(params: Params, paths: Sequence[str | Path], model_uri: str | 
             if res.speech_windows:
                 res.no_speech = None  # some window had speech: the file is scored on those windows
         batcher.finish()
+    record_files(getattr(backend, "rec", None), results, batcher.window_files)  # the prediction log
     save = getattr(backend, "save", None)
     if save is not None:
         save()

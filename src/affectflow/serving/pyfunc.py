@@ -98,6 +98,11 @@ class ServingConfig(BaseModel):
     """Where the served model keeps its deployment statistics of unknown-corpus audio (a JSON path
     or s3:// URI, written after every request; `affectflow.serving.deployment`); empty = in memory,
     from the pooled training statistics again at every start."""
+    prediction_log: str = ""
+    """Where the served model logs one record per request row (a folder or s3:// prefix;
+    `affectflow.serving.prediction_log`, read by `affectflow monitor`); empty = no log."""
+    keep_audio: bool = False
+    """Keep each logged row's audio beside its record (personal data: only with consent)."""
 
     def windows(self) -> tuple[float, float]:
         """(window, hop) in seconds: these settings, else `affectflow predict`'s defaults (one home)."""
@@ -126,6 +131,7 @@ class AffectflowPyfunc(PythonModel):
     """`mlflow.pyfunc.PythonModel` around a model folder."""
 
     def load_context(self, context: Any) -> None:
+        from affectflow.serving.prediction_log import attach_server_log, model_label
         from affectflow.serving.recognizer import Featurizer, load_model_dir
 
         self.rec = load_model_dir(context.artifacts[MODEL_ARTIFACT])
@@ -135,6 +141,8 @@ class AffectflowPyfunc(PythonModel):
         self.featurizer = Featurizer(self.rec.meta)
         self.config = ServingConfig.from_model_config(getattr(context, "model_config", None))
         self.rec.attach_deployment(self.config.deploy_stats or None)
+        attach_server_log(self.rec, self.config.prediction_log, self.config.keep_audio, "pyfunc",
+                          model_label(self.rec.meta))
         self.min_duration_s = float(self.rec.meta.audio.get("min_duration_s", 0.0))
         self.speech = SpeechCheck.from_audio_config(self.rec.meta.audio)
 
@@ -176,6 +184,7 @@ def score_windows(rec: Any, featurizer: Any, groups: list[tuple[list[int], list[
     with none is not scored (no speech). Windows reach the deployment statistics in request order
     (row after row, each row's windows in time order), whatever their sample rates, as if sent one
     by one. So the CLI and the servers agree on long clips."""
+    from affectflow.serving.prediction_log import record_request
     from affectflow.serving.recognizer import NonFiniteFeatures, predict_audio_groups
 
     n = sum(len(ix) for ix, _, _ in groups)
@@ -210,6 +219,7 @@ def score_windows(rec: Any, featurizer: Any, groups: list[tuple[list[int], list[
             np.add.at(seen, rows, 1)
     ok = seen > 0
     total[ok] /= seen[ok, None]
+    record_request(rec, groups, total, np.flatnonzero(ok), [row for row, _ in ranked])  # the prediction log
     return total.astype(np.float32), [int(i) for i in np.flatnonzero(ok)]
 
 

@@ -41,6 +41,8 @@ class Recognizer:
     meta: ModelMeta
     device: torch.device
     _deployment: Deployment | None = field(default=None, repr=False)
+    recorder: Any = field(default=None, repr=False)
+    """The prediction log's `Recorder` (`serving.prediction_log.attach_recorder`): notes every window scored."""
 
     @property
     def classes(self) -> list[str]:
@@ -171,6 +173,8 @@ def predict_features(rec: Recognizer, arrays: Sequence[np.ndarray], batch_size: 
         for i, x in zip(unknown, rec.deployment.normalise([arrays[i] for i in unknown]), strict=True):
             normed[i] = x
     logits = predict_logits(rec.model, normed, rec.device, batch_size)  # type: ignore[arg-type]
+    if rec.recorder is not None:  # the prediction log: each window's summary, after it was scored
+        rec.recorder.observe(arrays)
     return scaled_probabilities(logits.numpy(), rec.temperature if calibrated else 1.0)
 
 
