@@ -14,6 +14,7 @@ import pytest
 from base_settings import base_params
 from scipy.signal import lfilter
 from test_predict import CLASSES, SR, make_model_dir
+from test_prediction_log import _pyfunc
 
 from affectflow import cli
 from affectflow.config import MonitorConfig
@@ -23,9 +24,7 @@ from affectflow.corpora.demo import utterance
 from affectflow.features.logmel import LogMel
 from affectflow.serving import drift
 from affectflow.serving.monitor import RETRAIN_EXIT, Reference, judge, run
-from affectflow.serving.pyfunc import AffectflowPyfunc
 from affectflow.serving.recognizer import read_model_meta
-from affectflow.speech import SpeechCheck
 
 
 def test_psi_mmd_and_domain_auc_tell_a_shift_from_a_resample() -> None:
@@ -97,13 +96,7 @@ def deployment(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 
 
 def _serve(model_dir: Path, log: Path, waves: list[np.ndarray]) -> None:
-    class Context:
-        artifacts = {"model_dir": str(model_dir)}
-        model_config = {"prediction_log": str(log)}
-
-    py = AffectflowPyfunc()
-    py.load_context(Context())
-    py.speech = SpeechCheck.off()
+    py = _pyfunc(model_dir, log)
     for i in range(0, len(waves), 16):
         py.predict(None, pd.DataFrame({"audio": [w.tolist() for w in waves[i:i + 16]],
                                        "sample_rate": [SR] * len(waves[i:i + 16])}))

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import datetime as dt
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pandas as pd
@@ -38,12 +39,10 @@ def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def _pyfunc(model_dir: Path, log: Path, keep_audio: bool = False) -> AffectflowPyfunc:
     """The pyfunc as `mlflow models serve` loads it, with a prediction log configured."""
-    class Context:
-        artifacts = {"model_dir": str(model_dir)}
-        model_config = {"prediction_log": str(log), "keep_audio": keep_audio}
-
+    context = SimpleNamespace(artifacts={"model_dir": str(model_dir)},
+                              model_config={"prediction_log": str(log), "keep_audio": keep_audio})
     py = AffectflowPyfunc()
-    py.load_context(Context())
+    py.load_context(context)
     py.speech = SpeechCheck.off()  # generated clips are not speech
     return py
 

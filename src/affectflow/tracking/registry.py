@@ -46,7 +46,7 @@ from typing import Any
 
 from affectflow.config import Params
 from affectflow.contracts.model_folder import content_hash
-from affectflow.storage import atomic_write_json
+from affectflow.storage import atomic_write_json, atomic_write_text
 from affectflow.tracking.revisions import dvc_revision, git_commit
 from affectflow.tracking.uri import client, ensure_store, mlflow_scope, resolve_uri
 
@@ -958,8 +958,11 @@ def register(params: Params, model_dir: str | Path, metrics_path: str | Path, ou
     comparison = reg.apply_rescore(rescore, version, identity, scores) if rescore is not None else None
     on = comparison.test_manifest_hash if comparison else None
     promoted = False
+    guard = _guard(params, metrics_path, rescore, reg, previous, comparison is not None, scores)
     if existing is not None and existing == previous:
         decision: dict[str, Any] = asdict(GateDecision(False, f"{note}: v{version} is the champion", previous))
+    elif guard is not None and not guard.passed:  # registry.guard_corpora: refused before any promotion
+        decision = asdict(GateDecision(False, guard.reason, previous, scores.test_manifest_hash, scores.uar))
     elif params.registry.auto_promote:
         promo = reg.promote(version, reason="at registration", on=on, rescored=comparison is not None)
         decision, promoted = promo["gate"], promo["promoted"]
@@ -981,7 +984,10 @@ def register(params: Params, model_dir: str | Path, metrics_path: str | Path, ou
         "rescore": plan.to_json() if plan is not None else None,
         "metrics": {k: v for k, v in asdict(scores).items() if v is not None}, "lineage": lin,
         "tracking_uri": resolve_uri(params.tracking.uri),
+        "guard": None if guard is None else guard.to_json(),
     }
+    if guard is not None:
+        atomic_write_text(Path(out_dir) / "guard.md", guard.markdown())
     # imported here: the model card reads the corpora tables, which registry reads do not need
     from affectflow.tracking.model_card import publish_card
 
@@ -989,6 +995,16 @@ def register(params: Params, model_dir: str | Path, metrics_path: str | Path, ou
     result |= {"model_card": None if card is None else str(card), "model_card_missing": why}
     atomic_write_json(Path(out_dir) / "result.json", result)
     return result
+
+
+def _guard(params: Params, metrics_path: str | Path, rescore: str | Path | None, reg: Registry,
+           champion: str | None, rescored: bool, scores: Scores) -> Any:
+    """The generalization guard (`tracking.guard`; None when registry.guard_corpora is empty)."""
+    from affectflow.tracking.guard import check
+
+    tags = reg.version_tags(champion) if champion else None
+    same = bool(tags) and tags.get(TEST_HASH_TAG) == scores.test_manifest_hash
+    return check(params.registry, metrics_path, rescore, tags, rescored, same)
 
 
 def promote(params: Params, version: str, *, force: bool = False, reason: str = "",
