@@ -98,7 +98,7 @@ def test_the_deployment_statistics_rebuild_from_the_log(model_dir, tmp_path) -> 
     live = py.rec.deployment.stats
     rebuilt = rebuild_deployment(py.rec.meta, read_log(log))
     assert rebuilt.clips == live.clips == 12
-    assert np.allclose(rebuilt.mean, live.mean) and np.allclose(rebuilt.m2, live.m2, rtol=1e-6)
+    assert np.allclose(rebuilt.mean, live.mean, rtol=1e-5) and np.allclose(rebuilt.m2, live.m2, rtol=1e-5)  # float32 log
 
 
 def test_affectflow_predict_logs_a_record_per_file_including_failures(model_dir, tmp_path) -> None:

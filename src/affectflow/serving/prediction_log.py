@@ -4,8 +4,11 @@ Why: nothing watched the model once it served. `affectflow predict`, the MLflow 
 predictor append one record per clip (file or request row) to a date-partitioned Parquet dataset
 (a folder or `s3://` prefix): time, source, model, status, duration, scored windows, class
 probabilities, a compact feature summary (`SUMMARY`: enough for drift tests, `affectflow monitor`)
-and the clip's raw feature moments (`DeploymentStats.merge`: the deployment statistics can be
-rebuilt from the log, `rebuild_deployment`). Raw audio only with `monitor.keep_audio` (FLAC at the
+and the clip's raw feature moments (float32 mean and sum of squared deviations per dimension, the
+latter empty for a one-frame vector: `DeploymentStats.merge`, so the deployment statistics can be
+rebuilt from the log, `rebuild_deployment`; for vector kinds the mean is the clip's features, which
+DANN can adapt to without audio). A record is about 4 bytes per feature dimension plus 100 bytes:
+0.5 KB for eGeMAPS, 25 KB for ComParE. Raw audio only with `monitor.keep_audio` (FLAC at the
 model's rate, under `audio/`, same retention).
 
 Writes are buffered and atomic: a part file `date=YYYY-MM-DD/part-<time>-<id>.parquet` is written
@@ -69,8 +72,8 @@ SCHEMA = pa.schema([
     ("probabilities", pa.list_(pa.float32())),
     ("summary", pa.list_(pa.float32())),
     ("moment_frames", pa.float64()),
-    ("moment_mean", pa.list_(pa.float64())),
-    ("moment_m2", pa.list_(pa.float64())),
+    ("moment_mean", pa.list_(pa.float32())),
+    ("moment_m2", pa.list_(pa.float32())),
     ("audio", pa.string()),
 ])
 """The one record format (writer: `PredictionLog`, reader: `read_log`)."""
@@ -320,8 +323,9 @@ def rebuild_deployment(meta: Any, records: pd.DataFrame) -> DeploymentStats:
     for _, r in rows.iterrows():
         if r["moment_mean"] is None or len(r["moment_mean"]) == 0:
             continue
-        stats.merge(np.asarray(r["moment_mean"], np.float64), np.asarray(r["moment_m2"], np.float64),
-                    float(r["moment_frames"]), max(1, int(r["windows"])))
+        mean = np.asarray(r["moment_mean"], np.float64)
+        m2 = np.zeros_like(mean) if r["moment_m2"] is None else np.asarray(r["moment_m2"], np.float64)
+        stats.merge(mean, m2, float(r["moment_frames"]), max(1, int(r["windows"])))
     return stats
 
 
@@ -407,7 +411,7 @@ class Recorder:
                 "summary": None if note is None else note.summary.tolist(),
                 "moment_frames": None if note is None else note.frames,
                 "moment_mean": None if note is None else note.mean.tolist(),
-                "moment_m2": None if note is None else note.m2.tolist(),
+                "moment_m2": None if note is None or note.frames <= 1 else note.m2.tolist(),  # one frame: 0
                 "audio": audio,
             })
         return out
