@@ -168,8 +168,9 @@ def test_the_buffer_is_written_when_full(tmp_path) -> None:
     plog = PredictionLog(tmp_path / "log", flush_records=2, flush_s=3600)
     rec = {"time": dt.datetime.now(dt.UTC), "source": "pyfunc", "status": "ok", "item": "row 0"}
     plog.append([rec])
-    assert plog.parts_written == 0
+    assert plog.parts_written == 0 and plog.writer is None
     plog.append([rec])
+    plog.writer.join()  # written in the background: the request that filled the buffer does not wait
     assert plog.parts_written == 1 and len(read_log(tmp_path / "log")) == 2
 
 

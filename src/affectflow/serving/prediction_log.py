@@ -12,7 +12,7 @@ DANN can adapt to without audio). A record is about 4 bytes per feature dimensio
 model's rate, under `audio/`, same retention).
 
 Writes are buffered and atomic: a part file `date=YYYY-MM-DD/part-<time>-<id>.parquet` is written
-to a temporary name and renamed (an S3 PUT is atomic by itself), so a reader never sees half a part
+(by a background thread when the buffer fills, so no request waits for it) to a temporary name and renamed (an S3 PUT is atomic by itself), so a reader never sees half a part
 and a crash loses at most the buffer. A server flushes every `flush_records` records or `flush_s`
 seconds and at exit; `affectflow predict` at the end of its run. Logging never fails a request: a
 failure to write is logged with its cause and the records stay buffered for the next flush.
@@ -161,6 +161,7 @@ class PredictionLog:
         self.buffer: list[dict[str, Any]] = []
         self.first_buffered: float | None = None
         self.lock = threading.Lock()
+        self.writer: threading.Thread | None = None
         self.parts_written = 0
 
     @classmethod
@@ -175,18 +176,26 @@ class PredictionLog:
         return self.store
 
     def append(self, records: Sequence[dict[str, Any]], flush: bool = False) -> None:
-        """Buffer records; write a part when the buffer is full or old enough (or `flush`)."""
+        """Buffer records; write a part when the buffer is full or old enough (in a background
+        thread: the request that fills the buffer does not wait for the write), or now with `flush`."""
         with self.lock:
             if records and self.first_buffered is None:
                 self.first_buffered = time.monotonic()
             self.buffer.extend(records)
-            due = flush or len(self.buffer) >= self.flush_records or (
+            due = len(self.buffer) >= self.flush_records or (
                 self.first_buffered is not None and time.monotonic() - self.first_buffered >= self.flush_s)
-        if due:
+            start = due and not flush and (self.writer is None or not self.writer.is_alive())
+            if start:
+                self.writer = threading.Thread(target=self.flush, name="prediction-log", daemon=True)
+                self.writer.start()
+        if flush:
             self.flush()
 
     def flush(self) -> str | None:
         """Write the buffered records as one part (atomically); the part's location, or None."""
+        writer = self.writer
+        if writer is not None and writer is not threading.current_thread():
+            writer.join()  # a background write in progress: this flush follows it
         with self.lock:
             records, self.buffer, self.first_buffered = self.buffer, [], None
         if not records:
