@@ -65,7 +65,18 @@ def write_log(where: Path, arrays: list[np.ndarray], key: str, seed: int) -> Non
         for i in order], flush=True)
 
 
-def drift_rates(params, train_x, traffic_x, same_x, probs_traffic, probs_same, windows: int, seed: int) -> dict:
+def stratified(corpus: np.ndarray, mix: dict[str, float], n: int, rng: np.random.Generator) -> np.ndarray:
+    """n clips drawn per corpus in the training data's proportions (a same-distribution stream mixes
+    the training corpora as training did, not one corpus's held-out speaker alone)."""
+    out = []
+    for c, share in mix.items():
+        pool = np.flatnonzero(corpus == c)
+        out.append(rng.choice(pool, size=min(len(pool), max(1, round(n * share))), replace=False))
+    return np.concatenate(out)
+
+
+def drift_rates(params, train_x, traffic_x, same_x, probs_traffic, probs_same, windows: int, seed: int,
+                same_corpus: np.ndarray, train_mix: dict[str, float]) -> dict:
     """Share of windows flagged (drift) from H's traffic and from held-out training speakers."""
     cfg = params.monitor
     pooled = NormStats("global", train_x.mean(0).tolist(), np.maximum(train_x.std(0), 1e-8).tolist())
@@ -77,12 +88,14 @@ def drift_rates(params, train_x, traffic_x, same_x, probs_traffic, probs_same, w
     for name, x, p in (("cross_corpus", traffic_x, probs_traffic), ("same_distribution", same_x, probs_same)):
         flags, aucs = [], []
         for w in range(windows):
-            idx = rng.choice(len(x), size=min(cfg.min_clips, len(x)), replace=False)
+            idx = (rng.choice(len(x), size=min(cfg.min_clips, len(x)), replace=False) if name == "cross_corpus"
+                   else stratified(same_corpus, train_mix, cfg.min_clips, rng))
             cur = pd.DataFrame({"summary": [summarise(a) for a in x[idx]], "probabilities": list(p[idx])})
             got = judge(ref, cur, CLASSES, cfg.model_copy(update={"seed": seed * 1000 + w}))
             flags.append(bool(got["drift"]))
             aucs.append(got["domain_auc"])
-        out[name] = {"windows": windows, "flagged": float(np.mean(flags)), "auc_mean": float(np.mean(aucs))}
+        out[name] = {"windows": windows, "flagged": float(np.mean(flags)), "auc_mean": float(np.mean(aucs)),
+                     "auc_min": float(np.min(aucs)), "auc_max": float(np.max(aucs))}
     return out
 
 
@@ -132,7 +145,9 @@ def cell(base_params, df: pd.DataFrame, store: Path, held: str, seed: int, work:
         e = np.exp(logits - logits.max(1, keepdims=True))
         return e / e.sum(1, keepdims=True)
 
-    drift = drift_rates(p, train_raw, traffic_raw, same_raw, probs(traffic_raw), probs(same_raw), windows, seed)
+    mix = src[src["split"] == "train"]["corpus"].value_counts(normalize=True).to_dict()
+    drift = drift_rates(p, train_raw, traffic_raw, same_raw, probs(traffic_raw), probs(same_raw), windows, seed,
+                        same_rows["corpus"].astype(str).to_numpy(), mix)
     return {"held_out": held, "seed": seed, "uar": scores, "dev": {"lambda": choice.lambd, "adapt": choice.adapt,
             "risks": {str(k): v for k, v in choice.risks.items()}},
             "uar_no_adaptation": scores["0.0"], "uar_dev": scores[str(choice.lambd)],
