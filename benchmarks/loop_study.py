@@ -76,17 +76,18 @@ def stratified(corpus: np.ndarray, mix: dict[str, float], n: int, rng: np.random
 
 
 def drift_rates(params, train_x, traffic_x, same_x, probs_traffic, probs_same, windows: int, seed: int,
-                same_corpus: np.ndarray, train_mix: dict[str, float]) -> dict:
+                same_corpus: np.ndarray, train_mix: dict[str, float], train_speakers: np.ndarray) -> dict:
     """Share of windows flagged (drift) from H's traffic and from held-out training speakers."""
     cfg = params.monitor
     pooled = NormStats("global", train_x.mean(0).tolist(), np.maximum(train_x.std(0), 1e-8).tolist())
     summarise = Summariser(pooled, "egemaps", cfg.summary_dims)
     rng = np.random.default_rng(seed)
     ref_idx = rng.permutation(len(train_x))[:cfg.reference_clips]
-    ref = Reference(np.stack([summarise(a) for a in train_x[ref_idx]]), dict.fromkeys(CLASSES, 0.25), len(train_x))
+    ref = Reference(np.stack([summarise(a) for a in train_x[ref_idx]]), dict.fromkeys(CLASSES, 0.25), len(train_x),
+                    train_speakers[ref_idx])
     out = {}
     for name, x, p in (("cross_corpus", traffic_x, probs_traffic), ("same_distribution", same_x, probs_same)):
-        flags, aucs = [], []
+        flags, aucs, needed = [], [], []
         for w in range(windows):
             idx = (rng.choice(len(x), size=min(cfg.min_clips, len(x)), replace=False) if name == "cross_corpus"
                    else stratified(same_corpus, train_mix, cfg.min_clips, rng))
@@ -94,8 +95,10 @@ def drift_rates(params, train_x, traffic_x, same_x, probs_traffic, probs_same, w
             got = judge(ref, cur, CLASSES, cfg.model_copy(update={"seed": seed * 1000 + w}))
             flags.append(bool(got["drift"]))
             aucs.append(got["domain_auc"])
+            needed.append(got["auc_needed"])
         out[name] = {"windows": windows, "flagged": float(np.mean(flags)), "auc_mean": float(np.mean(aucs)),
-                     "auc_min": float(np.min(aucs)), "auc_max": float(np.max(aucs))}
+                     "auc_min": float(np.min(aucs)), "auc_max": float(np.max(aucs)),
+                     "auc_needed_mean": float(np.mean(needed))}
     return out
 
 
@@ -147,7 +150,8 @@ def cell(base_params, df: pd.DataFrame, store: Path, held: str, seed: int, work:
 
     mix = src[src["split"] == "train"]["corpus"].value_counts(normalize=True).to_dict()
     drift = drift_rates(p, train_raw, traffic_raw, same_raw, probs(traffic_raw), probs(same_raw), windows, seed,
-                        same_rows["corpus"].astype(str).to_numpy(), mix)
+                        same_rows["corpus"].astype(str).to_numpy(), mix,
+                        src[src["split"] == "train"]["speaker"].astype(str).to_numpy())
     return {"held_out": held, "seed": seed, "uar": scores, "dev": {"lambda": choice.lambd, "adapt": choice.adapt,
             "risks": {str(k): v for k, v in choice.risks.items()}},
             "uar_no_adaptation": scores["0.0"], "uar_dev": scores[str(choice.lambd)],

@@ -916,6 +916,11 @@ class MonitorConfig(Section):
     auc_threshold: float = Field(0.75, gt=0.5, le=1)
     """...and the domain classifier (logged vs training clips, cross-validated) to reach this AUC
     (an effect size: held-out speakers of the training corpora differ a little, a new microphone a lot)."""
+    null_splits: int = Field(5, ge=0)
+    """Speaker splits of the reference that measure how far *new speakers of the training data*
+    separate from the training speakers (0: no null, `auc_threshold` alone)."""
+    null_margin: float = Field(0.03, ge=0)
+    """Drift needs the window's AUC above every null split's AUC by this much."""
     psi_threshold: float = Field(0.25, gt=0)
     """Per summary dimension: PSI above this is a major shift (reported; the drift verdict is MMD + AUC)."""
     collapse_share: float = Field(0.8, gt=0, le=1)

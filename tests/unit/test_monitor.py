@@ -143,3 +143,23 @@ def test_the_cli_exit_status_tells_a_schedule_to_retrain(deployment, tmp_path, c
     later = run(params, {"model": str(deployment["model"]), "log": str(log), "features": deployment["features"],
                          "manifest": deployment["manifest"]}, tmp_path / "later", now=old)
     assert later.summary["status"] == "insufficient" and later.exit_code == 0
+
+
+def test_new_speakers_of_the_training_population_are_the_null_not_drift() -> None:
+    """Speech features tell speakers apart: a window of 4 unseen speakers separates from the
+    training speakers (AUC above monitor.auc_threshold), as the reference's own speaker splits do;
+    only a window that separates further (another recording condition) is drift."""
+    rng = np.random.default_rng(1)
+    speakers = np.repeat(np.arange(16), 60)
+    ref = Reference(rng.normal(size=(16, 6))[speakers] + 0.5 * rng.normal(size=(960, 6)),
+                    dict.fromkeys(CLASSES, 0.25), 960, speakers.astype(str))
+    window = rng.normal(size=(4, 6))[np.repeat(np.arange(4), 30)] + 0.5 * rng.normal(size=(120, 6))
+    probs = rng.dirichlet(np.ones(4), size=120)
+    cfg = MonitorConfig(min_clips=100)
+    new_speakers = judge(ref, _window(window, probs), CLASSES, cfg)
+    assert new_speakers["domain_auc"] > cfg.auc_threshold and not new_speakers["drift"], new_speakers
+    assert max(new_speakers["null_aucs"]) + cfg.null_margin == pytest.approx(new_speakers["auc_needed"], abs=1e-4)
+    moved = judge(ref, _window(window * 0.5 + 1.5, probs), CLASSES, cfg)
+    assert moved["drift"] and moved["domain_auc"] > moved["auc_needed"]
+    without_null = judge(ref, _window(window, probs), CLASSES, cfg.model_copy(update={"null_splits": 0}))
+    assert without_null["drift"]  # the fixed threshold alone flags every new speaker population
