@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 from base_settings import base_params
+from test_monitor import _mic
 from test_predict import make_model_dir
 from test_prediction_log import _pyfunc
 from test_pretrain import _params, world  # noqa: F401 (fixture)
@@ -31,9 +32,10 @@ from affectflow.stages.pretrain.stage import pretrain
 from affectflow.tracking.guard import generalization_guard
 
 
-def _serve(model: Path, log: Path, paths: list[str]) -> None:
+def _serve(model: Path, log: Path, paths: list[str], channel: bool = False) -> None:
+    """Send the clips to the served pyfunc (`channel`: through another microphone, `test_monitor._mic`)."""
     py = _pyfunc(model, log, keep_audio=True)
-    waves = [audio.load(p, 16000) for p in paths]
+    waves = [_mic(audio.load(p, 16000), k) if channel else audio.load(p, 16000) for k, p in enumerate(paths)]
     for i in range(0, len(waves), 8):
         chunk = waves[i:i + 8]
         py.predict(None, pd.DataFrame({"audio": [w.tolist() for w in chunk], "sample_rate": [16000] * len(chunk)}))
@@ -58,9 +60,10 @@ def test_serve_log_monitor_adapt_and_guard(world, tmp_path) -> None:  # noqa: F8
     rec.meta.feature_key = key  # served model reads the store's log-mel configuration
     served = write_model_folder(tmp_path / "served", rec.model, rec.meta)
 
-    # serve traffic from the corpus the model never saw; the log fills, audio kept
+    # serve traffic from the corpus the model never saw, recorded through a tinny microphone; the log
+    # fills, audio kept
     unseen = df[(df["corpus"] == "mycorpus") & (df["split"] != "test")]
-    _serve(served, tmp_path / "log", unseen["path"].tolist())
+    _serve(served, tmp_path / "log", unseen["path"].tolist(), channel=True)
     logged = read_log(tmp_path / "log")
     assert len(logged) == len(unseen) and logged["audio"].notna().all()
 
