@@ -29,7 +29,7 @@ from __future__ import annotations
 import datetime as dt
 import html
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -73,6 +73,8 @@ class Reference:
     clips: int
     speakers: np.ndarray | None = None
     """Each summary's speaker: the null of "new speakers of the training data" (`null_aucs`)."""
+    nulls: dict[tuple[int, int, int], list[float]] = field(default_factory=dict, repr=False)
+    """`null_aucs` by (window size, splits, seed): computed once per reference."""
 
 
 def training_reference(meta: Any, manifest: pd.DataFrame, features: FeatureSet, summariser: Summariser,
@@ -103,6 +105,13 @@ def null_aucs(reference: Reference, n: int, splits: int, seed: int) -> list[floa
     separates from the training ones somewhat; drift must separate more than this null does."""
     if reference.speakers is None or len(set(reference.speakers)) < 2:
         return []
+    key = (n, splits, seed)
+    if key not in reference.nulls:
+        reference.nulls[key] = _null_aucs(reference, n, splits, seed)
+    return reference.nulls[key]
+
+
+def _null_aucs(reference: Reference, n: int, splits: int, seed: int) -> list[float]:
     rng = np.random.default_rng(seed)
     names = np.unique(reference.speakers)
     out = []
