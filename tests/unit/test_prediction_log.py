@@ -5,6 +5,7 @@ the deployment statistics rebuild from it; audio only with keep_audio; old parti
 from __future__ import annotations
 
 import datetime as dt
+import json
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -16,6 +17,7 @@ import torch
 from base_settings import base_params
 from test_predict import CLASSES, SR, make_model_dir, write_clip
 
+from affectflow import cli
 from affectflow.config import MonitorConfig
 from affectflow.serving.predict import RecognizerBackend, predict_paths
 from affectflow.serving.prediction_log import (
@@ -99,6 +101,11 @@ def test_the_deployment_statistics_rebuild_from_the_log(model_dir, tmp_path) -> 
     rebuilt = rebuild_deployment(py.rec.meta, read_log(log))
     assert rebuilt.clips == live.clips == 12
     assert np.allclose(rebuilt.mean, live.mean, rtol=1e-5) and np.allclose(rebuilt.m2, live.m2, rtol=1e-5)  # float32 log
+    state = tmp_path / "state.json"
+    assert cli.main(["deploy-stats", "rebuild", "--model", str(model_dir), "--log", str(log), "--path", str(state),
+                     "--defaults"]) == 0
+    saved = json.loads(state.read_text())
+    assert saved["clips"] == 12 and np.allclose(saved["mean"], live.mean, rtol=1e-5)
 
 
 def test_affectflow_predict_logs_a_record_per_file_including_failures(model_dir, tmp_path) -> None:
