@@ -118,7 +118,8 @@ def _deploy_stats(params: Params, a: argparse.Namespace) -> int:
         return 0
     if a.action == "rebuild":
         from affectflow.serving.deployment import StateFile
-        from affectflow.serving.prediction_log import default_location, read_log, rebuild_deployment
+        from affectflow.serving.predict_log import default_location
+        from affectflow.serving.prediction_log import read_log, rebuild_deployment
 
         log = a.log or default_location(params)
         state = rebuild_deployment(rec.meta, read_log(log, store=store_for(params)))

@@ -41,7 +41,8 @@ from affectflow.contracts.feature_store import FeatureSet
 from affectflow.contracts.manifest import read_manifest
 from affectflow.models.data import NormStats
 from affectflow.serving import drift
-from affectflow.serving.prediction_log import Summariser, default_location, prune, read_log
+from affectflow.serving.predict_log import default_location
+from affectflow.serving.prediction_log import Summariser, prune, read_log
 from affectflow.storage import atomic_write_json, atomic_write_text, save_figure
 
 RETRAIN_EXIT = 3

@@ -58,7 +58,8 @@ from affectflow.corpora import AUDIO_EXTENSIONS, audio_files
 from affectflow.corpora.csv_manifest import unsupported_scheme
 from affectflow.runtime.device import resolve_device
 from affectflow.runtime.progress import progress
-from affectflow.serving.prediction_log import attach_predict_log, record_files
+from affectflow.serving.predict_log import attach_predict_log
+from affectflow.serving.prediction_log import record_files
 from affectflow.serving.recognizer import Featurizer, load_model_dir, predict_features
 from affectflow.speech import STATUS_NO_SPEECH, STATUS_OK, SpeechCheck
 from affectflow.storage import atomic_write_text

@@ -443,14 +443,6 @@ def attach_recorder(rec: Any, location: str | Path, settings: Any, model: str, s
     return recorder
 
 
-def default_location(params: Any) -> str:
-    """`monitor.log`, else `<paths.workdir>/prediction_log`."""
-    if params.monitor.log:
-        return params.monitor.log
-    root = params.paths.workdir.rstrip("/")
-    return f"{root}/prediction_log" if is_s3(root) else str(Path(root) / "prediction_log")
-
-
 def attach_server_log(rec: Any, location: str, keep_audio: bool, source: str, model: str) -> Recorder | None:
     """A server's log (pyfunc: ServingConfig `prediction_log`; KServe: `--prediction_log`), with the
     other settings at `MonitorConfig`'s defaults; empty location: no log."""
@@ -486,13 +478,6 @@ def record_request(rec: Any, groups: Sequence[tuple[Sequence[int], Sequence[np.n
                                        probabilities=probs[i] if i in ok else None, duration_s=len(w) / rate,
                                        windows=int(counts[i]), wave=w, rate=rate)
     recorder.record([rows[i] for i in range(len(rows))], window_rows)
-
-
-def attach_predict_log(params: Any, rec: Any, model: str, store: S3Store | None = None) -> Recorder | None:
-    """`affectflow predict`'s log at `default_location` when `monitor.enabled`."""
-    if not params.monitor.enabled:
-        return None
-    return attach_recorder(rec, default_location(params), params.monitor, model, "predict", store)
 
 
 def record_files(rec: Any, predictions: Sequence[Any], window_files: Sequence[int]) -> None:
