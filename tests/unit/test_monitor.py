@@ -152,7 +152,7 @@ def test_new_speakers_of_the_training_population_are_the_null_not_drift() -> Non
     rng = np.random.default_rng(1)
     speakers = np.repeat(np.arange(16), 60)
     ref = Reference(rng.normal(size=(16, 6))[speakers] + 0.5 * rng.normal(size=(960, 6)),
-                    dict.fromkeys(CLASSES, 0.25), 960, speakers.astype(str))
+                    dict.fromkeys(CLASSES, 0.25), 960, np.char.add("synth/", speakers.astype(str)))
     window = rng.normal(size=(4, 6))[np.repeat(np.arange(4), 30)] + 0.5 * rng.normal(size=(120, 6))
     probs = rng.dirichlet(np.ones(4), size=120)
     cfg = MonitorConfig(min_clips=100)

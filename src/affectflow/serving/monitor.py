@@ -101,9 +101,10 @@ def training_reference(meta: Any, manifest: pd.DataFrame, features: FeatureSet, 
 
 def null_aucs(reference: Reference, n: int, splits: int, seed: int) -> list[float]:
     """Domain-classifier AUCs of windows of *new speakers of the training data*: the reference split
-    by speaker (a quarter of them, at least one, against the rest), `n` clips of the held-out
-    speakers each time. Speech features tell speakers apart, so a window of any new speakers
-    separates from the training ones somewhat; drift must separate more than this null does."""
+    by speaker (a quarter of each corpus's speakers against the rest), `n` clips of the held-out
+    speakers each time, corpora mixed as in the reference. Speech features tell speakers apart, so
+    a window of any new speakers separates from the training ones somewhat; drift must separate more
+    than this null does."""
     if reference.speakers is None or len(set(reference.speakers)) < 2:
         return []
     key = (n, splits, seed)
@@ -113,15 +114,25 @@ def null_aucs(reference: Reference, n: int, splits: int, seed: int) -> list[floa
 
 
 def _null_aucs(reference: Reference, n: int, splits: int, seed: int) -> list[float]:
+    assert reference.speakers is not None
     rng = np.random.default_rng(seed)
-    names = np.unique(reference.speakers)
+    corpus_of = np.array([s.split("/", 1)[0] for s in reference.speakers])  # speakers are corpus-qualified
+    shares = {c: float(np.mean(corpus_of == c)) for c in np.unique(corpus_of)}
     out = []
     for _ in range(splits):
-        held = rng.choice(names, size=max(1, len(names) // 4), replace=False)
+        held = []
+        for c in shares:  # a quarter of each corpus's speakers (a corpus with one speaker stays in)
+            names = np.unique(reference.speakers[corpus_of == c])
+            if len(names) >= 2:
+                held.extend(rng.choice(names, size=max(1, len(names) // 4), replace=False))
         mask = np.isin(reference.speakers, held)
-        window = rng.choice(np.flatnonzero(mask), size=min(n, int(mask.sum())), replace=False)
+        window = []
+        for c, share in shares.items():  # the window mixes the corpora as the reference does
+            pool = np.flatnonzero(mask & (corpus_of == c))
+            if len(pool):
+                window.extend(rng.choice(pool, size=min(len(pool), max(1, round(n * share))), replace=False))
         if len(window) >= 5 and (~mask).sum() >= 5:
-            out.append(drift.domain_auc(reference.summaries[~mask], reference.summaries[window], seed))
+            out.append(drift.domain_auc(reference.summaries[~mask], reference.summaries[np.asarray(window)], seed))
     return out
 
 
