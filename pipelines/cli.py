@@ -147,15 +147,19 @@ def _arguments(params: Params, base: Params, data_version: str | None) -> dict[s
 @command("pipeline", "Kubeflow pipeline: compile | run --local | upload | submit | schedule", _args)
 def _pipeline(params: Params, a: argparse.Namespace) -> int:
     if a.action == "compile":
+        from pipelines.monitor_pipeline import MONITOR_PIPELINE_NAME, build_monitor_pipeline
+
         if a.check:
             path = a.out or compiled_path()
-            if stale(build_pipeline(params), path):
-                print(f"{path} is stale: run `affectflow pipeline compile`", file=sys.stderr)
+            monitor_path = path.with_name(f"{MONITOR_PIPELINE_NAME}.yaml")
+            if stale(build_pipeline(params), path) or stale(build_monitor_pipeline(params), monitor_path):
+                print(f"{path} or {monitor_path} is stale: run `affectflow pipeline compile`", file=sys.stderr)
                 return 1
-            print(f"{path} is up to date")
+            print(f"{path} and {monitor_path} are up to date")
             return 0
         out = compile_to(build_pipeline(params), a.out or default_compile_target())
-        print(f"compiled {PIPELINE_NAME}: {out} ({len(RUN_FORM) + 2} run-form parameters)")
+        mon = compile_to(build_monitor_pipeline(params), out.with_name(f"{MONITOR_PIPELINE_NAME}.yaml"))
+        print(f"compiled {PIPELINE_NAME}: {out} ({len(RUN_FORM) + 2} run-form parameters); the monitor pipeline: {mon}")
         return 0
 
     if a.action == "run":

@@ -288,3 +288,30 @@ def test_kserve_metadata_lists_the_dimensions_output_only_for_a_model_with_the_h
     _, with_head = metadata_tensors(4, 2)
     assert with_head[-1] == {"name": DIMENSIONS, "datatype": "FP32", "shape": [-1, 2]}
     assert DIMENSIONS not in {o["name"] for o in metadata_tensors(4)[1]}
+
+
+def test_the_prediction_log_keeps_probabilities_and_dimensions_apart(csv_run: dict, tmp_path: Path):
+    """A model with the dimensional head: each logged record has the class probabilities only under
+    `probabilities` and the dimensions under `dimensions` (named); a timeline request logs nothing
+    and leaves the next request's record whole."""
+    from affectflow.serving.prediction_log import read_log
+    from affectflow.serving.pyfunc import MODEL_ARTIFACT, AffectflowPyfunc
+
+    log = tmp_path / "log"
+    model = AffectflowPyfunc()
+    model.load_context(SimpleNamespace(artifacts={MODEL_ARTIFACT: str(csv_run["model_dir"])},
+                                       model_config={"prediction_log": str(log)}))
+    folder = csv_run["csv"].parent
+    waves = [sf.read(folder / f"s3_{emo}_0.wav", dtype="float32")[0] for emo in ("happy", "sad")]
+    model.predict(None, pd.DataFrame({"audio": [np.concatenate(waves).tolist()], "sample_rate": [16000]}),
+                  params={"timeline": True, "window_s": 1.0, "hop_s": 0.5, "smooth": 1})
+    out = model.predict(None, pd.DataFrame({"audio": [w.tolist() for w in waves], "sample_rate": [16000] * 2}))
+    model.rec.recorder.log.flush()
+    df = read_log(log)
+    assert len(df) == 2 and list(df["status"]) == ["ok", "ok"]
+    classes = ["neutral", "happy", "sad", "angry"]
+    assert np.allclose(np.stack(df["probabilities"].to_list()), out[classes].to_numpy(np.float32), atol=1e-6)
+    assert [list(n) for n in df["dimension_names"]] == [["arousal", "valence"]] * 2
+    assert np.allclose(np.stack(df["dimensions"].to_list()), out[["arousal", "valence"]].to_numpy(np.float32),
+                       atol=1e-6)
+    assert all(s is not None and len(s) == 16 for s in df["summary"])  # the timeline's windows did not leak in

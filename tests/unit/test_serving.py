@@ -36,7 +36,8 @@ def test_paths_are_off_unless_the_model_config_turns_them_on(pyfunc):
     uri = f"runs:/{t['result'].summary['mlflow_run_id']}/model"
     default = mlflow.pyfunc.load_model(uri)
     assert default.model_config == {"allow_path_input": False, "max_rows": 64, "max_audio_s": 600.0,
-                                    "max_window_s": None, "hop_s": None, "deploy_stats": ""}
+                                    "max_window_s": None, "hop_s": None, "deploy_stats": "", "prediction_log": "",
+                                    "keep_audio": False}
     row = pd.DataFrame({"path": [read_manifest(t["manifest"]).iloc[0]["path"]]})
     with pytest.raises(ValueError, match=r"row 0, column 'path': file paths are not accepted by this model"):
         default.predict(row)

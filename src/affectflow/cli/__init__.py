@@ -31,6 +31,7 @@ BUILTIN = (
     "affectflow.cli.studies",   # ablate augmentation | dann | ...
     "affectflow.cli.registry",  # registry list|describe|promote|rollback
     "affectflow.cli.predict",   # predict
+    "affectflow.cli.monitor",   # monitor (the prediction log vs the training data)
 )
 
 

@@ -86,9 +86,11 @@ def _timeline(params: Params, a: argparse.Namespace) -> int:
 
 
 def _deploy_stats_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("action", choices=("show", "reset"),
+    p.add_argument("action", choices=("show", "reset", "rebuild"),
                    help="show: what the deployment has seen and which statistics it uses now; reset: forget it "
-                        "(back to the pooled training statistics until train.deploy_min_clips clips)")
+                        "(back to the pooled training statistics until train.deploy_min_clips clips); rebuild: "
+                        "recompute it from the prediction log (--log, default monitor.log / the workdir's)")
+    p.add_argument("--log", help="rebuild: the prediction log (folder or s3:// prefix)")
     p.add_argument("--model", dest="model_uri", help="the deployed model (as for predict); default: predict.model_uri")
     p.add_argument("--path", help="the state file (JSON path or s3://); default: predict.deploy_stats, else "
                                   "<paths.workdir>/deploy_stats/<feature kind>-<feature key>.json")
@@ -114,6 +116,16 @@ def _deploy_stats(params: Params, a: argparse.Namespace) -> int:
         existed = StateFile(where, store_for(params)).delete()
         print(f"{where}: {'reset' if existed else 'nothing to reset'}; unknown audio uses the pooled training "
               f"statistics until {rec.meta.deploy_normalization.min_clips} clips", file=sys.stderr)
+        return 0
+    if a.action == "rebuild":
+        from affectflow.serving.deployment import StateFile
+        from affectflow.serving.predict_log import default_location
+        from affectflow.serving.prediction_log import read_log, rebuild_deployment
+
+        log = a.log or default_location(params)
+        state = rebuild_deployment(rec.meta, read_log(log, store=store_for(params)))
+        StateFile(where, store_for(params)).write(state)
+        print(f"{where}: rebuilt from {state.clips} logged clips of {log}", file=sys.stderr)
         return 0
     state = Deployment(rec.meta, where, store_for(params)).stats
     print(json.dumps({"path": where, "mode": rec.meta.deploy_normalization.mode, **state.summary()}, indent=2))

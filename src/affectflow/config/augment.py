@@ -135,6 +135,16 @@ class PretrainConfig(Section):
     enabled: bool = False
     target_corpora: list[str] = Field(default_factory=list)
     """Unlabelled adaptation corpora; empty: every corpus whose manifest role is `target`."""
+    target_log: str = ""
+    """A prediction log (folder or s3:// prefix) whose scored clips are one more unlabelled target,
+    corpus `deployment` (`stages/pretrain/log_target.py`); empty: none."""
+    select: Literal["none", "dev"] = "none"
+    """dev: decide without target labels whether to adapt and with which λ (deep embedded validation,
+    `models/dev.py`) among no adaptation and DANNs with `select_lambdas`; the chosen encoder is written."""
+    select_lambdas: list[float] = Field(default_factory=lambda: [0.3, 1.0])
+    """DANN strengths (lambda_max) DEV chooses among, besides no adaptation."""
+    select_margin: float = Field(0.0, ge=0)
+    """A DANN is chosen only when its DEV risk is below no adaptation's by more than this."""
     epochs: int = Field(30, ge=1)
     batch_size: int = Field(32, ge=2)
     """Source clips per step; each step also draws as many target clips."""

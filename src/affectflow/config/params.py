@@ -20,7 +20,7 @@ from affectflow.config.data import (
 )
 from affectflow.config.features import FeaturesConfig
 from affectflow.config.platform import PipelineConfig, RegistryConfig, S3Config, TrackingConfig
-from affectflow.config.serving import PredictConfig
+from affectflow.config.serving import MonitorConfig, PredictConfig
 from affectflow.config.studies import StudiesConfig
 from affectflow.config.training import EvaluateConfig, TrainConfig
 
@@ -41,6 +41,7 @@ class Params(Section):
     pipeline: PipelineConfig = Field(default_factory=PipelineConfig)
     s3: S3Config = Field(default_factory=S3Config)
     predict: PredictConfig = Field(default_factory=PredictConfig)
+    monitor: MonitorConfig = Field(default_factory=MonitorConfig)
     studies: StudiesConfig = Field(default_factory=StudiesConfig)
 
     # -------------------------------------------------------------- helpers

@@ -27,6 +27,11 @@ class RegistryConfig(Section):
     """No class recall of a promoted version may fall below this floor."""
     auto_promote: bool = True
     """`register` moves `champion` itself when the gate passes (False: record the gate only)."""
+    guard_corpora: list[str] = Field(default_factory=list)
+    """Generalization guard (`tracking/guard.py`): the challenger is refused when its UAR on any of
+    these corpora (evaluate's per-corpus breakdown, on the champion's clips) is more than
+    `guard_margin` below the champion's; empty = off."""
+    guard_margin: float = Field(0.01, ge=0)
     history_limit: int = Field(200, ge=1)
     """Promotion / rollback events kept (one `event.<seq>` tag each on the registered model; the
     oldest are dropped first, except those the rollback stack still needs)."""

@@ -187,6 +187,10 @@ def registry_markdown(title: str, result: Mapping[str, Any]) -> str:
                   + " UAR | champion re-scored |\n|---|---|---|---|\n"
                   + f"| `{gate.get('test_manifest_hash')}` | {cell(gate.get('challenger_uar'))} | "
                   + f"{cell(gate.get('champion_uar'))} | {'yes' if gate.get('rescored') else 'no'} |")
+    if result.get("guard"):  # registry.guard_corpora: the per-corpus table (tracking/guard.py)
+        from affectflow.tracking.guard import GuardDecision
+
+        intro += "\n\n" + GuardDecision.from_json(result["guard"]).markdown()
     keep = ("model_uri", "aliases", "champion", "previous_champion", "promoted", "forced", "already_registered",
             "model_content_hash", "data_version", "comparison", "metrics", "lineage", "tracking_uri")
     heading = f"{title}: {result.get('model_name', '')} v{result.get('version', '?')}"

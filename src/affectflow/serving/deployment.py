@@ -79,11 +79,14 @@ class DeploymentStats:
         """Add one clip (a vector, or a (dim, frames) matrix: every frame counts)."""
         if self.prior.mode == "utterance":
             return
-        dim = array.shape[0]
-        m = np.asarray(array, np.float64).reshape(dim, -1)
-        nb = m.shape[1]
-        mb = m.mean(axis=1)
-        m2b = np.square(m - mb[:, None]).sum(axis=1)
+        self.merge(*clip_moments(array))
+
+    def merge(self, mb: np.ndarray, m2b: np.ndarray, nb: float, clips: int = 1) -> None:
+        """Add the moments of `clips` clip(s) (`clip_moments`; several merged: a prediction-log record
+        of a windowed clip) — what `update` does, so the statistics can be rebuilt from the log."""
+        if self.prior.mode == "utterance":
+            return
+        dim = len(mb)
         if self.mean is None or self.m2 is None:
             self.mean, self.m2, self.weight = mb, m2b, float(nb)
         else:
@@ -99,7 +102,7 @@ class DeploymentStats:
             self.mean = self.mean + delta * (nb / total)
             self.m2 = self.m2 + m2b + np.square(delta) * (self.weight * nb / total)
             self.weight = total
-        self.clips += 1
+        self.clips += clips
 
     def normalise(self, arrays: Sequence[np.ndarray]) -> list[np.ndarray]:
         """Each array standardised by the statistics of the clips before it, then added to them:
@@ -154,6 +157,14 @@ class DeploymentStats:
         return {"feature_key": self.feature_key, "clips_seen": self.clips, "min_clips": self.min_clips,
                 "window": self.window, "using": "traffic" if self.active else "pooled training statistics",
                 "dimensions": 0 if self.mean is None else len(self.mean)}
+
+
+def clip_moments(array: np.ndarray) -> tuple[np.ndarray, np.ndarray, float]:
+    """(mean, sum of squared deviations, frames) per dimension of one clip (a vector: one frame)."""
+    dim = array.shape[0]
+    m = np.asarray(array, np.float64).reshape(dim, -1)
+    mb = m.mean(axis=1)
+    return mb, np.square(m - mb[:, None]).sum(axis=1), float(m.shape[1])
 
 
 def _standardise(a: np.ndarray, stats: DeploymentStats) -> np.ndarray:

@@ -110,9 +110,11 @@ class Loaded:
 class Resolver:
     """Registry look-ups and downloads (MLFLOW_TRACKING_URI, or --tracking_uri)."""
 
-    def __init__(self, tracking_uri: str | None, deploy_stats: str | None = None):
+    def __init__(self, tracking_uri: str | None, deploy_stats: str | None = None, prediction_log: str | None = None):
         self.tracking_uri = tracking_uri
         self.deploy_stats = deploy_stats
+        self.prediction_log = prediction_log
+        """--prediction_log: where each request row is logged (else the model's serving setting, else nowhere)."""
         """--deploy_stats: where the deployment statistics are kept (else the model's
         `deploy_stats` serving setting, else in memory)."""
 
@@ -121,6 +123,11 @@ class Resolver:
         features continues them; one reading other features starts afresh (and overwrites them)."""
         where = self.deploy_stats or (loaded.config.deploy_stats if loaded.config is not None else "")
         loaded.rec.attach_deployment(where or None, replace_other_features=True)
+        from affectflow.serving.prediction_log import attach_server_log
+
+        config = loaded.config
+        attach_server_log(loaded.rec, self.prediction_log or (config.prediction_log if config is not None else ""),
+                          bool(config is not None and config.keep_audio), "kserve", f"{loaded.uri}")
         return loaded
 
     def current(self, model_uri: str) -> tuple[str, str]:
@@ -568,6 +575,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--deploy_stats", default=None,
                    help="JSON path or s3:// URI of this deployment's running statistics of unknown-corpus audio "
                         "(written after every request; default: the model's deploy_stats setting, else in memory)")
+    p.add_argument("--prediction_log", default=None,
+                   help="folder or s3:// prefix of the prediction log (one record per request row, read by "
+                        "affectflow monitor; default: the model's prediction_log setting, else no log)")
     p.add_argument("--max_body_mb", type=float, default=DEFAULT_MAX_BODY_MB,
                    help="largest request body in MiB (larger: HTTP 413)")
     p.add_argument("--max_json_depth", type=int, default=DEFAULT_MAX_JSON_DEPTH,
@@ -582,7 +592,8 @@ def main(argv: list[str] | None = None) -> None:
     if args.reload_interval_s < 0:
         raise SystemExit(f"--reload_interval_s: {args.reload_interval_s} is negative (0 = never re-resolve)")
     started = time.monotonic()
-    model = make_model(args.model_name, args.model_uri, args.reload_interval_s, Resolver(args.tracking_uri, args.deploy_stats))
+    model = make_model(args.model_name, args.model_uri, args.reload_interval_s, Resolver(args.tracking_uri, args.deploy_stats,
+                                                                                  args.prediction_log))
     model.load()
     log.info("model %s ready in %.1f s", args.model_name, time.monotonic() - started)
     from kserve import model_server

@@ -106,6 +106,11 @@ class ServingConfig(BaseModel):
     """Where the served model keeps its deployment statistics of unknown-corpus audio (a JSON path
     or s3:// URI, written after every request; `affectflow.serving.deployment`); empty = in memory,
     from the pooled training statistics again at every start."""
+    prediction_log: str = ""
+    """Where the served model logs one record per request row (a folder or s3:// prefix;
+    `affectflow.serving.prediction_log`, read by `affectflow monitor`); empty = no log."""
+    keep_audio: bool = False
+    """Keep each logged row's audio beside its record (personal data: only with consent)."""
 
     def windows(self) -> tuple[float, float]:
         """(window, hop) in seconds: these settings, else `affectflow predict`'s defaults (one home)."""
@@ -134,6 +139,7 @@ class AffectflowPyfunc(PythonModel):
     """`mlflow.pyfunc.PythonModel` around a model folder."""
 
     def load_context(self, context: Any) -> None:
+        from affectflow.serving.prediction_log import attach_server_log, model_label
         from affectflow.serving.recognizer import Featurizer, load_model_dir
 
         self.rec = load_model_dir(context.artifacts[MODEL_ARTIFACT])
@@ -146,6 +152,8 @@ class AffectflowPyfunc(PythonModel):
         self.featurizer = Featurizer(self.rec.meta)
         self.config = ServingConfig.from_model_config(getattr(context, "model_config", None))
         self.rec.attach_deployment(self.config.deploy_stats or None)
+        attach_server_log(self.rec, self.config.prediction_log, self.config.keep_audio, "pyfunc",
+                          model_label(self.rec.meta))
         self.min_duration_s = float(self.rec.meta.audio.get("min_duration_s", 0.0))
         self.speech = SpeechCheck.from_audio_config(self.rec.meta.audio)
 
@@ -195,6 +203,8 @@ class AffectflowPyfunc(PythonModel):
             rec, [(w, None)], self.featurizer)[0].stacked(), rec.classes, rec.meta.sample_rate, settings,
             name="pyfunc input row 0", speech=getattr(self, "speech", None), dimensions=dimension_names(rec))
         self.rec.deployment.save()
+        if getattr(rec, "recorder", None) is not None:  # a timeline is not a clip record: its window notes go
+            rec.recorder.take()
         segs = t.segments()
         frame = output_frame(np.asarray(t.probabilities, np.float32), rec.classes,
                              [k for k, s in enumerate(segs) if s["label"] is not None],
@@ -227,6 +237,7 @@ def score_windows_all(rec: Any, featurizer: Any, groups: list[tuple[list[int], l
     with none is not scored (no speech). Windows reach the deployment statistics in request order
     (row after row, each row's windows in time order), whatever their sample rates, as if sent one
     by one. So the CLI and the servers agree on long clips."""
+    from affectflow.serving.prediction_log import record_request
     from affectflow.serving.recognizer import NonFiniteFeatures, predict_audio_group_scores
 
     n = sum(len(ix) for ix, _, _ in groups)
@@ -261,6 +272,7 @@ def score_windows_all(rec: Any, featurizer: Any, groups: list[tuple[list[int], l
             np.add.at(seen, rows, 1)
     ok = seen > 0
     total[ok] /= seen[ok, None]
+    record_request(rec, groups, total, np.flatnonzero(ok), [row for row, _ in ranked])  # the prediction log
     return total.astype(np.float32), [int(i) for i in np.flatnonzero(ok)]
 
 

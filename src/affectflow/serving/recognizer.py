@@ -42,6 +42,8 @@ class Recognizer:
     meta: ModelMeta
     device: torch.device
     _deployment: Deployment | None = field(default=None, repr=False)
+    recorder: Any = field(default=None, repr=False)
+    """The prediction log's `Recorder` (`serving.prediction_log.attach_recorder`): notes every window scored."""
 
     @property
     def classes(self) -> list[str]:
@@ -200,6 +202,8 @@ def predict_scores(rec: Recognizer, arrays: Sequence[np.ndarray], batch_size: in
             normed[i] = x
     net = dimension_head.Joint(rec.model) if dim_names else rec.model  # one pass for both heads
     out = predict_logits(net, normed, rec.device, batch_size).numpy()  # type: ignore[arg-type]
+    if rec.recorder is not None:  # the prediction log: each window's summary, after it was scored
+        rec.recorder.observe(arrays)
     c = len(rec.classes)
     probs = scaled_probabilities(out[:, :c], rec.temperature if calibrated else 1.0)
     return Scores(probs, out[:, c:].astype(np.float32) if dim_names else None, dim_names)

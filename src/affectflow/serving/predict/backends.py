@@ -13,6 +13,7 @@ from affectflow.config import Params
 from affectflow.contracts.model_folder import ModelMeta, is_model_folder
 from affectflow.corpora.dimensions import DIMENSIONS
 from affectflow.runtime.device import resolve_device
+from affectflow.serving.predict_log import attach_predict_log
 from affectflow.serving.recognizer import Featurizer, load_model_dir, predict_scores
 from affectflow.storage.s3 import is_s3, store_for
 from affectflow.tracking.uri import local_sqlite, mlflow_scope, resolve_uri
@@ -136,4 +137,5 @@ def deploy_stats_location(params: Params, meta: ModelMeta) -> str:
 def _with_deployment(params: Params, backend: RecognizerBackend, attach: bool) -> RecognizerBackend:
     if attach:
         backend.rec.attach_deployment(deploy_stats_location(params, backend.rec.meta), store_for(params))
+        attach_predict_log(params, backend.rec, backend.uri, store_for(params))  # monitor.enabled: the prediction log
     return backend

@@ -19,6 +19,7 @@ from affectflow.runtime.progress import progress
 from affectflow.serving.predict.backends import Backend, load_backend
 from affectflow.serving.predict.inputs import collect_inputs, fetched
 from affectflow.serving.predict.windows import WindowReader, _decode_ahead
+from affectflow.serving.prediction_log import record_files
 from affectflow.speech import STATUS_NO_SPEECH, STATUS_OK, SpeechCheck
 from affectflow.storage import atomic_write_text
 from affectflow.storage.s3 import store_for
@@ -148,6 +149,8 @@ class _Batcher:
         self.batch_size = batch_size
         self.say = say
         self.pending: list[tuple[int, np.ndarray]] = []
+        self.window_files: list[int] = []
+        """The file of each window scored, in order (the prediction log's `record_files`)."""
 
     def add(self, index: int, wave: np.ndarray) -> None:
         self.pending.append((index, wave))
@@ -170,6 +173,7 @@ class _Batcher:
         """Add a window's probabilities to its file; non-finite ones fail the file (never NaN out)."""
         if p is None:
             return
+        self.window_files.append(i)
         if not np.isfinite(p).all():
             fail(self.results[i], "the model returned non-finite probabilities for this audio", self.say)
             return
@@ -256,6 +260,7 @@ def predict_paths(params: Params, paths: Sequence[str | Path], model_uri: str | 
             if res.speech_windows:
                 res.no_speech = None  # some window had speech: the file is scored on those windows
         batcher.finish()
+    record_files(getattr(backend, "rec", None), results, batcher.window_files)  # the prediction log
     save = getattr(backend, "save", None)
     if save is not None:
         save()

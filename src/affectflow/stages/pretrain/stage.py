@@ -14,7 +14,7 @@ from __future__ import annotations
 import hashlib
 import json
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -236,9 +236,17 @@ def pretrain(params: Params, manifest: str | Path, features_dir: str | Path, out
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     device = resolve_device(cfg.device, "pretrain.device")
+    source_manifest = manifest
+    if cfg.target_log:  # the prediction log as one more unlabelled target (log_target.py)
+        from affectflow.stages.pretrain.log_target import with_log_target
+
+        manifest, features_dir, params = with_log_target(params, read_manifest(manifest), features_dir,  # type: ignore[assignment]
+                                                         out.with_name(out.name + "-log-target"))
+        cfg = params.pretrain
     inp = prepare_inputs(params, manifest, features_dir)
     run_name = _run_name(inp)
-    lineage = {k: str(v) for k, v in lineage_tags(params, inp.df, manifest, features_dir, sections=get_stage("pretrain").sections).items()}
+    lineage = {k: str(v) for k, v in lineage_tags(params, inp.df, source_manifest, features_dir,
+                                                  sections=get_stage("pretrain").sections).items()}
     with tracking.start_run(params, run_name, tags={"stage": "pretrain", **lineage}) as run:
         models: dict[str, Dann] = {}
         histories: dict[str, list[dict[str, float]]] = {}
@@ -248,7 +256,14 @@ def pretrain(params: Params, manifest: str | Path, features_dir: str | Path, out
                 inp, device, adversarial=False, seed=cfg.seed, desc="source-only", log_prefix="source_only_")
         models["DANN"], histories["DANN"], seconds["dann"] = fit(
             inp, device, adversarial=True, seed=cfg.seed, desc="dann", log_prefix="dann_")
+        chosen, selection = models["DANN"], None
+        if cfg.select == "dev":  # whether to adapt and with which lambda, without target labels (select.py)
+            from affectflow.stages.pretrain.select import select_for_stage
+
+            choice, chosen = select_for_stage(inp, models, device, fit)
+            selection = {"method": "dev", **asdict(choice), "risks": {str(k): v for k, v in choice.risks.items()}}
         report = _analyse(inp, models, device)
+        report["selection"] = selection
         report.update({
             "arch": params.train.model, "feature": inp.kind, "device": str(device), "seconds": seconds,
             "domains": {"sources": list(inp.domains.sources), "targets": list(inp.domains.targets),
@@ -265,7 +280,7 @@ def pretrain(params: Params, manifest: str | Path, features_dir: str | Path, out
         meta = encoder_meta(inp, run_name, lineage, seconds["dann"], str(device))
         meta.mlflow = tracking.run_info(run)
         with atomic_dir(out) as tmp:
-            write_model_folder(tmp / ENCODER, models["DANN"].recognizer.cpu(), meta)
+            write_model_folder(tmp / ENCODER, chosen.recognizer.cpu(), meta)
             _plots(tmp, inp, report.pop("_projection"), histories)
             atomic_write_json(tmp / "report.json", report)
             atomic_write_text(tmp / "report.md", report_md(report))

@@ -13,6 +13,7 @@ from typing import Any
 
 from affectflow.config import Params
 from affectflow.contracts.workdir import RESULT_FILE
+from affectflow.stages.register.guard import METRICS_PATH_TAG, guard_checks
 from affectflow.stages.register.result import Promotion, Registration, read_registration
 from affectflow.stages.spec import Inputs
 from affectflow.storage import atomic_write_json
@@ -27,8 +28,10 @@ def promote(params: Params, registration: Registration, out_dir: str | Path, *, 
     if registration.gate.passed:
         reg = Registry(params, client)
         gate = registration.gate
+        checks = guard_checks(params, reg, reg.version_tags(registration.version).get(METRICS_PATH_TAG, ""),
+                              recorded=registration.guard, recorded_champion=gate.champion_version)
         result = Promotion.of(reg.promote(registration.version, reason=reason, on=gate.test_manifest_hash,
-                                          rescored=gate.rescored))
+                                          rescored=gate.rescored, extra_checks=checks))
     else:
         result = Promotion(registration.model_name, registration.version, registration.gate, promoted=False,
                            previous_champion=registration.champion, champion=registration.champion,

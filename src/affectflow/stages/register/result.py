@@ -11,6 +11,7 @@ from typing import Any
 from affectflow.contracts.workdir import RESULT_FILE
 from affectflow.stages.register.plan import RescorePlan
 from affectflow.tracking.gate import GateDecision, Scores
+from affectflow.tracking.guard import GuardDecision
 
 
 @dataclass(frozen=True)
@@ -53,6 +54,9 @@ class Registration:
     tracking_uri: str = ""
     model_card: str | None = None
     model_card_missing: str | None = None
+    guard: GuardDecision | None = None
+    """The generalization guard's decision and per-corpus table (`registry.guard_corpora`; None: off,
+    or the gate refused before reaching it)."""
 
     def to_json(self) -> dict[str, Any]:
         out = {k: getattr(self, k) for k in self.__dataclass_fields__}
@@ -60,6 +64,7 @@ class Registration:
         out["metrics"] = {k: v for k, v in asdict(self.metrics).items() if v is not None}
         out["comparison"] = None if self.comparison is None else self.comparison.to_json()
         out["rescore"] = None if self.rescore is None else self.rescore.to_json()
+        out["guard"] = None if self.guard is None else self.guard.to_json()
         return out
 
     @classmethod
@@ -73,6 +78,8 @@ class Registration:
                 d["comparison"] = Comparison(**{**c, "excluded_speakers": tuple(c.get("excluded_speakers", ()))})
             if d.get("rescore") is not None:
                 d["rescore"] = RescorePlan.from_json(d["rescore"], where)
+            if d.get("guard") is not None:
+                d["guard"] = GuardDecision.from_json(d["guard"])
             return cls(**d)
         except (TypeError, KeyError, AttributeError) as e:
             raise ValueError(f"{where}: not a registration result ({e})") from None

@@ -24,10 +24,11 @@ from affectflow.contracts.evaluation import (
     read_evaluation,
 )
 from affectflow.contracts.workdir import RESULT_FILE
+from affectflow.stages.register.guard import GUARD_REPORT, guard_checks
 from affectflow.stages.register.plan import CHALLENGER_SCORES, CHAMPION_SCORES, RescorePlan, read_plan
 from affectflow.stages.register.result import Comparison, Registration
 from affectflow.stages.spec import Inputs
-from affectflow.storage import atomic_write_json
+from affectflow.storage import atomic_write_json, atomic_write_text
 from affectflow.tracking import dimensions as dimension_tags
 from affectflow.tracking.gate import GateDecision, Scores
 from affectflow.tracking.registry import (
@@ -120,11 +121,13 @@ def register(params: Params, model_dir: str | Path, evaluation: str | Path, out_
         note = f"already registered as v{version} (same model content {identity.content_hash[:12]}); no new version"
     plan, comparison = (record_rescore(reg, rescore, version, identity, scores) if rescore is not None
                         else (None, None))
+    checks = guard_checks(params, reg, metrics, rescore if comparison is not None else None)  # registry.guard_corpora
     if existing is not None and existing == previous:
         decision = GateDecision(False, f"{note}: v{version} is the champion", previous)
     else:
         decision = reg.gate(version, on=comparison.test_manifest_hash if comparison else None,
-                            rescored=comparison is not None)
+                            rescored=comparison is not None, extra_checks=checks)
+    guard = checks[0].decision if checks else None
     if existing is not None and existing != previous:
         reg.client.set_registered_model_alias(reg.name, CHALLENGER, version)
     aliases = reg.aliases()
@@ -140,7 +143,9 @@ def register(params: Params, model_dir: str | Path, evaluation: str | Path, out_
         aliases=sorted(a for a, v in aliases.items() if v == version), champion=aliases.get(CHAMPION),
         previous_champion=previous, gate=decision, registered_at=at, comparison=comparison, rescore=plan,
         metrics=scores, lineage=lin, tracking_uri=resolve_uri(params.tracking.uri),
-        model_card=None if card is None else str(card), model_card_missing=why)
+        model_card=None if card is None else str(card), model_card_missing=why, guard=guard)
+    if guard is not None:
+        atomic_write_text(Path(out_dir) / GUARD_REPORT, guard.markdown())
     atomic_write_json(Path(out_dir) / RESULT_FILE, result.to_json())
     return result
 

@@ -1,0 +1,229 @@
+"""The production loop on real corpora (issue 28): per leave-one-corpus-out held-out corpus as the
+"production" traffic, (1) does the monitor flag it, and does it stay quiet on held-out speakers of the
+training corpora, and (2) does adaptation from the prediction log, decided by DEV without labels,
+beat no adaptation on the held-out corpus's other speakers?
+
+Protocol (eGeMAPS functionals, egemaps_mlp, the four classes angry / happy / neutral / sad):
+- training corpora: the three others; their fold-0 speakers are held out (never trained on: DEV's
+  labelled source validation and the monitor's same-distribution stream), the rest train;
+- the held-out corpus H: speakers of the first half of its folds (TESS: one of its two speakers) are the production traffic, logged (unlabelled) as
+  `affectflow predict` / the servers log it (`serving.prediction_log`: a record's moments are the
+  clip's eGeMAPS vector); the other folds are the test speakers, never seen by anything before scoring;
+- drift: `serving.monitor.judge` with params.yaml's thresholds, reference = 2,000 training clips of
+  the model; `--windows` windows of `monitor.min_clips` clips drawn from H's traffic (must flag) and
+  from the training corpora's held-out speakers (false alarms);
+- adaptation: the pretrain stage's inputs with `pretrain.target_log` = that log
+  (`stages/pretrain/log_target.py`), `pretrain.normalize: corpus` (each corpus standardised by its
+  own clips: H by the logged traffic, i.e. the deployment's statistics at the end of the stream),
+  source-only (λ = 0) and DANN at λ 0.3 and 1.0, DEV's choice (`stages/pretrain/select.py`);
+  every model scores H's test speakers standardised with the traffic's statistics.
+
+    python benchmarks/loop_study.py --work /tmp/loop-real --seeds 0 1 2 --out benchmarks/results/loop_study.json
+
+`--work` holds `ingest/manifest.parquet` and `features/` (egemaps) of the four corpora
+(`affectflow step ingest` and `affectflow step features --set 'features.kinds=[egemaps]'`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+from affectflow.config import load_params
+from affectflow.contracts.feature_store import FeatureSet
+from affectflow.contracts.manifest import read_manifest
+from affectflow.metrics import confusion, uar_cm
+from affectflow.models.data import NormStats, normalize
+from affectflow.serving.monitor import Reference, judge
+from affectflow.serving.prediction_log import PredictionLog, Summariser
+from affectflow.stages.pretrain.log_target import LOG_CORPUS, with_log_target
+from affectflow.stages.pretrain.loop import embed
+from affectflow.stages.pretrain.select import select
+from affectflow.stages.pretrain.stage import fit, prepare_inputs
+
+CLASSES = ["angry", "happy", "neutral", "sad"]
+CORPORA = ["emodb", "emovo", "ravdess", "tess"]
+LAMBDAS = [0.3, 1.0]
+
+
+def write_log(where: Path, arrays: list[np.ndarray], key: str, seed: int) -> None:
+    """H's traffic as a prediction log (shuffled arrival order)."""
+    order = np.random.default_rng(seed).permutation(len(arrays))
+    now = dt.datetime(2026, 12, 7, tzinfo=dt.UTC)
+    PredictionLog(where, flush_records=100_000).append([
+        {"time": now, "source": "predict", "model": "study", "feature_key": key, "item": str(i), "status": "ok",
+         "duration_s": None, "windows": 1, "classes": CLASSES, "probabilities": None, "summary": None,
+         "moment_frames": 1.0, "moment_mean": arrays[i].astype(float).tolist(), "moment_m2": [0.0] * len(arrays[i])}
+        for i in order], flush=True)
+
+
+def stratified(corpus: np.ndarray, mix: dict[str, float], n: int, rng: np.random.Generator) -> np.ndarray:
+    """n clips drawn per corpus in the training data's proportions (a same-distribution stream mixes
+    the training corpora as training did, not one corpus's held-out speaker alone)."""
+    out = []
+    for c, share in mix.items():
+        pool = np.flatnonzero(corpus == c)
+        out.append(rng.choice(pool, size=min(len(pool), max(1, round(n * share))), replace=False))
+    return np.concatenate(out)
+
+
+def drift_rates(params, train_x, traffic_x, same_x, probs_traffic, probs_same, windows: int, seed: int,
+                same_corpus: np.ndarray, train_mix: dict[str, float], train_speakers: np.ndarray) -> dict:
+    """Share of windows flagged (drift) from H's traffic and from held-out training speakers."""
+    cfg = params.monitor
+    pooled = NormStats("global", train_x.mean(0).tolist(), np.maximum(train_x.std(0), 1e-8).tolist())
+    summarise = Summariser(pooled, "egemaps", cfg.summary_dims)
+    rng = np.random.default_rng(seed)
+    ref_idx = rng.permutation(len(train_x))[:cfg.reference_clips]
+    ref = Reference(np.stack([summarise(a) for a in train_x[ref_idx]]), dict.fromkeys(CLASSES, 0.25), len(train_x),
+                    train_speakers[ref_idx])
+    out = {}
+    for name, x, p in (("cross_corpus", traffic_x, probs_traffic), ("same_distribution", same_x, probs_same)):
+        flags, aucs, needed = [], [], []
+        for _ in range(windows):
+            idx = (rng.choice(len(x), size=min(cfg.min_clips, len(x)), replace=False) if name == "cross_corpus"
+                   else stratified(same_corpus, train_mix, cfg.min_clips, rng))
+            cur = pd.DataFrame({"summary": [summarise(a) for a in x[idx]], "probabilities": list(p[idx])})
+            got = judge(ref, cur, CLASSES, cfg.model_copy(update={"seed": seed}))
+            flags.append(bool(got["drift"]))
+            aucs.append(got["domain_auc"])
+            needed.append(got["auc_needed"])
+        out[name] = {"windows": windows, "flagged": float(np.mean(flags)), "auc_mean": float(np.mean(aucs)),
+                     "auc_min": float(np.min(aucs)), "auc_max": float(np.max(aucs)),
+                     "auc_needed_mean": float(np.mean(needed))}
+    return out
+
+
+def uar(logits: np.ndarray, y: np.ndarray) -> float:
+    return float(uar_cm(confusion(y, logits.argmax(1), len(CLASSES))))
+
+
+def cell(base_params, df: pd.DataFrame, store: Path, held: str, seed: int, work: Path, windows: int) -> dict:
+    t0 = time.perf_counter()
+    df = df[df["emotion"].isin(CLASSES)].copy()
+    src = df[df["corpus"] != held].copy()
+    src["role"] = "source"
+    src["split"] = np.where(src["fold"] == 0, "val", "train")
+    tgt = df[df["corpus"] == held]
+    folds = sorted(tgt["fold"].unique())  # first half of H's speaker folds: traffic; the rest: test (TESS: 1 + 1)
+    traffic, test = tgt[tgt["fold"].isin(folds[:len(folds) // 2])], tgt[tgt["fold"].isin(folds[len(folds) // 2:])]
+    fs = FeatureSet(store)
+    key = str(fs.index.loc[fs.index["kind"] == "egemaps", "key"].iloc[0])
+    log = work / f"log-{held}-{seed}"
+    traffic_raw = fs.matrix("egemaps", traffic["utt_id"].tolist())
+    if not log.exists():
+        write_log(log, list(traffic_raw), key, seed)
+    p = base_params.model_copy(update={
+        "pretrain": base_params.pretrain.model_copy(update={"target_log": str(log), "target_corpora": [], "seed": seed,
+                                                            "normalize": "corpus"})})
+    man, lstore, p = with_log_target(p, src, store, work / f"lt-{held}-{seed}")
+    inp = prepare_inputs(p, man, lstore)
+    device = torch.device("cpu")
+    models = {0.0: fit(inp, device, adversarial=False, seed=seed, desc=f"{held} s{seed} source-only")[0]}
+    for lam in LAMBDAS:
+        at = replace(inp, params=inp.params.model_copy(update={"pretrain": inp.params.pretrain.model_copy(
+            update={"lambda_max": lam})}))
+        models[lam] = fit(at, device, adversarial=True, seed=seed, desc=f"{held} s{seed} dann {lam}")[0]
+    choice = select(models, inp.data, device, p.train.batch_size, seed, p.pretrain.select_margin)
+    test_x = [normalize(a, inp.norm.stats_for(LOG_CORPUS)) for a in fs.load("egemaps", test["utt_id"].tolist())]
+    y = test["emotion"].map({c: i for i, c in enumerate(inp.classes)}).to_numpy()
+    scores = {str(lam): uar(embed(m.recognizer, test_x, device, 256), y) for lam, m in models.items()}
+    # drift: the no-adaptation model's view (pooled training statistics), traffic vs held-out source speakers
+    train_raw = fs.matrix("egemaps", src[src["split"] == "train"]["utt_id"].tolist())
+    same_rows = src[src["split"] == "val"]
+    same_raw = fs.matrix("egemaps", same_rows["utt_id"].tolist())
+    base = models[0.0].recognizer
+
+    def probs(raw: np.ndarray) -> np.ndarray:
+        pooled = NormStats("global", train_raw.mean(0).tolist(), np.maximum(train_raw.std(0), 1e-8).tolist())
+        logits = embed(base, [normalize(a, pooled) for a in raw], device, 256)
+        e = np.exp(logits - logits.max(1, keepdims=True))
+        return e / e.sum(1, keepdims=True)
+
+    mix = src[src["split"] == "train"]["corpus"].value_counts(normalize=True).to_dict()
+    drift = drift_rates(p, train_raw, traffic_raw, same_raw, probs(traffic_raw), probs(same_raw), windows, seed,
+                        same_rows["corpus"].astype(str).to_numpy(), mix,
+                        src[src["split"] == "train"]["speaker"].astype(str).to_numpy())
+    return {"held_out": held, "seed": seed, "uar": scores, "dev": {"lambda": choice.lambd, "adapt": choice.adapt,
+            "risks": {str(k): v for k, v in choice.risks.items()}},
+            "uar_no_adaptation": scores["0.0"], "uar_dev": scores[str(choice.lambd)],
+            "drift": drift, "n": {"traffic": len(traffic), "test": len(test), "source_train": int((src["split"] == "train").sum()),
+                                  "source_val": len(same_rows)}, "seconds": round(time.perf_counter() - t0, 1)}
+
+
+def drift_only(base_params, df: pd.DataFrame, store: Path, held: str, seed: int, windows: int) -> dict:
+    """The cell's drift figures again (they depend on the features and the monitor, not on a model:
+    the class shares that need one are not part of the drift verdict; uniform probabilities here)."""
+    df = df[df["emotion"].isin(CLASSES)].copy()
+    src = df[df["corpus"] != held].copy()
+    src["split"] = np.where(src["fold"] == 0, "val", "train")
+    tgt = df[df["corpus"] == held]
+    folds = sorted(tgt["fold"].unique())
+    traffic = tgt[tgt["fold"].isin(folds[:len(folds) // 2])]
+    fs = FeatureSet(store)
+    train = src[src["split"] == "train"]
+    same_rows = src[src["split"] == "val"]
+    train_raw, traffic_raw = fs.matrix("egemaps", train["utt_id"].tolist()), fs.matrix("egemaps", traffic["utt_id"].tolist())
+    same_raw = fs.matrix("egemaps", same_rows["utt_id"].tolist())
+    uniform = lambda x: np.full((len(x), len(CLASSES)), 1 / len(CLASSES))  # noqa: E731
+    return drift_rates(base_params, train_raw, traffic_raw, same_raw, uniform(traffic_raw), uniform(same_raw), windows,
+                       seed, same_rows["corpus"].astype(str).to_numpy(), train["corpus"].value_counts(normalize=True).to_dict(),
+                       train["speaker"].astype(str).to_numpy())
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--work", type=Path, required=True)
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    ap.add_argument("--corpora", nargs="+", default=CORPORA)
+    ap.add_argument("--windows", type=int, default=20)
+    ap.add_argument("--epochs", type=int, default=30)
+    ap.add_argument("--out", type=Path, default=Path("benchmarks/results/loop_study.json"))
+    ap.add_argument("--drift-only", action="store_true", help="recompute the cached cells' drift figures only")
+    a = ap.parse_args()
+    torch.set_num_threads(1)
+    params = load_params("params.yaml", {"train.model": "egemaps_mlp", "pretrain.epochs": a.epochs,
+                                         "pretrain.threads": 1, "train.threads": 1, "pretrain.device": "cpu"})
+    df = read_manifest(a.work / "ingest" / "manifest.parquet")
+    cache = a.work / "loop_cells"
+    cache.mkdir(exist_ok=True)
+    rows = []
+    for held in a.corpora:
+        for seed in a.seeds:
+            f = cache / f"{held}-{seed}.json"
+            if not f.exists():
+                f.write_text(json.dumps(cell(params, df, a.work / "features", held, seed, cache, a.windows)))
+            r = json.loads(f.read_text())
+            if a.drift_only:
+                r["drift"] = drift_only(params, df, a.work / "features", held, seed, a.windows)
+                f.write_text(json.dumps(r))
+            rows.append(r)
+            print(f"{held} seed {seed}: no adaptation {r['uar_no_adaptation']:.3f}, DEV (lambda {r['dev']['lambda']}) "
+                  f"{r['uar_dev']:.3f}, all {r['uar']}; drift flagged {r['drift']['cross_corpus']['flagged']:.2f} "
+                  f"cross-corpus, {r['drift']['same_distribution']['flagged']:.2f} same-distribution ({r['seconds']} s)",
+                  flush=True)
+    table = {}
+    for held in a.corpora:
+        rs = [r for r in rows if r["held_out"] == held]
+        table[held] = {k: float(np.mean([r[k] for r in rs])) for k in ("uar_no_adaptation", "uar_dev")}
+        table[held]["delta_points"] = 100 * (table[held]["uar_dev"] - table[held]["uar_no_adaptation"])
+        table[held]["cross_corpus_flagged"] = float(np.mean([r["drift"]["cross_corpus"]["flagged"] for r in rs]))
+        table[held]["same_distribution_flagged"] = float(np.mean([r["drift"]["same_distribution"]["flagged"] for r in rs]))
+        table[held]["adapted_seeds"] = sum(r["dev"]["adapt"] for r in rs)
+    mean_delta = float(np.mean([t["delta_points"] for t in table.values()]))
+    out = {"cells": rows, "table": table, "mean_delta_points": mean_delta}
+    a.out.parent.mkdir(parents=True, exist_ok=True)
+    a.out.write_text(json.dumps(out, indent=2))
+    print(json.dumps(table, indent=2), f"\nmean delta (points): {mean_delta:+.2f}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,111 @@
+"""Adaptation from the prediction log: `pretrain.target_log` makes the logged clips one more
+unlabelled DANN target, and `pretrain.select: dev` decides without target labels whether to adapt
+and with which λ (deep embedded validation, `affectflow.models.dev`)."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from test_pretrain import _params, world  # noqa: F401 (fixture)
+
+from affectflow.contracts.feature_store import FeatureSet
+from affectflow.contracts.manifest import read_manifest, write_manifest
+from affectflow.models.dev import choose, dev_risk, importance_weights
+from affectflow.serving.prediction_log import PredictionLog
+from affectflow.stages.pretrain.log_target import LOG_CORPUS, LogTargetError, with_log_target
+from affectflow.stages.pretrain.stage import pretrain
+
+
+def test_dev_risk_is_the_mean_loss_under_uniform_weights_and_follows_the_weights() -> None:
+    losses = np.array([0.2, 0.4, 1.0, 2.0])
+    assert dev_risk(losses, np.ones(4)) == pytest.approx(losses.mean())
+    # the target looks like the last two clips: their (higher) losses dominate the estimate
+    assert dev_risk(losses, np.array([0.1, 0.1, 1.9, 1.9])) > losses.mean()
+
+
+def test_importance_weights_favour_target_like_source_clips() -> None:
+    rng = np.random.default_rng(0)
+    src, tgt = rng.normal(size=(400, 2)), rng.normal(size=(400, 2)) + np.array([2.0, 0.0])
+    w = importance_weights(src, tgt, np.array([[-1.0, 0.0], [1.5, 0.0]]))
+    assert w[1] > 5 * w[0]
+
+
+def test_choose_declines_adaptation_unless_it_lowers_the_risk() -> None:
+    assert not choose({0.0: 1.0, 0.3: 1.05, 1.0: 1.2}).adapt
+    picked = choose({0.0: 1.0, 0.3: 0.8, 1.0: 0.9})
+    assert picked.adapt and picked.lambd == 0.3
+    assert not choose({0.0: 1.0, 0.3: 0.95}, margin=0.1).adapt  # not by more than the margin
+    with pytest.raises(ValueError, match="lambda 0"):
+        choose({0.3: 1.0})
+
+
+def _log_from_store(w: dict[str, Any], where: Path, corpus: str = "mycorpus", key: str | None = None) -> int:
+    """A prediction log of what a served model saw: the target corpus's training clips (raw eGeMAPS
+    stand-ins), as the pyfunc records them (a vector's moments: the vector itself)."""
+    fs = FeatureSet(w["features"])
+    df = w["df"]
+    rows = df[(df["corpus"] == corpus) & (df["split"] == "train")]
+    arrays = fs.load("egemaps", rows["utt_id"].tolist())
+    store_key = key or str(fs.index.loc[fs.index["kind"] == "egemaps", "key"].iloc[0])
+    now = dt.datetime(2026, 12, 1, tzinfo=dt.UTC)
+    plog = PredictionLog(where, flush_records=10_000)
+    plog.append([{"time": now, "source": "pyfunc", "model": "m", "feature_key": store_key, "item": f"row {i}",
+                  "status": "ok", "duration_s": 1.2, "windows": 1, "classes": ["a"], "probabilities": [1.0],
+                  "summary": [0.0], "moment_frames": 1.0, "moment_mean": a.astype(float).tolist(),
+                  "moment_m2": [0.0] * len(a)} for i, a in enumerate(arrays)], flush=True)
+    return len(arrays)
+
+
+def _with_val(w: dict[str, Any], tmp_path: Path) -> Path:
+    """The world's manifest with two source speakers as validation speakers (DEV scores on them)."""
+    df = read_manifest(w["manifest"])
+    src = sorted(df.loc[df["corpus"] == "ravdess", "speaker"].unique())
+    df.loc[df["speaker"].isin(src[:2]) & (df["split"] == "train"), "split"] = "val"
+    write_manifest(df, tmp_path / "manifest.parquet")
+    return tmp_path / "manifest.parquet"
+
+
+def test_the_log_becomes_a_target_corpus_in_a_derived_store(world, tmp_path) -> None:  # noqa: F811
+    n = _log_from_store(world, tmp_path / "log")
+    p = _params(world, **{"pretrain.target_log": str(tmp_path / "log")})
+    df, store, _ = with_log_target(p, read_manifest(world["manifest"]), world["features"], tmp_path / "lt")
+    added = df[df["corpus"] == LOG_CORPUS]
+    assert len(added) == n and set(added["role"]) == {"target"} and set(added["split"]) == {"train", "val"}
+    fs = FeatureSet(store)
+    assert np.allclose(fs.matrix("egemaps", added["utt_id"].tolist()),
+                       FeatureSet(world["features"]).matrix("egemaps", world["df"][(world["df"]["corpus"] == "mycorpus")
+                                                                               & (world["df"]["split"] == "train")]
+                                                             ["utt_id"].tolist()))
+    some = world["df"][world["df"]["corpus"] == "ravdess"]["utt_id"].tolist()[:3]
+    assert np.allclose(fs.matrix("egemaps", some), FeatureSet(world["features"]).matrix("egemaps", some))  # by path
+
+
+def test_a_log_of_other_features_or_without_audio_for_frame_features_is_refused(world, tmp_path) -> None:  # noqa: F811
+    _log_from_store(world, tmp_path / "log", key="another-configuration")
+    p = _params(world, **{"pretrain.target_log": str(tmp_path / "log")})
+    with pytest.raises(LogTargetError, match="field 'feature_key'"):
+        with_log_target(p, read_manifest(world["manifest"]), world["features"], tmp_path / "lt")
+    fs = FeatureSet(world["features"])
+    _log_from_store(world, tmp_path / "log2", key=str(fs.index.loc[fs.index["kind"] == "logmel", "key"].iloc[0]))
+    mel = _params(world, **{"pretrain.target_log": str(tmp_path / "log2"), "train.model": "cnn_bigru"})
+    with pytest.raises(LogTargetError, match="field 'audio'"):
+        with_log_target(mel, read_manifest(world["manifest"]), world["features"], tmp_path / "lt2")
+
+
+def test_pretrain_adapts_to_the_log_and_dev_decides(world, tmp_path) -> None:  # noqa: F811
+    _log_from_store(world, tmp_path / "log")
+    p = _params(world, **{"pretrain.target_log": str(tmp_path / "log"), "pretrain.select": "dev",
+                          "pretrain.select_lambdas": [0.3]})
+    res = pretrain(p, _with_val(world, tmp_path), world["features"], tmp_path / "pretrain")
+    report = json.loads(res.report_json.read_text())
+    assert LOG_CORPUS in report["domains"]["targets"] and report["data"]["target_train"][LOG_CORPUS]["clips"] > 0
+    sel = report["selection"]
+    assert sel["method"] == "dev" and set(sel["risks"]) == {"0.0", "0.3", "1.0"}
+    best = float(min(sel["risks"].items(), key=lambda kv: kv[1])[0])
+    assert (sel["adapt"] and sel["lambd"] == best) or (not sel["adapt"] and sel["lambd"] == 0.0)
+    assert res.encoder_dir.is_dir()
