@@ -552,7 +552,7 @@ SECTION_CHANGES = {
     "features": {"features.logmel.n_mels": 40}, "train": {"train.epochs": 2}, "evaluate": {"evaluate.bootstrap": 10},
     "augment": {"augment.epochs": 2}, "pretrain": {"pretrain.epochs": 2}, "tracking": {"tracking.experiment": "x"},
     "registry": {"registry.min_uar_gain": 0.5}, "s3": {"s3.max_attempts": 9}, "predict": {"predict.batch_size": 3},
-    "studies": {"studies.dann.seeds": [7]},
+    "studies": {"studies.dann.seeds": [7]}, "monitor": {"monitor.min_clips": 50},
 }
 
 
@@ -567,5 +567,5 @@ def test_a_setting_re_runs_exactly_the_stages_that_read_it(base: Params, section
     changed = load_params(PARAMS_YAML, SECTION_CHANGES[section])
     moved = {s for s in TABLE if F.stage_config(base, s) != F.stage_config(changed, s)}
     assert moved == {s for s, row in TABLE.items() if section in row.sections}, section
-    if section in ("registry", "predict", "studies", "evaluate"):
+    if section in ("registry", "predict", "studies", "evaluate", "monitor"):
         assert "train" not in moved
