@@ -30,25 +30,37 @@ def _registry_args(p: argparse.ArgumentParser) -> None:
 
 def _num(value: str | None) -> str:
     try:
-        return f"{float(value):.4f}" if value not in (None, "") else ""
+        return f"{float(value):.3f}" if value not in (None, "") else ""
     except ValueError:
         return str(value)
 
 
+def _ccc(r: dict[str, Any]) -> str:
+    """Arousal / valence CCC in one cell; * when the targets were weak labels (the caption says so)."""
+    a, v = _num(r.get("ccc_arousal")), _num(r.get("ccc_valence"))
+    if not (a or v):
+        return ""
+    return f"{a or '-'}/{v or '-'}" + ("*" if str(r.get("weak_labels", "")).lower() == "true" else "")
+
+
 def _table(rows: list[dict[str, Any]]) -> Any:
-    """One line per version; hashes and times shortened to keep it narrow."""
+    """One line per version, narrow enough for a 100-column terminal: hashes and times shortened, the
+    gate's verdict only (`registry describe` has its reasons, and WA)."""
     from rich import box
     from rich.table import Table
 
-    table = Table(title="model versions", box=box.SIMPLE_HEAD)
-    numeric = ("uar", "wa", "F1", "min rec", "CCC aro", "CCC val")
-    for col in ("v", "aliases", "created (UTC)", *numeric, "weak", "gate", "test set", "git"):
-        table.add_column(col, justify="right" if col in numeric else "left", no_wrap=True)
+    weak = any(_ccc(r).endswith("*") for r in rows)
+    table = Table(title="model versions", box=box.SIMPLE_HEAD,
+                  caption="* CCC against weak (categorical -> circumplex) labels" if weak else None)
+    numeric = ("uar", "F1", "min rec")
+    for col in ("v", "aliases", "created (UTC)", *numeric, "CCC aro/val", "gate", "test set", "git"):
+        table.add_column(col, justify="right" if col in numeric else "left", no_wrap=col != "aliases",
+                         min_width=10 if col == "aliases" else None)
     for r in rows:
-        table.add_row(r["version"], " ".join(r["aliases"]), r["created"][:16].replace("T", " "),
-                      _num(r.get("uar")), _num(r.get("wa")), _num(r.get("macro_f1")), _num(r.get("min_recall")),
-                      _num(r.get("ccc_arousal")), _num(r.get("ccc_valence")), r.get("weak_labels", ""),
-                      r.get("gate", ""), r.get("test_manifest_hash", "")[:8], r.get("git_commit", "")[:7])
+        table.add_row(r["version"], " ".join(r["aliases"]), r["created"][5:16].replace("T", " "),
+                      _num(r.get("uar")), _num(r.get("macro_f1")), _num(r.get("min_recall")), _ccc(r),
+                      str(r.get("gate", "")).split(" ", 1)[0], r.get("test_manifest_hash", "")[:8],
+                      r.get("git_commit", "")[:7])
     return table
 
 
