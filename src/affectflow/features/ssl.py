@@ -147,9 +147,13 @@ def n_layers(cfg: SslConfig) -> int:
     return int(AutoConfig.from_pretrained(folder, local_files_only=True).num_hidden_layers) + 1
 
 
+LAYERED_MODELS = ("ssl_head", "ssl_linear")
+"""Recognizers whose configuration holds the encoder's layer count (`n_layers`)."""
+
+
 def encoder_layers(model: str, cfg: SslConfig) -> int | None:
     """`n_layers` for `models.arch_config` when the recognizer `model` reads the ssl kind, else None."""
-    return n_layers(cfg) if model == "ssl_head" else None
+    return n_layers(cfg) if model in LAYERED_MODELS else None
 
 
 def key_config(cfg: SslConfig, sample_rate: int) -> dict[str, Any]:

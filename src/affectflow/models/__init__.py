@@ -14,9 +14,10 @@ from typing import Any
 from pydantic import BaseModel
 from torch import nn
 
-from affectflow.config import CnnConfig, MlpConfig, SslHeadConfig, TrainConfig
+from affectflow.config import CnnConfig, MlpConfig, SslHeadConfig, SslLinearConfig, TrainConfig
 from affectflow.models.recognizer import CnnBiGru, EgemapsMlp
 from affectflow.models.ssl import SslHead
+from affectflow.models.ssl_linear import SslLinear
 
 
 @dataclass(frozen=True)
@@ -35,6 +36,7 @@ ARCHS: dict[str, ModelSpec] = {
     "egemaps_mlp": ModelSpec(EgemapsMlp, "egemaps", "mlp", MlpConfig),
     "compare_mlp": ModelSpec(EgemapsMlp, "compare", "mlp", MlpConfig),
     "ssl_head": ModelSpec(SslHead, "ssl", "ssl_head", SslHeadConfig),
+    "ssl_linear": ModelSpec(SslLinear, "ssl", "ssl_linear", SslLinearConfig),  # fitted in closed form (stages/train/linear.py)
 }
 
 
