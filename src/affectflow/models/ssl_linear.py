@@ -18,8 +18,13 @@ from torch import nn
 from affectflow.config import SslLinearConfig
 
 
-def layer_index(layer: int, n_layers: int) -> int:
-    """A hidden-state index (negative: from the end) as 0..n_layers-1; an error naming the setting."""
+def layer_index(layer: int | str, n_layers: int) -> int:
+    """A hidden-state index (negative: from the end; `middle`: n_layers // 2) as 0..n_layers-1; an
+    error naming the setting."""
+    if layer == "middle":
+        return n_layers // 2
+    if not isinstance(layer, int):
+        raise ValueError(f"train.ssl_linear.layer: {layer!r} is not a hidden-state index here")
     if not -n_layers <= layer < n_layers:
         raise ValueError(f"train.ssl_linear.layer: {layer} is outside the encoder's {n_layers} hidden states")
     return layer % n_layers

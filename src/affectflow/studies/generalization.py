@@ -27,6 +27,7 @@ clip by clip with the pooled training statistics only.
 from __future__ import annotations
 
 import json
+import logging
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -39,12 +40,15 @@ import pandas as pd
 from affectflow.config import GeneralizationConfig, Params, StudyCondition, with_overrides
 from affectflow.contracts.manifest import read_manifest, write_manifest
 from affectflow.contracts.workdir import MANIFEST_FILE
+from affectflow.features.ssl import SSL
 from affectflow.metrics import collapse, confusion, macro_f1_cm, recalls, uar_cm, wa_cm
 from affectflow.models import feature_kind
 from affectflow.runtime.progress import progress
 from affectflow.storage import atomic_write_json, atomic_write_text, save_figure
+from affectflow.studies import ssl_rows
 
 CELL_FILE = "cell.json"
+log = logging.getLogger(__name__)
 
 
 class StudyError(ValueError):
@@ -63,15 +67,18 @@ class StudyResult:
 
 
 # ----------------------------------------------------------------------------- settings
-def study_params(params: Params, out: Path) -> Params:
+def study_params(params: Params, out: Path, conditions: list[str] | None = None) -> Params:
     """params for the study: its corpora (all labelled), classes, no source test speakers (the
-    held-out corpus is the test), every feature kind a condition needs, a study-local MLflow store."""
+    held-out corpus is the test), every feature kind a condition needs (of `conditions`, default
+    all: an `ssl` row needs `features.ssl.checkpoint`, the others not), a study-local MLflow store."""
     g = params.studies.generalization
     names = [c.name for c in g.corpora]
     if len(set(names)) != len(names):
         raise StudyError(f"studies.generalization.corpora: names must be unique, got {names}")
     kinds, copies = {"egemaps"}, 0  # the reference reads eGeMAPS
     for name, cond in g.conditions.items():
+        if name not in (conditions if conditions is not None else default_conditions(params)):
+            continue
         where = f"studies.generalization.conditions.{name}"
         p = _with(params, cond.overrides, f"{where}.overrides")
         for cand, over in {"": {}, **cond.select}.items():
@@ -81,6 +88,11 @@ def study_params(params: Params, out: Path) -> Params:
                                  "(set features.* for the whole study instead)")
             kinds.add(feature_kind(q.train.model))
             copies = max(copies, q.train.robustness_copies)
+        kinds |= set(ssl_rows.KINDS.get(cond.method, ()))
+        if SSL in kinds and not params.features.ssl.checkpoint:
+            raise StudyError(f"studies.generalization.conditions.{name} reads the ssl features but "
+                             "features.ssl.checkpoint is empty: set it for the study (e.g. --set "
+                             "features.ssl.checkpoint=pkg:whisper-base) or leave the row out (--conditions)")
     return with_overrides(params, {
         "ingest.corpora": [c.model_copy(update={"role": "source"}).model_dump(mode="json") for c in g.corpora],
         "ingest.classes": list(g.classes), "ingest.label_map": dict(g.label_map),
@@ -99,6 +111,25 @@ def _with(params: Params, overrides: Mapping[str, Any], where: str) -> Params:
         return with_overrides(params, dict(overrides))
     except ValueError as e:
         raise StudyError(f"{where}: {e}") from None
+
+
+def needs_ssl(params: Params, cond: StudyCondition) -> bool:
+    """Whether a row reads the ssl features (its model or its method)."""
+    p = _with(params, cond.overrides, "studies.generalization.conditions")
+    return feature_kind(p.train.model) == SSL or SSL in ssl_rows.KINDS.get(cond.method, ())
+
+
+def default_conditions(params: Params) -> list[str]:
+    """Every row, less those reading the ssl features when no `features.ssl.checkpoint` is set
+    (said in one line; naming such a row in --conditions is an error instead)."""
+    g = params.studies.generalization
+    if params.features.ssl.checkpoint:
+        return list(g.conditions)
+    left = [n for n, c in g.conditions.items() if needs_ssl(params, c)]
+    if left:
+        log.warning("studies.generalization: rows %s read the ssl features and features.ssl.checkpoint is empty: "
+                    "left out (set it, e.g. --set features.ssl.checkpoint=pkg:whisper-base)", ", ".join(left))
+    return [n for n in g.conditions if n not in left]
 
 
 def held_out_names(g: GeneralizationConfig) -> list[str]:
@@ -392,6 +423,8 @@ def run_method(method: str, params: Params, df: pd.DataFrame, features: Path, tr
         return latent_cell(params, df, features, train_corpora, held, cell_dir)
     if method == "aaec_classifier":
         return aaec_classifier_cell(params, df, features, train_corpora, held)
+    if method in ssl_rows.METHODS:
+        return ssl_rows.run(method, params, df, features, train_corpora, held)
     return recognizer_cell(params, df, features, train_corpora, held, cell_dir)
 
 
@@ -402,6 +435,7 @@ METHOD_STAGES: dict[str, tuple[str, ...]] = {
     "augment": ("ingest", "features", "augment", "train", "evaluate"),
     "latent": ("ingest", "features", "train", "augment", "evaluate"),
     "aaec_classifier": ("ingest", "features", "augment", "train"),
+    **{m: ("ingest", "features", "pretrain", "train") for m in ssl_rows.METHODS},  # train.*, pretrain.* settings
 }
 """The stages a cell of each method runs (the SVM reads the ingest manifest and the feature store)."""
 NOT_OUTCOME = frozenset({"s3", "paths", "tracking"})
@@ -513,11 +547,11 @@ def run_study(params: Params, out_dir: str | Path, conditions: list[str] | None 
     out = Path(out_dir).resolve()
     out.mkdir(parents=True, exist_ok=True)
     g = params.studies.generalization
-    names = conditions or list(g.conditions)
+    names = conditions or default_conditions(params)
     unknown = sorted(set(names) - set(g.conditions))
     if unknown:
         raise StudyError(f"studies.generalization.conditions: unknown {unknown} (known: {list(g.conditions)})")
-    sp = study_params(params, out)
+    sp = study_params(params, out, names)
     t0 = time.perf_counter()
     manifest, features = prepare(sp, out)
     df = read_manifest(manifest)
