@@ -97,7 +97,7 @@ def study_params(params: Params, out: Path, conditions: list[str] | None = None)
         "ingest.corpora": [c.model_copy(update={"role": "source"}).model_dump(mode="json") for c in g.corpora],
         "ingest.classes": list(g.classes), "ingest.label_map": dict(g.label_map),
         "splits.source_test": False,
-        "features.kinds": sorted(kinds),
+        "features.kinds": sorted(kinds | set(params.features.kinds)),  # + the extra kinds asked for
         "features.robustness.copies": max(copies, params.features.robustness.copies),
         "tracking.uri": f"sqlite:///{(out / 'mlflow.db').resolve()}",
         "tracking.artifact_location": str((out / "mlartifacts").resolve()),
