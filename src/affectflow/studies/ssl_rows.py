@@ -164,6 +164,8 @@ def train_network(params: Params, X: np.ndarray, y: np.ndarray, adv: np.ndarray,
     from affectflow.models.recognizer import EgemapsMlp
 
     tc, pc = params.train, params.pretrain
+    if tc.threads:
+        torch.set_num_threads(tc.threads)  # as the train stage's workers: 1 is fastest on a shared CPU
     torch.manual_seed(tc.seed)
     rng = np.random.default_rng([tc.seed, 5])
     rec = EgemapsMlp(X.shape[1], n_classes, MlpConfig.model_validate(tc.mlp.model_dump()))
