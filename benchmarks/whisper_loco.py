@@ -1,32 +1,23 @@
-"""Whisper front-end on the leave-one-corpus-out protocol: features extracted once (cached), then
-the probe's recipe and its variants scored with every corpus held out in turn.
+"""Whisper features for the leave-one-corpus-out study, cached once, and the trimmed-vs-padded check.
+
+The LOCO rows themselves run in `affectflow ablate generalization` (studies.generalization
+conditions `whisper_*`: the product's `ssl_linear`, the ssl + ComParE fusion, the adversarial rows);
+this script only feeds it and measures the window.
 
     # 1. extract (resumable; nice it, the box is shared): every 4-class clip of the four corpora
     nice -n 10 .venv/bin/python benchmarks/whisper_loco.py extract --checkpoint pkg:whisper-base
-    nice -n 10 .venv/bin/python benchmarks/whisper_loco.py extract --checkpoint pkg:whisper-tiny.en
     nice -n 10 .venv/bin/python benchmarks/whisper_loco.py extract --checkpoint pkg:whisper-base --window padded --sample 40
-    # 2. score: writes benchmarks/results/generalization/whisper_loco.{json,md}, whisper_window.md
-    .venv/bin/python benchmarks/whisper_loco.py loco
+    # 2. hand the cached vectors to a study's feature store (checked against a fresh extraction of a sample)
+    .venv/bin/python benchmarks/whisper_loco.py seed-store --checkpoint pkg:whisper-base \
+        --manifest <study>/ingest/manifest.parquet --store <study>/features
+    # 3. trimmed vs padded positions: benchmarks/results/generalization/whisper_window.md
     .venv/bin/python benchmarks/whisper_loco.py compare-window
 
 Features are `affectflow.features.ssl.SslEncoder` vectors (the product's `ssl` kind: every hidden
-state, time-averaged), so a row here is what `features.ssl.checkpoint: pkg:whisper-base` computes.
-The cache (`--cache`, default ~/.cache/affectflow/whisper_loco) holds one npz per corpus and
-checkpoint; no audio is copied.
-
-Protocols, held-out corpus H never used for any choice (the generalization study's, issue 27):
-- offline (whole corpus): H standardised with its own statistics (every clip seen at once), the
-  training corpora each with their own: the study's `normalize: corpus` case.
-- streamed: H's clips arrive one at a time in a seeded shuffled order; each is standardised with
-  the deployment statistics of the clips before it (the pooled training statistics until 20 clips,
-  then the running mean / variance, forgetting beyond 1000 clips: `train.deploy_min_clips`,
-  `train.deploy_window`), never with itself or later clips.
-- streamed_pooled: one clip at a time, the pooled training statistics only (the probe's protocol).
-Rows: `probe_mid` (the issue's recipe: middle layer, mean-pooled, logistic regression C=0.1),
-`last` (last layer), `mean_layers` (plain average of layers), `inner_layer` (the probe's layer
-chosen by leave-one-source-corpus-out inside the training corpora, streamed UAR), `head`
-(affectflow's `SslHead`: learned softmax layer weights + MLP, trained with the study's seeds). 3 seeds; per-class recall; collapse
-flags (`affectflow.metrics.collapse`).
+state, time-averaged), so a cached vector is what `features.ssl.checkpoint: pkg:whisper-base`
+computes (stored as fp16; `seed-store` re-extracts a sample and refuses a cache that differs by more
+than fp16 rounding). The cache (`--cache`, default ~/.cache/affectflow/whisper_loco) holds one npz
+per corpus part and checkpoint; no audio is copied.
 """
 
 from __future__ import annotations
@@ -119,188 +110,53 @@ def standardise(X: np.ndarray, ref: np.ndarray) -> np.ndarray:
     return (X - mu) / np.where(sd > 1e-8, sd, 1.0)
 
 
-def layer_view(X: np.ndarray, view: str) -> np.ndarray:
-    """(N, L, D) -> what a row reads: one layer (`mid`, `last`, `l<k>`), the mean of the layers, or all."""
-    n_layers = X.shape[1]
-    if view == "mid":
-        return X[:, n_layers // 2]
-    if view == "last":
-        return X[:, -1]
-    if view == "mean_layers":
-        return X.mean(1)
-    if view.startswith("l"):
-        return X[:, int(view[1:])]
-    return X  # all layers, for the head
+def probe_predict(Xtr: np.ndarray, ytr: np.ndarray, tests: list[np.ndarray]) -> list[np.ndarray]:
+    """The issue's probe: a logistic regression, C = 0.1."""
+    from sklearn.linear_model import LogisticRegression
+
+    clf = LogisticRegression(C=0.1, max_iter=2000).fit(Xtr, ytr)
+    return [clf.predict(X) for X in tests]
 
 
-PROTOCOLS = ("streamed", "streamed_pooled", "offline")
-
-
-def streamed(X: np.ndarray, prior_mean: np.ndarray, prior_std: np.ndarray, min_clips: float) -> np.ndarray:
-    """Rows of `X` (in arrival order) each standardised by the product's deployment statistics of
-    the rows before it (`affectflow.serving.deployment`): the prior below `min_clips` rows, then
-    their running statistics (`train.deploy_min_clips`, `train.deploy_window` as configured)."""
-    from affectflow.config import TrainConfig
-    from affectflow.models.data import NormStats
-    from affectflow.serving.deployment import DeploymentStats
-
-    prior = NormStats(mode="global", mean=prior_mean.tolist(), std=prior_std.tolist())
-    stats = DeploymentStats(prior=prior, min_clips=min_clips, window=TrainConfig().deploy_window)  # type: ignore[arg-type]
-    return np.stack(stats.normalise(list(X))).astype(np.float32)
-
-
-def split_norm(feats: dict[str, dict[str, np.ndarray]], held: str, view: str, seed: int
-               ) -> tuple[np.ndarray, np.ndarray, dict[str, np.ndarray], np.ndarray]:
-    """Training matrix (each corpus by its own statistics) and the held-out corpus under each
-    protocol, rows in arrival order (also returned) for the streamed ones, manifest order offline."""
-    from affectflow.config import TrainConfig
-    from affectflow.studies.generalization import stream_order  # the study's arrival order
-
-    train = [c for c in feats if c != held]
-    raw = {c: layer_view(feats[c]["X"], view) for c in feats}
-    flat = {c: v.reshape(len(v), -1) for c, v in raw.items()}
-    Xtr = np.concatenate([standardise(flat[c], flat[c]) for c in train])
-    ytr = np.concatenate([feats[c]["y"] for c in train])
-    pooled = np.concatenate([flat[c] for c in train])
-    mu, sd = pooled.mean(0), np.where(pooled.std(0) > 1e-8, pooled.std(0), 1.0)
-    shape = raw[held].shape[1:]
-    order = stream_order(len(flat[held]), seed)
-    tests = {"offline": standardise(flat[held], flat[held]),
-             "streamed": streamed(flat[held][order], mu, sd, TrainConfig().deploy_min_clips),
-             "streamed_pooled": streamed(flat[held][order], mu, sd, np.inf)}
-    return Xtr.reshape(-1, *shape), ytr, {k: v.reshape(-1, *shape) for k, v in tests.items()}, order
-
-
-def inner_layer(feats: dict[str, dict[str, np.ndarray]], held: str) -> str:
-    """The probe's layer chosen without `held`: each training corpus held out in turn (inner LOCO),
-    the layer with the best mean streamed UAR (seed 0)."""
-    train = {c: v for c, v in feats.items() if c != held}
-    n_layers = next(iter(train.values()))["X"].shape[1]
-    scores = {}
-    for layer in range(1, n_layers):
-        uars = []
-        for inner in train:
-            Xtr, ytr, tests, order = split_norm(train, inner, f"l{layer}", 0)
-            (pred,) = fit_predict("logreg", Xtr, ytr, [tests["streamed"]], 0)
-            uars.append(score(train[inner]["y"][order], pred)["uar"])
-        scores[f"l{layer}"] = float(np.mean(uars))
-    best = max(scores, key=scores.__getitem__)
-    print(f"  held out {held}: inner LOCO streamed UAR per layer {scores} -> {best}")
-    return best
-
-
-def fit_predict(method: str, Xtr: np.ndarray, ytr: np.ndarray, tests: list[np.ndarray], seed: int
-                ) -> list[np.ndarray]:
-    if method == "logreg":
-        from sklearn.linear_model import LogisticRegression
-
-        clf = LogisticRegression(C=0.1, max_iter=2000, random_state=seed)
-        clf.fit(Xtr, ytr)
-        return [clf.predict(X) for X in tests]
-    return head_fit_predict(Xtr, ytr, tests, seed)
-
-
-def head_fit_predict(Xtr: np.ndarray, ytr: np.ndarray, tests: list[np.ndarray], seed: int,
-                     epochs: int = 30) -> list[np.ndarray]:
-    """affectflow's `SslHead` (softmax layer weights + MLP, config defaults), class-balanced
-    cross-entropy, AdamW 1e-3, a fixed budget (no validation on the held-out corpus)."""
+def seed_store(a: argparse.Namespace) -> None:
+    """Write the cached vectors of a study's clips into its feature store under the product's `ssl`
+    key (so `affectflow ablate generalization` computes no ssl feature), after checking, on a
+    sample re-extracted now by the product's encoder, that they are the vectors it computes."""
     import torch
 
-    from affectflow.models.ssl import SslHead, SslHeadArch
+    from affectflow.audio import load
+    from affectflow.config import load_params, with_overrides
+    from affectflow.contracts.feature_store import catalogue, write_shard
+    from affectflow.contracts.manifest import read_manifest
+    from affectflow.features.keys import feature_keys
+    from affectflow.features.ssl import SslEncoder
 
-    torch.manual_seed(seed)
-    n_layers, dim = Xtr.shape[1], Xtr.shape[2]
-    model = SslHead(n_layers * dim, len(CLASSES), SslHeadArch(n_layers=n_layers))
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=0.01)
-    counts = np.bincount(ytr, minlength=len(CLASSES))
-    loss_fn = torch.nn.CrossEntropyLoss(weight=torch.tensor(len(ytr) / (len(CLASSES) * counts), dtype=torch.float32))
-    X = torch.from_numpy(Xtr.reshape(len(Xtr), -1).astype(np.float32))
-    y = torch.from_numpy(ytr)
-    rng = np.random.default_rng(seed)
-    for _ in range(epochs):
-        model.train()
-        for b in np.array_split(rng.permutation(len(X)), max(1, len(X) // 64)):
-            opt.zero_grad()
-            loss = loss_fn(model(X[b], None), y[b])
-            loss.backward()
-            opt.step()
-    model.eval()
-    with torch.inference_mode():
-        return [model(torch.from_numpy(T.reshape(len(T), -1).astype(np.float32)), None).argmax(1).numpy()
-                for T in tests]
-
-
-def score(y: np.ndarray, pred: np.ndarray) -> dict[str, object]:
-    from affectflow.metrics import collapse, confusion, recalls, uar_cm
-
-    cm = confusion(y, pred, len(CLASSES))
-    rec = recalls(cm)
-    flag = collapse(cm, CLASSES)
-    return {"uar": 100 * float(uar_cm(cm)), "recall": {c: 100 * float(r) for c, r in zip(CLASSES, rec, strict=True)},
-            "collapse": flag.collapsed, "collapse_reasons": flag.reasons}
-
-
-ROWS = {  # name -> (checkpoint, window, layer view, classifier)
-    "base_probe_mid": ("pkg:whisper-base", "clip", "mid", "logreg"),
-    "base_last": ("pkg:whisper-base", "clip", "last", "logreg"),
-    "base_mean_layers": ("pkg:whisper-base", "clip", "mean_layers", "logreg"),
-    "base_inner_layer": ("pkg:whisper-base", "clip", "inner", "logreg"),
-    "base_head": ("pkg:whisper-base", "clip", "all", "head"),
-    "tiny_en_probe_mid": ("pkg:whisper-tiny.en", "clip", "mid", "logreg"),
-    "tiny_en_head": ("pkg:whisper-tiny.en", "clip", "all", "head"),
-}
-
-
-def loco(a: argparse.Namespace) -> None:
-    import torch
-
-    torch.set_num_threads(1)  # small heads: threads only contend on the shared box
-    results: dict[str, dict[str, object]] = {}
-    cache_feats: dict[tuple[str, str], dict[str, dict[str, np.ndarray]]] = {}
-    for name in a.rows:
-        ckpt, window, view, method = ROWS[name]
-        if (ckpt, window) not in cache_feats:
-            cache_feats[(ckpt, window)] = read_features(a.cache, ckpt, window)
-        feats = cache_feats[(ckpt, window)]
-        if set(feats) != set(CORPORA):
-            print(f"{name}: features missing for {sorted(set(CORPORA) - set(feats))}; skipped")
-            continue
-        cells = []
-        for held in CORPORA:
-            y = feats[held]["y"]
-            chosen = inner_layer(feats, held) if view == "inner" else view
-            for seed in a.seeds:
-                Xtr, ytr, tests, order = split_norm(feats, held, chosen, seed)
-                preds = fit_predict(method, Xtr, ytr, [tests[p] for p in PROTOCOLS], seed)
-                cells.append({"held": held, "seed": seed, "layers": chosen, **{
-                    p: score(y if p == "offline" else y[order], pred) for p, pred in zip(PROTOCOLS, preds, strict=True)}})
-        results[name] = {"checkpoint": ckpt, "window": window, "layers": view, "classifier": method, "cells": cells}
-        print(row_md(name, results[name]))
-    out = Path(a.out)
-    out.mkdir(parents=True, exist_ok=True)
-    meta = {"command": "benchmarks/whisper_loco.py loco", "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
-            "seeds": list(a.seeds), "classes": list(CLASSES), "corpora": list(CORPORA)}
-    from affectflow.storage import atomic_write_json, atomic_write_text
-
-    atomic_write_json(out / "whisper_loco.json", {"meta": meta, "rows": results})
-    atomic_write_text(out / "whisper_loco.md", table_md(results))
-
-
-def table(a: argparse.Namespace) -> None:
-    """One table from several `loco` runs' results.json files (rows run in separate processes)."""
-    import json
-
-    from affectflow.storage import atomic_write_json, atomic_write_text
-
-    metas, rows = [], {}
-    for f in a.files:
-        d = json.loads(Path(f).read_text())
-        metas.append(d["meta"])
-        rows.update(d["rows"])
-    out = Path(a.out)
-    atomic_write_json(out / "whisper_loco.json", {"meta": metas, "rows": rows})
-    atomic_write_text(out / "whisper_loco.md", table_md(rows))
-    print(table_md(rows))
+    torch.set_num_threads(a.threads)
+    params = load_params(a.params, [f"features.ssl.checkpoint={a.checkpoint}"])
+    key = feature_keys(with_overrides(params, {"features.kinds": ["ssl"]}))["ssl"]
+    man = read_manifest(a.manifest)
+    feats = read_features(a.cache, a.checkpoint, "clip")
+    cached = {f"{name}/{u}": x for name, c in feats.items() for u, x in zip(c["utt_id"], c["X"], strict=True)}
+    rows = man[man["utt_id"].isin(list(cached))]
+    missing = sorted(set(man["utt_id"]) - set(cached))
+    if missing:
+        raise SystemExit(f"{len(missing)} clips of {a.manifest} are not in the cache (e.g. {missing[0]}): extract first")
+    sample = rows.groupby("corpus").head(a.check).reset_index(drop=True)
+    enc = SslEncoder(params.features.ssl, params.audio.sample_rate)
+    fresh = enc([load(p, params.audio.sample_rate) for p in sample["path"]])
+    diff = max(float(np.abs(f - cached[u].reshape(-1)).max() / max(np.abs(f).max(), 1e-6))
+               for f, u in zip(fresh, sample["utt_id"], strict=True))
+    print(f"{len(sample)} clips re-extracted: largest difference to the cache {diff:.2e} of the vector's range "
+          "(fp16 storage: ~1e-3)")
+    if diff > 5e-3:
+        raise SystemExit("the cache does not hold what the product computes now; extract with the study instead")
+    have, _ = catalogue(a.store, "ssl", key)
+    todo = rows[~rows["sha256"].isin(list(have))].drop_duplicates("sha256")
+    for i in range(0, len(todo), 1000):
+        part = todo.iloc[i:i + 1000]
+        write_shard(a.store, "ssl", key, {h: cached[u].reshape(-1).astype(np.float32)
+                                          for u, h in zip(part["utt_id"], part["sha256"], strict=True)})
+    print(f"{len(todo)} clips written to {a.store} (ssl, key {key}); {len(have)} were there")
 
 
 def compare_window(a: argparse.Namespace) -> None:
@@ -324,7 +180,7 @@ def compare_window(a: argparse.Namespace) -> None:
         Xtr = np.concatenate([standardise(v["X"][:, mid], v["X"][:, mid]) for v in train.values()])
         ytr = np.concatenate([v["y"] for v in train.values()])
         pooled = np.concatenate([v["X"][:, mid] for v in train.values()])
-        pc, pp = fit_predict("logreg", Xtr, ytr, [standardise(Xc[:, mid], pooled), standardise(Xp[:, mid], pooled)], 0)
+        pc, pp = probe_predict(Xtr, ytr, [standardise(Xc[:, mid], pooled), standardise(Xp[:, mid], pooled)])
         agree += int((pc == pp).sum())
         right_clip += int((pc == y).sum())
         right_pad += int((pp == y).sum())
@@ -342,35 +198,6 @@ def compare_window(a: argparse.Namespace) -> None:
     atomic_write_text(Path(a.out) / "whisper_window.md", text)
 
 
-def _ms(v: list[float]) -> str:
-    return f"{np.mean(v):.1f} ± {np.std(v):.1f}"
-
-
-def row_md(name: str, r: dict[str, object]) -> str:
-    lines = []
-    cells = r["cells"]
-    for proto in PROTOCOLS:
-        per = [np.mean([c[proto]["uar"] for c in cells if c["held"] == h]) for h in CORPORA]
-        seeds_mean = [np.mean([c[proto]["uar"] for c in cells if c["seed"] == s]) for s in {c["seed"] for c in cells}]
-        neutral = np.mean([c[proto]["recall"]["neutral"] for c in cells])
-        n_coll = sum(c[proto]["collapse"] for c in cells)
-        lines.append(f"| {name} | {proto} | " + " | ".join(f"{p:.1f}" for p in per)
-                     + f" | **{_ms(seeds_mean)}** | {neutral:.1f} | {n_coll}/{len(cells)} |")
-    return "\n".join(lines)
-
-
-def table_md(results: dict[str, dict[str, object]]) -> str:
-    head = ("| row | protocol | " + " | ".join(CORPORA) + " | mean UAR (± std over seeds) | neutral recall | "
-            "collapsed cells |\n|---|---|" + "---|" * len(CORPORA) + "---|---|---|\n")
-    recall = ["", "Per-class recall (mean over held-out corpora and seeds):", "",
-              "| row | protocol | " + " | ".join(CLASSES) + " |", "|---|---|" + "---|" * len(CLASSES)]
-    for name, r in results.items():
-        for proto in PROTOCOLS:
-            rec = [np.mean([c[proto]["recall"][k] for c in r["cells"]]) for k in CLASSES]
-            recall.append(f"| {name} | {proto} | " + " | ".join(f"{v:.1f}" for v in rec) + " |")
-    return head + "\n".join(row_md(n, r) for n, r in results.items()) + "\n" + "\n".join(recall) + "\n"
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     sub = ap.add_subparsers(dest="cmd", required=True)
@@ -379,23 +206,22 @@ def main() -> None:
     ex.add_argument("--window", choices=["clip", "padded"], default="clip")
     ex.add_argument("--corpora", nargs="+", default=list(CORPORA))
     ex.add_argument("--sample", type=int, default=0, help="a random sample of this many clips (over all corpora)")
-    ex.add_argument("--threads", type=int, default=int(os.environ.get("THREADS", 2)))
     ex.add_argument("--batch-size", type=int, default=8)
-    lo = sub.add_parser("loco")
-    lo.add_argument("--rows", nargs="+", default=list(ROWS), choices=list(ROWS))
-    lo.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
-    lo.add_argument("--out", default=str(Path(__file__).parent / "results" / "generalization"))
+    ss = sub.add_parser("seed-store")
+    ss.add_argument("--checkpoint", default="pkg:whisper-base")
+    ss.add_argument("--params", default="params.yaml")
+    ss.add_argument("--manifest", type=Path, required=True, help="the study's ingest/manifest.parquet")
+    ss.add_argument("--store", type=Path, required=True, help="the study's features/ folder")
+    ss.add_argument("--check", type=int, default=3, help="clips per corpus re-extracted to check the cache")
     cw = sub.add_parser("compare-window")
     cw.add_argument("--checkpoint", default="pkg:whisper-base")
     cw.add_argument("--out", default=str(Path(__file__).parent / "results" / "generalization"))
-    tb = sub.add_parser("table")
-    tb.add_argument("files", nargs="+")
-    tb.add_argument("--out", default=str(Path(__file__).parent / "results" / "generalization"))
-    for p in (ex, lo, cw):
+    for p in (ex, ss, cw):
         p.add_argument("--cache", type=Path, default=CACHE)
         p.add_argument("--data", type=Path, default=DATA)
+        p.add_argument("--threads", type=int, default=int(os.environ.get("THREADS", 2)))
     a = ap.parse_args()
-    {"extract": extract, "loco": loco, "compare-window": compare_window, "table": table}[a.cmd](a)
+    {"extract": extract, "seed-store": seed_store, "compare-window": compare_window}[a.cmd](a)
 
 
 if __name__ == "__main__":

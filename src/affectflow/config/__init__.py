@@ -62,7 +62,8 @@ from affectflow.config.training import (
     MlpConfig,
     SpecAugmentConfig,
     SslHeadConfig,
+    SslLinearConfig,
     TrainConfig,
 )
 
-__all__ = ["AudioConfig", "AugmentAblationConfig", "AugmentConfig", "CnnConfig", "ConfigError", "CorpusSpec", "DannAblationConfig", "EgemapsConfig", "EvaluateConfig", "FeaturesConfig", "GeneralizationConfig", "IngestConfig", "LatentConfig", "LogMelConfig", "MlpConfig", "MonitorConfig", "Params", "PathsConfig", "PipelineConfig", "PredictConfig", "PretrainConfig", "RegistryConfig", "RobustnessConfig", "S3Config", "Section", "SortedDumper", "SpecAugmentConfig", "SplitsConfig", "SslConfig", "SslHeadConfig", "StudiesConfig", "StudyCondition", "TaskResources", "TimelineConfig", "TrackingConfig", "TrainConfig", "ValidationConfig", "flatten", "load_params", "params_from_text", "params_from_tree", "params_yaml", "parse_override", "parse_yaml", "with_overrides", "yaml_text"]
+__all__ = ["AudioConfig", "AugmentAblationConfig", "AugmentConfig", "CnnConfig", "ConfigError", "CorpusSpec", "DannAblationConfig", "EgemapsConfig", "EvaluateConfig", "FeaturesConfig", "GeneralizationConfig", "IngestConfig", "LatentConfig", "LogMelConfig", "MlpConfig", "MonitorConfig", "Params", "PathsConfig", "PipelineConfig", "PredictConfig", "PretrainConfig", "RegistryConfig", "RobustnessConfig", "S3Config", "Section", "SortedDumper", "SpecAugmentConfig", "SplitsConfig", "SslConfig", "SslHeadConfig", "SslLinearConfig", "StudiesConfig", "StudyCondition", "TaskResources", "TimelineConfig", "TrackingConfig", "TrainConfig", "ValidationConfig", "flatten", "load_params", "params_from_text", "params_from_tree", "params_yaml", "parse_override", "parse_yaml", "with_overrides", "yaml_text"]

@@ -93,14 +93,19 @@ class DannAblationConfig(Section):
 class StudyCondition(Section):
     """One row of `affectflow ablate generalization`."""
 
-    method: Literal["svm", "recognizer", "dann", "augment", "latent", "aaec_classifier"]
+    method: Literal["svm", "recognizer", "dann", "augment", "latent", "aaec_classifier", "ssl_compare_fusion",
+                    "ssl_mlp", "ssl_dann", "ssl_speaker_adversarial", "ssl_corpus_adversarial"]
     """svm: RBF SVM (C=10, balanced) on eGeMAPS with per-corpus standardisation — the reference a
     user would try first, outside the product; recognizer: the train stage (then evaluate) with
     `overrides`; dann: the pretrain stage with the held-out corpus as unlabelled target, then train
     (`--pretrained`) and evaluate; augment: the augment stage on the training corpora, then train
     with its synthetic set (`train.synthetic_ratio`) and evaluate; latent: train, then latent-feature
     augmentation of the head (`augment.latent`), then evaluate; aaec_classifier: AAEC trained on the
-    training corpora's per-corpus standardised eGeMAPS, its own emotion classifier as the recognizer."""
+    training corpora's per-corpus standardised eGeMAPS, its own emotion classifier as the recognizer;
+    ssl_*: rows on one layer of the ssl features outside the train stage (`studies/ssl_rows.py`):
+    ssl_compare_fusion (that layer + ComParE, a logistic regression), ssl_mlp (an MLP, the baseline of
+    the three adversarial rows), ssl_dann (the held-out corpus as unlabelled target), ssl_speaker_adversarial
+    and ssl_corpus_adversarial (gradient reversal on training speakers / source corpora, no target audio)."""
     overrides: dict[str, Any] = Field(default_factory=dict)
     """Dotted params overrides of this condition (train.*, features.*, augment.*, pretrain.*)."""
     select: dict[str, dict[str, Any]] = Field(default_factory=dict)

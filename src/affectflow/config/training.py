@@ -37,6 +37,23 @@ class SslHeadConfig(Section):
     dropout: float = Field(0.2, ge=0, lt=1)
 
 
+class SslLinearConfig(Section):
+    """`train.model: ssl_linear`: ONE encoder layer of the ssl features (its time-averaged hidden
+    state) and a multinomial logistic regression (issue 27's probe recipe, in the product). Why not
+    the layer-weighted MLP: on held-out corpora the linear head on the middle layer transfers better
+    (benchmarks/RESULTS.md, "Whisper front-end"). How many layers is the features' business
+    (`models.ssl_linear.SslLinearArch`)."""
+
+    layer: int | Literal["auto", "middle"] = "auto"
+    """Hidden-state index (0 = the input embedding, negative from the end); middle (n_layers // 2,
+    the probe's recipe); or auto: chosen on the training data only (`stages/train/linear.py`:
+    leave-one-corpus-out over the training corpora, streamed protocol; one corpus: its validation
+    speakers; neither: the middle layer). A model folder stores the chosen index."""
+    c: float = Field(0.1, gt=0)
+    """Inverse L2 regularisation strength (scikit-learn's C)."""
+    max_iter: int = Field(2000, ge=10)
+
+
 class SpecAugmentConfig(Section):
     """Training-time masking and noise on (normalised) log-mel crops; eGeMAPS gets only the noise."""
 
@@ -53,7 +70,7 @@ class SpecAugmentConfig(Section):
 
 
 class TrainConfig(Section):
-    model: Literal["cnn_bigru", "egemaps_mlp", "compare_mlp", "ssl_head"] = "compare_mlp"
+    model: Literal["cnn_bigru", "egemaps_mlp", "compare_mlp", "ssl_head", "ssl_linear"] = "compare_mlp"
     epochs: int = Field(30, ge=1)
     batch_size: int = Field(64, ge=1)
     lr: float = Field(1e-3, gt=0)
@@ -134,6 +151,7 @@ class TrainConfig(Section):
     cnn: CnnConfig = Field(default_factory=CnnConfig)
     mlp: MlpConfig = Field(default_factory=MlpConfig)
     ssl_head: SslHeadConfig = Field(default_factory=SslHeadConfig)
+    ssl_linear: SslLinearConfig = Field(default_factory=SslLinearConfig)
     specaugment: SpecAugmentConfig = Field(default_factory=SpecAugmentConfig)
     synthetic_ratio: float = Field(0.0, ge=0)
     """Synthetic samples per real training sample (0 = real data only)."""

@@ -67,6 +67,23 @@ def _installed(dist: str, rel: str, name: str, spec: PackagedCheckpoint) -> Path
     return path
 
 
+def missing(checkpoint: str) -> str | None:
+    """Why the packaged checkpoint `checkpoint` (`pkg:<name>`) cannot be assembled here (one line),
+    or None when it can (or when `checkpoint` is not a packaged one)."""
+    if not checkpoint.startswith(PACKAGE_PREFIX):
+        return None
+    name = checkpoint[len(PACKAGE_PREFIX):]
+    if name not in PACKAGED:
+        return f"{checkpoint} is not a packaged checkpoint ({', '.join(PACKAGE_PREFIX + n for n in PACKAGED)})"
+    spec = PACKAGED[name]
+    try:
+        for dist, rel in (*spec.model_parts, *spec.files):
+            _installed(dist, rel, name, spec)
+    except PackagedCheckpointError as e:
+        return str(e)
+    return None
+
+
 def assemble(name: str, cache_dir: Path) -> Path:
     """The CTranslate2 folder of packaged checkpoint `name` under `cache_dir` (built once)."""
     from affectflow.storage import atomic_dir

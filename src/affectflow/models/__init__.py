@@ -15,9 +15,10 @@ from typing import Any
 from pydantic import BaseModel
 from torch import nn
 
-from affectflow.config import CnnConfig, MlpConfig, SslHeadConfig, TrainConfig
+from affectflow.config import CnnConfig, MlpConfig, SslHeadConfig, SslLinearConfig, TrainConfig
 from affectflow.models.recognizer import CnnBiGru, EgemapsMlp
 from affectflow.models.ssl import SslHead, SslHeadArch
+from affectflow.models.ssl_linear import SslLinear, SslLinearArch
 
 
 @dataclass(frozen=True)
@@ -47,6 +48,8 @@ ARCHS: dict[str, ModelSpec] = {
     "egemaps_mlp": ModelSpec(EgemapsMlp, "egemaps", "mlp", MlpConfig),
     "compare_mlp": ModelSpec(EgemapsMlp, "compare", "mlp", MlpConfig),
     "ssl_head": ModelSpec(SslHead, "ssl", "ssl_head", SslHeadConfig, SslHeadArch, feature_facts=("n_layers",)),
+    "ssl_linear": ModelSpec(SslLinear, "ssl", "ssl_linear", SslLinearConfig, SslLinearArch,  # closed form: stages/train/linear.py
+                            feature_facts=("n_layers",)),
 }
 
 

@@ -8,8 +8,8 @@ heads. The loss is the concordance correlation coefficient's complement, 1 - CCC
 (rows without a target left out), averaged over dimensions; CCC rewards getting both the ordering
 and the scale right, which is how dimensional emotion is scored (e.g. AVEC, MSP-Podcast).
 
-Non-neural recognizers: none is in `models.ARCHS` today (every row trains with a loss). The
-studies' SVM baseline has no dimensional output.
+Closed-form recognizers (`ssl_linear`, `stages/train/linear.py`) get the same head, its weights a
+ridge regression onto artanh of the targets. The studies' SVM baseline has no dimensional output.
 """
 
 from __future__ import annotations

@@ -17,6 +17,7 @@ from typing import Any
 from affectflow.config import Params
 from affectflow.contracts.workdir import ARTIFACTS, Workdir, optional_dir, write_skipped
 from affectflow.stages import STAGES, StageError, StageResult, get
+from affectflow.stages.frontend import with_available_frontend
 
 
 @dataclass
@@ -115,6 +116,8 @@ def feature_kinds(params: Params) -> list[str]:
 
 def with_feature_kinds(params: Params) -> Params:
     """params whose features.kinds is `feature_kinds(params)`: what the runner and the pipeline's
-    resolve-params task hand every stage (the features stage computes them, validate checks them)."""
+    resolve-params task hand every stage (the features stage computes them, validate checks them).
+    A packaged Whisper front-end whose weights are not installed falls back here (`frontend`)."""
+    params = with_available_frontend(params)
     f = params.features.model_copy(update={"kinds": feature_kinds(params)})
     return params.model_copy(update={"features": f})

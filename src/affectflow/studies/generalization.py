@@ -30,9 +30,11 @@ to live in `affectflow.studies.generalization_scores`.
 from __future__ import annotations
 
 import json
+import logging
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -42,9 +44,11 @@ import pandas as pd
 from affectflow.config import GeneralizationConfig, Params, StudyCondition, with_overrides
 from affectflow.contracts.manifest import read_manifest, write_manifest
 from affectflow.contracts.workdir import MANIFEST_FILE
+from affectflow.features.ssl import SSL
 from affectflow.models import feature_kind
 from affectflow.runtime.progress import progress
 from affectflow.storage import atomic_write_json
+from affectflow.studies import ssl_rows
 from affectflow.studies.generalization_scores import (
     PROTOCOLS,
     SELECTION_PROTOCOL,
@@ -61,6 +65,7 @@ from affectflow.studies.generalization_scores import stream_order as stream_orde
 from affectflow.studies.generalization_scores import streamed_probabilities as streamed_probabilities
 
 CELL_FILE = "cell.json"
+log = logging.getLogger(__name__)
 
 
 class StudyError(ValueError):
@@ -79,15 +84,18 @@ class StudyResult:
 
 
 # ----------------------------------------------------------------------------- settings
-def study_params(params: Params, out: Path) -> Params:
+def study_params(params: Params, out: Path, conditions: list[str] | None = None) -> Params:
     """params for the study: its corpora (all labelled), classes, no source test speakers (the
-    held-out corpus is the test), every feature kind a condition needs, a study-local MLflow store."""
+    held-out corpus is the test), every feature kind a condition needs (of `conditions`, default
+    all: an `ssl` row needs `features.ssl.checkpoint`, the others not), a study-local MLflow store."""
     g = params.studies.generalization
     names = [c.name for c in g.corpora]
     if len(set(names)) != len(names):
         raise StudyError(f"studies.generalization.corpora: names must be unique, got {names}")
     kinds, copies = {"egemaps"}, 0  # the reference reads eGeMAPS
     for name, cond in g.conditions.items():
+        if name not in (conditions if conditions is not None else default_conditions(params)):
+            continue
         where = f"studies.generalization.conditions.{name}"
         p = _with(params, cond.overrides, f"{where}.overrides")
         for cand, over in {"": {}, **cond.select}.items():
@@ -97,11 +105,16 @@ def study_params(params: Params, out: Path) -> Params:
                                  "(set features.* for the whole study instead)")
             kinds.add(feature_kind(q.train.model))
             copies = max(copies, q.train.robustness_copies)
+        kinds |= set(METHODS[cond.method].kinds)
+        if SSL in kinds and not params.features.ssl.checkpoint:
+            raise StudyError(f"studies.generalization.conditions.{name} reads the ssl features but "
+                             "features.ssl.checkpoint is empty: set it for the study (e.g. --set "
+                             "features.ssl.checkpoint=pkg:whisper-base) or leave the row out (--conditions)")
     return with_overrides(params, {
         "ingest.corpora": [c.model_copy(update={"role": "source"}).model_dump(mode="json") for c in g.corpora],
         "ingest.classes": list(g.classes), "ingest.label_map": dict(g.label_map),
         "splits.source_test": False,
-        "features.kinds": sorted(kinds),
+        "features.kinds": sorted(kinds | set(params.features.kinds)),  # + the extra kinds asked for
         "features.robustness.copies": max(copies, params.features.robustness.copies),
         "tracking.uri": f"sqlite:///{(out / 'mlflow.db').resolve()}",
         "tracking.artifact_location": str((out / "mlartifacts").resolve()),
@@ -115,6 +128,25 @@ def _with(params: Params, overrides: Mapping[str, Any], where: str) -> Params:
         return with_overrides(params, dict(overrides))
     except ValueError as e:
         raise StudyError(f"{where}: {e}") from None
+
+
+def needs_ssl(params: Params, cond: StudyCondition) -> bool:
+    """Whether a row reads the ssl features (its model or its method)."""
+    p = _with(params, cond.overrides, "studies.generalization.conditions")
+    return feature_kind(p.train.model) == SSL or SSL in METHODS[cond.method].kinds
+
+
+def default_conditions(params: Params) -> list[str]:
+    """Every row, less those reading the ssl features when no `features.ssl.checkpoint` is set
+    (said in one line; naming such a row in --conditions is an error instead)."""
+    g = params.studies.generalization
+    if params.features.ssl.checkpoint:
+        return list(g.conditions)
+    left = [n for n, c in g.conditions.items() if needs_ssl(params, c)]
+    if left:
+        log.warning("studies.generalization: rows %s read the ssl features and features.ssl.checkpoint is empty: "
+                    "left out (set it, e.g. --set features.ssl.checkpoint=pkg:whisper-base)", ", ".join(left))
+    return [n for n in g.conditions if n not in left]
 
 
 def held_out_names(g: GeneralizationConfig) -> list[str]:
@@ -320,6 +352,8 @@ class StudyMethod:
 
     run: CellRunner
     stages: tuple[str, ...]
+    kinds: tuple[str, ...] = ()
+    """Feature kinds a cell reads besides its recognizer's (`train.model`): the ssl rows'."""
 
 
 METHODS: dict[str, StudyMethod] = {
@@ -330,6 +364,11 @@ METHODS: dict[str, StudyMethod] = {
     "latent": StudyMethod(latent_cell, ("ingest", "features", "train", "augment", "evaluate")),
     "aaec_classifier": StudyMethod(lambda p, df, f, tc, held, cell: aaec_classifier_cell(p, df, f, tc, held),
                                    ("ingest", "features", "augment", "train")),
+    # rows on one layer of the ssl features outside the train stage (issue 27); train.*, pretrain.* settings
+    "ssl_compare_fusion": StudyMethod(lambda p, df, f, tc, held, cell: ssl_rows.fusion_cell(p, df, f, tc, held),
+                                      ("ingest", "features", "pretrain", "train"), (SSL, "compare")),
+    **{m: StudyMethod(partial(ssl_rows.adversarial_cell, adversary), ("ingest", "features", "pretrain", "train"), (SSL,))
+       for m, adversary in ssl_rows.ADVERSARY.items()},
 }
 """The study's methods (the SVM reads the ingest manifest and the feature store): the one table
 `StudyCondition.method` names (tests/unit/test_tables.py)."""
@@ -338,6 +377,8 @@ METHODS: dict[str, StudyMethod] = {
 def run_method(method: str, params: Params, df: pd.DataFrame, features: Path, train_corpora: list[str],
                held: str, cell_dir: Path) -> pd.DataFrame:
     return METHODS[method].run(params, df, features, train_corpora, held, cell_dir)
+
+
 NOT_OUTCOME = frozenset({"s3", "paths", "tracking"})
 """Sections that say where things are, not what a cell computes."""
 
@@ -447,11 +488,11 @@ def run_study(params: Params, out_dir: str | Path, conditions: list[str] | None 
     out = Path(out_dir).resolve()
     out.mkdir(parents=True, exist_ok=True)
     g = params.studies.generalization
-    names = conditions or list(g.conditions)
+    names = conditions or default_conditions(params)
     unknown = sorted(set(names) - set(g.conditions))
     if unknown:
         raise StudyError(f"studies.generalization.conditions: unknown {unknown} (known: {list(g.conditions)})")
-    sp = study_params(params, out)
+    sp = study_params(params, out, names)
     t0 = time.perf_counter()
     manifest, features = prepare(sp, out)
     df = read_manifest(manifest)

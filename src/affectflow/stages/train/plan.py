@@ -45,7 +45,7 @@ SYNTHETIC_KEYS = ("synthetic_weight", "synthetic_schedule", "synthetic_fade_frac
 when not at their defaults, so runs named before these settings existed keep their names."""
 
 
-LATER_KEYS = ("corpus_balance", "checkpoint", "robustness_copies")
+LATER_KEYS = ("corpus_balance", "checkpoint", "robustness_copies", "ssl_linear")
 """train.* settings added after runs were cached: in the run name only when not at their default."""
 
 
@@ -242,7 +242,7 @@ def dimension_plan(tc: TrainConfig, df: pd.DataFrame, tr: pd.DataFrame,
 def run_name(tc: TrainConfig, identity: dict[str, Any], with_synthetic: bool) -> str:
     """`<model>-<hash>` of what the run computes (not how it executes): the same command resumes,
     a changed one starts afresh."""
-    default = {k: f.default for k, f in TrainConfig.model_fields.items()}
+    default = TrainConfig().model_dump(mode="json")
     settings = {k: v for k, v in tc.model_dump(mode="json").items() if k not in RUNTIME_KEYS
                 and not (k in SYNTHETIC_KEYS and (not with_synthetic or v == default[k]))
                 and not (k in LATER_KEYS and v == default[k])}

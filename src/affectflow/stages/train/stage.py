@@ -23,6 +23,7 @@ from affectflow.serving.recognizer import build_network
 from affectflow.stages.spec import Inputs
 from affectflow.stages.train.calibrate import fit_calibration
 from affectflow.stages.train.driver import fit
+from affectflow.stages.train.linear import closed_form
 from affectflow.stages.train.loop import TrainingInterrupted
 from affectflow.stages.train.plan import Plan, TrainingError, plan, select_synthetic
 from affectflow.stages.train.shared import RUN_ID_FILE, pull, push
@@ -85,7 +86,9 @@ def train(params: Params, manifest: str | Path, features_dir: str | Path, out_di
                             sections=stages.get("train").sections) as run:
         push(p.worker, prune=False)  # the run id, so a run killed before its first epoch resumes in MLflow too
         worker = p.worker.with_mlflow(tracking.run_info(run))
-        outcome = fit(params.train, worker, p.run_name)
+        fitter = closed_form(worker.arch)  # ssl_linear: a regression fitted here, not the epoch loop
+        outcome = fitter(worker) if fitter else fit(params.train, worker, p.run_name)
+        p.meta.arch_config = outcome.get("arch_config", p.meta.arch_config)  # e.g. the layer `auto` chose
         model = build_network(p.meta)
         model.load_state_dict({k: torch.tensor(v) for k, v in outcome["best_state"].items()})
         hist = outcome["history"]
@@ -105,7 +108,8 @@ def train(params: Params, manifest: str | Path, features_dir: str | Path, out_di
                    "n_train": meta.train.n_train, "n_val": meta.train.n_val, "n_synthetic": meta.train.n_synthetic,
                    "device": outcome["device"], "world_size": outcome["world_size"],
                    "checkpoints": p.worker.ckpt_uri or p.worker.ckpt_dir,
-                   "calibration": meta.calibration.model_dump() if meta.calibration else None}
+                   "calibration": meta.calibration.model_dump() if meta.calibration else None,
+                   **({"layer_choice": outcome["layer_choice"]} if "layer_choice" in outcome else {})}
         atomic_write_json(out / "summary.json", summary)
         tracking.log_training(run, meta.classes, summary, curves, model_dir)
         if params.tracking.log_model:
