@@ -146,7 +146,8 @@ def _setup(a: argparse.Namespace, tmp: Path) -> tuple[Any, Path, Any, float]:
             "ingest.corpora": [{"name": "ravdess", "adapter": "ravdess", "root": "ravdess"}],
             # all 1440 clips (the eight RAVDESS emotions), whatever classes the product trains on
             "ingest.classes": ["neutral", "calm", "happy", "sad", "angry", "fearful", "disgust", "surprised"],
-            "features.workers": a.workers}
+            "features.workers": a.workers,
+            "features.store": ""}  # every row is a cold extraction: no deployment store to reuse
     params = load_params(a.params, base)
     t = time.perf_counter()
     manifest = ingest(params, tmp / "ingest").manifest

@@ -36,7 +36,8 @@ def main() -> None:
 
     uptime = lambda: subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip()  # noqa: E731
     tmp = Path(tempfile.mkdtemp(prefix="features-grown-"))
-    params = with_feature_kinds(load_params(a.params, {"paths.workdir": str(tmp), "paths.data_root": a.data_root}))
+    params = with_feature_kinds(load_params(a.params, {"paths.workdir": str(tmp), "paths.data_root": a.data_root,
+                                                              "features.store": ""}))  # reuse only what --previous says
     manifest = ingest(params, tmp / "ingest").manifest
     df = read_manifest(manifest)
     first = tmp / "first.parquet"

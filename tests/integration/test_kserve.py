@@ -143,7 +143,7 @@ def test_predictor_answers_v2_requests_refuses_bad_input_and_follows_the_champio
     status, body = _infer(url, {"inputs": [{"name": "wave", "shape": [1], "datatype": "BYTES", "data": ["x"]},
                                            {"name": "rate", "shape": [1], "datatype": "INT32", "data": [1]}]})
     assert status == 400 and "no input named 'audio'" in body["error"], body
-    # HTTP limits (affectflow.serving.kserve.RequestLimits): before any parser, no internals in the answer.
+    # HTTP limits (affectflow.serving.http_limits.RequestLimits): before any parser, no internals in the answer.
     for data, ctype, code, says in (
             (b"[" * 100_000 + b"]" * 100_000, "application/json", 400, "nests 100000 levels deep"),
             (b"audio,sample_rate\n0.1,16000\n", "text/csv", 415, "content type 'text/csv' is not accepted"),

@@ -1,4 +1,4 @@
-"""The KServe predictor's HTTP limits (`affectflow.serving.kserve.RequestLimits`), on a small FastAPI app
+"""The KServe predictor's HTTP limits (`affectflow.serving.http_limits.RequestLimits`), on a small FastAPI app
 that reads the body as KServe's does (`tests/integration/test_kserve.py` sends the same requests to a
 real ModelServer): an oversized body is a 413, deep JSON a 400 (a 500 without the limits), a CSV or
 Parquet body a 415, and no answer carries a traceback, a server path or a version."""
@@ -13,7 +13,7 @@ pytest.importorskip("fastapi")
 from fastapi import FastAPI, Request
 from fastapi.testclient import TestClient
 
-from affectflow.serving.kserve import RequestLimits, json_depth
+from affectflow.serving.http_limits import RequestLimits, json_depth
 
 MAX_BODY = 4096
 MAX_DEPTH = 8
