@@ -77,7 +77,7 @@ def test_ravdess_to_emodb_csv_through_pretrain_evaluate_and_fine_tuning(shared_d
     # The cross-corpus test set needs the target test features now (evaluation, not adaptation).
     extract_features(params, tmp_path / "manifest.parquet", features)
     m = evaluate(params, res.encoder_dir, tmp_path / "manifest.parquet", features, tmp_path / "evaluate")
-    assert m["cross_corpus"]["emodb"]["n"] == len(emodb_test) and m["cross_corpus"]["emodb"]["rows"] == "test split (DANN target)"
+    assert m.cross_corpus["emodb"].n == len(emodb_test) and m.cross_corpus["emodb"].rows == "test split (DANN target)"
 
     tr = train(params, tmp_path / "manifest.parquet", features, tmp_path / "train", pretrained=res.encoder_dir)
     assert read_meta(tr.model_dir).lineage["pretrained"] == str(res.encoder_dir)
