@@ -80,6 +80,26 @@ def _infer(url: str, body: dict[str, Any]) -> tuple[int, dict[str, Any]]:
         return e.code, json.loads(e.read() or b"{}")
 
 
+def _post_declared(url: str, length: int, ctype: str) -> tuple[int, str]:
+    """Headers declaring a `length`-byte body, then wait for the answer: a server that refuses by
+    Content-Length answers before the body, and closes; sending the body anyway would race that close
+    (a broken pipe on the client under load), so none is sent."""
+    import http.client
+    from urllib.parse import urlsplit
+
+    u = urlsplit(url)
+    conn = http.client.HTTPConnection(u.hostname, u.port, timeout=REQUEST_TIMEOUT_S)
+    try:
+        conn.putrequest("POST", f"/v2/models/{MODEL}/infer")
+        conn.putheader("Content-Type", ctype)
+        conn.putheader("Content-Length", str(length))
+        conn.endheaders()
+        r = conn.getresponse()
+        return r.status, r.read().decode()
+    finally:
+        conn.close()
+
+
 def _post_raw(url: str, data: bytes, ctype: str) -> tuple[int, str]:
     req = urllib.request.Request(f"{url}/v2/models/{MODEL}/infer", data=data, headers={"Content-Type": ctype},
                                  method="POST")
@@ -105,7 +125,8 @@ def test_predictor_answers_v2_requests_refuses_bad_input_and_follows_the_champio
     assert meta["inputs"] == [{"name": "audio", "datatype": "BYTES", "shape": [-1]}]
     assert meta["outputs"] == [{"name": "probabilities", "datatype": "FP32", "shape": [-1, len(classes)]},
                                {"name": "label", "datatype": "BYTES", "shape": [-1]},
-                               {"name": "status", "datatype": "BYTES", "shape": [-1]}]
+                               {"name": "status", "datatype": "BYTES", "shape": [-1]},
+                               {"name": "dimensions", "datatype": "FP32", "shape": [-1, 2]}]  # arousal, valence
     paths = read_manifest(predictor["manifest"]).query("split == 'test'")["path"].head(3).tolist()
 
     # The README's request, as printed there: no "id" (optional in the protocol).
@@ -114,7 +135,7 @@ def test_predictor_answers_v2_requests_refuses_bad_input_and_follows_the_champio
     status, body = _infer(url, readme)
     assert status == 200, body
     assert body["id"] and body["model_name"] == MODEL
-    assert {o["name"] for o in body["outputs"]} == {"probabilities", "label", "status"}
+    assert {o["name"] for o in body["outputs"]} == {"probabilities", "label", "status", "dimensions"}
 
     status, body = _infer(url, _audio_request(paths))
     assert status == 200, body
@@ -123,6 +144,9 @@ def test_predictor_answers_v2_requests_refuses_bad_input_and_follows_the_champio
     assert probs.shape == (3, len(classes)) and out["probabilities"]["datatype"] == "FP32"
     assert out["probabilities"]["parameters"]["classes"] == ",".join(classes)
     assert np.allclose(probs.sum(axis=1), 1.0, atol=1e-5)
+    dims = np.asarray(out["dimensions"]["data"], np.float64).reshape(out["dimensions"]["shape"])
+    assert dims.shape == (3, 2) and out["dimensions"]["parameters"]["dimensions"] == "arousal,valence"
+    assert np.all(np.abs(dims) <= 1.0)
     assert out["label"]["data"] == [classes[i] for i in probs.argmax(axis=1)]
     assert body["model_version"] == str(predictor["register"]["version"])
     # The same numbers as `affectflow predict` with the same champion.
@@ -148,8 +172,8 @@ def test_predictor_answers_v2_requests_refuses_bad_input_and_follows_the_champio
             (b"[" * 100_000 + b"]" * 100_000, "application/json", 400, "nests 100000 levels deep"),
             (b"audio,sample_rate\n0.1,16000\n", "text/csv", 415, "content type 'text/csv' is not accepted"),
             (b"PAR1\x00\x00PAR1", "application/vnd.apache.parquet", 415, "is not accepted"),
-            (b" " * (MAX_BODY_MB * 2**20 + 1), "application/json", 413, f"(--max_body_mb {MAX_BODY_MB})")):
-        status, text = _post_raw(url, data, ctype)
+            (MAX_BODY_MB * 2**20 + 1, "application/json", 413, f"(--max_body_mb {MAX_BODY_MB})")):
+        status, text = _post_raw(url, data, ctype) if isinstance(data, bytes) else _post_declared(url, data, ctype)
         assert status == code and says in json.loads(text)["error"], (status, text)
         assert not any(leak in text for leak in ("stack_trace", "Traceback", "site-packages", "/tmp", "/work")), text
 
