@@ -353,8 +353,7 @@ def test_the_deployments_feature_store_on_s3_is_read_and_grown_by_every_run(
     (record after shard), a later run in another pod, on a grown manifest, computes only the new clips,
     and a run that finds everything adds nothing."""
     from affectflow.contracts.manifest import read_manifest, write_manifest
-    from affectflow.stages import features as stage
-    from affectflow.stages.features import extract_features
+    from affectflow.stages.features import extract_features, stage
     from affectflow.stages.ingest import ingest
 
     store = _uri(request, "feature-store")

@@ -124,7 +124,7 @@ def served(synth_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterat
                     tail = log_path.read_text(errors="replace")[-3000:]
                     pytest.fail(f"mlflow models serve did not come up on {url} (exit code {proc.poll()}):\n{tail}")
                 time.sleep(0.5)
-            yield {**trained, "url": url, "params": params, "uri": uri, "log": log_path}
+            yield {**trained, "url": url, "params": params, "uri": uri, "log": log_path, "tmp": tmp}
         finally:
             stop_group(proc, SHUTDOWN_TIMEOUT_S)
 
@@ -160,7 +160,16 @@ def test_served_champion_scores_waveforms_and_files_like_affectflow_predict(serv
     assert local.model_uri == served["uri"] and not local.failed
     assert np.allclose(probs, np.stack([p.probabilities for p in local.predictions]), atol=1e-4)
     assert np.allclose(got_8k[classes].sum(axis=1), 1.0, atol=1e-5)
-    assert np.abs(got_8k[classes].to_numpy() - probs).max() < 0.2  # band-limited copy: close, not equal
+    # ... and the same numbers as `affectflow predict` on those 8 kHz clips as files (both resample the same
+    # way); how close a band-limited copy stays to the original is the model's business, not the server's
+    import soundfile as sf
+
+    low_files = []
+    for i, w in enumerate(low):
+        low_files.append(served["tmp"] / f"low_{i}.wav")
+        sf.write(low_files[-1], w, 8000, subtype="FLOAT")
+    local_8k = predict_paths(served["params"], [str(f) for f in low_files])
+    assert np.allclose(got_8k[classes].to_numpy(), np.stack([p.probabilities for p in local_8k.predictions]), atol=1e-4)
     # The files themselves, base64 in `audio_b64` (decoded by the server): the same numbers, a smaller body.
     encoded = invocations_payload(files=paths)
     got_b64 = post_invocations(served["url"], encoded)
@@ -253,4 +262,4 @@ def test_a_bad_request_does_not_poison_the_next_one(served):
     assert status == 400
     status, body = post(served["url"], _rows({"audio": WAVE, "sample_rate": 16000}))
     assert status == 200 and len(body["predictions"]) == 1
-    assert math.isclose(sum(v for k, v in body["predictions"][0].items() if k not in ("label", "status")), 1.0, abs_tol=1e-5)
+    assert math.isclose(sum(body["predictions"][0][c] for c in served["classes"]), 1.0, abs_tol=1e-5)
