@@ -3,11 +3,11 @@ and by the Kubeflow report) and `Promotion` (promote's result.json)."""
 
 from __future__ import annotations
 
-import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from affectflow.contracts.json_file import read_json_file
 from affectflow.contracts.workdir import RESULT_FILE
 from affectflow.stages.register.plan import RescorePlan
 from affectflow.tracking.gate import GateDecision, Scores
@@ -89,12 +89,7 @@ def read_registration(folder: str | Path) -> Registration:
     """register's result.json, given its folder or the file; errors name the file."""
     path = Path(folder)
     path = path / RESULT_FILE if path.is_dir() else path
-    try:
-        data = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise FileNotFoundError(f"{path}: no registration (run `affectflow register`)") from None
-    except json.JSONDecodeError as e:
-        raise ValueError(f"{path}: not valid JSON ({e})") from None
+    data = read_json_file(path, ValueError, "no registration (run `affectflow register`)")
     return Registration.from_json(data, path)
 
 
