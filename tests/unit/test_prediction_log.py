@@ -159,6 +159,26 @@ def test_the_rebuild_is_exact_for_long_clips_scored_in_windows(model_dir, tmp_pa
     assert saved["clips"] == sum(windows) and np.allclose(saved["m2"], live.m2, rtol=1e-5)
 
 
+def test_a_servers_long_rows_rebuild_exactly_too(model_dir, tmp_path) -> None:
+    """The pyfunc (and KServe, the same scoring path) cuts a long request row into windows too."""
+    folder = _with_running_stats(model_dir, tmp_path / "model", min_clips=2, window=3)
+    context = SimpleNamespace(artifacts={"model_dir": str(folder)},
+                              model_config={"prediction_log": str(tmp_path / "log"), "max_window_s": 1.0,
+                                            "hop_s": 1.0})
+    py = AffectflowPyfunc()
+    py.load_context(context)
+    py.speech = SpeechCheck.off()
+    waves = [*_waves(1, seed=3, duration=4.0), *_waves(1, seed=4), *_waves(1, seed=5, duration=3.0)]
+    py.predict(None, pd.DataFrame({"audio": [w.tolist() for w in waves], "sample_rate": [SR] * 3}))
+    py.rec.recorder.log.flush()
+    df = read_log(tmp_path / "log")
+    live = py.rec.deployment.stats
+    assert df["windows"][0] > 1 and df["windows"][2] > 1 and live.clips == df["windows"].sum() > live.window
+    rebuilt = rebuild_deployment(py.rec.meta, df)
+    assert rebuilt.clips == live.clips and rebuilt.weight == pytest.approx(live.weight, rel=1e-9)
+    assert np.allclose(rebuilt.mean, live.mean, rtol=1e-5) and np.allclose(rebuilt.m2, live.m2, rtol=1e-5)
+
+
 def test_windows_scored_before_a_file_failed_count_in_the_rebuild(model_dir, tmp_path) -> None:
     """The running statistics took the windows of a file that failed later (here: every window's
     probabilities are non-finite); its record keeps them, and the rebuild counts them."""
