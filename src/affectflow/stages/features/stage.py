@@ -29,18 +29,15 @@ from affectflow.runtime.progress import progress
 from affectflow.stages.features.shards import SMILE_CHUNK, FeaturesError, plan
 from affectflow.stages.features.store import publish, store_location
 from affectflow.stages.features.worker import _cpu_count, _Done, _init_worker, _Job, _mp_context, _work_chunk
-from affectflow.stages.spec import Inputs
+from affectflow.stages.spec import Inputs, StageOutput
 from affectflow.storage import atomic_write_json
 
 
 @dataclass
-class FeaturesResult:
-    index: Path
-    summary: dict[str, Any]
-
+class FeaturesResult(StageOutput):
     @property
-    def out_dir(self) -> Path:
-        return self.index.parent
+    def index(self) -> Path:
+        return self.out_dir / INDEX
 
 
 # ----------------------------------------------------------------------------- the stage
@@ -106,7 +103,7 @@ def extract_features(params: Params, manifest_path: str | Path, out_dir: str | P
         **{k: v for k, v in run.items() if k != "audio_seconds"},
     })
     atomic_write_json(root / SUMMARY, summary)
-    return FeaturesResult(index=root / INDEX, summary=summary)
+    return FeaturesResult(root, summary)
 
 
 @dataclass

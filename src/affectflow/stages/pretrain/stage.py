@@ -14,7 +14,7 @@ from __future__ import annotations
 import hashlib
 import json
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -54,6 +54,7 @@ from affectflow.stages.pretrain.data import (
 from affectflow.stages.pretrain.loop import LoopData, embed, source_val_uar, train_dann
 from affectflow.stages.pretrain.probe import probe_all, project_2d
 from affectflow.stages.pretrain.report import log_to_mlflow, plot_curves, plot_projection, report_md
+from affectflow.stages.spec import REPORT_JSON, REPORT_MD, ReportedOutput
 from affectflow.stages.spec import Inputs as StageInputs
 from affectflow.storage import atomic_dir, atomic_write_json, atomic_write_text
 
@@ -62,14 +63,9 @@ NO_SPEAKER = -1
 """Speaker label of rows that have none (synthetic samples): ignored by the speaker loss."""
 
 
-@dataclass
-class PretrainResult:
-    out_dir: Path
+@dataclass(kw_only=True)
+class PretrainResult(ReportedOutput):
     encoder_dir: Path
-    report_json: Path
-    report_md: Path
-    summary: dict[str, Any] = field(default_factory=dict)
-    mlflow_run_id: str | None = None
 
 
 @dataclass
@@ -282,11 +278,11 @@ def pretrain(params: Params, manifest: str | Path, features_dir: str | Path, out
         with atomic_dir(out) as tmp:
             write_model_folder(tmp / ENCODER, chosen.recognizer.cpu(), meta)
             _plots(tmp, inp, report.pop("_projection"), histories)
-            atomic_write_json(tmp / "report.json", report)
-            atomic_write_text(tmp / "report.md", report_md(report))
+            atomic_write_json(tmp / REPORT_JSON, report)
+            atomic_write_text(tmp / REPORT_MD, report_md(report))
         log_to_mlflow(out, report)
     summary = _summary(report)
-    return PretrainResult(out, out / ENCODER, out / "report.json", out / "report.md", summary, run.info.run_id)
+    return PretrainResult(out, summary, encoder_dir=out / ENCODER, mlflow_run_id=run.info.run_id)
 
 
 def _analyse(inp: Inputs, models: dict[str, Dann], device: torch.device) -> dict[str, Any]:
