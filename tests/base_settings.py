@@ -8,6 +8,7 @@ speakers, log-mel crops, the CNN), so they start from these settings and overrid
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 from affectflow.config import Params, load_params
@@ -43,3 +44,20 @@ def base_params(overrides: dict[str, Any] | None = None) -> Params:
     """`load_params(None, ...)` from the single-corpus test settings, then `overrides`."""
     return load_params(None, {**SINGLE_CORPUS, **(overrides or {})})
 
+
+
+def synth_params_at(synth_root: Path, base: Path, **overrides: Any) -> Params:
+    """The settings for the generated 4-class corpus at `synth_root` (the `synth_root` fixture), with
+    the workdir and MLflow store under `base` and one worker each: what the fixture and the
+    session-wide recognizer corpus share."""
+    return base_params({
+        "paths.workdir": str(base / "work"),
+        "paths.data_root": str(synth_root.parent),
+        "ingest.corpora": [{"name": "ravdess", "adapter": "ravdess", "root": "ravdess"}],
+        "ingest.classes": ["neutral", "happy", "sad", "angry"],
+        "ingest.workers": 1,
+        "features.workers": 1,
+        "tracking.uri": f"sqlite:///{base / 'mlflow.db'}",
+        "tracking.artifact_location": str(base / "mlartifacts"),
+        **overrides,
+    })
