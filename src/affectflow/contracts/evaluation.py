@@ -87,26 +87,24 @@ class CalibrationScores(BaseModel):
     mean_confidence_after: float
 
 
-class GroupScores(_Strict):
+class Headline(BaseModel):
+    """The headline scores of any scored clips: how many, UAR (with its interval), WA, macro-F1."""
+
+    n: int
+    uar: float
+    wa: float
+    macro_f1: float
+    uar_ci_low: float | None = None
+    uar_ci_high: float | None = None
+
+
+class GroupScores(Headline, _Strict):
     """One group of a breakdown (a speaker, a gender, a corpus)."""
 
-    n: int
-    uar: float
-    wa: float
-    macro_f1: float
-    uar_ci_low: float | None = None
-    uar_ci_high: float | None = None
 
-
-class SetScores(_Sections):
+class SetScores(Headline, _Sections):
     """The scores of one scored set (the test split, or one held-out corpus)."""
 
-    n: int
-    uar: float
-    wa: float
-    macro_f1: float
-    uar_ci_low: float | None = None
-    uar_ci_high: float | None = None
     wa_ci_low: float | None = None
     wa_ci_high: float | None = None
     macro_f1_ci_low: float | None = None
