@@ -57,11 +57,12 @@ from affectflow.features.keys import feature_keys
 from affectflow.metrics import confusion, uar_cm
 from affectflow.models import feature_kind
 from affectflow.models.data import NormStats, normalize
+from affectflow.models.dev import confident
 from affectflow.serving.monitor import Reference, judge
 from affectflow.serving.prediction_log import ClipOutcome, PredictionLog, Recorder, Summariser
 from affectflow.stages.pretrain.log_target import LOG_CORPUS, with_log_target
 from affectflow.stages.pretrain.loop import embed
-from affectflow.stages.pretrain.select import select
+from affectflow.stages.pretrain.select import candidate_terms, select
 from affectflow.stages.pretrain.stage import fit, prepare_inputs
 
 CLASSES = ["angry", "happy", "neutral", "sad"]
@@ -207,10 +208,19 @@ def cell(base_params, df: pd.DataFrame, store: Path, held: str, seed: int, work:
         at = replace(inp, params=inp.params.model_copy(update={"pretrain": inp.params.pretrain.model_copy(
             update={"lambda_max": lam})}))
         models[lam] = fit(at, device, adversarial=True, seed=seed, desc=f"{held} s{seed} dann {lam}")[0]
-    choice = select(models, inp.data, device, p.train.batch_size, seed, p.pretrain.select_margin)
+    choice = select(models, inp.data, device, p.train.batch_size, seed, p.pretrain.select_margin,
+                    p.pretrain.select_confidence)
     test_x = [normalize(a, inp.norm.stats_for(LOG_CORPUS)) for a in fs.load(kind, test["utt_id"].tolist())]
     y = test["emotion"].map({c: i for i, c in enumerate(inp.classes)}).to_numpy()
     scores = {str(lam): uar(embed(m.recognizer, test_x, device, 256), y) for lam, m in models.items()}
+    # diagnostics (labels DEV never sees): the traffic's own UAR (what DEV estimates: the logged
+    # distribution), source validation UAR, and DEV's per-clip terms (any variant of the rule re-scored)
+    traffic_x = [normalize(a, inp.norm.stats_for(LOG_CORPUS)) for a in traffic_raw]
+    y_traffic = traffic["emotion"].map({c: i for i, c in enumerate(inp.classes)}).to_numpy()
+    on_traffic = {str(lam): uar(embed(m.recognizer, traffic_x, device, 256), y_traffic) for lam, m in models.items()}
+    val_uar = {str(lam): uar(embed(m.recognizer, inp.data.val_x, device, 256), inp.data.val_y) for lam, m in models.items()}
+    terms = {str(lam): [np.round(t, 5).tolist() for t in candidate_terms(m, inp.data, device, p.train.batch_size, seed)]
+             for lam, m in models.items()}
     # drift: the no-adaptation model's view (pooled training statistics), traffic vs held-out source speakers
     same_rows = src[src["split"] == "val"]
     same_raw = fs.matrix(kind, same_rows["utt_id"].tolist())
@@ -226,8 +236,9 @@ def cell(base_params, df: pd.DataFrame, store: Path, held: str, seed: int, work:
                         same_rows["corpus"].astype(str).to_numpy(), mix,
                         src[src["split"] == "train"]["speaker"].astype(str).to_numpy())
     return {"held_out": held, "seed": seed, "kind": kind, "model": base_params.train.model, "feature_key": key,
-            "uar": scores, "dev": {"lambda": choice.lambd, "adapt": choice.adapt,
-                                   "risks": {str(k): v for k, v in choice.risks.items()}},
+            "uar": scores, "uar_traffic": on_traffic, "uar_source_val": val_uar,
+            "dev": {"lambda": choice.lambd, "adapt": choice.adapt, "risks": {str(k): v for k, v in choice.risks.items()},
+                    "terms": terms, "val_speaker": inp.rows.source_val["speaker"].astype(str).tolist()},
             "uar_no_adaptation": scores["0.0"], "uar_dev": scores[str(choice.lambd)],
             "drift": drift, "n": {"traffic": len(traffic), "test": len(test), "source_train": int((src["split"] == "train").sum()),
                                   "source_val": len(same_rows)}, "seconds": round(time.perf_counter() - t0, 1)}
@@ -252,6 +263,21 @@ def drift_only(base_params, df: pd.DataFrame, store: Path, held: str, seed: int,
     return drift_rates(base_params, train_raw, traffic_raw, same_raw, uniform(traffic_raw), uniform(same_raw), windows,
                        seed, same_rows["corpus"].astype(str).to_numpy(), train["corpus"].value_counts(normalize=True).to_dict(),
                        train["speaker"].astype(str).to_numpy())
+
+
+def dev_rules(params: Params, r: dict) -> dict:
+    """DEV's choice in a cell, recomputed from its stored terms (no retraining): the point estimate
+    (select_confidence 0) and the product's rule (params.yaml's select_confidence)."""
+    if "terms" not in r["dev"]:
+        return {}
+    terms = {float(k): (np.asarray(v[0]), np.asarray(v[1])) for k, v in r["dev"]["terms"].items()}
+    groups = np.asarray(r["dev"]["val_speaker"])
+    cfg = params.pretrain
+    out = {}
+    for rule, conf in (("dev_point", 0.0), ("dev_confident", cfg.select_confidence)):
+        c = confident(terms, groups, cfg.select_margin, conf, r["seed"])
+        out[rule] = {"lambda": c.lambd, "adapt": c.adapt, "confidence": c.confidence}
+    return out
 
 
 def main() -> None:
@@ -289,6 +315,7 @@ def main() -> None:
             if a.drift_only:
                 r["drift"] = drift_only(params, df, store, held, seed, a.windows)
                 f.write_text(json.dumps(r))
+            r["rules"] = dev_rules(params, r)
             rows.append(r)
             print(f"{held} seed {seed}: no adaptation {r['uar_no_adaptation']:.3f}, DEV (lambda {r['dev']['lambda']}) "
                   f"{r['uar_dev']:.3f}, all {r['uar']}; drift flagged {r['drift']['cross_corpus']['flagged']:.2f} "
@@ -298,21 +325,26 @@ def main() -> None:
     for held in a.corpora:
         rs = [r for r in rows if r["held_out"] == held]
         table[held] = {k: float(np.mean([r[k] for r in rs])) for k in ("uar_no_adaptation", "uar_dev")}
+        for rule in rs[0]["rules"]:
+            table[held][f"uar_{rule}"] = float(np.mean([r["uar"][str(r["rules"][rule]["lambda"])] for r in rs]))
+            table[held][f"delta_points_{rule}"] = 100 * (table[held][f"uar_{rule}"] - table[held]["uar_no_adaptation"])
+            table[held][f"adapted_seeds_{rule}"] = sum(r["rules"][rule]["adapt"] for r in rs)
         table[held]["delta_points"] = 100 * (table[held]["uar_dev"] - table[held]["uar_no_adaptation"])
         table[held]["cross_corpus_flagged"] = float(np.mean([r["drift"]["cross_corpus"]["flagged"] for r in rs]))
         table[held]["same_distribution_flagged"] = float(np.mean([r["drift"]["same_distribution"]["flagged"] for r in rs]))
         table[held]["adapted_seeds"] = sum(r["dev"]["adapt"] for r in rs)
         table[held]["uar_by_lambda"] = {k: float(np.mean([r["uar"][k] for r in rs])) for k in rs[0]["uar"]}
     mean_delta = float(np.mean([t["delta_points"] for t in table.values()]))
+    rule_means = {rule: float(np.mean([t[f"delta_points_{rule}"] for t in table.values()])) for rule in rows[0]["rules"]}
     always = {k: float(np.mean([100 * (t["uar_by_lambda"][k] - t["uar_no_adaptation"]) for t in table.values()]))
               for k in rows[0]["uar"] if k != "0.0"}
     result = {"front_end": {"kind": a.kind, "model": params.train.model, "layer": a.layer if tag else None,
                             "checkpoint": WHISPER if tag else None},
-              "cells": rows, "table": table, "mean_delta_points": mean_delta,
+              "cells": rows, "table": table, "mean_delta_points": mean_delta, "rule_mean_delta_points": rule_means,
               "always_adapt_mean_delta_points": always}
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2))
-    print(json.dumps(table, indent=2), f"\nmean delta (points): DEV {mean_delta:+.2f}, always adapt {always}")
+    print(json.dumps(table, indent=2), f"\nmean delta (points): DEV as run {mean_delta:+.2f}, by rule {rule_means}, always adapt {always}")
 
 
 if __name__ == "__main__":

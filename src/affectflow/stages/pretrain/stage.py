@@ -138,6 +138,7 @@ def prepare_inputs(params: Params, manifest: str | Path | pd.DataFrame, features
         tgt_domain=domains.labels(tgt_c),
         tgt_speaker=rows.target_train["speaker"].astype(str).map(spk_of).to_numpy(np.int64),
         val_x=[], val_y=rows.source_val["emotion"].map(y_of).to_numpy(np.int64),
+        val_speaker=rows.source_val["speaker"].astype(str).to_numpy(),
     )
     inp = Inputs(params=params, df=df, where=where, domains=domains, rows=rows, kind=kind,
                  input_dim=int(src_raw[0].shape[0]), feature_key=feature_key(fs, kind, rows.source_train["utt_id"]),
