@@ -140,3 +140,22 @@ def test_pretrain_adapts_to_the_log_and_dev_decides(world, tmp_path) -> None:  #
     # a DANN better by the point estimate is kept only when the speaker bootstrap agrees
     assert not sel["adapt"] or sel["confidence"] >= p.pretrain.select_confidence
     assert res.encoder_dir.is_dir()
+
+
+def test_a_recognizer_without_encoder_parameters_cannot_be_adapted() -> None:
+    """ssl_linear (one fixed layer + a closed-form head): the gradient reversal would move nothing."""
+    from types import SimpleNamespace
+
+    from affectflow.config import load_params
+    from affectflow.stages.pretrain.data import PretrainDataError
+    from affectflow.stages.pretrain.stage import build_dann
+
+    def inp(model: str) -> SimpleNamespace:
+        p = load_params("params.yaml", {"train.model": model, "train.ssl_linear.layer": 0,
+                                        "features.ssl.layers": [3], "features.ssl.checkpoint": "pkg:whisper-base"})
+        return SimpleNamespace(params=p, kind="ssl", input_dim=16, classes=["a", "b"],
+                               domains=SimpleNamespace(names=["x", "y"]), speakers=[])
+
+    with pytest.raises(PretrainDataError, match=r"train\.model ssl_linear: its encoder has no parameters"):
+        build_dann(inp("ssl_linear"), 0)  # type: ignore[arg-type]
+    assert any(True for _ in build_dann(inp("ssl_head"), 0).encoder.parameters())  # type: ignore[arg-type]

@@ -42,6 +42,7 @@ from affectflow.runtime.device import resolve_device
 from affectflow.stages.pretrain.data import (
     Domains,
     InputNorm,
+    PretrainDataError,
     RowSets,
     assert_no_target_test,
     feature_key,
@@ -158,6 +159,10 @@ def build_dann(inp: Inputs, seed: int) -> Dann:
     cfg, tc = inp.params.pretrain, inp.params.train
     torch.manual_seed(seed)
     rec = build_model(tc.model, _arch(inp), inp.input_dim, len(inp.classes))
+    if not any(True for _ in rec.encoder.parameters()):  # e.g. ssl_linear: a fixed layer, a closed-form head
+        raise PretrainDataError(f"train.model {tc.model}: its encoder has no parameters, so DANN has nothing to "
+                                "adapt; pretrain a recognizer with a trainable encoder (ssl_head; with "
+                                "features.ssl.layers [k], an MLP on layer k)")
     n_spk = len(inp.speakers) if cfg.speaker_adversarial else 0
     return Dann(rec, len(inp.domains.names), n_spk, cfg.domain_hidden, cfg.head_dropout)
 
