@@ -280,6 +280,11 @@ def dev_rules(params: Params, r: dict) -> dict:
     return out
 
 
+def slim(r: dict) -> dict:
+    """A cell for the results file: DEV's per-clip terms stay in the cell cache (`<work>/loop_cells*`)."""
+    return {**r, "dev": {k: v for k, v in r["dev"].items() if k not in ("terms", "val_speaker")}}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--work", type=Path, required=True)
@@ -340,7 +345,7 @@ def main() -> None:
               for k in rows[0]["uar"] if k != "0.0"}
     result = {"front_end": {"kind": a.kind, "model": params.train.model, "layer": a.layer if tag else None,
                             "checkpoint": WHISPER if tag else None},
-              "cells": rows, "table": table, "mean_delta_points": mean_delta, "rule_mean_delta_points": rule_means,
+              "cells": [slim(r) for r in rows], "table": table, "mean_delta_points": mean_delta, "rule_mean_delta_points": rule_means,
               "always_adapt_mean_delta_points": always}
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2))
