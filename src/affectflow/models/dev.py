@@ -17,8 +17,9 @@ its risk beats no adaptation by `margin`, so the criterion can decline adaptatio
 speakers, weighted by ratios up to `WEIGHT_MAX`, moves by more between seeds than the candidates
 differ (benchmarks/RESULTS.md, the loop study on the Whisper front-end). A DANN is kept only when it
 beats no adaptation in at least `confidence` of paired bootstrap resamples of the validation
-speakers (clips of one speaker are not independent, so speakers are resampled, Efron &
-Tibshirani's block bootstrap), each candidate's terms (losses, weights) fixed: a one-sided test of
+speakers (clips of one speaker are not independent, so whole speakers are resampled: the bootstrap
+for grouped data, Davison & Hinkley 1997, "Bootstrap methods and their application"), each
+candidate's terms (losses, weights) fixed: a one-sided test of
 "adapting lowers the estimated target risk" at level 1 - confidence, so an adaptation that the
 estimate cannot tell from no adaptation is declined.
 """
