@@ -24,8 +24,11 @@ Protocol (the four classes angry / happy / neutral / sad):
 - adaptation: the pretrain stage's inputs with `pretrain.target_log` = that log
   (`stages/pretrain/log_target.py`), `pretrain.normalize: corpus` (each corpus standardised by its
   own clips: H by the logged traffic, i.e. the deployment's statistics at the end of the stream),
-  source-only (λ = 0) and DANN at λ 0.3 and 1.0, DEV's choice (`stages/pretrain/select.py`);
-  every model scores H's test speakers standardised with the traffic's statistics.
+  source-only (λ = 0) and DANN at λ 0.3 and 1.0, DEV's choice (`stages/pretrain/select.py`), also
+  recomputed from the cell's stored per-clip terms (`dev_rules`: the point estimate and the product's
+  rule, `pretrain.select_confidence`); every model scores H's test speakers standardised with the
+  traffic's statistics, and, as diagnostics DEV never sees, the traffic itself and the source
+  validation speakers.
 
     python benchmarks/loop_study.py --work /tmp/loop-real --seeds 0 1 2 --out benchmarks/results/loop_study.json
     python benchmarks/loop_study.py --kind ssl --layer 3 --work /tmp/wloop --store /tmp/whisper2/base/features \
