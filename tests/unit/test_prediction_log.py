@@ -19,11 +19,14 @@ from test_predict import CLASSES, SR, make_model_dir, write_clip
 
 from affectflow import cli
 from affectflow.config import MonitorConfig
+from affectflow.models.data import NormStats
 from affectflow.serving.predict import RecognizerBackend, predict_paths
 from affectflow.serving.predict.windows import WindowReader
 from affectflow.serving.prediction_log import (
+    ClipOutcome,
     PredictionLog,
     PredictionLogError,
+    Recorder,
     Summariser,
     attach_recorder,
     prune,
@@ -83,6 +86,25 @@ def test_the_summary_is_the_clip_standardised_with_training_statistics_and_poole
     assert np.allclose(s.pooled(mel), z.mean(axis=1), atol=1e-4)
     assert np.allclose(s(mel), s.project(z.mean(axis=1)), atol=1e-4)
     assert np.allclose(Summariser(rec.stats, rec.feature, 16)(mel), s(mel))  # the projection is fixed
+
+
+def test_an_ssl_vector_is_logged_as_one_frame_with_its_standardised_projection(tmp_path) -> None:
+    """The Whisper front-end's `ssl` vector (layers x hidden, flattened; benchmarks/loop_study.py
+    --kind ssl): its moments are the vector itself (what pretrain.target_log adapts to), its summary
+    the vector standardised with the training statistics, then projected to summary_dims."""
+    rng = np.random.default_rng(0)
+    dim = 2 * 64
+    mean, std = rng.normal(size=dim), rng.uniform(0.5, 2.0, dim)
+    summarise = Summariser(NormStats("global", mean.tolist(), std.tolist()), "ssl", 16)
+    rec = Recorder(PredictionLog(tmp_path / "log", flush_records=100), summarise, "m", "kserve", "key", ["a", "b"], SR)
+    x = rng.normal(size=dim).astype(np.float32)
+    rec.observe([x])
+    rec.record([ClipOutcome("row 0", "ok", np.array([0.3, 0.7]), 1.0, windows=1)], [0], flush=True)
+    r = read_log(tmp_path / "log").iloc[0]
+    assert np.allclose(r["moment_mean"], x) and r["moment_frames"] == 1.0 and r["moment_m2"] is None
+    assert len(r["summary"]) == 16
+    assert np.allclose(r["summary"], summarise.project(((x - mean) / std).astype(np.float32)), atol=1e-4)
+    assert not np.allclose(r["summary"], summarise.project(x), atol=1e-2)  # standardised before the projection
 
 
 def test_the_deployment_statistics_rebuild_from_the_log(model_dir, tmp_path) -> None:

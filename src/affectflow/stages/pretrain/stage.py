@@ -42,6 +42,7 @@ from affectflow.runtime.device import resolve_device
 from affectflow.stages.pretrain.data import (
     Domains,
     InputNorm,
+    PretrainDataError,
     RowSets,
     assert_no_target_test,
     feature_key,
@@ -134,6 +135,7 @@ def prepare_inputs(params: Params, manifest: str | Path | pd.DataFrame, features
         tgt_domain=domains.labels(tgt_c),
         tgt_speaker=rows.target_train["speaker"].astype(str).map(spk_of).to_numpy(np.int64),
         val_x=[], val_y=rows.source_val["emotion"].map(y_of).to_numpy(np.int64),
+        val_speaker=rows.source_val["speaker"].astype(str).to_numpy(),
     )
     inp = Inputs(params=params, df=df, where=where, domains=domains, rows=rows, kind=kind,
                  input_dim=int(src_raw[0].shape[0]), feature_key=feature_key(fs, kind, rows.source_train["utt_id"]),
@@ -153,6 +155,10 @@ def build_dann(inp: Inputs, seed: int) -> Dann:
     cfg, tc = inp.params.pretrain, inp.params.train
     torch.manual_seed(seed)
     rec = build_model(tc.model, _arch(inp), inp.input_dim, len(inp.classes))
+    if not any(True for _ in rec.encoder.parameters()):  # e.g. ssl_linear: a fixed layer, a closed-form head
+        raise PretrainDataError(f"train.model {tc.model}: its encoder has no parameters, so DANN has nothing to "
+                                "adapt; pretrain a recognizer with a trainable encoder (ssl_head; with "
+                                "features.ssl.layers [k], an MLP on layer k)")
     n_spk = len(inp.speakers) if cfg.speaker_adversarial else 0
     return Dann(rec, len(inp.domains.names), n_spk, cfg.domain_hidden, cfg.head_dropout)
 
