@@ -103,6 +103,27 @@ def test_a_clip_gets_the_same_vector_alone_and_in_any_batch(whisper_folder: Path
     assert np.isfinite(enc([clip(40.0, 3)])[0]).all()
 
 
+def test_the_encoder_stops_at_the_highest_kept_layer_and_keeps_the_full_runs_states(whisper_folder: Path) -> None:
+    import torch
+
+    full = SslEncoder(SslConfig(checkpoint=str(whisper_folder)), 16000)
+    early = SslEncoder(SslConfig(checkpoint=str(whisper_folder), layers=[0, 1]), 16000)
+    assert (full.layers_run, early.layers_run, len(early.model.layers)) == (2, 1, 1)
+    assert isinstance(early.model.layer_norm, torch.nn.Identity)  # the final norm belongs to the last layer only
+    waves = [clip(1.5, 0), clip(2.2, 2)]
+    np.testing.assert_allclose(np.stack(early(waves)), np.stack(full(waves))[:, :32], rtol=1e-5, atol=1e-6)
+    only0 = SslEncoder(SslConfig(checkpoint=str(whisper_folder), layers=[0]), 16000)
+    assert only0.layers_run == 0
+    np.testing.assert_allclose(only0(waves)[0], full(waves)[0][:16], rtol=1e-5, atol=1e-6)
+    # on a full encoder, `upto` stops the loop; the last layer keeps its final norm
+    mel = torch.from_numpy(np.random.default_rng(0).standard_normal((1, 8, 300)).astype(np.float32))
+    with torch.inference_mode():
+        ref, part = whisper_hidden_states(full.model, mel), whisper_hidden_states(full.model, mel, upto=1)
+        last = whisper_hidden_states(full.model, mel, upto=2)
+    assert len(part) == 2 and all(torch.equal(a, b) for a, b in zip(part, ref[:2], strict=False))
+    assert torch.equal(last[-1], ref[-1])
+
+
 def test_padded_window_pools_the_clip_frames_only_and_is_another_key(whisper_folder: Path) -> None:
     from affectflow.features.ssl import key_config
 
@@ -214,3 +235,8 @@ def test_real_weights_match_ctranslate2s_encoder(name: str, layers: int, hidden:
     assert np.abs(ours - theirs).max() < 1e-3 * np.abs(theirs).max()
     v = enc([w])[0].reshape(layers, hidden)
     assert np.isfinite(v).all() and (v.std(axis=1) > 0).all()
+    # stopped after the middle hidden state: the kept states are the full run's
+    middle = layers // 2
+    early = SslEncoder(cfg.model_copy(update={"layers": list(range(middle + 1))}), 16000)
+    assert early.layers_run == middle
+    np.testing.assert_allclose(early([w])[0], v[:middle + 1].reshape(-1), rtol=1e-4, atol=1e-5)
