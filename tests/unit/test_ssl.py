@@ -75,6 +75,13 @@ def test_extraction_is_cached_under_the_checkpoint_content(synth_params: Params,
         checkpoint_hash(p.features.ssl)
     layers = extract_features(with_overrides(p, {"features.ssl.layers": [-1]}), manifest, tmp_path / "f3")
     assert layers.summary["ssl"]["dim"] == 32
+    # on the CPU, two lanes (threads sharing the encoder, one torch thread each) give the same vectors
+    from affectflow.stages.features.worker import _cpu_count
+
+    lanes = extract_features(with_overrides(p, {"features.workers": 2}), manifest, tmp_path / "f4")
+    assert lanes.summary["ssl"]["lanes"] == min(2, _cpu_count()) and lanes.summary["ssl"]["layers_run"] == 2
+    np.testing.assert_allclose(FeatureSet(tmp_path / "f4").matrix("ssl", read_manifest(manifest)["utt_id"].tolist()),
+                               X, rtol=1e-4, atol=1e-5)
 
 
 @pytest.mark.parametrize("kind,stable", [("wavlm", False), ("wavlm", True), ("hubert", False)])
