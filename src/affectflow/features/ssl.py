@@ -148,6 +148,21 @@ def n_layers(cfg: SslConfig) -> int:
     return int(AutoConfig.from_pretrained(folder, local_files_only=True).num_hidden_layers) + 1
 
 
+def kept_states(cfg: SslConfig) -> tuple[list[int], int]:
+    """(the encoder's hidden-state index of each stored layer, the encoder's hidden states), read
+    from the checkpoint's config.json (no weights loaded): what a model picking one stored layer by
+    its encoder index needs (`models.ssl_linear.layer_index`)."""
+    from transformers import AutoConfig
+
+    where = local_checkpoint(cfg)
+    folder = where if isinstance(where, Path) else _hub_folder(str(where))
+    total = int(AutoConfig.from_pretrained(folder, local_files_only=True).num_hidden_layers) + 1
+    bad = [i for i in cfg.layers if not -total <= i < total]
+    if bad:
+        raise SslCheckpointError(f"features.ssl.layers: {bad} are not layers of this encoder (0..{total - 1})")
+    return [i % total for i in cfg.layers] or list(range(total)), total
+
+
 def key_config(cfg: SslConfig, sample_rate: int) -> dict[str, Any]:
     """What determines the values (the cache key): the checkpoint's content, the layers, the rate,
     the chunking."""
