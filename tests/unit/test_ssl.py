@@ -101,7 +101,7 @@ def test_the_encoder_stops_at_the_highest_kept_layer(tmp_path: Path, kind: str, 
         cfg.save_pretrained(folder)
     rng = np.random.default_rng(0)
     waves = [(0.3 * rng.standard_normal(n)).astype(np.float32) for n in (8000, 12000)]
-    full = SslEncoder(SslConfig(checkpoint=str(folder)), 16000)
+    full = SslEncoder(SslConfig(checkpoint=str(folder), layers=[]), 16000)
     early = SslEncoder(SslConfig(checkpoint=str(folder), layers=[1, 0]), 16000)
     assert (full.layers_run, early.layers_run, len(early.model.encoder.layers)) == (2, 1, 1)
     assert isinstance(early.model.encoder.layer_norm, torch.nn.Identity) == stable

@@ -158,7 +158,17 @@ def dimension_scores(model: SslLinear, V: np.ndarray, vdims: np.ndarray, names: 
 def fit_linear(cfg: WorkerConfig) -> dict[str, Any]:
     """The regression on the chosen layer, over every training row (synthetic rows weighted by
     `train.synthetic_weight`); the outcome the train stage expects, plus the resolved
-    `arch_config` (the chosen layer) and `layer_choice`."""
+    `arch_config` (the chosen layer) and `layer_choice`. numpy / scikit-learn's BLAS gets
+    `train.threads` threads, as torch does: the regressions' small products do not pay for more,
+    and on a busy CPU two spinning BLAS threads cost ~20x the CPU time of one (benchmarks/RESULTS.md,
+    "The default decision")."""
+    from threadpoolctl import threadpool_limits
+
+    with threadpool_limits(cfg.train.threads or None):
+        return _fit_linear(cfg)
+
+
+def _fit_linear(cfg: WorkerConfig) -> dict[str, Any]:
     n_classes, n_layers = len(cfg.classes), int(cfg.arch_config["n_layers"])
     if n_layers < 1:
         raise ValueError("ssl_linear: the features carry no encoder layers (features.ssl)")
