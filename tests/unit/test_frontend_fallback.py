@@ -75,3 +75,15 @@ def test_the_shipped_default_is_whisper_and_falls_back_to_compare_without_the_we
     assert p.train.model == "compare_mlp" and p.features.kinds == ["compare"]
     lines = [r.getMessage() for r in caplog.records if r.name == "affectflow.stages.frontend"]
     assert len(lines) == 1 and "train.model ssl_linear falls back to compare_mlp" in lines[0]
+
+
+def test_the_pipelines_resolve_params_says_it_once(monkeypatch: pytest.MonkeyPatch,
+                                                   caplog: pytest.LogCaptureFixture) -> None:
+    """Every stage's configuration is resolved from the fallen-back params, and the line is said once."""
+    from affectflow.orchestration.run_form import stage_configs
+
+    monkeypatch.setattr("affectflow.stages.frontend.missing", lambda checkpoint: "weights absent")
+    with caplog.at_level(logging.WARNING, logger="affectflow.stages.frontend"):
+        configs = stage_configs(load_params(REPO_PARAMS))
+    assert len([r for r in caplog.records if r.name == "affectflow.stages.frontend"]) == 1
+    assert '"model": "compare_mlp"' in configs["train"] and '"kinds": ["compare"]' in configs["features"]
