@@ -36,6 +36,9 @@ SINGLE_CORPUS: dict[str, Any] = {
     # Tests count what each run computes: the deployment's shared feature store is off (its own tests,
     # tests/unit/test_feature_store.py, turn it on).
     "features.store": "",
+    # The tests' encoders are tiny (2 layers, 3 hidden states): keep every state (the shipped default
+    # keeps Whisper-base's 0-3).
+    "features.ssl.layers": [],
 }
 """One RAVDESS-like corpus, log-mel CNN-BiGRU, early stopping on validation speakers."""
 

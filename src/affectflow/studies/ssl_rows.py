@@ -48,7 +48,7 @@ adversary); `studies.generalization.METHODS` registers each with `adversarial_ce
 def layer_matrix(params: Params, features: Path, rows: pd.DataFrame) -> np.ndarray:
     """Raw (N, D) vectors of one layer (`train.ssl_linear.layer`) of the stored ssl features."""
     from affectflow.contracts.feature_store import FeatureSet
-    from affectflow.features.ssl import n_layers
+    from affectflow.features.ssl import kept_states
     from affectflow.models.ssl_linear import layer_index
 
     layer = params.train.ssl_linear.layer
@@ -56,9 +56,10 @@ def layer_matrix(params: Params, features: Path, rows: pd.DataFrame) -> np.ndarr
         raise ValueError("train.ssl_linear.layer: auto is chosen inside the train stage; rows outside it "
                          "(studies/ssl_rows.py) need an index or middle")
     X = FeatureSet(features).matrix("ssl", rows["utt_id"].tolist()).astype(np.float64)
-    n = n_layers(params.features.ssl)
+    states, total = kept_states(params.features.ssl)
+    n = len(states)
     width = X.shape[1] // n
-    k = layer_index(layer, n)
+    k = layer_index(layer, n, states, total)
     return X[:, k * width:(k + 1) * width]
 
 
