@@ -151,7 +151,7 @@ def test_a_recognizer_without_encoder_parameters_cannot_be_adapted() -> None:
     from affectflow.stages.pretrain.stage import build_dann
 
     def inp(model: str) -> SimpleNamespace:
-        p = load_params("params.yaml", {"train.model": model, "train.ssl_linear.layer": 0,
+        p = load_params("params.yaml", {"train.model": model, "train.ssl_linear.layer": 3,
                                         "features.ssl.layers": [3], "features.ssl.checkpoint": "pkg:whisper-base"})
         return SimpleNamespace(params=p, kind="ssl", input_dim=16, classes=["a", "b"],
                                domains=SimpleNamespace(names=["x", "y"]), speakers=[])
