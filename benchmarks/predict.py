@@ -146,7 +146,7 @@ def serve_latency(uri: str, files: list[str], n: int, sr: int, tmp: Path, thread
     import numpy as np
 
     from affectflow import audio
-    from affectflow.runtime.netutil import free_port, http_ok, stop_group
+    from affectflow.runtime.netutil import free_port, stop_group, wait_ready
     from affectflow.serving.predict import invocations_payload, post_invocations
 
     bin_dir = Path(sys.executable).parent
@@ -161,10 +161,7 @@ def serve_latency(uri: str, files: list[str], n: int, sr: int, tmp: Path, thread
     t0 = time.perf_counter()
     proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=tmp, start_new_session=True)
     try:
-        while not http_ok(f"{url}/ping"):
-            if proc.poll() is not None or time.perf_counter() - t0 > STARTUP_TIMEOUT_S:
-                raise RuntimeError(f"server did not start: {(tmp / 'serve.log').read_text()[-2000:]}")
-            time.sleep(0.25)
+        wait_ready(f"{url}/ping", proc, tmp / "serve.log", "mlflow models serve", STARTUP_TIMEOUT_S, poll_s=0.25)
         startup = time.perf_counter() - t0
         kinds = {"waveform": [invocations_payload([audio.load(f, sr)], sr) for f in files[:n]],
                  "b64": [invocations_payload(files=[f]) for f in files[:n]]}

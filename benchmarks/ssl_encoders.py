@@ -10,12 +10,15 @@ themselves when a GPU is visible.
     .venv/bin/python benchmarks/ssl_encoders.py                    # 32 clips of 3 s
     .venv/bin/python benchmarks/ssl_encoders.py --clips 64 --seconds 5 --threads 2
     .venv/bin/python benchmarks/ssl_encoders.py --encoders whisper-base whisper-base-padded
+    .venv/bin/python benchmarks/ssl_encoders.py --encoders whisper-base --layers all 0-3 --threads 1
 
 Whisper rows use the real weights of the `whisper-weights` extra (`pkg:whisper-base`,
 `pkg:whisper-tiny.en`; skipped when absent): `-padded` pads every clip to Whisper's 30 s window as
 it was trained, the plain row restricts the positions to the clip (`features.ssl.window`). Each row
 runs in its own process, so the peak RSS is that encoder's; CPU seconds are given beside the wall
-time because the box is shared (wall time depends on the load, CPU time much less).
+time because the box is shared (wall time depends on the load, CPU time much less). `--layers`
+gives each encoder one row per set of kept hidden states (`features.ssl.layers`; `all`, or `0-3`:
+the encoder stops after the highest one).
 """
 
 from __future__ import annotations
@@ -49,19 +52,28 @@ ENCODERS = ("tiny", "wavlm-base-size", "whisper-base", "whisper-base-padded", "w
             "whisper-tiny.en-padded")
 
 
-def encoder_config(kind: str, tmp: Path, batch_size: int):
+def parse_layers(text: str) -> list[int]:
+    """`all` -> [] (every hidden state); `0-3` -> [0, 1, 2, 3]; `3` -> [3]."""
+    if text == "all":
+        return []
+    first, _, last = text.partition("-")
+    return list(range(int(first), int(last or first) + 1))
+
+
+def encoder_config(kind: str, tmp: Path, batch_size: int, layers: list[int]):
     """The `features.ssl` settings of one row: a random encoder saved to `tmp`, or a packaged
     Whisper (`pkg:`), its positions trimmed to the clip or padded to 30 s."""
     from affectflow.config import SslConfig
 
     if kind.startswith("whisper-"):
         name = kind.removesuffix("-padded")
-        return SslConfig(checkpoint=f"pkg:{name}", batch_size=batch_size,
+        return SslConfig(checkpoint=f"pkg:{name}", batch_size=batch_size, layers=layers,
                          window="padded" if kind.endswith("-padded") else "clip")
-    return SslConfig(checkpoint=str(save_encoder(kind, tmp / kind)), batch_size=batch_size)
+    return SslConfig(checkpoint=str(save_encoder(kind, tmp / kind)), batch_size=batch_size, layers=layers)
 
 
-def measure(kind: str, device: str, clips: int, seconds: float, threads: int, batch_size: int) -> tuple:
+def measure(kind: str, device: str, clips: int, seconds: float, threads: int, batch_size: int,
+            layers: list[int]) -> tuple:
     """One row, in its own process (peak RSS is the process's): params (M), vector size,
     x real time, wall s, CPU s, peak RSS (MB), peak CUDA memory (MB)."""
     import resource
@@ -74,7 +86,7 @@ def measure(kind: str, device: str, clips: int, seconds: float, threads: int, ba
     torch.set_num_threads(threads)
     waves = [utterance("happy", s, s, 16000, seconds) for s in range(clips)]
     with tempfile.TemporaryDirectory() as tmp:
-        enc = SslEncoder(encoder_config(kind, Path(tmp), batch_size), 16000, device)
+        enc = SslEncoder(encoder_config(kind, Path(tmp), batch_size, layers), 16000, device)
         enc(waves[:2])  # warm-up (allocator, kernels)
         if device == "cuda":
             torch.cuda.synchronize()
@@ -114,6 +126,7 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--batch-size", type=int, default=8)
     ap.add_argument("--encoders", nargs="+", choices=ENCODERS, default=list(ENCODERS))
+    ap.add_argument("--layers", nargs="+", default=["all"], help="kept hidden states per row: all, 0-3, 3")
     a = ap.parse_args()
 
     import torch
@@ -125,18 +138,20 @@ def main() -> None:
         if not packaged(kind):
             print(f"{kind}: skipped, the whisper-weights packages are not installed")
             continue
-        for device in devices:
-            with ProcessPoolExecutor(1, mp_context=mp.get_context("spawn")) as pool:
-                rows.append((kind, device, *pool.submit(measure, kind, device, a.clips, a.seconds, a.threads,
-                                                        a.batch_size).result()))
+        for layers in a.layers:
+            for device in devices:
+                with ProcessPoolExecutor(1, mp_context=mp.get_context("spawn")) as pool:
+                    rows.append((kind, layers, device, *pool.submit(measure, kind, device, a.clips, a.seconds,
+                                                                    a.threads, a.batch_size,
+                                                                    parse_layers(layers)).result()))
     load_after = subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip()
     print(f"{a.clips} clips x {a.seconds:.1f} s = {a.clips * a.seconds:.0f} s of audio; torch {torch.__version__}, "
           f"{a.threads} CPU thread(s); load before: {load}; after: {load_after}\n")
-    print("| encoder | device | params (M) | vector | x real time | wall s | CPU s | audio s per CPU s | peak RSS (MB) "
-          "| peak CUDA (MB) |")
-    print("|---|---|--:|--:|--:|--:|--:|--:|--:|--:|")
-    for kind, device, params, dim, xrt, wall, cpu, rss, gpu in rows:
-        print(f"| {kind} | {device} | {params:.1f} | {dim} | {xrt:,.1f} | {wall:.2f} | {cpu:.2f} | "
+    print("| encoder | layers | device | params run (M) | vector | x real time | wall s | CPU s | audio s per CPU s "
+          "| peak RSS (MB) | peak CUDA (MB) |")
+    print("|---|---|---|--:|--:|--:|--:|--:|--:|--:|--:|")
+    for kind, layers, device, params, dim, xrt, wall, cpu, rss, gpu in rows:
+        print(f"| {kind} | {layers} | {device} | {params:.1f} | {dim} | {xrt:,.1f} | {wall:.2f} | {cpu:.2f} | "
               f"{a.clips * a.seconds / cpu:,.1f} | {rss:,.0f} | {gpu:,.0f} |")
 
 

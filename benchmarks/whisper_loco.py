@@ -59,7 +59,7 @@ def extract(a: argparse.Namespace) -> None:
     from affectflow.storage import atomic_path
 
     torch.set_num_threads(a.threads)
-    cfg = SslConfig(checkpoint=a.checkpoint, window=a.window, batch_size=a.batch_size)
+    cfg = SslConfig(checkpoint=a.checkpoint, window=a.window, batch_size=a.batch_size, layers=[])  # every state
     enc = SslEncoder(cfg, 16000)
     out = feature_dir(a.cache, a.checkpoint, a.window)
     out.mkdir(parents=True, exist_ok=True)
@@ -132,7 +132,7 @@ def seed_store(a: argparse.Namespace) -> None:
     from affectflow.features.ssl import SslEncoder
 
     torch.set_num_threads(a.threads)
-    params = load_params(a.params, [f"features.ssl.checkpoint={a.checkpoint}"])
+    params = load_params(a.params, [f"features.ssl.checkpoint={a.checkpoint}", "features.ssl.layers=[]"])  # the cache: every state
     key = feature_keys(with_overrides(params, {"features.kinds": ["ssl"]}))["ssl"]
     man = read_manifest(a.manifest)
     feats = read_features(a.cache, a.checkpoint, "clip")

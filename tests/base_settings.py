@@ -8,6 +8,7 @@ speakers, log-mel crops, the CNN), so they start from these settings and overrid
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 from affectflow.config import Params, load_params
@@ -35,6 +36,9 @@ SINGLE_CORPUS: dict[str, Any] = {
     # Tests count what each run computes: the deployment's shared feature store is off (its own tests,
     # tests/unit/test_feature_store.py, turn it on).
     "features.store": "",
+    # The tests' encoders are tiny (2 layers, 3 hidden states): keep every state (the shipped default
+    # keeps Whisper-base's 0-3).
+    "features.ssl.layers": [],
 }
 """One RAVDESS-like corpus, log-mel CNN-BiGRU, early stopping on validation speakers."""
 
@@ -43,3 +47,20 @@ def base_params(overrides: dict[str, Any] | None = None) -> Params:
     """`load_params(None, ...)` from the single-corpus test settings, then `overrides`."""
     return load_params(None, {**SINGLE_CORPUS, **(overrides or {})})
 
+
+
+def synth_params_at(synth_root: Path, base: Path, **overrides: Any) -> Params:
+    """The settings for the generated 4-class corpus at `synth_root` (the `synth_root` fixture), with
+    the workdir and MLflow store under `base` and one worker each: what the fixture and the
+    session-wide recognizer corpus share."""
+    return base_params({
+        "paths.workdir": str(base / "work"),
+        "paths.data_root": str(synth_root.parent),
+        "ingest.corpora": [{"name": "ravdess", "adapter": "ravdess", "root": "ravdess"}],
+        "ingest.classes": ["neutral", "happy", "sad", "angry"],
+        "ingest.workers": 1,
+        "features.workers": 1,
+        "tracking.uri": f"sqlite:///{base / 'mlflow.db'}",
+        "tracking.artifact_location": str(base / "mlartifacts"),
+        **overrides,
+    })

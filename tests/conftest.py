@@ -6,7 +6,7 @@ import os
 from pathlib import Path
 
 import pytest
-from base_settings import base_params
+from base_settings import synth_params_at
 
 os.environ.setdefault("AFFECTFLOW_PROGRESS", "0")
 os.environ.setdefault("RAY_DISABLE_USAGE_STATS", "1")
@@ -38,17 +38,7 @@ def synth_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture
 def synth_params(synth_root: Path, tmp_path: Path):
     """Params for the generated corpus: 4 classes, workdir in tmp_path, tiny and fast settings."""
-
-    return base_params({
-        "paths.workdir": str(tmp_path / "work"),
-        "paths.data_root": str(synth_root.parent),
-        "ingest.corpora": [{"name": "ravdess", "adapter": "ravdess", "root": "ravdess"}],
-        "ingest.classes": ["neutral", "happy", "sad", "angry"],
-        "ingest.workers": 1,
-        "features.workers": 1,
-        "tracking.uri": f"sqlite:///{tmp_path / 'mlflow.db'}",
-        "tracking.artifact_location": str(tmp_path / "mlartifacts"),
-    })
+    return synth_params_at(synth_root, tmp_path)
 
 
 @pytest.fixture(autouse=True)

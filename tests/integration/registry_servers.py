@@ -16,11 +16,10 @@ import shutil
 import subprocess
 import sys
 import tempfile
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
-from affectflow.runtime.netutil import free_port, http_ok, stop_group
+from affectflow.runtime.netutil import free_port, stop_group, wait_ready
 
 STARTUP_TIMEOUT_S = 180.0
 """Server start (schema creation + app import) takes ~15 s on an idle laptop, far more on a busy CI box."""
@@ -33,9 +32,7 @@ PG_USER = "postgres"
 @contextlib.contextmanager
 def mlflow_server(root: Path, backend_uri: str) -> Iterator[str]:
     """URL of a running `mlflow server` on `backend_uri` (job execution off, one worker, artifacts
-    proxied to `root/artifacts`); fails with the server log's tail when it does not come up."""
-    import pytest
-
+    proxied to `root/artifacts`); `ServerNotReady` with the server log's tail when it does not come up."""
     port = free_port()
     mlflow_bin = Path(sys.executable).with_name("mlflow")
     cmd = [str(mlflow_bin), "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
@@ -47,12 +44,7 @@ def mlflow_server(root: Path, backend_uri: str) -> Iterator[str]:
                             start_new_session=True)  # own process group: uvicorn child dies with it
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + STARTUP_TIMEOUT_S
-        while not http_ok(f"{url}/health"):
-            if proc.poll() is not None or time.monotonic() > deadline:
-                tail = log_path.read_text(errors="replace")[-3000:]
-                pytest.fail(f"mlflow server did not come up on {url} (exit code {proc.poll()}):\n{tail}")
-            time.sleep(0.5)
+        wait_ready(f"{url}/health", proc, log_path, "mlflow server", STARTUP_TIMEOUT_S)
         yield url
     finally:
         stop_group(proc, SHUTDOWN_TIMEOUT_S)

@@ -27,7 +27,7 @@ from test_serve import TINY, train_and_register
 
 from affectflow.config import Params, with_overrides
 from affectflow.contracts.manifest import read_manifest
-from affectflow.runtime.netutil import free_port, http_ok, stop_group
+from affectflow.runtime.netutil import free_port, http_ok, stop_group, wait_ready
 from affectflow.serving.predict import predict_paths
 from affectflow.tracking.registry import CHAMPION
 from affectflow.tracking.uri import resolve_uri
@@ -59,12 +59,7 @@ def predictor(synth_params: Params, tmp_path: Path) -> Iterator[dict[str, Any]]:
         proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=tmp_path,
                                 start_new_session=True)
         try:
-            deadline = time.monotonic() + STARTUP_TIMEOUT_S
-            while not http_ok(f"{url}/v2/health/ready"):
-                if proc.poll() is not None or time.monotonic() > deadline:
-                    tail = log_path.read_text(errors="replace")[-3000:]
-                    pytest.fail(f"the predictor did not become ready on {url} (exit code {proc.poll()}):\n{tail}")
-                time.sleep(0.5)
+            wait_ready(f"{url}/v2/health/ready", proc, log_path, "the predictor", STARTUP_TIMEOUT_S)
             yield {**trained, "url": url, "params": params, "store": store, "log": log_path}
         finally:
             stop_group(proc, 15.0)

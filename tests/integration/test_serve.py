@@ -24,7 +24,6 @@ import math
 import os
 import subprocess
 import sys
-import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
@@ -39,7 +38,7 @@ from base_settings import base_params
 from affectflow import audio
 from affectflow.config import Params, with_overrides
 from affectflow.contracts.manifest import read_manifest
-from affectflow.runtime.netutil import free_port, http_ok, stop_group
+from affectflow.runtime.netutil import free_port, stop_group, wait_ready
 from affectflow.serving.predict import invocations_payload, post_invocations, predict_paths
 from affectflow.tracking.registry import CHAMPION
 from affectflow.tracking.uri import resolve_uri
@@ -118,12 +117,7 @@ def served(synth_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterat
         proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=tmp,
                                 start_new_session=True)  # own process group: uvicorn dies with it
         try:
-            deadline = time.monotonic() + STARTUP_TIMEOUT_S
-            while not http_ok(f"{url}/ping"):
-                if proc.poll() is not None or time.monotonic() > deadline:
-                    tail = log_path.read_text(errors="replace")[-3000:]
-                    pytest.fail(f"mlflow models serve did not come up on {url} (exit code {proc.poll()}):\n{tail}")
-                time.sleep(0.5)
+            wait_ready(f"{url}/ping", proc, log_path, "mlflow models serve", STARTUP_TIMEOUT_S)
             yield {**trained, "url": url, "params": params, "uri": uri, "log": log_path, "tmp": tmp}
         finally:
             stop_group(proc, SHUTDOWN_TIMEOUT_S)

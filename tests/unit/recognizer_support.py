@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-from base_settings import base_params
+from base_settings import synth_params_at
 
 from affectflow.config import Params
 
@@ -91,16 +91,7 @@ def corpus(synth_root: Path, factory: Any) -> tuple[Params, Path, Path]:
         from affectflow.contracts.manifest import read_manifest
         from affectflow.stages.ingest import ingest
 
-        params = base_params({
-            "paths.workdir": str(base / "work"),
-            "paths.data_root": str(synth_root.parent),
-            "ingest.corpora": [{"name": "ravdess", "adapter": "ravdess", "root": "ravdess"}],
-            "ingest.classes": ["neutral", "happy", "sad", "angry"],
-            "ingest.workers": 1,
-            "features.workers": 1,
-            "tracking.uri": f"sqlite:///{base / 'mlflow.db'}",
-            "tracking.artifact_location": str(base / "mlartifacts"),
-        })
+        params = synth_params_at(synth_root, base)
         res = ingest(params, base / "ingest")
         features = write_features(params, read_manifest(res.manifest), base / "features")
         _CACHE["corpus"] = (params, res.manifest, features)

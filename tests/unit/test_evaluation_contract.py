@@ -113,3 +113,16 @@ def test_an_evaluation_is_bound_to_its_model(tmp_path: Path) -> None:
     other = ev.model_copy(update={"model": ev.model.model_copy(update={"mlflow_run_id": "r2"})})
     with pytest.raises(EvaluationMismatch, match=r"metrics\.json is an evaluation of model .* \(MLflow run r2\)"):
         check_evaluation(other, "metrics.json", model)
+
+
+def test_a_breakdown_group_has_the_sets_headline_fields_and_no_sections(tmp_path: Path) -> None:
+    from affectflow.contracts.evaluation import GroupScores, Headline, SetScores
+
+    assert set(Headline.model_fields) == set(GroupScores.model_fields) < set(SetScores.model_fields)
+    group = {"n": 2, "uar": 0.5, "wa": 0.5, "macro_f1": 0.4}
+    ev = read_evaluation(_write(tmp_path / "m.json", {"format": 2, "model": MODEL,
+                                                      "test": {**TEST, "per_speaker": {"s1": group}}}))
+    assert ev.test.per_speaker["s1"].uar == 0.5
+    with pytest.raises(EvaluationError, match=r"m\.json: field 'test\.per_speaker\.s1\.notes': Extra inputs"):
+        read_evaluation(_write(tmp_path / "m.json", {"format": 2, "model": MODEL, "test": {
+            **TEST, "per_speaker": {"s1": {**group, "notes": {"a": 1}}}}}))  # a section: only on a set

@@ -20,19 +20,21 @@ from affectflow.stages.runner import feature_kinds, with_feature_kinds
 
 
 # ----------------------------------------------------------------------------- which kinds
-def test_kinds_follow_the_enabled_stages_and_the_model() -> None:
+def test_kinds_follow_the_enabled_stages_and_the_model(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("affectflow.stages.frontend.missing", lambda checkpoint: None)  # weights or not
     shipped = load_params(Path(__file__).resolve().parents[2] / "params.yaml")
     assert shipped.features.kinds == []  # an addition, not the whole list
-    assert feature_kinds(shipped) == ["compare"]  # the demo computes ComParE only
+    assert feature_kinds(shipped) == ["ssl"]  # the demo computes the Whisper features only
+    assert feature_kinds(with_overrides(shipped, {"train.model": "compare_mlp"})) == ["compare"]
     assert feature_kinds(with_overrides(shipped, {"train.model": "cnn_bigru"})) == ["logmel"]
     # switched-on stages add what they read; extra kinds come after, once each
     aug = with_overrides(shipped, {"augment.enabled": True, "augment.feature": "egemaps",
                                    "features.kinds": ["ssl", "compare"]})
-    assert feature_kinds(aug) == ["egemaps", "compare", "ssl"]
+    assert feature_kinds(aug) == ["egemaps", "ssl", "compare"]
     off = with_overrides(shipped, {"augment.enabled": False, "augment.feature": "logmel"})
     assert "logmel" not in feature_kinds(off)
     # what every task is handed: the features task computes them, validate checks them
-    assert with_feature_kinds(aug).features.kinds == ["egemaps", "compare", "ssl"]
+    assert with_feature_kinds(aug).features.kinds == ["egemaps", "ssl", "compare"]
     assert with_feature_kinds(aug).features.egemaps == aug.features.egemaps
 
 

@@ -15,7 +15,7 @@ from test_pretrain import _params, world  # noqa: F401 (fixture)
 
 from affectflow.contracts.feature_store import FeatureSet
 from affectflow.contracts.manifest import read_manifest, write_manifest
-from affectflow.models.dev import choose, dev_risk, importance_weights
+from affectflow.models.dev import bootstrap_wins, choose, confident, dev_risk, importance_weights
 from affectflow.serving.prediction_log import PredictionLog
 from affectflow.stages.pretrain.log_target import LOG_CORPUS, LogTargetError, with_log_target
 from affectflow.stages.pretrain.stage import pretrain
@@ -42,6 +42,35 @@ def test_choose_declines_adaptation_unless_it_lowers_the_risk() -> None:
     assert not choose({0.0: 1.0, 0.3: 0.95}, margin=0.1).adapt  # not by more than the margin
     with pytest.raises(ValueError, match="lambda 0"):
         choose({0.3: 1.0})
+
+
+def _terms(gain_by_speaker: list[float], clips: int = 30, seed: int = 0) -> tuple[dict, np.ndarray]:
+    """DEV terms of no adaptation and one DANN (λ 0.3) over validation speakers; the DANN's loss on
+    speaker k is no adaptation's minus `gain_by_speaker[k]`; uniform weights."""
+    rng = np.random.default_rng(seed)
+    groups = np.repeat([f"s{k}" for k in range(len(gain_by_speaker))], clips)
+    base = rng.uniform(0.5, 1.5, len(groups))
+    adapted = base - np.repeat(gain_by_speaker, clips)
+    w = np.ones(len(groups))
+    return {0.0: (base, w), 0.3: (adapted, w)}, groups
+
+
+def test_confident_keeps_an_adaptation_every_speaker_agrees_on() -> None:
+    terms, groups = _terms([0.1] * 8)
+    assert bootstrap_wins(terms, 0.3, groups) == 1.0
+    c = confident(terms, groups, confidence=0.95)
+    assert c.adapt and c.lambd == 0.3 and c.confidence == 1.0
+
+
+def test_confident_declines_a_gain_that_one_speaker_carries() -> None:
+    # the point estimate prefers the DANN (mean gain +0.03), but it comes from one speaker of eight:
+    # resampling the speakers, the DANN is worse about half the time
+    terms, groups = _terms([0.6, -0.06, -0.06, -0.06, -0.06, -0.06, -0.06, -0.06])
+    assert choose({k: dev_risk(*t) for k, t in terms.items()}).adapt
+    c = confident(terms, groups, confidence=0.95)
+    assert not c.adapt and c.lambd == 0.0 and c.confidence is not None and c.confidence < 0.95
+    assert "speaker-bootstrap" in c.reason
+    assert confident(terms, groups, confidence=0.0).adapt  # 0: the point estimate alone
 
 
 def _log_from_store(w: dict[str, Any], where: Path, corpus: str = "mycorpus", key: str | None = None) -> int:
@@ -108,4 +137,25 @@ def test_pretrain_adapts_to_the_log_and_dev_decides(world, tmp_path) -> None:  #
     assert sel["method"] == "dev" and set(sel["risks"]) == {"0.0", "0.3", "1.0"}
     best = float(min(sel["risks"].items(), key=lambda kv: kv[1])[0])
     assert (sel["adapt"] and sel["lambd"] == best) or (not sel["adapt"] and sel["lambd"] == 0.0)
+    # a DANN better by the point estimate is kept only when the speaker bootstrap agrees
+    assert not sel["adapt"] or sel["confidence"] >= p.pretrain.select_confidence
     assert res.encoder_dir.is_dir()
+
+
+def test_a_recognizer_without_encoder_parameters_cannot_be_adapted() -> None:
+    """ssl_linear (one fixed layer + a closed-form head): the gradient reversal would move nothing."""
+    from types import SimpleNamespace
+
+    from affectflow.config import load_params
+    from affectflow.stages.pretrain.data import PretrainDataError
+    from affectflow.stages.pretrain.stage import build_dann
+
+    def inp(model: str) -> SimpleNamespace:
+        p = load_params("params.yaml", {"train.model": model, "train.ssl_linear.layer": 0,
+                                        "features.ssl.layers": [3], "features.ssl.checkpoint": "pkg:whisper-base"})
+        return SimpleNamespace(params=p, kind="ssl", input_dim=16, classes=["a", "b"],
+                               domains=SimpleNamespace(names=["x", "y"]), speakers=[])
+
+    with pytest.raises(PretrainDataError, match=r"train\.model ssl_linear: its encoder has no parameters"):
+        build_dann(inp("ssl_linear"), 0)  # type: ignore[arg-type]
+    assert any(True for _ in build_dann(inp("ssl_head"), 0).encoder.parameters())  # type: ignore[arg-type]

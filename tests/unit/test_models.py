@@ -79,7 +79,12 @@ def test_arch_config_follows_the_chosen_model():
     tc = TrainConfig(model="egemaps_mlp")
     assert arch_config(tc) == tc.mlp.model_dump()
     assert arch_config(TrainConfig(model="cnn_bigru")) == TrainConfig().cnn.model_dump()
-    assert arch_config(TrainConfig()) == TrainConfig().mlp.model_dump()  # the default: compare_mlp
+    assert arch_config(TrainConfig(model="compare_mlp")) == TrainConfig().mlp.model_dump()
+    # the default, ssl_linear, takes its layers from its features (the ssl kind's facts)
+    facts = {"n_layers": 4, "states": [0, 1, 2, 3], "encoder_states": 7}
+    assert arch_config(TrainConfig(), facts) == {**TrainConfig().ssl_linear.model_dump(), **facts}
+    with pytest.raises(ValueError, match="its 'n_layers' comes from its features"):
+        arch_config(TrainConfig())
 
 
 def test_global_stats_are_per_bin_over_all_frames():

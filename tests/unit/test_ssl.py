@@ -75,6 +75,39 @@ def test_extraction_is_cached_under_the_checkpoint_content(synth_params: Params,
         checkpoint_hash(p.features.ssl)
     layers = extract_features(with_overrides(p, {"features.ssl.layers": [-1]}), manifest, tmp_path / "f3")
     assert layers.summary["ssl"]["dim"] == 32
+    # on the CPU, two lanes (threads sharing the encoder, one torch thread each) give the same vectors
+    from affectflow.stages.features.worker import _cpu_count
+
+    lanes = extract_features(with_overrides(p, {"features.workers": 2}), manifest, tmp_path / "f4")
+    assert lanes.summary["ssl"]["lanes"] == min(2, _cpu_count()) and lanes.summary["ssl"]["layers_run"] == 2
+    np.testing.assert_allclose(FeatureSet(tmp_path / "f4").matrix("ssl", read_manifest(manifest)["utt_id"].tolist()),
+                               X, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("kind,stable", [("wavlm", False), ("wavlm", True), ("hubert", False)])
+def test_the_encoder_stops_at_the_highest_kept_layer(tmp_path: Path, kind: str, stable: bool) -> None:
+    """A truncated copy of the layer list gives the full run's kept states ("stable layer norm"
+    encoders apply a final norm to the last state only: it goes with the dropped layers)."""
+    import torch
+    from transformers import AutoConfig
+
+    from affectflow.config import SslConfig
+    from affectflow.features.ssl import SslEncoder
+
+    folder = save_tiny(kind, tmp_path / kind)
+    if stable:
+        cfg = AutoConfig.from_pretrained(folder)
+        cfg.do_stable_layer_norm = True
+        cfg.save_pretrained(folder)
+    rng = np.random.default_rng(0)
+    waves = [(0.3 * rng.standard_normal(n)).astype(np.float32) for n in (8000, 12000)]
+    full = SslEncoder(SslConfig(checkpoint=str(folder), layers=[]), 16000)
+    early = SslEncoder(SslConfig(checkpoint=str(folder), layers=[1, 0]), 16000)
+    assert (full.layers_run, early.layers_run, len(early.model.encoder.layers)) == (2, 1, 1)
+    assert isinstance(early.model.encoder.layer_norm, torch.nn.Identity) == stable
+    ref = np.stack(full(waves)).reshape(2, 3, 32)
+    np.testing.assert_allclose(np.stack(early(waves)).reshape(2, 2, 32), ref[:, [1, 0]], rtol=1e-5, atol=1e-6)
+    assert not np.allclose(ref[:, 2], ref[:, 1], atol=1e-3)  # the dropped layer is not the kept one
 
 
 def test_a_missing_checkpoint_says_where_it_looked(synth_params: Params, tmp_path: Path, monkeypatch) -> None:

@@ -54,7 +54,7 @@ def worker(monkeypatch: pytest.MonkeyPatch, corpora: int, layer: int | str = "au
     monkeypatch.setattr(linear, "worker_inputs", lambda cfg: inputs)
     tc = TrainConfig(model="ssl_linear", ssl_linear={"layer": layer, "c": 0.1})
     return WorkerConfig(
-        train=tc, arch="ssl_linear", arch_config=arch_config(tc, {"n_layers": N_LAYERS}), classes=CLASSES,
+        train=tc, arch="ssl_linear", arch_config=arch_config(tc, {"n_layers": N_LAYERS, "states": [], "encoder_states": 0}), classes=CLASSES,
         feature="ssl", input_dim=N_LAYERS * WIDTH, features_dir="unused", train_ids=[str(i) for i in range(len(xs))],
         train_y=ys, train_corpora=names, val_ids=[f"v{i}" for i in range(len(vy))], val_y=vy.tolist(),
         val_corpora=["c0"] * len(vy), stats=compute_stats(xs, "global").as_dict(), stats_per_corpus=per,
@@ -140,6 +140,31 @@ def test_a_layer_outside_the_encoder_and_an_unresolved_auto_are_errors() -> None
         build_model("ssl_linear", {"layer": 4, "n_layers": 4}, 4 * WIDTH, 4)
     with pytest.raises(ValueError, match="layer 'auto' is chosen by training"):
         build_model("ssl_linear", {"layer": "auto", "n_layers": 4}, 4 * WIDTH, 4)
+
+
+def test_layers_name_the_encoders_hidden_states_when_the_features_keep_only_some(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """`features.ssl.layers: [0, 1, 2, 3]` of Whisper-base's 7 states (the encoder stops at 3): `middle`
+    is still hidden state 3 (the 4th stored layer, not the 3rd), an index is the encoder's, a state
+    the features do not keep is an error naming both settings, and model folders store the state."""
+    from affectflow.models.ssl_linear import layer_index
+
+    kept = {"n_layers": 4, "states": [0, 1, 2, 3], "encoder_states": 7}
+    assert layer_index("middle", 4, [0, 1, 2, 3], 7) == 3 and layer_index(-4, 4, [0, 1, 2, 3], 7) == 3
+    assert layer_index("middle", 4) == 2 and layer_index(3, 2, [6, 3], 7) == 1  # every state / a reordered list
+    with pytest.raises(ValueError, match=r"hidden state 5 \(5\) is not kept by features.ssl.layers \(\[0, 1, 2, 3\]\)"):
+        build_model("ssl_linear", {"layer": 5, **kept}, 4 * WIDTH, 4)
+    model = build_model("ssl_linear", {"layer": "middle", **kept}, 4 * WIDTH, 4)
+    x = torch.arange(4 * WIDTH, dtype=torch.float32)[None]
+    assert torch.equal(model.encoder(x), x[:, 3 * WIDTH:])
+    cfg = worker(monkeypatch, corpora=1)
+    cfg.arch_config.update(kept)
+    assert linear.fit_linear(cfg)["layer_choice"]["layer"] == 3  # no choice possible: the encoder's middle
+    cfg = worker(monkeypatch, corpora=3)
+    cfg.arch_config.update({**kept, "states": [2, 3, 4, 5]})
+    out = linear.fit_linear(cfg)
+    assert out["layer_choice"]["layer"] == out["arch_config"]["layer"] == 2 + GOOD
+    assert set(out["layer_choice"]["scores"]) == {"2", "3", "4", "5"}
 
 
 def test_tiny_encoder_train_evaluate_and_predict_through_the_product(synth_params: Params, tmp_path: Path) -> None:

@@ -108,10 +108,10 @@ def test_rows_outside_the_train_stage_need_a_fixed_layer(corpora: Path, wavlm: P
         ssl_rows.layer_matrix(p, tmp_path, pd.DataFrame({"utt_id": []}))
 
 
-def test_a_layer_pair_past_the_last_hidden_state_is_an_error(tmp_path: Path) -> None:
+def test_a_layer_pair_past_the_last_hidden_state_is_an_error(wavlm: Path, tmp_path: Path) -> None:
     from affectflow.config import load_params
 
-    p = load_params(None, ["features.ssl.layers=[0, 1, 2]", "train.ssl_linear.layer=2"])
+    p = load_params(None, [f"features.ssl.checkpoint={wavlm}", "train.ssl_linear.layer=2"])  # 3 hidden states
     with pytest.raises(ValueError, match=r"train\.ssl_linear\.layer: 2 \+ 1 is past the encoder's 3 hidden states"):
         ssl_rows.layer_matrix(p, tmp_path, pd.DataFrame({"utt_id": []}), offset=1)
 

@@ -74,7 +74,7 @@ def clip(seconds: float, seed: int = 0) -> np.ndarray:
 def test_trimmed_forward_equals_transformers_at_30s_and_runs_on_a_clip(whisper_folder: Path) -> None:
     import torch
 
-    enc = SslEncoder(SslConfig(checkpoint=str(whisper_folder)), 16000)
+    enc = SslEncoder(SslConfig(checkpoint=str(whisper_folder), layers=[]), 16000)
     assert enc.whisper and enc.layers == [0, 1, 2] and enc.dim == 3 * 16
     mel = torch.from_numpy(np.random.default_rng(0).standard_normal((2, 8, 3000)).astype(np.float32))
     with torch.inference_mode():
@@ -90,7 +90,7 @@ def test_trimmed_forward_equals_transformers_at_30s_and_runs_on_a_clip(whisper_f
 
 
 def test_a_clip_gets_the_same_vector_alone_and_in_any_batch(whisper_folder: Path) -> None:
-    enc = SslEncoder(SslConfig(checkpoint=str(whisper_folder), batch_size=4), 16000)
+    enc = SslEncoder(SslConfig(checkpoint=str(whisper_folder), batch_size=4, layers=[]), 16000)
     a, c = clip(1.5, 0), clip(2.2, 2)
     b = (0.8 * np.random.default_rng(1).standard_normal(len(a))).astype(np.float32)  # loud noise
     alone = enc([a])[0]
@@ -103,11 +103,32 @@ def test_a_clip_gets_the_same_vector_alone_and_in_any_batch(whisper_folder: Path
     assert np.isfinite(enc([clip(40.0, 3)])[0]).all()
 
 
+def test_the_encoder_stops_at_the_highest_kept_layer_and_keeps_the_full_runs_states(whisper_folder: Path) -> None:
+    import torch
+
+    full = SslEncoder(SslConfig(checkpoint=str(whisper_folder), layers=[]), 16000)
+    early = SslEncoder(SslConfig(checkpoint=str(whisper_folder), layers=[0, 1]), 16000)
+    assert (full.layers_run, early.layers_run, len(early.model.layers)) == (2, 1, 1)
+    assert isinstance(early.model.layer_norm, torch.nn.Identity)  # the final norm belongs to the last layer only
+    waves = [clip(1.5, 0), clip(2.2, 2)]
+    np.testing.assert_allclose(np.stack(early(waves)), np.stack(full(waves))[:, :32], rtol=1e-5, atol=1e-6)
+    only0 = SslEncoder(SslConfig(checkpoint=str(whisper_folder), layers=[0]), 16000)
+    assert only0.layers_run == 0
+    np.testing.assert_allclose(only0(waves)[0], full(waves)[0][:16], rtol=1e-5, atol=1e-6)
+    # on a full encoder, `upto` stops the loop; the last layer keeps its final norm
+    mel = torch.from_numpy(np.random.default_rng(0).standard_normal((1, 8, 300)).astype(np.float32))
+    with torch.inference_mode():
+        ref, part = whisper_hidden_states(full.model, mel), whisper_hidden_states(full.model, mel, upto=1)
+        last = whisper_hidden_states(full.model, mel, upto=2)
+    assert len(part) == 2 and all(torch.equal(a, b) for a, b in zip(part, ref[:2], strict=False))
+    assert torch.equal(last[-1], ref[-1])
+
+
 def test_padded_window_pools_the_clip_frames_only_and_is_another_key(whisper_folder: Path) -> None:
     from affectflow.features.ssl import key_config
 
-    clip_cfg = SslConfig(checkpoint=str(whisper_folder))
-    padded_cfg = SslConfig(checkpoint=str(whisper_folder), window="padded")
+    clip_cfg = SslConfig(checkpoint=str(whisper_folder), layers=[])
+    padded_cfg = SslConfig(checkpoint=str(whisper_folder), window="padded", layers=[])
     w = clip(2.0)
     trimmed, padded = SslEncoder(clip_cfg, 16000)([w])[0], SslEncoder(padded_cfg, 16000)([w])[0]
     # the input embedding (layer 0) does not see the padding: equal but for the clip's last frames
@@ -128,7 +149,7 @@ def test_a_faster_whisper_folder_is_converted_once_exactly(tmp_path: Path) -> No
     assert set(sd) == set(ref)
     for k, v in sd.items():
         assert torch.equal(torch.from_numpy(np.array(v)), ref[k]), k
-    cfg = SslConfig(checkpoint=str(ct2), cache_dir=str(tmp_path / "cache"))
+    cfg = SslConfig(checkpoint=str(ct2), cache_dir=str(tmp_path / "cache"), layers=[])
     folder = local_checkpoint(cfg)
     assert isinstance(folder, Path) and folder.parent == tmp_path / "cache" and (folder / "config.json").is_file()
     stamp = (folder / "model.safetensors").stat().st_mtime_ns
@@ -202,7 +223,7 @@ def test_real_weights_match_ctranslate2s_encoder(name: str, layers: int, hidden:
     import torch
 
     cache = tmp_path_factory.mktemp("ssl-cache")
-    cfg = SslConfig(checkpoint=f"pkg:{name}", cache_dir=str(cache))
+    cfg = SslConfig(checkpoint=f"pkg:{name}", cache_dir=str(cache), layers=[])  # every state
     enc = SslEncoder(cfg, 16000)
     assert (enc.layers, enc.hidden) == (list(range(layers)), hidden)
     w = clip(2.5)
@@ -214,3 +235,8 @@ def test_real_weights_match_ctranslate2s_encoder(name: str, layers: int, hidden:
     assert np.abs(ours - theirs).max() < 1e-3 * np.abs(theirs).max()
     v = enc([w])[0].reshape(layers, hidden)
     assert np.isfinite(v).all() and (v.std(axis=1) > 0).all()
+    # stopped after the middle hidden state: the kept states are the full run's
+    middle = layers // 2
+    early = SslEncoder(cfg.model_copy(update={"layers": list(range(middle + 1))}), 16000)
+    assert early.layers_run == middle
+    np.testing.assert_allclose(early([w])[0], v[:middle + 1].reshape(-1), rtol=1e-4, atol=1e-5)

@@ -125,7 +125,8 @@ def _deploy_stats(params: Params, a: argparse.Namespace) -> int:
         log = a.log or default_location(params)
         state = rebuild_deployment(rec.meta, read_log(log, store=store_for(params)))
         StateFile(where, store_for(params)).write(state)
-        print(f"{where}: rebuilt from {state.clips} logged clips of {log}", file=sys.stderr)
+        print(f"{where}: rebuilt from the log {log}: {state.clips} scored windows (a clip of several counts "
+              "each)", file=sys.stderr)
         return 0
     state = Deployment(rec.meta, where, store_for(params)).stats
     print(json.dumps({"path": where, "mode": rec.meta.deploy_normalization.mode, **state.summary()}, indent=2))

@@ -145,6 +145,10 @@ class PretrainConfig(Section):
     """DANN strengths (lambda_max) DEV chooses among, besides no adaptation."""
     select_margin: float = Field(0.0, ge=0)
     """A DANN is chosen only when its DEV risk is below no adaptation's by more than this."""
+    select_confidence: float = Field(0.95, ge=0, lt=1)
+    """...and only when it is below in at least this share of speaker-block bootstrap resamples of
+    the validation clips (`models/dev.py:confident`: DEV's estimate is noisy; 0 = the point
+    estimate alone)."""
     epochs: int = Field(30, ge=1)
     batch_size: int = Field(32, ge=2)
     """Source clips per step; each step also draws as many target clips."""

@@ -32,14 +32,19 @@ class SslConfig(Section):
     """A pretrained self-supervised speech encoder (WavLM / HuBERT / wav2vec 2.0) as the `ssl`
     feature kind: frozen, the time-averaged hidden states of `layers` per clip."""
 
-    checkpoint: str = ""
+    checkpoint: str = "pkg:whisper-base"
     """A local folder, an s3:// prefix (mirrored into `cache_dir`) or a hub id (with HF_HUB_OFFLINE,
     only from the local Hugging Face cache) of a transformers checkpoint (WavLM, HuBERT, wav2vec 2.0,
     Whisper); a faster-whisper (CTranslate2) folder (converted once into `cache_dir`); or
-    `pkg:whisper-base` / `pkg:whisper-tiny.en` (the `whisper-weights` extra's packages). Nothing is
-    downloaded at import or test time."""
-    layers: list[int] = Field(default_factory=list)
-    """Hidden-state indices to keep (0 = the CNN projection, -1 = the last layer); [] = all."""
+    `pkg:whisper-base` / `pkg:whisper-tiny.en` (the `whisper-weights` extra's packages, which
+    `make setup` installs; without them a run on the default `pkg:` checkpoint falls back to the
+    ComParE recognizer, `stages/frontend.py`). Nothing is downloaded at import or test time."""
+    layers: list[int] = Field(default_factory=lambda: [0, 1, 2, 3])
+    """Hidden-state indices to keep (0 = the CNN projection / input embedding, -1 = the last layer);
+    [] = all. The encoder stops after the highest one. Default 0-3: Whisper-base's middle state (3
+    of 0-6) is what `train.ssl_linear.layer: auto` chose in every leave-one-corpus-out cell, on the
+    training corpora only, and the states above it cost about as much again (benchmarks/RESULTS.md,
+    "The default decision"). Another encoder (WavLM, HuBERT: 13 states) wants its own list, or []."""
     chunk_s: float = Field(20.0, gt=0.5)
     """Long clips are encoded in windows of this length (memory), averaged by frames."""
     batch_size: int = Field(8, ge=1)

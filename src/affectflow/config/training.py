@@ -45,10 +45,12 @@ class SslLinearConfig(Section):
     (`models.ssl_linear.SslLinearArch`)."""
 
     layer: int | Literal["auto", "middle"] = "auto"
-    """Hidden-state index (0 = the input embedding, negative from the end); middle (n_layers // 2,
-    the probe's recipe); or auto: chosen on the training data only (`stages/train/linear.py`:
-    leave-one-corpus-out over the training corpora, streamed protocol; one corpus: its validation
-    speakers; neither: the middle layer). A model folder stores the chosen index."""
+    """The encoder's hidden-state index (0 = the input embedding, negative from the encoder's end;
+    one `features.ssl.layers` keeps); middle (the encoder's hidden states // 2: Whisper-base's 3 of
+    0-6, the probe's recipe); or auto: chosen among the kept states on the training data only
+    (`stages/train/linear.py`: leave-one-corpus-out over the training corpora, streamed protocol;
+    one corpus: its validation speakers; neither: the middle layer). A model folder stores the
+    chosen hidden-state index."""
     c: float = Field(0.1, gt=0)
     """Inverse L2 regularisation strength (scikit-learn's C)."""
     max_iter: int = Field(2000, ge=10)
@@ -70,7 +72,7 @@ class SpecAugmentConfig(Section):
 
 
 class TrainConfig(Section):
-    model: Literal["cnn_bigru", "egemaps_mlp", "compare_mlp", "ssl_head", "ssl_linear"] = "compare_mlp"
+    model: Literal["cnn_bigru", "egemaps_mlp", "compare_mlp", "ssl_head", "ssl_linear"] = "ssl_linear"
     epochs: int = Field(30, ge=1)
     batch_size: int = Field(64, ge=1)
     lr: float = Field(1e-3, gt=0)

@@ -22,21 +22,19 @@ field that is not an object is an error naming the file and the field, as a wron
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from affectflow.contracts.json_file import UNKNOWN_FIELD, parse_model, read_json_file
 from affectflow.storage import atomic_write_json
 
 FORMAT_VERSION = 2
 LEGACY_HEADLINE = ("uar", "wa", "macro_f1", "per_class_recall", "collapsed", "test_manifest_hash")
 """Format 1 wrote these at the top level too (copies of `test`'s); they are dropped on reading."""
 
-
-UNKNOWN_FIELD = "unknown field: "
 
 
 class EvaluationError(ValueError):
@@ -89,26 +87,24 @@ class CalibrationScores(BaseModel):
     mean_confidence_after: float
 
 
-class GroupScores(_Strict):
+class Headline(BaseModel):
+    """The headline scores of any scored clips: how many, UAR (with its interval), WA, macro-F1."""
+
+    n: int
+    uar: float
+    wa: float
+    macro_f1: float
+    uar_ci_low: float | None = None
+    uar_ci_high: float | None = None
+
+
+class GroupScores(Headline, _Strict):
     """One group of a breakdown (a speaker, a gender, a corpus)."""
 
-    n: int
-    uar: float
-    wa: float
-    macro_f1: float
-    uar_ci_low: float | None = None
-    uar_ci_high: float | None = None
 
-
-class SetScores(_Sections):
+class SetScores(Headline, _Sections):
     """The scores of one scored set (the test split, or one held-out corpus)."""
 
-    n: int
-    uar: float
-    wa: float
-    macro_f1: float
-    uar_ci_low: float | None = None
-    uar_ci_high: float | None = None
     wa_ci_low: float | None = None
     wa_ci_high: float | None = None
     macro_f1_ci_low: float | None = None
@@ -210,18 +206,6 @@ class Evaluation(_Sections):
         return self.model_dump(mode="json", exclude_none=True)
 
 
-def _format(err: ValidationError, where: Path) -> str:
-    parts = []
-    for e in err.errors():
-        loc = [str(x) for x in e["loc"]]
-        msg = e["msg"].removeprefix("Value error, ")
-        if msg.startswith(UNKNOWN_FIELD):  # raised by _Sections, which knows the name, not its place
-            name, _, msg = msg.removeprefix(UNKNOWN_FIELD).partition(" ")
-            loc.append(name)
-        parts.append(f"field '{'.'.join(loc) or '(top level)'}': {msg}")
-    return f"{where}: " + "; ".join(parts)
-
-
 def _from_legacy(data: dict[str, Any], where: Path) -> dict[str, Any]:
     """Format 1 (no `format`): the headline scores also at the top level, the model's folder and
     arch beside `model`. The copies are dropped; a copy that disagrees with `test` is an error."""
@@ -249,10 +233,7 @@ def parse_evaluation(data: Any, where: str | Path) -> Evaluation:
                                  "scored, so it cannot be used for any model (re-run `affectflow evaluate`)")
     if "format" not in data:
         data = _from_legacy(data, where)
-    try:
-        return Evaluation.model_validate(data)
-    except ValidationError as e:
-        raise EvaluationError(_format(e, where)) from None
+    return parse_model(Evaluation, data, where, EvaluationError)
 
 
 def evaluation_file(path: str | Path) -> Path:
@@ -266,12 +247,7 @@ def evaluation_file(path: str | Path) -> Path:
 def read_evaluation(path: str | Path) -> Evaluation:
     """The evaluation in `path` (evaluate's folder or its metrics.json)."""
     f = evaluation_file(path)
-    try:
-        data = json.loads(f.read_text())
-    except FileNotFoundError:
-        raise FileNotFoundError(f"{f}: metrics file not found (run `affectflow evaluate`)") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise EvaluationError(f"{f}: not valid JSON ({e})") from None
+    data = read_json_file(f, EvaluationError, "metrics file not found (run `affectflow evaluate`)")
     return parse_evaluation(data, f)
 
 

@@ -13,12 +13,12 @@ are errors that name the file and the field.
 from __future__ import annotations
 
 import hashlib
-import json
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from affectflow.contracts.json_file import parse_model, read_json_file
 from affectflow.storage import atomic_dir, atomic_write_json
 
 MODEL_FILE = "model.pt"
@@ -156,32 +156,15 @@ class ModelMeta(_Strict):
         return self.model_dump(mode="json", exclude_none=True)
 
 
-def _format(err: ValidationError, where: Path) -> str:
-    parts = []
-    for e in err.errors():
-        field = ".".join(str(x) for x in e["loc"]) or "(top level)"
-        parts.append(f"field '{field}': {e['msg']}")
-    return f"{where}: " + "; ".join(parts)
-
-
 def parse_meta(data: Any, where: str | Path) -> ModelMeta:
     """model.json content -> ModelMeta; errors name the file and the field."""
-    try:
-        return ModelMeta.model_validate(data)
-    except ValidationError as e:
-        raise ModelFolderError(_format(e, Path(where))) from None
+    return parse_model(ModelMeta, data, where, ModelFolderError)
 
 
 def read_model_meta(folder: str | Path) -> ModelMeta:
     """The metadata of a model folder."""
     f = Path(folder) / META_FILE
-    try:
-        data = json.loads(f.read_text())
-    except FileNotFoundError:
-        raise FileNotFoundError(f"{f}: not a model folder (no {META_FILE})") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise ModelFolderError(f"{f}: not valid JSON ({e})") from None
-    return parse_meta(data, f)
+    return parse_meta(read_json_file(f, ModelFolderError, f"not a model folder (no {META_FILE})"), f)
 
 
 def content_hash(folder: str | Path) -> str:

@@ -73,7 +73,7 @@ class FeatureKind:
     configuration; None: nothing to carry."""
     carried_setting: str | None = None
     """The `feature_config` entry the carried folder replaces where the model is served."""
-    facts: Callable[[FeaturesConfig], dict[str, int]] = field(default=lambda cfg: {})
+    facts: Callable[[FeaturesConfig], dict[str, Any]] = field(default=lambda cfg: {})
     """What a model reading this kind takes from its settings (`ModelSpec.feature_facts`)."""
 
     def normalization(self, normalize: str) -> Literal["global", "utterance"]:
@@ -159,10 +159,13 @@ def _ssl_carried(config: dict[str, Any]) -> Path | None:
     return where if isinstance(where, Path) else None
 
 
-def _ssl_facts(cfg: FeaturesConfig) -> dict[str, int]:
-    from affectflow.features.ssl import n_layers
+def _ssl_facts(cfg: FeaturesConfig) -> dict[str, Any]:
+    """The stored layers (`n_layers`), which of the encoder's hidden states they are (`states`) and
+    how many the encoder has (`encoder_states`), so `ssl_linear`'s `middle` is the encoder's middle."""
+    from affectflow.features.ssl import kept_states
 
-    return {"n_layers": n_layers(cfg.ssl)}
+    states, total = kept_states(cfg.ssl)
+    return {"n_layers": len(states), "states": states, "encoder_states": total}
 
 
 def _version_of(module: str) -> str:

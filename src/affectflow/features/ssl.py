@@ -13,7 +13,8 @@ Why time-averaged layers and not frames: a frozen encoder's frames of every laye
 per 3 s clip (13 x 768 x 150); the SUPERB / EmoBox recipe for emotion is a learned softmax-
 weighted sum of the layers' mean-pooled states and a small head (`models.ssl.SslHead`), which
 needs exactly these (L, D) matrices. Long clips are encoded in `chunk_s` windows (the average is
-weighted by each window's frames), so memory stays bounded; bf16 autocast on CUDA.
+weighted by each window's frames), so memory stays bounded; bf16 autocast on CUDA. The encoder stops
+after the highest layer `features.ssl.layers` keeps (`stop_after`): layers above it are never run.
 
 Whisper encoders (`model_type: whisper`) take 80/128-bin log-mels, not waveforms, and were trained
 on 30 s windows. `window: clip` restricts the positional range to the clip's own frames (a 3 s clip
@@ -147,6 +148,21 @@ def n_layers(cfg: SslConfig) -> int:
     return int(AutoConfig.from_pretrained(folder, local_files_only=True).num_hidden_layers) + 1
 
 
+def kept_states(cfg: SslConfig) -> tuple[list[int], int]:
+    """(the encoder's hidden-state index of each stored layer, the encoder's hidden states), read
+    from the checkpoint's config.json (no weights loaded): what a model picking one stored layer by
+    its encoder index needs (`models.ssl_linear.layer_index`)."""
+    from transformers import AutoConfig
+
+    where = local_checkpoint(cfg)
+    folder = where if isinstance(where, Path) else _hub_folder(str(where))
+    total = int(AutoConfig.from_pretrained(folder, local_files_only=True).num_hidden_layers) + 1
+    bad = [i for i in cfg.layers if not -total <= i < total]
+    if bad:
+        raise SslCheckpointError(f"features.ssl.layers: {bad} are not layers of this encoder (0..{total - 1})")
+    return [i % total for i in cfg.layers] or list(range(total)), total
+
+
 def key_config(cfg: SslConfig, sample_rate: int) -> dict[str, Any]:
     """What determines the values (the cache key): the checkpoint's content, the layers, the rate,
     the chunking."""
@@ -197,6 +213,7 @@ class SslEncoder:
         if bad:
             raise SslCheckpointError(f"features.ssl.layers: {bad} are not layers of this encoder (0..{n_layers - 1})")
         self.hidden = int(model.config.hidden_size)
+        self.layers_run = stop_after(self.model, max(self.layers), self.whisper)
 
     @property
     def dim(self) -> int:
@@ -275,11 +292,34 @@ class SslEncoder:
         return [m.reshape(-1).astype(np.float32) for m in means]
 
 
-def whisper_hidden_states(encoder: Any, mel: Any) -> list[Any]:
+def stop_after(model: Any, last: int, whisper: bool) -> int:
+    """Drop the encoder's layers above hidden state `last` (in place), so a run computes only what
+    `features.ssl.layers` keeps: the kept states are the full run's (tested), at a fraction of the
+    cost (hidden state 3 of Whisper-base's 7 is about half of it). The final layer norm, which
+    belongs to the last layer's state only (Whisper; wav2vec 2.0-style "stable layer norm"
+    encoders), goes with the dropped layers. Returns the layers the encoder now runs; an encoder
+    without a `layers` list (another architecture) is left whole."""
+    from torch import nn
+
+    stack = model if whisper else getattr(model, "encoder", None)
+    layers = getattr(stack, "layers", None)
+    if not isinstance(layers, nn.ModuleList):
+        return int(model.config.num_hidden_layers)
+    if last >= len(layers):
+        return len(layers)
+    stack.layers = nn.ModuleList(list(layers)[:last])
+    if whisper or getattr(model.config, "do_stable_layer_norm", False):
+        stack.layer_norm = nn.Identity()
+    return last
+
+
+def whisper_hidden_states(encoder: Any, mel: Any, upto: int | None = None) -> list[Any]:
     """`WhisperEncoder`'s hidden states (the input embedding, then each layer, the last one after
     the final layer norm, as transformers returns them) for log-mels of any length up to 30 s:
     the positional embeddings are cut to the clip's frames instead of requiring 3000 mel frames.
-    At 3000 frames this equals `encoder(mel, output_hidden_states=True).hidden_states`."""
+    At 3000 frames this equals `encoder(mel, output_hidden_states=True).hidden_states`. `upto`:
+    stop after that hidden state (the states before it are the same; the final layer norm only
+    when the last layer runs)."""
     from torch import nn
 
     x = nn.functional.gelu(encoder.conv1(mel))
@@ -289,9 +329,11 @@ def whisper_hidden_states(encoder: Any, mel: Any) -> list[Any]:
         raise ValueError(f"Whisper encoder: {x.shape[1]} frames exceed its {positions.shape[0]} positions")
     x = x + positions[:x.shape[1]]
     states = [x]
-    for layer in encoder.layers:
+    run = encoder.layers if upto is None else encoder.layers[:upto]
+    for layer in run:
         out = layer(x, None, layer_head_mask=None)
         x = out[0] if isinstance(out, tuple) else out
         states.append(x)
-    states[-1] = encoder.layer_norm(x)
+    if len(run) == len(encoder.layers):
+        states[-1] = encoder.layer_norm(x)
     return states

@@ -49,7 +49,7 @@ ARCHS: dict[str, ModelSpec] = {
     "compare_mlp": ModelSpec(EgemapsMlp, "compare", "mlp", MlpConfig),
     "ssl_head": ModelSpec(SslHead, "ssl", "ssl_head", SslHeadConfig, SslHeadArch, feature_facts=("n_layers",)),
     "ssl_linear": ModelSpec(SslLinear, "ssl", "ssl_linear", SslLinearConfig, SslLinearArch,  # closed form: stages/train/linear.py
-                            feature_facts=("n_layers",)),
+                            feature_facts=("n_layers", "states", "encoder_states")),
 }
 
 
@@ -65,7 +65,7 @@ def feature_kind(arch: str) -> str:
     return spec(arch).feature
 
 
-def arch_config(train: TrainConfig, facts: Mapping[str, int] | None = None) -> dict[str, Any]:
+def arch_config(train: TrainConfig, facts: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """The configuration the chosen architecture is built with: its `train.<section>`, plus the
     `feature_facts` it takes from `facts` (its feature kind's, `FeatureKind.facts`); a model that
     needs a fact it is not given is an error naming it."""

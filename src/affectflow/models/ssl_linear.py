@@ -19,16 +19,30 @@ from torch import nn
 from affectflow.config import SslLinearConfig
 
 
-def layer_index(layer: int | str, n_layers: int) -> int:
-    """A hidden-state index (negative: from the end; `middle`: n_layers // 2) as 0..n_layers-1; an
-    error naming the setting."""
+def hidden_state(layer: int | str, encoder_states: int) -> int:
+    """The encoder's hidden state `layer` names (negative: from the encoder's end; `middle`:
+    encoder_states // 2), as 0..encoder_states-1; an error naming the setting."""
     if layer == "middle":
-        return n_layers // 2
+        return encoder_states // 2
     if not isinstance(layer, int):
         raise ValueError(f"train.ssl_linear.layer: {layer!r} is not a hidden-state index here")
-    if not -n_layers <= layer < n_layers:
-        raise ValueError(f"train.ssl_linear.layer: {layer} is outside the encoder's {n_layers} hidden states")
-    return layer % n_layers
+    if not -encoder_states <= layer < encoder_states:
+        raise ValueError(f"train.ssl_linear.layer: {layer} is outside the encoder's {encoder_states} hidden states")
+    return layer % encoder_states
+
+
+def layer_index(layer: int | str, n_layers: int, states: list[int] | None = None, encoder_states: int = 0) -> int:
+    """Where hidden state `layer` (an index of the ENCODER's states, or `middle`) lies in a vector of
+    `n_layers` stored states: `states` are the encoder's indices of those (`features.ssl.layers`;
+    empty: every state, 0..n_layers-1) out of `encoder_states` (0: n_layers). So `middle` is
+    Whisper-base's hidden state 3 whether the features keep all 7 states or only 0..3; a state the
+    features do not keep is an error naming both settings."""
+    kept = list(states or range(n_layers))
+    state = hidden_state(layer, encoder_states or n_layers)
+    if state not in kept:
+        raise ValueError(f"train.ssl_linear.layer: hidden state {state} ({layer!r}) is not kept by "
+                         f"features.ssl.layers ({kept})")
+    return kept.index(state)
 
 
 class SslLinearArch(SslLinearConfig):
@@ -37,6 +51,11 @@ class SslLinearArch(SslLinearConfig):
     set (`ModelSpec.feature_facts`). Training replaces `layer: auto` by the index it chose."""
 
     n_layers: int = Field(ge=1)
+    states: list[int] = Field(default_factory=list)
+    """The encoder's hidden-state index of each stored layer (`features.ssl.layers` resolved);
+    empty: every state, 0..n_layers-1 (model folders written before the encoder stopped early)."""
+    encoder_states: int = Field(0, ge=0)
+    """The encoder's hidden states (its layers + 1); 0: n_layers."""
 
 
 class LayerSelect(nn.Module):
@@ -50,7 +69,7 @@ class LayerSelect(nn.Module):
             raise ValueError("ssl_linear: layer 'auto' is chosen by training (the model folder stores the index); "
                              "build the network from a model folder's arch_config")
         self.n_layers, self.dim = cfg.n_layers, in_dim // cfg.n_layers
-        self.layer = layer_index(cfg.layer, cfg.n_layers)
+        self.layer = layer_index(cfg.layer, cfg.n_layers, cfg.states, cfg.encoder_states)  # position in the vector
 
     def forward(self, x: torch.Tensor, lengths: torch.Tensor | None = None) -> torch.Tensor:
         return x.view(x.shape[0], self.n_layers, self.dim)[:, self.layer]

@@ -235,4 +235,5 @@ def stage_config(params: Params, stage: str) -> str:
 
 
 def stage_configs(params: Params) -> dict[str, str]:
+    params = with_feature_kinds(params)  # once: a front-end fallback is said in one line, not once per stage
     return {name: stage_config(params, name) for name in STAGES}

@@ -9,6 +9,7 @@ import os
 import signal
 import socket
 import subprocess
+import time
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -56,6 +57,26 @@ def http_ok(url: str, timeout: float = 2.0) -> bool:
             return r.status == 200
     except (urllib.error.URLError, ConnectionError, TimeoutError):
         return False
+
+
+class ServerNotReady(RuntimeError):
+    """A local server that exited, or did not answer, before it was ready; the message names it, its
+    URL and exit code, and carries the tail of its log."""
+
+
+def wait_ready(url: str, proc: subprocess.Popen[Any], log: Path | None, what: str, timeout_s: float,
+               poll_s: float = 0.5) -> float:
+    """Block until GET `url` (a health or ping endpoint) answers 200; the seconds it took. Raises
+    `ServerNotReady` when `proc` exits first or `timeout_s` passes: the one start-up wait of the
+    local servers the tests, benchmarks and demo start."""
+    start = time.monotonic()
+    while not http_ok(url):
+        if proc.poll() is not None or time.monotonic() - start > timeout_s:
+            tail = log.read_text(errors="replace")[-3000:] if log is not None and log.is_file() else ""
+            state = f"exit code {proc.returncode}" if proc.poll() is not None else f"not ready after {timeout_s:.0f} s"
+            raise ServerNotReady(f"{what} did not come up on {url} ({state}); log {log}:\n{tail}")
+        time.sleep(poll_s)
+    return time.monotonic() - start
 
 
 def stop_group(proc: subprocess.Popen[Any], timeout: float = 15.0) -> None:

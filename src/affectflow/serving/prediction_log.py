@@ -5,11 +5,13 @@ predictor append one record per clip (file or request row) to a date-partitioned
 (a folder or `s3://` prefix): time, source, model, status, duration, scored windows, class
 probabilities, a compact feature summary (`SUMMARY`: enough for drift tests, `affectflow monitor`)
 and the clip's raw feature moments (float32 mean and sum of squared deviations per dimension, the
-latter empty for a one-frame vector: `DeploymentStats.merge`, so the deployment statistics can be
-rebuilt from the log, `rebuild_deployment`; for vector kinds the mean is the clip's features, which
-DANN can adapt to without audio). A record is about 4 bytes per feature dimension plus 100 bytes:
-0.5 KB for eGeMAPS, 25 KB for ComParE. Raw audio only with `monitor.keep_audio` (FLAC at the
-model's rate, under `audio/`, same retention).
+latter empty for a one-frame vector; for vector kinds the mean is the clip's features, which DANN
+can adapt to without audio), and for a clip scored in several windows each window's moments: the
+deployment statistics take a clip's windows one at a time (forgetting per window), so with them
+`rebuild_deployment` replays exactly what the running statistics consumed (`DeploymentStats.merge`).
+A record is about 4 bytes per feature dimension plus 100 bytes: 0.5 KB for eGeMAPS, 25 KB for
+ComParE; a clip of n > 1 windows adds n times its moments. Raw audio only with `monitor.keep_audio`
+(FLAC at the model's rate, or an input file as it is, under `audio/`, same retention).
 
 Writes are buffered and atomic: a part file `date=YYYY-MM-DD/part-<time>-<id>.parquet` is written
 (by a background thread when the buffer fills, so no request waits for it) to a temporary name and renamed (an S3 PUT is atomic by itself), so a reader never sees half a part
@@ -77,11 +79,17 @@ SCHEMA = pa.schema([
     ("audio", pa.string()),
     ("dimension_names", pa.list_(pa.string())),
     ("dimensions", pa.list_(pa.float32())),
+    ("window_frames", pa.list_(pa.float64())),
+    ("window_mean", pa.list_(pa.list_(pa.float32()))),
+    ("window_m2", pa.list_(pa.list_(pa.float32()))),
 ])
 """The one record format (writer: `PredictionLog`, reader: `read_log`)."""
-ADDED_FIELDS = ("dimension_names", "dimensions")
-"""Fields added after the first parts were written (a model's dimensional outputs, issue 29; empty /
-null without a dimensional head): a part without them reads as null there, never as an error."""
+ADDED_FIELDS = ("dimension_names", "dimensions", "window_frames", "window_mean", "window_m2")
+"""Fields added after the first parts were written, which a part without them reads as null, never as
+an error: a model's dimensional outputs (issue 29; empty / null without a dimensional head) and the
+frames of each window the deployment statistics consumed and, for a clip of several, each window's
+moments (one window's are the clip's): what they took, one window at a time, so
+`rebuild_deployment` is exact."""
 
 
 class PredictionLogError(ValueError):
@@ -330,18 +338,40 @@ def prune(location: str | Path, retention_days: int, now: dt.datetime | None = N
     return removed
 
 
+def _present(value: Any) -> bool:
+    return value is not None and not (isinstance(value, float) and np.isnan(value)) and len(value) > 0
+
+
+def consumed_moments(record: Any) -> list[tuple[np.ndarray, np.ndarray, float, int]]:
+    """(mean, m2, frames, clips) in the order the deployment statistics took them from one logged
+    clip: each window's moments (`window_*`; one window: the clip's moments). A record written
+    before the window fields gives its merged moments once, counted as its `windows` (forgetting
+    applied once for them: exact for one window, close for several)."""
+    frames = record.get("window_frames")
+    if _present(frames) and len(frames) > 1:
+        means = record["window_mean"]
+        m2s = record["window_m2"] if _present(record.get("window_m2")) else [None] * len(means)
+        return [(np.asarray(m, np.float64), np.zeros(len(m)) if d is None else np.asarray(d, np.float64),
+                 float(f), 1) for m, d, f in zip(means, m2s, frames, strict=True)]
+    if not _present(record.get("moment_mean")):
+        return []
+    mean = np.asarray(record["moment_mean"], np.float64)
+    m2 = np.asarray(record["moment_m2"], np.float64) if _present(record.get("moment_m2")) else np.zeros_like(mean)
+    windows = record.get("windows")
+    clips = 1 if _present(frames) or windows is None or windows != windows else max(1, int(windows))  # NaN: none
+    return [(mean, m2, float(record["moment_frames"]), clips)]
+
+
 def rebuild_deployment(meta: Any, records: pd.DataFrame) -> DeploymentStats:
-    """The deployment statistics the logged clips (`status` ok, in time order) add up to: a fresh
-    state for `meta` fed each record's moments (`DeploymentStats.merge`). Exact for clips of one
-    window; a windowed clip counts its windows at once (forgetting applied once for them)."""
+    """The deployment statistics the logged clips add up to: a fresh state for `meta` fed, in time
+    order, what the running statistics consumed (`consumed_moments`, through `DeploymentStats.merge`).
+    Every record with moments counts, whatever its status: a file that failed after some of its
+    windows were scored (`affectflow predict`) had those windows consumed. Exact up to the log's
+    float32 moments (a record written before the window fields, of several windows: close)."""
     stats = for_model(meta)
-    rows = records[(records["status"] == "ok") & (records["feature_key"] == meta.feature_key)]
-    for _, r in rows.iterrows():
-        if r["moment_mean"] is None or len(r["moment_mean"]) == 0:
-            continue
-        mean = np.asarray(r["moment_mean"], np.float64)
-        m2 = np.zeros_like(mean) if r["moment_m2"] is None else np.asarray(r["moment_m2"], np.float64)
-        stats.merge(mean, m2, float(r["moment_frames"]), max(1, int(r["windows"])))
+    for _, r in records[records["feature_key"] == meta.feature_key].iterrows():
+        for mean, m2, frames, clips in consumed_moments(r):
+            stats.merge(mean, m2, frames, clips)
     return stats
 
 
@@ -360,7 +390,8 @@ class ClipOutcome:
     rate: int | None = None
     """`wave`'s sample rate (None: the model's)."""
     path: str | None = None
-    """The clip's file (affectflow predict), kept as is with `keep_audio`."""
+    """The clip's file on this machine (affectflow predict; an s3:// input's downloaded copy), kept as
+    is with `keep_audio`."""
     dimensions: np.ndarray | None = None
     """The clip's dimensional outputs (`Recorder.dimension_names`), when the model has that head."""
 
@@ -415,12 +446,14 @@ class Recorder:
         now = self.log.clock()
         out = []
         for k, c in enumerate(clips):
-            note = merge_notes(per_clip.get(k, []))
+            windows = per_clip.get(k, [])
+            note = merge_notes(windows)
+            several = len(windows) > 1  # one window: its moments are the clip's
             audio = None
             if self.log.keep_audio and c.status == "ok":
                 if c.wave is not None:
                     audio = self.log.keep_wave(c.wave, c.rate or self.sample_rate)
-                elif c.path and Path(c.path).is_file():  # an s3:// input's local copy is gone by now
+                elif c.path and Path(c.path).is_file():  # the input file (an s3:// object's local copy)
                     audio = self.log.keep_file(c.path)
             probs = None if c.probabilities is None else np.asarray(c.probabilities, np.float32).tolist()
             out.append({
@@ -436,6 +469,10 @@ class Recorder:
                 "dimension_names": self.dimension_names,
                 "dimensions": None if c.dimensions is None or c.status != "ok"
                 else np.asarray(c.dimensions, np.float32).tolist(),
+                "window_frames": [n.frames for n in windows] if windows else None,
+                "window_mean": [n.mean.tolist() for n in windows] if several else None,
+                "window_m2": [n.m2.tolist() for n in windows]
+                if several and any(n.frames > 1 for n in windows) else None,  # one-frame windows: 0
             })
         return out
 
@@ -500,11 +537,16 @@ def record_request(rec: Any, groups: Sequence[tuple[Sequence[int], Sequence[np.n
     recorder.record([rows[i] for i in range(len(rows))], window_rows)
 
 
-def record_files(rec: Any, predictions: Sequence[Any], window_files: Sequence[int]) -> None:
-    """`affectflow predict`'s one call: a record per `FilePrediction` (flushed now: the run ends)."""
+def record_files(rec: Any, predictions: Sequence[Any], window_files: Sequence[int],
+                 local: Sequence[str] | None = None) -> None:
+    """`affectflow predict`'s one call: a record per `FilePrediction` (flushed now: the run ends).
+    `local`: each input's file on this machine (an s3:// object's downloaded copy, which must still
+    exist: it is what `keep_audio` keeps); default: the inputs' own paths."""
     recorder = getattr(rec, "recorder", None)
     if recorder is None:
         return
+    files = list(local) if local is not None else [p.path for p in predictions]
     clips = [ClipOutcome(item=p.path, status=p.status, probabilities=p.probabilities, duration_s=p.duration_s,
-                         windows=p.speech_windows, path=p.path, dimensions=p.dimensions) for p in predictions]
+                         windows=p.speech_windows, path=f, dimensions=p.dimensions)
+             for p, f in zip(predictions, files, strict=True)]
     recorder.record(clips, window_files, flush=True)

@@ -42,7 +42,7 @@ from affectflow.corpora import get_adapter
 from affectflow.corpora.demo import is_synthetic
 from affectflow.runtime.progress import progress
 from affectflow.speech import SpeechCheck
-from affectflow.stages.spec import Inputs
+from affectflow.stages.spec import Inputs, StageOutput
 from affectflow.storage import atomic_path, atomic_write_json
 
 log = logging.getLogger(__name__)
@@ -53,13 +53,10 @@ class IngestError(RuntimeError):
 
 
 @dataclass
-class IngestResult:
-    manifest: Path
-    summary: dict[str, Any]
-
+class IngestResult(StageOutput):
     @property
-    def out_dir(self) -> Path:
-        return self.manifest.parent
+    def manifest(self) -> Path:
+        return self.out_dir / MANIFEST_FILE
 
 
 def probe(path: str, min_duration_s: float = 0.0, speech_check: SpeechCheck | None = None) -> dict[str, Any]:
@@ -270,7 +267,7 @@ def ingest(params: Params, out_dir: str | Path | None = None) -> IngestResult:
                     " = ".join(dups["examples"][0]))
     atomic_write_json(out / "summary.json", summary)
     write_manifest(kept, out / MANIFEST_FILE)
-    return IngestResult(manifest=out / MANIFEST_FILE, summary=summary)
+    return IngestResult(out, summary)
 
 
 def quarantine_reasons(held: list[dict[str, str]]) -> dict[str, int]:

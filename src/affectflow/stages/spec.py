@@ -28,6 +28,35 @@ class StageResult(Protocol):
     summary: dict[str, Any]
 
 
+@dataclass
+class StageOutput:
+    """A `StageResult` that is just that: the folder written and its summary. A stage whose readers
+    want a file by name subclasses it with a property (ingest's `manifest`, features' `index`)."""
+
+    out_dir: Path
+    summary: dict[str, Any] = field(default_factory=dict)
+
+
+REPORT_JSON = "report.json"
+REPORT_MD = "report.md"
+
+
+@dataclass(kw_only=True)
+class ReportedOutput(StageOutput):
+    """The output of a stage that reports on what it made (augment, pretrain): `report.json` and
+    `report.md` in its folder, and the MLflow run it logged them to."""
+
+    mlflow_run_id: str | None = None
+
+    @property
+    def report_json(self) -> Path:
+        return self.out_dir / REPORT_JSON
+
+    @property
+    def report_md(self) -> Path:
+        return self.out_dir / REPORT_MD
+
+
 class StageError(RuntimeError):
     """A stage cannot run with what it was given; the message names the input or the setting."""
 

@@ -57,17 +57,19 @@ adversary); `studies.generalization.METHODS` registers each with `adversarial_ce
 def layer_matrix(params: Params, features: Path, rows: pd.DataFrame, offset: int = 0) -> np.ndarray:
     """Raw (N, D) vectors of one layer (`train.ssl_linear.layer`, + `offset`) of the stored ssl features."""
     from affectflow.contracts.feature_store import FeatureSet
-    from affectflow.features.ssl import n_layers
-    from affectflow.models.ssl_linear import layer_index
+    from affectflow.features.ssl import kept_states
+    from affectflow.models.ssl_linear import hidden_state, layer_index
 
     layer = params.train.ssl_linear.layer
     if layer == "auto":
         raise ValueError("train.ssl_linear.layer: auto is chosen inside the train stage; rows outside it "
                          "(studies/ssl_rows.py) need an index or middle")
-    n = n_layers(params.features.ssl)
-    k = layer_index(layer, n) + offset
-    if k >= n:
-        raise ValueError(f"train.ssl_linear.layer: {layer} + {offset} is past the encoder's {n} hidden states")
+    states, total = kept_states(params.features.ssl)
+    n = len(states)
+    state = hidden_state(layer, total) + offset  # the encoder's hidden state; the next one for offset 1
+    if state >= total:
+        raise ValueError(f"train.ssl_linear.layer: {layer} + {offset} is past the encoder's {total} hidden states")
+    k = layer_index(state, n, states, total)
     X = FeatureSet(features).matrix("ssl", rows["utt_id"].tolist()).astype(np.float64)
     width = X.shape[1] // n
     return X[:, k * width:(k + 1) * width]

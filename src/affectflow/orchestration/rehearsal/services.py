@@ -23,7 +23,7 @@ from typing import Any
 from affectflow.orchestration.ir import PipelineError
 from affectflow.orchestration.rehearsal.chroot import Bind, Container, _clear
 from affectflow.orchestration.rehearsal.image import Image
-from affectflow.runtime.netutil import seaweedfs_command
+from affectflow.runtime.netutil import http_ok, seaweedfs_command
 
 ACCESS_KEY = "affectflow-rehearsal"
 SECRET_KEY = "affectflow-rehearsal-secret"
@@ -119,14 +119,6 @@ def upload_tree(store: S3Store, folder: Path, prefix: str) -> int:
         c.upload_file(str(f), store.bucket, f"{prefix.strip('/')}/{f.relative_to(folder).as_posix()}")
         n += 1
     return n
-
-
-def http_ok(url: str, timeout: float = 5) -> bool:
-    try:
-        with urllib.request.urlopen(url, timeout=timeout) as r:
-            return r.status == 200
-    except urllib.error.URLError:
-        return False
 
 
 @dataclass

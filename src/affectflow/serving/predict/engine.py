@@ -260,7 +260,8 @@ def predict_paths(params: Params, paths: Sequence[str | Path], model_uri: str | 
             if res.speech_windows:
                 res.no_speech = None  # some window had speech: the file is scored on those windows
         batcher.finish()
-    record_files(getattr(backend, "rec", None), results, batcher.window_files)  # the prediction log
+        # the prediction log, while s3:// inputs still have their local copies (`monitor.keep_audio`)
+        record_files(getattr(backend, "rec", None), results, batcher.window_files, local)
     save = getattr(backend, "save", None)
     if save is not None:
         save()

@@ -23,6 +23,7 @@ import numpy as np
 from scipy import linalg
 
 from affectflow.stages.augment.quality import inside_balls, knn_radii
+from affectflow.stages.spec import REPORT_JSON, REPORT_MD
 from affectflow.storage import atomic_write_json, atomic_write_text, save_figure
 
 PLOTS = ("projection.png", "scores.png", "losses.png")
@@ -266,7 +267,7 @@ def render_markdown(report: dict[str, Any]) -> str:
 
 
 def write_report(out_dir: Path, report: dict[str, Any]) -> tuple[Path, Path]:
-    json_path, md_path = out_dir / "report.json", out_dir / "report.md"
+    json_path, md_path = out_dir / REPORT_JSON, out_dir / REPORT_MD
     atomic_write_json(json_path, report)
     atomic_write_text(md_path, render_markdown(report))
     return json_path, md_path
@@ -292,7 +293,7 @@ def log_to_mlflow(params: Any, out_dir: Path, report: dict[str, Any], tags: dict
     name = f"augment-{report['generator']}-{report['feature']}"
     with tracking.start_run(params, run_name=name, tags=all_tags) as run:
         mlflow.log_metrics(metrics)
-        for fname in ("report.json", "report.md", *report["plots"]):
+        for fname in (REPORT_JSON, REPORT_MD, *report["plots"]):
             if (out_dir / fname).exists():
                 mlflow.log_artifact(str(out_dir / fname), artifact_path="augment")
         return str(run.info.run_id)

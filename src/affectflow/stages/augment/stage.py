@@ -12,7 +12,7 @@ stored, reported per class and (filter `style_novelty`) can be required.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -59,21 +59,16 @@ from affectflow.stages.augment.report import (
     write_report,
 )
 from affectflow.stages.augment.style import StyleSpace
-from affectflow.stages.spec import Inputs
+from affectflow.stages.spec import Inputs, ReportedOutput
 from affectflow.storage import atomic_dir
 
 SCORING_BLAS_THREADS = 1
 """Scoring fits small models (PCA, logistic regression, k-NN on ~10^3 rows): one BLAS thread is as
 fast as many and does not spin against other processes on a shared CPU."""
 
-@dataclass
-class AugmentResult:
-    out_dir: Path
+@dataclass(kw_only=True)
+class AugmentResult(ReportedOutput):
     synthetic: Path
-    report_json: Path
-    report_md: Path
-    summary: dict[str, Any] = field(default_factory=dict)
-    mlflow_run_id: str | None = None
 
 
 @dataclass
@@ -179,8 +174,7 @@ def augment(
                "frechet_after": report["metrics"]["after"]["frechet"],
                "precision_after": report["metrics"]["after"]["precision"],
                "epoch_seconds": report["training"]["epoch_seconds_mean"], "device": str(device)}
-    return AugmentResult(out_dir, out_dir / SYNTHETIC_FILE, out_dir / "report.json", out_dir / "report.md",
-                         summary, run_id)
+    return AugmentResult(out_dir, summary, synthetic=out_dir / SYNTHETIC_FILE, mlflow_run_id=run_id)
 
 
 def write_plots(folder: Path, cfg: AugmentConfig, syn: Synthesis) -> None:

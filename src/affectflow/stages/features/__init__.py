@@ -16,6 +16,8 @@ signal for the missing openSMILE kinds, and log-mel where `features.logmel_in` s
     while the workers keep decoding — one process feeds the GPU;
   * workers (auto on CPU): inside the worker that decoded the chunk (one torch thread each), so
     decode and compute of different chunks overlap across processes.
+The `ssl` encoder runs first, in the main process (one lane feeding a GPU; on the CPU,
+`features.workers` lanes: threads sharing one encoder, one torch thread each on two cores).
 The arrays come back to the main process, which writes a shard (one `.npz` + record per kind) as
 soon as its last clip is in; a killed run leaves whole shards and no trusted half one, and the next
 run computes only the clips no complete shard holds.

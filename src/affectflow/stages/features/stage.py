@@ -29,18 +29,15 @@ from affectflow.runtime.progress import progress
 from affectflow.stages.features.shards import SMILE_CHUNK, FeaturesError, plan
 from affectflow.stages.features.store import publish, store_location
 from affectflow.stages.features.worker import _cpu_count, _Done, _init_worker, _Job, _mp_context, _work_chunk
-from affectflow.stages.spec import Inputs
+from affectflow.stages.spec import Inputs, StageOutput
 from affectflow.storage import atomic_write_json
 
 
 @dataclass
-class FeaturesResult:
-    index: Path
-    summary: dict[str, Any]
-
+class FeaturesResult(StageOutput):
     @property
-    def out_dir(self) -> Path:
-        return self.index.parent
+    def index(self) -> Path:
+        return self.out_dir / INDEX
 
 
 # ----------------------------------------------------------------------------- the stage
@@ -106,7 +103,7 @@ def extract_features(params: Params, manifest_path: str | Path, out_dir: str | P
         **{k: v for k, v in run.items() if k != "audio_seconds"},
     })
     atomic_write_json(root / SUMMARY, summary)
-    return FeaturesResult(index=root / INDEX, summary=summary)
+    return FeaturesResult(root, summary)
 
 
 @dataclass
@@ -306,8 +303,15 @@ def _compute(params: Params, root: Path, keys: dict[str, str], shards: list[list
 
 
 def _compute_ssl(params: Params, jobs: list[_Job], arrays: dict[str, np.ndarray]) -> dict[str, Any]:
-    """The pretrained encoder in this process (it feeds one GPU, or uses the CPU's threads), on
-    batches of clips decoded ahead by a thread pool; fills `arrays` (clip sha256 -> vector)."""
+    """The pretrained encoder in this process, on batches of clips; fills `arrays` (clip sha256 ->
+    vector). On a GPU one lane feeds it while a thread pool decodes ahead. On the CPU,
+    `features.workers` lanes (threads sharing one copy of the encoder) each decode and encode their
+    own batches with the cores shared out as torch threads (one each on two cores): real clips all
+    differ in length, so batches are single clips, whose small matrix products scale badly over
+    threads (two threads on one Whisper-base clip cost ~4x the CPU time of one, and more on a
+    loaded box: benchmarks/RESULTS.md, "The default decision")."""
+    import torch
+
     from affectflow.features.ssl import SslEncoder
 
     cfg = params.features.ssl
@@ -318,12 +322,35 @@ def _compute_ssl(params: Params, jobs: list[_Job], arrays: dict[str, np.ndarray]
     load_s = time.perf_counter() - t0
     rows = [(j[0], j[1]) for j in jobs]
     batch = max(cfg.batch_size, 1)
-    with ThreadPoolExecutor(max_workers=max(1, params.features.workers)) as pool, \
-            ThreadPoolExecutor(max_workers=1) as reader:
+    chunks = [rows[i:i + batch] for i in range(0, len(rows), batch)]
+    cores = _cpu_count()
+    lanes = max(1, min(params.features.workers, cores, len(chunks))) if device.type == "cpu" else 1
+    threads_before = torch.get_num_threads()
+    threads = (params.features.threads or max(1, cores // lanes)) if lanes > 1 else threads_before
+    torch.set_num_threads(threads)
+    try:
+        if lanes > 1:
+            def lane(chunk: list[tuple[str, str]]) -> tuple[list[tuple[str, str]], list[np.ndarray]]:
+                return chunk, encoder([audio.load(path, sr) for _, path in chunk])
+
+            with ThreadPoolExecutor(max_workers=lanes) as pool:
+                for chunk, vecs in progress(pool.map(lane, chunks), "features ssl", total=len(chunks), unit="batch"):
+                    arrays.update((sha, vec) for (sha, _), vec in zip(chunk, vecs, strict=True))
+        else:
+            _one_lane(encoder, chunks, sr, params.features.workers, arrays)
+    finally:
+        torch.set_num_threads(threads_before)
+    return {"device": str(device), "dim": encoder.dim, "layers": encoder.layers, "layers_run": encoder.layers_run,
+            "lanes": lanes, "torch_threads": threads, "load_seconds": round(load_s, 2), "seconds": round(time.perf_counter() - t0, 2)}
+
+
+def _one_lane(encoder: Any, chunks: list[list[tuple[str, str]]], sr: int, decoders: int,
+              arrays: dict[str, np.ndarray]) -> None:
+    """One lane (a GPU, or one CPU core): batches decoded ahead by `decoders` threads."""
+    with ThreadPoolExecutor(max_workers=max(1, decoders)) as pool, ThreadPoolExecutor(max_workers=1) as reader:
         def decode(chunk: list[tuple[str, str]]) -> list[np.ndarray]:
             return list(pool.map(lambda r: audio.load(r[1], sr), chunk))
 
-        chunks = [rows[i:i + batch] for i in range(0, len(rows), batch)]
         ahead = reader.submit(decode, chunks[0]) if chunks else None
         for i, chunk in enumerate(progress(chunks, "features ssl", unit="batch")):
             assert ahead is not None
@@ -331,8 +358,6 @@ def _compute_ssl(params: Params, jobs: list[_Job], arrays: dict[str, np.ndarray]
             ahead = reader.submit(decode, chunks[i + 1]) if i + 1 < len(chunks) else None
             for (sha, _), vec in zip(chunk, encoder(waves), strict=True):
                 arrays[sha] = vec
-    return {"device": str(device), "dim": encoder.dim, "layers": encoder.layers,
-            "load_seconds": round(load_s, 2), "seconds": round(time.perf_counter() - t0, 2)}
 
 
 def _clips(results: Iterable[tuple[list[_Done], dict[str, float]]], stage_s: dict[str, float],

@@ -42,6 +42,8 @@ class LoopData:
     tgt_speaker: np.ndarray
     val_x: list[np.ndarray]
     val_y: np.ndarray
+    val_speaker: np.ndarray | None = None
+    """Each validation clip's speaker (DEV's bootstrap resamples speakers; None: clips)."""
 
 
 def _balanced_ce(logits: torch.Tensor, y: torch.Tensor, smoothing: float = 0.0) -> torch.Tensor:

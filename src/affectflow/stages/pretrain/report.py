@@ -8,6 +8,7 @@ from typing import Any
 
 import numpy as np
 
+from affectflow.stages.spec import REPORT_JSON, REPORT_MD
 from affectflow.storage import save_figure
 
 MARKERS = "osD^vP*Xh<>p"
@@ -130,8 +131,8 @@ def log_to_mlflow(out_dir: Path, report: dict[str, Any]) -> None:
     for stage, e in report["emotion"].items():
         flat |= {f"{k}_{stage}": v for k, v in e.items() if v is not None and not np.isnan(v)}
     mlflow.log_metrics(flat)
-    mlflow.log_artifact(str(out_dir / "report.json"))
-    mlflow.log_artifact(str(out_dir / "report.md"))
+    mlflow.log_artifact(str(out_dir / REPORT_JSON))
+    mlflow.log_artifact(str(out_dir / REPORT_MD))
     for png in sorted(out_dir.glob("*.png")):
         mlflow.log_artifact(str(png), artifact_path="plots")
     mlflow.log_artifacts(str(out_dir / "encoder"), artifact_path="encoder")

@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from affectflow.models.dev import Choice, choose, dev_risk, importance_weights
+from affectflow.models.dev import Choice, confident, importance_weights
 from affectflow.stages.pretrain.loop import LoopData, embed
 
 
@@ -19,8 +19,10 @@ class SelectionError(ValueError):
     """DEV cannot run on these inputs; the message names the setting."""
 
 
-def candidate_risk(model: Any, data: LoopData, device: torch.device, batch_size: int, seed: int) -> float:
-    """R_DEV of one trained DANN (or source-only) model."""
+def candidate_terms(model: Any, data: LoopData, device: torch.device, batch_size: int,
+                    seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """(per-clip losses, importance weights) of one trained DANN (or source-only) model on the source
+    validation clips: what its R_DEV is computed from (`models.dev.dev_risk`)."""
     if not data.val_x:
         raise SelectionError("pretrain.select: dev needs labelled source validation speakers "
                              "(splits.val_fraction > 0)")
@@ -30,13 +32,16 @@ def candidate_risk(model: Any, data: LoopData, device: torch.device, batch_size:
     weights = importance_weights(src, tgt, val, seed)
     logits = torch.from_numpy(embed(model.recognizer, data.val_x, device, batch_size))
     losses = torch.nn.functional.cross_entropy(logits, torch.from_numpy(np.asarray(data.val_y)), reduction="none")
-    return dev_risk(losses.numpy(), weights)
+    return losses.numpy(), weights
 
 
 def select(models: Mapping[float, Any], data: LoopData, device: torch.device, batch_size: int, seed: int,
-           margin: float) -> Choice:
-    """The DEV choice among `models` (λ -> trained model; 0.0 must be the source-only one)."""
-    return choose({lam: candidate_risk(m, data, device, batch_size, seed) for lam, m in models.items()}, margin)
+           margin: float, confidence: float = 0.0) -> Choice:
+    """The DEV choice among `models` (λ -> trained model; 0.0 must be the source-only one), a DANN
+    kept only when the speaker bootstrap is `confidence` sure of it (`models.dev.confident`)."""
+    terms = {lam: candidate_terms(m, data, device, batch_size, seed) for lam, m in models.items()}
+    groups = data.val_speaker if data.val_speaker is not None else np.arange(len(data.val_y))
+    return confident(terms, groups, margin, confidence, seed)
 
 
 def select_for_stage(inp: Any, models: dict[str, Any], device: torch.device, fit: Any) -> tuple[Choice, Any]:
@@ -53,5 +58,6 @@ def select_for_stage(inp: Any, models: dict[str, Any], device: torch.device, fit
         if float(lam) not in candidates:
             at = replace(inp, params=inp.params.model_copy(update={"pretrain": cfg.model_copy(update={"lambda_max": lam})}))
             candidates[float(lam)] = fit(at, device, adversarial=True, seed=cfg.seed, desc=f"dann-{lam:g}")[0]
-    choice = select(candidates, inp.data, device, inp.params.train.batch_size, cfg.seed, cfg.select_margin)
+    choice = select(candidates, inp.data, device, inp.params.train.batch_size, cfg.seed, cfg.select_margin,
+                    cfg.select_confidence)
     return choice, candidates[choice.lambd]

@@ -14,7 +14,7 @@ from __future__ import annotations
 import hashlib
 import json
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -42,6 +42,7 @@ from affectflow.runtime.device import resolve_device
 from affectflow.stages.pretrain.data import (
     Domains,
     InputNorm,
+    PretrainDataError,
     RowSets,
     assert_no_target_test,
     feature_key,
@@ -54,6 +55,7 @@ from affectflow.stages.pretrain.data import (
 from affectflow.stages.pretrain.loop import LoopData, embed, source_val_uar, train_dann
 from affectflow.stages.pretrain.probe import probe_all, project_2d
 from affectflow.stages.pretrain.report import log_to_mlflow, plot_curves, plot_projection, report_md
+from affectflow.stages.spec import REPORT_JSON, REPORT_MD, ReportedOutput
 from affectflow.stages.spec import Inputs as StageInputs
 from affectflow.storage import atomic_dir, atomic_write_json, atomic_write_text
 
@@ -62,14 +64,9 @@ NO_SPEAKER = -1
 """Speaker label of rows that have none (synthetic samples): ignored by the speaker loss."""
 
 
-@dataclass
-class PretrainResult:
-    out_dir: Path
+@dataclass(kw_only=True)
+class PretrainResult(ReportedOutput):
     encoder_dir: Path
-    report_json: Path
-    report_md: Path
-    summary: dict[str, Any] = field(default_factory=dict)
-    mlflow_run_id: str | None = None
 
 
 @dataclass
@@ -138,6 +135,7 @@ def prepare_inputs(params: Params, manifest: str | Path | pd.DataFrame, features
         tgt_domain=domains.labels(tgt_c),
         tgt_speaker=rows.target_train["speaker"].astype(str).map(spk_of).to_numpy(np.int64),
         val_x=[], val_y=rows.source_val["emotion"].map(y_of).to_numpy(np.int64),
+        val_speaker=rows.source_val["speaker"].astype(str).to_numpy(),
     )
     inp = Inputs(params=params, df=df, where=where, domains=domains, rows=rows, kind=kind,
                  input_dim=int(src_raw[0].shape[0]), feature_key=feature_key(fs, kind, rows.source_train["utt_id"]),
@@ -157,6 +155,10 @@ def build_dann(inp: Inputs, seed: int) -> Dann:
     cfg, tc = inp.params.pretrain, inp.params.train
     torch.manual_seed(seed)
     rec = build_model(tc.model, _arch(inp), inp.input_dim, len(inp.classes))
+    if not any(True for _ in rec.encoder.parameters()):  # e.g. ssl_linear: a fixed layer, a closed-form head
+        raise PretrainDataError(f"train.model {tc.model}: its encoder has no parameters, so DANN has nothing to "
+                                "adapt; pretrain a recognizer with a trainable encoder (ssl_head; with "
+                                "features.ssl.layers [k], an MLP on layer k)")
     n_spk = len(inp.speakers) if cfg.speaker_adversarial else 0
     return Dann(rec, len(inp.domains.names), n_spk, cfg.domain_hidden, cfg.head_dropout)
 
@@ -282,11 +284,11 @@ def pretrain(params: Params, manifest: str | Path, features_dir: str | Path, out
         with atomic_dir(out) as tmp:
             write_model_folder(tmp / ENCODER, chosen.recognizer.cpu(), meta)
             _plots(tmp, inp, report.pop("_projection"), histories)
-            atomic_write_json(tmp / "report.json", report)
-            atomic_write_text(tmp / "report.md", report_md(report))
+            atomic_write_json(tmp / REPORT_JSON, report)
+            atomic_write_text(tmp / REPORT_MD, report_md(report))
         log_to_mlflow(out, report)
     summary = _summary(report)
-    return PretrainResult(out, out / ENCODER, out / "report.json", out / "report.md", summary, run.info.run_id)
+    return PretrainResult(out, summary, encoder_dir=out / ENCODER, mlflow_run_id=run.info.run_id)
 
 
 def _analyse(inp: Inputs, models: dict[str, Dann], device: torch.device) -> dict[str, Any]:

@@ -7,10 +7,11 @@
 
 from __future__ import annotations
 
-import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
+
+from affectflow.contracts.json_file import read_json_file
 
 PLAN_FILE = "plan.json"
 CHAMPION_SCORES = "champion"
@@ -48,8 +49,4 @@ def read_plan(folder: str | Path) -> RescorePlan | None:
     path = Path(folder) / PLAN_FILE
     if not path.is_file():
         return None
-    try:
-        data = json.loads(path.read_text())
-    except json.JSONDecodeError as e:
-        raise ValueError(f"{path}: not valid JSON ({e})") from None
-    return RescorePlan.from_json(data, path)
+    return RescorePlan.from_json(read_json_file(path, ValueError, "no re-score plan"), path)

@@ -33,8 +33,8 @@ def promote(params: Params, registration: Registration, out_dir: str | Path, *, 
         result = Promotion.of(reg.promote(registration.version, reason=reason, on=gate.test_manifest_hash,
                                           rescored=gate.rescored, extra_checks=checks))
     else:
-        result = Promotion(registration.model_name, registration.version, registration.gate, promoted=False,
-                           previous_champion=registration.champion, champion=registration.champion,
+        result = Promotion(model_name=registration.model_name, version=registration.version, gate=registration.gate,
+                           promoted=False, previous_champion=registration.champion, champion=registration.champion,
                            aliases=registration.aliases)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)

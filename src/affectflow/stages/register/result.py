@@ -3,11 +3,11 @@ and by the Kubeflow report) and `Promotion` (promote's result.json)."""
 
 from __future__ import annotations
 
-import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from affectflow.contracts.json_file import read_json_file
 from affectflow.contracts.workdir import RESULT_FILE
 from affectflow.stages.register.plan import RescorePlan
 from affectflow.tracking.gate import GateDecision, Scores
@@ -27,14 +27,27 @@ class Comparison:
         return {**asdict(self), "excluded_speakers": list(self.excluded_speakers)}
 
 
-@dataclass(frozen=True)
-class Registration:
-    """What register did: the version, where it came from, the gate's decision and its inputs."""
+@dataclass(frozen=True, kw_only=True)
+class VersionRecord:
+    """What each record of the register tail says of the version it acted on: its name and number,
+    the gate's decision, and the champion and aliases after it acted."""
 
     model_name: str
     version: str
-    model_uri: str
     gate: GateDecision
+    champion: str | None = None
+    previous_champion: str | None = None
+    aliases: list[str] = field(default_factory=list)
+
+    def to_json(self) -> dict[str, Any]:
+        return {**{k: getattr(self, k) for k in self.__dataclass_fields__}, "gate": asdict(self.gate)}
+
+
+@dataclass(frozen=True, kw_only=True)
+class Registration(VersionRecord):
+    """What register did: the version, where it came from, the gate's decision and its inputs."""
+
+    model_uri: str
     metrics: Scores
     """The challenger's own test-set scores (from its evaluation)."""
     already_registered: bool = False
@@ -44,9 +57,6 @@ class Registration:
     model_id: str | None = None
     model_content_hash: str = ""
     data_version: str | None = None
-    aliases: list[str] = field(default_factory=list)
-    champion: str | None = None
-    previous_champion: str | None = None
     registered_at: str = ""
     comparison: Comparison | None = None
     rescore: RescorePlan | None = None
@@ -59,8 +69,7 @@ class Registration:
     or the gate refused before reaching it)."""
 
     def to_json(self) -> dict[str, Any]:
-        out = {k: getattr(self, k) for k in self.__dataclass_fields__}
-        out["gate"] = asdict(self.gate)
+        out = super().to_json()
         out["metrics"] = {k: v for k, v in asdict(self.metrics).items() if v is not None}
         out["comparison"] = None if self.comparison is None else self.comparison.to_json()
         out["rescore"] = None if self.rescore is None else self.rescore.to_json()
@@ -89,31 +98,17 @@ def read_registration(folder: str | Path) -> Registration:
     """register's result.json, given its folder or the file; errors name the file."""
     path = Path(folder)
     path = path / RESULT_FILE if path.is_dir() else path
-    try:
-        data = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise FileNotFoundError(f"{path}: no registration (run `affectflow register`)") from None
-    except json.JSONDecodeError as e:
-        raise ValueError(f"{path}: not valid JSON ({e})") from None
+    data = read_json_file(path, ValueError, "no registration (run `affectflow register`)")
     return Registration.from_json(data, path)
 
 
-@dataclass(frozen=True)
-class Promotion:
+@dataclass(frozen=True, kw_only=True)
+class Promotion(VersionRecord):
     """What promote did: the gate on promotion, whether `champion` moved, the champion after."""
 
-    model_name: str
-    version: str
-    gate: GateDecision
     promoted: bool
     forced: bool = False
-    previous_champion: str | None = None
-    champion: str | None = None
-    aliases: list[str] = field(default_factory=list)
     event: dict[str, Any] | None = None
-
-    def to_json(self) -> dict[str, Any]:
-        return {**{k: getattr(self, k) for k in self.__dataclass_fields__}, "gate": asdict(self.gate)}
 
     @classmethod
     def of(cls, outcome: dict[str, Any]) -> Promotion:

@@ -97,10 +97,16 @@ def validation_scores(data: WorkerData, n_layers: int, n_classes: int, c: float,
 
 
 def choose_layer(cfg: WorkerConfig, data: WorkerData, n_layers: int, n_classes: int) -> tuple[int, dict[str, Any]]:
-    """The layer to fit (`train.ssl_linear.layer`, or chosen when auto) and how it was chosen."""
+    """The stored layer to fit (its position in the vector: `train.ssl_linear.layer`, or chosen when
+    auto) and how it was chosen; the record names the encoder's hidden states (`features.ssl.layers`
+    may keep only some: `states`)."""
     lin = cfg.train.ssl_linear
+    kept = list(cfg.arch_config.get("states") or range(n_layers))
+    total = int(cfg.arch_config.get("encoder_states") or n_layers)
+    middle = layer_index("middle", n_layers, kept, total) if total // 2 in kept else n_layers // 2
     if lin.layer != "auto":
-        return layer_index(lin.layer, n_layers), {"rule": "set", "layer": layer_index(lin.layer, n_layers)}
+        pos = layer_index(lin.layer, n_layers, kept, total)
+        return pos, {"rule": "set", "layer": kept[pos]}
     if len(set(cfg.train_corpora)) >= 2:
         scores = inner_corpus_scores(cfg, data, worker_inputs(cfg).train, n_layers, n_classes)
         rule = "leave-one-training-corpus-out, streamed UAR"
@@ -108,11 +114,11 @@ def choose_layer(cfg: WorkerConfig, data: WorkerData, n_layers: int, n_classes: 
         scores = validation_scores(data, n_layers, n_classes, lin.c, lin.max_iter)
         rule = "validation speakers, UAR"
     else:
-        return n_layers // 2, {"rule": "middle layer (one corpus, no validation speakers)", "layer": n_layers // 2}
-    best = max(scores, key=lambda k: (scores[k], -abs(k - n_layers // 2)))  # ties: the layer nearer the middle
-    log.info("ssl_linear: layer %d chosen by %s (%s)", best, rule,
-             ", ".join(f"{k}: {100 * v:.1f}" for k, v in scores.items()))
-    return best, {"rule": rule, "layer": best, "scores": {str(k): round(v, 4) for k, v in scores.items()}}
+        return middle, {"rule": "middle layer (one corpus, no validation speakers)", "layer": kept[middle]}
+    best = max(scores, key=lambda k: (scores[k], -abs(k - middle)))  # ties: the layer nearer the middle
+    log.info("ssl_linear: hidden state %d chosen by %s (%s)", kept[best], rule,
+             ", ".join(f"{kept[k]}: {100 * v:.1f}" for k, v in scores.items()))
+    return best, {"rule": rule, "layer": kept[best], "scores": {str(kept[k]): round(v, 4) for k, v in scores.items()}}
 
 
 def fit_dimensions(model: SslLinear, X: np.ndarray, dims: np.ndarray, c: float) -> None:
@@ -152,7 +158,17 @@ def dimension_scores(model: SslLinear, V: np.ndarray, vdims: np.ndarray, names: 
 def fit_linear(cfg: WorkerConfig) -> dict[str, Any]:
     """The regression on the chosen layer, over every training row (synthetic rows weighted by
     `train.synthetic_weight`); the outcome the train stage expects, plus the resolved
-    `arch_config` (the chosen layer) and `layer_choice`."""
+    `arch_config` (the chosen layer) and `layer_choice`. numpy / scikit-learn's BLAS gets
+    `train.threads` threads, as torch does: the regressions' small products do not pay for more,
+    and on a busy CPU two spinning BLAS threads cost ~20x the CPU time of one (benchmarks/RESULTS.md,
+    "The default decision")."""
+    from threadpoolctl import threadpool_limits
+
+    with threadpool_limits(cfg.train.threads or None):
+        return _fit_linear(cfg)
+
+
+def _fit_linear(cfg: WorkerConfig) -> dict[str, Any]:
     n_classes, n_layers = len(cfg.classes), int(cfg.arch_config["n_layers"])
     if n_layers < 1:
         raise ValueError("ssl_linear: the features carry no encoder layers (features.ssl)")
@@ -161,7 +177,7 @@ def fit_linear(cfg: WorkerConfig) -> dict[str, Any]:
     lin = cfg.train.ssl_linear
     X = layer_slice(np.stack(data.x), layer, n_layers)
     clf = logistic(lin.c, lin.max_iter).fit(X, data.y, sample_weight=data.weight)
-    arch_config = {**cfg.arch_config, "layer": layer}
+    arch_config = {**cfg.arch_config, "layer": choice["layer"]}  # the encoder's hidden-state index
     model = build_model(cfg.arch, arch_config, cfg.input_dim, n_classes)
     if not isinstance(model, SslLinear):
         raise TypeError(f"train.model {cfg.arch}: closed-form fitting needs an SslLinear, got {type(model).__name__}")
