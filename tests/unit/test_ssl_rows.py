@@ -111,7 +111,8 @@ def test_rows_outside_the_train_stage_need_a_fixed_layer(corpora: Path, wavlm: P
 def test_a_layer_pair_past_the_last_hidden_state_is_an_error(wavlm: Path, tmp_path: Path) -> None:
     from affectflow.config import load_params
 
-    p = load_params(None, [f"features.ssl.checkpoint={wavlm}", "train.ssl_linear.layer=2"])  # 3 hidden states
+    p = load_params(None, [f"features.ssl.checkpoint={wavlm}", "features.ssl.layers=[]",  # its 3 hidden states
+                           "train.ssl_linear.layer=2"])
     with pytest.raises(ValueError, match=r"train\.ssl_linear\.layer: 2 \+ 1 is past the encoder's 3 hidden states"):
         ssl_rows.layer_matrix(p, tmp_path, pd.DataFrame({"utt_id": []}), offset=1)
 
