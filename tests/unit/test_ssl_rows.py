@@ -27,6 +27,11 @@ SSL_CONDITIONS = {
     "speaker_adv": {"method": "ssl_speaker_adversarial", "overrides": {"train.ssl_linear.layer": "middle"}},
     "corpus_adv": {"method": "ssl_corpus_adversarial", "overrides": {"train.ssl_linear.layer": "middle"}},
     "dann": {"method": "ssl_dann", "overrides": {"train.ssl_linear.layer": "middle"}},
+    "egemaps_fusion": {"method": "ssl_egemaps_fusion", "overrides": {"train.ssl_linear.layer": "middle"}},
+    "pair": {"method": "ssl_layer_pair", "overrides": {"train.ssl_linear.layer": "middle"},
+             "select": {"l01": {"train.ssl_linear.layer": 0}, "l12": {}}},
+    "pair_mean": {"method": "ssl_layer_pair_mean", "overrides": {"train.ssl_linear.layer": 0}},
+    "ensemble": {"method": "ssl_linear_mlp_ensemble", "overrides": {"train.ssl_linear.layer": "middle"}},
 }
 
 
@@ -39,7 +44,7 @@ def wavlm(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def test_ssl_rows_score_every_held_out_clip_on_every_protocol(corpora: Path, wavlm: Path, tmp_path: Path,  # noqa: F811
                                                               monkeypatch: pytest.MonkeyPatch) -> None:
     seen: list[tuple[str, str, int]] = []  # (method, held out, rows of the held-out corpus it read)
-    for method in ssl_rows.ADVERSARY:  # the study's table rows of the network methods, spied on
+    for method in [*ssl_rows.ADVERSARY, "ssl_linear_mlp_ensemble"]:  # the rows training a network, spied on
         row = G.METHODS[method]
 
         def spy(params, df, features, train_corpora, held, cell, _run=row.run, _method=method):
@@ -81,14 +86,19 @@ def test_ssl_rows_score_every_held_out_clip_on_every_protocol(corpora: Path, wav
         assert meta["arch_config"]["layer"] == 1  # middle of the tiny encoder's 3 hidden states
     # adversaries: speakers / source corpora need no target audio; only DANN reads the held-out clips
     assert sorted(m for m, _, _ in seen) == sorted([*["ssl_mlp"] * 3, *["ssl_speaker_adversarial"] * 3,
-                                                    *["ssl_corpus_adversarial"] * 3, *["ssl_dann"] * 3])
+                                                    *["ssl_corpus_adversarial"] * 3, *["ssl_dann"] * 3,
+                                                    *["ssl_linear_mlp_ensemble"] * 3])
     by_method = dict(zip([m for m, _, _ in seen], reads, strict=True))
     held_rows = {h: n for _, h, n in seen}
     assert by_method["ssl_mlp"].startswith("0:0") and by_method["ssl_corpus_adversarial"] == "2:0"
+    assert by_method["ssl_linear_mlp_ensemble"] == "0:0"  # the ensemble's network: no adversary, no target audio
     assert int(by_method["ssl_speaker_adversarial"].split(":")[0]) >= 4 and by_method["ssl_speaker_adversarial"].endswith(":0")
     n_adv, n_extra = map(int, by_method["ssl_dann"].split(":"))
     assert n_adv == 3 and n_extra in held_rows.values()
     assert np.isfinite([s["protocols"]["streamed"][n]["mean_uar"] for n in SSL_CONDITIONS]).all()
+    # the layer pair was chosen per held-out corpus by the inner leave-one-training-corpus-out
+    assert {k.split("/")[1] for k in s["selection"]} == {"pair"} and len(s["selection"]) == 3
+    assert all(v["chosen"] in ("l01", "l12") for v in s["selection"].values())
 
 
 def test_rows_outside_the_train_stage_need_a_fixed_layer(corpora: Path, wavlm: Path, tmp_path: Path) -> None:  # noqa: F811
@@ -96,3 +106,18 @@ def test_rows_outside_the_train_stage_need_a_fixed_layer(corpora: Path, wavlm: P
                 **{"features.ssl.checkpoint": str(wavlm)})
     with pytest.raises(ValueError, match=r"train\.ssl_linear\.layer: auto is chosen inside the train stage"):
         ssl_rows.layer_matrix(p, tmp_path, pd.DataFrame({"utt_id": []}))
+
+
+def test_a_layer_pair_past_the_last_hidden_state_is_an_error(wavlm: Path, tmp_path: Path) -> None:
+    from affectflow.config import load_params
+
+    p = load_params(None, [f"features.ssl.checkpoint={wavlm}", "features.ssl.layers=[]",  # its 3 hidden states
+                           "train.ssl_linear.layer=2"])
+    with pytest.raises(ValueError, match=r"train\.ssl_linear\.layer: 2 \+ 1 is past the encoder's 3 hidden states"):
+        ssl_rows.layer_matrix(p, tmp_path, pd.DataFrame({"utt_id": []}), offset=1)
+
+
+def test_the_fused_block_carries_the_encoder_blocks_total_variance() -> None:
+    w = ssl_rows.block_scale(512, 512 + 88)
+    assert (w[:512] == 1).all() and np.isclose((w[512:] ** 2).sum(), 512)
+    assert (ssl_rows.block_scale(1024, 1024) == 1).all()  # a layer pair: nothing fused, nothing scaled

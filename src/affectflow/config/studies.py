@@ -94,7 +94,8 @@ class StudyCondition(Section):
     """One row of `affectflow ablate generalization`."""
 
     method: Literal["svm", "recognizer", "dann", "augment", "latent", "aaec_classifier", "ssl_compare_fusion",
-                    "ssl_mlp", "ssl_dann", "ssl_speaker_adversarial", "ssl_corpus_adversarial"]
+                    "ssl_mlp", "ssl_dann", "ssl_speaker_adversarial", "ssl_corpus_adversarial",
+                    "ssl_logistic", "ssl_egemaps_fusion", "ssl_layer_pair", "ssl_layer_pair_mean", "ssl_linear_mlp_ensemble"]
     """svm: RBF SVM (C=10, balanced) on eGeMAPS with per-corpus standardisation — the reference a
     user would try first, outside the product; recognizer: the train stage (then evaluate) with
     `overrides`; dann: the pretrain stage with the held-out corpus as unlabelled target, then train
@@ -105,7 +106,10 @@ class StudyCondition(Section):
     ssl_*: rows on one layer of the ssl features outside the train stage (`studies/ssl_rows.py`):
     ssl_compare_fusion (that layer + ComParE, a logistic regression), ssl_mlp (an MLP, the baseline of
     the three adversarial rows), ssl_dann (the held-out corpus as unlabelled target), ssl_speaker_adversarial
-    and ssl_corpus_adversarial (gradient reversal on training speakers / source corpora, no target audio)."""
+    and ssl_corpus_adversarial (gradient reversal on training speakers / source corpora, no target audio),
+    ssl_logistic (that layer, a logistic regression), ssl_egemaps_fusion (that layer + eGeMAPS), ssl_layer_pair / ssl_layer_pair_mean (that layer and the
+    next, concatenated / averaged; a logistic regression), ssl_linear_mlp_ensemble (the logistic
+    regression and the MLP on that layer, probabilities averaged)."""
     overrides: dict[str, Any] = Field(default_factory=dict)
     """Dotted params overrides of this condition (train.*, features.*, augment.*, pretrain.*)."""
     select: dict[str, dict[str, Any]] = Field(default_factory=dict)

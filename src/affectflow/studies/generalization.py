@@ -304,11 +304,19 @@ def latent_cell(params: Params, df: pd.DataFrame, features: Path, train_corpora:
                 cell_dir: Path) -> pd.DataFrame:
     """The recognizer as `recognizer_cell` trains it, then latent-feature augmentation of its head
     (new-style embeddings of the training corpora only), evaluated on the held-out corpus."""
+    import torch
+
     from affectflow.stages.augment.latent import augment_latent
 
     path, model_dir = trained_recognizer(params, df, features, train_corpora, held, cell_dir)
     p = with_overrides(params, {"augment.seed": params.train.seed})
-    lat = augment_latent(p, model_dir, path, features, cell_dir / "latent")
+    before = torch.get_num_threads()
+    if params.train.threads:  # as the train stage's workers: two spin-waiting threads made the WGAN-GP ~18x slower here
+        torch.set_num_threads(params.train.threads)
+    try:
+        lat = augment_latent(p, model_dir, path, features, cell_dir / "latent")
+    finally:
+        torch.set_num_threads(before)
     return held_out_predictions(params, lat.model_dir, path, features, held, cell_dir)
 
 
@@ -365,8 +373,12 @@ METHODS: dict[str, StudyMethod] = {
     "aaec_classifier": StudyMethod(lambda p, df, f, tc, held, cell: aaec_classifier_cell(p, df, f, tc, held),
                                    ("ingest", "features", "augment", "train")),
     # rows on one layer of the ssl features outside the train stage (issue 27); train.*, pretrain.* settings
-    "ssl_compare_fusion": StudyMethod(lambda p, df, f, tc, held, cell: ssl_rows.fusion_cell(p, df, f, tc, held),
-                                      ("ingest", "features", "pretrain", "train"), (SSL, "compare")),
+    **{m: StudyMethod(lambda p, df, f, tc, held, cell, row=row: ssl_rows.linear_cell(row, p, df, f, tc, held),
+                      ("ingest", "features", "pretrain", "train"), (SSL, *([row.fused] if row.fused else [])))
+       for m, row in ssl_rows.LINEAR_ROWS.items()},
+    "ssl_linear_mlp_ensemble": StudyMethod(
+        lambda p, df, f, tc, held, cell: ssl_rows.ensemble_cell(p, df, f, tc, held),
+        ("ingest", "features", "pretrain", "train"), (SSL,)),
     **{m: StudyMethod(partial(ssl_rows.adversarial_cell, adversary), ("ingest", "features", "pretrain", "train"), (SSL,))
        for m, adversary in ssl_rows.ADVERSARY.items()},
 }

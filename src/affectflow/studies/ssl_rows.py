@@ -11,6 +11,14 @@ corpus by its own (offline) or by the deployment statistics of the clips before 
   scaled by sqrt(layer width / its width) so both blocks carry the same total variance (6,373
   ComParE dimensions would drown 512 Whisper ones under one L2 penalty), concatenated; a
   multinomial logistic regression (`train.ssl_linear.c`).
+- `ssl_egemaps_fusion`: the same with the 88 eGeMAPS functionals (the block scaled up by the same rule).
+- `ssl_logistic`: that layer alone, the same regression: the probe's recipe on every training clip
+  (the train stage's `ssl_linear` keeps validation speakers out), the baseline of the linear rows.
+- `ssl_layer_pair` / `ssl_layer_pair_mean`: that layer and the next one (2+3 for `layer: 2`),
+  concatenated / averaged, then the same logistic regression: whether the best single layer leaves
+  information in its neighbour (`LINEAR_ROWS`, the table of these linear rows).
+- `ssl_linear_mlp_ensemble`: the logistic regression on that layer and `ssl_mlp`'s network, their
+  class probabilities averaged (two heads that err differently).
 - `ssl_mlp`: the product's MLP recognizer (`train.mlp`) on that layer, class-weighted
   cross-entropy, `train.epochs` x AdamW (`train.lr`, `train.weight_decay`, `train.batch_size`):
   the baseline the adversarial rows are counted against (the same network, the same budget).
@@ -26,6 +34,7 @@ The adversaries are `models.dann.Dann`'s heads, with `pretrain.*`'s settings (`l
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -45,21 +54,24 @@ ADVERSARY: dict[str, str | None] = {
 adversary); `studies.generalization.METHODS` registers each with `adversarial_cell`."""
 
 
-def layer_matrix(params: Params, features: Path, rows: pd.DataFrame) -> np.ndarray:
-    """Raw (N, D) vectors of one layer (`train.ssl_linear.layer`) of the stored ssl features."""
+def layer_matrix(params: Params, features: Path, rows: pd.DataFrame, offset: int = 0) -> np.ndarray:
+    """Raw (N, D) vectors of one layer (`train.ssl_linear.layer`, + `offset`) of the stored ssl features."""
     from affectflow.contracts.feature_store import FeatureSet
     from affectflow.features.ssl import kept_states
-    from affectflow.models.ssl_linear import layer_index
+    from affectflow.models.ssl_linear import hidden_state, layer_index
 
     layer = params.train.ssl_linear.layer
     if layer == "auto":
         raise ValueError("train.ssl_linear.layer: auto is chosen inside the train stage; rows outside it "
                          "(studies/ssl_rows.py) need an index or middle")
-    X = FeatureSet(features).matrix("ssl", rows["utt_id"].tolist()).astype(np.float64)
     states, total = kept_states(params.features.ssl)
     n = len(states)
+    state = hidden_state(layer, total) + offset  # the encoder's hidden state; the next one for offset 1
+    if state >= total:
+        raise ValueError(f"train.ssl_linear.layer: {layer} + {offset} is past the encoder's {total} hidden states")
+    k = layer_index(state, n, states, total)
+    X = FeatureSet(features).matrix("ssl", rows["utt_id"].tolist()).astype(np.float64)
     width = X.shape[1] // n
-    k = layer_index(layer, n, states, total)
     return X[:, k * width:(k + 1) * width]
 
 
@@ -96,29 +108,89 @@ def predictions(test_rows: pd.DataFrame, classes: list[str], predicted: dict[str
     return pred
 
 
-def fusion_cell(params: Params, df: pd.DataFrame, features: Path, train_corpora: list[str], held: str) -> pd.DataFrame:
-    """The ssl layer + ComParE, block-scaled, concatenated; a logistic regression."""
+@dataclass(frozen=True)
+class LinearRow:
+    """A logistic-regression row: which encoder layers (from `train.ssl_linear.layer`: that one and
+    the next `span - 1`), how they combine, and an openSMILE kind fused beside them."""
+
+    span: int = 1
+    combine: str = "concat"
+    """concat: the layers side by side; mean: their average (one layer's width)."""
+    fused: str | None = None
+    """A stored functionals kind (compare, egemaps) concatenated after the layers, block-scaled."""
+
+
+LINEAR_ROWS: dict[str, LinearRow] = {
+    "ssl_logistic": LinearRow(),
+    "ssl_compare_fusion": LinearRow(fused="compare"),
+    "ssl_egemaps_fusion": LinearRow(fused="egemaps"),
+    "ssl_layer_pair": LinearRow(span=2),
+    "ssl_layer_pair_mean": LinearRow(span=2, combine="mean"),
+}
+"""Linear rows (`StudyCondition.method`) → their inputs; `studies.generalization.METHODS` registers
+each with `linear_cell`."""
+
+
+def row_matrix(row: LinearRow, params: Params, features: Path, rows: pd.DataFrame) -> tuple[np.ndarray, int]:
+    """Raw inputs of a linear row and the width of its encoder block (the rest is the fused kind)."""
+    from affectflow.contracts.feature_store import FeatureSet
+
+    layers = [layer_matrix(params, features, rows, offset) for offset in range(row.span)]
+    enc = np.mean(layers, axis=0) if row.combine == "mean" else np.concatenate(layers, 1)
+    if row.fused is None:
+        return enc, enc.shape[1]
+    other = FeatureSet(features).matrix(row.fused, rows["utt_id"].tolist()).astype(np.float64)
+    return np.concatenate([enc, other], 1), enc.shape[1]
+
+
+def block_scale(width: int, total: int) -> np.ndarray:
+    """Per-column weights giving the fused block (columns `width:`) the encoder block's total
+    variance once both are standardised (ones when nothing is fused)."""
+    rest = total - width
+    return np.concatenate([np.ones(width), np.full(rest, np.sqrt(width / rest) if rest else 1.0)])
+
+
+def logistic(params: Params, X: np.ndarray, y: np.ndarray) -> Any:
     from sklearn.linear_model import LogisticRegression
 
-    from affectflow.contracts.feature_store import FeatureSet
+    lin = params.train.ssl_linear
+    return LogisticRegression(C=lin.c, max_iter=lin.max_iter).fit(X, y)
+
+
+def linear_cell(row: LinearRow, params: Params, df: pd.DataFrame, features: Path, train_corpora: list[str],
+                held: str) -> pd.DataFrame:
+    """A `LINEAR_ROWS` row: its inputs standardised per corpus, block-scaled; a logistic regression."""
+    classes = list(params.studies.generalization.classes)
+    train_rows, test_rows = split(df, train_corpora, held)
+    (Xtr_raw, width), (Xte_raw, _) = (row_matrix(row, params, features, r) for r in (train_rows, test_rows))
+    scale = block_scale(width, Xtr_raw.shape[1])
+    y = train_rows["emotion"].map({c: i for i, c in enumerate(classes)}).to_numpy()
+    clf = logistic(params, per_corpus(Xtr_raw, train_rows["corpus"].to_numpy()) * scale, y)
+    views = held_out_views(params, Xtr_raw, Xte_raw)
+    return predictions(test_rows, classes, {p: clf.predict(Z * scale) for p, Z in views.items()})
+
+
+def ensemble_cell(params: Params, df: pd.DataFrame, features: Path, train_corpora: list[str],
+                  held: str) -> pd.DataFrame:
+    """The logistic regression and the MLP (`ssl_mlp`'s network and budget) on one layer, their
+    class probabilities averaged."""
+    import torch
 
     classes = list(params.studies.generalization.classes)
     train_rows, test_rows = split(df, train_corpora, held)
-
-    def raw(rows: pd.DataFrame) -> np.ndarray:
-        a = layer_matrix(params, features, rows)
-        b = FeatureSet(features).matrix("compare", rows["utt_id"].tolist()).astype(np.float64)
-        return np.concatenate([a, b], 1)
-
-    Xtr_raw, Xte_raw = raw(train_rows), raw(test_rows)
-    width = layer_matrix(params, features, train_rows.head(1)).shape[1]
-    scale = np.concatenate([np.ones(width), np.full(Xtr_raw.shape[1] - width, np.sqrt(width / (Xtr_raw.shape[1] - width)))])
+    Xtr_raw, Xte_raw = layer_matrix(params, features, train_rows), layer_matrix(params, features, test_rows)
+    Xtr = per_corpus(Xtr_raw, train_rows["corpus"].to_numpy())
     y = train_rows["emotion"].map({c: i for i, c in enumerate(classes)}).to_numpy()
-    lin = params.train.ssl_linear
-    clf = LogisticRegression(C=lin.c, max_iter=lin.max_iter)
-    clf.fit(per_corpus(Xtr_raw, train_rows["corpus"].to_numpy()) * scale, y)
-    views = held_out_views(params, Xtr_raw, Xte_raw)
-    return predictions(test_rows, classes, {p: clf.predict(Z * scale) for p, Z in views.items()})
+    clf = logistic(params, Xtr, y)
+    net = train_network(params, Xtr, y, np.zeros(len(y), np.int64), 0, np.zeros((0, Xtr.shape[1])),
+                        len(classes), 0.0)
+
+    def both(Z: np.ndarray) -> np.ndarray:
+        with torch.inference_mode():
+            p_net = torch.softmax(net(torch.from_numpy(Z.astype(np.float32))).emotion, 1).numpy()
+        return (clf.predict_proba(Z) + p_net).argmax(1)
+
+    return predictions(test_rows, classes, {p: both(Z) for p, Z in held_out_views(params, Xtr_raw, Xte_raw).items()})
 
 
 def adversarial_cell(kind: str | None, params: Params, df: pd.DataFrame, features: Path, train_corpora: list[str],
