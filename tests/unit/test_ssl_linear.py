@@ -37,7 +37,8 @@ def clips(corpus: int, n_per_class: int, rng: np.random.Generator) -> tuple[np.n
     return X.reshape(len(y), -1).astype(np.float32), y
 
 
-def worker(monkeypatch: pytest.MonkeyPatch, corpora: int, layer: int | str = "auto", val: int = 0) -> WorkerConfig:
+def worker(monkeypatch: pytest.MonkeyPatch, corpora: int, layer: int | str = "auto", val: int = 0,
+           c_grid: list[float] | None = None) -> WorkerConfig:
     """A WorkerConfig over generated vectors (the inputs patched in where the workers read them)."""
     rng = np.random.default_rng(0)
     xs, ys, names = [], [], []
@@ -52,7 +53,7 @@ def worker(monkeypatch: pytest.MonkeyPatch, corpora: int, layer: int | str = "au
     inputs = WorkerInputs(train=xs, val=list(vX), synthetic=None, weights=None)
     monkeypatch.setattr(loop, "worker_inputs", lambda cfg: inputs)
     monkeypatch.setattr(linear, "worker_inputs", lambda cfg: inputs)
-    tc = TrainConfig(model="ssl_linear", ssl_linear={"layer": layer, "c": 0.1})
+    tc = TrainConfig(model="ssl_linear", ssl_linear={"layer": layer, "c": 0.1, "c_grid": c_grid or []})
     return WorkerConfig(
         train=tc, arch="ssl_linear", arch_config=arch_config(tc, {"n_layers": N_LAYERS, "states": [], "encoder_states": 0}), classes=CLASSES,
         feature="ssl", input_dim=N_LAYERS * WIDTH, features_dir="unused", train_ids=[str(i) for i in range(len(xs))],
@@ -75,7 +76,7 @@ def test_the_head_is_the_fitted_regression(monkeypatch: pytest.MonkeyPatch) -> N
 
     cfg = worker(monkeypatch, corpora=2, layer=-3)  # -3 of 4 = layer 1
     out = linear.fit_linear(cfg)
-    assert out["layer_choice"] == {"rule": "set", "layer": 1} and out["arch_config"]["layer"] == 1
+    assert out["layer_choice"] == {"rule": "set", "layer": 1, "c": 0.1, "c_rule": "set"} and out["arch_config"]["layer"] == 1
     model = build_model("ssl_linear", out["arch_config"], N_LAYERS * WIDTH, len(CLASSES))
     model.load_state_dict({k: torch.tensor(v) for k, v in out["best_state"].items()})
     data = loop.WorkerData(cfg)
@@ -84,6 +85,29 @@ def test_the_head_is_the_fitted_regression(monkeypatch: pytest.MonkeyPatch) -> N
     with torch.no_grad():
         probs = torch.softmax(model(torch.from_numpy(X)), 1).numpy()
     assert np.allclose(probs, clf.predict_proba(X[:, WIDTH:2 * WIDTH]), atol=1e-4)
+
+
+def test_c_is_chosen_on_the_training_corpora_and_is_the_heads(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every grid value is scored by the layer choice's rule, the best wins (ties: the smaller C),
+    and the head is the regression fitted with it, not with `train.ssl_linear.c`."""
+    from sklearn.linear_model import LogisticRegression
+
+    cfg = worker(monkeypatch, corpora=3, layer=GOOD, c_grid=[1e-6, 1.0])
+    out = linear.fit_linear(cfg)
+    choice = out["layer_choice"]
+    assert choice["c_rule"].startswith("leave-one-training-corpus-out")
+    scores = {float(k): v for k, v in choice["c_scores"].items()}
+    assert set(scores) == {1e-6, 1.0} and choice["c"] == max(scores, key=lambda c: (scores[c], -c))
+    model = build_model("ssl_linear", out["arch_config"], N_LAYERS * WIDTH, len(CLASSES))
+    model.load_state_dict({k: torch.tensor(v) for k, v in out["best_state"].items()})
+    X = np.stack(loop.WorkerData(cfg).x)[:, GOOD * WIDTH:(GOOD + 1) * WIDTH]
+    y = loop.WorkerData(cfg).y
+    with torch.no_grad():
+        probs = torch.softmax(model(torch.from_numpy(np.stack(loop.WorkerData(cfg).x))), 1).numpy()
+    assert np.allclose(probs, LogisticRegression(C=choice["c"], max_iter=2000).fit(X, y).predict_proba(X), atol=1e-4)
+    assert not np.allclose(probs, LogisticRegression(C=0.1, max_iter=2000).fit(X, y).predict_proba(X), atol=1e-2)
+    one = linear.fit_linear(worker(monkeypatch, corpora=1, layer=GOOD, c_grid=[1e-6, 1.0]))["layer_choice"]
+    assert one["c"] == 0.1 and one["c_rule"] == "set"  # one corpus: nothing to choose on, train.ssl_linear.c
 
 
 def test_the_dimensional_head_is_a_ridge_on_the_same_layer(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -132,7 +156,8 @@ def test_one_corpus_chooses_on_validation_speakers_or_takes_the_middle(monkeypat
     with_val = linear.fit_linear(worker(monkeypatch, corpora=1, val=10))["layer_choice"]
     assert with_val["rule"] == "validation speakers, UAR" and set(with_val["scores"]) == {"0", "1", "2", "3"}
     alone = linear.fit_linear(worker(monkeypatch, corpora=1))["layer_choice"]
-    assert alone == {"rule": "middle layer (one corpus, no validation speakers)", "layer": N_LAYERS // 2}
+    assert alone == {"rule": "middle layer (one corpus, no validation speakers)", "layer": N_LAYERS // 2,
+                     "c": 0.1, "c_rule": "set"}
 
 
 def test_a_layer_outside_the_encoder_and_an_unresolved_auto_are_errors() -> None:

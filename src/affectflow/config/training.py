@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import Field
 
@@ -52,7 +52,13 @@ class SslLinearConfig(Section):
     one corpus: its validation speakers; neither: the middle layer). A model folder stores the
     chosen hidden-state index."""
     c: float = Field(0.1, gt=0)
-    """Inverse L2 regularisation strength (scikit-learn's C)."""
+    """Inverse L2 regularisation strength (scikit-learn's C) when `c_grid` is empty or cannot be
+    chosen on (one training corpus); the study's fixed-C rows read it."""
+    c_grid: list[Annotated[float, Field(gt=0)]] = Field(default_factory=list)
+    """When set, C is chosen from these on the training data only, after the layer and by the same
+    rule (`stages/train/linear.py`: leave-one-training-corpus-out, streamed UAR); [] = `c`. Not the
+    default: over 0.001-1 it gave +0.6 streamed mean UAR on leave-one-corpus-out but EmoDB -0.9
+    and neutral recall -4.6 (benchmarks/RESULTS.md, "C chosen inside the training corpora")."""
     max_iter: int = Field(2000, ge=10)
 
 

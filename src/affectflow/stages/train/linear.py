@@ -10,6 +10,8 @@ regression per layer is fitted on the others (each standardised by its own stati
 on the held-out one *streamed*, as a deployment meets it (clip by clip, shuffled, standardised by
 the deployment statistics of the clips before it: `serving.deployment.DeploymentStats`); the layer
 with the best mean UAR wins. One corpus: its validation speakers decide; none: the middle layer.
+Then, on that layer and by the same rule, the regression's C from `train.ssl_linear.c_grid`
+(`train.ssl_linear.c` when the grid is empty or there is only one training corpus).
 The outcome has the epoch loop's shape (`loop.train_loop_per_worker`), so the train stage writes the
 model folder, calibration, curves and MLflow records as for any recognizer.
 """
@@ -68,14 +70,14 @@ def deploys_running(cfg: WorkerConfig) -> bool:
 
 
 def inner_corpus_scores(cfg: WorkerConfig, data: WorkerData, raw: list[np.ndarray], n_layers: int,
-                        n_classes: int) -> dict[int, float]:
-    """Mean streamed UAR per layer over the training corpora held out in turn (real rows only)."""
+                        n_classes: int, candidates: list[tuple[int, float]]) -> dict[tuple[int, float], float]:
+    """Mean streamed UAR per (layer, C) candidate over the training corpora held out in turn (real rows only)."""
     tc, lin = cfg.train, cfg.train.ssl_linear
     names = sorted(set(cfg.train_corpora))
     X = np.stack(data.x)
     corpora = np.asarray(cfg.train_corpora)
     raw_X = np.stack(raw)
-    scores: dict[int, list[float]] = {k: [] for k in range(n_layers)}
+    scores: dict[tuple[int, float], list[float]] = {k: [] for k in candidates}
     for inner, name in enumerate(names):
         fit_rows = (data.group >= 0) & (data.group != inner)
         test = corpora == name
@@ -83,9 +85,9 @@ def inner_corpus_scores(cfg: WorkerConfig, data: WorkerData, raw: list[np.ndarra
         Z, order = streamed(raw_X[test], prior, tc.deploy_min_clips if deploys_running(cfg) else np.inf,
                             tc.deploy_window, tc.seed)
         y_test = np.asarray(cfg.train_y)[test][order]
-        for layer in range(n_layers):
-            clf = logistic(lin.c, lin.max_iter).fit(layer_slice(X[fit_rows], layer, n_layers), data.y[fit_rows])
-            scores[layer].append(uar_of(y_test, clf.predict(layer_slice(Z, layer, n_layers)), n_classes))
+        for layer, c in candidates:
+            clf = logistic(c, lin.max_iter).fit(layer_slice(X[fit_rows], layer, n_layers), data.y[fit_rows])
+            scores[(layer, c)].append(uar_of(y_test, clf.predict(layer_slice(Z, layer, n_layers)), n_classes))
     return {k: float(np.mean(v)) for k, v in scores.items()}
 
 
@@ -108,7 +110,9 @@ def choose_layer(cfg: WorkerConfig, data: WorkerData, n_layers: int, n_classes: 
         pos = layer_index(lin.layer, n_layers, kept, total)
         return pos, {"rule": "set", "layer": kept[pos]}
     if len(set(cfg.train_corpora)) >= 2:
-        scores = inner_corpus_scores(cfg, data, worker_inputs(cfg).train, n_layers, n_classes)
+        by_pair = inner_corpus_scores(cfg, data, worker_inputs(cfg).train, n_layers, n_classes,
+                                      [(k, lin.c) for k in range(n_layers)])
+        scores = {k: v for (k, _), v in by_pair.items()}
         rule = "leave-one-training-corpus-out, streamed UAR"
     elif data.vx:
         scores = validation_scores(data, n_layers, n_classes, lin.c, lin.max_iter)
@@ -121,9 +125,26 @@ def choose_layer(cfg: WorkerConfig, data: WorkerData, n_layers: int, n_classes: 
     return best, {"rule": rule, "layer": kept[best], "scores": {str(kept[k]): round(v, 4) for k, v in scores.items()}}
 
 
+def choose_c(cfg: WorkerConfig, data: WorkerData, layer: int, n_layers: int, n_classes: int) -> tuple[float, dict[str, Any]]:
+    """The regularisation strength for the chosen layer: `train.ssl_linear.c`, or, with a
+    `c_grid` and two or more training corpora, the grid's best by the layer choice's own rule
+    (leave-one-training-corpus-out, streamed UAR); ties go to the stronger regularisation."""
+    lin = cfg.train.ssl_linear
+    if not lin.c_grid or len(set(cfg.train_corpora)) < 2:
+        return lin.c, {"c": lin.c, "c_rule": "set"}
+    by_pair = inner_corpus_scores(cfg, data, worker_inputs(cfg).train, n_layers, n_classes,
+                                  [(layer, c) for c in lin.c_grid])
+    scores = {c: v for (_, c), v in by_pair.items()}
+    best = max(scores, key=lambda c: (scores[c], -c))
+    log.info("ssl_linear: C = %g chosen on the training corpora (%s)", best,
+             ", ".join(f"{c:g}: {100 * v:.1f}" for c, v in scores.items()))
+    return best, {"c": best, "c_rule": "leave-one-training-corpus-out, streamed UAR",
+                  "c_scores": {f"{c:g}": round(v, 4) for c, v in scores.items()}}
+
+
 def fit_dimensions(model: SslLinear, X: np.ndarray, dims: np.ndarray, c: float) -> None:
     """The dimensional head (`models.dimensions`, tanh of a linear map) in closed form, on the same
-    layer as the class head: a ridge regression (alpha = 1 / `train.ssl_linear.c`) per dimension
+    layer as the class head: a ridge regression (alpha = 1 / the class head's C) per dimension
     onto artanh of its targets, over the rows that have one. A dimension with fewer than
     `dimensions.MIN_ROWS` targets gets a zero map (tanh(0) = 0, the scale's centre)."""
     import torch
@@ -174,16 +195,18 @@ def _fit_linear(cfg: WorkerConfig) -> dict[str, Any]:
         raise ValueError("ssl_linear: the features carry no encoder layers (features.ssl)")
     data = WorkerData(cfg)
     layer, choice = choose_layer(cfg, data, n_layers, n_classes)
+    c, c_choice = choose_c(cfg, data, layer, n_layers, n_classes)
+    choice |= c_choice
     lin = cfg.train.ssl_linear
     X = layer_slice(np.stack(data.x), layer, n_layers)
-    clf = logistic(lin.c, lin.max_iter).fit(X, data.y, sample_weight=data.weight)
+    clf = logistic(c, lin.max_iter).fit(X, data.y, sample_weight=data.weight)
     arch_config = {**cfg.arch_config, "layer": choice["layer"]}  # the encoder's hidden-state index
     model = build_model(cfg.arch, arch_config, cfg.input_dim, n_classes)
     if not isinstance(model, SslLinear):
         raise TypeError(f"train.model {cfg.arch}: closed-form fitting needs an SslLinear, got {type(model).__name__}")
     model.set_head(clf.coef_, clf.intercept_)
     if cfg.dimension_names and data.dims is not None:  # issue 29: the dimensional head, closed form too
-        fit_dimensions(model, X, data.dims, lin.c)
+        fit_dimensions(model, X, data.dims, c)
     train_p = clf.predict_proba(X)
     row: dict[str, Any] = {"epoch": 0, "train_loss": float(-np.log(np.maximum(train_p[np.arange(len(X)), data.y], 1e-12))
                                                            .mean()),
