@@ -99,7 +99,7 @@ def front_end_overrides(kind: str, layer: int) -> dict:
 def one_layer_store(params: Params, df: pd.DataFrame, every_layer: Path, out: Path) -> Path:
     """A store of the `ssl` kind holding `features.ssl.layers` (one layer) under that configuration's
     key, sliced from a store of every hidden state (the key of `features.ssl.layers: []`)."""
-    from affectflow.features.ssl import n_layers
+    from affectflow.features.ssl import kept_states
 
     (layer,) = params.features.ssl.layers
     want = feature_keys(params)["ssl"]
@@ -116,7 +116,7 @@ def one_layer_store(params: Params, df: pd.DataFrame, every_layer: Path, out: Pa
     rows = df[df["utt_id"].isin(set(fs.index.loc[fs.index["kind"] == "ssl", "utt_id"]))]
     clips = rows.drop_duplicates("sha256")  # one array per audio content, one index row per clip
     X = fs.matrix("ssl", clips["utt_id"].tolist())
-    width = X.shape[1] // n_layers(every.features.ssl)
+    width = X.shape[1] // len(kept_states(every.features.ssl)[0])
     arrays = {sha: X[i, layer * width:(layer + 1) * width] for i, sha in enumerate(clips["sha256"].astype(str))}
     shard = write_shard(out, "ssl", want, arrays)
     write_index(out, pd.DataFrame({"utt_id": rows["utt_id"].to_numpy(), "kind": "ssl", "key": want,

@@ -108,8 +108,7 @@ _HASHES: dict[tuple[Any, ...], str] = {}
 def checkpoint_hash(cfg: SslConfig) -> str:
     """Content hash of the checkpoint's files (config, weights, feature-extractor settings); read
     once per process while the files' sizes and times are unchanged."""
-    where = local_checkpoint(cfg)
-    folder = Path(where) if isinstance(where, Path) else _hub_folder(str(where))
+    folder = checkpoint_folder(cfg)
     files = sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix in WEIGHT_SUFFIXES)
     stamp = (str(folder.resolve()), *((f.name, f.stat().st_size, f.stat().st_mtime_ns) for f in files))
     if stamp not in _HASHES:
@@ -136,16 +135,19 @@ def _hub_folder(repo_id: str) -> Path:
                                  f"({os.environ.get('HF_HOME', '~/.cache/huggingface')}): {e}") from None
 
 
-def n_layers(cfg: SslConfig) -> int:
-    """Layers per `ssl` vector: `cfg.layers`, or every hidden state of the checkpoint (read from its
-    config.json, no weights loaded)."""
-    if cfg.layers:
-        return len(cfg.layers)
-    from transformers import AutoConfig
-
+def checkpoint_folder(cfg: SslConfig) -> Path:
+    """The checkpoint's local folder (a hub id: its snapshot in the offline cache)."""
     where = local_checkpoint(cfg)
-    folder = where if isinstance(where, Path) else _hub_folder(str(where))
-    return int(AutoConfig.from_pretrained(folder, local_files_only=True).num_hidden_layers) + 1
+    return where if isinstance(where, Path) else _hub_folder(str(where))
+
+
+def resolve_states(layers: list[int], total: int) -> list[int]:
+    """`features.ssl.layers` as the encoder's hidden-state indices 0..total-1 (negative: from the
+    end; [] = every state); an error naming the setting for an index the encoder lacks."""
+    bad = [i for i in layers if not -total <= i < total]
+    if bad:
+        raise SslCheckpointError(f"features.ssl.layers: {bad} are not layers of this encoder (0..{total - 1})")
+    return [i % total for i in layers] or list(range(total))
 
 
 def kept_states(cfg: SslConfig) -> tuple[list[int], int]:
@@ -154,13 +156,8 @@ def kept_states(cfg: SslConfig) -> tuple[list[int], int]:
     its encoder index needs (`models.ssl_linear.layer_index`)."""
     from transformers import AutoConfig
 
-    where = local_checkpoint(cfg)
-    folder = where if isinstance(where, Path) else _hub_folder(str(where))
-    total = int(AutoConfig.from_pretrained(folder, local_files_only=True).num_hidden_layers) + 1
-    bad = [i for i in cfg.layers if not -total <= i < total]
-    if bad:
-        raise SslCheckpointError(f"features.ssl.layers: {bad} are not layers of this encoder (0..{total - 1})")
-    return [i % total for i in cfg.layers] or list(range(total)), total
+    total = int(AutoConfig.from_pretrained(checkpoint_folder(cfg), local_files_only=True).num_hidden_layers) + 1
+    return resolve_states(cfg.layers, total), total
 
 
 def key_config(cfg: SslConfig, sample_rate: int) -> dict[str, Any]:
@@ -184,8 +181,7 @@ class SslEncoder:
         import torch
         from transformers import AutoFeatureExtractor, AutoModel
 
-        where = local_checkpoint(cfg)
-        folder = where if isinstance(where, Path) else _hub_folder(str(where))
+        folder = checkpoint_folder(cfg)
         try:
             model = AutoModel.from_pretrained(folder, local_files_only=True).eval()
         except (OSError, ValueError) as e:
@@ -207,11 +203,8 @@ class SslEncoder:
         self.device = torch.device(device)
         self.model.to(self.device)
         self.cfg, self.sample_rate = cfg, sample_rate
-        n_layers = int(model.config.num_hidden_layers) + 1  # hidden_states[0] = the front end's projection
-        self.layers = [n_layers + i if i < 0 else i for i in (cfg.layers or range(n_layers))]
-        bad = [i for i in self.layers if not 0 <= i < n_layers]
-        if bad:
-            raise SslCheckpointError(f"features.ssl.layers: {bad} are not layers of this encoder (0..{n_layers - 1})")
+        # hidden_states[0] = the front end's projection
+        self.layers = resolve_states(cfg.layers, int(model.config.num_hidden_layers) + 1)
         self.hidden = int(model.config.hidden_size)
         self.layers_run = stop_after(self.model, max(self.layers), self.whisper)
 
@@ -313,13 +306,12 @@ def stop_after(model: Any, last: int, whisper: bool) -> int:
     return last
 
 
-def whisper_hidden_states(encoder: Any, mel: Any, upto: int | None = None) -> list[Any]:
+def whisper_hidden_states(encoder: Any, mel: Any) -> list[Any]:
     """`WhisperEncoder`'s hidden states (the input embedding, then each layer, the last one after
     the final layer norm, as transformers returns them) for log-mels of any length up to 30 s:
     the positional embeddings are cut to the clip's frames instead of requiring 3000 mel frames.
-    At 3000 frames this equals `encoder(mel, output_hidden_states=True).hidden_states`. `upto`:
-    stop after that hidden state (the states before it are the same; the final layer norm only
-    when the last layer runs)."""
+    At 3000 frames this equals `encoder(mel, output_hidden_states=True).hidden_states`; on an
+    encoder cut by `stop_after` its final norm is the identity."""
     from torch import nn
 
     x = nn.functional.gelu(encoder.conv1(mel))
@@ -329,11 +321,9 @@ def whisper_hidden_states(encoder: Any, mel: Any, upto: int | None = None) -> li
         raise ValueError(f"Whisper encoder: {x.shape[1]} frames exceed its {positions.shape[0]} positions")
     x = x + positions[:x.shape[1]]
     states = [x]
-    run = encoder.layers if upto is None else encoder.layers[:upto]
-    for layer in run:
+    for layer in encoder.layers:
         out = layer(x, None, layer_head_mask=None)
         x = out[0] if isinstance(out, tuple) else out
         states.append(x)
-    if len(run) == len(encoder.layers):
-        states[-1] = encoder.layer_norm(x)
+    states[-1] = encoder.layer_norm(x)
     return states

@@ -114,6 +114,22 @@ def autocast(device: Any, enabled: bool) -> contextlib.AbstractContextManager[An
     return contextlib.nullcontext()
 
 
+@contextlib.contextmanager
+def torch_threads(n: int) -> Any:
+    """torch's intra-op threads set to `n` inside the block (0: left as they are), restored after:
+    small matrix products on a shared CPU run fastest on one thread, and spin-waiting threads cost
+    many times the CPU (benchmarks/RESULTS.md, "The default decision")."""
+    import torch
+
+    before = torch.get_num_threads()
+    if n:
+        torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
 def no_autocast(device: Any) -> contextlib.AbstractContextManager[Any]:
     """Float32 inside an autocast region (e.g. a gradient penalty)."""
     import torch

@@ -304,19 +304,14 @@ def latent_cell(params: Params, df: pd.DataFrame, features: Path, train_corpora:
                 cell_dir: Path) -> pd.DataFrame:
     """The recognizer as `recognizer_cell` trains it, then latent-feature augmentation of its head
     (new-style embeddings of the training corpora only), evaluated on the held-out corpus."""
-    import torch
-
+    from affectflow.runtime.device import torch_threads
     from affectflow.stages.augment.latent import augment_latent
 
     path, model_dir = trained_recognizer(params, df, features, train_corpora, held, cell_dir)
     p = with_overrides(params, {"augment.seed": params.train.seed})
-    before = torch.get_num_threads()
-    if params.train.threads:  # as the train stage's workers: two spin-waiting threads made the WGAN-GP ~18x slower here
-        torch.set_num_threads(params.train.threads)
-    try:
+    # as the train stage's workers: two spin-waiting threads made the WGAN-GP ~18x slower here
+    with torch_threads(params.train.threads):
         lat = augment_latent(p, model_dir, path, features, cell_dir / "latent")
-    finally:
-        torch.set_num_threads(before)
     return held_out_predictions(params, lat.model_dir, path, features, held, cell_dir)
 
 

@@ -111,11 +111,11 @@ def predictions(test_rows: pd.DataFrame, classes: list[str], predicted: dict[str
 @dataclass(frozen=True)
 class LinearRow:
     """A logistic-regression row: which encoder layers (from `train.ssl_linear.layer`: that one and
-    the next `span - 1`), how they combine, and an openSMILE kind fused beside them."""
+    the next `span - 1`), averaged or side by side, and an openSMILE kind fused beside them."""
 
     span: int = 1
-    combine: str = "concat"
-    """concat: the layers side by side; mean: their average (one layer's width)."""
+    mean: bool = False
+    """The layers averaged (one layer's width) instead of side by side."""
     fused: str | None = None
     """A stored functionals kind (compare, egemaps) concatenated after the layers, block-scaled."""
 
@@ -125,7 +125,7 @@ LINEAR_ROWS: dict[str, LinearRow] = {
     "ssl_compare_fusion": LinearRow(fused="compare"),
     "ssl_egemaps_fusion": LinearRow(fused="egemaps"),
     "ssl_layer_pair": LinearRow(span=2),
-    "ssl_layer_pair_mean": LinearRow(span=2, combine="mean"),
+    "ssl_layer_pair_mean": LinearRow(span=2, mean=True),
 }
 """Linear rows (`StudyCondition.method`) → their inputs; `studies.generalization.METHODS` registers
 each with `linear_cell`."""
@@ -136,7 +136,7 @@ def row_matrix(row: LinearRow, params: Params, features: Path, rows: pd.DataFram
     from affectflow.contracts.feature_store import FeatureSet
 
     layers = [layer_matrix(params, features, rows, offset) for offset in range(row.span)]
-    enc = np.mean(layers, axis=0) if row.combine == "mean" else np.concatenate(layers, 1)
+    enc = np.mean(layers, axis=0) if row.mean else np.concatenate(layers, 1)
     if row.fused is None:
         return enc, enc.shape[1]
     other = FeatureSet(features).matrix(row.fused, rows["utt_id"].tolist()).astype(np.float64)

@@ -24,7 +24,7 @@ from affectflow.contracts.feature_store import (
     write_shard,
 )
 from affectflow.features.keys import LOGMEL, SSL
-from affectflow.runtime.device import resolve_device
+from affectflow.runtime.device import resolve_device, torch_threads
 from affectflow.runtime.progress import progress
 from affectflow.stages.features.shards import SMILE_CHUNK, FeaturesError, plan
 from affectflow.stages.features.store import publish, store_location
@@ -325,10 +325,8 @@ def _compute_ssl(params: Params, jobs: list[_Job], arrays: dict[str, np.ndarray]
     chunks = [rows[i:i + batch] for i in range(0, len(rows), batch)]
     cores = _cpu_count()
     lanes = max(1, min(params.features.workers, cores, len(chunks))) if device.type == "cpu" else 1
-    threads_before = torch.get_num_threads()
-    threads = (params.features.threads or max(1, cores // lanes)) if lanes > 1 else threads_before
-    torch.set_num_threads(threads)
-    try:
+    threads = (params.features.threads or max(1, cores // lanes)) if lanes > 1 else torch.get_num_threads()
+    with torch_threads(threads):
         if lanes > 1:
             def lane(chunk: list[tuple[str, str]]) -> tuple[list[tuple[str, str]], list[np.ndarray]]:
                 return chunk, encoder([audio.load(path, sr) for _, path in chunk])
@@ -338,8 +336,6 @@ def _compute_ssl(params: Params, jobs: list[_Job], arrays: dict[str, np.ndarray]
                     arrays.update((sha, vec) for (sha, _), vec in zip(chunk, vecs, strict=True))
         else:
             _one_lane(encoder, chunks, sr, params.features.workers, arrays)
-    finally:
-        torch.set_num_threads(threads_before)
     return {"device": str(device), "dim": encoder.dim, "layers": encoder.layers, "layers_run": encoder.layers_run,
             "lanes": lanes, "torch_threads": threads, "load_seconds": round(load_s, 2), "seconds": round(time.perf_counter() - t0, 2)}
 
